@@ -1,0 +1,124 @@
+/*
+ * userset.h
+ *	  The exact set of member ids behind every billable-user count.
+ *
+ * A userset is stored as a varlena: a small fixed header, then its members
+ * sorted ascending, the first as a zigzag varint and each next one as the
+ * varint of (gap - 1).  Dense ids therefore cost one byte each, and the
+ * encoding is canonical, so equal sets have equal bytes.
+ *
+ * While aggregating, members live in an IdSet: an open-addressing hash set
+ * of int64 (optionally with a count per member) that grows in the
+ * aggregate's memory context.
+ */
+#ifndef MSPBILL_USERSET_H
+#define MSPBILL_USERSET_H
+
+#include "postgres.h"
+#include "fmgr.h"
+
+#define USERSET_VERSION 1
+
+typedef struct Userset
+{
+	int32		vl_len_;		/* varlena header (do not touch directly) */
+	uint8		version;		/* USERSET_VERSION */
+	uint8		flags;			/* reserved, must be 0 */
+	uint16		reserved;		/* reserved, must be 0 */
+	uint32		count;			/* number of members */
+	uint8		data[FLEXIBLE_ARRAY_MEMBER];	/* varint-encoded members */
+} Userset;
+
+#define USERSET_HEADER_SIZE offsetof(Userset, data)
+
+#define DatumGetUserset(d)		((Userset *) PG_DETOAST_DATUM(d))
+#define PG_GETARG_USERSET(n)	DatumGetUserset(PG_GETARG_DATUM(n))
+#define PG_RETURN_USERSET(u)	PG_RETURN_POINTER(u)
+
+/* Sequential reader over a stored userset; distrusts every byte. */
+typedef struct UsersetReader
+{
+	const uint8 *pos;
+	const uint8 *end;
+	uint32		left;			/* members not yet read */
+	int64		prev;			/* last member returned */
+	bool		started;
+} UsersetReader;
+
+extern void UsersetReaderInit(UsersetReader *reader, const Userset *set);
+extern bool UsersetReaderNext(UsersetReader *reader, int64 *member);
+extern int64 *UsersetToArray(const Userset *set, uint32 *count);
+extern Userset *UsersetFromSorted(const int64 *members, uint64 count);
+extern Userset *UsersetFromUnsorted(int64 *members, uint64 count);
+extern int64 UsersetHashText(const text *t);
+
+/* Open-addressing hash set of int64, optionally counting each member. */
+typedef struct IdSet
+{
+	MemoryContext mcxt;			/* where slots and counts live */
+	uint64	   *slots;			/* 0 marks an empty slot */
+	int64	   *counts;			/* per-slot counts, or NULL for a plain set */
+	uint64		capacity;		/* power of two */
+	uint64		used;			/* occupied slots */
+	uint64		grow_at;		/* grow when used reaches this */
+	bool		has_zero;		/* member 0 lives outside the slots */
+	int64		zero_count;
+} IdSet;
+
+extern IdSet *IdSetCreate(MemoryContext mcxt, bool with_counts);
+extern void IdSetGrow(IdSet *set);
+extern void IdSetAddCount(IdSet *set, int64 member, int64 count);
+extern void IdSetAddUserset(IdSet *set, const Userset *members);
+extern int64 *IdSetMembers(const IdSet *set, uint64 *count);
+
+/* fmix64 from MurmurHash3: cheap, and spreads sequential ids well */
+static inline uint64
+IdSetHash(uint64 x)
+{
+	x ^= x >> 33;
+	x *= UINT64CONST(0xff51afd7ed558ccd);
+	x ^= x >> 33;
+	x *= UINT64CONST(0xc4ceb9fe1a85ec53);
+	x ^= x >> 33;
+	return x;
+}
+
+/* Add one member; the hot path of every counting aggregate. */
+static inline void
+IdSetAdd(IdSet *set, int64 member)
+{
+	uint64		mask;
+	uint64		i;
+
+	if (member == 0)
+	{
+		set->has_zero = true;
+		return;
+	}
+	if (set->used >= set->grow_at)
+		IdSetGrow(set);
+	mask = set->capacity - 1;
+	i = IdSetHash((uint64) member) & mask;
+	for (;;)
+	{
+		uint64		cur = set->slots[i];
+
+		if (cur == (uint64) member)
+			return;
+		if (cur == 0)
+		{
+			set->slots[i] = (uint64) member;
+			set->used++;
+			return;
+		}
+		i = (i + 1) & mask;
+	}
+}
+
+static inline int64
+IdSetCardinality(const IdSet *set)
+{
+	return (int64) set->used + (set->has_zero ? 1 : 0);
+}
+
+#endif							/* MSPBILL_USERSET_H */

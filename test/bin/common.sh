@@ -1,0 +1,177 @@
+# Shared by the scripts in test/bin: where PostgreSQL is, the dependencies,
+# and the throwaway cluster in .pg/ at the top of the tree.
+# shellcheck shell=bash
+
+set -euo pipefail
+
+TOP=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+PGROOT_DEFAULT="$TOP/.pg"
+
+die() { echo "mspbill: $*" >&2; exit 1; }
+note() { echo "mspbill: $*" >&2; }
+
+# The newest PostgreSQL server installed, unless PG_CONFIG says otherwise.
+pg_major() {
+	if [ -n "${PG_CONFIG:-}" ] && [ -x "$PG_CONFIG" ]; then
+		"$PG_CONFIG" --version | sed -E 's/^PostgreSQL ([0-9]+).*/\1/'
+		return
+	fi
+	local best="" d
+	for d in /usr/lib/postgresql/*/bin/postgres; do
+		[ -x "$d" ] || continue
+		d=${d#/usr/lib/postgresql/}; d=${d%%/*}
+		if [ -z "$best" ] || [ "$d" -gt "$best" ]; then best=$d; fi
+	done
+	echo "$best"
+}
+
+# Install what the build and the tests need, through apt, when it is absent.
+ensure_deps() {
+	local major missing=() need_update=1
+	major=$(pg_major)
+	if [ -z "$major" ]; then
+		missing+=(postgresql)
+	else
+		[ -f "/usr/lib/postgresql/$major/lib/pgxs/src/makefiles/pgxs.mk" ] &&
+			[ -x "/usr/lib/postgresql/$major/bin/pg_config" ] ||
+			missing+=("postgresql-server-dev-$major")
+		[ -f "/usr/share/postgresql/$major/extension/pgtap.control" ] ||
+			missing+=("postgresql-$major-pgtap")
+	fi
+	command -v gcc >/dev/null && command -v make >/dev/null || missing+=(gcc make libc6-dev)
+	for extra in "$@"; do
+		dpkg -s "$extra" >/dev/null 2>&1 || missing+=("$extra")
+	done
+	[ ${#missing[@]} -eq 0 ] && return 0
+
+	if [ "$(id -u)" -ne 0 ]; then
+		die "missing packages: ${missing[*]}
+  install them as root:  apt-get update && apt-get install -y ${missing[*]}
+  then run this command again."
+	fi
+	note "installing ${missing[*]}"
+	if [ $need_update -eq 1 ]; then
+		DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null ||
+			die "apt-get update failed"
+	fi
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+		"${missing[@]}" >/dev/null || die "apt-get install ${missing[*]} failed"
+	# a server package installed just now decides the major version
+	if [ -z "$major" ]; then ensure_deps "$@"; fi
+}
+
+# Set PG_CONFIG and BINDIR for the chosen server.
+find_pg() {
+	local major
+	major=$(pg_major)
+	[ -n "$major" ] || die "no PostgreSQL server found; run: make demo (as root) to install one"
+	PG_CONFIG=${PG_CONFIG:-/usr/lib/postgresql/$major/bin/pg_config}
+	[ -x "$PG_CONFIG" ] || die "$PG_CONFIG not found: install postgresql-server-dev-$major"
+	BINDIR=$("$PG_CONFIG" --bindir)
+	export PG_CONFIG BINDIR
+}
+
+# Build without warnings and install the extension.
+build_install() {
+	local log
+	log=$(mktemp)
+	if ! make -C "$TOP" -s PG_CONFIG="$PG_CONFIG" all >"$log" 2>&1; then
+		cat "$log" >&2; rm -f "$log"; die "build failed"
+	fi
+	if grep -q 'warning:' "$log"; then
+		cat "$log" >&2; rm -f "$log"; die "build has compiler warnings"
+	fi
+	rm -f "$log"
+	local libdir
+	libdir=$("$PG_CONFIG" --pkglibdir)
+	if [ ! -w "$libdir" ]; then
+		die "cannot write to $libdir: run as root (or: sudo make install PG_CONFIG=$PG_CONFIG)"
+	fi
+	make -C "$TOP" -s PG_CONFIG="$PG_CONFIG" install >/dev/null ||
+		die "make install failed"
+}
+
+# Run a command as the cluster's owner: postgres when we are root.
+as_owner() {
+	if [ "$(id -u)" -eq 0 ]; then
+		runuser -u postgres -- "$@"
+	else
+		"$@"
+	fi
+}
+
+# Where the cluster lives: .pg/ in the tree, unless postgres cannot reach it
+# (a tree under /root) or the socket path would be too long.
+cluster_root() {
+	local root="$PGROOT_DEFAULT"
+	if [ "${#root}" -gt 80 ] ||
+		{ [ "$(id -u)" -eq 0 ] && ! runuser -u postgres -- test -x "$TOP"; }; then
+		root="/tmp/mspbill-pg-$(echo "$TOP" | md5sum | cut -c1-8)"
+	fi
+	echo "$root"
+}
+
+# Is something already answering on this port, anywhere we would collide?
+port_taken() {
+	local p=$1
+	[ -e "/tmp/.s.PGSQL.$p" ] || [ -e "/var/run/postgresql/.s.PGSQL.$p" ] && return 0
+	(exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && return 0
+	return 1
+}
+
+# Start the throwaway cluster (or reuse a running one); sets PGHOST, PGPORT,
+# PGUSER and STARTED_CLUSTER=1 when this call started it.
+cluster_start() {
+	find_pg
+	PGROOT=$(cluster_root)
+	local data="$PGROOT/data" port
+	STARTED_CLUSTER=0
+	mkdir -p "$PGROOT"
+	[ "$(id -u)" -eq 0 ] && chown postgres: "$PGROOT"
+	if [ -f "$PGROOT/port" ] && as_owner "$BINDIR/pg_ctl" -D "$data" status >/dev/null 2>&1; then
+		port=$(cat "$PGROOT/port")
+	else
+		if [ ! -f "$data/PG_VERSION" ] ||
+			[ "$(cat "$data/PG_VERSION")" != "$("$PG_CONFIG" --version | sed -E 's/^PostgreSQL ([0-9]+).*/\1/')" ]; then
+			rm -rf "$data"
+			as_owner "$BINDIR/initdb" -D "$data" -U postgres -A trust -E UTF8 \
+				--locale=C --no-sync >"$PGROOT/initdb.log" 2>&1 ||
+				{ cat "$PGROOT/initdb.log" >&2; die "initdb failed"; }
+		fi
+		port=54329
+		while port_taken "$port"; do port=$((port + 1)); done
+		cat >"$PGROOT/mspbill.conf" <<CONF
+listen_addresses = ''
+unix_socket_directories = '$PGROOT'
+port = $port
+fsync = off
+synchronous_commit = off
+full_page_writes = off
+max_parallel_workers_per_gather = 2
+logging_collector = off
+lc_messages = 'C'
+CONF
+		[ "$(id -u)" -eq 0 ] && chown postgres: "$PGROOT/mspbill.conf"
+		grep -q "include_if_exists = '$PGROOT/mspbill.conf'" "$data/postgresql.conf" ||
+			echo "include_if_exists = '$PGROOT/mspbill.conf'" | as_owner tee -a "$data/postgresql.conf" >/dev/null
+		as_owner "$BINDIR/pg_ctl" -D "$data" -l "$PGROOT/server.log" -w -t 60 start >/dev/null ||
+			{ tail -20 "$PGROOT/server.log" >&2; die "the throwaway cluster did not start"; }
+		echo "$port" >"$PGROOT/port"
+		STARTED_CLUSTER=1
+	fi
+	export PGHOST="$PGROOT" PGPORT="$port" PGUSER=postgres PGDATABASE=postgres
+	export PGROOT STARTED_CLUSTER
+}
+
+cluster_stop() {
+	find_pg
+	PGROOT=$(cluster_root)
+	if [ -d "$PGROOT/data" ] && as_owner "$BINDIR/pg_ctl" -D "$PGROOT/data" status >/dev/null 2>&1; then
+		as_owner "$BINDIR/pg_ctl" -D "$PGROOT/data" -m fast -w stop >/dev/null
+	fi
+}
+
+# psql with the settings every script wants.
+psql_q() {
+	"$BINDIR/psql" -X -q -v ON_ERROR_STOP=1 "$@"
+}
