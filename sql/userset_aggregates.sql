@@ -1,0 +1,111 @@
+-- Counting aggregates: NULLs, empty input, text ids, rollups, parallel plans.
+\set ECHO none
+\pset format unaligned
+\pset tuples_only true
+\pset pager off
+SET search_path = public, mspbill;
+SELECT plan(24);
+
+CREATE TABLE logons (client_id int, day date, person_id bigint, login text);
+INSERT INTO logons
+SELECT i % 7, date '2026-10-01' + (i % 31), CASE WHEN i % 97 = 0 THEN NULL ELSE (i * 7919) % 5003 - 2500 END,
+       'user' || ((i * 31) % 1201)
+  FROM generate_series(1, 60000) i;
+ANALYZE logons;
+
+CREATE FUNCTION pg_temp.plan_has(q text, node text) RETURNS boolean LANGUAGE plpgsql AS $$
+DECLARE l text;
+BEGIN
+  FOR l IN EXECUTE 'EXPLAIN (COSTS OFF) ' || q LOOP
+    IF l LIKE '%' || node || '%' THEN RETURN true; END IF;
+  END LOOP;
+  RETURN false;
+END $$;
+
+-- no input and NULL input
+SELECT is(distinct_count(x), 0::bigint, 'distinct_count of no rows is 0, like COUNT')
+  FROM (SELECT 1::bigint WHERE false) v(x);
+SELECT is(distinct_count(x), 0::bigint, 'distinct_count ignores NULLs')
+  FROM (VALUES (NULL::bigint), (NULL)) v(x);
+SELECT is(userset_agg(x)::text, '{}', 'userset_agg of no rows is the empty set')
+  FROM (SELECT 1::bigint WHERE false) v(x);
+SELECT is(userset_union(s)::text, '{}', 'userset_union of no rows is the empty set')
+  FROM (SELECT '{1}'::userset WHERE false) v(s);
+SELECT is(userset_agg(x)::text, '{-1,0,1}', 'userset_agg keeps 0 and negatives, drops NULL')
+  FROM (VALUES (1::bigint), (0), (NULL), (-1), (0)) v(x);
+SELECT is(distinct_count(x), 3::bigint, 'distinct_count on text ids')
+  FROM (VALUES ('a'), ('b'), (NULL), ('a'), ('c')) v(x);
+SELECT is(userset_agg(x), userset(ARRAY[userset_text_id('a'), userset_text_id('b')]),
+          'userset_agg(text) holds the documented text ids')
+  FROM (VALUES ('a'), ('b'), ('a')) v(x);
+
+-- exactness against COUNT(DISTINCT), serial plans
+SET max_parallel_workers_per_gather = 0;
+SELECT is(distinct_count(person_id), count(DISTINCT person_id), 'whole table equals COUNT(DISTINCT)') FROM logons;
+SELECT is(distinct_count(login), count(DISTINCT login), 'text ids equal COUNT(DISTINCT)') FROM logons;
+SELECT results_eq(
+  'SELECT client_id, distinct_count(person_id) FROM logons GROUP BY 1 ORDER BY 1',
+  'SELECT client_id, count(DISTINCT person_id) FROM logons GROUP BY 1 ORDER BY 1',
+  'GROUP BY equals COUNT(DISTINCT)');
+
+-- rollups from daily sets
+CREATE TABLE daily AS
+  SELECT client_id, day, userset_agg(person_id) AS people FROM logons GROUP BY 1, 2;
+SELECT results_eq(
+  'SELECT client_id, cardinality(userset_union(people)) FROM daily GROUP BY 1 ORDER BY 1',
+  'SELECT client_id, count(DISTINCT person_id) FROM logons GROUP BY 1 ORDER BY 1',
+  'monthly cardinality from daily sets equals the raw count');
+SELECT results_eq(
+  'SELECT client_id, userset_at_least(people, 20) FROM daily GROUP BY 1 ORDER BY 1',
+  $$SELECT c.client_id, coalesce(x.s, '{}') FROM (SELECT DISTINCT client_id FROM logons) c
+      LEFT JOIN (SELECT client_id, userset_agg(person_id) s FROM
+                   (SELECT client_id, person_id FROM logons WHERE person_id IS NOT NULL
+                     GROUP BY 1, 2 HAVING count(DISTINCT day) >= 20) a GROUP BY 1) x
+      USING (client_id) ORDER BY 1$$,
+  'userset_at_least equals the plain-SQL count of active days');
+SELECT is(userset_union(s)::text, '{1,2,3}', 'userset_union skips NULL sets')
+  FROM (VALUES ('{1,2}'::userset), (NULL), ('{2,3}')) v(s);
+SELECT throws_ok($$SELECT userset_at_least(s, 0) FROM (VALUES ('{1}'::userset)) v(s)$$,
+                 '22023', NULL, 'userset_at_least refuses a threshold below 1');
+SELECT throws_ok($$SELECT userset_at_least(s, n) FROM (VALUES ('{1}'::userset, 1), ('{2}', 2)) v(s, n)$$,
+                 '22023', NULL, 'userset_at_least refuses a changing threshold');
+SELECT is(array_agg(cardinality(u) ORDER BY d), ARRAY[1,2,3]::bigint[],
+          'userset_union works as a running window aggregate')
+  FROM (SELECT d, userset_union(s) OVER (ORDER BY d) u
+          FROM (VALUES (1, '{1}'::userset), (2, '{2}'), (3, '{3,1}')) v(d, s)) w;
+
+-- parallel plans: Partial/Finalize Aggregate, same answers
+SET parallel_setup_cost = 0;
+SET parallel_tuple_cost = 0;
+SET min_parallel_table_scan_size = 0;
+SET max_parallel_workers_per_gather = 2;
+SELECT ok(pg_temp.plan_has('SELECT distinct_count(person_id) FROM logons', 'Partial Aggregate'),
+          'distinct_count plans a Partial Aggregate');
+SELECT ok(pg_temp.plan_has('SELECT userset_union(people) FROM daily', 'Partial Aggregate'),
+          'userset_union plans a Partial Aggregate');
+SELECT ok(pg_temp.plan_has('SELECT userset_at_least(people, 3) FROM daily', 'Partial Aggregate'),
+          'userset_at_least plans a Partial Aggregate');
+SELECT is(distinct_count(person_id), (SELECT count(DISTINCT person_id) FROM logons),
+          'parallel distinct_count equals COUNT(DISTINCT)') FROM logons;
+SELECT is(userset_agg(person_id), (SELECT userset(array_agg(DISTINCT person_id)) FROM logons),
+          'parallel userset_agg equals the set of distinct ids') FROM logons;
+SELECT is(cardinality(userset_union(people)), (SELECT count(DISTINCT person_id) FROM logons),
+          'parallel userset_union equals COUNT(DISTINCT)') FROM daily;
+SELECT is(userset_at_least(people, 25), (SELECT userset_at_least(people, 25) FROM daily WHERE true),
+          'parallel userset_at_least equals itself serial') FROM daily;
+
+-- cancellation reaches long aggregates
+-- (pgTAP's throws_ok cannot catch query_canceled; this helper can)
+CREATE FUNCTION pg_temp.cancelled(q text) RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+  EXECUTE q;
+  RETURN false;
+EXCEPTION WHEN query_canceled THEN
+  RETURN true;
+END $$;
+SET statement_timeout = '300ms';
+SELECT pg_temp.cancelled('SELECT distinct_count(i) FROM generate_series(1, 1000000000) i') AS cancelled \gset
+RESET statement_timeout;
+SELECT ok(:'cancelled'::boolean, 'statement_timeout cancels distinct_count over 10^9 rows');
+
+SELECT * FROM finish();
