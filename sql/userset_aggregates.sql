@@ -4,7 +4,7 @@
 \pset tuples_only true
 \pset pager off
 SET search_path = public, mspbill;
-SELECT plan(24);
+SELECT plan(27);
 
 CREATE TABLE logons (client_id int, day date, person_id bigint, login text);
 INSERT INTO logons
@@ -47,6 +47,18 @@ SELECT results_eq(
   'SELECT client_id, distinct_count(person_id) FROM logons GROUP BY 1 ORDER BY 1',
   'SELECT client_id, count(DISTINCT person_id) FROM logons GROUP BY 1 ORDER BY 1',
   'GROUP BY equals COUNT(DISTINCT)');
+
+-- dense ids become a bitmap; at the ends of the bigint range too
+SELECT is(distinct_count(9223372036854775807 - (i % 30000)), 30000::bigint, 'dense ids at the top of bigint')
+  FROM generate_series(1, 90000) i;
+SELECT is(userset_agg(-9223372036854775808 + (i % 30000)),
+          (SELECT userset(array_agg(-9223372036854775808 + i)) FROM generate_series(0, 29999) i),
+          'dense ids at the bottom of bigint, exactly')
+  FROM generate_series(1, 90000) i;
+SELECT is(distinct_count(CASE WHEN i % 3 = 0 THEN i::bigint * 1000003 ELSE i % 20000 END),
+          count(DISTINCT CASE WHEN i % 3 = 0 THEN i::bigint * 1000003 ELSE i % 20000 END),
+          'dense ids with sparse outliers')
+  FROM generate_series(1, 100000) i;
 
 -- rollups from daily sets
 CREATE TABLE daily AS

@@ -42,15 +42,21 @@ typedef struct Split
 	Numeric    *units_num;		/* shares in minor units (numeric path) */
 } Split;
 
-/* Remainder of one share, ordered largest first, then earliest row. */
+/* Remainder of one share (integer path), ranked largest first, then earliest row. */
+#ifdef HAVE_INT128
 typedef struct Remainder
 {
-#ifdef HAVE_INT128
 	int128		rem;
-#endif
-	Numeric		rem_num;
 	int64		row;
 } Remainder;
+#endif
+
+/* Remainder of one share (numeric path). */
+typedef struct RemainderNum
+{
+	Numeric		rem;
+	int64		row;
+} RemainderNum;
 
 static inline int
 NumCmp(Numeric a, Numeric b)
@@ -97,7 +103,16 @@ NumToInt64(Numeric a, int64 *out)
 	/* the bounds are built once per backend */
 	static Numeric lo = NULL;
 	static Numeric hi = NULL;
+	bool		overflow = false;
+	int32		small;
 
+	/* most weights and amounts fit in int4, which converts without a throw */
+	small = numeric_int4_opt_error(a, &overflow);
+	if (!overflow)
+	{
+		*out = small;
+		return true;
+	}
 	if (hi == NULL)
 	{
 		MemoryContext oldcontext = MemoryContextSwitchTo(TopMemoryContext);
@@ -110,6 +125,15 @@ NumToInt64(Numeric a, int64 *out)
 		return false;
 	*out = DatumGetInt64(DirectFunctionCall1(numeric_int8, NumericGetDatum(a)));
 	return true;
+}
+
+/* Are two numerics equal?  Equal bytes answer without a comparison call. */
+static inline bool
+NumEqual(Numeric a, Numeric b)
+{
+	if (VARSIZE_ANY(a) == VARSIZE_ANY(b) && memcmp(a, b, VARSIZE_ANY(a)) == 0)
+		return true;
+	return NumCmp(a, b) == 0;
 }
 
 /* Report a bad argument in the one style every check uses. */
@@ -143,37 +167,78 @@ SplitSetMinor(Split *split, Numeric minor)
 		(k <= 18 && NumCmp(NumMul(minor, Pow10(k)), int64_to_numeric(1)) == 0) ? k : -1;
 }
 
-/* Order remainders: larger first, then earlier row (integer path). */
-#ifdef HAVE_INT128
-static int
-CompareRemainder(const void *a, const void *b)
+/* Refuse a negative (or NaN or infinite) weight, naming its row. */
+static void
+BadWeight(int64 row, Numeric w)
 {
-	const Remainder *x = (const Remainder *) a;
-	const Remainder *y = (const Remainder *) b;
-
-	if (x->rem != y->rem)
-		return x->rem > y->rem ? -1 : 1;
-	return x->row < y->row ? -1 : (x->row > y->row);
+	BadSplit(ERRCODE_INVALID_PARAMETER_VALUE,
+			 "allocate weight must not be negative",
+			 psprintf("Row %lld has weight %s.", (long long) row + 1,
+					  DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(w)))),
+			 "Weights are quantities such as devices or users; use 0 for a row that gets nothing.");
 }
-#endif
 
-/* Order remainders: larger first, then earlier row (numeric path). */
-static int
-CompareRemainderNum(const void *a, const void *b)
+/* Refuse weights that leave nothing to divide by. */
+static void
+ZeroWeights(int64 n)
 {
-	const Remainder *x = (const Remainder *) a;
-	const Remainder *y = (const Remainder *) b;
-	int			c = NumCmp(y->rem_num, x->rem_num);
-
-	if (c != 0)
-		return c;
-	return x->row < y->row ? -1 : (x->row > y->row);
+	BadSplit(ERRCODE_INVALID_PARAMETER_VALUE,
+			 "allocate weights sum to zero",
+			 psprintf("All %lld weights are zero, so no share can be computed.", (long long) n),
+			 "Give at least one row a positive weight.");
 }
 
 #ifdef HAVE_INT128
+/* Does remainder a rank before b: larger, or equal and earlier? */
+static inline bool
+RanksBefore(const Remainder *a, const Remainder *b)
+{
+	return a->rem > b->rem || (a->rem == b->rem && a->row < b->row);
+}
+
+/*
+ * Move the k best-ranked remainders to rems[0..k-1] (in any order):
+ * quickselect, linear on average, since only the winners matter.
+ */
+static void
+SelectBest(Remainder *rems, int64 n, int64 k)
+{
+	int64		lo = 0;
+	int64		hi = n - 1;
+
+	while (lo < hi)
+	{
+		Remainder	pivot = rems[lo + (hi - lo) / 2];
+		int64		i = lo;
+		int64		j = hi;
+
+		while (i <= j)
+		{
+			while (RanksBefore(&rems[i], &pivot))
+				i++;
+			while (RanksBefore(&pivot, &rems[j]))
+				j--;
+			if (i <= j)
+			{
+				Remainder	tmp = rems[i];
+
+				rems[i++] = rems[j];
+				rems[j--] = tmp;
+			}
+		}
+		if (k - 1 <= j)
+			hi = j;
+		else if (k - 1 >= i)
+			lo = i;
+		else
+			break;
+	}
+}
+
 /*
  * Integer path: U and every weight scaled by 10^scale fit in int64, so
- * U * w fits in int128 and the sum of weights cannot overflow it.
+ * U * w fits in int128 and so does the sum of weights.  Returns false when
+ * they do not fit.
  */
 static bool
 SplitInteger(Split *split, Numeric units_total, int scale)
@@ -201,8 +266,12 @@ SplitInteger(Split *split, Numeric units_total, int scale)
 			pfree(w);
 			return false;
 		}
+		if (w[i] < 0)
+			BadWeight(i, split->weights[i]);
 		wsum += w[i];
 	}
+	if (wsum == 0)
+		ZeroWeights(n);
 
 	split->units = palloc_extended(Max(n, 1) * sizeof(int64), MCXT_ALLOC_HUGE);
 	rems = palloc_extended(Max(n, 1) * sizeof(Remainder), MCXT_ALLOC_HUGE);
@@ -210,8 +279,19 @@ SplitInteger(Split *split, Numeric units_total, int scale)
 	{
 		int128		p = (int128) total * w[i];
 
-		split->units[i] = (int64) (p / wsum);
-		rems[i].rem = p % wsum;
+		/* 64-bit division is several times cheaper, and usually enough */
+		if (p <= PG_INT64_MAX && wsum <= PG_INT64_MAX)
+		{
+			int64		q = (int64) p / (int64) wsum;
+
+			split->units[i] = q;
+			rems[i].rem = (int64) p - q * (int64) wsum;
+		}
+		else
+		{
+			split->units[i] = (int64) (p / wsum);
+			rems[i].rem = p % wsum;
+		}
 		rems[i].row = i;
 		given += split->units[i];
 		if ((i & 0xFFFF) == 0)
@@ -221,7 +301,7 @@ SplitInteger(Split *split, Numeric units_total, int scale)
 	Assert(left >= 0 && left < Max(n, 1));
 	if (left > 0)
 	{
-		qsort(rems, n, sizeof(Remainder), CompareRemainder);
+		SelectBest(rems, n, left);
 		for (i = 0; i < left; i++)
 			split->units[rems[i].row]++;
 	}
@@ -231,37 +311,61 @@ SplitInteger(Split *split, Numeric units_total, int scale)
 }
 #endif
 
+/* Order remainders: larger first, then earlier row (numeric path). */
+static int
+CompareRemainderNum(const void *a, const void *b)
+{
+	const RemainderNum *x = (const RemainderNum *) a;
+	const RemainderNum *y = (const RemainderNum *) b;
+	int			c = NumCmp(y->rem, x->rem);
+
+	if (c != 0)
+		return c;
+	return x->row < y->row ? -1 : (x->row > y->row);
+}
+
 /* Numeric path: the same steps for amounts or weights beyond int64. */
 static void
-SplitNumeric(Split *split, Numeric units_total, Numeric wsum)
+SplitNumeric(Split *split, Numeric units_total)
 {
 	int64		n = split->n;
-	Numeric		given = int64_to_numeric(0);
+	Numeric		zero = int64_to_numeric(0);
 	Numeric		one = int64_to_numeric(1);
+	Numeric		wsum = zero;
 	Numeric		left;
-	Remainder  *rems;
+	RemainderNum *rems;
 	int64		i;
 
+	for (i = 0; i < n; i++)
+	{
+		if (NumCmp(split->weights[i], zero) < 0)
+			BadWeight(i, split->weights[i]);
+		wsum = DatumGetNumeric(DirectFunctionCall2(numeric_add, NumericGetDatum(wsum),
+												   NumericGetDatum(split->weights[i])));
+	}
+	if (NumCmp(wsum, zero) == 0)
+		ZeroWeights(n);
+
+	left = units_total;
 	split->units_num = palloc_extended(Max(n, 1) * sizeof(Numeric), MCXT_ALLOC_HUGE);
-	rems = palloc_extended(Max(n, 1) * sizeof(Remainder), MCXT_ALLOC_HUGE);
+	rems = palloc_extended(Max(n, 1) * sizeof(RemainderNum), MCXT_ALLOC_HUGE);
 	for (i = 0; i < n; i++)
 	{
 		Numeric		p = NumMul(units_total, split->weights[i]);
+		Numeric		q = DatumGetNumeric(DirectFunctionCall2(numeric_div_trunc,
+															NumericGetDatum(p),
+															NumericGetDatum(wsum)));
 
-		split->units_num[i] = DatumGetNumeric(DirectFunctionCall2(numeric_div_trunc,
-																  NumericGetDatum(p),
-																  NumericGetDatum(wsum)));
-		rems[i].rem_num = DatumGetNumeric(DirectFunctionCall2(numeric_sub,
-															  NumericGetDatum(p),
-															  NumericGetDatum(NumMul(split->units_num[i], wsum))));
+		split->units_num[i] = q;
+		rems[i].rem = DatumGetNumeric(DirectFunctionCall2(numeric_sub, NumericGetDatum(p),
+														  NumericGetDatum(NumMul(q, wsum))));
 		rems[i].row = i;
-		given = DatumGetNumeric(DirectFunctionCall2(numeric_add, NumericGetDatum(given),
-													NumericGetDatum(split->units_num[i])));
+		left = DatumGetNumeric(DirectFunctionCall2(numeric_sub, NumericGetDatum(left),
+												   NumericGetDatum(q)));
 		CHECK_FOR_INTERRUPTS();
 	}
-	left = DatumGetNumeric(DirectFunctionCall2(numeric_sub, NumericGetDatum(units_total),
-											   NumericGetDatum(given)));
-	qsort(rems, n, sizeof(Remainder), CompareRemainderNum);
+	/* fewer than n units are left, so the count fits in int64 */
+	qsort(rems, n, sizeof(RemainderNum), CompareRemainderNum);
 	for (i = 0; i < n && NumCmp(int64_to_numeric(i), left) < 0; i++)
 		split->units_num[rems[i].row] =
 			DatumGetNumeric(DirectFunctionCall2(numeric_add,
@@ -279,7 +383,6 @@ SplitCompute(Split *split, Numeric total, Numeric minor)
 {
 	Numeric		zero = int64_to_numeric(0);
 	Numeric		units_total;
-	Numeric		wsum = zero;
 	int			scale = 0;
 	int64		i;
 
@@ -297,38 +400,23 @@ SplitCompute(Split *split, Numeric total, Numeric minor)
 						  DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(minor)))),
 				 "Round the total to the minor unit first, or pass a smaller minor_unit.");
 
+	/* weights become integers when scaled by 10^(largest scale) */
 	for (i = 0; i < split->n; i++)
 	{
-		Numeric		w = split->weights[i];
-
-		if (!NumIsFinite(w) || NumCmp(w, zero) < 0)
-			BadSplit(ERRCODE_INVALID_PARAMETER_VALUE,
-					 "allocate weight must not be negative",
-					 psprintf("Row %lld has weight %s.", (long long) i + 1,
-							  DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(w)))),
-					 "Weights are quantities such as devices or users; use 0 for a row that gets nothing.");
-		scale = Max(scale, NumScale(w));
-		wsum = DatumGetNumeric(DirectFunctionCall2(numeric_add, NumericGetDatum(wsum),
-												   NumericGetDatum(w)));
-		if ((i & 0xFFFF) == 0)
-			CHECK_FOR_INTERRUPTS();
+		if (!NumIsFinite(split->weights[i]))
+			BadWeight(i, split->weights[i]);
+		scale = Max(scale, NumScale(split->weights[i]));
 	}
-	if (NumCmp(wsum, zero) == 0)
-		BadSplit(ERRCODE_INVALID_PARAMETER_VALUE,
-				 "allocate weights sum to zero",
-				 psprintf("All %lld weights are zero, so no share can be computed.",
-						  (long long) split->n),
-				 "Give at least one row a positive weight.");
 
 	split->negative = NumCmp(total, zero) < 0;
 	units_total = DatumGetNumeric(DirectFunctionCall2(numeric_div_trunc,
-													  NumericGetDatum(DatumGetNumeric(DirectFunctionCall1(numeric_abs, NumericGetDatum(total)))),
+													  DirectFunctionCall1(numeric_abs, NumericGetDatum(total)),
 													  NumericGetDatum(minor)));
 #ifdef HAVE_INT128
 	if (SplitInteger(split, units_total, scale))
 		return;
 #endif
-	SplitNumeric(split, units_total, wsum);
+	SplitNumeric(split, units_total);
 }
 
 /* Share i as an amount: units * minor, negated for a credit. */
@@ -417,29 +505,37 @@ PartitionArg(WindowObject winobj, int argno, int64 row, bool *isnull)
 	return d;
 }
 
-/* Read the whole partition once and compute all shares. */
+/*
+ * Read the whole partition once and compute all shares.  A total or minor
+ * unit that is a constant (or parameter) is read once, not per row.
+ */
 static void
-AllocatePartitionCompute(WindowObject winobj, AllocatePartition *part)
+AllocatePartitionCompute(WindowObject winobj, FmgrInfo *flinfo,
+						 AllocatePartition *part)
 {
 	MemoryContext partcontext = GetMemoryChunkContext(part);
 	MemoryContext oldcontext = MemoryContextSwitchTo(partcontext);
 	int64		n = WinGetPartitionRowCount(winobj);
+	bool		total_stable = get_fn_expr_arg_stable(flinfo, 0);
+	bool		minor_stable = get_fn_expr_arg_stable(flinfo, 2);
 	Numeric		total = NULL;
 	Numeric		minor = NULL;
 	int64		i;
 
 	part->split.n = n;
 	part->split.weights = palloc_extended(Max(n, 1) * sizeof(Numeric), MCXT_ALLOC_HUGE);
-	for (i = 0; i < n; i++)
+
+	/*
+	 * One forward pass per argument: the tuplestore reads sequentially,
+	 * where alternating arguments row by row would seek back and forth.
+	 */
+	for (i = 0; i < (total_stable ? 1 : n); i++)
 	{
 		bool		isnull;
-		Datum		d;
+		Datum		d = PartitionArg(winobj, 0, i, &isnull);
 
 		if ((i & 0xFFFF) == 0)
 			CHECK_FOR_INTERRUPTS();
-
-		/* the total (and minor unit) must not change within the partition */
-		d = PartitionArg(winobj, 0, i, &isnull);
 		if (i == 0)
 		{
 			part->null_total = isnull;
@@ -447,37 +543,52 @@ AllocatePartitionCompute(WindowObject winobj, AllocatePartition *part)
 				total = DatumGetNumericCopy(d);
 		}
 		else if (isnull != part->null_total ||
-				 (!isnull && NumCmp(total, DatumGetNumeric(d)) != 0))
+				 (!isnull && !NumEqual(total, DatumGetNumeric(d))))
 			BadSplit(ERRCODE_INVALID_PARAMETER_VALUE,
 					 "allocate total changes within one partition",
 					 psprintf("Row %lld has a different total than row 1.", (long long) i + 1),
 					 "PARTITION BY the cost pool so that every row of a partition has the same total.");
-		if (part->null_total)
-			continue;
+	}
+	if (part->null_total)
+	{
+		MemoryContextSwitchTo(oldcontext);
+		part->computed = true;
+		return;
+	}
 
-		d = PartitionArg(winobj, 1, i, &isnull);
-		if (isnull)
-			BadSplit(ERRCODE_NULL_VALUE_NOT_ALLOWED,
-					 "allocate weight must not be null",
-					 psprintf("Row %lld of the partition has a null weight.", (long long) i + 1),
-					 "Use 0 for a row that gets nothing, e.g. coalesce(weight, 0).");
-		part->split.weights[i] = DatumGetNumericCopy(d);
+	for (i = 0; i < (minor_stable ? 1 : n); i++)
+	{
+		bool		isnull;
+		Datum		d = PartitionArg(winobj, 2, i, &isnull);
 
-		d = PartitionArg(winobj, 2, i, &isnull);
 		if (isnull)
 			BadSplit(ERRCODE_NULL_VALUE_NOT_ALLOWED,
 					 "allocate minor_unit must not be null",
 					 NULL, "Pass the currency's smallest amount, such as 0.01.");
 		if (i == 0)
 			minor = DatumGetNumericCopy(d);
-		else if (NumCmp(minor, DatumGetNumeric(d)) != 0)
+		else if (!NumEqual(minor, DatumGetNumeric(d)))
 			BadSplit(ERRCODE_INVALID_PARAMETER_VALUE,
 					 "allocate minor_unit changes within one partition",
 					 psprintf("Row %lld has a different minor unit than row 1.", (long long) i + 1),
 					 "Use one minor unit per partition.");
 	}
-	if (!part->null_total)
-		SplitCompute(&part->split, total, minor);
+
+	for (i = 0; i < n; i++)
+	{
+		bool		isnull;
+		Datum		d = PartitionArg(winobj, 1, i, &isnull);
+
+		if ((i & 0xFFFF) == 0)
+			CHECK_FOR_INTERRUPTS();
+		if (isnull)
+			BadSplit(ERRCODE_NULL_VALUE_NOT_ALLOWED,
+					 "allocate weight must not be null",
+					 psprintf("Row %lld of the partition has a null weight.", (long long) i + 1),
+					 "Use 0 for a row that gets nothing, e.g. coalesce(weight, 0).");
+		part->split.weights[i] = DatumGetNumericCopy(d);
+	}
+	SplitCompute(&part->split, total, minor);
 	MemoryContextSwitchTo(oldcontext);
 	part->computed = true;
 }
@@ -493,7 +604,7 @@ allocate_window(PG_FUNCTION_ARGS)
 
 	part = (AllocatePartition *) WinGetPartitionLocalMemory(winobj, sizeof(AllocatePartition));
 	if (!part->computed)
-		AllocatePartitionCompute(winobj, part);
+		AllocatePartitionCompute(winobj, fcinfo->flinfo, part);
 	row = WinGetCurrentPosition(winobj);
 	/* rows before this one are done with; let the tuplestore drop them */
 	WinSetMarkPosition(winobj, row);

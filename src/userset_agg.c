@@ -79,27 +79,22 @@ userset_agg_trans_text(PG_FUNCTION_ARGS)
 static void
 IdSetMerge(IdSet *dst, const IdSet *src)
 {
-	uint64		i;
+	IdSetIter	iter;
+	int64		member;
+	uint64		n = 0;
 
-	if (src->has_zero)
+	Assert(dst->counting == src->counting);
+	IdSetIterInit(&iter, src);
+	while (IdSetIterNext(&iter, &member))
 	{
-		if (dst->counts)
+		if ((++n & 0xFFFF) == 0)
+			CHECK_FOR_INTERRUPTS();
+		if (!dst->counting)
+			IdSetAdd(dst, member);
+		else if (member == 0)
 			IdSetAddCount(dst, 0, src->zero_count);
 		else
-			IdSetAdd(dst, 0);
-	}
-	for (i = 0; i < src->capacity; i++)
-	{
-		int64		member = (int64) src->slots[i];
-
-		if (member == 0)
-			continue;
-		if ((i & 0xFFFF) == 0)
-			CHECK_FOR_INTERRUPTS();
-		if (dst->counts)
-			IdSetAddCount(dst, member, src->counts[i]);
-		else
-			IdSetAdd(dst, member);
+			IdSetAddCount(dst, member, src->counts[iter.slot]);
 	}
 }
 
@@ -129,19 +124,24 @@ static bytea *
 IdSetSerialize(const IdSet *set, int32 min_sets)
 {
 	StringInfoData buf;
-	uint64		i;
+	IdSetIter	iter;
+	int64		member;
 
 	pq_begintypsend(&buf);
 	pq_sendbyte(&buf, IDSET_SERIAL_VERSION);
 	pq_sendbyte(&buf, (set->has_zero ? IDSET_SERIAL_HAS_ZERO : 0) |
-				(set->counts ? IDSET_SERIAL_COUNTS : 0));
+				(set->counting ? IDSET_SERIAL_COUNTS : 0));
 	pq_sendint32(&buf, min_sets);
-	pq_sendint64(&buf, (int64) set->used);
-	for (i = 0; i < set->capacity; i++)
-		if (set->slots[i] != 0)
-			pq_sendint64(&buf, (int64) set->slots[i]);
-	if (set->counts)
+	pq_sendint64(&buf, IdSetCardinality(set) - (set->has_zero ? 1 : 0));
+	IdSetIterInit(&iter, set);
+	while (IdSetIterNext(&iter, &member))
+		if (member != 0)
+			pq_sendint64(&buf, member);
+	if (set->counting)
 	{
+		/* counting sets have no bitmap: their members are the slots, in order */
+		uint64		i;
+
 		pq_sendint64(&buf, set->zero_count);
 		for (i = 0; i < set->capacity; i++)
 			if (set->slots[i] != 0)
