@@ -19,7 +19,8 @@ SQL_SOURCES = \
 	src/userset.sql \
 	src/userset_agg.sql \
 	src/peak_concurrency.sql \
-	src/allocate.sql
+	src/allocate.sql \
+	src/billing.sql
 DATA_built = $(EXTENSION)--$(EXTVERSION).sql
 DATA = $(wildcard upgrade/$(EXTENSION)--*--*.sql)
 

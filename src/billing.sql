@@ -1,0 +1,741 @@
+-- Billing: who is billable, what the contract says, and the invoice.
+-- Every table carries client_id first, so that each can be distributed and
+-- co-located by it (Citus); every per-client function takes client_id first.
+-- Functions are STABLE, fix their search_path, and build on the C
+-- aggregates (userset_agg, distinct_count, peak_concurrency) and allocate().
+
+-- A time zone name PostgreSQL knows.  Declared IMMUTABLE so that it can
+-- guard a CHECK constraint: zone names are treated as fixed once accepted.
+CREATE FUNCTION @extschema@.msp_valid_time_zone(zone text) RETURNS boolean
+LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	PERFORM now() AT TIME ZONE zone;
+	RETURN true;
+EXCEPTION WHEN invalid_parameter_value THEN
+	RETURN false;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_valid_time_zone(text) IS
+	'true when PostgreSQL knows the time zone name';
+
+CREATE TABLE @extschema@.clients (
+	client_id bigint PRIMARY KEY,
+	name text NOT NULL CHECK (name <> ''),
+	currency char(3) NOT NULL DEFAULT 'USD' CHECK (currency ~ '^[A-Z]{3}$'),
+	minor_unit numeric NOT NULL DEFAULT 0.01 CHECK (minor_unit > 0),
+	time_zone text NOT NULL DEFAULT 'UTC' CHECK (@extschema@.msp_valid_time_zone(time_zone)),
+	created_at timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE @extschema@.clients IS
+	'clients of the MSP; the time zone decides where their days and months start';
+
+CREATE TABLE @extschema@.contracts (
+	client_id bigint NOT NULL REFERENCES @extschema@.clients ON DELETE CASCADE,
+	contract_id bigint NOT NULL,
+	effective daterange NOT NULL CHECK (NOT isempty(effective) AND NOT lower_inf(effective)),
+	-- pricing
+	model text NOT NULL
+		CHECK (model IN ('per_user', 'per_device', 'per_seat', 'cost_plus', 'per_user_plus_support')),
+	price_per_user numeric CHECK (price_per_user >= 0),
+	price_per_device numeric CHECK (price_per_device >= 0),
+	price_per_seat numeric CHECK (price_per_seat >= 0),
+	markup numeric NOT NULL DEFAULT 0 CHECK (markup >= 0),
+	minimum_fee numeric NOT NULL DEFAULT 0 CHECK (minimum_fee >= 0),
+	minimum_quantity numeric NOT NULL DEFAULT 0 CHECK (minimum_quantity >= 0),
+	tier_mode text NOT NULL DEFAULT 'volume' CHECK (tier_mode IN ('volume', 'graduated')),
+	prorate boolean NOT NULL DEFAULT true,
+	-- billable-user policy
+	count_realms text[] NOT NULL DEFAULT '{os,m365}'
+		CHECK (count_realms <@ '{os,app,m365}' AND cardinality(count_realms) > 0),
+	min_active_days integer NOT NULL DEFAULT 1 CHECK (min_active_days >= 1),
+	support_rule text NOT NULL DEFAULT 'sufficient'
+		CHECK (support_rule IN ('none', 'sufficient', 'required')),
+	shared_billing text NOT NULL DEFAULT 'seat'
+		CHECK (shared_billing IN ('none', 'seat', 'peak', 'attribute')),
+	attribution_window interval NOT NULL DEFAULT '15 minutes' CHECK (attribution_window >= '0'),
+	default_session interval NOT NULL DEFAULT '1 hour' CHECK (default_session > '0'),
+	PRIMARY KEY (client_id, contract_id),
+	CHECK (model NOT IN ('per_user', 'per_user_plus_support') OR price_per_user IS NOT NULL),
+	CHECK (model <> 'per_device' OR price_per_device IS NOT NULL),
+	CHECK (model <> 'per_seat' OR price_per_seat IS NOT NULL),
+	-- one contract in effect per day (range types have = in their GiST opclass)
+	EXCLUDE USING gist (int8range(client_id, client_id, '[]') WITH =, effective WITH &&)
+);
+COMMENT ON TABLE @extschema@.contracts IS
+	'agreed terms per client and date range: pricing model, prices, minimums and the billable-user policy';
+
+CREATE TABLE @extschema@.contract_tiers (
+	client_id bigint NOT NULL,
+	contract_id bigint NOT NULL,
+	from_quantity numeric NOT NULL CHECK (from_quantity >= 0),
+	unit_price numeric NOT NULL CHECK (unit_price >= 0),
+	PRIMARY KEY (client_id, contract_id, from_quantity),
+	FOREIGN KEY (client_id, contract_id) REFERENCES @extschema@.contracts ON DELETE CASCADE
+);
+COMMENT ON TABLE @extschema@.contract_tiers IS
+	'volume or graduated unit prices for the contract''s main quantity, from a quantity up';
+
+CREATE TABLE @extschema@.devices (
+	client_id bigint NOT NULL REFERENCES @extschema@.clients ON DELETE CASCADE,
+	device_id bigint NOT NULL,
+	name text NOT NULL,
+	kind text NOT NULL DEFAULT 'desktop'
+		CHECK (kind IN ('desktop', 'laptop', 'server', 'room', 'other')),
+	active daterange CHECK (active IS NULL OR NOT isempty(active)),
+	PRIMARY KEY (client_id, device_id),
+	UNIQUE (client_id, name)
+);
+COMMENT ON TABLE @extschema@.devices IS
+	'computers and rooms under management; active bounds the days a device is billed (NULL: always)';
+
+CREATE TABLE @extschema@.people (
+	client_id bigint NOT NULL REFERENCES @extschema@.clients ON DELETE CASCADE,
+	person_id bigint NOT NULL,
+	pseudonym text NOT NULL,
+	is_technician boolean NOT NULL DEFAULT false,
+	do_not_bill boolean NOT NULL DEFAULT false,
+	bill_to_client_id bigint REFERENCES @extschema@.clients,
+	active daterange CHECK (active IS NULL OR NOT isempty(active)),
+	PRIMARY KEY (client_id, person_id),
+	UNIQUE (client_id, pseudonym)
+);
+COMMENT ON TABLE @extschema@.people IS
+	'people by pseudonym; one person may own several accounts. bill_to_client_id names a sister client that pays for them';
+
+CREATE FUNCTION @extschema@.msp_is_machine_account(name text) RETURNS boolean
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+RETURN name ~ '\$$'
+	OR upper(name) IN ('SYSTEM', 'LOCAL SERVICE', 'NETWORK SERVICE', 'ANONYMOUS LOGON')
+	OR upper(name) ~ '^(DWM|UMFD)-';
+COMMENT ON FUNCTION @extschema@.msp_is_machine_account(text) IS
+	'Windows machine and service identities, which are never billable';
+
+CREATE TABLE @extschema@.accounts (
+	client_id bigint NOT NULL,
+	account_id bigint NOT NULL,
+	realm text NOT NULL CHECK (realm IN ('os', 'app', 'm365')),
+	name text NOT NULL CHECK (name <> ''),
+	kind text NOT NULL CHECK (kind IN ('individual', 'shared', 'service')),
+	person_id bigint,
+	application text,
+	is_machine boolean GENERATED ALWAYS AS (@extschema@.msp_is_machine_account(name)) STORED,
+	PRIMARY KEY (client_id, account_id),
+	FOREIGN KEY (client_id) REFERENCES @extschema@.clients ON DELETE CASCADE,
+	FOREIGN KEY (client_id, person_id) REFERENCES @extschema@.people,
+	CHECK ((kind = 'individual') = (person_id IS NOT NULL)),
+	CHECK ((realm = 'app') = (application IS NOT NULL))
+);
+CREATE UNIQUE INDEX accounts_name_key ON @extschema@.accounts (client_id, realm, lower(name), coalesce(application, ''));
+COMMENT ON TABLE @extschema@.accounts IS
+	'logon identities per realm (os, app, m365): individual (owned by a person), shared (a room or PC) or service';
+
+CREATE SEQUENCE @extschema@.logons_logon_id_seq;
+CREATE TABLE @extschema@.logons (
+	client_id bigint NOT NULL,
+	logon_id bigint NOT NULL DEFAULT nextval('@extschema@.logons_logon_id_seq'),
+	account_id bigint NOT NULL,
+	device_id bigint,
+	at timestamptz NOT NULL,
+	ended timestamptz CHECK (ended >= at),
+	presence boolean NOT NULL DEFAULT true,
+	source text,
+	source_event_id text,
+	PRIMARY KEY (client_id, at, logon_id),
+	FOREIGN KEY (client_id, account_id) REFERENCES @extschema@.accounts,
+	FOREIGN KEY (client_id, device_id) REFERENCES @extschema@.devices
+) PARTITION BY RANGE (at);
+CREATE TABLE @extschema@.logons_default PARTITION OF @extschema@.logons DEFAULT;
+CREATE INDEX logons_account_idx ON @extschema@.logons (client_id, account_id, at);
+CREATE INDEX logons_at_brin ON @extschema@.logons USING brin (at);
+COMMENT ON TABLE @extschema@.logons IS
+	'one row per logon (presence = counts as a person being there); partitioned by time: add months with msp_add_logon_partitions()';
+
+CREATE TABLE @extschema@.support_contacts (
+	client_id bigint NOT NULL,
+	contact_id bigint NOT NULL,
+	person_id bigint NOT NULL,
+	at timestamptz NOT NULL,
+	channel text NOT NULL DEFAULT 'phone',
+	PRIMARY KEY (client_id, contact_id),
+	FOREIGN KEY (client_id, person_id) REFERENCES @extschema@.people
+);
+CREATE INDEX support_contacts_at_idx ON @extschema@.support_contacts (client_id, at);
+COMMENT ON TABLE @extschema@.support_contacts IS 'tickets and calls to the support desk, per person';
+
+CREATE TABLE @extschema@.cost_pools (
+	client_id bigint NOT NULL REFERENCES @extschema@.clients ON DELETE CASCADE,
+	pool_id bigint NOT NULL,
+	category text NOT NULL
+		CHECK (category IN ('licensing', 'backup', 'server', 'hardware', 'support', 'other')),
+	description text NOT NULL,
+	amount numeric NOT NULL CHECK (amount >= 0),
+	currency char(3) NOT NULL,
+	period daterange NOT NULL CHECK (NOT isempty(period) AND NOT lower_inf(period) AND NOT upper_inf(period)),
+	basis text NOT NULL DEFAULT 'device' CHECK (basis IN ('device', 'seat', 'user')),
+	PRIMARY KEY (client_id, pool_id)
+);
+COMMENT ON TABLE @extschema@.cost_pools IS
+	'what serving a client costs the MSP in a period, and what to spread it over (devices, seats or users)';
+
+CREATE TABLE @extschema@.license_counts (
+	client_id bigint NOT NULL REFERENCES @extschema@.clients ON DELETE CASCADE,
+	sku text NOT NULL,
+	seats integer NOT NULL CHECK (seats >= 0),
+	source text NOT NULL DEFAULT 'manual',
+	as_of date NOT NULL,
+	PRIMARY KEY (client_id, sku, source, as_of)
+);
+COMMENT ON TABLE @extschema@.license_counts IS
+	'license seats held per SKU as synced from a marketplace (e.g. Microsoft 365 from Pax8), by date';
+
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.clients', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.contracts', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.contract_tiers', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.devices', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.people', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.accounts', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.logons_default', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.logons_logon_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.support_contacts', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.cost_pools', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.license_counts', '');
+
+CREATE FUNCTION @extschema@.msp_add_logon_partitions(first_month date, months integer)
+RETURNS integer
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+DECLARE
+	m date := date_trunc('month', first_month);
+	created integer := 0;
+	part text;
+BEGIN
+	IF months < 1 THEN
+		RAISE EXCEPTION 'months must be at least 1'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	FOR i IN 1..months LOOP
+		part := format('logons_%s', to_char(m, 'YYYY_MM'));
+		IF to_regclass(format('@extschema@.%I', part)) IS NULL THEN
+			EXECUTE format('CREATE TABLE @extschema@.%I PARTITION OF @extschema@.logons FOR VALUES FROM (%L) TO (%L)',
+						   part, m::timestamptz, (m + interval '1 month')::timestamptz);
+			created := created + 1;
+		END IF;
+		m := m + interval '1 month';
+	END LOOP;
+	RETURN created;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_add_logon_partitions(date, integer) IS
+	'creates monthly logon partitions (UTC month bounds) that do not exist yet; returns how many it created';
+
+-- Money rounded half away from zero to the client's minor unit.
+CREATE FUNCTION @extschema@.msp_round(amount numeric, minor_unit numeric) RETURNS numeric
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+RETURN round(amount / minor_unit) * minor_unit;
+COMMENT ON FUNCTION @extschema@.msp_round(numeric, numeric) IS
+	'amount rounded half away from zero to a whole number of minor units';
+
+-- The period to bill: the one given, checked, or the last full month in the
+-- client's time zone.
+CREATE FUNCTION @extschema@.msp_period(client_id bigint, period daterange DEFAULT NULL)
+RETURNS daterange
+LANGUAGE plpgsql STABLE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	c clients;
+	today date;
+BEGIN
+	SELECT * INTO c FROM clients WHERE clients.client_id = msp_period.client_id;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'unknown client %', coalesce(client_id::text, 'NULL')
+			USING ERRCODE = 'no_data_found',
+				  HINT = 'Add the client to mspbill.clients first.';
+	END IF;
+	today := (now() AT TIME ZONE c.time_zone)::date;
+	IF period IS NULL THEN
+		RETURN daterange((date_trunc('month', today) - interval '1 month')::date,
+						 date_trunc('month', today)::date);
+	END IF;
+	IF isempty(period) OR lower_inf(period) OR upper_inf(period) THEN
+		RAISE EXCEPTION 'billing period % is empty or unbounded', period
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Pass a period such as daterange(''2026-10-01'', ''2026-11-01'').';
+	END IF;
+	IF lower(period) > today THEN
+		RAISE EXCEPTION 'billing period % starts in the future', period
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = format('Today is %s in the client''s time zone %s.', today, c.time_zone),
+				  HINT = 'Bill a period that has started.';
+	END IF;
+	RETURN period;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_period(bigint, daterange) IS
+	'the checked billing period; by default the last full month in the client''s time zone';
+
+-- The contracts covering a period, each clipped to it.  A gap between two
+-- contracts inside the period is an error; a period that starts before the
+-- first contract or ends after the last is billed for the covered days.
+CREATE FUNCTION @extschema@.msp_contract_segments(client_id bigint, period daterange)
+RETURNS TABLE (contract_id bigint, segment daterange)
+LANGUAGE plpgsql STABLE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	r record;
+	prev date;
+	found_any boolean := false;
+BEGIN
+	FOR r IN
+		SELECT k.contract_id, k.effective * period AS seg
+		  FROM contracts k
+		 WHERE k.client_id = msp_contract_segments.client_id AND k.effective && period
+		 ORDER BY lower(k.effective)
+	LOOP
+		IF found_any AND lower(r.seg) <> prev THEN
+			RAISE EXCEPTION 'contract gap for client % from % to %', client_id, prev, lower(r.seg)
+				USING ERRCODE = 'data_exception',
+					  HINT = 'Extend a contract or add one so that every day of the period is covered.';
+		END IF;
+		found_any := true;
+		prev := upper(r.seg);
+		contract_id := r.contract_id;
+		segment := r.seg;
+		RETURN NEXT;
+	END LOOP;
+	IF NOT found_any THEN
+		RAISE EXCEPTION 'no contract in effect for client % in %', client_id, period
+			USING ERRCODE = 'no_data_found',
+				  HINT = 'Add a row to mspbill.contracts whose effective range covers the period.';
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_contract_segments(bigint, daterange) IS
+	'the contracts in effect during a period, clipped to it; fails on gaps between contracts';
+
+-- Local day of a timestamp in a zone.
+CREATE FUNCTION @extschema@.msp_local_day(at timestamptz, zone text) RETURNS date
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+RETURN (at AT TIME ZONE zone)::date;
+COMMENT ON FUNCTION @extschema@.msp_local_day(timestamptz, text) IS 'the calendar day of a timestamp in a time zone';
+
+-- Everyone the policy counts in one contract segment, with the evidence.
+CREATE FUNCTION @extschema@.msp_segment_users(client_id bigint, contract_id bigint, segment daterange)
+RETURNS TABLE (person_id bigint, pseudonym text, rule text, first_seen timestamptz,
+			   last_seen timestamptz, days_active integer, support_contacts integer, accounts text[])
+LANGUAGE sql STABLE
+SET search_path = @extschema@, pg_catalog, pg_temp
+BEGIN ATOMIC
+	WITH k AS (
+		SELECT k.*, c.time_zone,
+			   (lower(segment)::timestamp AT TIME ZONE c.time_zone) AS t0,
+			   (upper(segment)::timestamp AT TIME ZONE c.time_zone) AS t1
+		  FROM contracts k JOIN clients c USING (client_id)
+		 WHERE k.client_id = msp_segment_users.client_id AND k.contract_id = msp_segment_users.contract_id),
+	eligible AS (
+		SELECT p.* FROM people p
+		 WHERE p.client_id = msp_segment_users.client_id
+		   AND NOT p.is_technician AND NOT p.do_not_bill
+		   AND (p.bill_to_client_id IS NULL OR p.bill_to_client_id = p.client_id)),
+	presence AS (
+		SELECT a.person_id, l.at, a.name, msp_local_day(l.at, k.time_zone) AS day
+		  FROM k
+		  JOIN logons l ON l.client_id = k.client_id AND l.at >= k.t0 AND l.at < k.t1
+		  JOIN accounts a ON a.client_id = l.client_id AND a.account_id = l.account_id
+		 WHERE l.presence AND a.kind = 'individual' AND NOT a.is_machine
+		   AND a.realm = ANY (k.count_realms)),
+	attributed AS (
+		-- shared-account sessions attributed to the individual application
+		-- logons on the same device within the window
+		SELECT ia.person_id, il.at, ia.name, msp_local_day(il.at, k.time_zone) AS day
+		  FROM k
+		  JOIN logons sl ON sl.client_id = k.client_id AND sl.at >= k.t0 AND sl.at < k.t1 AND sl.presence
+		  JOIN accounts sa ON sa.client_id = sl.client_id AND sa.account_id = sl.account_id
+						  AND sa.kind = 'shared' AND NOT sa.is_machine
+		  JOIN logons il ON il.client_id = sl.client_id AND il.device_id = sl.device_id
+						AND il.at >= sl.at - k.attribution_window
+						AND il.at <= coalesce(sl.ended, sl.at + k.default_session) + k.attribution_window
+		  JOIN accounts ia ON ia.client_id = il.client_id AND ia.account_id = il.account_id
+						  AND ia.kind = 'individual' AND ia.realm = 'app'
+		 WHERE k.shared_billing = 'attribute'),
+	seen AS (
+		SELECT person_id, min(at) AS first_seen, max(at) AS last_seen,
+			   count(DISTINCT day)::integer AS days_active,
+			   array_agg(DISTINCT name ORDER BY name) AS accounts,
+			   bool_or(src = 'logon') AS by_logon, bool_or(src = 'attributed') AS by_attribution
+		  FROM (SELECT *, 'logon' AS src FROM presence
+				UNION ALL SELECT *, 'attributed' FROM attributed) x
+		 GROUP BY person_id),
+	support AS (
+		SELECT s.person_id, count(*)::integer AS contacts, min(s.at) AS first_at, max(s.at) AS last_at
+		  FROM k JOIN support_contacts s ON s.client_id = k.client_id AND s.at >= k.t0 AND s.at < k.t1
+		 GROUP BY s.person_id)
+	SELECT e.person_id, e.pseudonym,
+		   CASE
+			   WHEN s.days_active >= k.min_active_days AND sp.contacts > 0 AND k.support_rule <> 'none'
+				   THEN CASE WHEN s.by_logon THEN 'logon+support' ELSE 'shared-attributed+support' END
+			   WHEN s.days_active >= k.min_active_days
+				   THEN CASE WHEN s.by_logon THEN 'logon' ELSE 'shared-attributed' END
+			   ELSE 'support'
+		   END,
+		   least(s.first_seen, sp.first_at), greatest(s.last_seen, sp.last_at),
+		   coalesce(s.days_active, 0), coalesce(sp.contacts, 0), coalesce(s.accounts, '{}')
+	  FROM k
+	  JOIN eligible e ON true
+	  LEFT JOIN seen s ON s.person_id = e.person_id
+	  LEFT JOIN support sp ON sp.person_id = e.person_id
+	 WHERE CASE k.support_rule
+			   WHEN 'none' THEN coalesce(s.days_active, 0) >= k.min_active_days
+			   WHEN 'sufficient' THEN coalesce(s.days_active, 0) >= k.min_active_days OR sp.contacts > 0
+			   ELSE coalesce(s.days_active, 0) >= k.min_active_days AND sp.contacts > 0
+		   END
+	 ORDER BY e.pseudonym;
+END;
+COMMENT ON FUNCTION @extschema@.msp_segment_users(bigint, bigint, daterange) IS
+	'the people one contract''s policy counts during a segment of a period, with the rule and evidence';
+
+CREATE FUNCTION @extschema@.msp_billable_users(client_id bigint, period daterange DEFAULT NULL)
+RETURNS TABLE (contract_id bigint, person_id bigint, pseudonym text, rule text, first_seen timestamptz,
+			   last_seen timestamptz, days_active integer, support_contacts integer, accounts text[])
+LANGUAGE sql STABLE
+SET search_path = @extschema@, pg_catalog, pg_temp
+BEGIN ATOMIC
+	SELECT s.contract_id, u.*
+	  FROM msp_contract_segments(client_id, msp_period(client_id, period)) s,
+		   LATERAL msp_segment_users(client_id, s.contract_id, s.segment) u
+	 ORDER BY lower(s.segment), u.pseudonym;
+END;
+COMMENT ON FUNCTION @extschema@.msp_billable_users(bigint, daterange) IS
+	'every person counted on the invoice, with the rule that counted them, first/last seen and days active';
+
+-- Quantities of one contract segment: users, seats, devices, license seats
+-- and costs, each prorated by the days it covers when the contract says so.
+CREATE FUNCTION @extschema@.msp_segment_quantities(client_id bigint, contract_id bigint,
+													segment daterange, period daterange)
+RETURNS TABLE (users numeric, user_count integer, seats numeric, seat_count integer,
+			   devices numeric, device_count integer, license_seats numeric,
+			   cost numeric, support_cost numeric, fraction numeric)
+LANGUAGE sql STABLE
+SET search_path = @extschema@, pg_catalog, pg_temp
+BEGIN ATOMIC
+	WITH k AS (
+		SELECT k.*, c.time_zone, c.currency, c.minor_unit,
+			   (upper(period) - lower(period))::numeric AS period_days,
+			   (upper(segment) - lower(segment))::numeric AS segment_days,
+			   (lower(segment)::timestamp AT TIME ZONE c.time_zone) AS t0,
+			   (upper(segment)::timestamp AT TIME ZONE c.time_zone) AS t1
+		  FROM contracts k JOIN clients c USING (client_id)
+		 WHERE k.client_id = msp_segment_quantities.client_id
+		   AND k.contract_id = msp_segment_quantities.contract_id),
+	u AS (
+		SELECT coalesce(sum(CASE WHEN k.prorate AND p.active IS NOT NULL
+								 THEN (upper(p.active * segment) - lower(p.active * segment)) / k.period_days
+								 WHEN k.prorate THEN k.segment_days / k.period_days
+								 ELSE 1 END), 0) AS users,
+			   count(*)::integer AS user_count
+		  FROM k, msp_segment_users(client_id, contract_id, segment) b
+		  JOIN people p ON p.client_id = msp_segment_quantities.client_id AND p.person_id = b.person_id),
+	shared AS (
+		SELECT a.account_id,
+			   peak_concurrency(tstzrange(l.at, coalesce(l.ended, l.at + k.default_session))) AS peak
+		  FROM k
+		  JOIN logons l ON l.client_id = k.client_id AND l.at >= k.t0 AND l.at < k.t1 AND l.presence
+		  JOIN accounts a ON a.client_id = l.client_id AND a.account_id = l.account_id
+						 AND a.kind = 'shared' AND NOT a.is_machine
+		 WHERE k.shared_billing IN ('seat', 'peak')
+		 GROUP BY a.account_id),
+	s AS (
+		SELECT coalesce(sum(CASE WHEN shared.account_id IS NULL THEN 0
+								 WHEN k.shared_billing = 'peak' THEN shared.peak ELSE 1 END), 0)
+				   * CASE WHEN k.prorate THEN k.segment_days / k.period_days ELSE 1 END AS seats,
+			   count(shared.account_id)::integer AS seat_count
+		  FROM k LEFT JOIN shared ON true
+		 GROUP BY k.shared_billing, k.prorate, k.segment_days, k.period_days),
+	d AS (
+		SELECT coalesce(sum(CASE WHEN NOT k.prorate THEN 1
+								 WHEN dv.active IS NULL THEN k.segment_days / k.period_days
+								 ELSE (upper(dv.active * segment) - lower(dv.active * segment)) / k.period_days
+							END), 0) AS devices,
+			   count(dv.device_id)::integer AS device_count
+		  FROM k LEFT JOIN devices dv ON dv.client_id = k.client_id
+									  AND (dv.active IS NULL OR dv.active && segment)),
+	lic AS (
+		SELECT coalesce(sum(lc.seats), 0) AS license_seats
+		  FROM k, LATERAL (
+			SELECT DISTINCT ON (x.sku) x.seats
+			  FROM license_counts x
+			 WHERE x.client_id = k.client_id AND x.as_of < upper(segment)
+			 ORDER BY x.sku, x.as_of DESC, x.source) lc),
+	c AS (
+		SELECT coalesce(sum(cp.amount * (upper(cp.period * segment) - lower(cp.period * segment))
+							/ (upper(cp.period) - lower(cp.period))), 0) AS cost,
+			   coalesce(sum(cp.amount * (upper(cp.period * segment) - lower(cp.period * segment))
+							/ (upper(cp.period) - lower(cp.period)))
+						FILTER (WHERE cp.category = 'support'), 0) AS support_cost
+		  FROM k JOIN cost_pools cp ON cp.client_id = k.client_id AND cp.period && segment)
+	SELECT u.users, u.user_count, s.seats, s.seat_count, d.devices, d.device_count,
+		   lic.license_seats, c.cost, c.support_cost, k.segment_days / k.period_days
+	  FROM k, u, s, d, lic, c;
+END;
+COMMENT ON FUNCTION @extschema@.msp_segment_quantities(bigint, bigint, daterange, daterange) IS
+	'billable quantities of one contract segment, prorated by covered days';
+
+-- The price of a quantity under the contract's tiers (or the flat price).
+CREATE FUNCTION @extschema@.msp_tiered_amount(client_id bigint, contract_id bigint,
+											   quantity numeric, flat_price numeric)
+RETURNS numeric
+LANGUAGE sql STABLE
+SET search_path = @extschema@, pg_catalog, pg_temp
+BEGIN ATOMIC
+	SELECT CASE
+		WHEN NOT EXISTS (SELECT 1 FROM contract_tiers t
+						  WHERE t.client_id = msp_tiered_amount.client_id
+							AND t.contract_id = msp_tiered_amount.contract_id)
+			THEN quantity * flat_price
+		WHEN (SELECT tier_mode FROM contracts k
+			   WHERE k.client_id = msp_tiered_amount.client_id
+				 AND k.contract_id = msp_tiered_amount.contract_id) = 'volume'
+			THEN quantity * (SELECT t.unit_price FROM contract_tiers t
+							  WHERE t.client_id = msp_tiered_amount.client_id
+								AND t.contract_id = msp_tiered_amount.contract_id
+								AND t.from_quantity <= quantity
+							  ORDER BY t.from_quantity DESC LIMIT 1)
+		ELSE (SELECT sum(greatest(least(quantity, coalesce(nxt, quantity)) - from_quantity, 0) * unit_price)
+				FROM (SELECT t.from_quantity, t.unit_price,
+							 lead(t.from_quantity) OVER (ORDER BY t.from_quantity) AS nxt
+						FROM contract_tiers t
+					   WHERE t.client_id = msp_tiered_amount.client_id
+						 AND t.contract_id = msp_tiered_amount.contract_id) b)
+	END;
+END;
+COMMENT ON FUNCTION @extschema@.msp_tiered_amount(bigint, bigint, numeric, numeric) IS
+	'amount for a quantity: volume tiers price every unit at the reached tier, graduated tiers price each band';
+
+CREATE TYPE @extschema@.invoice_line AS (
+	line_no integer,
+	contract_id bigint,
+	description text,
+	quantity numeric,
+	unit_price numeric,
+	amount numeric,
+	basis text
+);
+COMMENT ON TYPE @extschema@.invoice_line IS 'one line of an invoice; amount is rounded to the minor unit';
+
+-- Invoice lines of a period under a pricing model (NULL: the contract's own).
+CREATE FUNCTION @extschema@.msp_price_lines(client_id bigint, period daterange, model text)
+RETURNS SETOF @extschema@.invoice_line
+LANGUAGE plpgsql STABLE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	seg record;
+	k contracts;
+	c clients;
+	q record;
+	m text;
+	line invoice_line;
+	n integer := 0;
+	seg_total numeric;
+	amount numeric;
+	label text;
+BEGIN
+	SELECT * INTO c FROM clients WHERE clients.client_id = msp_price_lines.client_id;
+	period := msp_period(client_id, period);
+	IF EXISTS (SELECT 1 FROM cost_pools cp WHERE cp.client_id = c.client_id
+				  AND cp.period && period AND cp.currency <> c.currency) THEN
+		RAISE EXCEPTION 'cost pool currency does not match client % currency %', client_id, c.currency
+			USING ERRCODE = 'data_exception',
+				  DETAIL = (SELECT format('Pool %s is in %s.', cp.pool_id, cp.currency) FROM cost_pools cp
+							 WHERE cp.client_id = c.client_id AND cp.period && period
+							   AND cp.currency <> c.currency ORDER BY cp.pool_id LIMIT 1),
+				  HINT = 'Convert the pool to the client''s currency before billing.';
+	END IF;
+
+	FOR seg IN SELECT * FROM msp_contract_segments(client_id, period) LOOP
+		SELECT * INTO k FROM contracts WHERE contracts.client_id = c.client_id
+			AND contracts.contract_id = seg.contract_id;
+		SELECT * INTO q FROM msp_segment_quantities(client_id, seg.contract_id, seg.segment, period);
+		m := coalesce(model, k.model);
+		seg_total := 0;
+		label := CASE WHEN seg.segment = period THEN '' ELSE format(' (%s to %s)', lower(seg.segment), upper(seg.segment) - 1) END;
+
+		IF m IN ('per_user', 'per_user_plus_support') THEN
+			IF k.price_per_user IS NULL THEN CONTINUE; END IF;
+			amount := msp_round(msp_tiered_amount(c.client_id, k.contract_id, greatest(q.users, k.minimum_quantity), k.price_per_user), c.minor_unit);
+			n := n + 1;
+			RETURN NEXT (n, k.contract_id, format('Users: %s billable%s', q.user_count, label),
+						 greatest(q.users, k.minimum_quantity), k.price_per_user, amount, 'user')::invoice_line;
+			seg_total := seg_total + amount;
+			IF q.seats > 0 THEN
+				amount := msp_round(q.seats * coalesce(k.price_per_seat, k.price_per_user), c.minor_unit);
+				n := n + 1;
+				RETURN NEXT (n, k.contract_id, format('Shared seats: %s room or shared accounts%s', q.seat_count, label),
+							 q.seats, coalesce(k.price_per_seat, k.price_per_user), amount, 'seat')::invoice_line;
+				seg_total := seg_total + amount;
+			END IF;
+			IF m = 'per_user_plus_support' AND q.support_cost > 0 THEN
+				amount := msp_round(q.support_cost * (1 + k.markup), c.minor_unit);
+				n := n + 1;
+				RETURN NEXT (n, k.contract_id,
+							 format('Support costs spread over %s users (%s per user)%s', q.user_count,
+									CASE WHEN q.user_count > 0 THEN msp_round(amount / q.user_count, c.minor_unit)::text ELSE 'n/a' END, label),
+							 1::numeric, amount, amount, 'cost')::invoice_line;
+				seg_total := seg_total + amount;
+			END IF;
+		ELSIF m = 'per_device' THEN
+			IF k.price_per_device IS NULL THEN CONTINUE; END IF;
+			amount := msp_round(msp_tiered_amount(c.client_id, k.contract_id, greatest(q.devices, k.minimum_quantity), k.price_per_device), c.minor_unit);
+			n := n + 1;
+			RETURN NEXT (n, k.contract_id, format('Devices: %s managed%s', q.device_count, label),
+						 greatest(q.devices, k.minimum_quantity), k.price_per_device, amount, 'device')::invoice_line;
+			seg_total := seg_total + amount;
+		ELSIF m = 'per_seat' THEN
+			IF k.price_per_seat IS NULL THEN CONTINUE; END IF;
+			amount := msp_round(msp_tiered_amount(c.client_id, k.contract_id, greatest(q.license_seats, k.minimum_quantity), k.price_per_seat), c.minor_unit);
+			n := n + 1;
+			RETURN NEXT (n, k.contract_id, format('License seats held%s', label),
+						 greatest(q.license_seats, k.minimum_quantity), k.price_per_seat, amount, 'license')::invoice_line;
+			seg_total := seg_total + amount;
+		ELSIF m = 'cost_plus' THEN
+			FOR line IN
+				SELECT 0, k.contract_id,
+					   format('%s: %s (cost %s, markup %s%%)%s', initcap(cp.category), cp.description,
+							  msp_round(part, c.minor_unit), round(k.markup * 100, 2), label),
+					   1::numeric, msp_round(msp_round(part, c.minor_unit) * (1 + k.markup), c.minor_unit),
+					   msp_round(msp_round(part, c.minor_unit) * (1 + k.markup), c.minor_unit), 'cost'
+				  FROM (SELECT cp.*, cp.amount * (upper(cp.period * seg.segment) - lower(cp.period * seg.segment))
+										/ (upper(cp.period) - lower(cp.period)) AS part
+						  FROM cost_pools cp
+						 WHERE cp.client_id = c.client_id AND cp.period && seg.segment) cp
+				 ORDER BY cp.pool_id
+			LOOP
+				n := n + 1;
+				line.line_no := n;
+				RETURN NEXT line;
+				seg_total := seg_total + line.amount;
+			END LOOP;
+		END IF;
+
+		IF seg_total < msp_round(k.minimum_fee * q.fraction, c.minor_unit) THEN
+			amount := msp_round(k.minimum_fee * q.fraction, c.minor_unit) - seg_total;
+			n := n + 1;
+			RETURN NEXT (n, k.contract_id, format('Minimum monthly fee top-up%s', label),
+						 1::numeric, amount, amount, 'minimum')::invoice_line;
+		END IF;
+	END LOOP;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_price_lines(bigint, daterange, text) IS
+	'invoice lines for a period priced under a model (NULL: each contract''s own)';
+
+CREATE FUNCTION @extschema@.msp_invoice_lines(client_id bigint, period daterange DEFAULT NULL)
+RETURNS SETOF @extschema@.invoice_line
+LANGUAGE sql STABLE
+SET search_path = @extschema@, pg_catalog, pg_temp
+BEGIN ATOMIC
+	SELECT l.line_no, l.contract_id, l.description, trim_scale(round(l.quantity, 4)),
+		   l.unit_price, l.amount, l.basis
+	  FROM msp_price_lines(client_id, period, NULL) l;
+END;
+COMMENT ON FUNCTION @extschema@.msp_invoice_lines(bigint, daterange) IS
+	'the lines of a client''s invoice for a period (default: last full month)';
+
+CREATE TYPE @extschema@.invoice AS (
+	client_id bigint,
+	client_name text,
+	period daterange,
+	model text,
+	users integer,
+	seats integer,
+	devices integer,
+	subtotal numeric,
+	total numeric,
+	currency char(3)
+);
+COMMENT ON TYPE @extschema@.invoice IS 'an invoice summary; its lines come from msp_invoice_lines()';
+
+CREATE FUNCTION @extschema@.msp_invoice(client_id bigint, period daterange DEFAULT NULL)
+RETURNS @extschema@.invoice
+LANGUAGE sql STABLE
+SET search_path = @extschema@, pg_catalog, pg_temp
+BEGIN ATOMIC
+	WITH p AS (SELECT msp_period(client_id, period) AS period),
+	seg AS (SELECT s.*, q.* FROM p, msp_contract_segments(client_id, p.period) s,
+			LATERAL msp_segment_quantities(client_id, s.contract_id, s.segment, p.period) q),
+	lines AS (SELECT l.* FROM p, msp_price_lines(client_id, p.period, NULL) l)
+	SELECT (c.client_id, c.name, p.period,
+			(SELECT string_agg(DISTINCT k.model, '+') FROM seg JOIN contracts k
+			   ON k.client_id = c.client_id AND k.contract_id = seg.contract_id),
+			(SELECT max(user_count) FROM seg), (SELECT max(seat_count) FROM seg),
+			(SELECT max(device_count) FROM seg),
+			(SELECT coalesce(sum(amount) FILTER (WHERE basis <> 'minimum'), 0) FROM lines),
+			(SELECT coalesce(sum(amount), 0) FROM lines),
+			c.currency)::invoice
+	  FROM clients c, p
+	 WHERE c.client_id = msp_invoice.client_id;
+END;
+COMMENT ON FUNCTION @extschema@.msp_invoice(bigint, daterange) IS
+	'the invoice of a client for a period (default: last full month in the client''s time zone)';
+
+CREATE FUNCTION @extschema@.msp_cost_allocation(client_id bigint, period daterange DEFAULT NULL)
+RETURNS TABLE (pool_id bigint, category text, basis text, unit text, share numeric)
+LANGUAGE sql STABLE
+SET search_path = @extschema@, pg_catalog, pg_temp
+BEGIN ATOMIC
+	WITH p AS (SELECT msp_period(client_id, period) AS period),
+	c AS (SELECT * FROM clients WHERE clients.client_id = msp_cost_allocation.client_id),
+	units AS (
+		SELECT 'device' AS basis, d.name AS unit FROM devices d, p
+		 WHERE d.client_id = msp_cost_allocation.client_id AND (d.active IS NULL OR d.active && p.period)
+		UNION ALL
+		SELECT 'user', u.pseudonym FROM msp_billable_users(client_id, period) u
+		UNION ALL
+		SELECT 'seat', a.name FROM accounts a
+		 WHERE a.client_id = msp_cost_allocation.client_id AND a.kind = 'shared' AND NOT a.is_machine),
+	pools AS (
+		SELECT cp.pool_id, cp.category, cp.basis,
+			   msp_round(cp.amount * (upper(cp.period * p.period) - lower(cp.period * p.period))
+						 / (upper(cp.period) - lower(cp.period)), c.minor_unit) AS amount, c.minor_unit
+		  FROM cost_pools cp, p, c
+		 WHERE cp.client_id = msp_cost_allocation.client_id AND cp.period && p.period)
+	SELECT pools.pool_id, pools.category, pools.basis, units.unit,
+		   allocate(pools.amount, 1, pools.minor_unit) OVER (PARTITION BY pools.pool_id ORDER BY units.unit)
+	  FROM pools JOIN (SELECT DISTINCT basis, unit FROM units) units USING (basis)
+	 ORDER BY pools.pool_id, units.unit;
+END;
+COMMENT ON FUNCTION @extschema@.msp_cost_allocation(bigint, daterange) IS
+	'every cost pool of the period spread over its basis (devices, seats or users) to the cent with allocate()';
+
+CREATE FUNCTION @extschema@.msp_compare_models(client_id bigint, period daterange DEFAULT NULL)
+RETURNS TABLE (model text, total numeric, users integer, devices integer,
+			   per_user numeric, per_device numeric, break_even_users numeric)
+LANGUAGE sql STABLE
+SET search_path = @extschema@, pg_catalog, pg_temp
+BEGIN ATOMIC
+	WITH inv AS (SELECT (msp_invoice(client_id, period)).*),
+	c AS (SELECT * FROM clients WHERE clients.client_id = msp_compare_models.client_id),
+	models AS (
+		SELECT m.model, m.ord, (SELECT sum(l.amount) FROM msp_price_lines(client_id, period, m.model) l) AS total
+		  FROM (VALUES ('per_user', 1), ('per_device', 2), ('per_seat', 3), ('cost_plus', 4),
+					   ('per_user_plus_support', 5)) m(model, ord))
+	SELECT m.model, m.total, inv.users, inv.devices,
+		   CASE WHEN inv.users > 0 THEN msp_round(m.total / inv.users, c.minor_unit) END,
+		   CASE WHEN inv.devices > 0 THEN msp_round(m.total / inv.devices, c.minor_unit) END,
+		   CASE WHEN m.model = 'per_device' AND pu.total > 0 AND inv.users > 0
+				THEN round(m.total / (pu.total / inv.users), 2) END
+	  FROM models m, inv, c, (SELECT total FROM models WHERE model = 'per_user') pu
+	 ORDER BY m.ord;
+END;
+COMMENT ON FUNCTION @extschema@.msp_compare_models(bigint, daterange) IS
+	'per-user, per-device, per-seat, cost-plus and support-lifted totals side by side, with effective prices and the per-device break-even user count';

@@ -1,0 +1,30 @@
+-- make demo: two clinics, their invoices, and the numbers behind them.
+\set ON_ERROR_STOP on
+\pset pager off
+\pset footer off
+\i clinics.sql
+SET search_path = public, mspbill;
+
+\echo
+\echo '== St. Olaf Hospital: shared operating-room logons, individual EMR logins'
+SELECT * FROM msp_invoice(1);
+SELECT line_no, description, quantity, unit_price, amount FROM msp_invoice_lines(1);
+\echo 'Who is billable, and why (the evidence for any disputed line):'
+SELECT pseudonym, rule, days_active, support_contacts, accounts FROM msp_billable_users(1);
+
+\echo
+\echo '== Maple Family Dental: 8 desktops, 4 users, service cost spread to the cent'
+SELECT * FROM msp_invoice(2);
+SELECT line_no, description, amount FROM msp_invoice_lines(2);
+\echo 'The same month under every pricing model:'
+SELECT * FROM msp_compare_models(2);
+\echo 'Backup/BDR and support spread across devices and users with allocate():'
+SELECT pool_id, category, unit, share FROM msp_cost_allocation(2) WHERE pool_id IN (4, 5);
+
+\echo
+\echo '== Counting users straight from the logons (exact, parallel, C aggregates)'
+SELECT c.name, distinct_count(a.person_id) AS people_with_logons,
+       cardinality(userset_agg(a.person_id)) AS same_as_a_set
+  FROM logons l JOIN accounts a USING (client_id, account_id) JOIN clients c USING (client_id)
+ WHERE a.kind = 'individual'
+ GROUP BY c.name ORDER BY c.name;
