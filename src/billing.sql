@@ -682,8 +682,7 @@ BEGIN ATOMIC
 			(SELECT coalesce(sum(amount) FILTER (WHERE basis <> 'minimum'), 0) FROM lines),
 			(SELECT coalesce(sum(amount), 0) FROM lines),
 			c.currency)::invoice
-	  FROM clients c, p
-	 WHERE c.client_id = msp_invoice.client_id;
+	  FROM p LEFT JOIN clients c ON c.client_id = msp_invoice.client_id;
 END;
 COMMENT ON FUNCTION @extschema@.msp_invoice(bigint, daterange) IS
 	'the invoice of a client for a period (default: last full month in the client''s time zone)';
@@ -707,8 +706,8 @@ BEGIN ATOMIC
 		SELECT cp.pool_id, cp.category, cp.basis,
 			   msp_round(cp.amount * (upper(cp.period * p.period) - lower(cp.period * p.period))
 						 / (upper(cp.period) - lower(cp.period)), c.minor_unit) AS amount, c.minor_unit
-		  FROM cost_pools cp, p, c
-		 WHERE cp.client_id = msp_cost_allocation.client_id AND cp.period && p.period)
+		  FROM p LEFT JOIN c ON true
+		  JOIN cost_pools cp ON cp.client_id = msp_cost_allocation.client_id AND cp.period && p.period)
 	SELECT pools.pool_id, pools.category, pools.basis, units.unit,
 		   allocate(pools.amount, 1, pools.minor_unit) OVER (PARTITION BY pools.pool_id ORDER BY units.unit)
 	  FROM pools JOIN (SELECT DISTINCT basis, unit FROM units) units USING (basis)
