@@ -679,8 +679,8 @@ BEGIN ATOMIC
 			   ON k.client_id = c.client_id AND k.contract_id = seg.contract_id),
 			(SELECT max(user_count) FROM seg), (SELECT max(seat_count) FROM seg),
 			(SELECT max(device_count) FROM seg),
-			(SELECT coalesce(sum(amount) FILTER (WHERE basis <> 'minimum'), 0) FROM lines),
-			(SELECT coalesce(sum(amount), 0) FROM lines),
+			(SELECT msp_round(coalesce(sum(amount) FILTER (WHERE basis <> 'minimum'), 0), c.minor_unit) FROM lines),
+			(SELECT msp_round(coalesce(sum(amount), 0), c.minor_unit) FROM lines),
 			c.currency)::invoice
 	  FROM p LEFT JOIN clients c ON c.client_id = msp_invoice.client_id;
 END;
