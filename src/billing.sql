@@ -329,6 +329,8 @@ RETURN (at AT TIME ZONE zone)::date;
 COMMENT ON FUNCTION @extschema@.msp_local_day(timestamptz, text) IS 'the calendar day of a timestamp in a time zone';
 
 -- Everyone the policy counts in one contract segment, with the evidence.
+-- Logons are first reduced to one row per account and local day, so the
+-- work after that is proportional to people-days, not to logons.
 CREATE FUNCTION @extschema@.msp_segment_users(client_id bigint, contract_id bigint, segment daterange)
 RETURNS TABLE (person_id bigint, pseudonym text, rule text, first_seen timestamptz,
 			   last_seen timestamptz, days_active integer, support_contacts integer, accounts text[])
@@ -346,17 +348,20 @@ BEGIN ATOMIC
 		 WHERE p.client_id = msp_segment_users.client_id
 		   AND NOT p.is_technician AND NOT p.do_not_bill
 		   AND (p.bill_to_client_id IS NULL OR p.bill_to_client_id = p.client_id)),
+	account_days AS (
+		SELECT l.account_id, (l.at AT TIME ZONE k.time_zone)::date AS day, min(l.at) AS f, max(l.at) AS l
+		  FROM k JOIN logons l ON l.client_id = k.client_id AND l.at >= k.t0 AND l.at < k.t1
+		 WHERE l.presence
+		 GROUP BY 1, 2),
 	presence AS (
-		SELECT a.person_id, l.at, a.name, msp_local_day(l.at, k.time_zone) AS day
-		  FROM k
-		  JOIN logons l ON l.client_id = k.client_id AND l.at >= k.t0 AND l.at < k.t1
-		  JOIN accounts a ON a.client_id = l.client_id AND a.account_id = l.account_id
-		 WHERE l.presence AND a.kind = 'individual' AND NOT a.is_machine
-		   AND a.realm = ANY (k.count_realms)),
-	attributed AS (
+		SELECT a.person_id, d.day, d.f, d.l, a.name, true AS by_logon
+		  FROM k, account_days d
+		  JOIN accounts a ON a.client_id = msp_segment_users.client_id AND a.account_id = d.account_id
+		 WHERE a.kind = 'individual' AND NOT a.is_machine AND a.realm = ANY (k.count_realms)
+		UNION ALL
 		-- shared-account sessions attributed to the individual application
 		-- logons on the same device within the window
-		SELECT ia.person_id, il.at, ia.name, msp_local_day(il.at, k.time_zone) AS day
+		SELECT ia.person_id, (il.at AT TIME ZONE k.time_zone)::date, il.at, il.at, ia.name, false
 		  FROM k
 		  JOIN logons sl ON sl.client_id = k.client_id AND sl.at >= k.t0 AND sl.at < k.t1 AND sl.presence
 		  JOIN accounts sa ON sa.client_id = sl.client_id AND sa.account_id = sl.account_id
@@ -367,14 +372,16 @@ BEGIN ATOMIC
 		  JOIN accounts ia ON ia.client_id = il.client_id AND ia.account_id = il.account_id
 						  AND ia.kind = 'individual' AND ia.realm = 'app'
 		 WHERE k.shared_billing = 'attribute'),
+	person_days AS (
+		SELECT person_id, day, min(f) AS f, max(l) AS l, bool_or(by_logon) AS by_logon
+		  FROM presence GROUP BY 1, 2),
+	names AS (
+		SELECT person_id, array_agg(name ORDER BY name) AS accounts
+		  FROM (SELECT DISTINCT person_id, name FROM presence) n GROUP BY 1),
 	seen AS (
-		SELECT person_id, min(at) AS first_seen, max(at) AS last_seen,
-			   count(DISTINCT day)::integer AS days_active,
-			   array_agg(DISTINCT name ORDER BY name) AS accounts,
-			   bool_or(src = 'logon') AS by_logon, bool_or(src = 'attributed') AS by_attribution
-		  FROM (SELECT *, 'logon' AS src FROM presence
-				UNION ALL SELECT *, 'attributed' FROM attributed) x
-		 GROUP BY person_id),
+		SELECT person_id, min(f) AS first_seen, max(l) AS last_seen, count(*)::integer AS days_active,
+			   bool_or(by_logon) AS by_logon
+		  FROM person_days GROUP BY 1),
 	support AS (
 		SELECT s.person_id, count(*)::integer AS contacts, min(s.at) AS first_at, max(s.at) AS last_at
 		  FROM k JOIN support_contacts s ON s.client_id = k.client_id AND s.at >= k.t0 AND s.at < k.t1
@@ -388,10 +395,11 @@ BEGIN ATOMIC
 			   ELSE 'support'
 		   END,
 		   least(s.first_seen, sp.first_at), greatest(s.last_seen, sp.last_at),
-		   coalesce(s.days_active, 0), coalesce(sp.contacts, 0), coalesce(s.accounts, '{}')
+		   coalesce(s.days_active, 0), coalesce(sp.contacts, 0), coalesce(n.accounts, '{}')
 	  FROM k
 	  JOIN eligible e ON true
 	  LEFT JOIN seen s ON s.person_id = e.person_id
+	  LEFT JOIN names n ON n.person_id = e.person_id
 	  LEFT JOIN support sp ON sp.person_id = e.person_id
 	 WHERE CASE k.support_rule
 			   WHEN 'none' THEN coalesce(s.days_active, 0) >= k.min_active_days
@@ -417,13 +425,26 @@ END;
 COMMENT ON FUNCTION @extschema@.msp_billable_users(bigint, daterange) IS
 	'every person counted on the invoice, with the rule that counted them, first/last seen and days active';
 
+CREATE TYPE @extschema@.segment_quantities AS (
+	users numeric,
+	user_count integer,
+	seats numeric,
+	seat_count integer,
+	devices numeric,
+	device_count integer,
+	license_seats numeric,
+	cost numeric,
+	support_cost numeric,
+	fraction numeric
+);
+COMMENT ON TYPE @extschema@.segment_quantities IS
+	'what one contract segment bills: prorated users, seats, devices, licence seats and costs';
+
 -- Quantities of one contract segment: users, seats, devices, license seats
 -- and costs, each prorated by the days it covers when the contract says so.
 CREATE FUNCTION @extschema@.msp_segment_quantities(client_id bigint, contract_id bigint,
 													segment daterange, period daterange)
-RETURNS TABLE (users numeric, user_count integer, seats numeric, seat_count integer,
-			   devices numeric, device_count integer, license_seats numeric,
-			   cost numeric, support_cost numeric, fraction numeric)
+RETURNS @extschema@.segment_quantities
 LANGUAGE sql STABLE
 SET search_path = @extschema@, pg_catalog, pg_temp
 BEGIN ATOMIC
@@ -442,7 +463,7 @@ BEGIN ATOMIC
 								 WHEN k.prorate THEN k.segment_days / k.period_days
 								 ELSE 1 END), 0) AS users,
 			   count(*)::integer AS user_count
-		  FROM k, msp_segment_users(client_id, contract_id, segment) b
+		  FROM k, msp_segment_users(msp_segment_quantities.client_id, msp_segment_quantities.contract_id, segment) b
 		  JOIN people p ON p.client_id = msp_segment_quantities.client_id AND p.person_id = b.person_id),
 	shared AS (
 		SELECT a.account_id,
@@ -482,8 +503,8 @@ BEGIN ATOMIC
 							/ (upper(cp.period) - lower(cp.period)))
 						FILTER (WHERE cp.category = 'support'), 0) AS support_cost
 		  FROM k JOIN cost_pools cp ON cp.client_id = k.client_id AND cp.period && segment)
-	SELECT u.users, u.user_count, s.seats, s.seat_count, d.devices, d.device_count,
-		   lic.license_seats, c.cost, c.support_cost, k.segment_days / k.period_days
+	SELECT (u.users, u.user_count, s.seats, s.seat_count, d.devices, d.device_count,
+			lic.license_seats, c.cost, c.support_cost, k.segment_days / k.period_days)::segment_quantities
 	  FROM k, u, s, d, lic, c;
 END;
 COMMENT ON FUNCTION @extschema@.msp_segment_quantities(bigint, bigint, daterange, daterange) IS
@@ -531,6 +552,120 @@ CREATE TYPE @extschema@.invoice_line AS (
 );
 COMMENT ON TYPE @extschema@.invoice_line IS 'one line of an invoice; amount is rounded to the minor unit';
 
+-- The lines one contract segment bills under a pricing model, numbered
+-- from 1.  Pure pricing: the quantities come in computed.
+CREATE FUNCTION @extschema@.msp_segment_lines(c @extschema@.clients, k @extschema@.contracts,
+											   segment daterange, period daterange,
+											   q @extschema@.segment_quantities, model text)
+RETURNS SETOF @extschema@.invoice_line
+LANGUAGE plpgsql STABLE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	line invoice_line;
+	n integer := 0;
+	total numeric := 0;
+	amount numeric;
+	label text := CASE WHEN segment = period THEN ''
+					   ELSE format(' (%s to %s)', lower(segment), upper(segment) - 1) END;
+BEGIN
+	IF model IN ('per_user', 'per_user_plus_support') THEN
+		IF k.price_per_user IS NULL THEN RETURN; END IF;
+		amount := msp_round(msp_tiered_amount(c.client_id, k.contract_id,
+											  greatest(q.users, k.minimum_quantity), k.price_per_user), c.minor_unit);
+		n := n + 1;
+		RETURN NEXT (n, k.contract_id, format('Users: %s billable%s', q.user_count, label),
+					 greatest(q.users, k.minimum_quantity), k.price_per_user, amount, 'user')::invoice_line;
+		total := total + amount;
+		IF q.seats > 0 THEN
+			amount := msp_round(q.seats * coalesce(k.price_per_seat, k.price_per_user), c.minor_unit);
+			n := n + 1;
+			RETURN NEXT (n, k.contract_id, format('Shared seats: %s room or shared accounts%s', q.seat_count, label),
+						 q.seats, coalesce(k.price_per_seat, k.price_per_user), amount, 'seat')::invoice_line;
+			total := total + amount;
+		END IF;
+		IF model = 'per_user_plus_support' AND q.support_cost > 0 THEN
+			amount := msp_round(q.support_cost * (1 + k.markup), c.minor_unit);
+			n := n + 1;
+			RETURN NEXT (n, k.contract_id,
+						 format('Support costs spread over %s users (%s per user)%s', q.user_count,
+								CASE WHEN q.user_count > 0 THEN msp_round(amount / q.user_count, c.minor_unit)::text
+									 ELSE 'n/a' END, label),
+						 1::numeric, amount, amount, 'cost')::invoice_line;
+			total := total + amount;
+		END IF;
+	ELSIF model = 'per_device' THEN
+		IF k.price_per_device IS NULL THEN RETURN; END IF;
+		amount := msp_round(msp_tiered_amount(c.client_id, k.contract_id,
+											  greatest(q.devices, k.minimum_quantity), k.price_per_device), c.minor_unit);
+		n := n + 1;
+		RETURN NEXT (n, k.contract_id, format('Devices: %s managed%s', q.device_count, label),
+					 greatest(q.devices, k.minimum_quantity), k.price_per_device, amount, 'device')::invoice_line;
+		total := total + amount;
+	ELSIF model = 'per_seat' THEN
+		IF k.price_per_seat IS NULL THEN RETURN; END IF;
+		amount := msp_round(msp_tiered_amount(c.client_id, k.contract_id,
+											  greatest(q.license_seats, k.minimum_quantity), k.price_per_seat), c.minor_unit);
+		n := n + 1;
+		RETURN NEXT (n, k.contract_id, format('License seats held%s', label),
+					 greatest(q.license_seats, k.minimum_quantity), k.price_per_seat, amount, 'license')::invoice_line;
+		total := total + amount;
+	ELSIF model = 'cost_plus' THEN
+		FOR line IN
+			SELECT 0, k.contract_id,
+				   format('%s: %s (cost %s, markup %s%%)%s', initcap(cp.category), cp.description,
+						  msp_round(part, c.minor_unit), round(k.markup * 100, 2), label),
+				   1::numeric, msp_round(msp_round(part, c.minor_unit) * (1 + k.markup), c.minor_unit),
+				   msp_round(msp_round(part, c.minor_unit) * (1 + k.markup), c.minor_unit), 'cost'
+			  FROM (SELECT cp.*, cp.amount * (upper(cp.period * segment) - lower(cp.period * segment))
+									/ (upper(cp.period) - lower(cp.period)) AS part
+					  FROM cost_pools cp
+					 WHERE cp.client_id = c.client_id AND cp.period && segment) cp
+			 ORDER BY cp.pool_id
+		LOOP
+			n := n + 1;
+			line.line_no := n;
+			RETURN NEXT line;
+			total := total + line.amount;
+		END LOOP;
+	END IF;
+
+	IF total < msp_round(k.minimum_fee * q.fraction, c.minor_unit) THEN
+		amount := msp_round(k.minimum_fee * q.fraction, c.minor_unit) - total;
+		n := n + 1;
+		RETURN NEXT (n, k.contract_id, format('Minimum monthly fee top-up%s', label),
+					 1::numeric, amount, amount, 'minimum')::invoice_line;
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_segment_lines(@extschema@.clients, @extschema@.contracts, daterange, daterange, @extschema@.segment_quantities, text) IS
+	'the priced lines of one contract segment under a model, from its quantities';
+
+-- Refuse to bill cost pools in another currency than the client's.
+CREATE FUNCTION @extschema@.msp_check_currency(client_id bigint, period daterange) RETURNS void
+LANGUAGE plpgsql STABLE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	bad record;
+BEGIN
+	SELECT cp.pool_id, cp.currency, c.currency AS client_currency INTO bad
+	  FROM cost_pools cp JOIN clients c USING (client_id)
+	 WHERE cp.client_id = client_id AND cp.period && period AND cp.currency <> c.currency
+	 ORDER BY cp.pool_id LIMIT 1;
+	IF FOUND THEN
+		RAISE EXCEPTION 'cost pool currency does not match client % currency %', client_id, bad.client_currency
+			USING ERRCODE = 'data_exception',
+				  DETAIL = format('Pool %s is in %s.', bad.pool_id, bad.currency),
+				  HINT = 'Convert the pool to the client''s currency before billing.';
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_check_currency(bigint, daterange) IS
+	'raises an error when a cost pool of the period is not in the client''s currency';
+
 -- Invoice lines of a period under a pricing model (NULL: the contract's own).
 CREATE FUNCTION @extschema@.msp_price_lines(client_id bigint, period daterange, model text)
 RETURNS SETOF @extschema@.invoice_line
@@ -539,100 +674,27 @@ SET search_path = @extschema@, pg_catalog, pg_temp
 AS $$
 #variable_conflict use_variable
 DECLARE
-	seg record;
-	k contracts;
 	c clients;
-	q record;
-	m text;
+	k contracts;
+	seg record;
 	line invoice_line;
 	n integer := 0;
-	seg_total numeric;
-	amount numeric;
-	label text;
 BEGIN
-	SELECT * INTO c FROM clients WHERE clients.client_id = msp_price_lines.client_id;
 	period := msp_period(client_id, period);
-	IF EXISTS (SELECT 1 FROM cost_pools cp WHERE cp.client_id = c.client_id
-				  AND cp.period && period AND cp.currency <> c.currency) THEN
-		RAISE EXCEPTION 'cost pool currency does not match client % currency %', client_id, c.currency
-			USING ERRCODE = 'data_exception',
-				  DETAIL = (SELECT format('Pool %s is in %s.', cp.pool_id, cp.currency) FROM cost_pools cp
-							 WHERE cp.client_id = c.client_id AND cp.period && period
-							   AND cp.currency <> c.currency ORDER BY cp.pool_id LIMIT 1),
-				  HINT = 'Convert the pool to the client''s currency before billing.';
-	END IF;
-
+	PERFORM msp_check_currency(client_id, period);
+	SELECT * INTO c FROM clients WHERE clients.client_id = client_id;
 	FOR seg IN SELECT * FROM msp_contract_segments(client_id, period) LOOP
-		SELECT * INTO k FROM contracts WHERE contracts.client_id = c.client_id
+		SELECT * INTO k FROM contracts WHERE contracts.client_id = client_id
 			AND contracts.contract_id = seg.contract_id;
-		SELECT * INTO q FROM msp_segment_quantities(client_id, seg.contract_id, seg.segment, period);
-		m := coalesce(model, k.model);
-		seg_total := 0;
-		label := CASE WHEN seg.segment = period THEN '' ELSE format(' (%s to %s)', lower(seg.segment), upper(seg.segment) - 1) END;
-
-		IF m IN ('per_user', 'per_user_plus_support') THEN
-			IF k.price_per_user IS NULL THEN CONTINUE; END IF;
-			amount := msp_round(msp_tiered_amount(c.client_id, k.contract_id, greatest(q.users, k.minimum_quantity), k.price_per_user), c.minor_unit);
+		FOR line IN
+			SELECT * FROM msp_segment_lines(c, k, seg.segment, period,
+											msp_segment_quantities(client_id, seg.contract_id, seg.segment, period),
+											coalesce(model, k.model))
+		LOOP
 			n := n + 1;
-			RETURN NEXT (n, k.contract_id, format('Users: %s billable%s', q.user_count, label),
-						 greatest(q.users, k.minimum_quantity), k.price_per_user, amount, 'user')::invoice_line;
-			seg_total := seg_total + amount;
-			IF q.seats > 0 THEN
-				amount := msp_round(q.seats * coalesce(k.price_per_seat, k.price_per_user), c.minor_unit);
-				n := n + 1;
-				RETURN NEXT (n, k.contract_id, format('Shared seats: %s room or shared accounts%s', q.seat_count, label),
-							 q.seats, coalesce(k.price_per_seat, k.price_per_user), amount, 'seat')::invoice_line;
-				seg_total := seg_total + amount;
-			END IF;
-			IF m = 'per_user_plus_support' AND q.support_cost > 0 THEN
-				amount := msp_round(q.support_cost * (1 + k.markup), c.minor_unit);
-				n := n + 1;
-				RETURN NEXT (n, k.contract_id,
-							 format('Support costs spread over %s users (%s per user)%s', q.user_count,
-									CASE WHEN q.user_count > 0 THEN msp_round(amount / q.user_count, c.minor_unit)::text ELSE 'n/a' END, label),
-							 1::numeric, amount, amount, 'cost')::invoice_line;
-				seg_total := seg_total + amount;
-			END IF;
-		ELSIF m = 'per_device' THEN
-			IF k.price_per_device IS NULL THEN CONTINUE; END IF;
-			amount := msp_round(msp_tiered_amount(c.client_id, k.contract_id, greatest(q.devices, k.minimum_quantity), k.price_per_device), c.minor_unit);
-			n := n + 1;
-			RETURN NEXT (n, k.contract_id, format('Devices: %s managed%s', q.device_count, label),
-						 greatest(q.devices, k.minimum_quantity), k.price_per_device, amount, 'device')::invoice_line;
-			seg_total := seg_total + amount;
-		ELSIF m = 'per_seat' THEN
-			IF k.price_per_seat IS NULL THEN CONTINUE; END IF;
-			amount := msp_round(msp_tiered_amount(c.client_id, k.contract_id, greatest(q.license_seats, k.minimum_quantity), k.price_per_seat), c.minor_unit);
-			n := n + 1;
-			RETURN NEXT (n, k.contract_id, format('License seats held%s', label),
-						 greatest(q.license_seats, k.minimum_quantity), k.price_per_seat, amount, 'license')::invoice_line;
-			seg_total := seg_total + amount;
-		ELSIF m = 'cost_plus' THEN
-			FOR line IN
-				SELECT 0, k.contract_id,
-					   format('%s: %s (cost %s, markup %s%%)%s', initcap(cp.category), cp.description,
-							  msp_round(part, c.minor_unit), round(k.markup * 100, 2), label),
-					   1::numeric, msp_round(msp_round(part, c.minor_unit) * (1 + k.markup), c.minor_unit),
-					   msp_round(msp_round(part, c.minor_unit) * (1 + k.markup), c.minor_unit), 'cost'
-				  FROM (SELECT cp.*, cp.amount * (upper(cp.period * seg.segment) - lower(cp.period * seg.segment))
-										/ (upper(cp.period) - lower(cp.period)) AS part
-						  FROM cost_pools cp
-						 WHERE cp.client_id = c.client_id AND cp.period && seg.segment) cp
-				 ORDER BY cp.pool_id
-			LOOP
-				n := n + 1;
-				line.line_no := n;
-				RETURN NEXT line;
-				seg_total := seg_total + line.amount;
-			END LOOP;
-		END IF;
-
-		IF seg_total < msp_round(k.minimum_fee * q.fraction, c.minor_unit) THEN
-			amount := msp_round(k.minimum_fee * q.fraction, c.minor_unit) - seg_total;
-			n := n + 1;
-			RETURN NEXT (n, k.contract_id, format('Minimum monthly fee top-up%s', label),
-						 1::numeric, amount, amount, 'minimum')::invoice_line;
-		END IF;
+			line.line_no := n;
+			RETURN NEXT line;
+		END LOOP;
 	END LOOP;
 END
 $$;
@@ -665,25 +727,49 @@ CREATE TYPE @extschema@.invoice AS (
 );
 COMMENT ON TYPE @extschema@.invoice IS 'an invoice summary; its lines come from msp_invoice_lines()';
 
+-- Each segment's quantities are computed once and priced from there.
 CREATE FUNCTION @extschema@.msp_invoice(client_id bigint, period daterange DEFAULT NULL)
 RETURNS @extschema@.invoice
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 SET search_path = @extschema@, pg_catalog, pg_temp
-BEGIN ATOMIC
-	WITH p AS (SELECT msp_period(client_id, period) AS period),
-	seg AS (SELECT s.*, q.* FROM p, msp_contract_segments(client_id, p.period) s,
-			LATERAL msp_segment_quantities(client_id, s.contract_id, s.segment, p.period) q),
-	lines AS (SELECT l.* FROM p, msp_price_lines(client_id, p.period, NULL) l)
-	SELECT (c.client_id, c.name, p.period,
-			(SELECT string_agg(DISTINCT k.model, '+') FROM seg JOIN contracts k
-			   ON k.client_id = c.client_id AND k.contract_id = seg.contract_id),
-			(SELECT max(user_count) FROM seg), (SELECT max(seat_count) FROM seg),
-			(SELECT max(device_count) FROM seg),
-			(SELECT msp_round(coalesce(sum(amount) FILTER (WHERE basis <> 'minimum'), 0), c.minor_unit) FROM lines),
-			(SELECT msp_round(coalesce(sum(amount), 0), c.minor_unit) FROM lines),
-			c.currency)::invoice
-	  FROM p LEFT JOIN clients c ON c.client_id = msp_invoice.client_id;
-END;
+AS $$
+#variable_conflict use_variable
+DECLARE
+	c clients;
+	k contracts;
+	seg record;
+	q segment_quantities;
+	line invoice_line;
+	inv invoice;
+	models text[] := '{}';
+BEGIN
+	period := msp_period(client_id, period);
+	PERFORM msp_check_currency(client_id, period);
+	SELECT * INTO c FROM clients WHERE clients.client_id = client_id;
+	inv := (c.client_id, c.name, period, NULL, 0, 0, 0, 0, 0, c.currency)::invoice;
+	FOR seg IN SELECT * FROM msp_contract_segments(client_id, period) LOOP
+		SELECT * INTO k FROM contracts WHERE contracts.client_id = client_id
+			AND contracts.contract_id = seg.contract_id;
+		q := msp_segment_quantities(client_id, seg.contract_id, seg.segment, period);
+		IF NOT k.model = ANY (models) THEN
+			models := models || k.model;
+		END IF;
+		inv.users := greatest(inv.users, q.user_count);
+		inv.seats := greatest(inv.seats, q.seat_count);
+		inv.devices := greatest(inv.devices, q.device_count);
+		FOR line IN SELECT * FROM msp_segment_lines(c, k, seg.segment, period, q, k.model) LOOP
+			inv.total := inv.total + line.amount;
+			IF line.basis <> 'minimum' THEN
+				inv.subtotal := inv.subtotal + line.amount;
+			END IF;
+		END LOOP;
+	END LOOP;
+	inv.model := array_to_string(models, '+');
+	inv.subtotal := msp_round(inv.subtotal, c.minor_unit);
+	inv.total := msp_round(inv.total, c.minor_unit);
+	RETURN inv;
+END
+$$;
 COMMENT ON FUNCTION @extschema@.msp_invoice(bigint, daterange) IS
 	'the invoice of a client for a period (default: last full month in the client''s time zone)';
 
@@ -719,22 +805,50 @@ COMMENT ON FUNCTION @extschema@.msp_cost_allocation(bigint, daterange) IS
 CREATE FUNCTION @extschema@.msp_compare_models(client_id bigint, period daterange DEFAULT NULL)
 RETURNS TABLE (model text, total numeric, users integer, devices integer,
 			   per_user numeric, per_device numeric, break_even_users numeric)
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 SET search_path = @extschema@, pg_catalog, pg_temp
-BEGIN ATOMIC
-	WITH inv AS (SELECT (msp_invoice(client_id, period)).*),
-	c AS (SELECT * FROM clients WHERE clients.client_id = msp_compare_models.client_id),
-	models AS (
-		SELECT m.model, m.ord, (SELECT sum(l.amount) FROM msp_price_lines(client_id, period, m.model) l) AS total
-		  FROM (VALUES ('per_user', 1), ('per_device', 2), ('per_seat', 3), ('cost_plus', 4),
-					   ('per_user_plus_support', 5)) m(model, ord))
-	SELECT m.model, m.total, inv.users, inv.devices,
-		   CASE WHEN inv.users > 0 THEN msp_round(m.total / inv.users, c.minor_unit) END,
-		   CASE WHEN inv.devices > 0 THEN msp_round(m.total / inv.devices, c.minor_unit) END,
-		   CASE WHEN m.model = 'per_device' AND pu.total > 0 AND inv.users > 0
-				THEN round(m.total / (pu.total / inv.users), 2) END
-	  FROM models m, inv, c, (SELECT total FROM models WHERE model = 'per_user') pu
-	 ORDER BY m.ord;
-END;
+AS $$
+#variable_conflict use_variable
+DECLARE
+	c clients;
+	k contracts;
+	seg record;
+	q segment_quantities;
+	names text[] := '{per_user,per_device,per_seat,cost_plus,per_user_plus_support}';
+	totals numeric[] := '{NULL,NULL,NULL,NULL,NULL}';
+	n_users integer := 0;
+	n_devices integer := 0;
+	amount numeric;
+BEGIN
+	period := msp_period(client_id, period);
+	PERFORM msp_check_currency(client_id, period);
+	SELECT * INTO c FROM clients WHERE clients.client_id = client_id;
+	FOR seg IN SELECT * FROM msp_contract_segments(client_id, period) LOOP
+		SELECT * INTO k FROM contracts WHERE contracts.client_id = client_id
+			AND contracts.contract_id = seg.contract_id;
+		q := msp_segment_quantities(client_id, seg.contract_id, seg.segment, period);
+		n_users := greatest(n_users, q.user_count);
+		n_devices := greatest(n_devices, q.device_count);
+		FOR i IN 1..cardinality(names) LOOP
+			SELECT sum(l.amount) INTO amount
+			  FROM msp_segment_lines(c, k, seg.segment, period, q, names[i]) l;
+			IF amount IS NOT NULL THEN
+				totals[i] := coalesce(totals[i], 0) + amount;
+			END IF;
+		END LOOP;
+	END LOOP;
+	FOR i IN 1..cardinality(names) LOOP
+		model := names[i];
+		total := totals[i];
+		users := n_users;
+		devices := n_devices;
+		per_user := CASE WHEN n_users > 0 THEN msp_round(total / n_users, c.minor_unit) END;
+		per_device := CASE WHEN n_devices > 0 THEN msp_round(total / n_devices, c.minor_unit) END;
+		break_even_users := CASE WHEN model = 'per_device' AND totals[1] > 0 AND n_users > 0
+								 THEN round(total / (totals[1] / n_users), 2) END;
+		RETURN NEXT;
+	END LOOP;
+END
+$$;
 COMMENT ON FUNCTION @extschema@.msp_compare_models(bigint, daterange) IS
 	'per-user, per-device, per-seat, cost-plus and support-lifted totals side by side, with effective prices and the per-device break-even user count';
