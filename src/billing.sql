@@ -148,7 +148,8 @@ CREATE TABLE @extschema@.logons (
 	FOREIGN KEY (client_id, device_id) REFERENCES @extschema@.devices
 ) PARTITION BY RANGE (at);
 CREATE TABLE @extschema@.logons_default PARTITION OF @extschema@.logons DEFAULT;
-CREATE INDEX logons_account_idx ON @extschema@.logons (client_id, account_id, at);
+-- per-account scans read only this index (presence included) in account order
+CREATE INDEX logons_account_idx ON @extschema@.logons (client_id, account_id, at) INCLUDE (presence);
 CREATE INDEX logons_at_brin ON @extschema@.logons USING brin (at);
 COMMENT ON TABLE @extschema@.logons IS
 	'one row per logon (presence = counts as a person being there); partitioned by time: add months with msp_add_logon_partitions()';
@@ -329,8 +330,8 @@ RETURN (at AT TIME ZONE zone)::date;
 COMMENT ON FUNCTION @extschema@.msp_local_day(timestamptz, text) IS 'the calendar day of a timestamp in a time zone';
 
 -- Everyone the policy counts in one contract segment, with the evidence.
--- Logons are first reduced to one row per account and local day, so the
--- work after that is proportional to people-days, not to logons.
+-- Logons are first reduced to one row per account (its days as a userset),
+-- so the work after that is proportional to accounts, not to logons.
 CREATE FUNCTION @extschema@.msp_segment_users(client_id bigint, contract_id bigint, segment daterange)
 RETURNS TABLE (person_id bigint, pseudonym text, rule text, first_seen timestamptz,
 			   last_seen timestamptz, days_active integer, support_contacts integer, accounts text[])
@@ -348,20 +349,24 @@ BEGIN ATOMIC
 		 WHERE p.client_id = msp_segment_users.client_id
 		   AND NOT p.is_technician AND NOT p.do_not_bill
 		   AND (p.bill_to_client_id IS NULL OR p.bill_to_client_id = p.client_id)),
+	-- one row per account: its logon days as a set of day numbers
 	account_days AS (
-		SELECT l.account_id, (l.at AT TIME ZONE k.time_zone)::date AS day, min(l.at) AS f, max(l.at) AS l
+		SELECT l.account_id, min(l.at) AS f, max(l.at) AS l,
+			   userset_agg(((l.at AT TIME ZONE k.time_zone)::date - date '2000-01-01')::bigint) AS days
 		  FROM k JOIN logons l ON l.client_id = k.client_id AND l.at >= k.t0 AND l.at < k.t1
 		 WHERE l.presence
-		 GROUP BY 1, 2),
+		 GROUP BY l.account_id),
 	presence AS (
-		SELECT a.person_id, d.day, d.f, d.l, a.name, true AS by_logon
+		SELECT a.person_id, d.f, d.l, d.days, a.name, true AS by_logon
 		  FROM k, account_days d
 		  JOIN accounts a ON a.client_id = msp_segment_users.client_id AND a.account_id = d.account_id
 		 WHERE a.kind = 'individual' AND NOT a.is_machine AND a.realm = ANY (k.count_realms)
 		UNION ALL
 		-- shared-account sessions attributed to the individual application
 		-- logons on the same device within the window
-		SELECT ia.person_id, (il.at AT TIME ZONE k.time_zone)::date, il.at, il.at, ia.name, false
+		SELECT ia.person_id, il.at, il.at,
+			   userset(ARRAY[((il.at AT TIME ZONE k.time_zone)::date - date '2000-01-01')::bigint]),
+			   ia.name, false
 		  FROM k
 		  JOIN logons sl ON sl.client_id = k.client_id AND sl.at >= k.t0 AND sl.at < k.t1 AND sl.presence
 		  JOIN accounts sa ON sa.client_id = sl.client_id AND sa.account_id = sl.account_id
@@ -372,16 +377,11 @@ BEGIN ATOMIC
 		  JOIN accounts ia ON ia.client_id = il.client_id AND ia.account_id = il.account_id
 						  AND ia.kind = 'individual' AND ia.realm = 'app'
 		 WHERE k.shared_billing = 'attribute'),
-	person_days AS (
-		SELECT person_id, day, min(f) AS f, max(l) AS l, bool_or(by_logon) AS by_logon
-		  FROM presence GROUP BY 1, 2),
-	names AS (
-		SELECT person_id, array_agg(name ORDER BY name) AS accounts
-		  FROM (SELECT DISTINCT person_id, name FROM presence) n GROUP BY 1),
 	seen AS (
-		SELECT person_id, min(f) AS first_seen, max(l) AS last_seen, count(*)::integer AS days_active,
-			   bool_or(by_logon) AS by_logon
-		  FROM person_days GROUP BY 1),
+		SELECT person_id, min(f) AS first_seen, max(l) AS last_seen,
+			   cardinality(userset_union(days))::integer AS days_active,
+			   bool_or(by_logon) AS by_logon, array_agg(DISTINCT name ORDER BY name) AS accounts
+		  FROM presence GROUP BY person_id),
 	support AS (
 		SELECT s.person_id, count(*)::integer AS contacts, min(s.at) AS first_at, max(s.at) AS last_at
 		  FROM k JOIN support_contacts s ON s.client_id = k.client_id AND s.at >= k.t0 AND s.at < k.t1
@@ -395,11 +395,10 @@ BEGIN ATOMIC
 			   ELSE 'support'
 		   END,
 		   least(s.first_seen, sp.first_at), greatest(s.last_seen, sp.last_at),
-		   coalesce(s.days_active, 0), coalesce(sp.contacts, 0), coalesce(n.accounts, '{}')
+		   coalesce(s.days_active, 0), coalesce(sp.contacts, 0), coalesce(s.accounts, '{}')
 	  FROM k
 	  JOIN eligible e ON true
 	  LEFT JOIN seen s ON s.person_id = e.person_id
-	  LEFT JOIN names n ON n.person_id = e.person_id
 	  LEFT JOIN support sp ON sp.person_id = e.person_id
 	 WHERE CASE k.support_rule
 			   WHEN 'none' THEN coalesce(s.days_active, 0) >= k.min_active_days
