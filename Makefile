@@ -39,8 +39,8 @@ PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
-# every C file sees the set layout
-$(OBJS): src/userset.h
+# every C file sees the set layout and the aggregate helpers
+$(OBJS): src/userset.h src/aggregate.h
 
 $(EXTENSION)--$(EXTVERSION).sql: $(SQL_SOURCES)
 	cat $^ > $@

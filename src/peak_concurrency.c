@@ -18,6 +18,8 @@
 #include "utils/timestamp.h"
 #include "utils/typcache.h"
 
+#include "aggregate.h"
+
 /*
  * Event ranks at one instant, in processing order.  Odd ranks open a range.
  * The peak is read after every opening.
@@ -39,19 +41,6 @@ typedef struct PeakState
 	int64		capacity;
 	PeakEvent  *events;
 } PeakState;
-
-/* Return the aggregate memory context or complain about a direct call. */
-static MemoryContext
-PeakContext(FunctionCallInfo fcinfo, const char *name)
-{
-	MemoryContext aggcontext;
-
-	if (!AggCheckCallContext(fcinfo, &aggcontext))
-		ereport(ERROR,
-				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("%s can only be called as part of an aggregate", name)));
-	return aggcontext;
-}
 
 /* An empty state with room for a few events. */
 static PeakState *
@@ -93,7 +82,7 @@ peak_concurrency_trans(PG_FUNCTION_ARGS)
 	bool		empty;
 
 	if (state == NULL)
-		state = PeakStateCreate(PeakContext(fcinfo, "peak_concurrency_trans"), 16);
+		state = PeakStateCreate(AggregateContext(fcinfo, "peak_concurrency_trans"), 16);
 	if (PG_ARGISNULL(1))
 		PG_RETURN_POINTER(state);
 
@@ -126,7 +115,7 @@ PG_FUNCTION_INFO_V1(peak_concurrency_combine);
 Datum
 peak_concurrency_combine(PG_FUNCTION_ARGS)
 {
-	MemoryContext aggcontext = PeakContext(fcinfo, "peak_concurrency_combine");
+	MemoryContext aggcontext = AggregateContext(fcinfo, "peak_concurrency_combine");
 	PeakState  *dst = PG_ARGISNULL(0) ? NULL : (PeakState *) PG_GETARG_POINTER(0);
 	PeakState  *src = PG_ARGISNULL(1) ? NULL : (PeakState *) PG_GETARG_POINTER(1);
 	int64		i;
@@ -164,7 +153,7 @@ PG_FUNCTION_INFO_V1(peak_concurrency_deserialize);
 Datum
 peak_concurrency_deserialize(PG_FUNCTION_ARGS)
 {
-	MemoryContext aggcontext = PeakContext(fcinfo, "peak_concurrency_deserialize");
+	MemoryContext aggcontext = AggregateContext(fcinfo, "peak_concurrency_deserialize");
 	bytea	   *bytes = PG_GETARG_BYTEA_PP(0);
 	StringInfoData buf;
 	PeakState  *state;

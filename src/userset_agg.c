@@ -21,6 +21,7 @@
 #include "utils/expandeddatum.h"
 #include "utils/memutils.h"
 
+#include "aggregate.h"
 #include "userset.h"
 
 #define IDSET_SERIAL_VERSION 1
@@ -33,19 +34,6 @@ typedef struct AtLeastState
 	int32		min_sets;
 	IdSet	   *set;
 } AtLeastState;
-
-/* Return the aggregate memory context or complain about a direct call. */
-static MemoryContext
-AggregateContext(FunctionCallInfo fcinfo, const char *name)
-{
-	MemoryContext aggcontext;
-
-	if (!AggCheckCallContext(fcinfo, &aggcontext))
-		ereport(ERROR,
-				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("%s can only be called as part of an aggregate", name)));
-	return aggcontext;
-}
 
 PG_FUNCTION_INFO_V1(userset_agg_trans);
 /* Transition for bigint members: NULLs are skipped, as COUNT(DISTINCT) does. */
@@ -387,6 +375,18 @@ userset_union_trans(PG_FUNCTION_ARGS)
 	PG_RETURN_DATUM(EOHPGetRWDatum(&accum->hdr));
 }
 
+/* One group, one threshold: a changing one has no single answer. */
+static void
+CheckSameThreshold(int32 was, int32 now)
+{
+	if (was != now)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("userset_at_least threshold changed within one group"),
+				 errdetail("It was %d and is now %d.", was, now),
+				 errhint("Pass the same threshold for every row of a group.")));
+}
+
 PG_FUNCTION_INFO_V1(userset_at_least_trans);
 /* Count, per member, how many of the aggregated sets contain it. */
 Datum
@@ -415,12 +415,8 @@ userset_at_least_trans(PG_FUNCTION_ARGS)
 		state->min_sets = min_sets;
 		state->set = IdSetCreate(aggcontext, true);
 	}
-	else if (state->min_sets != min_sets)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("userset_at_least threshold changed within one group"),
-				 errdetail("It was %d and is now %d.", state->min_sets, min_sets),
-				 errhint("Pass the same threshold for every row of a group.")));
+	else
+		CheckSameThreshold(state->min_sets, min_sets);
 	if (!PG_ARGISNULL(1))
 		IdSetAddUserset(state->set, PG_GETARG_USERSET(1));
 	PG_RETURN_POINTER(state);
@@ -443,12 +439,8 @@ userset_at_least_combine(PG_FUNCTION_ARGS)
 		dst->min_sets = src->min_sets;
 		dst->set = IdSetCreate(aggcontext, true);
 	}
-	else if (dst->min_sets != src->min_sets)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("userset_at_least threshold changed within one group"),
-				 errdetail("It was %d and is now %d.", dst->min_sets, src->min_sets),
-				 errhint("Pass the same threshold for every row of a group.")));
+	else
+		CheckSameThreshold(dst->min_sets, src->min_sets);
 	IdSetMerge(dst->set, src->set);
 	PG_RETURN_POINTER(dst);
 }
