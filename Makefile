@@ -20,7 +20,8 @@ SQL_SOURCES = \
 	src/userset_agg.sql \
 	src/peak_concurrency.sql \
 	src/allocate.sql \
-	src/billing.sql
+	src/billing.sql \
+	src/finalize.sql
 DATA_built = $(EXTENSION)--$(EXTVERSION).sql
 DATA = $(wildcard upgrade/$(EXTENSION)--*--*.sql)
 

@@ -118,7 +118,7 @@ CREATE TABLE @extschema@.accounts (
 	account_id bigint NOT NULL,
 	realm text NOT NULL CHECK (realm IN ('os', 'app', 'm365')),
 	name text NOT NULL CHECK (name <> ''),
-	kind text NOT NULL CHECK (kind IN ('individual', 'shared', 'service')),
+	kind text NOT NULL CHECK (kind IN ('individual', 'shared', 'service', 'unknown')),
 	person_id bigint,
 	application text,
 	is_machine boolean GENERATED ALWAYS AS (@extschema@.msp_is_machine_account(name)) STORED,
@@ -185,6 +185,7 @@ CREATE TABLE @extschema@.license_counts (
 	client_id bigint NOT NULL REFERENCES @extschema@.clients ON DELETE CASCADE,
 	sku text NOT NULL,
 	seats integer NOT NULL CHECK (seats >= 0),
+	unit_cost numeric CHECK (unit_cost >= 0),
 	source text NOT NULL DEFAULT 'manual',
 	as_of date NOT NULL,
 	PRIMARY KEY (client_id, sku, source, as_of)
@@ -695,22 +696,17 @@ BEGIN
 			RETURN NEXT line;
 		END LOOP;
 	END LOOP;
+	IF model IS NULL THEN
+		FOR line IN SELECT * FROM msp_adjustment_lines(client_id, period) LOOP
+			n := n + 1;
+			line.line_no := n;
+			RETURN NEXT line;
+		END LOOP;
+	END IF;
 END
 $$;
 COMMENT ON FUNCTION @extschema@.msp_price_lines(bigint, daterange, text) IS
 	'invoice lines for a period priced under a model (NULL: each contract''s own)';
-
-CREATE FUNCTION @extschema@.msp_invoice_lines(client_id bigint, period daterange DEFAULT NULL)
-RETURNS SETOF @extschema@.invoice_line
-LANGUAGE sql STABLE
-SET search_path = @extschema@, pg_catalog, pg_temp
-BEGIN ATOMIC
-	SELECT l.line_no, l.contract_id, l.description, trim_scale(round(l.quantity, 4)),
-		   l.unit_price, l.amount, l.basis
-	  FROM msp_price_lines(client_id, period, NULL) l;
-END;
-COMMENT ON FUNCTION @extschema@.msp_invoice_lines(bigint, daterange) IS
-	'the lines of a client''s invoice for a period (default: last full month)';
 
 CREATE TYPE @extschema@.invoice AS (
 	client_id bigint,
@@ -726,8 +722,9 @@ CREATE TYPE @extschema@.invoice AS (
 );
 COMMENT ON TYPE @extschema@.invoice IS 'an invoice summary; its lines come from msp_invoice_lines()';
 
--- Each segment's quantities are computed once and priced from there.
-CREATE FUNCTION @extschema@.msp_invoice(client_id bigint, period daterange DEFAULT NULL)
+-- The invoice as today's data prices it (msp_invoice() reports a finalized
+-- one as stored).  Each segment's quantities are computed once.
+CREATE FUNCTION @extschema@.msp_compute_invoice(client_id bigint, period daterange DEFAULT NULL)
 RETURNS @extschema@.invoice
 LANGUAGE plpgsql STABLE
 SET search_path = @extschema@, pg_catalog, pg_temp
@@ -764,13 +761,15 @@ BEGIN
 		END LOOP;
 	END LOOP;
 	inv.model := array_to_string(models, '+');
+	-- adjustments of earlier invoices carried by this one
+	inv.total := inv.total + coalesce((SELECT sum(amount) FROM msp_adjustment_lines(client_id, period)), 0);
 	inv.subtotal := msp_round(inv.subtotal, c.minor_unit);
 	inv.total := msp_round(inv.total, c.minor_unit);
 	RETURN inv;
 END
 $$;
-COMMENT ON FUNCTION @extschema@.msp_invoice(bigint, daterange) IS
-	'the invoice of a client for a period (default: last full month in the client''s time zone)';
+COMMENT ON FUNCTION @extschema@.msp_compute_invoice(bigint, daterange) IS
+	'the invoice of a client for a period as today''s data prices it, finalized or not';
 
 CREATE FUNCTION @extschema@.msp_cost_allocation(client_id bigint, period daterange DEFAULT NULL)
 RETURNS TABLE (pool_id bigint, category text, basis text, unit text, share numeric)

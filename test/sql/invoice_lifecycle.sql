@@ -1,0 +1,119 @@
+-- Finalization, late data, adjustments, license reconciliation and the
+-- data-quality gates, on the demo clinics.
+\set ECHO none
+\pset pager off
+\set QUIET on
+\i ../demo/clinics.sql
+SET search_path = public, mspbill;
+CREATE EXTENSION dblink;
+SELECT plan(35);
+
+-- gates on the demo data: the hospital's front-desk PC never logged on
+SELECT results_eq($$SELECT gate, subject FROM msp_data_quality(1)$$,
+                  $$VALUES ('device_silent', 'FRONT-WS')$$, 'the hospital has one silent device');
+SELECT throws_ok($$SELECT msp_finalize_invoice(1)$$, '23514',
+                 'data-quality gates failed for client 1 in ' || msp_period(1)::text || ': device_silent',
+                 'finalization refuses while a gate fails');
+SELECT throws_ok($$SELECT msp_finalize_invoice(1, NULL, '{device_silnet}')$$, '22023', NULL, 'a misspelt override is refused');
+SELECT ok(msp_finalize_invoice(1, NULL, '{device_silent}') > 0, 'finalized with an explicit override');
+SELECT is(msp_finalize_invoice(1, NULL, '{device_silent}'),
+          (SELECT invoice_id FROM invoices WHERE client_id = 1 AND kind = 'invoice'), 'finalizing again returns the same invoice');
+SELECT is((SELECT count(*) FROM invoices WHERE client_id = 1), 1::bigint, 'one invoice, not two');
+SELECT is((SELECT overrides FROM invoices WHERE client_id = 1), '{device_silent}', 'the override is stored with the invoice');
+SELECT is((SELECT array_agg(action ORDER BY entry_id) FROM audit_log WHERE client_id = 1), '{finalize,override}',
+          'the audit trail records the finalization and the override');
+SELECT is((SELECT actor FROM audit_log WHERE client_id = 1 AND action = 'override'), session_user, 'and who did it');
+SELECT is((SELECT jsonb_array_length(evidence) FROM invoices WHERE client_id = 1), 8, 'the evidence lists the 8 people billed');
+SELECT is((SELECT sum(amount) FROM invoice_items WHERE client_id = 1), 456.00, 'the stored lines add up');
+
+-- two sessions finalize the dental office at the same moment: one invoice
+\o /dev/null
+SELECT dblink_connect('a', format('host=%s port=%s dbname=%s user=%s', current_setting('unix_socket_directories'),
+                                  current_setting('port'), current_database(), current_user));
+SELECT dblink_connect('b', format('host=%s port=%s dbname=%s user=%s', current_setting('unix_socket_directories'),
+                                  current_setting('port'), current_database(), current_user));
+SELECT dblink_send_query('a', 'SELECT mspbill.msp_finalize_invoice(2, NULL, ''{device_silent}'')');
+SELECT dblink_send_query('b', 'SELECT mspbill.msp_finalize_invoice(2, NULL, ''{device_silent}'')');
+\o
+SELECT is((SELECT id FROM dblink_get_result('a') AS r(id bigint)), (SELECT id FROM dblink_get_result('b') AS r(id bigint)),
+          'two concurrent sessions get the same invoice id');
+\o /dev/null
+SELECT dblink_disconnect('a'), dblink_disconnect('b');
+\o
+SELECT is((SELECT count(*) FROM invoices WHERE client_id = 2), 1::bigint, 'and only one invoice exists');
+
+-- late data: a new nurse's logon arrives after finalization
+INSERT INTO people (client_id, person_id, pseudonym) VALUES (1, 4, 'n4');
+INSERT INTO accounts (client_id, account_id, realm, name, kind, person_id) VALUES (1, 11, 'os', 'STOLAF\nurse4', 'individual', 4);
+INSERT INTO logons (client_id, account_id, device_id, at) SELECT 1, 11, 5, lower(msp_period(1)) + interval '10 days 14 hours';
+SELECT is((msp_invoice(1)).total, 456.00, 'the finalized invoice does not change');
+SELECT is((SELECT count(*) FROM msp_invoice_lines(1)), 2::bigint, 'nor do its lines');
+SELECT is((msp_compute_invoice(1)).total, 498.00, 'today''s data would bill one more user');
+SELECT results_eq($$SELECT basis, billed, current, difference FROM msp_invoice_drift(1) WHERE difference <> 0$$,
+                  $$VALUES ('user', 336.00, 378.00, 42.00)$$, 'drift shows the user line, line by line');
+SELECT ok(msp_issue_adjustment(1, msp_period(1), 'late logon from the EMR export') > 0, 'an adjustment is issued');
+SELECT is((SELECT i.total + a.total FROM invoices i JOIN invoices a ON a.adjusts_invoice_id = i.invoice_id AND a.client_id = i.client_id
+            WHERE i.client_id = 1 AND i.kind = 'invoice'), (msp_compute_invoice(1)).total,
+          'invoice plus adjustment equals the recomputed figure to the cent');
+SELECT is((SELECT sum(difference) FROM msp_invoice_drift(1)), 0.00, 'no drift is left');
+SELECT throws_ok($$SELECT msp_issue_adjustment(1, msp_period(1), 'again')$$, 'P0002', NULL, 'nothing left to adjust');
+SELECT throws_ok($$SELECT msp_issue_adjustment(1, msp_period(1), '')$$, '22023', NULL, 'an adjustment needs a reason');
+SELECT is((SELECT amount FROM msp_invoice_lines(1, daterange(upper(msp_period(1)), (upper(msp_period(1)) + interval '1 month')::date))
+            WHERE basis = 'adjustment'), 42.00, 'the next invoice carries the adjustment as a line');
+SELECT is((SELECT array_agg(action ORDER BY entry_id) FROM audit_log WHERE client_id = 1), '{finalize,override,adjust}',
+          'the adjustment is in the audit trail');
+
+-- reconciliation: 9 people active, 6 Microsoft 365 seats held, 8 billed
+SELECT results_eq($$SELECT category, coalesce(subject, sku), quantity FROM msp_reconcile_licenses(1) ORDER BY 1, 2$$,
+                  $$VALUES ('active_unlicensed', 'n2', 1::numeric), ('active_unlicensed', 'n3', 1), ('active_unlicensed', 'n4', 1),
+                           ('active_unlicensed', 'r1', 1), ('seat_shortfall', NULL, 3),
+                           ('seats_held', 'Microsoft 365 Business Standard', 6), ('unbilled_users', NULL, 1)$$,
+                  'hospital: four people without a licence, three seats short, one user unbilled');
+SELECT is((SELECT amount FROM msp_reconcile_licenses(1) WHERE category = 'unbilled_users'), 42.00, 'money at stake');
+SELECT results_eq($$SELECT category, coalesce(subject, sku) FROM msp_reconcile_licenses(2) ORDER BY 1, 2$$,
+                  $$VALUES ('seats_held', 'Microsoft 365 Business Standard')$$, 'dental: 5 seats, 4 active, all licensed');
+
+-- finalized records are facts for everyone but a superuser
+DO $$ BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'mspbill_test_clerk') THEN
+    CREATE ROLE mspbill_test_clerk;
+  END IF;
+END $$;
+GRANT USAGE ON SCHEMA mspbill TO mspbill_test_clerk;
+GRANT SELECT, UPDATE, DELETE, TRUNCATE ON mspbill.invoices, mspbill.invoice_items, mspbill.audit_log TO mspbill_test_clerk;
+SET ROLE mspbill_test_clerk;
+SELECT throws_ok($$UPDATE mspbill.invoices SET total = 0 WHERE client_id = 1$$, '42501', 'finalized billing records cannot be changed', 'UPDATE refused');
+SELECT throws_ok($$DELETE FROM mspbill.invoice_items WHERE client_id = 1$$, '42501', NULL, 'DELETE refused');
+SELECT throws_ok($$TRUNCATE mspbill.audit_log$$, '42501', NULL, 'TRUNCATE refused');
+RESET ROLE;
+SELECT lives_ok($$UPDATE mspbill.invoices SET reason = reason WHERE client_id = 1$$, 'a superuser may');
+REVOKE ALL ON mspbill.invoices, mspbill.invoice_items, mspbill.audit_log FROM mspbill_test_clerk;
+REVOKE USAGE ON SCHEMA mspbill FROM mspbill_test_clerk;
+DROP ROLE mspbill_test_clerk;
+
+-- each gate fires on data built to break it and stays silent on clean data
+INSERT INTO clients (client_id, name, time_zone) VALUES (7, 'Clean Clinic', 'UTC');
+INSERT INTO contracts (client_id, contract_id, effective, model, price_per_user) VALUES (7, 1, '[2025-01-01,)', 'per_user', 10);
+INSERT INTO devices (client_id, device_id, name) VALUES (7, 1, 'PC1');
+INSERT INTO people (client_id, person_id, pseudonym) VALUES (7, 1, 'p1');
+INSERT INTO accounts (client_id, account_id, realm, name, kind, person_id) VALUES (7, 1, 'os', 'p1', 'individual', 1);
+INSERT INTO logons (client_id, account_id, device_id, at)
+SELECT 7, 1, 1, d + interval '9 hours' FROM generate_series(timestamptz '2026-01-01', '2026-01-31', '1 day') d;
+SELECT is((SELECT count(*) FROM msp_data_quality(7, '[2026-01-01,2026-02-01)')), 0::bigint, 'clean data: no findings');
+SELECT results_eq($$SELECT gate FROM msp_data_quality(7, daterange(date_trunc('month', now())::date, (date_trunc('month', now()) + interval '1 month')::date)) WHERE gate = 'period_not_over'$$,
+                  $$VALUES ('period_not_over')$$, 'the current month is not over');
+DELETE FROM logons WHERE client_id = 7 AND at >= '2026-01-26' AND at < '2026-02-01';
+INSERT INTO accounts (client_id, account_id, realm, name, kind) VALUES (7, 2, 'os', 'CLINIC\guest', 'unknown');
+INSERT INTO logons (client_id, account_id, device_id, at) VALUES (7, 2, 1, '2026-01-05 10:00Z');
+UPDATE contracts SET effective = '[2026-01-03,)' WHERE client_id = 7;
+SELECT results_eq($$SELECT gate, subject FROM msp_data_quality(7, '[2026-01-01,2026-02-01)')$$,
+                  $$VALUES ('device_silent', 'PC1'),
+                           ('day_without_logons', '2026-01-26'), ('day_without_logons', '2026-01-27'),
+                           ('day_without_logons', '2026-01-28'), ('day_without_logons', '2026-01-29'),
+                           ('day_without_logons', '2026-01-30'),
+                           ('unmapped_account', 'CLINIC\guest'),
+                           ('logon_outside_contract', '2026-01-01'), ('logon_outside_contract', '2026-01-02')$$,
+                  'broken data: silent device, empty weekdays, unmapped account, logons outside the contract');
+SELECT throws_ok($$SELECT msp_finalize_invoice(7, '[2026-01-01,2026-02-01)')$$, '23514', NULL, 'and finalization refuses');
+
+SELECT * FROM finish();
