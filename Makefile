@@ -21,7 +21,8 @@ SQL_SOURCES = \
 	src/peak_concurrency.sql \
 	src/allocate.sql \
 	src/billing.sql \
-	src/finalize.sql
+	src/finalize.sql \
+	src/loaders.sql
 DATA_built = $(EXTENSION)--$(EXTVERSION).sql
 DATA = $(wildcard upgrade/$(EXTENSION)--*--*.sql)
 

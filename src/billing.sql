@@ -143,6 +143,7 @@ CREATE TABLE @extschema@.logons (
 	presence boolean NOT NULL DEFAULT true,
 	source text,
 	source_event_id text,
+	session_key text,
 	PRIMARY KEY (client_id, at, logon_id),
 	FOREIGN KEY (client_id, account_id) REFERENCES @extschema@.accounts,
 	FOREIGN KEY (client_id, device_id) REFERENCES @extschema@.devices
@@ -151,6 +152,9 @@ CREATE TABLE @extschema@.logons_default PARTITION OF @extschema@.logons DEFAULT;
 -- per-account scans read only this index (presence included) in account order
 CREATE INDEX logons_account_idx ON @extschema@.logons (client_id, account_id, at) INCLUDE (presence);
 CREATE INDEX logons_at_brin ON @extschema@.logons USING brin (at);
+-- loading the same export twice adds nothing
+CREATE UNIQUE INDEX logons_source_event_key ON @extschema@.logons (client_id, source, source_event_id, at);
+CREATE INDEX logons_session_idx ON @extschema@.logons (client_id, session_key) WHERE session_key IS NOT NULL;
 COMMENT ON TABLE @extschema@.logons IS
 	'one row per logon (presence = counts as a person being there); partitioned by time: add months with msp_add_logon_partitions()';
 

@@ -1,0 +1,365 @@
+-- Loaders for real logon sources: Windows Security events (NXLog or
+-- Winlogbeat JSON lines), Microsoft Entra ID sign-ins (Graph JSON lines)
+-- and EMR/EHR access audits (CSV).  Each source is COPYed into its staging
+-- table; its loader turns the client's staged rows into accounts, devices
+-- and logons in one set-based pass, sends what it cannot use to
+-- load_rejects with the reason and the raw record, and empties the stage.
+-- Loading the same export twice adds nothing (source event ids are unique).
+-- Staged rows take their client_id from the setting mspbill.client_id, so
+-- that a plain COPY works:  SET mspbill.client_id = 7; COPY ... (raw) ...
+
+-- The client staged rows belong to: the mspbill.client_id setting.
+CREATE FUNCTION @extschema@.msp_staging_client() RETURNS bigint
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	v text := current_setting('mspbill.client_id', true);
+BEGIN
+	IF coalesce(v, '') = '' THEN
+		RAISE EXCEPTION 'no client for staged rows'
+			USING ERRCODE = 'not_null_violation',
+				  HINT = 'SET mspbill.client_id = <client id> before COPY, or give client_id explicitly.';
+	END IF;
+	RETURN v::bigint;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_staging_client() IS
+	'the client_id that staged rows default to: the setting mspbill.client_id';
+
+CREATE TABLE @extschema@.windows_event_staging (
+	client_id bigint NOT NULL DEFAULT @extschema@.msp_staging_client(),
+	line_no bigserial,
+	raw text NOT NULL
+);
+COMMENT ON TABLE @extschema@.windows_event_staging IS
+	'one Windows event per row, as JSON text: COPY a JSON-lines export here, then call msp_load_windows_events()';
+
+CREATE TABLE @extschema@.entra_signin_staging (
+	client_id bigint NOT NULL DEFAULT @extschema@.msp_staging_client(),
+	line_no bigserial,
+	raw text NOT NULL
+);
+COMMENT ON TABLE @extschema@.entra_signin_staging IS
+	'one Entra ID sign-in per row, as JSON text (Graph signIn objects): then call msp_load_entra_signins()';
+
+CREATE TABLE @extschema@.emr_audit_staging (
+	client_id bigint NOT NULL DEFAULT @extschema@.msp_staging_client(),
+	line_no bigserial,
+	user_name text,
+	workstation text,
+	event_time text,
+	action text,
+	event_id text,
+	application text NOT NULL DEFAULT 'EMR'
+);
+COMMENT ON TABLE @extschema@.emr_audit_staging IS
+	'EMR/EHR access audit rows (user, workstation, time, action, event id): COPY a CSV here, then call msp_load_emr_audit()';
+
+CREATE TABLE @extschema@.load_rejects (
+	client_id bigint NOT NULL,
+	source text NOT NULL,
+	line_no bigint,
+	raw text,
+	reason text NOT NULL,
+	rejected_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX load_rejects_client_idx ON @extschema@.load_rejects (client_id, rejected_at);
+COMMENT ON TABLE @extschema@.load_rejects IS 'records a loader could not use, with the reason and the raw record';
+
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.load_rejects', '');
+
+-- The text parsed as jsonb, or NULL when it is not JSON.
+CREATE FUNCTION @extschema@.msp_try_jsonb(raw text) RETURNS jsonb
+LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	RETURN raw::jsonb;
+EXCEPTION WHEN invalid_text_representation OR untranslatable_character THEN
+	RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_try_jsonb(text) IS 'the text as jsonb, or NULL when it is not valid JSON';
+
+-- The text as a timestamp with time zone, or NULL when it is not one.
+CREATE FUNCTION @extschema@.msp_try_timestamptz(raw text) RETURNS timestamptz
+LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	RETURN raw::timestamptz;
+EXCEPTION WHEN invalid_datetime_format OR datetime_field_overflow OR invalid_text_representation THEN
+	RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_try_timestamptz(text) IS 'the text as timestamptz, or NULL when it is not one';
+
+-- One account name for the forms Windows and Entra write: DOMAIN\user,
+-- domain.tld\user and user@domain.tld all become DOMAIN\user.
+CREATE FUNCTION @extschema@.msp_canonical_account(domain text, username text) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+RETURN CASE
+	WHEN username IS NULL OR username IN ('', '-') THEN NULL
+	WHEN position('@' IN username) > 0
+		THEN upper(split_part(split_part(username, '@', 2), '.', 1)) || '\' || lower(split_part(username, '@', 1))
+	WHEN position('\' IN username) > 0
+		THEN upper(split_part(split_part(username, '\', 1), '.', 1)) || '\' || lower(split_part(username, '\', 2))
+	WHEN domain IS NULL OR domain IN ('', '-') THEN lower(username)
+	ELSE upper(split_part(domain, '.', 1)) || '\' || lower(username)
+END;
+COMMENT ON FUNCTION @extschema@.msp_canonical_account(text, text) IS
+	'DOMAIN\user for the domain\user, domain.tld\user and UPN forms of one account';
+
+-- Shared last step of every loader: the normalized events of one load, in
+-- pg_temp.msp_load_events, become accounts (kind unknown until mapped),
+-- devices and logons.  Returns (loaded, duplicate).
+CREATE FUNCTION @extschema@.msp_load_normalized(for_client bigint, load_source text,
+												OUT loaded bigint, OUT duplicate bigint)
+LANGUAGE plpgsql VOLATILE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+BEGIN
+	INSERT INTO accounts (client_id, account_id, realm, name, kind, application)
+	SELECT for_client,
+		   coalesce((SELECT max(a.account_id) FROM accounts a WHERE a.client_id = for_client), 0)
+			   + row_number() OVER (ORDER BY n.realm, n.account_name),
+		   n.realm, n.account_name, 'unknown', n.application
+	  FROM (SELECT DISTINCT e.realm, e.account_name, e.application FROM pg_temp.msp_load_events e) n
+	 WHERE NOT EXISTS (SELECT 1 FROM accounts a
+						WHERE a.client_id = for_client AND a.realm = n.realm
+						  AND lower(a.name) = lower(n.account_name)
+						  AND coalesce(a.application, '') = coalesce(n.application, ''));
+
+	INSERT INTO devices (client_id, device_id, name, kind)
+	SELECT for_client,
+		   coalesce((SELECT max(d.device_id) FROM devices d WHERE d.client_id = for_client), 0)
+			   + row_number() OVER (ORDER BY n.device_name),
+		   n.device_name, 'other'
+	  FROM (SELECT DISTINCT e.device_name FROM pg_temp.msp_load_events e
+			 WHERE e.device_name IS NOT NULL AND e.create_device) n
+	 WHERE NOT EXISTS (SELECT 1 FROM devices d WHERE d.client_id = for_client
+						  AND upper(d.name) = upper(n.device_name));
+
+	WITH ins AS (
+		INSERT INTO logons (client_id, account_id, device_id, at, ended, presence, source,
+							source_event_id, session_key)
+		SELECT for_client, a.account_id, d.device_id, e.at, e.ended, true, load_source, e.source_event_id,
+			   e.session_key
+		  FROM pg_temp.msp_load_events e
+		  JOIN accounts a ON a.client_id = for_client AND a.realm = e.realm
+						 AND lower(a.name) = lower(e.account_name)
+						 AND coalesce(a.application, '') = coalesce(e.application, '')
+		  LEFT JOIN devices d ON d.client_id = for_client AND upper(d.name) = upper(e.device_name)
+		ON CONFLICT (client_id, source, source_event_id, at) DO NOTHING
+		RETURNING 1)
+	SELECT count(*) INTO loaded FROM ins;
+	duplicate := (SELECT count(*) FROM pg_temp.msp_load_events) - loaded;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_load_normalized(bigint, text) IS
+	'internal: accounts, devices and logons from the normalized events of one load';
+
+-- A fresh scratch table for one load's normalized events.
+CREATE FUNCTION @extschema@.msp_load_begin() RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF to_regclass('pg_temp.msp_load_events') IS NOT NULL THEN
+		DROP TABLE pg_temp.msp_load_events;
+	END IF;
+	CREATE TEMP TABLE msp_load_events (
+		realm text NOT NULL,
+		application text,
+		account_name text NOT NULL,
+		device_name text,
+		create_device boolean NOT NULL,
+		at timestamptz NOT NULL,
+		ended timestamptz,
+		source_event_id text NOT NULL,
+		session_key text
+	) ON COMMIT DROP;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_load_begin() IS 'internal: the scratch table of one load';
+
+CREATE FUNCTION @extschema@.msp_load_windows_events(client_id bigint, source text DEFAULT 'windows',
+													OUT loaded bigint, OUT duplicate bigint,
+													OUT paired bigint, OUT skipped bigint, OUT rejected bigint)
+LANGUAGE plpgsql VOLATILE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+BEGIN
+	IF NOT EXISTS (SELECT 1 FROM clients c WHERE c.client_id = client_id) THEN
+		RAISE EXCEPTION 'unknown client %', client_id USING ERRCODE = 'no_data_found';
+	END IF;
+	PERFORM msp_load_begin();
+	CREATE TEMP TABLE msp_win (line_no bigint, raw text, doc jsonb) ON COMMIT DROP;
+	-- parse the whole batch at once; only a batch with bad JSON pays per row
+	BEGIN
+		INSERT INTO msp_win SELECT s.line_no, s.raw, s.raw::jsonb
+		  FROM windows_event_staging s WHERE s.client_id = client_id;
+	EXCEPTION WHEN invalid_text_representation OR untranslatable_character THEN
+		INSERT INTO msp_win SELECT s.line_no, s.raw, msp_try_jsonb(s.raw)
+		  FROM windows_event_staging s WHERE s.client_id = client_id;
+	END;
+
+	-- flatten NXLog (top-level fields) and Winlogbeat (winlog.event_data)
+	CREATE TEMP TABLE msp_win_ev ON COMMIT DROP AS
+	SELECT w.line_no, w.raw, w.doc IS NULL AS bad_json,
+		   coalesce(w.doc->>'EventID', w.doc->'winlog'->>'event_id', w.doc->'event'->>'code') AS event_id,
+		   coalesce(w.doc->>'@timestamp', w.doc->>'TimeCreated') AS at_text,
+		   coalesce(w.doc->>'Hostname', w.doc->'winlog'->>'computer_name', w.doc->'host'->>'name') AS host,
+		   coalesce(w.doc->>'TargetUserName', w.doc->'winlog'->'event_data'->>'TargetUserName') AS username,
+		   coalesce(w.doc->>'TargetDomainName', w.doc->'winlog'->'event_data'->>'TargetDomainName') AS domain,
+		   coalesce(w.doc->>'LogonType', w.doc->'winlog'->'event_data'->>'LogonType') AS logon_type,
+		   coalesce(w.doc->>'TargetLogonId', w.doc->'winlog'->'event_data'->>'TargetLogonId') AS logon_id,
+		   coalesce(w.doc->>'RecordNumber', w.doc->'winlog'->>'record_id') AS record
+	  FROM msp_win w;
+
+	CREATE TEMP TABLE msp_win_class ON COMMIT DROP AS
+	SELECT e.*,
+		   CASE
+			   WHEN e.bad_json THEN 'reject:not valid JSON'
+			   WHEN e.event_id IS NULL THEN 'reject:no EventID'
+			   WHEN e.event_id NOT IN ('4624', '4634', '4647') THEN 'skip'
+			   WHEN e.at_text IS NULL THEN 'reject:no @timestamp'
+			   WHEN e.host IS NULL OR e.host IN ('', '-') THEN 'reject:no Hostname'
+			   WHEN e.username IS NULL OR e.username IN ('', '-') THEN 'reject:no TargetUserName'
+			   WHEN msp_is_machine_account(e.username) THEN 'skip'
+			   WHEN e.event_id = '4624' AND e.logon_type IS NULL THEN 'reject:no LogonType'
+			   WHEN e.event_id = '4624' AND e.logon_type NOT IN ('2', '7', '10', '11') THEN 'skip'
+			   WHEN e.event_id = '4624' THEN 'logon'
+			   ELSE 'logoff'
+		   END AS class,
+		   NULL::timestamptz AS at
+	  FROM msp_win_ev e;
+	-- timestamps: the batch at once, per row only when one is malformed
+	BEGIN
+		UPDATE msp_win_class SET at = at_text::timestamptz WHERE class IN ('logon', 'logoff');
+	EXCEPTION WHEN invalid_datetime_format OR datetime_field_overflow OR invalid_text_representation THEN
+		UPDATE msp_win_class SET at = msp_try_timestamptz(at_text) WHERE class IN ('logon', 'logoff');
+	END;
+	UPDATE msp_win_class SET class = 'reject:invalid @timestamp' WHERE class IN ('logon', 'logoff') AND at IS NULL;
+
+	INSERT INTO pg_temp.msp_load_events (realm, application, account_name, device_name, create_device, at,
+										 ended, source_event_id, session_key)
+	SELECT 'os', NULL, msp_canonical_account(c.domain, c.username), upper(split_part(c.host, '.', 1)), true,
+		   c.at, NULL, upper(split_part(c.host, '.', 1)) || ':' || coalesce(c.record, md5(c.raw)),
+		   CASE WHEN c.logon_id IS NOT NULL THEN upper(split_part(c.host, '.', 1)) || ':' || lower(c.logon_id) END
+	  FROM msp_win_class c WHERE c.class = 'logon';
+	SELECT * INTO loaded, duplicate FROM msp_load_normalized(client_id, source);
+
+	-- pair logoffs (4634, 4647) with their logon by logon id on the same host
+	WITH logoff AS (
+		SELECT upper(split_part(c.host, '.', 1)) || ':' || lower(c.logon_id) AS session_key, min(c.at) AS at
+		  FROM msp_win_class c WHERE c.class = 'logoff' AND c.logon_id IS NOT NULL GROUP BY 1),
+	upd AS (
+		UPDATE logons l SET ended = o.at
+		  FROM logoff o
+		 WHERE l.client_id = client_id AND l.session_key = o.session_key AND l.at <= o.at
+		   AND (l.ended IS NULL OR l.ended > o.at)
+		RETURNING l.session_key)
+	SELECT count(DISTINCT upd.session_key) INTO paired FROM upd;
+
+	INSERT INTO load_rejects (client_id, source, line_no, raw, reason)
+	SELECT client_id, source, c.line_no, c.raw, substr(c.class, 8)
+	  FROM msp_win_class c WHERE c.class LIKE 'reject:%';
+	GET DIAGNOSTICS rejected = ROW_COUNT;
+	SELECT count(*) INTO skipped FROM msp_win_class c WHERE c.class = 'skip' OR c.class = 'logoff';
+	skipped := skipped - paired;
+	DELETE FROM windows_event_staging s WHERE s.client_id = client_id;
+	DROP TABLE msp_win, msp_win_ev, msp_win_class;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_load_windows_events(bigint, text) IS
+	'loads a client''s staged Windows Security events: interactive (2), unlock (7), remote interactive (10) and cached (11) logons count; logoffs close sessions; the rest is skipped or rejected';
+
+CREATE FUNCTION @extschema@.msp_load_entra_signins(client_id bigint, source text DEFAULT 'entra',
+												   OUT loaded bigint, OUT duplicate bigint,
+												   OUT skipped bigint, OUT rejected bigint)
+LANGUAGE plpgsql VOLATILE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+BEGIN
+	IF NOT EXISTS (SELECT 1 FROM clients c WHERE c.client_id = client_id) THEN
+		RAISE EXCEPTION 'unknown client %', client_id USING ERRCODE = 'no_data_found';
+	END IF;
+	PERFORM msp_load_begin();
+	CREATE TEMP TABLE msp_entra ON COMMIT DROP AS
+	SELECT s.line_no, s.raw, msp_try_jsonb(s.raw) AS doc FROM entra_signin_staging s WHERE s.client_id = client_id;
+	CREATE TEMP TABLE msp_entra_class ON COMMIT DROP AS
+	SELECT e.line_no, e.raw, e.doc->>'id' AS id, e.doc->>'userPrincipalName' AS upn,
+		   msp_try_timestamptz(e.doc->>'createdDateTime') AS at,
+		   e.doc->'deviceDetail'->>'displayName' AS device,
+		   CASE
+			   WHEN e.doc IS NULL THEN 'reject:not valid JSON'
+			   WHEN e.doc->>'id' IS NULL THEN 'reject:no id'
+			   WHEN coalesce(e.doc->>'userPrincipalName', '') = '' THEN 'reject:no userPrincipalName'
+			   WHEN msp_try_timestamptz(e.doc->>'createdDateTime') IS NULL THEN 'reject:no valid createdDateTime'
+			   WHEN coalesce(e.doc->'status'->>'errorCode', '0') <> '0' THEN 'skip'
+			   WHEN e.doc->>'isInteractive' = 'false' THEN 'skip'
+			   ELSE 'signin'
+		   END AS class
+	  FROM msp_entra e;
+	INSERT INTO pg_temp.msp_load_events (realm, application, account_name, device_name, create_device, at,
+										 ended, source_event_id, session_key)
+	SELECT 'm365', NULL, lower(c.upn), upper(nullif(c.device, '')), false, c.at, NULL, c.id, NULL
+	  FROM msp_entra_class c WHERE c.class = 'signin';
+	SELECT * INTO loaded, duplicate FROM msp_load_normalized(client_id, source);
+	INSERT INTO load_rejects (client_id, source, line_no, raw, reason)
+	SELECT client_id, source, c.line_no, c.raw, substr(c.class, 8) FROM msp_entra_class c WHERE c.class LIKE 'reject:%';
+	GET DIAGNOSTICS rejected = ROW_COUNT;
+	SELECT count(*) INTO skipped FROM msp_entra_class c WHERE c.class = 'skip';
+	DELETE FROM entra_signin_staging s WHERE s.client_id = client_id;
+	DROP TABLE msp_entra, msp_entra_class;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_load_entra_signins(bigint, text) IS
+	'loads a client''s staged Entra ID sign-ins: successful interactive sign-ins count as Microsoft 365 presence';
+
+CREATE FUNCTION @extschema@.msp_load_emr_audit(client_id bigint, source text DEFAULT 'emr',
+											   OUT loaded bigint, OUT duplicate bigint, OUT rejected bigint)
+LANGUAGE plpgsql VOLATILE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+BEGIN
+	IF NOT EXISTS (SELECT 1 FROM clients c WHERE c.client_id = client_id) THEN
+		RAISE EXCEPTION 'unknown client %', client_id USING ERRCODE = 'no_data_found';
+	END IF;
+	PERFORM msp_load_begin();
+	CREATE TEMP TABLE msp_emr ON COMMIT DROP AS
+	SELECT s.*, c.time_zone,
+		   msp_try_timestamptz(s.event_time) AS at_any,
+		   CASE
+			   WHEN coalesce(s.user_name, '') = '' THEN 'no user'
+			   WHEN coalesce(s.event_time, '') = '' THEN 'no time'
+			   WHEN msp_try_timestamptz(s.event_time) IS NULL THEN 'invalid time'
+		   END AS reason
+	  FROM emr_audit_staging s JOIN clients c USING (client_id)
+	 WHERE s.client_id = client_id;
+	INSERT INTO pg_temp.msp_load_events (realm, application, account_name, device_name, create_device, at,
+										 ended, source_event_id, session_key)
+	SELECT 'app', e.application, lower(e.user_name), upper(nullif(e.workstation, '')), true,
+		   -- a time without a zone is the client's local time
+		   CASE WHEN e.event_time ~ '([+-]\d\d(:?\d\d)?|Z)$' THEN e.at_any
+				ELSE e.event_time::timestamp AT TIME ZONE e.time_zone END,
+		   NULL, coalesce(e.event_id, md5(concat_ws('|', e.user_name, e.workstation, e.event_time, e.action))), NULL
+	  FROM msp_emr e WHERE e.reason IS NULL;
+	SELECT * INTO loaded, duplicate FROM msp_load_normalized(client_id, source);
+	INSERT INTO load_rejects (client_id, source, line_no, raw, reason)
+	SELECT client_id, source, e.line_no,
+		   concat_ws(',', e.user_name, e.workstation, e.event_time, e.action, e.event_id), e.reason
+	  FROM msp_emr e WHERE e.reason IS NOT NULL;
+	GET DIAGNOSTICS rejected = ROW_COUNT;
+	DELETE FROM emr_audit_staging s WHERE s.client_id = client_id;
+	DROP TABLE msp_emr;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_load_emr_audit(bigint, text) IS
+	'loads a client''s staged EMR access audit rows as application logons (times without a zone are the client''s local time)';
