@@ -104,12 +104,12 @@ CREATE TABLE @extschema@.people (
 COMMENT ON TABLE @extschema@.people IS
 	'people by pseudonym; one person may own several accounts. bill_to_client_id names a sister client that pays for them';
 
+-- (No SET clause, so that it inlines; every name in it is qualified.)
 CREATE FUNCTION @extschema@.msp_is_machine_account(name text) RETURNS boolean
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
-SET search_path = pg_catalog, pg_temp
-RETURN name ~ '\$$'
-	OR upper(name) IN ('SYSTEM', 'LOCAL SERVICE', 'NETWORK SERVICE', 'ANONYMOUS LOGON')
-	OR upper(name) ~ '^(DWM|UMFD)-';
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN name OPERATOR(pg_catalog.~) '\$$'
+	OR pg_catalog.upper(name) OPERATOR(pg_catalog.=) ANY ('{SYSTEM,LOCAL SERVICE,NETWORK SERVICE,ANONYMOUS LOGON}'::text[])
+	OR pg_catalog.upper(name) OPERATOR(pg_catalog.~) '^(DWM|UMFD)-';
 COMMENT ON FUNCTION @extschema@.msp_is_machine_account(text) IS
 	'Windows machine and service identities, which are never billable';
 

@@ -97,17 +97,20 @@ COMMENT ON FUNCTION @extschema@.msp_try_timestamptz(text) IS 'the text as timest
 
 -- One account name for the forms Windows and Entra write: DOMAIN\user,
 -- domain.tld\user and user@domain.tld all become DOMAIN\user.
+-- (No SET clause, so that it inlines; every name in it is qualified.)
 CREATE FUNCTION @extschema@.msp_canonical_account(domain text, username text) RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
-SET search_path = pg_catalog, pg_temp
 RETURN CASE
-	WHEN username IS NULL OR username IN ('', '-') THEN NULL
-	WHEN position('@' IN username) > 0
-		THEN upper(split_part(split_part(username, '@', 2), '.', 1)) || '\' || lower(split_part(username, '@', 1))
-	WHEN position('\' IN username) > 0
-		THEN upper(split_part(split_part(username, '\', 1), '.', 1)) || '\' || lower(split_part(username, '\', 2))
-	WHEN domain IS NULL OR domain IN ('', '-') THEN lower(username)
-	ELSE upper(split_part(domain, '.', 1)) || '\' || lower(username)
+	WHEN username IS NULL OR username OPERATOR(pg_catalog.=) ANY ('{"",-}'::text[]) THEN NULL
+	WHEN pg_catalog.strpos(username, '@') OPERATOR(pg_catalog.>) 0
+		THEN pg_catalog.upper(pg_catalog.split_part(pg_catalog.split_part(username, '@', 2), '.', 1))
+			 OPERATOR(pg_catalog.||) '\' OPERATOR(pg_catalog.||) pg_catalog.lower(pg_catalog.split_part(username, '@', 1))
+	WHEN pg_catalog.strpos(username, '\') OPERATOR(pg_catalog.>) 0
+		THEN pg_catalog.upper(pg_catalog.split_part(pg_catalog.split_part(username, '\', 1), '.', 1))
+			 OPERATOR(pg_catalog.||) '\' OPERATOR(pg_catalog.||) pg_catalog.lower(pg_catalog.split_part(username, '\', 2))
+	WHEN domain IS NULL OR domain OPERATOR(pg_catalog.=) ANY ('{"",-}'::text[]) THEN pg_catalog.lower(username)
+	ELSE pg_catalog.upper(pg_catalog.split_part(domain, '.', 1)) OPERATOR(pg_catalog.||) '\'
+		 OPERATOR(pg_catalog.||) pg_catalog.lower(username)
 END;
 COMMENT ON FUNCTION @extschema@.msp_canonical_account(text, text) IS
 	'DOMAIN\user for the domain\user, domain.tld\user and UPN forms of one account';
@@ -142,19 +145,34 @@ BEGIN
 	 WHERE NOT EXISTS (SELECT 1 FROM devices d WHERE d.client_id = for_client
 						  AND upper(d.name) = upper(n.device_name));
 
+	-- small maps from names to ids, so the big insert joins on plain keys
+	ANALYZE pg_temp.msp_load_events;
+	CREATE TEMP TABLE msp_account_map ON COMMIT DROP AS
+	SELECT n.realm, n.account_name, n.app, a.account_id
+	  FROM (SELECT DISTINCT e.realm, e.account_name, coalesce(e.application, '') AS app
+			  FROM pg_temp.msp_load_events e) n
+	  JOIN accounts a ON a.client_id = for_client AND a.realm = n.realm
+					 AND lower(a.name) = lower(n.account_name) AND coalesce(a.application, '') = n.app;
+	CREATE TEMP TABLE msp_device_map ON COMMIT DROP AS
+	SELECT n.device_name, d.device_id
+	  FROM (SELECT DISTINCT e.device_name FROM pg_temp.msp_load_events e WHERE e.device_name IS NOT NULL) n
+	  JOIN devices d ON d.client_id = for_client AND upper(d.name) = upper(n.device_name);
+	ANALYZE pg_temp.msp_account_map;
+	ANALYZE pg_temp.msp_device_map;
+
 	WITH ins AS (
 		INSERT INTO logons (client_id, account_id, device_id, at, ended, presence, source,
 							source_event_id, session_key)
-		SELECT for_client, a.account_id, d.device_id, e.at, e.ended, true, load_source, e.source_event_id,
+		SELECT for_client, m.account_id, dm.device_id, e.at, e.ended, true, load_source, e.source_event_id,
 			   e.session_key
 		  FROM pg_temp.msp_load_events e
-		  JOIN accounts a ON a.client_id = for_client AND a.realm = e.realm
-						 AND lower(a.name) = lower(e.account_name)
-						 AND coalesce(a.application, '') = coalesce(e.application, '')
-		  LEFT JOIN devices d ON d.client_id = for_client AND upper(d.name) = upper(e.device_name)
+		  JOIN pg_temp.msp_account_map m ON m.realm = e.realm AND m.account_name = e.account_name
+										AND m.app = coalesce(e.application, '')
+		  LEFT JOIN pg_temp.msp_device_map dm ON dm.device_name = e.device_name
 		ON CONFLICT (client_id, source, source_event_id, at) DO NOTHING
 		RETURNING 1)
 	SELECT count(*) INTO loaded FROM ins;
+	DROP TABLE pg_temp.msp_account_map, pg_temp.msp_device_map;
 	duplicate := (SELECT count(*) FROM pg_temp.msp_load_events) - loaded;
 END
 $$;
