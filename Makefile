@@ -22,7 +22,8 @@ SQL_SOURCES = \
 	src/allocate.sql \
 	src/billing.sql \
 	src/finalize.sql \
-	src/loaders.sql
+	src/loaders.sql \
+	src/privacy.sql
 DATA_built = $(EXTENSION)--$(EXTVERSION).sql
 DATA = $(wildcard upgrade/$(EXTENSION)--*--*.sql)
 

@@ -132,6 +132,70 @@ CREATE UNIQUE INDEX accounts_name_key ON @extschema@.accounts (client_id, realm,
 COMMENT ON TABLE @extschema@.accounts IS
 	'logon identities per realm (os, app, m365): individual (owned by a person), shared (a room or PC) or service';
 
+-- Is the current user a member of a role (false when the role does not exist)?
+CREATE FUNCTION @extschema@.msp_has_role(role_name text) RETURNS boolean
+LANGUAGE sql STABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+RETURN EXISTS (SELECT 1 FROM pg_roles r WHERE r.rolname = role_name)
+	AND pg_has_role(role_name, 'MEMBER');
+COMMENT ON FUNCTION @extschema@.msp_has_role(text) IS
+	'true when the current user is a member of the role; false when it does not exist';
+
+-- May the current user see this client's rows?  Superusers and members
+-- of mspbill_admin or mspbill_billing see every client; other roles see the
+-- clients mapped to them in bi_client_access.
+CREATE TABLE @extschema@.bi_client_access (
+	role_name name NOT NULL,
+	client_id bigint NOT NULL REFERENCES @extschema@.clients ON DELETE CASCADE,
+	PRIMARY KEY (role_name, client_id)
+);
+COMMENT ON TABLE @extschema@.bi_client_access IS
+	'which clients a BI role (or login) may read; roles not listed see no client rows';
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.bi_client_access', '');
+
+CREATE FUNCTION @extschema@.msp_sees_all_clients() RETURNS boolean
+LANGUAGE sql STABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+RETURN (SELECT r.rolsuper FROM pg_roles r WHERE r.rolname = current_user)
+	OR @extschema@.msp_has_role('mspbill_admin') OR @extschema@.msp_has_role('mspbill_billing');
+COMMENT ON FUNCTION @extschema@.msp_sees_all_clients() IS
+	'true for superusers and members of mspbill_admin or mspbill_billing';
+
+CREATE FUNCTION @extschema@.msp_visible_clients() RETURNS bigint[]
+LANGUAGE sql STABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+RETURN ARRAY(SELECT b.client_id FROM @extschema@.bi_client_access b WHERE pg_has_role(b.role_name, 'MEMBER'));
+COMMENT ON FUNCTION @extschema@.msp_visible_clients() IS 'the clients mapped to the current user''s roles';
+
+CREATE FUNCTION @extschema@.msp_can_see_client(client_id bigint) RETURNS boolean
+LANGUAGE sql STABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+RETURN @extschema@.msp_sees_all_clients() OR client_id = ANY (@extschema@.msp_visible_clients());
+COMMENT ON FUNCTION @extschema@.msp_can_see_client(bigint) IS 'may the current user read this client''s rows?';
+
+-- May the current user see real names?  Superusers and mspbill_pii members.
+CREATE FUNCTION @extschema@.msp_sees_names() RETURNS boolean
+LANGUAGE sql STABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+RETURN (SELECT r.rolsuper FROM pg_roles r WHERE r.rolname = current_user)
+	OR @extschema@.msp_has_role('mspbill_pii');
+COMMENT ON FUNCTION @extschema@.msp_sees_names() IS 'true for superusers and members of mspbill_pii';
+
+-- Account names are personal data: a label shows the real name of shared
+-- and service accounts (rooms, PCs) and, to members of mspbill_pii, of
+-- everyone; others see "os account 17".  A view, so that readers who may
+-- not select accounts.name still get labels (it runs with its owner's
+-- rights and filters by the reader's clients itself).
+CREATE VIEW @extschema@.account_labels AS
+SELECT a.client_id, a.account_id, a.realm, a.kind,
+	   CASE WHEN a.kind IN ('shared', 'service') OR @extschema@.msp_sees_names()
+			THEN a.name
+			ELSE a.realm || ' account ' || a.account_id END AS label
+  FROM @extschema@.accounts a
+ WHERE @extschema@.msp_can_see_client(a.client_id);
+COMMENT ON VIEW @extschema@.account_labels IS
+	'account names for display: real for rooms, shared PCs and service accounts, and for members of mspbill_pii; pseudonymous otherwise';
+
 CREATE SEQUENCE @extschema@.logons_logon_id_seq;
 CREATE TABLE @extschema@.logons (
 	client_id bigint NOT NULL,
@@ -337,7 +401,8 @@ COMMENT ON FUNCTION @extschema@.msp_local_day(timestamptz, text) IS 'the calenda
 -- Everyone the policy counts in one contract segment, with the evidence.
 -- Logons are first reduced to one row per account (its days as a userset),
 -- so the work after that is proportional to accounts, not to logons.
-CREATE FUNCTION @extschema@.msp_segment_users(client_id bigint, contract_id bigint, segment daterange)
+CREATE FUNCTION @extschema@.msp_segment_users(client_id bigint, contract_id bigint, segment daterange,
+											   with_evidence boolean DEFAULT true)
 RETURNS TABLE (person_id bigint, pseudonym text, rule text, first_seen timestamptz,
 			   last_seen timestamptz, days_active integer, support_contacts integer, accounts text[])
 LANGUAGE sql STABLE
@@ -362,7 +427,7 @@ BEGIN ATOMIC
 		 WHERE l.presence
 		 GROUP BY l.account_id),
 	presence AS (
-		SELECT a.person_id, d.f, d.l, d.days, a.name, true AS by_logon
+		SELECT a.person_id, d.f, d.l, d.days, a.account_id, true AS by_logon
 		  FROM k, account_days d
 		  JOIN accounts a ON a.client_id = msp_segment_users.client_id AND a.account_id = d.account_id
 		 WHERE a.kind = 'individual' AND NOT a.is_machine AND a.realm = ANY (k.count_realms)
@@ -371,7 +436,7 @@ BEGIN ATOMIC
 		-- logons on the same device within the window
 		SELECT ia.person_id, il.at, il.at,
 			   userset(ARRAY[((il.at AT TIME ZONE k.time_zone)::date - date '2000-01-01')::bigint]),
-			   ia.name, false
+			   ia.account_id, false
 		  FROM k
 		  JOIN logons sl ON sl.client_id = k.client_id AND sl.at >= k.t0 AND sl.at < k.t1 AND sl.presence
 		  JOIN accounts sa ON sa.client_id = sl.client_id AND sa.account_id = sl.account_id
@@ -385,7 +450,7 @@ BEGIN ATOMIC
 	seen AS (
 		SELECT person_id, min(f) AS first_seen, max(l) AS last_seen,
 			   cardinality(userset_union(days))::integer AS days_active,
-			   bool_or(by_logon) AS by_logon, array_agg(DISTINCT name ORDER BY name) AS accounts
+			   bool_or(by_logon) AS by_logon, array_agg(DISTINCT account_id) AS account_ids
 		  FROM presence GROUP BY person_id),
 	support AS (
 		SELECT s.person_id, count(*)::integer AS contacts, min(s.at) AS first_at, max(s.at) AS last_at
@@ -400,7 +465,11 @@ BEGIN ATOMIC
 			   ELSE 'support'
 		   END,
 		   least(s.first_seen, sp.first_at), greatest(s.last_seen, sp.last_at),
-		   coalesce(s.days_active, 0), coalesce(sp.contacts, 0), coalesce(s.accounts, '{}')
+		   coalesce(s.days_active, 0), coalesce(sp.contacts, 0),
+		   CASE WHEN with_evidence
+				THEN ARRAY(SELECT l.label FROM account_labels l
+							WHERE l.client_id = msp_segment_users.client_id AND l.account_id = ANY (s.account_ids)
+							ORDER BY l.label) END
 	  FROM k
 	  JOIN eligible e ON true
 	  LEFT JOIN seen s ON s.person_id = e.person_id
@@ -412,7 +481,7 @@ BEGIN ATOMIC
 		   END
 	 ORDER BY e.pseudonym;
 END;
-COMMENT ON FUNCTION @extschema@.msp_segment_users(bigint, bigint, daterange) IS
+COMMENT ON FUNCTION @extschema@.msp_segment_users(bigint, bigint, daterange, boolean) IS
 	'the people one contract''s policy counts during a segment of a period, with the rule and evidence';
 
 CREATE FUNCTION @extschema@.msp_billable_users(client_id bigint, period daterange DEFAULT NULL)
@@ -467,7 +536,8 @@ BEGIN ATOMIC
 								 WHEN k.prorate THEN k.segment_days / k.period_days
 								 ELSE 1 END), 0) AS users,
 			   count(*)::integer AS user_count
-		  FROM k, msp_segment_users(msp_segment_quantities.client_id, msp_segment_quantities.contract_id, segment) b
+		  FROM k, msp_segment_users(msp_segment_quantities.client_id, msp_segment_quantities.contract_id,
+									segment, false) b
 		  JOIN people p ON p.client_id = msp_segment_quantities.client_id AND p.person_id = b.person_id),
 	shared AS (
 		SELECT a.account_id,
@@ -788,8 +858,8 @@ BEGIN ATOMIC
 		UNION ALL
 		SELECT 'user', u.pseudonym FROM msp_billable_users(client_id, period) u
 		UNION ALL
-		SELECT 'seat', a.name FROM accounts a
-		 WHERE a.client_id = msp_cost_allocation.client_id AND a.kind = 'shared' AND NOT a.is_machine),
+		SELECT 'seat', a.label FROM account_labels a
+		 WHERE a.client_id = msp_cost_allocation.client_id AND a.kind = 'shared'),
 	pools AS (
 		SELECT cp.pool_id, cp.category, cp.basis,
 			   msp_round(cp.amount * (upper(cp.period * p.period) - lower(cp.period * p.period))

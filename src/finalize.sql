@@ -223,10 +223,10 @@ BEGIN
 
 	-- logons of accounts nobody has classified yet
 	RETURN QUERY
-	SELECT 'unmapped_account', a.name, format('%s logons by an account not mapped to a person, nor marked shared or service.', count(*))
-	  FROM logons l JOIN accounts a ON a.client_id = l.client_id AND a.account_id = l.account_id
+	SELECT 'unmapped_account', a.label, format('%s logons by an account not mapped to a person, nor marked shared or service.', count(*))
+	  FROM logons l JOIN account_labels a ON a.client_id = l.client_id AND a.account_id = l.account_id
 	 WHERE l.client_id = client_id AND l.at >= t0 AND l.at < t1 AND a.kind = 'unknown'
-	 GROUP BY a.name ORDER BY a.name;
+	 GROUP BY a.label ORDER BY a.label;
 
 	-- logons on days no contract covers
 	RETURN QUERY
@@ -455,12 +455,12 @@ BEGIN
 	 ORDER BY a.pseudonym;
 	-- licensed people who did not work: seats to reclaim
 	RETURN QUERY
-	SELECT 'licensed_inactive', NULL::text, x.name, 1::numeric, seat_cost,
+	SELECT 'licensed_inactive', NULL::text, l.label, 1::numeric, seat_cost,
 		   'Holds a Microsoft 365 account but was not active in the period: a seat to reclaim.'
-	  FROM accounts x
+	  FROM accounts x JOIN account_labels l USING (client_id, account_id)
 	 WHERE x.client_id = client_id AND x.realm = 'm365' AND x.kind = 'individual'
 	   AND NOT x.person_id = ANY (active_ids)
-	 ORDER BY x.name;
+	 ORDER BY l.label;
 	IF seats IS NOT NULL AND active > seats THEN
 		RETURN QUERY SELECT 'seat_shortfall', NULL::text, NULL::text, (active - seats)::numeric,
 							(active - seats) * seat_cost,

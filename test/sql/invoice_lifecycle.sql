@@ -79,6 +79,10 @@ DO $$ BEGIN
     CREATE ROLE mspbill_test_clerk;
   END IF;
 END $$;
+SET client_min_messages = warning;
+SELECT msp_install_roles() AS roles_ready \gset
+RESET client_min_messages;
+GRANT mspbill_billing TO mspbill_test_clerk;   -- sees every client's rows
 GRANT USAGE ON SCHEMA mspbill TO mspbill_test_clerk;
 GRANT SELECT, UPDATE, DELETE, TRUNCATE ON mspbill.invoices, mspbill.invoice_items, mspbill.audit_log TO mspbill_test_clerk;
 SET ROLE mspbill_test_clerk;
@@ -89,6 +93,7 @@ RESET ROLE;
 SELECT lives_ok($$UPDATE mspbill.invoices SET reason = reason WHERE client_id = 1$$, 'a superuser may');
 REVOKE ALL ON mspbill.invoices, mspbill.invoice_items, mspbill.audit_log FROM mspbill_test_clerk;
 REVOKE USAGE ON SCHEMA mspbill FROM mspbill_test_clerk;
+DROP OWNED BY mspbill_test_clerk;
 DROP ROLE mspbill_test_clerk;
 
 -- each gate fires on data built to break it and stays silent on clean data
