@@ -355,12 +355,10 @@ userset_out(PG_FUNCTION_ARGS)
 	PG_RETURN_CSTRING(buf.data);
 }
 
-PG_FUNCTION_INFO_V1(userset_recv);
 /* Binary input: version byte, int4 count, count int8 members ascending. */
-Datum
-userset_recv(PG_FUNCTION_ARGS)
+static Userset *
+UsersetRecv(StringInfo buf)
 {
-	StringInfo	buf = (StringInfo) PG_GETARG_POINTER(0);
 	int			version;
 	int32		count;
 	int64	   *members;
@@ -398,7 +396,30 @@ userset_recv(PG_FUNCTION_ARGS)
 					 errdetail("Member %d is not greater than the member before it.", i + 1),
 					 errhint("Send members sorted ascending, without duplicates.")));
 	}
-	PG_RETURN_USERSET(UsersetFromSorted(members, count));
+	return UsersetFromSorted(members, count);
+}
+
+PG_FUNCTION_INFO_V1(userset_recv);
+/* The type's receive function. */
+Datum
+userset_recv(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_USERSET(UsersetRecv((StringInfo) PG_GETARG_POINTER(0)));
+}
+
+PG_FUNCTION_INFO_V1(userset_from_binary);
+/* The binary form (as userset_send writes it) back into a set, checked. */
+Datum
+userset_from_binary(PG_FUNCTION_ARGS)
+{
+	bytea	   *bytes = PG_GETARG_BYTEA_PP(0);
+	StringInfoData buf;
+
+	buf.data = VARDATA_ANY(bytes);
+	buf.len = VARSIZE_ANY_EXHDR(bytes);
+	buf.maxlen = buf.len;
+	buf.cursor = 0;
+	PG_RETURN_USERSET(UsersetRecv(&buf));
 }
 
 PG_FUNCTION_INFO_V1(userset_send);

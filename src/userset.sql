@@ -113,3 +113,7 @@ CREATE FUNCTION @extschema@.userset_text_id(text) RETURNS bigint
 	AS 'MODULE_PATHNAME' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 COMMENT ON FUNCTION @extschema@.userset_text_id(text) IS
 	'the 64-bit id a text member is counted under (hash_bytes_extended, seed 0)';
+CREATE FUNCTION @extschema@.userset_from_binary(bytea) RETURNS @extschema@.userset
+	AS 'MODULE_PATHNAME' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION @extschema@.userset_from_binary(bytea) IS
+	'the set whose binary form (userset_send) the bytes are; malformed bytes are an error';
