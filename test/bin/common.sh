@@ -119,7 +119,8 @@ port_taken() {
 	return 1
 }
 
-# Start the throwaway cluster (or reuse a running one); sets PGHOST, PGPORT,
+# Start the throwaway cluster (or reuse a running one): unix socket in the
+# tree, and loopback TCP for the JDBC test (JDBC has no unix sockets); sets PGHOST, PGPORT,
 # PGUSER and STARTED_CLUSTER=1 when this call started it.
 cluster_start() {
 	find_pg
@@ -141,7 +142,7 @@ cluster_start() {
 		port=54329
 		while port_taken "$port"; do port=$((port + 1)); done
 		cat >"$PGROOT/mspbill.conf" <<CONF
-listen_addresses = ''
+listen_addresses = '127.0.0.1'
 unix_socket_directories = '$PGROOT'
 port = $port
 fsync = off
