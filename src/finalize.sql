@@ -117,6 +117,39 @@ END;
 COMMENT ON FUNCTION @extschema@.msp_adjustment_lines(bigint, daterange) IS
 	'adjustment notes carried by the invoice of a period, one line each';
 
+-- The finalized invoice of a client and period, or NULL.
+CREATE FUNCTION @extschema@.msp_finalized_invoice(client_id bigint, period daterange)
+RETURNS @extschema@.invoices
+LANGUAGE sql STABLE
+SET search_path = @extschema@, pg_catalog, pg_temp
+BEGIN ATOMIC
+	SELECT i FROM invoices i
+	 WHERE i.client_id = msp_finalized_invoice.client_id AND i.period = msp_finalized_invoice.period
+	   AND i.kind = 'invoice';
+END;
+COMMENT ON FUNCTION @extschema@.msp_finalized_invoice(bigint, daterange) IS
+	'the finalized invoice of a client and period, or NULL';
+
+-- The same, for what only makes sense once finalized.
+CREATE FUNCTION @extschema@.msp_require_finalized(client_id bigint, period daterange)
+RETURNS @extschema@.invoices
+LANGUAGE plpgsql STABLE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+DECLARE
+	fin invoices := msp_finalized_invoice(client_id, period);
+BEGIN
+	IF fin.invoice_id IS NULL THEN
+		RAISE EXCEPTION 'no finalized invoice for client % in %', client_id, period
+			USING ERRCODE = 'no_data_found',
+				  HINT = 'Finalize it with msp_finalize_invoice() first; until then msp_invoice() is always current.';
+	END IF;
+	RETURN fin;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_require_finalized(bigint, daterange) IS
+	'the finalized invoice of a client and period; an error when there is none';
+
 CREATE FUNCTION @extschema@.msp_invoice(client_id bigint, period daterange DEFAULT NULL)
 RETURNS @extschema@.invoice
 LANGUAGE plpgsql STABLE
@@ -129,8 +162,8 @@ BEGIN
 	period := msp_period(client_id, period);
 	SELECT i.client_id, c.name, i.period, i.model, i.users, i.seats, i.devices, i.subtotal, i.total, i.currency
 	  INTO inv
-	  FROM invoices i JOIN clients c USING (client_id)
-	 WHERE i.client_id = client_id AND i.period = period AND i.kind = 'invoice';
+	  FROM msp_finalized_invoice(client_id, period) i JOIN clients c USING (client_id)
+	 WHERE i.invoice_id IS NOT NULL;
 	IF FOUND THEN
 		RETURN inv;
 	END IF;
@@ -150,9 +183,8 @@ DECLARE
 	id bigint;
 BEGIN
 	period := msp_period(client_id, period);
-	SELECT i.invoice_id INTO id FROM invoices i
-	 WHERE i.client_id = client_id AND i.period = period AND i.kind = 'invoice';
-	IF FOUND THEN
+	id := (msp_finalized_invoice(client_id, period)).invoice_id;
+	IF id IS NOT NULL THEN
 		RETURN QUERY SELECT it.line_no, it.contract_id, it.description, it.quantity, it.unit_price,
 							it.amount, it.basis
 					   FROM invoice_items it
@@ -258,9 +290,8 @@ BEGIN
 	period := msp_period(client_id, period);
 	-- one finalization per client and period at a time, in any session
 	PERFORM pg_advisory_xact_lock(hashtext('mspbill.finalize'), hashtext(client_id::text || period::text));
-	SELECT i.invoice_id INTO id FROM invoices i
-	 WHERE i.client_id = client_id AND i.period = period AND i.kind = 'invoice';
-	IF FOUND THEN
+	id := (msp_finalized_invoice(client_id, period)).invoice_id;
+	IF id IS NOT NULL THEN
 		RETURN id;
 	END IF;
 
@@ -321,13 +352,7 @@ DECLARE
 	id bigint;
 BEGIN
 	period := msp_period(client_id, period);
-	SELECT i.invoice_id INTO id FROM invoices i
-	 WHERE i.client_id = client_id AND i.period = period AND i.kind = 'invoice';
-	IF NOT FOUND THEN
-		RAISE EXCEPTION 'no finalized invoice for client % in %', client_id, period
-			USING ERRCODE = 'no_data_found',
-				  HINT = 'Finalize it with msp_finalize_invoice() first; until then msp_invoice() is always current.';
-	END IF;
+	id := (msp_require_finalized(client_id, period)).invoice_id;
 	RETURN QUERY
 	WITH billed AS (
 		SELECT it.contract_id, it.basis, min(it.description) FILTER (WHERE i.kind = 'invoice') AS description,
@@ -372,13 +397,7 @@ BEGIN
 	END IF;
 	period := msp_period(client_id, period);
 	PERFORM pg_advisory_xact_lock(hashtext('mspbill.finalize'), hashtext(client_id::text || period::text));
-	SELECT * INTO original FROM invoices i
-	 WHERE i.client_id = client_id AND i.period = period AND i.kind = 'invoice';
-	IF NOT FOUND THEN
-		RAISE EXCEPTION 'no finalized invoice for client % in %', client_id, period
-			USING ERRCODE = 'no_data_found',
-				  HINT = 'An unfinalized invoice needs no adjustment: msp_invoice() is always current.';
-	END IF;
+	original := msp_require_finalized(client_id, period);
 	SELECT sum(d.difference) INTO total FROM msp_invoice_drift(client_id, period) d WHERE d.difference <> 0;
 	IF total IS NULL THEN
 		RAISE EXCEPTION 'invoice % has no drift to adjust', original.invoice_id

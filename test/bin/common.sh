@@ -176,3 +176,27 @@ cluster_stop() {
 psql_q() {
 	"$BINDIR/psql" -X -q -v ON_ERROR_STOP=1 "$@"
 }
+
+# TAP for the scripts in test/sh: tap_check description got want
+TAP_N=0
+tap_check() {
+	TAP_N=$((TAP_N + 1))
+	if [ "$2" = "$3" ]; then
+		echo "ok $TAP_N - $1"
+	else
+		echo "not ok $TAP_N - $1"
+		echo "# got '$2', want '$3'"
+	fi
+}
+
+# A fresh database with mspbill and the demo clinics loaded.
+fresh_demo_db() {
+	PGOPTIONS='-c client_min_messages=warning' "$BINDIR/psql" -X -q -d postgres \
+		-c "DROP DATABASE IF EXISTS $1" -c "CREATE DATABASE $1"
+	"$BINDIR/psql" -X -q -d "$1" -c "CREATE EXTENSION mspbill" -c "ALTER DATABASE $1 SET search_path = public, mspbill"
+	(cd "$TOP/test/demo" && "$BINDIR/psql" -X -q -v ON_ERROR_STOP=1 -d "$1" -f clinics.sql >/dev/null)
+}
+
+drop_db() {
+	PGOPTIONS='-c client_min_messages=warning' "$BINDIR/psql" -X -q -d postgres -c "DROP DATABASE IF EXISTS $1"
+}

@@ -12,6 +12,11 @@ SELECT line_no, description, quantity, unit_price, amount FROM msp_invoice_lines
 \echo 'Who is billable, and why (the evidence for any disputed line):'
 SELECT pseudonym, rule, days_active, support_contacts, accounts FROM msp_billable_users(1);
 
+\echo 'Licences: seats held vs people active vs billed:'
+SELECT category, coalesce(subject, sku) AS subject, quantity, note FROM msp_reconcile_licenses(1);
+\echo 'What would block finalizing this month:'
+SELECT * FROM msp_data_quality(1);
+
 \echo
 \echo '== Maple Family Dental: 8 desktops, 4 users, service cost spread to the cent'
 SELECT * FROM msp_invoice(2);

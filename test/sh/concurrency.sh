@@ -12,17 +12,9 @@ DB=mspbill_test_concurrency
 work="$TOP/test/out/concurrency"
 rm -rf "$work"; mkdir -p "$work"
 q() { "$BINDIR/psql" -X -q -At -v ON_ERROR_STOP=1 -d "$DB" "$@"; }
-n=0
-check() { # description, got, want
-	n=$((n + 1))
-	if [ "$2" = "$3" ]; then echo "ok $n - $1"; else echo "not ok $n - $1"; echo "# got '$2', want '$3'"; fi
-}
 echo "1..6"
 
-PGOPTIONS='-c client_min_messages=warning' "$BINDIR/psql" -X -q -d postgres \
-	-c "DROP DATABASE IF EXISTS $DB" -c "CREATE DATABASE $DB"
-q -c "CREATE EXTENSION mspbill" -c "ALTER DATABASE $DB SET search_path = public, mspbill"
-(cd "$TOP/test/demo" && q -f clinics.sql >/dev/null)
+fresh_demo_db "$DB"
 q -c "CREATE MATERIALIZED VIEW daily_people AS
         SELECT l.client_id, (l.at AT TIME ZONE 'UTC')::date AS day, userset_agg(a.person_id) AS people
           FROM logons l JOIN accounts a USING (client_id, account_id) WHERE a.kind = 'individual' GROUP BY 1, 2" \
@@ -44,17 +36,17 @@ SQL
 log_lines=$(wc -l <"$PGROOT/server.log")
 "$BINDIR/pgbench" -n -c 4 -j 2 -T 15 -f "$work/load.sql@6" -f "$work/invoice.sql@2" -f "$work/refresh.sql@1" \
 	-f "$work/count.sql@1" "$DB" >"$work/pgbench.log" 2>&1
-check "pgbench ran to the end" "$?" "0"
-check "no failed transaction" "$(sed -nE 's/^number of failed transactions: ([0-9]+).*/\1/p' "$work/pgbench.log")" "0"
-check "no deadlock" "$(tail -n +"$((log_lines + 1))" "$PGROOT/server.log" | grep -c 'deadlock detected')" "0"
+tap_check "pgbench ran to the end" "$?" "0"
+tap_check "no failed transaction" "$(sed -nE 's/^number of failed transactions: ([0-9]+).*/\1/p' "$work/pgbench.log")" "0"
+tap_check "no deadlock" "$(tail -n +"$((log_lines + 1))" "$PGROOT/server.log" | grep -c 'deadlock detected')" "0"
 q -c "REFRESH MATERIALIZED VIEW CONCURRENTLY daily_people"
-check "the view equals its recomputation" "$(q -c "
+tap_check "the view equals its recomputation" "$(q -c "
 	SELECT count(*) FROM daily_people d FULL JOIN (
 	  SELECT l.client_id, (l.at AT TIME ZONE 'UTC')::date AS day, userset_agg(a.person_id) AS people
 	    FROM logons l JOIN accounts a USING (client_id, account_id) WHERE a.kind = 'individual' GROUP BY 1, 2) r
 	  USING (client_id, day) WHERE d.people IS DISTINCT FROM r.people")" "0"
-check "distinct_count equals COUNT(DISTINCT) after the storm" \
+tap_check "distinct_count equals COUNT(DISTINCT) after the storm" \
 	"$(q -c "SELECT distinct_count(account_id) = count(DISTINCT account_id) FROM logons")" "t"
-check "the dental invoice never moved" "$(q -c "SELECT (msp_invoice(2)).total")" "942.00"
+tap_check "the dental invoice never moved" "$(q -c "SELECT (msp_invoice(2)).total")" "942.00"
 
-PGOPTIONS='-c client_min_messages=warning' "$BINDIR/psql" -X -q -d postgres -c "DROP DATABASE IF EXISTS $DB"
+drop_db "$DB"

@@ -10,17 +10,9 @@ find_pg
 PGROOT=$(cluster_root)
 DB=mspbill_test_crash
 q() { "$BINDIR/psql" -X -q -At -v ON_ERROR_STOP=1 -d "$DB" -c "SET search_path = public, mspbill" "$@"; }
-n=0
-check() { # description, got, want
-	n=$((n + 1))
-	if [ "$2" = "$3" ]; then echo "ok $n - $1"; else echo "not ok $n - $1"; echo "# got '$2', want '$3'"; fi
-}
 echo "1..7"
 
-PGOPTIONS='-c client_min_messages=warning' "$BINDIR/psql" -X -q -d postgres \
-	-c "DROP DATABASE IF EXISTS $DB" -c "CREATE DATABASE $DB"
-"$BINDIR/psql" -X -q -d "$DB" -c "CREATE EXTENSION mspbill"
-(cd "$TOP/test/demo" && "$BINDIR/psql" -X -q -v ON_ERROR_STOP=1 -d "$DB" -f clinics.sql >/dev/null)
+fresh_demo_db "$DB"
 committed=$(q -c "SELECT count(*) FROM logons")
 
 # session A finalizes and then waits inside its transaction; session B
@@ -34,18 +26,18 @@ for _ in $(seq 1 100); do
 	[ "$waiting" = 2 ] && break
 	sleep 0.2
 done
-check "both sessions are mid-transaction when the server dies" "$waiting" "2"
+tap_check "both sessions are mid-transaction when the server dies" "$waiting" "2"
 log_lines=$(wc -l <"$PGROOT/server.log")
 as_owner "$BINDIR/pg_ctl" -D "$PGROOT/data" -m immediate -w stop >/dev/null
 wait
 as_owner "$BINDIR/pg_ctl" -D "$PGROOT/data" -l "$PGROOT/server.log" -w -t 60 start >/dev/null
-check "the server ran crash recovery" "$(tail -n +"$((log_lines + 1))" "$PGROOT/server.log" | grep -c 'was not properly shut down\|was interrupted' | awk '{print ($1 > 0)}')" "1"
+tap_check "the server ran crash recovery" "$(tail -n +"$((log_lines + 1))" "$PGROOT/server.log" | grep -c 'was not properly shut down\|was interrupted' | awk '{print ($1 > 0)}')" "1"
 
-check "no invoice from the killed finalization" "$(q -c "SELECT count(*) FROM invoices")" "0"
-check "no orphan invoice lines" "$(q -c "SELECT count(*) FROM invoice_items it WHERE NOT EXISTS (SELECT 1 FROM invoices i WHERE i.client_id = it.client_id AND i.invoice_id = it.invoice_id)")" "0"
-check "committed logons all there, the killed load's none" "$(q -c "SELECT count(*) FROM logons")" "$committed"
+tap_check "no invoice from the killed finalization" "$(q -c "SELECT count(*) FROM invoices")" "0"
+tap_check "no orphan invoice lines" "$(q -c "SELECT count(*) FROM invoice_items it WHERE NOT EXISTS (SELECT 1 FROM invoices i WHERE i.client_id = it.client_id AND i.invoice_id = it.invoice_id)")" "0"
+tap_check "committed logons all there, the killed load's none" "$(q -c "SELECT count(*) FROM logons")" "$committed"
 id=$(q -c "SELECT msp_finalize_invoice(1, NULL, '{device_silent}')")
-check "finalizing works after recovery" "$(q -c "SELECT total FROM invoices WHERE invoice_id = $id")" "456.00"
-check "its lines add up" "$(q -c "SELECT sum(amount) FROM invoice_items WHERE invoice_id = $id")" "456.00"
+tap_check "finalizing works after recovery" "$(q -c "SELECT total FROM invoices WHERE invoice_id = $id")" "456.00"
+tap_check "its lines add up" "$(q -c "SELECT sum(amount) FROM invoice_items WHERE invoice_id = $id")" "456.00"
 
-PGOPTIONS='-c client_min_messages=warning' "$BINDIR/psql" -X -q -d postgres -c "DROP DATABASE IF EXISTS $DB"
+drop_db "$DB"

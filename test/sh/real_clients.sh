@@ -11,11 +11,7 @@ work="$TOP/test/out/real_clients"
 rm -rf "$work"; mkdir -p "$work"
 echo "1..9"
 
-PGOPTIONS='-c client_min_messages=warning' "$BINDIR/psql" -X -q -d postgres \
-	-c "DROP DATABASE IF EXISTS $DB" -c "CREATE DATABASE $DB"
-"$BINDIR/psql" -X -q -d "$DB" -c "CREATE EXTENSION mspbill" \
-	-c "ALTER DATABASE $DB SET search_path = public, mspbill"
-(cd "$TOP/test/demo" && "$BINDIR/psql" -X -q -v ON_ERROR_STOP=1 -d "$DB" -f clinics.sql >/dev/null)
+fresh_demo_db "$DB"
 "$BINDIR/psql" -X -q -At -d "$DB" -c "SELECT msp_finalize_invoice(2, NULL, '{device_silent}')" >/dev/null
 
 cat >"$work/RealClient.java" <<'JAVA'
@@ -81,4 +77,4 @@ CLASSPATH=/usr/share/java/postgresql.jar
 javac -d "$work" -cp "$CLASSPATH" "$work/RealClient.java" 2>&1 &&
 	java -cp "$work:$CLASSPATH" RealClient "$PGPORT" "$DB" 2>&1
 
-PGOPTIONS='-c client_min_messages=warning' "$BINDIR/psql" -X -q -d postgres -c "DROP DATABASE IF EXISTS $DB"
+drop_db "$DB"
