@@ -1,5 +1,7 @@
 -- Two demo clients with a month of generated logons: the last full month in
 -- each client's time zone, so that SELECT msp_invoice(client_id) bills it.
+-- The logons arrive as real exports do (NXLog JSON, Graph JSON, EMR CSV
+-- rows) and go through mspbill's loaders.
 -- Deterministic: "random" minutes come from hashes of names and days.
 -- Used by the demo (make demo) and by test/sql/invoice_cases.sql, which
 -- pins the invoices derived by hand below.
@@ -89,49 +91,86 @@ CREATE FUNCTION pg_temp.minutes(key text, spread integer) RETURNS interval
 CREATE FUNCTION pg_temp.local(day date, hhmm text, zone text) RETURNS timestamptz
 	LANGUAGE sql IMMUTABLE RETURN (day + hhmm::time) AT TIME ZONE zone;
 
+-- The month's sessions, then written out as the exports an MSP really has
+-- (Windows Security events as NXLog JSON, Entra ID sign-ins as Graph JSON,
+-- the EMR's access audit as CSV rows) and loaded by mspbill's loaders.
+CREATE TEMP TABLE demo_sessions (client_id bigint, source text, account text, host text,
+								 at timestamptz, ended timestamptz, logon_type text);
 -- hospital: nurses and machine/service logons on the nurse workstations
-INSERT INTO logons (client_id, account_id, device_id, at, ended, source)
-SELECT 1, a.account_id, 5 + (a.account_id % 2),
+INSERT INTO demo_sessions
+SELECT 1, 'windows', a.name, CASE a.account_id % 2 WHEN 1 THEN 'NURSE-WS2' ELSE 'NURSE-WS1' END,
 	   pg_temp.local(day, '07:00', 'America/Chicago') + pg_temp.minutes(a.name || day, 45),
-	   pg_temp.local(day, '15:00', 'America/Chicago') + pg_temp.minutes(day || a.name, 60), 'demo'
+	   pg_temp.local(day, '15:00', 'America/Chicago') + pg_temp.minutes(day || a.name, 60),
+	   CASE WHEN a.kind = 'service' THEN '5' ELSE '2' END
   FROM demo_days, accounts a WHERE a.client_id = 1 AND a.account_id IN (5, 6, 7, 9, 10);
 -- the technician fixes a workstation twice
-INSERT INTO logons (client_id, account_id, device_id, at, ended, source)
-SELECT 1, 8, 6, pg_temp.local(day, '12:00', 'America/Chicago'),
-	   pg_temp.local(day, '12:40', 'America/Chicago'), 'demo'
+INSERT INTO demo_sessions
+SELECT 1, 'windows', 'STOLAF\msptech', 'NURSE-WS2', pg_temp.local(day, '12:00', 'America/Chicago'),
+	   pg_temp.local(day, '12:40', 'America/Chicago'), '10'
   FROM (SELECT day FROM demo_days ORDER BY day LIMIT 2) d;
 -- operating rooms: two sessions a day per room, each clinician signing into the EMR inside
-INSERT INTO logons (client_id, account_id, device_id, at, ended, source)
-SELECT 1, room, room, pg_temp.local(day, s.start, 'America/Chicago'),
-	   pg_temp.local(day, s.start, 'America/Chicago') + interval '3 hours', 'demo'
+INSERT INTO demo_sessions
+SELECT 1, 'windows', 'OR' || room, 'OR' || room, pg_temp.local(day, s.start, 'America/Chicago'),
+	   pg_temp.local(day, s.start, 'America/Chicago') + interval '3 hours', '2'
   FROM demo_days, generate_series(1, 4) room, (VALUES ('08:00'), ('13:00')) s(start);
-INSERT INTO logons (client_id, account_id, device_id, at, ended, source)
-SELECT 1, 100 + 10 + ((room + extract(day FROM day)::int + (s.start = '13:00')::int) % 6) + 1, room,
-	   pg_temp.local(day, s.start, 'America/Chicago') + pg_temp.minutes(room || s.start || day, 20),
-	   NULL, 'demo'
+INSERT INTO demo_sessions
+SELECT 1, 'emr', 'emr.c' || (((room + extract(day FROM day)::int + (s.start = '13:00')::int) % 6) + 1), 'OR' || room,
+	   pg_temp.local(day, s.start, 'America/Chicago') + pg_temp.minutes(room || s.start || day, 20), NULL, NULL
   FROM demo_days, generate_series(1, 4) room, (VALUES ('08:00'), ('13:00')) s(start);
 -- Microsoft 365 sign-ins of the clinicians who have mail, and of nurse n1
-INSERT INTO logons (client_id, account_id, at, source)
-SELECT 1, a.account_id, pg_temp.local(day, '18:00', 'America/Chicago') + pg_temp.minutes(a.name || day, 120), 'demo'
+INSERT INTO demo_sessions
+SELECT 1, 'entra', a.name, NULL, pg_temp.local(day, '18:00', 'America/Chicago') + pg_temp.minutes(a.name || day, 120), NULL, NULL
   FROM demo_days, accounts a WHERE a.client_id = 1 AND a.realm = 'm365';
+-- dental office: two own desktops, the shared front-desk PC, web mail for everyone
+INSERT INTO demo_sessions
+SELECT 2, 'windows', a.name,
+	   'DENTAL-PC' || CASE a.account_id WHEN 1 THEN 1 WHEN 2 THEN 2 WHEN 3 THEN 3 WHEN 8 THEN 4 ELSE 1 END,
+	   pg_temp.local(day, '08:00', 'America/Chicago') + pg_temp.minutes(a.name || day, 30),
+	   pg_temp.local(day, '17:00', 'America/Chicago'), CASE WHEN a.kind = 'service' THEN '5' ELSE '2' END
+  FROM demo_days, accounts a WHERE a.client_id = 2 AND a.realm = 'os' AND a.account_id <> 9;
+INSERT INTO demo_sessions
+SELECT 2, 'entra', a.name, NULL, pg_temp.local(day, '08:30', 'America/Chicago') + pg_temp.minutes(a.name || day, 300), NULL, NULL
+  FROM demo_days, accounts a WHERE a.client_id = 2 AND a.realm = 'm365';
+INSERT INTO demo_sessions
+SELECT 2, 'windows', 'MAPLE\msptech', 'DENTAL-PC5', pg_temp.local(first_day + 2, '12:00', 'America/Chicago'),
+	   pg_temp.local(first_day + 2, '12:30', 'America/Chicago'), '10' FROM demo_period;
+
+-- the exports: a 4624 logon and a 4634 logoff per Windows session ...
+CREATE TEMP TABLE demo_numbered AS SELECT row_number() OVER (ORDER BY client_id, at, account) AS n, * FROM demo_sessions;
+INSERT INTO windows_event_staging (client_id, raw)
+SELECT client_id, json_build_object(
+		   '@timestamp', to_char(t AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
+		   'Hostname', host || CASE client_id WHEN 1 THEN '.stolaf.local' ELSE '.maple.local' END,
+		   'EventID', event_id, 'RecordNumber', n * 2 + (event_id = 4634)::int,
+		   'TargetUserName', CASE WHEN position('\' IN account) > 0 THEN split_part(account, '\', 2) ELSE account END,
+		   'TargetDomainName', CASE WHEN position('\' IN account) > 0 THEN split_part(account, '\', 1) ELSE '' END,
+		   'TargetLogonId', '0x' || to_hex(n), 'LogonType', logon_type, 'Channel', 'Security')::text
+  FROM demo_numbered,
+	   LATERAL (VALUES (4624, at), (4634, ended)) e(event_id, t)
+ WHERE source = 'windows' AND t IS NOT NULL;
+-- ... a Graph signIn object per Microsoft 365 sign-in ...
+INSERT INTO entra_signin_staging (client_id, raw)
+SELECT client_id, json_build_object('id', 'signin-' || n, 'createdDateTime', to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+									'userPrincipalName', account, 'isInteractive', true,
+									'status', json_build_object('errorCode', 0))::text
+  FROM demo_numbered WHERE source = 'entra';
+-- ... and an EMR audit row (local time, as EMRs write it) per EMR login
+INSERT INTO emr_audit_staging (client_id, user_name, workstation, event_time, action, event_id)
+SELECT client_id, account, host, (at AT TIME ZONE 'America/Chicago')::text, 'LOGIN', 'emr-' || n
+  FROM demo_numbered WHERE source = 'emr';
+
+CREATE TEMP TABLE demo_loads AS
+SELECT 'St. Olaf Windows events' AS export, w.loaded, w.duplicate, w.skipped, w.rejected FROM msp_load_windows_events(1) w
+UNION ALL SELECT 'St. Olaf Entra ID sign-ins', e.loaded, e.duplicate, e.skipped, e.rejected FROM msp_load_entra_signins(1) e
+UNION ALL SELECT 'St. Olaf EMR audit', m.loaded, m.duplicate, 0, m.rejected FROM msp_load_emr_audit(1) m
+UNION ALL SELECT 'Maple Windows events', w.loaded, w.duplicate, w.skipped, w.rejected FROM msp_load_windows_events(2) w
+UNION ALL SELECT 'Maple Entra ID sign-ins', e.loaded, e.duplicate, e.skipped, e.rejected FROM msp_load_entra_signins(2) e;
+
 -- the receptionist never logs on, but calls the desk
 INSERT INTO support_contacts (client_id, contact_id, person_id, at, channel)
 SELECT 1, 1, 21, pg_temp.local(first_day + 3, '10:15', 'America/Chicago'), 'phone' FROM demo_period
 UNION ALL
 SELECT 1, 2, 1, pg_temp.local(first_day + 8, '09:30', 'America/Chicago'), 'email' FROM demo_period;
-
--- dental office: two own desktops, the shared front-desk PC, web mail for everyone
-INSERT INTO logons (client_id, account_id, device_id, at, ended, source)
-SELECT 2, a.account_id, CASE a.account_id WHEN 1 THEN 1 WHEN 2 THEN 2 WHEN 3 THEN 3 WHEN 8 THEN 4 ELSE 1 END,
-	   pg_temp.local(day, '08:00', 'America/Chicago') + pg_temp.minutes(a.name || day, 30),
-	   pg_temp.local(day, '17:00', 'America/Chicago'), 'demo'
-  FROM demo_days, accounts a WHERE a.client_id = 2 AND a.realm = 'os' AND a.account_id <> 9;
-INSERT INTO logons (client_id, account_id, at, source)
-SELECT 2, a.account_id, pg_temp.local(day, '08:30', 'America/Chicago') + pg_temp.minutes(a.name || day, 300), 'demo'
-  FROM demo_days, accounts a WHERE a.client_id = 2 AND a.realm = 'm365';
-INSERT INTO logons (client_id, account_id, device_id, at, ended, source)
-SELECT 2, 9, 5, pg_temp.local(first_day + 2, '12:00', 'America/Chicago'),
-	   pg_temp.local(first_day + 2, '12:30', 'America/Chicago'), 'demo' FROM demo_period;
 
 INSERT INTO cost_pools (client_id, pool_id, category, description, amount, currency, period, basis)
 SELECT 2, p.id, p.category, p.description, p.amount, 'USD', daterange(first_day, next_month), p.basis

@@ -6,6 +6,10 @@
 SET search_path = public, mspbill;
 
 \echo
+\echo '== A month of logons, loaded from the exports (Windows events, Entra ID sign-ins, EMR audit)'
+SELECT * FROM demo_loads;
+
+\echo
 \echo '== St. Olaf Hospital: shared operating-room logons, individual EMR logins'
 SELECT * FROM msp_invoice(1);
 SELECT line_no, description, quantity, unit_price, amount FROM msp_invoice_lines(1);
