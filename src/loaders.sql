@@ -215,31 +215,44 @@ BEGIN
 		RAISE EXCEPTION 'unknown client %', client_id USING ERRCODE = 'no_data_found';
 	END IF;
 	PERFORM msp_load_begin();
-	CREATE TEMP TABLE msp_win (line_no bigint, raw text, doc jsonb) ON COMMIT DROP;
-	-- parse the whole batch at once; only a batch with bad JSON pays per row
+	-- One pass over the stage keeps only the fields a logon needs: NXLog
+	-- (top-level fields) or Winlogbeat (winlog.event_data).  The whole batch
+	-- is parsed at once; only a batch with bad JSON pays for row-by-row.
+	-- (A function in FROM parses each document once; a subquery would be
+	-- pulled up and parse it once per field.)
+	CREATE TEMP TABLE msp_win_class (line_no bigint, bad_json boolean, event_id text, at_text text, host text,
+									 username text, domain text, logon_type text, logon_id text, record text,
+									 class text, at timestamptz) ON COMMIT DROP;
 	BEGIN
-		INSERT INTO msp_win SELECT s.line_no, s.raw, s.raw::jsonb
-		  FROM windows_event_staging s WHERE s.client_id = client_id;
+		INSERT INTO msp_win_class (line_no, bad_json, event_id, at_text, host, username, domain, logon_type,
+								   logon_id, record)
+		SELECT s.line_no, false,
+			   coalesce(d.doc->>'EventID', d.doc->'winlog'->>'event_id', d.doc->'event'->>'code'),
+			   coalesce(d.doc->>'@timestamp', d.doc->>'TimeCreated'),
+			   coalesce(d.doc->>'Hostname', d.doc->'winlog'->>'computer_name', d.doc->'host'->>'name'),
+			   coalesce(d.doc->>'TargetUserName', d.doc->'winlog'->'event_data'->>'TargetUserName'),
+			   coalesce(d.doc->>'TargetDomainName', d.doc->'winlog'->'event_data'->>'TargetDomainName'),
+			   coalesce(d.doc->>'LogonType', d.doc->'winlog'->'event_data'->>'LogonType'),
+			   coalesce(d.doc->>'TargetLogonId', d.doc->'winlog'->'event_data'->>'TargetLogonId'),
+			   coalesce(d.doc->>'RecordNumber', d.doc->'winlog'->>'record_id', md5(s.raw))
+		  FROM windows_event_staging s, LATERAL unnest(ARRAY[s.raw::jsonb]) AS d(doc)
+		 WHERE s.client_id = client_id;
 	EXCEPTION WHEN invalid_text_representation OR untranslatable_character THEN
-		INSERT INTO msp_win SELECT s.line_no, s.raw, msp_try_jsonb(s.raw)
-		  FROM windows_event_staging s WHERE s.client_id = client_id;
+		INSERT INTO msp_win_class (line_no, bad_json, event_id, at_text, host, username, domain, logon_type,
+								   logon_id, record)
+		SELECT s.line_no, d.doc IS NULL,
+			   coalesce(d.doc->>'EventID', d.doc->'winlog'->>'event_id', d.doc->'event'->>'code'),
+			   coalesce(d.doc->>'@timestamp', d.doc->>'TimeCreated'),
+			   coalesce(d.doc->>'Hostname', d.doc->'winlog'->>'computer_name', d.doc->'host'->>'name'),
+			   coalesce(d.doc->>'TargetUserName', d.doc->'winlog'->'event_data'->>'TargetUserName'),
+			   coalesce(d.doc->>'TargetDomainName', d.doc->'winlog'->'event_data'->>'TargetDomainName'),
+			   coalesce(d.doc->>'LogonType', d.doc->'winlog'->'event_data'->>'LogonType'),
+			   coalesce(d.doc->>'TargetLogonId', d.doc->'winlog'->'event_data'->>'TargetLogonId'),
+			   coalesce(d.doc->>'RecordNumber', d.doc->'winlog'->>'record_id', md5(s.raw))
+		  FROM windows_event_staging s, LATERAL unnest(ARRAY[msp_try_jsonb(s.raw)]) AS d(doc)
+		 WHERE s.client_id = client_id;
 	END;
-
-	-- flatten NXLog (top-level fields) and Winlogbeat (winlog.event_data)
-	CREATE TEMP TABLE msp_win_ev ON COMMIT DROP AS
-	SELECT w.line_no, w.raw, w.doc IS NULL AS bad_json,
-		   coalesce(w.doc->>'EventID', w.doc->'winlog'->>'event_id', w.doc->'event'->>'code') AS event_id,
-		   coalesce(w.doc->>'@timestamp', w.doc->>'TimeCreated') AS at_text,
-		   coalesce(w.doc->>'Hostname', w.doc->'winlog'->>'computer_name', w.doc->'host'->>'name') AS host,
-		   coalesce(w.doc->>'TargetUserName', w.doc->'winlog'->'event_data'->>'TargetUserName') AS username,
-		   coalesce(w.doc->>'TargetDomainName', w.doc->'winlog'->'event_data'->>'TargetDomainName') AS domain,
-		   coalesce(w.doc->>'LogonType', w.doc->'winlog'->'event_data'->>'LogonType') AS logon_type,
-		   coalesce(w.doc->>'TargetLogonId', w.doc->'winlog'->'event_data'->>'TargetLogonId') AS logon_id,
-		   coalesce(w.doc->>'RecordNumber', w.doc->'winlog'->>'record_id') AS record
-	  FROM msp_win w;
-
-	CREATE TEMP TABLE msp_win_class ON COMMIT DROP AS
-	SELECT e.*,
+	UPDATE msp_win_class e SET class =
 		   CASE
 			   WHEN e.bad_json THEN 'reject:not valid JSON'
 			   WHEN e.event_id IS NULL THEN 'reject:no EventID'
@@ -252,9 +265,7 @@ BEGIN
 			   WHEN e.event_id = '4624' AND e.logon_type NOT IN ('2', '7', '10', '11') THEN 'skip'
 			   WHEN e.event_id = '4624' THEN 'logon'
 			   ELSE 'logoff'
-		   END AS class,
-		   NULL::timestamptz AS at
-	  FROM msp_win_ev e;
+		   END;
 	-- timestamps: the batch at once, per row only when one is malformed
 	BEGIN
 		UPDATE msp_win_class SET at = at_text::timestamptz WHERE class IN ('logon', 'logoff');
@@ -266,7 +277,7 @@ BEGIN
 	INSERT INTO pg_temp.msp_load_events (realm, application, account_name, device_name, create_device, at,
 										 ended, source_event_id, session_key)
 	SELECT 'os', NULL, msp_canonical_account(c.domain, c.username), upper(split_part(c.host, '.', 1)), true,
-		   c.at, NULL, upper(split_part(c.host, '.', 1)) || ':' || coalesce(c.record, md5(c.raw)),
+		   c.at, NULL, upper(split_part(c.host, '.', 1)) || ':' || c.record,
 		   CASE WHEN c.logon_id IS NOT NULL THEN upper(split_part(c.host, '.', 1)) || ':' || lower(c.logon_id) END
 	  FROM msp_win_class c WHERE c.class = 'logon';
 	SELECT * INTO loaded, duplicate FROM msp_load_normalized(client_id, source);
@@ -284,13 +295,14 @@ BEGIN
 	SELECT count(DISTINCT upd.session_key) INTO paired FROM upd;
 
 	INSERT INTO load_rejects (client_id, source, line_no, raw, reason)
-	SELECT client_id, source, c.line_no, c.raw, substr(c.class, 8)
-	  FROM msp_win_class c WHERE c.class LIKE 'reject:%';
+	SELECT client_id, source, c.line_no, s.raw, substr(c.class, 8)
+	  FROM msp_win_class c JOIN windows_event_staging s ON s.client_id = client_id AND s.line_no = c.line_no
+	 WHERE c.class LIKE 'reject:%';
 	GET DIAGNOSTICS rejected = ROW_COUNT;
 	SELECT count(*) INTO skipped FROM msp_win_class c WHERE c.class = 'skip' OR c.class = 'logoff';
 	skipped := skipped - paired;
 	DELETE FROM windows_event_staging s WHERE s.client_id = client_id;
-	DROP TABLE msp_win, msp_win_ev, msp_win_class;
+	DROP TABLE msp_win_class;
 END
 $$;
 COMMENT ON FUNCTION @extschema@.msp_load_windows_events(bigint, text) IS
