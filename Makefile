@@ -10,7 +10,8 @@ OBJS = \
 	src/idset.o \
 	src/userset_agg.o \
 	src/peak_concurrency.o \
-	src/allocate.o
+	src/allocate.o \
+	src/json_fields.o
 
 # The install script is generated from one hand-edited .sql per concept,
 # kept beside its C source; upgrade scripts are written by hand.

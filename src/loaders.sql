@@ -69,6 +69,12 @@ COMMENT ON TABLE @extschema@.load_rejects IS 'records a loader could not use, wi
 
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.load_rejects', '');
 
+-- The wanted top-level fields of a JSON object in one pass (src/json_fields.c).
+CREATE FUNCTION @extschema@.msp_json_fields(doc text, keys text[]) RETURNS text[]
+	AS 'MODULE_PATHNAME' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION @extschema@.msp_json_fields(text, text[]) IS
+	'the values of the given top-level keys of a JSON object (strings unescaped, nested values as JSON text); NULL when the text is not a JSON object';
+
 -- The text parsed as jsonb, or NULL when it is not JSON.
 CREATE FUNCTION @extschema@.msp_try_jsonb(raw text) RETURNS jsonb
 LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE
@@ -76,11 +82,12 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
 	RETURN raw::jsonb;
-EXCEPTION WHEN invalid_text_representation OR untranslatable_character THEN
+EXCEPTION WHEN invalid_text_representation OR untranslatable_character OR numeric_value_out_of_range THEN
 	RETURN NULL;
 END
 $$;
-COMMENT ON FUNCTION @extschema@.msp_try_jsonb(text) IS 'the text as jsonb, or NULL when it is not valid JSON';
+COMMENT ON FUNCTION @extschema@.msp_try_jsonb(text) IS
+	'the text as jsonb, or NULL when it is not valid JSON (or holds a number jsonb cannot)';
 
 -- The text as a timestamp with time zone, or NULL when it is not one.
 CREATE FUNCTION @extschema@.msp_try_timestamptz(raw text) RETURNS timestamptz
@@ -215,43 +222,25 @@ BEGIN
 		RAISE EXCEPTION 'unknown client %', client_id USING ERRCODE = 'no_data_found';
 	END IF;
 	PERFORM msp_load_begin();
-	-- One pass over the stage keeps only the fields a logon needs: NXLog
-	-- (top-level fields) or Winlogbeat (winlog.event_data).  The whole batch
-	-- is parsed at once; only a batch with bad JSON pays for row-by-row.
-	-- (A function in FROM parses each document once; a subquery would be
-	-- pulled up and parse it once per field.)
-	CREATE TEMP TABLE msp_win_class (line_no bigint, bad_json boolean, event_id text, at_text text, host text,
-									 username text, domain text, logon_type text, logon_id text, record text,
-									 class text, at timestamptz) ON COMMIT DROP;
-	BEGIN
-		INSERT INTO msp_win_class (line_no, bad_json, event_id, at_text, host, username, domain, logon_type,
-								   logon_id, record)
-		SELECT s.line_no, false,
-			   coalesce(d.doc->>'EventID', d.doc->'winlog'->>'event_id', d.doc->'event'->>'code'),
-			   coalesce(d.doc->>'@timestamp', d.doc->>'TimeCreated'),
-			   coalesce(d.doc->>'Hostname', d.doc->'winlog'->>'computer_name', d.doc->'host'->>'name'),
-			   coalesce(d.doc->>'TargetUserName', d.doc->'winlog'->'event_data'->>'TargetUserName'),
-			   coalesce(d.doc->>'TargetDomainName', d.doc->'winlog'->'event_data'->>'TargetDomainName'),
-			   coalesce(d.doc->>'LogonType', d.doc->'winlog'->'event_data'->>'LogonType'),
-			   coalesce(d.doc->>'TargetLogonId', d.doc->'winlog'->'event_data'->>'TargetLogonId'),
-			   coalesce(d.doc->>'RecordNumber', d.doc->'winlog'->>'record_id', md5(s.raw))
-		  FROM windows_event_staging s, LATERAL unnest(ARRAY[s.raw::jsonb]) AS d(doc)
-		 WHERE s.client_id = client_id;
-	EXCEPTION WHEN invalid_text_representation OR untranslatable_character THEN
-		INSERT INTO msp_win_class (line_no, bad_json, event_id, at_text, host, username, domain, logon_type,
-								   logon_id, record)
-		SELECT s.line_no, d.doc IS NULL,
-			   coalesce(d.doc->>'EventID', d.doc->'winlog'->>'event_id', d.doc->'event'->>'code'),
-			   coalesce(d.doc->>'@timestamp', d.doc->>'TimeCreated'),
-			   coalesce(d.doc->>'Hostname', d.doc->'winlog'->>'computer_name', d.doc->'host'->>'name'),
-			   coalesce(d.doc->>'TargetUserName', d.doc->'winlog'->'event_data'->>'TargetUserName'),
-			   coalesce(d.doc->>'TargetDomainName', d.doc->'winlog'->'event_data'->>'TargetDomainName'),
-			   coalesce(d.doc->>'LogonType', d.doc->'winlog'->'event_data'->>'LogonType'),
-			   coalesce(d.doc->>'TargetLogonId', d.doc->'winlog'->'event_data'->>'TargetLogonId'),
-			   coalesce(d.doc->>'RecordNumber', d.doc->'winlog'->>'record_id', md5(s.raw))
-		  FROM windows_event_staging s, LATERAL unnest(ARRAY[msp_try_jsonb(s.raw)]) AS d(doc)
-		 WHERE s.client_id = client_id;
-	END;
+	-- One pass over the stage keeps only the fields a logon needs, NXLog's
+	-- top-level ones or Winlogbeat's (winlog.*), without building a jsonb of
+	-- every (mostly irrelevant, often large) record.
+	CREATE TEMP TABLE msp_win_class ON COMMIT DROP AS
+	SELECT s.line_no, f IS NULL AS bad_json,
+		   coalesce(f[1], wl.winlog->>'event_id') AS event_id,
+		   coalesce(f[2], f[3]) AS at_text,
+		   coalesce(f[4], wl.winlog->>'computer_name') AS host,
+		   coalesce(f[5], wl.winlog->'event_data'->>'TargetUserName') AS username,
+		   coalesce(f[6], wl.winlog->'event_data'->>'TargetDomainName') AS domain,
+		   coalesce(f[7], wl.winlog->'event_data'->>'LogonType') AS logon_type,
+		   coalesce(f[8], wl.winlog->'event_data'->>'TargetLogonId') AS logon_id,
+		   coalesce(f[9], wl.winlog->>'record_id', md5(s.raw)) AS record,
+		   NULL::text AS class, NULL::timestamptz AS at
+	  FROM windows_event_staging s,
+		   LATERAL msp_json_fields(s.raw, '{EventID,@timestamp,TimeCreated,Hostname,TargetUserName,TargetDomainName,LogonType,TargetLogonId,RecordNumber,winlog}') AS f,
+		   -- a function in FROM runs once per row (a subquery would be pulled up)
+		   LATERAL unnest(ARRAY[f[10]::jsonb]) AS wl(winlog)
+	 WHERE s.client_id = client_id;
 	UPDATE msp_win_class e SET class =
 		   CASE
 			   WHEN e.bad_json THEN 'reject:not valid JSON'

@@ -7,7 +7,7 @@
 \set QUIET on
 SET search_path = public, mspbill;
 SELECT setseed(0.9191);
-SELECT plan(10);
+SELECT plan(13);
 SELECT pg_postmaster_start_time() AS started \gset
 
 -- text built from the pieces a userset is made of, and others
@@ -91,6 +91,51 @@ SELECT ok((SELECT count(DISTINCT state) FROM allocate_results) >= 3, 'allocate: 
 SELECT is((SELECT count(*) FROM allocate_results), 10000::bigint, '10,000 allocate() calls tried');
 SELECT is((SELECT array_agg(DISTINCT state ORDER BY state) FROM allocate_results WHERE state <> 'ok'),
           ARRAY['22004', '22023'], 'allocate: every failure is a clean invalid-parameter or null-value error');
+
+-- msp_json_fields against PostgreSQL's own JSON parser, on JSON-ish text
+CREATE FUNCTION pg_temp.random_json() RETURNS text LANGUAGE sql VOLATILE AS $$
+  SELECT string_agg((ARRAY['{','}','[',']','"a"','"EventID"',':',',','1','-0.5e3','4624','true','null',
+                           '"x\u00e9"','"\ud83d\ude00"','"\u0000"',' ','"bad\q"','01','"open','"\"q\""',
+                           '{"a":','"a":1}','{"EventID":4624,"a":"v"}','fals','"\ud800"',E'"\t"',E'"tab	here"'])
+                    [1 + floor(random() * 28)::int], '')
+    FROM generate_series(1, 1 + floor(random() * 10)::int)
+$$;
+-- numbers beyond numeric's range are valid JSON that jsonb cannot hold:
+-- such inputs are left out of the comparison
+CREATE FUNCTION pg_temp.jsonb_overflows(t text) RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+  PERFORM t::jsonb;
+  RETURN false;
+EXCEPTION WHEN numeric_value_out_of_range THEN
+  RETURN true;
+WHEN OTHERS THEN
+  RETURN false;
+END $$;
+CREATE FUNCTION pg_temp.random_value() RETURNS text LANGUAGE sql VOLATILE AS $$
+  SELECT (ARRAY['1', '-0.5e3', 'true', 'false', 'null', '"x\u00e9"', '"\ud83d\ude00"', '"\"q\""', '"a\\b\/c"',
+                '[1, {"b": [null, "s"]}]', '{"b": {"c": "d"}}', '""', ' "spaced" ', '12345678901234567890'])
+         [1 + floor(random() * 14)::int]
+$$;
+CREATE TEMP TABLE json_results AS
+  SELECT t, msp_json_fields(t, '{a,EventID}') AS f, msp_try_jsonb(t) AS doc, pg_temp.jsonb_overflows(t) AS overflows
+    FROM (SELECT CASE WHEN i % 3 = 0 THEN '{"a":' || pg_temp.random_value() || ', "z": ' || pg_temp.random_value()
+                                          || ',"EventID":' || i || '}'
+                      WHEN i % 3 = 1 THEN '{"a":' || pg_temp.random_json() || ',"EventID":' || i || '}'
+                      ELSE pg_temp.random_json() END AS t
+            FROM generate_series(1, 10000) i) g;
+SELECT is((SELECT count(*) FROM json_results
+            WHERE NOT overflows AND (f IS NOT NULL) <> coalesce(jsonb_typeof(doc) = 'object', false)),
+          0::bigint, 'msp_json_fields accepts exactly the JSON objects PostgreSQL accepts (10,000 inputs)');
+SELECT is((SELECT count(*) FROM json_results, LATERAL (VALUES (1, 'a'), (2, 'EventID')) k(i, key)
+            WHERE f IS NOT NULL AND NOT overflows AND CASE jsonb_typeof(doc -> key)
+                    WHEN 'string' THEN f[i] IS DISTINCT FROM doc ->> key
+                    WHEN 'number' THEN f[i]::numeric <> (doc ->> key)::numeric
+                    WHEN 'boolean' THEN f[i] IS DISTINCT FROM doc ->> key
+                    WHEN 'null' THEN f[i] IS NOT NULL
+                    WHEN NULL THEN f[i] IS NOT NULL
+                    ELSE f[i]::jsonb IS DISTINCT FROM doc -> key END),
+          0::bigint, 'and returns the same values');
+SELECT ok((SELECT count(*) FROM json_results WHERE f IS NOT NULL) > 1000, 'with plenty of valid objects among them');
 
 SELECT is(pg_postmaster_start_time(), :'started'::timestamptz, 'the server never restarted');
 SELECT * FROM finish();

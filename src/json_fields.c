@@ -1,0 +1,403 @@
+/*
+ * json_fields.c
+ *	  msp_json_fields(doc text, keys text[]): the top-level values of a JSON
+ *	  object for the given keys, in one pass, without building a jsonb.
+ *
+ * Event exports are JSON lines whose records are mostly large and mostly
+ * of no interest to billing; the loaders need a handful of fields from
+ * each.  This scanner validates the whole document (so a broken record is
+ * still told apart from a good one) but copies out only the wanted values:
+ * strings unescaped, numbers and true/false as written, null as NULL,
+ * nested objects and arrays as their JSON text.  A document that is not a
+ * JSON object gives NULL.
+ */
+#include "postgres.h"
+
+#include <ctype.h>
+
+#include "catalog/pg_type.h"
+#include "lib/stringinfo.h"
+#include "mb/pg_wchar.h"
+#include "miscadmin.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+
+typedef struct JsonScan
+{
+	const char *p;
+	const char *end;
+} JsonScan;
+
+static bool ScanValue(JsonScan *s, int depth);
+
+static inline void
+SkipSpace(JsonScan *s)
+{
+	while (s->p < s->end && (*s->p == ' ' || *s->p == '\t' || *s->p == '\n' || *s->p == '\r'))
+		s->p++;
+}
+
+static inline int
+HexValue(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	return -1;
+}
+
+/* Read four hex digits of a \u escape. */
+static bool
+ReadHex4(JsonScan *s, pg_wchar *code)
+{
+	int			i;
+
+	*code = 0;
+	if (s->end - s->p < 4)
+		return false;
+	for (i = 0; i < 4; i++)
+	{
+		int			h = HexValue(s->p[i]);
+
+		if (h < 0)
+			return false;
+		*code = (*code << 4) | h;
+	}
+	s->p += 4;
+	return true;
+}
+
+/*
+ * Scan a string (the opening quote is next).  With out != NULL, append its
+ * unescaped UTF-8 text there.
+ */
+static bool
+ScanString(JsonScan *s, StringInfo out)
+{
+	s->p++;						/* opening quote */
+	while (s->p < s->end)
+	{
+		unsigned char c = (unsigned char) *s->p;
+
+		if (c == '"')
+		{
+			s->p++;
+			return true;
+		}
+		if (c < 0x20)
+			return false;		/* control characters must be escaped */
+		if (c != '\\')
+		{
+			const char *run = s->p;
+
+			while (s->p < s->end && *s->p != '"' && *s->p != '\\' &&
+				   (unsigned char) *s->p >= 0x20)
+				s->p++;
+			if (out)
+				appendBinaryStringInfo(out, run, s->p - run);
+			continue;
+		}
+		s->p++;
+		if (s->p >= s->end)
+			return false;
+		c = (unsigned char) *s->p++;
+		switch (c)
+		{
+			case '"':
+			case '\\':
+			case '/':
+				if (out)
+					appendStringInfoChar(out, (char) c);
+				break;
+			case 'b':
+				if (out)
+					appendStringInfoChar(out, '\b');
+				break;
+			case 'f':
+				if (out)
+					appendStringInfoChar(out, '\f');
+				break;
+			case 'n':
+				if (out)
+					appendStringInfoChar(out, '\n');
+				break;
+			case 'r':
+				if (out)
+					appendStringInfoChar(out, '\r');
+				break;
+			case 't':
+				if (out)
+					appendStringInfoChar(out, '\t');
+				break;
+			case 'u':
+				{
+					pg_wchar	code;
+
+					if (!ReadHex4(s, &code))
+						return false;
+					if (code >= 0xD800 && code <= 0xDBFF)
+					{
+						pg_wchar	low;
+
+						/* a high surrogate must be followed by a low one */
+						if (s->end - s->p < 2 || s->p[0] != '\\' || s->p[1] != 'u')
+							return false;
+						s->p += 2;
+						if (!ReadHex4(s, &low) || low < 0xDC00 || low > 0xDFFF)
+							return false;
+						code = 0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00);
+					}
+					else if (code >= 0xDC00 && code <= 0xDFFF)
+						return false;
+					if (code == 0)
+						return false;	/* text cannot hold NUL */
+					if (out)
+					{
+						char		buf[32];
+
+						/* in the database's encoding, as the json type does */
+						memset(buf, 0, sizeof(buf));
+						pg_unicode_to_server(code, (unsigned char *) buf);
+						appendStringInfoString(out, buf);
+					}
+					break;
+				}
+			default:
+				return false;
+		}
+	}
+	return false;
+}
+
+/* Scan a number as JSON defines it. */
+static bool
+ScanNumber(JsonScan *s)
+{
+	const char *start;
+
+	if (s->p < s->end && *s->p == '-')
+		s->p++;
+	if (s->p >= s->end)
+		return false;
+	if (*s->p == '0')
+		s->p++;
+	else if (*s->p >= '1' && *s->p <= '9')
+		while (s->p < s->end && isdigit((unsigned char) *s->p))
+			s->p++;
+	else
+		return false;
+	if (s->p < s->end && *s->p == '.')
+	{
+		s->p++;
+		start = s->p;
+		while (s->p < s->end && isdigit((unsigned char) *s->p))
+			s->p++;
+		if (s->p == start)
+			return false;
+	}
+	if (s->p < s->end && (*s->p == 'e' || *s->p == 'E'))
+	{
+		s->p++;
+		if (s->p < s->end && (*s->p == '+' || *s->p == '-'))
+			s->p++;
+		start = s->p;
+		while (s->p < s->end && isdigit((unsigned char) *s->p))
+			s->p++;
+		if (s->p == start)
+			return false;
+	}
+	return true;
+}
+
+/* Scan a literal word such as true. */
+static bool
+ScanWord(JsonScan *s, const char *word)
+{
+	size_t		len = strlen(word);
+
+	if ((size_t) (s->end - s->p) < len || memcmp(s->p, word, len) != 0)
+		return false;
+	s->p += len;
+	return true;
+}
+
+/* Scan an object or array body after its opening bracket. */
+static bool
+ScanContainer(JsonScan *s, char close, int depth)
+{
+	bool		first = true;
+
+	check_stack_depth();
+	if (depth > 1000)
+		return false;
+	for (;;)
+	{
+		SkipSpace(s);
+		if (s->p >= s->end)
+			return false;
+		if (*s->p == close && first)
+		{
+			s->p++;
+			return true;
+		}
+		if (close == '}')
+		{
+			if (*s->p != '"' || !ScanString(s, NULL))
+				return false;
+			SkipSpace(s);
+			if (s->p >= s->end || *s->p++ != ':')
+				return false;
+		}
+		if (!ScanValue(s, depth + 1))
+			return false;
+		SkipSpace(s);
+		if (s->p >= s->end)
+			return false;
+		if (*s->p == close)
+		{
+			s->p++;
+			return true;
+		}
+		if (*s->p++ != ',')
+			return false;
+		first = false;
+	}
+}
+
+/* Scan any value. */
+static bool
+ScanValue(JsonScan *s, int depth)
+{
+	SkipSpace(s);
+	if (s->p >= s->end)
+		return false;
+	switch (*s->p)
+	{
+		case '"':
+			return ScanString(s, NULL);
+		case '{':
+			s->p++;
+			return ScanContainer(s, '}', depth);
+		case '[':
+			s->p++;
+			return ScanContainer(s, ']', depth);
+		case 't':
+			return ScanWord(s, "true");
+		case 'f':
+			return ScanWord(s, "false");
+		case 'n':
+			return ScanWord(s, "null");
+		default:
+			return ScanNumber(s);
+	}
+}
+
+PG_FUNCTION_INFO_V1(msp_json_fields);
+/* The values of the wanted top-level keys; NULL for a non-object. */
+Datum
+msp_json_fields(PG_FUNCTION_ARGS)
+{
+	text	   *doc = PG_GETARG_TEXT_PP(0);
+	ArrayType  *keys_arr = PG_GETARG_ARRAYTYPE_P(1);
+	Datum	   *key_datums;
+	bool	   *key_nulls;
+	int			nkeys;
+	Datum	   *values;
+	bool	   *nulls;
+	int			dims[1];
+	int			lbs[1] = {1};
+	JsonScan	s;
+	StringInfoData key;
+	bool		first = true;
+	int			i;
+
+	if (ARR_NDIM(keys_arr) > 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+				 errmsg("msp_json_fields keys must be a one-dimensional array")));
+	deconstruct_array(keys_arr, TEXTOID, -1, false, TYPALIGN_INT, &key_datums, &key_nulls, &nkeys);
+	values = palloc0(Max(nkeys, 1) * sizeof(Datum));
+	nulls = palloc(Max(nkeys, 1) * sizeof(bool));
+	for (i = 0; i < nkeys; i++)
+		nulls[i] = true;
+
+	s.p = VARDATA_ANY(doc);
+	s.end = s.p + VARSIZE_ANY_EXHDR(doc);
+	initStringInfo(&key);
+
+	SkipSpace(&s);
+	if (s.p >= s.end || *s.p++ != '{')
+		PG_RETURN_NULL();
+	for (;;)
+	{
+		int			wanted = -1;
+		const char *value_start;
+
+		SkipSpace(&s);
+		if (s.p >= s.end)
+			PG_RETURN_NULL();
+		if (*s.p == '}' && first)
+		{
+			s.p++;
+			break;
+		}
+		resetStringInfo(&key);
+		if (*s.p != '"' || !ScanString(&s, &key))
+			PG_RETURN_NULL();
+		for (i = 0; i < nkeys; i++)
+			if (!key_nulls[i] && VARSIZE_ANY_EXHDR(DatumGetTextPP(key_datums[i])) == (Size) key.len &&
+				memcmp(VARDATA_ANY(DatumGetTextPP(key_datums[i])), key.data, key.len) == 0)
+				wanted = i;
+		SkipSpace(&s);
+		if (s.p >= s.end || *s.p++ != ':')
+			PG_RETURN_NULL();
+		SkipSpace(&s);
+		value_start = s.p;
+		if (wanted >= 0 && s.p < s.end && *s.p == '"')
+		{
+			StringInfoData str;
+
+			initStringInfo(&str);
+			if (!ScanString(&s, &str))
+				PG_RETURN_NULL();
+			values[wanted] = PointerGetDatum(cstring_to_text_with_len(str.data, str.len));
+			nulls[wanted] = false;
+		}
+		else
+		{
+			if (!ScanValue(&s, 1))
+				PG_RETURN_NULL();
+			if (wanted >= 0)
+			{
+				bool		is_null = (s.p - value_start == 4 && memcmp(value_start, "null", 4) == 0);
+
+				nulls[wanted] = is_null;
+				if (!is_null)
+					values[wanted] = PointerGetDatum(cstring_to_text_with_len(value_start, s.p - value_start));
+			}
+		}
+		SkipSpace(&s);
+		if (s.p >= s.end)
+			PG_RETURN_NULL();
+		if (*s.p == '}')
+		{
+			s.p++;
+			break;
+		}
+		if (*s.p++ != ',')
+			PG_RETURN_NULL();
+		first = false;
+	}
+	SkipSpace(&s);
+	if (s.p != s.end)
+		PG_RETURN_NULL();		/* junk after the object */
+
+	if (nkeys == 0)
+		PG_RETURN_ARRAYTYPE_P(construct_empty_array(TEXTOID));
+	dims[0] = nkeys;
+	PG_RETURN_ARRAYTYPE_P(construct_md_array(values, nulls, 1, dims, lbs, TEXTOID, -1, false,
+											 TYPALIGN_INT));
+}
