@@ -186,12 +186,18 @@ $$;
 COMMENT ON FUNCTION @extschema@.msp_load_normalized(bigint, text) IS
 	'internal: accounts, devices and logons from the normalized events of one load';
 
--- A fresh scratch table for one load's normalized events.
-CREATE FUNCTION @extschema@.msp_load_begin() RETURNS void
+-- Every load starts here: the client must exist, and the load gets a fresh
+-- scratch table for its normalized events.
+CREATE FUNCTION @extschema@.msp_load_begin(for_client bigint) RETURNS void
 LANGUAGE plpgsql VOLATILE
-SET search_path = pg_catalog, pg_temp
+SET search_path = @extschema@, pg_catalog, pg_temp
 AS $$
 BEGIN
+	IF NOT EXISTS (SELECT 1 FROM clients c WHERE c.client_id = for_client) THEN
+		RAISE EXCEPTION 'unknown client %', for_client
+			USING ERRCODE = 'no_data_found',
+				  HINT = 'Add the client to mspbill.clients first.';
+	END IF;
 	IF to_regclass('pg_temp.msp_load_events') IS NOT NULL THEN
 		DROP TABLE pg_temp.msp_load_events;
 	END IF;
@@ -208,7 +214,7 @@ BEGIN
 	) ON COMMIT DROP;
 END
 $$;
-COMMENT ON FUNCTION @extschema@.msp_load_begin() IS 'internal: the scratch table of one load';
+COMMENT ON FUNCTION @extschema@.msp_load_begin(bigint) IS 'internal: checks the client and gives a load its scratch table';
 
 CREATE FUNCTION @extschema@.msp_load_windows_events(client_id bigint, source text DEFAULT 'windows',
 													OUT loaded bigint, OUT duplicate bigint,
@@ -218,10 +224,7 @@ SET search_path = @extschema@, pg_catalog, pg_temp
 AS $$
 #variable_conflict use_variable
 BEGIN
-	IF NOT EXISTS (SELECT 1 FROM clients c WHERE c.client_id = client_id) THEN
-		RAISE EXCEPTION 'unknown client %', client_id USING ERRCODE = 'no_data_found';
-	END IF;
-	PERFORM msp_load_begin();
+	PERFORM msp_load_begin(client_id);
 	-- One pass over the stage keeps only the fields a logon needs, NXLog's
 	-- top-level ones or Winlogbeat's (winlog.*), without building a jsonb of
 	-- every (mostly irrelevant, often large) record.
@@ -305,10 +308,7 @@ SET search_path = @extschema@, pg_catalog, pg_temp
 AS $$
 #variable_conflict use_variable
 BEGIN
-	IF NOT EXISTS (SELECT 1 FROM clients c WHERE c.client_id = client_id) THEN
-		RAISE EXCEPTION 'unknown client %', client_id USING ERRCODE = 'no_data_found';
-	END IF;
-	PERFORM msp_load_begin();
+	PERFORM msp_load_begin(client_id);
 	CREATE TEMP TABLE msp_entra ON COMMIT DROP AS
 	SELECT s.line_no, s.raw, msp_try_jsonb(s.raw) AS doc FROM entra_signin_staging s WHERE s.client_id = client_id;
 	CREATE TEMP TABLE msp_entra_class ON COMMIT DROP AS
@@ -348,10 +348,7 @@ SET search_path = @extschema@, pg_catalog, pg_temp
 AS $$
 #variable_conflict use_variable
 BEGIN
-	IF NOT EXISTS (SELECT 1 FROM clients c WHERE c.client_id = client_id) THEN
-		RAISE EXCEPTION 'unknown client %', client_id USING ERRCODE = 'no_data_found';
-	END IF;
-	PERFORM msp_load_begin();
+	PERFORM msp_load_begin(client_id);
 	CREATE TEMP TABLE msp_emr ON COMMIT DROP AS
 	SELECT s.*, c.time_zone,
 		   msp_try_timestamptz(s.event_time) AS at_any,

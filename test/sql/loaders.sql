@@ -7,7 +7,7 @@
 SET search_path = public, mspbill;
 \set fixture_zip '../../../shared/fixtures/windows-security/purplesharp_ad_playbook_I.zip'
 \set have_fixture `test -f ../../../shared/fixtures/windows-security/purplesharp_ad_playbook_I.zip && echo 1 || echo 0`
-SELECT plan(27);
+SELECT plan(28);
 
 INSERT INTO clients (client_id, name, time_zone) VALUES (1, 'Clinic', 'America/New_York'), (2, 'Lab', 'UTC');
 INSERT INTO contracts (client_id, contract_id, effective, model, price_per_user)
@@ -66,6 +66,8 @@ UPDATE accounts SET kind = 'individual', person_id = 1 WHERE client_id = 1 AND n
 SELECT results_eq($$SELECT pseudonym, days_active, accounts FROM msp_billable_users(1, '[2026-01-01,2026-02-01)')$$,
                   $$VALUES ('alice', 1, ARRAY['CLINIC\alice', 'alice@clinic.example'])$$,
                   'once mapped, Windows and Entra logons bill one person');
+
+SELECT throws_ok($$SELECT * FROM msp_load_emr_audit(99)$$, 'P0002', 'unknown client 99', 'a load for an unknown client is refused');
 
 -- the real export: 25,993 NXLog records of all channels
 \if :have_fixture
