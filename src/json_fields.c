@@ -295,6 +295,19 @@ ScanValue(JsonScan *s, int depth)
 	}
 }
 
+/* Is this requested key the one just read? */
+static inline bool
+KeyMatches(Datum wanted, bool isnull, StringInfo key)
+{
+	text	   *t;
+
+	if (isnull)
+		return false;
+	t = DatumGetTextPP(wanted);
+	return VARSIZE_ANY_EXHDR(t) == (Size) key->len &&
+		memcmp(VARDATA_ANY(t), key->data, key->len) == 0;
+}
+
 PG_FUNCTION_INFO_V1(msp_json_fields);
 /* The values of the wanted top-level keys; NULL for a non-object. */
 Datum
@@ -347,10 +360,9 @@ msp_json_fields(PG_FUNCTION_ARGS)
 		resetStringInfo(&key);
 		if (*s.p != '"' || !ScanString(&s, &key))
 			PG_RETURN_NULL();
-		for (i = 0; i < nkeys; i++)
-			if (!key_nulls[i] && VARSIZE_ANY_EXHDR(DatumGetTextPP(key_datums[i])) == (Size) key.len &&
-				memcmp(VARDATA_ANY(DatumGetTextPP(key_datums[i])), key.data, key.len) == 0)
-				wanted = i;
+		for (i = nkeys - 1; i >= 0; i--)
+			if (KeyMatches(key_datums[i], key_nulls[i], &key))
+				wanted = i;		/* the first of the keys asking for it */
 		SkipSpace(&s);
 		if (s.p >= s.end || *s.p++ != ':')
 			PG_RETURN_NULL();
@@ -379,6 +391,13 @@ msp_json_fields(PG_FUNCTION_ARGS)
 					values[wanted] = PointerGetDatum(cstring_to_text_with_len(value_start, s.p - value_start));
 			}
 		}
+		/* a key asked for more than once gets the value everywhere */
+		for (i = wanted + 1; wanted >= 0 && i < nkeys; i++)
+			if (KeyMatches(key_datums[i], key_nulls[i], &key))
+			{
+				values[i] = values[wanted];
+				nulls[i] = nulls[wanted];
+			}
 		SkipSpace(&s);
 		if (s.p >= s.end)
 			PG_RETURN_NULL();

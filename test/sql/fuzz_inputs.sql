@@ -7,7 +7,7 @@
 \set QUIET on
 SET search_path = public, mspbill;
 SELECT setseed(0.9191);
-SELECT plan(13);
+SELECT plan(15);
 SELECT pg_postmaster_start_time() AS started \gset
 
 -- text built from the pieces a userset is made of, and others
@@ -136,6 +136,9 @@ SELECT is((SELECT count(*) FROM json_results, LATERAL (VALUES (1, 'a'), (2, 'Eve
                     ELSE f[i]::jsonb IS DISTINCT FROM doc -> key END),
           0::bigint, 'and returns the same values');
 SELECT ok((SELECT count(*) FROM json_results WHERE f IS NOT NULL) > 1000, 'with plenty of valid objects among them');
+SELECT is(msp_json_fields('{"a": "\u00e9", "b": 1}', '{a,b,a}'), ARRAY['é', '1', 'é'], 'a key asked for twice gets its value twice');
+SELECT ok(msp_json_fields('{"a":' || repeat('[', 100000) || repeat(']', 100000) || '}', '{a}') IS NULL,
+          'absurdly deep nesting is refused, not a crash');
 
 SELECT is(pg_postmaster_start_time(), :'started'::timestamptz, 'the server never restarted');
 SELECT * FROM finish();
