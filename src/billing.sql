@@ -310,6 +310,18 @@ RETURN round(amount / minor_unit) * minor_unit;
 COMMENT ON FUNCTION @extschema@.msp_round(numeric, numeric) IS
 	'amount rounded half away from zero to a whole number of minor units';
 
+-- The part of a cost pool that falls in a range, prorated by days.
+-- (No SET clause, so that it inlines; every name in it is qualified.)
+CREATE FUNCTION @extschema@.msp_pool_part(amount numeric, pool_period daterange, covered daterange)
+RETURNS numeric
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN amount OPERATOR(pg_catalog.*)
+	(pg_catalog.upper(pool_period OPERATOR(pg_catalog.*) covered)
+	 OPERATOR(pg_catalog.-) pg_catalog.lower(pool_period OPERATOR(pg_catalog.*) covered))
+	OPERATOR(pg_catalog./) (pg_catalog.upper(pool_period) OPERATOR(pg_catalog.-) pg_catalog.lower(pool_period));
+COMMENT ON FUNCTION @extschema@.msp_pool_part(numeric, daterange, daterange) IS
+	'the share of a cost pool''s amount that falls in a range, prorated by days';
+
 -- The period to bill: the one given, checked, or the last full month in the
 -- client's time zone.
 CREATE FUNCTION @extschema@.msp_period(client_id bigint, period daterange DEFAULT NULL)
@@ -571,10 +583,8 @@ BEGIN ATOMIC
 			 WHERE x.client_id = k.client_id AND x.as_of < upper(segment)
 			 ORDER BY x.sku, x.as_of DESC, x.source) lc),
 	c AS (
-		SELECT coalesce(sum(cp.amount * (upper(cp.period * segment) - lower(cp.period * segment))
-							/ (upper(cp.period) - lower(cp.period))), 0) AS cost,
-			   coalesce(sum(cp.amount * (upper(cp.period * segment) - lower(cp.period * segment))
-							/ (upper(cp.period) - lower(cp.period)))
+		SELECT coalesce(sum(msp_pool_part(cp.amount, cp.period, segment)), 0) AS cost,
+			   coalesce(sum(msp_pool_part(cp.amount, cp.period, segment))
 						FILTER (WHERE cp.category = 'support'), 0) AS support_cost
 		  FROM k JOIN cost_pools cp ON cp.client_id = k.client_id AND cp.period && segment)
 	SELECT (u.users, u.user_count, s.seats, s.seat_count, d.devices, d.device_count,
@@ -689,13 +699,12 @@ BEGIN
 		FOR line IN
 			SELECT 0, k.contract_id,
 				   format('%s: %s (cost %s, markup %s%%)%s', initcap(cp.category), cp.description,
-						  msp_round(part, c.minor_unit), round(k.markup * 100, 2), label),
-				   1::numeric, msp_round(msp_round(part, c.minor_unit) * (1 + k.markup), c.minor_unit),
-				   msp_round(msp_round(part, c.minor_unit) * (1 + k.markup), c.minor_unit), 'cost'
-			  FROM (SELECT cp.*, cp.amount * (upper(cp.period * segment) - lower(cp.period * segment))
-									/ (upper(cp.period) - lower(cp.period)) AS part
-					  FROM cost_pools cp
-					 WHERE cp.client_id = c.client_id AND cp.period && segment) cp
+						  cp.cost, round(k.markup * 100, 2), label),
+				   1::numeric, cp.billed, cp.billed, 'cost'
+			  FROM (SELECT p.*, msp_round(p.cost * (1 + k.markup), c.minor_unit) AS billed
+					  FROM (SELECT x.*, msp_round(msp_pool_part(x.amount, x.period, segment), c.minor_unit) AS cost
+							  FROM cost_pools x
+							 WHERE x.client_id = c.client_id AND x.period && segment) p) cp
 			 ORDER BY cp.pool_id
 		LOOP
 			n := n + 1;
@@ -862,8 +871,7 @@ BEGIN ATOMIC
 		 WHERE a.client_id = msp_cost_allocation.client_id AND a.kind = 'shared'),
 	pools AS (
 		SELECT cp.pool_id, cp.category, cp.basis,
-			   msp_round(cp.amount * (upper(cp.period * p.period) - lower(cp.period * p.period))
-						 / (upper(cp.period) - lower(cp.period)), c.minor_unit) AS amount, c.minor_unit
+			   msp_round(msp_pool_part(cp.amount, cp.period, p.period), c.minor_unit) AS amount, c.minor_unit
 		  FROM p LEFT JOIN c ON true
 		  JOIN cost_pools cp ON cp.client_id = msp_cost_allocation.client_id AND cp.period && p.period)
 	SELECT pools.pool_id, pools.category, pools.basis, units.unit,

@@ -109,28 +109,14 @@ ScanString(JsonScan *s, StringInfo out)
 			case '"':
 			case '\\':
 			case '/':
-				if (out)
-					appendStringInfoChar(out, (char) c);
-				break;
 			case 'b':
-				if (out)
-					appendStringInfoChar(out, '\b');
-				break;
 			case 'f':
-				if (out)
-					appendStringInfoChar(out, '\f');
-				break;
 			case 'n':
-				if (out)
-					appendStringInfoChar(out, '\n');
-				break;
 			case 'r':
-				if (out)
-					appendStringInfoChar(out, '\r');
-				break;
 			case 't':
 				if (out)
-					appendStringInfoChar(out, '\t');
+					appendStringInfoChar(out, c == 'b' ? '\b' : c == 'f' ? '\f' : c == 'n' ? '\n' :
+										 c == 'r' ? '\r' : c == 't' ? '\t' : (char) c);
 				break;
 			case 'u':
 				{
