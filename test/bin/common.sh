@@ -10,6 +10,10 @@ PGROOT_DEFAULT="$TOP/.pg"
 die() { echo "mspbill: $*" >&2; exit 1; }
 note() { echo "mspbill: $*" >&2; }
 
+# Everything below looks under $MSPBILL_ROOT (empty: this machine), so the
+# dependency check can be tested against a bare tree.
+MSPBILL_ROOT=${MSPBILL_ROOT:-}
+
 # The newest PostgreSQL server installed, unless PG_CONFIG says otherwise.
 pg_major() {
 	if [ -n "${PG_CONFIG:-}" ] && [ -x "$PG_CONFIG" ]; then
@@ -17,31 +21,44 @@ pg_major() {
 		return
 	fi
 	local best="" d
-	for d in /usr/lib/postgresql/*/bin/postgres; do
+	for d in "$MSPBILL_ROOT"/usr/lib/postgresql/*/bin/postgres; do
 		[ -x "$d" ] || continue
-		d=${d#/usr/lib/postgresql/}; d=${d%%/*}
+		d=${d#"$MSPBILL_ROOT"/usr/lib/postgresql/}; d=${d%%/*}
 		if [ -z "$best" ] || [ "$d" -gt "$best" ]; then best=$d; fi
 	done
 	echo "$best"
 }
 
-# Install what the build and the tests need, through apt, when it is absent.
-ensure_deps() {
-	local major missing=() need_update=1
+# The Debian packages missing for the build and the tests, one per line:
+# what is checked is the file each step needs, not a package's name.
+missing_packages() {
+	local major extra r=$MSPBILL_ROOT
 	major=$(pg_major)
 	if [ -z "$major" ]; then
-		missing+=(postgresql)
+		echo postgresql
 	else
-		[ -f "/usr/lib/postgresql/$major/lib/pgxs/src/makefiles/pgxs.mk" ] &&
-			[ -x "/usr/lib/postgresql/$major/bin/pg_config" ] ||
-			missing+=("postgresql-server-dev-$major")
-		[ -f "/usr/share/postgresql/$major/extension/pgtap.control" ] ||
-			missing+=("postgresql-$major-pgtap")
+		# pg_config and pgxs.mk ship in the client package on Debian; the
+		# build needs the server headers, which only server-dev carries
+		[ -f "$r/usr/include/postgresql/$major/server/postgres.h" ] &&
+			[ -f "$r/usr/lib/postgresql/$major/lib/pgxs/src/makefiles/pgxs.mk" ] ||
+			echo "postgresql-server-dev-$major"
+		[ -f "$r/usr/share/postgresql/$major/extension/pgtap.control" ] ||
+			echo "postgresql-$major-pgtap"
 	fi
-	command -v gcc >/dev/null && command -v make >/dev/null || missing+=(gcc make libc6-dev)
+	[ -x "$r/usr/bin/gcc" ] || echo gcc
+	[ -x "$r/usr/bin/make" ] || echo make
+	[ -f "$r/usr/include/stdio.h" ] || echo libc6-dev
 	for extra in "$@"; do
-		dpkg -s "$extra" >/dev/null 2>&1 || missing+=("$extra")
+		dpkg-query --admindir="$r/var/lib/dpkg" -W -f='${Status}\n' "$extra" 2>/dev/null |
+			grep -q 'install ok installed' || echo "$extra"
 	done
+}
+
+# Install what the build and the tests need, through apt, when it is absent.
+ensure_deps() {
+	local major missing
+	major=$(pg_major)
+	mapfile -t missing < <(missing_packages "$@")
 	[ ${#missing[@]} -eq 0 ] && return 0
 
 	if [ "$(id -u)" -ne 0 ]; then
@@ -50,10 +67,8 @@ ensure_deps() {
   then run this command again."
 	fi
 	note "installing ${missing[*]}"
-	if [ $need_update -eq 1 ]; then
-		DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null ||
-			die "apt-get update failed"
-	fi
+	DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null ||
+		die "apt-get update failed"
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
 		"${missing[@]}" >/dev/null || die "apt-get install ${missing[*]} failed"
 	# a server package installed just now decides the major version
