@@ -75,20 +75,50 @@ ensure_deps() {
 	if [ -z "$major" ]; then ensure_deps "$@"; fi
 }
 
-# Set PG_CONFIG and BINDIR for the chosen server.
+# Set PG_CONFIG, SYSBINDIR (the server's programs) and BINDIR: the private
+# installation's copy of them once build_install has made it, so that the
+# throwaway cluster loads the mspbill built here, never the system's.
 find_pg() {
 	local major
 	major=$(pg_major)
 	[ -n "$major" ] || die "no PostgreSQL server found; run: make demo (as root) to install one"
 	PG_CONFIG=${PG_CONFIG:-/usr/lib/postgresql/$major/bin/pg_config}
 	[ -x "$PG_CONFIG" ] || die "$PG_CONFIG not found: install postgresql-server-dev-$major"
-	BINDIR=$("$PG_CONFIG" --bindir)
-	export PG_CONFIG BINDIR
+	SYSBINDIR=$("$PG_CONFIG" --bindir)
+	PREFIX="$(cluster_root)/install"
+	BINDIR=$SYSBINDIR
+	[ -x "$PREFIX$SYSBINDIR/postgres" ] && BINDIR=$PREFIX$SYSBINDIR
+	export PG_CONFIG SYSBINDIR PREFIX BINDIR
 }
 
-# Build without warnings and install the extension.
+# Link every entry of the system directory $1 into the private one $2,
+# except mspbill's own files; directories listed in $3.. get the same
+# treatment one level down (PGXS installs into extension/ and bitcode/).
+link_tree() {
+	local from=$1 to=$2 e name
+	shift 2
+	mkdir -p "$to"
+	find "$to" -maxdepth 1 -xtype l -delete
+	for e in "$from"/*; do
+		name=$(basename "$e")
+		case "$name" in mspbill*) continue ;; esac
+		if [[ " $* " == *" $name "* ]]; then
+			[ -L "$to/$name" ] && rm -f "$to/$name"
+			link_tree "$e" "$to/$name"
+		else
+			ln -sfn "$e" "$to/$name"
+		fi
+	done
+}
+
+# Build without warnings and install the extension into a private copy of
+# the server's installation under the cluster directory: programs copied (a
+# server finds its share and lib directories relative to its own path),
+# everything else linked.  Nothing outside the tree is written, so a
+# non-root user needs no rights on the system's directories and other
+# clusters on the machine keep the mspbill they had.
 build_install() {
-	local log
+	local log sharedir libdir
 	log=$(mktemp)
 	if ! make -C "$TOP" -s PG_CONFIG="$PG_CONFIG" all >"$log" 2>&1; then
 		cat "$log" >&2; rm -f "$log"; die "build failed"
@@ -97,13 +127,16 @@ build_install() {
 		cat "$log" >&2; rm -f "$log"; die "build has compiler warnings"
 	fi
 	rm -f "$log"
-	local libdir
+	sharedir=$("$PG_CONFIG" --sharedir)
 	libdir=$("$PG_CONFIG" --pkglibdir)
-	if [ ! -w "$libdir" ]; then
-		die "cannot write to $libdir: run as root (or: sudo make install PG_CONFIG=$PG_CONFIG)"
-	fi
-	make -C "$TOP" -s PG_CONFIG="$PG_CONFIG" install >/dev/null ||
-		die "make install failed"
+	mkdir -p "$PREFIX$SYSBINDIR"
+	cmp -s "$SYSBINDIR/postgres" "$PREFIX$SYSBINDIR/postgres" ||
+		cp -a "$SYSBINDIR/." "$PREFIX$SYSBINDIR/"
+	link_tree "$sharedir" "$PREFIX$sharedir" extension
+	link_tree "$libdir" "$PREFIX$libdir" bitcode
+	make -C "$TOP" -s PG_CONFIG="$PG_CONFIG" DESTDIR="$PREFIX" install >/dev/null ||
+		die "make install into $PREFIX failed"
+	BINDIR=$PREFIX$SYSBINDIR
 }
 
 # Run a command as the cluster's owner: postgres when we are root.
