@@ -1,5 +1,7 @@
 # mspbill: PGXS build.  `make demo` and `make test` are the README's two
-# commands; `make installcheck` runs pg_regress against an existing server.
+# commands; `make installcheck` runs every suite that can run against an
+# existing server; `make check-majors` builds against every supported major;
+# `make mutate` plants the bugs of test/mutations.txt one at a time.
 
 EXTENSION = mspbill
 EXTVERSION = $(shell sed -n "s/^default_version = '\(.*\)'/\1/p" $(EXTENSION).control)
@@ -26,16 +28,21 @@ SQL_SOURCES = \
 	src/loaders.sql \
 	src/privacy.sql
 DATA_built = $(EXTENSION)--$(EXTVERSION).sql
-DATA = $(wildcard upgrade/$(EXTENSION)--*--*.sql)
+# earlier releases' generated install scripts (kept so that the upgrade
+# test can install them) and the hand-written upgrade scripts
+DATA = $(wildcard upgrade/$(EXTENSION)--*.sql)
 
 # -Wextra is for our code; server headers are included as system headers
 # so their unused parameters do not drown it.
 PG_CPPFLAGS = -isystem $(shell $(PG_CONFIG) --includedir-server)
 PG_CFLAGS = -Wall -Wextra
 
+# pg_regress suites (sql/, expected/) and the pgTAP suites of test/sql run
+# through test/bin/installcheck, which replaces PGXS's installcheck
 TESTS = $(sort $(wildcard sql/*.sql))
 REGRESS = $(patsubst sql/%.sql,%,$(TESTS))
 REGRESS_OPTS = --inputdir=. --load-extension=pgtap --load-extension=$(EXTENSION)
+NO_INSTALLCHECK = 1
 
 EXTRA_CLEAN = $(DATA_built) results regression.diffs regression.out
 
@@ -49,7 +56,7 @@ $(OBJS): src/userset.h src/aggregate.h
 $(EXTENSION)--$(EXTVERSION).sql: $(SQL_SOURCES)
 	cat $^ > $@
 
-.PHONY: demo test bench stop
+.PHONY: demo test bench stop installcheck check-majors mutate
 demo:
 	@bash test/bin/demo
 
@@ -61,3 +68,12 @@ bench:
 
 stop:
 	@bash test/bin/cluster stop
+
+installcheck:
+	@PG_CONFIG=$(PG_CONFIG) bash test/bin/installcheck
+
+check-majors:
+	@bash test/bin/check-majors
+
+mutate:
+	@bash test/bin/mutate
