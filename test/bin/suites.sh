@@ -92,6 +92,11 @@ run_tap_sql_suites() {
 }
 
 summary() {
+	# a filter that matches nothing is a mistake, not a pass
+	if [ $((passed + failed + skipped)) -eq 0 ]; then
+		echo "FAIL no suite ran${ONLY:+ (ONLY=$ONLY matches none)}" >&2
+		failed=1
+	fi
 	echo "$passed passed, $failed failed, $skipped skipped"
 	[ "$failed" -eq 0 ]
 }
