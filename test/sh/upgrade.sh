@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# The upgrade from the last release: install 0.1.0 (its install script is
+# kept in upgrade/), load the demo as 0.1.0 loaded it, keep usersets in a
+# table and a materialized view, finalize invoices, then ALTER EXTENSION
+# mspbill UPDATE.  Afterwards the stored rows are unchanged and readable,
+# and every object equals a fresh install of the current version
+# (test/upgrade/describe.sql; each difference is printed with its object,
+# the full diff is in test/out/upgrade/catalog.diff).  Prints TAP.
+set -uo pipefail
+. "$TOP/test/bin/common.sh"
+set +e
+find_pg
+OLD=mspbill_test_upgrade_old
+NEW=mspbill_test_upgrade_new
+work="$TOP/test/out/upgrade"
+rm -rf "$work"; mkdir -p "$work"
+current=$(sed -n "s/^default_version = '\(.*\)'/\1/p" "$TOP/mspbill.control")
+q() { local db=$1; shift; PGOPTIONS='-c client_min_messages=warning' "$BINDIR/psql" -X -q -At -v ON_ERROR_STOP=1 -d "$db" "$@"; }
+echo "1..14"
+
+for db in "$OLD" "$NEW"; do drop_db "$db"; q postgres -c "CREATE DATABASE $db"; done
+q "$OLD" -c "CREATE EXTENSION mspbill VERSION '0.1.0'" -c "ALTER DATABASE $OLD SET search_path = public, mspbill"
+tap_check "0.1.0 installs from its kept script" "$(q "$OLD" -c "SELECT extversion FROM pg_extension WHERE extname = 'mspbill'")" "0.1.0"
+
+# the demo as 0.1.0 shipped it, usersets kept by a user, finalized invoices
+q "$OLD" -f "$TOP/test/upgrade/clinics--0.1.0.sql" >"$work/demo.log" 2>&1
+tap_check "the 0.1.0 demo loads into 0.1.0" "$?" "0"
+q "$OLD" -c "SELECT msp_install_roles()" \
+	-c "CREATE TABLE public.kept_sets AS
+	      SELECT client_id, userset_agg(person_id) AS people FROM accounts WHERE kind = 'individual' GROUP BY client_id" \
+	-c "CREATE MATERIALIZED VIEW public.daily_people AS
+	      SELECT l.client_id, msp_local_day(l.at, c.time_zone) AS day, userset_agg(a.person_id) AS people
+	        FROM logons l JOIN accounts a USING (client_id, account_id) JOIN clients c USING (client_id)
+	       WHERE a.kind = 'individual' AND l.presence GROUP BY 1, 2" \
+	-c "CREATE VIEW public.totals AS SELECT client_id, (msp_invoice(client_id)).total FROM clients" >"$work/setup.log" 2>&1
+ids=$(q "$OLD" -c "SELECT msp_finalize_invoice(1, NULL, '{device_silent}')" -c "SELECT msp_finalize_invoice(2, NULL, '{device_silent}')" 2>>"$work/setup.log" | tr '\n' ' ')
+tap_check "two invoices finalized under 0.1.0" "$(q "$OLD" -c "SELECT string_agg(total::text, ' ' ORDER BY client_id) FROM invoices")" "456.00 942.00"
+
+# Every row of every table of the extension and of the user's, as text, in
+# the columns they had before the update (an update may add columns).
+snapshot() {
+	q "$OLD" -c "
+	DO \$\$
+	DECLARE r record; cols text;
+	BEGIN
+		CREATE TEMP TABLE IF NOT EXISTS snap (tbl text, cols text);
+		IF NOT EXISTS (SELECT 1 FROM snap) THEN
+			INSERT INTO snap
+			SELECT c.oid::regclass::text,
+			       (SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum) FROM pg_attribute
+			         WHERE attrelid = c.oid AND attnum > 0 AND NOT attisdropped)
+			  FROM pg_class c
+			 WHERE c.relkind IN ('r', 'p', 'm') AND NOT c.relispartition
+			   AND c.relnamespace IN ('mspbill'::regnamespace, 'public'::regnamespace);
+		END IF;
+	END \$\$" -c "\\copy snap TO '$work/columns.txt'" 2>&1
+}
+rows() {
+	local tbl cols
+	while IFS=$'\t' read -r tbl cols; do
+		q "$OLD" -c "SELECT '$tbl | ' || r::text FROM (SELECT $cols FROM $tbl) r ORDER BY 1" 2>&1
+	done <"$work/columns.txt"
+}
+snapshot
+rows >"$work/before.txt"
+totals_before=$(q "$OLD" -c "SELECT string_agg(client_id || '=' || total, ' ' ORDER BY client_id) FROM public.totals")
+
+q "$OLD" -c "ALTER EXTENSION mspbill UPDATE" >"$work/update.log" 2>&1
+tap_check "ALTER EXTENSION mspbill UPDATE succeeds" "$?" "0"
+[ -s "$work/update.log" ] && sed 's/^/# /' "$work/update.log"
+tap_check "the database is at the current version" \
+	"$(q "$OLD" -c "SELECT extversion FROM pg_extension WHERE extname = 'mspbill'")" "$current"
+q "$OLD" -c "SELECT msp_install_roles()" >/dev/null 2>&1
+
+rows >"$work/after.txt"
+diff -u "$work/before.txt" "$work/after.txt" >"$work/rows.diff"
+tap_check "every stored row unchanged (invoices, lines, audit trail, configuration, logons, usersets)" \
+	"$(grep -c '^[-+][^-+]' "$work/rows.diff")" "0"
+head -40 "$work/rows.diff" | sed 's/^/# /'
+tap_check "the stored rows were read at all" "$([ "$(wc -l <"$work/before.txt")" -gt 100 ] && echo yes)" "yes"
+
+tap_check "finalized invoices read through msp_finalized_invoice" \
+	"$(q "$OLD" -c "SELECT string_agg((msp_finalized_invoice(client_id, period)).total::text, ' ' ORDER BY client_id) FROM invoices WHERE kind = 'invoice'")" \
+	"456.00 942.00"
+tap_check "their lines still add up to them" \
+	"$(q "$OLD" -c "SELECT count(*) FROM invoices i WHERE total <> (SELECT sum(amount) FROM invoice_items t WHERE t.client_id = i.client_id AND t.invoice_id = i.invoice_id)")" "0"
+tap_check "the audit trail reads: who finalized what" \
+	"$(q "$OLD" -c "SELECT string_agg(action || ':' || client_id || ':' || (actor = 'postgres'), ' ' ORDER BY client_id) FROM audit_log WHERE action = 'finalize'")" \
+	"finalize:1:true finalize:2:true"
+tap_check "kept usersets are read and combined by the updated functions" \
+	"$(q "$OLD" -c "SELECT string_agg(cardinality(people)::text || ':' || (people | people = people) || ':' || userset_contains(people, 1), ' ' ORDER BY client_id) FROM public.kept_sets")" \
+	"$(q "$OLD" -c "SELECT string_agg(n || ':true:' || has1, ' ' ORDER BY client_id) FROM (
+	      SELECT client_id, count(DISTINCT person_id) AS n, bool_or(person_id = 1) AS has1
+	        FROM accounts WHERE kind = 'individual' GROUP BY client_id) s")"
+tap_check "the user's materialized view refreshes to the same sets" \
+	"$(q "$OLD" -c "CREATE TEMP TABLE b AS SELECT * FROM public.daily_people" -c "REFRESH MATERIALIZED VIEW public.daily_people" \
+		-c "SELECT count(*) FROM b FULL JOIN public.daily_people d USING (client_id, day) WHERE b.people IS DISTINCT FROM d.people")" "0"
+tap_check "the user's view over msp_invoice still answers" \
+	"$(q "$OLD" -c "SELECT string_agg(client_id || '=' || total, ' ' ORDER BY client_id) FROM public.totals")" "$totals_before"
+
+# every object of the updated database against a fresh install
+q "$NEW" -c "CREATE EXTENSION mspbill" -c "SELECT mspbill.msp_install_roles()" >/dev/null
+q "$OLD" -f "$TOP/test/upgrade/describe.sql" >"$work/catalog.updated" 2>&1
+q "$NEW" -f "$TOP/test/upgrade/describe.sql" >"$work/catalog.fresh" 2>&1
+diff -U 2 --label "updated from 0.1.0" --label "fresh $current" "$work/catalog.updated" "$work/catalog.fresh" >"$work/catalog.diff"
+differing=$(grep -E '^[-+][^-+]' "$work/catalog.diff" | cut -d'|' -f1 | sed -E 's/^[-+]//; s/ +$//' | sort -u)
+tap_check "every object of the updated database equals a fresh $current install" \
+	"$(echo -n "$differing" | grep -c .)" "0"
+if [ -n "$differing" ]; then
+	echo "# objects that differ (- updated from 0.1.0, + fresh $current; all of it in test/out/upgrade/catalog.diff):"
+	echo "$differing" | sed 's/^/#   /'
+	head -150 "$work/catalog.diff" | sed 's/^/# /'
+fi
+
+drop_db "$OLD"
+drop_db "$NEW"
