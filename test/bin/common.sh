@@ -203,7 +203,9 @@ CONF
 		[ "$(id -u)" -eq 0 ] && chown postgres: "$PGROOT/mspbill.conf"
 		grep -q "include_if_exists = '$PGROOT/mspbill.conf'" "$data/postgresql.conf" ||
 			echo "include_if_exists = '$PGROOT/mspbill.conf'" | as_owner tee -a "$data/postgresql.conf" >/dev/null
-		as_owner "$BINDIR/pg_ctl" -D "$data" -l "$PGROOT/server.log" -w -t 60 start >/dev/null ||
+		# backends that connect out (dblink in the tests) log in as postgres,
+		# not as the system user the server runs as
+		PGUSER=postgres as_owner "$BINDIR/pg_ctl" -D "$data" -l "$PGROOT/server.log" -w -t 60 start >/dev/null ||
 			{ tail -20 "$PGROOT/server.log" >&2; die "the throwaway cluster did not start"; }
 		echo "$port" >"$PGROOT/port"
 		STARTED_CLUSTER=1
