@@ -38,10 +38,10 @@ PG_CPPFLAGS = -isystem $(shell $(PG_CONFIG) --includedir-server)
 PG_CFLAGS = -Wall -Wextra
 
 # pg_regress suites (sql/, expected/) and the pgTAP suites of test/sql run
-# through test/bin/installcheck, which replaces PGXS's installcheck
+# through test/bin/installcheck (test/bin/suites.sh), which replaces PGXS's
+# installcheck; REGRESS stays for `make clean`
 TESTS = $(sort $(wildcard sql/*.sql))
 REGRESS = $(patsubst sql/%.sql,%,$(TESTS))
-REGRESS_OPTS = --inputdir=. --load-extension=pgtap --load-extension=$(EXTENSION)
 NO_INSTALLCHECK = 1
 
 EXTRA_CLEAN = $(DATA_built) results regression.diffs regression.out

@@ -17,7 +17,7 @@ rm -rf "$log"; mkdir -p "$log"
 # cannot go (under /root)
 work=$(mktemp -d "${TMPDIR:-/tmp}/mspbill-nonroot.XXXXXX")
 chmod 755 "$work"
-echo "1..6"
+echo "1..7"
 
 user=$(id -un)
 created=0
@@ -56,6 +56,10 @@ tap_check "both suites ran and passed" "$(grep -cE '^ok   (results/userset_type|
 data="$work/tree/.pg/data"
 [ -d "$data" ] || data="/tmp/mspbill-pg-$(echo "$work/tree" | md5sum | cut -c1-8)/data"
 tap_check "its cluster's files belong to $user" "$(stat -c %U "$data" 2>&1)" "$user"
+# a system-wide make install would not matter: the private installation
+# links the server's files but never the system's mspbill
+tap_check "the private installation has its own mspbill files, none linked to the system's" \
+	"$(find "$(dirname "$data")/install" -name 'mspbill*' -type f | grep -c . | awk '{print ($1 > 0)}') $(find "$(dirname "$data")/install" -name 'mspbill*' -type l | grep -c .)" "1 0"
 as_user make stop >/dev/null 2>&1
 tap_check "nothing written to the server's system directories" "$(sys_state)" "$before"
 
