@@ -30,6 +30,9 @@ tally() {
 	if [ "$broken" = 1 ] && [ "$notok" -eq 0 ]; then failed=$((failed + 1)); fi
 	if [ "$broken" = 1 ] || [ "$notok" -gt 0 ]; then
 		echo "FAIL $(basename "$(dirname "$file")")/$(basename "$file"): $ok ok, $notok not ok${plan:+, plan $plan}" >&2
+		# each failed assertion with its diagnostics, so the log says why
+		awk '/^ ?not ok /{p = 1; print; next} /^ ?(ok|not ok) [0-9]/{p = 0} p && /^ *#/{print}' "$file" |
+			head -40 | sed 's/^/    /' >&2
 	else
 		echo "ok   $(basename "$(dirname "$file")")/$(basename "$file"): $ok assertions"
 	fi
