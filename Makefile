@@ -61,3 +61,8 @@ bench:
 
 stop:
 	@bash test/bin/cluster stop
+
+# the distributed suites alone (Citus built from ../shared/vendor/citus)
+.PHONY: test-citus
+test-citus:
+	@CITUS=only bash test/bin/run-tests
