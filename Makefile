@@ -56,7 +56,7 @@ $(OBJS): src/userset.h src/aggregate.h
 $(EXTENSION)--$(EXTVERSION).sql: $(SQL_SOURCES)
 	cat $^ > $@
 
-.PHONY: demo test bench stop installcheck check-majors mutate
+.PHONY: demo test test-citus bench stop installcheck check-majors mutate
 demo:
 	@bash test/bin/demo
 
@@ -77,3 +77,7 @@ check-majors:
 
 mutate:
 	@bash test/bin/mutate
+
+# the distributed suites alone (Citus built from ../shared/vendor/citus)
+test-citus:
+	@CITUS=only bash test/bin/run-tests
