@@ -7,16 +7,17 @@
 SET search_path = public, mspbill;
 SELECT plan(45);
 
--- Case 1, the hospital: 8 users x 42.00 + 4 OR seats x 30.00 = 456.00
-SELECT is((msp_invoice(1)).total, 456.00, 'hospital total');
-SELECT is((msp_invoice(1)).users, 8, 'hospital: 8 billable users');
+-- Case 1, the hospital: 9 users (Dr. Gray of the dental office included: the
+-- hospital pays for her) x 42.00 + 4 OR seats x 30.00 = 498.00
+SELECT is((msp_invoice(1)).total, 498.00, 'hospital total');
+SELECT is((msp_invoice(1)).users, 9, 'hospital: 9 billable users');
 SELECT is((msp_invoice(1)).seats, 4, 'hospital: 4 operating-room seats');
 SELECT is((SELECT sum(amount) FROM msp_invoice_lines(1)), (msp_invoice(1)).total, 'hospital lines add up to the total');
 SELECT results_eq($$SELECT quantity, unit_price, amount FROM msp_invoice_lines(1) ORDER BY line_no$$,
-                  $$VALUES (8::numeric, 42.00, 336.00), (4, 30.00, 120.00)$$, 'hospital lines');
+                  $$VALUES (9::numeric, 42.00, 378.00), (4, 30.00, 120.00)$$, 'hospital lines');
 SELECT results_eq($$SELECT pseudonym FROM msp_billable_users(1) ORDER BY 1$$,
-                  $$VALUES ('c1'), ('c2'), ('c3'), ('c4'), ('n1'), ('n2'), ('n3'), ('r1')$$,
-                  'billable: nurses, clinicians with mail, the receptionist who called');
+                  $$VALUES ('c1'), ('c2'), ('c3'), ('c4'), ('gray'), ('n1'), ('n2'), ('n3'), ('r1')$$,
+                  'billable: nurses, clinicians with mail, the receptionist who called, the sister client''s doctor');
 SELECT is((SELECT rule FROM msp_billable_users(1) WHERE pseudonym = 'r1'), 'support', 'support contact alone is sufficient');
 SELECT is((SELECT rule FROM msp_billable_users(1) WHERE pseudonym = 'n1'), 'logon+support', 'evidence names both rules');
 SELECT is((SELECT accounts FROM msp_billable_users(1) WHERE pseudonym = 'n1'),
@@ -52,19 +53,20 @@ UPDATE contracts SET shared_billing = 'peak' WHERE client_id = 1;
 INSERT INTO logons (client_id, account_id, device_id, at, ended)
 SELECT 1, 1, 1, l.at + interval '1 hour', l.ended + interval '1 hour'
   FROM logons l WHERE l.client_id = 1 AND l.account_id = 1 ORDER BY l.at LIMIT 1;
-SELECT is((msp_invoice(1)).total, 336.00 + 5 * 30.00, 'peak: OR1 needs 2 seats, the others 1 (5 x 30.00)');
+SELECT is((msp_invoice(1)).total, 378.00 + 5 * 30.00, 'peak: OR1 needs 2 seats, the others 1 (5 x 30.00)');
 -- attributed: OR sessions bill the clinicians who signed into the EMR inside them, no seats
 UPDATE contracts SET shared_billing = 'attribute' WHERE client_id = 1;
-SELECT is((msp_invoice(1)).users, 10, 'attribute: c5 and c6 become billable through their EMR logins');
-SELECT is((msp_invoice(1)).total, 420.00, 'attribute: 10 users x 42.00, no seats');
+SELECT is((msp_invoice(1)).users, 11, 'attribute: c5 and c6 become billable through their EMR logins');
+SELECT is((msp_invoice(1)).total, 462.00, 'attribute: 11 users x 42.00, no seats');
 SELECT is((SELECT rule FROM msp_billable_users(1) WHERE pseudonym = 'c5'), 'shared-attributed', 'c5 counted by attribution');
 UPDATE contracts SET shared_billing = 'seat' WHERE client_id = 1;
 
--- tiers on the hospital's 8 users: volume 8 x 40.00; graduated 5 x 42.00 + 3 x 40.00
+-- tiers on the hospital's 9 users, the second tier from the 5th unit:
+-- volume 9 x 40.00; graduated 4 x 42.00 + 5 x 40.00
 INSERT INTO contract_tiers VALUES (1, 1, 0, 42.00), (1, 1, 5, 40.00);
-SELECT is((msp_invoice(1)).total, 320.00 + 120.00, 'volume tiers: every user at the reached tier');
+SELECT is((msp_invoice(1)).total, 360.00 + 120.00, 'volume tiers: every user at the reached tier');
 UPDATE contracts SET tier_mode = 'graduated' WHERE client_id = 1;
-SELECT is((msp_invoice(1)).total, 330.00 + 120.00, 'graduated tiers: each band at its own price');
+SELECT is((msp_invoice(1)).total, 368.00 + 120.00, 'graduated tiers: each band at its own price');
 DELETE FROM contract_tiers WHERE client_id = 1;
 -- a minimum fee tops the dental invoice up to 1000.00
 UPDATE contracts SET minimum_fee = 1000 WHERE client_id = 2;
