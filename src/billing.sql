@@ -580,24 +580,27 @@ COMMENT ON FUNCTION @extschema@.msp_pool_share(bigint, bigint, daterange, datera
 	'the part of a cost pool billed in one contract segment of a month, so that all parts sum to the pool to the cent';
 
 CREATE TYPE @extschema@.segment_quantities AS (
-	users numeric,
+	user_days numeric,
 	user_count integer,
-	seats numeric,
+	seat_days numeric,
 	seat_count integer,
-	devices numeric,
+	device_days numeric,
 	device_count integer,
-	license_seats numeric,
+	license_days numeric,
 	license_count integer,
 	cost numeric,
 	support_cost numeric,
-	fraction numeric
+	covered_days integer,
+	period_days integer
 );
 COMMENT ON TYPE @extschema@.segment_quantities IS
-	'what one contract segment bills: counts (people, seats, devices, licence seats), their prorated quantities, costs and the segment''s fraction of the period';
+	'what one contract segment bills: counts (people, seats, devices, licence seats), the days they cover (a unit covering the whole period counts period_days), costs, and the days the segment covers (period_days without proration)';
 
 -- Quantities of one contract segment: how many units (the count, which
--- picks the tier) and how much of the period they cover (the quantity,
--- which the price multiplies).  Without proration every unit covers 1.
+-- picks the tier) and how many days of the period they cover (the
+-- quantity is that over the period's days; money is computed from the
+-- days, dividing once, so that it rounds exactly).  Without proration every
+-- unit covers the whole period.
 CREATE FUNCTION @extschema@.msp_segment_quantities(client_id bigint, contract_id bigint,
 													segment daterange, period daterange)
 RETURNS @extschema@.segment_quantities
@@ -606,18 +609,18 @@ SET search_path = @extschema@, pg_catalog, pg_temp
 BEGIN ATOMIC
 	WITH k AS (
 		SELECT k.*, c.time_zone,
-			   (upper(period) - lower(period))::numeric AS period_days,
-			   CASE WHEN k.prorate THEN (upper(segment) - lower(segment))::numeric / (upper(period) - lower(period))
-					ELSE 1 END AS f,
+			   upper(period) - lower(period) AS period_days,
+			   CASE WHEN k.prorate THEN upper(segment) - lower(segment)
+					ELSE upper(period) - lower(period) END AS covered_days,
 			   (lower(segment)::timestamp AT TIME ZONE c.time_zone) AS t0,
 			   (upper(segment)::timestamp AT TIME ZONE c.time_zone) AS t1
 		  FROM contracts k JOIN clients c USING (client_id)
 		 WHERE k.client_id = msp_segment_quantities.client_id
 		   AND k.contract_id = msp_segment_quantities.contract_id),
 	u AS (
-		SELECT coalesce(sum(CASE WHEN NOT k.prorate THEN 1
-								 ELSE (upper(coalesce(p.active, segment) * segment)
-									   - lower(coalesce(p.active, segment) * segment)) / k.period_days END), 0) AS users,
+		SELECT coalesce(sum(CASE WHEN NOT k.prorate THEN k.period_days
+								 ELSE upper(coalesce(p.active, segment) * segment)
+									  - lower(coalesce(p.active, segment) * segment) END), 0) AS user_days,
 			   count(*)::integer AS user_count
 		  FROM k, msp_segment_users(msp_segment_quantities.client_id, msp_segment_quantities.contract_id,
 									segment, false) b
@@ -636,9 +639,9 @@ BEGIN ATOMIC
 						0)::integer AS seat_count
 		  FROM k, shared sh),
 	d AS (
-		SELECT coalesce(sum(CASE WHEN NOT k.prorate THEN 1
-								 ELSE (upper(coalesce(dv.active, segment) * segment)
-									   - lower(coalesce(dv.active, segment) * segment)) / k.period_days END), 0) AS devices,
+		SELECT coalesce(sum(CASE WHEN NOT k.prorate THEN k.period_days
+								 ELSE upper(coalesce(dv.active, segment) * segment)
+									  - lower(coalesce(dv.active, segment) * segment) END), 0) AS device_days,
 			   count(*)::integer AS device_count
 		  FROM k JOIN devices dv ON dv.client_id = k.client_id AND (dv.active IS NULL OR dv.active && segment)),
 	lic AS (
@@ -651,10 +654,14 @@ BEGIN ATOMIC
 	c AS (
 		SELECT coalesce(sum(x.share), 0) AS cost,
 			   coalesce(sum(x.share) FILTER (WHERE x.category = 'support'), 0) AS support_cost
-		  FROM (SELECT cp.category, msp_pool_share(k.client_id, cp.pool_id, period, segment) AS share
-				  FROM k JOIN cost_pools cp ON cp.client_id = k.client_id AND cp.period && segment) x)
-	SELECT (u.users, u.user_count, s.seat_count * k.f, s.seat_count, d.devices, d.device_count,
-			lic.license_count * k.f, lic.license_count, c.cost, c.support_cost, k.f)::segment_quantities
+		  FROM (SELECT cp.category,
+					   msp_pool_share(k.client_id, cp.pool_id, msp_segment_quantities.period,
+									  msp_segment_quantities.segment) AS share
+				  FROM k JOIN cost_pools cp ON cp.client_id = k.client_id
+										   AND cp.period && msp_segment_quantities.segment) x)
+	SELECT (u.user_days, u.user_count, s.seat_count * k.covered_days, s.seat_count, d.device_days, d.device_count,
+			lic.license_count * k.covered_days, lic.license_count, c.cost, c.support_cost,
+			k.covered_days, k.period_days)::segment_quantities
 	  FROM k, u, s, d, lic, c;
 END;
 COMMENT ON FUNCTION @extschema@.msp_segment_quantities(bigint, bigint, daterange, daterange) IS
@@ -713,34 +720,37 @@ CREATE TYPE @extschema@.invoice_line AS (
 COMMENT ON TYPE @extschema@.invoice_line IS 'one line of an invoice; amount is rounded to the minor unit';
 
 -- The main line(s) of a segment: a count of units raised to the minimum
--- quantity picks the tier; the prorated quantity (at least the minimum for
--- the days covered) is what is charged, spread over the bands in
--- proportion to their units.
+-- quantity picks the tier; the days the units cover (at least the minimum
+-- for the days the segment covers) are what is charged, spread over the
+-- bands in proportion to their units.
 CREATE FUNCTION @extschema@.msp_main_lines(c @extschema@.clients, k @extschema@.contracts,
-											units_count integer, quantity numeric, fraction numeric,
+											units_count integer, unit_days numeric,
+											q @extschema@.segment_quantities,
 											flat_price numeric, what text, basis text, label text)
 RETURNS SETOF @extschema@.invoice_line
 LANGUAGE sql STABLE
 SET search_path = @extschema@, pg_catalog, pg_temp
 BEGIN ATOMIC
-	WITH q AS (
+	WITH m AS (
 		SELECT greatest(units_count, k.minimum_quantity) AS n,
-			   greatest(quantity, k.minimum_quantity * fraction) AS qty),
+			   greatest(unit_days, k.minimum_quantity * q.covered_days) AS qd),
 	b AS (
 		SELECT bd.first_unit, bd.units, bd.unit_price,
-			   CASE WHEN q.n > 0 THEN bd.units * q.qty / q.n ELSE 0 END AS charged,
+			   -- units x (days per unit) / period days, one division
+			   CASE WHEN m.n > 0 THEN bd.units * m.qd ELSE 0 END AS num,
+			   CASE WHEN m.n > 0 THEN m.n * q.period_days ELSE 1 END AS den,
 			   count(*) OVER () AS bands, bd.first_unit + bd.units - 1 AS last_unit
-		  FROM q, msp_tier_bands(c.client_id, k.contract_id, q.n, flat_price) bd)
+		  FROM m, msp_tier_bands(c.client_id, k.contract_id, m.n, flat_price) bd)
 	SELECT 0, k.contract_id,
-		   what || CASE WHEN q.n > units_count THEN format(', minimum %s', trim_scale(k.minimum_quantity)) ELSE '' END
+		   what || CASE WHEN m.n > units_count THEN format(', minimum %s', trim_scale(k.minimum_quantity)) ELSE '' END
 				|| CASE WHEN b.bands > 1 THEN format(', units %s to %s', trim_scale(b.first_unit),
 													 trim_scale(ceil(b.last_unit))) ELSE '' END
 				|| label,
-		   b.charged, b.unit_price, msp_round(b.charged * b.unit_price, c.minor_unit), basis
-	  FROM q, b
+		   b.num / b.den, b.unit_price, msp_round(b.num * b.unit_price / b.den, c.minor_unit), basis
+	  FROM m, b
 	 ORDER BY b.first_unit;
 END;
-COMMENT ON FUNCTION @extschema@.msp_main_lines(@extschema@.clients, @extschema@.contracts, integer, numeric, numeric, numeric, text, text, text) IS
+COMMENT ON FUNCTION @extschema@.msp_main_lines(@extschema@.clients, @extschema@.contracts, integer, numeric, @extschema@.segment_quantities, numeric, text, text, text) IS
 	'the priced line (or graduated lines) of a segment''s main quantity, with tiers and the minimum quantity';
 
 -- The lines one contract segment bills under a pricing model, numbered
@@ -765,7 +775,7 @@ BEGIN
 	IF model IN ('per_user', 'per_user_plus_support') THEN
 		IF k.price_per_user IS NULL THEN RETURN; END IF;
 		FOR line IN
-			SELECT * FROM msp_main_lines(c, k, q.user_count, q.users, q.fraction, k.price_per_user,
+			SELECT * FROM msp_main_lines(c, k, q.user_count, q.user_days, q, k.price_per_user,
 										 format('Users: %s billable', q.user_count), 'user', label)
 		LOOP
 			n := n + 1;
@@ -774,10 +784,12 @@ BEGIN
 			total := total + line.amount;
 		END LOOP;
 		IF q.seat_count > 0 THEN
-			amount := msp_round(q.seats * coalesce(k.price_per_seat, k.price_per_user), c.minor_unit);
+			amount := msp_round(q.seat_days * coalesce(k.price_per_seat, k.price_per_user) / q.period_days,
+								c.minor_unit);
 			n := n + 1;
 			RETURN NEXT (n, k.contract_id, format('Shared seats: %s%s', q.seat_count, label),
-						 q.seats, coalesce(k.price_per_seat, k.price_per_user), amount, 'seat')::invoice_line;
+						 q.seat_days / q.period_days, coalesce(k.price_per_seat, k.price_per_user), amount,
+						 'seat')::invoice_line;
 			total := total + amount;
 		END IF;
 		IF model = 'per_user_plus_support' AND q.support_cost > 0 THEN
@@ -793,7 +805,7 @@ BEGIN
 	ELSIF model = 'per_device' THEN
 		IF k.price_per_device IS NULL THEN RETURN; END IF;
 		FOR line IN
-			SELECT * FROM msp_main_lines(c, k, q.device_count, q.devices, q.fraction, k.price_per_device,
+			SELECT * FROM msp_main_lines(c, k, q.device_count, q.device_days, q, k.price_per_device,
 										 format('Devices: %s managed', q.device_count), 'device', label)
 		LOOP
 			n := n + 1;
@@ -804,7 +816,7 @@ BEGIN
 	ELSIF model = 'per_seat' THEN
 		IF k.price_per_seat IS NULL THEN RETURN; END IF;
 		FOR line IN
-			SELECT * FROM msp_main_lines(c, k, q.license_count, q.license_seats, q.fraction, k.price_per_seat,
+			SELECT * FROM msp_main_lines(c, k, q.license_count, q.license_days, q, k.price_per_seat,
 										 format('License seats held: %s', q.license_count), 'license', label)
 		LOOP
 			n := n + 1;
@@ -831,7 +843,7 @@ BEGIN
 		END LOOP;
 	END IF;
 
-	floor_fee := msp_round(k.minimum_fee * q.fraction, c.minor_unit);
+	floor_fee := msp_round(k.minimum_fee * q.covered_days / q.period_days, c.minor_unit);
 	IF total < floor_fee THEN
 		amount := floor_fee - total;
 		n := n + 1;
