@@ -112,7 +112,29 @@ def main():
         if want_inv != db_inv[cid]:
             failures["invoice"].append((cid, db_inv[cid], want_inv))
 
-    print("1..4")
+    # the generator must reach every rule, or agreement proves little
+    rules = defaultdict(int)
+    for cid in data["clients"]:
+        for u in db_users[cid]:
+            rules["rule " + u[3]] += 1
+            if u[1] != cid:
+                rules["sister-client person billed"] += 1
+        bases = [l[1] for l in db_lines[cid]]
+        for b in set(bases):
+            rules["line " + b] += 1
+        contracts = {k for k, *_ in db_lines[cid]}
+        if len(contracts) > 1:
+            rules["two contracts in the month"] += 1
+        if any(bases.count(b) > len(contracts) and b in ("user", "device", "license") for b in set(bases)):
+            rules["graduated bands"] += 1
+        if any(p["period"][1] - p["period"][0] > timedelta(days=31) for p in data["pools"][cid]):
+            rules["multi-month pool"] += 1
+    wanted = ["rule logon", "rule logon+support", "rule support", "rule shared-attributed",
+              "sister-client person billed", "line user", "line seat", "line device", "line license", "line cost",
+              "line minimum", "two contracts in the month", "graduated bands", "multi-month pool"]
+    missing = [w for w in wanted if rules[w] < 5]
+
+    print("1..5")
     print("# %d clients (seed %d), %d lines, %d billed people, %.1f s"
           % (n, seed, lines_checked, users_checked, time.time() - started))
     checks = [("lines", "msp_invoice_lines equals the model to the cent"),
@@ -128,6 +150,9 @@ def main():
     nontrivial = sum(1 for c in data["clients"] if db_lines[c] and any(l[4] != 0 for l in db_lines[c]))
     print(("ok" if nontrivial > n // 2 else "not ok")
           + " 4 - most generated clients are billed something (%d of %d)" % (nontrivial, n))
+    print(("ok" if not missing else "not ok") + " 5 - every rule is exercised at least 5 times"
+          + ("" if not missing else " (missing: %s)" % ", ".join(missing)))
+    print("# " + ", ".join("%s %d" % (w, rules[w]) for w in wanted))
 
 
 if __name__ == "__main__":
