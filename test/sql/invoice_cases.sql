@@ -5,7 +5,7 @@
 \set QUIET on
 \i ../demo/clinics.sql
 SET search_path = public, mspbill;
-SELECT plan(92);
+SELECT plan(106);
 
 -- Case 1, the hospital: 9 users (Dr. Gray of the dental office included: the
 -- hospital pays for her) x 42.00 + 4 OR seats x 30.00 = 498.00
@@ -362,5 +362,58 @@ INSERT INTO clients (client_id, name) VALUES (26, 'Model Case Half Cent');
 INSERT INTO contracts (client_id, contract_id, effective, model, price_per_user, minimum_fee)
   VALUES (26, 1, '[2025-01-01,2026-04-26)', 'per_user', 10.00, 174.21);
 SELECT is((msp_invoice(26, '[2026-04-01,2026-05-01)')).total, 145.18, 'model case: an exact half cent of a prorated minimum fee rounds up');
+
+-- ===== issue 15: each policy option, with a case that changes when it breaks =====
+-- a: Windows logons on 2 days; b: support call only; c: 1 logon day and a
+-- call; d: do-not-bill; e: technician; f: logon on 1 day in realm app only
+INSERT INTO clients (client_id, name) VALUES (27, 'Policies');
+INSERT INTO contracts (client_id, contract_id, effective, model, price_per_user)
+  VALUES (27, 1, '[2025-01-01,)', 'per_user', 10.00);
+INSERT INTO people (client_id, person_id, pseudonym, do_not_bill, is_technician) VALUES
+  (27, 1, 'a', false, false), (27, 2, 'b', false, false), (27, 3, 'c', false, false),
+  (27, 4, 'd', true, false), (27, 5, 'e', false, true), (27, 6, 'f', false, false);
+INSERT INTO accounts (client_id, account_id, realm, name, kind, person_id, application) VALUES
+  (27, 1, 'os', 'a', 'individual', 1, NULL), (27, 3, 'os', 'c', 'individual', 3, NULL),
+  (27, 4, 'os', 'd', 'individual', 4, NULL), (27, 5, 'os', 'e', 'individual', 5, NULL),
+  (27, 6, 'app', 'f', 'individual', 6, 'EMR');
+INSERT INTO logons (client_id, account_id, at) VALUES
+  (27, 1, '2026-01-05 09:00Z'), (27, 1, '2026-01-06 09:00Z'), (27, 3, '2026-01-05 09:00Z'),
+  (27, 4, '2026-01-05 09:00Z'), (27, 5, '2026-01-05 09:00Z'), (27, 6, '2026-01-05 09:00Z');
+INSERT INTO support_contacts (client_id, contact_id, person_id, at) VALUES
+  (27, 1, 2, '2026-01-07 10:00Z'), (27, 2, 3, '2026-01-07 11:00Z'), (27, 3, 4, '2026-01-07 12:00Z');
+CREATE FUNCTION pg_temp.billed(client bigint) RETURNS text LANGUAGE sql AS $f$
+  SELECT string_agg(pseudonym || ':' || rule, ' ' ORDER BY pseudonym) FROM mspbill.msp_billable_users(client, '[2026-01-01,2026-02-01)') $f$;
+SELECT is(pg_temp.billed(27), 'a:logon b:support c:logon+support',
+          'support_rule sufficient: a call alone bills; do-not-bill and technicians never; app logons not counted by default');
+UPDATE contracts SET support_rule = 'required' WHERE client_id = 27;
+SELECT is(pg_temp.billed(27), 'c:logon+support', 'support_rule required: logon and call both needed');
+UPDATE contracts SET support_rule = 'none' WHERE client_id = 27;
+SELECT is(pg_temp.billed(27), 'a:logon c:logon', 'support_rule none: calls ignored');
+UPDATE contracts SET min_active_days = 2 WHERE client_id = 27;
+SELECT is(pg_temp.billed(27), 'a:logon', 'min_active_days 2: one day is not enough, two are');
+UPDATE contracts SET min_active_days = 1, count_realms = '{app}' WHERE client_id = 27;
+SELECT is(pg_temp.billed(27), 'f:logon', 'count_realms {app}: only application logons count');
+UPDATE contracts SET count_realms = '{os,m365}', support_rule = 'sufficient' WHERE client_id = 27;
+UPDATE people SET do_not_bill = false WHERE client_id = 27 AND pseudonym = 'd';
+SELECT is(pg_temp.billed(27), 'a:logon b:support c:logon+support d:logon+support', 'do_not_bill cleared: d is billed');
+UPDATE people SET bill_to_client_id = 26 WHERE client_id = 27 AND pseudonym = 'd';
+SELECT is(pg_temp.billed(27), 'a:logon b:support c:logon+support', 'billed to a sister client: gone from this invoice');
+SELECT is(pg_temp.billed(26), 'd:logon+support', 'and on the sister''s (its contract in force there to April 25)');
+-- minimum quantity: 3 users, minimum 4 bills 4; minimum 3 bills 3; minimum 2 bills 3
+UPDATE contracts SET minimum_quantity = 4 WHERE client_id = 27;
+SELECT is((SELECT quantity FROM msp_invoice_lines(27, '[2026-01-01,2026-02-01)')), 4::numeric, 'minimum 4 lifts 3 users to 4');
+UPDATE contracts SET minimum_quantity = 2 WHERE client_id = 27;
+SELECT is((SELECT quantity FROM msp_invoice_lines(27, '[2026-01-01,2026-02-01)')), 3::numeric, 'minimum 2 leaves 3 users alone');
+UPDATE contracts SET minimum_quantity = 0 WHERE client_id = 27;
+-- tier boundaries, one unit either side: volume tier from 3 users at 8.00 (flat 10.00)
+INSERT INTO contract_tiers VALUES (27, 1, 3, 8.00);
+SELECT is((SELECT unit_price FROM msp_invoice_lines(27, '[2026-01-01,2026-02-01)')), 8.00, '3 users: on the tier''s first unit');
+UPDATE contract_tiers SET from_quantity = 4 WHERE client_id = 27;
+SELECT is((SELECT unit_price FROM msp_invoice_lines(27, '[2026-01-01,2026-02-01)')), 10.00, '3 users: one short of a tier from 4');
+UPDATE contract_tiers SET from_quantity = 2 WHERE client_id = 27;
+SELECT is((SELECT unit_price FROM msp_invoice_lines(27, '[2026-01-01,2026-02-01)')), 8.00, '3 users: one past a tier from 2');
+UPDATE contracts SET tier_mode = 'graduated' WHERE client_id = 27;
+SELECT results_eq($$SELECT quantity, unit_price FROM msp_invoice_lines(27, '[2026-01-01,2026-02-01)')$$,
+                  $$VALUES (1::numeric, 10.00), (2, 8.00)$$, 'graduated from 2: unit 1 flat, units 2-3 at the tier');
 
 SELECT * FROM finish();

@@ -6,7 +6,7 @@
 \i ../demo/clinics.sql
 SET search_path = public, mspbill;
 CREATE EXTENSION dblink;
-SELECT plan(45);
+SELECT plan(50);
 
 -- gates on the demo data: the hospital's front-desk PC never logged on
 SELECT results_eq($$SELECT gate, subject FROM msp_data_quality(1)$$,
@@ -78,6 +78,20 @@ SELECT is((SELECT note FROM msp_reconcile_licenses(1) WHERE category = 'seats_he
           '6 seats held; 10 people active; 10 users billed.', 'the adjustment''s people count as billed');
 SELECT results_eq($$SELECT category, coalesce(subject, sku) FROM msp_reconcile_licenses(2) ORDER BY 1, 2$$,
                   $$VALUES ('seats_held', 'Microsoft 365 Business Standard')$$, 'dental: 5 seats, 4 active, all licensed');
+
+-- credits: the late logon turns out to be a test account's and is removed;
+-- the drift is now -42.00 and the note a credit
+DELETE FROM logons WHERE client_id = 1 AND account_id = 11;
+SELECT results_eq($$SELECT basis, difference FROM msp_invoice_drift(1) WHERE difference <> 0$$,
+                  $$VALUES ('user', -42.00)$$, 'removing data shows as negative drift');
+SELECT ok(msp_issue_adjustment(1, msp_period(1), 'test account removed') > 0, 'a credit note is issued');
+SELECT is((SELECT total FROM invoices WHERE client_id = 1 AND kind = 'adjustment' AND reason = 'test account removed'), -42.00,
+          'the credit is negative');
+SELECT results_eq($$SELECT amount FROM msp_invoice_lines(1, daterange(upper(msp_period(1)), (upper(msp_period(1)) + interval '1 month')::date))
+                     WHERE basis = 'adjustment' ORDER BY line_no$$,
+                  $$VALUES (42.00), (-42.00)$$, 'the next invoice carries the debit and the credit');
+SELECT is((SELECT sum(total) FROM invoices WHERE client_id = 1 AND period = msp_period(1)), (msp_compute_invoice(1)).total,
+          'invoice plus both notes equals the recomputed figure');
 
 -- finalized records are facts for everyone but a superuser
 DO $$ BEGIN
