@@ -101,6 +101,8 @@ CREATE TABLE @extschema@.people (
 	PRIMARY KEY (client_id, person_id),
 	UNIQUE (client_id, pseudonym)
 );
+-- a client's invoice reads the sister clients' people it pays for
+CREATE INDEX people_bill_to_idx ON @extschema@.people (bill_to_client_id) WHERE bill_to_client_id IS NOT NULL;
 COMMENT ON TABLE @extschema@.people IS
 	'people by pseudonym; one person may own several accounts. bill_to_client_id names a sister client that pays for them';
 
@@ -441,10 +443,14 @@ BEGIN ATOMIC
 		 WHERE k.client_id = msp_segment_users.client_id AND k.contract_id = msp_segment_users.contract_id),
 	eligible AS (
 		SELECT p.* FROM people p
-		 WHERE ((p.client_id = msp_segment_users.client_id
-				 AND (p.bill_to_client_id IS NULL OR p.bill_to_client_id = p.client_id))
-				OR (p.bill_to_client_id = msp_segment_users.client_id
-					AND p.client_id <> msp_segment_users.client_id))
+		 WHERE p.client_id = msp_segment_users.client_id
+		   AND (p.bill_to_client_id IS NULL OR p.bill_to_client_id = p.client_id)
+		   AND NOT p.is_technician AND NOT p.do_not_bill
+		   AND (p.active IS NULL OR p.active && segment)
+		UNION ALL
+		SELECT p.* FROM people p
+		 WHERE p.bill_to_client_id = msp_segment_users.client_id
+		   AND p.client_id <> msp_segment_users.client_id
 		   AND NOT p.is_technician AND NOT p.do_not_bill
 		   AND (p.active IS NULL OR p.active && segment)),
 	-- presence logons in the counted realms, and application logons

@@ -9,6 +9,7 @@ and the client's data, so that the case can be kept as a regression test.
 
 import io
 import sys
+import threading
 import time
 from collections import defaultdict
 from datetime import timedelta
@@ -77,6 +78,22 @@ def main():
     buf = io.StringIO("".join("%d\t[%s,%s)\n" % (c, p[0], p[1]) for c, p in data["period"].items()))
     cur.copy_expert("COPY periods FROM STDIN", buf)
 
+    # the invoice summaries in a second session meanwhile (a core each)
+    summaries = {}
+    def fetch_summaries():
+        c2 = psycopg2.connect(dsn)
+        k2 = c2.cursor()
+        k2.execute("SET search_path = public, mspbill")
+        k2.execute("""SELECT p.client_id, i.users, i.seats, i.devices, i.subtotal, i.total
+                        FROM unnest(%s::bigint[], %s::daterange[]) p(client_id, period),
+                             LATERAL msp_compute_invoice(p.client_id, p.period) i""",
+                   (list(data["period"]), ["[%s,%s)" % p for p in data["period"].values()]))
+        for cid, *rest in k2.fetchall():
+            summaries[cid] = tuple(rest)
+        c2.close()
+    worker = threading.Thread(target=fetch_summaries)
+    worker.start()
+
     db_lines = defaultdict(list)
     cur.execute("""SELECT p.client_id, l.contract_id, l.basis, l.quantity, l.unit_price, l.amount
                      FROM periods p, LATERAL msp_invoice_lines(p.client_id, p.period) l
@@ -89,11 +106,8 @@ def main():
                      FROM periods p, LATERAL msp_billable_users(p.client_id, p.period) u""")
     for cid, *rest in cur.fetchall():
         db_users[cid].add(tuple(rest))
-    db_inv = {}
-    cur.execute("""SELECT p.client_id, i.users, i.seats, i.devices, i.subtotal, i.total
-                     FROM periods p, LATERAL msp_compute_invoice(p.client_id, p.period) i""")
-    for cid, *rest in cur.fetchall():
-        db_inv[cid] = tuple(rest)
+    worker.join()
+    db_inv = summaries
 
     failures = defaultdict(list)
     lines_checked = users_checked = 0
