@@ -42,7 +42,6 @@ def generate(seed, n_clients):
     rows = {t: [] for t in ["clients", "contracts", "contract_tiers", "devices", "people", "accounts",
                             "logons", "support_contacts", "cost_pools", "license_counts"]}
     cid = 0
-    family_people = []
     while cid < n_clients:
         family = list(range(cid + 1, min(cid + 1 + rng.choice([1, 1, 2, 3]), n_clients + 1)))
         cid = family[-1]
@@ -54,9 +53,6 @@ def generate(seed, n_clients):
             for p in d["all_people"]:
                 if p["client_id"] in family and rng.random() < 0.3:
                     p["bill_to"] = rng.choice(family)
-        for p in d["all_people"]:
-            if p["client_id"] in family:
-                family_people.append(p)
     for p in d["all_people"]:
         rows["people"].append((p["client_id"], p["person_id"], p["pseudonym"], p["technician"], p["do_not_bill"],
                                p["bill_to"], p["active"]))
@@ -168,7 +164,7 @@ def client(rng, d, rows, cid, period):
                 shared_sessions.append(l)
     for a in d["accounts"][cid]:
         if a["realm"] == "app" and shared_sessions:
-            for _ in range(rng.randint(0, 3)):
+            for _ in range(rng.randint(1, 4)):
                 s = rng.choice(shared_sessions)
                 at = s["at"] + timedelta(minutes=rng.randint(-30, 120))
                 by_account.setdefault(a["account_id"], []).append(
@@ -222,6 +218,10 @@ def client(rng, d, rows, cid, period):
 def contract_terms(rng):
     model = rng.choice(MODELS)
     realms = [r for r in REALMS if rng.random() < 0.6] or [rng.choice(REALMS)]
+    shared = rng.choice(["none", "seat", "peak", "attribute"])
+    if shared == "attribute" and rng.random() < 0.7:
+        # attribution matters most where application logons do not count alone
+        realms = [r for r in realms if r != "app"] or ["os"]
     return {
         "model": model,
         "price_per_user": money(rng, 5, 60) if rng.random() < 0.7 else None,
@@ -235,7 +235,7 @@ def contract_terms(rng):
         "count_realms": realms,
         "min_active_days": rng.choice([1, 1, 2, 3]),
         "support_rule": rng.choice(["none", "sufficient", "required"]),
-        "shared_billing": rng.choice(["none", "seat", "peak", "attribute"]),
+        "shared_billing": shared,
         "attribution_window": timedelta(minutes=rng.choice([0, 15, 60])),
         "default_session": timedelta(minutes=rng.choice([30, 60, 480])),
     }
