@@ -101,6 +101,8 @@ CREATE TABLE @extschema@.people (
 	PRIMARY KEY (client_id, person_id),
 	UNIQUE (client_id, pseudonym)
 );
+-- a client's invoice reads the sister clients' people it pays for
+CREATE INDEX people_bill_to_idx ON @extschema@.people (bill_to_client_id) WHERE bill_to_client_id IS NOT NULL;
 COMMENT ON TABLE @extschema@.people IS
 	'people by pseudonym; one person may own several accounts. bill_to_client_id names a sister client that pays for them';
 
@@ -323,7 +325,9 @@ COMMENT ON FUNCTION @extschema@.msp_pool_part(numeric, daterange, daterange) IS
 	'the share of a cost pool''s amount that falls in a range, prorated by days';
 
 -- The period to bill: the one given, checked, or the last full month in the
--- client's time zone.
+-- client's time zone.  A billing period is one calendar month: anything
+-- else would price some days twice (two finalized invoices overlapping) or
+-- price a fortnight as a month.
 CREATE FUNCTION @extschema@.msp_period(client_id bigint, period daterange DEFAULT NULL)
 RETURNS daterange
 LANGUAGE plpgsql STABLE
@@ -333,6 +337,7 @@ AS $$
 DECLARE
 	c clients;
 	today date;
+	m0 date;
 BEGIN
 	SELECT * INTO c FROM clients WHERE clients.client_id = msp_period.client_id;
 	IF NOT FOUND THEN
@@ -356,11 +361,18 @@ BEGIN
 				  DETAIL = format('Today is %s in the client''s time zone %s.', today, c.time_zone),
 				  HINT = 'Bill a period that has started.';
 	END IF;
+	m0 := date_trunc('month', lower(period))::date;
+	IF lower(period) <> m0 OR upper(period) <> (m0 + interval '1 month')::date THEN
+		RAISE EXCEPTION 'billing period % is not a calendar month', period
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'An invoice bills one calendar month in the client''s time zone.',
+				  HINT = format('Bill the month it starts in: daterange(%L, %L).', m0, (m0 + interval '1 month')::date);
+	END IF;
 	RETURN period;
 END
 $$;
 COMMENT ON FUNCTION @extschema@.msp_period(bigint, daterange) IS
-	'the checked billing period; by default the last full month in the client''s time zone';
+	'the checked billing period (one calendar month); by default the last full month in the client''s time zone';
 
 -- The contracts covering a period, each clipped to it.  A gap between two
 -- contracts inside the period is an error; a period that starts before the
@@ -410,13 +422,16 @@ SET search_path = pg_catalog, pg_temp
 RETURN (at AT TIME ZONE zone)::date;
 COMMENT ON FUNCTION @extschema@.msp_local_day(timestamptz, text) IS 'the calendar day of a timestamp in a time zone';
 
--- Everyone the policy counts in one contract segment, with the evidence.
--- Logons are first reduced to one row per account (its days as a userset),
--- so the work after that is proportional to accounts, not to logons.
+-- Everyone the policy counts in one contract segment, with the evidence:
+-- the client's own people and the people of sister clients who name it in
+-- bill_to_client_id.  Their logons and contacts come from their own
+-- client's data; the payer's contract (policy) and time zone judge them.
+-- Only logons and contacts inside a person's active range count.
 CREATE FUNCTION @extschema@.msp_segment_users(client_id bigint, contract_id bigint, segment daterange,
 											   with_evidence boolean DEFAULT true)
 RETURNS TABLE (person_id bigint, pseudonym text, rule text, first_seen timestamptz,
-			   last_seen timestamptz, days_active integer, support_contacts integer, accounts text[])
+			   last_seen timestamptz, days_active integer, support_contacts integer, accounts text[],
+			   home_client_id bigint)
 LANGUAGE sql STABLE
 SET search_path = @extschema@, pg_catalog, pg_temp
 BEGIN ATOMIC
@@ -429,45 +444,60 @@ BEGIN ATOMIC
 	eligible AS (
 		SELECT p.* FROM people p
 		 WHERE p.client_id = msp_segment_users.client_id
+		   AND (p.bill_to_client_id IS NULL OR p.bill_to_client_id = p.client_id)
 		   AND NOT p.is_technician AND NOT p.do_not_bill
-		   AND (p.bill_to_client_id IS NULL OR p.bill_to_client_id = p.client_id)),
-	-- one row per account: its logon days as a set of day numbers
-	account_days AS (
-		SELECT l.account_id, min(l.at) AS f, max(l.at) AS l,
-			   userset_agg(((l.at AT TIME ZONE k.time_zone)::date - date '2000-01-01')::bigint) AS days
-		  FROM k JOIN logons l ON l.client_id = k.client_id AND l.at >= k.t0 AND l.at < k.t1
-		 WHERE l.presence
-		 GROUP BY l.account_id),
-	presence AS (
-		SELECT a.person_id, d.f, d.l, d.days, a.account_id, true AS by_logon
-		  FROM k, account_days d
-		  JOIN accounts a ON a.client_id = msp_segment_users.client_id AND a.account_id = d.account_id
-		 WHERE a.kind = 'individual' AND NOT a.is_machine AND a.realm = ANY (k.count_realms)
+		   AND (p.active IS NULL OR p.active && segment)
 		UNION ALL
-		-- shared-account sessions attributed to the individual application
-		-- logons on the same device within the window
-		SELECT ia.person_id, il.at, il.at,
-			   userset(ARRAY[((il.at AT TIME ZONE k.time_zone)::date - date '2000-01-01')::bigint]),
-			   ia.account_id, false
+		SELECT p.* FROM people p
+		 WHERE p.bill_to_client_id = msp_segment_users.client_id
+		   AND p.client_id <> msp_segment_users.client_id
+		   AND NOT p.is_technician AND NOT p.do_not_bill
+		   AND (p.active IS NULL OR p.active && segment)),
+	-- presence logons in the counted realms, and application logons
+	-- attributed through a shared session on the same device
+	evidence AS (
+		SELECT e.client_id AS home, e.person_id, l.at, a.account_id, true AS by_logon
 		  FROM k
-		  JOIN logons sl ON sl.client_id = k.client_id AND sl.at >= k.t0 AND sl.at < k.t1 AND sl.presence
-		  JOIN accounts sa ON sa.client_id = sl.client_id AND sa.account_id = sl.account_id
-						  AND sa.kind = 'shared' AND NOT sa.is_machine
-		  JOIN logons il ON il.client_id = sl.client_id AND il.device_id = sl.device_id
-						AND il.at >= sl.at - k.attribution_window
-						AND il.at <= coalesce(sl.ended, sl.at + k.default_session) + k.attribution_window
-		  JOIN accounts ia ON ia.client_id = il.client_id AND ia.account_id = il.account_id
-						  AND ia.kind = 'individual' AND ia.realm = 'app'
-		 WHERE k.shared_billing = 'attribute'),
+		  JOIN eligible e ON true
+		  JOIN accounts a ON a.client_id = e.client_id AND a.person_id = e.person_id
+						 AND a.kind = 'individual' AND NOT a.is_machine AND a.realm = ANY (k.count_realms)
+		  JOIN logons l ON l.client_id = a.client_id AND l.account_id = a.account_id
+					   AND l.at >= k.t0 AND l.at < k.t1 AND l.presence
+		 WHERE e.active IS NULL OR e.active @> (l.at AT TIME ZONE k.time_zone)::date
+		UNION ALL
+		SELECT e.client_id, e.person_id, il.at, ia.account_id, false
+		  FROM k
+		  JOIN eligible e ON true
+		  JOIN accounts ia ON ia.client_id = e.client_id AND ia.person_id = e.person_id
+						  AND ia.kind = 'individual' AND NOT ia.is_machine AND ia.realm = 'app'
+		  JOIN logons il ON il.client_id = ia.client_id AND il.account_id = ia.account_id
+						AND il.at >= k.t0 AND il.at < k.t1 AND il.presence
+		 WHERE k.shared_billing = 'attribute'
+		   AND (e.active IS NULL OR e.active @> (il.at AT TIME ZONE k.time_zone)::date)
+		   AND EXISTS (SELECT 1
+						 FROM logons sl
+						 JOIN accounts sa ON sa.client_id = sl.client_id AND sa.account_id = sl.account_id
+										 AND sa.kind = 'shared' AND NOT sa.is_machine
+										 AND sa.realm = ANY (k.count_realms)
+						WHERE sl.client_id = il.client_id AND sl.device_id = il.device_id
+						  AND sl.at >= k.t0 AND sl.at < k.t1 AND sl.presence
+						  AND il.at >= sl.at - k.attribution_window
+						  AND il.at <= coalesce(sl.ended, sl.at + k.default_session) + k.attribution_window)),
 	seen AS (
-		SELECT person_id, min(f) AS first_seen, max(l) AS last_seen,
-			   cardinality(userset_union(days))::integer AS days_active,
-			   bool_or(by_logon) AS by_logon, array_agg(DISTINCT account_id) AS account_ids
-		  FROM presence GROUP BY person_id),
+		SELECT ev.home, ev.person_id, min(ev.at) AS first_seen, max(ev.at) AS last_seen,
+			   count(DISTINCT (ev.at AT TIME ZONE k.time_zone)::date)::integer AS days_active,
+			   bool_or(ev.by_logon) AS by_logon, array_agg(DISTINCT ev.account_id) AS account_ids
+		  FROM evidence ev, k
+		 GROUP BY ev.home, ev.person_id),
 	support AS (
-		SELECT s.person_id, count(*)::integer AS contacts, min(s.at) AS first_at, max(s.at) AS last_at
-		  FROM k JOIN support_contacts s ON s.client_id = k.client_id AND s.at >= k.t0 AND s.at < k.t1
-		 GROUP BY s.person_id)
+		SELECT e.client_id AS home, e.person_id, count(*)::integer AS contacts,
+			   min(s.at) AS first_at, max(s.at) AS last_at
+		  FROM k
+		  JOIN eligible e ON true
+		  JOIN support_contacts s ON s.client_id = e.client_id AND s.person_id = e.person_id
+								 AND s.at >= k.t0 AND s.at < k.t1
+		 WHERE e.active IS NULL OR e.active @> (s.at AT TIME ZONE k.time_zone)::date
+		 GROUP BY e.client_id, e.person_id)
 	SELECT e.person_id, e.pseudonym,
 		   CASE
 			   WHEN s.days_active >= k.min_active_days AND sp.contacts > 0 AND k.support_rule <> 'none'
@@ -480,53 +510,103 @@ BEGIN ATOMIC
 		   coalesce(s.days_active, 0), coalesce(sp.contacts, 0),
 		   CASE WHEN with_evidence
 				THEN ARRAY(SELECT l.label FROM account_labels l
-							WHERE l.client_id = msp_segment_users.client_id AND l.account_id = ANY (s.account_ids)
-							ORDER BY l.label) END
+							WHERE l.client_id = e.client_id AND l.account_id = ANY (s.account_ids)
+							ORDER BY l.label) END,
+		   e.client_id
 	  FROM k
 	  JOIN eligible e ON true
-	  LEFT JOIN seen s ON s.person_id = e.person_id
-	  LEFT JOIN support sp ON sp.person_id = e.person_id
+	  LEFT JOIN seen s ON s.home = e.client_id AND s.person_id = e.person_id
+	  LEFT JOIN support sp ON sp.home = e.client_id AND sp.person_id = e.person_id
 	 WHERE CASE k.support_rule
 			   WHEN 'none' THEN coalesce(s.days_active, 0) >= k.min_active_days
 			   WHEN 'sufficient' THEN coalesce(s.days_active, 0) >= k.min_active_days OR sp.contacts > 0
 			   ELSE coalesce(s.days_active, 0) >= k.min_active_days AND sp.contacts > 0
 		   END
-	 ORDER BY e.pseudonym;
+	 ORDER BY e.pseudonym, e.client_id;
 END;
 COMMENT ON FUNCTION @extschema@.msp_segment_users(bigint, bigint, daterange, boolean) IS
-	'the people one contract''s policy counts during a segment of a period, with the rule and evidence';
+	'the people one contract''s policy counts during a segment of a period (sister clients'' people it pays for included), with the rule and evidence';
 
 CREATE FUNCTION @extschema@.msp_billable_users(client_id bigint, period daterange DEFAULT NULL)
 RETURNS TABLE (contract_id bigint, person_id bigint, pseudonym text, rule text, first_seen timestamptz,
-			   last_seen timestamptz, days_active integer, support_contacts integer, accounts text[])
+			   last_seen timestamptz, days_active integer, support_contacts integer, accounts text[],
+			   home_client_id bigint)
 LANGUAGE sql STABLE
 SET search_path = @extschema@, pg_catalog, pg_temp
 BEGIN ATOMIC
 	SELECT s.contract_id, u.*
 	  FROM msp_contract_segments(client_id, msp_period(client_id, period)) s,
 		   LATERAL msp_segment_users(client_id, s.contract_id, s.segment) u
-	 ORDER BY lower(s.segment), u.pseudonym;
+	 ORDER BY lower(s.segment), u.pseudonym, u.home_client_id;
 END;
 COMMENT ON FUNCTION @extschema@.msp_billable_users(bigint, daterange) IS
-	'every person counted on the invoice, with the rule that counted them, first/last seen and days active';
+	'every person counted on the invoice (home_client_id: the client whose person it is), with the rule that counted them, first/last seen and days active';
+
+-- A cost pool's part of one contract segment, in minor units, so that the
+-- parts of a pool sum to it exactly: the pool (rounded to the minor unit)
+-- is split over the calendar months it touches by days, largest remainder;
+-- a month's part over the month's contract segments (and the days no
+-- contract covers, which are not billed) the same way.
+CREATE FUNCTION @extschema@.msp_pool_share(client_id bigint, pool_id bigint, period daterange, covered daterange)
+RETURNS numeric
+LANGUAGE sql STABLE
+SET search_path = @extschema@, pg_catalog, pg_temp
+BEGIN ATOMIC
+	WITH p AS (
+		SELECT msp_round(cp.amount, c.minor_unit) AS amount, cp.period AS pp, c.minor_unit
+		  FROM cost_pools cp JOIN clients c USING (client_id)
+		 WHERE cp.client_id = msp_pool_share.client_id AND cp.pool_id = msp_pool_share.pool_id),
+	months AS (
+		SELECT x.m0, x.share
+		  FROM (SELECT m::date AS m0,
+					   allocate(p.amount,
+								upper(daterange(m::date, (m + interval '1 month')::date) * p.pp)
+								- lower(daterange(m::date, (m + interval '1 month')::date) * p.pp),
+								p.minor_unit) OVER (ORDER BY m) AS share
+				  FROM p, generate_series(date_trunc('month', lower(p.pp)), upper(p.pp) - 1, interval '1 month') m) x
+		 WHERE x.m0 = lower(period)),
+	parts AS (
+		SELECT s.segment * p.pp AS part, upper(s.segment * p.pp) - lower(s.segment * p.pp) AS days
+		  FROM p, msp_contract_segments(msp_pool_share.client_id, period) s
+		 WHERE s.segment && p.pp
+		UNION ALL
+		-- the days of the month no contract covers
+		SELECT NULL, (upper(period * p.pp) - lower(period * p.pp))
+					 - coalesce((SELECT sum(upper(s.segment * p.pp) - lower(s.segment * p.pp))
+								   FROM msp_contract_segments(msp_pool_share.client_id, period) s
+								  WHERE s.segment && p.pp), 0)
+		  FROM p),
+	shares AS (
+		SELECT parts.part, allocate(months.share, parts.days, p.minor_unit)
+							   OVER (ORDER BY lower(parts.part) NULLS LAST) AS share
+		  FROM parts, months, p)
+	SELECT coalesce((SELECT shares.share FROM shares WHERE shares.part = covered * (SELECT pp FROM p)), 0);
+END;
+COMMENT ON FUNCTION @extschema@.msp_pool_share(bigint, bigint, daterange, daterange) IS
+	'the part of a cost pool billed in one contract segment of a month, so that all parts sum to the pool to the cent';
 
 CREATE TYPE @extschema@.segment_quantities AS (
-	users numeric,
+	user_days numeric,
 	user_count integer,
-	seats numeric,
+	seat_days numeric,
 	seat_count integer,
-	devices numeric,
+	device_days numeric,
 	device_count integer,
-	license_seats numeric,
+	license_days numeric,
+	license_count integer,
 	cost numeric,
 	support_cost numeric,
-	fraction numeric
+	covered_days integer,
+	period_days integer
 );
 COMMENT ON TYPE @extschema@.segment_quantities IS
-	'what one contract segment bills: prorated users, seats, devices, licence seats and costs';
+	'what one contract segment bills: counts (people, seats, devices, licence seats), the days they cover (a unit covering the whole period counts period_days), costs, and the days the segment covers (period_days without proration)';
 
--- Quantities of one contract segment: users, seats, devices, license seats
--- and costs, each prorated by the days it covers when the contract says so.
+-- Quantities of one contract segment: how many units (the count, which
+-- picks the tier) and how many days of the period they cover (the
+-- quantity is that over the period's days; money is computed from the
+-- days, dividing once, so that it rounds exactly).  Without proration every
+-- unit covers the whole period.
 CREATE FUNCTION @extschema@.msp_segment_quantities(client_id bigint, contract_id bigint,
 													segment daterange, period daterange)
 RETURNS @extschema@.segment_quantities
@@ -534,96 +614,105 @@ LANGUAGE sql STABLE
 SET search_path = @extschema@, pg_catalog, pg_temp
 BEGIN ATOMIC
 	WITH k AS (
-		SELECT k.*, c.time_zone, c.currency, c.minor_unit,
-			   (upper(period) - lower(period))::numeric AS period_days,
-			   (upper(segment) - lower(segment))::numeric AS segment_days,
+		SELECT k.*, c.time_zone,
+			   upper(period) - lower(period) AS period_days,
+			   CASE WHEN k.prorate THEN upper(segment) - lower(segment)
+					ELSE upper(period) - lower(period) END AS covered_days,
 			   (lower(segment)::timestamp AT TIME ZONE c.time_zone) AS t0,
 			   (upper(segment)::timestamp AT TIME ZONE c.time_zone) AS t1
 		  FROM contracts k JOIN clients c USING (client_id)
 		 WHERE k.client_id = msp_segment_quantities.client_id
 		   AND k.contract_id = msp_segment_quantities.contract_id),
 	u AS (
-		SELECT coalesce(sum(CASE WHEN k.prorate AND p.active IS NOT NULL
-								 THEN (upper(p.active * segment) - lower(p.active * segment)) / k.period_days
-								 WHEN k.prorate THEN k.segment_days / k.period_days
-								 ELSE 1 END), 0) AS users,
+		SELECT coalesce(sum(CASE WHEN NOT k.prorate THEN k.period_days
+								 ELSE upper(coalesce(p.active, segment) * segment)
+									  - lower(coalesce(p.active, segment) * segment) END), 0) AS user_days,
 			   count(*)::integer AS user_count
 		  FROM k, msp_segment_users(msp_segment_quantities.client_id, msp_segment_quantities.contract_id,
 									segment, false) b
-		  JOIN people p ON p.client_id = msp_segment_quantities.client_id AND p.person_id = b.person_id),
+		  JOIN people p ON p.client_id = b.home_client_id AND p.person_id = b.person_id),
 	shared AS (
 		SELECT a.account_id,
 			   peak_concurrency(tstzrange(l.at, coalesce(l.ended, l.at + k.default_session))) AS peak
 		  FROM k
 		  JOIN logons l ON l.client_id = k.client_id AND l.at >= k.t0 AND l.at < k.t1 AND l.presence
 		  JOIN accounts a ON a.client_id = l.client_id AND a.account_id = l.account_id
-						 AND a.kind = 'shared' AND NOT a.is_machine
+						 AND a.kind = 'shared' AND NOT a.is_machine AND a.realm = ANY (k.count_realms)
 		 WHERE k.shared_billing IN ('seat', 'peak')
 		 GROUP BY a.account_id),
 	s AS (
-		SELECT coalesce(sum(CASE WHEN shared.account_id IS NULL THEN 0
-								 WHEN k.shared_billing = 'peak' THEN shared.peak ELSE 1 END), 0)
-				   * CASE WHEN k.prorate THEN k.segment_days / k.period_days ELSE 1 END AS seats,
-			   count(shared.account_id)::integer AS seat_count
-		  FROM k LEFT JOIN shared ON true
-		 GROUP BY k.shared_billing, k.prorate, k.segment_days, k.period_days),
+		SELECT coalesce(sum(CASE WHEN k.shared_billing = 'peak' THEN greatest(sh.peak, 1) ELSE 1 END),
+						0)::integer AS seat_count
+		  FROM k, shared sh),
 	d AS (
-		SELECT coalesce(sum(CASE WHEN NOT k.prorate THEN 1
-								 WHEN dv.active IS NULL THEN k.segment_days / k.period_days
-								 ELSE (upper(dv.active * segment) - lower(dv.active * segment)) / k.period_days
-							END), 0) AS devices,
-			   count(dv.device_id)::integer AS device_count
-		  FROM k LEFT JOIN devices dv ON dv.client_id = k.client_id
-									  AND (dv.active IS NULL OR dv.active && segment)),
+		SELECT coalesce(sum(CASE WHEN NOT k.prorate THEN k.period_days
+								 ELSE upper(coalesce(dv.active, segment) * segment)
+									  - lower(coalesce(dv.active, segment) * segment) END), 0) AS device_days,
+			   count(*)::integer AS device_count
+		  FROM k JOIN devices dv ON dv.client_id = k.client_id AND (dv.active IS NULL OR dv.active && segment)),
 	lic AS (
-		SELECT coalesce(sum(lc.seats), 0) AS license_seats
+		SELECT coalesce(sum(lc.seats), 0)::integer AS license_count
 		  FROM k, LATERAL (
 			SELECT DISTINCT ON (x.sku) x.seats
 			  FROM license_counts x
 			 WHERE x.client_id = k.client_id AND x.as_of < upper(segment)
 			 ORDER BY x.sku, x.as_of DESC, x.source) lc),
 	c AS (
-		SELECT coalesce(sum(msp_pool_part(cp.amount, cp.period, segment)), 0) AS cost,
-			   coalesce(sum(msp_pool_part(cp.amount, cp.period, segment))
-						FILTER (WHERE cp.category = 'support'), 0) AS support_cost
-		  FROM k JOIN cost_pools cp ON cp.client_id = k.client_id AND cp.period && segment)
-	SELECT (u.users, u.user_count, s.seats, s.seat_count, d.devices, d.device_count,
-			lic.license_seats, c.cost, c.support_cost, k.segment_days / k.period_days)::segment_quantities
+		SELECT coalesce(sum(x.share), 0) AS cost,
+			   coalesce(sum(x.share) FILTER (WHERE x.category = 'support'), 0) AS support_cost
+		  FROM (SELECT cp.category,
+					   msp_pool_share(k.client_id, cp.pool_id, msp_segment_quantities.period,
+									  msp_segment_quantities.segment) AS share
+				  FROM k JOIN cost_pools cp ON cp.client_id = k.client_id
+										   AND cp.period && msp_segment_quantities.segment) x)
+	SELECT (u.user_days, u.user_count, s.seat_count * k.covered_days, s.seat_count, d.device_days, d.device_count,
+			lic.license_count * k.covered_days, lic.license_count, c.cost, c.support_cost,
+			k.covered_days, k.period_days)::segment_quantities
 	  FROM k, u, s, d, lic, c;
 END;
 COMMENT ON FUNCTION @extschema@.msp_segment_quantities(bigint, bigint, daterange, daterange) IS
-	'billable quantities of one contract segment, prorated by covered days';
+	'billable counts and prorated quantities of one contract segment';
 
--- The price of a quantity under the contract's tiers (or the flat price).
-CREATE FUNCTION @extschema@.msp_tiered_amount(client_id bigint, contract_id bigint,
-											   quantity numeric, flat_price numeric)
-RETURNS numeric
+-- How a count of units is priced under the contract's tiers: the bands it
+-- fills, each with its units and unit price.  A tier starts at unit
+-- from_quantity (1: the first unit); units below the lowest tier cost the
+-- flat price.  Volume: one band, every unit at the price of the band of the
+-- last unit.  Graduated: every band the count reaches.
+CREATE FUNCTION @extschema@.msp_tier_bands(client_id bigint, contract_id bigint,
+											quantity numeric, flat_price numeric)
+RETURNS TABLE (first_unit numeric, units numeric, unit_price numeric)
 LANGUAGE sql STABLE
 SET search_path = @extschema@, pg_catalog, pg_temp
 BEGIN ATOMIC
-	SELECT CASE
-		WHEN NOT EXISTS (SELECT 1 FROM contract_tiers t
-						  WHERE t.client_id = msp_tiered_amount.client_id
-							AND t.contract_id = msp_tiered_amount.contract_id)
-			THEN quantity * flat_price
-		WHEN (SELECT tier_mode FROM contracts k
-			   WHERE k.client_id = msp_tiered_amount.client_id
-				 AND k.contract_id = msp_tiered_amount.contract_id) = 'volume'
-			THEN quantity * (SELECT t.unit_price FROM contract_tiers t
-							  WHERE t.client_id = msp_tiered_amount.client_id
-								AND t.contract_id = msp_tiered_amount.contract_id
-								AND t.from_quantity <= quantity
-							  ORDER BY t.from_quantity DESC LIMIT 1)
-		ELSE (SELECT sum(greatest(least(quantity, coalesce(nxt, quantity)) - from_quantity, 0) * unit_price)
-				FROM (SELECT t.from_quantity, t.unit_price,
-							 lead(t.from_quantity) OVER (ORDER BY t.from_quantity) AS nxt
-						FROM contract_tiers t
-					   WHERE t.client_id = msp_tiered_amount.client_id
-						 AND t.contract_id = msp_tiered_amount.contract_id) b)
-	END;
+	WITH t AS (
+		SELECT greatest(x.from_quantity - 1, 0) AS lo, x.unit_price
+		  FROM contract_tiers x
+		 WHERE x.client_id = msp_tier_bands.client_id AND x.contract_id = msp_tier_bands.contract_id),
+	-- bands (lo, hi]: units below the lowest tier, then each tier to the next
+	bands AS (
+		SELECT 0::numeric AS lo, (SELECT min(t.lo) FROM t) AS hi, flat_price AS unit_price
+		UNION ALL
+		SELECT t.lo, lead(t.lo) OVER (ORDER BY t.lo), t.unit_price FROM t),
+	nonempty AS (SELECT * FROM bands b WHERE b.hi IS NULL OR b.hi > b.lo),
+	last_unit AS (
+		SELECT n.* FROM nonempty n
+		 WHERE greatest(ceil(quantity), 1) > n.lo AND (n.hi IS NULL OR greatest(ceil(quantity), 1) <= n.hi)
+		 ORDER BY n.lo DESC LIMIT 1),
+	mode AS (
+		SELECT coalesce((SELECT k.tier_mode FROM contracts k
+						  WHERE k.client_id = msp_tier_bands.client_id AND k.contract_id = msp_tier_bands.contract_id),
+						'volume') AS tier_mode)
+	SELECT l.lo + 1, quantity, l.unit_price
+	  FROM last_unit l, mode
+	 WHERE mode.tier_mode = 'volume' OR quantity <= 0
+	UNION ALL
+	SELECT n.lo + 1, least(quantity, coalesce(n.hi, quantity)) - n.lo, n.unit_price
+	  FROM nonempty n, mode
+	 WHERE mode.tier_mode = 'graduated' AND quantity > n.lo
+	 ORDER BY 1;
 END;
-COMMENT ON FUNCTION @extschema@.msp_tiered_amount(bigint, bigint, numeric, numeric) IS
-	'amount for a quantity: volume tiers price every unit at the reached tier, graduated tiers price each band';
+COMMENT ON FUNCTION @extschema@.msp_tier_bands(bigint, bigint, numeric, numeric) IS
+	'the price bands a count of units fills under the contract''s tiers (volume: one band; graduated: each band reached)';
 
 CREATE TYPE @extschema@.invoice_line AS (
 	line_no integer,
@@ -635,6 +724,40 @@ CREATE TYPE @extschema@.invoice_line AS (
 	basis text
 );
 COMMENT ON TYPE @extschema@.invoice_line IS 'one line of an invoice; amount is rounded to the minor unit';
+
+-- The main line(s) of a segment: a count of units raised to the minimum
+-- quantity picks the tier; the days the units cover (at least the minimum
+-- for the days the segment covers) are what is charged, spread over the
+-- bands in proportion to their units.
+CREATE FUNCTION @extschema@.msp_main_lines(c @extschema@.clients, k @extschema@.contracts,
+											units_count integer, unit_days numeric,
+											q @extschema@.segment_quantities,
+											flat_price numeric, what text, basis text, label text)
+RETURNS SETOF @extschema@.invoice_line
+LANGUAGE sql STABLE
+SET search_path = @extschema@, pg_catalog, pg_temp
+BEGIN ATOMIC
+	WITH m AS (
+		SELECT greatest(units_count, k.minimum_quantity) AS n,
+			   greatest(unit_days, k.minimum_quantity * q.covered_days) AS qd),
+	b AS (
+		SELECT bd.first_unit, bd.units, bd.unit_price,
+			   -- units x (days per unit) / period days, one division
+			   CASE WHEN m.n > 0 THEN bd.units * m.qd ELSE 0 END AS num,
+			   CASE WHEN m.n > 0 THEN m.n * q.period_days ELSE 1 END AS den,
+			   count(*) OVER () AS bands, bd.first_unit + bd.units - 1 AS last_unit
+		  FROM m, msp_tier_bands(c.client_id, k.contract_id, m.n, flat_price) bd)
+	SELECT 0, k.contract_id,
+		   what || CASE WHEN m.n > units_count THEN format(', minimum %s', trim_scale(k.minimum_quantity)) ELSE '' END
+				|| CASE WHEN b.bands > 1 THEN format(', units %s to %s', trim_scale(b.first_unit),
+													 trim_scale(ceil(b.last_unit))) ELSE '' END
+				|| label,
+		   b.num / b.den, b.unit_price, msp_round(b.num * b.unit_price / b.den, c.minor_unit), basis
+	  FROM m, b
+	 ORDER BY b.first_unit;
+END;
+COMMENT ON FUNCTION @extschema@.msp_main_lines(@extschema@.clients, @extschema@.contracts, integer, numeric, @extschema@.segment_quantities, numeric, text, text, text) IS
+	'the priced line (or graduated lines) of a segment''s main quantity, with tiers and the minimum quantity';
 
 -- The lines one contract segment bills under a pricing model, numbered
 -- from 1.  Pure pricing: the quantities come in computed.
@@ -651,22 +774,28 @@ DECLARE
 	n integer := 0;
 	total numeric := 0;
 	amount numeric;
+	floor_fee numeric;
 	label text := CASE WHEN segment = period THEN ''
 					   ELSE format(' (%s to %s)', lower(segment), upper(segment) - 1) END;
 BEGIN
 	IF model IN ('per_user', 'per_user_plus_support') THEN
 		IF k.price_per_user IS NULL THEN RETURN; END IF;
-		amount := msp_round(msp_tiered_amount(c.client_id, k.contract_id,
-											  greatest(q.users, k.minimum_quantity), k.price_per_user), c.minor_unit);
-		n := n + 1;
-		RETURN NEXT (n, k.contract_id, format('Users: %s billable%s', q.user_count, label),
-					 greatest(q.users, k.minimum_quantity), k.price_per_user, amount, 'user')::invoice_line;
-		total := total + amount;
-		IF q.seats > 0 THEN
-			amount := msp_round(q.seats * coalesce(k.price_per_seat, k.price_per_user), c.minor_unit);
+		FOR line IN
+			SELECT * FROM msp_main_lines(c, k, q.user_count, q.user_days, q, k.price_per_user,
+										 format('Users: %s billable', q.user_count), 'user', label)
+		LOOP
 			n := n + 1;
-			RETURN NEXT (n, k.contract_id, format('Shared seats: %s room or shared accounts%s', q.seat_count, label),
-						 q.seats, coalesce(k.price_per_seat, k.price_per_user), amount, 'seat')::invoice_line;
+			line.line_no := n;
+			RETURN NEXT line;
+			total := total + line.amount;
+		END LOOP;
+		IF q.seat_count > 0 THEN
+			amount := msp_round(q.seat_days * coalesce(k.price_per_seat, k.price_per_user) / q.period_days,
+								c.minor_unit);
+			n := n + 1;
+			RETURN NEXT (n, k.contract_id, format('Shared seats: %s%s', q.seat_count, label),
+						 q.seat_days / q.period_days, coalesce(k.price_per_seat, k.price_per_user), amount,
+						 'seat')::invoice_line;
 			total := total + amount;
 		END IF;
 		IF model = 'per_user_plus_support' AND q.support_cost > 0 THEN
@@ -681,20 +810,26 @@ BEGIN
 		END IF;
 	ELSIF model = 'per_device' THEN
 		IF k.price_per_device IS NULL THEN RETURN; END IF;
-		amount := msp_round(msp_tiered_amount(c.client_id, k.contract_id,
-											  greatest(q.devices, k.minimum_quantity), k.price_per_device), c.minor_unit);
-		n := n + 1;
-		RETURN NEXT (n, k.contract_id, format('Devices: %s managed%s', q.device_count, label),
-					 greatest(q.devices, k.minimum_quantity), k.price_per_device, amount, 'device')::invoice_line;
-		total := total + amount;
+		FOR line IN
+			SELECT * FROM msp_main_lines(c, k, q.device_count, q.device_days, q, k.price_per_device,
+										 format('Devices: %s managed', q.device_count), 'device', label)
+		LOOP
+			n := n + 1;
+			line.line_no := n;
+			RETURN NEXT line;
+			total := total + line.amount;
+		END LOOP;
 	ELSIF model = 'per_seat' THEN
 		IF k.price_per_seat IS NULL THEN RETURN; END IF;
-		amount := msp_round(msp_tiered_amount(c.client_id, k.contract_id,
-											  greatest(q.license_seats, k.minimum_quantity), k.price_per_seat), c.minor_unit);
-		n := n + 1;
-		RETURN NEXT (n, k.contract_id, format('License seats held%s', label),
-					 greatest(q.license_seats, k.minimum_quantity), k.price_per_seat, amount, 'license')::invoice_line;
-		total := total + amount;
+		FOR line IN
+			SELECT * FROM msp_main_lines(c, k, q.license_count, q.license_days, q, k.price_per_seat,
+										 format('License seats held: %s', q.license_count), 'license', label)
+		LOOP
+			n := n + 1;
+			line.line_no := n;
+			RETURN NEXT line;
+			total := total + line.amount;
+		END LOOP;
 	ELSIF model = 'cost_plus' THEN
 		FOR line IN
 			SELECT 0, k.contract_id,
@@ -702,7 +837,7 @@ BEGIN
 						  cp.cost, round(k.markup * 100, 2), label),
 				   1::numeric, cp.billed, cp.billed, 'cost'
 			  FROM (SELECT p.*, msp_round(p.cost * (1 + k.markup), c.minor_unit) AS billed
-					  FROM (SELECT x.*, msp_round(msp_pool_part(x.amount, x.period, segment), c.minor_unit) AS cost
+					  FROM (SELECT x.*, msp_pool_share(c.client_id, x.pool_id, period, segment) AS cost
 							  FROM cost_pools x
 							 WHERE x.client_id = c.client_id AND x.period && segment) p) cp
 			 ORDER BY cp.pool_id
@@ -714,8 +849,9 @@ BEGIN
 		END LOOP;
 	END IF;
 
-	IF total < msp_round(k.minimum_fee * q.fraction, c.minor_unit) THEN
-		amount := msp_round(k.minimum_fee * q.fraction, c.minor_unit) - total;
+	floor_fee := msp_round(k.minimum_fee * q.covered_days / q.period_days, c.minor_unit);
+	IF total < floor_fee THEN
+		amount := floor_fee - total;
 		n := n + 1;
 		RETURN NEXT (n, k.contract_id, format('Minimum monthly fee top-up%s', label),
 					 1::numeric, amount, amount, 'minimum')::invoice_line;
@@ -776,6 +912,8 @@ BEGIN
 		LOOP
 			n := n + 1;
 			line.line_no := n;
+			-- shown and stored alike: four decimals at most
+			line.quantity := trim_scale(round(line.quantity, 4));
 			RETURN NEXT line;
 		END LOOP;
 	END LOOP;
@@ -805,6 +943,29 @@ CREATE TYPE @extschema@.invoice AS (
 );
 COMMENT ON TYPE @extschema@.invoice IS 'an invoice summary; its lines come from msp_invoice_lines()';
 
+-- Distinct people billed in a period, whichever contracts counted them.
+CREATE FUNCTION @extschema@.msp_period_people(client_id bigint, period daterange) RETURNS integer
+LANGUAGE sql STABLE
+SET search_path = @extschema@, pg_catalog, pg_temp
+BEGIN ATOMIC
+	SELECT count(DISTINCT (u.home_client_id, u.person_id))::integer
+	  FROM msp_contract_segments(client_id, period) s,
+		   LATERAL msp_segment_users(client_id, s.contract_id, s.segment, false) u;
+END;
+COMMENT ON FUNCTION @extschema@.msp_period_people(bigint, daterange) IS
+	'how many distinct people the contracts of a period bill';
+
+-- Devices under management in a period: billable range overlapping it.
+CREATE FUNCTION @extschema@.msp_period_devices(client_id bigint, period daterange) RETURNS integer
+LANGUAGE sql STABLE
+SET search_path = @extschema@, pg_catalog, pg_temp
+BEGIN ATOMIC
+	SELECT count(*)::integer FROM devices d
+	 WHERE d.client_id = msp_period_devices.client_id AND (d.active IS NULL OR d.active && period);
+END;
+COMMENT ON FUNCTION @extschema@.msp_period_devices(bigint, daterange) IS
+	'how many devices are under management (billable range overlapping) in a period';
+
 -- The invoice as today's data prices it (msp_invoice() reports a finalized
 -- one as stored).  Each segment's quantities are computed once.
 CREATE FUNCTION @extschema@.msp_compute_invoice(client_id bigint, period daterange DEFAULT NULL)
@@ -833,9 +994,8 @@ BEGIN
 		IF NOT k.model = ANY (models) THEN
 			models := models || k.model;
 		END IF;
-		inv.users := greatest(inv.users, q.user_count);
+		-- a seat billed by two contracts of the month is one seat
 		inv.seats := greatest(inv.seats, q.seat_count);
-		inv.devices := greatest(inv.devices, q.device_count);
 		FOR line IN SELECT * FROM msp_segment_lines(c, k, seg.segment, period, q, k.model) LOOP
 			inv.total := inv.total + line.amount;
 			IF line.basis <> 'minimum' THEN
@@ -843,6 +1003,8 @@ BEGIN
 			END IF;
 		END LOOP;
 	END LOOP;
+	inv.users := msp_period_people(client_id, period);
+	inv.devices := msp_period_devices(client_id, period);
 	inv.model := array_to_string(models, '+');
 	-- adjustments of earlier invoices carried by this one
 	inv.total := inv.total + coalesce((SELECT sum(amount) FROM msp_adjustment_lines(client_id, period)), 0);
@@ -854,6 +1016,8 @@ $$;
 COMMENT ON FUNCTION @extschema@.msp_compute_invoice(bigint, daterange) IS
 	'the invoice of a client for a period as today''s data prices it, finalized or not';
 
+-- Every cost pool of the period spread over its basis; a pool with no
+-- unit to carry it still appears, whole, with unit NULL.
 CREATE FUNCTION @extschema@.msp_cost_allocation(client_id bigint, period daterange DEFAULT NULL)
 RETURNS TABLE (pool_id bigint, category text, basis text, unit text, share numeric)
 LANGUAGE sql STABLE
@@ -865,22 +1029,27 @@ BEGIN ATOMIC
 		SELECT 'device' AS basis, d.name AS unit FROM devices d, p
 		 WHERE d.client_id = msp_cost_allocation.client_id AND (d.active IS NULL OR d.active && p.period)
 		UNION ALL
-		SELECT 'user', u.pseudonym FROM msp_billable_users(client_id, period) u
+		SELECT 'user', CASE WHEN u.home_client_id = msp_cost_allocation.client_id THEN u.pseudonym
+							ELSE format('%s (client %s)', u.pseudonym, u.home_client_id) END
+		  FROM msp_billable_users(client_id, period) u
 		UNION ALL
 		SELECT 'seat', a.label FROM account_labels a
 		 WHERE a.client_id = msp_cost_allocation.client_id AND a.kind = 'shared'),
 	pools AS (
-		SELECT cp.pool_id, cp.category, cp.basis,
-			   msp_round(msp_pool_part(cp.amount, cp.period, p.period), c.minor_unit) AS amount, c.minor_unit
-		  FROM p LEFT JOIN c ON true
-		  JOIN cost_pools cp ON cp.client_id = msp_cost_allocation.client_id AND cp.period && p.period)
+		SELECT cp.pool_id, cp.category, cp.basis, c.minor_unit,
+			   (SELECT coalesce(sum(msp_pool_share(cp.client_id, cp.pool_id, p.period, s.segment)), 0)
+				  FROM msp_contract_segments(cp.client_id, p.period) s
+				 WHERE s.segment && cp.period) AS amount
+		  FROM p, c
+		  JOIN cost_pools cp ON cp.client_id = c.client_id
+		 WHERE cp.period && p.period)
 	SELECT pools.pool_id, pools.category, pools.basis, units.unit,
 		   allocate(pools.amount, 1, pools.minor_unit) OVER (PARTITION BY pools.pool_id ORDER BY units.unit)
-	  FROM pools JOIN (SELECT DISTINCT basis, unit FROM units) units USING (basis)
+	  FROM pools LEFT JOIN (SELECT DISTINCT basis, unit FROM units) units USING (basis)
 	 ORDER BY pools.pool_id, units.unit;
 END;
 COMMENT ON FUNCTION @extschema@.msp_cost_allocation(bigint, daterange) IS
-	'every cost pool of the period spread over its basis (devices, seats or users) to the cent with allocate()';
+	'every cost pool billed in the period spread over its basis (devices, seats or users) to the cent with allocate(); unit NULL when nothing carries it';
 
 CREATE FUNCTION @extschema@.msp_compare_models(client_id bigint, period daterange DEFAULT NULL)
 RETURNS TABLE (model text, total numeric, users integer, devices integer,
@@ -907,8 +1076,6 @@ BEGIN
 		SELECT * INTO k FROM contracts WHERE contracts.client_id = client_id
 			AND contracts.contract_id = seg.contract_id;
 		q := msp_segment_quantities(client_id, seg.contract_id, seg.segment, period);
-		n_users := greatest(n_users, q.user_count);
-		n_devices := greatest(n_devices, q.device_count);
 		FOR i IN 1..cardinality(names) LOOP
 			SELECT sum(l.amount) INTO amount
 			  FROM msp_segment_lines(c, k, seg.segment, period, q, names[i]) l;
@@ -917,6 +1084,8 @@ BEGIN
 			END IF;
 		END LOOP;
 	END LOOP;
+	n_users := msp_period_people(client_id, period);
+	n_devices := msp_period_devices(client_id, period);
 	FOR i IN 1..cardinality(names) LOOP
 		model := names[i];
 		total := totals[i];

@@ -27,7 +27,10 @@ CREATE TABLE @extschema@.invoices (
 	PRIMARY KEY (client_id, invoice_id),
 	FOREIGN KEY (client_id, adjusts_invoice_id) REFERENCES @extschema@.invoices,
 	CHECK ((kind = 'adjustment') = (adjusts_invoice_id IS NOT NULL)),
-	CHECK ((kind = 'adjustment') = (apply_period IS NOT NULL))
+	CHECK ((kind = 'adjustment') = (apply_period IS NOT NULL)),
+	-- no two finalized invoices of a client bill the same day (range types
+	-- have = in their GiST opclass, so btree_gist is not needed)
+	EXCLUDE USING gist (int8range(client_id, client_id, '[]') WITH =, period WITH &&) WHERE (kind = 'invoice')
 );
 CREATE UNIQUE INDEX invoices_one_per_period ON @extschema@.invoices (client_id, period) WHERE kind = 'invoice';
 CREATE INDEX invoices_apply_period ON @extschema@.invoices (client_id, apply_period) WHERE kind = 'adjustment';
@@ -309,8 +312,8 @@ BEGIN
 						array_to_string(failing, ', ')
 			USING ERRCODE = 'check_violation',
 				  DETAIL = 'See SELECT * FROM mspbill.msp_data_quality(client_id, period) for each finding.',
-				  HINT = format('Fix the data, or finalize anyway with override => ''%s''; the override is recorded.',
-								array_to_string(failing, ','));
+				  HINT = format('Fix the data, or finalize anyway (the override is recorded): SELECT mspbill.msp_finalize_invoice(%s, %L, %L);',
+								client_id, period, failing);
 	END IF;
 
 	inv := msp_compute_invoice(client_id, period);
@@ -410,8 +413,10 @@ BEGIN
 	 WHERE NOT EXISTS (SELECT 1 FROM invoices i WHERE i.client_id = client_id AND i.kind = 'invoice'
 						  AND i.period && daterange(m::date, (m + interval '1 month')::date))
 	 ORDER BY m LIMIT 1;
-	INSERT INTO invoices (client_id, kind, period, adjusts_invoice_id, apply_period, reason, total, currency)
-	VALUES (client_id, 'adjustment', period, original.invoice_id, carrier, reason, total, original.currency)
+	INSERT INTO invoices (client_id, kind, period, adjusts_invoice_id, apply_period, reason, total, currency,
+						  evidence)
+	VALUES (client_id, 'adjustment', period, original.invoice_id, carrier, reason, total, original.currency,
+			coalesce((SELECT jsonb_agg(to_jsonb(u)) FROM msp_billable_users(client_id, period) u), '[]'))
 	RETURNING invoice_id INTO id;
 	INSERT INTO invoice_items (client_id, invoice_id, line_no, contract_id, description, quantity,
 							   unit_price, amount, basis)
@@ -437,6 +442,7 @@ AS $$
 DECLARE
 	c clients;
 	k contracts;
+	fin invoices;
 	active_ids bigint[];
 	active integer;
 	billed numeric;
@@ -446,9 +452,23 @@ BEGIN
 	period := msp_period(client_id, period);
 	SELECT * INTO c FROM clients WHERE clients.client_id = client_id;
 	SELECT * INTO k FROM contracts WHERE contracts.client_id = client_id AND contracts.effective @> (upper(period) - 1);
-	active_ids := ARRAY(SELECT DISTINCT u.person_id FROM msp_billable_users(client_id, period) u);
-	active := cardinality(active_ids);
-	SELECT coalesce(sum(l.quantity), 0) INTO billed FROM msp_invoice_lines(client_id, period) l WHERE l.basis = 'user';
+	active_ids := ARRAY(SELECT DISTINCT u.person_id FROM msp_billable_users(client_id, period) u
+						 WHERE u.home_client_id = client_id);
+	active := (SELECT count(DISTINCT (u.home_client_id, u.person_id)) FROM msp_billable_users(client_id, period) u);
+	-- people billed: a preview bills everyone active; once finalized, those in
+	-- the evidence of the invoice or of an adjustment to it
+	fin := msp_finalized_invoice(client_id, period);
+	IF fin.invoice_id IS NULL THEN
+		billed := active;
+	ELSE
+		billed := (SELECT count(*) FROM (
+					 SELECT DISTINCT coalesce((e->>'home_client_id')::bigint, i.client_id), (e->>'person_id')::bigint
+					   FROM invoices i, jsonb_array_elements(i.evidence) e
+					  WHERE i.client_id = client_id
+						AND (i.invoice_id = fin.invoice_id OR i.adjusts_invoice_id = fin.invoice_id)
+					 INTERSECT
+					 SELECT u.home_client_id, u.person_id FROM msp_billable_users(client_id, period) u) b);
+	END IF;
 
 	-- seats held per SKU (latest count before the period ends, per source)
 	RETURN QUERY

@@ -142,13 +142,15 @@ BEGIN
 						  AND lower(a.name) = lower(n.account_name)
 						  AND coalesce(a.application, '') = coalesce(n.application, ''));
 
-	INSERT INTO devices (client_id, device_id, name, kind)
+	-- a device found in an export is billable from the day it was first seen
+	INSERT INTO devices (client_id, device_id, name, kind, active)
 	SELECT for_client,
 		   coalesce((SELECT max(d.device_id) FROM devices d WHERE d.client_id = for_client), 0)
 			   + row_number() OVER (ORDER BY n.device_name),
-		   n.device_name, 'other'
-	  FROM (SELECT DISTINCT e.device_name FROM pg_temp.msp_load_events e
-			 WHERE e.device_name IS NOT NULL AND e.create_device) n
+		   n.device_name, 'other',
+		   daterange((n.first_at AT TIME ZONE (SELECT c.time_zone FROM clients c WHERE c.client_id = for_client))::date, NULL)
+	  FROM (SELECT e.device_name, min(e.at) AS first_at FROM pg_temp.msp_load_events e
+			 WHERE e.device_name IS NOT NULL AND e.create_device GROUP BY e.device_name) n
 	 WHERE NOT EXISTS (SELECT 1 FROM devices d WHERE d.client_id = for_client
 						  AND upper(d.name) = upper(n.device_name));
 

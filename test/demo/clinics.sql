@@ -15,13 +15,17 @@
 --   receptionist r1         support calls only          1 (support is sufficient)
 --   technician t1           MSP staff                   0
 --   WS01$ / SYSTEM          machine and service         0
---   => 8 users x 42.00 = 336.00; 4 OR seats x 30.00 = 120.00; total 456.00
+--   Dr. Gray (gray)         the dental office's person,  1 (the hospital pays
+--                           bill_to_client_id = 1          for her: her own
+--                                                          Windows logons there)
+--   => 9 users x 42.00 = 378.00; 4 OR seats x 30.00 = 120.00; total 498.00
 -- Case 2: Maple Family Dental.  8 desktops, 4 users; two front-desk staff
 -- share the FRONTDESK PC and use only web mail.  Cost pools 785.00 in all,
 -- billed cost-plus 20%: 120.00 + 216.00 + 144.00 + 102.00 + 360.00 = 942.00.
 -- Side by side: per user 4 x 150.00 = 600.00, per device 8 x 95.00 =
 -- 760.00, per user lifted by support 600.00 + 360.00 = 960.00.
--- Dr. Gray works at both; the hospital pays for her (bill_to_client_id).
+-- Dr. Gray works at the dental office, but the hospital pays for her
+-- (bill_to_client_id): she is on the hospital's invoice, not the dental one.
 
 SET search_path = public, mspbill;
 

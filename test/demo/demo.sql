@@ -13,8 +13,10 @@ SELECT * FROM demo_loads;
 \echo '== St. Olaf Hospital: shared operating-room logons, individual EMR logins'
 SELECT * FROM msp_invoice(1);
 SELECT line_no, description, quantity, unit_price, amount FROM msp_invoice_lines(1);
-\echo 'Who is billable, and why (the evidence for any disputed line):'
-SELECT pseudonym, rule, days_active, support_contacts, accounts FROM msp_billable_users(1);
+\echo 'Who is billable, and why (the evidence for any disputed line); gray is the dental office''s'
+\echo 'doctor whom the hospital pays for (bill_to_client_id), billed here from her own logons:'
+SELECT pseudonym, c.name AS of_client, rule, days_active, support_contacts, accounts
+  FROM msp_billable_users(1) u JOIN clients c ON c.client_id = u.home_client_id;
 
 \echo 'Licences: seats held vs people active vs billed:'
 SELECT category, coalesce(subject, sku) AS subject, quantity, note FROM msp_reconcile_licenses(1);

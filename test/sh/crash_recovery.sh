@@ -37,7 +37,7 @@ tap_check "no invoice from the killed finalization" "$(q -c "SELECT count(*) FRO
 tap_check "no orphan invoice lines" "$(q -c "SELECT count(*) FROM invoice_items it WHERE NOT EXISTS (SELECT 1 FROM invoices i WHERE i.client_id = it.client_id AND i.invoice_id = it.invoice_id)")" "0"
 tap_check "committed logons all there, the killed load's none" "$(q -c "SELECT count(*) FROM logons")" "$committed"
 id=$(q -c "SELECT msp_finalize_invoice(1, NULL, '{device_silent}')")
-tap_check "finalizing works after recovery" "$(q -c "SELECT total FROM invoices WHERE invoice_id = $id")" "456.00"
-tap_check "its lines add up" "$(q -c "SELECT sum(amount) FROM invoice_items WHERE invoice_id = $id")" "456.00"
+tap_check "finalizing works after recovery" "$(q -c "SELECT total FROM invoices WHERE invoice_id = $id")" "498.00"
+tap_check "its lines add up" "$(q -c "SELECT sum(amount) FROM invoice_items WHERE invoice_id = $id")" "498.00"
 
 drop_db "$DB"

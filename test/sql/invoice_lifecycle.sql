@@ -6,7 +6,7 @@
 \i ../demo/clinics.sql
 SET search_path = public, mspbill;
 CREATE EXTENSION dblink;
-SELECT plan(35);
+SELECT plan(50);
 
 -- gates on the demo data: the hospital's front-desk PC never logged on
 SELECT results_eq($$SELECT gate, subject FROM msp_data_quality(1)$$,
@@ -23,8 +23,8 @@ SELECT is((SELECT overrides FROM invoices WHERE client_id = 1), '{device_silent}
 SELECT is((SELECT array_agg(action ORDER BY entry_id) FROM audit_log WHERE client_id = 1), '{finalize,override}',
           'the audit trail records the finalization and the override');
 SELECT is((SELECT actor FROM audit_log WHERE client_id = 1 AND action = 'override'), session_user, 'and who did it');
-SELECT is((SELECT jsonb_array_length(evidence) FROM invoices WHERE client_id = 1), 8, 'the evidence lists the 8 people billed');
-SELECT is((SELECT sum(amount) FROM invoice_items WHERE client_id = 1), 456.00, 'the stored lines add up');
+SELECT is((SELECT jsonb_array_length(evidence) FROM invoices WHERE client_id = 1), 9, 'the evidence lists the 9 people billed');
+SELECT is((SELECT sum(amount) FROM invoice_items WHERE client_id = 1), 498.00, 'the stored lines add up');
 
 -- two sessions finalize the dental office at the same moment: one invoice
 \o /dev/null
@@ -35,8 +35,10 @@ SELECT dblink_connect('b', format('host=%s port=%s dbname=%s user=%s', current_s
 SELECT dblink_send_query('a', 'SELECT mspbill.msp_finalize_invoice(2, NULL, ''{device_silent}'')');
 SELECT dblink_send_query('b', 'SELECT mspbill.msp_finalize_invoice(2, NULL, ''{device_silent}'')');
 \o
-SELECT is((SELECT id FROM dblink_get_result('a') AS r(id bigint)), (SELECT id FROM dblink_get_result('b') AS r(id bigint)),
-          'two concurrent sessions get the same invoice id');
+CREATE TEMP TABLE concurrent_ids AS
+SELECT (SELECT id FROM dblink_get_result('a') AS r(id bigint)) AS a, (SELECT id FROM dblink_get_result('b') AS r(id bigint)) AS b;
+SELECT ok((SELECT a IS NOT NULL AND b IS NOT NULL AND a = b FROM concurrent_ids),
+          'two concurrent sessions get the same invoice id (both non-NULL)');
 \o /dev/null
 SELECT dblink_disconnect('a'), dblink_disconnect('b');
 \o
@@ -46,11 +48,13 @@ SELECT is((SELECT count(*) FROM invoices WHERE client_id = 2), 1::bigint, 'and o
 INSERT INTO people (client_id, person_id, pseudonym) VALUES (1, 4, 'n4');
 INSERT INTO accounts (client_id, account_id, realm, name, kind, person_id) VALUES (1, 11, 'os', 'STOLAF\nurse4', 'individual', 4);
 INSERT INTO logons (client_id, account_id, device_id, at) SELECT 1, 11, 5, lower(msp_period(1)) + interval '10 days 14 hours';
-SELECT is((msp_invoice(1)).total, 456.00, 'the finalized invoice does not change');
+SELECT is((msp_invoice(1)).total, 498.00, 'the finalized invoice does not change');
 SELECT is((SELECT count(*) FROM msp_invoice_lines(1)), 2::bigint, 'nor do its lines');
-SELECT is((msp_compute_invoice(1)).total, 498.00, 'today''s data would bill one more user');
+SELECT is((msp_compute_invoice(1)).total, 540.00, 'today''s data would bill one more user');
 SELECT results_eq($$SELECT basis, billed, current, difference FROM msp_invoice_drift(1) WHERE difference <> 0$$,
-                  $$VALUES ('user', 336.00, 378.00, 42.00)$$, 'drift shows the user line, line by line');
+                  $$VALUES ('user', 378.00, 420.00, 42.00)$$, 'drift shows the user line, line by line');
+SELECT results_eq($$SELECT quantity, amount FROM msp_reconcile_licenses(1) WHERE category = 'unbilled_users'$$,
+                  $$VALUES (1::numeric, 42.00)$$, 'before the adjustment: one active person not billed, 42.00 at stake');
 SELECT ok(msp_issue_adjustment(1, msp_period(1), 'late logon from the EMR export') > 0, 'an adjustment is issued');
 SELECT is((SELECT i.total + a.total FROM invoices i JOIN invoices a ON a.adjusts_invoice_id = i.invoice_id AND a.client_id = i.client_id
             WHERE i.client_id = 1 AND i.kind = 'invoice'), (msp_compute_invoice(1)).total,
@@ -63,15 +67,31 @@ SELECT is((SELECT amount FROM msp_invoice_lines(1, daterange(upper(msp_period(1)
 SELECT is((SELECT array_agg(action ORDER BY entry_id) FROM audit_log WHERE client_id = 1), '{finalize,override,adjust}',
           'the adjustment is in the audit trail');
 
--- reconciliation: 9 people active, 6 Microsoft 365 seats held, 8 billed
+-- reconciliation: 10 people active (Dr. Gray of the dental office included),
+-- 6 Microsoft 365 seats held, all billed once the adjustment is issued
 SELECT results_eq($$SELECT category, coalesce(subject, sku), quantity FROM msp_reconcile_licenses(1) ORDER BY 1, 2$$,
                   $$VALUES ('active_unlicensed', 'n2', 1::numeric), ('active_unlicensed', 'n3', 1), ('active_unlicensed', 'n4', 1),
-                           ('active_unlicensed', 'r1', 1), ('seat_shortfall', NULL, 3),
-                           ('seats_held', 'Microsoft 365 Business Standard', 6), ('unbilled_users', NULL, 1)$$,
-                  'hospital: four people without a licence, three seats short, one user unbilled');
-SELECT is((SELECT amount FROM msp_reconcile_licenses(1) WHERE category = 'unbilled_users'), 42.00, 'money at stake');
+                           ('active_unlicensed', 'r1', 1), ('seat_shortfall', NULL, 4),
+                           ('seats_held', 'Microsoft 365 Business Standard', 6)$$,
+                  'hospital: four people without a licence, four seats short, nobody unbilled after the adjustment');
+SELECT is((SELECT note FROM msp_reconcile_licenses(1) WHERE category = 'seats_held'),
+          '6 seats held; 10 people active; 10 users billed.', 'the adjustment''s people count as billed');
 SELECT results_eq($$SELECT category, coalesce(subject, sku) FROM msp_reconcile_licenses(2) ORDER BY 1, 2$$,
                   $$VALUES ('seats_held', 'Microsoft 365 Business Standard')$$, 'dental: 5 seats, 4 active, all licensed');
+
+-- credits: the late logon turns out to be a test account's and is removed;
+-- the drift is now -42.00 and the note a credit
+DELETE FROM logons WHERE client_id = 1 AND account_id = 11;
+SELECT results_eq($$SELECT basis, difference FROM msp_invoice_drift(1) WHERE difference <> 0$$,
+                  $$VALUES ('user', -42.00)$$, 'removing data shows as negative drift');
+SELECT ok(msp_issue_adjustment(1, msp_period(1), 'test account removed') > 0, 'a credit note is issued');
+SELECT is((SELECT total FROM invoices WHERE client_id = 1 AND kind = 'adjustment' AND reason = 'test account removed'), -42.00,
+          'the credit is negative');
+SELECT results_eq($$SELECT amount FROM msp_invoice_lines(1, daterange(upper(msp_period(1)), (upper(msp_period(1)) + interval '1 month')::date))
+                     WHERE basis = 'adjustment' ORDER BY line_no$$,
+                  $$VALUES (42.00), (-42.00)$$, 'the next invoice carries the debit and the credit');
+SELECT is((SELECT sum(total) FROM invoices WHERE client_id = 1 AND period = msp_period(1)), (msp_compute_invoice(1)).total,
+          'invoice plus both notes equals the recomputed figure');
 
 -- finalized records are facts for everyone but a superuser
 DO $$ BEGIN
@@ -120,5 +140,42 @@ SELECT results_eq($$SELECT gate, subject FROM msp_data_quality(7, '[2026-01-01,2
                            ('logon_outside_contract', '2026-01-01'), ('logon_outside_contract', '2026-01-02')$$,
                   'broken data: silent device, empty weekdays, unmapped account, logons outside the contract');
 SELECT throws_ok($$SELECT msp_finalize_invoice(7, '[2026-01-01,2026-02-01)')$$, '23514', NULL, 'and finalization refuses');
+
+-- the refusal's hint is a statement that runs as written (issue 14 item 12)
+CREATE FUNCTION pg_temp.refusal_hint(sql text) RETURNS text LANGUAGE plpgsql AS $f$
+DECLARE h text;
+BEGIN
+  EXECUTE sql;
+  RETURN NULL;
+EXCEPTION WHEN check_violation THEN
+  GET STACKED DIAGNOSTICS h = PG_EXCEPTION_HINT;
+  RETURN h;
+END $f$;
+SELECT is(pg_temp.refusal_hint($$SELECT msp_finalize_invoice(7, '[2026-01-01,2026-02-01)')$$),
+          'Fix the data, or finalize anyway (the override is recorded): SELECT mspbill.msp_finalize_invoice(7, ''[2026-01-01,2026-02-01)'', ''{day_without_logons,device_silent,logon_outside_contract,unmapped_account}'');',
+          'the hint names the exact call');
+SELECT ok(pg_temp.refusal_hint($$SELECT msp_finalize_invoice(7, '[2026-01-01,2026-02-01)')$$) LIKE '%SELECT mspbill.msp_finalize_invoice(%', 'the hint holds a call');
+SELECT lives_ok(substring(pg_temp.refusal_hint($$SELECT msp_finalize_invoice(7, '[2026-01-01,2026-02-01)')$$) FROM 'SELECT mspbill\.msp_finalize_invoice\(.*\);'),
+                'the call in the hint, pasted, finalizes');
+SELECT is((SELECT count(*) FROM invoices WHERE client_id = 7 AND kind = 'invoice'), 1::bigint, 'and stores the invoice');
+
+-- finalized quantities keep the scale they were shown with (item 10)
+INSERT INTO clients (client_id, name, time_zone) VALUES (8, 'Scale Clinic', 'UTC');
+INSERT INTO contracts (client_id, contract_id, effective, model, price_per_user) VALUES (8, 1, '[2026-01-11,)', 'per_user', 10);
+INSERT INTO people (client_id, person_id, pseudonym) VALUES (8, 1, 'p1');
+INSERT INTO accounts (client_id, account_id, realm, name, kind, person_id) VALUES (8, 1, 'os', 'p1', 'individual', 1);
+INSERT INTO logons (client_id, account_id, at) VALUES (8, 1, '2026-01-20 10:00Z');
+CREATE TEMP TABLE preview_lines AS SELECT * FROM msp_invoice_lines(8, '[2026-01-01,2026-02-01)');
+SELECT ok(msp_finalize_invoice(8, '[2026-01-01,2026-02-01)', '{day_without_logons}') > 0, 'a prorated invoice is finalized');
+SELECT results_eq($$SELECT quantity::text, amount FROM msp_invoice_lines(8, '[2026-01-01,2026-02-01)')$$,
+                  $$SELECT quantity::text, amount FROM preview_lines$$, 'stored quantities print as previewed');
+SELECT is((SELECT quantity::text FROM preview_lines), '0.6774', 'four decimals: 21/31 of a user');
+
+-- no two finalized invoices of a client overlap, whoever inserts them (item 5)
+SELECT throws_ok($$INSERT INTO invoices (client_id, kind, period, total, currency)
+                   VALUES (8, 'invoice', '[2026-01-05,2026-01-20)', 0, 'USD')$$, '23P01', NULL,
+                 'an overlapping finalized invoice is refused by the table itself');
+SELECT throws_ok($$SELECT msp_finalize_invoice(8, '[2026-01-05,2026-02-05)')$$, '22023', NULL,
+                 'a period that is not a calendar month cannot be finalized');
 
 SELECT * FROM finish();

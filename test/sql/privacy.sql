@@ -25,6 +25,9 @@ SET ROLE mspbill_test_bi1;
 SELECT is((SELECT array_agg(client_id) FROM mspbill.clients), ARRAY[1::bigint], 'BI sees its own client only');
 SELECT is((SELECT count(DISTINCT client_id) FROM mspbill.logons), 1::bigint, 'and only its client''s logons');
 SELECT is((SELECT count(*) FROM mspbill.cost_pools), 0::bigint, 'no other client''s cost pools');
+-- (456.00, not the 498.00 billing roles see: row-level security hides the
+-- dental office's Dr. Gray, whom the hospital pays for, from this role; see
+-- the invoices branch's report)
 SELECT is((mspbill.msp_invoice(1)).total, 456.00, 'BI can read its client''s invoice');
 SELECT throws_ok($$SELECT mspbill.msp_invoice(2)$$, 'P0002', 'unknown client 2', 'another client''s invoice is an error, not an empty answer');
 SELECT is((SELECT accounts FROM mspbill.msp_billable_users(1) WHERE pseudonym = 'n2'), ARRAY['os account 6'],
@@ -63,8 +66,8 @@ CREATE FUNCTION public.cardinality(mspbill.userset) RETURNS bigint LANGUAGE sql 
 CREATE FUNCTION public.evil_eq(text, text) RETURNS boolean LANGUAGE sql AS $$ SELECT true $$;
 CREATE OPERATOR public.= (LEFTARG = text, RIGHTARG = text, FUNCTION = public.evil_eq);
 SET search_path = public, mspbill, pg_catalog;
-SELECT is((mspbill.msp_invoice(1)).total, 456.00, 'hijack: the invoice is unchanged');
-SELECT is((SELECT count(*) FROM mspbill.msp_billable_users(1)), 8::bigint, 'hijack: the billable users are unchanged');
+SELECT is((mspbill.msp_invoice(1)).total, 498.00, 'hijack: the invoice is unchanged');
+SELECT is((SELECT count(*) FROM mspbill.msp_billable_users(1)), 9::bigint, 'hijack: the billable users are unchanged');
 SELECT is((SELECT sum(amount) FROM mspbill.msp_invoice_lines(2)), 942.00, 'hijack: the lines are unchanged');
 SELECT is((SELECT count(*) FROM mspbill.msp_data_quality(1)), 1::bigint, 'hijack: the gates are unchanged');
 SET ROLE mspbill_test_bi1;
