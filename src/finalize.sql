@@ -3,6 +3,13 @@
 -- A finalized invoice is a fact: its rows cannot be changed or deleted by
 -- anyone but a superuser, and later differences become adjustment notes
 -- that reference it and ride on the next invoice.
+-- Nobody may write invoices, their lines or the audit log directly:
+-- msp_finalize_invoice and msp_issue_adjustment do, as the extension's
+-- owner (SECURITY DEFINER, callable by mspbill_billing and mspbill_admin),
+-- so that every stored invoice passed the gates and every audit row names
+-- the session's login and the server's clock.  They run with
+-- mspbill.pseudonymous on, so that stored evidence and findings carry
+-- account labels, never real names (which only mspbill_pii reads).
 
 CREATE SEQUENCE @extschema@.invoice_id_seq;
 CREATE TABLE @extschema@.invoices (
@@ -278,7 +285,9 @@ CREATE FUNCTION @extschema@.msp_finalize_invoice(client_id bigint, period datera
 												 override text[] DEFAULT '{}')
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE
-SET search_path = @extschema@, pg_catalog, pg_temp
+SECURITY DEFINER
+SET search_path = pg_catalog, @extschema@, pg_temp
+SET mspbill.pseudonymous = on
 AS $$
 #variable_conflict use_variable
 DECLARE
@@ -381,7 +390,9 @@ COMMENT ON FUNCTION @extschema@.msp_invoice_drift(bigint, daterange) IS
 CREATE FUNCTION @extschema@.msp_issue_adjustment(client_id bigint, period daterange, reason text)
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE
-SET search_path = @extschema@, pg_catalog, pg_temp
+SECURITY DEFINER
+SET search_path = pg_catalog, @extschema@, pg_temp
+SET mspbill.pseudonymous = on
 AS $$
 #variable_conflict use_variable
 DECLARE
