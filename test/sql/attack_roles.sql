@@ -354,6 +354,8 @@ SET enable_seqscan = off;
 SET enable_bitmapscan = off;
 SELECT matches(pg_temp.plan_of($$SELECT 1 FROM mspbill.people WHERE client_id = 2$$), 'Rows Removed by Filter: 6',
                'documented limit: EXPLAIN ANALYZE on a base table counts the other client''s 6 people');
+SELECT matches(pg_temp.plan_of($$SELECT 1 FROM mspbill.people WHERE client_id = 2 AND pseudonym >= 'h'$$), 'Rows Removed by Filter: 2',
+               'and, with an index condition, how many of their pseudonyms sort after h');
 RESET enable_seqscan;
 RESET enable_bitmapscan;
 RESET ROLE;
