@@ -295,6 +295,9 @@ BEGIN
 		IF to_regclass(format('@extschema@.%I', part)) IS NULL THEN
 			EXECUTE format('CREATE TABLE @extschema@.%I PARTITION OF @extschema@.logons FOR VALUES FROM (%L) TO (%L)',
 						   part, m::timestamptz, (m + interval '1 month')::timestamptz);
+			-- read directly, a partition would bypass the parent's policy
+			EXECUTE format('ALTER TABLE @extschema@.%I ENABLE ROW LEVEL SECURITY', part);
+			EXECUTE format('CREATE POLICY client_rows ON @extschema@.%I USING ((SELECT @extschema@.msp_sees_all_clients()) OR client_id = ANY (CAST((SELECT @extschema@.msp_visible_clients()) AS bigint[])))', part);
 			created := created + 1;
 		END IF;
 		m := m + interval '1 month';

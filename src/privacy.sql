@@ -91,7 +91,9 @@ BEGIN ATOMIC
 			   AND l.at < (upper(p.period)::timestamp AT TIME ZONE c.time_zone)),
 		   (SELECT count(*) FROM v),
 		   (SELECT count(DISTINCT device) FROM v),
-		   (SELECT coalesce(array_agg(DISTINCT application ORDER BY application), '{}') FROM v);
+		   (SELECT coalesce(array_agg(DISTINCT application ORDER BY application), '{}') FROM v)
+	  -- no row for a client the reader may not see
+	  FROM c;
 END;
 COMMENT ON FUNCTION @extschema@.msp_pii_audit_summary(bigint, daterange) IS
 	'per client: shared sessions, those that broke the individual-login rule, devices and applications involved';

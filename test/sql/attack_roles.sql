@@ -47,6 +47,9 @@ INSERT INTO person_identities VALUES (1, 1, 'Nora Nurse', 'nora@stolaf.example')
 INSERT INTO load_rejects (client_id, source, line_no, raw, reason)
 VALUES (1, 'emr', 1, 'nurse1,OR1,bad', 'invalid time'), (2, 'emr', 1, 'Dana Dentist,PC1,bad', 'invalid time');
 SELECT msp_finalize_invoice(2, NULL, '{period_not_over,device_silent,day_without_logons,unmapped_account,logon_outside_contract}') \g /dev/null
+-- a month partition added later is covered like the rest
+SELECT msp_add_logon_partitions('2030-01-01', 1) \g /dev/null
+INSERT INTO logons (client_id, account_id, device_id, at) VALUES (1, 5, 5, '2030-01-10 10:00Z'), (2, 1, 1, '2030-01-10 10:00Z');
 
 CREATE TEMP VIEW client_tables AS
 SELECT c.oid::regclass AS t, c.relname, c.relrowsecurity, c.relforcerowsecurity
@@ -63,7 +66,7 @@ INSERT INTO roles VALUES ('public'), ('mspbill_admin'), ('mspbill_billing'), ('m
 GRANT SELECT ON client_tables, client_views, roles TO PUBLIC;
 
 -- 1. The catalog: policies, grants, definer functions, views
-SELECT ok((SELECT count(*) FROM client_tables) >= 20, 'the catalog lists the client-keyed tables');
+SELECT ok((SELECT count(*) FROM client_tables) >= 21, 'the catalog lists the client-keyed tables');
 SELECT is(ARRAY(SELECT relname::text FROM client_tables WHERE NOT relrowsecurity AND relname !~ '_staging$'), '{}'::text[],
           'every client-keyed table has row-level security (the COPY stages excepted)');
 SELECT is(ARRAY(SELECT format('%s %s %s', r, relname, p) FROM client_tables, roles,
@@ -336,6 +339,56 @@ SELECT throws_ok($$SELECT name FROM accounts$$, '42501', NULL, 'BI: cannot read 
 SELECT throws_ok($$SELECT * FROM msp_report_invoices()$$, '42501', NULL, 'BI: the sealed reports are not its');
 SELECT is((SELECT count(*) FROM invoices i, jsonb_array_elements(i.evidence) e), 8::bigint, 'BI reads its evidence');
 RESET ROLE;
+-- every function that takes a client first, called by BI for client 2 with
+-- its other arguments defaulted or NULL: no row, no value, and no error
+-- message that names something of client 2's
+CREATE TEMP TABLE bi_calls (fn text, outcome text);
+GRANT ALL ON bi_calls TO PUBLIC;
+CREATE FUNCTION pg_temp.call_all_for(client bigint) RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+	f record;
+	q text;
+	n bigint;
+	msg text;
+	state text;
+BEGIN
+	FOR f IN SELECT p.oid::regprocedure AS sig, p.proname, p.pronargs, p.proretset, p.prorettype, p.proargtypes
+			   FROM pg_proc p
+			  WHERE p.pronamespace = 'mspbill'::regnamespace AND p.pronargs >= 1
+				AND p.proargnames[1] IN ('client_id', 'for_client') AND p.proargtypes[0] = 'bigint'::regtype
+				AND p.prokind = 'f' LOOP
+		-- a real period and contract, NULL for the rest
+		q := format('mspbill.%I(%s)', f.proname,
+					(SELECT string_agg(CASE WHEN a.n = 1 THEN client::text
+											WHEN a.t = 'daterange'::regtype THEN '''[2026-01-01,2026-02-01)''::daterange'
+											WHEN a.t = 'bigint'::regtype THEN '1'
+											ELSE 'NULL' END, ', ' ORDER BY a.n)
+					   FROM unnest(f.proargtypes::oid[]) WITH ORDINALITY a(t, n)));
+		BEGIN
+			IF f.proretset THEN
+				EXECUTE format('SELECT count(*) FROM %s x', q) INTO n;
+			ELSE
+				-- a value counts unless NULL, false or void
+				EXECUTE format('SELECT count(*) FROM (SELECT %s AS v) x WHERE x.v IS NOT NULL AND x.v::text NOT IN (''false'', '''')', q) INTO n;
+			END IF;
+			INSERT INTO pg_temp.bi_calls VALUES (f.sig::text, CASE WHEN n = 0 THEN 'nothing' ELSE n || ' rows' END);
+		EXCEPTION WHEN OTHERS THEN
+			GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT, state = RETURNED_SQLSTATE;
+			INSERT INTO pg_temp.bi_calls VALUES (f.sig::text, state || ' ' || msg);
+		END;
+	END LOOP;
+END
+$$;
+SET ROLE atk_bi1;
+SELECT pg_temp.call_all_for(2) \g /dev/null
+RESET ROLE;
+SELECT diag(format('%s: %s', fn, outcome)) FROM bi_calls ORDER BY fn;
+SELECT ok((SELECT count(*) FROM bi_calls) >= 20, 'BI called every per-client function');
+SELECT is(ARRAY(SELECT format('%s: %s', fn, outcome) FROM bi_calls
+                 WHERE outcome !~ '^(nothing$|P0002 unknown client 2$|42501 )'
+                   AND (outcome !~ '^[0-9A-Z]{5} ' OR outcome ~* 'maple|dental|dentist|hygienist|front|gray|USD|America')
+                 ORDER BY 1),
+          '{}'::text[], 'BI: no per-client function returns or names anything of client 2''s');
 -- the documented limit (README): a plan of a base-table scan counts the
 -- rows the policy removed, so a BI role can count another client's rows
 CREATE FUNCTION pg_temp.plan_of(q text) RETURNS text LANGUAGE plpgsql AS $$
