@@ -197,8 +197,12 @@ SELECT throws_ok($$SELECT * FROM msp_load_emr_audit(99)$$, 'P0002', 'unknown cli
 RESET ROLE;
 SELECT is((SELECT count(*) FROM emr_audit_staging WHERE client_id = 2), 6::bigint, 'and the staged rows wait');
 
--- the admin loads too
+-- the admin stages and loads too
 SET ROLE atk_admin;
+SET mspbill.client_id = 2;
+\copy entra_signin_staging (raw) FROM '../fixtures/entra_signins.jsonl' WITH (FORMAT csv, QUOTE E'\x01', DELIMITER E'\x02')
+SELECT results_eq($$SELECT loaded, rejected FROM msp_load_entra_signins(2)$$, $$VALUES (2::bigint, 2::bigint)$$,
+                  'admin: COPY into the stage and load client 2''s sign-ins');
 SELECT results_eq($$SELECT loaded, rejected FROM msp_load_emr_audit(2)$$, $$VALUES (3::bigint, 2::bigint)$$,
                   'admin: loads client 2''s staged EMR rows');
 SELECT is((SELECT raw FROM load_rejects WHERE client_id = 2 AND source = 'emr' AND reason = 'no user'), 'OR1,2026-01-05 09:00:00,LOGIN,e4',
