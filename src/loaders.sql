@@ -66,6 +66,9 @@ COMMENT ON TABLE @extschema@.emr_audit_staging IS
 CREATE INDEX windows_event_staging_line_idx ON @extschema@.windows_event_staging (client_id, line_no);
 CREATE INDEX entra_signin_staging_line_idx ON @extschema@.entra_signin_staging (client_id, line_no);
 CREATE INDEX emr_audit_staging_line_idx ON @extschema@.emr_audit_staging (client_id, line_no);
+COMMENT ON INDEX @extschema@.windows_event_staging_line_idx IS 'a client''s staged lines, by line number';
+COMMENT ON INDEX @extschema@.entra_signin_staging_line_idx IS 'a client''s staged lines, by line number';
+COMMENT ON INDEX @extschema@.emr_audit_staging_line_idx IS 'a client''s staged lines, by line number';
 
 CREATE TABLE @extschema@.load_rejects (
 	client_id bigint NOT NULL,

@@ -109,6 +109,8 @@ CREATE POLICY own_rows ON @extschema@.bi_client_access
 	USING ((SELECT @extschema@.msp_sees_all_clients())
 		   OR role_name = ANY (ARRAY(SELECT r.rolname FROM pg_catalog.pg_roles r
 									  WHERE pg_catalog.pg_has_role(r.oid, 'MEMBER'))));
+COMMENT ON POLICY own_rows ON @extschema@.bi_client_access IS
+	'each role sees the mappings of the roles it belongs to; admins and billing see all';
 
 -- Row-level security: every client-keyed table shows a reader only the
 -- clients they may see (msp_can_see_client).  The checks run once per
@@ -126,6 +128,8 @@ BEGIN
 	LOOP
 		EXECUTE format('ALTER TABLE @extschema@.%I ENABLE ROW LEVEL SECURITY', t);
 		EXECUTE format('CREATE POLICY client_rows ON @extschema@.%I USING ((SELECT @extschema@.msp_sees_all_clients()) OR client_id = ANY (CAST((SELECT @extschema@.msp_visible_clients()) AS bigint[])))', t);
+		EXECUTE format('COMMENT ON POLICY client_rows ON @extschema@.%I IS %L', t,
+					   'the rows of the clients the reader may see (msp_sees_all_clients, else bi_client_access)');
 	END LOOP;
 END
 $$;

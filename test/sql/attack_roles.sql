@@ -192,6 +192,10 @@ SELECT throws_ok($$SELECT * FROM person_identities$$, '42501', NULL, 'billing: r
 SELECT is((SELECT accounts FROM msp_billable_users(1) WHERE pseudonym = 'n2'), ARRAY['os account 6'],
           'billing sees account labels, not names');
 SELECT results_eq($$SELECT loaded FROM msp_load_windows_events(2)$$, $$VALUES (3::bigint)$$, 'billing: then load client 2');
+SELECT lives_ok($$UPDATE accounts SET kind = 'individual', person_id = 3
+                   WHERE client_id = 1 AND account_id = (SELECT min(l.account_id) FROM account_labels l WHERE l.client_id = 1 AND l.kind = 'unknown')$$,
+                'billing: maps a loaded account to a person by its label');
+SELECT is((SELECT count(*) FROM accounts WHERE client_id = 1 AND person_id = 3), 2::bigint, 'the mapping is stored');
 \copy emr_audit_staging (user_name, workstation, event_time, action, event_id) FROM '../fixtures/emr_audit.csv' WITH (FORMAT csv, HEADER)
 SELECT throws_ok($$SELECT * FROM msp_load_emr_audit(99)$$, 'P0002', 'unknown client 99', 'billing: a load for an unknown client is refused');
 RESET ROLE;
@@ -403,6 +407,12 @@ SELECT pg_temp.call_all_for(1) \g /dev/null
 RESET ROLE;
 SELECT is(ARRAY(SELECT fn FROM bi_calls WHERE outcome ~ '^42501' AND fn !~ '^msp_(load_(begin|normalized)|report_(invoice|billable))' ORDER BY 1),
           '{}'::text[], 'billing: every per-client function but the internals and the sealed reports works');
+TRUNCATE bi_calls;
+SET ROLE atk_admin;
+SELECT pg_temp.call_all_for(1) \g /dev/null
+RESET ROLE;
+SELECT is(ARRAY(SELECT fn FROM bi_calls WHERE outcome ~ '^42501' AND fn !~ '^msp_(load_(begin|normalized)|report_(invoice|billable))' ORDER BY 1),
+          '{}'::text[], 'admin: likewise');
 TRUNCATE bi_calls;
 INSERT INTO bi_calls SELECT * FROM own_calls;
 SELECT diag(format('%s: %s', fn, outcome)) FROM bi_calls ORDER BY fn;
