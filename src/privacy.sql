@@ -331,5 +331,7 @@ BEGIN
 	RETURN 'roles mspbill_admin, mspbill_billing, mspbill_bi, mspbill_pii and mspbill_report are ready';
 END
 $$;
+-- for DBAs only: it creates roles and grants
+REVOKE EXECUTE ON FUNCTION @extschema@.msp_install_roles() FROM PUBLIC;
 COMMENT ON FUNCTION @extschema@.msp_install_roles() IS
 	'creates (if missing) and grants the roles mspbill_admin, mspbill_billing, mspbill_bi, mspbill_pii and mspbill_report; idempotent';

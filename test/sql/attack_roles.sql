@@ -96,9 +96,9 @@ SELECT is(ARRAY(SELECT p.proname::text FROM pg_proc p WHERE p.pronamespace = 'ms
                    AND NOT 'search_path=pg_catalog, mspbill, pg_temp' = ANY (coalesce(p.proconfig, '{}'))),
           '{}'::text[], 'each pins search_path = pg_catalog, mspbill, pg_temp');
 SELECT is(ARRAY(SELECT p.proname::text FROM pg_proc p WHERE p.pronamespace = 'mspbill'::regnamespace
-                   AND (p.prosecdef OR p.proname IN ('msp_load_guarded', 'msp_load_begin', 'msp_load_normalized'))
+                   AND (p.prosecdef OR p.proname IN ('msp_load_guarded', 'msp_load_begin', 'msp_load_normalized', 'msp_install_roles'))
                    AND has_function_privilege('public', p.oid, 'EXECUTE')),
-          '{}'::text[], 'and none of them (nor the loaders'' internals) is executable by PUBLIC');
+          '{}'::text[], 'and none of them (nor the loaders'' internals, nor msp_install_roles) is executable by PUBLIC');
 SELECT is(ARRAY(SELECT r::text FROM roles WHERE has_schema_privilege(r, 'mspbill', 'CREATE')), '{}'::text[],
           'nobody may create objects in the schema the definer functions search');
 SELECT is(ARRAY(SELECT relname::text FROM client_views
@@ -422,6 +422,15 @@ SELECT is(ARRAY(SELECT format('%s: %s', fn, outcome) FROM bi_calls
                    AND (outcome !~ '^[0-9A-Z]{5} ' OR outcome ~* 'maple|dental|dentist|hygienist|front|gray|USD|America')
                  ORDER BY 1),
           '{}'::text[], 'BI: no per-client function returns or names anything of client 2''s');
+-- statistics: PostgreSQL hides them for tables whose policies apply to the reader
+ANALYZE;
+SET ROLE atk_bi1;
+SELECT is(ARRAY(SELECT DISTINCT tablename::text FROM pg_stats WHERE schemaname = 'mspbill' ORDER BY 1), '{}'::text[],
+          'BI: no column statistics of any mspbill table (they would show other clients'' values)');
+RESET ROLE;
+SET ROLE atk_report1;
+SELECT is((SELECT count(*) FROM pg_stats WHERE schemaname = 'mspbill'), 0::bigint, 'report: none either');
+RESET ROLE;
 -- the documented limit (README): a plan of a base-table scan counts the
 -- rows the policy removed, so a BI role can count another client's rows
 CREATE FUNCTION pg_temp.plan_of(q text) RETURNS text LANGUAGE plpgsql AS $$
