@@ -147,25 +147,25 @@ LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, @extschema@, pg_temp
 AS $$
 BEGIN
-	INSERT INTO accounts (client_id, account_id, realm, name, kind, application)
+	INSERT INTO @extschema@.accounts (client_id, account_id, realm, name, kind, application)
 	SELECT for_client,
-		   coalesce((SELECT max(a.account_id) FROM accounts a WHERE a.client_id = for_client), 0)
+		   coalesce((SELECT max(a.account_id) FROM @extschema@.accounts a WHERE a.client_id = for_client), 0)
 			   + row_number() OVER (ORDER BY n.realm, n.account_name),
 		   n.realm, n.account_name, 'unknown', n.application
 	  FROM (SELECT DISTINCT e.realm, e.account_name, e.application FROM pg_temp.msp_load_events e) n
-	 WHERE NOT EXISTS (SELECT 1 FROM accounts a
+	 WHERE NOT EXISTS (SELECT 1 FROM @extschema@.accounts a
 						WHERE a.client_id = for_client AND a.realm = n.realm
 						  AND lower(a.name) = lower(n.account_name)
 						  AND coalesce(a.application, '') = coalesce(n.application, ''));
 
-	INSERT INTO devices (client_id, device_id, name, kind)
+	INSERT INTO @extschema@.devices (client_id, device_id, name, kind)
 	SELECT for_client,
-		   coalesce((SELECT max(d.device_id) FROM devices d WHERE d.client_id = for_client), 0)
+		   coalesce((SELECT max(d.device_id) FROM @extschema@.devices d WHERE d.client_id = for_client), 0)
 			   + row_number() OVER (ORDER BY n.device_name),
 		   n.device_name, 'other'
 	  FROM (SELECT DISTINCT e.device_name FROM pg_temp.msp_load_events e
 			 WHERE e.device_name IS NOT NULL AND e.create_device) n
-	 WHERE NOT EXISTS (SELECT 1 FROM devices d WHERE d.client_id = for_client
+	 WHERE NOT EXISTS (SELECT 1 FROM @extschema@.devices d WHERE d.client_id = for_client
 						  AND upper(d.name) = upper(n.device_name));
 
 	-- small maps from names to ids, so the big insert joins on plain keys
@@ -174,17 +174,17 @@ BEGIN
 	SELECT n.realm, n.account_name, n.app, a.account_id
 	  FROM (SELECT DISTINCT e.realm, e.account_name, coalesce(e.application, '') AS app
 			  FROM pg_temp.msp_load_events e) n
-	  JOIN accounts a ON a.client_id = for_client AND a.realm = n.realm
+	  JOIN @extschema@.accounts a ON a.client_id = for_client AND a.realm = n.realm
 					 AND lower(a.name) = lower(n.account_name) AND coalesce(a.application, '') = n.app;
 	CREATE TEMP TABLE msp_device_map ON COMMIT DROP AS
 	SELECT n.device_name, d.device_id
 	  FROM (SELECT DISTINCT e.device_name FROM pg_temp.msp_load_events e WHERE e.device_name IS NOT NULL) n
-	  JOIN devices d ON d.client_id = for_client AND upper(d.name) = upper(n.device_name);
+	  JOIN @extschema@.devices d ON d.client_id = for_client AND upper(d.name) = upper(n.device_name);
 	ANALYZE pg_temp.msp_account_map;
 	ANALYZE pg_temp.msp_device_map;
 
 	WITH ins AS (
-		INSERT INTO logons (client_id, account_id, device_id, at, ended, presence, source,
+		INSERT INTO @extschema@.logons (client_id, account_id, device_id, at, ended, presence, source,
 							source_event_id, session_key)
 		SELECT for_client, m.account_id, dm.device_id, e.at, e.ended, true, load_source, e.source_event_id,
 			   e.session_key
@@ -209,7 +209,7 @@ LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, @extschema@, pg_temp
 AS $$
 BEGIN
-	IF NOT EXISTS (SELECT 1 FROM clients c WHERE c.client_id = for_client) THEN
+	IF NOT EXISTS (SELECT 1 FROM @extschema@.clients c WHERE c.client_id = for_client) THEN
 		RAISE EXCEPTION 'unknown client %', for_client
 			USING ERRCODE = 'no_data_found',
 				  HINT = 'Add the client to mspbill.clients first.';
@@ -291,8 +291,8 @@ DECLARE
 BEGIN
 	-- a NULL source would make every event id unique (NULLs are distinct)
 	source := coalesce(source, 'windows');
-	PERFORM msp_load_begin(client_id);
-	SELECT min(s.line_no), max(s.line_no) INTO lo, hi FROM windows_event_staging s WHERE s.client_id = client_id;
+	PERFORM @extschema@.msp_load_begin(client_id);
+	SELECT min(s.line_no), max(s.line_no) INTO lo, hi FROM @extschema@.windows_event_staging s WHERE s.client_id = client_id;
 	CREATE TEMP TABLE msp_win_class (
 		line_no bigint PRIMARY KEY,
 		event_id text,
@@ -309,7 +309,7 @@ BEGIN
 	-- One pass over the stage keeps only the fields a logon needs, NXLog's
 	-- top-level ones or Winlogbeat's (winlog.*), without building a jsonb of
 	-- every (mostly irrelevant, often large) record.
-	PERFORM msp_load_guarded($step$
+	PERFORM @extschema@.msp_load_guarded($step$
 		INSERT INTO pg_temp.msp_win_class (line_no, event_id, at_text, host, username, domain, logon_type,
 										   logon_id, record, class)
 		SELECT e.line_no, e.event_id, e.at_text, e.host, e.username, e.domain, e.logon_type, e.logon_id, e.record,
@@ -323,7 +323,7 @@ BEGIN
 				   -- names and keys go into btree indexes, which cap a row's size
 				   WHEN length(e.host) > 255 OR length(e.username) > 255 OR length(e.domain) > 255
 						OR length(e.record) > 255 OR length(e.logon_id) > 255 THEN 'reject:field too long'
-				   WHEN msp_is_machine_account(e.username) THEN 'skip'
+				   WHEN @extschema@.msp_is_machine_account(e.username) THEN 'skip'
 				   WHEN e.event_id = '4624' AND e.logon_type IS NULL THEN 'reject:no LogonType'
 				   WHEN e.event_id = '4624' AND e.logon_type NOT IN ('2', '7', '10', '11') THEN 'skip'
 				   WHEN e.event_id = '4624' THEN 'logon'
@@ -347,43 +347,43 @@ BEGIN
 		INSERT INTO pg_temp.msp_win_class (line_no, class) VALUES ($2, 'reject:unreadable record: ' || $3)
 	$reject$, client_id, lo, hi);
 	-- timestamps: the batch at once, per record only where one is malformed
-	PERFORM msp_load_guarded($step$
+	PERFORM @extschema@.msp_load_guarded($step$
 		UPDATE pg_temp.msp_win_class SET at = at_text::timestamptz
 		 WHERE class IN ('logon', 'logoff') AND line_no BETWEEN $2 AND $3
 	$step$, $reject$
 		UPDATE pg_temp.msp_win_class SET class = 'reject:invalid @timestamp' WHERE line_no = $2
 	$reject$, client_id, lo, hi);
-	UPDATE msp_win_class SET class = 'reject:invalid @timestamp'
+	UPDATE pg_temp.msp_win_class SET class = 'reject:invalid @timestamp'
 	 WHERE class IN ('logon', 'logoff') AND (at IS NULL OR NOT isfinite(at));
 
 	INSERT INTO pg_temp.msp_load_events (realm, application, account_name, device_name, create_device, at,
 										 ended, source_event_id, session_key)
-	SELECT 'os', NULL, msp_canonical_account(c.domain, c.username), upper(split_part(c.host, '.', 1)), true,
+	SELECT 'os', NULL, @extschema@.msp_canonical_account(c.domain, c.username), upper(split_part(c.host, '.', 1)), true,
 		   c.at, NULL, upper(split_part(c.host, '.', 1)) || ':' || c.record,
 		   CASE WHEN c.logon_id IS NOT NULL THEN upper(split_part(c.host, '.', 1)) || ':' || lower(c.logon_id) END
-	  FROM msp_win_class c WHERE c.class = 'logon';
-	SELECT * INTO loaded, duplicate FROM msp_load_normalized(client_id, source);
+	  FROM pg_temp.msp_win_class c WHERE c.class = 'logon';
+	SELECT * INTO loaded, duplicate FROM @extschema@.msp_load_normalized(client_id, source);
 
 	-- pair logoffs (4634, 4647) with their logon by logon id on the same host
 	WITH logoff AS (
 		SELECT upper(split_part(c.host, '.', 1)) || ':' || lower(c.logon_id) AS session_key, min(c.at) AS at
-		  FROM msp_win_class c WHERE c.class = 'logoff' AND c.logon_id IS NOT NULL GROUP BY 1),
+		  FROM pg_temp.msp_win_class c WHERE c.class = 'logoff' AND c.logon_id IS NOT NULL GROUP BY 1),
 	upd AS (
-		UPDATE logons l SET ended = o.at
+		UPDATE @extschema@.logons l SET ended = o.at
 		  FROM logoff o
 		 WHERE l.client_id = client_id AND l.session_key = o.session_key AND l.at <= o.at
 		   AND (l.ended IS NULL OR l.ended > o.at)
 		RETURNING l.session_key)
 	SELECT count(DISTINCT upd.session_key) INTO paired FROM upd;
 
-	INSERT INTO load_rejects (client_id, source, line_no, raw, reason)
+	INSERT INTO @extschema@.load_rejects (client_id, source, line_no, raw, reason)
 	SELECT client_id, source, c.line_no, s.raw, substr(c.class, 8)
-	  FROM msp_win_class c JOIN windows_event_staging s ON s.client_id = client_id AND s.line_no = c.line_no
+	  FROM pg_temp.msp_win_class c JOIN @extschema@.windows_event_staging s ON s.client_id = client_id AND s.line_no = c.line_no
 	 WHERE c.class LIKE 'reject:%';
 	GET DIAGNOSTICS rejected = ROW_COUNT;
-	SELECT count(*) INTO skipped FROM msp_win_class c WHERE c.class = 'skip' OR c.class = 'logoff';
+	SELECT count(*) INTO skipped FROM pg_temp.msp_win_class c WHERE c.class = 'skip' OR c.class = 'logoff';
 	skipped := skipped - paired;
-	DELETE FROM windows_event_staging s WHERE s.client_id = client_id;
+	DELETE FROM @extschema@.windows_event_staging s WHERE s.client_id = client_id;
 	DROP TABLE pg_temp.msp_win_class;
 END
 $$;
@@ -403,8 +403,8 @@ DECLARE
 	hi bigint;
 BEGIN
 	source := coalesce(source, 'entra');
-	PERFORM msp_load_begin(client_id);
-	SELECT min(s.line_no), max(s.line_no) INTO lo, hi FROM entra_signin_staging s WHERE s.client_id = client_id;
+	PERFORM @extschema@.msp_load_begin(client_id);
+	SELECT min(s.line_no), max(s.line_no) INTO lo, hi FROM @extschema@.entra_signin_staging s WHERE s.client_id = client_id;
 	CREATE TEMP TABLE msp_entra_class (
 		line_no bigint PRIMARY KEY,
 		id text,
@@ -414,7 +414,7 @@ BEGIN
 		class text NOT NULL,
 		at timestamptz
 	) ON COMMIT DROP;
-	PERFORM msp_load_guarded($step$
+	PERFORM @extschema@.msp_load_guarded($step$
 		INSERT INTO pg_temp.msp_entra_class (line_no, id, upn, created, device, class)
 		SELECT e.line_no, e.doc->>'id', e.doc->>'userPrincipalName', e.doc->>'createdDateTime',
 			   e.doc->'deviceDetail'->>'displayName',
@@ -435,27 +435,27 @@ BEGIN
 		INSERT INTO pg_temp.msp_entra_class (line_no, class)
 		VALUES ($2, CASE WHEN $4 = '22P02' THEN 'reject:not valid JSON' ELSE 'reject:unreadable record: ' || $3 END)
 	$reject$, client_id, lo, hi);
-	PERFORM msp_load_guarded($step$
+	PERFORM @extschema@.msp_load_guarded($step$
 		UPDATE pg_temp.msp_entra_class SET at = created::timestamptz
 		 WHERE class NOT LIKE 'reject:%' AND line_no BETWEEN $2 AND $3
 	$step$, $reject$
 		UPDATE pg_temp.msp_entra_class SET class = 'reject:no valid createdDateTime' WHERE line_no = $2
 	$reject$, client_id, lo, hi);
-	UPDATE msp_entra_class SET class = 'reject:no valid createdDateTime'
+	UPDATE pg_temp.msp_entra_class SET class = 'reject:no valid createdDateTime'
 	 WHERE class NOT LIKE 'reject:%' AND (at IS NULL OR NOT isfinite(at));
 
 	INSERT INTO pg_temp.msp_load_events (realm, application, account_name, device_name, create_device, at,
 										 ended, source_event_id, session_key)
 	SELECT 'm365', NULL, lower(c.upn), upper(nullif(c.device, '')), false, c.at, NULL, c.id, NULL
-	  FROM msp_entra_class c WHERE c.class = 'signin';
-	SELECT * INTO loaded, duplicate FROM msp_load_normalized(client_id, source);
-	INSERT INTO load_rejects (client_id, source, line_no, raw, reason)
+	  FROM pg_temp.msp_entra_class c WHERE c.class = 'signin';
+	SELECT * INTO loaded, duplicate FROM @extschema@.msp_load_normalized(client_id, source);
+	INSERT INTO @extschema@.load_rejects (client_id, source, line_no, raw, reason)
 	SELECT client_id, source, c.line_no, s.raw, substr(c.class, 8)
-	  FROM msp_entra_class c JOIN entra_signin_staging s ON s.client_id = client_id AND s.line_no = c.line_no
+	  FROM pg_temp.msp_entra_class c JOIN @extschema@.entra_signin_staging s ON s.client_id = client_id AND s.line_no = c.line_no
 	 WHERE c.class LIKE 'reject:%';
 	GET DIAGNOSTICS rejected = ROW_COUNT;
-	SELECT count(*) INTO skipped FROM msp_entra_class c WHERE c.class = 'skip';
-	DELETE FROM entra_signin_staging s WHERE s.client_id = client_id;
+	SELECT count(*) INTO skipped FROM pg_temp.msp_entra_class c WHERE c.class = 'skip';
+	DELETE FROM @extschema@.entra_signin_staging s WHERE s.client_id = client_id;
 	DROP TABLE pg_temp.msp_entra_class;
 END
 $$;
@@ -474,8 +474,8 @@ DECLARE
 	hi bigint;
 BEGIN
 	source := coalesce(source, 'emr');
-	PERFORM msp_load_begin(client_id);
-	SELECT min(s.line_no), max(s.line_no) INTO lo, hi FROM emr_audit_staging s WHERE s.client_id = client_id;
+	PERFORM @extschema@.msp_load_begin(client_id);
+	SELECT min(s.line_no), max(s.line_no) INTO lo, hi FROM @extschema@.emr_audit_staging s WHERE s.client_id = client_id;
 	CREATE TEMP TABLE msp_emr ON COMMIT DROP AS
 	SELECT s.line_no, s.user_name, s.workstation, s.event_time, s.action, s.event_id, s.application, c.time_zone,
 		   CASE
@@ -486,12 +486,12 @@ BEGIN
 					OR length(s.application) > 255 THEN 'field too long'
 		   END AS reason,
 		   NULL::timestamptz AS at
-	  FROM emr_audit_staging s JOIN clients c USING (client_id)
+	  FROM @extschema@.emr_audit_staging s JOIN @extschema@.clients c USING (client_id)
 	 WHERE s.client_id = client_id;
 	ALTER TABLE pg_temp.msp_emr ADD PRIMARY KEY (line_no);
 	-- A time with a zone (an offset, Z or z, a zone name or abbreviation)
 	-- is that instant; a time without one is the client's local time.
-	PERFORM msp_load_guarded($step$
+	PERFORM @extschema@.msp_load_guarded($step$
 		UPDATE pg_temp.msp_emr
 		   SET at = CASE WHEN event_time ~* '([+-]\d\d(:?\d\d)?|[a-z][a-z_/]*)$' AND event_time !~* '[ap]\.?m\.?$'
 						 THEN event_time::timestamptz
@@ -500,20 +500,20 @@ BEGIN
 	$step$, $reject$
 		UPDATE pg_temp.msp_emr SET reason = 'invalid time' WHERE line_no = $2
 	$reject$, client_id, lo, hi);
-	UPDATE msp_emr SET reason = 'invalid time' WHERE reason IS NULL AND (at IS NULL OR NOT isfinite(at));
+	UPDATE pg_temp.msp_emr SET reason = 'invalid time' WHERE reason IS NULL AND (at IS NULL OR NOT isfinite(at));
 
 	INSERT INTO pg_temp.msp_load_events (realm, application, account_name, device_name, create_device, at,
 										 ended, source_event_id, session_key)
 	SELECT 'app', e.application, lower(e.user_name), upper(nullif(e.workstation, '')), true, e.at,
 		   NULL, coalesce(e.event_id, md5(concat_ws('|', e.user_name, e.workstation, e.event_time, e.action))), NULL
-	  FROM msp_emr e WHERE e.reason IS NULL;
-	SELECT * INTO loaded, duplicate FROM msp_load_normalized(client_id, source);
-	INSERT INTO load_rejects (client_id, source, line_no, raw, reason)
+	  FROM pg_temp.msp_emr e WHERE e.reason IS NULL;
+	SELECT * INTO loaded, duplicate FROM @extschema@.msp_load_normalized(client_id, source);
+	INSERT INTO @extschema@.load_rejects (client_id, source, line_no, raw, reason)
 	SELECT client_id, source, e.line_no,
 		   concat_ws(',', e.user_name, e.workstation, e.event_time, e.action, e.event_id), e.reason
-	  FROM msp_emr e WHERE e.reason IS NOT NULL;
+	  FROM pg_temp.msp_emr e WHERE e.reason IS NOT NULL;
 	GET DIAGNOSTICS rejected = ROW_COUNT;
-	DELETE FROM emr_audit_staging s WHERE s.client_id = client_id;
+	DELETE FROM @extschema@.emr_audit_staging s WHERE s.client_id = client_id;
 	DROP TABLE pg_temp.msp_emr;
 END
 $$;
