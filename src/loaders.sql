@@ -202,8 +202,10 @@ $$;
 COMMENT ON FUNCTION @extschema@.msp_load_normalized(bigint, text) IS
 	'internal: accounts, devices and logons from the normalized events of one load';
 
--- Every load starts here: the client must exist, and the load gets a fresh
--- scratch table for its normalized events.
+-- Every load starts here: the client must exist, loads of one client take
+-- turns (new accounts and devices are numbered from the client's highest
+-- id, and a second load of the same stage must find it consumed), and the
+-- load gets a fresh scratch table for its normalized events.
 CREATE FUNCTION @extschema@.msp_load_begin(for_client bigint) RETURNS void
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, @extschema@, pg_temp
@@ -214,6 +216,7 @@ BEGIN
 			USING ERRCODE = 'no_data_found',
 				  HINT = 'Add the client to mspbill.clients first.';
 	END IF;
+	PERFORM pg_advisory_xact_lock(hashtext('mspbill.load'), hashtext(for_client::text));
 	IF to_regclass('pg_temp.msp_load_events') IS NOT NULL THEN
 		DROP TABLE pg_temp.msp_load_events;
 	END IF;

@@ -8,7 +8,7 @@
 SET search_path = public, mspbill;
 \set fixture_zip `for d in ../../../shared ../../../../shared; do f=$d/fixtures/windows-security/purplesharp_ad_playbook_I.zip; if [ -f $f ]; then echo $f; break; fi; done`
 \set have_fixture `for d in ../../../shared ../../../../shared; do [ -f $d/fixtures/windows-security/purplesharp_ad_playbook_I.zip ] && { echo 1; exit; }; done; echo 0`
-SELECT plan(52);
+SELECT plan(54);
 
 INSERT INTO clients (client_id, name, time_zone) VALUES (1, 'Clinic', 'America/New_York'), (2, 'Lab', 'UTC');
 INSERT INTO contracts (client_id, contract_id, effective, model, price_per_user)
@@ -174,6 +174,35 @@ INSERT INTO emr_audit_staging (user_name, workstation, event_time, action, event
 SELECT results_eq($$SELECT loaded, duplicate FROM msp_load_emr_audit(3, NULL)$$, $$VALUES (0::bigint, 2::bigint)$$,
                   'source => NULL keeps duplicate detection (the default source name)');
 SELECT is((SELECT count(*) FROM logons WHERE client_id = 3 AND source IS NULL), 0::bigint, 'no logon without a source');
+
+-- two sessions load the same client's stage at once: one loads it, the
+-- other finds it consumed (loads of a client take turns)
+CREATE EXTENSION dblink;
+INSERT INTO windows_event_staging (raw)
+SELECT format('{"@timestamp": "2026-02-04T08:00:00Z", "Hostname": "LAB%s", "EventID": 4624, "RecordNumber": %s, "TargetUserName": "new%s", "TargetDomainName": "LAB", "LogonType": "2"}', g, g, g)
+  FROM generate_series(1, 50) g;
+SELECT dblink_connect('a', format('host=%s port=%s dbname=%s', current_setting('unix_socket_directories'), current_setting('port'), current_database())) \g /dev/null
+SELECT dblink_connect('b', format('host=%s port=%s dbname=%s', current_setting('unix_socket_directories'), current_setting('port'), current_database())) \g /dev/null
+CREATE TEMP TABLE b_pid AS SELECT pid FROM dblink('b', 'SELECT pg_backend_pid()') AS t(pid integer);
+SELECT dblink_exec('a', 'BEGIN') \g /dev/null
+CREATE TEMP TABLE concurrent_loads (who text, loaded bigint);
+INSERT INTO concurrent_loads SELECT 'a', loaded FROM dblink('a', 'SELECT loaded FROM mspbill.msp_load_windows_events(3)') AS t(loaded bigint);
+-- a has loaded and not committed; b starts and must wait for it
+SELECT dblink_send_query('b', 'SELECT loaded FROM mspbill.msp_load_windows_events(3)') \g /dev/null
+DO $$
+BEGIN
+	FOR i IN 1..600 LOOP
+		EXIT WHEN EXISTS (SELECT 1 FROM pg_stat_activity a JOIN pg_temp.b_pid b USING (pid) WHERE a.wait_event_type = 'Lock');
+		PERFORM pg_sleep(0.05);
+	END LOOP;
+END
+$$;
+SELECT dblink_exec('a', 'COMMIT') \g /dev/null
+SELECT lives_ok($$INSERT INTO concurrent_loads SELECT 'b', loaded FROM dblink_get_result('b') AS t(loaded bigint)$$,
+                'a second load of the same client at the same time waits, and does not fail');
+SELECT results_eq($$SELECT who, loaded FROM concurrent_loads ORDER BY who$$, $$VALUES ('a', 50::bigint), ('b', 0::bigint)$$,
+                  'one loads the stage, the other finds it consumed');
+SELECT dblink_disconnect('a'), dblink_disconnect('b') \g /dev/null
 
 SELECT throws_ok($$SELECT * FROM msp_load_emr_audit(99)$$, 'P0002', 'unknown client 99', 'a load for an unknown client is refused');
 
