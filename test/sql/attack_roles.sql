@@ -101,6 +101,21 @@ SELECT is(ARRAY(SELECT p.proname::text FROM pg_proc p WHERE p.pronamespace = 'ms
           '{}'::text[], 'and none of them (nor the loaders'' internals, nor msp_install_roles) is executable by PUBLIC');
 SELECT is(ARRAY(SELECT r::text FROM roles WHERE has_schema_privilege(r, 'mspbill', 'CREATE')), '{}'::text[],
           'nobody may create objects in the schema the definer functions search');
+SELECT is(ARRAY(SELECT format('%s may %s', r, f) FROM unnest('{atk_bi1,atk_pii1,atk_report1}'::name[]) r,
+                unnest(ARRAY['mspbill.msp_finalize_invoice(bigint,daterange,text[])', 'mspbill.msp_issue_adjustment(bigint,daterange,text)',
+                             'mspbill.msp_load_windows_events(bigint,text)', 'mspbill.msp_load_entra_signins(bigint,text)',
+                             'mspbill.msp_load_emr_audit(bigint,text)']) f
+                 WHERE has_function_privilege(r, f, 'EXECUTE')
+                UNION ALL
+                SELECT format('%s may stage into %s', r, t) FROM unnest('{atk_bi1,atk_pii1,atk_report1}'::name[]) r, client_tables
+                 WHERE relname ~ '_staging$' AND CASE WHEN relname ~ '_staging$' THEN has_table_privilege(r, t, 'INSERT') END),
+          '{}'::text[], 'BI, PII and report logins can neither stage, load, finalize nor adjust');
+SELECT is(ARRAY(SELECT format('%s may not %s', r, f) FROM unnest('{atk_admin,atk_billing}'::name[]) r,
+                unnest(ARRAY['mspbill.msp_finalize_invoice(bigint,daterange,text[])', 'mspbill.msp_issue_adjustment(bigint,daterange,text)',
+                             'mspbill.msp_load_windows_events(bigint,text)', 'mspbill.msp_load_entra_signins(bigint,text)',
+                             'mspbill.msp_load_emr_audit(bigint,text)']) f
+                 WHERE NOT has_function_privilege(r, f, 'EXECUTE')),
+          '{}'::text[], 'admin and billing logins may load, finalize and adjust');
 SELECT is(ARRAY(SELECT relname::text FROM client_views
                  WHERE NOT coalesce(reloptions && '{security_barrier=true,security_invoker=true}', false)),
           '{}'::text[], 'every view that shows client rows is a security barrier (or security invoker)');
@@ -430,6 +445,16 @@ SELECT is(ARRAY(SELECT DISTINCT tablename::text FROM pg_stats WHERE schemaname =
 RESET ROLE;
 SET ROLE atk_report1;
 SELECT is((SELECT count(*) FROM pg_stats WHERE schemaname = 'mspbill'), 0::bigint, 'report: none either');
+RESET ROLE;
+-- the documented limit (README): table sizes in pg_class are every client's together
+CREATE TEMP TABLE people_total AS SELECT count(*)::real AS n FROM mspbill.people;
+GRANT SELECT ON people_total TO PUBLIC;
+SET ROLE atk_bi1;
+SELECT is((SELECT reltuples FROM pg_class WHERE oid = 'mspbill.people'::regclass), (SELECT n FROM people_total),
+          'documented limit: BI reads the number of people of all clients together in pg_class');
+SET ROLE atk_report1;
+SELECT is((SELECT reltuples FROM pg_class WHERE oid = 'mspbill.people'::regclass), (SELECT n FROM people_total),
+          'documented limit: and so does the sealed role');
 RESET ROLE;
 -- the documented limit (README): a plan of a base-table scan counts the
 -- rows the policy removed, so a BI role can count another client's rows

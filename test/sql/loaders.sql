@@ -157,12 +157,14 @@ INSERT INTO emr_audit_staging (user_name, workstation, event_time, action, event
   ('carol', 'LAB1', '2026-02-02 11:00:00 America/Chicago', 'LOGIN', 'm4', 'EMR'),
   ('carol', 'LAB1', '2026-02-02 12:00:00 Mars/Olympus', 'LOGIN', 'm5', 'EMR'),
   ('carol', 'LAB1', '2026-02-02 01:00:00 PM', 'LOGIN', 'm6', 'PACS'),
-  ('carol', 'LAB1', 'infinity', 'LOGIN', 'm7', 'EMR');
-SELECT results_eq($$SELECT * FROM msp_load_emr_audit(3, NULL)$$, $$VALUES (4::bigint, 0::bigint, 3::bigint)$$,
-                  'emr: 4 loaded, 3 bad times rejected without stopping the load');
+  ('carol', 'LAB1', 'infinity', 'LOGIN', 'm7', 'EMR'),
+  ('carol', 'LAB1', '2026-02-02 11:30:00 PST', 'LOGIN', 'm8', 'EMR');
+SELECT results_eq($$SELECT * FROM msp_load_emr_audit(3, NULL)$$, $$VALUES (5::bigint, 0::bigint, 3::bigint)$$,
+                  'emr: 5 loaded, 3 bad times rejected without stopping the load');
 SELECT results_eq($$SELECT source_event_id, at FROM logons WHERE client_id = 3 AND source = 'emr' AND source_event_id ~ '^m' ORDER BY 1$$,
-                  $$VALUES ('m1', '2026-02-02 08:05Z'::timestamptz), ('m4', '2026-02-02 17:00Z'), ('m6', '2026-02-02 18:00Z')$$,
-                  'emr: a lowercase z is UTC, a zone name is that zone, a time without one (even with PM) is the client''s');
+                  $$VALUES ('m1', '2026-02-02 08:05Z'::timestamptz), ('m4', '2026-02-02 17:00Z'), ('m6', '2026-02-02 18:00Z'),
+                           ('m8', '2026-02-02 19:30Z')$$,
+                  'emr: a lowercase z is UTC, a zone name or abbreviation is that zone, a time without one (even with PM) is the client''s');
 SELECT is((SELECT count(*) FROM logons WHERE client_id = 3 AND source = 'emr' AND source_event_id ~ '^[0-9a-f]{32}$'), 1::bigint,
           'emr: a row without an event id is keyed by its content');
 SELECT is((SELECT application FROM accounts WHERE client_id = 3 AND realm = 'app' AND application = 'PACS'), 'PACS',
