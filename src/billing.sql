@@ -166,7 +166,8 @@ COMMENT ON FUNCTION @extschema@.msp_sees_all_clients() IS
 CREATE FUNCTION @extschema@.msp_visible_clients() RETURNS bigint[]
 LANGUAGE sql STABLE PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
-RETURN ARRAY(SELECT b.client_id FROM @extschema@.bi_client_access b WHERE pg_has_role(b.role_name, 'MEMBER'));
+RETURN ARRAY(SELECT b.client_id FROM @extschema@.bi_client_access b JOIN pg_roles r ON r.rolname = b.role_name
+			  WHERE pg_has_role(r.oid, 'MEMBER'));
 COMMENT ON FUNCTION @extschema@.msp_visible_clients() IS 'the clients mapped to the current user''s roles';
 
 CREATE FUNCTION @extschema@.msp_can_see_client(client_id bigint) RETURNS boolean
@@ -175,12 +176,14 @@ SET search_path = pg_catalog, pg_temp
 RETURN @extschema@.msp_sees_all_clients() OR client_id = ANY (@extschema@.msp_visible_clients());
 COMMENT ON FUNCTION @extschema@.msp_can_see_client(bigint) IS 'may the current user read this client''s rows?';
 
--- May the current user see real names?  Superusers and mspbill_pii members.
+-- May the current user see real names?  Superusers and mspbill_pii members,
+-- unless mspbill.pseudonymous is on (what is stored for others to read).
 CREATE FUNCTION @extschema@.msp_sees_names() RETURNS boolean
 LANGUAGE sql STABLE PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
-RETURN (SELECT r.rolsuper FROM pg_roles r WHERE r.rolname = current_user)
-	OR @extschema@.msp_has_role('mspbill_pii');
+RETURN coalesce(current_setting('mspbill.pseudonymous', true), '') <> 'on'
+	AND ((SELECT r.rolsuper FROM pg_roles r WHERE r.rolname = current_user)
+		 OR @extschema@.msp_has_role('mspbill_pii'));
 COMMENT ON FUNCTION @extschema@.msp_sees_names() IS 'true for superusers and members of mspbill_pii';
 
 -- Account names are personal data: a label shows the real name of shared
@@ -294,6 +297,9 @@ BEGIN
 		IF to_regclass(format('@extschema@.%I', part)) IS NULL THEN
 			EXECUTE format('CREATE TABLE @extschema@.%I PARTITION OF @extschema@.logons FOR VALUES FROM (%L) TO (%L)',
 						   part, m::timestamptz, (m + interval '1 month')::timestamptz);
+			-- read directly, a partition would bypass the parent's policy
+			EXECUTE format('ALTER TABLE @extschema@.%I ENABLE ROW LEVEL SECURITY', part);
+			EXECUTE format('CREATE POLICY client_rows ON @extschema@.%I USING ((SELECT @extschema@.msp_sees_all_clients()) OR client_id = ANY (CAST((SELECT @extschema@.msp_visible_clients()) AS bigint[])))', part);
 			created := created + 1;
 		END IF;
 		m := m + interval '1 month';

@@ -3,6 +3,13 @@
 -- A finalized invoice is a fact: its rows cannot be changed or deleted by
 -- anyone but a superuser, and later differences become adjustment notes
 -- that reference it and ride on the next invoice.
+-- Nobody may write invoices, their lines or the audit log directly:
+-- msp_finalize_invoice and msp_issue_adjustment do, as the extension's
+-- owner (SECURITY DEFINER, callable by mspbill_billing and mspbill_admin),
+-- so that every stored invoice passed the gates and every audit row names
+-- the session's login and the server's clock.  They run with
+-- mspbill.pseudonymous on, so that stored evidence and findings carry
+-- account labels, never real names (which only mspbill_pii reads).
 
 CREATE SEQUENCE @extschema@.invoice_id_seq;
 CREATE TABLE @extschema@.invoices (
@@ -281,7 +288,9 @@ CREATE FUNCTION @extschema@.msp_finalize_invoice(client_id bigint, period datera
 												 override text[] DEFAULT '{}')
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE
-SET search_path = @extschema@, pg_catalog, pg_temp
+SECURITY DEFINER
+SET search_path = pg_catalog, @extschema@, pg_temp
+SET mspbill.pseudonymous = on
 AS $$
 #variable_conflict use_variable
 DECLARE
@@ -317,21 +326,21 @@ BEGIN
 	END IF;
 
 	inv := msp_compute_invoice(client_id, period);
-	INSERT INTO invoices (client_id, kind, period, model, users, seats, devices, subtotal, total,
+	INSERT INTO @extschema@.invoices (client_id, kind, period, model, users, seats, devices, subtotal, total,
 						  currency, evidence, overrides)
 	VALUES (client_id, 'invoice', period, inv.model, inv.users, inv.seats, inv.devices, inv.subtotal,
 			inv.total, inv.currency,
 			coalesce((SELECT jsonb_agg(to_jsonb(u)) FROM msp_billable_users(client_id, period) u), '[]'),
 			coalesce(override, '{}'))
 	RETURNING invoice_id INTO id;
-	INSERT INTO invoice_items (client_id, invoice_id, line_no, contract_id, description, quantity,
+	INSERT INTO @extschema@.invoice_items (client_id, invoice_id, line_no, contract_id, description, quantity,
 							   unit_price, amount, basis)
 	SELECT client_id, id, l.line_no, l.contract_id, l.description, l.quantity, l.unit_price, l.amount, l.basis
 	  FROM msp_price_lines(client_id, period, NULL) l;
-	INSERT INTO audit_log (client_id, action, invoice_id, detail)
+	INSERT INTO @extschema@.audit_log (client_id, action, invoice_id, detail)
 	VALUES (client_id, 'finalize', id, jsonb_build_object('period', period::text, 'total', inv.total));
 	IF cardinality(coalesce(override, '{}')) > 0 THEN
-		INSERT INTO audit_log (client_id, action, invoice_id, detail)
+		INSERT INTO @extschema@.audit_log (client_id, action, invoice_id, detail)
 		VALUES (client_id, 'override', id, jsonb_build_object('gates', override,
 				'findings', (SELECT jsonb_agg(to_jsonb(q)) FROM msp_data_quality(client_id, period) q
 							  WHERE q.gate = ANY (override))));
@@ -384,7 +393,9 @@ COMMENT ON FUNCTION @extschema@.msp_invoice_drift(bigint, daterange) IS
 CREATE FUNCTION @extschema@.msp_issue_adjustment(client_id bigint, period daterange, reason text)
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE
-SET search_path = @extschema@, pg_catalog, pg_temp
+SECURITY DEFINER
+SET search_path = pg_catalog, @extschema@, pg_temp
+SET mspbill.pseudonymous = on
 AS $$
 #variable_conflict use_variable
 DECLARE
@@ -413,18 +424,18 @@ BEGIN
 	 WHERE NOT EXISTS (SELECT 1 FROM invoices i WHERE i.client_id = client_id AND i.kind = 'invoice'
 						  AND i.period && daterange(m::date, (m + interval '1 month')::date))
 	 ORDER BY m LIMIT 1;
-	INSERT INTO invoices (client_id, kind, period, adjusts_invoice_id, apply_period, reason, total, currency,
+	INSERT INTO @extschema@.invoices (client_id, kind, period, adjusts_invoice_id, apply_period, reason, total, currency,
 						  evidence)
 	VALUES (client_id, 'adjustment', period, original.invoice_id, carrier, reason, total, original.currency,
-			coalesce((SELECT jsonb_agg(to_jsonb(u)) FROM msp_billable_users(client_id, period) u), '[]'))
+			coalesce((SELECT jsonb_agg(to_jsonb(u)) FROM @extschema@.msp_billable_users(client_id, period) u), '[]'))
 	RETURNING invoice_id INTO id;
-	INSERT INTO invoice_items (client_id, invoice_id, line_no, contract_id, description, quantity,
+	INSERT INTO @extschema@.invoice_items (client_id, invoice_id, line_no, contract_id, description, quantity,
 							   unit_price, amount, basis)
 	SELECT client_id, id, row_number() OVER (ORDER BY d.contract_id, d.basis), d.contract_id,
 		   format('%s (billed %s, now %s)', d.description, d.billed, d.current),
 		   d.current_quantity, NULL, d.difference, d.basis
 	  FROM msp_invoice_drift(client_id, period) d WHERE d.difference <> 0;
-	INSERT INTO audit_log (client_id, action, invoice_id, detail)
+	INSERT INTO @extschema@.audit_log (client_id, action, invoice_id, detail)
 	VALUES (client_id, 'adjust', id, jsonb_build_object('adjusts', original.invoice_id, 'total', total,
 														'reason', reason, 'carried_by', carrier::text));
 	RETURN id;

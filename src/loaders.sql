@@ -7,6 +7,12 @@
 -- Loading the same export twice adds nothing (source event ids are unique).
 -- Staged rows take their client_id from the setting mspbill.client_id, so
 -- that a plain COPY works:  SET mspbill.client_id = 7; COPY ... (raw) ...
+-- Staged records are raw personal data and COPY FROM cannot write a table
+-- with row-level security: so the loading roles (mspbill_billing,
+-- mspbill_admin) may only INSERT into the stage, nobody else may touch it,
+-- and the loaders read it as the extension's owner (SECURITY DEFINER, a
+-- pinned search_path, callable only by those two roles), taking only the
+-- rows of the client they were asked to load.
 
 -- The client staged rows belong to: the mspbill.client_id setting.
 CREATE FUNCTION @extschema@.msp_staging_client() RETURNS bigint
@@ -56,6 +62,14 @@ CREATE TABLE @extschema@.emr_audit_staging (
 COMMENT ON TABLE @extschema@.emr_audit_staging IS
 	'EMR/EHR access audit rows (user, workstation, time, action, event id): COPY a CSV here, then call msp_load_emr_audit()';
 
+-- the loaders read and the retries of msp_load_guarded look up lines by client
+CREATE INDEX windows_event_staging_line_idx ON @extschema@.windows_event_staging (client_id, line_no);
+CREATE INDEX entra_signin_staging_line_idx ON @extschema@.entra_signin_staging (client_id, line_no);
+CREATE INDEX emr_audit_staging_line_idx ON @extschema@.emr_audit_staging (client_id, line_no);
+COMMENT ON INDEX @extschema@.windows_event_staging_line_idx IS 'a client''s staged lines, by line number';
+COMMENT ON INDEX @extschema@.entra_signin_staging_line_idx IS 'a client''s staged lines, by line number';
+COMMENT ON INDEX @extschema@.emr_audit_staging_line_idx IS 'a client''s staged lines, by line number';
+
 CREATE TABLE @extschema@.load_rejects (
 	client_id bigint NOT NULL,
 	source text NOT NULL,
@@ -82,7 +96,8 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
 	RETURN raw::jsonb;
-EXCEPTION WHEN invalid_text_representation OR untranslatable_character OR numeric_value_out_of_range THEN
+EXCEPTION WHEN data_exception OR program_limit_exceeded THEN
+	-- not JSON, a number jsonb cannot hold, nesting too deep for the stack
 	RETURN NULL;
 END
 $$;
@@ -96,7 +111,8 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
 	RETURN raw::timestamptz;
-EXCEPTION WHEN invalid_datetime_format OR datetime_field_overflow OR invalid_text_representation THEN
+EXCEPTION WHEN data_exception THEN
+	-- malformed, out of range, an unknown zone or offset
 	RETURN NULL;
 END
 $$;
@@ -128,30 +144,30 @@ COMMENT ON FUNCTION @extschema@.msp_canonical_account(text, text) IS
 CREATE FUNCTION @extschema@.msp_load_normalized(for_client bigint, load_source text,
 												OUT loaded bigint, OUT duplicate bigint)
 LANGUAGE plpgsql VOLATILE
-SET search_path = @extschema@, pg_catalog, pg_temp
+SET search_path = pg_catalog, @extschema@, pg_temp
 AS $$
 BEGIN
-	INSERT INTO accounts (client_id, account_id, realm, name, kind, application)
+	INSERT INTO @extschema@.accounts (client_id, account_id, realm, name, kind, application)
 	SELECT for_client,
-		   coalesce((SELECT max(a.account_id) FROM accounts a WHERE a.client_id = for_client), 0)
+		   coalesce((SELECT max(a.account_id) FROM @extschema@.accounts a WHERE a.client_id = for_client), 0)
 			   + row_number() OVER (ORDER BY n.realm, n.account_name),
 		   n.realm, n.account_name, 'unknown', n.application
 	  FROM (SELECT DISTINCT e.realm, e.account_name, e.application FROM pg_temp.msp_load_events e) n
-	 WHERE NOT EXISTS (SELECT 1 FROM accounts a
+	 WHERE NOT EXISTS (SELECT 1 FROM @extschema@.accounts a
 						WHERE a.client_id = for_client AND a.realm = n.realm
 						  AND lower(a.name) = lower(n.account_name)
 						  AND coalesce(a.application, '') = coalesce(n.application, ''));
 
 	-- a device found in an export is billable from the day it was first seen
-	INSERT INTO devices (client_id, device_id, name, kind, active)
+	INSERT INTO @extschema@.devices (client_id, device_id, name, kind, active)
 	SELECT for_client,
-		   coalesce((SELECT max(d.device_id) FROM devices d WHERE d.client_id = for_client), 0)
+		   coalesce((SELECT max(d.device_id) FROM @extschema@.devices d WHERE d.client_id = for_client), 0)
 			   + row_number() OVER (ORDER BY n.device_name),
 		   n.device_name, 'other',
-		   daterange((n.first_at AT TIME ZONE (SELECT c.time_zone FROM clients c WHERE c.client_id = for_client))::date, NULL)
+		   daterange((n.first_at AT TIME ZONE (SELECT c.time_zone FROM @extschema@.clients c WHERE c.client_id = for_client))::date, NULL)
 	  FROM (SELECT e.device_name, min(e.at) AS first_at FROM pg_temp.msp_load_events e
 			 WHERE e.device_name IS NOT NULL AND e.create_device GROUP BY e.device_name) n
-	 WHERE NOT EXISTS (SELECT 1 FROM devices d WHERE d.client_id = for_client
+	 WHERE NOT EXISTS (SELECT 1 FROM @extschema@.devices d WHERE d.client_id = for_client
 						  AND upper(d.name) = upper(n.device_name));
 
 	-- small maps from names to ids, so the big insert joins on plain keys
@@ -160,17 +176,17 @@ BEGIN
 	SELECT n.realm, n.account_name, n.app, a.account_id
 	  FROM (SELECT DISTINCT e.realm, e.account_name, coalesce(e.application, '') AS app
 			  FROM pg_temp.msp_load_events e) n
-	  JOIN accounts a ON a.client_id = for_client AND a.realm = n.realm
+	  JOIN @extschema@.accounts a ON a.client_id = for_client AND a.realm = n.realm
 					 AND lower(a.name) = lower(n.account_name) AND coalesce(a.application, '') = n.app;
 	CREATE TEMP TABLE msp_device_map ON COMMIT DROP AS
 	SELECT n.device_name, d.device_id
 	  FROM (SELECT DISTINCT e.device_name FROM pg_temp.msp_load_events e WHERE e.device_name IS NOT NULL) n
-	  JOIN devices d ON d.client_id = for_client AND upper(d.name) = upper(n.device_name);
+	  JOIN @extschema@.devices d ON d.client_id = for_client AND upper(d.name) = upper(n.device_name);
 	ANALYZE pg_temp.msp_account_map;
 	ANALYZE pg_temp.msp_device_map;
 
 	WITH ins AS (
-		INSERT INTO logons (client_id, account_id, device_id, at, ended, presence, source,
+		INSERT INTO @extschema@.logons (client_id, account_id, device_id, at, ended, presence, source,
 							source_event_id, session_key)
 		SELECT for_client, m.account_id, dm.device_id, e.at, e.ended, true, load_source, e.source_event_id,
 			   e.session_key
@@ -188,18 +204,21 @@ $$;
 COMMENT ON FUNCTION @extschema@.msp_load_normalized(bigint, text) IS
 	'internal: accounts, devices and logons from the normalized events of one load';
 
--- Every load starts here: the client must exist, and the load gets a fresh
--- scratch table for its normalized events.
+-- Every load starts here: the client must exist, loads of one client take
+-- turns (new accounts and devices are numbered from the client's highest
+-- id, and a second load of the same stage must find it consumed), and the
+-- load gets a fresh scratch table for its normalized events.
 CREATE FUNCTION @extschema@.msp_load_begin(for_client bigint) RETURNS void
 LANGUAGE plpgsql VOLATILE
-SET search_path = @extschema@, pg_catalog, pg_temp
+SET search_path = pg_catalog, @extschema@, pg_temp
 AS $$
 BEGIN
-	IF NOT EXISTS (SELECT 1 FROM clients c WHERE c.client_id = for_client) THEN
+	IF NOT EXISTS (SELECT 1 FROM @extschema@.clients c WHERE c.client_id = for_client) THEN
 		RAISE EXCEPTION 'unknown client %', for_client
 			USING ERRCODE = 'no_data_found',
 				  HINT = 'Add the client to mspbill.clients first.';
 	END IF;
+	PERFORM pg_advisory_xact_lock(hashtext('mspbill.load'), hashtext(for_client::text));
 	IF to_regclass('pg_temp.msp_load_events') IS NOT NULL THEN
 		DROP TABLE pg_temp.msp_load_events;
 	END IF;
@@ -218,85 +237,159 @@ END
 $$;
 COMMENT ON FUNCTION @extschema@.msp_load_begin(bigint) IS 'internal: checks the client and gives a load its scratch table';
 
+-- One step of a load, run over the staged lines lo..hi of a client
+-- (EXECUTE step USING client, lo, hi).  When the step fails on some
+-- record's data (any data exception, nesting too deep, a value too large
+-- for an index) it is retried on each half of its lines, down to single
+-- lines, which reject then marks (EXECUTE reject USING client, line,
+-- message, sqlstate).  A clean batch costs one set-based statement; a bad
+-- record costs a few more (about two per halving), never the load.
+CREATE FUNCTION @extschema@.msp_load_guarded(step text, reject text, for_client bigint, lo bigint, hi bigint)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, @extschema@, pg_temp
+AS $$
+DECLARE
+	todo bigint[] := ARRAY[lo, hi];
+	a bigint;
+	b bigint;
+	n bigint := 0;
+	msg text;
+	state text;
+BEGIN
+	IF lo IS NULL OR hi IS NULL THEN
+		RETURN 0;
+	END IF;
+	WHILE cardinality(todo) > 0 LOOP
+		a := todo[cardinality(todo) - 1];
+		b := todo[cardinality(todo)];
+		todo := todo[1:cardinality(todo) - 2];
+		BEGIN
+			EXECUTE step USING for_client, a, b;
+		EXCEPTION WHEN data_exception OR program_limit_exceeded THEN
+			IF a = b THEN
+				GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT, state = RETURNED_SQLSTATE;
+				EXECUTE reject USING for_client, a, msg, state;
+				n := n + 1;
+			ELSE
+				todo := todo || ARRAY[a + (b - a) / 2 + 1, b, a, a + (b - a) / 2];
+			END IF;
+		END;
+	END LOOP;
+	RETURN n;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_load_guarded(text, text, bigint, bigint, bigint) IS
+	'internal: runs a load step set-based, and per record only where a record''s data makes it fail';
+
 CREATE FUNCTION @extschema@.msp_load_windows_events(client_id bigint, source text DEFAULT 'windows',
 													OUT loaded bigint, OUT duplicate bigint,
 													OUT paired bigint, OUT skipped bigint, OUT rejected bigint)
 LANGUAGE plpgsql VOLATILE
-SET search_path = @extschema@, pg_catalog, pg_temp
+SECURITY DEFINER
+SET search_path = pg_catalog, @extschema@, pg_temp
 AS $$
 #variable_conflict use_variable
+DECLARE
+	lo bigint;
+	hi bigint;
 BEGIN
-	PERFORM msp_load_begin(client_id);
+	-- a NULL source would make every event id unique (NULLs are distinct)
+	source := coalesce(source, 'windows');
+	PERFORM @extschema@.msp_load_begin(client_id);
+	SELECT min(s.line_no), max(s.line_no) INTO lo, hi FROM @extschema@.windows_event_staging s WHERE s.client_id = client_id;
+	CREATE TEMP TABLE msp_win_class (
+		line_no bigint PRIMARY KEY,
+		event_id text,
+		at_text text,
+		host text,
+		username text,
+		domain text,
+		logon_type text,
+		logon_id text,
+		record text,
+		class text NOT NULL,
+		at timestamptz
+	) ON COMMIT DROP;
 	-- One pass over the stage keeps only the fields a logon needs, NXLog's
 	-- top-level ones or Winlogbeat's (winlog.*), without building a jsonb of
 	-- every (mostly irrelevant, often large) record.
-	CREATE TEMP TABLE msp_win_class ON COMMIT DROP AS
-	SELECT s.line_no, f IS NULL AS bad_json,
-		   coalesce(f[1], wl.winlog->>'event_id') AS event_id,
-		   coalesce(f[2], f[3]) AS at_text,
-		   coalesce(f[4], wl.winlog->>'computer_name') AS host,
-		   coalesce(f[5], wl.winlog->'event_data'->>'TargetUserName') AS username,
-		   coalesce(f[6], wl.winlog->'event_data'->>'TargetDomainName') AS domain,
-		   coalesce(f[7], wl.winlog->'event_data'->>'LogonType') AS logon_type,
-		   coalesce(f[8], wl.winlog->'event_data'->>'TargetLogonId') AS logon_id,
-		   coalesce(f[9], wl.winlog->>'record_id', md5(s.raw)) AS record,
-		   NULL::text AS class, NULL::timestamptz AS at
-	  FROM windows_event_staging s,
-		   LATERAL msp_json_fields(s.raw, '{EventID,@timestamp,TimeCreated,Hostname,TargetUserName,TargetDomainName,LogonType,TargetLogonId,RecordNumber,winlog}') AS f,
-		   -- a function in FROM runs once per row (a subquery would be pulled up)
-		   LATERAL unnest(ARRAY[f[10]::jsonb]) AS wl(winlog)
-	 WHERE s.client_id = client_id;
-	UPDATE msp_win_class e SET class =
-		   CASE
-			   WHEN e.bad_json THEN 'reject:not valid JSON'
-			   WHEN e.event_id IS NULL THEN 'reject:no EventID'
-			   WHEN e.event_id NOT IN ('4624', '4634', '4647') THEN 'skip'
-			   WHEN e.at_text IS NULL THEN 'reject:no @timestamp'
-			   WHEN e.host IS NULL OR e.host IN ('', '-') THEN 'reject:no Hostname'
-			   WHEN e.username IS NULL OR e.username IN ('', '-') THEN 'reject:no TargetUserName'
-			   WHEN msp_is_machine_account(e.username) THEN 'skip'
-			   WHEN e.event_id = '4624' AND e.logon_type IS NULL THEN 'reject:no LogonType'
-			   WHEN e.event_id = '4624' AND e.logon_type NOT IN ('2', '7', '10', '11') THEN 'skip'
-			   WHEN e.event_id = '4624' THEN 'logon'
-			   ELSE 'logoff'
-		   END;
-	-- timestamps: the batch at once, per row only when one is malformed
-	BEGIN
-		UPDATE msp_win_class SET at = at_text::timestamptz WHERE class IN ('logon', 'logoff');
-	EXCEPTION WHEN invalid_datetime_format OR datetime_field_overflow OR invalid_text_representation THEN
-		UPDATE msp_win_class SET at = msp_try_timestamptz(at_text) WHERE class IN ('logon', 'logoff');
-	END;
-	UPDATE msp_win_class SET class = 'reject:invalid @timestamp' WHERE class IN ('logon', 'logoff') AND at IS NULL;
+	PERFORM @extschema@.msp_load_guarded($step$
+		INSERT INTO pg_temp.msp_win_class (line_no, event_id, at_text, host, username, domain, logon_type,
+										   logon_id, record, class)
+		SELECT e.line_no, e.event_id, e.at_text, e.host, e.username, e.domain, e.logon_type, e.logon_id, e.record,
+			   CASE
+				   WHEN e.bad_json THEN 'reject:not valid JSON'
+				   WHEN e.event_id IS NULL THEN 'reject:no EventID'
+				   WHEN e.event_id NOT IN ('4624', '4634', '4647') THEN 'skip'
+				   WHEN e.at_text IS NULL THEN 'reject:no @timestamp'
+				   WHEN e.host IS NULL OR e.host IN ('', '-') THEN 'reject:no Hostname'
+				   WHEN e.username IS NULL OR e.username IN ('', '-') THEN 'reject:no TargetUserName'
+				   -- names and keys go into btree indexes, which cap a row's size
+				   WHEN length(e.host) > 255 OR length(e.username) > 255 OR length(e.domain) > 255
+						OR length(e.record) > 255 OR length(e.logon_id) > 255 THEN 'reject:field too long'
+				   WHEN @extschema@.msp_is_machine_account(e.username) THEN 'skip'
+				   WHEN e.event_id = '4624' AND e.logon_type IS NULL THEN 'reject:no LogonType'
+				   WHEN e.event_id = '4624' AND e.logon_type NOT IN ('2', '7', '10', '11') THEN 'skip'
+				   WHEN e.event_id = '4624' THEN 'logon'
+				   ELSE 'logoff'
+			   END
+		  FROM (SELECT s.line_no, f IS NULL AS bad_json,
+					   coalesce(f[1], wl.winlog->>'event_id') AS event_id,
+					   coalesce(f[2], f[3]) AS at_text,
+					   coalesce(f[4], wl.winlog->>'computer_name') AS host,
+					   coalesce(f[5], wl.winlog->'event_data'->>'TargetUserName') AS username,
+					   coalesce(f[6], wl.winlog->'event_data'->>'TargetDomainName') AS domain,
+					   coalesce(f[7], wl.winlog->'event_data'->>'LogonType') AS logon_type,
+					   coalesce(f[8], wl.winlog->'event_data'->>'TargetLogonId') AS logon_id,
+					   coalesce(f[9], wl.winlog->>'record_id', md5(s.raw)) AS record
+				  FROM @extschema@.windows_event_staging s,
+					   LATERAL @extschema@.msp_json_fields(s.raw, '{EventID,@timestamp,TimeCreated,Hostname,TargetUserName,TargetDomainName,LogonType,TargetLogonId,RecordNumber,winlog}') AS f,
+					   -- a function in FROM runs once per row (a subquery would be pulled up)
+					   LATERAL unnest(ARRAY[f[10]::jsonb]) AS wl(winlog)
+				 WHERE s.client_id = $1 AND s.line_no BETWEEN $2 AND $3) e
+	$step$, $reject$
+		INSERT INTO pg_temp.msp_win_class (line_no, class) VALUES ($2, 'reject:unreadable record: ' || $3)
+	$reject$, client_id, lo, hi);
+	-- timestamps: the batch at once, per record only where one is malformed
+	PERFORM @extschema@.msp_load_guarded($step$
+		UPDATE pg_temp.msp_win_class SET at = at_text::timestamptz
+		 WHERE class IN ('logon', 'logoff') AND line_no BETWEEN $2 AND $3
+	$step$, $reject$
+		UPDATE pg_temp.msp_win_class SET class = 'reject:invalid @timestamp' WHERE line_no = $2
+	$reject$, client_id, lo, hi);
+	UPDATE pg_temp.msp_win_class SET class = 'reject:invalid @timestamp'
+	 WHERE class IN ('logon', 'logoff') AND (at IS NULL OR NOT isfinite(at));
 
 	INSERT INTO pg_temp.msp_load_events (realm, application, account_name, device_name, create_device, at,
 										 ended, source_event_id, session_key)
-	SELECT 'os', NULL, msp_canonical_account(c.domain, c.username), upper(split_part(c.host, '.', 1)), true,
+	SELECT 'os', NULL, @extschema@.msp_canonical_account(c.domain, c.username), upper(split_part(c.host, '.', 1)), true,
 		   c.at, NULL, upper(split_part(c.host, '.', 1)) || ':' || c.record,
 		   CASE WHEN c.logon_id IS NOT NULL THEN upper(split_part(c.host, '.', 1)) || ':' || lower(c.logon_id) END
-	  FROM msp_win_class c WHERE c.class = 'logon';
-	SELECT * INTO loaded, duplicate FROM msp_load_normalized(client_id, source);
+	  FROM pg_temp.msp_win_class c WHERE c.class = 'logon';
+	SELECT * INTO loaded, duplicate FROM @extschema@.msp_load_normalized(client_id, source);
 
 	-- pair logoffs (4634, 4647) with their logon by logon id on the same host
 	WITH logoff AS (
 		SELECT upper(split_part(c.host, '.', 1)) || ':' || lower(c.logon_id) AS session_key, min(c.at) AS at
-		  FROM msp_win_class c WHERE c.class = 'logoff' AND c.logon_id IS NOT NULL GROUP BY 1),
+		  FROM pg_temp.msp_win_class c WHERE c.class = 'logoff' AND c.logon_id IS NOT NULL GROUP BY 1),
 	upd AS (
-		UPDATE logons l SET ended = o.at
+		UPDATE @extschema@.logons l SET ended = o.at
 		  FROM logoff o
 		 WHERE l.client_id = client_id AND l.session_key = o.session_key AND l.at <= o.at
 		   AND (l.ended IS NULL OR l.ended > o.at)
 		RETURNING l.session_key)
 	SELECT count(DISTINCT upd.session_key) INTO paired FROM upd;
 
-	INSERT INTO load_rejects (client_id, source, line_no, raw, reason)
+	INSERT INTO @extschema@.load_rejects (client_id, source, line_no, raw, reason)
 	SELECT client_id, source, c.line_no, s.raw, substr(c.class, 8)
-	  FROM msp_win_class c JOIN windows_event_staging s ON s.client_id = client_id AND s.line_no = c.line_no
+	  FROM pg_temp.msp_win_class c JOIN @extschema@.windows_event_staging s ON s.client_id = client_id AND s.line_no = c.line_no
 	 WHERE c.class LIKE 'reject:%';
 	GET DIAGNOSTICS rejected = ROW_COUNT;
-	SELECT count(*) INTO skipped FROM msp_win_class c WHERE c.class = 'skip' OR c.class = 'logoff';
+	SELECT count(*) INTO skipped FROM pg_temp.msp_win_class c WHERE c.class = 'skip' OR c.class = 'logoff';
 	skipped := skipped - paired;
-	DELETE FROM windows_event_staging s WHERE s.client_id = client_id;
-	DROP TABLE msp_win_class;
+	DELETE FROM @extschema@.windows_event_staging s WHERE s.client_id = client_id;
+	DROP TABLE pg_temp.msp_win_class;
 END
 $$;
 COMMENT ON FUNCTION @extschema@.msp_load_windows_events(bigint, text) IS
@@ -306,38 +399,69 @@ CREATE FUNCTION @extschema@.msp_load_entra_signins(client_id bigint, source text
 												   OUT loaded bigint, OUT duplicate bigint,
 												   OUT skipped bigint, OUT rejected bigint)
 LANGUAGE plpgsql VOLATILE
-SET search_path = @extschema@, pg_catalog, pg_temp
+SECURITY DEFINER
+SET search_path = pg_catalog, @extschema@, pg_temp
 AS $$
 #variable_conflict use_variable
+DECLARE
+	lo bigint;
+	hi bigint;
 BEGIN
-	PERFORM msp_load_begin(client_id);
-	CREATE TEMP TABLE msp_entra ON COMMIT DROP AS
-	SELECT s.line_no, s.raw, msp_try_jsonb(s.raw) AS doc FROM entra_signin_staging s WHERE s.client_id = client_id;
-	CREATE TEMP TABLE msp_entra_class ON COMMIT DROP AS
-	SELECT e.line_no, e.raw, e.doc->>'id' AS id, e.doc->>'userPrincipalName' AS upn,
-		   msp_try_timestamptz(e.doc->>'createdDateTime') AS at,
-		   e.doc->'deviceDetail'->>'displayName' AS device,
-		   CASE
-			   WHEN e.doc IS NULL THEN 'reject:not valid JSON'
-			   WHEN e.doc->>'id' IS NULL THEN 'reject:no id'
-			   WHEN coalesce(e.doc->>'userPrincipalName', '') = '' THEN 'reject:no userPrincipalName'
-			   WHEN msp_try_timestamptz(e.doc->>'createdDateTime') IS NULL THEN 'reject:no valid createdDateTime'
-			   WHEN coalesce(e.doc->'status'->>'errorCode', '0') <> '0' THEN 'skip'
-			   WHEN e.doc->>'isInteractive' = 'false' THEN 'skip'
-			   ELSE 'signin'
-		   END AS class
-	  FROM msp_entra e;
+	source := coalesce(source, 'entra');
+	PERFORM @extschema@.msp_load_begin(client_id);
+	SELECT min(s.line_no), max(s.line_no) INTO lo, hi FROM @extschema@.entra_signin_staging s WHERE s.client_id = client_id;
+	CREATE TEMP TABLE msp_entra_class (
+		line_no bigint PRIMARY KEY,
+		id text,
+		upn text,
+		created text,
+		device text,
+		class text NOT NULL,
+		at timestamptz
+	) ON COMMIT DROP;
+	PERFORM @extschema@.msp_load_guarded($step$
+		INSERT INTO pg_temp.msp_entra_class (line_no, id, upn, created, device, class)
+		SELECT e.line_no, e.doc->>'id', e.doc->>'userPrincipalName', e.doc->>'createdDateTime',
+			   e.doc->'deviceDetail'->>'displayName',
+			   CASE
+				   WHEN e.doc->>'id' IS NULL THEN 'reject:no id'
+				   WHEN coalesce(e.doc->>'userPrincipalName', '') = '' THEN 'reject:no userPrincipalName'
+				   WHEN e.doc->>'createdDateTime' IS NULL THEN 'reject:no valid createdDateTime'
+				   -- names and keys go into btree indexes, which cap a row's size
+				   WHEN length(e.doc->>'id') > 255 OR length(e.doc->>'userPrincipalName') > 255
+						OR length(e.doc->'deviceDetail'->>'displayName') > 255 THEN 'reject:field too long'
+				   WHEN coalesce(e.doc->'status'->>'errorCode', '0') <> '0' THEN 'skip'
+				   WHEN e.doc->>'isInteractive' = 'false' THEN 'skip'
+				   ELSE 'signin'
+			   END
+		  FROM (SELECT s.line_no, s.raw::jsonb AS doc FROM @extschema@.entra_signin_staging s
+				 WHERE s.client_id = $1 AND s.line_no BETWEEN $2 AND $3) e
+	$step$, $reject$
+		INSERT INTO pg_temp.msp_entra_class (line_no, class)
+		VALUES ($2, CASE WHEN $4 = '22P02' THEN 'reject:not valid JSON' ELSE 'reject:unreadable record: ' || $3 END)
+	$reject$, client_id, lo, hi);
+	PERFORM @extschema@.msp_load_guarded($step$
+		UPDATE pg_temp.msp_entra_class SET at = created::timestamptz
+		 WHERE class NOT LIKE 'reject:%' AND line_no BETWEEN $2 AND $3
+	$step$, $reject$
+		UPDATE pg_temp.msp_entra_class SET class = 'reject:no valid createdDateTime' WHERE line_no = $2
+	$reject$, client_id, lo, hi);
+	UPDATE pg_temp.msp_entra_class SET class = 'reject:no valid createdDateTime'
+	 WHERE class NOT LIKE 'reject:%' AND (at IS NULL OR NOT isfinite(at));
+
 	INSERT INTO pg_temp.msp_load_events (realm, application, account_name, device_name, create_device, at,
 										 ended, source_event_id, session_key)
 	SELECT 'm365', NULL, lower(c.upn), upper(nullif(c.device, '')), false, c.at, NULL, c.id, NULL
-	  FROM msp_entra_class c WHERE c.class = 'signin';
-	SELECT * INTO loaded, duplicate FROM msp_load_normalized(client_id, source);
-	INSERT INTO load_rejects (client_id, source, line_no, raw, reason)
-	SELECT client_id, source, c.line_no, c.raw, substr(c.class, 8) FROM msp_entra_class c WHERE c.class LIKE 'reject:%';
+	  FROM pg_temp.msp_entra_class c WHERE c.class = 'signin';
+	SELECT * INTO loaded, duplicate FROM @extschema@.msp_load_normalized(client_id, source);
+	INSERT INTO @extschema@.load_rejects (client_id, source, line_no, raw, reason)
+	SELECT client_id, source, c.line_no, s.raw, substr(c.class, 8)
+	  FROM pg_temp.msp_entra_class c JOIN @extschema@.entra_signin_staging s ON s.client_id = client_id AND s.line_no = c.line_no
+	 WHERE c.class LIKE 'reject:%';
 	GET DIAGNOSTICS rejected = ROW_COUNT;
-	SELECT count(*) INTO skipped FROM msp_entra_class c WHERE c.class = 'skip';
-	DELETE FROM entra_signin_staging s WHERE s.client_id = client_id;
-	DROP TABLE msp_entra, msp_entra_class;
+	SELECT count(*) INTO skipped FROM pg_temp.msp_entra_class c WHERE c.class = 'skip';
+	DELETE FROM @extschema@.entra_signin_staging s WHERE s.client_id = client_id;
+	DROP TABLE pg_temp.msp_entra_class;
 END
 $$;
 COMMENT ON FUNCTION @extschema@.msp_load_entra_signins(bigint, text) IS
@@ -346,38 +470,57 @@ COMMENT ON FUNCTION @extschema@.msp_load_entra_signins(bigint, text) IS
 CREATE FUNCTION @extschema@.msp_load_emr_audit(client_id bigint, source text DEFAULT 'emr',
 											   OUT loaded bigint, OUT duplicate bigint, OUT rejected bigint)
 LANGUAGE plpgsql VOLATILE
-SET search_path = @extschema@, pg_catalog, pg_temp
+SECURITY DEFINER
+SET search_path = pg_catalog, @extschema@, pg_temp
 AS $$
 #variable_conflict use_variable
+DECLARE
+	lo bigint;
+	hi bigint;
 BEGIN
-	PERFORM msp_load_begin(client_id);
+	source := coalesce(source, 'emr');
+	PERFORM @extschema@.msp_load_begin(client_id);
+	SELECT min(s.line_no), max(s.line_no) INTO lo, hi FROM @extschema@.emr_audit_staging s WHERE s.client_id = client_id;
 	CREATE TEMP TABLE msp_emr ON COMMIT DROP AS
-	SELECT s.*, c.time_zone,
-		   msp_try_timestamptz(s.event_time) AS at_any,
+	SELECT s.line_no, s.user_name, s.workstation, s.event_time, s.action, s.event_id, s.application, c.time_zone,
 		   CASE
 			   WHEN coalesce(s.user_name, '') = '' THEN 'no user'
 			   WHEN coalesce(s.event_time, '') = '' THEN 'no time'
-			   WHEN msp_try_timestamptz(s.event_time) IS NULL THEN 'invalid time'
-		   END AS reason
-	  FROM emr_audit_staging s JOIN clients c USING (client_id)
+			   -- names and keys go into btree indexes, which cap a row's size
+			   WHEN length(s.user_name) > 255 OR length(s.workstation) > 255 OR length(s.event_id) > 255
+					OR length(s.application) > 255 THEN 'field too long'
+		   END AS reason,
+		   NULL::timestamptz AS at
+	  FROM @extschema@.emr_audit_staging s JOIN @extschema@.clients c USING (client_id)
 	 WHERE s.client_id = client_id;
+	ALTER TABLE pg_temp.msp_emr ADD PRIMARY KEY (line_no);
+	-- A time with a zone (an offset, Z or z, a zone name or abbreviation)
+	-- is that instant; a time without one is the client's local time.
+	PERFORM @extschema@.msp_load_guarded($step$
+		UPDATE pg_temp.msp_emr
+		   SET at = CASE WHEN event_time ~* '([+-]\d\d(:?\d\d)?|[a-z][a-z_/]*)$' AND event_time !~* '[ap]\.?m\.?$'
+						 THEN event_time::timestamptz
+						 ELSE event_time::timestamp AT TIME ZONE time_zone END
+		 WHERE reason IS NULL AND line_no BETWEEN $2 AND $3
+	$step$, $reject$
+		UPDATE pg_temp.msp_emr SET reason = 'invalid time' WHERE line_no = $2
+	$reject$, client_id, lo, hi);
+	UPDATE pg_temp.msp_emr SET reason = 'invalid time' WHERE reason IS NULL AND (at IS NULL OR NOT isfinite(at));
+
 	INSERT INTO pg_temp.msp_load_events (realm, application, account_name, device_name, create_device, at,
 										 ended, source_event_id, session_key)
-	SELECT 'app', e.application, lower(e.user_name), upper(nullif(e.workstation, '')), true,
-		   -- a time without a zone is the client's local time
-		   CASE WHEN e.event_time ~ '([+-]\d\d(:?\d\d)?|Z)$' THEN e.at_any
-				ELSE e.event_time::timestamp AT TIME ZONE e.time_zone END,
+	SELECT 'app', e.application, lower(e.user_name), upper(nullif(e.workstation, '')), true, e.at,
 		   NULL, coalesce(e.event_id, md5(concat_ws('|', e.user_name, e.workstation, e.event_time, e.action))), NULL
-	  FROM msp_emr e WHERE e.reason IS NULL;
-	SELECT * INTO loaded, duplicate FROM msp_load_normalized(client_id, source);
-	INSERT INTO load_rejects (client_id, source, line_no, raw, reason)
+	  FROM pg_temp.msp_emr e WHERE e.reason IS NULL;
+	SELECT * INTO loaded, duplicate FROM @extschema@.msp_load_normalized(client_id, source);
+	INSERT INTO @extschema@.load_rejects (client_id, source, line_no, raw, reason)
 	SELECT client_id, source, e.line_no,
 		   concat_ws(',', e.user_name, e.workstation, e.event_time, e.action, e.event_id), e.reason
-	  FROM msp_emr e WHERE e.reason IS NOT NULL;
+	  FROM pg_temp.msp_emr e WHERE e.reason IS NOT NULL;
 	GET DIAGNOSTICS rejected = ROW_COUNT;
-	DELETE FROM emr_audit_staging s WHERE s.client_id = client_id;
-	DROP TABLE msp_emr;
+	DELETE FROM @extschema@.emr_audit_staging s WHERE s.client_id = client_id;
+	DROP TABLE pg_temp.msp_emr;
 END
 $$;
 COMMENT ON FUNCTION @extschema@.msp_load_emr_audit(bigint, text) IS
-	'loads a client''s staged EMR access audit rows as application logons (times without a zone are the client''s local time)';
+	'loads a client''s staged EMR access audit rows as application logons (a time with an offset, Z or a zone name is that instant; one without is the client''s local time)';

@@ -1,7 +1,9 @@
 -- Privacy and tenancy: the HIPAA shared-logon audit, people's real names
 -- behind a role, the extension's roles, and row-level security per client.
--- No function here is SECURITY DEFINER: readers act with their own rights,
--- and what they may see is decided by grants and policies.
+-- Readers act with their own rights: what they may see is decided by
+-- grants and policies.  The few functions that write what their callers may
+-- not write themselves (loaders, finalization, adjustments) are SECURITY
+-- DEFINER, callable only by mspbill_billing and mspbill_admin.
 
 CREATE TABLE @extschema@.applications (
 	client_id bigint NOT NULL REFERENCES @extschema@.clients ON DELETE CASCADE,
@@ -89,86 +91,247 @@ BEGIN ATOMIC
 			   AND l.at < (upper(p.period)::timestamp AT TIME ZONE c.time_zone)),
 		   (SELECT count(*) FROM v),
 		   (SELECT count(DISTINCT device) FROM v),
-		   (SELECT coalesce(array_agg(DISTINCT application ORDER BY application), '{}') FROM v);
+		   (SELECT coalesce(array_agg(DISTINCT application ORDER BY application), '{}') FROM v)
+	  -- no row for a client the reader may not see
+	  FROM c;
 END;
 COMMENT ON FUNCTION @extschema@.msp_pii_audit_summary(bigint, daterange) IS
 	'per client: shared sessions, those that broke the individual-login rule, devices and applications involved';
 
 -- Each role sees its own client mappings, which the policies below read
 -- for every reader: so everyone may select, and sees only their own rows.
+-- Roles are matched through pg_roles, so that a row naming a dropped role
+-- is simply nobody's (pg_has_role on a missing name would be an error in
+-- every reader's query).
 ALTER TABLE @extschema@.bi_client_access ENABLE ROW LEVEL SECURITY;
 GRANT SELECT ON @extschema@.bi_client_access TO PUBLIC;
 CREATE POLICY own_rows ON @extschema@.bi_client_access
-	USING ((SELECT @extschema@.msp_sees_all_clients()) OR pg_catalog.pg_has_role(role_name, 'MEMBER'));
+	USING ((SELECT @extschema@.msp_sees_all_clients())
+		   OR role_name = ANY (ARRAY(SELECT r.rolname FROM pg_catalog.pg_roles r
+									  WHERE pg_catalog.pg_has_role(r.oid, 'MEMBER'))));
+COMMENT ON POLICY own_rows ON @extschema@.bi_client_access IS
+	'each role sees the mappings of the roles it belongs to; admins and billing see all';
 
 -- Row-level security: every client-keyed table shows a reader only the
 -- clients they may see (msp_can_see_client).  The checks run once per
--- query (initplans), not once per row.
+-- query (initplans), not once per row.  The staging tables are the
+-- exception: COPY FROM cannot write a table with row-level security, so
+-- nobody but the loaders (SECURITY DEFINER) may read them at all.
 DO $$
 DECLARE
 	t text;
 BEGIN
 	FOREACH t IN ARRAY ARRAY['clients', 'contracts', 'contract_tiers', 'devices', 'people', 'accounts',
-							 'logons', 'support_contacts', 'cost_pools', 'license_counts', 'invoices',
-							 'invoice_items', 'audit_log', 'load_rejects', 'windows_event_staging',
-							 'entra_signin_staging', 'emr_audit_staging', 'applications', 'person_identities']
+							 'logons', 'logons_default', 'support_contacts', 'cost_pools', 'license_counts',
+							 'invoices', 'invoice_items', 'audit_log', 'load_rejects', 'applications',
+							 'person_identities']
 	LOOP
 		EXECUTE format('ALTER TABLE @extschema@.%I ENABLE ROW LEVEL SECURITY', t);
 		EXECUTE format('CREATE POLICY client_rows ON @extschema@.%I USING ((SELECT @extschema@.msp_sees_all_clients()) OR client_id = ANY (CAST((SELECT @extschema@.msp_visible_clients()) AS bigint[])))', t);
+		EXECUTE format('COMMENT ON POLICY client_rows ON @extschema@.%I IS %L', t,
+					   'the rows of the clients the reader may see (msp_sees_all_clients, else bi_client_access)');
 	END LOOP;
 END
 $$;
 
+-- A view runs with its owner's rights: without a barrier, a cheap function
+-- of the reader's in the WHERE clause would run before the view's own
+-- client filter and see every client's accounts.
+ALTER VIEW @extschema@.account_labels SET (security_barrier = true);
+
+-- Reports for the sealed BI role (mspbill_report), which holds no grant on
+-- any table: so EXPLAIN ANALYZE, statistics views and error messages have
+-- no base table of its to describe.  These run as the owner and check the
+-- login: a SECURITY DEFINER function cannot see its caller's current role,
+-- only session_user, so clients are mapped to the login (or a role the
+-- login belongs to) in bi_client_access.
+CREATE FUNCTION @extschema@.msp_report_clients() RETURNS bigint[]
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, @extschema@, pg_temp
+RETURN ARRAY(SELECT b.client_id FROM @extschema@.bi_client_access b
+			   JOIN pg_catalog.pg_roles r ON r.rolname = b.role_name
+			  WHERE pg_catalog.pg_has_role(session_user, r.oid, 'MEMBER')
+			  ORDER BY b.client_id);
+COMMENT ON FUNCTION @extschema@.msp_report_clients() IS
+	'the clients mapped in bi_client_access to the session''s login or a role it belongs to';
+
+-- An unmapped client is as unknown as one that does not exist.
+CREATE FUNCTION @extschema@.msp_report_require(client_id bigint) RETURNS void
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, @extschema@, pg_temp
+AS $$
+BEGIN
+	IF client_id IS NULL OR NOT client_id = ANY (msp_report_clients()) THEN
+		RAISE EXCEPTION 'unknown client %', client_id
+			USING ERRCODE = 'no_data_found',
+				  HINT = 'Map the login to the client in mspbill.bi_client_access.';
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_report_require(bigint) IS
+	'an error unless the session''s login is mapped to the client';
+
+CREATE FUNCTION @extschema@.msp_report_invoices()
+RETURNS TABLE (client_id bigint, invoice_id bigint, kind text, period daterange, adjusts_invoice_id bigint,
+			   apply_period daterange, reason text, model text, users integer, seats integer, devices integer,
+			   subtotal numeric, total numeric, currency char(3), evidence jsonb, finalized_at timestamptz)
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, @extschema@, pg_temp
+BEGIN ATOMIC
+	SELECT i.client_id, i.invoice_id, i.kind, i.period, i.adjusts_invoice_id, i.apply_period, i.reason, i.model,
+		   i.users, i.seats, i.devices, i.subtotal, i.total, i.currency, i.evidence, i.finalized_at
+	  FROM @extschema@.invoices i
+	 WHERE i.client_id = ANY (@extschema@.msp_report_clients())
+	 ORDER BY i.client_id, i.invoice_id;
+END;
+COMMENT ON FUNCTION @extschema@.msp_report_invoices() IS
+	'for mspbill_report: the finalized invoices and adjustment notes of the clients mapped to the login';
+
+CREATE FUNCTION @extschema@.msp_report_invoice(client_id bigint, period daterange DEFAULT NULL)
+RETURNS @extschema@.invoice
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, @extschema@, pg_temp
+AS $$
+BEGIN
+	PERFORM msp_report_require(client_id);
+	RETURN msp_invoice(client_id, period);
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_report_invoice(bigint, daterange) IS
+	'for mspbill_report: msp_invoice() of a client mapped to the login';
+
+CREATE FUNCTION @extschema@.msp_report_invoice_lines(client_id bigint, period daterange DEFAULT NULL)
+RETURNS SETOF @extschema@.invoice_line
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, @extschema@, pg_temp
+AS $$
+BEGIN
+	PERFORM msp_report_require(client_id);
+	RETURN QUERY SELECT * FROM msp_invoice_lines(client_id, period);
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_report_invoice_lines(bigint, daterange) IS
+	'for mspbill_report: msp_invoice_lines() of a client mapped to the login';
+
+CREATE FUNCTION @extschema@.msp_report_billable_users(client_id bigint, period daterange DEFAULT NULL)
+RETURNS TABLE (contract_id bigint, person_id bigint, pseudonym text, rule text, first_seen timestamptz,
+			   last_seen timestamptz, days_active integer, support_contacts integer, accounts text[])
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, @extschema@, pg_temp
+SET mspbill.pseudonymous = on
+AS $$
+BEGIN
+	PERFORM msp_report_require(client_id);
+	RETURN QUERY SELECT * FROM msp_billable_users(client_id, period);
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_report_billable_users(bigint, daterange) IS
+	'for mspbill_report: msp_billable_users() of a client mapped to the login, with pseudonymous account labels';
+
+-- The functions that write on their callers' behalf.
+REVOKE EXECUTE ON FUNCTION @extschema@.msp_finalize_invoice(bigint, daterange, text[]),
+	@extschema@.msp_issue_adjustment(bigint, daterange, text),
+	@extschema@.msp_load_windows_events(bigint, text),
+	@extschema@.msp_load_entra_signins(bigint, text),
+	@extschema@.msp_load_emr_audit(bigint, text),
+	@extschema@.msp_load_begin(bigint),
+	@extschema@.msp_load_normalized(bigint, text),
+	@extschema@.msp_load_guarded(text, text, bigint, bigint, bigint),
+	@extschema@.msp_report_invoices(),
+	@extschema@.msp_report_invoice(bigint, daterange),
+	@extschema@.msp_report_invoice_lines(bigint, daterange),
+	@extschema@.msp_report_billable_users(bigint, daterange)
+	FROM PUBLIC;
+
 -- The roles.  Roles belong to the whole cluster, not to one database, so
 -- the extension does not create them on its own: a DBA runs
 -- SELECT mspbill.msp_install_roles(); (again after upgrades; it is idempotent).
---   mspbill_admin    everything, every client
---   mspbill_billing  loads data, finalizes and adjusts, every client
+-- Each role gets the verbs its workflow needs and no more: nobody but the
+-- owner holds TRIGGER, REFERENCES or TRUNCATE (a trigger runs with the
+-- rights of whoever fires it), and nobody writes invoices, their lines or
+-- the audit log except through msp_finalize_invoice and msp_issue_adjustment.
+--   mspbill_admin    maintains every client's data, loads, finalizes and
+--                    adjusts; maps BI roles; is mspbill_pii
+--   mspbill_billing  the same without real names: no accounts.name, no raw
+--                    records (staging, load_rejects.raw), no person_identities
 --   mspbill_bi       reads billing data (not real names, not raw records) of
 --                    the clients mapped in bi_client_access
---   mspbill_pii      may read real names (person_identities, account names)
+--   mspbill_pii      may read real names (person_identities, account names,
+--                    rejected raw records) of the clients mapped to it
+--   mspbill_report   a sealed BI role: no table at all, only the msp_report_*
+--                    functions, for the clients mapped to the login
 CREATE FUNCTION @extschema@.msp_install_roles() RETURNS text
 LANGUAGE plpgsql VOLATILE
-SET search_path = @extschema@, pg_catalog, pg_temp
+SET search_path = pg_catalog, @extschema@, pg_temp
 AS $$
 DECLARE
 	r text;
-	bi_tables text := 'clients, contracts, contract_tiers, devices, people, logons, support_contacts, '
-					  'cost_pools, license_counts, invoices, invoice_items, applications';
+	roles text := 'mspbill_admin, mspbill_billing, mspbill_bi, mspbill_pii, mspbill_report';
+	-- the tables people maintain by hand (or by script)
+	data_tables text := '@extschema@.clients, @extschema@.contracts, @extschema@.contract_tiers, '
+						'@extschema@.devices, @extschema@.people, @extschema@.logons, @extschema@.support_contacts, '
+						'@extschema@.cost_pools, @extschema@.license_counts, @extschema@.applications';
+	billed_tables text := '@extschema@.invoices, @extschema@.invoice_items';
+	staging text := '@extschema@.windows_event_staging, @extschema@.entra_signin_staging, @extschema@.emr_audit_staging';
+	staging_seqs text := '@extschema@.windows_event_staging_line_no_seq, @extschema@.entra_signin_staging_line_no_seq, '
+						 '@extschema@.emr_audit_staging_line_no_seq';
+	writers text := '@extschema@.msp_finalize_invoice(bigint, daterange, text[]), '
+					'@extschema@.msp_issue_adjustment(bigint, daterange, text), '
+					'@extschema@.msp_load_windows_events(bigint, text), '
+					'@extschema@.msp_load_entra_signins(bigint, text), '
+					'@extschema@.msp_load_emr_audit(bigint, text)';
+	reports text := '@extschema@.msp_report_invoices(), @extschema@.msp_report_invoice(bigint, daterange), '
+					'@extschema@.msp_report_invoice_lines(bigint, daterange), '
+					'@extschema@.msp_report_billable_users(bigint, daterange)';
+	account_cols text := 'client_id, account_id, realm, kind, person_id, application, is_machine';
 BEGIN
-	FOREACH r IN ARRAY ARRAY['mspbill_admin', 'mspbill_billing', 'mspbill_bi', 'mspbill_pii'] LOOP
+	FOREACH r IN ARRAY string_to_array(replace(roles, ' ', ''), ',') LOOP
 		IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r) THEN
 			EXECUTE format('CREATE ROLE %I NOLOGIN', r);
 		END IF;
 		EXECUTE format('GRANT USAGE ON SCHEMA @extschema@ TO %I', r);
 	END LOOP;
-	-- every function may be called by anyone with schema usage; what it
-	-- reads is still checked against the caller's grants and policies
-	EXECUTE 'GRANT ALL ON ALL TABLES IN SCHEMA @extschema@ TO mspbill_admin';
-	EXECUTE 'GRANT ALL ON ALL SEQUENCES IN SCHEMA @extschema@ TO mspbill_admin';
+	-- start from nothing, so that a rerun after an upgrade also takes back
+	-- what earlier versions granted (GRANT ALL, writes to invoices)
+	EXECUTE format('REVOKE ALL ON ALL TABLES IN SCHEMA @extschema@ FROM %s', roles);
+	EXECUTE format('REVOKE ALL ON ALL SEQUENCES IN SCHEMA @extschema@ FROM %s', roles);
+	EXECUTE format('REVOKE ALL ON FUNCTION %s, %s FROM %s', writers, reports, roles);
+	EXECUTE 'GRANT SELECT ON @extschema@.bi_client_access TO PUBLIC';
+
+	-- admin: every client's data, real names and raw records
 	EXECUTE 'GRANT mspbill_pii TO mspbill_admin';
+	EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON %s, @extschema@.accounts, @extschema@.person_identities, '
+				   '@extschema@.bi_client_access, @extschema@.load_rejects TO mspbill_admin', data_tables);
+	EXECUTE format('GRANT SELECT ON %s, @extschema@.audit_log TO mspbill_admin', billed_tables);
+	EXECUTE format('GRANT INSERT ON %s TO mspbill_admin, mspbill_billing', staging);
+	EXECUTE format('GRANT USAGE ON %s, @extschema@.logons_logon_id_seq TO mspbill_admin, mspbill_billing', staging_seqs);
+	EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO mspbill_admin, mspbill_billing', writers);
 
-	EXECUTE 'GRANT SELECT ON ALL TABLES IN SCHEMA @extschema@ TO mspbill_billing';
-	EXECUTE 'REVOKE SELECT ON @extschema@.person_identities FROM mspbill_billing';
-	EXECUTE 'GRANT INSERT, UPDATE, DELETE ON @extschema@.clients, @extschema@.contracts, @extschema@.contract_tiers,
-				 @extschema@.devices, @extschema@.people, @extschema@.accounts, @extschema@.logons,
-				 @extschema@.support_contacts, @extschema@.cost_pools, @extschema@.license_counts,
-				 @extschema@.applications, @extschema@.windows_event_staging, @extschema@.entra_signin_staging,
-				 @extschema@.emr_audit_staging, @extschema@.load_rejects TO mspbill_billing';
-	EXECUTE 'GRANT INSERT ON @extschema@.invoices, @extschema@.invoice_items, @extschema@.audit_log TO mspbill_billing';
-	EXECUTE 'GRANT USAGE ON ALL SEQUENCES IN SCHEMA @extschema@ TO mspbill_billing';
+	-- billing: the same workflow on pseudonyms only
+	EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON %s TO mspbill_billing', data_tables);
+	EXECUTE format('GRANT SELECT ON %s, @extschema@.audit_log TO mspbill_billing', billed_tables);
+	EXECUTE format('GRANT SELECT (%s) ON @extschema@.accounts TO mspbill_billing', account_cols);
+	-- new accounts may be named (write-only), mapped and removed
+	EXECUTE 'GRANT INSERT, DELETE ON @extschema@.accounts TO mspbill_billing';
+	EXECUTE 'GRANT UPDATE (kind, person_id) ON @extschema@.accounts TO mspbill_billing';
+	EXECUTE 'GRANT SELECT (client_id, source, line_no, reason, rejected_at), DELETE ON @extschema@.load_rejects TO mspbill_billing';
 
-	EXECUTE format('GRANT SELECT ON %s TO mspbill_bi',
-				   (SELECT string_agg('@extschema@.' || btrim(t), ', ') FROM unnest(string_to_array(bi_tables, ',')) t));
-	-- accounts without their names
-	EXECUTE 'GRANT SELECT (client_id, account_id, realm, kind, person_id, application, is_machine)
-				 ON @extschema@.accounts TO mspbill_bi';
-	EXECUTE 'GRANT SELECT ON @extschema@.account_labels, @extschema@.bi_client_access TO mspbill_bi, mspbill_billing, mspbill_pii';
+	-- bi: billing data of its clients, read-only, without names
+	EXECUTE format('GRANT SELECT ON %s, %s TO mspbill_bi', data_tables, billed_tables);
+	EXECUTE format('GRANT SELECT (%s) ON @extschema@.accounts TO mspbill_bi', account_cols);
 
-	EXECUTE 'GRANT SELECT ON @extschema@.person_identities TO mspbill_pii';
+	-- pii: real names and raw records of its clients
+	EXECUTE 'GRANT SELECT ON @extschema@.person_identities, @extschema@.load_rejects TO mspbill_pii';
 	EXECUTE 'GRANT SELECT (client_id, account_id, name) ON @extschema@.accounts TO mspbill_pii';
-	RETURN 'roles mspbill_admin, mspbill_billing, mspbill_bi and mspbill_pii are ready';
+
+	EXECUTE 'GRANT SELECT ON @extschema@.account_labels TO mspbill_admin, mspbill_billing, mspbill_bi, mspbill_pii';
+
+	-- report: functions only (see msp_report_invoices)
+	EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO mspbill_report', reports);
+	RETURN 'roles mspbill_admin, mspbill_billing, mspbill_bi, mspbill_pii and mspbill_report are ready';
 END
 $$;
+-- for DBAs only: it creates roles and grants
+REVOKE EXECUTE ON FUNCTION @extschema@.msp_install_roles() FROM PUBLIC;
 COMMENT ON FUNCTION @extschema@.msp_install_roles() IS
-	'creates (if missing) and grants the roles mspbill_admin, mspbill_billing, mspbill_bi and mspbill_pii; idempotent';
+	'creates (if missing) and grants the roles mspbill_admin, mspbill_billing, mspbill_bi, mspbill_pii and mspbill_report; idempotent';

@@ -9,8 +9,8 @@ CREATE EXTENSION dblink;
 SELECT plan(27);
 
 SET client_min_messages = warning;
-SELECT is(msp_install_roles(), 'roles mspbill_admin, mspbill_billing, mspbill_bi and mspbill_pii are ready', 'roles installed');
-SELECT is(msp_install_roles(), 'roles mspbill_admin, mspbill_billing, mspbill_bi and mspbill_pii are ready', 'and again (idempotent)');
+SELECT is(msp_install_roles(), 'roles mspbill_admin, mspbill_billing, mspbill_bi, mspbill_pii and mspbill_report are ready', 'roles installed');
+SELECT is(msp_install_roles(), 'roles mspbill_admin, mspbill_billing, mspbill_bi, mspbill_pii and mspbill_report are ready', 'and again (idempotent)');
 INSERT INTO person_identities VALUES (1, 1, 'Nora Nurse', 'nora@stolaf.example');
 DO $$ BEGIN
   IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'mspbill_test_bi1') THEN CREATE ROLE mspbill_test_bi1 LOGIN; END IF;
