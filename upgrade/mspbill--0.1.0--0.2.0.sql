@@ -2,5 +2,1798 @@
 -- install scripts belongs here; test/sh/upgrade.sh compares an updated
 -- 0.1.0 with a fresh 0.2.0 install object by object and prints every
 -- difference left.
+--
+-- Stored rows are not rewritten: finalized invoices, their lines and the
+-- audit trail are facts and stay as 0.1.0 wrote them.  Functions whose
+-- arguments and result are unchanged are replaced in place (their grants
+-- and the objects that depend on them stay); the few whose result changed
+-- are dropped and created again, dependants first.
+--
+-- After the update, a DBA reruns SELECT mspbill.msp_install_roles(); in
+-- every database that uses the roles: it takes back what 0.1.0 granted
+-- (GRANT ALL, direct writes to invoices) and grants 0.2.0's narrower verbs.
+-- The update itself does not touch the roles' grants, so that they stay
+-- ordinary grants (what pg_dump saves) rather than extension defaults.
 
 \echo Use "ALTER EXTENSION mspbill UPDATE TO '0.2.0'" to load this file. \quit
+
+-- ---------------------------------------------------------------------
+-- Tables
+-- ---------------------------------------------------------------------
+
+-- people: an index for the sister clients' people a client pays for
+-- (msp_segment_users reads people by bill_to_client_id).
+CREATE INDEX people_bill_to_idx ON @extschema@.people (bill_to_client_id) WHERE bill_to_client_id IS NOT NULL;
+
+-- staging: the loaders read a client's lines by line number.
+CREATE INDEX windows_event_staging_line_idx ON @extschema@.windows_event_staging (client_id, line_no);
+CREATE INDEX entra_signin_staging_line_idx ON @extschema@.entra_signin_staging (client_id, line_no);
+CREATE INDEX emr_audit_staging_line_idx ON @extschema@.emr_audit_staging (client_id, line_no);
+COMMENT ON INDEX @extschema@.windows_event_staging_line_idx IS 'a client''s staged lines, by line number';
+COMMENT ON INDEX @extschema@.entra_signin_staging_line_idx IS 'a client''s staged lines, by line number';
+COMMENT ON INDEX @extschema@.emr_audit_staging_line_idx IS 'a client''s staged lines, by line number';
+
+-- invoices: no two finalized invoices of a client may bill the same day.
+-- 0.1.0 allowed any period, so invoices it finalized could overlap; they
+-- are facts the update must not change, so it stops and names them.
+DO $$
+DECLARE
+	clash text;
+BEGIN
+	SELECT string_agg(format('client %s: invoice %s (%s) and invoice %s (%s)',
+							 a.client_id, a.invoice_id, a.period, b.invoice_id, b.period), '; '
+					  ORDER BY a.client_id, a.invoice_id, b.invoice_id)
+	  INTO clash
+	  FROM @extschema@.invoices a
+	  JOIN @extschema@.invoices b ON b.client_id = a.client_id AND b.invoice_id > a.invoice_id
+								 AND b.kind = 'invoice' AND b.period && a.period
+	 WHERE a.kind = 'invoice';
+	IF clash IS NOT NULL THEN
+		RAISE EXCEPTION 'finalized invoices bill the same days twice'
+			USING ERRCODE = 'exclusion_violation',
+				  DETAIL = format('mspbill 0.2.0 allows one finalized invoice per client and day; %s.', clash),
+				  HINT = 'Settle the overlap (a superuser may void or change a finalized invoice) and run the update again; it changes no stored invoice.';
+	END IF;
+END
+$$;
+ALTER TABLE @extschema@.invoices
+	ADD CONSTRAINT invoices_int8range_period_excl
+	EXCLUDE USING gist (int8range(client_id, client_id, '[]') WITH =, period WITH &&) WHERE (kind = 'invoice');
+
+-- ---------------------------------------------------------------------
+-- Who sees what (used by the policies and views, so replaced in place)
+-- ---------------------------------------------------------------------
+
+-- msp_visible_clients: a role named in bi_client_access that was dropped no
+-- longer breaks every reader's query.
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_visible_clients() RETURNS bigint[]
+LANGUAGE sql STABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+RETURN ARRAY(SELECT b.client_id FROM @extschema@.bi_client_access b JOIN pg_roles r ON r.rolname = b.role_name
+			  WHERE pg_has_role(r.oid, 'MEMBER'));
+COMMENT ON FUNCTION @extschema@.msp_visible_clients() IS 'the clients mapped to the current user''s roles';
+
+-- msp_sees_names: off while mspbill.pseudonymous is on (what is stored for
+-- others to read carries labels, not names).
+
+-- May the current user see real names?  Superusers and mspbill_pii members,
+-- unless mspbill.pseudonymous is on (what is stored for others to read).
+CREATE OR REPLACE FUNCTION @extschema@.msp_sees_names() RETURNS boolean
+LANGUAGE sql STABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+RETURN coalesce(current_setting('mspbill.pseudonymous', true), '') <> 'on'
+	AND ((SELECT r.rolsuper FROM pg_roles r WHERE r.rolname = current_user)
+		 OR @extschema@.msp_has_role('mspbill_pii'));
+COMMENT ON FUNCTION @extschema@.msp_sees_names() IS 'true for superusers and members of mspbill_pii';
+
+-- msp_add_logon_partitions: a new monthly partition gets the parent's
+-- row-level security, so that reading it directly shows no other client.
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_add_logon_partitions(first_month date, months integer)
+RETURNS integer
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+DECLARE
+	m date := date_trunc('month', first_month);
+	created integer := 0;
+	part text;
+BEGIN
+	IF months < 1 THEN
+		RAISE EXCEPTION 'months must be at least 1'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	FOR i IN 1..months LOOP
+		part := format('logons_%s', to_char(m, 'YYYY_MM'));
+		IF to_regclass(format('@extschema@.%I', part)) IS NULL THEN
+			EXECUTE format('CREATE TABLE @extschema@.%I PARTITION OF @extschema@.logons FOR VALUES FROM (%L) TO (%L)',
+						   part, m::timestamptz, (m + interval '1 month')::timestamptz);
+			-- read directly, a partition would bypass the parent's policy
+			EXECUTE format('ALTER TABLE @extschema@.%I ENABLE ROW LEVEL SECURITY', part);
+			EXECUTE format('CREATE POLICY client_rows ON @extschema@.%I USING ((SELECT @extschema@.msp_sees_all_clients()) OR client_id = ANY (CAST((SELECT @extschema@.msp_visible_clients()) AS bigint[])))', part);
+			created := created + 1;
+		END IF;
+		m := m + interval '1 month';
+	END LOOP;
+	RETURN created;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_add_logon_partitions(date, integer) IS
+	'creates monthly logon partitions (UTC month bounds) that do not exist yet; returns how many it created';
+
+-- The same for the partitions 0.1.0 already created (the default one is a
+-- member and gets its policy below with the other tables).
+DO $$
+DECLARE
+	part regclass;
+BEGIN
+	FOR part IN
+		SELECT i.inhrelid::regclass FROM pg_catalog.pg_inherits i
+		 WHERE i.inhparent = '@extschema@.logons'::regclass
+		   AND i.inhrelid <> '@extschema@.logons_default'::regclass
+		   AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_policy p
+							WHERE p.polrelid = i.inhrelid AND p.polname = 'client_rows')
+		 ORDER BY 1
+	LOOP
+		EXECUTE format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY', part);
+		EXECUTE format('CREATE POLICY client_rows ON %s USING ((SELECT @extschema@.msp_sees_all_clients()) OR client_id = ANY (CAST((SELECT @extschema@.msp_visible_clients()) AS bigint[])))', part);
+	END LOOP;
+END
+$$;
+
+-- ---------------------------------------------------------------------
+-- Billing rules
+-- ---------------------------------------------------------------------
+
+-- Dropped first, dependants before what they depend on (SQL-standard
+-- bodies record their dependencies): msp_segment_users and
+-- msp_billable_users gain home_client_id (sister clients' people), the
+-- composite segment_quantities counts days instead of fractions, and
+-- msp_tiered_amount becomes msp_tier_bands (a count priced band by band).
+DROP FUNCTION @extschema@.msp_cost_allocation(bigint, daterange);
+DROP FUNCTION @extschema@.msp_billable_users(bigint, daterange);
+DROP FUNCTION @extschema@.msp_segment_lines(@extschema@.clients, @extschema@.contracts, daterange, daterange,
+											@extschema@.segment_quantities, text);
+DROP FUNCTION @extschema@.msp_segment_quantities(bigint, bigint, daterange, daterange);
+DROP FUNCTION @extschema@.msp_segment_users(bigint, bigint, daterange, boolean);
+DROP FUNCTION @extschema@.msp_tiered_amount(bigint, bigint, numeric, numeric);
+DROP TYPE @extschema@.segment_quantities;
+
+-- msp_period: a billing period is one calendar month.
+
+-- The period to bill: the one given, checked, or the last full month in the
+-- client's time zone.  A billing period is one calendar month: anything
+-- else would price some days twice (two finalized invoices overlapping) or
+-- price a fortnight as a month.
+CREATE OR REPLACE FUNCTION @extschema@.msp_period(client_id bigint, period daterange DEFAULT NULL)
+RETURNS daterange
+LANGUAGE plpgsql STABLE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	c clients;
+	today date;
+	m0 date;
+BEGIN
+	SELECT * INTO c FROM clients WHERE clients.client_id = msp_period.client_id;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'unknown client %', coalesce(client_id::text, 'NULL')
+			USING ERRCODE = 'no_data_found',
+				  HINT = 'Add the client to mspbill.clients first.';
+	END IF;
+	today := (now() AT TIME ZONE c.time_zone)::date;
+	IF period IS NULL THEN
+		RETURN daterange((date_trunc('month', today) - interval '1 month')::date,
+						 date_trunc('month', today)::date);
+	END IF;
+	IF isempty(period) OR lower_inf(period) OR upper_inf(period) THEN
+		RAISE EXCEPTION 'billing period % is empty or unbounded', period
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Pass a period such as daterange(''2026-10-01'', ''2026-11-01'').';
+	END IF;
+	IF lower(period) > today THEN
+		RAISE EXCEPTION 'billing period % starts in the future', period
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = format('Today is %s in the client''s time zone %s.', today, c.time_zone),
+				  HINT = 'Bill a period that has started.';
+	END IF;
+	m0 := date_trunc('month', lower(period))::date;
+	IF lower(period) <> m0 OR upper(period) <> (m0 + interval '1 month')::date THEN
+		RAISE EXCEPTION 'billing period % is not a calendar month', period
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'An invoice bills one calendar month in the client''s time zone.',
+				  HINT = format('Bill the month it starts in: daterange(%L, %L).', m0, (m0 + interval '1 month')::date);
+	END IF;
+	RETURN period;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_period(bigint, daterange) IS
+	'the checked billing period (one calendar month); by default the last full month in the client''s time zone';
+
+-- msp_segment_users, msp_billable_users: the people of sister clients who
+-- name the client in bill_to_client_id count on its invoice
+-- (home_client_id says whose person it is); only days inside a person's
+-- active range count.
+
+-- Everyone the policy counts in one contract segment, with the evidence:
+-- the client's own people and the people of sister clients who name it in
+-- bill_to_client_id.  Their logons and contacts come from their own
+-- client's data; the payer's contract (policy) and time zone judge them.
+-- Only logons and contacts inside a person's active range count.
+CREATE FUNCTION @extschema@.msp_segment_users(client_id bigint, contract_id bigint, segment daterange,
+											   with_evidence boolean DEFAULT true)
+RETURNS TABLE (person_id bigint, pseudonym text, rule text, first_seen timestamptz,
+			   last_seen timestamptz, days_active integer, support_contacts integer, accounts text[],
+			   home_client_id bigint)
+LANGUAGE sql STABLE
+SET search_path = @extschema@, pg_catalog, pg_temp
+BEGIN ATOMIC
+	WITH k AS (
+		SELECT k.*, c.time_zone,
+			   (lower(segment)::timestamp AT TIME ZONE c.time_zone) AS t0,
+			   (upper(segment)::timestamp AT TIME ZONE c.time_zone) AS t1
+		  FROM contracts k JOIN clients c USING (client_id)
+		 WHERE k.client_id = msp_segment_users.client_id AND k.contract_id = msp_segment_users.contract_id),
+	eligible AS (
+		SELECT p.* FROM people p
+		 WHERE p.client_id = msp_segment_users.client_id
+		   AND (p.bill_to_client_id IS NULL OR p.bill_to_client_id = p.client_id)
+		   AND NOT p.is_technician AND NOT p.do_not_bill
+		   AND (p.active IS NULL OR p.active && segment)
+		UNION ALL
+		SELECT p.* FROM people p
+		 WHERE p.bill_to_client_id = msp_segment_users.client_id
+		   AND p.client_id <> msp_segment_users.client_id
+		   AND NOT p.is_technician AND NOT p.do_not_bill
+		   AND (p.active IS NULL OR p.active && segment)),
+	-- presence logons in the counted realms, and application logons
+	-- attributed through a shared session on the same device
+	evidence AS (
+		SELECT e.client_id AS home, e.person_id, l.at, a.account_id, true AS by_logon
+		  FROM k
+		  JOIN eligible e ON true
+		  JOIN accounts a ON a.client_id = e.client_id AND a.person_id = e.person_id
+						 AND a.kind = 'individual' AND NOT a.is_machine AND a.realm = ANY (k.count_realms)
+		  JOIN logons l ON l.client_id = a.client_id AND l.account_id = a.account_id
+					   AND l.at >= k.t0 AND l.at < k.t1 AND l.presence
+		 WHERE e.active IS NULL OR e.active @> (l.at AT TIME ZONE k.time_zone)::date
+		UNION ALL
+		SELECT e.client_id, e.person_id, il.at, ia.account_id, false
+		  FROM k
+		  JOIN eligible e ON true
+		  JOIN accounts ia ON ia.client_id = e.client_id AND ia.person_id = e.person_id
+						  AND ia.kind = 'individual' AND NOT ia.is_machine AND ia.realm = 'app'
+		  JOIN logons il ON il.client_id = ia.client_id AND il.account_id = ia.account_id
+						AND il.at >= k.t0 AND il.at < k.t1 AND il.presence
+		 WHERE k.shared_billing = 'attribute'
+		   AND (e.active IS NULL OR e.active @> (il.at AT TIME ZONE k.time_zone)::date)
+		   AND EXISTS (SELECT 1
+						 FROM logons sl
+						 JOIN accounts sa ON sa.client_id = sl.client_id AND sa.account_id = sl.account_id
+										 AND sa.kind = 'shared' AND NOT sa.is_machine
+										 AND sa.realm = ANY (k.count_realms)
+						WHERE sl.client_id = il.client_id AND sl.device_id = il.device_id
+						  AND sl.at >= k.t0 AND sl.at < k.t1 AND sl.presence
+						  AND il.at >= sl.at - k.attribution_window
+						  AND il.at <= coalesce(sl.ended, sl.at + k.default_session) + k.attribution_window)),
+	seen AS (
+		SELECT ev.home, ev.person_id, min(ev.at) AS first_seen, max(ev.at) AS last_seen,
+			   count(DISTINCT (ev.at AT TIME ZONE k.time_zone)::date)::integer AS days_active,
+			   bool_or(ev.by_logon) AS by_logon, array_agg(DISTINCT ev.account_id) AS account_ids
+		  FROM evidence ev, k
+		 GROUP BY ev.home, ev.person_id),
+	support AS (
+		SELECT e.client_id AS home, e.person_id, count(*)::integer AS contacts,
+			   min(s.at) AS first_at, max(s.at) AS last_at
+		  FROM k
+		  JOIN eligible e ON true
+		  JOIN support_contacts s ON s.client_id = e.client_id AND s.person_id = e.person_id
+								 AND s.at >= k.t0 AND s.at < k.t1
+		 WHERE e.active IS NULL OR e.active @> (s.at AT TIME ZONE k.time_zone)::date
+		 GROUP BY e.client_id, e.person_id)
+	SELECT e.person_id, e.pseudonym,
+		   CASE
+			   WHEN s.days_active >= k.min_active_days AND sp.contacts > 0 AND k.support_rule <> 'none'
+				   THEN CASE WHEN s.by_logon THEN 'logon+support' ELSE 'shared-attributed+support' END
+			   WHEN s.days_active >= k.min_active_days
+				   THEN CASE WHEN s.by_logon THEN 'logon' ELSE 'shared-attributed' END
+			   ELSE 'support'
+		   END,
+		   least(s.first_seen, sp.first_at), greatest(s.last_seen, sp.last_at),
+		   coalesce(s.days_active, 0), coalesce(sp.contacts, 0),
+		   CASE WHEN with_evidence
+				THEN ARRAY(SELECT l.label FROM account_labels l
+							WHERE l.client_id = e.client_id AND l.account_id = ANY (s.account_ids)
+							ORDER BY l.label) END,
+		   e.client_id
+	  FROM k
+	  JOIN eligible e ON true
+	  LEFT JOIN seen s ON s.home = e.client_id AND s.person_id = e.person_id
+	  LEFT JOIN support sp ON sp.home = e.client_id AND sp.person_id = e.person_id
+	 WHERE CASE k.support_rule
+			   WHEN 'none' THEN coalesce(s.days_active, 0) >= k.min_active_days
+			   WHEN 'sufficient' THEN coalesce(s.days_active, 0) >= k.min_active_days OR sp.contacts > 0
+			   ELSE coalesce(s.days_active, 0) >= k.min_active_days AND sp.contacts > 0
+		   END
+	 ORDER BY e.pseudonym, e.client_id;
+END;
+COMMENT ON FUNCTION @extschema@.msp_segment_users(bigint, bigint, daterange, boolean) IS
+	'the people one contract''s policy counts during a segment of a period (sister clients'' people it pays for included), with the rule and evidence';
+
+CREATE FUNCTION @extschema@.msp_billable_users(client_id bigint, period daterange DEFAULT NULL)
+RETURNS TABLE (contract_id bigint, person_id bigint, pseudonym text, rule text, first_seen timestamptz,
+			   last_seen timestamptz, days_active integer, support_contacts integer, accounts text[],
+			   home_client_id bigint)
+LANGUAGE sql STABLE
+SET search_path = @extschema@, pg_catalog, pg_temp
+BEGIN ATOMIC
+	SELECT s.contract_id, u.*
+	  FROM msp_contract_segments(client_id, msp_period(client_id, period)) s,
+		   LATERAL msp_segment_users(client_id, s.contract_id, s.segment) u
+	 ORDER BY lower(s.segment), u.pseudonym, u.home_client_id;
+END;
+COMMENT ON FUNCTION @extschema@.msp_billable_users(bigint, daterange) IS
+	'every person counted on the invoice (home_client_id: the client whose person it is), with the rule that counted them, first/last seen and days active';
+
+-- msp_pool_share (new): a cost pool split over months and contract
+-- segments to the cent, replacing per-segment rounding.
+
+-- A cost pool's part of one contract segment, in minor units, so that the
+-- parts of a pool sum to it exactly: the pool (rounded to the minor unit)
+-- is split over the calendar months it touches by days, largest remainder;
+-- a month's part over the month's contract segments (and the days no
+-- contract covers, which are not billed) the same way.
+CREATE FUNCTION @extschema@.msp_pool_share(client_id bigint, pool_id bigint, period daterange, covered daterange)
+RETURNS numeric
+LANGUAGE sql STABLE
+SET search_path = @extschema@, pg_catalog, pg_temp
+BEGIN ATOMIC
+	WITH p AS (
+		SELECT msp_round(cp.amount, c.minor_unit) AS amount, cp.period AS pp, c.minor_unit
+		  FROM cost_pools cp JOIN clients c USING (client_id)
+		 WHERE cp.client_id = msp_pool_share.client_id AND cp.pool_id = msp_pool_share.pool_id),
+	months AS (
+		SELECT x.m0, x.share
+		  FROM (SELECT m::date AS m0,
+					   allocate(p.amount,
+								upper(daterange(m::date, (m + interval '1 month')::date) * p.pp)
+								- lower(daterange(m::date, (m + interval '1 month')::date) * p.pp),
+								p.minor_unit) OVER (ORDER BY m) AS share
+				  FROM p, generate_series(date_trunc('month', lower(p.pp)), upper(p.pp) - 1, interval '1 month') m) x
+		 WHERE x.m0 = lower(period)),
+	parts AS (
+		SELECT s.segment * p.pp AS part, upper(s.segment * p.pp) - lower(s.segment * p.pp) AS days
+		  FROM p, msp_contract_segments(msp_pool_share.client_id, period) s
+		 WHERE s.segment && p.pp
+		UNION ALL
+		-- the days of the month no contract covers
+		SELECT NULL, (upper(period * p.pp) - lower(period * p.pp))
+					 - coalesce((SELECT sum(upper(s.segment * p.pp) - lower(s.segment * p.pp))
+								   FROM msp_contract_segments(msp_pool_share.client_id, period) s
+								  WHERE s.segment && p.pp), 0)
+		  FROM p),
+	shares AS (
+		SELECT parts.part, allocate(months.share, parts.days, p.minor_unit)
+							   OVER (ORDER BY lower(parts.part) NULLS LAST) AS share
+		  FROM parts, months, p)
+	SELECT coalesce((SELECT shares.share FROM shares WHERE shares.part = covered * (SELECT pp FROM p)), 0);
+END;
+COMMENT ON FUNCTION @extschema@.msp_pool_share(bigint, bigint, daterange, daterange) IS
+	'the part of a cost pool billed in one contract segment of a month, so that all parts sum to the pool to the cent';
+
+-- segment_quantities, msp_segment_quantities: counts and the days they
+-- cover, so that money is computed with one division.
+CREATE TYPE @extschema@.segment_quantities AS (
+	user_days numeric,
+	user_count integer,
+	seat_days numeric,
+	seat_count integer,
+	device_days numeric,
+	device_count integer,
+	license_days numeric,
+	license_count integer,
+	cost numeric,
+	support_cost numeric,
+	covered_days integer,
+	period_days integer
+);
+COMMENT ON TYPE @extschema@.segment_quantities IS
+	'what one contract segment bills: counts (people, seats, devices, licence seats), the days they cover (a unit covering the whole period counts period_days), costs, and the days the segment covers (period_days without proration)';
+
+-- Quantities of one contract segment: how many units (the count, which
+-- picks the tier) and how many days of the period they cover (the
+-- quantity is that over the period's days; money is computed from the
+-- days, dividing once, so that it rounds exactly).  Without proration every
+-- unit covers the whole period.
+CREATE FUNCTION @extschema@.msp_segment_quantities(client_id bigint, contract_id bigint,
+													segment daterange, period daterange)
+RETURNS @extschema@.segment_quantities
+LANGUAGE sql STABLE
+SET search_path = @extschema@, pg_catalog, pg_temp
+BEGIN ATOMIC
+	WITH k AS (
+		SELECT k.*, c.time_zone,
+			   upper(period) - lower(period) AS period_days,
+			   CASE WHEN k.prorate THEN upper(segment) - lower(segment)
+					ELSE upper(period) - lower(period) END AS covered_days,
+			   (lower(segment)::timestamp AT TIME ZONE c.time_zone) AS t0,
+			   (upper(segment)::timestamp AT TIME ZONE c.time_zone) AS t1
+		  FROM contracts k JOIN clients c USING (client_id)
+		 WHERE k.client_id = msp_segment_quantities.client_id
+		   AND k.contract_id = msp_segment_quantities.contract_id),
+	u AS (
+		SELECT coalesce(sum(CASE WHEN NOT k.prorate THEN k.period_days
+								 ELSE upper(coalesce(p.active, segment) * segment)
+									  - lower(coalesce(p.active, segment) * segment) END), 0) AS user_days,
+			   count(*)::integer AS user_count
+		  FROM k, msp_segment_users(msp_segment_quantities.client_id, msp_segment_quantities.contract_id,
+									segment, false) b
+		  JOIN people p ON p.client_id = b.home_client_id AND p.person_id = b.person_id),
+	shared AS (
+		SELECT a.account_id,
+			   peak_concurrency(tstzrange(l.at, coalesce(l.ended, l.at + k.default_session))) AS peak
+		  FROM k
+		  JOIN logons l ON l.client_id = k.client_id AND l.at >= k.t0 AND l.at < k.t1 AND l.presence
+		  JOIN accounts a ON a.client_id = l.client_id AND a.account_id = l.account_id
+						 AND a.kind = 'shared' AND NOT a.is_machine AND a.realm = ANY (k.count_realms)
+		 WHERE k.shared_billing IN ('seat', 'peak')
+		 GROUP BY a.account_id),
+	s AS (
+		SELECT coalesce(sum(CASE WHEN k.shared_billing = 'peak' THEN greatest(sh.peak, 1) ELSE 1 END),
+						0)::integer AS seat_count
+		  FROM k, shared sh),
+	d AS (
+		SELECT coalesce(sum(CASE WHEN NOT k.prorate THEN k.period_days
+								 ELSE upper(coalesce(dv.active, segment) * segment)
+									  - lower(coalesce(dv.active, segment) * segment) END), 0) AS device_days,
+			   count(*)::integer AS device_count
+		  FROM k JOIN devices dv ON dv.client_id = k.client_id AND (dv.active IS NULL OR dv.active && segment)),
+	lic AS (
+		SELECT coalesce(sum(lc.seats), 0)::integer AS license_count
+		  FROM k, LATERAL (
+			SELECT DISTINCT ON (x.sku) x.seats
+			  FROM license_counts x
+			 WHERE x.client_id = k.client_id AND x.as_of < upper(segment)
+			 ORDER BY x.sku, x.as_of DESC, x.source) lc),
+	c AS (
+		SELECT coalesce(sum(x.share), 0) AS cost,
+			   coalesce(sum(x.share) FILTER (WHERE x.category = 'support'), 0) AS support_cost
+		  FROM (SELECT cp.category,
+					   msp_pool_share(k.client_id, cp.pool_id, msp_segment_quantities.period,
+									  msp_segment_quantities.segment) AS share
+				  FROM k JOIN cost_pools cp ON cp.client_id = k.client_id
+										   AND cp.period && msp_segment_quantities.segment) x)
+	SELECT (u.user_days, u.user_count, s.seat_count * k.covered_days, s.seat_count, d.device_days, d.device_count,
+			lic.license_count * k.covered_days, lic.license_count, c.cost, c.support_cost,
+			k.covered_days, k.period_days)::segment_quantities
+	  FROM k, u, s, d, lic, c;
+END;
+COMMENT ON FUNCTION @extschema@.msp_segment_quantities(bigint, bigint, daterange, daterange) IS
+	'billable counts and prorated quantities of one contract segment';
+
+-- msp_tier_bands (new, replaces msp_tiered_amount): the bands a count of
+-- units fills, so that a graduated price shows one line per band.
+
+-- How a count of units is priced under the contract's tiers: the bands it
+-- fills, each with its units and unit price.  A tier starts at unit
+-- from_quantity (1: the first unit); units below the lowest tier cost the
+-- flat price.  Volume: one band, every unit at the price of the band of the
+-- last unit.  Graduated: every band the count reaches.
+CREATE FUNCTION @extschema@.msp_tier_bands(client_id bigint, contract_id bigint,
+											quantity numeric, flat_price numeric)
+RETURNS TABLE (first_unit numeric, units numeric, unit_price numeric)
+LANGUAGE sql STABLE
+SET search_path = @extschema@, pg_catalog, pg_temp
+BEGIN ATOMIC
+	WITH t AS (
+		SELECT greatest(x.from_quantity - 1, 0) AS lo, x.unit_price
+		  FROM contract_tiers x
+		 WHERE x.client_id = msp_tier_bands.client_id AND x.contract_id = msp_tier_bands.contract_id),
+	-- bands (lo, hi]: units below the lowest tier, then each tier to the next
+	bands AS (
+		SELECT 0::numeric AS lo, (SELECT min(t.lo) FROM t) AS hi, flat_price AS unit_price
+		UNION ALL
+		SELECT t.lo, lead(t.lo) OVER (ORDER BY t.lo), t.unit_price FROM t),
+	nonempty AS (SELECT * FROM bands b WHERE b.hi IS NULL OR b.hi > b.lo),
+	last_unit AS (
+		SELECT n.* FROM nonempty n
+		 WHERE greatest(ceil(quantity), 1) > n.lo AND (n.hi IS NULL OR greatest(ceil(quantity), 1) <= n.hi)
+		 ORDER BY n.lo DESC LIMIT 1),
+	mode AS (
+		SELECT coalesce((SELECT k.tier_mode FROM contracts k
+						  WHERE k.client_id = msp_tier_bands.client_id AND k.contract_id = msp_tier_bands.contract_id),
+						'volume') AS tier_mode)
+	SELECT l.lo + 1, quantity, l.unit_price
+	  FROM last_unit l, mode
+	 WHERE mode.tier_mode = 'volume' OR quantity <= 0
+	UNION ALL
+	SELECT n.lo + 1, least(quantity, coalesce(n.hi, quantity)) - n.lo, n.unit_price
+	  FROM nonempty n, mode
+	 WHERE mode.tier_mode = 'graduated' AND quantity > n.lo
+	 ORDER BY 1;
+END;
+COMMENT ON FUNCTION @extschema@.msp_tier_bands(bigint, bigint, numeric, numeric) IS
+	'the price bands a count of units fills under the contract''s tiers (volume: one band; graduated: each band reached)';
+
+-- msp_main_lines (new): a segment's main line(s) with tiers and the minimum.
+
+-- The main line(s) of a segment: a count of units raised to the minimum
+-- quantity picks the tier; the days the units cover (at least the minimum
+-- for the days the segment covers) are what is charged, spread over the
+-- bands in proportion to their units.
+CREATE FUNCTION @extschema@.msp_main_lines(c @extschema@.clients, k @extschema@.contracts,
+											units_count integer, unit_days numeric,
+											q @extschema@.segment_quantities,
+											flat_price numeric, what text, basis text, label text)
+RETURNS SETOF @extschema@.invoice_line
+LANGUAGE sql STABLE
+SET search_path = @extschema@, pg_catalog, pg_temp
+BEGIN ATOMIC
+	WITH m AS (
+		SELECT greatest(units_count, k.minimum_quantity) AS n,
+			   greatest(unit_days, k.minimum_quantity * q.covered_days) AS qd),
+	b AS (
+		SELECT bd.first_unit, bd.units, bd.unit_price,
+			   -- units x (days per unit) / period days, one division
+			   CASE WHEN m.n > 0 THEN bd.units * m.qd ELSE 0 END AS num,
+			   CASE WHEN m.n > 0 THEN m.n * q.period_days ELSE 1 END AS den,
+			   count(*) OVER () AS bands, bd.first_unit + bd.units - 1 AS last_unit
+		  FROM m, msp_tier_bands(c.client_id, k.contract_id, m.n, flat_price) bd)
+	SELECT 0, k.contract_id,
+		   what || CASE WHEN m.n > units_count THEN format(', minimum %s', trim_scale(k.minimum_quantity)) ELSE '' END
+				|| CASE WHEN b.bands > 1 THEN format(', units %s to %s', trim_scale(b.first_unit),
+													 trim_scale(ceil(b.last_unit))) ELSE '' END
+				|| label,
+		   b.num / b.den, b.unit_price, msp_round(b.num * b.unit_price / b.den, c.minor_unit), basis
+	  FROM m, b
+	 ORDER BY b.first_unit;
+END;
+COMMENT ON FUNCTION @extschema@.msp_main_lines(@extschema@.clients, @extschema@.contracts, integer, numeric, @extschema@.segment_quantities, numeric, text, text, text) IS
+	'the priced line (or graduated lines) of a segment''s main quantity, with tiers and the minimum quantity';
+
+-- msp_segment_lines: prices through msp_main_lines and msp_pool_share.
+
+-- The lines one contract segment bills under a pricing model, numbered
+-- from 1.  Pure pricing: the quantities come in computed.
+CREATE FUNCTION @extschema@.msp_segment_lines(c @extschema@.clients, k @extschema@.contracts,
+											   segment daterange, period daterange,
+											   q @extschema@.segment_quantities, model text)
+RETURNS SETOF @extschema@.invoice_line
+LANGUAGE plpgsql STABLE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	line invoice_line;
+	n integer := 0;
+	total numeric := 0;
+	amount numeric;
+	floor_fee numeric;
+	label text := CASE WHEN segment = period THEN ''
+					   ELSE format(' (%s to %s)', lower(segment), upper(segment) - 1) END;
+BEGIN
+	IF model IN ('per_user', 'per_user_plus_support') THEN
+		IF k.price_per_user IS NULL THEN RETURN; END IF;
+		FOR line IN
+			SELECT * FROM msp_main_lines(c, k, q.user_count, q.user_days, q, k.price_per_user,
+										 format('Users: %s billable', q.user_count), 'user', label)
+		LOOP
+			n := n + 1;
+			line.line_no := n;
+			RETURN NEXT line;
+			total := total + line.amount;
+		END LOOP;
+		IF q.seat_count > 0 THEN
+			amount := msp_round(q.seat_days * coalesce(k.price_per_seat, k.price_per_user) / q.period_days,
+								c.minor_unit);
+			n := n + 1;
+			RETURN NEXT (n, k.contract_id, format('Shared seats: %s%s', q.seat_count, label),
+						 q.seat_days / q.period_days, coalesce(k.price_per_seat, k.price_per_user), amount,
+						 'seat')::invoice_line;
+			total := total + amount;
+		END IF;
+		IF model = 'per_user_plus_support' AND q.support_cost > 0 THEN
+			amount := msp_round(q.support_cost * (1 + k.markup), c.minor_unit);
+			n := n + 1;
+			RETURN NEXT (n, k.contract_id,
+						 format('Support costs spread over %s users (%s per user)%s', q.user_count,
+								CASE WHEN q.user_count > 0 THEN msp_round(amount / q.user_count, c.minor_unit)::text
+									 ELSE 'n/a' END, label),
+						 1::numeric, amount, amount, 'cost')::invoice_line;
+			total := total + amount;
+		END IF;
+	ELSIF model = 'per_device' THEN
+		IF k.price_per_device IS NULL THEN RETURN; END IF;
+		FOR line IN
+			SELECT * FROM msp_main_lines(c, k, q.device_count, q.device_days, q, k.price_per_device,
+										 format('Devices: %s managed', q.device_count), 'device', label)
+		LOOP
+			n := n + 1;
+			line.line_no := n;
+			RETURN NEXT line;
+			total := total + line.amount;
+		END LOOP;
+	ELSIF model = 'per_seat' THEN
+		IF k.price_per_seat IS NULL THEN RETURN; END IF;
+		FOR line IN
+			SELECT * FROM msp_main_lines(c, k, q.license_count, q.license_days, q, k.price_per_seat,
+										 format('License seats held: %s', q.license_count), 'license', label)
+		LOOP
+			n := n + 1;
+			line.line_no := n;
+			RETURN NEXT line;
+			total := total + line.amount;
+		END LOOP;
+	ELSIF model = 'cost_plus' THEN
+		FOR line IN
+			SELECT 0, k.contract_id,
+				   format('%s: %s (cost %s, markup %s%%)%s', initcap(cp.category), cp.description,
+						  cp.cost, round(k.markup * 100, 2), label),
+				   1::numeric, cp.billed, cp.billed, 'cost'
+			  FROM (SELECT p.*, msp_round(p.cost * (1 + k.markup), c.minor_unit) AS billed
+					  FROM (SELECT x.*, msp_pool_share(c.client_id, x.pool_id, period, segment) AS cost
+							  FROM cost_pools x
+							 WHERE x.client_id = c.client_id AND x.period && segment) p) cp
+			 ORDER BY cp.pool_id
+		LOOP
+			n := n + 1;
+			line.line_no := n;
+			RETURN NEXT line;
+			total := total + line.amount;
+		END LOOP;
+	END IF;
+
+	floor_fee := msp_round(k.minimum_fee * q.covered_days / q.period_days, c.minor_unit);
+	IF total < floor_fee THEN
+		amount := floor_fee - total;
+		n := n + 1;
+		RETURN NEXT (n, k.contract_id, format('Minimum monthly fee top-up%s', label),
+					 1::numeric, amount, amount, 'minimum')::invoice_line;
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_segment_lines(@extschema@.clients, @extschema@.contracts, daterange, daterange, @extschema@.segment_quantities, text) IS
+	'the priced lines of one contract segment under a model, from its quantities';
+
+-- msp_price_lines: quantities stored and shown with four decimals at most.
+
+-- Invoice lines of a period under a pricing model (NULL: the contract's own).
+CREATE OR REPLACE FUNCTION @extschema@.msp_price_lines(client_id bigint, period daterange, model text)
+RETURNS SETOF @extschema@.invoice_line
+LANGUAGE plpgsql STABLE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	c clients;
+	k contracts;
+	seg record;
+	line invoice_line;
+	n integer := 0;
+BEGIN
+	period := msp_period(client_id, period);
+	PERFORM msp_check_currency(client_id, period);
+	SELECT * INTO c FROM clients WHERE clients.client_id = client_id;
+	FOR seg IN SELECT * FROM msp_contract_segments(client_id, period) LOOP
+		SELECT * INTO k FROM contracts WHERE contracts.client_id = client_id
+			AND contracts.contract_id = seg.contract_id;
+		FOR line IN
+			SELECT * FROM msp_segment_lines(c, k, seg.segment, period,
+											msp_segment_quantities(client_id, seg.contract_id, seg.segment, period),
+											coalesce(model, k.model))
+		LOOP
+			n := n + 1;
+			line.line_no := n;
+			-- shown and stored alike: four decimals at most
+			line.quantity := trim_scale(round(line.quantity, 4));
+			RETURN NEXT line;
+		END LOOP;
+	END LOOP;
+	IF model IS NULL THEN
+		FOR line IN SELECT * FROM msp_adjustment_lines(client_id, period) LOOP
+			n := n + 1;
+			line.line_no := n;
+			RETURN NEXT line;
+		END LOOP;
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_price_lines(bigint, daterange, text) IS
+	'invoice lines for a period priced under a model (NULL: each contract''s own)';
+
+-- msp_period_people, msp_period_devices (new): an invoice's head counts
+-- are distinct people and devices of the month, not a segment's maximum.
+
+-- Distinct people billed in a period, whichever contracts counted them.
+CREATE FUNCTION @extschema@.msp_period_people(client_id bigint, period daterange) RETURNS integer
+LANGUAGE sql STABLE
+SET search_path = @extschema@, pg_catalog, pg_temp
+BEGIN ATOMIC
+	SELECT count(DISTINCT (u.home_client_id, u.person_id))::integer
+	  FROM msp_contract_segments(client_id, period) s,
+		   LATERAL msp_segment_users(client_id, s.contract_id, s.segment, false) u;
+END;
+COMMENT ON FUNCTION @extschema@.msp_period_people(bigint, daterange) IS
+	'how many distinct people the contracts of a period bill';
+
+-- Devices under management in a period: billable range overlapping it.
+CREATE FUNCTION @extschema@.msp_period_devices(client_id bigint, period daterange) RETURNS integer
+LANGUAGE sql STABLE
+SET search_path = @extschema@, pg_catalog, pg_temp
+BEGIN ATOMIC
+	SELECT count(*)::integer FROM devices d
+	 WHERE d.client_id = msp_period_devices.client_id AND (d.active IS NULL OR d.active && period);
+END;
+COMMENT ON FUNCTION @extschema@.msp_period_devices(bigint, daterange) IS
+	'how many devices are under management (billable range overlapping) in a period';
+
+-- msp_compute_invoice, msp_compare_models: head counts from the above.
+
+-- The invoice as today's data prices it (msp_invoice() reports a finalized
+-- one as stored).  Each segment's quantities are computed once.
+CREATE OR REPLACE FUNCTION @extschema@.msp_compute_invoice(client_id bigint, period daterange DEFAULT NULL)
+RETURNS @extschema@.invoice
+LANGUAGE plpgsql STABLE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	c clients;
+	k contracts;
+	seg record;
+	q segment_quantities;
+	line invoice_line;
+	inv invoice;
+	models text[] := '{}';
+BEGIN
+	period := msp_period(client_id, period);
+	PERFORM msp_check_currency(client_id, period);
+	SELECT * INTO c FROM clients WHERE clients.client_id = client_id;
+	inv := (c.client_id, c.name, period, NULL, 0, 0, 0, 0, 0, c.currency)::invoice;
+	FOR seg IN SELECT * FROM msp_contract_segments(client_id, period) LOOP
+		SELECT * INTO k FROM contracts WHERE contracts.client_id = client_id
+			AND contracts.contract_id = seg.contract_id;
+		q := msp_segment_quantities(client_id, seg.contract_id, seg.segment, period);
+		IF NOT k.model = ANY (models) THEN
+			models := models || k.model;
+		END IF;
+		-- a seat billed by two contracts of the month is one seat
+		inv.seats := greatest(inv.seats, q.seat_count);
+		FOR line IN SELECT * FROM msp_segment_lines(c, k, seg.segment, period, q, k.model) LOOP
+			inv.total := inv.total + line.amount;
+			IF line.basis <> 'minimum' THEN
+				inv.subtotal := inv.subtotal + line.amount;
+			END IF;
+		END LOOP;
+	END LOOP;
+	inv.users := msp_period_people(client_id, period);
+	inv.devices := msp_period_devices(client_id, period);
+	inv.model := array_to_string(models, '+');
+	-- adjustments of earlier invoices carried by this one
+	inv.total := inv.total + coalesce((SELECT sum(amount) FROM msp_adjustment_lines(client_id, period)), 0);
+	inv.subtotal := msp_round(inv.subtotal, c.minor_unit);
+	inv.total := msp_round(inv.total, c.minor_unit);
+	RETURN inv;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_compute_invoice(bigint, daterange) IS
+	'the invoice of a client for a period as today''s data prices it, finalized or not';
+
+-- msp_cost_allocation: pools split with msp_pool_share; sister clients'
+-- people named as such; a pool nothing carries still shows, whole.
+
+-- Every cost pool of the period spread over its basis; a pool with no
+-- unit to carry it still appears, whole, with unit NULL.
+CREATE FUNCTION @extschema@.msp_cost_allocation(client_id bigint, period daterange DEFAULT NULL)
+RETURNS TABLE (pool_id bigint, category text, basis text, unit text, share numeric)
+LANGUAGE sql STABLE
+SET search_path = @extschema@, pg_catalog, pg_temp
+BEGIN ATOMIC
+	WITH p AS (SELECT msp_period(client_id, period) AS period),
+	c AS (SELECT * FROM clients WHERE clients.client_id = msp_cost_allocation.client_id),
+	units AS (
+		SELECT 'device' AS basis, d.name AS unit FROM devices d, p
+		 WHERE d.client_id = msp_cost_allocation.client_id AND (d.active IS NULL OR d.active && p.period)
+		UNION ALL
+		SELECT 'user', CASE WHEN u.home_client_id = msp_cost_allocation.client_id THEN u.pseudonym
+							ELSE format('%s (client %s)', u.pseudonym, u.home_client_id) END
+		  FROM msp_billable_users(client_id, period) u
+		UNION ALL
+		SELECT 'seat', a.label FROM account_labels a
+		 WHERE a.client_id = msp_cost_allocation.client_id AND a.kind = 'shared'),
+	pools AS (
+		SELECT cp.pool_id, cp.category, cp.basis, c.minor_unit,
+			   (SELECT coalesce(sum(msp_pool_share(cp.client_id, cp.pool_id, p.period, s.segment)), 0)
+				  FROM msp_contract_segments(cp.client_id, p.period) s
+				 WHERE s.segment && cp.period) AS amount
+		  FROM p, c
+		  JOIN cost_pools cp ON cp.client_id = c.client_id
+		 WHERE cp.period && p.period)
+	SELECT pools.pool_id, pools.category, pools.basis, units.unit,
+		   allocate(pools.amount, 1, pools.minor_unit) OVER (PARTITION BY pools.pool_id ORDER BY units.unit)
+	  FROM pools LEFT JOIN (SELECT DISTINCT basis, unit FROM units) units USING (basis)
+	 ORDER BY pools.pool_id, units.unit;
+END;
+COMMENT ON FUNCTION @extschema@.msp_cost_allocation(bigint, daterange) IS
+	'every cost pool billed in the period spread over its basis (devices, seats or users) to the cent with allocate(); unit NULL when nothing carries it';
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_compare_models(client_id bigint, period daterange DEFAULT NULL)
+RETURNS TABLE (model text, total numeric, users integer, devices integer,
+			   per_user numeric, per_device numeric, break_even_users numeric)
+LANGUAGE plpgsql STABLE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	c clients;
+	k contracts;
+	seg record;
+	q segment_quantities;
+	names text[] := '{per_user,per_device,per_seat,cost_plus,per_user_plus_support}';
+	totals numeric[] := '{NULL,NULL,NULL,NULL,NULL}';
+	n_users integer := 0;
+	n_devices integer := 0;
+	amount numeric;
+BEGIN
+	period := msp_period(client_id, period);
+	PERFORM msp_check_currency(client_id, period);
+	SELECT * INTO c FROM clients WHERE clients.client_id = client_id;
+	FOR seg IN SELECT * FROM msp_contract_segments(client_id, period) LOOP
+		SELECT * INTO k FROM contracts WHERE contracts.client_id = client_id
+			AND contracts.contract_id = seg.contract_id;
+		q := msp_segment_quantities(client_id, seg.contract_id, seg.segment, period);
+		FOR i IN 1..cardinality(names) LOOP
+			SELECT sum(l.amount) INTO amount
+			  FROM msp_segment_lines(c, k, seg.segment, period, q, names[i]) l;
+			IF amount IS NOT NULL THEN
+				totals[i] := coalesce(totals[i], 0) + amount;
+			END IF;
+		END LOOP;
+	END LOOP;
+	n_users := msp_period_people(client_id, period);
+	n_devices := msp_period_devices(client_id, period);
+	FOR i IN 1..cardinality(names) LOOP
+		model := names[i];
+		total := totals[i];
+		users := n_users;
+		devices := n_devices;
+		per_user := CASE WHEN n_users > 0 THEN msp_round(total / n_users, c.minor_unit) END;
+		per_device := CASE WHEN n_devices > 0 THEN msp_round(total / n_devices, c.minor_unit) END;
+		break_even_users := CASE WHEN model = 'per_device' AND totals[1] > 0 AND n_users > 0
+								 THEN round(total / (totals[1] / n_users), 2) END;
+		RETURN NEXT;
+	END LOOP;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_compare_models(bigint, daterange) IS
+	'per-user, per-device, per-seat, cost-plus and support-lifted totals side by side, with effective prices and the per-device break-even user count';
+
+-- ---------------------------------------------------------------------
+-- Finalize and adjust
+-- ---------------------------------------------------------------------
+
+-- msp_finalize_invoice, msp_issue_adjustment: the only writers of
+-- invoices, their lines and the audit log, as the extension's owner
+-- (SECURITY DEFINER, pinned search_path, EXECUTE revoked from PUBLIC
+-- below), storing pseudonymous evidence; an adjustment stores its evidence.
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_finalize_invoice(client_id bigint, period daterange DEFAULT NULL,
+												 override text[] DEFAULT '{}')
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER
+SET search_path = pg_catalog, @extschema@, pg_temp
+SET mspbill.pseudonymous = on
+AS $$
+#variable_conflict use_variable
+DECLARE
+	id bigint;
+	inv invoice;
+	failing text[];
+	unknown text[];
+BEGIN
+	period := msp_period(client_id, period);
+	-- one finalization per client and period at a time, in any session
+	PERFORM pg_advisory_xact_lock(hashtext('mspbill.finalize'), hashtext(client_id::text || period::text));
+	id := (msp_finalized_invoice(client_id, period)).invoice_id;
+	IF id IS NOT NULL THEN
+		RETURN id;
+	END IF;
+
+	unknown := ARRAY(SELECT unnest(coalesce(override, '{}'))
+					 EXCEPT SELECT unnest('{period_not_over,device_silent,day_without_logons,unmapped_account,logon_outside_contract}'::text[]));
+	IF cardinality(unknown) > 0 THEN
+		RAISE EXCEPTION 'unknown data-quality gate %', unknown[1]
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Gates are period_not_over, device_silent, day_without_logons, unmapped_account and logon_outside_contract.';
+	END IF;
+	failing := ARRAY(SELECT DISTINCT q.gate FROM msp_data_quality(client_id, period) q
+					  WHERE NOT q.gate = ANY (coalesce(override, '{}')) ORDER BY 1);
+	IF cardinality(failing) > 0 THEN
+		RAISE EXCEPTION 'data-quality gates failed for client % in %: %', client_id, period,
+						array_to_string(failing, ', ')
+			USING ERRCODE = 'check_violation',
+				  DETAIL = 'See SELECT * FROM mspbill.msp_data_quality(client_id, period) for each finding.',
+				  HINT = format('Fix the data, or finalize anyway (the override is recorded): SELECT mspbill.msp_finalize_invoice(%s, %L, %L);',
+								client_id, period, failing);
+	END IF;
+
+	inv := msp_compute_invoice(client_id, period);
+	INSERT INTO @extschema@.invoices (client_id, kind, period, model, users, seats, devices, subtotal, total,
+						  currency, evidence, overrides)
+	VALUES (client_id, 'invoice', period, inv.model, inv.users, inv.seats, inv.devices, inv.subtotal,
+			inv.total, inv.currency,
+			coalesce((SELECT jsonb_agg(to_jsonb(u)) FROM msp_billable_users(client_id, period) u), '[]'),
+			coalesce(override, '{}'))
+	RETURNING invoice_id INTO id;
+	INSERT INTO @extschema@.invoice_items (client_id, invoice_id, line_no, contract_id, description, quantity,
+							   unit_price, amount, basis)
+	SELECT client_id, id, l.line_no, l.contract_id, l.description, l.quantity, l.unit_price, l.amount, l.basis
+	  FROM msp_price_lines(client_id, period, NULL) l;
+	INSERT INTO @extschema@.audit_log (client_id, action, invoice_id, detail)
+	VALUES (client_id, 'finalize', id, jsonb_build_object('period', period::text, 'total', inv.total));
+	IF cardinality(coalesce(override, '{}')) > 0 THEN
+		INSERT INTO @extschema@.audit_log (client_id, action, invoice_id, detail)
+		VALUES (client_id, 'override', id, jsonb_build_object('gates', override,
+				'findings', (SELECT jsonb_agg(to_jsonb(q)) FROM msp_data_quality(client_id, period) q
+							  WHERE q.gate = ANY (override))));
+	END IF;
+	RETURN id;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_finalize_invoice(bigint, daterange, text[]) IS
+	'stores the invoice of a period with its lines and evidence and returns its id; finalizing again returns the same id';
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_issue_adjustment(client_id bigint, period daterange, reason text)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER
+SET search_path = pg_catalog, @extschema@, pg_temp
+SET mspbill.pseudonymous = on
+AS $$
+#variable_conflict use_variable
+DECLARE
+	id bigint;
+	original invoices;
+	carrier daterange;
+	total numeric;
+BEGIN
+	IF reason IS NULL OR reason = '' THEN
+		RAISE EXCEPTION 'an adjustment needs a reason'
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Say why, e.g. ''late logons from the EMR export''; it is printed on the invoice.';
+	END IF;
+	period := msp_period(client_id, period);
+	PERFORM pg_advisory_xact_lock(hashtext('mspbill.finalize'), hashtext(client_id::text || period::text));
+	original := msp_require_finalized(client_id, period);
+	SELECT sum(d.difference) INTO total FROM msp_invoice_drift(client_id, period) d WHERE d.difference <> 0;
+	IF total IS NULL THEN
+		RAISE EXCEPTION 'invoice % has no drift to adjust', original.invoice_id
+			USING ERRCODE = 'no_data_found';
+	END IF;
+	-- the next invoice not finalized yet carries the note
+	SELECT daterange(m::date, (m + interval '1 month')::date) INTO carrier
+	  FROM generate_series(date_trunc('month', upper(period)), date_trunc('month', upper(period)) + interval '10 years',
+						   interval '1 month') m
+	 WHERE NOT EXISTS (SELECT 1 FROM invoices i WHERE i.client_id = client_id AND i.kind = 'invoice'
+						  AND i.period && daterange(m::date, (m + interval '1 month')::date))
+	 ORDER BY m LIMIT 1;
+	INSERT INTO @extschema@.invoices (client_id, kind, period, adjusts_invoice_id, apply_period, reason, total, currency,
+						  evidence)
+	VALUES (client_id, 'adjustment', period, original.invoice_id, carrier, reason, total, original.currency,
+			coalesce((SELECT jsonb_agg(to_jsonb(u)) FROM @extschema@.msp_billable_users(client_id, period) u), '[]'))
+	RETURNING invoice_id INTO id;
+	INSERT INTO @extschema@.invoice_items (client_id, invoice_id, line_no, contract_id, description, quantity,
+							   unit_price, amount, basis)
+	SELECT client_id, id, row_number() OVER (ORDER BY d.contract_id, d.basis), d.contract_id,
+		   format('%s (billed %s, now %s)', d.description, d.billed, d.current),
+		   d.current_quantity, NULL, d.difference, d.basis
+	  FROM msp_invoice_drift(client_id, period) d WHERE d.difference <> 0;
+	INSERT INTO @extschema@.audit_log (client_id, action, invoice_id, detail)
+	VALUES (client_id, 'adjust', id, jsonb_build_object('adjusts', original.invoice_id, 'total', total,
+														'reason', reason, 'carried_by', carrier::text));
+	RETURN id;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_issue_adjustment(bigint, daterange, text) IS
+	'turns the drift of a finalized invoice into a credit or debit note that references it; the next invoice carries it';
+
+-- msp_reconcile_licenses: people billed are read from the finalized
+-- invoice's evidence, sister clients' people included.
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_reconcile_licenses(client_id bigint, period daterange DEFAULT NULL)
+RETURNS TABLE (category text, sku text, subject text, quantity numeric, amount numeric, note text)
+LANGUAGE plpgsql STABLE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	c clients;
+	k contracts;
+	fin invoices;
+	active_ids bigint[];
+	active integer;
+	billed numeric;
+	seats numeric;
+	seat_cost numeric;
+BEGIN
+	period := msp_period(client_id, period);
+	SELECT * INTO c FROM clients WHERE clients.client_id = client_id;
+	SELECT * INTO k FROM contracts WHERE contracts.client_id = client_id AND contracts.effective @> (upper(period) - 1);
+	active_ids := ARRAY(SELECT DISTINCT u.person_id FROM msp_billable_users(client_id, period) u
+						 WHERE u.home_client_id = client_id);
+	active := (SELECT count(DISTINCT (u.home_client_id, u.person_id)) FROM msp_billable_users(client_id, period) u);
+	-- people billed: a preview bills everyone active; once finalized, those in
+	-- the evidence of the invoice or of an adjustment to it
+	fin := msp_finalized_invoice(client_id, period);
+	IF fin.invoice_id IS NULL THEN
+		billed := active;
+	ELSE
+		billed := (SELECT count(*) FROM (
+					 SELECT DISTINCT coalesce((e->>'home_client_id')::bigint, i.client_id), (e->>'person_id')::bigint
+					   FROM invoices i, jsonb_array_elements(i.evidence) e
+					  WHERE i.client_id = client_id
+						AND (i.invoice_id = fin.invoice_id OR i.adjusts_invoice_id = fin.invoice_id)
+					 INTERSECT
+					 SELECT u.home_client_id, u.person_id FROM msp_billable_users(client_id, period) u) b);
+	END IF;
+
+	-- seats held per SKU (latest count before the period ends, per source)
+	RETURN QUERY
+	SELECT 'seats_held', lc.sku, NULL::text, lc.seats::numeric, lc.seats * lc.unit_cost,
+		   format('%s seats held; %s people active; %s users billed.', lc.seats, active, billed)
+	  FROM (SELECT DISTINCT ON (x.sku) x.* FROM license_counts x
+			 WHERE x.client_id = client_id AND x.as_of < upper(period)
+			 ORDER BY x.sku, x.as_of DESC, x.source) lc
+	 ORDER BY lc.sku;
+	SELECT sum(lc.seats), max(lc.unit_cost) INTO seats, seat_cost
+	  FROM (SELECT DISTINCT ON (x.sku) x.* FROM license_counts x
+			 WHERE x.client_id = client_id AND x.as_of < upper(period)
+			 ORDER BY x.sku, x.as_of DESC, x.source) lc;
+
+	-- people who work without a Microsoft 365 account
+	RETURN QUERY
+	SELECT 'active_unlicensed', NULL::text, a.pseudonym, 1::numeric, seat_cost,
+		   'Active in the period but holds no Microsoft 365 account: license them (or record the account).'
+	  FROM people a
+	 WHERE a.client_id = client_id AND a.person_id = ANY (active_ids)
+	   AND NOT EXISTS (SELECT 1 FROM accounts x WHERE x.client_id = client_id AND x.person_id = a.person_id
+						  AND x.realm = 'm365')
+	 ORDER BY a.pseudonym;
+	-- licensed people who did not work: seats to reclaim
+	RETURN QUERY
+	SELECT 'licensed_inactive', NULL::text, l.label, 1::numeric, seat_cost,
+		   'Holds a Microsoft 365 account but was not active in the period: a seat to reclaim.'
+	  FROM accounts x JOIN account_labels l USING (client_id, account_id)
+	 WHERE x.client_id = client_id AND x.realm = 'm365' AND x.kind = 'individual'
+	   AND NOT x.person_id = ANY (active_ids)
+	 ORDER BY l.label;
+	IF seats IS NOT NULL AND active > seats THEN
+		RETURN QUERY SELECT 'seat_shortfall', NULL::text, NULL::text, (active - seats)::numeric,
+							(active - seats) * seat_cost,
+							format('%s people active but only %s seats held.', active, seats);
+	END IF;
+	IF billed < active AND k.model IN ('per_user', 'per_user_plus_support') THEN
+		RETURN QUERY SELECT 'unbilled_users', NULL::text, NULL::text, active - billed,
+							msp_round((active - billed) * k.price_per_user, c.minor_unit),
+							format('%s people active, %s billed.', active, billed);
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_reconcile_licenses(bigint, daterange) IS
+	'three-way license reconciliation: people active by logon, seats held per SKU, quantities billed, and the money at stake';
+
+-- ---------------------------------------------------------------------
+-- Loaders
+-- ---------------------------------------------------------------------
+
+-- msp_try_jsonb, msp_try_timestamptz: every data exception is a reject,
+-- not a failed load.
+
+-- The text parsed as jsonb, or NULL when it is not JSON.
+CREATE OR REPLACE FUNCTION @extschema@.msp_try_jsonb(raw text) RETURNS jsonb
+LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	RETURN raw::jsonb;
+EXCEPTION WHEN data_exception OR program_limit_exceeded THEN
+	-- not JSON, a number jsonb cannot hold, nesting too deep for the stack
+	RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_try_jsonb(text) IS
+	'the text as jsonb, or NULL when it is not valid JSON (or holds a number jsonb cannot)';
+
+-- The text as a timestamp with time zone, or NULL when it is not one.
+CREATE OR REPLACE FUNCTION @extschema@.msp_try_timestamptz(raw text) RETURNS timestamptz
+LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	RETURN raw::timestamptz;
+EXCEPTION WHEN data_exception THEN
+	-- malformed, out of range, an unknown zone or offset
+	RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_try_timestamptz(text) IS 'the text as timestamptz, or NULL when it is not one';
+
+-- msp_load_normalized, msp_load_begin: schema-qualified names; a new
+-- device is billable from the day it was first seen; loads of one client
+-- take turns.
+
+-- Shared last step of every loader: the normalized events of one load, in
+-- pg_temp.msp_load_events, become accounts (kind unknown until mapped),
+-- devices and logons.  Returns (loaded, duplicate).
+CREATE OR REPLACE FUNCTION @extschema@.msp_load_normalized(for_client bigint, load_source text,
+												OUT loaded bigint, OUT duplicate bigint)
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, @extschema@, pg_temp
+AS $$
+BEGIN
+	INSERT INTO @extschema@.accounts (client_id, account_id, realm, name, kind, application)
+	SELECT for_client,
+		   coalesce((SELECT max(a.account_id) FROM @extschema@.accounts a WHERE a.client_id = for_client), 0)
+			   + row_number() OVER (ORDER BY n.realm, n.account_name),
+		   n.realm, n.account_name, 'unknown', n.application
+	  FROM (SELECT DISTINCT e.realm, e.account_name, e.application FROM pg_temp.msp_load_events e) n
+	 WHERE NOT EXISTS (SELECT 1 FROM @extschema@.accounts a
+						WHERE a.client_id = for_client AND a.realm = n.realm
+						  AND lower(a.name) = lower(n.account_name)
+						  AND coalesce(a.application, '') = coalesce(n.application, ''));
+
+	-- a device found in an export is billable from the day it was first seen
+	INSERT INTO @extschema@.devices (client_id, device_id, name, kind, active)
+	SELECT for_client,
+		   coalesce((SELECT max(d.device_id) FROM @extschema@.devices d WHERE d.client_id = for_client), 0)
+			   + row_number() OVER (ORDER BY n.device_name),
+		   n.device_name, 'other',
+		   daterange((n.first_at AT TIME ZONE (SELECT c.time_zone FROM @extschema@.clients c WHERE c.client_id = for_client))::date, NULL)
+	  FROM (SELECT e.device_name, min(e.at) AS first_at FROM pg_temp.msp_load_events e
+			 WHERE e.device_name IS NOT NULL AND e.create_device GROUP BY e.device_name) n
+	 WHERE NOT EXISTS (SELECT 1 FROM @extschema@.devices d WHERE d.client_id = for_client
+						  AND upper(d.name) = upper(n.device_name));
+
+	-- small maps from names to ids, so the big insert joins on plain keys
+	ANALYZE pg_temp.msp_load_events;
+	CREATE TEMP TABLE msp_account_map ON COMMIT DROP AS
+	SELECT n.realm, n.account_name, n.app, a.account_id
+	  FROM (SELECT DISTINCT e.realm, e.account_name, coalesce(e.application, '') AS app
+			  FROM pg_temp.msp_load_events e) n
+	  JOIN @extschema@.accounts a ON a.client_id = for_client AND a.realm = n.realm
+					 AND lower(a.name) = lower(n.account_name) AND coalesce(a.application, '') = n.app;
+	CREATE TEMP TABLE msp_device_map ON COMMIT DROP AS
+	SELECT n.device_name, d.device_id
+	  FROM (SELECT DISTINCT e.device_name FROM pg_temp.msp_load_events e WHERE e.device_name IS NOT NULL) n
+	  JOIN @extschema@.devices d ON d.client_id = for_client AND upper(d.name) = upper(n.device_name);
+	ANALYZE pg_temp.msp_account_map;
+	ANALYZE pg_temp.msp_device_map;
+
+	WITH ins AS (
+		INSERT INTO @extschema@.logons (client_id, account_id, device_id, at, ended, presence, source,
+							source_event_id, session_key)
+		SELECT for_client, m.account_id, dm.device_id, e.at, e.ended, true, load_source, e.source_event_id,
+			   e.session_key
+		  FROM pg_temp.msp_load_events e
+		  JOIN pg_temp.msp_account_map m ON m.realm = e.realm AND m.account_name = e.account_name
+										AND m.app = coalesce(e.application, '')
+		  LEFT JOIN pg_temp.msp_device_map dm ON dm.device_name = e.device_name
+		ON CONFLICT (client_id, source, source_event_id, at) DO NOTHING
+		RETURNING 1)
+	SELECT count(*) INTO loaded FROM ins;
+	DROP TABLE pg_temp.msp_account_map, pg_temp.msp_device_map;
+	duplicate := (SELECT count(*) FROM pg_temp.msp_load_events) - loaded;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_load_normalized(bigint, text) IS
+	'internal: accounts, devices and logons from the normalized events of one load';
+
+-- Every load starts here: the client must exist, loads of one client take
+-- turns (new accounts and devices are numbered from the client's highest
+-- id, and a second load of the same stage must find it consumed), and the
+-- load gets a fresh scratch table for its normalized events.
+CREATE OR REPLACE FUNCTION @extschema@.msp_load_begin(for_client bigint) RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, @extschema@, pg_temp
+AS $$
+BEGIN
+	IF NOT EXISTS (SELECT 1 FROM @extschema@.clients c WHERE c.client_id = for_client) THEN
+		RAISE EXCEPTION 'unknown client %', for_client
+			USING ERRCODE = 'no_data_found',
+				  HINT = 'Add the client to mspbill.clients first.';
+	END IF;
+	PERFORM pg_advisory_xact_lock(hashtext('mspbill.load'), hashtext(for_client::text));
+	IF to_regclass('pg_temp.msp_load_events') IS NOT NULL THEN
+		DROP TABLE pg_temp.msp_load_events;
+	END IF;
+	CREATE TEMP TABLE msp_load_events (
+		realm text NOT NULL,
+		application text,
+		account_name text NOT NULL,
+		device_name text,
+		create_device boolean NOT NULL,
+		at timestamptz NOT NULL,
+		ended timestamptz,
+		source_event_id text NOT NULL,
+		session_key text
+	) ON COMMIT DROP;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_load_begin(bigint) IS 'internal: checks the client and gives a load its scratch table';
+
+-- msp_load_guarded (new): a load step set-based, per record only where a
+-- record's data makes it fail.
+
+-- One step of a load, run over the staged lines lo..hi of a client
+-- (EXECUTE step USING client, lo, hi).  When the step fails on some
+-- record's data (any data exception, nesting too deep, a value too large
+-- for an index) it is retried on each half of its lines, down to single
+-- lines, which reject then marks (EXECUTE reject USING client, line,
+-- message, sqlstate).  A clean batch costs one set-based statement; a bad
+-- record costs a few more (about two per halving), never the load.
+CREATE FUNCTION @extschema@.msp_load_guarded(step text, reject text, for_client bigint, lo bigint, hi bigint)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, @extschema@, pg_temp
+AS $$
+DECLARE
+	todo bigint[] := ARRAY[lo, hi];
+	a bigint;
+	b bigint;
+	n bigint := 0;
+	msg text;
+	state text;
+BEGIN
+	IF lo IS NULL OR hi IS NULL THEN
+		RETURN 0;
+	END IF;
+	WHILE cardinality(todo) > 0 LOOP
+		a := todo[cardinality(todo) - 1];
+		b := todo[cardinality(todo)];
+		todo := todo[1:cardinality(todo) - 2];
+		BEGIN
+			EXECUTE step USING for_client, a, b;
+		EXCEPTION WHEN data_exception OR program_limit_exceeded THEN
+			IF a = b THEN
+				GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT, state = RETURNED_SQLSTATE;
+				EXECUTE reject USING for_client, a, msg, state;
+				n := n + 1;
+			ELSE
+				todo := todo || ARRAY[a + (b - a) / 2 + 1, b, a, a + (b - a) / 2];
+			END IF;
+		END;
+	END LOOP;
+	RETURN n;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_load_guarded(text, text, bigint, bigint, bigint) IS
+	'internal: runs a load step set-based, and per record only where a record''s data makes it fail';
+
+-- msp_load_windows_events, msp_load_entra_signins, msp_load_emr_audit:
+-- run as the owner (the loading roles may only INSERT into the stage);
+-- every per-record error is a reject; source => NULL keeps duplicate
+-- detection; EMR times with a zone name or a lowercase z are that instant.
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_load_windows_events(client_id bigint, source text DEFAULT 'windows',
+													OUT loaded bigint, OUT duplicate bigint,
+													OUT paired bigint, OUT skipped bigint, OUT rejected bigint)
+LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER
+SET search_path = pg_catalog, @extschema@, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	lo bigint;
+	hi bigint;
+BEGIN
+	-- a NULL source would make every event id unique (NULLs are distinct)
+	source := coalesce(source, 'windows');
+	PERFORM @extschema@.msp_load_begin(client_id);
+	SELECT min(s.line_no), max(s.line_no) INTO lo, hi FROM @extschema@.windows_event_staging s WHERE s.client_id = client_id;
+	CREATE TEMP TABLE msp_win_class (
+		line_no bigint PRIMARY KEY,
+		event_id text,
+		at_text text,
+		host text,
+		username text,
+		domain text,
+		logon_type text,
+		logon_id text,
+		record text,
+		class text NOT NULL,
+		at timestamptz
+	) ON COMMIT DROP;
+	-- One pass over the stage keeps only the fields a logon needs, NXLog's
+	-- top-level ones or Winlogbeat's (winlog.*), without building a jsonb of
+	-- every (mostly irrelevant, often large) record.
+	PERFORM @extschema@.msp_load_guarded($step$
+		INSERT INTO pg_temp.msp_win_class (line_no, event_id, at_text, host, username, domain, logon_type,
+										   logon_id, record, class)
+		SELECT e.line_no, e.event_id, e.at_text, e.host, e.username, e.domain, e.logon_type, e.logon_id, e.record,
+			   CASE
+				   WHEN e.bad_json THEN 'reject:not valid JSON'
+				   WHEN e.event_id IS NULL THEN 'reject:no EventID'
+				   WHEN e.event_id NOT IN ('4624', '4634', '4647') THEN 'skip'
+				   WHEN e.at_text IS NULL THEN 'reject:no @timestamp'
+				   WHEN e.host IS NULL OR e.host IN ('', '-') THEN 'reject:no Hostname'
+				   WHEN e.username IS NULL OR e.username IN ('', '-') THEN 'reject:no TargetUserName'
+				   -- names and keys go into btree indexes, which cap a row's size
+				   WHEN length(e.host) > 255 OR length(e.username) > 255 OR length(e.domain) > 255
+						OR length(e.record) > 255 OR length(e.logon_id) > 255 THEN 'reject:field too long'
+				   WHEN @extschema@.msp_is_machine_account(e.username) THEN 'skip'
+				   WHEN e.event_id = '4624' AND e.logon_type IS NULL THEN 'reject:no LogonType'
+				   WHEN e.event_id = '4624' AND e.logon_type NOT IN ('2', '7', '10', '11') THEN 'skip'
+				   WHEN e.event_id = '4624' THEN 'logon'
+				   ELSE 'logoff'
+			   END
+		  FROM (SELECT s.line_no, f IS NULL AS bad_json,
+					   coalesce(f[1], wl.winlog->>'event_id') AS event_id,
+					   coalesce(f[2], f[3]) AS at_text,
+					   coalesce(f[4], wl.winlog->>'computer_name') AS host,
+					   coalesce(f[5], wl.winlog->'event_data'->>'TargetUserName') AS username,
+					   coalesce(f[6], wl.winlog->'event_data'->>'TargetDomainName') AS domain,
+					   coalesce(f[7], wl.winlog->'event_data'->>'LogonType') AS logon_type,
+					   coalesce(f[8], wl.winlog->'event_data'->>'TargetLogonId') AS logon_id,
+					   coalesce(f[9], wl.winlog->>'record_id', md5(s.raw)) AS record
+				  FROM @extschema@.windows_event_staging s,
+					   LATERAL @extschema@.msp_json_fields(s.raw, '{EventID,@timestamp,TimeCreated,Hostname,TargetUserName,TargetDomainName,LogonType,TargetLogonId,RecordNumber,winlog}') AS f,
+					   -- a function in FROM runs once per row (a subquery would be pulled up)
+					   LATERAL unnest(ARRAY[f[10]::jsonb]) AS wl(winlog)
+				 WHERE s.client_id = $1 AND s.line_no BETWEEN $2 AND $3) e
+	$step$, $reject$
+		INSERT INTO pg_temp.msp_win_class (line_no, class) VALUES ($2, 'reject:unreadable record: ' || $3)
+	$reject$, client_id, lo, hi);
+	-- timestamps: the batch at once, per record only where one is malformed
+	PERFORM @extschema@.msp_load_guarded($step$
+		UPDATE pg_temp.msp_win_class SET at = at_text::timestamptz
+		 WHERE class IN ('logon', 'logoff') AND line_no BETWEEN $2 AND $3
+	$step$, $reject$
+		UPDATE pg_temp.msp_win_class SET class = 'reject:invalid @timestamp' WHERE line_no = $2
+	$reject$, client_id, lo, hi);
+	UPDATE pg_temp.msp_win_class SET class = 'reject:invalid @timestamp'
+	 WHERE class IN ('logon', 'logoff') AND (at IS NULL OR NOT isfinite(at));
+
+	INSERT INTO pg_temp.msp_load_events (realm, application, account_name, device_name, create_device, at,
+										 ended, source_event_id, session_key)
+	SELECT 'os', NULL, @extschema@.msp_canonical_account(c.domain, c.username), upper(split_part(c.host, '.', 1)), true,
+		   c.at, NULL, upper(split_part(c.host, '.', 1)) || ':' || c.record,
+		   CASE WHEN c.logon_id IS NOT NULL THEN upper(split_part(c.host, '.', 1)) || ':' || lower(c.logon_id) END
+	  FROM pg_temp.msp_win_class c WHERE c.class = 'logon';
+	SELECT * INTO loaded, duplicate FROM @extschema@.msp_load_normalized(client_id, source);
+
+	-- pair logoffs (4634, 4647) with their logon by logon id on the same host
+	WITH logoff AS (
+		SELECT upper(split_part(c.host, '.', 1)) || ':' || lower(c.logon_id) AS session_key, min(c.at) AS at
+		  FROM pg_temp.msp_win_class c WHERE c.class = 'logoff' AND c.logon_id IS NOT NULL GROUP BY 1),
+	upd AS (
+		UPDATE @extschema@.logons l SET ended = o.at
+		  FROM logoff o
+		 WHERE l.client_id = client_id AND l.session_key = o.session_key AND l.at <= o.at
+		   AND (l.ended IS NULL OR l.ended > o.at)
+		RETURNING l.session_key)
+	SELECT count(DISTINCT upd.session_key) INTO paired FROM upd;
+
+	INSERT INTO @extschema@.load_rejects (client_id, source, line_no, raw, reason)
+	SELECT client_id, source, c.line_no, s.raw, substr(c.class, 8)
+	  FROM pg_temp.msp_win_class c JOIN @extschema@.windows_event_staging s ON s.client_id = client_id AND s.line_no = c.line_no
+	 WHERE c.class LIKE 'reject:%';
+	GET DIAGNOSTICS rejected = ROW_COUNT;
+	SELECT count(*) INTO skipped FROM pg_temp.msp_win_class c WHERE c.class = 'skip' OR c.class = 'logoff';
+	skipped := skipped - paired;
+	DELETE FROM @extschema@.windows_event_staging s WHERE s.client_id = client_id;
+	DROP TABLE pg_temp.msp_win_class;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_load_windows_events(bigint, text) IS
+	'loads a client''s staged Windows Security events: interactive (2), unlock (7), remote interactive (10) and cached (11) logons count; logoffs close sessions; the rest is skipped or rejected';
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_load_entra_signins(client_id bigint, source text DEFAULT 'entra',
+												   OUT loaded bigint, OUT duplicate bigint,
+												   OUT skipped bigint, OUT rejected bigint)
+LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER
+SET search_path = pg_catalog, @extschema@, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	lo bigint;
+	hi bigint;
+BEGIN
+	source := coalesce(source, 'entra');
+	PERFORM @extschema@.msp_load_begin(client_id);
+	SELECT min(s.line_no), max(s.line_no) INTO lo, hi FROM @extschema@.entra_signin_staging s WHERE s.client_id = client_id;
+	CREATE TEMP TABLE msp_entra_class (
+		line_no bigint PRIMARY KEY,
+		id text,
+		upn text,
+		created text,
+		device text,
+		class text NOT NULL,
+		at timestamptz
+	) ON COMMIT DROP;
+	PERFORM @extschema@.msp_load_guarded($step$
+		INSERT INTO pg_temp.msp_entra_class (line_no, id, upn, created, device, class)
+		SELECT e.line_no, e.doc->>'id', e.doc->>'userPrincipalName', e.doc->>'createdDateTime',
+			   e.doc->'deviceDetail'->>'displayName',
+			   CASE
+				   WHEN e.doc->>'id' IS NULL THEN 'reject:no id'
+				   WHEN coalesce(e.doc->>'userPrincipalName', '') = '' THEN 'reject:no userPrincipalName'
+				   WHEN e.doc->>'createdDateTime' IS NULL THEN 'reject:no valid createdDateTime'
+				   -- names and keys go into btree indexes, which cap a row's size
+				   WHEN length(e.doc->>'id') > 255 OR length(e.doc->>'userPrincipalName') > 255
+						OR length(e.doc->'deviceDetail'->>'displayName') > 255 THEN 'reject:field too long'
+				   WHEN coalesce(e.doc->'status'->>'errorCode', '0') <> '0' THEN 'skip'
+				   WHEN e.doc->>'isInteractive' = 'false' THEN 'skip'
+				   ELSE 'signin'
+			   END
+		  FROM (SELECT s.line_no, s.raw::jsonb AS doc FROM @extschema@.entra_signin_staging s
+				 WHERE s.client_id = $1 AND s.line_no BETWEEN $2 AND $3) e
+	$step$, $reject$
+		INSERT INTO pg_temp.msp_entra_class (line_no, class)
+		VALUES ($2, CASE WHEN $4 = '22P02' THEN 'reject:not valid JSON' ELSE 'reject:unreadable record: ' || $3 END)
+	$reject$, client_id, lo, hi);
+	PERFORM @extschema@.msp_load_guarded($step$
+		UPDATE pg_temp.msp_entra_class SET at = created::timestamptz
+		 WHERE class NOT LIKE 'reject:%' AND line_no BETWEEN $2 AND $3
+	$step$, $reject$
+		UPDATE pg_temp.msp_entra_class SET class = 'reject:no valid createdDateTime' WHERE line_no = $2
+	$reject$, client_id, lo, hi);
+	UPDATE pg_temp.msp_entra_class SET class = 'reject:no valid createdDateTime'
+	 WHERE class NOT LIKE 'reject:%' AND (at IS NULL OR NOT isfinite(at));
+
+	INSERT INTO pg_temp.msp_load_events (realm, application, account_name, device_name, create_device, at,
+										 ended, source_event_id, session_key)
+	SELECT 'm365', NULL, lower(c.upn), upper(nullif(c.device, '')), false, c.at, NULL, c.id, NULL
+	  FROM pg_temp.msp_entra_class c WHERE c.class = 'signin';
+	SELECT * INTO loaded, duplicate FROM @extschema@.msp_load_normalized(client_id, source);
+	INSERT INTO @extschema@.load_rejects (client_id, source, line_no, raw, reason)
+	SELECT client_id, source, c.line_no, s.raw, substr(c.class, 8)
+	  FROM pg_temp.msp_entra_class c JOIN @extschema@.entra_signin_staging s ON s.client_id = client_id AND s.line_no = c.line_no
+	 WHERE c.class LIKE 'reject:%';
+	GET DIAGNOSTICS rejected = ROW_COUNT;
+	SELECT count(*) INTO skipped FROM pg_temp.msp_entra_class c WHERE c.class = 'skip';
+	DELETE FROM @extschema@.entra_signin_staging s WHERE s.client_id = client_id;
+	DROP TABLE pg_temp.msp_entra_class;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_load_entra_signins(bigint, text) IS
+	'loads a client''s staged Entra ID sign-ins: successful interactive sign-ins count as Microsoft 365 presence';
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_load_emr_audit(client_id bigint, source text DEFAULT 'emr',
+											   OUT loaded bigint, OUT duplicate bigint, OUT rejected bigint)
+LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER
+SET search_path = pg_catalog, @extschema@, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	lo bigint;
+	hi bigint;
+BEGIN
+	source := coalesce(source, 'emr');
+	PERFORM @extschema@.msp_load_begin(client_id);
+	SELECT min(s.line_no), max(s.line_no) INTO lo, hi FROM @extschema@.emr_audit_staging s WHERE s.client_id = client_id;
+	CREATE TEMP TABLE msp_emr ON COMMIT DROP AS
+	SELECT s.line_no, s.user_name, s.workstation, s.event_time, s.action, s.event_id, s.application, c.time_zone,
+		   CASE
+			   WHEN coalesce(s.user_name, '') = '' THEN 'no user'
+			   WHEN coalesce(s.event_time, '') = '' THEN 'no time'
+			   -- names and keys go into btree indexes, which cap a row's size
+			   WHEN length(s.user_name) > 255 OR length(s.workstation) > 255 OR length(s.event_id) > 255
+					OR length(s.application) > 255 THEN 'field too long'
+		   END AS reason,
+		   NULL::timestamptz AS at
+	  FROM @extschema@.emr_audit_staging s JOIN @extschema@.clients c USING (client_id)
+	 WHERE s.client_id = client_id;
+	ALTER TABLE pg_temp.msp_emr ADD PRIMARY KEY (line_no);
+	-- A time with a zone (an offset, Z or z, a zone name or abbreviation)
+	-- is that instant; a time without one is the client's local time.
+	PERFORM @extschema@.msp_load_guarded($step$
+		UPDATE pg_temp.msp_emr
+		   SET at = CASE WHEN event_time ~* '([+-]\d\d(:?\d\d)?|[a-z][a-z_/]*)$' AND event_time !~* '[ap]\.?m\.?$'
+						 THEN event_time::timestamptz
+						 ELSE event_time::timestamp AT TIME ZONE time_zone END
+		 WHERE reason IS NULL AND line_no BETWEEN $2 AND $3
+	$step$, $reject$
+		UPDATE pg_temp.msp_emr SET reason = 'invalid time' WHERE line_no = $2
+	$reject$, client_id, lo, hi);
+	UPDATE pg_temp.msp_emr SET reason = 'invalid time' WHERE reason IS NULL AND (at IS NULL OR NOT isfinite(at));
+
+	INSERT INTO pg_temp.msp_load_events (realm, application, account_name, device_name, create_device, at,
+										 ended, source_event_id, session_key)
+	SELECT 'app', e.application, lower(e.user_name), upper(nullif(e.workstation, '')), true, e.at,
+		   NULL, coalesce(e.event_id, md5(concat_ws('|', e.user_name, e.workstation, e.event_time, e.action))), NULL
+	  FROM pg_temp.msp_emr e WHERE e.reason IS NULL;
+	SELECT * INTO loaded, duplicate FROM @extschema@.msp_load_normalized(client_id, source);
+	INSERT INTO @extschema@.load_rejects (client_id, source, line_no, raw, reason)
+	SELECT client_id, source, e.line_no,
+		   concat_ws(',', e.user_name, e.workstation, e.event_time, e.action, e.event_id), e.reason
+	  FROM pg_temp.msp_emr e WHERE e.reason IS NOT NULL;
+	GET DIAGNOSTICS rejected = ROW_COUNT;
+	DELETE FROM @extschema@.emr_audit_staging s WHERE s.client_id = client_id;
+	DROP TABLE pg_temp.msp_emr;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_load_emr_audit(bigint, text) IS
+	'loads a client''s staged EMR access audit rows as application logons (a time with an offset, Z or a zone name is that instant; one without is the client''s local time)';
+
+-- ---------------------------------------------------------------------
+-- Privacy and tenancy
+-- ---------------------------------------------------------------------
+
+-- msp_pii_audit_summary: no row for a client the reader may not see.
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_pii_audit_summary(client_id bigint, period daterange DEFAULT NULL)
+RETURNS TABLE (client_id bigint, shared_sessions bigint, violating_sessions bigint, devices bigint,
+			   applications text[])
+LANGUAGE sql STABLE
+SET search_path = @extschema@, pg_catalog, pg_temp
+BEGIN ATOMIC
+	WITH p AS (SELECT msp_period(msp_pii_audit_summary.client_id, period) AS period),
+	c AS (SELECT cl.time_zone FROM clients cl WHERE cl.client_id = msp_pii_audit_summary.client_id),
+	v AS (SELECT * FROM msp_pii_audit(msp_pii_audit_summary.client_id, period))
+	SELECT msp_pii_audit_summary.client_id,
+		   (SELECT count(*) FROM p, c, logons l JOIN accounts a USING (client_id, account_id)
+			 WHERE l.client_id = msp_pii_audit_summary.client_id AND a.kind = 'shared' AND a.realm = 'os' AND l.presence
+			   AND l.at >= (lower(p.period)::timestamp AT TIME ZONE c.time_zone)
+			   AND l.at < (upper(p.period)::timestamp AT TIME ZONE c.time_zone)),
+		   (SELECT count(*) FROM v),
+		   (SELECT count(DISTINCT device) FROM v),
+		   (SELECT coalesce(array_agg(DISTINCT application ORDER BY application), '{}') FROM v)
+	  -- no row for a client the reader may not see
+	  FROM c;
+END;
+COMMENT ON FUNCTION @extschema@.msp_pii_audit_summary(bigint, daterange) IS
+	'per client: shared sessions, those that broke the individual-login rule, devices and applications involved';
+
+-- bi_client_access: roles matched through pg_roles, so that a row naming a
+-- dropped role is nobody's instead of an error.
+ALTER POLICY own_rows ON @extschema@.bi_client_access
+	USING ((SELECT @extschema@.msp_sees_all_clients())
+		   OR role_name = ANY (ARRAY(SELECT r.rolname FROM pg_catalog.pg_roles r
+									  WHERE pg_catalog.pg_has_role(r.oid, 'MEMBER'))));
+COMMENT ON POLICY own_rows ON @extschema@.bi_client_access IS
+	'each role sees the mappings of the roles it belongs to; admins and billing see all';
+
+-- Staging: COPY FROM cannot write a table with row-level security; the
+-- stage is now insert-only for the loading roles and read by the loaders
+-- alone, so its policies go.
+DROP POLICY client_rows ON @extschema@.windows_event_staging;
+DROP POLICY client_rows ON @extschema@.entra_signin_staging;
+DROP POLICY client_rows ON @extschema@.emr_audit_staging;
+ALTER TABLE @extschema@.windows_event_staging DISABLE ROW LEVEL SECURITY;
+ALTER TABLE @extschema@.entra_signin_staging DISABLE ROW LEVEL SECURITY;
+ALTER TABLE @extschema@.emr_audit_staging DISABLE ROW LEVEL SECURITY;
+
+-- logons_default: read directly, the default partition bypassed the
+-- parent's policy; now it has its own.
+ALTER TABLE @extschema@.logons_default ENABLE ROW LEVEL SECURITY;
+CREATE POLICY client_rows ON @extschema@.logons_default USING ((SELECT @extschema@.msp_sees_all_clients()) OR client_id = ANY (CAST((SELECT @extschema@.msp_visible_clients()) AS bigint[])));
+
+-- Every client_rows policy says what it does.
+DO $$
+DECLARE
+	t text;
+BEGIN
+	FOREACH t IN ARRAY ARRAY['clients', 'contracts', 'contract_tiers', 'devices', 'people', 'accounts',
+							 'logons', 'logons_default', 'support_contacts', 'cost_pools', 'license_counts',
+							 'invoices', 'invoice_items', 'audit_log', 'load_rejects', 'applications',
+							 'person_identities']
+	LOOP
+		EXECUTE format('COMMENT ON POLICY client_rows ON @extschema@.%I IS %L', t,
+					   'the rows of the clients the reader may see (msp_sees_all_clients, else bi_client_access)');
+	END LOOP;
+END
+$$;
+
+-- account_labels: a security barrier, so that a reader's cheap function in
+-- WHERE cannot see other clients' accounts before the view's filter.
+ALTER VIEW @extschema@.account_labels SET (security_barrier = true);
+
+-- The reports for the sealed BI role mspbill_report (new): functions only,
+-- no table grants, clients mapped to the login.
+
+-- Reports for the sealed BI role (mspbill_report), which holds no grant on
+-- any table: so EXPLAIN ANALYZE, statistics views and error messages have
+-- no base table of its to describe.  These run as the owner and check the
+-- login: a SECURITY DEFINER function cannot see its caller's current role,
+-- only session_user, so clients are mapped to the login (or a role the
+-- login belongs to) in bi_client_access.
+CREATE FUNCTION @extschema@.msp_report_clients() RETURNS bigint[]
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, @extschema@, pg_temp
+RETURN ARRAY(SELECT b.client_id FROM @extschema@.bi_client_access b
+			   JOIN pg_catalog.pg_roles r ON r.rolname = b.role_name
+			  WHERE pg_catalog.pg_has_role(session_user, r.oid, 'MEMBER')
+			  ORDER BY b.client_id);
+COMMENT ON FUNCTION @extschema@.msp_report_clients() IS
+	'the clients mapped in bi_client_access to the session''s login or a role it belongs to';
+
+-- An unmapped client is as unknown as one that does not exist.
+CREATE FUNCTION @extschema@.msp_report_require(client_id bigint) RETURNS void
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, @extschema@, pg_temp
+AS $$
+BEGIN
+	IF client_id IS NULL OR NOT client_id = ANY (msp_report_clients()) THEN
+		RAISE EXCEPTION 'unknown client %', client_id
+			USING ERRCODE = 'no_data_found',
+				  HINT = 'Map the login to the client in mspbill.bi_client_access.';
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_report_require(bigint) IS
+	'an error unless the session''s login is mapped to the client';
+
+CREATE FUNCTION @extschema@.msp_report_invoices()
+RETURNS TABLE (client_id bigint, invoice_id bigint, kind text, period daterange, adjusts_invoice_id bigint,
+			   apply_period daterange, reason text, model text, users integer, seats integer, devices integer,
+			   subtotal numeric, total numeric, currency char(3), evidence jsonb, finalized_at timestamptz)
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, @extschema@, pg_temp
+BEGIN ATOMIC
+	SELECT i.client_id, i.invoice_id, i.kind, i.period, i.adjusts_invoice_id, i.apply_period, i.reason, i.model,
+		   i.users, i.seats, i.devices, i.subtotal, i.total, i.currency, i.evidence, i.finalized_at
+	  FROM @extschema@.invoices i
+	 WHERE i.client_id = ANY (@extschema@.msp_report_clients())
+	 ORDER BY i.client_id, i.invoice_id;
+END;
+COMMENT ON FUNCTION @extschema@.msp_report_invoices() IS
+	'for mspbill_report: the finalized invoices and adjustment notes of the clients mapped to the login';
+
+CREATE FUNCTION @extschema@.msp_report_invoice(client_id bigint, period daterange DEFAULT NULL)
+RETURNS @extschema@.invoice
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, @extschema@, pg_temp
+AS $$
+BEGIN
+	PERFORM msp_report_require(client_id);
+	RETURN msp_invoice(client_id, period);
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_report_invoice(bigint, daterange) IS
+	'for mspbill_report: msp_invoice() of a client mapped to the login';
+
+CREATE FUNCTION @extschema@.msp_report_invoice_lines(client_id bigint, period daterange DEFAULT NULL)
+RETURNS SETOF @extschema@.invoice_line
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, @extschema@, pg_temp
+AS $$
+BEGIN
+	PERFORM msp_report_require(client_id);
+	RETURN QUERY SELECT * FROM msp_invoice_lines(client_id, period);
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_report_invoice_lines(bigint, daterange) IS
+	'for mspbill_report: msp_invoice_lines() of a client mapped to the login';
+
+CREATE FUNCTION @extschema@.msp_report_billable_users(client_id bigint, period daterange DEFAULT NULL)
+RETURNS TABLE (contract_id bigint, person_id bigint, pseudonym text, rule text, first_seen timestamptz,
+			   last_seen timestamptz, days_active integer, support_contacts integer, accounts text[])
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, @extschema@, pg_temp
+SET mspbill.pseudonymous = on
+AS $$
+BEGIN
+	PERFORM msp_report_require(client_id);
+	RETURN QUERY SELECT * FROM msp_billable_users(client_id, period);
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_report_billable_users(bigint, daterange) IS
+	'for mspbill_report: msp_billable_users() of a client mapped to the login, with pseudonymous account labels';
+
+-- The functions that write on their callers' behalf, and the reports,
+-- are callable only by the roles msp_install_roles grants them to.
+REVOKE EXECUTE ON FUNCTION @extschema@.msp_finalize_invoice(bigint, daterange, text[]),
+	@extschema@.msp_issue_adjustment(bigint, daterange, text),
+	@extschema@.msp_load_windows_events(bigint, text),
+	@extschema@.msp_load_entra_signins(bigint, text),
+	@extschema@.msp_load_emr_audit(bigint, text),
+	@extschema@.msp_load_begin(bigint),
+	@extschema@.msp_load_normalized(bigint, text),
+	@extschema@.msp_load_guarded(text, text, bigint, bigint, bigint),
+	@extschema@.msp_report_invoices(),
+	@extschema@.msp_report_invoice(bigint, daterange),
+	@extschema@.msp_report_invoice_lines(bigint, daterange),
+	@extschema@.msp_report_billable_users(bigint, daterange)
+	FROM PUBLIC;
+
+-- msp_install_roles: each role gets only its verbs (no GRANT ALL, no direct
+-- writes to invoices), mspbill_report is new, and a rerun takes back what
+-- 0.1.0 granted; callable by DBAs only.
+
+-- The roles.  Roles belong to the whole cluster, not to one database, so
+-- the extension does not create them on its own: a DBA runs
+-- SELECT mspbill.msp_install_roles(); (again after upgrades; it is idempotent).
+-- Each role gets the verbs its workflow needs and no more: nobody but the
+-- owner holds TRIGGER, REFERENCES or TRUNCATE (a trigger runs with the
+-- rights of whoever fires it), and nobody writes invoices, their lines or
+-- the audit log except through msp_finalize_invoice and msp_issue_adjustment.
+--   mspbill_admin    maintains every client's data, loads, finalizes and
+--                    adjusts; maps BI roles; is mspbill_pii
+--   mspbill_billing  the same without real names: no accounts.name, no raw
+--                    records (staging, load_rejects.raw), no person_identities
+--   mspbill_bi       reads billing data (not real names, not raw records) of
+--                    the clients mapped in bi_client_access
+--   mspbill_pii      may read real names (person_identities, account names,
+--                    rejected raw records) of the clients mapped to it
+--   mspbill_report   a sealed BI role: no table at all, only the msp_report_*
+--                    functions, for the clients mapped to the login
+CREATE OR REPLACE FUNCTION @extschema@.msp_install_roles() RETURNS text
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, @extschema@, pg_temp
+AS $$
+DECLARE
+	r text;
+	roles text := 'mspbill_admin, mspbill_billing, mspbill_bi, mspbill_pii, mspbill_report';
+	-- the tables people maintain by hand (or by script)
+	data_tables text := '@extschema@.clients, @extschema@.contracts, @extschema@.contract_tiers, '
+						'@extschema@.devices, @extschema@.people, @extschema@.logons, @extschema@.support_contacts, '
+						'@extschema@.cost_pools, @extschema@.license_counts, @extschema@.applications';
+	billed_tables text := '@extschema@.invoices, @extschema@.invoice_items';
+	staging text := '@extschema@.windows_event_staging, @extschema@.entra_signin_staging, @extschema@.emr_audit_staging';
+	staging_seqs text := '@extschema@.windows_event_staging_line_no_seq, @extschema@.entra_signin_staging_line_no_seq, '
+						 '@extschema@.emr_audit_staging_line_no_seq';
+	writers text := '@extschema@.msp_finalize_invoice(bigint, daterange, text[]), '
+					'@extschema@.msp_issue_adjustment(bigint, daterange, text), '
+					'@extschema@.msp_load_windows_events(bigint, text), '
+					'@extschema@.msp_load_entra_signins(bigint, text), '
+					'@extschema@.msp_load_emr_audit(bigint, text)';
+	reports text := '@extschema@.msp_report_invoices(), @extschema@.msp_report_invoice(bigint, daterange), '
+					'@extschema@.msp_report_invoice_lines(bigint, daterange), '
+					'@extschema@.msp_report_billable_users(bigint, daterange)';
+	account_cols text := 'client_id, account_id, realm, kind, person_id, application, is_machine';
+BEGIN
+	FOREACH r IN ARRAY string_to_array(replace(roles, ' ', ''), ',') LOOP
+		IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r) THEN
+			EXECUTE format('CREATE ROLE %I NOLOGIN', r);
+		END IF;
+		EXECUTE format('GRANT USAGE ON SCHEMA @extschema@ TO %I', r);
+	END LOOP;
+	-- start from nothing, so that a rerun after an upgrade also takes back
+	-- what earlier versions granted (GRANT ALL, writes to invoices)
+	EXECUTE format('REVOKE ALL ON ALL TABLES IN SCHEMA @extschema@ FROM %s', roles);
+	EXECUTE format('REVOKE ALL ON ALL SEQUENCES IN SCHEMA @extschema@ FROM %s', roles);
+	EXECUTE format('REVOKE ALL ON FUNCTION %s, %s FROM %s', writers, reports, roles);
+	EXECUTE 'GRANT SELECT ON @extschema@.bi_client_access TO PUBLIC';
+
+	-- admin: every client's data, real names and raw records
+	EXECUTE 'GRANT mspbill_pii TO mspbill_admin';
+	EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON %s, @extschema@.accounts, @extschema@.person_identities, '
+				   '@extschema@.bi_client_access, @extschema@.load_rejects TO mspbill_admin', data_tables);
+	EXECUTE format('GRANT SELECT ON %s, @extschema@.audit_log TO mspbill_admin', billed_tables);
+	EXECUTE format('GRANT INSERT ON %s TO mspbill_admin, mspbill_billing', staging);
+	EXECUTE format('GRANT USAGE ON %s, @extschema@.logons_logon_id_seq TO mspbill_admin, mspbill_billing', staging_seqs);
+	EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO mspbill_admin, mspbill_billing', writers);
+
+	-- billing: the same workflow on pseudonyms only
+	EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON %s TO mspbill_billing', data_tables);
+	EXECUTE format('GRANT SELECT ON %s, @extschema@.audit_log TO mspbill_billing', billed_tables);
+	EXECUTE format('GRANT SELECT (%s) ON @extschema@.accounts TO mspbill_billing', account_cols);
+	-- new accounts may be named (write-only), mapped and removed
+	EXECUTE 'GRANT INSERT, DELETE ON @extschema@.accounts TO mspbill_billing';
+	EXECUTE 'GRANT UPDATE (kind, person_id) ON @extschema@.accounts TO mspbill_billing';
+	EXECUTE 'GRANT SELECT (client_id, source, line_no, reason, rejected_at), DELETE ON @extschema@.load_rejects TO mspbill_billing';
+
+	-- bi: billing data of its clients, read-only, without names
+	EXECUTE format('GRANT SELECT ON %s, %s TO mspbill_bi', data_tables, billed_tables);
+	EXECUTE format('GRANT SELECT (%s) ON @extschema@.accounts TO mspbill_bi', account_cols);
+
+	-- pii: real names and raw records of its clients
+	EXECUTE 'GRANT SELECT ON @extschema@.person_identities, @extschema@.load_rejects TO mspbill_pii';
+	EXECUTE 'GRANT SELECT (client_id, account_id, name) ON @extschema@.accounts TO mspbill_pii';
+
+	EXECUTE 'GRANT SELECT ON @extschema@.account_labels TO mspbill_admin, mspbill_billing, mspbill_bi, mspbill_pii';
+
+	-- report: functions only (see msp_report_invoices)
+	EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO mspbill_report', reports);
+	RETURN 'roles mspbill_admin, mspbill_billing, mspbill_bi, mspbill_pii and mspbill_report are ready';
+END
+$$;
+-- for DBAs only: it creates roles and grants
+REVOKE EXECUTE ON FUNCTION @extschema@.msp_install_roles() FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@.msp_install_roles() IS
+	'creates (if missing) and grants the roles mspbill_admin, mspbill_billing, mspbill_bi, mspbill_pii and mspbill_report; idempotent';
