@@ -16,7 +16,7 @@ work="$TOP/test/out/upgrade"
 rm -rf "$work"; mkdir -p "$work"
 current=$(sed -n "s/^default_version = '\(.*\)'/\1/p" "$TOP/mspbill.control")
 q() { local db=$1; shift; PGOPTIONS='-c client_min_messages=warning' "$BINDIR/psql" -X -q -At -v ON_ERROR_STOP=1 -d "$db" "$@"; }
-echo "1..14"
+echo "1..17"
 
 for db in "$OLD" "$NEW"; do drop_db "$db"; q postgres -c "CREATE DATABASE $db"; done
 q "$OLD" -c "CREATE EXTENSION mspbill VERSION '0.1.0'" -c "ALTER DATABASE $OLD SET search_path = public, mspbill"
@@ -32,7 +32,8 @@ q "$OLD" -c "SELECT msp_install_roles()" \
 	      SELECT l.client_id, msp_local_day(l.at, c.time_zone) AS day, userset_agg(a.person_id) AS people
 	        FROM logons l JOIN accounts a USING (client_id, account_id) JOIN clients c USING (client_id)
 	       WHERE a.kind = 'individual' AND l.presence GROUP BY 1, 2" \
-	-c "CREATE VIEW public.totals AS SELECT client_id, (msp_invoice(client_id)).total FROM clients" >"$work/setup.log" 2>&1
+	-c "CREATE VIEW public.totals AS SELECT client_id, (msp_invoice(client_id)).total FROM clients" \
+	-c "SELECT msp_add_logon_partitions((date_trunc('month', now()) + interval '2 months')::date, 2)" >"$work/setup.log" 2>&1
 ids=$(q "$OLD" -c "SELECT msp_finalize_invoice(1, NULL, '{device_silent}')" -c "SELECT msp_finalize_invoice(2, NULL, '{device_silent}')" 2>>"$work/setup.log" | tr '\n' ' ')
 tap_check "two invoices finalized under 0.1.0" "$(q "$OLD" -c "SELECT string_agg(total::text, ' ' ORDER BY client_id) FROM invoices")" "456.00 942.00"
 
@@ -71,6 +72,11 @@ tap_check "ALTER EXTENSION mspbill UPDATE succeeds" "$?" "0"
 tap_check "the database is at the current version" \
 	"$(q "$OLD" -c "SELECT extversion FROM pg_extension WHERE extname = 'mspbill'")" "$current"
 q "$OLD" -c "SELECT msp_install_roles()" >/dev/null 2>&1
+
+tap_check "the logon partitions 0.1.0 created got the parent's row-level security" \
+	"$(q "$OLD" -c "SELECT count(*) FILTER (WHERE c.relrowsecurity AND EXISTS (SELECT 1 FROM pg_policy p WHERE p.polrelid = c.oid AND p.polname = 'client_rows'))
+	                  || ' of ' || count(*)
+	                  FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'mspbill.logons'::regclass")" "3 of 3"
 
 rows >"$work/after.txt"
 diff -u "$work/before.txt" "$work/after.txt" >"$work/rows.diff"
@@ -112,5 +118,22 @@ if [ -n "$differing" ]; then
 	head -150 "$work/catalog.diff" | sed 's/^/# /'
 fi
 
+# 0.1.0 finalized any period, 0.2.0 one invoice per client and day: an
+# overlap 0.1.0 stored stops the update (finalized invoices are facts the
+# update must not change) and names the invoices; nothing is changed.
+CLASH=mspbill_test_upgrade_clash
+drop_db "$CLASH"; q postgres -c "CREATE DATABASE $CLASH"
+q "$CLASH" -c "CREATE EXTENSION mspbill VERSION '0.1.0'" \
+	-c "INSERT INTO mspbill.clients (client_id, name, currency, time_zone) VALUES (1, 'A', 'USD', 'UTC')" \
+	-c "INSERT INTO mspbill.invoices (client_id, invoice_id, kind, period, total, currency)
+	    VALUES (1, 1, 'invoice', '[2026-01-01,2026-02-01)', 10, 'USD'), (1, 2, 'invoice', '[2026-01-15,2026-02-15)', 20, 'USD')" >"$work/clash.log" 2>&1
+clash=$(q "$CLASH" -c "ALTER EXTENSION mspbill UPDATE" 2>&1)
+tap_check "overlapping finalized invoices stop the update, named" \
+	"$(echo "$clash" | grep -c 'finalized invoices bill the same days twice\|invoice 1 (\[2026-01-01,2026-02-01)) and invoice 2 (\[2026-01-15,2026-02-15))')" "2"
+[ "$(echo "$clash" | grep -c 'finalized invoices')" = 1 ] || echo "$clash" | sed 's/^/# /'
+tap_check "and leave the database at 0.1.0 with its invoices" \
+	"$(q "$CLASH" -c "SELECT extversion || ' ' || (SELECT string_agg(total::text, ' ' ORDER BY invoice_id) FROM mspbill.invoices) FROM pg_extension WHERE extname = 'mspbill'")" "0.1.0 10 20"
+
 drop_db "$OLD"
 drop_db "$NEW"
+drop_db "$CLASH"
