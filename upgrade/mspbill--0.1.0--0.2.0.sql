@@ -781,44 +781,6 @@ $$;
 COMMENT ON FUNCTION @extschema@.msp_compute_invoice(bigint, daterange) IS
 	'the invoice of a client for a period as today''s data prices it, finalized or not';
 
--- msp_cost_allocation: pools split with msp_pool_share; sister clients'
--- people named as such; a pool nothing carries still shows, whole.
-
--- Every cost pool of the period spread over its basis; a pool with no
--- unit to carry it still appears, whole, with unit NULL.
-CREATE FUNCTION @extschema@.msp_cost_allocation(client_id bigint, period daterange DEFAULT NULL)
-RETURNS TABLE (pool_id bigint, category text, basis text, unit text, share numeric)
-LANGUAGE sql STABLE
-SET search_path = @extschema@, pg_catalog, pg_temp
-BEGIN ATOMIC
-	WITH p AS (SELECT msp_period(client_id, period) AS period),
-	c AS (SELECT * FROM clients WHERE clients.client_id = msp_cost_allocation.client_id),
-	units AS (
-		SELECT 'device' AS basis, d.name AS unit FROM devices d, p
-		 WHERE d.client_id = msp_cost_allocation.client_id AND (d.active IS NULL OR d.active && p.period)
-		UNION ALL
-		SELECT 'user', CASE WHEN u.home_client_id = msp_cost_allocation.client_id THEN u.pseudonym
-							ELSE format('%s (client %s)', u.pseudonym, u.home_client_id) END
-		  FROM msp_billable_users(client_id, period) u
-		UNION ALL
-		SELECT 'seat', a.label FROM account_labels a
-		 WHERE a.client_id = msp_cost_allocation.client_id AND a.kind = 'shared'),
-	pools AS (
-		SELECT cp.pool_id, cp.category, cp.basis, c.minor_unit,
-			   (SELECT coalesce(sum(msp_pool_share(cp.client_id, cp.pool_id, p.period, s.segment)), 0)
-				  FROM msp_contract_segments(cp.client_id, p.period) s
-				 WHERE s.segment && cp.period) AS amount
-		  FROM p, c
-		  JOIN cost_pools cp ON cp.client_id = c.client_id
-		 WHERE cp.period && p.period)
-	SELECT pools.pool_id, pools.category, pools.basis, units.unit,
-		   allocate(pools.amount, 1, pools.minor_unit) OVER (PARTITION BY pools.pool_id ORDER BY units.unit)
-	  FROM pools LEFT JOIN (SELECT DISTINCT basis, unit FROM units) units USING (basis)
-	 ORDER BY pools.pool_id, units.unit;
-END;
-COMMENT ON FUNCTION @extschema@.msp_cost_allocation(bigint, daterange) IS
-	'every cost pool billed in the period spread over its basis (devices, seats or users) to the cent with allocate(); unit NULL when nothing carries it';
-
 CREATE OR REPLACE FUNCTION @extschema@.msp_compare_models(client_id bigint, period daterange DEFAULT NULL)
 RETURNS TABLE (model text, total numeric, users integer, devices integer,
 			   per_user numeric, per_device numeric, break_even_users numeric)
@@ -869,6 +831,44 @@ END
 $$;
 COMMENT ON FUNCTION @extschema@.msp_compare_models(bigint, daterange) IS
 	'per-user, per-device, per-seat, cost-plus and support-lifted totals side by side, with effective prices and the per-device break-even user count';
+
+-- msp_cost_allocation: pools split with msp_pool_share; sister clients'
+-- people named as such; a pool nothing carries still shows, whole.
+
+-- Every cost pool of the period spread over its basis; a pool with no
+-- unit to carry it still appears, whole, with unit NULL.
+CREATE FUNCTION @extschema@.msp_cost_allocation(client_id bigint, period daterange DEFAULT NULL)
+RETURNS TABLE (pool_id bigint, category text, basis text, unit text, share numeric)
+LANGUAGE sql STABLE
+SET search_path = @extschema@, pg_catalog, pg_temp
+BEGIN ATOMIC
+	WITH p AS (SELECT msp_period(client_id, period) AS period),
+	c AS (SELECT * FROM clients WHERE clients.client_id = msp_cost_allocation.client_id),
+	units AS (
+		SELECT 'device' AS basis, d.name AS unit FROM devices d, p
+		 WHERE d.client_id = msp_cost_allocation.client_id AND (d.active IS NULL OR d.active && p.period)
+		UNION ALL
+		SELECT 'user', CASE WHEN u.home_client_id = msp_cost_allocation.client_id THEN u.pseudonym
+							ELSE format('%s (client %s)', u.pseudonym, u.home_client_id) END
+		  FROM msp_billable_users(client_id, period) u
+		UNION ALL
+		SELECT 'seat', a.label FROM account_labels a
+		 WHERE a.client_id = msp_cost_allocation.client_id AND a.kind = 'shared'),
+	pools AS (
+		SELECT cp.pool_id, cp.category, cp.basis, c.minor_unit,
+			   (SELECT coalesce(sum(msp_pool_share(cp.client_id, cp.pool_id, p.period, s.segment)), 0)
+				  FROM msp_contract_segments(cp.client_id, p.period) s
+				 WHERE s.segment && cp.period) AS amount
+		  FROM p, c
+		  JOIN cost_pools cp ON cp.client_id = c.client_id
+		 WHERE cp.period && p.period)
+	SELECT pools.pool_id, pools.category, pools.basis, units.unit,
+		   allocate(pools.amount, 1, pools.minor_unit) OVER (PARTITION BY pools.pool_id ORDER BY units.unit)
+	  FROM pools LEFT JOIN (SELECT DISTINCT basis, unit FROM units) units USING (basis)
+	 ORDER BY pools.pool_id, units.unit;
+END;
+COMMENT ON FUNCTION @extschema@.msp_cost_allocation(bigint, daterange) IS
+	'every cost pool billed in the period spread over its basis (devices, seats or users) to the cent with allocate(); unit NULL when nothing carries it';
 
 -- ---------------------------------------------------------------------
 -- Finalize and adjust
