@@ -24,7 +24,8 @@ SQL_SOURCES = \
 	src/billing.sql \
 	src/finalize.sql \
 	src/loaders.sql \
-	src/privacy.sql
+	src/privacy.sql \
+	src/reporting.sql
 DATA_built = $(EXTENSION)--$(EXTVERSION).sql
 DATA = $(wildcard upgrade/$(EXTENSION)--*--*.sql)
 
