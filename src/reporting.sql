@@ -426,7 +426,7 @@ SELECT p.client_id, rc.client_name, lower(p.period) AS month,
 	   m365.accounts AS licensed_accounts,
 	   m365.inactive AS seats_to_reclaim,
 	   m365.inactive * lic.seat_cost AS reclaim_value,
-	   greatest(p.users - coalesce(lic.seats, 0), 0) AS seat_shortfall,
+	   greatest(p.users - coalesce(lic.seats, 0), 0)::integer AS seat_shortfall,
 	   greatest(p.users - coalesce(lic.seats, 0), 0) * lic.seat_cost AS shortfall_cost,
 	   CASE WHEN lic.seats > 0 THEN round(p.users::numeric / lic.seats, 4) END AS utilization,
 	   lic.licence_cost, p.currency
