@@ -8,7 +8,7 @@
 \i ../demo/clinics.sql
 SET search_path = public, mspbill;
 CREATE EXTENSION dblink;
-SELECT plan(48);
+SELECT plan(53);
 SET client_min_messages = warning;
 
 -- rows of the rollups, as text, for comparing two states
@@ -63,6 +63,12 @@ SELECT is(pg_temp.differs_from_rebuild(), 0::bigint, 'the refreshed rollups equa
 SELECT results_eq($$SELECT client_id, revenue, pool_cost, margin FROM kpi_margin ORDER BY 1$$,
                   $$VALUES (1::bigint, 456.00, 0::numeric, 456.00), (2, 942.00, 785.00, 157.00)$$,
                   'margin: revenue minus the cost pools');
+SELECT results_eq($$SELECT margin_pct, margin_per_user FROM kpi_margin WHERE client_id = 2$$,
+                  $$VALUES (16.7, 39.25)$$, 'the dental office: margin 16.7 %, 39.25 per user');
+SELECT results_eq($$SELECT DISTINCT revenue, cost, margin FROM kpi_margin_per_user WHERE client_id = 2$$,
+                  $$VALUES (235.50, 196.25, 39.25)$$, 'each of its 4 users: 235.50 revenue, 196.25 cost');
+SELECT results_eq($$SELECT seats_held, people_active, billable_users, utilization FROM kpi_license_utilization WHERE client_id = 1$$,
+                  $$VALUES (6, 10, 8, 1.3333)$$, 'the hospital: 6 seats, 10 people active, 8 billed, utilization 1.3333');
 SELECT results_eq($$SELECT client_id, sum(revenue), sum(cost), sum(margin) FROM kpi_margin_per_user GROUP BY 1 ORDER BY 1$$,
                   $$SELECT client_id, revenue, pool_cost + licence_cost, margin FROM kpi_margin ORDER BY 1$$,
                   'margin per user adds up to the client''s margin to the cent');
@@ -193,6 +199,31 @@ SELECT is((SELECT count(*) FROM period_invoices p WHERE p.client_id BETWEEN 100 
                   (SELECT (i.total, i.users, i.seats) FROM msp_invoice(p.client_id, p.period) i)),
           0::bigint, 'random data: every month''s figures equal msp_invoice()');
 SELECT is(pg_temp.daily_mismatches(), 0::bigint, 'random data: daily rows = COUNT(DISTINCT) over the logons');
+SELECT is((SELECT count(*) FROM (
+             SELECT client_id, date_trunc('month', day)::date AS month, cardinality(userset_union(people)) AS n
+               FROM daily_activity GROUP BY 1, 2) r
+           FULL JOIN (
+             SELECT l.client_id, date_trunc('month', msp_local_day(l.at, c.time_zone))::date AS month,
+                    count(DISTINCT a.person_id) FILTER (WHERE l.presence AND a.kind = 'individual' AND NOT a.is_machine) AS n
+               FROM logons l JOIN clients c USING (client_id) JOIN accounts a USING (client_id, account_id)
+              GROUP BY 1, 2) x USING (client_id, month)
+          WHERE r.n IS DISTINCT FROM x.n), 0::bigint,
+          'random data: monthly active people from the daily rollup = COUNT(DISTINCT) over the logons');
+SELECT is((SELECT count(*) FROM (
+             SELECT client_id, cardinality(userset_at_least(people, 3)) AS n
+               FROM daily_activity WHERE day >= date_trunc('month', now()) - interval '1 month' AND day < date_trunc('month', now())
+              GROUP BY 1) r
+           FULL JOIN (
+             SELECT client_id, count(*) AS n FROM (
+               SELECT l.client_id, a.person_id
+                 FROM logons l JOIN clients c USING (client_id) JOIN accounts a USING (client_id, account_id)
+                WHERE l.presence AND a.kind = 'individual' AND NOT a.is_machine
+                  AND msp_local_day(l.at, c.time_zone) >= date_trunc('month', now()) - interval '1 month'
+                  AND msp_local_day(l.at, c.time_zone) < date_trunc('month', now())
+                GROUP BY 1, 2 HAVING count(DISTINCT msp_local_day(l.at, c.time_zone)) >= 3) p
+              GROUP BY 1) x USING (client_id)
+          WHERE coalesce(r.n, 0) <> coalesce(x.n, 0)), 0::bigint,
+          'random data: people active on at least 3 days of a month, from the daily rollup = from the logons');
 SELECT is(pg_temp.differs_from_rebuild(), 0::bigint, 'random data: the incrementally kept rollups equal a full rebuild');
 
 -- 5. concurrency: a load still open keeps its mark; two refreshes at once
