@@ -97,7 +97,7 @@ $$;
 -- leaves the pair for the next refresh (see msp_refresh_rollups).
 CREATE FUNCTION @extschema@.msp_mark_logon_days() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = @extschema@, pg_catalog, pg_temp
+SET search_path = pg_catalog, @extschema@, pg_temp
 AS $$
 BEGIN
 	IF TG_OP IN ('INSERT', 'UPDATE') THEN
@@ -135,7 +135,7 @@ CREATE TRIGGER mark_rollups_delete AFTER DELETE ON @extschema@.logons
 -- the first day of the period (and of the period an adjustment rides on).
 CREATE FUNCTION @extschema@.msp_mark_invoice_periods() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = @extschema@, pg_catalog, pg_temp
+SET search_path = pg_catalog, @extschema@, pg_temp
 AS $$
 BEGIN
 	INSERT INTO rollup_dirty AS d (client_id, day)

@@ -8,7 +8,7 @@
 \i ../demo/clinics.sql
 SET search_path = public, mspbill;
 CREATE EXTENSION dblink;
-SELECT plan(53);
+SELECT plan(54);
 SET client_min_messages = warning;
 
 -- rows of the rollups, as text, for comparing two states
@@ -279,7 +279,17 @@ CREATE TABLE public.leaked (v text);
 GRANT INSERT, SELECT ON public.leaked TO PUBLIC;
 CREATE FUNCTION public.leak(v text) RETURNS boolean LANGUAGE plpgsql COST 0.0000001 AS
 $$ BEGIN INSERT INTO public.leaked VALUES (v); RETURN true; END $$;
+-- the README's staff-only materialized view, granted anyway: it shows every client
+CREATE MATERIALIZED VIEW staff_daily_people AS
+SELECT l.client_id, msp_local_day(l.at, c.time_zone) AS day, userset_agg(a.person_id) AS people
+  FROM logons l JOIN accounts a USING (client_id, account_id) JOIN clients c USING (client_id)
+ WHERE a.kind = 'individual' AND l.presence
+ GROUP BY 1, 2;
+GRANT SELECT ON staff_daily_people TO mspbill_test_rbi;
+GRANT USAGE ON SCHEMA public TO mspbill_test_rbi;
 SET ROLE mspbill_test_rbi;
+SELECT ok((SELECT count(DISTINCT client_id) FROM public.staff_daily_people) > 1,
+          'a materialized view granted to the BI role shows it every client: no row-level security (never grant one)');
 SELECT is((SELECT array_agg(DISTINCT client_id) FROM (
              SELECT client_id FROM mspbill.daily_activity UNION ALL SELECT client_id FROM mspbill.period_invoices
              UNION ALL SELECT client_id FROM mspbill.pii_findings UNION ALL SELECT client_id FROM mspbill.kpi_daily_activity
@@ -305,6 +315,7 @@ SELECT throws_ok($$SELECT msp_mark_rollups_dirty(1, daterange(NULL, '2026-01-01'
                  'marking an unbounded range is refused');
 
 DROP FUNCTION public.leak(text);
+DROP MATERIALIZED VIEW staff_daily_people;
 DROP TABLE public.leaked;
 DROP OWNED BY mspbill_test_rbi, mspbill_test_rnone;
 DROP ROLE mspbill_test_rbi, mspbill_test_rnone;
