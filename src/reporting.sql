@@ -86,11 +86,14 @@ BEGIN
 	LOOP
 		EXECUTE format('ALTER TABLE @extschema@.%I ENABLE ROW LEVEL SECURITY', t);
 		EXECUTE format('CREATE POLICY client_rows ON @extschema@.%I USING ((SELECT @extschema@.msp_sees_all_clients()) OR client_id = ANY (CAST((SELECT @extschema@.msp_visible_clients()) AS bigint[])))', t);
+		EXECUTE format('COMMENT ON POLICY client_rows ON @extschema@.%I IS %L', t,
+					   'a reader sees the rows of the clients they may see, as on the base tables');
 	END LOOP;
 END
 $$;
 
--- Mark the local days of changed logons.  SECURITY DEFINER so that a
+-- Mark the local days of changed logons (msp_local_day's expression,
+-- written out: a function call per row would slow bulk loads).  SECURITY DEFINER so that a
 -- loader needs no grant on rollup_dirty; a trigger function cannot be
 -- called directly.  DO UPDATE (not DO NOTHING) takes the row lock, so a
 -- refresh that is consuming the same pair either waits for this load or
@@ -102,14 +105,14 @@ AS $$
 BEGIN
 	IF TG_OP IN ('INSERT', 'UPDATE') THEN
 		INSERT INTO rollup_dirty AS d (client_id, day)
-		SELECT DISTINCT n.client_id, msp_local_day(n.at, c.time_zone)
+		SELECT DISTINCT n.client_id, (n.at AT TIME ZONE c.time_zone)::date
 		  FROM new_rows n JOIN clients c ON c.client_id = n.client_id
 		 ORDER BY 1, 2
 		ON CONFLICT (client_id, day) DO UPDATE SET marked_at = excluded.marked_at;
 	END IF;
 	IF TG_OP IN ('DELETE', 'UPDATE') THEN
 		INSERT INTO rollup_dirty AS d (client_id, day)
-		SELECT DISTINCT o.client_id, msp_local_day(o.at, c.time_zone)
+		SELECT DISTINCT o.client_id, (o.at AT TIME ZONE c.time_zone)::date
 		  FROM old_rows o JOIN clients c ON c.client_id = o.client_id
 		 ORDER BY 1, 2
 		ON CONFLICT (client_id, day) DO UPDATE SET marked_at = excluded.marked_at;
@@ -130,6 +133,9 @@ CREATE TRIGGER mark_rollups_update AFTER UPDATE ON @extschema@.logons
 CREATE TRIGGER mark_rollups_delete AFTER DELETE ON @extschema@.logons
 	REFERENCING OLD TABLE AS old_rows
 	FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.msp_mark_logon_days();
+COMMENT ON TRIGGER mark_rollups_insert ON @extschema@.logons IS 'marks the days of inserted logons for msp_refresh_rollups()';
+COMMENT ON TRIGGER mark_rollups_update ON @extschema@.logons IS 'marks the old and new days of updated logons for msp_refresh_rollups()';
+COMMENT ON TRIGGER mark_rollups_delete ON @extschema@.logons IS 'marks the days of deleted logons for msp_refresh_rollups()';
 
 -- Finalizing or adjusting changes a month's status, drift or total: mark
 -- the first day of the period (and of the period an adjustment rides on).
@@ -155,6 +161,7 @@ COMMENT ON FUNCTION @extschema@.msp_mark_invoice_periods() IS
 CREATE TRIGGER mark_rollups AFTER INSERT ON @extschema@.invoices
 	REFERENCING NEW TABLE AS new_rows
 	FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.msp_mark_invoice_periods();
+COMMENT ON TRIGGER mark_rollups ON @extschema@.invoices IS 'marks the months of finalized invoices and adjustments for msp_refresh_rollups()';
 
 -- Anything else that changes what a month bills (contracts, people,
 -- devices, accounts, cost pools, licences, applications) is marked by
@@ -189,7 +196,7 @@ COMMENT ON FUNCTION @extschema@.msp_mark_rollups_dirty(bigint, daterange) IS
 -- is: the same rule the triggers mark by.
 CREATE FUNCTION @extschema@.msp_daily_activity_of(client_ids bigint[], days date[])
 RETURNS SETOF @extschema@.daily_activity
-LANGUAGE sql STABLE
+LANGUAGE sql STABLE STRICT PARALLEL SAFE
 SET search_path = @extschema@, pg_catalog, pg_temp
 BEGIN ATOMIC
 	SELECT p.client_id, p.day,
@@ -265,7 +272,7 @@ COMMENT ON FUNCTION @extschema@.msp_rollup_period(bigint, daterange) IS
 -- concurrent refreshes lock months in one order).
 CREATE FUNCTION @extschema@.msp_rollup_days(client_ids bigint[], days date[], OUT days_done integer,
 											OUT periods_done integer)
-LANGUAGE plpgsql VOLATILE
+LANGUAGE plpgsql VOLATILE STRICT
 SET search_path = @extschema@, pg_catalog, pg_temp
 AS $$
 DECLARE
@@ -294,7 +301,7 @@ COMMENT ON FUNCTION @extschema@.msp_rollup_days(bigint[], date[]) IS
 -- Refreshing needs to see every client (a reader who sees fewer would
 -- write wrong figures) and to write the rollups.
 CREATE FUNCTION @extschema@.msp_check_rollup_writer() RETURNS void
-LANGUAGE plpgsql STABLE
+LANGUAGE plpgsql STABLE PARALLEL SAFE
 SET search_path = @extschema@, pg_catalog, pg_temp
 AS $$
 BEGIN
