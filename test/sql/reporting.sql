@@ -8,7 +8,7 @@
 \i ../demo/clinics.sql
 SET search_path = public, mspbill;
 CREATE EXTENSION dblink;
-SELECT plan(54);
+SELECT plan(58);
 SET client_min_messages = warning;
 
 -- rows of the rollups, as text, for comparing two states
@@ -47,7 +47,10 @@ $$;
 
 -- 1. the demo: loading marked the days, a refresh computes the invoices
 SELECT ok((SELECT count(*) FROM rollup_dirty) > 0, 'loading the demo exports marked its days dirty');
-SELECT is((SELECT (days, periods)::text FROM msp_refresh_rollups()), '(45,2)', 'a refresh recomputes 45 days and 2 months');
+SELECT is((SELECT (days, periods)::text FROM msp_refresh_rollups()),
+          (SELECT (count(DISTINCT (l.client_id, msp_local_day(l.at, c.time_zone))), 2)::text
+             FROM logons l JOIN clients c USING (client_id)),
+          'a refresh recomputes every day with logons and the 2 months');
 SELECT is((SELECT count(*) FROM rollup_dirty), 0::bigint, 'and consumes the marks');
 SELECT is((SELECT (days, periods)::text FROM msp_refresh_rollups()), '(0,0)', 'a second refresh has nothing to do');
 SELECT results_eq($$SELECT client_id, users, seats, devices, subtotal, total, status FROM period_invoices ORDER BY 1$$,
@@ -94,6 +97,18 @@ SELECT results_eq($$SELECT seats_to_reclaim, reclaim_value, seat_shortfall FROM 
 SELECT results_eq($$SELECT seats_to_reclaim, reclaim_value, licence_cost FROM kpi_license_utilization WHERE client_id = 1$$,
                   $$VALUES (1, 12.50, 75.00)$$, 'one seat (12.50) to reclaim; 6 seats cost 75.00');
 SELECT is((SELECT margin FROM kpi_margin WHERE client_id = 1), 381.00, 'licence costs lower the margin');
+-- a change no trigger sees (a cost pool) shows once its days are marked
+UPDATE cost_pools SET amount = amount + 10 WHERE client_id = 2 AND pool_id = 1;
+SELECT msp_refresh_rollups() IS NOT NULL AS refreshed \gset
+SELECT is((SELECT total FROM period_invoices WHERE client_id = 2), 942.00, 'a changed cost pool is not seen before it is marked');
+SELECT ok(msp_mark_rollups_dirty(2, msp_period(2)) >= 28, 'msp_mark_rollups_dirty marks the month''s days');
+SELECT msp_refresh_rollups() IS NOT NULL AS refreshed \gset
+SELECT results_eq($$SELECT total FROM period_invoices WHERE client_id = 2$$, $$SELECT (msp_invoice(2)).total$$,
+                  'after the refresh the month is repriced: 942.00 + 12.00');
+SELECT is((SELECT total FROM period_invoices WHERE client_id = 2), 954.00, 'and it is 954.00');
+UPDATE cost_pools SET amount = amount - 10 WHERE client_id = 2 AND pool_id = 1;
+SELECT msp_mark_rollups_dirty(2, msp_period(2)) IS NOT NULL AS marked \gset
+SELECT msp_refresh_rollups() IS NOT NULL AS refreshed \gset
 
 -- 3. late data: a month before, and who joined and left
 INSERT INTO people (client_id, person_id, pseudonym) VALUES (1, 41, 'x1');
