@@ -65,9 +65,10 @@ CREATE TABLE @extschema@.pii_findings (
 	application text NOT NULL,
 	session_start timestamptz NOT NULL,
 	session_end timestamptz NOT NULL,
-	uses integer NOT NULL,
-	PRIMARY KEY (client_id, period, device, account, application, session_start)
+	uses integer NOT NULL
 );
+-- not unique: two sessions of one shared account may start at the same instant
+CREATE INDEX pii_findings_period_idx ON @extschema@.pii_findings (client_id, period);
 COMMENT ON TABLE @extschema@.pii_findings IS
 	'rollup per client and month of msp_pii_audit(): shared-account sessions that used a PII application without an individual login';
 

@@ -8,7 +8,7 @@
 \i ../demo/clinics.sql
 SET search_path = public, mspbill;
 CREATE EXTENSION dblink;
-SELECT plan(58);
+SELECT plan(60);
 SET client_min_messages = warning;
 
 -- rows of the rollups, as text, for comparing two states
@@ -326,12 +326,21 @@ SET ROLE mspbill_test_rnone;
 SELECT is((SELECT count(*) FROM mspbill.kpi_margin) + (SELECT count(*) FROM mspbill.period_invoices), 0::bigint,
           'a BI role mapped to no client reads nothing');
 RESET ROLE;
+DO $$ BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'mspbill_test_radmin') THEN CREATE ROLE mspbill_test_radmin; END IF;
+END $$;
+GRANT mspbill_admin TO mspbill_test_radmin;
+SELECT msp_mark_rollups_dirty(1, msp_period(1)) IS NOT NULL AS marked \gset
+SET ROLE mspbill_test_radmin;
+SELECT lives_ok($$SELECT mspbill.msp_refresh_rollups()$$, 'a member of mspbill_admin refreshes (as cron would)');
+RESET ROLE;
+SELECT is((SELECT count(*) FROM rollup_dirty), 0::bigint, 'and consumed the marks');
 SELECT throws_ok($$SELECT msp_mark_rollups_dirty(1, daterange(NULL, '2026-01-01'))$$, '22023', NULL,
                  'marking an unbounded range is refused');
 
 DROP FUNCTION public.leak(text);
 DROP MATERIALIZED VIEW staff_daily_people;
 DROP TABLE public.leaked;
-DROP OWNED BY mspbill_test_rbi, mspbill_test_rnone;
-DROP ROLE mspbill_test_rbi, mspbill_test_rnone;
+DROP OWNED BY mspbill_test_rbi, mspbill_test_rnone, mspbill_test_radmin;
+DROP ROLE mspbill_test_rbi, mspbill_test_rnone, mspbill_test_radmin;
 SELECT * FROM finish();
