@@ -17,7 +17,7 @@ shots="$work/screenshots"
 rm -rf "$work"; mkdir -p "$shots"
 q() { "$BINDIR/psql" -X -q -At -v ON_ERROR_STOP=1 -d "$DB" "$@"; }
 pages="billable-users licences margin hipaa"
-echo "1..23"
+echo "1..24"
 
 # the demo clinics, with the month before as a copy of the demo month
 # (without nurse n3, who joins), three HIPAA violations planted in OR3 (as in
@@ -55,14 +55,16 @@ tap_check "npm packages installed (pinned by package-lock.json)" "$([ -x "$dash/
 # build from a copy, so that no data-loader cache of another role is reused
 site="$work/site"
 mkdir -p "$site"
-cp -a "$dash/src" "$dash/observablehq.config.mjs" "$dash/package.json" "$site/"
+cp -a "$dash/src" "$dash/observablehq.config.js" "$dash/package.json" "$site/"
 rm -rf "$site/src/.observablehq"
 ln -s "$dash/node_modules" "$site/node_modules"
 (cd "$site" && PGHOST="$PGHOST" PGPORT="$PGPORT" PGUSER="$BI" PGDATABASE="$DB" PSQL="$BINDIR/psql" \
-	./node_modules/.bin/observable build >"$work/build.log" 2>&1)
+	npm run build >"$work/build.log" 2>&1)
 tap_check "the site builds as the BI login" "$?" "0"
 tap_check "the build fetched nothing from a CDN" "$(grep -c 'fetch failed\|ENOTFOUND' "$work/build.log")" "0"
 tap_check "every page was built" "$(for p in $pages; do [ -f "$site/dist/$p.html" ] && echo -n "$p "; done)" "billable-users licences margin hipaa "
+tap_check "the config was read (its footer, no web fonts)" \
+	"$(grep -c "Built from mspbill's KPI views" "$site/dist/margin.html")$(grep -c 'fonts.googleapis' "$site/dist/margin.html")" "10"
 tap_check "no data file holds client 2" "$(grep -rl 'Maple' "$site/dist/_file" | wc -l)" "0"
 # the check above can fail: the same loader as a role that sees all clients
 tap_check "(control: as the superuser the margin loader does list client 2)" \

@@ -1,3 +1,5 @@
+// Framework 1.13 reads observablehq.config.js or .ts only (an .mjs file is
+// silently ignored); package.json says "type": "module", so this is ESM.
 // Observable Framework: MSP dashboards over mspbill's KPI views.  The data
 // loaders in src/data/ run psql at build time with the PG* environment of
 // whoever builds, which should be a client-scoped BI role: the views show it
