@@ -16,14 +16,18 @@
 -- msp_visible_clients) lives in two places only: the policy loop and the
 -- reporting_clients view below.
 
+-- An append-only log, not a set: with a unique key, two loads of the same
+-- day (or a load and a finalization) would wait for each other's commit.
+-- A mark commits with the change it marks, so a refresh either sees both
+-- or leaves the mark for the next run.
 CREATE TABLE @extschema@.rollup_dirty (
 	client_id bigint NOT NULL,
 	day date NOT NULL,
-	marked_at timestamptz NOT NULL DEFAULT now(),
-	PRIMARY KEY (client_id, day)
+	marked_at timestamptz NOT NULL DEFAULT now()
 );
+CREATE INDEX rollup_dirty_pair_idx ON @extschema@.rollup_dirty (client_id, day);
 COMMENT ON TABLE @extschema@.rollup_dirty IS
-	'(client, local day) pairs whose rollups are stale; msp_refresh_rollups() consumes them';
+	'(client, local day) pairs whose rollups are stale, one row per marking statement; msp_refresh_rollups() consumes them';
 
 CREATE TABLE @extschema@.daily_activity (
 	client_id bigint NOT NULL REFERENCES @extschema@.clients ON DELETE CASCADE,
@@ -96,9 +100,7 @@ $$;
 -- Mark the local days of changed logons (msp_local_day's expression,
 -- written out: a function call per row would slow bulk loads).  SECURITY DEFINER so that a
 -- loader needs no grant on rollup_dirty; a trigger function cannot be
--- called directly.  DO UPDATE (not DO NOTHING) takes the row lock, so a
--- refresh that is consuming the same pair either waits for this load or
--- leaves the pair for the next refresh (see msp_refresh_rollups).
+-- called directly.
 CREATE FUNCTION @extschema@.msp_mark_logon_days() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, @extschema@, pg_temp
@@ -108,15 +110,13 @@ BEGIN
 		INSERT INTO rollup_dirty AS d (client_id, day)
 		SELECT DISTINCT n.client_id, (n.at AT TIME ZONE c.time_zone)::date
 		  FROM new_rows n JOIN clients c ON c.client_id = n.client_id
-		 ORDER BY 1, 2
-		ON CONFLICT (client_id, day) DO UPDATE SET marked_at = excluded.marked_at;
+		 ORDER BY 1, 2;
 	END IF;
 	IF TG_OP IN ('DELETE', 'UPDATE') THEN
 		INSERT INTO rollup_dirty AS d (client_id, day)
 		SELECT DISTINCT o.client_id, (o.at AT TIME ZONE c.time_zone)::date
 		  FROM old_rows o JOIN clients c ON c.client_id = o.client_id
-		 ORDER BY 1, 2
-		ON CONFLICT (client_id, day) DO UPDATE SET marked_at = excluded.marked_at;
+		 ORDER BY 1, 2;
 	END IF;
 	RETURN NULL;
 END
@@ -150,8 +150,7 @@ BEGIN
 	  FROM new_rows n,
 		   LATERAL (VALUES (lower(n.period)), (lower(n.apply_period))) x(day)
 	 WHERE x.day IS NOT NULL
-	 ORDER BY 1, 2
-	ON CONFLICT (client_id, day) DO UPDATE SET marked_at = excluded.marked_at;
+	 ORDER BY 1, 2;
 	RETURN NULL;
 END
 $$;
@@ -182,8 +181,7 @@ BEGIN
 				  HINT = 'Pass a bounded range such as daterange(''2026-10-01'', ''2026-11-01'').';
 	END IF;
 	INSERT INTO rollup_dirty AS d (client_id, day)
-	SELECT client_id, g::date FROM generate_series(lower(days), upper(days) - 1, interval '1 day') g
-	ON CONFLICT ON CONSTRAINT rollup_dirty_pkey DO UPDATE SET marked_at = excluded.marked_at;
+	SELECT client_id, g::date FROM generate_series(lower(days), upper(days) - 1, interval '1 day') g;
 	GET DIAGNOSTICS n = ROW_COUNT;
 	RETURN n;
 END
@@ -268,9 +266,11 @@ $$;
 COMMENT ON FUNCTION @extschema@.msp_rollup_period(bigint, daterange) IS
 	'recomputes the period_invoices and pii_findings rows of one client and month';
 
--- Recompute the rollups of a set of (client, day) pairs: their daily rows,
--- then every month they fall in (in client and month order, so that
--- concurrent refreshes lock months in one order).
+-- Recompute the rollups of a set of (client, day) pairs, one client and
+-- month at a time under that month's lock (taken in client and month
+-- order, so that concurrent refreshes never deadlock): the days' rows,
+-- then the month.  Two refreshes holding marks of the same day take turns,
+-- and the second sees the first one's rows.
 CREATE FUNCTION @extschema@.msp_rollup_days(client_ids bigint[], days date[], OUT days_done integer,
 											OUT periods_done integer)
 LANGUAGE plpgsql VOLATILE STRICT
@@ -278,20 +278,24 @@ SET search_path = @extschema@, pg_catalog, pg_temp
 AS $$
 DECLARE
 	m record;
+	period daterange;
 BEGIN
-	DELETE FROM daily_activity a
-	 USING unnest(client_ids, days) u(client_id, day)
-	 WHERE a.client_id = u.client_id AND a.day = u.day;
-	INSERT INTO daily_activity SELECT * FROM msp_daily_activity_of(client_ids, days);
 	days_done := (SELECT count(DISTINCT (u.client_id, u.day)) FROM unnest(client_ids, days) u(client_id, day));
 	periods_done := 0;
 	FOR m IN
-		SELECT DISTINCT u.client_id, date_trunc('month', u.day)::date AS first_day
+		SELECT u.client_id, date_trunc('month', u.day)::date AS first_day,
+			   array_agg(DISTINCT u.day) AS month_days
 		  FROM unnest(client_ids, days) u(client_id, day)
 		  JOIN clients c ON c.client_id = u.client_id
+		 GROUP BY 1, 2
 		 ORDER BY 1, 2
 	LOOP
-		PERFORM msp_rollup_period(m.client_id, daterange(m.first_day, (m.first_day + interval '1 month')::date));
+		period := daterange(m.first_day, (m.first_day + interval '1 month')::date);
+		PERFORM pg_advisory_xact_lock(hashtext('mspbill.rollup_period'), hashtext(m.client_id::text || period::text));
+		DELETE FROM daily_activity a WHERE a.client_id = m.client_id AND a.day = ANY (m.month_days);
+		INSERT INTO daily_activity
+		SELECT * FROM msp_daily_activity_of(array_fill(m.client_id, ARRAY[cardinality(m.month_days)]), m.month_days);
+		PERFORM msp_rollup_period(m.client_id, period);
 		periods_done := periods_done + 1;
 	END LOOP;
 END
@@ -318,8 +322,8 @@ COMMENT ON FUNCTION @extschema@.msp_check_rollup_writer() IS
 	'raises insufficient_privilege unless the current user sees every client';
 
 -- Recompute the pairs marked dirty.  Safe to run from several sessions at
--- once: each takes the pairs no one else holds (SKIP LOCKED), and a load
--- still writing a pair keeps its mark for the next run.
+-- once: each takes the marks no one else holds (SKIP LOCKED); the marks of
+-- loads not yet committed are not visible, and wait for the next run.
 CREATE FUNCTION @extschema@.msp_refresh_rollups(OUT days integer, OUT periods integer)
 LANGUAGE plpgsql VOLATILE
 SET search_path = @extschema@, pg_catalog, pg_temp
@@ -333,8 +337,8 @@ BEGIN
 	PERFORM pg_advisory_xact_lock_shared(hashtext('mspbill.rollups'));
 	WITH taken AS (
 		DELETE FROM rollup_dirty d
-		 WHERE (d.client_id, d.day) IN (SELECT x.client_id, x.day FROM rollup_dirty x
-										 ORDER BY x.client_id, x.day FOR UPDATE SKIP LOCKED)
+		 USING (SELECT x.ctid AS row_id FROM rollup_dirty x FOR UPDATE SKIP LOCKED) free
+		 WHERE d.ctid = free.row_id
 		RETURNING d.client_id, d.day)
 	SELECT coalesce(array_agg(t.client_id), '{}'), coalesce(array_agg(t.day), '{}') INTO cids, ds FROM taken t;
 	SELECT r.days_done, r.periods_done INTO days, periods FROM msp_rollup_days(cids, ds) r;

@@ -8,7 +8,7 @@
 \i ../demo/clinics.sql
 SET search_path = public, mspbill;
 CREATE EXTENSION dblink;
-SELECT plan(60);
+SELECT plan(61);
 SET client_min_messages = warning;
 
 -- rows of the rollups, as text, for comparing two states
@@ -263,7 +263,12 @@ INSERT INTO logons (client_id, account_id, device_id, at) VALUES (102, 2, 1, dat
 SELECT dblink_exec('load', 'BEGIN');
 SELECT dblink_exec('load', 'INSERT INTO mspbill.logons (client_id, account_id, device_id, at) VALUES (102, 3, 1, date_trunc(''month'', now()) - interval ''21 days'' + interval ''1 minute'')');
 \o
-SELECT is((SELECT days FROM msp_refresh_rollups()), 1, 'a refresh takes the free pair only');
+SET statement_timeout = '5s';
+SELECT lives_ok($$INSERT INTO logons (client_id, account_id, device_id, at)
+                  VALUES (102, 4, 1, date_trunc('month', now()) - interval '21 days' + interval '2 minutes')$$,
+                'another load of the same day does not wait for the open one');
+RESET statement_timeout;
+SELECT is((SELECT days FROM msp_refresh_rollups()), 2, 'a refresh takes the committed marks (both days)');
 \o /dev/null
 SELECT dblink_exec('load', 'COMMIT');
 \o
