@@ -77,10 +77,7 @@ INSERT INTO no_row_security_ok VALUES
 -- Known failures on this tree (check, object): each a finding for the
 -- object's owner; remove the line with the fix.
 CREATE TEMP TABLE known_failures (check_name text, object text, PRIMARY KEY (check_name, object));
-INSERT INTO known_failures VALUES
-	-- no COMMENT (C type support functions)
-	('comment', 'function userset_in'), ('comment', 'function userset_out'),
-	('comment', 'function userset_recv'), ('comment', 'function userset_send');
+-- (none at the moment)
 
 CREATE TEMP VIEW fns AS
 SELECT p.oid, p.proname, l.lanname, p.prokind, p.provolatile, p.proisstrict, p.proparallel, p.prosecdef,
