@@ -26,7 +26,8 @@ SQL_SOURCES = \
 	src/billing.sql \
 	src/finalize.sql \
 	src/loaders.sql \
-	src/privacy.sql
+	src/privacy.sql \
+	src/reporting.sql
 DATA_built = $(EXTENSION)--$(EXTVERSION).sql
 # earlier releases' generated install scripts (kept so that the upgrade
 # test can install them) and the hand-written upgrade scripts

@@ -6,8 +6,10 @@
 
 -- A time zone name PostgreSQL knows.  Declared IMMUTABLE so that it can
 -- guard a CHECK constraint: zone names are treated as fixed once accepted.
+-- PARALLEL RESTRICTED: its EXCEPTION block is a subtransaction, which a
+-- parallel worker cannot start.
 CREATE FUNCTION @extschema@.msp_valid_time_zone(zone text) RETURNS boolean
-LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL RESTRICTED
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
@@ -322,7 +324,7 @@ COMMENT ON FUNCTION @extschema@.msp_round(numeric, numeric) IS
 -- (No SET clause, so that it inlines; every name in it is qualified.)
 CREATE FUNCTION @extschema@.msp_pool_part(amount numeric, pool_period daterange, covered daterange)
 RETURNS numeric
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE sql IMMUTABLE PARALLEL SAFE STRICT
 RETURN amount OPERATOR(pg_catalog.*)
 	(pg_catalog.upper(pool_period OPERATOR(pg_catalog.*) covered)
 	 OPERATOR(pg_catalog.-) pg_catalog.lower(pool_period OPERATOR(pg_catalog.*) covered))
@@ -336,7 +338,7 @@ COMMENT ON FUNCTION @extschema@.msp_pool_part(numeric, daterange, daterange) IS
 -- price a fortnight as a month.
 CREATE FUNCTION @extschema@.msp_period(client_id bigint, period daterange DEFAULT NULL)
 RETURNS daterange
-LANGUAGE plpgsql STABLE
+LANGUAGE plpgsql STABLE PARALLEL SAFE
 SET search_path = @extschema@, pg_catalog, pg_temp
 AS $$
 #variable_conflict use_variable
@@ -385,7 +387,7 @@ COMMENT ON FUNCTION @extschema@.msp_period(bigint, daterange) IS
 -- first contract or ends after the last is billed for the covered days.
 CREATE FUNCTION @extschema@.msp_contract_segments(client_id bigint, period daterange)
 RETURNS TABLE (contract_id bigint, segment daterange)
-LANGUAGE plpgsql STABLE
+LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
 SET search_path = @extschema@, pg_catalog, pg_temp
 AS $$
 #variable_conflict use_variable
@@ -438,7 +440,7 @@ CREATE FUNCTION @extschema@.msp_segment_users(client_id bigint, contract_id bigi
 RETURNS TABLE (person_id bigint, pseudonym text, rule text, first_seen timestamptz,
 			   last_seen timestamptz, days_active integer, support_contacts integer, accounts text[],
 			   home_client_id bigint)
-LANGUAGE sql STABLE
+LANGUAGE sql STABLE PARALLEL SAFE
 SET search_path = @extschema@, pg_catalog, pg_temp
 BEGIN ATOMIC
 	WITH k AS (
@@ -537,7 +539,7 @@ CREATE FUNCTION @extschema@.msp_billable_users(client_id bigint, period daterang
 RETURNS TABLE (contract_id bigint, person_id bigint, pseudonym text, rule text, first_seen timestamptz,
 			   last_seen timestamptz, days_active integer, support_contacts integer, accounts text[],
 			   home_client_id bigint)
-LANGUAGE sql STABLE
+LANGUAGE sql STABLE PARALLEL SAFE
 SET search_path = @extschema@, pg_catalog, pg_temp
 BEGIN ATOMIC
 	SELECT s.contract_id, u.*
@@ -555,7 +557,7 @@ COMMENT ON FUNCTION @extschema@.msp_billable_users(bigint, daterange) IS
 -- contract covers, which are not billed) the same way.
 CREATE FUNCTION @extschema@.msp_pool_share(client_id bigint, pool_id bigint, period daterange, covered daterange)
 RETURNS numeric
-LANGUAGE sql STABLE
+LANGUAGE sql STABLE STRICT PARALLEL SAFE
 SET search_path = @extschema@, pg_catalog, pg_temp
 BEGIN ATOMIC
 	WITH p AS (
@@ -586,7 +588,9 @@ BEGIN ATOMIC
 		SELECT parts.part, allocate(months.share, parts.days, p.minor_unit)
 							   OVER (ORDER BY lower(parts.part) NULLS LAST) AS share
 		  FROM parts, months, p)
-	SELECT coalesce((SELECT shares.share FROM shares WHERE shares.part = covered * (SELECT pp FROM p)), 0);
+	-- no share at all (NULL) for a pool that does not exist or that the
+	-- caller may not see, rather than a 0 that would answer for it
+	SELECT coalesce((SELECT shares.share FROM shares WHERE shares.part = covered * p.pp), 0) FROM p;
 END;
 COMMENT ON FUNCTION @extschema@.msp_pool_share(bigint, bigint, daterange, daterange) IS
 	'the part of a cost pool billed in one contract segment of a month, so that all parts sum to the pool to the cent';
@@ -616,7 +620,7 @@ COMMENT ON TYPE @extschema@.segment_quantities IS
 CREATE FUNCTION @extschema@.msp_segment_quantities(client_id bigint, contract_id bigint,
 													segment daterange, period daterange)
 RETURNS @extschema@.segment_quantities
-LANGUAGE sql STABLE
+LANGUAGE sql STABLE STRICT PARALLEL SAFE
 SET search_path = @extschema@, pg_catalog, pg_temp
 BEGIN ATOMIC
 	WITH k AS (
@@ -687,10 +691,15 @@ COMMENT ON FUNCTION @extschema@.msp_segment_quantities(bigint, bigint, daterange
 CREATE FUNCTION @extschema@.msp_tier_bands(client_id bigint, contract_id bigint,
 											quantity numeric, flat_price numeric)
 RETURNS TABLE (first_unit numeric, units numeric, unit_price numeric)
-LANGUAGE sql STABLE
+LANGUAGE sql STABLE STRICT PARALLEL SAFE
 SET search_path = @extschema@, pg_catalog, pg_temp
 BEGIN ATOMIC
-	WITH t AS (
+	-- no bands for a contract that does not exist or that the caller may
+	-- not see (row-level security): nothing is priced for it
+	WITH mode AS (
+		SELECT coalesce(k.tier_mode, 'volume') AS tier_mode FROM contracts k
+		 WHERE k.client_id = msp_tier_bands.client_id AND k.contract_id = msp_tier_bands.contract_id),
+	t AS (
 		SELECT greatest(x.from_quantity - 1, 0) AS lo, x.unit_price
 		  FROM contract_tiers x
 		 WHERE x.client_id = msp_tier_bands.client_id AND x.contract_id = msp_tier_bands.contract_id),
@@ -703,11 +712,7 @@ BEGIN ATOMIC
 	last_unit AS (
 		SELECT n.* FROM nonempty n
 		 WHERE greatest(ceil(quantity), 1) > n.lo AND (n.hi IS NULL OR greatest(ceil(quantity), 1) <= n.hi)
-		 ORDER BY n.lo DESC LIMIT 1),
-	mode AS (
-		SELECT coalesce((SELECT k.tier_mode FROM contracts k
-						  WHERE k.client_id = msp_tier_bands.client_id AND k.contract_id = msp_tier_bands.contract_id),
-						'volume') AS tier_mode)
+		 ORDER BY n.lo DESC LIMIT 1)
 	SELECT l.lo + 1, quantity, l.unit_price
 	  FROM last_unit l, mode
 	 WHERE mode.tier_mode = 'volume' OR quantity <= 0
@@ -740,7 +745,7 @@ CREATE FUNCTION @extschema@.msp_main_lines(c @extschema@.clients, k @extschema@.
 											q @extschema@.segment_quantities,
 											flat_price numeric, what text, basis text, label text)
 RETURNS SETOF @extschema@.invoice_line
-LANGUAGE sql STABLE
+LANGUAGE sql STABLE STRICT PARALLEL SAFE
 SET search_path = @extschema@, pg_catalog, pg_temp
 BEGIN ATOMIC
 	WITH m AS (
@@ -771,7 +776,7 @@ CREATE FUNCTION @extschema@.msp_segment_lines(c @extschema@.clients, k @extschem
 											   segment daterange, period daterange,
 											   q @extschema@.segment_quantities, model text)
 RETURNS SETOF @extschema@.invoice_line
-LANGUAGE plpgsql STABLE
+LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
 SET search_path = @extschema@, pg_catalog, pg_temp
 AS $$
 #variable_conflict use_variable
@@ -869,7 +874,7 @@ COMMENT ON FUNCTION @extschema@.msp_segment_lines(@extschema@.clients, @extschem
 
 -- Refuse to bill cost pools in another currency than the client's.
 CREATE FUNCTION @extschema@.msp_check_currency(client_id bigint, period daterange) RETURNS void
-LANGUAGE plpgsql STABLE
+LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
 SET search_path = @extschema@, pg_catalog, pg_temp
 AS $$
 #variable_conflict use_variable
@@ -894,7 +899,7 @@ COMMENT ON FUNCTION @extschema@.msp_check_currency(bigint, daterange) IS
 -- Invoice lines of a period under a pricing model (NULL: the contract's own).
 CREATE FUNCTION @extschema@.msp_price_lines(client_id bigint, period daterange, model text)
 RETURNS SETOF @extschema@.invoice_line
-LANGUAGE plpgsql STABLE
+LANGUAGE plpgsql STABLE PARALLEL SAFE
 SET search_path = @extschema@, pg_catalog, pg_temp
 AS $$
 #variable_conflict use_variable
@@ -951,11 +956,12 @@ COMMENT ON TYPE @extschema@.invoice IS 'an invoice summary; its lines come from 
 
 -- Distinct people billed in a period, whichever contracts counted them.
 CREATE FUNCTION @extschema@.msp_period_people(client_id bigint, period daterange) RETURNS integer
-LANGUAGE sql STABLE
+LANGUAGE sql STABLE STRICT PARALLEL SAFE
 SET search_path = @extschema@, pg_catalog, pg_temp
 BEGIN ATOMIC
+	-- msp_period: unknown client for one the caller may not see
 	SELECT count(DISTINCT (u.home_client_id, u.person_id))::integer
-	  FROM msp_contract_segments(client_id, period) s,
+	  FROM msp_contract_segments(client_id, msp_period(client_id, period)) s,
 		   LATERAL msp_segment_users(client_id, s.contract_id, s.segment, false) u;
 END;
 COMMENT ON FUNCTION @extschema@.msp_period_people(bigint, daterange) IS
@@ -963,11 +969,16 @@ COMMENT ON FUNCTION @extschema@.msp_period_people(bigint, daterange) IS
 
 -- Devices under management in a period: billable range overlapping it.
 CREATE FUNCTION @extschema@.msp_period_devices(client_id bigint, period daterange) RETURNS integer
-LANGUAGE sql STABLE
+LANGUAGE sql STABLE STRICT PARALLEL SAFE
 SET search_path = @extschema@, pg_catalog, pg_temp
 BEGIN ATOMIC
-	SELECT count(*)::integer FROM devices d
-	 WHERE d.client_id = msp_period_devices.client_id AND (d.active IS NULL OR d.active && period);
+	-- msp_period: unknown client for one the caller may not see (a count of
+	-- 0 would answer for it); OFFSET 0 keeps the check from being planned
+	-- away when no device row is visible
+	SELECT count(d.client_id)::integer
+	  FROM (SELECT msp_period(client_id, period) AS period OFFSET 0) p
+	  LEFT JOIN devices d ON d.client_id = msp_period_devices.client_id
+								 AND (d.active IS NULL OR d.active && p.period);
 END;
 COMMENT ON FUNCTION @extschema@.msp_period_devices(bigint, daterange) IS
 	'how many devices are under management (billable range overlapping) in a period';
@@ -976,7 +987,7 @@ COMMENT ON FUNCTION @extschema@.msp_period_devices(bigint, daterange) IS
 -- one as stored).  Each segment's quantities are computed once.
 CREATE FUNCTION @extschema@.msp_compute_invoice(client_id bigint, period daterange DEFAULT NULL)
 RETURNS @extschema@.invoice
-LANGUAGE plpgsql STABLE
+LANGUAGE plpgsql STABLE PARALLEL SAFE
 SET search_path = @extschema@, pg_catalog, pg_temp
 AS $$
 #variable_conflict use_variable
@@ -1026,7 +1037,7 @@ COMMENT ON FUNCTION @extschema@.msp_compute_invoice(bigint, daterange) IS
 -- unit to carry it still appears, whole, with unit NULL.
 CREATE FUNCTION @extschema@.msp_cost_allocation(client_id bigint, period daterange DEFAULT NULL)
 RETURNS TABLE (pool_id bigint, category text, basis text, unit text, share numeric)
-LANGUAGE sql STABLE
+LANGUAGE sql STABLE PARALLEL SAFE
 SET search_path = @extschema@, pg_catalog, pg_temp
 BEGIN ATOMIC
 	WITH p AS (SELECT msp_period(client_id, period) AS period),
@@ -1060,7 +1071,7 @@ COMMENT ON FUNCTION @extschema@.msp_cost_allocation(bigint, daterange) IS
 CREATE FUNCTION @extschema@.msp_compare_models(client_id bigint, period daterange DEFAULT NULL)
 RETURNS TABLE (model text, total numeric, users integer, devices integer,
 			   per_user numeric, per_device numeric, break_even_users numeric)
-LANGUAGE plpgsql STABLE
+LANGUAGE plpgsql STABLE PARALLEL SAFE
 SET search_path = @extschema@, pg_catalog, pg_temp
 AS $$
 #variable_conflict use_variable

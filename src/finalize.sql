@@ -112,7 +112,7 @@ CREATE TRIGGER refuse_truncate BEFORE TRUNCATE ON @extschema@.audit_log
 -- The lines that adjustment notes add to the invoice of a period.
 CREATE FUNCTION @extschema@.msp_adjustment_lines(client_id bigint, period daterange)
 RETURNS SETOF @extschema@.invoice_line
-LANGUAGE sql STABLE
+LANGUAGE sql STABLE STRICT PARALLEL SAFE
 SET search_path = @extschema@, pg_catalog, pg_temp
 BEGIN ATOMIC
 	SELECT (row_number() OVER (ORDER BY a.invoice_id))::integer, NULL::bigint,
@@ -130,7 +130,7 @@ COMMENT ON FUNCTION @extschema@.msp_adjustment_lines(bigint, daterange) IS
 -- The finalized invoice of a client and period, or NULL.
 CREATE FUNCTION @extschema@.msp_finalized_invoice(client_id bigint, period daterange)
 RETURNS @extschema@.invoices
-LANGUAGE sql STABLE
+LANGUAGE sql STABLE STRICT PARALLEL SAFE
 SET search_path = @extschema@, pg_catalog, pg_temp
 BEGIN ATOMIC
 	SELECT i FROM invoices i
@@ -143,7 +143,7 @@ COMMENT ON FUNCTION @extschema@.msp_finalized_invoice(bigint, daterange) IS
 -- The same, for what only makes sense once finalized.
 CREATE FUNCTION @extschema@.msp_require_finalized(client_id bigint, period daterange)
 RETURNS @extschema@.invoices
-LANGUAGE plpgsql STABLE
+LANGUAGE plpgsql STABLE PARALLEL SAFE
 SET search_path = @extschema@, pg_catalog, pg_temp
 AS $$
 DECLARE
@@ -162,7 +162,7 @@ COMMENT ON FUNCTION @extschema@.msp_require_finalized(bigint, daterange) IS
 
 CREATE FUNCTION @extschema@.msp_invoice(client_id bigint, period daterange DEFAULT NULL)
 RETURNS @extschema@.invoice
-LANGUAGE plpgsql STABLE
+LANGUAGE plpgsql STABLE PARALLEL SAFE
 SET search_path = @extschema@, pg_catalog, pg_temp
 AS $$
 #variable_conflict use_variable
@@ -185,7 +185,7 @@ COMMENT ON FUNCTION @extschema@.msp_invoice(bigint, daterange) IS
 
 CREATE FUNCTION @extschema@.msp_invoice_lines(client_id bigint, period daterange DEFAULT NULL)
 RETURNS SETOF @extschema@.invoice_line
-LANGUAGE plpgsql STABLE
+LANGUAGE plpgsql STABLE PARALLEL SAFE
 SET search_path = @extschema@, pg_catalog, pg_temp
 AS $$
 #variable_conflict use_variable
@@ -215,7 +215,7 @@ COMMENT ON FUNCTION @extschema@.msp_invoice_lines(bigint, daterange) IS
 CREATE FUNCTION @extschema@.msp_data_quality(client_id bigint, period daterange DEFAULT NULL,
 											 silent_days integer DEFAULT 3)
 RETURNS TABLE (gate text, subject text, detail text)
-LANGUAGE plpgsql STABLE
+LANGUAGE plpgsql STABLE PARALLEL SAFE
 SET search_path = @extschema@, pg_catalog, pg_temp
 AS $$
 #variable_conflict use_variable
@@ -356,7 +356,7 @@ COMMENT ON FUNCTION @extschema@.msp_finalize_invoice(bigint, daterange, text[]) 
 CREATE FUNCTION @extschema@.msp_invoice_drift(client_id bigint, period daterange DEFAULT NULL)
 RETURNS TABLE (contract_id bigint, basis text, description text, billed_quantity numeric,
 			   current_quantity numeric, billed numeric, current numeric, difference numeric)
-LANGUAGE plpgsql STABLE
+LANGUAGE plpgsql STABLE PARALLEL SAFE
 SET search_path = @extschema@, pg_catalog, pg_temp
 AS $$
 #variable_conflict use_variable
@@ -446,7 +446,7 @@ COMMENT ON FUNCTION @extschema@.msp_issue_adjustment(bigint, daterange, text) IS
 
 CREATE FUNCTION @extschema@.msp_reconcile_licenses(client_id bigint, period daterange DEFAULT NULL)
 RETURNS TABLE (category text, sku text, subject text, quantity numeric, amount numeric, note text)
-LANGUAGE plpgsql STABLE
+LANGUAGE plpgsql STABLE PARALLEL SAFE
 SET search_path = @extschema@, pg_catalog, pg_temp
 AS $$
 #variable_conflict use_variable

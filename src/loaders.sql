@@ -90,8 +90,10 @@ COMMENT ON FUNCTION @extschema@.msp_json_fields(text, text[]) IS
 	'the values of the given top-level keys of a JSON object (strings unescaped, nested values as JSON text); NULL when the text is not a JSON object';
 
 -- The text parsed as jsonb, or NULL when it is not JSON.
+-- PARALLEL RESTRICTED: its EXCEPTION block is a subtransaction, which a
+-- parallel worker cannot start.
 CREATE FUNCTION @extschema@.msp_try_jsonb(raw text) RETURNS jsonb
-LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL RESTRICTED
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
@@ -105,8 +107,10 @@ COMMENT ON FUNCTION @extschema@.msp_try_jsonb(text) IS
 	'the text as jsonb, or NULL when it is not valid JSON (or holds a number jsonb cannot)';
 
 -- The text as a timestamp with time zone, or NULL when it is not one.
+-- PARALLEL RESTRICTED: its EXCEPTION block is a subtransaction, which a
+-- parallel worker cannot start.
 CREATE FUNCTION @extschema@.msp_try_timestamptz(raw text) RETURNS timestamptz
-LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
+LANGUAGE plpgsql STABLE STRICT PARALLEL RESTRICTED
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
@@ -143,7 +147,7 @@ COMMENT ON FUNCTION @extschema@.msp_canonical_account(text, text) IS
 -- devices and logons.  Returns (loaded, duplicate).
 CREATE FUNCTION @extschema@.msp_load_normalized(for_client bigint, load_source text,
 												OUT loaded bigint, OUT duplicate bigint)
-LANGUAGE plpgsql VOLATILE
+LANGUAGE plpgsql VOLATILE STRICT
 SET search_path = pg_catalog, @extschema@, pg_temp
 AS $$
 BEGIN

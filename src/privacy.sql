@@ -38,7 +38,7 @@ CREATE FUNCTION @extschema@.msp_pii_audit(client_id bigint, period daterange DEF
 										  window_size interval DEFAULT '15 minutes')
 RETURNS TABLE (device text, account text, application text, session_start timestamptz,
 			   session_end timestamptz, uses integer, sessions bigint)
-LANGUAGE sql STABLE
+LANGUAGE sql STABLE PARALLEL SAFE
 SET search_path = @extschema@, pg_catalog, pg_temp
 BEGIN ATOMIC
 	WITH p AS (SELECT msp_period(client_id, period) AS period),
@@ -78,7 +78,7 @@ COMMENT ON FUNCTION @extschema@.msp_pii_audit(bigint, daterange, interval) IS
 CREATE FUNCTION @extschema@.msp_pii_audit_summary(client_id bigint, period daterange DEFAULT NULL)
 RETURNS TABLE (client_id bigint, shared_sessions bigint, violating_sessions bigint, devices bigint,
 			   applications text[])
-LANGUAGE sql STABLE
+LANGUAGE sql STABLE PARALLEL SAFE
 SET search_path = @extschema@, pg_catalog, pg_temp
 BEGIN ATOMIC
 	WITH p AS (SELECT msp_period(msp_pii_audit_summary.client_id, period) AS period),
@@ -146,7 +146,7 @@ ALTER VIEW @extschema@.account_labels SET (security_barrier = true);
 -- only session_user, so clients are mapped to the login (or a role the
 -- login belongs to) in bi_client_access.
 CREATE FUNCTION @extschema@.msp_report_clients() RETURNS bigint[]
-LANGUAGE sql STABLE
+LANGUAGE sql STABLE PARALLEL RESTRICTED
 SET search_path = pg_catalog, @extschema@, pg_temp
 RETURN ARRAY(SELECT b.client_id FROM @extschema@.bi_client_access b
 			   JOIN pg_catalog.pg_roles r ON r.rolname = b.role_name
@@ -157,7 +157,7 @@ COMMENT ON FUNCTION @extschema@.msp_report_clients() IS
 
 -- An unmapped client is as unknown as one that does not exist.
 CREATE FUNCTION @extschema@.msp_report_require(client_id bigint) RETURNS void
-LANGUAGE plpgsql STABLE
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED
 SET search_path = pg_catalog, @extschema@, pg_temp
 AS $$
 BEGIN
@@ -175,7 +175,7 @@ CREATE FUNCTION @extschema@.msp_report_invoices()
 RETURNS TABLE (client_id bigint, invoice_id bigint, kind text, period daterange, adjusts_invoice_id bigint,
 			   apply_period daterange, reason text, model text, users integer, seats integer, devices integer,
 			   subtotal numeric, total numeric, currency char(3), evidence jsonb, finalized_at timestamptz)
-LANGUAGE sql STABLE SECURITY DEFINER
+LANGUAGE sql STABLE SECURITY DEFINER PARALLEL RESTRICTED
 SET search_path = pg_catalog, @extschema@, pg_temp
 BEGIN ATOMIC
 	SELECT i.client_id, i.invoice_id, i.kind, i.period, i.adjusts_invoice_id, i.apply_period, i.reason, i.model,
@@ -189,7 +189,7 @@ COMMENT ON FUNCTION @extschema@.msp_report_invoices() IS
 
 CREATE FUNCTION @extschema@.msp_report_invoice(client_id bigint, period daterange DEFAULT NULL)
 RETURNS @extschema@.invoice
-LANGUAGE plpgsql STABLE SECURITY DEFINER
+LANGUAGE plpgsql STABLE SECURITY DEFINER PARALLEL RESTRICTED
 SET search_path = pg_catalog, @extschema@, pg_temp
 AS $$
 BEGIN
@@ -202,7 +202,7 @@ COMMENT ON FUNCTION @extschema@.msp_report_invoice(bigint, daterange) IS
 
 CREATE FUNCTION @extschema@.msp_report_invoice_lines(client_id bigint, period daterange DEFAULT NULL)
 RETURNS SETOF @extschema@.invoice_line
-LANGUAGE plpgsql STABLE SECURITY DEFINER
+LANGUAGE plpgsql STABLE SECURITY DEFINER PARALLEL RESTRICTED
 SET search_path = pg_catalog, @extschema@, pg_temp
 AS $$
 BEGIN
@@ -215,14 +215,19 @@ COMMENT ON FUNCTION @extschema@.msp_report_invoice_lines(bigint, daterange) IS
 
 CREATE FUNCTION @extschema@.msp_report_billable_users(client_id bigint, period daterange DEFAULT NULL)
 RETURNS TABLE (contract_id bigint, person_id bigint, pseudonym text, rule text, first_seen timestamptz,
-			   last_seen timestamptz, days_active integer, support_contacts integer, accounts text[])
-LANGUAGE plpgsql STABLE SECURITY DEFINER
+			   last_seen timestamptz, days_active integer, support_contacts integer, accounts text[],
+			   home_client_id bigint)
+LANGUAGE plpgsql STABLE SECURITY DEFINER PARALLEL RESTRICTED
 SET search_path = pg_catalog, @extschema@, pg_temp
 SET mspbill.pseudonymous = on
 AS $$
 BEGIN
 	PERFORM msp_report_require(client_id);
-	RETURN QUERY SELECT * FROM msp_billable_users(client_id, period);
+	-- home_client_id names a sister client whose person this client pays
+	-- for: the client's own invoice evidence carries it too
+	RETURN QUERY SELECT u.contract_id, u.person_id, u.pseudonym, u.rule, u.first_seen, u.last_seen,
+						u.days_active, u.support_contacts, u.accounts, u.home_client_id
+				   FROM msp_billable_users(client_id, period) u;
 END
 $$;
 COMMENT ON FUNCTION @extschema@.msp_report_billable_users(bigint, daterange) IS

@@ -22,6 +22,10 @@ CREATE TYPE @extschema@.userset (
 );
 COMMENT ON TYPE @extschema@.userset IS
 	'exact set of bigint member ids, e.g. {3,17,42}; stored sorted and varint-delta encoded';
+COMMENT ON FUNCTION @extschema@.userset_in(cstring) IS 'userset text input: {3,17,42}';
+COMMENT ON FUNCTION @extschema@.userset_out(@extschema@.userset) IS 'userset text output: {3,17,42}';
+COMMENT ON FUNCTION @extschema@.userset_recv(internal) IS 'userset binary input';
+COMMENT ON FUNCTION @extschema@.userset_send(@extschema@.userset) IS 'userset binary output';
 
 CREATE FUNCTION @extschema@.userset_eq(@extschema@.userset, @extschema@.userset) RETURNS boolean
 	AS 'MODULE_PATHNAME' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;

@@ -16,13 +16,15 @@ tally() {
 	ok=$(grep -cE '^ ?ok [0-9]+' "$file" || true)
 	skip=$(grep -ciE '^ ?ok [0-9]+.*# skip' "$file" || true)
 	notok=$(grep -cE '^ ?not ok [0-9]+' "$file" || true)
-	plan=$(sed -nE 's/^ ?1\.\.([0-9]+)$/\1/p' "$file" | head -1)
+	# no "| head" in this function: under pipefail a writer cut off by
+	# head dies of SIGPIPE (status 141), and set -e ends the whole run
+	plan=$(sed -nE '/^ ?1\.\.[0-9]+$/{s/^ ?1\.\.//p;q}' "$file")
 	if [ -z "$plan" ] || [ "$plan" -ne $((ok + notok)) ]; then broken=1; fi
 	ok=$((ok - skip))
 	skipped=$((skipped + skip))
 	if [ "$skip" -gt 0 ]; then
 		echo "SKIP $(basename "$(dirname "$file")")/$(basename "$file"): $skip skipped" >&2
-		grep -iE '^ ?ok [0-9]+.*# skip' "$file" | head -3 >&2
+		grep -m3 -iE '^ ?ok [0-9]+.*# skip' "$file" >&2 || true
 		if [ "${CI:-}" = true ]; then failed=$((failed + skip)); fi
 	fi
 	passed=$((passed + ok))
@@ -31,8 +33,8 @@ tally() {
 	if [ "$broken" = 1 ] || [ "$notok" -gt 0 ]; then
 		echo "FAIL $(basename "$(dirname "$file")")/$(basename "$file"): $ok ok, $notok not ok${plan:+, plan $plan}" >&2
 		# each failed assertion with its diagnostics, so the log says why
-		awk '/^ ?not ok /{p = 1; print; next} /^ ?(ok|not ok) [0-9]/{p = 0} p && /^ *#/{print}' "$file" |
-			head -40 | sed 's/^/    /' >&2
+		awk '/^ ?not ok /{p = 1; show(); next} /^ ?(ok|not ok) [0-9]/{p = 0} p && /^ *#/{show()}
+			function show() { if (n++ < 40) print "    " $0 }' "$file" >&2
 	else
 		echo "ok   $(basename "$(dirname "$file")")/$(basename "$file"): $ok assertions"
 	fi

@@ -11,7 +11,7 @@ find_pg
 eval "$(bash "$TOP/test/bin/citus" env)"
 DB=mspbill_citus_counting
 c() { PGOPTIONS="-c search_path=public,mspbill" "$BINDIR/psql" -X -q -At -v ON_ERROR_STOP=1 -h "$CITUS_HOST" -p "$CITUS_PORT" -U postgres -d "$DB" "$@"; }
-echo "1..9"
+echo "1..10"
 
 citus_fresh_db "$DB"
 c <<'SQL' >/dev/null
@@ -51,6 +51,9 @@ tap_check "two-level rollup: workers send one partial union per shard (worker_pa
 tap_check "whole table: distinct_count on Citus = COUNT(DISTINCT)" \
 	"$(c -c "SELECT mspbill.distinct_count(person_id) FROM logons_d")" \
 	"$(c -c "SELECT count(DISTINCT person_id) FROM ref_logons")"
+plan=$(c -c "EXPLAIN (VERBOSE, COSTS OFF) SELECT mspbill.distinct_count(person_id) FROM logons_d")
+tap_check "whole table: distinct_count gathers the rows on the coordinator (internal state), as the README says" \
+	"$(grep -c 'Query: SELECT person_id AS distinct_count FROM' <<<"$plan")" "1"
 tap_check "whole table: userset_union over stored per-client sets = COUNT(DISTINCT)" \
 	"$(c -c "CREATE TABLE sets_d AS SELECT client_id, mspbill.userset_agg(person_id) s FROM logons_d GROUP BY 1" \
 		-c "SELECT create_distributed_table('sets_d', 'client_id', shard_count => 8)" \

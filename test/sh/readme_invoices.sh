@@ -19,7 +19,7 @@ import psycopg2
 readme, dsn = sys.argv[1], sys.argv[2]
 text = open(readme, encoding="utf-8").read()
 steps = []
-for heading in ("A monthly reporting view for a BI tool", "## Invoices you can stand behind"):
+for heading in ("Every month's invoice figures for a BI tool", "## Invoices you can stand behind"):
     section = text[text.index(heading):]
     block = re.search(r"```sql\n(.*?)```", section, re.S).group(1)
     stmt = ""

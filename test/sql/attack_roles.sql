@@ -303,8 +303,8 @@ SELECT is(ARRAY(SELECT DISTINCT l FROM invoices i, jsonb_array_elements(i.eviden
 SELECT ok((SELECT bool_and(l ~ '^(os|app|m365) account \d+$' OR l IN (SELECT name FROM accounts WHERE kind IN ('shared', 'service')))
              FROM invoices i, jsonb_array_elements(i.evidence) e, jsonb_array_elements_text(e->'accounts') l),
           'only labels, and the names of shared and service accounts');
-SELECT ok((SELECT count(*) FROM invoices i, jsonb_array_elements(i.evidence) e WHERE i.client_id = 1) = 8,
-          'the evidence still lists the 8 people billed');
+SELECT ok((SELECT count(*) FROM invoices i, jsonb_array_elements(i.evidence) e WHERE i.client_id = 1) = 9,
+          'the evidence still lists the 9 people billed (Dr. Gray of the sister client included)');
 SELECT is(ARRAY(SELECT DISTINCT f->>'subject' FROM audit_log, jsonb_array_elements(detail->'findings') f
                   JOIN accounts a ON a.name = f->>'subject' AND a.kind <> 'shared'),
           '{}'::text[], 'override findings in the audit log hold no account name');
@@ -360,7 +360,10 @@ SELECT throws_ok($$SELECT * FROM audit_log$$, '42501', NULL, 'BI: cannot read th
 SELECT throws_ok($$SELECT * FROM load_rejects$$, '42501', NULL, 'BI: cannot read rejected records');
 SELECT throws_ok($$SELECT name FROM accounts$$, '42501', NULL, 'BI: cannot read account names');
 SELECT throws_ok($$SELECT * FROM msp_report_invoices()$$, '42501', NULL, 'BI: the sealed reports are not its');
-SELECT is((SELECT count(*) FROM invoices i, jsonb_array_elements(i.evidence) e), 8::bigint, 'BI reads its evidence');
+-- the invoice's 9 people, and the adjustment's 10 (the late nurse n4 too)
+SELECT is(ARRAY(SELECT i.kind || ' ' || count(*) FROM invoices i, jsonb_array_elements(i.evidence) e
+                 GROUP BY i.kind ORDER BY 1),
+          '{"adjustment 10","invoice 9"}'::text[], 'BI reads its evidence');
 RESET ROLE;
 -- every function that takes a client first, called by BI for client 2 with
 -- its other arguments defaulted or NULL: no row, no value, and no error

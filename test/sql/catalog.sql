@@ -5,7 +5,9 @@
 --   * Only the functions that write (listed below) are VOLATILE, and they
 --     are PARALLEL UNSAFE; a function that only reads is PARALLEL SAFE or
 --     RESTRICTED, never UNSAFE (that would keep every query calling it
---     serial).
+--     serial).  A PARALLEL SAFE function calls only PARALLEL SAFE
+--     functions of mspbill and has no EXCEPTION block (a parallel worker
+--     cannot start a subtransaction).
 --   * An IMMUTABLE function reads no mspbill table.
 --   * A function that is not STRICT takes no arguments, is an aggregate,
 --     window or aggregate-support function (NULL is its empty state), has parameter
@@ -13,17 +15,19 @@
 --   * Every SQL and PL/pgSQL function has a fixed search_path (proconfig),
 --     or a BEGIN ATOMIC / RETURN body, whose names are bound when it is
 --     created and cannot be hijacked later.
---   * SECURITY DEFINER only for the functions listed below, each with a
+--   * SECURITY DEFINER only for (exactly) the functions listed below, each with a
 --     search_path ending in pg_temp and EXECUTE revoked from PUBLIC.
 --   * Every table with a client_id column (partitions included, also those
---     msp_add_logon_partitions creates) has row-level security enabled.
+--     msp_add_logon_partitions creates) has row-level security enabled,
+--     but the staging tables listed below (COPY FROM cannot write a table
+--     with row-level security).
 --   * Every function, table (partitions aside), view and type has a COMMENT.
 -- What fails today is listed in known_failures, for its owner to fix and
 -- then remove: a listed object that passes fails the last assertion.
 \set ECHO none
 \set QUIET on
 SET client_min_messages = warning;
-SELECT plan(13);
+SELECT plan(16);
 
 -- partitions made after installation must be covered too
 SELECT mspbill.msp_add_logon_partitions(date '2026-01-01', 2) \g /dev/null
@@ -33,47 +37,47 @@ CREATE TEMP TABLE writers (proname name PRIMARY KEY);
 INSERT INTO writers VALUES
 	('msp_add_logon_partitions'), ('msp_refuse_change'), ('msp_finalize_invoice'), ('msp_issue_adjustment'),
 	('msp_load_normalized'), ('msp_load_begin'), ('msp_load_windows_events'), ('msp_load_entra_signins'),
-	('msp_load_emr_audit'), ('msp_install_roles');
+	('msp_load_emr_audit'), ('msp_load_guarded'), ('msp_install_roles');
 
 -- not STRICT, deliberately
 CREATE TEMP TABLE nonstrict_ok (proname name PRIMARY KEY, why text NOT NULL);
 INSERT INTO nonstrict_ok VALUES
 	('msp_canonical_account', 'a NULL domain is the UPN form'),
 	('msp_can_see_client', 'a policy helper: answers false, never NULL'),
-	('msp_has_role', 'a policy helper: answers false, never NULL');
+	('msp_has_role', 'a policy helper: answers false, never NULL'),
+	('msp_is_machine_account', 'inlined into queries and the generated accounts.is_machine (its OR is not strict, so a STRICT one would not inline); accounts.name is NOT NULL'),
+	('msp_price_lines', 'model NULL prices under each contract''s own model'),
+	('msp_require_finalized', 'a guard: a NULL period must raise, not pass'),
+	('msp_report_require', 'a guard: a NULL client must raise, not pass'),
+	('msp_issue_adjustment', 'a NULL reason is refused with a hint, not ignored'),
+	('msp_load_begin', 'a guard: a NULL client must raise (unknown client), not pass'),
+	('msp_load_guarded', 'an empty stage has NULL bounds: nothing to load, 0 rejected');
 
--- SECURITY DEFINER allowed (none yet)
+-- SECURITY DEFINER allowed, each for a workflow that needs rights its
+-- callers must not have
 CREATE TEMP TABLE definer_ok (proname name PRIMARY KEY, why text NOT NULL);
+INSERT INTO definer_ok VALUES
+	('msp_finalize_invoice', 'writes invoices, their lines and the audit log, which no role may write'),
+	('msp_issue_adjustment', 'likewise, for adjustment notes'),
+	('msp_load_windows_events', 'reads and empties the staging tables, which the loading roles may only insert into'),
+	('msp_load_entra_signins', 'likewise'),
+	('msp_load_emr_audit', 'likewise'),
+	('msp_report_invoices', 'the sealed mspbill_report role holds no grant on any table'),
+	('msp_report_invoice', 'likewise'),
+	('msp_report_invoice_lines', 'likewise'),
+	('msp_report_billable_users', 'likewise');
+
+-- client-keyed tables without row-level security, deliberately
+CREATE TEMP TABLE no_row_security_ok (relname text PRIMARY KEY, why text NOT NULL);
+INSERT INTO no_row_security_ok VALUES
+	('mspbill.windows_event_staging', 'COPY FROM cannot write a table with row-level security; only the owner reads it'),
+	('mspbill.entra_signin_staging', 'likewise'),
+	('mspbill.emr_audit_staging', 'likewise');
 
 -- Known failures on this tree (check, object): each a finding for the
 -- object's owner; remove the line with the fix.
 CREATE TEMP TABLE known_failures (check_name text, object text, PRIMARY KEY (check_name, object));
-INSERT INTO known_failures VALUES
-	-- read-only billing functions declared PARALLEL UNSAFE (issue 15)
-	('reader parallel', 'msp_period'), ('reader parallel', 'msp_contract_segments'),
-	('reader parallel', 'msp_segment_users'), ('reader parallel', 'msp_billable_users'),
-	('reader parallel', 'msp_segment_quantities'), ('reader parallel', 'msp_tiered_amount'),
-	('reader parallel', 'msp_segment_lines'), ('reader parallel', 'msp_check_currency'),
-	('reader parallel', 'msp_price_lines'), ('reader parallel', 'msp_compute_invoice'),
-	('reader parallel', 'msp_cost_allocation'), ('reader parallel', 'msp_compare_models'),
-	('reader parallel', 'msp_adjustment_lines'), ('reader parallel', 'msp_finalized_invoice'),
-	('reader parallel', 'msp_require_finalized'), ('reader parallel', 'msp_invoice'),
-	('reader parallel', 'msp_invoice_lines'), ('reader parallel', 'msp_data_quality'),
-	('reader parallel', 'msp_invoice_drift'), ('reader parallel', 'msp_reconcile_licenses'),
-	('reader parallel', 'msp_pii_audit'), ('reader parallel', 'msp_pii_audit_summary'),
-	-- not STRICT, no defaults, no reason given
-	('strict', 'msp_is_machine_account'), ('strict', 'msp_pool_part'), ('strict', 'msp_contract_segments'),
-	('strict', 'msp_segment_quantities'), ('strict', 'msp_tiered_amount'), ('strict', 'msp_segment_lines'),
-	('strict', 'msp_check_currency'), ('strict', 'msp_price_lines'), ('strict', 'msp_adjustment_lines'),
-	('strict', 'msp_finalized_invoice'), ('strict', 'msp_require_finalized'), ('strict', 'msp_issue_adjustment'),
-	('strict', 'msp_load_normalized'), ('strict', 'msp_load_begin'),
-	-- the default logon partition and the monthly ones carry no policy of
-	-- their own: whoever may read a partition directly reads every client
-	('row security', 'mspbill.logons_default'), ('row security', 'mspbill.logons_2026_01'),
-	('row security', 'mspbill.logons_2026_02'),
-	-- no COMMENT
-	('comment', 'function userset_in'), ('comment', 'function userset_out'),
-	('comment', 'function userset_recv'), ('comment', 'function userset_send');
+-- (none at the moment)
 
 CREATE TEMP VIEW fns AS
 SELECT p.oid, p.proname, l.lanname, p.prokind, p.provolatile, p.proisstrict, p.proparallel, p.prosecdef,
@@ -99,6 +103,22 @@ SELECT 'writers volatile unsafe', w.proname FROM writers w
 UNION ALL
 SELECT 'reader parallel', proname FROM fns
  WHERE provolatile <> 'v' AND proparallel = 'u'
+UNION ALL
+-- a PARALLEL SAFE function calls only PARALLEL SAFE functions of mspbill:
+-- recorded dependencies (BEGIN ATOMIC bodies) or a call by name in the
+-- body outside string literals (string bodies)
+SELECT 'parallel safe calls safe', f.proname FROM fns f
+ WHERE f.proparallel = 's'
+   AND EXISTS (SELECT 1 FROM fns g
+                WHERE g.proparallel <> 's' AND g.oid <> f.oid
+                  AND (regexp_replace(f.prosrc, '''[^'']*''', '', 'g') ~ ('\m' || g.proname || '\s*\(')
+                       OR EXISTS (SELECT 1 FROM pg_depend d
+                                   WHERE d.classid = 'pg_proc'::regclass AND d.objid = f.oid
+                                     AND d.refclassid = 'pg_proc'::regclass AND d.refobjid = g.oid)))
+UNION ALL
+-- a parallel worker cannot start a subtransaction (an EXCEPTION block)
+SELECT 'parallel safe no subtransaction', proname FROM fns
+ WHERE proparallel = 's' AND lanname = 'plpgsql' AND prosrc ~* '\mEXCEPTION\s+WHEN\M'
 UNION ALL
 -- names of mspbill tables in the body (string bodies), or a recorded
 -- dependency on one (BEGIN ATOMIC bodies)
@@ -129,6 +149,7 @@ SELECT 'security definer hardened', proname FROM fns
 UNION ALL
 SELECT 'row security', c.oid::regclass::text FROM pg_class c
  WHERE c.relnamespace = 'mspbill'::regnamespace AND c.relkind IN ('r', 'p') AND NOT c.relrowsecurity
+   AND c.oid::regclass::text NOT IN (SELECT relname FROM no_row_security_ok)
    AND EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attname = 'client_id' AND NOT a.attisdropped)
 UNION ALL
 SELECT 'comment', 'function ' || proname FROM fns WHERE obj_description(oid, 'pg_proc') IS NULL
@@ -154,6 +175,8 @@ SELECT is(pg_temp.new_offenders('c immutable parallel safe'), '{}', 'C functions
 SELECT is(pg_temp.new_offenders('volatile only writers'), '{}', 'only the functions that write are VOLATILE');
 SELECT is(pg_temp.new_offenders('writers volatile unsafe'), '{}', 'every function that writes exists and is VOLATILE and PARALLEL UNSAFE');
 SELECT is(pg_temp.new_offenders('reader parallel'), '{}', 'a function that only reads is PARALLEL SAFE or RESTRICTED');
+SELECT is(pg_temp.new_offenders('parallel safe calls safe'), '{}', 'a PARALLEL SAFE function calls only PARALLEL SAFE functions');
+SELECT is(pg_temp.new_offenders('parallel safe no subtransaction'), '{}', 'no PARALLEL SAFE function has an EXCEPTION block (a parallel worker cannot run it)');
 SELECT is(pg_temp.new_offenders('immutable reads no table'), '{}', 'no IMMUTABLE function reads a table of mspbill');
 SELECT is(pg_temp.new_offenders('strict'), '{}', 'every function is STRICT, or has a reason not to be');
 SELECT is(pg_temp.new_offenders('search_path'), '{}', 'every SQL and PL/pgSQL function fixes its search_path or binds its names at creation');
@@ -161,6 +184,8 @@ SELECT is(pg_temp.new_offenders('security definer allowed'), '{}', 'no SECURITY 
 SELECT is(pg_temp.new_offenders('security definer hardened'), '{}', 'SECURITY DEFINER functions have search_path ending in pg_temp and no PUBLIC EXECUTE');
 SELECT is(pg_temp.new_offenders('row security'), '{}', 'every table with a client_id column has row-level security, partitions too');
 SELECT is(pg_temp.new_offenders('comment'), '{}', 'every function, table, view and type has a COMMENT');
+SELECT is(ARRAY(SELECT proname FROM definer_ok EXCEPT SELECT proname FROM fns WHERE prosecdef ORDER BY 1),
+	'{}'::name[], 'every function of the SECURITY DEFINER allow-list exists and is one');
 SELECT is(
 	ARRAY(SELECT check_name || ': ' || object FROM known_failures
 	      EXCEPT SELECT check_name || ': ' || object FROM offenders ORDER BY 1),

@@ -6,7 +6,7 @@
 \i ../demo/clinics.sql
 SET search_path = public, mspbill;
 CREATE EXTENSION dblink;
-SELECT plan(27);
+SELECT plan(31);
 
 SET client_min_messages = warning;
 SELECT is(msp_install_roles(), 'roles mspbill_admin, mspbill_billing, mspbill_bi, mspbill_pii and mspbill_report are ready', 'roles installed');
@@ -25,9 +25,12 @@ SET ROLE mspbill_test_bi1;
 SELECT is((SELECT array_agg(client_id) FROM mspbill.clients), ARRAY[1::bigint], 'BI sees its own client only');
 SELECT is((SELECT count(DISTINCT client_id) FROM mspbill.logons), 1::bigint, 'and only its client''s logons');
 SELECT is((SELECT count(*) FROM mspbill.cost_pools), 0::bigint, 'no other client''s cost pools');
--- (456.00, not the 498.00 billing roles see: row-level security hides the
--- dental office's Dr. Gray, whom the hospital pays for, from this role; see
--- the invoices branch's report)
+-- A preview: 456.00, not the 498.00 billing roles see and the invoice
+-- carries once finalized.  Row-level security hides the dental office's
+-- Dr. Gray, whom the hospital pays for, from this role, and opening her
+-- logons to the paying client's readers would show them more than the
+-- invoice's evidence does (README: a BI role's preview leaves out sister
+-- clients' people).  The finalized figure is asserted below.
 SELECT is((mspbill.msp_invoice(1)).total, 456.00, 'BI can read its client''s invoice');
 SELECT throws_ok($$SELECT mspbill.msp_invoice(2)$$, 'P0002', 'unknown client 2', 'another client''s invoice is an error, not an empty answer');
 SELECT is((SELECT accounts FROM mspbill.msp_billable_users(1) WHERE pseudonym = 'n2'), ARRAY['os account 6'],
@@ -78,6 +81,28 @@ DROP OPERATOR public.= (text, text);
 DROP FUNCTION public.lower(text), public.upper(text), public.msp_period(bigint, daterange), public.msp_round(numeric, numeric),
               public.cardinality(mspbill.userset), public.evil_eq(text, text);
 
+-- the sealed report role runs as the owner, so its preview is the invoice
+-- billing sees, Dr. Gray included
+DO $$ BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'mspbill_test_report') THEN CREATE ROLE mspbill_test_report LOGIN; END IF;
+END $$;
+GRANT mspbill_report TO mspbill_test_report;
+INSERT INTO bi_client_access VALUES ('mspbill_test_report', 1);
+SELECT is((SELECT t FROM dblink(format('host=%s port=%s dbname=%s user=mspbill_test_report',
+                                      current_setting('unix_socket_directories'), current_setting('port'), current_database()),
+                                'SELECT total FROM mspbill.msp_report_invoice(1)') AS r(t numeric)), 498.00,
+          'the sealed report role previews 498.00, Dr. Gray included');
+-- once finalized, a BI reader of the hospital reads the invoice it is sent
+SELECT msp_finalize_invoice(1, NULL, '{device_silent}') \g /dev/null
+SET ROLE mspbill_test_bi1;
+SELECT is((mspbill.msp_invoice(1)).total, 498.00, 'finalized: BI reads the invoice its client is sent, 498.00');
+SELECT is((SELECT count(*) FROM mspbill.invoices i, jsonb_array_elements(i.evidence) e WHERE i.client_id = 1), 9::bigint,
+          'with the evidence of all 9 people billed');
+SELECT is(ARRAY(SELECT e->>'pseudonym' FROM mspbill.invoices i, jsonb_array_elements(i.evidence) e
+                 WHERE i.client_id = 1 AND (e->>'home_client_id')::bigint = 2),
+          ARRAY['gray'], 'Dr. Gray among them, by pseudonym, with the dental office as her client');
+RESET ROLE;
+
 -- HIPAA: the demo hospital is compliant (every OR session has individual EMR logins)
 INSERT INTO applications VALUES (1, 'EMR', true);
 SELECT is((SELECT count(*) FROM msp_pii_audit(1)), 0::bigint, 'compliant hospital: no finding');
@@ -97,6 +122,6 @@ SELECT ok((SELECT bool_and(device = 'OR3' AND account = 'OR3' AND application = 
 SELECT results_eq($$SELECT violating_sessions, devices, applications FROM msp_pii_audit_summary(1)$$,
                   $$VALUES (3::bigint, 1::bigint, ARRAY['EMR'])$$, 'the summary counts them');
 
-DROP OWNED BY mspbill_test_bi1, mspbill_test_pii;
-DROP ROLE mspbill_test_bi1, mspbill_test_pii;
+DROP OWNED BY mspbill_test_bi1, mspbill_test_pii, mspbill_test_report;
+DROP ROLE mspbill_test_bi1, mspbill_test_pii, mspbill_test_report;
 SELECT * FROM finish();
