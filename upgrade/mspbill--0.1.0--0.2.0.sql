@@ -61,6 +61,36 @@ ALTER TABLE @extschema@.invoices
 	EXCLUDE USING gist (int8range(client_id, client_id, '[]') WITH =, period WITH &&) WHERE (kind = 'invoice');
 
 -- ---------------------------------------------------------------------
+-- Types and C functions
+-- ---------------------------------------------------------------------
+
+-- userset's input and output functions say what they read and write.
+COMMENT ON FUNCTION @extschema@.userset_in(cstring) IS 'userset text input: {3,17,42}';
+COMMENT ON FUNCTION @extschema@.userset_out(@extschema@.userset) IS 'userset text output: {3,17,42}';
+COMMENT ON FUNCTION @extschema@.userset_recv(internal) IS 'userset binary input';
+COMMENT ON FUNCTION @extschema@.userset_send(@extschema@.userset) IS 'userset binary output';
+
+-- ---------------------------------------------------------------------
+-- Honest attributes of unchanged functions
+-- ---------------------------------------------------------------------
+
+-- Readers are PARALLEL SAFE, and STRICT where a NULL argument means a NULL
+-- answer; msp_valid_time_zone catches an error in a subtransaction, which
+-- a parallel worker cannot start, so it is PARALLEL RESTRICTED.
+ALTER FUNCTION @extschema@.msp_pool_part(numeric, daterange, daterange) STRICT;
+ALTER FUNCTION @extschema@.msp_valid_time_zone(text) PARALLEL RESTRICTED;
+ALTER FUNCTION @extschema@.msp_contract_segments(bigint, daterange) STRICT PARALLEL SAFE;
+ALTER FUNCTION @extschema@.msp_check_currency(bigint, daterange) STRICT PARALLEL SAFE;
+ALTER FUNCTION @extschema@.msp_adjustment_lines(bigint, daterange) STRICT PARALLEL SAFE;
+ALTER FUNCTION @extschema@.msp_finalized_invoice(bigint, daterange) STRICT PARALLEL SAFE;
+ALTER FUNCTION @extschema@.msp_require_finalized(bigint, daterange) PARALLEL SAFE;
+ALTER FUNCTION @extschema@.msp_invoice(bigint, daterange) PARALLEL SAFE;
+ALTER FUNCTION @extschema@.msp_invoice_lines(bigint, daterange) PARALLEL SAFE;
+ALTER FUNCTION @extschema@.msp_invoice_drift(bigint, daterange) PARALLEL SAFE;
+ALTER FUNCTION @extschema@.msp_data_quality(bigint, daterange, integer) PARALLEL SAFE;
+ALTER FUNCTION @extschema@.msp_pii_audit(bigint, daterange, interval) PARALLEL SAFE;
+
+-- ---------------------------------------------------------------------
 -- Who sees what (used by the policies and views, so replaced in place)
 -- ---------------------------------------------------------------------
 
@@ -168,7 +198,7 @@ DROP TYPE @extschema@.segment_quantities;
 -- price a fortnight as a month.
 CREATE OR REPLACE FUNCTION @extschema@.msp_period(client_id bigint, period daterange DEFAULT NULL)
 RETURNS daterange
-LANGUAGE plpgsql STABLE
+LANGUAGE plpgsql STABLE PARALLEL SAFE
 SET search_path = @extschema@, pg_catalog, pg_temp
 AS $$
 #variable_conflict use_variable
@@ -227,7 +257,7 @@ CREATE FUNCTION @extschema@.msp_segment_users(client_id bigint, contract_id bigi
 RETURNS TABLE (person_id bigint, pseudonym text, rule text, first_seen timestamptz,
 			   last_seen timestamptz, days_active integer, support_contacts integer, accounts text[],
 			   home_client_id bigint)
-LANGUAGE sql STABLE
+LANGUAGE sql STABLE PARALLEL SAFE
 SET search_path = @extschema@, pg_catalog, pg_temp
 BEGIN ATOMIC
 	WITH k AS (
@@ -326,7 +356,7 @@ CREATE FUNCTION @extschema@.msp_billable_users(client_id bigint, period daterang
 RETURNS TABLE (contract_id bigint, person_id bigint, pseudonym text, rule text, first_seen timestamptz,
 			   last_seen timestamptz, days_active integer, support_contacts integer, accounts text[],
 			   home_client_id bigint)
-LANGUAGE sql STABLE
+LANGUAGE sql STABLE PARALLEL SAFE
 SET search_path = @extschema@, pg_catalog, pg_temp
 BEGIN ATOMIC
 	SELECT s.contract_id, u.*
@@ -347,7 +377,7 @@ COMMENT ON FUNCTION @extschema@.msp_billable_users(bigint, daterange) IS
 -- contract covers, which are not billed) the same way.
 CREATE FUNCTION @extschema@.msp_pool_share(client_id bigint, pool_id bigint, period daterange, covered daterange)
 RETURNS numeric
-LANGUAGE sql STABLE
+LANGUAGE sql STABLE STRICT PARALLEL SAFE
 SET search_path = @extschema@, pg_catalog, pg_temp
 BEGIN ATOMIC
 	WITH p AS (
@@ -378,7 +408,9 @@ BEGIN ATOMIC
 		SELECT parts.part, allocate(months.share, parts.days, p.minor_unit)
 							   OVER (ORDER BY lower(parts.part) NULLS LAST) AS share
 		  FROM parts, months, p)
-	SELECT coalesce((SELECT shares.share FROM shares WHERE shares.part = covered * (SELECT pp FROM p)), 0);
+	-- no share at all (NULL) for a pool that does not exist or that the
+	-- caller may not see, rather than a 0 that would answer for it
+	SELECT coalesce((SELECT shares.share FROM shares WHERE shares.part = covered * p.pp), 0) FROM p;
 END;
 COMMENT ON FUNCTION @extschema@.msp_pool_share(bigint, bigint, daterange, daterange) IS
 	'the part of a cost pool billed in one contract segment of a month, so that all parts sum to the pool to the cent';
@@ -410,7 +442,7 @@ COMMENT ON TYPE @extschema@.segment_quantities IS
 CREATE FUNCTION @extschema@.msp_segment_quantities(client_id bigint, contract_id bigint,
 													segment daterange, period daterange)
 RETURNS @extschema@.segment_quantities
-LANGUAGE sql STABLE
+LANGUAGE sql STABLE STRICT PARALLEL SAFE
 SET search_path = @extschema@, pg_catalog, pg_temp
 BEGIN ATOMIC
 	WITH k AS (
@@ -484,10 +516,15 @@ COMMENT ON FUNCTION @extschema@.msp_segment_quantities(bigint, bigint, daterange
 CREATE FUNCTION @extschema@.msp_tier_bands(client_id bigint, contract_id bigint,
 											quantity numeric, flat_price numeric)
 RETURNS TABLE (first_unit numeric, units numeric, unit_price numeric)
-LANGUAGE sql STABLE
+LANGUAGE sql STABLE STRICT PARALLEL SAFE
 SET search_path = @extschema@, pg_catalog, pg_temp
 BEGIN ATOMIC
-	WITH t AS (
+	-- no bands for a contract that does not exist or that the caller may
+	-- not see (row-level security): nothing is priced for it
+	WITH mode AS (
+		SELECT coalesce(k.tier_mode, 'volume') AS tier_mode FROM contracts k
+		 WHERE k.client_id = msp_tier_bands.client_id AND k.contract_id = msp_tier_bands.contract_id),
+	t AS (
 		SELECT greatest(x.from_quantity - 1, 0) AS lo, x.unit_price
 		  FROM contract_tiers x
 		 WHERE x.client_id = msp_tier_bands.client_id AND x.contract_id = msp_tier_bands.contract_id),
@@ -500,11 +537,7 @@ BEGIN ATOMIC
 	last_unit AS (
 		SELECT n.* FROM nonempty n
 		 WHERE greatest(ceil(quantity), 1) > n.lo AND (n.hi IS NULL OR greatest(ceil(quantity), 1) <= n.hi)
-		 ORDER BY n.lo DESC LIMIT 1),
-	mode AS (
-		SELECT coalesce((SELECT k.tier_mode FROM contracts k
-						  WHERE k.client_id = msp_tier_bands.client_id AND k.contract_id = msp_tier_bands.contract_id),
-						'volume') AS tier_mode)
+		 ORDER BY n.lo DESC LIMIT 1)
 	SELECT l.lo + 1, quantity, l.unit_price
 	  FROM last_unit l, mode
 	 WHERE mode.tier_mode = 'volume' OR quantity <= 0
@@ -528,7 +561,7 @@ CREATE FUNCTION @extschema@.msp_main_lines(c @extschema@.clients, k @extschema@.
 											q @extschema@.segment_quantities,
 											flat_price numeric, what text, basis text, label text)
 RETURNS SETOF @extschema@.invoice_line
-LANGUAGE sql STABLE
+LANGUAGE sql STABLE STRICT PARALLEL SAFE
 SET search_path = @extschema@, pg_catalog, pg_temp
 BEGIN ATOMIC
 	WITH m AS (
@@ -561,7 +594,7 @@ CREATE FUNCTION @extschema@.msp_segment_lines(c @extschema@.clients, k @extschem
 											   segment daterange, period daterange,
 											   q @extschema@.segment_quantities, model text)
 RETURNS SETOF @extschema@.invoice_line
-LANGUAGE plpgsql STABLE
+LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
 SET search_path = @extschema@, pg_catalog, pg_temp
 AS $$
 #variable_conflict use_variable
@@ -662,7 +695,7 @@ COMMENT ON FUNCTION @extschema@.msp_segment_lines(@extschema@.clients, @extschem
 -- Invoice lines of a period under a pricing model (NULL: the contract's own).
 CREATE OR REPLACE FUNCTION @extschema@.msp_price_lines(client_id bigint, period daterange, model text)
 RETURNS SETOF @extschema@.invoice_line
-LANGUAGE plpgsql STABLE
+LANGUAGE plpgsql STABLE PARALLEL SAFE
 SET search_path = @extschema@, pg_catalog, pg_temp
 AS $$
 #variable_conflict use_variable
@@ -708,11 +741,12 @@ COMMENT ON FUNCTION @extschema@.msp_price_lines(bigint, daterange, text) IS
 
 -- Distinct people billed in a period, whichever contracts counted them.
 CREATE FUNCTION @extschema@.msp_period_people(client_id bigint, period daterange) RETURNS integer
-LANGUAGE sql STABLE
+LANGUAGE sql STABLE STRICT PARALLEL SAFE
 SET search_path = @extschema@, pg_catalog, pg_temp
 BEGIN ATOMIC
+	-- msp_period: unknown client for one the caller may not see
 	SELECT count(DISTINCT (u.home_client_id, u.person_id))::integer
-	  FROM msp_contract_segments(client_id, period) s,
+	  FROM msp_contract_segments(client_id, msp_period(client_id, period)) s,
 		   LATERAL msp_segment_users(client_id, s.contract_id, s.segment, false) u;
 END;
 COMMENT ON FUNCTION @extschema@.msp_period_people(bigint, daterange) IS
@@ -720,11 +754,16 @@ COMMENT ON FUNCTION @extschema@.msp_period_people(bigint, daterange) IS
 
 -- Devices under management in a period: billable range overlapping it.
 CREATE FUNCTION @extschema@.msp_period_devices(client_id bigint, period daterange) RETURNS integer
-LANGUAGE sql STABLE
+LANGUAGE sql STABLE STRICT PARALLEL SAFE
 SET search_path = @extschema@, pg_catalog, pg_temp
 BEGIN ATOMIC
-	SELECT count(*)::integer FROM devices d
-	 WHERE d.client_id = msp_period_devices.client_id AND (d.active IS NULL OR d.active && period);
+	-- msp_period: unknown client for one the caller may not see (a count of
+	-- 0 would answer for it); OFFSET 0 keeps the check from being planned
+	-- away when no device row is visible
+	SELECT count(d.client_id)::integer
+	  FROM (SELECT msp_period(client_id, period) AS period OFFSET 0) p
+	  LEFT JOIN devices d ON d.client_id = msp_period_devices.client_id
+								 AND (d.active IS NULL OR d.active && p.period);
 END;
 COMMENT ON FUNCTION @extschema@.msp_period_devices(bigint, daterange) IS
 	'how many devices are under management (billable range overlapping) in a period';
@@ -735,7 +774,7 @@ COMMENT ON FUNCTION @extschema@.msp_period_devices(bigint, daterange) IS
 -- one as stored).  Each segment's quantities are computed once.
 CREATE OR REPLACE FUNCTION @extschema@.msp_compute_invoice(client_id bigint, period daterange DEFAULT NULL)
 RETURNS @extschema@.invoice
-LANGUAGE plpgsql STABLE
+LANGUAGE plpgsql STABLE PARALLEL SAFE
 SET search_path = @extschema@, pg_catalog, pg_temp
 AS $$
 #variable_conflict use_variable
@@ -784,7 +823,7 @@ COMMENT ON FUNCTION @extschema@.msp_compute_invoice(bigint, daterange) IS
 CREATE OR REPLACE FUNCTION @extschema@.msp_compare_models(client_id bigint, period daterange DEFAULT NULL)
 RETURNS TABLE (model text, total numeric, users integer, devices integer,
 			   per_user numeric, per_device numeric, break_even_users numeric)
-LANGUAGE plpgsql STABLE
+LANGUAGE plpgsql STABLE PARALLEL SAFE
 SET search_path = @extschema@, pg_catalog, pg_temp
 AS $$
 #variable_conflict use_variable
@@ -839,7 +878,7 @@ COMMENT ON FUNCTION @extschema@.msp_compare_models(bigint, daterange) IS
 -- unit to carry it still appears, whole, with unit NULL.
 CREATE FUNCTION @extschema@.msp_cost_allocation(client_id bigint, period daterange DEFAULT NULL)
 RETURNS TABLE (pool_id bigint, category text, basis text, unit text, share numeric)
-LANGUAGE sql STABLE
+LANGUAGE sql STABLE PARALLEL SAFE
 SET search_path = @extschema@, pg_catalog, pg_temp
 BEGIN ATOMIC
 	WITH p AS (SELECT msp_period(client_id, period) AS period),
@@ -1005,7 +1044,7 @@ COMMENT ON FUNCTION @extschema@.msp_issue_adjustment(bigint, daterange, text) IS
 
 CREATE OR REPLACE FUNCTION @extschema@.msp_reconcile_licenses(client_id bigint, period daterange DEFAULT NULL)
 RETURNS TABLE (category text, sku text, subject text, quantity numeric, amount numeric, note text)
-LANGUAGE plpgsql STABLE
+LANGUAGE plpgsql STABLE PARALLEL SAFE
 SET search_path = @extschema@, pg_catalog, pg_temp
 AS $$
 #variable_conflict use_variable
@@ -1093,8 +1132,10 @@ COMMENT ON FUNCTION @extschema@.msp_reconcile_licenses(bigint, daterange) IS
 -- not a failed load.
 
 -- The text parsed as jsonb, or NULL when it is not JSON.
+-- PARALLEL RESTRICTED: its EXCEPTION block is a subtransaction, which a
+-- parallel worker cannot start.
 CREATE OR REPLACE FUNCTION @extschema@.msp_try_jsonb(raw text) RETURNS jsonb
-LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL RESTRICTED
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
@@ -1108,8 +1149,10 @@ COMMENT ON FUNCTION @extschema@.msp_try_jsonb(text) IS
 	'the text as jsonb, or NULL when it is not valid JSON (or holds a number jsonb cannot)';
 
 -- The text as a timestamp with time zone, or NULL when it is not one.
+-- PARALLEL RESTRICTED: its EXCEPTION block is a subtransaction, which a
+-- parallel worker cannot start.
 CREATE OR REPLACE FUNCTION @extschema@.msp_try_timestamptz(raw text) RETURNS timestamptz
-LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
+LANGUAGE plpgsql STABLE STRICT PARALLEL RESTRICTED
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
@@ -1130,7 +1173,7 @@ COMMENT ON FUNCTION @extschema@.msp_try_timestamptz(text) IS 'the text as timest
 -- devices and logons.  Returns (loaded, duplicate).
 CREATE OR REPLACE FUNCTION @extschema@.msp_load_normalized(for_client bigint, load_source text,
 												OUT loaded bigint, OUT duplicate bigint)
-LANGUAGE plpgsql VOLATILE
+LANGUAGE plpgsql VOLATILE STRICT
 SET search_path = pg_catalog, @extschema@, pg_temp
 AS $$
 BEGIN
@@ -1529,7 +1572,7 @@ COMMENT ON FUNCTION @extschema@.msp_load_emr_audit(bigint, text) IS
 CREATE OR REPLACE FUNCTION @extschema@.msp_pii_audit_summary(client_id bigint, period daterange DEFAULT NULL)
 RETURNS TABLE (client_id bigint, shared_sessions bigint, violating_sessions bigint, devices bigint,
 			   applications text[])
-LANGUAGE sql STABLE
+LANGUAGE sql STABLE PARALLEL SAFE
 SET search_path = @extschema@, pg_catalog, pg_temp
 BEGIN ATOMIC
 	WITH p AS (SELECT msp_period(msp_pii_audit_summary.client_id, period) AS period),
@@ -1603,7 +1646,7 @@ ALTER VIEW @extschema@.account_labels SET (security_barrier = true);
 -- only session_user, so clients are mapped to the login (or a role the
 -- login belongs to) in bi_client_access.
 CREATE FUNCTION @extschema@.msp_report_clients() RETURNS bigint[]
-LANGUAGE sql STABLE
+LANGUAGE sql STABLE PARALLEL RESTRICTED
 SET search_path = pg_catalog, @extschema@, pg_temp
 RETURN ARRAY(SELECT b.client_id FROM @extschema@.bi_client_access b
 			   JOIN pg_catalog.pg_roles r ON r.rolname = b.role_name
@@ -1614,7 +1657,7 @@ COMMENT ON FUNCTION @extschema@.msp_report_clients() IS
 
 -- An unmapped client is as unknown as one that does not exist.
 CREATE FUNCTION @extschema@.msp_report_require(client_id bigint) RETURNS void
-LANGUAGE plpgsql STABLE
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED
 SET search_path = pg_catalog, @extschema@, pg_temp
 AS $$
 BEGIN
@@ -1632,7 +1675,7 @@ CREATE FUNCTION @extschema@.msp_report_invoices()
 RETURNS TABLE (client_id bigint, invoice_id bigint, kind text, period daterange, adjusts_invoice_id bigint,
 			   apply_period daterange, reason text, model text, users integer, seats integer, devices integer,
 			   subtotal numeric, total numeric, currency char(3), evidence jsonb, finalized_at timestamptz)
-LANGUAGE sql STABLE SECURITY DEFINER
+LANGUAGE sql STABLE SECURITY DEFINER PARALLEL RESTRICTED
 SET search_path = pg_catalog, @extschema@, pg_temp
 BEGIN ATOMIC
 	SELECT i.client_id, i.invoice_id, i.kind, i.period, i.adjusts_invoice_id, i.apply_period, i.reason, i.model,
@@ -1646,7 +1689,7 @@ COMMENT ON FUNCTION @extschema@.msp_report_invoices() IS
 
 CREATE FUNCTION @extschema@.msp_report_invoice(client_id bigint, period daterange DEFAULT NULL)
 RETURNS @extschema@.invoice
-LANGUAGE plpgsql STABLE SECURITY DEFINER
+LANGUAGE plpgsql STABLE SECURITY DEFINER PARALLEL RESTRICTED
 SET search_path = pg_catalog, @extschema@, pg_temp
 AS $$
 BEGIN
@@ -1659,7 +1702,7 @@ COMMENT ON FUNCTION @extschema@.msp_report_invoice(bigint, daterange) IS
 
 CREATE FUNCTION @extschema@.msp_report_invoice_lines(client_id bigint, period daterange DEFAULT NULL)
 RETURNS SETOF @extschema@.invoice_line
-LANGUAGE plpgsql STABLE SECURITY DEFINER
+LANGUAGE plpgsql STABLE SECURITY DEFINER PARALLEL RESTRICTED
 SET search_path = pg_catalog, @extschema@, pg_temp
 AS $$
 BEGIN
@@ -1672,14 +1715,19 @@ COMMENT ON FUNCTION @extschema@.msp_report_invoice_lines(bigint, daterange) IS
 
 CREATE FUNCTION @extschema@.msp_report_billable_users(client_id bigint, period daterange DEFAULT NULL)
 RETURNS TABLE (contract_id bigint, person_id bigint, pseudonym text, rule text, first_seen timestamptz,
-			   last_seen timestamptz, days_active integer, support_contacts integer, accounts text[])
-LANGUAGE plpgsql STABLE SECURITY DEFINER
+			   last_seen timestamptz, days_active integer, support_contacts integer, accounts text[],
+			   home_client_id bigint)
+LANGUAGE plpgsql STABLE SECURITY DEFINER PARALLEL RESTRICTED
 SET search_path = pg_catalog, @extschema@, pg_temp
 SET mspbill.pseudonymous = on
 AS $$
 BEGIN
 	PERFORM msp_report_require(client_id);
-	RETURN QUERY SELECT * FROM msp_billable_users(client_id, period);
+	-- home_client_id names a sister client whose person this client pays
+	-- for: the client's own invoice evidence carries it too
+	RETURN QUERY SELECT u.contract_id, u.person_id, u.pseudonym, u.rule, u.first_seen, u.last_seen,
+						u.days_active, u.support_contacts, u.accounts, u.home_client_id
+				   FROM msp_billable_users(client_id, period) u;
 END
 $$;
 COMMENT ON FUNCTION @extschema@.msp_report_billable_users(bigint, daterange) IS
@@ -1797,3 +1845,572 @@ $$;
 REVOKE EXECUTE ON FUNCTION @extschema@.msp_install_roles() FROM PUBLIC;
 COMMENT ON FUNCTION @extschema@.msp_install_roles() IS
 	'creates (if missing) and grants the roles mspbill_admin, mspbill_billing, mspbill_bi, mspbill_pii and mspbill_report; idempotent';
+
+-- ---------------------------------------------------------------------
+-- Reporting (new in 0.2.0: src/reporting.sql, as the install script has it)
+-- ---------------------------------------------------------------------
+
+-- Reporting a BI tool can be given: rollup tables the extension keeps
+-- current, with the same row-level security as the base tables, and KPI
+-- views over them that show a reader only the clients they may see.
+--
+-- Rollups:  daily_activity   per client and local day: people, devices,
+--                            shared-account sessions (usersets)
+--           period_invoices  per client and calendar month: the invoice
+--                            figures, status and drift, the billable people
+--           pii_findings     per client and month: the HIPAA audit's findings
+-- Loaders and late data mark the (client, day) pairs they touch in
+-- rollup_dirty (statement triggers with transition tables, so set-based
+-- loads stay set-based); msp_refresh_rollups() recomputes only those, and
+-- msp_rebuild_rollups() recomputes everything with the same code.
+--
+-- The dependency on the tenancy helpers (msp_sees_all_clients,
+-- msp_visible_clients) lives in two places only: the policy loop and the
+-- reporting_clients view below.
+
+-- An append-only log, not a set: with a unique key, two loads of the same
+-- day (or a load and a finalization) would wait for each other's commit.
+-- A mark commits with the change it marks, so a refresh either sees both
+-- or leaves the mark for the next run.
+CREATE TABLE @extschema@.rollup_dirty (
+	client_id bigint NOT NULL,
+	day date NOT NULL,
+	marked_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX rollup_dirty_pair_idx ON @extschema@.rollup_dirty (client_id, day);
+COMMENT ON TABLE @extschema@.rollup_dirty IS
+	'(client, local day) pairs whose rollups are stale, one row per marking statement; msp_refresh_rollups() consumes them';
+
+CREATE TABLE @extschema@.daily_activity (
+	client_id bigint NOT NULL REFERENCES @extschema@.clients ON DELETE CASCADE,
+	day date NOT NULL,
+	people @extschema@.userset NOT NULL,
+	devices @extschema@.userset NOT NULL,
+	shared_accounts @extschema@.userset NOT NULL,
+	shared_sessions integer NOT NULL,
+	logons bigint NOT NULL,
+	PRIMARY KEY (client_id, day)
+);
+COMMENT ON TABLE @extschema@.daily_activity IS
+	'rollup per client and local day: people with presence logons of their own accounts, devices seen, shared accounts used and their sessions, logons';
+
+CREATE TABLE @extschema@.period_invoices (
+	client_id bigint NOT NULL REFERENCES @extschema@.clients ON DELETE CASCADE,
+	period daterange NOT NULL,
+	status text NOT NULL CHECK (status IN ('preview', 'finalized', 'unpriced')),
+	model text,
+	users integer,
+	seats integer,
+	devices integer,
+	subtotal numeric,
+	total numeric,
+	currency char(3),
+	drift numeric,
+	billable @extschema@.userset,
+	note text,
+	PRIMARY KEY (client_id, period)
+);
+COMMENT ON TABLE @extschema@.period_invoices IS
+	'rollup per client and calendar month: msp_invoice() figures, preview or finalized, drift since finalization, the billable people; unpriced with the reason when the month cannot be billed';
+
+CREATE TABLE @extschema@.pii_findings (
+	client_id bigint NOT NULL REFERENCES @extschema@.clients ON DELETE CASCADE,
+	period daterange NOT NULL,
+	device text NOT NULL,
+	account text NOT NULL,
+	application text NOT NULL,
+	session_start timestamptz NOT NULL,
+	session_end timestamptz NOT NULL,
+	uses integer NOT NULL
+);
+-- not unique: two sessions of one shared account may start at the same instant
+CREATE INDEX pii_findings_period_idx ON @extschema@.pii_findings (client_id, period);
+COMMENT ON TABLE @extschema@.pii_findings IS
+	'rollup per client and month of msp_pii_audit(): shared-account sessions that used a PII application without an individual login';
+
+-- Rollups are derived, but a restore should not start from nothing; the
+-- dirty pairs are not kept (restored logons mark their days again).
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.daily_activity', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.period_invoices', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.pii_findings', '');
+
+-- The clients' own policy on every rollup, as on the base tables.
+DO $$
+DECLARE
+	t text;
+BEGIN
+	FOREACH t IN ARRAY ARRAY['rollup_dirty', 'daily_activity', 'period_invoices', 'pii_findings']
+	LOOP
+		EXECUTE format('ALTER TABLE @extschema@.%I ENABLE ROW LEVEL SECURITY', t);
+		EXECUTE format('CREATE POLICY client_rows ON @extschema@.%I USING ((SELECT @extschema@.msp_sees_all_clients()) OR client_id = ANY (CAST((SELECT @extschema@.msp_visible_clients()) AS bigint[])))', t);
+		EXECUTE format('COMMENT ON POLICY client_rows ON @extschema@.%I IS %L', t,
+					   'a reader sees the rows of the clients they may see, as on the base tables');
+	END LOOP;
+END
+$$;
+
+-- Mark the local days of changed logons (msp_local_day's expression,
+-- written out: a function call per row would slow bulk loads).  SECURITY DEFINER so that a
+-- loader needs no grant on rollup_dirty; a trigger function cannot be
+-- called directly.
+CREATE FUNCTION @extschema@.msp_mark_logon_days() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, @extschema@, pg_temp
+AS $$
+BEGIN
+	IF TG_OP IN ('INSERT', 'UPDATE') THEN
+		INSERT INTO rollup_dirty AS d (client_id, day)
+		SELECT DISTINCT n.client_id, (n.at AT TIME ZONE c.time_zone)::date
+		  FROM new_rows n JOIN clients c ON c.client_id = n.client_id
+		 ORDER BY 1, 2;
+	END IF;
+	IF TG_OP IN ('DELETE', 'UPDATE') THEN
+		INSERT INTO rollup_dirty AS d (client_id, day)
+		SELECT DISTINCT o.client_id, (o.at AT TIME ZONE c.time_zone)::date
+		  FROM old_rows o JOIN clients c ON c.client_id = o.client_id
+		 ORDER BY 1, 2;
+	END IF;
+	RETURN NULL;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION @extschema@.msp_mark_logon_days() FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@.msp_mark_logon_days() IS
+	'trigger: marks the (client, local day) pairs of inserted, updated or deleted logons for msp_refresh_rollups()';
+
+CREATE TRIGGER mark_rollups_insert AFTER INSERT ON @extschema@.logons
+	REFERENCING NEW TABLE AS new_rows
+	FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.msp_mark_logon_days();
+CREATE TRIGGER mark_rollups_update AFTER UPDATE ON @extschema@.logons
+	REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+	FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.msp_mark_logon_days();
+CREATE TRIGGER mark_rollups_delete AFTER DELETE ON @extschema@.logons
+	REFERENCING OLD TABLE AS old_rows
+	FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.msp_mark_logon_days();
+COMMENT ON TRIGGER mark_rollups_insert ON @extschema@.logons IS 'marks the days of inserted logons for msp_refresh_rollups()';
+COMMENT ON TRIGGER mark_rollups_update ON @extschema@.logons IS 'marks the old and new days of updated logons for msp_refresh_rollups()';
+COMMENT ON TRIGGER mark_rollups_delete ON @extschema@.logons IS 'marks the days of deleted logons for msp_refresh_rollups()';
+
+-- Finalizing or adjusting changes a month's status, drift or total: mark
+-- the first day of the period (and of the period an adjustment rides on).
+CREATE FUNCTION @extschema@.msp_mark_invoice_periods() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, @extschema@, pg_temp
+AS $$
+BEGIN
+	INSERT INTO rollup_dirty AS d (client_id, day)
+	SELECT DISTINCT n.client_id, x.day
+	  FROM new_rows n,
+		   LATERAL (VALUES (lower(n.period)), (lower(n.apply_period))) x(day)
+	 WHERE x.day IS NOT NULL
+	 ORDER BY 1, 2;
+	RETURN NULL;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION @extschema@.msp_mark_invoice_periods() FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@.msp_mark_invoice_periods() IS
+	'trigger: marks the months of finalized invoices and adjustment notes for msp_refresh_rollups()';
+
+CREATE TRIGGER mark_rollups AFTER INSERT ON @extschema@.invoices
+	REFERENCING NEW TABLE AS new_rows
+	FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.msp_mark_invoice_periods();
+COMMENT ON TRIGGER mark_rollups ON @extschema@.invoices IS 'marks the months of finalized invoices and adjustments for msp_refresh_rollups()';
+
+-- Anything else that changes what a month bills (contracts, people,
+-- devices, accounts, cost pools, licences, applications) is marked by
+-- calling this; msp_rebuild_rollups() needs no marks at all.
+CREATE FUNCTION @extschema@.msp_mark_rollups_dirty(client_id bigint, days daterange)
+RETURNS integer
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	n integer;
+BEGIN
+	IF isempty(days) OR lower_inf(days) OR upper_inf(days) THEN
+		RAISE EXCEPTION 'days % are empty or unbounded', days
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Pass a bounded range such as daterange(''2026-10-01'', ''2026-11-01'').';
+	END IF;
+	INSERT INTO rollup_dirty AS d (client_id, day)
+	SELECT client_id, g::date FROM generate_series(lower(days), upper(days) - 1, interval '1 day') g;
+	GET DIAGNOSTICS n = ROW_COUNT;
+	RETURN n;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_mark_rollups_dirty(bigint, daterange) IS
+	'marks a client''s days for the next msp_refresh_rollups(), after changes the triggers do not see (contracts, accounts, cost pools...)';
+
+-- The daily rows of a set of (client, day) pairs, from the logons.  Each
+-- pair reads its day's logons by index, widened by three hours for the
+-- daylight-saving shifts, and keeps exactly the logons whose local day it
+-- is: the same rule the triggers mark by.
+CREATE FUNCTION @extschema@.msp_daily_activity_of(client_ids bigint[], days date[])
+RETURNS SETOF @extschema@.daily_activity
+LANGUAGE sql STABLE STRICT PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+BEGIN ATOMIC
+	SELECT p.client_id, p.day,
+		   userset_agg(a.person_id) FILTER (WHERE l.presence AND a.kind = 'individual' AND NOT a.is_machine),
+		   userset_agg(l.device_id),
+		   userset_agg(l.account_id) FILTER (WHERE l.presence AND a.kind = 'shared' AND NOT a.is_machine),
+		   (count(*) FILTER (WHERE l.presence AND a.kind = 'shared' AND NOT a.is_machine))::integer,
+		   count(*)
+	  FROM (SELECT DISTINCT u.client_id, u.day FROM unnest(client_ids, days) u(client_id, day)) p
+	  JOIN clients c ON c.client_id = p.client_id
+	  JOIN logons l ON l.client_id = p.client_id
+				   AND l.at >= ((p.day::timestamp - interval '3 hours') AT TIME ZONE c.time_zone)
+				   AND l.at < (((p.day + 1)::timestamp + interval '3 hours') AT TIME ZONE c.time_zone)
+				   AND msp_local_day(l.at, c.time_zone) = p.day
+	  JOIN accounts a ON a.client_id = l.client_id AND a.account_id = l.account_id
+	 GROUP BY p.client_id, p.day;
+END;
+COMMENT ON FUNCTION @extschema@.msp_daily_activity_of(bigint[], date[]) IS
+	'the daily_activity rows of the given (client, day) pairs, computed from the logons';
+
+-- Recompute one client's month: the invoice figures, the billable people
+-- and the HIPAA findings.  A month is kept while it has logons or a
+-- finalized invoice.  A month that cannot be billed (no contract, a gap,
+-- a currency mismatch) is kept as 'unpriced' with the reason, so that one
+-- client's bad data never stops the others' refresh.
+CREATE FUNCTION @extschema@.msp_rollup_period(client_id bigint, period daterange) RETURNS void
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	fin invoices;
+	inv invoice;
+	who userset;
+	drift numeric;
+BEGIN
+	-- two refreshes that reach the same month take turns
+	PERFORM pg_advisory_xact_lock(hashtext('mspbill.rollup_period'), hashtext(client_id::text || period::text));
+	DELETE FROM period_invoices p WHERE p.client_id = client_id AND p.period = period;
+	DELETE FROM pii_findings f WHERE f.client_id = client_id AND f.period = period;
+	fin := msp_finalized_invoice(client_id, period);
+	IF fin.invoice_id IS NULL
+	   AND NOT EXISTS (SELECT 1 FROM daily_activity d
+					    WHERE d.client_id = client_id AND d.day >= lower(period) AND d.day < upper(period)) THEN
+		RETURN;
+	END IF;
+	BEGIN
+		inv := msp_invoice(client_id, period);
+		IF fin.invoice_id IS NOT NULL THEN
+			who := (SELECT userset_agg((e ->> 'person_id')::bigint) FROM jsonb_array_elements(fin.evidence) e);
+			drift := (SELECT coalesce(sum(d.difference), 0) FROM msp_invoice_drift(client_id, period) d);
+		ELSE
+			who := (SELECT userset_agg(u.person_id) FROM msp_billable_users(client_id, period) u);
+		END IF;
+		INSERT INTO period_invoices (client_id, period, status, model, users, seats, devices, subtotal, total,
+									 currency, drift, billable)
+		VALUES (client_id, period, CASE WHEN fin.invoice_id IS NULL THEN 'preview' ELSE 'finalized' END,
+				inv.model, inv.users, inv.seats, inv.devices, inv.subtotal, inv.total, inv.currency, drift, who);
+		INSERT INTO pii_findings (client_id, period, device, account, application, session_start, session_end, uses)
+		SELECT client_id, period, a.device, a.account, a.application, a.session_start, a.session_end, a.uses
+		  FROM msp_pii_audit(client_id, period) a;
+	EXCEPTION WHEN data_exception OR no_data_found THEN
+		INSERT INTO period_invoices (client_id, period, status, note)
+		VALUES (client_id, period, 'unpriced', SQLERRM);
+	END;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_rollup_period(bigint, daterange) IS
+	'recomputes the period_invoices and pii_findings rows of one client and month';
+
+-- Recompute the rollups of a set of (client, day) pairs, one client and
+-- month at a time under that month's lock (taken in client and month
+-- order, so that concurrent refreshes never deadlock): the days' rows,
+-- then the month.  Two refreshes holding marks of the same day take turns,
+-- and the second sees the first one's rows.
+CREATE FUNCTION @extschema@.msp_rollup_days(client_ids bigint[], days date[], OUT days_done integer,
+											OUT periods_done integer)
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+DECLARE
+	m record;
+	period daterange;
+BEGIN
+	days_done := (SELECT count(DISTINCT (u.client_id, u.day)) FROM unnest(client_ids, days) u(client_id, day));
+	periods_done := 0;
+	FOR m IN
+		SELECT u.client_id, date_trunc('month', u.day)::date AS first_day,
+			   array_agg(DISTINCT u.day) AS month_days
+		  FROM unnest(client_ids, days) u(client_id, day)
+		  JOIN clients c ON c.client_id = u.client_id
+		 GROUP BY 1, 2
+		 ORDER BY 1, 2
+	LOOP
+		period := daterange(m.first_day, (m.first_day + interval '1 month')::date);
+		PERFORM pg_advisory_xact_lock(hashtext('mspbill.rollup_period'), hashtext(m.client_id::text || period::text));
+		DELETE FROM daily_activity a WHERE a.client_id = m.client_id AND a.day = ANY (m.month_days);
+		INSERT INTO daily_activity
+		SELECT * FROM msp_daily_activity_of(array_fill(m.client_id, ARRAY[cardinality(m.month_days)]), m.month_days);
+		PERFORM msp_rollup_period(m.client_id, period);
+		periods_done := periods_done + 1;
+	END LOOP;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_rollup_days(bigint[], date[]) IS
+	'recomputes the daily rows of the given (client, day) pairs and the months they fall in';
+
+-- Refreshing needs to see every client (a reader who sees fewer would
+-- write wrong figures) and to write the rollups.
+CREATE FUNCTION @extschema@.msp_check_rollup_writer() RETURNS void
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF NOT msp_sees_all_clients() THEN
+		RAISE EXCEPTION 'permission denied to refresh the rollups'
+			USING ERRCODE = 'insufficient_privilege',
+				  DETAIL = format('Role %s does not see every client, so it would compute partial figures.', current_user),
+				  HINT = 'Run it as a superuser or a member of mspbill_admin (from cron or pg_cron).';
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_check_rollup_writer() IS
+	'raises insufficient_privilege unless the current user sees every client';
+
+-- Recompute the pairs marked dirty.  Safe to run from several sessions at
+-- once: each takes the marks no one else holds (SKIP LOCKED); the marks of
+-- loads not yet committed are not visible, and wait for the next run.
+CREATE FUNCTION @extschema@.msp_refresh_rollups(OUT days integer, OUT periods integer)
+LANGUAGE plpgsql VOLATILE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+DECLARE
+	cids bigint[];
+	ds date[];
+BEGIN
+	PERFORM msp_check_rollup_writer();
+	-- shared with other refreshes, exclusive against a rebuild
+	PERFORM pg_advisory_xact_lock_shared(hashtext('mspbill.rollups'));
+	WITH taken AS (
+		DELETE FROM rollup_dirty d
+		 USING (SELECT x.ctid AS row_id FROM rollup_dirty x FOR UPDATE SKIP LOCKED) free
+		 WHERE d.ctid = free.row_id
+		RETURNING d.client_id, d.day)
+	SELECT coalesce(array_agg(t.client_id), '{}'), coalesce(array_agg(t.day), '{}') INTO cids, ds FROM taken t;
+	SELECT r.days_done, r.periods_done INTO days, periods FROM msp_rollup_days(cids, ds) r;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_refresh_rollups() IS
+	'recomputes the rollups of the (client, day) pairs marked dirty since the last refresh; safe to run concurrently, e.g. from cron or pg_cron';
+
+CREATE FUNCTION @extschema@.msp_rebuild_rollups(OUT days integer, OUT periods integer)
+LANGUAGE plpgsql VOLATILE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+DECLARE
+	cids bigint[];
+	ds date[];
+BEGIN
+	PERFORM msp_check_rollup_writer();
+	PERFORM pg_advisory_xact_lock(hashtext('mspbill.rollups'));
+	DELETE FROM rollup_dirty;
+	DELETE FROM daily_activity;
+	DELETE FROM period_invoices;
+	DELETE FROM pii_findings;
+	-- every day with logons, and the first day of every finalized month
+	SELECT coalesce(array_agg(x.client_id), '{}'), coalesce(array_agg(x.day), '{}') INTO cids, ds
+	  FROM (SELECT DISTINCT l.client_id, msp_local_day(l.at, c.time_zone) AS day
+			  FROM logons l JOIN clients c ON c.client_id = l.client_id
+			UNION
+			SELECT i.client_id, date_trunc('month', lower(i.period))::date
+			  FROM invoices i WHERE i.kind = 'invoice') x;
+	SELECT r.days_done, r.periods_done INTO days, periods FROM msp_rollup_days(cids, ds) r;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_rebuild_rollups() IS
+	'recomputes every rollup from the base tables (the same rows an incremental refresh keeps); takes a lock that waits for running refreshes';
+
+-- ---------------------------------------------------------------------
+-- KPI views.  Each is security_barrier and joins reporting_clients, the one
+-- place that asks which clients the reader may see; the views read the
+-- rollups with their owner's rights, so this filter is what protects them.
+-- No column is of type userset: sets come as bigint[] and counts, which any
+-- BI tool reads.
+
+CREATE VIEW @extschema@.reporting_clients WITH (security_barrier) AS
+SELECT c.client_id, c.name AS client_name, c.currency, c.minor_unit, c.time_zone
+  FROM @extschema@.clients c
+ WHERE (SELECT @extschema@.msp_sees_all_clients())
+	OR c.client_id = ANY (CAST((SELECT @extschema@.msp_visible_clients()) AS bigint[]));
+COMMENT ON VIEW @extschema@.reporting_clients IS
+	'the clients the current user may see, with name, currency and time zone; every KPI view joins it';
+
+CREATE VIEW @extschema@.kpi_daily_activity WITH (security_barrier) AS
+SELECT d.client_id, rc.client_name, d.day,
+	   @extschema@.cardinality(d.people)::integer AS people_active,
+	   @extschema@.cardinality(d.devices)::integer AS devices_seen,
+	   d.shared_sessions,
+	   @extschema@.cardinality(d.shared_accounts)::integer AS shared_accounts_used,
+	   d.logons,
+	   @extschema@.userset_to_array(d.people) AS person_ids
+  FROM @extschema@.daily_activity d
+  JOIN @extschema@.reporting_clients rc ON rc.client_id = d.client_id;
+COMMENT ON VIEW @extschema@.kpi_daily_activity IS
+	'per client and local day: people active, devices seen, shared-account sessions and logons; person_ids as bigint[]';
+
+CREATE VIEW @extschema@.kpi_billable_users WITH (security_barrier) AS
+SELECT p.client_id, rc.client_name, lower(p.period) AS month, p.status,
+	   p.users AS billable_users, prev.users AS previous_billable_users, p.users - prev.users AS change,
+	   @extschema@.cardinality(@extschema@.userset_minus(p.billable, prev.billable))::integer AS joined_count,
+	   @extschema@.cardinality(@extschema@.userset_minus(prev.billable, p.billable))::integer AS left_count,
+	   CASE WHEN prev.billable IS NOT NULL THEN
+	   ARRAY(SELECT pe.pseudonym
+			   FROM @extschema@.userset_members(@extschema@.userset_minus(p.billable, prev.billable)) m(id)
+			   JOIN @extschema@.people pe ON pe.client_id = p.client_id AND pe.person_id = m.id
+			  ORDER BY pe.pseudonym) END AS joined,
+	   CASE WHEN prev.billable IS NOT NULL THEN
+	   ARRAY(SELECT pe.pseudonym
+			   FROM @extschema@.userset_members(@extschema@.userset_minus(prev.billable, p.billable)) m(id)
+			   JOIN @extschema@.people pe ON pe.client_id = p.client_id AND pe.person_id = m.id
+			  ORDER BY pe.pseudonym) END AS departed,
+	   @extschema@.userset_to_array(p.billable) AS billable_person_ids,
+	   p.total, p.currency
+  FROM @extschema@.period_invoices p
+  JOIN @extschema@.reporting_clients rc ON rc.client_id = p.client_id
+  LEFT JOIN @extschema@.period_invoices prev
+	ON prev.client_id = p.client_id
+   AND prev.period = daterange((lower(p.period) - interval '1 month')::date, lower(p.period))
+ WHERE p.status <> 'unpriced';
+COMMENT ON VIEW @extschema@.kpi_billable_users IS
+	'billable users per client and month, the change from the month before, and who joined and who left (pseudonyms); NULL changes for a first month';
+
+-- Seats held: the latest marketplace count per SKU before the month ends
+-- (as msp_reconcile_licenses reads it).
+CREATE VIEW @extschema@.kpi_license_utilization WITH (security_barrier) AS
+SELECT p.client_id, rc.client_name, lower(p.period) AS month,
+	   coalesce(lic.seats, 0)::integer AS seats_held,
+	   coalesce(act.people_active, 0)::integer AS people_active,
+	   p.users AS billable_users,
+	   m365.accounts AS licensed_accounts,
+	   m365.inactive AS seats_to_reclaim,
+	   m365.inactive * lic.seat_cost AS reclaim_value,
+	   greatest(p.users - coalesce(lic.seats, 0), 0)::integer AS seat_shortfall,
+	   greatest(p.users - coalesce(lic.seats, 0), 0) * lic.seat_cost AS shortfall_cost,
+	   CASE WHEN lic.seats > 0 THEN round(p.users::numeric / lic.seats, 4) END AS utilization,
+	   lic.licence_cost, p.currency
+  FROM @extschema@.period_invoices p
+  JOIN @extschema@.reporting_clients rc ON rc.client_id = p.client_id
+  LEFT JOIN LATERAL (
+	SELECT sum(x.seats) AS seats, max(x.unit_cost) AS seat_cost, sum(x.seats * x.unit_cost) AS licence_cost
+	  FROM (SELECT DISTINCT ON (lc.sku) lc.seats, lc.unit_cost
+			  FROM @extschema@.license_counts lc
+			 WHERE lc.client_id = p.client_id AND lc.as_of < upper(p.period)
+			 ORDER BY lc.sku, lc.as_of DESC, lc.source) x) lic ON true
+  LEFT JOIN LATERAL (
+	SELECT @extschema@.cardinality(@extschema@.userset_union(d.people)) AS people_active
+	  FROM @extschema@.daily_activity d
+	 WHERE d.client_id = p.client_id AND d.day >= lower(p.period) AND d.day < upper(p.period)) act ON true
+  LEFT JOIN LATERAL (
+	SELECT count(*)::integer AS accounts,
+		   (count(*) FILTER (WHERE NOT @extschema@.userset_contains(p.billable, a.person_id)))::integer AS inactive
+	  FROM @extschema@.accounts a
+	 WHERE a.client_id = p.client_id AND a.realm = 'm365' AND a.kind = 'individual') m365 ON true
+ WHERE p.status <> 'unpriced';
+COMMENT ON VIEW @extschema@.kpi_license_utilization IS
+	'per client and month: licence seats held vs people active and billed, Microsoft 365 seats to reclaim and the shortfall, with money (unit cost from license_counts)';
+
+CREATE VIEW @extschema@.kpi_margin WITH (security_barrier) AS
+SELECT p.client_id, rc.client_name, lower(p.period) AS month, p.status, p.users,
+	   p.total AS revenue,
+	   cost.pools AS pool_cost,
+	   coalesce(lic.licence_cost, 0) AS licence_cost,
+	   p.total - cost.pools - coalesce(lic.licence_cost, 0) AS margin,
+	   CASE WHEN p.total > 0
+			THEN round((p.total - cost.pools - coalesce(lic.licence_cost, 0)) / p.total * 100, 1) END AS margin_pct,
+	   CASE WHEN p.users > 0
+			THEN @extschema@.msp_round((p.total - cost.pools - coalesce(lic.licence_cost, 0)) / p.users, rc.minor_unit) END
+		   AS margin_per_user,
+	   p.currency
+  FROM @extschema@.period_invoices p
+  JOIN @extschema@.reporting_clients rc ON rc.client_id = p.client_id
+  CROSS JOIN LATERAL (
+	SELECT coalesce(sum(@extschema@.msp_round(@extschema@.msp_pool_part(cp.amount, cp.period, p.period), rc.minor_unit)), 0) AS pools
+	  FROM @extschema@.cost_pools cp
+	 WHERE cp.client_id = p.client_id AND cp.period && p.period) cost
+  LEFT JOIN LATERAL (
+	SELECT sum(x.seats * x.unit_cost) AS licence_cost
+	  FROM (SELECT DISTINCT ON (lc.sku) lc.seats, lc.unit_cost
+			  FROM @extschema@.license_counts lc
+			 WHERE lc.client_id = p.client_id AND lc.as_of < upper(p.period)
+			 ORDER BY lc.sku, lc.as_of DESC, lc.source) x) lic ON true
+ WHERE p.status <> 'unpriced';
+COMMENT ON VIEW @extschema@.kpi_margin IS
+	'per client and month: billed revenue against the cost pools (prorated, rounded per pool) and licence costs; margin, margin % and margin per billable user';
+
+-- Revenue and cost spread over the month's billable people to the cent
+-- with allocate(), so that the per-user margins add up to kpi_margin.
+CREATE VIEW @extschema@.kpi_margin_per_user WITH (security_barrier) AS
+SELECT k.client_id, k.client_name, k.month, k.person_id, pe.pseudonym,
+	   @extschema@.allocate(k.revenue, 1, k.minor_unit) OVER w AS revenue,
+	   @extschema@.allocate(k.cost, 1, k.minor_unit) OVER w AS cost,
+	   @extschema@.allocate(k.revenue, 1, k.minor_unit) OVER w
+		   - @extschema@.allocate(k.cost, 1, k.minor_unit) OVER w AS margin,
+	   k.currency
+  FROM (SELECT m.client_id, m.client_name, m.month, m.revenue, m.pool_cost + m.licence_cost AS cost,
+			   rc.minor_unit, m.currency, u.person_id
+		  FROM @extschema@.kpi_margin m
+		  JOIN @extschema@.reporting_clients rc ON rc.client_id = m.client_id
+		  JOIN @extschema@.period_invoices p ON p.client_id = m.client_id AND lower(p.period) = m.month
+		  CROSS JOIN LATERAL @extschema@.userset_members(p.billable) u(person_id)) k
+  JOIN @extschema@.people pe ON pe.client_id = k.client_id AND pe.person_id = k.person_id
+WINDOW w AS (PARTITION BY k.client_id, k.month ORDER BY k.person_id);
+COMMENT ON VIEW @extschema@.kpi_margin_per_user IS
+	'per client, month and billable person: their share of revenue and cost to the cent (allocate), and the margin';
+
+CREATE VIEW @extschema@.kpi_hipaa_findings WITH (security_barrier) AS
+SELECT x.client_id, rc.client_name, x.day,
+	   coalesce(d.shared_sessions, 0) AS shared_sessions,
+	   coalesce(f.violating_sessions, 0)::integer AS violating_sessions,
+	   coalesce(f.devices, 0)::integer AS devices,
+	   coalesce(f.applications, '{}') AS applications
+  FROM (SELECT a.client_id, a.day FROM @extschema@.daily_activity a WHERE a.shared_sessions > 0
+		UNION
+		SELECT pf.client_id, @extschema@.msp_local_day(pf.session_start, c.time_zone)
+		  FROM @extschema@.pii_findings pf JOIN @extschema@.clients c ON c.client_id = pf.client_id) x
+  JOIN @extschema@.reporting_clients rc ON rc.client_id = x.client_id
+  LEFT JOIN @extschema@.daily_activity d ON d.client_id = x.client_id AND d.day = x.day
+  LEFT JOIN LATERAL (
+	SELECT count(*) AS violating_sessions, count(DISTINCT pf.device) AS devices,
+		   array_agg(DISTINCT pf.application ORDER BY pf.application) AS applications
+	  FROM @extschema@.pii_findings pf
+	 WHERE pf.client_id = x.client_id
+	   AND @extschema@.msp_local_day(pf.session_start, rc.time_zone) = x.day) f ON true;
+COMMENT ON VIEW @extschema@.kpi_hipaa_findings IS
+	'per client and local day: shared-account sessions and those that used a PII application without an individual login (msp_pii_audit)';
+
+-- Live, not rolled up: the gates depend on today's date as well as on data.
+CREATE VIEW @extschema@.kpi_data_quality WITH (security_barrier) AS
+SELECT p.client_id, rc.client_name, lower(p.period) AS month, q.gate, q.subject, q.detail
+  FROM @extschema@.period_invoices p
+  JOIN @extschema@.reporting_clients rc ON rc.client_id = p.client_id
+  CROSS JOIN LATERAL @extschema@.msp_data_quality(p.client_id, p.period) q
+ WHERE p.status = 'preview';
+COMMENT ON VIEW @extschema@.kpi_data_quality IS
+	'data-quality findings of every month not finalized yet, per client (msp_data_quality, computed when read)';
+
+-- Readers see only their clients' rows (policies and the views' filter),
+-- so every role with usage on the schema may select; writing is for
+-- msp_refresh_rollups()/msp_rebuild_rollups() run by those who see all.
+GRANT SELECT ON @extschema@.daily_activity, @extschema@.period_invoices, @extschema@.pii_findings,
+	@extschema@.reporting_clients, @extschema@.kpi_daily_activity, @extschema@.kpi_billable_users,
+	@extschema@.kpi_license_utilization, @extschema@.kpi_margin, @extschema@.kpi_margin_per_user,
+	@extschema@.kpi_hipaa_findings, @extschema@.kpi_data_quality TO PUBLIC;
+
+-- The data 0.1.0 stored is not in the rollups yet: mark every (client,
+-- local day) with logons and the month of every invoice and adjustment, as
+-- the triggers would have, so that the next msp_refresh_rollups() computes
+-- them (the update itself stays quick on a large database).
+INSERT INTO @extschema@.rollup_dirty (client_id, day)
+SELECT l.client_id, (l.at AT TIME ZONE c.time_zone)::date
+  FROM @extschema@.logons l JOIN @extschema@.clients c ON c.client_id = l.client_id
+UNION
+SELECT i.client_id, x.day
+  FROM @extschema@.invoices i, LATERAL (VALUES (lower(i.period)), (lower(i.apply_period))) x(day)
+ WHERE x.day IS NOT NULL
+ ORDER BY 1, 2;
