@@ -33,6 +33,27 @@ COMMENT ON INDEX @extschema@.windows_event_staging_line_idx IS 'a client''s stag
 COMMENT ON INDEX @extschema@.entra_signin_staging_line_idx IS 'a client''s staged lines, by line number';
 COMMENT ON INDEX @extschema@.emr_audit_staging_line_idx IS 'a client''s staged lines, by line number';
 
+-- invoices: 0.2.0 bills calendar months only (msp_period); an invoice 0.1.0
+-- finalized for another period stays stored as it is, but msp_invoice()
+-- and the other billing functions no longer take its period: say which.
+DO $$
+DECLARE
+	odd text;
+BEGIN
+	SELECT string_agg(format('client %s: invoice %s (%s)', i.client_id, i.invoice_id, i.period), '; '
+					  ORDER BY i.client_id, i.invoice_id)
+	  INTO odd
+	  FROM @extschema@.invoices i
+	 WHERE i.kind = 'invoice'
+	   AND (lower(i.period) <> date_trunc('month', lower(i.period))::date
+			OR upper(i.period) <> (date_trunc('month', lower(i.period)) + interval '1 month')::date);
+	IF odd IS NOT NULL THEN
+		RAISE WARNING 'finalized invoices whose period is not a calendar month'
+			USING DETAIL = format('They stay stored and readable in mspbill.invoices and through msp_finalized_invoice(); msp_invoice() and the other billing functions of 0.2.0 take calendar months only: %s.', odd);
+	END IF;
+END
+$$;
+
 -- invoices: no two finalized invoices of a client may bill the same day.
 -- 0.1.0 allowed any period, so invoices it finalized could overlap; they
 -- are facts the update must not change, so it stops and names them.
