@@ -175,5 +175,12 @@ WITH ext AS (
 	SELECT 'default privileges in ' || d.defaclnamespace::regnamespace::text, 0,
 	       d.defaclobjtype::text || ': ' || (SELECT string_agg(a::text, ' ' ORDER BY a::text) FROM unnest(d.defaclacl) a)
 	  FROM pg_default_acl d, ext WHERE d.defaclnamespace = ext.extnamespace
+	UNION ALL
+	-- the privileges the extension's scripts left (pg_dump saves only what
+	-- differs from them, so a grant recorded here would not be dumped)
+	SELECT 'initial privileges of ' || pg_describe_object(i.classoid, i.objoid, i.objsubid), 0,
+	       i.privtype::text || ': ' || coalesce((SELECT string_agg(a::text, ' ' ORDER BY a::text) FROM unnest(i.initprivs) a), '-')
+	  FROM pg_init_privs i
+	  JOIN members m ON m.classid = i.classoid AND m.objid = i.objoid
 )
 SELECT obj, fact FROM facts ORDER BY obj, n, fact;
