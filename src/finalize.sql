@@ -226,6 +226,9 @@ DECLARE
 	today date;
 BEGIN
 	period := msp_period(client_id, period);
+	-- no contract (or a gap between two) is the first thing to fix: raise
+	-- it before weekdays without logons and the like bury it
+	PERFORM count(*) FROM msp_contract_segments(client_id, period);
 	SELECT * INTO c FROM clients WHERE clients.client_id = client_id;
 	t0 := lower(period)::timestamp AT TIME ZONE c.time_zone;
 	t1 := upper(period)::timestamp AT TIME ZONE c.time_zone;
