@@ -70,10 +70,7 @@ INSERT INTO known_failures VALUES
 	-- the default logon partition and the monthly ones carry no policy of
 	-- their own: whoever may read a partition directly reads every client
 	('row security', 'mspbill.logons_default'), ('row security', 'mspbill.logons_2026_01'),
-	('row security', 'mspbill.logons_2026_02'),
-	-- no COMMENT
-	('comment', 'function userset_in'), ('comment', 'function userset_out'),
-	('comment', 'function userset_recv'), ('comment', 'function userset_send');
+	('row security', 'mspbill.logons_2026_02');
 
 CREATE TEMP VIEW fns AS
 SELECT p.oid, p.proname, l.lanname, p.prokind, p.provolatile, p.proisstrict, p.proparallel, p.prosecdef,
