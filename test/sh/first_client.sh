@@ -42,7 +42,7 @@ open(out + "/export.sh", "w").write(blocks(fc, "sh")[0])
 open(out + "/walk.sql", "w").write(blocks(fc, "sql")[0])
 open(out + "/expected.txt", "w").write(blocks(fc, "text")[0])
 PY
-echo "1..15"
+echo "1..16"
 tap_check "the README has the setup, the export, the walk-through and its output" \
 	"$(cd "$work" && [ -s setup.sql ] && [ -s export.sh ] && [ -s walk.sql ] && [ -s expected.txt ] && grep -c 'ALTER DATABASE' setup.sql)" "1"
 
@@ -90,6 +90,16 @@ tap_check "the ids were chosen by the database: one client, three people, three 
 	                      (SELECT string_agg(person_id::text, ',' ORDER BY person_id) FROM people),
 	                      (SELECT string_agg(account_id::text, ',' ORDER BY account_id) FROM accounts),
 	                      (SELECT string_agg(device_id::text, ',' ORDER BY device_id) FROM devices))")" "1 1,2,3 1,2,3 1,2"
+
+# pg_dump keeps the identity sequences (registered as configuration)
+DBR=mspbill_test_first_client_restored
+drop_db "$DBR" >/dev/null 2>&1
+q postgres -c "CREATE DATABASE $DBR"
+"$BINDIR/pg_dump" -d "$DB" -f "$work/dump.sql" 2>/dev/null && q "$DBR" -f "$work/dump.sql" >"$work/restore.log" 2>&1
+tap_check "a restored database goes on numbering where the original stopped" \
+	"$(q "$DBR" -c "INSERT INTO mspbill.people (client_id, pseudonym) VALUES (1, 'dana') RETURNING person_id" \
+	             -c "INSERT INTO mspbill.clients (name) VALUES ('Second Clinic') RETURNING client_id" | tr '\n' ' ')" "4 2 "
+drop_db "$DBR" >/dev/null 2>&1
 
 DB2=mspbill_test_first_client_admin
 run_walk "$DB2" "$admin" admin
