@@ -42,7 +42,7 @@ open(out + "/export.sh", "w").write(blocks(fc, "sh")[0])
 open(out + "/walk.sql", "w").write(blocks(fc, "sql")[0])
 open(out + "/expected.txt", "w").write(blocks(fc, "text")[0])
 PY
-echo "1..16"
+echo "1..17"
 tap_check "the README has the setup, the export, the walk-through and its output" \
 	"$(cd "$work" && [ -s setup.sql ] && [ -s export.sh ] && [ -s walk.sql ] && [ -s expected.txt ] && grep -c 'ALTER DATABASE' setup.sql)" "1"
 
@@ -120,4 +120,9 @@ tap_check "... for the 16 people who logged on" \
 tap_check "both clinics have people 1, 2, 3 and 31" \
 	"$(q "$DB3" -c "SELECT string_agg(a.person_id::text, ',' ORDER BY a.person_id)
 	                 FROM people a JOIN people b ON a.person_id = b.person_id AND a.client_id = 1 AND b.client_id = 2")" "1,2,3,31"
+# Ids: the README's setval line moves the sequence past hand-chosen ids
+setval=$(grep -m1 "^SELECT setval(pg_get_serial_sequence('mspbill.people'" "$TOP/README.md")
+q "$DB3" -c "ALTER SEQUENCE mspbill.people_person_id_seq RESTART" -c "$setval" >/dev/null
+tap_check "after the README's setval the database chooses past the hand-chosen people ids" \
+	"$(q "$DB3" -c "INSERT INTO people (client_id, pseudonym) VALUES (1, 'new1') RETURNING person_id")" "32"
 drop_db "$DB3" >/dev/null 2>&1
