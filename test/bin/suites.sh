@@ -31,8 +31,11 @@ tally() {
 	if [ "$broken" = 1 ] || [ "$notok" -gt 0 ]; then
 		echo "FAIL $(basename "$(dirname "$file")")/$(basename "$file"): $ok ok, $notok not ok${plan:+, plan $plan}" >&2
 		# each failed assertion with its diagnostics, so the log says why
-		awk '/^ ?not ok /{p = 1; print; next} /^ ?(ok|not ok) [0-9]/{p = 0} p && /^ *#/{print}' "$file" |
-			head -40 | sed 's/^/    /' >&2
+		# (awk stops printing after 40 lines but reads on: a head that
+		# closed the pipe would kill it with SIGPIPE under pipefail)
+		awk '/^ ?not ok /{p = 1; if (n++ < 40) print; next} /^ ?(ok|not ok) [0-9]/{p = 0}
+			 p && /^ *#/ && n++ < 40 {print}' "$file" |
+			sed 's/^/    /' >&2
 	else
 		echo "ok   $(basename "$(dirname "$file")")/$(basename "$file"): $ok assertions"
 	fi
