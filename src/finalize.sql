@@ -15,7 +15,7 @@ CREATE SEQUENCE @extschema@.invoice_id_seq;
 CREATE TABLE @extschema@.invoices (
 	client_id bigint NOT NULL REFERENCES @extschema@.clients,
 	invoice_id bigint NOT NULL DEFAULT nextval('@extschema@.invoice_id_seq'),
-	kind text NOT NULL CHECK (kind IN ('invoice', 'adjustment')),
+	kind text NOT NULL CONSTRAINT invoices_kind_known CHECK (kind IN ('invoice', 'adjustment')),
 	period daterange NOT NULL,
 	adjusts_invoice_id bigint,
 	apply_period daterange,
@@ -33,11 +33,12 @@ CREATE TABLE @extschema@.invoices (
 	finalized_by name NOT NULL DEFAULT session_user,
 	PRIMARY KEY (client_id, invoice_id),
 	FOREIGN KEY (client_id, adjusts_invoice_id) REFERENCES @extschema@.invoices,
-	CHECK ((kind = 'adjustment') = (adjusts_invoice_id IS NOT NULL)),
-	CHECK ((kind = 'adjustment') = (apply_period IS NOT NULL)),
+	CONSTRAINT invoices_adjusts_invoice_id_iff_adjustment CHECK ((kind = 'adjustment') = (adjusts_invoice_id IS NOT NULL)),
+	CONSTRAINT invoices_apply_period_iff_adjustment CHECK ((kind = 'adjustment') = (apply_period IS NOT NULL)),
 	-- no two finalized invoices of a client bill the same day (range types
 	-- have = in their GiST opclass, so btree_gist is not needed)
-	EXCLUDE USING gist (int8range(client_id, client_id, '[]') WITH =, period WITH &&) WHERE (kind = 'invoice')
+	CONSTRAINT invoices_no_overlap
+		EXCLUDE USING gist (int8range(client_id, client_id, '[]') WITH =, period WITH &&) WHERE (kind = 'invoice')
 );
 CREATE UNIQUE INDEX invoices_one_per_period ON @extschema@.invoices (client_id, period) WHERE kind = 'invoice';
 CREATE INDEX invoices_apply_period ON @extschema@.invoices (client_id, apply_period) WHERE kind = 'adjustment';
@@ -65,7 +66,7 @@ CREATE TABLE @extschema@.audit_log (
 	entry_id bigint NOT NULL DEFAULT nextval('@extschema@.audit_entry_seq'),
 	at timestamptz NOT NULL DEFAULT clock_timestamp(),
 	actor name NOT NULL DEFAULT session_user,
-	action text NOT NULL CHECK (action IN ('finalize', 'override', 'adjust')),
+	action text NOT NULL CONSTRAINT audit_log_action_known CHECK (action IN ('finalize', 'override', 'adjust')),
 	invoice_id bigint,
 	detail jsonb NOT NULL DEFAULT '{}',
 	PRIMARY KEY (client_id, entry_id)
@@ -226,6 +227,9 @@ DECLARE
 	today date;
 BEGIN
 	period := msp_period(client_id, period);
+	-- no contract (or a gap between two) is the first thing to fix: raise
+	-- it before weekdays without logons and the like bury it
+	PERFORM count(*) FROM msp_contract_segments(client_id, period);
 	SELECT * INTO c FROM clients WHERE clients.client_id = client_id;
 	t0 := lower(period)::timestamp AT TIME ZONE c.time_zone;
 	t1 := upper(period)::timestamp AT TIME ZONE c.time_zone;

@@ -151,28 +151,35 @@ LANGUAGE plpgsql VOLATILE STRICT
 SET search_path = pg_catalog, @extschema@, pg_temp
 AS $$
 BEGIN
-	INSERT INTO @extschema@.accounts (client_id, account_id, realm, name, kind, application)
-	SELECT for_client,
-		   coalesce((SELECT max(a.account_id) FROM @extschema@.accounts a WHERE a.client_id = for_client), 0)
-			   + row_number() OVER (ORDER BY n.realm, n.account_name),
-		   n.realm, n.account_name, 'unknown', n.application
+	-- New accounts and devices take their ids from the identity columns, so
+	-- that ids are unique across clients.  Ids chosen by hand for this
+	-- client may lie ahead of the sequence: move it past them first (the
+	-- load holds the client's lock; the sequence only moves forward).
+	PERFORM setval(pg_get_serial_sequence('@extschema@.accounts', 'account_id'), m.id)
+	   FROM (SELECT max(a.account_id) AS id FROM @extschema@.accounts a WHERE a.client_id = for_client) m
+	  WHERE m.id > coalesce(pg_sequence_last_value(pg_get_serial_sequence('@extschema@.accounts', 'account_id')), 0);
+	PERFORM setval(pg_get_serial_sequence('@extschema@.devices', 'device_id'), m.id)
+	   FROM (SELECT max(d.device_id) AS id FROM @extschema@.devices d WHERE d.client_id = for_client) m
+	  WHERE m.id > coalesce(pg_sequence_last_value(pg_get_serial_sequence('@extschema@.devices', 'device_id')), 0);
+
+	INSERT INTO @extschema@.accounts (client_id, realm, name, kind, application)
+	SELECT for_client, n.realm, n.account_name, 'unknown', n.application
 	  FROM (SELECT DISTINCT e.realm, e.account_name, e.application FROM pg_temp.msp_load_events e) n
 	 WHERE NOT EXISTS (SELECT 1 FROM @extschema@.accounts a
 						WHERE a.client_id = for_client AND a.realm = n.realm
 						  AND lower(a.name) = lower(n.account_name)
-						  AND coalesce(a.application, '') = coalesce(n.application, ''));
+						  AND coalesce(a.application, '') = coalesce(n.application, ''))
+	 ORDER BY n.realm, n.account_name;
 
 	-- a device found in an export is billable from the day it was first seen
-	INSERT INTO @extschema@.devices (client_id, device_id, name, kind, active)
-	SELECT for_client,
-		   coalesce((SELECT max(d.device_id) FROM @extschema@.devices d WHERE d.client_id = for_client), 0)
-			   + row_number() OVER (ORDER BY n.device_name),
-		   n.device_name, 'other',
+	INSERT INTO @extschema@.devices (client_id, name, kind, active)
+	SELECT for_client, n.device_name, 'other',
 		   daterange((n.first_at AT TIME ZONE (SELECT c.time_zone FROM @extschema@.clients c WHERE c.client_id = for_client))::date, NULL)
 	  FROM (SELECT e.device_name, min(e.at) AS first_at FROM pg_temp.msp_load_events e
 			 WHERE e.device_name IS NOT NULL AND e.create_device GROUP BY e.device_name) n
 	 WHERE NOT EXISTS (SELECT 1 FROM @extschema@.devices d WHERE d.client_id = for_client
-						  AND upper(d.name) = upper(n.device_name));
+						  AND upper(d.name) = upper(n.device_name))
+	 ORDER BY n.device_name;
 
 	-- small maps from names to ids, so the big insert joins on plain keys
 	ANALYZE pg_temp.msp_load_events;
@@ -209,8 +216,8 @@ COMMENT ON FUNCTION @extschema@.msp_load_normalized(bigint, text) IS
 	'internal: accounts, devices and logons from the normalized events of one load';
 
 -- Every load starts here: the client must exist, loads of one client take
--- turns (new accounts and devices are numbered from the client's highest
--- id, and a second load of the same stage must find it consumed), and the
+-- turns (new accounts and devices must not race for the same names, and a
+-- second load of the same stage must find it consumed), and the
 -- load gets a fresh scratch table for its normalized events.
 CREATE FUNCTION @extschema@.msp_load_begin(for_client bigint) RETURNS void
 LANGUAGE plpgsql VOLATILE

@@ -289,6 +289,13 @@ DECLARE
 					'@extschema@.msp_report_invoice_lines(bigint, daterange), '
 					'@extschema@.msp_report_billable_users(bigint, daterange)';
 	account_cols text := 'client_id, account_id, realm, kind, person_id, application, is_machine';
+	-- reporting (src/reporting.sql): rollups and KPI views to read, and the
+	-- definer functions that alone write the rollups
+	reporting text := '@extschema@.daily_activity, @extschema@.period_invoices, @extschema@.pii_findings, '
+					  '@extschema@.reporting_clients, @extschema@.kpi_daily_activity, @extschema@.kpi_billable_users, '
+					  '@extschema@.kpi_license_utilization, @extschema@.kpi_margin, @extschema@.kpi_margin_per_user, '
+					  '@extschema@.kpi_hipaa_findings, @extschema@.kpi_data_quality';
+	refreshers text := '@extschema@.msp_refresh_rollups(), @extschema@.msp_rebuild_rollups()';
 BEGIN
 	FOREACH r IN ARRAY string_to_array(replace(roles, ' ', ''), ',') LOOP
 		IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r) THEN
@@ -300,7 +307,7 @@ BEGIN
 	-- what earlier versions granted (GRANT ALL, writes to invoices)
 	EXECUTE format('REVOKE ALL ON ALL TABLES IN SCHEMA @extschema@ FROM %s', roles);
 	EXECUTE format('REVOKE ALL ON ALL SEQUENCES IN SCHEMA @extschema@ FROM %s', roles);
-	EXECUTE format('REVOKE ALL ON FUNCTION %s, %s FROM %s', writers, reports, roles);
+	EXECUTE format('REVOKE ALL ON FUNCTION %s, %s, %s FROM %s', writers, reports, refreshers, roles);
 	EXECUTE 'GRANT SELECT ON @extschema@.bi_client_access TO PUBLIC';
 
 	-- admin: every client's data, real names and raw records
@@ -330,6 +337,14 @@ BEGIN
 	EXECUTE 'GRANT SELECT (client_id, account_id, name) ON @extschema@.accounts TO mspbill_pii';
 
 	EXECUTE 'GRANT SELECT ON @extschema@.account_labels TO mspbill_admin, mspbill_billing, mspbill_bi, mspbill_pii';
+
+	-- reporting: the roles that read billing data read the rollups and KPI
+	-- views (rows of their clients only); those who write logons mark
+	-- days (the logons trigger runs as them; marked_at is the server's) and
+	-- refresh, as cron would, through the definer functions only
+	EXECUTE format('GRANT SELECT ON %s TO mspbill_admin, mspbill_billing, mspbill_bi', reporting);
+	EXECUTE 'GRANT INSERT (client_id, day) ON @extschema@.rollup_dirty TO mspbill_admin, mspbill_billing';
+	EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO mspbill_admin, mspbill_billing', refreshers);
 
 	-- report: functions only (see msp_report_invoices)
 	EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO mspbill_report', reports);

@@ -55,11 +55,12 @@ CREATE TABLE @extschema@.period_invoices (
 	currency char(3),
 	drift numeric,
 	billable @extschema@.userset,
+	sister_billable jsonb,
 	note text,
 	PRIMARY KEY (client_id, period)
 );
 COMMENT ON TABLE @extschema@.period_invoices IS
-	'rollup per client and calendar month: msp_invoice() figures, preview or finalized, drift since finalization, the billable people; unpriced with the reason when the month cannot be billed';
+	'rollup per client and calendar month: msp_invoice() figures, preview or finalized, drift since finalization, the billable people (billable: the client''s own, by person_id; sister_billable: sister clients'' people it pays for, as [{home_client_id, person_id, pseudonym}]); unpriced with the reason when the month cannot be billed';
 
 CREATE TABLE @extschema@.pii_findings (
 	client_id bigint NOT NULL REFERENCES @extschema@.clients ON DELETE CASCADE,
@@ -98,24 +99,42 @@ END
 $$;
 
 -- Mark the local days of changed logons (msp_local_day's expression,
--- written out: a function call per row would slow bulk loads).  SECURITY DEFINER so that a
--- loader needs no grant on rollup_dirty; a trigger function cannot be
--- called directly.
+-- written out: a function call per row would slow bulk loads).  It runs
+-- as whoever writes the logons: the loaders, which run as the owner
+-- already, or mspbill_admin and mspbill_billing, who are granted INSERT
+-- on rollup_dirty's two columns for it (a mark only asks for a
+-- recomputation), so it needs no SECURITY DEFINER.
 CREATE FUNCTION @extschema@.msp_mark_logon_days() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER
+LANGUAGE plpgsql
 SET search_path = pg_catalog, @extschema@, pg_temp
 AS $$
 BEGIN
+	-- the logon's own client, and the client that pays for its person (a
+	-- sister client's person is billed there, on the payer's local day)
 	IF TG_OP IN ('INSERT', 'UPDATE') THEN
 		INSERT INTO rollup_dirty AS d (client_id, day)
 		SELECT DISTINCT n.client_id, (n.at AT TIME ZONE c.time_zone)::date
 		  FROM new_rows n JOIN clients c ON c.client_id = n.client_id
+		UNION
+		SELECT p.bill_to_client_id, (n.at AT TIME ZONE c.time_zone)::date
+		  FROM new_rows n
+		  JOIN accounts a ON a.client_id = n.client_id AND a.account_id = n.account_id
+		  JOIN people p ON p.client_id = a.client_id AND p.person_id = a.person_id
+		  JOIN clients c ON c.client_id = p.bill_to_client_id
+		 WHERE p.bill_to_client_id <> n.client_id
 		 ORDER BY 1, 2;
 	END IF;
 	IF TG_OP IN ('DELETE', 'UPDATE') THEN
 		INSERT INTO rollup_dirty AS d (client_id, day)
 		SELECT DISTINCT o.client_id, (o.at AT TIME ZONE c.time_zone)::date
 		  FROM old_rows o JOIN clients c ON c.client_id = o.client_id
+		UNION
+		SELECT p.bill_to_client_id, (o.at AT TIME ZONE c.time_zone)::date
+		  FROM old_rows o
+		  JOIN accounts a ON a.client_id = o.client_id AND a.account_id = o.account_id
+		  JOIN people p ON p.client_id = a.client_id AND p.person_id = a.person_id
+		  JOIN clients c ON c.client_id = p.bill_to_client_id
+		 WHERE p.bill_to_client_id <> o.client_id
 		 ORDER BY 1, 2;
 	END IF;
 	RETURN NULL;
@@ -123,7 +142,7 @@ END
 $$;
 REVOKE EXECUTE ON FUNCTION @extschema@.msp_mark_logon_days() FROM PUBLIC;
 COMMENT ON FUNCTION @extschema@.msp_mark_logon_days() IS
-	'trigger: marks the (client, local day) pairs of inserted, updated or deleted logons for msp_refresh_rollups()';
+	'trigger: marks the (client, local day) pairs of inserted, updated or deleted logons, and those of the clients paying for their people, for msp_refresh_rollups()';
 
 CREATE TRIGGER mark_rollups_insert AFTER INSERT ON @extschema@.logons
 	REFERENCING NEW TABLE AS new_rows
@@ -140,8 +159,10 @@ COMMENT ON TRIGGER mark_rollups_delete ON @extschema@.logons IS 'marks the days 
 
 -- Finalizing or adjusting changes a month's status, drift or total: mark
 -- the first day of the period (and of the period an adjustment rides on).
+-- Invoices are written only by msp_finalize_invoice and
+-- msp_issue_adjustment, which run as the owner: no SECURITY DEFINER here.
 CREATE FUNCTION @extschema@.msp_mark_invoice_periods() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER
+LANGUAGE plpgsql
 SET search_path = pg_catalog, @extschema@, pg_temp
 AS $$
 BEGIN
@@ -230,6 +251,7 @@ DECLARE
 	fin invoices;
 	inv invoice;
 	who userset;
+	sisters jsonb;
 	drift numeric;
 BEGIN
 	-- two refreshes that reach the same month take turns
@@ -244,16 +266,34 @@ BEGIN
 	END IF;
 	BEGIN
 		inv := msp_invoice(client_id, period);
+		-- person ids are per client: a sister client's person billed here is
+		-- kept apart with its home client, or it could merge with (or
+		-- stand for) one of this client's own people of the same id
 		IF fin.invoice_id IS NOT NULL THEN
-			who := (SELECT userset_agg((e ->> 'person_id')::bigint) FROM jsonb_array_elements(fin.evidence) e);
+			SELECT userset_agg(b.person) FILTER (WHERE b.home = client_id),
+				   coalesce(jsonb_agg(jsonb_build_object('home_client_id', b.home, 'person_id', b.person,
+														 'pseudonym', b.pseudonym) ORDER BY b.home, b.person)
+							FILTER (WHERE b.home <> client_id), '[]')
+			  INTO who, sisters
+			  FROM (SELECT DISTINCT coalesce((e ->> 'home_client_id')::bigint, client_id) AS home,
+						   (e ->> 'person_id')::bigint AS person, e ->> 'pseudonym' AS pseudonym
+					  FROM jsonb_array_elements(fin.evidence) e) b;
 			drift := (SELECT coalesce(sum(d.difference), 0) FROM msp_invoice_drift(client_id, period) d);
 		ELSE
-			who := (SELECT userset_agg(u.person_id) FROM msp_billable_users(client_id, period) u);
+			SELECT userset_agg(b.person) FILTER (WHERE b.home = client_id),
+				   coalesce(jsonb_agg(jsonb_build_object('home_client_id', b.home, 'person_id', b.person,
+														 'pseudonym', b.pseudonym) ORDER BY b.home, b.person)
+							FILTER (WHERE b.home <> client_id), '[]')
+			  INTO who, sisters
+			  FROM (SELECT DISTINCT coalesce(u.home_client_id, client_id) AS home, u.person_id AS person,
+						   u.pseudonym
+					  FROM msp_billable_users(client_id, period) u) b;
 		END IF;
 		INSERT INTO period_invoices (client_id, period, status, model, users, seats, devices, subtotal, total,
-									 currency, drift, billable)
+									 currency, drift, billable, sister_billable)
 		VALUES (client_id, period, CASE WHEN fin.invoice_id IS NULL THEN 'preview' ELSE 'finalized' END,
-				inv.model, inv.users, inv.seats, inv.devices, inv.subtotal, inv.total, inv.currency, drift, who);
+				inv.model, inv.users, inv.seats, inv.devices, inv.subtotal, inv.total, inv.currency, drift, who,
+				sisters);
 		INSERT INTO pii_findings (client_id, period, device, account, application, session_start, session_end, uses)
 		SELECT client_id, period, a.device, a.account, a.application, a.session_start, a.session_end, a.uses
 		  FROM msp_pii_audit(client_id, period) a;
@@ -303,76 +343,73 @@ $$;
 COMMENT ON FUNCTION @extschema@.msp_rollup_days(bigint[], date[]) IS
 	'recomputes the daily rows of the given (client, day) pairs and the months they fall in';
 
--- Refreshing needs to see every client (a reader who sees fewer would
--- write wrong figures) and to write the rollups.
-CREATE FUNCTION @extschema@.msp_check_rollup_writer() RETURNS void
-LANGUAGE plpgsql STABLE PARALLEL SAFE
-SET search_path = @extschema@, pg_catalog, pg_temp
-AS $$
-BEGIN
-	IF NOT msp_sees_all_clients() THEN
-		RAISE EXCEPTION 'permission denied to refresh the rollups'
-			USING ERRCODE = 'insufficient_privilege',
-				  DETAIL = format('Role %s does not see every client, so it would compute partial figures.', current_user),
-				  HINT = 'Run it as a superuser or a member of mspbill_admin (from cron or pg_cron).';
-	END IF;
-END
-$$;
-COMMENT ON FUNCTION @extschema@.msp_check_rollup_writer() IS
-	'raises insufficient_privilege unless the current user sees every client';
+-- Refreshing and rebuilding write the rollups, which BI readers trust as
+-- they trust invoices: so, like invoices, they are written only through
+-- these two functions, which run as the owner (SECURITY DEFINER: the owner
+-- sees every client, so the figures never depend on who refreshes) and
+-- are executable only by mspbill_admin and mspbill_billing (granted in
+-- msp_install_roles), e.g. from cron.  Stored labels are pseudonymous, as
+-- in finalized evidence, whoever runs them.  Names are schema-qualified;
+-- the internals they call pin their own search_path.
 
 -- Recompute the pairs marked dirty.  Safe to run from several sessions at
 -- once: each takes the marks no one else holds (SKIP LOCKED); the marks of
 -- loads not yet committed are not visible, and wait for the next run.
 CREATE FUNCTION @extschema@.msp_refresh_rollups(OUT days integer, OUT periods integer)
-LANGUAGE plpgsql VOLATILE
-SET search_path = @extschema@, pg_catalog, pg_temp
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, @extschema@, pg_temp
+SET mspbill.pseudonymous = on
 AS $$
 DECLARE
 	cids bigint[];
 	ds date[];
 BEGIN
-	PERFORM msp_check_rollup_writer();
 	-- shared with other refreshes, exclusive against a rebuild
-	PERFORM pg_advisory_xact_lock_shared(hashtext('mspbill.rollups'));
+	PERFORM pg_catalog.pg_advisory_xact_lock_shared(pg_catalog.hashtext('mspbill.rollups'));
 	WITH taken AS (
-		DELETE FROM rollup_dirty d
-		 USING (SELECT x.ctid AS row_id FROM rollup_dirty x FOR UPDATE SKIP LOCKED) free
-		 WHERE d.ctid = free.row_id
+		DELETE FROM @extschema@.rollup_dirty d
+		 USING (SELECT x.ctid AS row_id FROM @extschema@.rollup_dirty x FOR UPDATE SKIP LOCKED) free
+		 WHERE d.ctid OPERATOR(pg_catalog.=) free.row_id
 		RETURNING d.client_id, d.day)
-	SELECT coalesce(array_agg(t.client_id), '{}'), coalesce(array_agg(t.day), '{}') INTO cids, ds FROM taken t;
-	SELECT r.days_done, r.periods_done INTO days, periods FROM msp_rollup_days(cids, ds) r;
+	SELECT coalesce(pg_catalog.array_agg(t.client_id), '{}'), coalesce(pg_catalog.array_agg(t.day), '{}')
+	  INTO cids, ds FROM taken t;
+	SELECT r.days_done, r.periods_done INTO days, periods FROM @extschema@.msp_rollup_days(cids, ds) r;
 END
 $$;
 COMMENT ON FUNCTION @extschema@.msp_refresh_rollups() IS
-	'recomputes the rollups of the (client, day) pairs marked dirty since the last refresh; safe to run concurrently, e.g. from cron or pg_cron';
+	'recomputes the rollups of the (client, day) pairs marked dirty since the last refresh; safe to run concurrently, e.g. from cron or pg_cron; for mspbill_admin and mspbill_billing';
 
 CREATE FUNCTION @extschema@.msp_rebuild_rollups(OUT days integer, OUT periods integer)
-LANGUAGE plpgsql VOLATILE
-SET search_path = @extschema@, pg_catalog, pg_temp
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, @extschema@, pg_temp
+SET mspbill.pseudonymous = on
 AS $$
 DECLARE
 	cids bigint[];
 	ds date[];
 BEGIN
-	PERFORM msp_check_rollup_writer();
-	PERFORM pg_advisory_xact_lock(hashtext('mspbill.rollups'));
-	DELETE FROM rollup_dirty;
-	DELETE FROM daily_activity;
-	DELETE FROM period_invoices;
-	DELETE FROM pii_findings;
+	PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('mspbill.rollups'));
+	DELETE FROM @extschema@.rollup_dirty;
+	DELETE FROM @extschema@.daily_activity;
+	DELETE FROM @extschema@.period_invoices;
+	DELETE FROM @extschema@.pii_findings;
 	-- every day with logons, and the first day of every finalized month
-	SELECT coalesce(array_agg(x.client_id), '{}'), coalesce(array_agg(x.day), '{}') INTO cids, ds
-	  FROM (SELECT DISTINCT l.client_id, msp_local_day(l.at, c.time_zone) AS day
-			  FROM logons l JOIN clients c ON c.client_id = l.client_id
+	SELECT coalesce(pg_catalog.array_agg(x.client_id), '{}'), coalesce(pg_catalog.array_agg(x.day), '{}') INTO cids, ds
+	  FROM (SELECT DISTINCT l.client_id, @extschema@.msp_local_day(l.at, c.time_zone) AS day
+			  FROM @extschema@.logons l JOIN @extschema@.clients c ON c.client_id OPERATOR(pg_catalog.=) l.client_id
 			UNION
-			SELECT i.client_id, date_trunc('month', lower(i.period))::date
-			  FROM invoices i WHERE i.kind = 'invoice') x;
-	SELECT r.days_done, r.periods_done INTO days, periods FROM msp_rollup_days(cids, ds) r;
+			SELECT i.client_id, pg_catalog.date_trunc('month', pg_catalog.lower(i.period))::date
+			  FROM @extschema@.invoices i WHERE i.kind OPERATOR(pg_catalog.=) 'invoice') x;
+	SELECT r.days_done, r.periods_done INTO days, periods FROM @extschema@.msp_rollup_days(cids, ds) r;
 END
 $$;
 COMMENT ON FUNCTION @extschema@.msp_rebuild_rollups() IS
-	'recomputes every rollup from the base tables (the same rows an incremental refresh keeps); takes a lock that waits for running refreshes';
+	'recomputes every rollup from the base tables (the same rows an incremental refresh keeps); takes a lock that waits for running refreshes; for mspbill_admin and mspbill_billing';
+
+-- the definer functions, and the internals that only they call
+REVOKE EXECUTE ON FUNCTION @extschema@.msp_refresh_rollups(), @extschema@.msp_rebuild_rollups(),
+	@extschema@.msp_rollup_days(bigint[], date[]), @extschema@.msp_rollup_period(bigint, daterange)
+	FROM PUBLIC;
 
 -- ---------------------------------------------------------------------
 -- KPI views.  Each is security_barrier and joins reporting_clients, the one
@@ -402,21 +439,18 @@ SELECT d.client_id, rc.client_name, d.day,
 COMMENT ON VIEW @extschema@.kpi_daily_activity IS
 	'per client and local day: people active, devices seen, shared-account sessions and logons; person_ids as bigint[]';
 
+-- Who joined and who left are counted and listed on one set, the people
+-- the invoice counts (billable_users): the client's own and the sister
+-- clients' people it pays for (listed as 'gray (client 2)'), each keyed by
+-- its home client, since person ids are per client.  So joined_count -
+-- left_count = change.
 CREATE VIEW @extschema@.kpi_billable_users WITH (security_barrier) AS
 SELECT p.client_id, rc.client_name, lower(p.period) AS month, p.status,
 	   p.users AS billable_users, prev.users AS previous_billable_users, p.users - prev.users AS change,
-	   @extschema@.cardinality(@extschema@.userset_minus(p.billable, prev.billable))::integer AS joined_count,
-	   @extschema@.cardinality(@extschema@.userset_minus(prev.billable, p.billable))::integer AS left_count,
-	   CASE WHEN prev.billable IS NOT NULL THEN
-	   ARRAY(SELECT pe.pseudonym
-			   FROM @extschema@.userset_members(@extschema@.userset_minus(p.billable, prev.billable)) m(id)
-			   JOIN @extschema@.people pe ON pe.client_id = p.client_id AND pe.person_id = m.id
-			  ORDER BY pe.pseudonym) END AS joined,
-	   CASE WHEN prev.billable IS NOT NULL THEN
-	   ARRAY(SELECT pe.pseudonym
-			   FROM @extschema@.userset_members(@extschema@.userset_minus(prev.billable, p.billable)) m(id)
-			   JOIN @extschema@.people pe ON pe.client_id = p.client_id AND pe.person_id = m.id
-			  ORDER BY pe.pseudonym) END AS departed,
+	   CASE WHEN prev.client_id IS NOT NULL THEN ch.joined_count END AS joined_count,
+	   CASE WHEN prev.client_id IS NOT NULL THEN ch.left_count END AS left_count,
+	   CASE WHEN prev.client_id IS NOT NULL THEN ch.joined END AS joined,
+	   CASE WHEN prev.client_id IS NOT NULL THEN ch.departed END AS departed,
 	   @extschema@.userset_to_array(p.billable) AS billable_person_ids,
 	   p.total, p.currency
   FROM @extschema@.period_invoices p
@@ -424,9 +458,32 @@ SELECT p.client_id, rc.client_name, lower(p.period) AS month, p.status,
   LEFT JOIN @extschema@.period_invoices prev
 	ON prev.client_id = p.client_id
    AND prev.period = daterange((lower(p.period) - interval '1 month')::date, lower(p.period))
+  CROSS JOIN LATERAL (
+	SELECT (count(*) FILTER (WHERE x.is_now AND NOT x.was_before))::integer AS joined_count,
+		   (count(*) FILTER (WHERE x.was_before AND NOT x.is_now))::integer AS left_count,
+		   coalesce(array_agg(x.label ORDER BY x.label) FILTER (WHERE x.is_now AND NOT x.was_before), '{}') AS joined,
+		   coalesce(array_agg(x.label ORDER BY x.label) FILTER (WHERE x.was_before AND NOT x.is_now), '{}') AS departed
+	  FROM (SELECT y.home_client_id, y.person_id, max(y.label) AS label, bool_or(y.is_now) AS is_now, bool_or(NOT y.is_now) AS was_before
+			  FROM (SELECT q.*, true AS is_now FROM (SELECT p.client_id AS home_client_id, b.id AS person_id, coalesce(pe.pseudonym, 'person ' || b.id) AS label
+					  FROM @extschema@.userset_members(p.billable) b(id)
+					  LEFT JOIN @extschema@.people pe ON pe.client_id = p.client_id AND pe.person_id = b.id
+					UNION ALL
+					SELECT (s ->> 'home_client_id')::bigint, (s ->> 'person_id')::bigint,
+						   format('%s (client %s)', s ->> 'pseudonym', s ->> 'home_client_id')
+					  FROM jsonb_array_elements(coalesce(p.sister_billable, '[]')) s) q
+					UNION ALL
+					SELECT q.*, false FROM (SELECT prev.client_id AS home_client_id, b.id AS person_id, coalesce(pe.pseudonym, 'person ' || b.id) AS label
+					  FROM @extschema@.userset_members(prev.billable) b(id)
+					  LEFT JOIN @extschema@.people pe ON pe.client_id = prev.client_id AND pe.person_id = b.id
+					UNION ALL
+					SELECT (s ->> 'home_client_id')::bigint, (s ->> 'person_id')::bigint,
+						   format('%s (client %s)', s ->> 'pseudonym', s ->> 'home_client_id')
+					  FROM jsonb_array_elements(coalesce(prev.sister_billable, '[]')) s) q
+					 WHERE prev.client_id IS NOT NULL) y
+			 GROUP BY y.home_client_id, y.person_id) x) ch
  WHERE p.status <> 'unpriced';
 COMMENT ON VIEW @extschema@.kpi_billable_users IS
-	'billable users per client and month, the change from the month before, and who joined and who left (pseudonyms); NULL changes for a first month';
+	'billable users per client and month, the change from the month before, and who joined and who left (pseudonyms; sister clients'' people as ''pseudonym (client N)''; joined_count - left_count = change); NULL changes for a first month; billable_person_ids are the client''s own people';
 
 -- Seats held: the latest marketplace count per SKU before the month ends
 -- (as msp_reconcile_licenses reads it).
@@ -494,22 +551,28 @@ COMMENT ON VIEW @extschema@.kpi_margin IS
 -- Revenue and cost spread over the month's billable people to the cent
 -- with allocate(), so that the per-user margins add up to kpi_margin.
 CREATE VIEW @extschema@.kpi_margin_per_user WITH (security_barrier) AS
-SELECT k.client_id, k.client_name, k.month, k.person_id, pe.pseudonym,
+SELECT k.client_id, k.client_name, k.month, k.person_id, k.pseudonym, k.home_client_id,
 	   @extschema@.allocate(k.revenue, 1, k.minor_unit) OVER w AS revenue,
 	   @extschema@.allocate(k.cost, 1, k.minor_unit) OVER w AS cost,
 	   @extschema@.allocate(k.revenue, 1, k.minor_unit) OVER w
 		   - @extschema@.allocate(k.cost, 1, k.minor_unit) OVER w AS margin,
 	   k.currency
   FROM (SELECT m.client_id, m.client_name, m.month, m.revenue, m.pool_cost + m.licence_cost AS cost,
-			   rc.minor_unit, m.currency, u.person_id
+			   rc.minor_unit, m.currency, u.home_client_id, u.person_id, u.pseudonym
 		  FROM @extschema@.kpi_margin m
 		  JOIN @extschema@.reporting_clients rc ON rc.client_id = m.client_id
 		  JOIN @extschema@.period_invoices p ON p.client_id = m.client_id AND lower(p.period) = m.month
-		  CROSS JOIN LATERAL @extschema@.userset_members(p.billable) u(person_id)) k
-  JOIN @extschema@.people pe ON pe.client_id = k.client_id AND pe.person_id = k.person_id
-WINDOW w AS (PARTITION BY k.client_id, k.month ORDER BY k.person_id);
+		  -- every person the invoice counts: its own and sister clients' people
+		  CROSS JOIN LATERAL (
+			SELECT p.client_id AS home_client_id, b.id AS person_id, pe.pseudonym
+			  FROM @extschema@.userset_members(p.billable) b(id)
+			  LEFT JOIN @extschema@.people pe ON pe.client_id = p.client_id AND pe.person_id = b.id
+			UNION ALL
+			SELECT (s ->> 'home_client_id')::bigint, (s ->> 'person_id')::bigint, s ->> 'pseudonym'
+			  FROM jsonb_array_elements(coalesce(p.sister_billable, '[]')) s) u) k
+WINDOW w AS (PARTITION BY k.client_id, k.month ORDER BY k.home_client_id, k.person_id);
 COMMENT ON VIEW @extschema@.kpi_margin_per_user IS
-	'per client, month and billable person: their share of revenue and cost to the cent (allocate), and the margin';
+	'per client, month and billable person (home_client_id: a sister client whose person it pays for): their share of revenue and cost to the cent (allocate), and the margin';
 
 CREATE VIEW @extschema@.kpi_hipaa_findings WITH (security_barrier) AS
 SELECT x.client_id, rc.client_name, x.day,
@@ -542,10 +605,8 @@ SELECT p.client_id, rc.client_name, lower(p.period) AS month, q.gate, q.subject,
 COMMENT ON VIEW @extschema@.kpi_data_quality IS
 	'data-quality findings of every month not finalized yet, per client (msp_data_quality, computed when read)';
 
--- Readers see only their clients' rows (policies and the views' filter),
--- so every role with usage on the schema may select; writing is for
--- msp_refresh_rollups()/msp_rebuild_rollups() run by those who see all.
-GRANT SELECT ON @extschema@.daily_activity, @extschema@.period_invoices, @extschema@.pii_findings,
-	@extschema@.reporting_clients, @extschema@.kpi_daily_activity, @extschema@.kpi_billable_users,
-	@extschema@.kpi_license_utilization, @extschema@.kpi_margin, @extschema@.kpi_margin_per_user,
-	@extschema@.kpi_hipaa_findings, @extschema@.kpi_data_quality TO PUBLIC;
+-- No grant to PUBLIC: msp_install_roles grants reading the rollups and
+-- views to mspbill_admin, mspbill_billing and mspbill_bi (their rows
+-- filtered by the policies and the views' own filter), marking
+-- (rollup_dirty's two columns) to admin and billing, and refreshing to them
+-- through msp_refresh_rollups() and msp_rebuild_rollups().

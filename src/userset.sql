@@ -22,10 +22,14 @@ CREATE TYPE @extschema@.userset (
 );
 COMMENT ON TYPE @extschema@.userset IS
 	'exact set of bigint member ids, e.g. {3,17,42}; stored sorted and varint-delta encoded';
-COMMENT ON FUNCTION @extschema@.userset_in(cstring) IS 'userset text input: {3,17,42}';
-COMMENT ON FUNCTION @extschema@.userset_out(@extschema@.userset) IS 'userset text output: {3,17,42}';
-COMMENT ON FUNCTION @extschema@.userset_recv(internal) IS 'userset binary input';
-COMMENT ON FUNCTION @extschema@.userset_send(@extschema@.userset) IS 'userset binary output';
+COMMENT ON FUNCTION @extschema@.userset_in(cstring) IS
+	'internal: text input of userset, e.g. {3,17,42} (checked)';
+COMMENT ON FUNCTION @extschema@.userset_out(@extschema@.userset) IS
+	'internal: text output of userset, members ascending';
+COMMENT ON FUNCTION @extschema@.userset_recv(internal) IS
+	'internal: binary input of userset (checked)';
+COMMENT ON FUNCTION @extschema@.userset_send(@extschema@.userset) IS
+	'binary form of a userset as bytea (read back with userset_from_binary)';
 
 CREATE FUNCTION @extschema@.userset_eq(@extschema@.userset, @extschema@.userset) RETURNS boolean
 	AS 'MODULE_PATHNAME' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;

@@ -191,3 +191,17 @@ UNION ALL
 SELECT 2, 'Microsoft 365 Business Standard', 5, 'pax8', first_day FROM demo_period;
 
 ANALYZE;
+
+-- The ids above were chosen by hand: move each identity sequence past them,
+-- so that rows added later without an id get new ones (README: "Ids").
+DO $$
+BEGIN
+	PERFORM setval(pg_get_serial_sequence('mspbill.clients', 'client_id'), max(client_id)) FROM clients;
+	PERFORM setval(pg_get_serial_sequence('mspbill.contracts', 'contract_id'), max(contract_id)) FROM contracts;
+	PERFORM setval(pg_get_serial_sequence('mspbill.devices', 'device_id'), max(device_id)) FROM devices;
+	PERFORM setval(pg_get_serial_sequence('mspbill.people', 'person_id'), max(person_id)) FROM people;
+	PERFORM setval(pg_get_serial_sequence('mspbill.accounts', 'account_id'), max(account_id)) FROM accounts;
+	PERFORM setval(pg_get_serial_sequence('mspbill.support_contacts', 'contact_id'), max(contact_id)) FROM support_contacts;
+	PERFORM setval(pg_get_serial_sequence('mspbill.cost_pools', 'pool_id'), max(pool_id)) FROM cost_pools;
+END
+$$;

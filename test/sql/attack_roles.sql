@@ -47,6 +47,11 @@ INSERT INTO person_identities VALUES (1, 1, 'Nora Nurse', 'nora@stolaf.example')
 INSERT INTO load_rejects (client_id, source, line_no, raw, reason)
 VALUES (1, 'emr', 1, 'nurse1,OR1,bad', 'invalid time'), (2, 'emr', 1, 'Dana Dentist,PC1,bad', 'invalid time');
 SELECT msp_finalize_invoice(2, NULL, '{period_not_over,device_silent,day_without_logons,unmapped_account,logon_outside_contract}') \g /dev/null
+-- the rollups, refreshed by the admin as cron would; a HIPAA finding of client 2's
+SET ROLE atk_admin;
+SELECT msp_refresh_rollups() \g /dev/null
+RESET ROLE;
+INSERT INTO pii_findings VALUES (2, msp_period(2), 'DENTAL-PC1', 'MAPLE\front', 'Dentrix', '2026-01-05 09:00Z', '2026-01-05 10:00Z', 1);
 -- a month partition added later is covered like the rest
 SELECT msp_add_logon_partitions('2030-01-01', 1) \g /dev/null
 INSERT INTO logons (client_id, account_id, device_id, at) VALUES (1, 5, 5, '2030-01-10 10:00Z'), (2, 1, 1, '2030-01-10 10:00Z');
@@ -90,15 +95,29 @@ SELECT is(ARRAY(SELECT format('%s: %s to %s', c.relname, x.privilege_type, x.gra
                    AND x.privilege_type NOT IN ('SELECT')),
           '{}'::text[], 'invoices, their lines and the audit log: read-only for every role');
 SELECT is(ARRAY(SELECT p.proname::text FROM pg_proc p WHERE p.pronamespace = 'mspbill'::regnamespace AND p.prosecdef ORDER BY 1),
-          '{msp_finalize_invoice,msp_issue_adjustment,msp_load_emr_audit,msp_load_entra_signins,msp_load_windows_events,msp_report_billable_users,msp_report_invoice,msp_report_invoice_lines,msp_report_invoices}'::text[],
-          'SECURITY DEFINER: only the writers and the sealed reports');
+          '{msp_finalize_invoice,msp_issue_adjustment,msp_load_emr_audit,msp_load_entra_signins,msp_load_windows_events,msp_rebuild_rollups,msp_refresh_rollups,msp_report_billable_users,msp_report_invoice,msp_report_invoice_lines,msp_report_invoices}'::text[],
+          'SECURITY DEFINER: only the writers (invoices, loads, rollups) and the sealed reports');
 SELECT is(ARRAY(SELECT p.proname::text FROM pg_proc p WHERE p.pronamespace = 'mspbill'::regnamespace AND p.prosecdef
                    AND NOT 'search_path=pg_catalog, mspbill, pg_temp' = ANY (coalesce(p.proconfig, '{}'))),
           '{}'::text[], 'each pins search_path = pg_catalog, mspbill, pg_temp');
 SELECT is(ARRAY(SELECT p.proname::text FROM pg_proc p WHERE p.pronamespace = 'mspbill'::regnamespace
-                   AND (p.prosecdef OR p.proname IN ('msp_load_guarded', 'msp_load_begin', 'msp_load_normalized', 'msp_install_roles'))
+                   AND (p.prosecdef OR p.proname IN ('msp_load_guarded', 'msp_load_begin', 'msp_load_normalized', 'msp_install_roles',
+                                                     'msp_rollup_days', 'msp_rollup_period'))
                    AND has_function_privilege('public', p.oid, 'EXECUTE')),
-          '{}'::text[], 'and none of them (nor the loaders'' internals, nor msp_install_roles) is executable by PUBLIC');
+          '{}'::text[], 'and none of them (nor the loaders'' or rollups'' internals, nor msp_install_roles) is executable by PUBLIC');
+SELECT is(ARRAY(SELECT format('%s: %s to %s', c.relname, x.privilege_type, x.grantee::regrole)
+                  FROM pg_class c, aclexplode(c.relacl) x
+                 WHERE c.relnamespace = 'mspbill'::regnamespace AND x.grantee = 0 AND c.relname <> 'bi_client_access'),
+          '{}'::text[], 'nothing is granted to PUBLIC but bi_client_access (each role holds its own grants)');
+SELECT is(ARRAY(SELECT format('%s may %s %s', r, p, t) FROM roles, unnest('{daily_activity,period_invoices,pii_findings,rollup_dirty}'::text[]) t,
+                unnest('{INSERT,UPDATE,DELETE}'::text[]) p
+                 WHERE r <> 'public' AND has_table_privilege(r, 'mspbill.' || t, p)
+                   AND NOT (t = 'rollup_dirty' AND p = 'INSERT' AND r IN ('mspbill_admin', 'mspbill_billing'))),
+          '{}'::text[], 'the rollups are written only through msp_refresh_rollups and msp_rebuild_rollups; admin and billing may only add marks');
+SELECT is(ARRAY(SELECT format('%s %s', r, f) FROM roles, unnest('{mspbill.msp_refresh_rollups(),mspbill.msp_rebuild_rollups()}'::text[]) f
+                 WHERE has_function_privilege(r, f, 'EXECUTE') ORDER BY 1),
+          '{"mspbill_admin mspbill.msp_rebuild_rollups()","mspbill_admin mspbill.msp_refresh_rollups()","mspbill_billing mspbill.msp_rebuild_rollups()","mspbill_billing mspbill.msp_refresh_rollups()"}'::text[],
+          'only admin and billing may refresh or rebuild the rollups');
 SELECT is(ARRAY(SELECT r::text FROM roles WHERE has_schema_privilege(r, 'mspbill', 'CREATE')), '{}'::text[],
           'nobody may create objects in the schema the definer functions search');
 SELECT is(ARRAY(SELECT format('%s may %s', r, f) FROM unnest('{atk_bi1,atk_pii1,atk_report1}'::name[]) r,
@@ -183,6 +202,8 @@ SELECT pg_temp.peek_all('atk_pii1') \g /dev/null
 RESET ROLE;
 SELECT ok((SELECT count(*) FROM peeked WHERE relname = 'account_labels' AND who = 'atk_bi1') > 0,
           'the cheap function ran on account_labels');
+SELECT is(ARRAY(SELECT relname::text FROM client_views EXCEPT SELECT relname FROM peeked WHERE who = 'atk_bi1' ORDER BY 1),
+          '{}'::text[], 'the cheap function ran on every view (the KPI views included) as BI');
 SELECT is(ARRAY(SELECT DISTINCT format('%s as %s: client %s', relname, who, client_id) FROM peeked WHERE client_id <> 1),
           '{}'::text[], 'a cheap pg_temp function sees no other client in any view or table (BI and PII)');
 
@@ -247,6 +268,33 @@ SELECT lives_ok($$SELECT * FROM mspbill.msp_load_windows_events(1)$$, 'billing: 
 RESET ROLE;
 SET search_path = public, mspbill;
 SELECT is((SELECT rolsuper FROM pg_roles WHERE rolname = 'atk_billing'), false, 'the planted trigger never ran as the owner');
+
+-- the same against the definer refresh: look-alike rollup tables with the
+-- trigger, a look-alike = operator, pg_temp and public first on the path
+CREATE FUNCTION public.evil_eq(tid, tid) RETURNS boolean LANGUAGE sql AS $$ SELECT true $$;
+CREATE OPERATOR public.= (LEFTARG = tid, RIGHTARG = tid, FUNCTION = public.evil_eq);
+SET ROLE atk_billing;
+CREATE TEMP TABLE rollup_dirty (client_id bigint, day date, marked_at timestamptz);
+CREATE TEMP TABLE daily_activity (LIKE mspbill.daily_activity);
+CREATE TEMP TABLE period_invoices (LIKE mspbill.period_invoices);
+CREATE TRIGGER escalate BEFORE INSERT ON pg_temp.daily_activity FOR EACH ROW EXECUTE FUNCTION pg_temp.escalate();
+CREATE TRIGGER escalate BEFORE INSERT ON pg_temp.period_invoices FOR EACH ROW EXECUTE FUNCTION pg_temp.escalate();
+INSERT INTO pg_temp.rollup_dirty VALUES (1, '2026-01-05', now());
+SET search_path = pg_temp, public, mspbill, pg_catalog;
+SELECT ok((SELECT days FROM mspbill.msp_refresh_rollups()) > 0, 'billing: refreshes the rollups (the load''s days) under a hijack attempt');
+SELECT is((SELECT count(*) FROM pg_temp.daily_activity) + (SELECT count(*) FROM pg_temp.period_invoices), 0::bigint,
+          'nothing went to the look-alike rollups');
+SELECT is((SELECT count(*) FROM pg_temp.rollup_dirty), 1::bigint, 'and the look-alike marks were not consumed');
+DROP TABLE pg_temp.rollup_dirty, pg_temp.daily_activity, pg_temp.period_invoices;
+RESET ROLE;
+SET search_path = public, mspbill;
+DROP OPERATOR public.= (tid, tid);
+DROP FUNCTION public.evil_eq(tid, tid);
+SELECT is((SELECT rolsuper FROM pg_roles WHERE rolname = 'atk_billing'), false, 'the planted triggers never ran as the owner');
+SELECT is((SELECT count(*) FROM mspbill.rollup_dirty), 0::bigint, 'the real marks were consumed');
+SELECT is((SELECT count(*) FROM mspbill.period_invoices p, LATERAL (SELECT (msp_invoice(p.client_id, p.period)).total) i(t)
+            WHERE p.status <> 'unpriced' AND p.total IS DISTINCT FROM i.t), 0::bigint,
+          'and every month''s rollup equals msp_invoice()');
 
 -- 5. Writing where no role may
 SET ROLE atk_billing;
@@ -417,23 +465,27 @@ SET ROLE atk_bi1;
 SELECT pg_temp.call_all_for(1) \g /dev/null
 RESET ROLE;
 SELECT is(ARRAY(SELECT fn FROM bi_calls WHERE outcome ~ '^42501'
-                 AND fn !~ '^msp_(finalize_invoice|issue_adjustment|load_|report_(invoice|billable))' ORDER BY 1),
+                 AND fn !~ '^msp_(finalize_invoice|issue_adjustment|load_|report_(invoice|billable)|mark_rollups_dirty|rollup_period)' ORDER BY 1),
           '{}'::text[], 'BI: every read-only per-client function works for its own client');
 TRUNCATE bi_calls;
 SET ROLE atk_billing;
 SELECT pg_temp.call_all_for(1) \g /dev/null
 RESET ROLE;
-SELECT is(ARRAY(SELECT fn FROM bi_calls WHERE outcome ~ '^42501' AND fn !~ '^msp_(load_(begin|normalized)|report_(invoice|billable))' ORDER BY 1),
+SELECT is(ARRAY(SELECT fn FROM bi_calls WHERE outcome ~ '^42501' AND fn !~ '^msp_(load_(begin|normalized)|report_(invoice|billable)|rollup_period)' ORDER BY 1),
           '{}'::text[], 'billing: every per-client function but the internals and the sealed reports works');
 TRUNCATE bi_calls;
 SET ROLE atk_admin;
 SELECT pg_temp.call_all_for(1) \g /dev/null
 RESET ROLE;
-SELECT is(ARRAY(SELECT fn FROM bi_calls WHERE outcome ~ '^42501' AND fn !~ '^msp_(load_(begin|normalized)|report_(invoice|billable))' ORDER BY 1),
+SELECT is(ARRAY(SELECT fn FROM bi_calls WHERE outcome ~ '^42501' AND fn !~ '^msp_(load_(begin|normalized)|report_(invoice|billable)|rollup_period)' ORDER BY 1),
           '{}'::text[], 'admin: likewise');
 TRUNCATE bi_calls;
 INSERT INTO bi_calls SELECT * FROM own_calls;
 SELECT diag(format('%s: %s', fn, outcome)) FROM bi_calls ORDER BY fn;
+SELECT is(ARRAY(SELECT format('%s: %s', fn, outcome) FROM bi_calls WHERE fn ~ '^msp_(mark_rollups_dirty|rollup_period)' ORDER BY 1),
+          ARRAY['msp_mark_rollups_dirty(bigint,daterange): 42501 permission denied for table rollup_dirty',
+                'msp_rollup_period(bigint,daterange): 42501 permission denied for function msp_rollup_period'],
+          'BI: can neither mark its rollups dirty nor write them');
 SELECT ok((SELECT count(*) FROM bi_calls) >= 20, 'BI called every per-client function');
 SELECT is(ARRAY(SELECT format('%s: %s', fn, outcome) FROM bi_calls
                  WHERE outcome !~ '^(nothing$|P0002 unknown client 2$|42501 )'

@@ -37,7 +37,10 @@ CREATE TEMP TABLE writers (proname name PRIMARY KEY);
 INSERT INTO writers VALUES
 	('msp_add_logon_partitions'), ('msp_refuse_change'), ('msp_finalize_invoice'), ('msp_issue_adjustment'),
 	('msp_load_normalized'), ('msp_load_begin'), ('msp_load_windows_events'), ('msp_load_entra_signins'),
-	('msp_load_emr_audit'), ('msp_load_guarded'), ('msp_install_roles');
+	('msp_load_emr_audit'), ('msp_load_guarded'), ('msp_install_roles'),
+	-- reporting: the rollups' marks (triggers and by hand) and their writers
+	('msp_mark_logon_days'), ('msp_mark_invoice_periods'), ('msp_mark_rollups_dirty'), ('msp_rollup_period'),
+	('msp_rollup_days'), ('msp_refresh_rollups'), ('msp_rebuild_rollups');
 
 -- not STRICT, deliberately
 CREATE TEMP TABLE nonstrict_ok (proname name PRIMARY KEY, why text NOT NULL);
@@ -65,7 +68,9 @@ INSERT INTO definer_ok VALUES
 	('msp_report_invoices', 'the sealed mspbill_report role holds no grant on any table'),
 	('msp_report_invoice', 'likewise'),
 	('msp_report_invoice_lines', 'likewise'),
-	('msp_report_billable_users', 'likewise');
+	('msp_report_billable_users', 'likewise'),
+	('msp_refresh_rollups', 'the only writer of the rollups BI readers trust (no role may write them), computing as the owner, who sees every client'),
+	('msp_rebuild_rollups', 'likewise');
 
 -- client-keyed tables without row-level security, deliberately
 CREATE TEMP TABLE no_row_security_ok (relname text PRIMARY KEY, why text NOT NULL);

@@ -8,7 +8,7 @@
 \i ../demo/clinics.sql
 SET search_path = public, mspbill;
 CREATE EXTENSION dblink;
-SELECT plan(61);
+SELECT plan(71);
 SET client_min_messages = warning;
 
 -- rows of the rollups, as text, for comparing two states
@@ -58,20 +58,32 @@ SELECT results_eq($$SELECT client_id, users, seats, devices, subtotal, total, st
                       FROM clients c, msp_invoice(c.client_id) i ORDER BY 1$$,
                   'the month''s invoice figures equal msp_invoice()');
 SELECT is((SELECT userset_to_array(billable) FROM period_invoices WHERE client_id = 1),
-          (SELECT array_agg(person_id ORDER BY person_id) FROM msp_billable_users(1)), 'the billable people are msp_billable_users()');
+          (SELECT array_agg(person_id ORDER BY person_id) FROM msp_billable_users(1) WHERE home_client_id = 1),
+          'the billable people are msp_billable_users(): the client''s own by id');
+SELECT is((SELECT sister_billable FROM period_invoices WHERE client_id = 1),
+          (SELECT jsonb_agg(jsonb_build_object('home_client_id', home_client_id, 'person_id', person_id, 'pseudonym', pseudonym)
+                            ORDER BY home_client_id, person_id)
+             FROM msp_billable_users(1) WHERE home_client_id <> 1),
+          'and the sister clients'' people it pays for, with their home client');
+SELECT is((SELECT cardinality(billable)::integer + jsonb_array_length(sister_billable) FROM period_invoices WHERE client_id = 1),
+          (msp_invoice(1)).users, 'together they are the invoice''s 9 users');
 SELECT is(pg_temp.daily_mismatches(), 0::bigint, 'daily rows equal COUNT(DISTINCT) over the logons');
 SELECT is(pg_temp.differs_from_rebuild(), 0::bigint, 'the refreshed rollups equal a full rebuild');
 
 -- 2. the KPI views against the functions they summarize
 SELECT results_eq($$SELECT client_id, revenue, pool_cost, margin FROM kpi_margin ORDER BY 1$$,
-                  $$VALUES (1::bigint, 456.00, 0::numeric, 456.00), (2, 942.00, 785.00, 157.00)$$,
-                  'margin: revenue minus the cost pools');
+                  $$VALUES (1::bigint, 498.00, 0::numeric, 498.00), (2, 942.00, 785.00, 157.00)$$,
+                  'margin: revenue minus the cost pools (the hospital''s 498.00 bills Dr. Gray of the dental office too)');
 SELECT results_eq($$SELECT margin_pct, margin_per_user FROM kpi_margin WHERE client_id = 2$$,
                   $$VALUES (16.7, 39.25)$$, 'the dental office: margin 16.7 %, 39.25 per user');
 SELECT results_eq($$SELECT DISTINCT revenue, cost, margin FROM kpi_margin_per_user WHERE client_id = 2$$,
                   $$VALUES (235.50, 196.25, 39.25)$$, 'each of its 4 users: 235.50 revenue, 196.25 cost');
 SELECT results_eq($$SELECT seats_held, people_active, billable_users, utilization FROM kpi_license_utilization WHERE client_id = 1$$,
-                  $$VALUES (6, 10, 8, 1.3333)$$, 'the hospital: 6 seats, 10 people active, 8 billed, utilization 1.3333');
+                  $$VALUES (6, 10, 9, 1.5000)$$, 'the hospital: 6 seats, 10 of its people active, 9 billed (Dr. Gray too), utilization 1.5000');
+SELECT results_eq($$SELECT home_client_id, pseudonym FROM kpi_margin_per_user WHERE client_id = 1 AND home_client_id <> 1$$,
+                  $$VALUES (2::bigint, 'gray'::text)$$, 'Dr. Gray, billed to the hospital, has her share of its margin');
+SELECT is((SELECT count(*)::integer FROM kpi_margin_per_user WHERE client_id = 1), (msp_invoice(1)).users,
+          'one margin row per person the invoice counts');
 SELECT results_eq($$SELECT client_id, sum(revenue), sum(cost), sum(margin) FROM kpi_margin_per_user GROUP BY 1 ORDER BY 1$$,
                   $$SELECT client_id, revenue, pool_cost + licence_cost, margin FROM kpi_margin ORDER BY 1$$,
                   'margin per user adds up to the client''s margin to the cent');
@@ -96,7 +108,7 @@ SELECT results_eq($$SELECT seats_to_reclaim, reclaim_value, seat_shortfall FROM 
                   'seats to reclaim and the shortfall agree with msp_reconcile_licenses()');
 SELECT results_eq($$SELECT seats_to_reclaim, reclaim_value, licence_cost FROM kpi_license_utilization WHERE client_id = 1$$,
                   $$VALUES (1, 12.50, 75.00)$$, 'one seat (12.50) to reclaim; 6 seats cost 75.00');
-SELECT is((SELECT margin FROM kpi_margin WHERE client_id = 1), 381.00, 'licence costs lower the margin');
+SELECT is((SELECT margin FROM kpi_margin WHERE client_id = 1), 423.00, 'licence costs lower the margin: 498.00 - 75.00');
 -- a change no trigger sees (a cost pool) shows once its days are marked
 UPDATE cost_pools SET amount = amount + 10 WHERE client_id = 2 AND pool_id = 1;
 SELECT msp_refresh_rollups() IS NOT NULL AS refreshed \gset
@@ -120,8 +132,11 @@ SELECT is((SELECT count(*) FROM rollup_dirty), 1::bigint, 'three late logons on 
 SELECT is((SELECT (days, periods)::text FROM msp_refresh_rollups()), '(1,1)', 'the refresh recomputes that day and its month only');
 SELECT results_eq($$SELECT billable_users, previous_billable_users, change, joined, departed
                       FROM kpi_billable_users WHERE client_id = 1 AND month = (SELECT first_day FROM demo_period)$$,
-                  $$VALUES (8, 3, 5, ARRAY['c1','c2','c3','c4','n3','r1'], ARRAY['x1'])$$,
-                  'billable users, the change from last month, who joined and who left');
+                  $$VALUES (9, 3, 6, ARRAY['c1','c2','c3','c4','gray (client 2)','n3','r1'], ARRAY['x1'])$$,
+                  'billable users, the change from last month, who joined (Dr. Gray of the dental office too) and who left');
+SELECT results_eq($$SELECT joined_count, left_count, joined_count - left_count = change FROM kpi_billable_users
+                      WHERE client_id = 1 AND month = (SELECT first_day FROM demo_period)$$,
+                  $$VALUES (7, 1, true)$$, 'joined and left are counted on the set they list: 7 - 1 = the change of 6');
 SELECT results_eq($$SELECT billable_users, change, joined FROM kpi_billable_users
                       WHERE client_id = 1 AND month = (SELECT (first_day - interval '1 month')::date FROM demo_period)$$,
                   $$VALUES (3, NULL::integer, NULL::text[])$$, 'a first month: 3 billable, no change (NULL, not everyone joined)');
@@ -132,7 +147,7 @@ SELECT ok((SELECT count(*) FROM rollup_dirty WHERE client_id = 1 AND day = (SELE
           'finalizing marks the month');
 SELECT msp_refresh_rollups() IS NOT NULL AS refreshed \gset
 SELECT results_eq($$SELECT status, total, drift FROM period_invoices WHERE client_id = 1 AND period = msp_period(1)$$,
-                  $$VALUES ('finalized'::text, 456.00, 0.00)$$, 'the month is finalized, no drift');
+                  $$VALUES ('finalized'::text, 498.00, 0.00)$$, 'the month is finalized, no drift');
 SELECT is((SELECT count(*) FROM kpi_data_quality WHERE client_id = 1 AND month = lower(msp_period(1))), 0::bigint,
           'a finalized month has no open findings');
 SELECT ok((SELECT count(*) FROM kpi_data_quality WHERE client_id = 1 AND month < lower(msp_period(1))) > 0,
@@ -143,8 +158,8 @@ INSERT INTO logons (client_id, account_id, device_id, at)
 SELECT 1, 42, 5, ((first_day + 14) + time '10:00') AT TIME ZONE 'America/Chicago' FROM demo_period;
 SELECT msp_refresh_rollups() IS NOT NULL AS refreshed \gset
 SELECT results_eq($$SELECT status, total, drift FROM period_invoices WHERE client_id = 1 AND period = msp_period(1)$$,
-                  $$SELECT 'finalized'::text, 456.00, (SELECT sum(difference) FROM msp_invoice_drift(1))$$,
-                  'a late logon: still 456.00 billed, drift +42.00 as msp_invoice_drift() says');
+                  $$SELECT 'finalized'::text, 498.00, (SELECT sum(difference) FROM msp_invoice_drift(1))$$,
+                  'a late logon: still 498.00 billed, drift +42.00 as msp_invoice_drift() says');
 SELECT is((SELECT drift FROM period_invoices WHERE client_id = 1 AND period = msp_period(1)), 42.00, 'drift is +42.00');
 
 -- HIPAA: plant shared EMR logins in OR3 sessions (as the privacy suite does)
@@ -282,6 +297,25 @@ SELECT is((SELECT count(*) FROM (SELECT * FROM dblink_get_result('r1') AS r(x te
                                  UNION ALL SELECT * FROM dblink_get_result('r2') AS r(x text)) x), 2::bigint,
           'two refreshes at once both finish');
 SELECT is(pg_temp.differs_from_rebuild(), 0::bigint, 'and together they equal a full rebuild');
+-- person ids are per client: a dental-office person billed to the hospital
+-- whose id is also x1's (41, billed the month before) stays a second person,
+-- and her logon marks the hospital's day too
+INSERT INTO people (client_id, person_id, pseudonym, bill_to_client_id) VALUES (2, 41, 'twin', 1);
+INSERT INTO accounts (client_id, account_id, realm, name, kind, person_id) VALUES (2, 241, 'os', 'MAPLE\twin', 'individual', 41);
+INSERT INTO logons (client_id, account_id, device_id, at)
+SELECT 2, 241, 1, ((first_day - 10) + time '11:00') AT TIME ZONE 'America/Chicago' FROM demo_period;
+SELECT is((SELECT array_agg(client_id ORDER BY client_id) FROM rollup_dirty), ARRAY[1, 2]::bigint[],
+          'a sister person''s logon marks her own client''s day and the paying client''s');
+SELECT msp_refresh_rollups() IS NOT NULL AS refreshed \gset
+SELECT results_eq($$SELECT billable_users, cardinality(billable_person_ids), joined_count - left_count = change
+                      FROM kpi_billable_users WHERE client_id = 1 AND month = (SELECT (first_day - interval '1 month')::date FROM demo_period)$$,
+                  $$VALUES ((msp_invoice(1, (SELECT daterange((first_day - interval '1 month')::date, first_day) FROM demo_period))).users, 3, NULL::boolean)$$,
+                  'the month before: the twin is a fourth billed user, apart from the 3 own people');
+SELECT is(ARRAY(SELECT format('%s/%s %s', home_client_id, person_id, pseudonym) FROM kpi_margin_per_user
+                 WHERE client_id = 1 AND month = (SELECT (first_day - interval '1 month')::date FROM demo_period) ORDER BY 1),
+          ARRAY['1/1 n1', '1/2 n2', '1/41 x1', '2/41 twin'], 'and both people numbered 41 have their share of the margin');
+SELECT is(pg_temp.differs_from_rebuild(), 0::bigint, 'refresh = rebuild with a sister person');
+
 \o /dev/null
 SELECT dblink_disconnect('load'), dblink_disconnect('r1'), dblink_disconnect('r2');
 \o
@@ -322,8 +356,10 @@ SELECT ok((SELECT count(*) FROM mspbill.kpi_margin m WHERE public.leak(m.client_
           'a leaky function in the query sees its own client''s rows');
 SELECT is((SELECT count(*) FROM public.leaked WHERE v NOT LIKE 'St. Olaf%'), 0::bigint,
           'and never another client''s (security_barrier)');
-SELECT throws_ok($$SELECT mspbill.msp_refresh_rollups()$$, '42501', 'permission denied to refresh the rollups',
-                 'a BI role cannot refresh (it would compute partial figures)');
+SELECT throws_ok($$SELECT mspbill.msp_refresh_rollups()$$, '42501', 'permission denied for function msp_refresh_rollups',
+                 'a BI role cannot refresh');
+SELECT throws_ok($$SELECT mspbill.msp_mark_rollups_dirty(1, mspbill.msp_period(1))$$, '42501', 'permission denied for table rollup_dirty',
+                 'nor mark days');
 SELECT throws_ok($$INSERT INTO mspbill.period_invoices (client_id, period, status) VALUES (1, '[2020-01-01,2020-02-01)', 'preview')$$,
                  '42501', NULL, 'nor write a rollup');
 RESET ROLE;
