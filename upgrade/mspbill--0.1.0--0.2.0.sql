@@ -21,6 +21,89 @@
 -- Tables
 -- ---------------------------------------------------------------------
 
+-- Constraints are named for what they check, so that an error says which
+-- rule (and, for a missing price, which column) a row broke.
+ALTER TABLE @extschema@.clients RENAME CONSTRAINT clients_name_check TO clients_name_not_empty;
+ALTER TABLE @extschema@.clients RENAME CONSTRAINT clients_currency_check TO clients_currency_iso_code;
+ALTER TABLE @extschema@.clients RENAME CONSTRAINT clients_minor_unit_check TO clients_minor_unit_positive;
+ALTER TABLE @extschema@.clients RENAME CONSTRAINT clients_time_zone_check TO clients_time_zone_known;
+ALTER TABLE @extschema@.contracts RENAME CONSTRAINT contracts_effective_check TO contracts_effective_has_start;
+ALTER TABLE @extschema@.contracts RENAME CONSTRAINT contracts_model_check TO contracts_model_known;
+ALTER TABLE @extschema@.contracts RENAME CONSTRAINT contracts_price_per_user_check TO contracts_price_per_user_not_negative;
+ALTER TABLE @extschema@.contracts RENAME CONSTRAINT contracts_price_per_device_check TO contracts_price_per_device_not_negative;
+ALTER TABLE @extschema@.contracts RENAME CONSTRAINT contracts_price_per_seat_check TO contracts_price_per_seat_not_negative;
+ALTER TABLE @extschema@.contracts RENAME CONSTRAINT contracts_markup_check TO contracts_markup_not_negative;
+ALTER TABLE @extschema@.contracts RENAME CONSTRAINT contracts_minimum_fee_check TO contracts_minimum_fee_not_negative;
+ALTER TABLE @extschema@.contracts RENAME CONSTRAINT contracts_minimum_quantity_check TO contracts_minimum_quantity_not_negative;
+ALTER TABLE @extschema@.contracts RENAME CONSTRAINT contracts_tier_mode_check TO contracts_tier_mode_known;
+ALTER TABLE @extschema@.contracts RENAME CONSTRAINT contracts_count_realms_check TO contracts_count_realms_known;
+ALTER TABLE @extschema@.contracts RENAME CONSTRAINT contracts_min_active_days_check TO contracts_min_active_days_at_least_1;
+ALTER TABLE @extschema@.contracts RENAME CONSTRAINT contracts_support_rule_check TO contracts_support_rule_known;
+ALTER TABLE @extschema@.contracts RENAME CONSTRAINT contracts_shared_billing_check TO contracts_shared_billing_known;
+ALTER TABLE @extschema@.contracts RENAME CONSTRAINT contracts_attribution_window_check TO contracts_attribution_window_not_negative;
+ALTER TABLE @extschema@.contracts RENAME CONSTRAINT contracts_default_session_check TO contracts_default_session_positive;
+ALTER TABLE @extschema@.contracts RENAME CONSTRAINT contracts_check TO contracts_price_per_user_required;
+ALTER TABLE @extschema@.contracts RENAME CONSTRAINT contracts_check1 TO contracts_price_per_device_required;
+ALTER TABLE @extschema@.contracts RENAME CONSTRAINT contracts_check2 TO contracts_price_per_seat_required;
+ALTER TABLE @extschema@.contracts RENAME CONSTRAINT contracts_int8range_effective_excl TO contracts_no_overlap;
+ALTER TABLE @extschema@.contract_tiers RENAME CONSTRAINT contract_tiers_from_quantity_check TO contract_tiers_from_quantity_not_negative;
+ALTER TABLE @extschema@.contract_tiers RENAME CONSTRAINT contract_tiers_unit_price_check TO contract_tiers_unit_price_not_negative;
+ALTER TABLE @extschema@.devices RENAME CONSTRAINT devices_kind_check TO devices_kind_known;
+ALTER TABLE @extschema@.devices RENAME CONSTRAINT devices_active_check TO devices_active_not_empty;
+ALTER TABLE @extschema@.people RENAME CONSTRAINT people_active_check TO people_active_not_empty;
+ALTER TABLE @extschema@.accounts RENAME CONSTRAINT accounts_realm_check TO accounts_realm_known;
+ALTER TABLE @extschema@.accounts RENAME CONSTRAINT accounts_name_check TO accounts_name_not_empty;
+ALTER TABLE @extschema@.accounts RENAME CONSTRAINT accounts_kind_check TO accounts_kind_known;
+ALTER TABLE @extschema@.accounts RENAME CONSTRAINT accounts_check TO accounts_person_id_iff_individual;
+ALTER TABLE @extschema@.accounts RENAME CONSTRAINT accounts_check1 TO accounts_application_iff_app_realm;
+-- (renamed on the partitions too, which inherit it)
+ALTER TABLE @extschema@.logons RENAME CONSTRAINT logons_check TO logons_ended_not_before_at;
+ALTER TABLE @extschema@.cost_pools RENAME CONSTRAINT cost_pools_category_check TO cost_pools_category_known;
+ALTER TABLE @extschema@.cost_pools RENAME CONSTRAINT cost_pools_amount_check TO cost_pools_amount_not_negative;
+ALTER TABLE @extschema@.cost_pools RENAME CONSTRAINT cost_pools_period_check TO cost_pools_period_bounded;
+ALTER TABLE @extschema@.cost_pools RENAME CONSTRAINT cost_pools_basis_check TO cost_pools_basis_known;
+ALTER TABLE @extschema@.license_counts RENAME CONSTRAINT license_counts_seats_check TO license_counts_seats_not_negative;
+ALTER TABLE @extschema@.license_counts RENAME CONSTRAINT license_counts_unit_cost_check TO license_counts_unit_cost_not_negative;
+ALTER TABLE @extschema@.invoices RENAME CONSTRAINT invoices_kind_check TO invoices_kind_known;
+ALTER TABLE @extschema@.invoices RENAME CONSTRAINT invoices_check TO invoices_adjusts_invoice_id_iff_adjustment;
+ALTER TABLE @extschema@.invoices RENAME CONSTRAINT invoices_check1 TO invoices_apply_period_iff_adjustment;
+ALTER TABLE @extschema@.audit_log RENAME CONSTRAINT audit_log_action_check TO audit_log_action_known;
+
+-- Ids a person chose by hand get identity defaults.  The sequences start
+-- after the highest id 0.1.0 stored, whichever client holds it, so that
+-- new ids are unique across clients (a cross-client userset_union then
+-- counts people); ids 0.1.0 stored keep their values (invoices' evidence
+-- and kept usersets name them).  Dumped with the data, so that a restored
+-- database goes on numbering where it stopped.
+ALTER TABLE @extschema@.clients ALTER COLUMN client_id ADD GENERATED BY DEFAULT AS IDENTITY;
+ALTER TABLE @extschema@.contracts ALTER COLUMN contract_id ADD GENERATED BY DEFAULT AS IDENTITY;
+ALTER TABLE @extschema@.devices ALTER COLUMN device_id ADD GENERATED BY DEFAULT AS IDENTITY;
+ALTER TABLE @extschema@.people ALTER COLUMN person_id ADD GENERATED BY DEFAULT AS IDENTITY;
+ALTER TABLE @extschema@.accounts ALTER COLUMN account_id ADD GENERATED BY DEFAULT AS IDENTITY;
+ALTER TABLE @extschema@.support_contacts ALTER COLUMN contact_id ADD GENERATED BY DEFAULT AS IDENTITY;
+ALTER TABLE @extschema@.cost_pools ALTER COLUMN pool_id ADD GENERATED BY DEFAULT AS IDENTITY;
+SELECT pg_catalog.setval('@extschema@.clients_client_id_seq', greatest(max(client_id), 1), max(client_id) >= 1)
+  FROM @extschema@.clients;
+SELECT pg_catalog.setval('@extschema@.contracts_contract_id_seq', greatest(max(contract_id), 1), max(contract_id) >= 1)
+  FROM @extschema@.contracts;
+SELECT pg_catalog.setval('@extschema@.devices_device_id_seq', greatest(max(device_id), 1), max(device_id) >= 1)
+  FROM @extschema@.devices;
+SELECT pg_catalog.setval('@extschema@.people_person_id_seq', greatest(max(person_id), 1), max(person_id) >= 1)
+  FROM @extschema@.people;
+SELECT pg_catalog.setval('@extschema@.accounts_account_id_seq', greatest(max(account_id), 1), max(account_id) >= 1)
+  FROM @extschema@.accounts;
+SELECT pg_catalog.setval('@extschema@.support_contacts_contact_id_seq', greatest(max(contact_id), 1), max(contact_id) >= 1)
+  FROM @extschema@.support_contacts;
+SELECT pg_catalog.setval('@extschema@.cost_pools_pool_id_seq', greatest(max(pool_id), 1), max(pool_id) >= 1)
+  FROM @extschema@.cost_pools;
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.clients_client_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.contracts_contract_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.devices_device_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.people_person_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.accounts_account_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.support_contacts_contact_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.cost_pools_pool_id_seq', '');
+
 -- people: an index for the sister clients' people a client pays for
 -- (msp_segment_users reads people by bill_to_client_id).
 CREATE INDEX people_bill_to_idx ON @extschema@.people (bill_to_client_id) WHERE bill_to_client_id IS NOT NULL;
@@ -78,18 +161,23 @@ BEGIN
 END
 $$;
 ALTER TABLE @extschema@.invoices
-	ADD CONSTRAINT invoices_int8range_period_excl
+	ADD CONSTRAINT invoices_no_overlap
 	EXCLUDE USING gist (int8range(client_id, client_id, '[]') WITH =, period WITH &&) WHERE (kind = 'invoice');
 
 -- ---------------------------------------------------------------------
 -- Types and C functions
 -- ---------------------------------------------------------------------
 
--- userset's input and output functions say what they read and write.
-COMMENT ON FUNCTION @extschema@.userset_in(cstring) IS 'userset text input: {3,17,42}';
-COMMENT ON FUNCTION @extschema@.userset_out(@extschema@.userset) IS 'userset text output: {3,17,42}';
-COMMENT ON FUNCTION @extschema@.userset_recv(internal) IS 'userset binary input';
-COMMENT ON FUNCTION @extschema@.userset_send(@extschema@.userset) IS 'userset binary output';
+-- userset's input and output functions say what they read and write (and
+-- that the text and binary input are internal: checked, but not an API).
+COMMENT ON FUNCTION @extschema@.userset_in(cstring) IS
+	'internal: text input of userset, e.g. {3,17,42} (checked)';
+COMMENT ON FUNCTION @extschema@.userset_out(@extschema@.userset) IS
+	'internal: text output of userset, members ascending';
+COMMENT ON FUNCTION @extschema@.userset_recv(internal) IS
+	'internal: binary input of userset (checked)';
+COMMENT ON FUNCTION @extschema@.userset_send(@extschema@.userset) IS
+	'binary form of a userset as bytea (read back with userset_from_binary)';
 
 -- ---------------------------------------------------------------------
 -- Honest attributes of unchanged functions
@@ -100,7 +188,6 @@ COMMENT ON FUNCTION @extschema@.userset_send(@extschema@.userset) IS 'userset bi
 -- a parallel worker cannot start, so it is PARALLEL RESTRICTED.
 ALTER FUNCTION @extschema@.msp_pool_part(numeric, daterange, daterange) STRICT;
 ALTER FUNCTION @extschema@.msp_valid_time_zone(text) PARALLEL RESTRICTED;
-ALTER FUNCTION @extschema@.msp_contract_segments(bigint, daterange) STRICT PARALLEL SAFE;
 ALTER FUNCTION @extschema@.msp_check_currency(bigint, daterange) STRICT PARALLEL SAFE;
 ALTER FUNCTION @extschema@.msp_adjustment_lines(bigint, daterange) STRICT PARALLEL SAFE;
 ALTER FUNCTION @extschema@.msp_finalized_invoice(bigint, daterange) STRICT PARALLEL SAFE;
@@ -108,7 +195,6 @@ ALTER FUNCTION @extschema@.msp_require_finalized(bigint, daterange) PARALLEL SAF
 ALTER FUNCTION @extschema@.msp_invoice(bigint, daterange) PARALLEL SAFE;
 ALTER FUNCTION @extschema@.msp_invoice_lines(bigint, daterange) PARALLEL SAFE;
 ALTER FUNCTION @extschema@.msp_invoice_drift(bigint, daterange) PARALLEL SAFE;
-ALTER FUNCTION @extschema@.msp_data_quality(bigint, daterange, integer) PARALLEL SAFE;
 ALTER FUNCTION @extschema@.msp_pii_audit(bigint, daterange, interval) PARALLEL SAFE;
 
 -- ---------------------------------------------------------------------
@@ -229,10 +315,17 @@ DECLARE
 	m0 date;
 BEGIN
 	SELECT * INTO c FROM clients WHERE clients.client_id = msp_period.client_id;
-	IF NOT FOUND THEN
+	-- A reader limited to some clients gets the same words whether the
+	-- client does not exist or is another tenant's, so that nothing tells
+	-- them apart; only a role that sees every client is told to add it.
+	IF NOT FOUND AND msp_sees_all_clients() THEN
 		RAISE EXCEPTION 'unknown client %', coalesce(client_id::text, 'NULL')
 			USING ERRCODE = 'no_data_found',
 				  HINT = 'Add the client to mspbill.clients first.';
+	ELSIF NOT FOUND THEN
+		RAISE EXCEPTION 'unknown client %', coalesce(client_id::text, 'NULL')
+			USING ERRCODE = 'no_data_found',
+				  HINT = 'You can read only the clients mapped to your role in mspbill.bi_client_access.';
 	END IF;
 	today := (now() AT TIME ZONE c.time_zone)::date;
 	IF period IS NULL THEN
@@ -262,6 +355,51 @@ END
 $$;
 COMMENT ON FUNCTION @extschema@.msp_period(bigint, daterange) IS
 	'the checked billing period (one calendar month); by default the last full month in the client''s time zone';
+
+-- msp_contract_segments: a client without a contract is told so first, with
+-- an INSERT to copy.
+-- The contracts covering a period, each clipped to it.  A gap between two
+-- contracts inside the period is an error; a period that starts before the
+-- first contract or ends after the last is billed for the covered days.
+CREATE OR REPLACE FUNCTION @extschema@.msp_contract_segments(client_id bigint, period daterange)
+RETURNS TABLE (contract_id bigint, segment daterange)
+LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	r record;
+	prev date;
+	found_any boolean := false;
+BEGIN
+	FOR r IN
+		SELECT k.contract_id, k.effective * period AS seg
+		  FROM contracts k
+		 WHERE k.client_id = msp_contract_segments.client_id AND k.effective && period
+		 ORDER BY lower(k.effective)
+	LOOP
+		IF found_any AND lower(r.seg) <> prev THEN
+			RAISE EXCEPTION 'contract gap for client % from % to %', client_id, prev, lower(r.seg)
+				USING ERRCODE = 'data_exception',
+					  HINT = 'Extend a contract or add one so that every day of the period is covered.';
+		END IF;
+		found_any := true;
+		prev := upper(r.seg);
+		contract_id := r.contract_id;
+		segment := r.seg;
+		RETURN NEXT;
+	END LOOP;
+	IF NOT found_any THEN
+		RAISE EXCEPTION 'client % has no contract in effect for %', client_id, period
+			USING ERRCODE = 'no_data_found',
+				  DETAIL = 'No row of mspbill.contracts for the client has an effective range that overlaps the period.',
+				  HINT = format('Add one, e.g. INSERT INTO mspbill.contracts (client_id, effective, model, price_per_user) VALUES (%s, ''[%s,)'', ''per_user'', 40.00);',
+								client_id, lower(period));
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_contract_segments(bigint, daterange) IS
+	'the contracts in effect during a period, clipped to it; fails on gaps between contracts';
 
 -- msp_segment_users, msp_billable_users: the people of sister clients who
 -- name the client in bill_to_client_id count on its invoice
@@ -1060,6 +1198,84 @@ $$;
 COMMENT ON FUNCTION @extschema@.msp_issue_adjustment(bigint, daterange, text) IS
 	'turns the drift of a finalized invoice into a credit or debit note that references it; the next invoice carries it';
 
+-- msp_data_quality: a missing contract is raised before findings it causes.
+-- Data-quality gates.  Every row is one finding; finalization refuses while
+-- a gate has findings, unless the gate is overridden explicitly.
+CREATE OR REPLACE FUNCTION @extschema@.msp_data_quality(client_id bigint, period daterange DEFAULT NULL,
+											 silent_days integer DEFAULT 3)
+RETURNS TABLE (gate text, subject text, detail text)
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	c clients;
+	t0 timestamptz;
+	t1 timestamptz;
+	today date;
+BEGIN
+	period := msp_period(client_id, period);
+	-- no contract (or a gap between two) is the first thing to fix: raise
+	-- it before weekdays without logons and the like bury it
+	PERFORM count(*) FROM msp_contract_segments(client_id, period);
+	SELECT * INTO c FROM clients WHERE clients.client_id = client_id;
+	t0 := lower(period)::timestamp AT TIME ZONE c.time_zone;
+	t1 := upper(period)::timestamp AT TIME ZONE c.time_zone;
+	today := (now() AT TIME ZONE c.time_zone)::date;
+
+	IF upper(period) > today THEN
+		RETURN QUERY SELECT 'period_not_over', period::text,
+							format('The period ends on %s; today is %s.', upper(period) - 1, today);
+	END IF;
+
+	-- devices that fell silent before the end of the period
+	RETURN QUERY
+	SELECT 'device_silent', d.name,
+		   CASE WHEN max(l.at) IS NULL THEN 'No logons in the period.'
+				ELSE format('Last logon %s, %s days before the period ends.',
+							(max(l.at) AT TIME ZONE c.time_zone)::date,
+							upper(period) - (max(l.at) AT TIME ZONE c.time_zone)::date - 1) END
+	  FROM devices d
+	  LEFT JOIN logons l ON l.client_id = d.client_id AND l.device_id = d.device_id
+						AND l.at >= t0 AND l.at < t1
+	 WHERE d.client_id = client_id AND (d.active IS NULL OR d.active && period)
+	 GROUP BY d.device_id, d.name
+	HAVING max(l.at) IS NULL
+		OR upper(period) - (max(l.at) AT TIME ZONE c.time_zone)::date - 1 >= silent_days
+	 ORDER BY d.name;
+
+	-- weekdays without a single logon
+	RETURN QUERY
+	SELECT 'day_without_logons', day::date::text, 'No logon at all on this weekday.'
+	  FROM generate_series(lower(period), least(upper(period), today + 1) - 1, interval '1 day') day
+	 WHERE extract(isodow FROM day) < 6
+	   AND NOT EXISTS (SELECT 1 FROM logons l
+					    WHERE l.client_id = client_id
+						  AND l.at >= day::date::timestamp AT TIME ZONE c.time_zone
+						  AND l.at < (day::date + 1)::timestamp AT TIME ZONE c.time_zone)
+	 ORDER BY day;
+
+	-- logons of accounts nobody has classified yet
+	RETURN QUERY
+	SELECT 'unmapped_account', a.label, format('%s logons by an account not mapped to a person, nor marked shared or service.', count(*))
+	  FROM logons l JOIN account_labels a ON a.client_id = l.client_id AND a.account_id = l.account_id
+	 WHERE l.client_id = client_id AND l.at >= t0 AND l.at < t1 AND a.kind = 'unknown'
+	 GROUP BY a.label ORDER BY a.label;
+
+	-- logons on days no contract covers
+	RETURN QUERY
+	SELECT 'logon_outside_contract', (l.at AT TIME ZONE c.time_zone)::date::text,
+		   format('%s logons on a day no contract covers.', count(*))
+	  FROM logons l
+	 WHERE l.client_id = client_id AND l.at >= t0 AND l.at < t1
+	   AND NOT EXISTS (SELECT 1 FROM contracts k WHERE k.client_id = client_id
+						  AND k.effective @> (l.at AT TIME ZONE c.time_zone)::date)
+	 GROUP BY 2 ORDER BY 2;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_data_quality(bigint, daterange, integer) IS
+	'findings that block finalization: period not over, silent devices, weekdays without logons, unmapped accounts, logons outside the contract';
+
 -- msp_reconcile_licenses: people billed are read from the finalized
 -- invoice's evidence, sister clients' people included.
 
@@ -1198,28 +1414,35 @@ LANGUAGE plpgsql VOLATILE STRICT
 SET search_path = pg_catalog, @extschema@, pg_temp
 AS $$
 BEGIN
-	INSERT INTO @extschema@.accounts (client_id, account_id, realm, name, kind, application)
-	SELECT for_client,
-		   coalesce((SELECT max(a.account_id) FROM @extschema@.accounts a WHERE a.client_id = for_client), 0)
-			   + row_number() OVER (ORDER BY n.realm, n.account_name),
-		   n.realm, n.account_name, 'unknown', n.application
+	-- New accounts and devices take their ids from the identity columns, so
+	-- that ids are unique across clients.  Ids chosen by hand for this
+	-- client may lie ahead of the sequence: move it past them first (the
+	-- load holds the client's lock; the sequence only moves forward).
+	PERFORM setval(pg_get_serial_sequence('@extschema@.accounts', 'account_id'), m.id)
+	   FROM (SELECT max(a.account_id) AS id FROM @extschema@.accounts a WHERE a.client_id = for_client) m
+	  WHERE m.id > coalesce(pg_sequence_last_value(pg_get_serial_sequence('@extschema@.accounts', 'account_id')), 0);
+	PERFORM setval(pg_get_serial_sequence('@extschema@.devices', 'device_id'), m.id)
+	   FROM (SELECT max(d.device_id) AS id FROM @extschema@.devices d WHERE d.client_id = for_client) m
+	  WHERE m.id > coalesce(pg_sequence_last_value(pg_get_serial_sequence('@extschema@.devices', 'device_id')), 0);
+
+	INSERT INTO @extschema@.accounts (client_id, realm, name, kind, application)
+	SELECT for_client, n.realm, n.account_name, 'unknown', n.application
 	  FROM (SELECT DISTINCT e.realm, e.account_name, e.application FROM pg_temp.msp_load_events e) n
 	 WHERE NOT EXISTS (SELECT 1 FROM @extschema@.accounts a
 						WHERE a.client_id = for_client AND a.realm = n.realm
 						  AND lower(a.name) = lower(n.account_name)
-						  AND coalesce(a.application, '') = coalesce(n.application, ''));
+						  AND coalesce(a.application, '') = coalesce(n.application, ''))
+	 ORDER BY n.realm, n.account_name;
 
 	-- a device found in an export is billable from the day it was first seen
-	INSERT INTO @extschema@.devices (client_id, device_id, name, kind, active)
-	SELECT for_client,
-		   coalesce((SELECT max(d.device_id) FROM @extschema@.devices d WHERE d.client_id = for_client), 0)
-			   + row_number() OVER (ORDER BY n.device_name),
-		   n.device_name, 'other',
+	INSERT INTO @extschema@.devices (client_id, name, kind, active)
+	SELECT for_client, n.device_name, 'other',
 		   daterange((n.first_at AT TIME ZONE (SELECT c.time_zone FROM @extschema@.clients c WHERE c.client_id = for_client))::date, NULL)
 	  FROM (SELECT e.device_name, min(e.at) AS first_at FROM pg_temp.msp_load_events e
 			 WHERE e.device_name IS NOT NULL AND e.create_device GROUP BY e.device_name) n
 	 WHERE NOT EXISTS (SELECT 1 FROM @extschema@.devices d WHERE d.client_id = for_client
-						  AND upper(d.name) = upper(n.device_name));
+						  AND upper(d.name) = upper(n.device_name))
+	 ORDER BY n.device_name;
 
 	-- small maps from names to ids, so the big insert joins on plain keys
 	ANALYZE pg_temp.msp_load_events;
@@ -1256,8 +1479,8 @@ COMMENT ON FUNCTION @extschema@.msp_load_normalized(bigint, text) IS
 	'internal: accounts, devices and logons from the normalized events of one load';
 
 -- Every load starts here: the client must exist, loads of one client take
--- turns (new accounts and devices are numbered from the client's highest
--- id, and a second load of the same stage must find it consumed), and the
+-- turns (new accounts and devices must not race for the same names, and a
+-- second load of the same stage must find it consumed), and the
 -- load gets a fresh scratch table for its normalized events.
 CREATE OR REPLACE FUNCTION @extschema@.msp_load_begin(for_client bigint) RETURNS void
 LANGUAGE plpgsql VOLATILE
@@ -1815,6 +2038,13 @@ DECLARE
 					'@extschema@.msp_report_invoice_lines(bigint, daterange), '
 					'@extschema@.msp_report_billable_users(bigint, daterange)';
 	account_cols text := 'client_id, account_id, realm, kind, person_id, application, is_machine';
+	-- reporting (src/reporting.sql): rollups and KPI views to read, and the
+	-- definer functions that alone write the rollups
+	reporting text := '@extschema@.daily_activity, @extschema@.period_invoices, @extschema@.pii_findings, '
+					  '@extschema@.reporting_clients, @extschema@.kpi_daily_activity, @extschema@.kpi_billable_users, '
+					  '@extschema@.kpi_license_utilization, @extschema@.kpi_margin, @extschema@.kpi_margin_per_user, '
+					  '@extschema@.kpi_hipaa_findings, @extschema@.kpi_data_quality';
+	refreshers text := '@extschema@.msp_refresh_rollups(), @extschema@.msp_rebuild_rollups()';
 BEGIN
 	FOREACH r IN ARRAY string_to_array(replace(roles, ' ', ''), ',') LOOP
 		IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r) THEN
@@ -1826,7 +2056,7 @@ BEGIN
 	-- what earlier versions granted (GRANT ALL, writes to invoices)
 	EXECUTE format('REVOKE ALL ON ALL TABLES IN SCHEMA @extschema@ FROM %s', roles);
 	EXECUTE format('REVOKE ALL ON ALL SEQUENCES IN SCHEMA @extschema@ FROM %s', roles);
-	EXECUTE format('REVOKE ALL ON FUNCTION %s, %s FROM %s', writers, reports, roles);
+	EXECUTE format('REVOKE ALL ON FUNCTION %s, %s, %s FROM %s', writers, reports, refreshers, roles);
 	EXECUTE 'GRANT SELECT ON @extschema@.bi_client_access TO PUBLIC';
 
 	-- admin: every client's data, real names and raw records
@@ -1856,6 +2086,14 @@ BEGIN
 	EXECUTE 'GRANT SELECT (client_id, account_id, name) ON @extschema@.accounts TO mspbill_pii';
 
 	EXECUTE 'GRANT SELECT ON @extschema@.account_labels TO mspbill_admin, mspbill_billing, mspbill_bi, mspbill_pii';
+
+	-- reporting: the roles that read billing data read the rollups and KPI
+	-- views (rows of their clients only); those who write logons mark
+	-- days (the logons trigger runs as them; marked_at is the server's) and
+	-- refresh, as cron would, through the definer functions only
+	EXECUTE format('GRANT SELECT ON %s TO mspbill_admin, mspbill_billing, mspbill_bi', reporting);
+	EXECUTE 'GRANT INSERT (client_id, day) ON @extschema@.rollup_dirty TO mspbill_admin, mspbill_billing';
+	EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO mspbill_admin, mspbill_billing', refreshers);
 
 	-- report: functions only (see msp_report_invoices)
 	EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO mspbill_report', reports);
@@ -1928,11 +2166,12 @@ CREATE TABLE @extschema@.period_invoices (
 	currency char(3),
 	drift numeric,
 	billable @extschema@.userset,
+	sister_billable jsonb,
 	note text,
 	PRIMARY KEY (client_id, period)
 );
 COMMENT ON TABLE @extschema@.period_invoices IS
-	'rollup per client and calendar month: msp_invoice() figures, preview or finalized, drift since finalization, the billable people; unpriced with the reason when the month cannot be billed';
+	'rollup per client and calendar month: msp_invoice() figures, preview or finalized, drift since finalization, the billable people (billable: the client''s own, by person_id; sister_billable: sister clients'' people it pays for, as [{home_client_id, person_id, pseudonym}]); unpriced with the reason when the month cannot be billed';
 
 CREATE TABLE @extschema@.pii_findings (
 	client_id bigint NOT NULL REFERENCES @extschema@.clients ON DELETE CASCADE,
@@ -1971,24 +2210,42 @@ END
 $$;
 
 -- Mark the local days of changed logons (msp_local_day's expression,
--- written out: a function call per row would slow bulk loads).  SECURITY DEFINER so that a
--- loader needs no grant on rollup_dirty; a trigger function cannot be
--- called directly.
+-- written out: a function call per row would slow bulk loads).  It runs
+-- as whoever writes the logons: the loaders, which run as the owner
+-- already, or mspbill_admin and mspbill_billing, who are granted INSERT
+-- on rollup_dirty's two columns for it (a mark only asks for a
+-- recomputation), so it needs no SECURITY DEFINER.
 CREATE FUNCTION @extschema@.msp_mark_logon_days() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER
+LANGUAGE plpgsql
 SET search_path = pg_catalog, @extschema@, pg_temp
 AS $$
 BEGIN
+	-- the logon's own client, and the client that pays for its person (a
+	-- sister client's person is billed there, on the payer's local day)
 	IF TG_OP IN ('INSERT', 'UPDATE') THEN
 		INSERT INTO rollup_dirty AS d (client_id, day)
 		SELECT DISTINCT n.client_id, (n.at AT TIME ZONE c.time_zone)::date
 		  FROM new_rows n JOIN clients c ON c.client_id = n.client_id
+		UNION
+		SELECT p.bill_to_client_id, (n.at AT TIME ZONE c.time_zone)::date
+		  FROM new_rows n
+		  JOIN accounts a ON a.client_id = n.client_id AND a.account_id = n.account_id
+		  JOIN people p ON p.client_id = a.client_id AND p.person_id = a.person_id
+		  JOIN clients c ON c.client_id = p.bill_to_client_id
+		 WHERE p.bill_to_client_id <> n.client_id
 		 ORDER BY 1, 2;
 	END IF;
 	IF TG_OP IN ('DELETE', 'UPDATE') THEN
 		INSERT INTO rollup_dirty AS d (client_id, day)
 		SELECT DISTINCT o.client_id, (o.at AT TIME ZONE c.time_zone)::date
 		  FROM old_rows o JOIN clients c ON c.client_id = o.client_id
+		UNION
+		SELECT p.bill_to_client_id, (o.at AT TIME ZONE c.time_zone)::date
+		  FROM old_rows o
+		  JOIN accounts a ON a.client_id = o.client_id AND a.account_id = o.account_id
+		  JOIN people p ON p.client_id = a.client_id AND p.person_id = a.person_id
+		  JOIN clients c ON c.client_id = p.bill_to_client_id
+		 WHERE p.bill_to_client_id <> o.client_id
 		 ORDER BY 1, 2;
 	END IF;
 	RETURN NULL;
@@ -1996,7 +2253,7 @@ END
 $$;
 REVOKE EXECUTE ON FUNCTION @extschema@.msp_mark_logon_days() FROM PUBLIC;
 COMMENT ON FUNCTION @extschema@.msp_mark_logon_days() IS
-	'trigger: marks the (client, local day) pairs of inserted, updated or deleted logons for msp_refresh_rollups()';
+	'trigger: marks the (client, local day) pairs of inserted, updated or deleted logons, and those of the clients paying for their people, for msp_refresh_rollups()';
 
 CREATE TRIGGER mark_rollups_insert AFTER INSERT ON @extschema@.logons
 	REFERENCING NEW TABLE AS new_rows
@@ -2013,8 +2270,10 @@ COMMENT ON TRIGGER mark_rollups_delete ON @extschema@.logons IS 'marks the days 
 
 -- Finalizing or adjusting changes a month's status, drift or total: mark
 -- the first day of the period (and of the period an adjustment rides on).
+-- Invoices are written only by msp_finalize_invoice and
+-- msp_issue_adjustment, which run as the owner: no SECURITY DEFINER here.
 CREATE FUNCTION @extschema@.msp_mark_invoice_periods() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER
+LANGUAGE plpgsql
 SET search_path = pg_catalog, @extschema@, pg_temp
 AS $$
 BEGIN
@@ -2103,6 +2362,7 @@ DECLARE
 	fin invoices;
 	inv invoice;
 	who userset;
+	sisters jsonb;
 	drift numeric;
 BEGIN
 	-- two refreshes that reach the same month take turns
@@ -2117,16 +2377,34 @@ BEGIN
 	END IF;
 	BEGIN
 		inv := msp_invoice(client_id, period);
+		-- person ids are per client: a sister client's person billed here is
+		-- kept apart with its home client, or it could merge with (or
+		-- stand for) one of this client's own people of the same id
 		IF fin.invoice_id IS NOT NULL THEN
-			who := (SELECT userset_agg((e ->> 'person_id')::bigint) FROM jsonb_array_elements(fin.evidence) e);
+			SELECT userset_agg(b.person) FILTER (WHERE b.home = client_id),
+				   coalesce(jsonb_agg(jsonb_build_object('home_client_id', b.home, 'person_id', b.person,
+														 'pseudonym', b.pseudonym) ORDER BY b.home, b.person)
+							FILTER (WHERE b.home <> client_id), '[]')
+			  INTO who, sisters
+			  FROM (SELECT DISTINCT coalesce((e ->> 'home_client_id')::bigint, client_id) AS home,
+						   (e ->> 'person_id')::bigint AS person, e ->> 'pseudonym' AS pseudonym
+					  FROM jsonb_array_elements(fin.evidence) e) b;
 			drift := (SELECT coalesce(sum(d.difference), 0) FROM msp_invoice_drift(client_id, period) d);
 		ELSE
-			who := (SELECT userset_agg(u.person_id) FROM msp_billable_users(client_id, period) u);
+			SELECT userset_agg(b.person) FILTER (WHERE b.home = client_id),
+				   coalesce(jsonb_agg(jsonb_build_object('home_client_id', b.home, 'person_id', b.person,
+														 'pseudonym', b.pseudonym) ORDER BY b.home, b.person)
+							FILTER (WHERE b.home <> client_id), '[]')
+			  INTO who, sisters
+			  FROM (SELECT DISTINCT coalesce(u.home_client_id, client_id) AS home, u.person_id AS person,
+						   u.pseudonym
+					  FROM msp_billable_users(client_id, period) u) b;
 		END IF;
 		INSERT INTO period_invoices (client_id, period, status, model, users, seats, devices, subtotal, total,
-									 currency, drift, billable)
+									 currency, drift, billable, sister_billable)
 		VALUES (client_id, period, CASE WHEN fin.invoice_id IS NULL THEN 'preview' ELSE 'finalized' END,
-				inv.model, inv.users, inv.seats, inv.devices, inv.subtotal, inv.total, inv.currency, drift, who);
+				inv.model, inv.users, inv.seats, inv.devices, inv.subtotal, inv.total, inv.currency, drift, who,
+				sisters);
 		INSERT INTO pii_findings (client_id, period, device, account, application, session_start, session_end, uses)
 		SELECT client_id, period, a.device, a.account, a.application, a.session_start, a.session_end, a.uses
 		  FROM msp_pii_audit(client_id, period) a;
@@ -2176,76 +2454,73 @@ $$;
 COMMENT ON FUNCTION @extschema@.msp_rollup_days(bigint[], date[]) IS
 	'recomputes the daily rows of the given (client, day) pairs and the months they fall in';
 
--- Refreshing needs to see every client (a reader who sees fewer would
--- write wrong figures) and to write the rollups.
-CREATE FUNCTION @extschema@.msp_check_rollup_writer() RETURNS void
-LANGUAGE plpgsql STABLE PARALLEL SAFE
-SET search_path = @extschema@, pg_catalog, pg_temp
-AS $$
-BEGIN
-	IF NOT msp_sees_all_clients() THEN
-		RAISE EXCEPTION 'permission denied to refresh the rollups'
-			USING ERRCODE = 'insufficient_privilege',
-				  DETAIL = format('Role %s does not see every client, so it would compute partial figures.', current_user),
-				  HINT = 'Run it as a superuser or a member of mspbill_admin (from cron or pg_cron).';
-	END IF;
-END
-$$;
-COMMENT ON FUNCTION @extschema@.msp_check_rollup_writer() IS
-	'raises insufficient_privilege unless the current user sees every client';
+-- Refreshing and rebuilding write the rollups, which BI readers trust as
+-- they trust invoices: so, like invoices, they are written only through
+-- these two functions, which run as the owner (SECURITY DEFINER: the owner
+-- sees every client, so the figures never depend on who refreshes) and
+-- are executable only by mspbill_admin and mspbill_billing (granted in
+-- msp_install_roles), e.g. from cron.  Stored labels are pseudonymous, as
+-- in finalized evidence, whoever runs them.  Names are schema-qualified;
+-- the internals they call pin their own search_path.
 
 -- Recompute the pairs marked dirty.  Safe to run from several sessions at
 -- once: each takes the marks no one else holds (SKIP LOCKED); the marks of
 -- loads not yet committed are not visible, and wait for the next run.
 CREATE FUNCTION @extschema@.msp_refresh_rollups(OUT days integer, OUT periods integer)
-LANGUAGE plpgsql VOLATILE
-SET search_path = @extschema@, pg_catalog, pg_temp
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, @extschema@, pg_temp
+SET mspbill.pseudonymous = on
 AS $$
 DECLARE
 	cids bigint[];
 	ds date[];
 BEGIN
-	PERFORM msp_check_rollup_writer();
 	-- shared with other refreshes, exclusive against a rebuild
-	PERFORM pg_advisory_xact_lock_shared(hashtext('mspbill.rollups'));
+	PERFORM pg_catalog.pg_advisory_xact_lock_shared(pg_catalog.hashtext('mspbill.rollups'));
 	WITH taken AS (
-		DELETE FROM rollup_dirty d
-		 USING (SELECT x.ctid AS row_id FROM rollup_dirty x FOR UPDATE SKIP LOCKED) free
-		 WHERE d.ctid = free.row_id
+		DELETE FROM @extschema@.rollup_dirty d
+		 USING (SELECT x.ctid AS row_id FROM @extschema@.rollup_dirty x FOR UPDATE SKIP LOCKED) free
+		 WHERE d.ctid OPERATOR(pg_catalog.=) free.row_id
 		RETURNING d.client_id, d.day)
-	SELECT coalesce(array_agg(t.client_id), '{}'), coalesce(array_agg(t.day), '{}') INTO cids, ds FROM taken t;
-	SELECT r.days_done, r.periods_done INTO days, periods FROM msp_rollup_days(cids, ds) r;
+	SELECT coalesce(pg_catalog.array_agg(t.client_id), '{}'), coalesce(pg_catalog.array_agg(t.day), '{}')
+	  INTO cids, ds FROM taken t;
+	SELECT r.days_done, r.periods_done INTO days, periods FROM @extschema@.msp_rollup_days(cids, ds) r;
 END
 $$;
 COMMENT ON FUNCTION @extschema@.msp_refresh_rollups() IS
-	'recomputes the rollups of the (client, day) pairs marked dirty since the last refresh; safe to run concurrently, e.g. from cron or pg_cron';
+	'recomputes the rollups of the (client, day) pairs marked dirty since the last refresh; safe to run concurrently, e.g. from cron or pg_cron; for mspbill_admin and mspbill_billing';
 
 CREATE FUNCTION @extschema@.msp_rebuild_rollups(OUT days integer, OUT periods integer)
-LANGUAGE plpgsql VOLATILE
-SET search_path = @extschema@, pg_catalog, pg_temp
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, @extschema@, pg_temp
+SET mspbill.pseudonymous = on
 AS $$
 DECLARE
 	cids bigint[];
 	ds date[];
 BEGIN
-	PERFORM msp_check_rollup_writer();
-	PERFORM pg_advisory_xact_lock(hashtext('mspbill.rollups'));
-	DELETE FROM rollup_dirty;
-	DELETE FROM daily_activity;
-	DELETE FROM period_invoices;
-	DELETE FROM pii_findings;
+	PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('mspbill.rollups'));
+	DELETE FROM @extschema@.rollup_dirty;
+	DELETE FROM @extschema@.daily_activity;
+	DELETE FROM @extschema@.period_invoices;
+	DELETE FROM @extschema@.pii_findings;
 	-- every day with logons, and the first day of every finalized month
-	SELECT coalesce(array_agg(x.client_id), '{}'), coalesce(array_agg(x.day), '{}') INTO cids, ds
-	  FROM (SELECT DISTINCT l.client_id, msp_local_day(l.at, c.time_zone) AS day
-			  FROM logons l JOIN clients c ON c.client_id = l.client_id
+	SELECT coalesce(pg_catalog.array_agg(x.client_id), '{}'), coalesce(pg_catalog.array_agg(x.day), '{}') INTO cids, ds
+	  FROM (SELECT DISTINCT l.client_id, @extschema@.msp_local_day(l.at, c.time_zone) AS day
+			  FROM @extschema@.logons l JOIN @extschema@.clients c ON c.client_id OPERATOR(pg_catalog.=) l.client_id
 			UNION
-			SELECT i.client_id, date_trunc('month', lower(i.period))::date
-			  FROM invoices i WHERE i.kind = 'invoice') x;
-	SELECT r.days_done, r.periods_done INTO days, periods FROM msp_rollup_days(cids, ds) r;
+			SELECT i.client_id, pg_catalog.date_trunc('month', pg_catalog.lower(i.period))::date
+			  FROM @extschema@.invoices i WHERE i.kind OPERATOR(pg_catalog.=) 'invoice') x;
+	SELECT r.days_done, r.periods_done INTO days, periods FROM @extschema@.msp_rollup_days(cids, ds) r;
 END
 $$;
 COMMENT ON FUNCTION @extschema@.msp_rebuild_rollups() IS
-	'recomputes every rollup from the base tables (the same rows an incremental refresh keeps); takes a lock that waits for running refreshes';
+	'recomputes every rollup from the base tables (the same rows an incremental refresh keeps); takes a lock that waits for running refreshes; for mspbill_admin and mspbill_billing';
+
+-- the definer functions, and the internals that only they call
+REVOKE EXECUTE ON FUNCTION @extschema@.msp_refresh_rollups(), @extschema@.msp_rebuild_rollups(),
+	@extschema@.msp_rollup_days(bigint[], date[]), @extschema@.msp_rollup_period(bigint, daterange)
+	FROM PUBLIC;
 
 -- ---------------------------------------------------------------------
 -- KPI views.  Each is security_barrier and joins reporting_clients, the one
@@ -2275,21 +2550,18 @@ SELECT d.client_id, rc.client_name, d.day,
 COMMENT ON VIEW @extschema@.kpi_daily_activity IS
 	'per client and local day: people active, devices seen, shared-account sessions and logons; person_ids as bigint[]';
 
+-- Who joined and who left are counted and listed on one set, the people
+-- the invoice counts (billable_users): the client's own and the sister
+-- clients' people it pays for (listed as 'gray (client 2)'), each keyed by
+-- its home client, since person ids are per client.  So joined_count -
+-- left_count = change.
 CREATE VIEW @extschema@.kpi_billable_users WITH (security_barrier) AS
 SELECT p.client_id, rc.client_name, lower(p.period) AS month, p.status,
 	   p.users AS billable_users, prev.users AS previous_billable_users, p.users - prev.users AS change,
-	   @extschema@.cardinality(@extschema@.userset_minus(p.billable, prev.billable))::integer AS joined_count,
-	   @extschema@.cardinality(@extschema@.userset_minus(prev.billable, p.billable))::integer AS left_count,
-	   CASE WHEN prev.billable IS NOT NULL THEN
-	   ARRAY(SELECT pe.pseudonym
-			   FROM @extschema@.userset_members(@extschema@.userset_minus(p.billable, prev.billable)) m(id)
-			   JOIN @extschema@.people pe ON pe.client_id = p.client_id AND pe.person_id = m.id
-			  ORDER BY pe.pseudonym) END AS joined,
-	   CASE WHEN prev.billable IS NOT NULL THEN
-	   ARRAY(SELECT pe.pseudonym
-			   FROM @extschema@.userset_members(@extschema@.userset_minus(prev.billable, p.billable)) m(id)
-			   JOIN @extschema@.people pe ON pe.client_id = p.client_id AND pe.person_id = m.id
-			  ORDER BY pe.pseudonym) END AS departed,
+	   CASE WHEN prev.client_id IS NOT NULL THEN ch.joined_count END AS joined_count,
+	   CASE WHEN prev.client_id IS NOT NULL THEN ch.left_count END AS left_count,
+	   CASE WHEN prev.client_id IS NOT NULL THEN ch.joined END AS joined,
+	   CASE WHEN prev.client_id IS NOT NULL THEN ch.departed END AS departed,
 	   @extschema@.userset_to_array(p.billable) AS billable_person_ids,
 	   p.total, p.currency
   FROM @extschema@.period_invoices p
@@ -2297,9 +2569,32 @@ SELECT p.client_id, rc.client_name, lower(p.period) AS month, p.status,
   LEFT JOIN @extschema@.period_invoices prev
 	ON prev.client_id = p.client_id
    AND prev.period = daterange((lower(p.period) - interval '1 month')::date, lower(p.period))
+  CROSS JOIN LATERAL (
+	SELECT (count(*) FILTER (WHERE x.is_now AND NOT x.was_before))::integer AS joined_count,
+		   (count(*) FILTER (WHERE x.was_before AND NOT x.is_now))::integer AS left_count,
+		   coalesce(array_agg(x.label ORDER BY x.label) FILTER (WHERE x.is_now AND NOT x.was_before), '{}') AS joined,
+		   coalesce(array_agg(x.label ORDER BY x.label) FILTER (WHERE x.was_before AND NOT x.is_now), '{}') AS departed
+	  FROM (SELECT y.home_client_id, y.person_id, max(y.label) AS label, bool_or(y.is_now) AS is_now, bool_or(NOT y.is_now) AS was_before
+			  FROM (SELECT q.*, true AS is_now FROM (SELECT p.client_id AS home_client_id, b.id AS person_id, coalesce(pe.pseudonym, 'person ' || b.id) AS label
+					  FROM @extschema@.userset_members(p.billable) b(id)
+					  LEFT JOIN @extschema@.people pe ON pe.client_id = p.client_id AND pe.person_id = b.id
+					UNION ALL
+					SELECT (s ->> 'home_client_id')::bigint, (s ->> 'person_id')::bigint,
+						   format('%s (client %s)', s ->> 'pseudonym', s ->> 'home_client_id')
+					  FROM jsonb_array_elements(coalesce(p.sister_billable, '[]')) s) q
+					UNION ALL
+					SELECT q.*, false FROM (SELECT prev.client_id AS home_client_id, b.id AS person_id, coalesce(pe.pseudonym, 'person ' || b.id) AS label
+					  FROM @extschema@.userset_members(prev.billable) b(id)
+					  LEFT JOIN @extschema@.people pe ON pe.client_id = prev.client_id AND pe.person_id = b.id
+					UNION ALL
+					SELECT (s ->> 'home_client_id')::bigint, (s ->> 'person_id')::bigint,
+						   format('%s (client %s)', s ->> 'pseudonym', s ->> 'home_client_id')
+					  FROM jsonb_array_elements(coalesce(prev.sister_billable, '[]')) s) q
+					 WHERE prev.client_id IS NOT NULL) y
+			 GROUP BY y.home_client_id, y.person_id) x) ch
  WHERE p.status <> 'unpriced';
 COMMENT ON VIEW @extschema@.kpi_billable_users IS
-	'billable users per client and month, the change from the month before, and who joined and who left (pseudonyms); NULL changes for a first month';
+	'billable users per client and month, the change from the month before, and who joined and who left (pseudonyms; sister clients'' people as ''pseudonym (client N)''; joined_count - left_count = change); NULL changes for a first month; billable_person_ids are the client''s own people';
 
 -- Seats held: the latest marketplace count per SKU before the month ends
 -- (as msp_reconcile_licenses reads it).
@@ -2367,22 +2662,28 @@ COMMENT ON VIEW @extschema@.kpi_margin IS
 -- Revenue and cost spread over the month's billable people to the cent
 -- with allocate(), so that the per-user margins add up to kpi_margin.
 CREATE VIEW @extschema@.kpi_margin_per_user WITH (security_barrier) AS
-SELECT k.client_id, k.client_name, k.month, k.person_id, pe.pseudonym,
+SELECT k.client_id, k.client_name, k.month, k.person_id, k.pseudonym, k.home_client_id,
 	   @extschema@.allocate(k.revenue, 1, k.minor_unit) OVER w AS revenue,
 	   @extschema@.allocate(k.cost, 1, k.minor_unit) OVER w AS cost,
 	   @extschema@.allocate(k.revenue, 1, k.minor_unit) OVER w
 		   - @extschema@.allocate(k.cost, 1, k.minor_unit) OVER w AS margin,
 	   k.currency
   FROM (SELECT m.client_id, m.client_name, m.month, m.revenue, m.pool_cost + m.licence_cost AS cost,
-			   rc.minor_unit, m.currency, u.person_id
+			   rc.minor_unit, m.currency, u.home_client_id, u.person_id, u.pseudonym
 		  FROM @extschema@.kpi_margin m
 		  JOIN @extschema@.reporting_clients rc ON rc.client_id = m.client_id
 		  JOIN @extschema@.period_invoices p ON p.client_id = m.client_id AND lower(p.period) = m.month
-		  CROSS JOIN LATERAL @extschema@.userset_members(p.billable) u(person_id)) k
-  JOIN @extschema@.people pe ON pe.client_id = k.client_id AND pe.person_id = k.person_id
-WINDOW w AS (PARTITION BY k.client_id, k.month ORDER BY k.person_id);
+		  -- every person the invoice counts: its own and sister clients' people
+		  CROSS JOIN LATERAL (
+			SELECT p.client_id AS home_client_id, b.id AS person_id, pe.pseudonym
+			  FROM @extschema@.userset_members(p.billable) b(id)
+			  LEFT JOIN @extschema@.people pe ON pe.client_id = p.client_id AND pe.person_id = b.id
+			UNION ALL
+			SELECT (s ->> 'home_client_id')::bigint, (s ->> 'person_id')::bigint, s ->> 'pseudonym'
+			  FROM jsonb_array_elements(coalesce(p.sister_billable, '[]')) s) u) k
+WINDOW w AS (PARTITION BY k.client_id, k.month ORDER BY k.home_client_id, k.person_id);
 COMMENT ON VIEW @extschema@.kpi_margin_per_user IS
-	'per client, month and billable person: their share of revenue and cost to the cent (allocate), and the margin';
+	'per client, month and billable person (home_client_id: a sister client whose person it pays for): their share of revenue and cost to the cent (allocate), and the margin';
 
 CREATE VIEW @extschema@.kpi_hipaa_findings WITH (security_barrier) AS
 SELECT x.client_id, rc.client_name, x.day,
@@ -2415,13 +2716,11 @@ SELECT p.client_id, rc.client_name, lower(p.period) AS month, q.gate, q.subject,
 COMMENT ON VIEW @extschema@.kpi_data_quality IS
 	'data-quality findings of every month not finalized yet, per client (msp_data_quality, computed when read)';
 
--- Readers see only their clients' rows (policies and the views' filter),
--- so every role with usage on the schema may select; writing is for
--- msp_refresh_rollups()/msp_rebuild_rollups() run by those who see all.
-GRANT SELECT ON @extschema@.daily_activity, @extschema@.period_invoices, @extschema@.pii_findings,
-	@extschema@.reporting_clients, @extschema@.kpi_daily_activity, @extschema@.kpi_billable_users,
-	@extschema@.kpi_license_utilization, @extschema@.kpi_margin, @extschema@.kpi_margin_per_user,
-	@extschema@.kpi_hipaa_findings, @extschema@.kpi_data_quality TO PUBLIC;
+-- No grant to PUBLIC: msp_install_roles grants reading the rollups and
+-- views to mspbill_admin, mspbill_billing and mspbill_bi (their rows
+-- filtered by the policies and the views' own filter), marking
+-- (rollup_dirty's two columns) to admin and billing, and refreshing to them
+-- through msp_refresh_rollups() and msp_rebuild_rollups().
 
 -- The data 0.1.0 stored is not in the rollups yet: mark every (client,
 -- local day) with logons and the month of every invoice and adjustment, as
@@ -2430,6 +2729,14 @@ GRANT SELECT ON @extschema@.daily_activity, @extschema@.period_invoices, @extsch
 INSERT INTO @extschema@.rollup_dirty (client_id, day)
 SELECT l.client_id, (l.at AT TIME ZONE c.time_zone)::date
   FROM @extschema@.logons l JOIN @extschema@.clients c ON c.client_id = l.client_id
+UNION
+-- a sister client's person counts on the payer's local day
+SELECT p.bill_to_client_id, (l.at AT TIME ZONE c.time_zone)::date
+  FROM @extschema@.logons l
+  JOIN @extschema@.accounts a ON a.client_id = l.client_id AND a.account_id = l.account_id
+  JOIN @extschema@.people p ON p.client_id = a.client_id AND p.person_id = a.person_id
+  JOIN @extschema@.clients c ON c.client_id = p.bill_to_client_id
+ WHERE p.bill_to_client_id <> l.client_id
 UNION
 SELECT i.client_id, x.day
   FROM @extschema@.invoices i, LATERAL (VALUES (lower(i.period)), (lower(i.apply_period))) x(day)

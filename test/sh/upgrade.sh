@@ -16,7 +16,7 @@ work="$TOP/test/out/upgrade"
 rm -rf "$work"; mkdir -p "$work"
 current=$(sed -n "s/^default_version = '\(.*\)'/\1/p" "$TOP/mspbill.control")
 q() { local db=$1; shift; PGOPTIONS='-c client_min_messages=warning' "$BINDIR/psql" -X -q -At -v ON_ERROR_STOP=1 -d "$db" "$@"; }
-echo "1..20"
+echo "1..21"
 
 for db in "$OLD" "$NEW"; do drop_db "$db"; q postgres -c "CREATE DATABASE $db"; done
 q "$OLD" -c "CREATE EXTENSION mspbill VERSION '0.1.0'" -c "ALTER DATABASE $OLD SET search_path = public, mspbill"
@@ -116,6 +116,27 @@ tap_check "the KPI rollup reports the invoices 0.1.0 finalized as stored" \
 	"$(q "$OLD" -c "SELECT string_agg(status || ':' || total, ' ' ORDER BY client_id) FROM period_invoices p
 	                 WHERE EXISTS (SELECT 1 FROM invoices i WHERE i.client_id = p.client_id AND i.period = p.period)")" \
 	"finalized:456.00 finalized:942.00"
+
+# ids get identity defaults; new ones follow the highest id 0.1.0 stored,
+# whichever client holds it
+tap_check "new clients, people, accounts, devices, contracts, contacts and pools number after 0.1.0's ids" \
+	"$(q "$OLD" -c "WITH c AS (INSERT INTO clients (name) VALUES ('Upgrade Clinic') RETURNING client_id),
+	                 p AS (INSERT INTO people (client_id, pseudonym) SELECT 1, 'after-update' RETURNING person_id),
+	                 a AS (INSERT INTO accounts (client_id, realm, name, kind) SELECT 1, 'os', 'AFTER\\update', 'unknown' RETURNING account_id),
+	                 d AS (INSERT INTO devices (client_id, name) SELECT 1, 'AFTER-UPDATE' RETURNING device_id),
+	                 k AS (INSERT INTO contracts (client_id, effective, model, price_per_user)
+	                       SELECT client_id, daterange('2020-01-01', NULL), 'per_user', 1 FROM c RETURNING contract_id),
+	                 s AS (INSERT INTO support_contacts (client_id, person_id, at) SELECT 2, 1, now() RETURNING contact_id),
+	                 o AS (INSERT INTO cost_pools (client_id, category, description, amount, currency, period)
+	                       SELECT 1, 'other', 'after the update', 1, 'USD', daterange('2020-01-01', '2020-02-01') RETURNING pool_id)
+	                 SELECT concat_ws(' ', (SELECT client_id FROM c) > (SELECT max(client_id) FROM clients),
+	                        (SELECT person_id FROM p) > (SELECT max(person_id) FROM people),
+	                        (SELECT account_id FROM a) > (SELECT max(account_id) FROM accounts),
+	                        (SELECT device_id FROM d) > (SELECT max(device_id) FROM devices),
+	                        (SELECT contract_id FROM k) > (SELECT max(contract_id) FROM contracts),
+	                        (SELECT contact_id FROM s) > (SELECT max(contact_id) FROM support_contacts),
+	                        (SELECT pool_id FROM o) > (SELECT max(pool_id) FROM cost_pools))" 2>&1)" \
+	"t t t t t t t"
 
 # every object of the updated database against a fresh install
 q "$NEW" -c "CREATE EXTENSION mspbill" -c "SELECT mspbill.msp_install_roles()" >/dev/null
