@@ -16,7 +16,7 @@ work="$TOP/test/out/upgrade"
 rm -rf "$work"; mkdir -p "$work"
 current=$(sed -n "s/^default_version = '\(.*\)'/\1/p" "$TOP/mspbill.control")
 q() { local db=$1; shift; PGOPTIONS='-c client_min_messages=warning' "$BINDIR/psql" -X -q -At -v ON_ERROR_STOP=1 -d "$db" "$@"; }
-echo "1..21"
+echo "1..22"
 
 for db in "$OLD" "$NEW"; do drop_db "$db"; q postgres -c "CREATE DATABASE $db"; done
 q "$OLD" -c "CREATE EXTENSION mspbill VERSION '0.1.0'" -c "ALTER DATABASE $OLD SET search_path = public, mspbill"
@@ -137,6 +137,10 @@ tap_check "new clients, people, accounts, devices, contracts, contacts and pools
 	                        (SELECT contact_id FROM s) > (SELECT max(contact_id) FROM support_contacts),
 	                        (SELECT pool_id FROM o) > (SELECT max(pool_id) FROM cost_pools))" 2>&1)" \
 	"t t t t t t t"
+
+tap_check "ids 0.1.0 numbered per client stay shared: a cross-client union of its people counts them once (README)" \
+	"$(q "$OLD" -c "SELECT cardinality(userset_union(people)) || ' of ' || (SELECT count(DISTINCT (client_id, person_id))
+	                  FROM accounts WHERE kind = 'individual' AND client_id IN (1, 2)) FROM public.kept_sets")" "12 of 16"
 
 # every object of the updated database against a fresh install
 q "$NEW" -c "CREATE EXTENSION mspbill" -c "SELECT mspbill.msp_install_roles()" >/dev/null
