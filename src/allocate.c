@@ -15,6 +15,10 @@
  */
 #include "postgres.h"
 
+#if PG_VERSION_NUM >= 160000
+#include "varatt.h"
+#endif
+
 #include "catalog/pg_type.h"
 #include "miscadmin.h"
 #include "utils/array.h"

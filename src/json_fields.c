@@ -13,6 +13,10 @@
  */
 #include "postgres.h"
 
+#if PG_VERSION_NUM >= 160000
+#include "varatt.h"
+#endif
+
 #include <ctype.h>
 
 #include "catalog/pg_type.h"

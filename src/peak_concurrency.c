@@ -10,6 +10,10 @@
  */
 #include "postgres.h"
 
+#if PG_VERSION_NUM >= 160000
+#include "varatt.h"
+#endif
+
 #include "datatype/timestamp.h"
 #include "lib/stringinfo.h"
 #include "libpq/pqformat.h"
