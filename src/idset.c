@@ -217,18 +217,15 @@ TryDensify(IdSet *set)
 	return true;
 }
 
-/* Double the table and re-insert every member, or turn into a bitmap. */
-void
-IdSetGrow(IdSet *set)
+/* Double the table and re-insert every member. */
+static void
+GrowTable(IdSet *set)
 {
 	uint64	   *old_slots = set->slots;
 	int64	   *old_counts = set->counts;
 	uint64		old_capacity = set->capacity;
 	uint64		mask;
 	uint64		i;
-
-	if (!set->counting && TryDensify(set))
-		return;
 
 	if (set->capacity >= (MaxAllocHugeSize / sizeof(uint64)) / 2)
 		ereport(ERROR,
@@ -259,6 +256,15 @@ IdSetGrow(IdSet *set)
 	pfree(old_slots);
 	if (old_counts)
 		pfree(old_counts);
+}
+
+/* Make room in the table, or turn the set into a bitmap. */
+void
+IdSetGrow(IdSet *set)
+{
+	if (!set->counting && TryDensify(set))
+		return;
+	GrowTable(set);
 }
 
 /* Refuse a count that would not fit: only forged states can get there. */
@@ -324,6 +330,15 @@ IdSetMerge(IdSet *dst, IdSet *src)
 		dst = src;
 		src = tmp;
 	}
+
+	/*
+	 * The table's members come out in the order of their hash, which is
+	 * also dst's hash: inserted into a smaller table they would pile up in
+	 * one run of slots that grows with every member (quadratic probing
+	 * time).  A table with room for both keeps them spread.
+	 */
+	while (dst->used + src->used >= dst->grow_at)
+		GrowTable(dst);
 	IdSetIterInit(&iter, src);
 	while (IdSetIterNext(&iter, &member))
 	{
