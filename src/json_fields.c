@@ -225,6 +225,7 @@ ScanContainer(JsonScan *s, char close, int depth)
 		return false;
 	for (;;)
 	{
+		CHECK_FOR_INTERRUPTS();
 		SkipSpace(s);
 		if (s->p >= s->end)
 			return false;
@@ -285,17 +286,59 @@ ScanValue(JsonScan *s, int depth)
 	}
 }
 
-/* Is this requested key the one just read? */
-static inline bool
-KeyMatches(Datum wanted, bool isnull, StringInfo key)
+/*
+ * A requested key, sorted so that each key of the document is found by
+ * binary search: keys x keys comparisons would be quadratic.
+ */
+typedef struct WantedKey
 {
-	text	   *t;
+	const char *data;
+	int			len;
+	int			index;			/* position in the keys array */
+} WantedKey;
 
-	if (isnull)
-		return false;
-	t = DatumGetTextPP(wanted);
-	return VARSIZE_ANY_EXHDR(t) == (Size) key->len &&
-		memcmp(VARDATA_ANY(t), key->data, key->len) == 0;
+/* Order by length, then bytes, then position (equal keys stay adjacent). */
+static int
+CompareWantedKey(const void *a, const void *b)
+{
+	const WantedKey *x = (const WantedKey *) a;
+	const WantedKey *y = (const WantedKey *) b;
+	int			c;
+
+	if (x->len != y->len)
+		return x->len < y->len ? -1 : 1;
+	c = memcmp(x->data, y->data, x->len);
+	if (c != 0)
+		return c;
+	return (x->index > y->index) - (x->index < y->index);
+}
+
+/* First requested key equal to key (by length and bytes), or nwanted. */
+static int
+FindWanted(const WantedKey *wanted, int nwanted, StringInfo key)
+{
+	int			lo = 0;
+	int			hi = nwanted;
+
+	while (lo < hi)
+	{
+		int			mid = lo + (hi - lo) / 2;
+		const WantedKey *w = &wanted[mid];
+		int			c;
+
+		if (w->len != key->len)
+			c = w->len < key->len ? -1 : 1;
+		else
+			c = memcmp(w->data, key->data, key->len);
+		if (c < 0)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	if (lo < nwanted && wanted[lo].len == key->len &&
+		memcmp(wanted[lo].data, key->data, key->len) == 0)
+		return lo;
+	return nwanted;
 }
 
 PG_FUNCTION_INFO_V1(msp_json_fields);
@@ -314,6 +357,8 @@ msp_json_fields(PG_FUNCTION_ARGS)
 	int			lbs[1] = {1};
 	JsonScan	s;
 	StringInfoData key;
+	WantedKey  *wanted_keys;
+	int			nwanted = 0;
 	bool		first = true;
 	int			i;
 
@@ -324,8 +369,22 @@ msp_json_fields(PG_FUNCTION_ARGS)
 	deconstruct_array(keys_arr, TEXTOID, -1, false, TYPALIGN_INT, &key_datums, &key_nulls, &nkeys);
 	values = palloc0(Max(nkeys, 1) * sizeof(Datum));
 	nulls = palloc(Max(nkeys, 1) * sizeof(bool));
+	wanted_keys = palloc(mul_size(Max(nkeys, 1), sizeof(WantedKey)));
 	for (i = 0; i < nkeys; i++)
+	{
 		nulls[i] = true;
+		if (!key_nulls[i])
+		{
+			text	   *t = DatumGetTextPP(key_datums[i]);
+
+			wanted_keys[nwanted].data = VARDATA_ANY(t);
+			wanted_keys[nwanted].len = VARSIZE_ANY_EXHDR(t);
+			wanted_keys[nwanted].index = i;
+			nwanted++;
+		}
+	}
+	if (nwanted > 1)
+		qsort(wanted_keys, nwanted, sizeof(WantedKey), CompareWantedKey);
 
 	s.p = VARDATA_ANY(doc);
 	s.end = s.p + VARSIZE_ANY_EXHDR(doc);
@@ -337,8 +396,10 @@ msp_json_fields(PG_FUNCTION_ARGS)
 	for (;;)
 	{
 		int			wanted = -1;
+		int			found;
 		const char *value_start;
 
+		CHECK_FOR_INTERRUPTS();
 		SkipSpace(&s);
 		if (s.p >= s.end)
 			PG_RETURN_NULL();
@@ -350,9 +411,9 @@ msp_json_fields(PG_FUNCTION_ARGS)
 		resetStringInfo(&key);
 		if (*s.p != '"' || !ScanString(&s, &key))
 			PG_RETURN_NULL();
-		for (i = nkeys - 1; i >= 0; i--)
-			if (KeyMatches(key_datums[i], key_nulls[i], &key))
-				wanted = i;		/* the first of the keys asking for it */
+		found = FindWanted(wanted_keys, nwanted, &key);
+		if (found < nwanted)
+			wanted = wanted_keys[found].index;	/* the first of the keys asking for it */
 		SkipSpace(&s);
 		if (s.p >= s.end || *s.p++ != ':')
 			PG_RETURN_NULL();
@@ -382,12 +443,13 @@ msp_json_fields(PG_FUNCTION_ARGS)
 			}
 		}
 		/* a key asked for more than once gets the value everywhere */
-		for (i = wanted + 1; wanted >= 0 && i < nkeys; i++)
-			if (KeyMatches(key_datums[i], key_nulls[i], &key))
-			{
-				values[i] = values[wanted];
-				nulls[i] = nulls[wanted];
-			}
+		for (i = found + 1; wanted >= 0 && i < nwanted &&
+			 wanted_keys[i].len == key.len &&
+			 memcmp(wanted_keys[i].data, key.data, key.len) == 0; i++)
+		{
+			values[wanted_keys[i].index] = values[wanted];
+			nulls[wanted_keys[i].index] = nulls[wanted];
+		}
 		SkipSpace(&s);
 		if (s.p >= s.end)
 			PG_RETURN_NULL();
