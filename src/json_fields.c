@@ -359,6 +359,8 @@ msp_json_fields(PG_FUNCTION_ARGS)
 	StringInfoData key;
 	WantedKey  *wanted_keys;
 	int			nwanted = 0;
+	const char **starts;
+	const char **ends;
 	bool		first = true;
 	int			i;
 
@@ -367,9 +369,11 @@ msp_json_fields(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
 				 errmsg("msp_json_fields keys must be a one-dimensional array")));
 	deconstruct_array(keys_arr, TEXTOID, -1, false, TYPALIGN_INT, &key_datums, &key_nulls, &nkeys);
-	values = palloc0(Max(nkeys, 1) * sizeof(Datum));
-	nulls = palloc(Max(nkeys, 1) * sizeof(bool));
+	values = palloc0(mul_size(Max(nkeys, 1), sizeof(Datum)));
+	nulls = palloc(mul_size(Max(nkeys, 1), sizeof(bool)));
 	wanted_keys = palloc(mul_size(Max(nkeys, 1), sizeof(WantedKey)));
+	starts = palloc0(mul_size(Max(nkeys, 1), sizeof(char *)));
+	ends = palloc0(mul_size(Max(nkeys, 1), sizeof(char *)));
 	for (i = 0; i < nkeys; i++)
 	{
 		nulls[i] = true;
@@ -419,36 +423,13 @@ msp_json_fields(PG_FUNCTION_ARGS)
 			PG_RETURN_NULL();
 		SkipSpace(&s);
 		value_start = s.p;
-		if (wanted >= 0 && s.p < s.end && *s.p == '"')
+		if (!ScanValue(&s, 1))
+			PG_RETURN_NULL();
+		/* only where it is: a key repeated a million times costs nothing */
+		if (wanted >= 0)
 		{
-			StringInfoData str;
-
-			initStringInfo(&str);
-			if (!ScanString(&s, &str))
-				PG_RETURN_NULL();
-			values[wanted] = PointerGetDatum(cstring_to_text_with_len(str.data, str.len));
-			nulls[wanted] = false;
-		}
-		else
-		{
-			if (!ScanValue(&s, 1))
-				PG_RETURN_NULL();
-			if (wanted >= 0)
-			{
-				bool		is_null = (s.p - value_start == 4 && memcmp(value_start, "null", 4) == 0);
-
-				nulls[wanted] = is_null;
-				if (!is_null)
-					values[wanted] = PointerGetDatum(cstring_to_text_with_len(value_start, s.p - value_start));
-			}
-		}
-		/* a key asked for more than once gets the value everywhere */
-		for (i = found + 1; wanted >= 0 && i < nwanted &&
-			 wanted_keys[i].len == key.len &&
-			 memcmp(wanted_keys[i].data, key.data, key.len) == 0; i++)
-		{
-			values[wanted_keys[i].index] = values[wanted];
-			nulls[wanted_keys[i].index] = nulls[wanted];
+			starts[wanted] = value_start;
+			ends[wanted] = s.p;
 		}
 		SkipSpace(&s);
 		if (s.p >= s.end)
@@ -465,6 +446,45 @@ msp_json_fields(PG_FUNCTION_ARGS)
 	SkipSpace(&s);
 	if (s.p != s.end)
 		PG_RETURN_NULL();		/* junk after the object */
+
+	/* the last value of each wanted key, once, for every position asking */
+	for (i = 0; i < nwanted; i++)
+	{
+		int			w = wanted_keys[i].index;
+		int			first_of_group = i;
+
+		while (first_of_group > 0 &&
+			   wanted_keys[first_of_group - 1].len == wanted_keys[i].len &&
+			   memcmp(wanted_keys[first_of_group - 1].data, wanted_keys[i].data,
+					  wanted_keys[i].len) == 0)
+			first_of_group--;
+		if (first_of_group != i)
+		{
+			int			f = wanted_keys[first_of_group].index;
+
+			values[w] = values[f];
+			nulls[w] = nulls[f];
+			continue;
+		}
+		if (starts[w] == NULL)
+			continue;
+		if (*starts[w] == '"')
+		{
+			JsonScan	v = {starts[w], ends[w]};
+			StringInfoData str;
+
+			initStringInfo(&str);
+			if (!ScanString(&v, &str))
+				elog(ERROR, "msp_json_fields: a string scanned once fails the second time");
+			values[w] = PointerGetDatum(cstring_to_text_with_len(str.data, str.len));
+			nulls[w] = false;
+		}
+		else if (!(ends[w] - starts[w] == 4 && memcmp(starts[w], "null", 4) == 0))
+		{
+			values[w] = PointerGetDatum(cstring_to_text_with_len(starts[w], ends[w] - starts[w]));
+			nulls[w] = false;
+		}
+	}
 
 	if (nkeys == 0)
 		PG_RETURN_ARRAYTYPE_P(construct_empty_array(TEXTOID));

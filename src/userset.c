@@ -218,12 +218,22 @@ UsersetFromUnsorted(int64 *members, uint64 count)
 	uint64		n = 0;
 	uint64		i;
 
-	if (count > 1)
+	/* input already in order (every text or binary form is) skips the sort */
+	for (i = 1; i < count && members[i - 1] <= members[i]; i++)
+	{
+		if ((i & 0xFFFF) == 0)
+			CHECK_FOR_INTERRUPTS();
+	}
+	if (i < count)
 		qsort(members, count, sizeof(int64), CompareInt64);
 	CHECK_FOR_INTERRUPTS();
 	for (i = 0; i < count; i++)
+	{
 		if (n == 0 || members[i] != members[n - 1])
 			members[n++] = members[i];
+		if ((i & 0xFFFF) == 0)
+			CHECK_FOR_INTERRUPTS();
+	}
 	return UsersetFromSorted(members, n);
 }
 
