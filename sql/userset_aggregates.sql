@@ -89,19 +89,26 @@ SELECT is(array_agg(cardinality(u) ORDER BY d), ARRAY[1,2,3]::bigint[],
 -- parallel plans: each result is materialized by the statement whose own
 -- EXPLAIN ANALYZE shows two workers and a Partial Aggregate (pgTAP's
 -- functions are parallel unsafe, so a query inside them would run serially)
+-- tables big enough that both workers get rows before either runs out;
+-- the leader stays out, so there are always two partial states to combine
+CREATE TABLE many AS
+  SELECT (i * 7919) % 400009 - 200000 AS person_id, 'u' || (i * 31) % 12007 AS login
+    FROM generate_series(1, 1000000) i;
+ANALYZE many;
 CREATE TABLE sets AS
-  SELECT i % 5000 AS g, userset(ARRAY[i % 3000, i % 1700 + 5000, -(i % 11)]::bigint[]) AS s
-    FROM generate_series(1, 30000) i;
+  SELECT i % 5000 AS g, userset(ARRAY[i % 3000, i % 1700 + 5000, -(i % 11), i + 100000]::bigint[]) AS s
+    FROM generate_series(1, 600000) i;
 ANALYZE sets;
 CREATE TABLE sessions AS
   SELECT i % 10 AS room, tstzrange(timestamptz '2026-10-01' + i * interval '1 minute',
                                    timestamptz '2026-10-01' + i * interval '1 minute' + (i % 37) * interval '1 minute') AS r
-    FROM generate_series(1, 40000) i;
+    FROM generate_series(1, 600000) i;
 ANALYZE sessions;
 SET parallel_setup_cost = 0;
 SET parallel_tuple_cost = 0;
 SET min_parallel_table_scan_size = 0;
 SET max_parallel_workers_per_gather = 2;
+SET parallel_leader_participation = off;
 CREATE FUNCTION pg_temp.parallel_ctas(tbl text, q text) RETURNS text LANGUAGE plpgsql AS $$
 DECLARE l text; plan text := '';
 BEGIN
@@ -111,21 +118,27 @@ BEGIN
   RETURN plan;
 END $$;
 SELECT matches(pg_temp.parallel_ctas('p_logons',
-                 'SELECT distinct_count(person_id) AS n, userset_agg(person_id) AS s, distinct_count(login) AS t FROM logons'),
+                 'SELECT distinct_count(person_id) AS n, userset_agg(person_id) AS s, distinct_count(login) AS t FROM many'),
                'Workers Launched: 2.*Partial Aggregate', 'distinct_count and userset_agg ran in two workers');
-SELECT matches(pg_temp.parallel_ctas('p_sets', 'SELECT userset_union(s) AS u, userset_at_least(s, 4) AS a FROM sets'),
+SELECT matches(pg_temp.parallel_ctas('p_sets', 'SELECT userset_union(s) AS u, userset_at_least(s, 300) AS a FROM sets'),
                'Workers Launched: 2.*Partial Aggregate', 'userset_union and userset_at_least ran in two workers');
 SELECT matches(pg_temp.parallel_ctas('p_peak', 'SELECT peak_concurrency(r) AS p FROM sessions'),
                'Workers Launched: 2.*Partial Aggregate', 'peak_concurrency ran in two workers');
 RESET max_parallel_workers_per_gather;
-SELECT is(n, (SELECT count(DISTINCT person_id) FROM logons), 'parallel distinct_count equals COUNT(DISTINCT)') FROM p_logons;
-SELECT is(t, (SELECT count(DISTINCT login) FROM logons), 'parallel distinct_count(text) equals COUNT(DISTINCT)') FROM p_logons;
-SELECT is(userset_to_array(s), (SELECT array_agg(DISTINCT person_id ORDER BY person_id) FROM logons WHERE person_id IS NOT NULL),
+RESET parallel_leader_participation;
+SELECT is(n, (SELECT count(DISTINCT person_id) FROM many), 'parallel distinct_count equals COUNT(DISTINCT)') FROM p_logons;
+SELECT is(t, (SELECT count(DISTINCT login) FROM many), 'parallel distinct_count(text) equals COUNT(DISTINCT)') FROM p_logons;
+SELECT is(userset_to_array(s), (SELECT array_agg(DISTINCT person_id ORDER BY person_id) FROM many),
           'parallel userset_agg holds exactly the distinct ids') FROM p_logons;
-SELECT is(userset_to_array(u), (SELECT array_agg(DISTINCT m ORDER BY m) FROM sets, userset_members(s) m),
+-- the sets' members, as plain SQL: one member per set is in no other set,
+-- and the members i % 1700 + 5000 reach 300 sets only with both workers' rows
+CREATE TABLE set_members AS
+  SELECT DISTINCT i, m FROM generate_series(1, 600000) i,
+         LATERAL (VALUES (i % 3000), (i % 1700 + 5000), (-(i % 11)), (i + 100000)) v(m);
+SELECT is(userset_to_array(u), (SELECT array_agg(DISTINCT m ORDER BY m) FROM set_members),
           'parallel userset_union holds every member of every set') FROM p_sets;
-SELECT is(userset_to_array(a), (SELECT array_agg(m ORDER BY m) FROM (SELECT m FROM sets, userset_members(s) m GROUP BY m HAVING count(*) >= 4) x),
-          'parallel userset_at_least holds the members of at least 4 sets') FROM p_sets;
+SELECT is(userset_to_array(a), (SELECT array_agg(m ORDER BY m) FROM (SELECT m FROM set_members GROUP BY m HAVING count(*) >= 300) x),
+          'parallel userset_at_least holds the members of at least 300 sets') FROM p_sets;
 -- every bound is on the minute, so the peak is the busiest minute
 SELECT is(p, (SELECT max(c)::int FROM (SELECT t, count(*) c FROM sessions,
                 generate_series(lower(r), upper(r) - interval '1 minute', interval '1 minute') t GROUP BY t) x),

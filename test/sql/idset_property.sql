@@ -78,9 +78,12 @@ SELECT is((SELECT count(*) FROM (SELECT ds, userset_to_array(userset_agg(x)) AS 
              JOIN expected e USING (ds) WHERE r.m <> e.members), 0::bigint,
           'serial: userset_agg holds exactly the distinct ids of every dataset');
 
-CREATE TABLE stored AS SELECT ds, chunk, userset_agg(x) AS s FROM data GROUP BY ds, chunk;
--- more rows than datasets, so that parallel workers each see part of a group
-INSERT INTO stored SELECT ds, chunk, '{}' FROM stored;
+-- the chunks of a dataset lie far apart (stored in chunk order, with empty
+-- sets between), so that each parallel worker holds part of every group
+CREATE TABLE stored AS
+SELECT ds, chunk, s FROM (SELECT ds, chunk, userset_agg(x) AS s FROM data GROUP BY ds, chunk
+                          UNION ALL SELECT ds, chunk, '{}' FROM shapes, generate_series(0, 3) chunk, generate_series(1, 5)) c
+ ORDER BY chunk, random();
 ANALYZE stored;
 SELECT is((SELECT count(*) FROM (SELECT ds, userset_union(s) AS u FROM stored GROUP BY ds) r
              JOIN expected e USING (ds) WHERE userset_to_array(r.u) <> e.members), 0::bigint,
@@ -96,6 +99,7 @@ SET parallel_tuple_cost = 0;
 SET min_parallel_table_scan_size = 0;
 SET enable_sort = off;   -- hash the groups, so every worker holds part of each
 SET work_mem = '256MB';
+SET parallel_leader_participation = off;   -- two partial states, both with rows
 CREATE FUNCTION pg_temp.parallel_ctas(tbl text, q text) RETURNS text LANGUAGE plpgsql AS $$
 DECLARE l text; plan text := '';
 BEGIN
