@@ -92,7 +92,7 @@ SELECT is(array_agg(cardinality(u) ORDER BY d), ARRAY[1,2,3]::bigint[],
 -- tables big enough that both workers get rows before either runs out;
 -- the leader stays out, so there are always two partial states to combine
 CREATE TABLE many AS
-  SELECT (i * 7919) % 400009 - 200000 AS person_id, 'u' || (i * 31) % 12007 AS login
+  SELECT (i::bigint * 7919) % 400009 - 200000 AS person_id, 'u' || (i * 31) % 12007 AS login
     FROM generate_series(1, 1000000) i;
 ANALYZE many;
 CREATE TABLE sets AS
@@ -134,7 +134,7 @@ SELECT is(userset_to_array(s), (SELECT array_agg(DISTINCT person_id ORDER BY per
 -- and the members i % 1700 + 5000 reach 300 sets only with both workers' rows
 CREATE TABLE set_members AS
   SELECT DISTINCT i, m FROM generate_series(1, 600000) i,
-         LATERAL (VALUES (i % 3000), (i % 1700 + 5000), (-(i % 11)), (i + 100000)) v(m);
+         LATERAL (VALUES (i % 3000), (i % 1700 + 5000), (-(i % 11)), (i + 100000)) v(m0), LATERAL (SELECT m0::bigint AS m) b;
 SELECT is(userset_to_array(u), (SELECT array_agg(DISTINCT m ORDER BY m) FROM set_members),
           'parallel userset_union holds every member of every set') FROM p_sets;
 SELECT is(userset_to_array(a), (SELECT array_agg(m ORDER BY m) FROM (SELECT m FROM set_members GROUP BY m HAVING count(*) >= 300) x),

@@ -62,14 +62,14 @@ CREATE TEMP TABLE huge (members_text text, doc text, a userset, b userset);
 INSERT INTO huge
 SELECT '{' || repeat('7,', 40000000) || '7}',
        '{"a":[' || repeat('[[[[[[[[1]]]]]]]],', 8000000) || '1],"k":"v"}',
-       (SELECT userset_agg(i * 3) FROM generate_series(1, 20000000::bigint) i),
+       (SELECT userset_agg(i * 3) FROM generate_series(1, 40000000::bigint) i),
        (SELECT userset_agg(i * 5) FROM generate_series(1, 20000000::bigint) i);
 -- each call's full time, then the same call under a 100 ms timeout
 CREATE TEMP TABLE calls (name text, q text, full_ms float8, cancel_ms float8);
 INSERT INTO calls (name, q) VALUES
   ('userset_in of a 40M-member text', 'SELECT cardinality(members_text::userset) FROM huge'),
-  ('userset_union of a 20M-member set', 'SELECT cardinality(userset_union(a)) FROM huge'),
-  ('the | of two 20M-member sets', 'SELECT cardinality(a | b) FROM huge'),
+  ('userset_union of a 40M-member set', 'SELECT cardinality(userset_union(a)) FROM huge'),
+  ('the | of a 40M-member and a 20M-member set', 'SELECT cardinality(a | b) FROM huge'),
   ('msp_json_fields on a 144 MB document', 'SELECT msp_json_fields(doc, ''{a,k}'') FROM huge');
 UPDATE calls SET full_ms = pg_temp.run_ms(q);
 SET statement_timeout = '100ms';
@@ -82,7 +82,9 @@ UPDATE calls SET cancel_ms = :ms WHERE name LIKE 'the |%';
 SELECT pg_temp.cancel_ms(q) AS ms FROM calls WHERE name LIKE 'msp_json%' \gset
 UPDATE calls SET cancel_ms = :ms WHERE name LIKE 'msp_json%';
 RESET statement_timeout;
-SELECT ok(cancel_ms >= 0 AND cancel_ms < full_ms / 2,
+-- (a third: userset_union's work is two C calls, adding and flattening,
+-- with the executor's own check between them)
+SELECT ok(cancel_ms >= 0 AND cancel_ms < full_ms / 3,
           format('%s stops inside the C loop: %s ms cancelled, %s ms in full', name, round(cancel_ms), round(full_ms)))
   FROM calls ORDER BY name;
 SELECT is((SELECT msp_json_fields(doc, '{k}') FROM huge), '{v}', 'uncancelled, msp_json_fields reads the document');
