@@ -610,6 +610,13 @@ UsersetMerge(Userset *a, Userset *b, MergeKind kind)
 	return UsersetFromSorted(out, n);
 }
 
+/* a | b, for the aggregates */
+Userset *
+UsersetUnion(Userset *a, Userset *b)
+{
+	return UsersetMerge(a, b, MERGE_UNION);
+}
+
 PG_FUNCTION_INFO_V1(userset_or);
 /* a | b: members of either */
 Datum

@@ -51,6 +51,7 @@ extern bool UsersetReaderNext(UsersetReader *reader, int64 *member);
 extern int64 *UsersetToArray(const Userset *set, uint32 *count);
 extern Userset *UsersetFromSorted(const int64 *members, uint64 count);
 extern Userset *UsersetFromUnsorted(int64 *members, uint64 count);
+extern Userset *UsersetUnion(Userset *a, Userset *b);
 extern int64 UsersetHashText(const text *t);
 extern uint64 UsersetHashBytes(const uint8 *bytes, Size len);
 

@@ -196,7 +196,8 @@ UsersetAccumFlatten(ExpandedObjectHeader *eohptr, void *result, Size allocated_s
 {
 	UsersetAccum *accum = (UsersetAccum *) eohptr;
 
-	Assert(accum->flat != NULL && allocated_size == VARSIZE(accum->flat));
+	if (accum->flat == NULL || allocated_size != VARSIZE(accum->flat))
+		elog(ERROR, "userset_union state flattened without its size");
 	memcpy(result, accum->flat, allocated_size);
 }
 
@@ -227,10 +228,19 @@ IsUsersetAccum(Datum d)
 		DatumGetEOHP(d)->eoh_methods == &UsersetAccumMethods;
 }
 
+/*
+ * Below this many members a group's union stays a flat userset, merged row
+ * by row: an expanded state costs a memory context of its own, and with
+ * hundreds of thousands of groups nodeAgg's memory checks walk them all
+ * for every new group (quadratic).
+ */
+#define UNION_FLAT_MEMBERS 1024
+
 PG_FUNCTION_INFO_V1(userset_union_trans);
 /*
  * Transition and combine function of userset_union: adds the members of
- * argument 1 to the state in place.  NULL sets are skipped.
+ * argument 1 to the state, in place once the state is large.  NULL sets
+ * are skipped.
  */
 Datum
 userset_union_trans(PG_FUNCTION_ARGS)
@@ -242,6 +252,21 @@ userset_union_trans(PG_FUNCTION_ARGS)
 		PG_RETURN_NULL();
 	if (!PG_ARGISNULL(0) && IsUsersetAccum(PG_GETARG_DATUM(0)))
 		accum = (UsersetAccum *) DatumGetEOHP(PG_GETARG_DATUM(0));
+	else if (PG_ARGISNULL(1))
+		PG_RETURN_DATUM(PG_GETARG_DATUM(0));
+	else if (!IsUsersetAccum(PG_GETARG_DATUM(1)))
+	{
+		Userset    *b = PG_GETARG_USERSET(1);
+		Userset    *a = PG_ARGISNULL(0) ? NULL : PG_GETARG_USERSET(0);
+		uint64		size = (uint64) b->count + (a ? a->count : 0);
+
+		/* small: a flat merge, which nodeAgg copies into its own memory */
+		if (size < UNION_FLAT_MEMBERS)
+			PG_RETURN_USERSET(a ? UsersetUnion(a, b) : b);
+		accum = UsersetAccumCreate(aggcontext);
+		if (a)
+			IdSetAddUserset(accum->set, a);
+	}
 	else
 	{
 		accum = UsersetAccumCreate(aggcontext);

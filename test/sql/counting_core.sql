@@ -6,7 +6,7 @@
 \set QUIET on
 SET search_path = public, mspbill;
 SELECT setseed(0.5151);
-SELECT plan(10);
+SELECT plan(11);
 
 -- The documented text-id hash, FNV-1a 64 then fmix64, written again in
 -- plain SQL with numeric arithmetic modulo 2^64: any change to the C hash
@@ -103,5 +103,15 @@ SET statement_timeout = '5s';
 SELECT is((SELECT (msp_json_fields(doc, keys))[1] FROM wide), '100000',
           '100,000 keys from a 100,000-key document in well under 5 s');
 RESET statement_timeout;
+
+-- userset_union hashed over 200,000 groups: a memory context per group
+-- made every new group walk all the others' (quadratic)
+SET enable_sort = off;
+SET statement_timeout = '20s';
+SELECT is((SELECT count(*) FROM (SELECT g, userset_union(s) FROM (SELECT i AS g, userset(ARRAY[i, -i]) AS s
+                                                                   FROM generate_series(1, 200000) i) x GROUP BY g) y),
+          200000::bigint, 'userset_union over 200,000 hashed groups in well under 20 s');
+RESET statement_timeout;
+RESET enable_sort;
 
 SELECT * FROM finish();
