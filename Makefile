@@ -52,7 +52,7 @@ PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
 # every C file sees the set layout and the aggregate helpers
-$(OBJS): src/userset.h src/aggregate.h
+$(OBJS): src/userset.h src/idset.h src/varint.h src/aggregate.h
 
 $(EXTENSION)--$(EXTVERSION).sql: $(SQL_SOURCES)
 	cat $^ > $@

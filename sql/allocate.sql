@@ -4,7 +4,7 @@
 \pset tuples_only true
 \pset pager off
 SET search_path = public, mspbill;
-SELECT plan(24);
+SELECT plan(32);
 
 -- 100.00 three ways: 33.33 each plus one cent, to the first row
 SELECT is(allocate(100, ARRAY[1,1,1]::numeric[]), ARRAY[33.34,33.33,33.33], '100 split 1:1:1');
@@ -58,5 +58,21 @@ SELECT throws_ok($$SELECT allocate(t, 1) OVER () FROM (VALUES (10), (20)) v(t)$$
                  'allocate total changes within one partition', 'total changing within a partition');
 SELECT throws_ok($$SELECT allocate(10, w) OVER () FROM (VALUES (1), (NULL)) v(w)$$, '22004',
                  'allocate weight must not be null', 'NULL weight in a window');
+SELECT throws_ok($$SELECT allocate(10, 1, m::numeric) OVER () FROM (VALUES (0.01), (0.05)) v(m)$$, '22023',
+                 'allocate minor_unit changes within one partition', 'minor unit changing within a partition');
+SELECT throws_ok($$SELECT allocate(10, ARRAY[1,'NaN']::numeric[])$$, '22023',
+                 'allocate weight must be a finite number', 'a NaN weight has its own message');
+SELECT throws_ok($$SELECT allocate(10, w) OVER () FROM (VALUES (1::numeric), ('Infinity')) v(w)$$, '22023',
+                 'allocate weight must be a finite number', 'an infinite weight in a window too');
+SELECT throws_ok($$SELECT allocate(10, '{}'::numeric[])$$, '22023',
+                 'allocate needs at least one weight', 'an empty array is not "weights sum to zero"');
+-- a NULL minor unit: the same error in both forms; a NULL total: NULL in both
+SELECT throws_ok($$SELECT allocate(10, ARRAY[1]::numeric[], NULL)$$, '22004',
+                 'allocate minor_unit must not be null', 'array form refuses a NULL minor unit');
+SELECT throws_ok($$SELECT allocate(10, 1, NULL) OVER ()$$, '22004',
+                 'allocate minor_unit must not be null', 'window form refuses a NULL minor unit');
+SELECT is(allocate(NULL, ARRAY[1]::numeric[], NULL), NULL, 'array form: a NULL total gives NULL before the minor unit is read');
+SELECT results_eq($$SELECT allocate(NULL, 1, NULL) OVER ()$$, $$VALUES (NULL::numeric)$$,
+                  'window form: a NULL total gives NULL before the minor unit is read');
 
 SELECT * FROM finish();

@@ -4,7 +4,7 @@
 \pset tuples_only true
 \pset pager off
 SET search_path = public, mspbill;
-SELECT plan(27);
+SELECT plan(29);
 
 CREATE TABLE logons (client_id int, day date, person_id bigint, login text);
 INSERT INTO logons
@@ -86,25 +86,63 @@ SELECT is(array_agg(cardinality(u) ORDER BY d), ARRAY[1,2,3]::bigint[],
   FROM (SELECT d, userset_union(s) OVER (ORDER BY d) u
           FROM (VALUES (1, '{1}'::userset), (2, '{2}'), (3, '{3,1}')) v(d, s)) w;
 
--- parallel plans: Partial/Finalize Aggregate, same answers
+-- parallel plans: each result is materialized by the statement whose own
+-- EXPLAIN ANALYZE shows two workers and a Partial Aggregate (pgTAP's
+-- functions are parallel unsafe, so a query inside them would run serially)
+-- tables big enough that both workers get rows before either runs out;
+-- the leader stays out, so there are always two partial states to combine
+CREATE TABLE many AS
+  SELECT (i::bigint * 7919) % 400009 - 200000 AS person_id, 'u' || (i * 31) % 12007 AS login
+    FROM generate_series(1, 1000000) i;
+ANALYZE many;
+CREATE TABLE sets AS
+  SELECT i % 5000 AS g, userset(ARRAY[i % 3000, i % 1700 + 5000, -(i % 11), i + 100000]::bigint[]) AS s
+    FROM generate_series(1, 600000) i;
+ANALYZE sets;
+CREATE TABLE sessions AS
+  SELECT i % 10 AS room, tstzrange(timestamptz '2026-10-01' + i * interval '1 minute',
+                                   timestamptz '2026-10-01' + i * interval '1 minute' + (i % 37) * interval '1 minute') AS r
+    FROM generate_series(1, 600000) i;
+ANALYZE sessions;
 SET parallel_setup_cost = 0;
 SET parallel_tuple_cost = 0;
 SET min_parallel_table_scan_size = 0;
 SET max_parallel_workers_per_gather = 2;
-SELECT ok(pg_temp.plan_has('SELECT distinct_count(person_id) FROM logons', 'Partial Aggregate'),
-          'distinct_count plans a Partial Aggregate');
-SELECT ok(pg_temp.plan_has('SELECT userset_union(people) FROM daily', 'Partial Aggregate'),
-          'userset_union plans a Partial Aggregate');
-SELECT ok(pg_temp.plan_has('SELECT userset_at_least(people, 3) FROM daily', 'Partial Aggregate'),
-          'userset_at_least plans a Partial Aggregate');
-SELECT is(distinct_count(person_id), (SELECT count(DISTINCT person_id) FROM logons),
-          'parallel distinct_count equals COUNT(DISTINCT)') FROM logons;
-SELECT is(userset_agg(person_id), (SELECT userset(array_agg(DISTINCT person_id)) FROM logons),
-          'parallel userset_agg equals the set of distinct ids') FROM logons;
-SELECT is(cardinality(userset_union(people)), (SELECT count(DISTINCT person_id) FROM logons),
-          'parallel userset_union equals COUNT(DISTINCT)') FROM daily;
-SELECT is(userset_at_least(people, 25), (SELECT userset_at_least(people, 25) FROM daily WHERE true),
-          'parallel userset_at_least equals itself serial') FROM daily;
+SET parallel_leader_participation = off;
+CREATE FUNCTION pg_temp.parallel_ctas(tbl text, q text) RETURNS text LANGUAGE plpgsql AS $$
+DECLARE l text; plan text := '';
+BEGIN
+  FOR l IN EXECUTE format('EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF) CREATE TEMP TABLE %I AS %s', tbl, q) LOOP
+    plan := plan || l || E'\n';
+  END LOOP;
+  RETURN plan;
+END $$;
+SELECT matches(pg_temp.parallel_ctas('p_logons',
+                 'SELECT distinct_count(person_id) AS n, userset_agg(person_id) AS s, distinct_count(login) AS t FROM many'),
+               'Workers Launched: 2.*Partial Aggregate', 'distinct_count and userset_agg ran in two workers');
+SELECT matches(pg_temp.parallel_ctas('p_sets', 'SELECT userset_union(s) AS u, userset_at_least(s, 300) AS a FROM sets'),
+               'Workers Launched: 2.*Partial Aggregate', 'userset_union and userset_at_least ran in two workers');
+SELECT matches(pg_temp.parallel_ctas('p_peak', 'SELECT peak_concurrency(r) AS p FROM sessions'),
+               'Workers Launched: 2.*Partial Aggregate', 'peak_concurrency ran in two workers');
+RESET max_parallel_workers_per_gather;
+RESET parallel_leader_participation;
+SELECT is(n, (SELECT count(DISTINCT person_id) FROM many), 'parallel distinct_count equals COUNT(DISTINCT)') FROM p_logons;
+SELECT is(t, (SELECT count(DISTINCT login) FROM many), 'parallel distinct_count(text) equals COUNT(DISTINCT)') FROM p_logons;
+SELECT is(userset_to_array(s), (SELECT array_agg(DISTINCT person_id ORDER BY person_id) FROM many),
+          'parallel userset_agg holds exactly the distinct ids') FROM p_logons;
+-- the sets' members, as plain SQL: one member per set is in no other set,
+-- and the members i % 1700 + 5000 reach 300 sets only with both workers' rows
+CREATE TABLE set_members AS
+  SELECT DISTINCT i, m FROM generate_series(1, 600000) i,
+         LATERAL (VALUES (i % 3000), (i % 1700 + 5000), (-(i % 11)), (i + 100000)) v(m0), LATERAL (SELECT m0::bigint AS m) b;
+SELECT is(userset_to_array(u), (SELECT array_agg(DISTINCT m ORDER BY m) FROM set_members),
+          'parallel userset_union holds every member of every set') FROM p_sets;
+SELECT is(userset_to_array(a), (SELECT array_agg(m ORDER BY m) FROM (SELECT m FROM set_members GROUP BY m HAVING count(*) >= 300) x),
+          'parallel userset_at_least holds the members of at least 300 sets') FROM p_sets;
+-- every bound is on the minute, so the peak is the busiest minute
+SELECT is(p, (SELECT max(c)::int FROM (SELECT t, count(*) c FROM sessions,
+                generate_series(lower(r), upper(r) - interval '1 minute', interval '1 minute') t GROUP BY t) x),
+          'parallel peak_concurrency equals the busiest minute') FROM p_peak;
 
 -- cancellation reaches long aggregates
 -- (pgTAP's throws_ok cannot catch query_canceled; this helper can)

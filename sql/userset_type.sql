@@ -4,7 +4,7 @@
 \pset tuples_only true
 \pset pager off
 SET search_path = public, mspbill;
-SELECT plan(32);
+SELECT plan(37);
 
 -- text form is canonical: sorted, unique, no spaces
 SELECT is('{3,1,2,2,-5}'::userset::text, '{-5,1,2,3}', 'text input sorts and removes duplicates');
@@ -32,7 +32,10 @@ SELECT is(userset_send('{1,2}'), '\x010000000200000000000000010000000000000002':
           'binary form: version, count, members as int8');
 SELECT is(count(*)::int, 2, 'GROUP BY userset works through the hash opclass')
   FROM (SELECT s FROM (VALUES ('{1,2}'::userset), ('{2,1}'), ('{3}')) v(s) GROUP BY s) g;
-SELECT is(userset_text_id('alice'), userset_text_id('alice'), 'text ids hash deterministically');
+-- the documented hash (FNV-1a 64, then fmix64), as computed outside PostgreSQL
+SELECT is(userset_text_id('alice'), 3821251815001557236::bigint, 'text id of alice is the documented constant');
+SELECT is(userset_text_id(''), -1166397803181037274::bigint, 'text id of the empty text');
+SELECT is(userset_text_id(convert_from('\xc3a9', 'UTF8')), -7109551338664069573::bigint, 'text ids hash the UTF-8 bytes');
 SELECT isnt(userset_text_id('alice'), userset_text_id('Alice'), 'text ids are case-sensitive bytes');
 
 -- malformed text raises invalid_text_representation
@@ -46,5 +49,17 @@ SELECT throws_ok($$SELECT '{9223372036854775808}'::userset$$, '22003', NULL, 'me
 SELECT throws_ok($$SELECT '{1.5}'::userset$$, '22P02', NULL, 'fractional member');
 SELECT throws_ok($$SELECT userset_union_trans('{1}', '{2}')$$, '0A000', NULL,
                  'support functions refuse direct calls');
+
+-- a stored set holding both bigint extremes and a dense run, rolled up
+SELECT is(cardinality(userset_union(s)), 1004::bigint, 'userset_union over stored sets with both extremes and a dense run')
+  FROM (VALUES ('{-9223372036854775808,9223372036854775807}'::userset),
+               ((SELECT userset_agg(i) FROM generate_series(1, 1000) i)),
+               ('{-9223372036854775808,0,5000}')) v(s);
+SELECT is(cardinality(s), 3::bigint, 'cardinality reads the header of a stored set')
+  FROM (VALUES ('{-9223372036854775808,0,9223372036854775807}'::userset)) v(s);
+-- input errors name a long input only by its start
+SELECT throws_ok('SELECT (''{'' || repeat(''1,'', 1000) || ''x}'')::userset', '22P02',
+                 'invalid input syntax for type userset: "{' || repeat('1,', 49) || '1..."',
+                 'a long malformed input is quoted by its first 100 characters');
 
 SELECT * FROM finish();

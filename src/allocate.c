@@ -15,6 +15,10 @@
  */
 #include "postgres.h"
 
+#if PG_VERSION_NUM >= 160000
+#include "varatt.h"
+#endif
+
 #include "catalog/pg_type.h"
 #include "miscadmin.h"
 #include "utils/array.h"
@@ -136,15 +140,24 @@ NumEqual(Numeric a, Numeric b)
 	return NumCmp(a, b) == 0;
 }
 
-/* Report a bad argument in the one style every check uses. */
+/* numeric as text, for messages */
+static inline char *
+NumText(Numeric a)
+{
+	return DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(a)));
+}
+
+/*
+ * Both forms refuse a NULL minor unit once the total is known: shares in
+ * an unknown unit would be silently missing money.
+ */
 static void
-BadSplit(int sqlstate, const char *msg, const char *detail, const char *hint)
+NullMinorUnit(void)
 {
 	ereport(ERROR,
-			(errcode(sqlstate),
-			 errmsg("%s", msg),
-			 detail ? errdetail("%s", detail) : 0,
-			 hint ? errhint("%s", hint) : 0));
+			(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+			 errmsg("allocate minor_unit must not be null"),
+			 errhint("Pass the currency's smallest amount, such as 0.01.")));
 }
 
 /* Check the minor unit and record whether it is a power of ten. */
@@ -155,11 +168,11 @@ SplitSetMinor(Split *split, Numeric minor)
 	int			k;
 
 	if (!NumIsFinite(minor) || NumCmp(minor, zero) <= 0)
-		BadSplit(ERRCODE_INVALID_PARAMETER_VALUE,
-				 "allocate minor_unit must be greater than zero",
-				 psprintf("The minor unit given was %s.",
-						  DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(minor)))),
-				 "Pass the currency's smallest amount, such as 0.01.");
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("allocate minor_unit must be greater than zero"),
+				 errdetail("The minor unit given was %s.", NumText(minor)),
+				 errhint("Pass the currency's smallest amount, such as 0.01.")));
 	split->minor = minor;
 	/* 10^-k has scale k; it is a power of ten when minor * 10^k = 1 */
 	k = NumScale(minor);
@@ -167,25 +180,38 @@ SplitSetMinor(Split *split, Numeric minor)
 		(k <= 18 && NumCmp(NumMul(minor, Pow10(k)), int64_to_numeric(1)) == 0) ? k : -1;
 }
 
-/* Refuse a negative (or NaN or infinite) weight, naming its row. */
+/* Refuse a negative, NaN or infinite weight, naming its row. */
 static void
 BadWeight(int64 row, Numeric w)
 {
-	BadSplit(ERRCODE_INVALID_PARAMETER_VALUE,
-			 "allocate weight must not be negative",
-			 psprintf("Row %lld has weight %s.", (long long) row + 1,
-					  DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(w)))),
-			 "Weights are quantities such as devices or users; use 0 for a row that gets nothing.");
+	if (!NumIsFinite(w))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("allocate weight must be a finite number"),
+				 errdetail("Row %lld has weight %s.", (long long) row + 1, NumText(w)),
+				 errhint("Weights are quantities such as devices or users; use 0 for a row that gets nothing.")));
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("allocate weight must not be negative"),
+			 errdetail("Row %lld has weight %s.", (long long) row + 1, NumText(w)),
+			 errhint("Weights are quantities such as devices or users; use 0 for a row that gets nothing.")));
 }
 
 /* Refuse weights that leave nothing to divide by. */
 static void
 ZeroWeights(int64 n)
 {
-	BadSplit(ERRCODE_INVALID_PARAMETER_VALUE,
-			 "allocate weights sum to zero",
-			 psprintf("All %lld weights are zero, so no share can be computed.", (long long) n),
-			 "Give at least one row a positive weight.");
+	if (n == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("allocate needs at least one weight"),
+				 errdetail("The weights array is empty, so there is no one to give the total to."),
+				 errhint("Pass one weight per share, such as ARRAY[1, 1, 1].")));
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("allocate weights sum to zero"),
+			 errdetail("All %lld weights are zero, so no share can be computed.", (long long) n),
+			 errhint("Give at least one row a positive weight.")));
 }
 
 #ifdef HAVE_INT128
@@ -298,7 +324,8 @@ SplitInteger(Split *split, Numeric units_total, int scale)
 			CHECK_FOR_INTERRUPTS();
 	}
 	left = (int64) (total - given);
-	Assert(left >= 0 && left < Max(n, 1));
+	if (left < 0 || left >= Max(n, 1))
+		elog(ERROR, "allocate left " INT64_FORMAT " units over", left);
 	if (left > 0)
 	{
 		SelectBest(rems, n, left);
@@ -387,18 +414,20 @@ SplitCompute(Split *split, Numeric total, Numeric minor)
 	int64		i;
 
 	if (!NumIsFinite(total))
-		BadSplit(ERRCODE_INVALID_PARAMETER_VALUE,
-				 "allocate total must be a finite amount",
-				 NULL, "Pass the cost pool's amount, or NULL for no amount.");
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("allocate total must be a finite amount"),
+				 errdetail("The total given was %s.", NumText(total)),
+				 errhint("Pass the cost pool's amount, or NULL for no amount.")));
 	SplitSetMinor(split, minor);
 	if (NumCmp(DatumGetNumeric(DirectFunctionCall2(numeric_mod, NumericGetDatum(total),
 												   NumericGetDatum(minor))), zero) != 0)
-		BadSplit(ERRCODE_INVALID_PARAMETER_VALUE,
-				 "allocate total is not a whole number of minor units",
-				 psprintf("The total %s is not a multiple of the minor unit %s.",
-						  DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(total))),
-						  DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(minor)))),
-				 "Round the total to the minor unit first, or pass a smaller minor_unit.");
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("allocate total is not a whole number of minor units"),
+				 errdetail("The total %s is not a multiple of the minor unit %s.",
+						   NumText(total), NumText(minor)),
+				 errhint("Round the total to the minor unit first, or pass a smaller minor_unit.")));
 
 	/* weights become integers when scaled by 10^(largest scale) */
 	for (i = 0; i < split->n; i++)
@@ -446,34 +475,48 @@ SplitShare(const Split *split, int64 i)
 }
 
 PG_FUNCTION_INFO_V1(allocate_array);
-/* allocate(total, weights[], minor_unit): the split of an array of weights. */
+/*
+ * allocate(total, weights[], minor_unit): the split of an array of weights.
+ * Not strict, to treat NULLs as the window form does: a NULL total (or no
+ * weights array) gives NULL, a NULL minor unit is an error.
+ */
 Datum
 allocate_array(PG_FUNCTION_ARGS)
 {
-	Numeric		total = PG_GETARG_NUMERIC(0);
-	ArrayType  *arr = PG_GETARG_ARRAYTYPE_P(1);
-	Numeric		minor = PG_GETARG_NUMERIC(2);
+	Numeric		total;
+	ArrayType  *arr;
+	Numeric		minor;
 	Split		split = {0};
 	Datum	   *elems;
 	bool	   *nulls;
 	int			nelems;
 	int			i;
 
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
+		PG_RETURN_NULL();
+	if (PG_ARGISNULL(2))
+		NullMinorUnit();
+	total = PG_GETARG_NUMERIC(0);
+	arr = PG_GETARG_ARRAYTYPE_P(1);
+	minor = PG_GETARG_NUMERIC(2);
+
 	if (ARR_NDIM(arr) > 1)
-		BadSplit(ERRCODE_ARRAY_SUBSCRIPT_ERROR,
-				 "allocate weights must be a one-dimensional array",
-				 NULL, NULL);
+		ereport(ERROR,
+				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+				 errmsg("allocate weights must be a one-dimensional array"),
+				 errdetail("The weights array has %d dimensions.", ARR_NDIM(arr))));
 	deconstruct_array(arr, NUMERICOID, -1, false, TYPALIGN_INT,
 					  &elems, &nulls, &nelems);
 	split.n = nelems;
-	split.weights = palloc(Max(nelems, 1) * sizeof(Numeric));
+	split.weights = palloc(mul_size(Max(nelems, 1), sizeof(Numeric)));
 	for (i = 0; i < nelems; i++)
 	{
 		if (nulls[i])
-			BadSplit(ERRCODE_NULL_VALUE_NOT_ALLOWED,
-					 "allocate weight must not be null",
-					 psprintf("Element %d of the weights is null.", i + 1),
-					 "Use 0 for an element that gets nothing.");
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("allocate weight must not be null"),
+					 errdetail("Element %d of the weights is null.", i + 1),
+					 errhint("Use 0 for an element that gets nothing.")));
 		split.weights[i] = DatumGetNumeric(elems[i]);
 	}
 	SplitCompute(&split, total, minor);
@@ -544,10 +587,11 @@ AllocatePartitionCompute(WindowObject winobj, FmgrInfo *flinfo,
 		}
 		else if (isnull != part->null_total ||
 				 (!isnull && !NumEqual(total, DatumGetNumeric(d))))
-			BadSplit(ERRCODE_INVALID_PARAMETER_VALUE,
-					 "allocate total changes within one partition",
-					 psprintf("Row %lld has a different total than row 1.", (long long) i + 1),
-					 "PARTITION BY the cost pool so that every row of a partition has the same total.");
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("allocate total changes within one partition"),
+					 errdetail("Row %lld has a different total than row 1.", (long long) i + 1),
+					 errhint("PARTITION BY the cost pool so that every row of a partition has the same total.")));
 	}
 	if (part->null_total)
 	{
@@ -562,16 +606,15 @@ AllocatePartitionCompute(WindowObject winobj, FmgrInfo *flinfo,
 		Datum		d = PartitionArg(winobj, 2, i, &isnull);
 
 		if (isnull)
-			BadSplit(ERRCODE_NULL_VALUE_NOT_ALLOWED,
-					 "allocate minor_unit must not be null",
-					 NULL, "Pass the currency's smallest amount, such as 0.01.");
+			NullMinorUnit();
 		if (i == 0)
 			minor = DatumGetNumericCopy(d);
 		else if (!NumEqual(minor, DatumGetNumeric(d)))
-			BadSplit(ERRCODE_INVALID_PARAMETER_VALUE,
-					 "allocate minor_unit changes within one partition",
-					 psprintf("Row %lld has a different minor unit than row 1.", (long long) i + 1),
-					 "Use one minor unit per partition.");
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("allocate minor_unit changes within one partition"),
+					 errdetail("Row %lld has a different minor unit than row 1.", (long long) i + 1),
+					 errhint("Use one minor unit per partition.")));
 	}
 
 	for (i = 0; i < n; i++)
@@ -582,10 +625,11 @@ AllocatePartitionCompute(WindowObject winobj, FmgrInfo *flinfo,
 		if ((i & 0xFFFF) == 0)
 			CHECK_FOR_INTERRUPTS();
 		if (isnull)
-			BadSplit(ERRCODE_NULL_VALUE_NOT_ALLOWED,
-					 "allocate weight must not be null",
-					 psprintf("Row %lld of the partition has a null weight.", (long long) i + 1),
-					 "Use 0 for a row that gets nothing, e.g. coalesce(weight, 0).");
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("allocate weight must not be null"),
+					 errdetail("Row %lld of the partition has a null weight.", (long long) i + 1),
+					 errhint("Use 0 for a row that gets nothing, e.g. coalesce(weight, 0).")));
 		part->split.weights[i] = DatumGetNumericCopy(d);
 	}
 	SplitCompute(&part->split, total, minor);

@@ -13,6 +13,10 @@
  */
 #include "postgres.h"
 
+#if PG_VERSION_NUM >= 160000
+#include "varatt.h"
+#endif
+
 #include <ctype.h>
 
 #include "catalog/pg_type.h"
@@ -221,6 +225,7 @@ ScanContainer(JsonScan *s, char close, int depth)
 		return false;
 	for (;;)
 	{
+		CHECK_FOR_INTERRUPTS();
 		SkipSpace(s);
 		if (s->p >= s->end)
 			return false;
@@ -281,17 +286,59 @@ ScanValue(JsonScan *s, int depth)
 	}
 }
 
-/* Is this requested key the one just read? */
-static inline bool
-KeyMatches(Datum wanted, bool isnull, StringInfo key)
+/*
+ * A requested key, sorted so that each key of the document is found by
+ * binary search: keys x keys comparisons would be quadratic.
+ */
+typedef struct WantedKey
 {
-	text	   *t;
+	const char *data;
+	int			len;
+	int			index;			/* position in the keys array */
+} WantedKey;
 
-	if (isnull)
-		return false;
-	t = DatumGetTextPP(wanted);
-	return VARSIZE_ANY_EXHDR(t) == (Size) key->len &&
-		memcmp(VARDATA_ANY(t), key->data, key->len) == 0;
+/* Order by length, then bytes, then position (equal keys stay adjacent). */
+static int
+CompareWantedKey(const void *a, const void *b)
+{
+	const WantedKey *x = (const WantedKey *) a;
+	const WantedKey *y = (const WantedKey *) b;
+	int			c;
+
+	if (x->len != y->len)
+		return x->len < y->len ? -1 : 1;
+	c = memcmp(x->data, y->data, x->len);
+	if (c != 0)
+		return c;
+	return (x->index > y->index) - (x->index < y->index);
+}
+
+/* First requested key equal to key (by length and bytes), or nwanted. */
+static int
+FindWanted(const WantedKey *wanted, int nwanted, StringInfo key)
+{
+	int			lo = 0;
+	int			hi = nwanted;
+
+	while (lo < hi)
+	{
+		int			mid = lo + (hi - lo) / 2;
+		const WantedKey *w = &wanted[mid];
+		int			c;
+
+		if (w->len != key->len)
+			c = w->len < key->len ? -1 : 1;
+		else
+			c = memcmp(w->data, key->data, key->len);
+		if (c < 0)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	if (lo < nwanted && wanted[lo].len == key->len &&
+		memcmp(wanted[lo].data, key->data, key->len) == 0)
+		return lo;
+	return nwanted;
 }
 
 PG_FUNCTION_INFO_V1(msp_json_fields);
@@ -310,6 +357,10 @@ msp_json_fields(PG_FUNCTION_ARGS)
 	int			lbs[1] = {1};
 	JsonScan	s;
 	StringInfoData key;
+	WantedKey  *wanted_keys;
+	int			nwanted = 0;
+	const char **starts;
+	const char **ends;
 	bool		first = true;
 	int			i;
 
@@ -318,10 +369,26 @@ msp_json_fields(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
 				 errmsg("msp_json_fields keys must be a one-dimensional array")));
 	deconstruct_array(keys_arr, TEXTOID, -1, false, TYPALIGN_INT, &key_datums, &key_nulls, &nkeys);
-	values = palloc0(Max(nkeys, 1) * sizeof(Datum));
-	nulls = palloc(Max(nkeys, 1) * sizeof(bool));
+	values = palloc0(mul_size(Max(nkeys, 1), sizeof(Datum)));
+	nulls = palloc(mul_size(Max(nkeys, 1), sizeof(bool)));
+	wanted_keys = palloc(mul_size(Max(nkeys, 1), sizeof(WantedKey)));
+	starts = palloc0(mul_size(Max(nkeys, 1), sizeof(char *)));
+	ends = palloc0(mul_size(Max(nkeys, 1), sizeof(char *)));
 	for (i = 0; i < nkeys; i++)
+	{
 		nulls[i] = true;
+		if (!key_nulls[i])
+		{
+			text	   *t = DatumGetTextPP(key_datums[i]);
+
+			wanted_keys[nwanted].data = VARDATA_ANY(t);
+			wanted_keys[nwanted].len = VARSIZE_ANY_EXHDR(t);
+			wanted_keys[nwanted].index = i;
+			nwanted++;
+		}
+	}
+	if (nwanted > 1)
+		qsort(wanted_keys, nwanted, sizeof(WantedKey), CompareWantedKey);
 
 	s.p = VARDATA_ANY(doc);
 	s.end = s.p + VARSIZE_ANY_EXHDR(doc);
@@ -333,8 +400,10 @@ msp_json_fields(PG_FUNCTION_ARGS)
 	for (;;)
 	{
 		int			wanted = -1;
+		int			found;
 		const char *value_start;
 
+		CHECK_FOR_INTERRUPTS();
 		SkipSpace(&s);
 		if (s.p >= s.end)
 			PG_RETURN_NULL();
@@ -346,44 +415,22 @@ msp_json_fields(PG_FUNCTION_ARGS)
 		resetStringInfo(&key);
 		if (*s.p != '"' || !ScanString(&s, &key))
 			PG_RETURN_NULL();
-		for (i = nkeys - 1; i >= 0; i--)
-			if (KeyMatches(key_datums[i], key_nulls[i], &key))
-				wanted = i;		/* the first of the keys asking for it */
+		found = FindWanted(wanted_keys, nwanted, &key);
+		if (found < nwanted)
+			wanted = wanted_keys[found].index;	/* the first of the keys asking for it */
 		SkipSpace(&s);
 		if (s.p >= s.end || *s.p++ != ':')
 			PG_RETURN_NULL();
 		SkipSpace(&s);
 		value_start = s.p;
-		if (wanted >= 0 && s.p < s.end && *s.p == '"')
+		if (!ScanValue(&s, 1))
+			PG_RETURN_NULL();
+		/* only where it is: a key repeated a million times costs nothing */
+		if (wanted >= 0)
 		{
-			StringInfoData str;
-
-			initStringInfo(&str);
-			if (!ScanString(&s, &str))
-				PG_RETURN_NULL();
-			values[wanted] = PointerGetDatum(cstring_to_text_with_len(str.data, str.len));
-			nulls[wanted] = false;
+			starts[wanted] = value_start;
+			ends[wanted] = s.p;
 		}
-		else
-		{
-			if (!ScanValue(&s, 1))
-				PG_RETURN_NULL();
-			if (wanted >= 0)
-			{
-				bool		is_null = (s.p - value_start == 4 && memcmp(value_start, "null", 4) == 0);
-
-				nulls[wanted] = is_null;
-				if (!is_null)
-					values[wanted] = PointerGetDatum(cstring_to_text_with_len(value_start, s.p - value_start));
-			}
-		}
-		/* a key asked for more than once gets the value everywhere */
-		for (i = wanted + 1; wanted >= 0 && i < nkeys; i++)
-			if (KeyMatches(key_datums[i], key_nulls[i], &key))
-			{
-				values[i] = values[wanted];
-				nulls[i] = nulls[wanted];
-			}
 		SkipSpace(&s);
 		if (s.p >= s.end)
 			PG_RETURN_NULL();
@@ -399,6 +446,45 @@ msp_json_fields(PG_FUNCTION_ARGS)
 	SkipSpace(&s);
 	if (s.p != s.end)
 		PG_RETURN_NULL();		/* junk after the object */
+
+	/* the last value of each wanted key, once, for every position asking */
+	for (i = 0; i < nwanted; i++)
+	{
+		int			w = wanted_keys[i].index;
+		int			first_of_group = i;
+
+		while (first_of_group > 0 &&
+			   wanted_keys[first_of_group - 1].len == wanted_keys[i].len &&
+			   memcmp(wanted_keys[first_of_group - 1].data, wanted_keys[i].data,
+					  wanted_keys[i].len) == 0)
+			first_of_group--;
+		if (first_of_group != i)
+		{
+			int			f = wanted_keys[first_of_group].index;
+
+			values[w] = values[f];
+			nulls[w] = nulls[f];
+			continue;
+		}
+		if (starts[w] == NULL)
+			continue;
+		if (*starts[w] == '"')
+		{
+			JsonScan	v = {starts[w], ends[w]};
+			StringInfoData str;
+
+			initStringInfo(&str);
+			if (!ScanString(&v, &str))
+				elog(ERROR, "msp_json_fields: a string scanned once fails the second time");
+			values[w] = PointerGetDatum(cstring_to_text_with_len(str.data, str.len));
+			nulls[w] = false;
+		}
+		else if (!(ends[w] - starts[w] == 4 && memcmp(starts[w], "null", 4) == 0))
+		{
+			values[w] = PointerGetDatum(cstring_to_text_with_len(starts[w], ends[w] - starts[w]));
+			nulls[w] = false;
+		}
+	}
 
 	if (nkeys == 0)
 		PG_RETURN_ARRAYTYPE_P(construct_empty_array(TEXTOID));

@@ -10,6 +10,10 @@
  */
 #include "postgres.h"
 
+#if PG_VERSION_NUM >= 160000
+#include "varatt.h"
+#endif
+
 #include "datatype/timestamp.h"
 #include "lib/stringinfo.h"
 #include "libpq/pqformat.h"
@@ -50,7 +54,7 @@ PeakStateCreate(MemoryContext mcxt, int64 capacity)
 
 	state->nevents = 0;
 	state->capacity = Max(capacity, 16);
-	state->events = MemoryContextAllocHuge(mcxt, state->capacity * sizeof(PeakEvent));
+	state->events = MemoryContextAllocHuge(mcxt, mul_size(state->capacity, sizeof(PeakEvent)));
 	return state;
 }
 
@@ -62,7 +66,7 @@ PeakAdd(PeakState *state, int64 at, int32 rank)
 	{
 		state->capacity *= 2;
 		state->events = repalloc_huge(state->events,
-									  state->capacity * sizeof(PeakEvent));
+									  mul_size(state->capacity, sizeof(PeakEvent)));
 	}
 	state->events[state->nevents].at = at;
 	state->events[state->nevents].rank = rank;
@@ -125,7 +129,11 @@ peak_concurrency_combine(PG_FUNCTION_ARGS)
 	if (dst == NULL)
 		dst = PeakStateCreate(aggcontext, src->nevents);
 	for (i = 0; i < src->nevents; i++)
+	{
+		if ((i & 0xFFFF) == 0)
+			CHECK_FOR_INTERRUPTS();
 		PeakAdd(dst, src->events[i].at, src->events[i].rank);
+	}
 	PG_RETURN_POINTER(dst);
 }
 
@@ -142,6 +150,8 @@ peak_concurrency_serialize(PG_FUNCTION_ARGS)
 	pq_sendint64(&buf, state->nevents);
 	for (i = 0; i < state->nevents; i++)
 	{
+		if ((i & 0xFFFF) == 0)
+			CHECK_FOR_INTERRUPTS();
 		pq_sendint64(&buf, state->events[i].at);
 		pq_sendbyte(&buf, (uint8) state->events[i].rank);
 	}

@@ -45,7 +45,8 @@ COMMENT ON TABLE @extschema@.daily_activity IS
 CREATE TABLE @extschema@.period_invoices (
 	client_id bigint NOT NULL REFERENCES @extschema@.clients ON DELETE CASCADE,
 	period daterange NOT NULL,
-	status text NOT NULL CHECK (status IN ('preview', 'finalized', 'unpriced')),
+	status text NOT NULL CONSTRAINT period_invoices_status_known
+		CHECK (status IN ('preview', 'finalized', 'unpriced')),
 	model text,
 	users integer,
 	seats integer,

@@ -5,6 +5,11 @@
  * Text form is '{3,17,42}' (any order and duplicates accepted on input,
  * always sorted and unique on output).  Binary form is a version byte, a
  * member count and the members as int8, strictly ascending.
+ *
+ * A set is refused when it is built if its text or binary form would
+ * exceed USERSET_MAX_FORM_SIZE, so that every value that can be stored can
+ * also be output, copied, dumped and restored (with room for the rest of
+ * its row in COPY's 1 GB line).
  */
 #include "postgres.h"
 
@@ -14,106 +19,59 @@
 #include "catalog/pg_type.h"
 #include "common/hashfn.h"
 #include "funcapi.h"
+#include "miscadmin.h"
 #include "lib/stringinfo.h"
 #include "libpq/pqformat.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 
 #include "userset.h"
+#include "varint.h"
 
 PG_MODULE_MAGIC;
 
-/* Largest member count a stored userset may hold (bounded by varlena size). */
-#define USERSET_MAX_MEMBERS ((uint64) (MaxAllocSize - USERSET_HEADER_SIZE))
+/* Largest text or binary form of a userset: half of what one value may be. */
+#define USERSET_MAX_FORM_SIZE ((uint64) MaxAllocSize / 2)
 
-/* Raise the error every reader uses for bytes that cannot be a userset. */
-static void
-CorruptUserset(const char *detail)
-{
-	ereport(ERROR,
-			(errcode(ERRCODE_DATA_CORRUPTED),
-			 errmsg("corrupted userset value"),
-			 errdetail("%s", detail),
-			 errhint("Rebuild the value from its source rows with userset_agg().")));
-}
+/* The error every reader raises for bytes that cannot be a userset. */
+#define CorruptUserset(...) \
+	ereport(ERROR, \
+			(errcode(ERRCODE_DATA_CORRUPTED), \
+			 errmsg("corrupted userset value"), \
+			 errdetail(__VA_ARGS__), \
+			 errhint("Rebuild the value from its source rows with userset_agg().")))
 
-/* Read one LEB128 varint, refusing to run past the end or past 64 bits. */
+/* Read one varint of a stored set, or report the set corrupted. */
 static inline uint64
 ReadVarint(UsersetReader *reader)
 {
-	uint64		result = 0;
-	int			shift = 0;
+	uint64		v;
 
-	for (;;)
-	{
-		uint8		byte;
-
-		if (reader->pos >= reader->end)
-			CorruptUserset("A member's encoding runs past the end of the value.");
-		byte = *reader->pos++;
-		if (shift == 63 && (byte & 0x7E) != 0)
-			CorruptUserset("A member's encoding exceeds 64 bits.");
-		result |= ((uint64) (byte & 0x7F)) << shift;
-		if ((byte & 0x80) == 0)
-			return result;
-		shift += 7;
-		if (shift > 63)
-			CorruptUserset("A member's encoding exceeds 64 bits.");
-	}
+	if (!VarintRead(&reader->pos, reader->end, &v))
+		CorruptUserset("A member's encoding is malformed or runs past the end of the value.");
+	return v;
 }
 
-/* Number of bytes WriteVarint will use for v. */
-static inline int
-VarintSize(uint64 v)
-{
-	int			size = 1;
-
-	while (v >= 0x80)
-	{
-		v >>= 7;
-		size++;
-	}
-	return size;
-}
-
-/* Write v as LEB128 and return the position after it. */
-static inline uint8 *
-WriteVarint(uint8 *out, uint64 v)
-{
-	while (v >= 0x80)
-	{
-		*out++ = (uint8) (v | 0x80);
-		v >>= 7;
-	}
-	*out++ = (uint8) v;
-	return out;
-}
-
-static inline uint64
-ZigZag(int64 v)
-{
-	return ((uint64) v << 1) ^ (uint64) (v >> 63);
-}
-
-static inline int64
-UnZigZag(uint64 v)
-{
-	return (int64) (v >> 1) ^ -(int64) (v & 1);
-}
-
-/*
- * Start reading a stored userset.  The header is checked here; the member
- * bytes are checked as they are read.
- */
-void
-UsersetReaderInit(UsersetReader *reader, const Userset *set)
+/* Check the fixed header of a stored userset. */
+static void
+CheckHeader(const Userset *set)
 {
 	if (VARSIZE(set) < USERSET_HEADER_SIZE)
 		CorruptUserset("The value is shorter than its header.");
 	if (set->version != USERSET_VERSION)
-		CorruptUserset(psprintf("Unknown format version %d.", set->version));
+		CorruptUserset("Unknown format version %d.", set->version);
 	if (set->flags != 0 || set->reserved != 0)
 		CorruptUserset("Reserved header fields are not zero.");
+}
+
+/*
+ * Start reading a stored userset: the header is checked here, the member
+ * bytes as they are read.
+ */
+void
+UsersetReaderInit(UsersetReader *reader, const Userset *set)
+{
+	CheckHeader(set);
 	reader->pos = set->data;
 	reader->end = (const uint8 *) set + VARSIZE(set);
 	reader->left = set->count;
@@ -162,43 +120,73 @@ UsersetToArray(const Userset *set, uint32 *count)
 	uint32		n = 0;
 
 	UsersetReaderInit(&reader, set);
-	members = palloc_extended(Max((Size) set->count, 1) * sizeof(int64),
+	members = palloc_extended(mul_size(Max(set->count, 1), sizeof(int64)),
 							  MCXT_ALLOC_HUGE);
 	while (UsersetReaderNext(&reader, &members[n]))
-		n++;
+	{
+		if ((++n & 0xFFFF) == 0)
+			CHECK_FOR_INTERRUPTS();
+	}
 	*count = n;
 	return members;
 }
 
-/* Encode strictly ascending members as a new userset. */
+/* Number of characters of v in decimal, a minus sign included. */
+static inline int
+DecimalLength(int64 v)
+{
+	uint64		u = v < 0 ? -(uint64) v : (uint64) v;
+	int			len = v < 0 ? 2 : 1;
+
+	while (u >= 10)
+	{
+		u /= 10;
+		len++;
+	}
+	return len;
+}
+
+/*
+ * Encode strictly ascending members as a new userset, refusing one whose
+ * stored, text or binary form would be too large (so that every set that
+ * exists can also be output and restored).
+ */
 Userset *
 UsersetFromSorted(const int64 *members, uint64 count)
 {
-	Size		size = USERSET_HEADER_SIZE;
+	uint64		size = USERSET_HEADER_SIZE;
+	uint64		text_size = 2;
+	uint64		binary_size = 5;
 	Userset    *set;
 	uint8	   *out;
 	uint64		i;
 
-	if (count > USERSET_MAX_MEMBERS)
+	if (count > (USERSET_MAX_FORM_SIZE - binary_size) / 8 || count > PG_UINT32_MAX)
 		ereport(ERROR,
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
 				 errmsg("userset would have too many members"),
-				 errdetail("The set has " UINT64_FORMAT " members.", count),
+				 errdetail("The set has " UINT64_FORMAT " members; its binary form allows at most " UINT64_FORMAT ".",
+						   count, (USERSET_MAX_FORM_SIZE - 5) / 8),
 				 errhint("Split the set, for example by client or by period.")));
+	binary_size += count * 8;
 
 	for (i = 0; i < count; i++)
 	{
 		size += VarintSize(i == 0 ? ZigZag(members[0])
 						   : (uint64) members[i] - (uint64) members[i - 1] - 1);
-		if (size > MaxAllocSize)
-			ereport(ERROR,
-					(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-					 errmsg("userset would exceed the maximum value size"),
-					 errdetail("The set has " UINT64_FORMAT " members.", count),
-					 errhint("Split the set, for example by client or by period.")));
+		text_size += DecimalLength(members[i]) + (i > 0 ? 1 : 0);
+		if ((i & 0xFFFF) == 0)
+			CHECK_FOR_INTERRUPTS();
 	}
+	if (text_size > USERSET_MAX_FORM_SIZE || size > MaxAllocSize)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("userset would exceed the maximum value size"),
+				 errdetail("The set has " UINT64_FORMAT " members, whose text form needs " UINT64_FORMAT " bytes; at most " UINT64_FORMAT " are allowed.",
+						   count, text_size, USERSET_MAX_FORM_SIZE),
+				 errhint("Split the set, for example by client or by period.")));
 
-	set = palloc(size);
+	set = palloc((Size) size);
 	SET_VARSIZE(set, size);
 	set->version = USERSET_VERSION;
 	set->flags = 0;
@@ -206,9 +194,10 @@ UsersetFromSorted(const int64 *members, uint64 count)
 	set->count = (uint32) count;
 	out = set->data;
 	for (i = 0; i < count; i++)
-		out = WriteVarint(out, i == 0 ? ZigZag(members[0])
+		out = VarintWrite(out, i == 0 ? ZigZag(members[0])
 						  : (uint64) members[i] - (uint64) members[i - 1] - 1);
-	Assert(out == (uint8 *) set + size);
+	if (out != (uint8 *) set + size)
+		elog(ERROR, "userset encoding size mismatch");
 	return set;
 }
 
@@ -229,35 +218,80 @@ UsersetFromUnsorted(int64 *members, uint64 count)
 	uint64		n = 0;
 	uint64		i;
 
-	if (count > 1)
+	/* input already in order (every text or binary form is) skips the sort */
+	for (i = 1; i < count && members[i - 1] <= members[i]; i++)
+	{
+		if ((i & 0xFFFF) == 0)
+			CHECK_FOR_INTERRUPTS();
+	}
+	if (i < count)
 		qsort(members, count, sizeof(int64), CompareInt64);
+	CHECK_FOR_INTERRUPTS();
 	for (i = 0; i < count; i++)
+	{
 		if (n == 0 || members[i] != members[n - 1])
 			members[n++] = members[i];
+		if ((i & 0xFFFF) == 0)
+			CHECK_FOR_INTERRUPTS();
+	}
 	return UsersetFromSorted(members, n);
 }
 
 /*
- * The documented 64-bit id of a text member: PostgreSQL's
- * hash_bytes_extended over the text's bytes, seed 0.
+ * mspbill's own 64-bit hash of bytes: FNV-1a 64 (offset basis
+ * 0xcbf29ce484222325, prime 0x100000001b3) over the bytes in order, then
+ * MurmurHash3's fmix64 finalizer to spread the bits.  It reads one byte at
+ * a time, so it is the same on every machine whatever its byte order, and
+ * it is ours, so no server upgrade changes it: a set of text ids dumped on
+ * one machine keeps matching the ids hashed on another.
  */
+uint64
+UsersetHashBytes(const uint8 *bytes, Size len)
+{
+	uint64		h = UINT64CONST(0xcbf29ce484222325);
+	Size		i;
+
+	for (i = 0; i < len; i++)
+	{
+		h ^= bytes[i];
+		h *= UINT64CONST(0x100000001b3);
+	}
+	h ^= h >> 33;
+	h *= UINT64CONST(0xff51afd7ed558ccd);
+	h ^= h >> 33;
+	h *= UINT64CONST(0xc4ceb9fe1a85ec53);
+	h ^= h >> 33;
+	return h;
+}
+
+/* The documented 64-bit id of a text member: the hash of its bytes. */
 int64
 UsersetHashText(const text *t)
 {
-	return (int64) hash_bytes_extended((const unsigned char *) VARDATA_ANY(t),
-									   VARSIZE_ANY_EXHDR(t), 0);
+	return (int64) UsersetHashBytes((const uint8 *) VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t));
 }
 
-/* Report malformed text input for userset. */
-static void
-BadUsersetText(const char *input, const char *detail)
-{
-	ereport(ERROR,
-			(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
-			 errmsg("invalid input syntax for type userset: \"%s\"", input),
-			 errdetail("%s", detail),
-			 errhint("A userset looks like {3,17,42}: bigint members in braces, separated by commas.")));
-}
+/*
+ * Input errors are soft on PostgreSQL 16 and later (ereturn), so that
+ * pg_input_is_valid() and COPY's error handling work; earlier servers
+ * have no soft errors and raise them.
+ */
+#if PG_VERSION_NUM >= 160000
+#define InputError(escontext, rest) ereturn(escontext, (Datum) 0, rest)
+#else
+#define InputError(escontext, rest) ereport(ERROR, rest)
+#endif
+
+/* Enough of the input to recognise it in a message, however long it is. */
+#define INPUT_SHOWN 100
+#define BadUsersetText(escontext, input, detail) \
+	InputError(escontext, \
+			   (errcode(ERRCODE_INVALID_TEXT_REPRESENTATION), \
+				errmsg("invalid input syntax for type userset: \"%.*s%s\"", \
+					   (int) Min(strlen(input), INPUT_SHOWN), input, \
+					   strlen(input) > INPUT_SHOWN ? "..." : ""), \
+				errdetail(detail), \
+				errhint("A userset looks like {3,17,42}: bigint members in braces, separated by commas.")))
 
 PG_FUNCTION_INFO_V1(userset_in);
 /* Text input: '{1,2,3}'; order and duplicates do not matter. */
@@ -265,6 +299,9 @@ Datum
 userset_in(PG_FUNCTION_ARGS)
 {
 	char	   *input = PG_GETARG_CSTRING(0);
+#if PG_VERSION_NUM >= 160000
+	Node	   *escontext = fcinfo->context;
+#endif
 	const char *p = input;
 	int64	   *members;
 	uint64		n = 0;
@@ -274,7 +311,7 @@ userset_in(PG_FUNCTION_ARGS)
 	while (isspace((unsigned char) *p))
 		p++;
 	if (*p++ != '{')
-		BadUsersetText(input, "Missing \"{\".");
+		BadUsersetText(escontext, input, "Missing \"{\".");
 	while (isspace((unsigned char) *p))
 		p++;
 	if (*p == '}')
@@ -286,24 +323,26 @@ userset_in(PG_FUNCTION_ARGS)
 			char	   *end;
 			long long	v;
 
+			if ((n & 0xFFFF) == 0)
+				CHECK_FOR_INTERRUPTS();
 			while (isspace((unsigned char) *p))
 				p++;
 			if (!(isdigit((unsigned char) *p) || *p == '-' || *p == '+'))
-				BadUsersetText(input, "Expected a bigint member.");
+				BadUsersetText(escontext, input, "Expected a bigint member.");
 			errno = 0;
 			v = strtoll(p, &end, 10);
 			if (end == p)
-				BadUsersetText(input, "Expected a bigint member.");
+				BadUsersetText(escontext, input, "Expected a bigint member.");
 			if (errno == ERANGE || v < PG_INT64_MIN || v > PG_INT64_MAX)
-				ereport(ERROR,
-						(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
-						 errmsg("userset member \"%.*s\" is out of range for type bigint",
-								(int) (end - p), p),
-						 errhint("Members are bigint ids; hash text ids with userset_agg(text).")));
+				InputError(escontext,
+						   (errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+							errmsg("userset member \"%.*s\" is out of range for type bigint",
+								   (int) Min(end - p, INPUT_SHOWN), p),
+							errhint("Members are bigint ids; hash text ids with userset_agg(text).")));
 			if (n == cap)
 			{
 				cap *= 2;
-				members = repalloc_huge(members, cap * sizeof(int64));
+				members = repalloc_huge(members, mul_size(cap, sizeof(int64)));
 			}
 			members[n++] = (int64) v;
 			p = end;
@@ -319,13 +358,13 @@ userset_in(PG_FUNCTION_ARGS)
 				p++;
 				break;
 			}
-			BadUsersetText(input, "Expected \",\" or \"}\" after a member.");
+			BadUsersetText(escontext, input, "Expected \",\" or \"}\" after a member.");
 		}
 	}
 	while (isspace((unsigned char) *p))
 		p++;
 	if (*p != '\0')
-		BadUsersetText(input, "Junk after the closing \"}\".");
+		BadUsersetText(escontext, input, "Junk after the closing \"}\".");
 
 	PG_RETURN_USERSET(UsersetFromUnsorted(members, n));
 }
@@ -350,6 +389,8 @@ userset_out(PG_FUNCTION_ARGS)
 			appendStringInfoChar(&buf, ',');
 		appendStringInfo(&buf, INT64_FORMAT, member);
 		first = false;
+		if ((reader.left & 0xFFFF) == 0)
+			CHECK_FOR_INTERRUPTS();
 	}
 	appendStringInfoChar(&buf, '}');
 	PG_RETURN_CSTRING(buf.data);
@@ -385,9 +426,11 @@ UsersetRecv(StringInfo buf)
 				 errmsg("invalid binary userset"),
 				 errdetail("The header announces %d members but %d bytes of members follow.",
 						   count, buf->len - buf->cursor)));
-	members = palloc_extended(Max(count, 1) * sizeof(int64), MCXT_ALLOC_HUGE);
+	members = palloc_extended(mul_size(Max(count, 1), sizeof(int64)), MCXT_ALLOC_HUGE);
 	for (i = 0; i < count; i++)
 	{
+		if ((i & 0xFFFF) == 0)
+			CHECK_FOR_INTERRUPTS();
 		members[i] = pq_getmsgint64(buf);
 		if (i > 0 && members[i] <= members[i - 1])
 			ereport(ERROR,
@@ -437,7 +480,11 @@ userset_send(PG_FUNCTION_ARGS)
 	pq_sendint32(&buf, set->count);
 	UsersetReaderInit(&reader, set);
 	while (UsersetReaderNext(&reader, &member))
+	{
 		pq_sendint64(&buf, member);
+		if ((reader.left & 0xFFFF) == 0)
+			CHECK_FOR_INTERRUPTS();
+	}
 	PG_RETURN_BYTEA_P(pq_endtypsend(&buf));
 }
 
@@ -473,14 +520,17 @@ userset_ne(PG_FUNCTION_ARGS)
 }
 
 PG_FUNCTION_INFO_V1(userset_cardinality);
-/* Number of members: read from the header, no decoding. */
+/*
+ * Number of members: only the header is fetched (and decompressed), so a
+ * large stored set costs no more than a small one.
+ */
 Datum
 userset_cardinality(PG_FUNCTION_ARGS)
 {
-	Userset    *set = PG_GETARG_USERSET(0);
-	UsersetReader reader;
+	Userset    *set = (Userset *) PG_DETOAST_DATUM_SLICE(PG_GETARG_DATUM(0), 0,
+														 USERSET_HEADER_SIZE - VARHDRSZ);
 
-	UsersetReaderInit(&reader, set);
+	CheckHeader(set);
 	PG_RETURN_INT64((int64) set->count);
 }
 
@@ -499,6 +549,8 @@ userset_contains(PG_FUNCTION_ARGS)
 	{
 		if (member >= wanted)
 			PG_RETURN_BOOL(member == wanted);
+		if ((reader.left & 0xFFFF) == 0)
+			CHECK_FOR_INTERRUPTS();
 	}
 	PG_RETURN_BOOL(false);
 }
@@ -519,6 +571,7 @@ UsersetMerge(Userset *a, Userset *b, MergeKind kind)
 	UsersetReader rb;
 	int64	   *out;
 	uint64		n = 0;
+	uint64		steps = 0;
 	int64		x = 0;
 	int64		y = 0;
 	bool		hasx;
@@ -526,12 +579,14 @@ UsersetMerge(Userset *a, Userset *b, MergeKind kind)
 
 	UsersetReaderInit(&ra, a);
 	UsersetReaderInit(&rb, b);
-	out = palloc_extended(Max((Size) a->count + b->count, 1) * sizeof(int64),
+	out = palloc_extended(mul_size(Max(add_size(a->count, b->count), 1), sizeof(int64)),
 						  MCXT_ALLOC_HUGE);
 	hasx = UsersetReaderNext(&ra, &x);
 	hasy = UsersetReaderNext(&rb, &y);
 	while (hasx || hasy)
 	{
+		if ((++steps & 0xFFFF) == 0)
+			CHECK_FOR_INTERRUPTS();
 		if (hasx && (!hasy || x < y))
 		{
 			if (kind != MERGE_INTERSECT)
@@ -553,6 +608,13 @@ UsersetMerge(Userset *a, Userset *b, MergeKind kind)
 		}
 	}
 	return UsersetFromSorted(out, n);
+}
+
+/* a | b, for the aggregates */
+Userset *
+UsersetUnion(Userset *a, Userset *b)
+{
+	return UsersetMerge(a, b, MERGE_UNION);
 }
 
 PG_FUNCTION_INFO_V1(userset_or);
@@ -597,7 +659,7 @@ userset_from_array(PG_FUNCTION_ARGS)
 
 	deconstruct_array(arr, INT8OID, sizeof(int64), FLOAT8PASSBYVAL,
 					  TYPALIGN_DOUBLE, &elems, &nulls, &nelems);
-	members = palloc_extended(Max(nelems, 1) * sizeof(int64), MCXT_ALLOC_HUGE);
+	members = palloc_extended(mul_size(Max(nelems, 1), sizeof(int64)), MCXT_ALLOC_HUGE);
 	for (i = 0; i < nelems; i++)
 		if (!nulls[i])
 			members[n++] = DatumGetInt64(elems[i]);
@@ -612,7 +674,7 @@ userset_to_array(PG_FUNCTION_ARGS)
 	Userset    *set = PG_GETARG_USERSET(0);
 	uint32		n;
 	int64	   *members = UsersetToArray(set, &n);
-	Datum	   *elems = palloc_extended(Max(n, 1) * sizeof(Datum), MCXT_ALLOC_HUGE);
+	Datum	   *elems = palloc_extended(mul_size(Max(n, 1), sizeof(Datum)), MCXT_ALLOC_HUGE);
 	uint32		i;
 
 	for (i = 0; i < n; i++)

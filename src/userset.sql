@@ -120,7 +120,7 @@ CREATE CAST (@extschema@.userset AS bigint[]) WITH FUNCTION @extschema@.userset_
 CREATE FUNCTION @extschema@.userset_text_id(text) RETURNS bigint
 	AS 'MODULE_PATHNAME' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 COMMENT ON FUNCTION @extschema@.userset_text_id(text) IS
-	'the 64-bit id a text member is counted under (hash_bytes_extended, seed 0)';
+	'the 64-bit id a text member is counted under: FNV-1a 64 of its bytes, then fmix64 (the same on every machine)';
 CREATE FUNCTION @extschema@.userset_from_binary(bytea) RETURNS @extschema@.userset
 	AS 'MODULE_PATHNAME' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 COMMENT ON FUNCTION @extschema@.userset_from_binary(bytea) IS

@@ -6,7 +6,8 @@
  * userset_agg and distinct_count share one internal state (an IdSet) and
  * differ only in their final function.  Their states cross process
  * boundaries in parallel plans through serialize/deserialize, which treat
- * the bytes they receive as untrusted.
+ * the bytes they receive as untrusted.  This file is the one bridge
+ * between the working set (idset.c) and the stored type (userset.c).
  *
  * userset_union keeps the userset type itself as its state, so that Citus
  * can ship partial states between nodes as text.  To stay linear, that state
@@ -22,11 +23,8 @@
 #include "utils/memutils.h"
 
 #include "aggregate.h"
+#include "idset.h"
 #include "userset.h"
-
-#define IDSET_SERIAL_VERSION 1
-#define IDSET_SERIAL_HAS_ZERO 0x01
-#define IDSET_SERIAL_COUNTS 0x02
 
 /* State of userset_at_least: the threshold travels with the counts. */
 typedef struct AtLeastState
@@ -34,6 +32,25 @@ typedef struct AtLeastState
 	int32		min_sets;
 	IdSet	   *set;
 } AtLeastState;
+
+/* Add every member of a stored userset (once each, even to a counting set). */
+static void
+IdSetAddUserset(IdSet *set, const Userset *members)
+{
+	UsersetReader reader;
+	int64		member;
+
+	UsersetReaderInit(&reader, members);
+	while (UsersetReaderNext(&reader, &member))
+	{
+		if ((reader.left & 0xFFFF) == 0)
+			CHECK_FOR_INTERRUPTS();
+		if (set->counting)
+			IdSetAddCount(set, member, 1);
+		else
+			IdSetAdd(set, member);
+	}
+}
 
 PG_FUNCTION_INFO_V1(userset_agg_trans);
 /* Transition for bigint members: NULLs are skipped, as COUNT(DISTINCT) does. */
@@ -63,31 +80,13 @@ userset_agg_trans_text(PG_FUNCTION_ARGS)
 	PG_RETURN_POINTER(set);
 }
 
-/* Fold src into dst (both plain sets or both counting sets). */
-static void
-IdSetMerge(IdSet *dst, const IdSet *src)
-{
-	IdSetIter	iter;
-	int64		member;
-	uint64		n = 0;
-
-	Assert(dst->counting == src->counting);
-	IdSetIterInit(&iter, src);
-	while (IdSetIterNext(&iter, &member))
-	{
-		if ((++n & 0xFFFF) == 0)
-			CHECK_FOR_INTERRUPTS();
-		if (!dst->counting)
-			IdSetAdd(dst, member);
-		else if (member == 0)
-			IdSetAddCount(dst, 0, src->zero_count);
-		else
-			IdSetAddCount(dst, member, src->counts[iter.slot]);
-	}
-}
-
 PG_FUNCTION_INFO_V1(userset_agg_combine);
-/* Combine two partial states; the result must live in the aggregate context. */
+/*
+ * Combine two partial states; the result must live in the aggregate
+ * context.  A first state that already lives there (deserialized states
+ * do) is adopted as it is; one from another aggregate's memory, as in a
+ * partitionwise plan, is copied, since that memory may be reset.
+ */
 Datum
 userset_agg_combine(PG_FUNCTION_ARGS)
 {
@@ -98,124 +97,20 @@ userset_agg_combine(PG_FUNCTION_ARGS)
 	if (src == NULL)
 		PG_RETURN_POINTER(dst);
 	if (dst == NULL)
+	{
+		if (src->mcxt == aggcontext)
+			PG_RETURN_POINTER(src);
 		dst = IdSetCreate(aggcontext, false);
-	IdSetMerge(dst, src);
-	PG_RETURN_POINTER(dst);
+	}
+	PG_RETURN_POINTER(IdSetMerge(dst, src));
 }
 
-/*
- * Serialized IdSet: version byte, flags byte, member count (int8), then the
- * members (int8 each, zero excluded) and, for counting sets, the zero count
- * and one count per member.
- */
-static bytea *
-IdSetSerialize(const IdSet *set, int32 min_sets)
-{
-	StringInfoData buf;
-	IdSetIter	iter;
-	int64		member;
-
-	pq_begintypsend(&buf);
-	pq_sendbyte(&buf, IDSET_SERIAL_VERSION);
-	pq_sendbyte(&buf, (set->has_zero ? IDSET_SERIAL_HAS_ZERO : 0) |
-				(set->counting ? IDSET_SERIAL_COUNTS : 0));
-	pq_sendint32(&buf, min_sets);
-	pq_sendint64(&buf, IdSetCardinality(set) - (set->has_zero ? 1 : 0));
-	IdSetIterInit(&iter, set);
-	while (IdSetIterNext(&iter, &member))
-		if (member != 0)
-			pq_sendint64(&buf, member);
-	if (set->counting)
-	{
-		/* counting sets have no bitmap: their members are the slots, in order */
-		uint64		i;
-
-		pq_sendint64(&buf, set->zero_count);
-		for (i = 0; i < set->capacity; i++)
-			if (set->slots[i] != 0)
-				pq_sendint64(&buf, set->counts[i]);
-	}
-	return pq_endtypsend(&buf);
-}
-
-/* Report a serialized state that cannot have come from IdSetSerialize. */
-static void
-BadSerialState(const char *detail)
-{
-	ereport(ERROR,
-			(errcode(ERRCODE_INVALID_BINARY_REPRESENTATION),
-			 errmsg("invalid serialized userset aggregate state"),
-			 errdetail("%s", detail)));
-}
-
-/* Rebuild an IdSet in mcxt from bytes made by IdSetSerialize. */
-static IdSet *
-IdSetDeserialize(bytea *bytes, bool with_counts, int32 *min_sets,
-				 MemoryContext mcxt)
-{
-	StringInfoData buf;
-	IdSet	   *set;
-	int			version;
-	int			flags;
-	int64		n;
-	int64		i;
-	int64	   *members;
-
-	buf.data = VARDATA_ANY(bytes);
-	buf.len = VARSIZE_ANY_EXHDR(bytes);
-	buf.maxlen = buf.len;
-	buf.cursor = 0;
-
-	if (buf.len < 14)
-		BadSerialState("The state is shorter than its header.");
-	version = pq_getmsgbyte(&buf);
-	flags = pq_getmsgbyte(&buf);
-	*min_sets = pq_getmsgint(&buf, 4);
-	n = pq_getmsgint64(&buf);
-	if (version != IDSET_SERIAL_VERSION)
-		BadSerialState("Unknown state version.");
-	if ((flags & ~(IDSET_SERIAL_HAS_ZERO | IDSET_SERIAL_COUNTS)) != 0 ||
-		((flags & IDSET_SERIAL_COUNTS) != 0) != with_counts)
-		BadSerialState("Unknown or mismatched state flags.");
-	if (n < 0 || n > (buf.len - buf.cursor) / 8 ||
-		buf.len - buf.cursor != n * 8 * (with_counts ? 2 : 1) + (with_counts ? 8 : 0))
-		BadSerialState("The member count does not match the state's length.");
-
-	set = IdSetCreate(mcxt, with_counts);
-	members = palloc_extended(Max(n, 1) * sizeof(int64), MCXT_ALLOC_HUGE);
-	for (i = 0; i < n; i++)
-	{
-		members[i] = pq_getmsgint64(&buf);
-		if (members[i] == 0)
-			BadSerialState("Member 0 appears in the member list.");
-	}
-	if (with_counts)
-	{
-		int64		zero_count = pq_getmsgint64(&buf);
-
-		if ((zero_count > 0) != ((flags & IDSET_SERIAL_HAS_ZERO) != 0) || zero_count < 0)
-			BadSerialState("The count of member 0 does not match its flag.");
-		if (zero_count > 0)
-			IdSetAddCount(set, 0, zero_count);
-		for (i = 0; i < n; i++)
-		{
-			int64		count = pq_getmsgint64(&buf);
-
-			if (count <= 0)
-				BadSerialState("A member has a count below one.");
-			IdSetAddCount(set, members[i], count);
-		}
-	}
-	else
-	{
-		if (flags & IDSET_SERIAL_HAS_ZERO)
-			IdSetAdd(set, 0);
-		for (i = 0; i < n; i++)
-			IdSetAdd(set, members[i]);
-	}
-	pfree(members);
-	return set;
-}
+/* A threshold where there must be none, in the deserialized state's words. */
+#define BadThreshold(detail) \
+	ereport(ERROR, \
+			(errcode(ERRCODE_INVALID_BINARY_REPRESENTATION), \
+			 errmsg("invalid serialized userset aggregate state"), \
+			 errdetail(detail)))
 
 PG_FUNCTION_INFO_V1(userset_agg_serialize);
 /* internal -> bytea for parallel workers */
@@ -236,7 +131,7 @@ userset_agg_deserialize(PG_FUNCTION_ARGS)
 									   aggcontext);
 
 	if (min_sets != 0)
-		BadSerialState("A plain set carries a threshold.");
+		BadThreshold("A plain set carries a threshold.");
 	PG_RETURN_POINTER(set);
 }
 
@@ -301,7 +196,8 @@ UsersetAccumFlatten(ExpandedObjectHeader *eohptr, void *result, Size allocated_s
 {
 	UsersetAccum *accum = (UsersetAccum *) eohptr;
 
-	Assert(accum->flat != NULL && allocated_size == VARSIZE(accum->flat));
+	if (accum->flat == NULL || allocated_size != VARSIZE(accum->flat))
+		elog(ERROR, "userset_union state flattened without its size");
 	memcpy(result, accum->flat, allocated_size);
 }
 
@@ -332,10 +228,19 @@ IsUsersetAccum(Datum d)
 		DatumGetEOHP(d)->eoh_methods == &UsersetAccumMethods;
 }
 
+/*
+ * Below this many members a group's union stays a flat userset, merged row
+ * by row: an expanded state costs a memory context of its own, and with
+ * hundreds of thousands of groups nodeAgg's memory checks walk them all
+ * for every new group (quadratic).
+ */
+#define UNION_FLAT_MEMBERS 1024
+
 PG_FUNCTION_INFO_V1(userset_union_trans);
 /*
  * Transition and combine function of userset_union: adds the members of
- * argument 1 to the state in place.  NULL sets are skipped.
+ * argument 1 to the state, in place once the state is large.  NULL sets
+ * are skipped.
  */
 Datum
 userset_union_trans(PG_FUNCTION_ARGS)
@@ -347,6 +252,21 @@ userset_union_trans(PG_FUNCTION_ARGS)
 		PG_RETURN_NULL();
 	if (!PG_ARGISNULL(0) && IsUsersetAccum(PG_GETARG_DATUM(0)))
 		accum = (UsersetAccum *) DatumGetEOHP(PG_GETARG_DATUM(0));
+	else if (PG_ARGISNULL(1))
+		PG_RETURN_DATUM(PG_GETARG_DATUM(0));
+	else if (!IsUsersetAccum(PG_GETARG_DATUM(1)))
+	{
+		Userset    *b = PG_GETARG_USERSET(1);
+		Userset    *a = PG_ARGISNULL(0) ? NULL : PG_GETARG_USERSET(0);
+		uint64		size = (uint64) b->count + (a ? a->count : 0);
+
+		/* small: a flat merge, which nodeAgg copies into its own memory */
+		if (size < UNION_FLAT_MEMBERS)
+			PG_RETURN_USERSET(a ? UsersetUnion(a, b) : b);
+		accum = UsersetAccumCreate(aggcontext);
+		if (a)
+			IdSetAddUserset(accum->set, a);
+	}
 	else
 	{
 		accum = UsersetAccumCreate(aggcontext);
@@ -362,7 +282,7 @@ userset_union_trans(PG_FUNCTION_ARGS)
 			/* another state, as a combine function may see */
 			UsersetAccum *other = (UsersetAccum *) DatumGetEOHP(arg);
 
-			IdSetMerge(accum->set, other->set);
+			accum->set = IdSetMerge(accum->set, other->set);
 		}
 		else
 			IdSetAddUserset(accum->set, DatumGetUserset(arg));
@@ -435,13 +355,16 @@ userset_at_least_combine(PG_FUNCTION_ARGS)
 		PG_RETURN_POINTER(dst);
 	if (dst == NULL)
 	{
+		/* adopt a state in our memory, as userset_agg_combine does */
+		if (src->set->mcxt == aggcontext && GetMemoryChunkContext(src) == aggcontext)
+			PG_RETURN_POINTER(src);
 		dst = MemoryContextAlloc(aggcontext, sizeof(AtLeastState));
 		dst->min_sets = src->min_sets;
 		dst->set = IdSetCreate(aggcontext, true);
 	}
 	else
 		CheckSameThreshold(dst->min_sets, src->min_sets);
-	IdSetMerge(dst->set, src->set);
+	dst->set = IdSetMerge(dst->set, src->set);
 	PG_RETURN_POINTER(dst);
 }
 
@@ -466,7 +389,7 @@ userset_at_least_deserialize(PG_FUNCTION_ARGS)
 	state->set = IdSetDeserialize(PG_GETARG_BYTEA_PP(0), true, &state->min_sets,
 								  aggcontext);
 	if (state->min_sets < 1)
-		BadSerialState("The threshold is below one.");
+		BadThreshold("The threshold is below one.");
 	PG_RETURN_POINTER(state);
 }
 
@@ -476,20 +399,23 @@ Datum
 userset_at_least_final(PG_FUNCTION_ARGS)
 {
 	AtLeastState *state = PG_ARGISNULL(0) ? NULL : (AtLeastState *) PG_GETARG_POINTER(0);
-	IdSet	   *set;
+	IdSetIter	iter;
 	int64	   *members;
+	int64		member;
 	uint64		n = 0;
-	uint64		i;
+	uint64		steps = 0;
 
 	if (state == NULL)
 		PG_RETURN_USERSET(UsersetFromSorted(NULL, 0));
-	set = state->set;
-	members = palloc_extended(Max(IdSetCardinality(set), 1) * sizeof(int64),
+	members = palloc_extended(mul_size(Max(IdSetCardinality(state->set), 1), sizeof(int64)),
 							  MCXT_ALLOC_HUGE);
-	if (set->has_zero && set->zero_count >= state->min_sets)
-		members[n++] = 0;
-	for (i = 0; i < set->capacity; i++)
-		if (set->slots[i] != 0 && set->counts[i] >= state->min_sets)
-			members[n++] = (int64) set->slots[i];
+	IdSetIterInit(&iter, state->set);
+	while (IdSetIterNext(&iter, &member))
+	{
+		if (IdSetIterCount(&iter) >= state->min_sets)
+			members[n++] = member;
+		if ((++steps & 0xFFFF) == 0)
+			CHECK_FOR_INTERRUPTS();
+	}
 	PG_RETURN_USERSET(UsersetFromUnsorted(members, n));
 }

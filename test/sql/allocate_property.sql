@@ -1,11 +1,12 @@
 -- Property: allocate() on thousands of random pools agrees with a plain-SQL
--- largest-remainder reference, sums exactly, keeps the quota rule and
--- monotonicity, and its window and array forms agree, serial and parallel.
+-- largest-remainder reference (window and array forms each), sums exactly,
+-- keeps the quota rule, monotonicity and the tie-break to the earlier row,
+-- and refuses a total or minor unit that changes within a partition.
 \set ECHO none
 \pset pager off
 SET search_path = public, mspbill;
 SELECT setseed(0.1717);
-SELECT plan(12);
+SELECT plan(14);
 
 CREATE TABLE pools (pool int PRIMARY KEY, total numeric, minor numeric);
 CREATE TABLE items (pool int, k int, w numeric, PRIMARY KEY (pool, k));
@@ -72,20 +73,35 @@ SELECT is((SELECT count(*) FROM (
                FROM shares s JOIN pools p USING (pool) GROUP BY s.pool) x WHERE win <> arr),
           0::bigint, 'window and array forms agree');
 
--- the same query again, and under a parallel plan, gives the same shares
-SELECT is((SELECT count(*) FROM shares s JOIN (
-             SELECT i.pool, i.k, allocate(p.total, i.w, p.minor) OVER (PARTITION BY i.pool ORDER BY i.k) AS share
-               FROM items i JOIN pools p USING (pool)) again USING (pool, k)
-            WHERE s.share <> again.share), 0::bigint, 'a second run gives the same shares');
-SET max_parallel_workers_per_gather = 2;
-SET parallel_setup_cost = 0;
-SET parallel_tuple_cost = 0;
-SET min_parallel_table_scan_size = 0;
-SELECT is((SELECT count(*) FROM shares s JOIN (
-             SELECT i.pool, i.k, allocate(p.total, i.w, p.minor) OVER (PARTITION BY i.pool ORDER BY i.k) AS share
-               FROM items i JOIN pools p USING (pool)) par USING (pool, k)
-            WHERE s.share <> par.share), 0::bigint, 'a parallel plan gives the same shares');
-RESET max_parallel_workers_per_gather;
+-- the array form against the same reference, element by element
+SELECT is((SELECT count(*) FROM (
+             SELECT p.pool, allocate(p.total, array_agg(i.w ORDER BY i.k), p.minor) AS arr
+               FROM items i JOIN pools p USING (pool) GROUP BY p.pool, p.total, p.minor) a
+             CROSS JOIN LATERAL unnest(a.arr) WITH ORDINALITY u(share, k)
+             JOIN reference r ON r.pool = a.pool AND r.k = u.k
+            WHERE u.share <> r.share), 0::bigint, 'the array form equals the plain-SQL reference');
+-- ties: among rows of equal weight the earlier never gets less, and at
+-- most one minor unit more
+SELECT is((SELECT count(*) FROM (
+             SELECT *, lag(share) OVER (PARTITION BY pool, w ORDER BY k) AS earlier FROM shares) x
+            WHERE abs(earlier) < abs(share) OR abs(earlier) - abs(share) > minor), 0::bigint,
+          'equal weights: extra units go to the earlier rows, one each');
+-- every pool, re-run with its last row's minor unit (or total) changed, is refused
+CREATE FUNCTION pg_temp.refused(q text) RETURNS text LANGUAGE plpgsql AS $$
+BEGIN
+  EXECUTE q;
+  RETURN 'accepted';
+EXCEPTION WHEN OTHERS THEN
+  RETURN SQLSTATE || ' ' || SQLERRM;
+END $$;
+SELECT is(pg_temp.refused($$SELECT allocate(p.total, i.w, CASE WHEN i.k = 2 THEN p.minor * 10 ELSE p.minor END)
+                                      OVER (PARTITION BY i.pool ORDER BY i.k)
+                              FROM items i JOIN pools p USING (pool) WHERE i.pool <= 300$$),
+          '22023 allocate minor_unit changes within one partition', 'a minor unit changing within a partition is refused');
+SELECT is(pg_temp.refused($$SELECT allocate(p.total + CASE WHEN i.k = 2 THEN p.minor ELSE 0 END, i.w, p.minor)
+                                      OVER (PARTITION BY i.pool ORDER BY i.k)
+                              FROM items i JOIN pools p USING (pool) WHERE i.pool <= 300$$),
+          '22023 allocate total changes within one partition', 'a total changing within a partition is refused');
 
 -- one pool of 10^6 rows with a total of 10^15 in cents
 SELECT is((SELECT sum(s) FROM (SELECT allocate(1000000000000000.00, (i % 13)::numeric) OVER (ORDER BY i) s
