@@ -179,6 +179,18 @@ COMMENT ON FUNCTION @extschema@.userset_recv(internal) IS
 COMMENT ON FUNCTION @extschema@.userset_send(@extschema@.userset) IS
 	'binary form of a userset as bytea (read back with userset_from_binary)';
 
+-- userset_text_id: text members are counted under a hash that is the same
+-- on every machine (FNV-1a 64, then fmix64; 0.1.0 used PostgreSQL's
+-- hash_bytes_extended, which depends on the byte order).  The C library
+-- changed with it: usersets of text members kept from 0.1.0 hold the old
+-- ids, which no update can recompute (see README, Upgrading).
+COMMENT ON FUNCTION @extschema@.userset_text_id(text) IS
+	'the 64-bit id a text member is counted under: FNV-1a 64 of its bytes, then fmix64 (the same on every machine)';
+
+-- allocate(total, weights[], minor_unit): not STRICT, like the window form:
+-- a NULL total gives NULL, a NULL minor unit is an error.
+ALTER FUNCTION @extschema@.allocate(numeric, numeric[], numeric) CALLED ON NULL INPUT;
+
 -- ---------------------------------------------------------------------
 -- Honest attributes of unchanged functions
 -- ---------------------------------------------------------------------
@@ -2156,7 +2168,8 @@ COMMENT ON TABLE @extschema@.daily_activity IS
 CREATE TABLE @extschema@.period_invoices (
 	client_id bigint NOT NULL REFERENCES @extschema@.clients ON DELETE CASCADE,
 	period daterange NOT NULL,
-	status text NOT NULL CHECK (status IN ('preview', 'finalized', 'unpriced')),
+	status text NOT NULL CONSTRAINT period_invoices_status_known
+		CHECK (status IN ('preview', 'finalized', 'unpriced')),
 	model text,
 	users integer,
 	seats integer,

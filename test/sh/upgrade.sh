@@ -16,7 +16,7 @@ work="$TOP/test/out/upgrade"
 rm -rf "$work"; mkdir -p "$work"
 current=$(sed -n "s/^default_version = '\(.*\)'/\1/p" "$TOP/mspbill.control")
 q() { local db=$1; shift; PGOPTIONS='-c client_min_messages=warning' "$BINDIR/psql" -X -q -At -v ON_ERROR_STOP=1 -d "$db" "$@"; }
-echo "1..22"
+echo "1..23"
 
 for db in "$OLD" "$NEW"; do drop_db "$db"; q postgres -c "CREATE DATABASE $db"; done
 q "$OLD" -c "CREATE EXTENSION mspbill VERSION '0.1.0'" -c "ALTER DATABASE $OLD SET search_path = public, mspbill"
@@ -141,6 +141,13 @@ tap_check "new clients, people, accounts, devices, contracts, contacts and pools
 tap_check "ids 0.1.0 numbered per client stay shared: a cross-client union of its people counts them once (README)" \
 	"$(q "$OLD" -c "SELECT cardinality(userset_union(people)) || ' of ' || (SELECT count(DISTINCT (client_id, person_id))
 	                  FROM accounts WHERE kind = 'individual' AND client_id IN (1, 2)) FROM public.kept_sets")" "12 of 16"
+
+# Text members: 0.1.0's library counted them under hash_bytes_extended(seed
+# 0), which is hashtextextended(t, 0); 0.2.0's under a hash that is the
+# same on every machine.  2415337466202865571 is the id 0.1.0's library
+# (built from 80d98dc) gave 'STOLAF\nurse1' on this little-endian machine.
+tap_check "text ids changed; hashtextextended(t, 0) still gives 0.1.0's (README)" \
+	"$(q "$OLD" -c "SELECT (userset_text_id(E'STOLAF\\\\nurse1') <> 2415337466202865571) || ' ' || (hashtextextended(E'STOLAF\\\\nurse1', 0) = 2415337466202865571)")" "true true"
 
 # every object of the updated database against a fresh install
 q "$NEW" -c "CREATE EXTENSION mspbill" -c "SELECT mspbill.msp_install_roles()" >/dev/null
