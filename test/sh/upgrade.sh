@@ -16,7 +16,7 @@ work="$TOP/test/out/upgrade"
 rm -rf "$work"; mkdir -p "$work"
 current=$(sed -n "s/^default_version = '\(.*\)'/\1/p" "$TOP/mspbill.control")
 q() { local db=$1; shift; PGOPTIONS='-c client_min_messages=warning' "$BINDIR/psql" -X -q -At -v ON_ERROR_STOP=1 -d "$db" "$@"; }
-echo "1..23"
+echo "1..24"
 
 for db in "$OLD" "$NEW"; do drop_db "$db"; q postgres -c "CREATE DATABASE $db"; done
 q "$OLD" -c "CREATE EXTENSION mspbill VERSION '0.1.0'" -c "ALTER DATABASE $OLD SET search_path = public, mspbill"
@@ -180,6 +180,20 @@ tap_check "and a period that is not a calendar month is named in a warning" \
 	"$(echo "$clash" | grep -c 'WARNING:  finalized invoices whose period is not a calendar month\|calendar months only: client 1: invoice 2 (\[2026-01-15,2026-02-15))\.$')" "2"
 tap_check "and leave the database at 0.1.0 with its invoices" \
 	"$(q "$CLASH" -c "SELECT extversion || ' ' || (SELECT string_agg(total::text, ' ' ORDER BY invoice_id) FROM mspbill.invoices) FROM pg_extension WHERE extname = 'mspbill'")" "0.1.0 10 20"
+
+# Usersets as 0.1.0's library stored them (test/upgrade/usersets--0.1.0.tsv:
+# the text of a set and the bytes 0.1.0's userset_in, built from 80d98dc,
+# stored for it) read as the same sets under the current library.  The
+# harness above runs 0.1.0's SQL on the current library, so only these
+# bytes tell a change of the stored format.
+tap_check "usersets stored by 0.1.0's library read the same (empty, extremes, dense, sparse)" \
+	"$(q "$OLD" -c "CREATE TABLE public.old_bytes (set_text text, stored bytea)" \
+		-c "\\copy public.old_bytes FROM '$TOP/test/upgrade/usersets--0.1.0.tsv' WITH (FORMAT csv, DELIMITER E'\\t')" \
+		-c "CREATE CAST (bytea AS mspbill.userset) WITHOUT FUNCTION" \
+		-c "SELECT count(*) FILTER (WHERE stored::userset::text = set_text
+		                              AND cardinality(stored::userset) = cardinality(set_text::bigint[])
+		                              AND userset_send(stored::userset) = userset_send(set_text::userset))
+		           || ' of ' || count(*) FROM public.old_bytes" 2>&1)" "6 of 6"
 
 drop_db "$OLD"
 drop_db "$NEW"
