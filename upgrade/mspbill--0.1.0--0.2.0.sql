@@ -4,7 +4,10 @@
 -- difference left.
 --
 -- Stored rows are not rewritten: finalized invoices, their lines and the
--- audit trail are facts and stay as 0.1.0 wrote them.  Functions whose
+-- audit trail are facts and stay as 0.1.0 wrote them, and ids keep their
+-- values (the only rows written are the new rollups' marks, at the end).
+-- The update stops if 0.1.0 finalized two invoices of a client for the
+-- same day, which 0.2.0 forbids.  Functions whose
 -- arguments and result are unchanged are replaced in place (their grants
 -- and the objects that depend on them stay); the few whose result changed
 -- are dropped and created again, dependants first.
