@@ -16,6 +16,10 @@
  */
 #include "postgres.h"
 
+#if PG_VERSION_NUM >= 160000
+#include "varatt.h"
+#endif
+
 #include "common/int.h"
 #include "miscadmin.h"
 #include "port/pg_bitutils.h"

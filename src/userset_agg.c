@@ -19,6 +19,7 @@
 #include "lib/stringinfo.h"
 #include "libpq/pqformat.h"
 #include "miscadmin.h"
+#include "storage/shmem.h"		/* add_size, mul_size */
 #include "utils/expandeddatum.h"
 #include "utils/memutils.h"
 

@@ -14,7 +14,7 @@ SELECT setseed(0.1313);
 \if :{?long}
 \set datasets 100000
 \endif
-SELECT plan(21);
+SELECT plan(23);
 SELECT pg_postmaster_start_time() AS started \gset
 
 -- one row per dataset: where its dense range starts, its spacing and size,
@@ -149,6 +149,32 @@ SELECT is(distinct_count(x), 14::bigint, 'both extremes first, then dense ids: e
 SELECT is(cardinality(userset_union(s)), 1002::bigint, 'userset_union over a stored set holding both extremes')
   FROM (VALUES ('{-9223372036854775808,9223372036854775807}'::userset),
                ((SELECT userset_agg(i) FROM generate_series(1, 1000) i))) v(s);
+
+-- partitionwise aggregation combines partial states inside one process,
+-- where userset_union's combine meets the other state as it is in memory
+-- (not flattened, as between parallel workers)
+CREATE TABLE stored_parted (part int, ds int, s userset) PARTITION BY LIST (part);
+CREATE TABLE stored_parted_1 PARTITION OF stored_parted FOR VALUES IN (1);
+CREATE TABLE stored_parted_2 PARTITION OF stored_parted FOR VALUES IN (2);
+INSERT INTO stored_parted
+SELECT p, i % 3, userset(ARRAY[p * 1000 + (i * 7) % 500, i]::bigint[])
+  FROM generate_series(1, 2) p, generate_series(1, 20000) i;
+ANALYZE stored_parted;
+SET enable_partitionwise_aggregate = on;
+SET enable_sort = off;
+SET max_parallel_workers_per_gather = 0;
+SELECT matches(pg_temp.parallel_ctas('pw_union',
+                 'SELECT ds, userset_to_array(userset_union(s)) AS m FROM stored_parted GROUP BY ds'),
+               'Finalize HashAggregate.*Partial HashAggregate.*Partial HashAggregate',
+               'partitionwise: two partial userset_union states combined in one process');
+SELECT is((SELECT count(*) FROM pw_union r
+            FULL JOIN (SELECT ds, array_agg(DISTINCT m ORDER BY m) AS m
+                         FROM (SELECT ds, userset_members(s) AS m FROM stored_parted) x GROUP BY ds) e USING (ds)
+           WHERE r.m IS DISTINCT FROM e.m), 0::bigint,
+          'partitionwise: userset_union of the combined states equals the distinct members');
+RESET enable_partitionwise_aggregate;
+RESET enable_sort;
+RESET max_parallel_workers_per_gather;
 
 SELECT is(pg_postmaster_start_time(), :'started'::timestamptz, 'the server never restarted (0 crashes in ' || :datasets || ' datasets)');
 SELECT * FROM finish();
