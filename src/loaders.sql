@@ -122,6 +122,25 @@ END
 $$;
 COMMENT ON FUNCTION @extschema@.msp_try_timestamptz(text) IS 'the text as timestamptz, or NULL when it is not one';
 
+-- A parsed time a logon can have: the input is a date and time (not one of
+-- the special words now, today, tomorrow, yesterday, epoch, allballs or
+-- infinity, which PostgreSQL reads as times), and the instant lies from
+-- 1990-01-01 UTC up to one day after now() (a clock slightly ahead is
+-- tolerated).  Anything else is no logon an MSP bills, and would only
+-- overflow later date arithmetic (the client's local day of 4714 BC).
+-- Returns NULL when the time is plausible, else why not.
+CREATE FUNCTION @extschema@.msp_implausible_time(raw text, at timestamptz) RETURNS text
+LANGUAGE sql STABLE PARALLEL SAFE
+RETURN CASE
+	WHEN raw OPERATOR(pg_catalog.~*) '\m(now|today|tomorrow|yesterday|epoch|allballs|infinity)\M'
+		 OR NOT pg_catalog.isfinite(at) THEN 'not a time'
+	WHEN at OPERATOR(pg_catalog.<) '1990-01-01 00:00:00+00'::timestamptz
+		 OR at OPERATOR(pg_catalog.>) (pg_catalog.now() OPERATOR(pg_catalog.+) '1 day'::interval)
+		THEN 'outside 1990-01-01 to a day after now'
+END;
+COMMENT ON FUNCTION @extschema@.msp_implausible_time(text, timestamptz) IS
+	'internal: why a parsed logon time is not plausible (a special word such as now or infinity, before 1990-01-01 UTC, more than a day after now()), or NULL';
+
 -- One account name for the forms Windows and Entra write: DOMAIN\user,
 -- domain.tld\user and user@domain.tld all become DOMAIN\user.
 -- (No SET clause, so that it inlines; every name in it is qualified.)
@@ -299,6 +318,9 @@ CREATE FUNCTION @extschema@.msp_load_windows_events(client_id bigint, source tex
 LANGUAGE plpgsql VOLATILE
 SECURITY DEFINER
 SET search_path = pg_catalog, @extschema@, pg_temp
+SET DateStyle = 'ISO, MDY'
+SET timezone_abbreviations = 'Default'
+SET TimeZone = 'UTC'
 AS $$
 #variable_conflict use_variable
 DECLARE
@@ -335,7 +357,7 @@ BEGIN
 				   WHEN e.event_id NOT IN ('4624', '4634', '4647') THEN 'skip'
 				   WHEN e.at_text IS NULL THEN 'reject:no @timestamp'
 				   WHEN e.host IS NULL OR e.host IN ('', '-') THEN 'reject:no Hostname'
-				   WHEN e.username IS NULL OR e.username IN ('', '-') THEN 'reject:no TargetUserName'
+				   WHEN e.username IS NULL OR btrim(e.username, E' \t\r\n') IN ('', '-') THEN 'reject:no TargetUserName'
 				   -- names and keys go into btree indexes, which cap a row's size
 				   WHEN length(e.host) > 255 OR length(e.username) > 255 OR length(e.domain) > 255
 						OR length(e.record) > 255 OR length(e.logon_id) > 255 THEN 'reject:field too long'
@@ -369,8 +391,9 @@ BEGIN
 	$step$, $reject$
 		UPDATE pg_temp.msp_win_class SET class = 'reject:invalid @timestamp' WHERE line_no = $2
 	$reject$, client_id, lo, hi);
-	UPDATE pg_temp.msp_win_class SET class = 'reject:invalid @timestamp'
-	 WHERE class IN ('logon', 'logoff') AND (at IS NULL OR NOT isfinite(at));
+	UPDATE pg_temp.msp_win_class
+	   SET class = 'reject:invalid @timestamp' || coalesce(': ' || @extschema@.msp_implausible_time(at_text, at), '')
+	 WHERE class IN ('logon', 'logoff') AND (at IS NULL OR @extschema@.msp_implausible_time(at_text, at) IS NOT NULL);
 
 	INSERT INTO pg_temp.msp_load_events (realm, application, account_name, device_name, create_device, at,
 										 ended, source_event_id, session_key)
@@ -412,6 +435,9 @@ CREATE FUNCTION @extschema@.msp_load_entra_signins(client_id bigint, source text
 LANGUAGE plpgsql VOLATILE
 SECURITY DEFINER
 SET search_path = pg_catalog, @extschema@, pg_temp
+SET DateStyle = 'ISO, MDY'
+SET timezone_abbreviations = 'Default'
+SET TimeZone = 'UTC'
 AS $$
 #variable_conflict use_variable
 DECLARE
@@ -436,7 +462,7 @@ BEGIN
 			   e.doc->'deviceDetail'->>'displayName',
 			   CASE
 				   WHEN e.doc->>'id' IS NULL THEN 'reject:no id'
-				   WHEN coalesce(e.doc->>'userPrincipalName', '') = '' THEN 'reject:no userPrincipalName'
+				   WHEN coalesce(btrim(e.doc->>'userPrincipalName', E' \t\r\n'), '') = '' THEN 'reject:no userPrincipalName'
 				   WHEN e.doc->>'createdDateTime' IS NULL THEN 'reject:no valid createdDateTime'
 				   -- names and keys go into btree indexes, which cap a row's size
 				   WHEN length(e.doc->>'id') > 255 OR length(e.doc->>'userPrincipalName') > 255
@@ -457,8 +483,9 @@ BEGIN
 	$step$, $reject$
 		UPDATE pg_temp.msp_entra_class SET class = 'reject:no valid createdDateTime' WHERE line_no = $2
 	$reject$, client_id, lo, hi);
-	UPDATE pg_temp.msp_entra_class SET class = 'reject:no valid createdDateTime'
-	 WHERE class NOT LIKE 'reject:%' AND (at IS NULL OR NOT isfinite(at));
+	UPDATE pg_temp.msp_entra_class
+	   SET class = 'reject:no valid createdDateTime' || coalesce(': ' || @extschema@.msp_implausible_time(created, at), '')
+	 WHERE class NOT LIKE 'reject:%' AND (at IS NULL OR @extschema@.msp_implausible_time(created, at) IS NOT NULL);
 
 	INSERT INTO pg_temp.msp_load_events (realm, application, account_name, device_name, create_device, at,
 										 ended, source_event_id, session_key)
@@ -483,6 +510,9 @@ CREATE FUNCTION @extschema@.msp_load_emr_audit(client_id bigint, source text DEF
 LANGUAGE plpgsql VOLATILE
 SECURITY DEFINER
 SET search_path = pg_catalog, @extschema@, pg_temp
+SET DateStyle = 'ISO, MDY'
+SET timezone_abbreviations = 'Default'
+SET TimeZone = 'UTC'
 AS $$
 #variable_conflict use_variable
 DECLARE
@@ -495,7 +525,7 @@ BEGIN
 	CREATE TEMP TABLE msp_emr ON COMMIT DROP AS
 	SELECT s.line_no, s.user_name, s.workstation, s.event_time, s.action, s.event_id, s.application, c.time_zone,
 		   CASE
-			   WHEN coalesce(s.user_name, '') = '' THEN 'no user'
+			   WHEN coalesce(btrim(s.user_name, E' \t\r\n'), '') = '' THEN 'no user'
 			   WHEN coalesce(s.event_time, '') = '' THEN 'no time'
 			   -- names and keys go into btree indexes, which cap a row's size
 			   WHEN length(s.user_name) > 255 OR length(s.workstation) > 255 OR length(s.event_id) > 255
@@ -516,7 +546,8 @@ BEGIN
 	$step$, $reject$
 		UPDATE pg_temp.msp_emr SET reason = 'invalid time' WHERE line_no = $2
 	$reject$, client_id, lo, hi);
-	UPDATE pg_temp.msp_emr SET reason = 'invalid time' WHERE reason IS NULL AND (at IS NULL OR NOT isfinite(at));
+	UPDATE pg_temp.msp_emr SET reason = 'invalid time' || coalesce(': ' || @extschema@.msp_implausible_time(event_time, at), '')
+	 WHERE reason IS NULL AND (at IS NULL OR @extschema@.msp_implausible_time(event_time, at) IS NOT NULL);
 
 	INSERT INTO pg_temp.msp_load_events (realm, application, account_name, device_name, create_device, at,
 										 ended, source_event_id, session_key)

@@ -46,6 +46,7 @@ INSERT INTO writers VALUES
 CREATE TEMP TABLE nonstrict_ok (proname name PRIMARY KEY, why text NOT NULL);
 INSERT INTO nonstrict_ok VALUES
 	('msp_canonical_account', 'a NULL domain is the UPN form'),
+	('msp_implausible_time', 'a time that did not parse (NULL) may still be a special word'),
 	('msp_can_see_client', 'a policy helper: answers false, never NULL'),
 	('msp_has_role', 'a policy helper: answers false, never NULL'),
 	('msp_is_machine_account', 'inlined into queries and the generated accounts.is_machine (its OR is not strict, so a STRICT one would not inline); accounts.name is NOT NULL'),
