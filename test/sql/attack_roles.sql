@@ -46,7 +46,7 @@ INSERT INTO person_identities VALUES (1, 1, 'Nora Nurse', 'nora@stolaf.example')
 	(2, 1, 'Dana Dentist', 'dana@maple.example');
 INSERT INTO load_rejects (client_id, source, line_no, raw, reason)
 VALUES (1, 'emr', 1, 'nurse1,OR1,bad', 'invalid time'), (2, 'emr', 1, 'Dana Dentist,PC1,bad', 'invalid time');
-SELECT msp_finalize_invoice(2, NULL, '{period_not_over,device_silent,day_without_logons,unmapped_account,logon_outside_contract}') \g /dev/null
+SELECT msp_finalize_invoice(2, NULL, '{device_silent,day_without_logons,unmapped_account,logon_outside_contract}') \g /dev/null
 -- the rollups, refreshed by the admin as cron would; a HIPAA finding of client 2's
 SET ROLE atk_admin;
 SELECT msp_refresh_rollups() \g /dev/null
