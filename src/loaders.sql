@@ -566,3 +566,39 @@ END
 $$;
 COMMENT ON FUNCTION @extschema@.msp_load_emr_audit(bigint, text) IS
 	'loads a client''s staged EMR access audit rows as application logons (a time with an offset, Z or a zone name is that instant; one without is the client''s local time)';
+
+-- The loading roles may only INSERT into the stage, so without this only
+-- the owner could empty it.  A loader rejects each bad record and empties
+-- the stage, so a load that fails should not happen; if one ever does (a
+-- bug, a constraint added later), the stage stays as it was and every
+-- later load of the client fails the same way: this sets the client's
+-- staged rows aside in load_rejects (reason 'discarded', with the raw
+-- record, as who discarded them) so the next export can load.
+CREATE FUNCTION @extschema@.msp_discard_staged(client_id bigint, OUT windows bigint, OUT entra bigint, OUT emr bigint)
+LANGUAGE plpgsql VOLATILE STRICT
+SECURITY DEFINER
+SET search_path = pg_catalog, @extschema@, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	why text := 'discarded by ' || session_user;
+BEGIN
+	-- a load of the same client in progress finishes first
+	PERFORM pg_advisory_xact_lock(hashtext('mspbill.load'), hashtext(client_id::text));
+	WITH gone AS (DELETE FROM @extschema@.windows_event_staging s WHERE s.client_id = client_id RETURNING s.line_no, s.raw),
+	ins AS (INSERT INTO @extschema@.load_rejects (client_id, source, line_no, raw, reason)
+			SELECT client_id, 'windows', g.line_no, g.raw, why FROM gone g RETURNING 1)
+	SELECT count(*) INTO windows FROM ins;
+	WITH gone AS (DELETE FROM @extschema@.entra_signin_staging s WHERE s.client_id = client_id RETURNING s.line_no, s.raw),
+	ins AS (INSERT INTO @extschema@.load_rejects (client_id, source, line_no, raw, reason)
+			SELECT client_id, 'entra', g.line_no, g.raw, why FROM gone g RETURNING 1)
+	SELECT count(*) INTO entra FROM ins;
+	WITH gone AS (DELETE FROM @extschema@.emr_audit_staging s WHERE s.client_id = client_id
+				  RETURNING s.line_no, concat_ws(',', s.user_name, s.workstation, s.event_time, s.action, s.event_id) AS raw),
+	ins AS (INSERT INTO @extschema@.load_rejects (client_id, source, line_no, raw, reason)
+			SELECT client_id, 'emr', g.line_no, g.raw, why FROM gone g RETURNING 1)
+	SELECT count(*) INTO emr FROM ins;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_discard_staged(bigint) IS
+	'sets a client''s staged rows aside in load_rejects (reason discarded) when a load cannot consume them; for mspbill_admin and mspbill_billing';

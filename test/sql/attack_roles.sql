@@ -95,7 +95,7 @@ SELECT is(ARRAY(SELECT format('%s: %s to %s', c.relname, x.privilege_type, x.gra
                    AND x.privilege_type NOT IN ('SELECT')),
           '{}'::text[], 'invoices, their lines and the audit log: read-only for every role');
 SELECT is(ARRAY(SELECT p.proname::text FROM pg_proc p WHERE p.pronamespace = 'mspbill'::regnamespace AND p.prosecdef ORDER BY 1),
-          '{msp_finalize_invoice,msp_issue_adjustment,msp_load_emr_audit,msp_load_entra_signins,msp_load_windows_events,msp_rebuild_rollups,msp_refresh_rollups,msp_report_billable_users,msp_report_invoice,msp_report_invoice_lines,msp_report_invoices}'::text[],
+          '{msp_discard_staged,msp_finalize_invoice,msp_issue_adjustment,msp_load_emr_audit,msp_load_entra_signins,msp_load_windows_events,msp_rebuild_rollups,msp_refresh_rollups,msp_report_billable_users,msp_report_invoice,msp_report_invoice_lines,msp_report_invoices}'::text[],
           'SECURITY DEFINER: only the writers (invoices, loads, rollups) and the sealed reports');
 SELECT is(ARRAY(SELECT p.proname::text FROM pg_proc p WHERE p.pronamespace = 'mspbill'::regnamespace AND p.prosecdef
                    AND NOT 'search_path=pg_catalog, mspbill, pg_temp' = ANY (coalesce(p.proconfig, '{}'))),
@@ -123,7 +123,7 @@ SELECT is(ARRAY(SELECT r::text FROM roles WHERE has_schema_privilege(r, 'mspbill
 SELECT is(ARRAY(SELECT format('%s may %s', r, f) FROM unnest('{atk_bi1,atk_pii1,atk_report1}'::name[]) r,
                 unnest(ARRAY['mspbill.msp_finalize_invoice(bigint,daterange,text[])', 'mspbill.msp_issue_adjustment(bigint,daterange,text)',
                              'mspbill.msp_load_windows_events(bigint,text)', 'mspbill.msp_load_entra_signins(bigint,text)',
-                             'mspbill.msp_load_emr_audit(bigint,text)']) f
+                             'mspbill.msp_load_emr_audit(bigint,text)', 'mspbill.msp_discard_staged(bigint)']) f
                  WHERE has_function_privilege(r, f, 'EXECUTE')
                 UNION ALL
                 SELECT format('%s may stage into %s', r, t) FROM unnest('{atk_bi1,atk_pii1,atk_report1}'::name[]) r, client_tables
@@ -132,7 +132,7 @@ SELECT is(ARRAY(SELECT format('%s may %s', r, f) FROM unnest('{atk_bi1,atk_pii1,
 SELECT is(ARRAY(SELECT format('%s may not %s', r, f) FROM unnest('{atk_admin,atk_billing}'::name[]) r,
                 unnest(ARRAY['mspbill.msp_finalize_invoice(bigint,daterange,text[])', 'mspbill.msp_issue_adjustment(bigint,daterange,text)',
                              'mspbill.msp_load_windows_events(bigint,text)', 'mspbill.msp_load_entra_signins(bigint,text)',
-                             'mspbill.msp_load_emr_audit(bigint,text)']) f
+                             'mspbill.msp_load_emr_audit(bigint,text)', 'mspbill.msp_discard_staged(bigint)']) f
                  WHERE NOT has_function_privilege(r, f, 'EXECUTE')),
           '{}'::text[], 'admin and billing logins may load, finalize and adjust');
 SELECT is(ARRAY(SELECT relname::text FROM client_views
@@ -465,7 +465,7 @@ SET ROLE atk_bi1;
 SELECT pg_temp.call_all_for(1) \g /dev/null
 RESET ROLE;
 SELECT is(ARRAY(SELECT fn FROM bi_calls WHERE outcome ~ '^42501'
-                 AND fn !~ '^msp_(finalize_invoice|issue_adjustment|load_|report_(invoice|billable)|mark_rollups_dirty|rollup_period)' ORDER BY 1),
+                 AND fn !~ '^msp_(finalize_invoice|issue_adjustment|load_|discard_staged|report_(invoice|billable)|mark_rollups_dirty|rollup_period)' ORDER BY 1),
           '{}'::text[], 'BI: every read-only per-client function works for its own client');
 TRUNCATE bi_calls;
 SET ROLE atk_billing;

@@ -8,7 +8,7 @@
 SET search_path = public, mspbill;
 \set fixture_zip `for d in ../../../shared ../../../../shared; do f=$d/fixtures/windows-security/purplesharp_ad_playbook_I.zip; if [ -f $f ]; then echo $f; break; fi; done`
 \set have_fixture `for d in ../../../shared ../../../../shared; do [ -f $d/fixtures/windows-security/purplesharp_ad_playbook_I.zip ] && { echo 1; exit; }; done; echo 0`
-SELECT plan(75);
+SELECT plan(80);
 
 INSERT INTO clients (client_id, name, time_zone) VALUES (1, 'Clinic', 'America/New_York'), (2, 'Lab', 'UTC');
 INSERT INTO contracts (client_id, contract_id, effective, model, price_per_user)
@@ -265,6 +265,34 @@ SELECT results_eq($$SELECT reason FROM load_rejects WHERE client_id = 3 AND (raw
                   $$VALUES ('no user'), ('no userPrincipalName'), ('no TargetUserName')$$, 'as no user');
 SELECT is((SELECT count(*) FROM accounts WHERE client_id = 3 AND btrim(name, E' \t\\') IN ('', 'LAB')), 0::bigint,
           'no account of white space');
+
+-- The edges of the plausible range load in the farthest zones: the first
+-- instant (local day 1989-12-31 at UTC-12) and a day ahead at UTC+14 mark
+-- their days for the rollups without error.
+INSERT INTO clients (client_id, name, time_zone) VALUES (5, 'West', 'Etc/GMT+12'), (6, 'East', 'Pacific/Kiritimati');
+SET mspbill.client_id = 5;
+INSERT INTO emr_audit_staging (user_name, workstation, event_time, action, event_id) VALUES ('w', 'W1', '1990-01-01 00:00:00Z', 'LOGIN', 'e1');
+SELECT results_eq($$SELECT loaded, rejected FROM msp_load_emr_audit(5)$$, $$VALUES (1::bigint, 0::bigint)$$,
+                  'the first plausible instant loads at UTC-12 (local day 1989-12-31)');
+SET mspbill.client_id = 6;
+INSERT INTO emr_audit_staging (user_name, workstation, event_time, action, event_id)
+VALUES ('e', 'E1', to_char(now() AT TIME ZONE 'UTC' + interval '23 hours 59 minutes', 'YYYY-MM-DD HH24:MI:SS') || 'Z', 'LOGIN', 'e2');
+SELECT results_eq($$SELECT loaded, rejected FROM msp_load_emr_audit(6)$$, $$VALUES (1::bigint, 0::bigint)$$,
+                  'a time just under a day ahead loads at UTC+14');
+
+-- Should a load ever fail, the loading role can set the client's stage
+-- aside (into load_rejects) instead of waiting for a superuser.
+INSERT INTO emr_audit_staging (user_name, workstation, event_time, action, event_id) VALUES ('e', 'E1', '2026-02-05 08:00:00', 'LOGIN', 'd1');
+INSERT INTO windows_event_staging (raw) VALUES ('{"EventID": 4624}'), ('{"EventID": 4634}');
+SET mspbill.client_id = 5;
+INSERT INTO entra_signin_staging (raw) VALUES ('{"id": "d2"}');
+SELECT results_eq($$SELECT * FROM msp_discard_staged(6)$$, $$VALUES (2::bigint, 0::bigint, 1::bigint)$$,
+                  'msp_discard_staged empties one client''s stages');
+SELECT results_eq($$SELECT source, count(*) FROM load_rejects WHERE client_id = 6 AND reason = 'discarded by ' || session_user GROUP BY 1 ORDER BY 1$$,
+                  $$VALUES ('emr', 1::bigint), ('windows', 2::bigint)$$, 'into load_rejects, with who discarded them');
+SELECT is((SELECT count(*) FROM entra_signin_staging WHERE client_id = 5), 1::bigint, 'and leaves other clients'' rows');
+DELETE FROM entra_signin_staging WHERE client_id = 5;
+SET mspbill.client_id = 3;
 
 -- two sessions load the same client's stage at once: one loads it, the
 -- other finds it consumed (loads of a client take turns)
