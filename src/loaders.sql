@@ -234,6 +234,63 @@ $$;
 COMMENT ON FUNCTION @extschema@.msp_load_normalized(bigint, text) IS
 	'internal: accounts, devices and logons from the normalized events of one load';
 
+-- The last step of a load, guarded like the others: one statement for the
+-- whole load; should it fail on some record's data (a data exception, a
+-- limit, a constraint, raised by the step or by a trigger) it is retried
+-- on each half of the events' lines, down to single lines, which reject
+-- marks (EXECUTE reject USING client, line, message, sqlstate).  So no
+-- record can fail a load and leave its stage behind.
+CREATE FUNCTION @extschema@.msp_load_normalized_guarded(for_client bigint, load_source text, reject text,
+														OUT loaded bigint, OUT duplicate bigint)
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, @extschema@, pg_temp
+AS $$
+DECLARE
+	todo bigint[];
+	a bigint;
+	b bigint;
+	l bigint;
+	d bigint;
+	msg text;
+	state text;
+BEGIN
+	BEGIN
+		SELECT * INTO loaded, duplicate FROM @extschema@.msp_load_normalized(for_client, load_source);
+		RETURN;
+	EXCEPTION WHEN data_exception OR program_limit_exceeded OR integrity_constraint_violation THEN
+		NULL;
+	END;
+	loaded := 0;
+	duplicate := 0;
+	CREATE TEMP TABLE msp_load_all ON COMMIT DROP AS SELECT * FROM pg_temp.msp_load_events;
+	todo := ARRAY[(SELECT min(e.line_no) FROM pg_temp.msp_load_all e), (SELECT max(e.line_no) FROM pg_temp.msp_load_all e)];
+	WHILE cardinality(todo) > 0 LOOP
+		a := todo[cardinality(todo) - 1];
+		b := todo[cardinality(todo)];
+		todo := todo[1:cardinality(todo) - 2];
+		BEGIN
+			DELETE FROM pg_temp.msp_load_events;
+			INSERT INTO pg_temp.msp_load_events SELECT * FROM pg_temp.msp_load_all e WHERE e.line_no BETWEEN a AND b;
+			IF FOUND THEN
+				SELECT n.loaded, n.duplicate INTO l, d FROM @extschema@.msp_load_normalized(for_client, load_source) n;
+				loaded := loaded + l;
+				duplicate := duplicate + d;
+			END IF;
+		EXCEPTION WHEN data_exception OR program_limit_exceeded OR integrity_constraint_violation THEN
+			IF a = b THEN
+				GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT, state = RETURNED_SQLSTATE;
+				EXECUTE reject USING for_client, a, msg, state;
+			ELSE
+				todo := todo || ARRAY[a + (b - a) / 2 + 1, b, a, a + (b - a) / 2];
+			END IF;
+		END;
+	END LOOP;
+	DROP TABLE pg_temp.msp_load_all;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_load_normalized_guarded(bigint, text, text) IS
+	'internal: msp_load_normalized for the whole load, and per record only where a record makes it fail';
+
 -- Every load starts here: the client must exist, loads of one client take
 -- turns (new accounts and devices must not race for the same names, and a
 -- second load of the same stage must find it consumed), and the
@@ -253,6 +310,7 @@ BEGIN
 		DROP TABLE pg_temp.msp_load_events;
 	END IF;
 	CREATE TEMP TABLE msp_load_events (
+		line_no bigint NOT NULL,
 		realm text NOT NULL,
 		application text,
 		account_name text NOT NULL,
@@ -395,13 +453,15 @@ BEGIN
 	   SET class = 'reject:invalid @timestamp' || coalesce(': ' || @extschema@.msp_implausible_time(at_text, at), '')
 	 WHERE class IN ('logon', 'logoff') AND (at IS NULL OR @extschema@.msp_implausible_time(at_text, at) IS NOT NULL);
 
-	INSERT INTO pg_temp.msp_load_events (realm, application, account_name, device_name, create_device, at,
+	INSERT INTO pg_temp.msp_load_events (line_no, realm, application, account_name, device_name, create_device, at,
 										 ended, source_event_id, session_key)
-	SELECT 'os', NULL, @extschema@.msp_canonical_account(c.domain, c.username), upper(split_part(c.host, '.', 1)), true,
+	SELECT c.line_no, 'os', NULL, @extschema@.msp_canonical_account(c.domain, c.username), upper(split_part(c.host, '.', 1)), true,
 		   c.at, NULL, upper(split_part(c.host, '.', 1)) || ':' || c.record,
 		   CASE WHEN c.logon_id IS NOT NULL THEN upper(split_part(c.host, '.', 1)) || ':' || lower(c.logon_id) END
 	  FROM pg_temp.msp_win_class c WHERE c.class = 'logon';
-	SELECT * INTO loaded, duplicate FROM @extschema@.msp_load_normalized(client_id, source);
+	SELECT * INTO loaded, duplicate FROM @extschema@.msp_load_normalized_guarded(client_id, source, $reject$
+		UPDATE pg_temp.msp_win_class SET class = 'reject:unloadable record: ' || $3 WHERE line_no = $2
+	$reject$);
 
 	-- pair logoffs (4634, 4647) with their logon by logon id on the same host
 	WITH logoff AS (
@@ -487,11 +547,13 @@ BEGIN
 	   SET class = 'reject:no valid createdDateTime' || coalesce(': ' || @extschema@.msp_implausible_time(created, at), '')
 	 WHERE class NOT LIKE 'reject:%' AND (at IS NULL OR @extschema@.msp_implausible_time(created, at) IS NOT NULL);
 
-	INSERT INTO pg_temp.msp_load_events (realm, application, account_name, device_name, create_device, at,
+	INSERT INTO pg_temp.msp_load_events (line_no, realm, application, account_name, device_name, create_device, at,
 										 ended, source_event_id, session_key)
-	SELECT 'm365', NULL, lower(c.upn), upper(nullif(c.device, '')), false, c.at, NULL, c.id, NULL
+	SELECT c.line_no, 'm365', NULL, lower(c.upn), upper(nullif(c.device, '')), false, c.at, NULL, c.id, NULL
 	  FROM pg_temp.msp_entra_class c WHERE c.class = 'signin';
-	SELECT * INTO loaded, duplicate FROM @extschema@.msp_load_normalized(client_id, source);
+	SELECT * INTO loaded, duplicate FROM @extschema@.msp_load_normalized_guarded(client_id, source, $reject$
+		UPDATE pg_temp.msp_entra_class SET class = 'reject:unloadable record: ' || $3 WHERE line_no = $2
+	$reject$);
 	INSERT INTO @extschema@.load_rejects (client_id, source, line_no, raw, reason)
 	SELECT client_id, source, c.line_no, s.raw, substr(c.class, 8)
 	  FROM pg_temp.msp_entra_class c JOIN @extschema@.entra_signin_staging s ON s.client_id = client_id AND s.line_no = c.line_no
@@ -549,12 +611,14 @@ BEGIN
 	UPDATE pg_temp.msp_emr SET reason = 'invalid time' || coalesce(': ' || @extschema@.msp_implausible_time(event_time, at), '')
 	 WHERE reason IS NULL AND (at IS NULL OR @extschema@.msp_implausible_time(event_time, at) IS NOT NULL);
 
-	INSERT INTO pg_temp.msp_load_events (realm, application, account_name, device_name, create_device, at,
+	INSERT INTO pg_temp.msp_load_events (line_no, realm, application, account_name, device_name, create_device, at,
 										 ended, source_event_id, session_key)
-	SELECT 'app', e.application, lower(e.user_name), upper(nullif(e.workstation, '')), true, e.at,
+	SELECT e.line_no, 'app', e.application, lower(e.user_name), upper(nullif(e.workstation, '')), true, e.at,
 		   NULL, coalesce(e.event_id, md5(concat_ws('|', e.user_name, e.workstation, e.event_time, e.action))), NULL
 	  FROM pg_temp.msp_emr e WHERE e.reason IS NULL;
-	SELECT * INTO loaded, duplicate FROM @extschema@.msp_load_normalized(client_id, source);
+	SELECT * INTO loaded, duplicate FROM @extschema@.msp_load_normalized_guarded(client_id, source, $reject$
+		UPDATE pg_temp.msp_emr SET reason = 'unloadable record: ' || $3 WHERE line_no = $2
+	$reject$);
 	INSERT INTO @extschema@.load_rejects (client_id, source, line_no, raw, reason)
 	SELECT client_id, source, e.line_no,
 		   concat_ws(',', e.user_name, e.workstation, e.event_time, e.action, e.event_id), e.reason

@@ -243,6 +243,7 @@ REVOKE EXECUTE ON FUNCTION @extschema@.msp_finalize_invoice(bigint, daterange, t
 	@extschema@.msp_load_begin(bigint),
 	@extschema@.msp_load_normalized(bigint, text),
 	@extschema@.msp_load_guarded(text, text, bigint, bigint, bigint),
+	@extschema@.msp_load_normalized_guarded(bigint, text, text),
 	@extschema@.msp_report_invoices(),
 	@extschema@.msp_report_invoice(bigint, daterange),
 	@extschema@.msp_report_invoice_lines(bigint, daterange),

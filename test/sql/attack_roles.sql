@@ -101,7 +101,7 @@ SELECT is(ARRAY(SELECT p.proname::text FROM pg_proc p WHERE p.pronamespace = 'ms
                    AND NOT 'search_path=pg_catalog, mspbill, pg_temp' = ANY (coalesce(p.proconfig, '{}'))),
           '{}'::text[], 'each pins search_path = pg_catalog, mspbill, pg_temp');
 SELECT is(ARRAY(SELECT p.proname::text FROM pg_proc p WHERE p.pronamespace = 'mspbill'::regnamespace
-                   AND (p.prosecdef OR p.proname IN ('msp_load_guarded', 'msp_load_begin', 'msp_load_normalized', 'msp_install_roles',
+                   AND (p.prosecdef OR p.proname IN ('msp_load_guarded', 'msp_load_normalized_guarded', 'msp_load_begin', 'msp_load_normalized', 'msp_install_roles',
                                                      'msp_rollup_days', 'msp_rollup_period'))
                    AND has_function_privilege('public', p.oid, 'EXECUTE')),
           '{}'::text[], 'and none of them (nor the loaders'' or rollups'' internals, nor msp_install_roles) is executable by PUBLIC');

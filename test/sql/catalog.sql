@@ -37,7 +37,7 @@ CREATE TEMP TABLE writers (proname name PRIMARY KEY);
 INSERT INTO writers VALUES
 	('msp_add_logon_partitions'), ('msp_refuse_change'), ('msp_finalize_invoice'), ('msp_issue_adjustment'),
 	('msp_load_normalized'), ('msp_load_begin'), ('msp_load_windows_events'), ('msp_load_entra_signins'),
-	('msp_load_emr_audit'), ('msp_load_guarded'), ('msp_discard_staged'), ('msp_install_roles'),
+	('msp_load_emr_audit'), ('msp_load_guarded'), ('msp_load_normalized_guarded'), ('msp_discard_staged'), ('msp_install_roles'),
 	-- reporting: the rollups' marks (triggers and by hand) and their writers
 	('msp_mark_logon_days'), ('msp_mark_invoice_periods'), ('msp_mark_rollups_dirty'), ('msp_rollup_period'),
 	('msp_rollup_days'), ('msp_refresh_rollups'), ('msp_rebuild_rollups');

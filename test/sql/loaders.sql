@@ -8,7 +8,7 @@
 SET search_path = public, mspbill;
 \set fixture_zip `for d in ../../../shared ../../../../shared; do f=$d/fixtures/windows-security/purplesharp_ad_playbook_I.zip; if [ -f $f ]; then echo $f; break; fi; done`
 \set have_fixture `for d in ../../../shared ../../../../shared; do [ -f $d/fixtures/windows-security/purplesharp_ad_playbook_I.zip ] && { echo 1; exit; }; done; echo 0`
-SELECT plan(80);
+SELECT plan(85);
 
 INSERT INTO clients (client_id, name, time_zone) VALUES (1, 'Clinic', 'America/New_York'), (2, 'Lab', 'UTC');
 INSERT INTO contracts (client_id, contract_id, effective, model, price_per_user)
@@ -280,8 +280,43 @@ VALUES ('e', 'E1', to_char(now() AT TIME ZONE 'UTC' + interval '23 hours 59 minu
 SELECT results_eq($$SELECT loaded, rejected FROM msp_load_emr_audit(6)$$, $$VALUES (1::bigint, 0::bigint)$$,
                   'a time just under a day ahead loads at UTC+14');
 
+-- An error in a later step, even in a trigger, rejects the record that
+-- raised it and loads the rest: here a planted trigger refuses three events.
+CREATE FUNCTION public.refuse_planted() RETURNS trigger LANGUAGE plpgsql AS $f$
+BEGIN
+  IF NEW.source_event_id IN ('p2', 'LAB1:906', 'p5') THEN
+    RAISE EXCEPTION 'planted failure' USING ERRCODE = 'numeric_value_out_of_range';
+  END IF;
+  RETURN NEW;
+END $f$;
+CREATE TRIGGER refuse_planted BEFORE INSERT ON mspbill.logons FOR EACH ROW EXECUTE FUNCTION public.refuse_planted();
+SET mspbill.client_id = 3;
+INSERT INTO emr_audit_staging (user_name, workstation, event_time, action, event_id) VALUES
+  ('carol', 'LAB1', '2026-02-07 08:00:00', 'LOGIN', 'p1'), ('carol', 'LAB1', '2026-02-07 09:00:00', 'LOGIN', 'p2'),
+  ('carol', 'LAB1', '2026-02-07 10:00:00', 'LOGIN', 'p3');
+SELECT results_eq($$SELECT loaded, rejected FROM msp_load_emr_audit(3)$$, $$VALUES (2::bigint, 1::bigint)$$,
+                  'emr: a record a trigger refuses is rejected, the others load');
+INSERT INTO windows_event_staging (raw) VALUES
+  ('{"@timestamp": "2026-02-07T08:00:00Z", "Hostname": "LAB1", "EventID": 4624, "RecordNumber": 906, "TargetUserName": "carol", "TargetDomainName": "LAB", "LogonType": "2"}'),
+  ('{"@timestamp": "2026-02-07T09:00:00Z", "Hostname": "LAB1", "EventID": 4624, "RecordNumber": 907, "TargetUserName": "carol", "TargetDomainName": "LAB", "LogonType": "2"}');
+SELECT results_eq($$SELECT loaded, rejected FROM msp_load_windows_events(3)$$, $$VALUES (1::bigint, 1::bigint)$$,
+                  'windows: likewise');
+INSERT INTO entra_signin_staging (raw) VALUES
+  ('{"id": "p4", "createdDateTime": "2026-02-07T08:00:00Z", "userPrincipalName": "carol@lab.example", "isInteractive": true}'),
+  ('{"id": "p5", "createdDateTime": "2026-02-07T09:00:00Z", "userPrincipalName": "carol@lab.example", "isInteractive": true}');
+SELECT results_eq($$SELECT loaded, rejected FROM msp_load_entra_signins(3)$$, $$VALUES (1::bigint, 1::bigint)$$,
+                  'entra: likewise');
+SELECT results_eq($$SELECT source, reason FROM load_rejects WHERE client_id = 3 AND reason LIKE 'unloadable%' ORDER BY source$$,
+                  $$VALUES ('emr', 'unloadable record: planted failure'), ('entra', 'unloadable record: planted failure'),
+                           ('windows', 'unloadable record: planted failure')$$, 'each with the error''s message');
+SELECT is((SELECT count(*) FROM windows_event_staging) + (SELECT count(*) FROM entra_signin_staging)
+          + (SELECT count(*) FROM emr_audit_staging), 0::bigint, 'and every stage is emptied');
+DROP TRIGGER refuse_planted ON mspbill.logons;
+DROP FUNCTION public.refuse_planted();
+
 -- Should a load ever fail, the loading role can set the client's stage
 -- aside (into load_rejects) instead of waiting for a superuser.
+SET mspbill.client_id = 6;
 INSERT INTO emr_audit_staging (user_name, workstation, event_time, action, event_id) VALUES ('e', 'E1', '2026-02-05 08:00:00', 'LOGIN', 'd1');
 INSERT INTO windows_event_staging (raw) VALUES ('{"EventID": 4624}'), ('{"EventID": 4634}');
 SET mspbill.client_id = 5;
