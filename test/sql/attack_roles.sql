@@ -221,6 +221,10 @@ SELECT is((SELECT count(*) FROM windows_event_staging WHERE client_id = 2), 16::
 SET ROLE atk_billing;
 SELECT throws_ok($$SELECT raw FROM windows_event_staging$$, '42501', NULL, 'billing: the stage cannot be read');
 SELECT throws_ok($$DELETE FROM windows_event_staging$$, '42501', NULL, 'billing: nor emptied');
+SELECT is(ARRAY(SELECT c.relname::text FROM pg_class c WHERE c.relnamespace = 'mspbill'::regnamespace AND c.relname ~ '_staging$'
+                   AND (pg_has_role(current_user, c.relowner, 'USAGE')
+                        OR pg_has_role(current_user, (SELECT d.datdba FROM pg_database d WHERE d.datname = current_database()), 'USAGE'))),
+          '{}'::text[], 'billing owns no stage (nor the database), so its VACUUM of one skips it: autovacuum or the owner vacuums');
 SELECT throws_ok($$SELECT raw FROM load_rejects$$, '42501', NULL, 'billing: raw rejected records cannot be read');
 SELECT is((SELECT count(*) FROM load_rejects WHERE source = 'windows'), 3::bigint, 'but the rejects and their reasons can');
 SELECT throws_ok($$SELECT name FROM accounts$$, '42501', NULL, 'billing: account names cannot be read');
@@ -236,6 +240,14 @@ SELECT is((SELECT count(*) FROM accounts WHERE client_id = 1 AND person_id = 3),
 SELECT throws_ok($$SELECT * FROM msp_load_emr_audit(99)$$, 'P0002', 'unknown client 99', 'billing: a load for an unknown client is refused');
 RESET ROLE;
 SELECT is((SELECT count(*) FROM emr_audit_staging WHERE client_id = 2), 6::bigint, 'and the staged rows wait');
+
+SET ROLE atk_billing;
+SET mspbill.client_id = 1;
+INSERT INTO windows_event_staging (raw) VALUES ('{"EventID": 4624}'), ('{"EventID": 4624}');
+SELECT results_eq($$SELECT * FROM msp_discard_staged(1)$$, $$VALUES (2::bigint, 0::bigint, 0::bigint)$$,
+                  'billing: sets its client''s staged rows aside with msp_discard_staged');
+SET mspbill.client_id = 2;
+RESET ROLE;
 
 -- the admin stages and loads too
 SET ROLE atk_admin;
