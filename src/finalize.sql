@@ -29,7 +29,9 @@ CREATE TABLE @extschema@.invoices (
 	currency char(3) NOT NULL,
 	evidence jsonb NOT NULL DEFAULT '[]',
 	overrides text[] NOT NULL DEFAULT '{}',
-	finalized_at timestamptz NOT NULL DEFAULT now(),
+	-- the clock, as audit_log.at: a finalization late in a long transaction
+	-- is stamped when it happened, not when the transaction began
+	finalized_at timestamptz NOT NULL DEFAULT clock_timestamp(),
 	finalized_by name NOT NULL DEFAULT session_user,
 	PRIMARY KEY (client_id, invoice_id),
 	FOREIGN KEY (client_id, adjusts_invoice_id) REFERENCES @extschema@.invoices,
@@ -302,6 +304,8 @@ DECLARE
 	inv invoice;
 	failing text[];
 	unknown text[];
+	today date;
+	stamp timestamptz;
 BEGIN
 	period := msp_period(client_id, period);
 	-- one finalization per client and period at a time, in any session
@@ -311,12 +315,28 @@ BEGIN
 		RETURN id;
 	END IF;
 
+	-- an unfinished month is not a data-quality question: its logons are
+	-- still coming, so no override finalizes it
+	IF 'period_not_over' = ANY (coalesce(override, '{}')) THEN
+		RAISE EXCEPTION 'the gate period_not_over cannot be overridden'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'A period is finalized only after it ends.',
+				  HINT = 'Overridable gates are device_silent, day_without_logons, unmapped_account and logon_outside_contract.';
+	END IF;
 	unknown := ARRAY(SELECT unnest(coalesce(override, '{}'))
-					 EXCEPT SELECT unnest('{period_not_over,device_silent,day_without_logons,unmapped_account,logon_outside_contract}'::text[]));
+					 EXCEPT SELECT unnest('{device_silent,day_without_logons,unmapped_account,logon_outside_contract}'::text[]));
 	IF cardinality(unknown) > 0 THEN
 		RAISE EXCEPTION 'unknown data-quality gate %', unknown[1]
 			USING ERRCODE = 'invalid_parameter_value',
-				  HINT = 'Gates are period_not_over, device_silent, day_without_logons, unmapped_account and logon_outside_contract.';
+				  HINT = 'Overridable gates are device_silent, day_without_logons, unmapped_account and logon_outside_contract.';
+	END IF;
+	IF EXISTS (SELECT 1 FROM msp_data_quality(client_id, period) q WHERE q.gate = 'period_not_over') THEN
+		today := (now() AT TIME ZONE (SELECT c.time_zone FROM clients c WHERE c.client_id = client_id))::date;
+		RAISE EXCEPTION 'period % of client % is not over', period, client_id
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  DETAIL = format('The period ends on %s; today is %s in the client''s time zone.', upper(period) - 1, today),
+				  HINT = format('Finalize on or after %s; until then, preview it with SELECT * FROM mspbill.msp_invoice(%s, %L);',
+								upper(period), client_id, period);
 	END IF;
 	failing := ARRAY(SELECT DISTINCT q.gate FROM msp_data_quality(client_id, period) q
 					  WHERE NOT q.gate = ANY (coalesce(override, '{}')) ORDER BY 1);
@@ -330,22 +350,24 @@ BEGIN
 	END IF;
 
 	inv := msp_compute_invoice(client_id, period);
+	-- one reading of the clock for the invoice and its audit entries
+	stamp := clock_timestamp();
 	INSERT INTO @extschema@.invoices (client_id, kind, period, model, users, seats, devices, subtotal, total,
-						  currency, evidence, overrides)
+						  currency, evidence, overrides, finalized_at)
 	VALUES (client_id, 'invoice', period, inv.model, inv.users, inv.seats, inv.devices, inv.subtotal,
 			inv.total, inv.currency,
 			coalesce((SELECT jsonb_agg(to_jsonb(u)) FROM msp_billable_users(client_id, period) u), '[]'),
-			coalesce(override, '{}'))
+			coalesce(override, '{}'), stamp)
 	RETURNING invoice_id INTO id;
 	INSERT INTO @extschema@.invoice_items (client_id, invoice_id, line_no, contract_id, description, quantity,
 							   unit_price, amount, basis)
 	SELECT client_id, id, l.line_no, l.contract_id, l.description, l.quantity, l.unit_price, l.amount, l.basis
 	  FROM msp_price_lines(client_id, period, NULL) l;
-	INSERT INTO @extschema@.audit_log (client_id, action, invoice_id, detail)
-	VALUES (client_id, 'finalize', id, jsonb_build_object('period', period::text, 'total', inv.total));
+	INSERT INTO @extschema@.audit_log (client_id, action, invoice_id, detail, at)
+	VALUES (client_id, 'finalize', id, jsonb_build_object('period', period::text, 'total', inv.total), stamp);
 	IF cardinality(coalesce(override, '{}')) > 0 THEN
-		INSERT INTO @extschema@.audit_log (client_id, action, invoice_id, detail)
-		VALUES (client_id, 'override', id, jsonb_build_object('gates', override,
+		INSERT INTO @extschema@.audit_log (client_id, action, invoice_id, at, detail)
+		VALUES (client_id, 'override', id, stamp, jsonb_build_object('gates', override,
 				'findings', (SELECT jsonb_agg(to_jsonb(q)) FROM msp_data_quality(client_id, period) q
 							  WHERE q.gate = ANY (override))));
 	END IF;
@@ -407,6 +429,7 @@ DECLARE
 	original invoices;
 	carrier daterange;
 	total numeric;
+	stamp timestamptz;
 BEGIN
 	IF reason IS NULL OR reason = '' THEN
 		RAISE EXCEPTION 'an adjustment needs a reason'
@@ -428,10 +451,11 @@ BEGIN
 	 WHERE NOT EXISTS (SELECT 1 FROM invoices i WHERE i.client_id = client_id AND i.kind = 'invoice'
 						  AND i.period && daterange(m::date, (m + interval '1 month')::date))
 	 ORDER BY m LIMIT 1;
+	stamp := clock_timestamp();
 	INSERT INTO @extschema@.invoices (client_id, kind, period, adjusts_invoice_id, apply_period, reason, total, currency,
-						  evidence)
+						  evidence, finalized_at)
 	VALUES (client_id, 'adjustment', period, original.invoice_id, carrier, reason, total, original.currency,
-			coalesce((SELECT jsonb_agg(to_jsonb(u)) FROM @extschema@.msp_billable_users(client_id, period) u), '[]'))
+			coalesce((SELECT jsonb_agg(to_jsonb(u)) FROM @extschema@.msp_billable_users(client_id, period) u), '[]'), stamp)
 	RETURNING invoice_id INTO id;
 	INSERT INTO @extschema@.invoice_items (client_id, invoice_id, line_no, contract_id, description, quantity,
 							   unit_price, amount, basis)
@@ -439,9 +463,9 @@ BEGIN
 		   format('%s (billed %s, now %s)', d.description, d.billed, d.current),
 		   d.current_quantity, NULL, d.difference, d.basis
 	  FROM msp_invoice_drift(client_id, period) d WHERE d.difference <> 0;
-	INSERT INTO @extschema@.audit_log (client_id, action, invoice_id, detail)
+	INSERT INTO @extschema@.audit_log (client_id, action, invoice_id, detail, at)
 	VALUES (client_id, 'adjust', id, jsonb_build_object('adjusts', original.invoice_id, 'total', total,
-														'reason', reason, 'carried_by', carrier::text));
+														'reason', reason, 'carried_by', carrier::text), stamp);
 	RETURN id;
 END
 $$;

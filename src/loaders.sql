@@ -122,6 +122,25 @@ END
 $$;
 COMMENT ON FUNCTION @extschema@.msp_try_timestamptz(text) IS 'the text as timestamptz, or NULL when it is not one';
 
+-- A parsed time a logon can have: the input is a date and time (not one of
+-- the special words now, today, tomorrow, yesterday, epoch, allballs or
+-- infinity, which PostgreSQL reads as times), and the instant lies from
+-- 1990-01-01 UTC up to one day after now() (a clock slightly ahead is
+-- tolerated).  Anything else is no logon an MSP bills, and would only
+-- overflow later date arithmetic (the client's local day of 4714 BC).
+-- Returns NULL when the time is plausible, else why not.
+CREATE FUNCTION @extschema@.msp_implausible_time(raw text, at timestamptz) RETURNS text
+LANGUAGE sql STABLE PARALLEL SAFE
+RETURN CASE
+	WHEN raw OPERATOR(pg_catalog.~*) '\m(now|today|tomorrow|yesterday|epoch|allballs|infinity)\M'
+		 OR NOT pg_catalog.isfinite(at) THEN 'not a time'
+	WHEN at OPERATOR(pg_catalog.<) '1990-01-01 00:00:00+00'::timestamptz
+		 OR at OPERATOR(pg_catalog.>) (pg_catalog.now() OPERATOR(pg_catalog.+) '1 day'::interval)
+		THEN 'outside 1990-01-01 to a day after now'
+END;
+COMMENT ON FUNCTION @extschema@.msp_implausible_time(text, timestamptz) IS
+	'internal: why a parsed logon time is not plausible (a special word such as now or infinity, before 1990-01-01 UTC, more than a day after now()), or NULL';
+
 -- One account name for the forms Windows and Entra write: DOMAIN\user,
 -- domain.tld\user and user@domain.tld all become DOMAIN\user.
 -- (No SET clause, so that it inlines; every name in it is qualified.)
@@ -215,6 +234,63 @@ $$;
 COMMENT ON FUNCTION @extschema@.msp_load_normalized(bigint, text) IS
 	'internal: accounts, devices and logons from the normalized events of one load';
 
+-- The last step of a load, guarded like the others: one statement for the
+-- whole load; should it fail on some record's data (a data exception, a
+-- limit, a constraint, raised by the step or by a trigger) it is retried
+-- on each half of the events' lines, down to single lines, which reject
+-- marks (EXECUTE reject USING client, line, message, sqlstate).  So no
+-- record can fail a load and leave its stage behind.
+CREATE FUNCTION @extschema@.msp_load_normalized_guarded(for_client bigint, load_source text, reject text,
+														OUT loaded bigint, OUT duplicate bigint)
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, @extschema@, pg_temp
+AS $$
+DECLARE
+	todo bigint[];
+	a bigint;
+	b bigint;
+	l bigint;
+	d bigint;
+	msg text;
+	state text;
+BEGIN
+	BEGIN
+		SELECT * INTO loaded, duplicate FROM @extschema@.msp_load_normalized(for_client, load_source);
+		RETURN;
+	EXCEPTION WHEN data_exception OR program_limit_exceeded OR integrity_constraint_violation THEN
+		NULL;
+	END;
+	loaded := 0;
+	duplicate := 0;
+	CREATE TEMP TABLE msp_load_all ON COMMIT DROP AS SELECT * FROM pg_temp.msp_load_events;
+	todo := ARRAY[(SELECT min(e.line_no) FROM pg_temp.msp_load_all e), (SELECT max(e.line_no) FROM pg_temp.msp_load_all e)];
+	WHILE cardinality(todo) > 0 LOOP
+		a := todo[cardinality(todo) - 1];
+		b := todo[cardinality(todo)];
+		todo := todo[1:cardinality(todo) - 2];
+		BEGIN
+			DELETE FROM pg_temp.msp_load_events;
+			INSERT INTO pg_temp.msp_load_events SELECT * FROM pg_temp.msp_load_all e WHERE e.line_no BETWEEN a AND b;
+			IF FOUND THEN
+				SELECT n.loaded, n.duplicate INTO l, d FROM @extschema@.msp_load_normalized(for_client, load_source) n;
+				loaded := loaded + l;
+				duplicate := duplicate + d;
+			END IF;
+		EXCEPTION WHEN data_exception OR program_limit_exceeded OR integrity_constraint_violation THEN
+			IF a = b THEN
+				GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT, state = RETURNED_SQLSTATE;
+				EXECUTE reject USING for_client, a, msg, state;
+			ELSE
+				todo := todo || ARRAY[a + (b - a) / 2 + 1, b, a, a + (b - a) / 2];
+			END IF;
+		END;
+	END LOOP;
+	DROP TABLE pg_temp.msp_load_all;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_load_normalized_guarded(bigint, text, text) IS
+	'internal: msp_load_normalized for the whole load, and per record only where a record makes it fail';
+
 -- Every load starts here: the client must exist, loads of one client take
 -- turns (new accounts and devices must not race for the same names, and a
 -- second load of the same stage must find it consumed), and the
@@ -234,6 +310,7 @@ BEGIN
 		DROP TABLE pg_temp.msp_load_events;
 	END IF;
 	CREATE TEMP TABLE msp_load_events (
+		line_no bigint NOT NULL,
 		realm text NOT NULL,
 		application text,
 		account_name text NOT NULL,
@@ -299,6 +376,9 @@ CREATE FUNCTION @extschema@.msp_load_windows_events(client_id bigint, source tex
 LANGUAGE plpgsql VOLATILE
 SECURITY DEFINER
 SET search_path = pg_catalog, @extschema@, pg_temp
+SET DateStyle = 'ISO, MDY'
+SET timezone_abbreviations = 'Default'
+SET TimeZone = 'UTC'
 AS $$
 #variable_conflict use_variable
 DECLARE
@@ -335,7 +415,7 @@ BEGIN
 				   WHEN e.event_id NOT IN ('4624', '4634', '4647') THEN 'skip'
 				   WHEN e.at_text IS NULL THEN 'reject:no @timestamp'
 				   WHEN e.host IS NULL OR e.host IN ('', '-') THEN 'reject:no Hostname'
-				   WHEN e.username IS NULL OR e.username IN ('', '-') THEN 'reject:no TargetUserName'
+				   WHEN e.username IS NULL OR btrim(e.username, E' \t\r\n') IN ('', '-') THEN 'reject:no TargetUserName'
 				   -- names and keys go into btree indexes, which cap a row's size
 				   WHEN length(e.host) > 255 OR length(e.username) > 255 OR length(e.domain) > 255
 						OR length(e.record) > 255 OR length(e.logon_id) > 255 THEN 'reject:field too long'
@@ -369,16 +449,19 @@ BEGIN
 	$step$, $reject$
 		UPDATE pg_temp.msp_win_class SET class = 'reject:invalid @timestamp' WHERE line_no = $2
 	$reject$, client_id, lo, hi);
-	UPDATE pg_temp.msp_win_class SET class = 'reject:invalid @timestamp'
-	 WHERE class IN ('logon', 'logoff') AND (at IS NULL OR NOT isfinite(at));
+	UPDATE pg_temp.msp_win_class
+	   SET class = 'reject:invalid @timestamp' || coalesce(': ' || @extschema@.msp_implausible_time(at_text, at), '')
+	 WHERE class IN ('logon', 'logoff') AND (at IS NULL OR @extschema@.msp_implausible_time(at_text, at) IS NOT NULL);
 
-	INSERT INTO pg_temp.msp_load_events (realm, application, account_name, device_name, create_device, at,
+	INSERT INTO pg_temp.msp_load_events (line_no, realm, application, account_name, device_name, create_device, at,
 										 ended, source_event_id, session_key)
-	SELECT 'os', NULL, @extschema@.msp_canonical_account(c.domain, c.username), upper(split_part(c.host, '.', 1)), true,
+	SELECT c.line_no, 'os', NULL, @extschema@.msp_canonical_account(c.domain, c.username), upper(split_part(c.host, '.', 1)), true,
 		   c.at, NULL, upper(split_part(c.host, '.', 1)) || ':' || c.record,
 		   CASE WHEN c.logon_id IS NOT NULL THEN upper(split_part(c.host, '.', 1)) || ':' || lower(c.logon_id) END
 	  FROM pg_temp.msp_win_class c WHERE c.class = 'logon';
-	SELECT * INTO loaded, duplicate FROM @extschema@.msp_load_normalized(client_id, source);
+	SELECT * INTO loaded, duplicate FROM @extschema@.msp_load_normalized_guarded(client_id, source, $reject$
+		UPDATE pg_temp.msp_win_class SET class = 'reject:unloadable record: ' || $3 WHERE line_no = $2
+	$reject$);
 
 	-- pair logoffs (4634, 4647) with their logon by logon id on the same host
 	WITH logoff AS (
@@ -412,6 +495,9 @@ CREATE FUNCTION @extschema@.msp_load_entra_signins(client_id bigint, source text
 LANGUAGE plpgsql VOLATILE
 SECURITY DEFINER
 SET search_path = pg_catalog, @extschema@, pg_temp
+SET DateStyle = 'ISO, MDY'
+SET timezone_abbreviations = 'Default'
+SET TimeZone = 'UTC'
 AS $$
 #variable_conflict use_variable
 DECLARE
@@ -436,7 +522,7 @@ BEGIN
 			   e.doc->'deviceDetail'->>'displayName',
 			   CASE
 				   WHEN e.doc->>'id' IS NULL THEN 'reject:no id'
-				   WHEN coalesce(e.doc->>'userPrincipalName', '') = '' THEN 'reject:no userPrincipalName'
+				   WHEN coalesce(btrim(e.doc->>'userPrincipalName', E' \t\r\n'), '') = '' THEN 'reject:no userPrincipalName'
 				   WHEN e.doc->>'createdDateTime' IS NULL THEN 'reject:no valid createdDateTime'
 				   -- names and keys go into btree indexes, which cap a row's size
 				   WHEN length(e.doc->>'id') > 255 OR length(e.doc->>'userPrincipalName') > 255
@@ -457,14 +543,17 @@ BEGIN
 	$step$, $reject$
 		UPDATE pg_temp.msp_entra_class SET class = 'reject:no valid createdDateTime' WHERE line_no = $2
 	$reject$, client_id, lo, hi);
-	UPDATE pg_temp.msp_entra_class SET class = 'reject:no valid createdDateTime'
-	 WHERE class NOT LIKE 'reject:%' AND (at IS NULL OR NOT isfinite(at));
+	UPDATE pg_temp.msp_entra_class
+	   SET class = 'reject:no valid createdDateTime' || coalesce(': ' || @extschema@.msp_implausible_time(created, at), '')
+	 WHERE class NOT LIKE 'reject:%' AND (at IS NULL OR @extschema@.msp_implausible_time(created, at) IS NOT NULL);
 
-	INSERT INTO pg_temp.msp_load_events (realm, application, account_name, device_name, create_device, at,
+	INSERT INTO pg_temp.msp_load_events (line_no, realm, application, account_name, device_name, create_device, at,
 										 ended, source_event_id, session_key)
-	SELECT 'm365', NULL, lower(c.upn), upper(nullif(c.device, '')), false, c.at, NULL, c.id, NULL
+	SELECT c.line_no, 'm365', NULL, lower(c.upn), upper(nullif(c.device, '')), false, c.at, NULL, c.id, NULL
 	  FROM pg_temp.msp_entra_class c WHERE c.class = 'signin';
-	SELECT * INTO loaded, duplicate FROM @extschema@.msp_load_normalized(client_id, source);
+	SELECT * INTO loaded, duplicate FROM @extschema@.msp_load_normalized_guarded(client_id, source, $reject$
+		UPDATE pg_temp.msp_entra_class SET class = 'reject:unloadable record: ' || $3 WHERE line_no = $2
+	$reject$);
 	INSERT INTO @extschema@.load_rejects (client_id, source, line_no, raw, reason)
 	SELECT client_id, source, c.line_no, s.raw, substr(c.class, 8)
 	  FROM pg_temp.msp_entra_class c JOIN @extschema@.entra_signin_staging s ON s.client_id = client_id AND s.line_no = c.line_no
@@ -483,6 +572,9 @@ CREATE FUNCTION @extschema@.msp_load_emr_audit(client_id bigint, source text DEF
 LANGUAGE plpgsql VOLATILE
 SECURITY DEFINER
 SET search_path = pg_catalog, @extschema@, pg_temp
+SET DateStyle = 'ISO, MDY'
+SET timezone_abbreviations = 'Default'
+SET TimeZone = 'UTC'
 AS $$
 #variable_conflict use_variable
 DECLARE
@@ -495,7 +587,7 @@ BEGIN
 	CREATE TEMP TABLE msp_emr ON COMMIT DROP AS
 	SELECT s.line_no, s.user_name, s.workstation, s.event_time, s.action, s.event_id, s.application, c.time_zone,
 		   CASE
-			   WHEN coalesce(s.user_name, '') = '' THEN 'no user'
+			   WHEN coalesce(btrim(s.user_name, E' \t\r\n'), '') = '' THEN 'no user'
 			   WHEN coalesce(s.event_time, '') = '' THEN 'no time'
 			   -- names and keys go into btree indexes, which cap a row's size
 			   WHEN length(s.user_name) > 255 OR length(s.workstation) > 255 OR length(s.event_id) > 255
@@ -516,14 +608,17 @@ BEGIN
 	$step$, $reject$
 		UPDATE pg_temp.msp_emr SET reason = 'invalid time' WHERE line_no = $2
 	$reject$, client_id, lo, hi);
-	UPDATE pg_temp.msp_emr SET reason = 'invalid time' WHERE reason IS NULL AND (at IS NULL OR NOT isfinite(at));
+	UPDATE pg_temp.msp_emr SET reason = 'invalid time' || coalesce(': ' || @extschema@.msp_implausible_time(event_time, at), '')
+	 WHERE reason IS NULL AND (at IS NULL OR @extschema@.msp_implausible_time(event_time, at) IS NOT NULL);
 
-	INSERT INTO pg_temp.msp_load_events (realm, application, account_name, device_name, create_device, at,
+	INSERT INTO pg_temp.msp_load_events (line_no, realm, application, account_name, device_name, create_device, at,
 										 ended, source_event_id, session_key)
-	SELECT 'app', e.application, lower(e.user_name), upper(nullif(e.workstation, '')), true, e.at,
+	SELECT e.line_no, 'app', e.application, lower(e.user_name), upper(nullif(e.workstation, '')), true, e.at,
 		   NULL, coalesce(e.event_id, md5(concat_ws('|', e.user_name, e.workstation, e.event_time, e.action))), NULL
 	  FROM pg_temp.msp_emr e WHERE e.reason IS NULL;
-	SELECT * INTO loaded, duplicate FROM @extschema@.msp_load_normalized(client_id, source);
+	SELECT * INTO loaded, duplicate FROM @extschema@.msp_load_normalized_guarded(client_id, source, $reject$
+		UPDATE pg_temp.msp_emr SET reason = 'unloadable record: ' || $3 WHERE line_no = $2
+	$reject$);
 	INSERT INTO @extschema@.load_rejects (client_id, source, line_no, raw, reason)
 	SELECT client_id, source, e.line_no,
 		   concat_ws(',', e.user_name, e.workstation, e.event_time, e.action, e.event_id), e.reason
@@ -535,3 +630,39 @@ END
 $$;
 COMMENT ON FUNCTION @extschema@.msp_load_emr_audit(bigint, text) IS
 	'loads a client''s staged EMR access audit rows as application logons (a time with an offset, Z or a zone name is that instant; one without is the client''s local time)';
+
+-- The loading roles may only INSERT into the stage, so without this only
+-- the owner could empty it.  A loader rejects each bad record and empties
+-- the stage, so a load that fails should not happen; if one ever does (a
+-- bug, a constraint added later), the stage stays as it was and every
+-- later load of the client fails the same way: this sets the client's
+-- staged rows aside in load_rejects (reason 'discarded', with the raw
+-- record, as who discarded them) so the next export can load.
+CREATE FUNCTION @extschema@.msp_discard_staged(client_id bigint, OUT windows bigint, OUT entra bigint, OUT emr bigint)
+LANGUAGE plpgsql VOLATILE STRICT
+SECURITY DEFINER
+SET search_path = pg_catalog, @extschema@, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	why text := 'discarded by ' || session_user;
+BEGIN
+	-- a load of the same client in progress finishes first
+	PERFORM pg_advisory_xact_lock(hashtext('mspbill.load'), hashtext(client_id::text));
+	WITH gone AS (DELETE FROM @extschema@.windows_event_staging s WHERE s.client_id = client_id RETURNING s.line_no, s.raw),
+	ins AS (INSERT INTO @extschema@.load_rejects (client_id, source, line_no, raw, reason)
+			SELECT client_id, 'windows', g.line_no, g.raw, why FROM gone g RETURNING 1)
+	SELECT count(*) INTO windows FROM ins;
+	WITH gone AS (DELETE FROM @extschema@.entra_signin_staging s WHERE s.client_id = client_id RETURNING s.line_no, s.raw),
+	ins AS (INSERT INTO @extschema@.load_rejects (client_id, source, line_no, raw, reason)
+			SELECT client_id, 'entra', g.line_no, g.raw, why FROM gone g RETURNING 1)
+	SELECT count(*) INTO entra FROM ins;
+	WITH gone AS (DELETE FROM @extschema@.emr_audit_staging s WHERE s.client_id = client_id
+				  RETURNING s.line_no, concat_ws(',', s.user_name, s.workstation, s.event_time, s.action, s.event_id) AS raw),
+	ins AS (INSERT INTO @extschema@.load_rejects (client_id, source, line_no, raw, reason)
+			SELECT client_id, 'emr', g.line_no, g.raw, why FROM gone g RETURNING 1)
+	SELECT count(*) INTO emr FROM ins;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_discard_staged(bigint) IS
+	'sets a client''s staged rows aside in load_rejects (reason discarded) when a load cannot consume them; for mspbill_admin and mspbill_billing';

@@ -239,9 +239,11 @@ REVOKE EXECUTE ON FUNCTION @extschema@.msp_finalize_invoice(bigint, daterange, t
 	@extschema@.msp_load_windows_events(bigint, text),
 	@extschema@.msp_load_entra_signins(bigint, text),
 	@extschema@.msp_load_emr_audit(bigint, text),
+	@extschema@.msp_discard_staged(bigint),
 	@extschema@.msp_load_begin(bigint),
 	@extschema@.msp_load_normalized(bigint, text),
 	@extschema@.msp_load_guarded(text, text, bigint, bigint, bigint),
+	@extschema@.msp_load_normalized_guarded(bigint, text, text),
 	@extschema@.msp_report_invoices(),
 	@extschema@.msp_report_invoice(bigint, daterange),
 	@extschema@.msp_report_invoice_lines(bigint, daterange),
@@ -284,7 +286,8 @@ DECLARE
 					'@extschema@.msp_issue_adjustment(bigint, daterange, text), '
 					'@extschema@.msp_load_windows_events(bigint, text), '
 					'@extschema@.msp_load_entra_signins(bigint, text), '
-					'@extschema@.msp_load_emr_audit(bigint, text)';
+					'@extschema@.msp_load_emr_audit(bigint, text), '
+					'@extschema@.msp_discard_staged(bigint)';
 	reports text := '@extschema@.msp_report_invoices(), @extschema@.msp_report_invoice(bigint, daterange), '
 					'@extschema@.msp_report_invoice_lines(bigint, daterange), '
 					'@extschema@.msp_report_billable_users(bigint, daterange)';

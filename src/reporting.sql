@@ -23,8 +23,15 @@
 CREATE TABLE @extschema@.rollup_dirty (
 	client_id bigint NOT NULL,
 	day date NOT NULL,
-	marked_at timestamptz NOT NULL DEFAULT now()
+	marked_at timestamptz NOT NULL DEFAULT now(),
+	-- a mark of a day no logon or period can have (300000-01-01) would make
+	-- every refresh fail until a rebuild; the loaders accept no time before
+	-- 1990-01-01 UTC, whose local day is 1989-12-31 west of Greenwich, and
+	-- 9999-12-31 keeps every day's arithmetic far from overflow
+	CONSTRAINT rollup_dirty_day_plausible CHECK (day >= '1989-12-31' AND day <= '9999-12-31')
 );
+COMMENT ON CONSTRAINT rollup_dirty_day_plausible ON @extschema@.rollup_dirty IS
+	'marked days lie from 1989-12-31 to 9999-12-31, so that no mark can make a refresh fail';
 CREATE INDEX rollup_dirty_pair_idx ON @extschema@.rollup_dirty (client_id, day);
 COMMENT ON TABLE @extschema@.rollup_dirty IS
 	'(client, local day) pairs whose rollups are stale, one row per marking statement; msp_refresh_rollups() consumes them';
@@ -197,10 +204,18 @@ AS $$
 DECLARE
 	n integer;
 BEGIN
-	IF isempty(days) OR lower_inf(days) OR upper_inf(days) THEN
+	-- an infinite bound (''[2026-10-01,infinity)'') is not upper_inf, and
+	-- would generate days until statement_timeout
+	IF isempty(days) OR lower_inf(days) OR upper_inf(days) OR NOT isfinite(lower(days)) OR NOT isfinite(upper(days)) THEN
 		RAISE EXCEPTION 'days % are empty or unbounded', days
 			USING ERRCODE = 'invalid_parameter_value',
 				  HINT = 'Pass a bounded range such as daterange(''2026-10-01'', ''2026-11-01'').';
+	END IF;
+	IF lower(days) < '1989-12-31' OR upper(days) > '10000-01-01' THEN
+		RAISE EXCEPTION 'days % lie outside 1989-12-31 to 9999-12-31', days
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'No logon before 1990 is loaded, and rollups are kept for days up to 9999-12-31.',
+				  HINT = 'Mark only the days whose billing changed.';
 	END IF;
 	INSERT INTO rollup_dirty AS d (client_id, day)
 	SELECT client_id, g::date FROM generate_series(lower(days), upper(days) - 1, interval '1 day') g;

@@ -37,7 +37,7 @@ CREATE TEMP TABLE writers (proname name PRIMARY KEY);
 INSERT INTO writers VALUES
 	('msp_add_logon_partitions'), ('msp_refuse_change'), ('msp_finalize_invoice'), ('msp_issue_adjustment'),
 	('msp_load_normalized'), ('msp_load_begin'), ('msp_load_windows_events'), ('msp_load_entra_signins'),
-	('msp_load_emr_audit'), ('msp_load_guarded'), ('msp_install_roles'),
+	('msp_load_emr_audit'), ('msp_load_guarded'), ('msp_load_normalized_guarded'), ('msp_discard_staged'), ('msp_install_roles'),
 	-- reporting: the rollups' marks (triggers and by hand) and their writers
 	('msp_mark_logon_days'), ('msp_mark_invoice_periods'), ('msp_mark_rollups_dirty'), ('msp_rollup_period'),
 	('msp_rollup_days'), ('msp_refresh_rollups'), ('msp_rebuild_rollups');
@@ -46,6 +46,7 @@ INSERT INTO writers VALUES
 CREATE TEMP TABLE nonstrict_ok (proname name PRIMARY KEY, why text NOT NULL);
 INSERT INTO nonstrict_ok VALUES
 	('msp_canonical_account', 'a NULL domain is the UPN form'),
+	('msp_implausible_time', 'a time that did not parse (NULL) may still be a special word'),
 	('msp_can_see_client', 'a policy helper: answers false, never NULL'),
 	('msp_has_role', 'a policy helper: answers false, never NULL'),
 	('msp_is_machine_account', 'inlined into queries and the generated accounts.is_machine (its OR is not strict, so a STRICT one would not inline); accounts.name is NOT NULL'),
@@ -65,6 +66,7 @@ INSERT INTO definer_ok VALUES
 	('msp_load_windows_events', 'reads and empties the staging tables, which the loading roles may only insert into'),
 	('msp_load_entra_signins', 'likewise'),
 	('msp_load_emr_audit', 'likewise'),
+	('msp_discard_staged', 'empties a client''s stage (into load_rejects) should a load ever fail: the loading roles may only insert into it'),
 	('msp_report_invoices', 'the sealed mspbill_report role holds no grant on any table'),
 	('msp_report_invoice', 'likewise'),
 	('msp_report_invoice_lines', 'likewise'),

@@ -6,7 +6,7 @@
 \i ../demo/clinics.sql
 SET search_path = public, mspbill;
 CREATE EXTENSION dblink;
-SELECT plan(50);
+SELECT plan(55);
 
 -- gates on the demo data: the hospital's front-desk PC never logged on
 SELECT results_eq($$SELECT gate, subject FROM msp_data_quality(1)$$,
@@ -127,6 +127,26 @@ SELECT 7, 1, 1, d + interval '9 hours' FROM generate_series(timestamptz '2026-01
 SELECT is((SELECT count(*) FROM msp_data_quality(7, '[2026-01-01,2026-02-01)')), 0::bigint, 'clean data: no findings');
 SELECT results_eq($$SELECT gate FROM msp_data_quality(7, daterange(date_trunc('month', now())::date, (date_trunc('month', now()) + interval '1 month')::date)) WHERE gate = 'period_not_over'$$,
                   $$VALUES ('period_not_over')$$, 'the current month is not over');
+-- the current month cannot be finalized, override or not
+CREATE FUNCTION pg_temp.refusal(sql text) RETURNS text LANGUAGE plpgsql AS $f$
+DECLARE s text; h text;
+BEGIN
+  EXECUTE sql;
+  RETURN NULL;
+EXCEPTION WHEN OTHERS THEN
+  GET STACKED DIAGNOSTICS s = RETURNED_SQLSTATE, h = PG_EXCEPTION_HINT;
+  RETURN s || ' ' || h;
+END $f$;
+SELECT throws_ok(format('SELECT msp_finalize_invoice(7, %L, %L)', daterange(date_trunc('month', now())::date, (date_trunc('month', now()) + interval '1 month')::date),
+                        '{period_not_over,device_silent,day_without_logons,unmapped_account,logon_outside_contract}'),
+                 '22023', 'the gate period_not_over cannot be overridden', 'period_not_over cannot be overridden');
+SELECT throws_ok(format('SELECT msp_finalize_invoice(7, %L, %L)', daterange(date_trunc('month', now())::date, (date_trunc('month', now()) + interval '1 month')::date),
+                        '{device_silent,day_without_logons,unmapped_account,logon_outside_contract}'),
+                 '55000', NULL, 'the current month is refused outright, whatever else is overridden');
+SELECT is(pg_temp.refusal(format('SELECT msp_finalize_invoice(7, %L)', daterange(date_trunc('month', now())::date, (date_trunc('month', now()) + interval '1 month')::date))),
+          format('55000 Finalize on or after %s; until then, preview it with SELECT * FROM mspbill.msp_invoice(7, %L);',
+                 (date_trunc('month', now()) + interval '1 month')::date, daterange(date_trunc('month', now())::date, (date_trunc('month', now()) + interval '1 month')::date)),
+          'its hint says when, and suggests no override');
 DELETE FROM logons WHERE client_id = 7 AND at >= '2026-01-26' AND at < '2026-02-01';
 INSERT INTO accounts (client_id, account_id, realm, name, kind) VALUES (7, 2, 'os', 'CLINIC\guest', 'unknown');
 INSERT INTO logons (client_id, account_id, device_id, at) VALUES (7, 2, 1, '2026-01-05 10:00Z');
@@ -170,6 +190,21 @@ SELECT ok(msp_finalize_invoice(8, '[2026-01-01,2026-02-01)', '{day_without_logon
 SELECT results_eq($$SELECT quantity::text, amount FROM msp_invoice_lines(8, '[2026-01-01,2026-02-01)')$$,
                   $$SELECT quantity::text, amount FROM preview_lines$$, 'stored quantities print as previewed');
 SELECT is((SELECT quantity::text FROM preview_lines), '0.6774', 'four decimals: 21/31 of a user');
+
+-- the invoice and its audit entries are stamped by the clock when the
+-- finalization runs, not when its transaction began
+DO $$
+BEGIN
+  CREATE TEMP TABLE fin_clock AS SELECT now() AS started;
+  PERFORM pg_sleep(0.3);
+  PERFORM msp_finalize_invoice(8, '[2026-02-01,2026-03-01)', '{day_without_logons,device_silent}');
+END $$;
+SELECT ok((SELECT i.finalized_at >= c.started + interval '0.3 seconds' FROM invoices i, fin_clock c
+            WHERE i.client_id = 8 AND i.period = '[2026-02-01,2026-03-01)'),
+          'finalized_at is the time of the finalization, after a sleep in the same transaction');
+SELECT is((SELECT count(*) FROM audit_log a JOIN invoices i USING (client_id, invoice_id)
+            WHERE i.client_id = 8 AND i.period = '[2026-02-01,2026-03-01)' AND a.at = i.finalized_at), 2::bigint,
+          'its finalize and override audit entries carry the same stamp');
 
 -- no two finalized invoices of a client overlap, whoever inserts them (item 5)
 SELECT throws_ok($$INSERT INTO invoices (client_id, kind, period, total, currency)

@@ -8,7 +8,7 @@
 SET search_path = public, mspbill;
 \set fixture_zip `for d in ../../../shared ../../../../shared; do f=$d/fixtures/windows-security/purplesharp_ad_playbook_I.zip; if [ -f $f ]; then echo $f; break; fi; done`
 \set have_fixture `for d in ../../../shared ../../../../shared; do [ -f $d/fixtures/windows-security/purplesharp_ad_playbook_I.zip ] && { echo 1; exit; }; done; echo 0`
-SELECT plan(54);
+SELECT plan(85);
 
 INSERT INTO clients (client_id, name, time_zone) VALUES (1, 'Clinic', 'America/New_York'), (2, 'Lab', 'UTC');
 INSERT INTO contracts (client_id, contract_id, effective, model, price_per_user)
@@ -102,7 +102,7 @@ SELECT results_eq($$SELECT loaded, duplicate, paired, skipped, rejected FROM msp
                   'windows formats: 4 loaded, 1 session closed, 1 skipped, 6 bad records rejected without stopping the load');
 SELECT results_eq($$SELECT line_no - min(line_no) OVER () + 5, reason FROM load_rejects WHERE client_id = 3 AND source = 'windows' ORDER BY line_no$$,
                   $$SELECT * FROM (VALUES (5::bigint, 'invalid @timestamp'), (6, 'invalid @timestamp'), (8, 'unreadable record: value overflows numeric format'),
-                                         (9, 'not valid JSON'), (10, 'invalid @timestamp'), (11, 'field too long')) v$$,
+                                         (9, 'not valid JSON'), (10, 'invalid @timestamp: not a time'), (11, 'field too long')) v$$,
                   'each bad record is rejected with its reason');
 SELECT is((SELECT at FROM logons l JOIN accounts a USING (client_id, account_id) WHERE a.client_id = 3 AND a.name = 'LAB\carol'),
           '2026-02-02 08:00Z'::timestamptz, 'a cached interactive logon (type 11) counts as presence');
@@ -170,12 +170,164 @@ SELECT is((SELECT count(*) FROM logons WHERE client_id = 3 AND source = 'emr' AN
 SELECT is((SELECT application FROM accounts WHERE client_id = 3 AND realm = 'app' AND application = 'PACS'), 'PACS',
           'emr: the application comes from the staging column');
 SELECT results_eq($$SELECT reason, count(*) FROM load_rejects WHERE client_id = 3 AND source = 'emr' GROUP BY 1$$,
-                  $$VALUES ('invalid time', 3::bigint)$$, 'emr: an offset out of range, an unknown zone, infinity');
+                  $$VALUES ('invalid time', 2::bigint), ('invalid time: not a time', 1::bigint)$$, 'emr: an offset out of range, an unknown zone, infinity');
 INSERT INTO emr_audit_staging (user_name, workstation, event_time, action, event_id) VALUES
   ('carol', 'LAB1', '2026-02-02 08:05:00z', 'LOGIN', 'm1'), ('carol', 'LAB1', '2026-02-02 10:00:00', 'LOGIN', NULL);
 SELECT results_eq($$SELECT loaded, duplicate FROM msp_load_emr_audit(3, NULL)$$, $$VALUES (0::bigint, 2::bigint)$$,
                   'source => NULL keeps duplicate detection (the default source name)');
 SELECT is((SELECT count(*) FROM logons WHERE client_id = 3 AND source IS NULL), 0::bigint, 'no logon without a source');
+
+-- An extreme but valid time is a reject, not the end of the load: 4714 BC
+-- overflowed the client's local day (devices) and the rollup marks, failed
+-- the whole load and left the stage wedged.  Plausible is 1990-01-01 UTC up
+-- to a day after now().
+INSERT INTO emr_audit_staging (user_name, workstation, event_time, action, event_id) VALUES
+  ('bad', 'EXAM1', '4714-11-24 00:00:00+00 BC', 'LOGIN', 'x1'), ('carol', 'LAB1', '2026-02-05 08:00:00', 'LOGIN', 'x2'),
+  ('carol', 'LAB1', '1989-12-31 23:00:00Z', 'LOGIN', 'x3'), ('carol', 'LAB1', (now() + interval '2 days')::text, 'LOGIN', 'x4');
+SELECT results_eq($$SELECT loaded, rejected FROM msp_load_emr_audit(3)$$, $$VALUES (1::bigint, 3::bigint)$$,
+                  'emr: 4714 BC, before 1990 and two days ahead are rejected, the good row loads');
+SELECT is((SELECT count(*) FROM load_rejects WHERE client_id = 3 AND source = 'emr'
+            AND reason = 'invalid time: outside 1990-01-01 to a day after now'), 3::bigint, 'emr: out of range, with the reason');
+INSERT INTO windows_event_staging (raw) VALUES
+  ('{"@timestamp": "4714-11-24T00:00:00Z BC", "Hostname": "LAB1", "EventID": 4624, "RecordNumber": 901, "TargetUserName": "bad", "TargetDomainName": "LAB", "LogonType": "2"}'),
+  ('{"@timestamp": "2026-02-05T08:00:00Z", "Hostname": "LAB1", "EventID": 4624, "RecordNumber": 902, "TargetUserName": "carol", "TargetDomainName": "LAB", "LogonType": "2"}');
+SELECT results_eq($$SELECT loaded, rejected FROM msp_load_windows_events(3)$$, $$VALUES (1::bigint, 1::bigint)$$,
+                  'windows: 4714 BC is rejected, the good event loads');
+INSERT INTO entra_signin_staging (raw) VALUES
+  ('{"id": "x1", "createdDateTime": "4714-11-24T00:00:00Z BC", "userPrincipalName": "bad@lab.example", "isInteractive": true}'),
+  ('{"id": "x2", "createdDateTime": "2026-02-05T08:00:00Z", "userPrincipalName": "carol@lab.example", "isInteractive": true}');
+SELECT results_eq($$SELECT loaded, rejected FROM msp_load_entra_signins(3)$$, $$VALUES (1::bigint, 1::bigint)$$,
+                  'entra: 4714 BC is rejected (it failed in the rollup trigger), the good sign-in loads');
+SELECT results_eq($$SELECT source, reason FROM load_rejects WHERE client_id = 3 AND raw ~ '4714' ORDER BY source$$,
+                  $$VALUES ('emr', 'invalid time: outside 1990-01-01 to a day after now'),
+                           ('entra', 'no valid createdDateTime: outside 1990-01-01 to a day after now'),
+                           ('windows', 'invalid @timestamp: outside 1990-01-01 to a day after now')$$,
+                  'each source says why');
+INSERT INTO clients (client_id, name, time_zone) VALUES (4, 'Tokyo', 'Asia/Tokyo');
+SET mspbill.client_id = 4;
+INSERT INTO emr_audit_staging (user_name, workstation, event_time, action, event_id) VALUES
+  ('bad', 'T1', '294276-12-31 23:00:00+00', 'LOGIN', 't1'), ('aki', 'T1', '2026-02-05 08:00:00', 'LOGIN', 't2');
+SELECT results_eq($$SELECT loaded, rejected FROM msp_load_emr_audit(4)$$, $$VALUES (1::bigint, 1::bigint)$$,
+                  'emr: the last valid timestamptz, a day past the end in Tokyo, is rejected');
+SELECT is((SELECT count(*) FROM emr_audit_staging), 0::bigint, 'no stage is left wedged');
+SELECT results_eq($$SELECT loaded FROM msp_load_emr_audit(4)$$, $$VALUES (0::bigint)$$, 'and the next load runs');
+
+-- The loaders read times the same whatever the session's settings.
+SET DateStyle = 'ISO, DMY';
+SET timezone_abbreviations = 'Australia';
+SET TimeZone = 'Asia/Kolkata';
+INSERT INTO emr_audit_staging (user_name, workstation, event_time, action, event_id) VALUES
+  ('aki', 'T1', '5/10/2026 08:00', 'LOGIN', 's1'), ('aki', 'T1', '2026-02-02 08:00:00 EST', 'LOGIN', 's2');
+SELECT results_eq($$SELECT loaded FROM msp_load_emr_audit(4)$$, $$VALUES (2::bigint)$$, 'loaded under DMY and Australian abbreviations');
+RESET DateStyle;
+RESET timezone_abbreviations;
+RESET TimeZone;
+SELECT results_eq($$SELECT source_event_id, at FROM logons WHERE client_id = 4 AND source_event_id ~ '^s' ORDER BY 1$$,
+                  $$VALUES ('s1', '2026-05-10 08:00 Asia/Tokyo'::timestamptz), ('s2', '2026-02-02 13:00Z')$$,
+                  'month/day/year and EST as US Eastern, whatever DateStyle and timezone_abbreviations say');
+SET mspbill.client_id = 3;
+SET TimeZone = 'Asia/Kolkata';
+INSERT INTO windows_event_staging (raw) VALUES
+  ('{"@timestamp": "2026-02-06 08:00:00", "Hostname": "LAB1", "EventID": 4624, "RecordNumber": 903, "TargetUserName": "carol", "TargetDomainName": "LAB", "LogonType": "2"}');
+SELECT results_eq($$SELECT loaded FROM msp_load_windows_events(3)$$, $$VALUES (1::bigint)$$, 'windows: a time without a zone loads');
+RESET TimeZone;
+SELECT is((SELECT at FROM logons WHERE client_id = 3 AND source_event_id = 'LAB1:903'), '2026-02-06 08:00Z'::timestamptz,
+          'windows: a time without a zone is UTC, whatever the session''s TimeZone');
+
+-- The special inputs PostgreSQL reads as times are not times.
+INSERT INTO emr_audit_staging (user_name, workstation, event_time, action, event_id) VALUES
+  ('carol', 'LAB1', 'now', 'LOGIN', 'w1'), ('carol', 'LAB1', 'today', 'LOGIN', 'w2'), ('carol', 'LAB1', 'yesterday', 'LOGIN', 'w3'),
+  ('carol', 'LAB1', 'tomorrow', 'LOGIN', 'w4'), ('carol', 'LAB1', 'epoch', 'LOGIN', 'w5'), ('carol', 'LAB1', 'today allballs', 'LOGIN', 'w6'),
+  ('carol', 'LAB1', ' NOW ', 'LOGIN', 'w7');
+SELECT results_eq($$SELECT loaded, rejected FROM msp_load_emr_audit(3)$$, $$VALUES (0::bigint, 7::bigint)$$,
+                  'emr: now, today, yesterday, tomorrow, epoch, allballs are rejected');
+INSERT INTO windows_event_staging (raw) VALUES
+  ('{"@timestamp": "now", "Hostname": "LAB1", "EventID": 4624, "RecordNumber": 904, "TargetUserName": "carol", "TargetDomainName": "LAB", "LogonType": "2"}');
+SELECT results_eq($$SELECT loaded, rejected FROM msp_load_windows_events(3)$$, $$VALUES (0::bigint, 1::bigint)$$, 'windows: now is rejected');
+INSERT INTO entra_signin_staging (raw) VALUES
+  ('{"id": "w8", "createdDateTime": "today", "userPrincipalName": "carol@lab.example", "isInteractive": true}');
+SELECT results_eq($$SELECT loaded, rejected FROM msp_load_entra_signins(3)$$, $$VALUES (0::bigint, 1::bigint)$$, 'entra: today is rejected');
+SELECT results_eq($$SELECT reason, count(*) FROM load_rejects WHERE client_id = 3 AND reason LIKE '%not a time' GROUP BY 1 ORDER BY 1$$,
+                  $$VALUES ('invalid @timestamp: not a time', 2::bigint), ('invalid time: not a time', 8::bigint),
+                           ('no valid createdDateTime: not a time', 1::bigint)$$,
+                  'each as "not a time", like infinity');
+
+-- A user name of only white space is no user.
+INSERT INTO emr_audit_staging (user_name, workstation, event_time, action, event_id) VALUES ('   ', 'LAB1', '2026-02-05 09:00:00', 'LOGIN', 'u1');
+SELECT results_eq($$SELECT loaded, rejected FROM msp_load_emr_audit(3)$$, $$VALUES (0::bigint, 1::bigint)$$, 'emr: a user of spaces is rejected');
+INSERT INTO windows_event_staging (raw) VALUES
+  ('{"@timestamp": "2026-02-05T09:00:00Z", "Hostname": "LAB1", "EventID": 4624, "RecordNumber": 905, "TargetUserName": "  ", "TargetDomainName": "LAB", "LogonType": "2"}');
+SELECT results_eq($$SELECT loaded, rejected FROM msp_load_windows_events(3)$$, $$VALUES (0::bigint, 1::bigint)$$, 'windows: a TargetUserName of spaces is rejected');
+INSERT INTO entra_signin_staging (raw) VALUES
+  ('{"id": "u2", "createdDateTime": "2026-02-05T09:00:00Z", "userPrincipalName": " \t ", "isInteractive": true}');
+SELECT results_eq($$SELECT loaded, rejected FROM msp_load_entra_signins(3)$$, $$VALUES (0::bigint, 1::bigint)$$, 'entra: a userPrincipalName of white space is rejected');
+SELECT results_eq($$SELECT reason FROM load_rejects WHERE client_id = 3 AND (raw ~ '(905|u1|u2)') ORDER BY source$$,
+                  $$VALUES ('no user'), ('no userPrincipalName'), ('no TargetUserName')$$, 'as no user');
+SELECT is((SELECT count(*) FROM accounts WHERE client_id = 3 AND btrim(name, E' \t\\') IN ('', 'LAB')), 0::bigint,
+          'no account of white space');
+
+-- The edges of the plausible range load in the farthest zones: the first
+-- instant (local day 1989-12-31 at UTC-12) and a day ahead at UTC+14 mark
+-- their days for the rollups without error.
+INSERT INTO clients (client_id, name, time_zone) VALUES (5, 'West', 'Etc/GMT+12'), (6, 'East', 'Pacific/Kiritimati');
+SET mspbill.client_id = 5;
+INSERT INTO emr_audit_staging (user_name, workstation, event_time, action, event_id) VALUES ('w', 'W1', '1990-01-01 00:00:00Z', 'LOGIN', 'e1');
+SELECT results_eq($$SELECT loaded, rejected FROM msp_load_emr_audit(5)$$, $$VALUES (1::bigint, 0::bigint)$$,
+                  'the first plausible instant loads at UTC-12 (local day 1989-12-31)');
+SET mspbill.client_id = 6;
+INSERT INTO emr_audit_staging (user_name, workstation, event_time, action, event_id)
+VALUES ('e', 'E1', to_char(now() AT TIME ZONE 'UTC' + interval '23 hours 59 minutes', 'YYYY-MM-DD HH24:MI:SS') || 'Z', 'LOGIN', 'e2');
+SELECT results_eq($$SELECT loaded, rejected FROM msp_load_emr_audit(6)$$, $$VALUES (1::bigint, 0::bigint)$$,
+                  'a time just under a day ahead loads at UTC+14');
+
+-- An error in a later step, even in a trigger, rejects the record that
+-- raised it and loads the rest: here a planted trigger refuses three events.
+CREATE FUNCTION public.refuse_planted() RETURNS trigger LANGUAGE plpgsql AS $f$
+BEGIN
+  IF NEW.source_event_id IN ('p2', 'LAB1:906', 'p5') THEN
+    RAISE EXCEPTION 'planted failure' USING ERRCODE = 'numeric_value_out_of_range';
+  END IF;
+  RETURN NEW;
+END $f$;
+CREATE TRIGGER refuse_planted BEFORE INSERT ON mspbill.logons FOR EACH ROW EXECUTE FUNCTION public.refuse_planted();
+SET mspbill.client_id = 3;
+INSERT INTO emr_audit_staging (user_name, workstation, event_time, action, event_id) VALUES
+  ('carol', 'LAB1', '2026-02-07 08:00:00', 'LOGIN', 'p1'), ('carol', 'LAB1', '2026-02-07 09:00:00', 'LOGIN', 'p2'),
+  ('carol', 'LAB1', '2026-02-07 10:00:00', 'LOGIN', 'p3');
+SELECT results_eq($$SELECT loaded, rejected FROM msp_load_emr_audit(3)$$, $$VALUES (2::bigint, 1::bigint)$$,
+                  'emr: a record a trigger refuses is rejected, the others load');
+INSERT INTO windows_event_staging (raw) VALUES
+  ('{"@timestamp": "2026-02-07T08:00:00Z", "Hostname": "LAB1", "EventID": 4624, "RecordNumber": 906, "TargetUserName": "carol", "TargetDomainName": "LAB", "LogonType": "2"}'),
+  ('{"@timestamp": "2026-02-07T09:00:00Z", "Hostname": "LAB1", "EventID": 4624, "RecordNumber": 907, "TargetUserName": "carol", "TargetDomainName": "LAB", "LogonType": "2"}');
+SELECT results_eq($$SELECT loaded, rejected FROM msp_load_windows_events(3)$$, $$VALUES (1::bigint, 1::bigint)$$,
+                  'windows: likewise');
+INSERT INTO entra_signin_staging (raw) VALUES
+  ('{"id": "p4", "createdDateTime": "2026-02-07T08:00:00Z", "userPrincipalName": "carol@lab.example", "isInteractive": true}'),
+  ('{"id": "p5", "createdDateTime": "2026-02-07T09:00:00Z", "userPrincipalName": "carol@lab.example", "isInteractive": true}');
+SELECT results_eq($$SELECT loaded, rejected FROM msp_load_entra_signins(3)$$, $$VALUES (1::bigint, 1::bigint)$$,
+                  'entra: likewise');
+SELECT results_eq($$SELECT source, reason FROM load_rejects WHERE client_id = 3 AND reason LIKE 'unloadable%' ORDER BY source$$,
+                  $$VALUES ('emr', 'unloadable record: planted failure'), ('entra', 'unloadable record: planted failure'),
+                           ('windows', 'unloadable record: planted failure')$$, 'each with the error''s message');
+SELECT is((SELECT count(*) FROM windows_event_staging) + (SELECT count(*) FROM entra_signin_staging)
+          + (SELECT count(*) FROM emr_audit_staging), 0::bigint, 'and every stage is emptied');
+DROP TRIGGER refuse_planted ON mspbill.logons;
+DROP FUNCTION public.refuse_planted();
+
+-- Should a load ever fail, the loading role can set the client's stage
+-- aside (into load_rejects) instead of waiting for a superuser.
+SET mspbill.client_id = 6;
+INSERT INTO emr_audit_staging (user_name, workstation, event_time, action, event_id) VALUES ('e', 'E1', '2026-02-05 08:00:00', 'LOGIN', 'd1');
+INSERT INTO windows_event_staging (raw) VALUES ('{"EventID": 4624}'), ('{"EventID": 4634}');
+SET mspbill.client_id = 5;
+INSERT INTO entra_signin_staging (raw) VALUES ('{"id": "d2"}');
+SELECT results_eq($$SELECT * FROM msp_discard_staged(6)$$, $$VALUES (2::bigint, 0::bigint, 1::bigint)$$,
+                  'msp_discard_staged empties one client''s stages');
+SELECT results_eq($$SELECT source, count(*) FROM load_rejects WHERE client_id = 6 AND reason = 'discarded by ' || session_user GROUP BY 1 ORDER BY 1$$,
+                  $$VALUES ('emr', 1::bigint), ('windows', 2::bigint)$$, 'into load_rejects, with who discarded them');
+SELECT is((SELECT count(*) FROM entra_signin_staging WHERE client_id = 5), 1::bigint, 'and leaves other clients'' rows');
+DELETE FROM entra_signin_staging WHERE client_id = 5;
+SET mspbill.client_id = 3;
 
 -- two sessions load the same client's stage at once: one loads it, the
 -- other finds it consumed (loads of a client take turns)

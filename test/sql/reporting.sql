@@ -8,7 +8,7 @@
 \i ../demo/clinics.sql
 SET search_path = public, mspbill;
 CREATE EXTENSION dblink;
-SELECT plan(71);
+SELECT plan(75);
 SET client_min_messages = warning;
 
 -- rows of the rollups, as text, for comparing two states
@@ -378,6 +378,17 @@ RESET ROLE;
 SELECT is((SELECT count(*) FROM rollup_dirty), 0::bigint, 'and consumed the marks');
 SELECT throws_ok($$SELECT msp_mark_rollups_dirty(1, daterange(NULL, '2026-01-01'))$$, '22023', NULL,
                  'marking an unbounded range is refused');
+SELECT throws_ok($$SELECT msp_mark_rollups_dirty(1, '[2026-10-01,infinity)')$$, '22023', 'days [2026-10-01,infinity) are empty or unbounded',
+                 'marking up to infinity is refused at once');
+SELECT throws_ok($$SELECT msp_mark_rollups_dirty(1, '[1980-01-01,2026-01-01)')$$, '22023', 'days [1980-01-01,2026-01-01) lie outside 1989-12-31 to 9999-12-31',
+                 'marking days before 1990 is refused');
+SET ROLE mspbill_test_radmin;
+SELECT throws_ok($$INSERT INTO mspbill.rollup_dirty (client_id, day) VALUES (1, '300000-01-01')$$, '23514',
+                 'new row for relation "rollup_dirty" violates check constraint "rollup_dirty_day_plausible"',
+                 'a mark of an absurd day is refused by rollup_dirty_day_plausible');
+INSERT INTO mspbill.rollup_dirty (client_id, day) VALUES (1, '9999-12-31'), (2, lower(mspbill.msp_period(2)));
+SELECT lives_ok($$SELECT mspbill.msp_refresh_rollups()$$, 'the last plausible day refreshes');
+RESET ROLE;
 
 DROP FUNCTION public.leak(text);
 DROP MATERIALIZED VIEW staff_daily_people;
