@@ -1087,10 +1087,16 @@ COMMENT ON FUNCTION @extschema@.msp_cost_allocation(bigint, daterange) IS
 -- Finalize and adjust
 -- ---------------------------------------------------------------------
 
+-- invoices.finalized_at: the clock when the row is written (clock_timestamp),
+-- the same reading as its audit entries.
+ALTER TABLE @extschema@.invoices ALTER COLUMN finalized_at SET DEFAULT clock_timestamp();
+
 -- msp_finalize_invoice, msp_issue_adjustment: the only writers of
 -- invoices, their lines and the audit log, as the extension's owner
 -- (SECURITY DEFINER, pinned search_path, EXECUTE revoked from PUBLIC
--- below), storing pseudonymous evidence; an adjustment stores its evidence.
+-- below), storing pseudonymous evidence; an adjustment stores its evidence;
+-- an invoice and its audit entries share one clock reading; period_not_over
+-- cannot be overridden.
 
 CREATE OR REPLACE FUNCTION @extschema@.msp_finalize_invoice(client_id bigint, period daterange DEFAULT NULL,
 												 override text[] DEFAULT '{}')
@@ -1106,6 +1112,8 @@ DECLARE
 	inv invoice;
 	failing text[];
 	unknown text[];
+	today date;
+	stamp timestamptz;
 BEGIN
 	period := msp_period(client_id, period);
 	-- one finalization per client and period at a time, in any session
@@ -1115,12 +1123,28 @@ BEGIN
 		RETURN id;
 	END IF;
 
+	-- an unfinished month is not a data-quality question: its logons are
+	-- still coming, so no override finalizes it
+	IF 'period_not_over' = ANY (coalesce(override, '{}')) THEN
+		RAISE EXCEPTION 'the gate period_not_over cannot be overridden'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'A period is finalized only after it ends.',
+				  HINT = 'Overridable gates are device_silent, day_without_logons, unmapped_account and logon_outside_contract.';
+	END IF;
 	unknown := ARRAY(SELECT unnest(coalesce(override, '{}'))
-					 EXCEPT SELECT unnest('{period_not_over,device_silent,day_without_logons,unmapped_account,logon_outside_contract}'::text[]));
+					 EXCEPT SELECT unnest('{device_silent,day_without_logons,unmapped_account,logon_outside_contract}'::text[]));
 	IF cardinality(unknown) > 0 THEN
 		RAISE EXCEPTION 'unknown data-quality gate %', unknown[1]
 			USING ERRCODE = 'invalid_parameter_value',
-				  HINT = 'Gates are period_not_over, device_silent, day_without_logons, unmapped_account and logon_outside_contract.';
+				  HINT = 'Overridable gates are device_silent, day_without_logons, unmapped_account and logon_outside_contract.';
+	END IF;
+	IF EXISTS (SELECT 1 FROM msp_data_quality(client_id, period) q WHERE q.gate = 'period_not_over') THEN
+		today := (now() AT TIME ZONE (SELECT c.time_zone FROM clients c WHERE c.client_id = client_id))::date;
+		RAISE EXCEPTION 'period % of client % is not over', period, client_id
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  DETAIL = format('The period ends on %s; today is %s in the client''s time zone.', upper(period) - 1, today),
+				  HINT = format('Finalize on or after %s; until then, preview it with SELECT * FROM mspbill.msp_invoice(%s, %L);',
+								upper(period), client_id, period);
 	END IF;
 	failing := ARRAY(SELECT DISTINCT q.gate FROM msp_data_quality(client_id, period) q
 					  WHERE NOT q.gate = ANY (coalesce(override, '{}')) ORDER BY 1);
@@ -1134,22 +1158,24 @@ BEGIN
 	END IF;
 
 	inv := msp_compute_invoice(client_id, period);
+	-- one reading of the clock for the invoice and its audit entries
+	stamp := clock_timestamp();
 	INSERT INTO @extschema@.invoices (client_id, kind, period, model, users, seats, devices, subtotal, total,
-						  currency, evidence, overrides)
+						  currency, evidence, overrides, finalized_at)
 	VALUES (client_id, 'invoice', period, inv.model, inv.users, inv.seats, inv.devices, inv.subtotal,
 			inv.total, inv.currency,
 			coalesce((SELECT jsonb_agg(to_jsonb(u)) FROM msp_billable_users(client_id, period) u), '[]'),
-			coalesce(override, '{}'))
+			coalesce(override, '{}'), stamp)
 	RETURNING invoice_id INTO id;
 	INSERT INTO @extschema@.invoice_items (client_id, invoice_id, line_no, contract_id, description, quantity,
 							   unit_price, amount, basis)
 	SELECT client_id, id, l.line_no, l.contract_id, l.description, l.quantity, l.unit_price, l.amount, l.basis
 	  FROM msp_price_lines(client_id, period, NULL) l;
-	INSERT INTO @extschema@.audit_log (client_id, action, invoice_id, detail)
-	VALUES (client_id, 'finalize', id, jsonb_build_object('period', period::text, 'total', inv.total));
+	INSERT INTO @extschema@.audit_log (client_id, action, invoice_id, detail, at)
+	VALUES (client_id, 'finalize', id, jsonb_build_object('period', period::text, 'total', inv.total), stamp);
 	IF cardinality(coalesce(override, '{}')) > 0 THEN
-		INSERT INTO @extschema@.audit_log (client_id, action, invoice_id, detail)
-		VALUES (client_id, 'override', id, jsonb_build_object('gates', override,
+		INSERT INTO @extschema@.audit_log (client_id, action, invoice_id, at, detail)
+		VALUES (client_id, 'override', id, stamp, jsonb_build_object('gates', override,
 				'findings', (SELECT jsonb_agg(to_jsonb(q)) FROM msp_data_quality(client_id, period) q
 							  WHERE q.gate = ANY (override))));
 	END IF;
@@ -1172,6 +1198,7 @@ DECLARE
 	original invoices;
 	carrier daterange;
 	total numeric;
+	stamp timestamptz;
 BEGIN
 	IF reason IS NULL OR reason = '' THEN
 		RAISE EXCEPTION 'an adjustment needs a reason'
@@ -1193,10 +1220,11 @@ BEGIN
 	 WHERE NOT EXISTS (SELECT 1 FROM invoices i WHERE i.client_id = client_id AND i.kind = 'invoice'
 						  AND i.period && daterange(m::date, (m + interval '1 month')::date))
 	 ORDER BY m LIMIT 1;
+	stamp := clock_timestamp();
 	INSERT INTO @extschema@.invoices (client_id, kind, period, adjusts_invoice_id, apply_period, reason, total, currency,
-						  evidence)
+						  evidence, finalized_at)
 	VALUES (client_id, 'adjustment', period, original.invoice_id, carrier, reason, total, original.currency,
-			coalesce((SELECT jsonb_agg(to_jsonb(u)) FROM @extschema@.msp_billable_users(client_id, period) u), '[]'))
+			coalesce((SELECT jsonb_agg(to_jsonb(u)) FROM @extschema@.msp_billable_users(client_id, period) u), '[]'), stamp)
 	RETURNING invoice_id INTO id;
 	INSERT INTO @extschema@.invoice_items (client_id, invoice_id, line_no, contract_id, description, quantity,
 							   unit_price, amount, basis)
@@ -1204,9 +1232,9 @@ BEGIN
 		   format('%s (billed %s, now %s)', d.description, d.billed, d.current),
 		   d.current_quantity, NULL, d.difference, d.basis
 	  FROM msp_invoice_drift(client_id, period) d WHERE d.difference <> 0;
-	INSERT INTO @extschema@.audit_log (client_id, action, invoice_id, detail)
+	INSERT INTO @extschema@.audit_log (client_id, action, invoice_id, detail, at)
 	VALUES (client_id, 'adjust', id, jsonb_build_object('adjusts', original.invoice_id, 'total', total,
-														'reason', reason, 'carried_by', carrier::text));
+														'reason', reason, 'carried_by', carrier::text), stamp);
 	RETURN id;
 END
 $$;
@@ -1416,6 +1444,27 @@ END
 $$;
 COMMENT ON FUNCTION @extschema@.msp_try_timestamptz(text) IS 'the text as timestamptz, or NULL when it is not one';
 
+-- msp_implausible_time (new): a time before 1990, more than a day ahead or
+-- a special word (now, epoch, infinity...) is a reject.
+-- A parsed time a logon can have: the input is a date and time (not one of
+-- the special words now, today, tomorrow, yesterday, epoch, allballs or
+-- infinity, which PostgreSQL reads as times), and the instant lies from
+-- 1990-01-01 UTC up to one day after now() (a clock slightly ahead is
+-- tolerated).  Anything else is no logon an MSP bills, and would only
+-- overflow later date arithmetic (the client's local day of 4714 BC).
+-- Returns NULL when the time is plausible, else why not.
+CREATE FUNCTION @extschema@.msp_implausible_time(raw text, at timestamptz) RETURNS text
+LANGUAGE sql STABLE PARALLEL SAFE
+RETURN CASE
+	WHEN raw OPERATOR(pg_catalog.~*) '\m(now|today|tomorrow|yesterday|epoch|allballs|infinity)\M'
+		 OR NOT pg_catalog.isfinite(at) THEN 'not a time'
+	WHEN at OPERATOR(pg_catalog.<) '1990-01-01 00:00:00+00'::timestamptz
+		 OR at OPERATOR(pg_catalog.>) (pg_catalog.now() OPERATOR(pg_catalog.+) '1 day'::interval)
+		THEN 'outside 1990-01-01 to a day after now'
+END;
+COMMENT ON FUNCTION @extschema@.msp_implausible_time(text, timestamptz) IS
+	'internal: why a parsed logon time is not plausible (a special word such as now or infinity, before 1990-01-01 UTC, more than a day after now()), or NULL';
+
 -- msp_load_normalized, msp_load_begin: schema-qualified names; a new
 -- device is billable from the day it was first seen; loads of one client
 -- take turns.
@@ -1493,6 +1542,65 @@ $$;
 COMMENT ON FUNCTION @extschema@.msp_load_normalized(bigint, text) IS
 	'internal: accounts, devices and logons from the normalized events of one load';
 
+-- msp_load_normalized_guarded (new): the last step of a load guarded per
+-- record too, so that no record can fail a load and wedge its stage.
+-- The last step of a load, guarded like the others: one statement for the
+-- whole load; should it fail on some record's data (a data exception, a
+-- limit, a constraint, raised by the step or by a trigger) it is retried
+-- on each half of the events' lines, down to single lines, which reject
+-- marks (EXECUTE reject USING client, line, message, sqlstate).  So no
+-- record can fail a load and leave its stage behind.
+CREATE FUNCTION @extschema@.msp_load_normalized_guarded(for_client bigint, load_source text, reject text,
+														OUT loaded bigint, OUT duplicate bigint)
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, @extschema@, pg_temp
+AS $$
+DECLARE
+	todo bigint[];
+	a bigint;
+	b bigint;
+	l bigint;
+	d bigint;
+	msg text;
+	state text;
+BEGIN
+	BEGIN
+		SELECT * INTO loaded, duplicate FROM @extschema@.msp_load_normalized(for_client, load_source);
+		RETURN;
+	EXCEPTION WHEN data_exception OR program_limit_exceeded OR integrity_constraint_violation THEN
+		NULL;
+	END;
+	loaded := 0;
+	duplicate := 0;
+	CREATE TEMP TABLE msp_load_all ON COMMIT DROP AS SELECT * FROM pg_temp.msp_load_events;
+	todo := ARRAY[(SELECT min(e.line_no) FROM pg_temp.msp_load_all e), (SELECT max(e.line_no) FROM pg_temp.msp_load_all e)];
+	WHILE cardinality(todo) > 0 LOOP
+		a := todo[cardinality(todo) - 1];
+		b := todo[cardinality(todo)];
+		todo := todo[1:cardinality(todo) - 2];
+		BEGIN
+			DELETE FROM pg_temp.msp_load_events;
+			INSERT INTO pg_temp.msp_load_events SELECT * FROM pg_temp.msp_load_all e WHERE e.line_no BETWEEN a AND b;
+			IF FOUND THEN
+				SELECT n.loaded, n.duplicate INTO l, d FROM @extschema@.msp_load_normalized(for_client, load_source) n;
+				loaded := loaded + l;
+				duplicate := duplicate + d;
+			END IF;
+		EXCEPTION WHEN data_exception OR program_limit_exceeded OR integrity_constraint_violation THEN
+			IF a = b THEN
+				GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT, state = RETURNED_SQLSTATE;
+				EXECUTE reject USING for_client, a, msg, state;
+			ELSE
+				todo := todo || ARRAY[a + (b - a) / 2 + 1, b, a, a + (b - a) / 2];
+			END IF;
+		END;
+	END LOOP;
+	DROP TABLE pg_temp.msp_load_all;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_load_normalized_guarded(bigint, text, text) IS
+	'internal: msp_load_normalized for the whole load, and per record only where a record makes it fail';
+
 -- Every load starts here: the client must exist, loads of one client take
 -- turns (new accounts and devices must not race for the same names, and a
 -- second load of the same stage must find it consumed), and the
@@ -1512,6 +1620,7 @@ BEGIN
 		DROP TABLE pg_temp.msp_load_events;
 	END IF;
 	CREATE TEMP TABLE msp_load_events (
+		line_no bigint NOT NULL,
 		realm text NOT NULL,
 		application text,
 		account_name text NOT NULL,
@@ -1585,6 +1694,9 @@ CREATE OR REPLACE FUNCTION @extschema@.msp_load_windows_events(client_id bigint,
 LANGUAGE plpgsql VOLATILE
 SECURITY DEFINER
 SET search_path = pg_catalog, @extschema@, pg_temp
+SET DateStyle = 'ISO, MDY'
+SET timezone_abbreviations = 'Default'
+SET TimeZone = 'UTC'
 AS $$
 #variable_conflict use_variable
 DECLARE
@@ -1621,7 +1733,7 @@ BEGIN
 				   WHEN e.event_id NOT IN ('4624', '4634', '4647') THEN 'skip'
 				   WHEN e.at_text IS NULL THEN 'reject:no @timestamp'
 				   WHEN e.host IS NULL OR e.host IN ('', '-') THEN 'reject:no Hostname'
-				   WHEN e.username IS NULL OR e.username IN ('', '-') THEN 'reject:no TargetUserName'
+				   WHEN e.username IS NULL OR btrim(e.username, E' \t\r\n') IN ('', '-') THEN 'reject:no TargetUserName'
 				   -- names and keys go into btree indexes, which cap a row's size
 				   WHEN length(e.host) > 255 OR length(e.username) > 255 OR length(e.domain) > 255
 						OR length(e.record) > 255 OR length(e.logon_id) > 255 THEN 'reject:field too long'
@@ -1655,16 +1767,19 @@ BEGIN
 	$step$, $reject$
 		UPDATE pg_temp.msp_win_class SET class = 'reject:invalid @timestamp' WHERE line_no = $2
 	$reject$, client_id, lo, hi);
-	UPDATE pg_temp.msp_win_class SET class = 'reject:invalid @timestamp'
-	 WHERE class IN ('logon', 'logoff') AND (at IS NULL OR NOT isfinite(at));
+	UPDATE pg_temp.msp_win_class
+	   SET class = 'reject:invalid @timestamp' || coalesce(': ' || @extschema@.msp_implausible_time(at_text, at), '')
+	 WHERE class IN ('logon', 'logoff') AND (at IS NULL OR @extschema@.msp_implausible_time(at_text, at) IS NOT NULL);
 
-	INSERT INTO pg_temp.msp_load_events (realm, application, account_name, device_name, create_device, at,
+	INSERT INTO pg_temp.msp_load_events (line_no, realm, application, account_name, device_name, create_device, at,
 										 ended, source_event_id, session_key)
-	SELECT 'os', NULL, @extschema@.msp_canonical_account(c.domain, c.username), upper(split_part(c.host, '.', 1)), true,
+	SELECT c.line_no, 'os', NULL, @extschema@.msp_canonical_account(c.domain, c.username), upper(split_part(c.host, '.', 1)), true,
 		   c.at, NULL, upper(split_part(c.host, '.', 1)) || ':' || c.record,
 		   CASE WHEN c.logon_id IS NOT NULL THEN upper(split_part(c.host, '.', 1)) || ':' || lower(c.logon_id) END
 	  FROM pg_temp.msp_win_class c WHERE c.class = 'logon';
-	SELECT * INTO loaded, duplicate FROM @extschema@.msp_load_normalized(client_id, source);
+	SELECT * INTO loaded, duplicate FROM @extschema@.msp_load_normalized_guarded(client_id, source, $reject$
+		UPDATE pg_temp.msp_win_class SET class = 'reject:unloadable record: ' || $3 WHERE line_no = $2
+	$reject$);
 
 	-- pair logoffs (4634, 4647) with their logon by logon id on the same host
 	WITH logoff AS (
@@ -1698,6 +1813,9 @@ CREATE OR REPLACE FUNCTION @extschema@.msp_load_entra_signins(client_id bigint, 
 LANGUAGE plpgsql VOLATILE
 SECURITY DEFINER
 SET search_path = pg_catalog, @extschema@, pg_temp
+SET DateStyle = 'ISO, MDY'
+SET timezone_abbreviations = 'Default'
+SET TimeZone = 'UTC'
 AS $$
 #variable_conflict use_variable
 DECLARE
@@ -1722,7 +1840,7 @@ BEGIN
 			   e.doc->'deviceDetail'->>'displayName',
 			   CASE
 				   WHEN e.doc->>'id' IS NULL THEN 'reject:no id'
-				   WHEN coalesce(e.doc->>'userPrincipalName', '') = '' THEN 'reject:no userPrincipalName'
+				   WHEN coalesce(btrim(e.doc->>'userPrincipalName', E' \t\r\n'), '') = '' THEN 'reject:no userPrincipalName'
 				   WHEN e.doc->>'createdDateTime' IS NULL THEN 'reject:no valid createdDateTime'
 				   -- names and keys go into btree indexes, which cap a row's size
 				   WHEN length(e.doc->>'id') > 255 OR length(e.doc->>'userPrincipalName') > 255
@@ -1743,14 +1861,17 @@ BEGIN
 	$step$, $reject$
 		UPDATE pg_temp.msp_entra_class SET class = 'reject:no valid createdDateTime' WHERE line_no = $2
 	$reject$, client_id, lo, hi);
-	UPDATE pg_temp.msp_entra_class SET class = 'reject:no valid createdDateTime'
-	 WHERE class NOT LIKE 'reject:%' AND (at IS NULL OR NOT isfinite(at));
+	UPDATE pg_temp.msp_entra_class
+	   SET class = 'reject:no valid createdDateTime' || coalesce(': ' || @extschema@.msp_implausible_time(created, at), '')
+	 WHERE class NOT LIKE 'reject:%' AND (at IS NULL OR @extschema@.msp_implausible_time(created, at) IS NOT NULL);
 
-	INSERT INTO pg_temp.msp_load_events (realm, application, account_name, device_name, create_device, at,
+	INSERT INTO pg_temp.msp_load_events (line_no, realm, application, account_name, device_name, create_device, at,
 										 ended, source_event_id, session_key)
-	SELECT 'm365', NULL, lower(c.upn), upper(nullif(c.device, '')), false, c.at, NULL, c.id, NULL
+	SELECT c.line_no, 'm365', NULL, lower(c.upn), upper(nullif(c.device, '')), false, c.at, NULL, c.id, NULL
 	  FROM pg_temp.msp_entra_class c WHERE c.class = 'signin';
-	SELECT * INTO loaded, duplicate FROM @extschema@.msp_load_normalized(client_id, source);
+	SELECT * INTO loaded, duplicate FROM @extschema@.msp_load_normalized_guarded(client_id, source, $reject$
+		UPDATE pg_temp.msp_entra_class SET class = 'reject:unloadable record: ' || $3 WHERE line_no = $2
+	$reject$);
 	INSERT INTO @extschema@.load_rejects (client_id, source, line_no, raw, reason)
 	SELECT client_id, source, c.line_no, s.raw, substr(c.class, 8)
 	  FROM pg_temp.msp_entra_class c JOIN @extschema@.entra_signin_staging s ON s.client_id = client_id AND s.line_no = c.line_no
@@ -1769,6 +1890,9 @@ CREATE OR REPLACE FUNCTION @extschema@.msp_load_emr_audit(client_id bigint, sour
 LANGUAGE plpgsql VOLATILE
 SECURITY DEFINER
 SET search_path = pg_catalog, @extschema@, pg_temp
+SET DateStyle = 'ISO, MDY'
+SET timezone_abbreviations = 'Default'
+SET TimeZone = 'UTC'
 AS $$
 #variable_conflict use_variable
 DECLARE
@@ -1781,7 +1905,7 @@ BEGIN
 	CREATE TEMP TABLE msp_emr ON COMMIT DROP AS
 	SELECT s.line_no, s.user_name, s.workstation, s.event_time, s.action, s.event_id, s.application, c.time_zone,
 		   CASE
-			   WHEN coalesce(s.user_name, '') = '' THEN 'no user'
+			   WHEN coalesce(btrim(s.user_name, E' \t\r\n'), '') = '' THEN 'no user'
 			   WHEN coalesce(s.event_time, '') = '' THEN 'no time'
 			   -- names and keys go into btree indexes, which cap a row's size
 			   WHEN length(s.user_name) > 255 OR length(s.workstation) > 255 OR length(s.event_id) > 255
@@ -1802,14 +1926,17 @@ BEGIN
 	$step$, $reject$
 		UPDATE pg_temp.msp_emr SET reason = 'invalid time' WHERE line_no = $2
 	$reject$, client_id, lo, hi);
-	UPDATE pg_temp.msp_emr SET reason = 'invalid time' WHERE reason IS NULL AND (at IS NULL OR NOT isfinite(at));
+	UPDATE pg_temp.msp_emr SET reason = 'invalid time' || coalesce(': ' || @extschema@.msp_implausible_time(event_time, at), '')
+	 WHERE reason IS NULL AND (at IS NULL OR @extschema@.msp_implausible_time(event_time, at) IS NOT NULL);
 
-	INSERT INTO pg_temp.msp_load_events (realm, application, account_name, device_name, create_device, at,
+	INSERT INTO pg_temp.msp_load_events (line_no, realm, application, account_name, device_name, create_device, at,
 										 ended, source_event_id, session_key)
-	SELECT 'app', e.application, lower(e.user_name), upper(nullif(e.workstation, '')), true, e.at,
+	SELECT e.line_no, 'app', e.application, lower(e.user_name), upper(nullif(e.workstation, '')), true, e.at,
 		   NULL, coalesce(e.event_id, md5(concat_ws('|', e.user_name, e.workstation, e.event_time, e.action))), NULL
 	  FROM pg_temp.msp_emr e WHERE e.reason IS NULL;
-	SELECT * INTO loaded, duplicate FROM @extschema@.msp_load_normalized(client_id, source);
+	SELECT * INTO loaded, duplicate FROM @extschema@.msp_load_normalized_guarded(client_id, source, $reject$
+		UPDATE pg_temp.msp_emr SET reason = 'unloadable record: ' || $3 WHERE line_no = $2
+	$reject$);
 	INSERT INTO @extschema@.load_rejects (client_id, source, line_no, raw, reason)
 	SELECT client_id, source, e.line_no,
 		   concat_ws(',', e.user_name, e.workstation, e.event_time, e.action, e.event_id), e.reason
@@ -1821,6 +1948,43 @@ END
 $$;
 COMMENT ON FUNCTION @extschema@.msp_load_emr_audit(bigint, text) IS
 	'loads a client''s staged EMR access audit rows as application logons (a time with an offset, Z or a zone name is that instant; one without is the client''s local time)';
+
+-- msp_discard_staged (new): sets a client's stage aside into load_rejects.
+-- The loading roles may only INSERT into the stage, so without this only
+-- the owner could empty it.  A loader rejects each bad record and empties
+-- the stage, so a load that fails should not happen; if one ever does (a
+-- bug, a constraint added later), the stage stays as it was and every
+-- later load of the client fails the same way: this sets the client's
+-- staged rows aside in load_rejects (reason 'discarded', with the raw
+-- record, as who discarded them) so the next export can load.
+CREATE FUNCTION @extschema@.msp_discard_staged(client_id bigint, OUT windows bigint, OUT entra bigint, OUT emr bigint)
+LANGUAGE plpgsql VOLATILE STRICT
+SECURITY DEFINER
+SET search_path = pg_catalog, @extschema@, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	why text := 'discarded by ' || session_user;
+BEGIN
+	-- a load of the same client in progress finishes first
+	PERFORM pg_advisory_xact_lock(hashtext('mspbill.load'), hashtext(client_id::text));
+	WITH gone AS (DELETE FROM @extschema@.windows_event_staging s WHERE s.client_id = client_id RETURNING s.line_no, s.raw),
+	ins AS (INSERT INTO @extschema@.load_rejects (client_id, source, line_no, raw, reason)
+			SELECT client_id, 'windows', g.line_no, g.raw, why FROM gone g RETURNING 1)
+	SELECT count(*) INTO windows FROM ins;
+	WITH gone AS (DELETE FROM @extschema@.entra_signin_staging s WHERE s.client_id = client_id RETURNING s.line_no, s.raw),
+	ins AS (INSERT INTO @extschema@.load_rejects (client_id, source, line_no, raw, reason)
+			SELECT client_id, 'entra', g.line_no, g.raw, why FROM gone g RETURNING 1)
+	SELECT count(*) INTO entra FROM ins;
+	WITH gone AS (DELETE FROM @extschema@.emr_audit_staging s WHERE s.client_id = client_id
+				  RETURNING s.line_no, concat_ws(',', s.user_name, s.workstation, s.event_time, s.action, s.event_id) AS raw),
+	ins AS (INSERT INTO @extschema@.load_rejects (client_id, source, line_no, raw, reason)
+			SELECT client_id, 'emr', g.line_no, g.raw, why FROM gone g RETURNING 1)
+	SELECT count(*) INTO emr FROM ins;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_discard_staged(bigint) IS
+	'sets a client''s staged rows aside in load_rejects (reason discarded) when a load cannot consume them; for mspbill_admin and mspbill_billing';
 
 -- ---------------------------------------------------------------------
 -- Privacy and tenancy
@@ -1999,9 +2163,11 @@ REVOKE EXECUTE ON FUNCTION @extschema@.msp_finalize_invoice(bigint, daterange, t
 	@extschema@.msp_load_windows_events(bigint, text),
 	@extschema@.msp_load_entra_signins(bigint, text),
 	@extschema@.msp_load_emr_audit(bigint, text),
+	@extschema@.msp_discard_staged(bigint),
 	@extschema@.msp_load_begin(bigint),
 	@extschema@.msp_load_normalized(bigint, text),
 	@extschema@.msp_load_guarded(text, text, bigint, bigint, bigint),
+	@extschema@.msp_load_normalized_guarded(bigint, text, text),
 	@extschema@.msp_report_invoices(),
 	@extschema@.msp_report_invoice(bigint, daterange),
 	@extschema@.msp_report_invoice_lines(bigint, daterange),
@@ -2048,7 +2214,8 @@ DECLARE
 					'@extschema@.msp_issue_adjustment(bigint, daterange, text), '
 					'@extschema@.msp_load_windows_events(bigint, text), '
 					'@extschema@.msp_load_entra_signins(bigint, text), '
-					'@extschema@.msp_load_emr_audit(bigint, text)';
+					'@extschema@.msp_load_emr_audit(bigint, text), '
+					'@extschema@.msp_discard_staged(bigint)';
 	reports text := '@extschema@.msp_report_invoices(), @extschema@.msp_report_invoice(bigint, daterange), '
 					'@extschema@.msp_report_invoice_lines(bigint, daterange), '
 					'@extschema@.msp_report_billable_users(bigint, daterange)';
@@ -2149,8 +2316,15 @@ COMMENT ON FUNCTION @extschema@.msp_install_roles() IS
 CREATE TABLE @extschema@.rollup_dirty (
 	client_id bigint NOT NULL,
 	day date NOT NULL,
-	marked_at timestamptz NOT NULL DEFAULT now()
+	marked_at timestamptz NOT NULL DEFAULT now(),
+	-- a mark of a day no logon or period can have (300000-01-01) would make
+	-- every refresh fail until a rebuild; the loaders accept no time before
+	-- 1990-01-01 UTC, whose local day is 1989-12-31 west of Greenwich, and
+	-- 9999-12-31 keeps every day's arithmetic far from overflow
+	CONSTRAINT rollup_dirty_day_plausible CHECK (day >= '1989-12-31' AND day <= '9999-12-31')
 );
+COMMENT ON CONSTRAINT rollup_dirty_day_plausible ON @extschema@.rollup_dirty IS
+	'marked days lie from 1989-12-31 to 9999-12-31, so that no mark can make a refresh fail';
 CREATE INDEX rollup_dirty_pair_idx ON @extschema@.rollup_dirty (client_id, day);
 COMMENT ON TABLE @extschema@.rollup_dirty IS
 	'(client, local day) pairs whose rollups are stale, one row per marking statement; msp_refresh_rollups() consumes them';
@@ -2323,10 +2497,18 @@ AS $$
 DECLARE
 	n integer;
 BEGIN
-	IF isempty(days) OR lower_inf(days) OR upper_inf(days) THEN
+	-- an infinite bound (''[2026-10-01,infinity)'') is not upper_inf, and
+	-- would generate days until statement_timeout
+	IF isempty(days) OR lower_inf(days) OR upper_inf(days) OR NOT isfinite(lower(days)) OR NOT isfinite(upper(days)) THEN
 		RAISE EXCEPTION 'days % are empty or unbounded', days
 			USING ERRCODE = 'invalid_parameter_value',
 				  HINT = 'Pass a bounded range such as daterange(''2026-10-01'', ''2026-11-01'').';
+	END IF;
+	IF lower(days) < '1989-12-31' OR upper(days) > '10000-01-01' THEN
+		RAISE EXCEPTION 'days % lie outside 1989-12-31 to 9999-12-31', days
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'No logon before 1990 is loaded, and rollups are kept for days up to 9999-12-31.',
+				  HINT = 'Mark only the days whose billing changed.';
 	END IF;
 	INSERT INTO rollup_dirty AS d (client_id, day)
 	SELECT client_id, g::date FROM generate_series(lower(days), upper(days) - 1, interval '1 day') g;
@@ -2741,20 +2923,38 @@ COMMENT ON VIEW @extschema@.kpi_data_quality IS
 -- The data 0.1.0 stored is not in the rollups yet: mark every (client,
 -- local day) with logons and the month of every invoice and adjustment, as
 -- the triggers would have, so that the next msp_refresh_rollups() computes
--- them (the update itself stays quick on a large database).
+-- them (the update itself stays quick on a large database).  0.1.0's
+-- loaders took any time; days outside what rollup_dirty accepts (1989-12-31
+-- to 9999-12-31) are left out and counted in a warning.
 INSERT INTO @extschema@.rollup_dirty (client_id, day)
-SELECT l.client_id, (l.at AT TIME ZONE c.time_zone)::date
-  FROM @extschema@.logons l JOIN @extschema@.clients c ON c.client_id = l.client_id
-UNION
--- a sister client's person counts on the payer's local day
-SELECT p.bill_to_client_id, (l.at AT TIME ZONE c.time_zone)::date
-  FROM @extschema@.logons l
-  JOIN @extschema@.accounts a ON a.client_id = l.client_id AND a.account_id = l.account_id
-  JOIN @extschema@.people p ON p.client_id = a.client_id AND p.person_id = a.person_id
-  JOIN @extschema@.clients c ON c.client_id = p.bill_to_client_id
- WHERE p.bill_to_client_id <> l.client_id
-UNION
-SELECT i.client_id, x.day
-  FROM @extschema@.invoices i, LATERAL (VALUES (lower(i.period)), (lower(i.apply_period))) x(day)
- WHERE x.day IS NOT NULL
+SELECT m.client_id, m.day
+  FROM (SELECT l.client_id, (l.at AT TIME ZONE c.time_zone)::date AS day
+		  FROM @extschema@.logons l JOIN @extschema@.clients c ON c.client_id = l.client_id
+		UNION
+		-- a sister client's person counts on the payer's local day
+		SELECT p.bill_to_client_id, (l.at AT TIME ZONE c.time_zone)::date
+		  FROM @extschema@.logons l
+		  JOIN @extschema@.accounts a ON a.client_id = l.client_id AND a.account_id = l.account_id
+		  JOIN @extschema@.people p ON p.client_id = a.client_id AND p.person_id = a.person_id
+		  JOIN @extschema@.clients c ON c.client_id = p.bill_to_client_id
+		 WHERE p.bill_to_client_id <> l.client_id
+		UNION
+		SELECT i.client_id, x.day
+		  FROM @extschema@.invoices i, LATERAL (VALUES (lower(i.period)), (lower(i.apply_period))) x(day)
+		 WHERE x.day IS NOT NULL) m
+ WHERE m.day BETWEEN '1989-12-31' AND '9999-12-31'
  ORDER BY 1, 2;
+DO $$
+DECLARE
+	n bigint;
+BEGIN
+	SELECT count(*) INTO n
+	  FROM @extschema@.logons l JOIN @extschema@.clients c ON c.client_id = l.client_id
+	 WHERE NOT (l.at AT TIME ZONE c.time_zone)::date BETWEEN '1989-12-31' AND '9999-12-31';
+	IF n > 0 THEN
+		RAISE WARNING '% logons lie outside 1989-12-31 to 9999-12-31 and are left out of the rollups', n
+			USING DETAIL = '0.1.0''s loaders took any time; 0.2.0''s reject such times.',
+				  HINT = 'Find them with SELECT * FROM mspbill.logons WHERE at < ''1990-01-01'' OR at > now() + interval ''1 day'';';
+	END IF;
+END
+$$;
