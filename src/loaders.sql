@@ -122,6 +122,22 @@ END
 $$;
 COMMENT ON FUNCTION @extschema@.msp_try_timestamptz(text) IS 'the text as timestamptz, or NULL when it is not one';
 
+-- The text read as timestamptz with the session zone at UTC+14 (no
+-- daylight saving).  A loader running in UTC compares this with its own
+-- reading: the two are the same instant exactly when the text names its
+-- own zone (any offset, Z, a zone name or abbreviation, in every form
+-- PostgreSQL reads), and 14 hours apart when it names none.  So PostgreSQL
+-- itself decides whether a time has a zone; nothing is dropped silently.
+CREATE FUNCTION @extschema@.msp_timestamptz_plus14(raw text) RETURNS timestamptz
+LANGUAGE sql STABLE STRICT PARALLEL RESTRICTED
+SET search_path = pg_catalog, pg_temp
+SET DateStyle = 'ISO, MDY'
+SET timezone_abbreviations = 'Default'
+SET TimeZone = 'Etc/GMT-14'
+RETURN raw::timestamptz;
+COMMENT ON FUNCTION @extschema@.msp_timestamptz_plus14(text) IS
+	'internal: the text as timestamptz read with the session zone UTC+14 (equal to the UTC reading exactly when the text has its own zone)';
+
 -- A parsed time a logon can have: the input is a date and time (not one of
 -- the special words now, today, tomorrow, yesterday, epoch, allballs or
 -- infinity, which PostgreSQL reads as times), and the instant lies from
@@ -164,6 +180,13 @@ COMMENT ON FUNCTION @extschema@.msp_canonical_account(text, text) IS
 -- Shared last step of every loader: the normalized events of one load, in
 -- pg_temp.msp_load_events, become accounts (kind unknown until mapped),
 -- devices and logons.  Returns (loaded, duplicate).
+-- The source's event id is unique per client, whatever the time: of the
+-- events of one load with the same id the first by line loads, and an
+-- event whose id is already in logons (this client, this source; found
+-- through the leading columns of logons_source_event_key) is a duplicate,
+-- even with another time.  The unique index cannot say so itself: logons
+-- is partitioned by time, so its key must include at.  Loads of a client
+-- take turns (msp_load_begin), so this check-then-insert cannot race.
 CREATE FUNCTION @extschema@.msp_load_normalized(for_client bigint, load_source text,
 												OUT loaded bigint, OUT duplicate bigint)
 LANGUAGE plpgsql VOLATILE STRICT
@@ -220,10 +243,15 @@ BEGIN
 							source_event_id, session_key)
 		SELECT for_client, m.account_id, dm.device_id, e.at, e.ended, true, load_source, e.source_event_id,
 			   e.session_key
-		  FROM pg_temp.msp_load_events e
+		  FROM (SELECT DISTINCT ON (f.source_event_id) f.*
+				  FROM pg_temp.msp_load_events f
+				 ORDER BY f.source_event_id, f.line_no) e
 		  JOIN pg_temp.msp_account_map m ON m.realm = e.realm AND m.account_name = e.account_name
 										AND m.app = coalesce(e.application, '')
 		  LEFT JOIN pg_temp.msp_device_map dm ON dm.device_name = e.device_name
+		 WHERE NOT EXISTS (SELECT 1 FROM @extschema@.logons l
+							WHERE l.client_id = for_client AND l.source = load_source
+							  AND l.source_event_id = e.source_event_id)
 		ON CONFLICT (client_id, source, source_event_id, at) DO NOTHING
 		RETURNING 1)
 	SELECT count(*) INTO loaded FROM ins;
@@ -599,9 +627,12 @@ BEGIN
 	ALTER TABLE pg_temp.msp_emr ADD PRIMARY KEY (line_no);
 	-- A time with a zone (an offset, Z or z, a zone name or abbreviation)
 	-- is that instant; a time without one is the client's local time.
+	-- Whether it has one is PostgreSQL's reading, not a pattern: read in
+	-- UTC (this function's zone) and in UTC+14, a time with its own zone is
+	-- the same instant.  A zone PostgreSQL cannot read is an invalid time.
 	PERFORM @extschema@.msp_load_guarded($step$
 		UPDATE pg_temp.msp_emr
-		   SET at = CASE WHEN event_time ~* '([+-]\d\d(:?\d\d)?|[a-z][a-z_/]*)$' AND event_time !~* '[ap]\.?m\.?$'
+		   SET at = CASE WHEN event_time::timestamptz = @extschema@.msp_timestamptz_plus14(event_time)
 						 THEN event_time::timestamptz
 						 ELSE event_time::timestamp AT TIME ZONE time_zone END
 		 WHERE reason IS NULL AND line_no BETWEEN $2 AND $3

@@ -1465,6 +1465,24 @@ END;
 COMMENT ON FUNCTION @extschema@.msp_implausible_time(text, timestamptz) IS
 	'internal: why a parsed logon time is not plausible (a special word such as now or infinity, before 1990-01-01 UTC, more than a day after now()), or NULL';
 
+-- msp_timestamptz_plus14: new; msp_load_emr_audit asks PostgreSQL whether
+-- a time has its own zone.
+-- The text read as timestamptz with the session zone at UTC+14 (no
+-- daylight saving).  A loader running in UTC compares this with its own
+-- reading: the two are the same instant exactly when the text names its
+-- own zone (any offset, Z, a zone name or abbreviation, in every form
+-- PostgreSQL reads), and 14 hours apart when it names none.  So PostgreSQL
+-- itself decides whether a time has a zone; nothing is dropped silently.
+CREATE FUNCTION @extschema@.msp_timestamptz_plus14(raw text) RETURNS timestamptz
+LANGUAGE sql STABLE STRICT PARALLEL RESTRICTED
+SET search_path = pg_catalog, pg_temp
+SET DateStyle = 'ISO, MDY'
+SET timezone_abbreviations = 'Default'
+SET TimeZone = 'Etc/GMT-14'
+RETURN raw::timestamptz;
+COMMENT ON FUNCTION @extschema@.msp_timestamptz_plus14(text) IS
+	'internal: the text as timestamptz read with the session zone UTC+14 (equal to the UTC reading exactly when the text has its own zone)';
+
 -- msp_load_normalized, msp_load_begin: schema-qualified names; a new
 -- device is billable from the day it was first seen; loads of one client
 -- take turns.
@@ -1528,10 +1546,15 @@ BEGIN
 							source_event_id, session_key)
 		SELECT for_client, m.account_id, dm.device_id, e.at, e.ended, true, load_source, e.source_event_id,
 			   e.session_key
-		  FROM pg_temp.msp_load_events e
+		  FROM (SELECT DISTINCT ON (f.source_event_id) f.*
+				  FROM pg_temp.msp_load_events f
+				 ORDER BY f.source_event_id, f.line_no) e
 		  JOIN pg_temp.msp_account_map m ON m.realm = e.realm AND m.account_name = e.account_name
 										AND m.app = coalesce(e.application, '')
 		  LEFT JOIN pg_temp.msp_device_map dm ON dm.device_name = e.device_name
+		 WHERE NOT EXISTS (SELECT 1 FROM @extschema@.logons l
+							WHERE l.client_id = for_client AND l.source = load_source
+							  AND l.source_event_id = e.source_event_id)
 		ON CONFLICT (client_id, source, source_event_id, at) DO NOTHING
 		RETURNING 1)
 	SELECT count(*) INTO loaded FROM ins;
@@ -1917,9 +1940,12 @@ BEGIN
 	ALTER TABLE pg_temp.msp_emr ADD PRIMARY KEY (line_no);
 	-- A time with a zone (an offset, Z or z, a zone name or abbreviation)
 	-- is that instant; a time without one is the client's local time.
+	-- Whether it has one is PostgreSQL's reading, not a pattern: read in
+	-- UTC (this function's zone) and in UTC+14, a time with its own zone is
+	-- the same instant.  A zone PostgreSQL cannot read is an invalid time.
 	PERFORM @extschema@.msp_load_guarded($step$
 		UPDATE pg_temp.msp_emr
-		   SET at = CASE WHEN event_time ~* '([+-]\d\d(:?\d\d)?|[a-z][a-z_/]*)$' AND event_time !~* '[ap]\.?m\.?$'
+		   SET at = CASE WHEN event_time::timestamptz = @extschema@.msp_timestamptz_plus14(event_time)
 						 THEN event_time::timestamptz
 						 ELSE event_time::timestamp AT TIME ZONE time_zone END
 		 WHERE reason IS NULL AND line_no BETWEEN $2 AND $3

@@ -8,7 +8,7 @@
 SET search_path = public, mspbill;
 \set fixture_zip `for d in ../../../shared ../../../../shared; do f=$d/fixtures/windows-security/purplesharp_ad_playbook_I.zip; if [ -f $f ]; then echo $f; break; fi; done`
 \set have_fixture `for d in ../../../shared ../../../../shared; do [ -f $d/fixtures/windows-security/purplesharp_ad_playbook_I.zip ] && { echo 1; exit; }; done; echo 0`
-SELECT plan(85);
+SELECT plan(100);
 
 INSERT INTO clients (client_id, name, time_zone) VALUES (1, 'Clinic', 'America/New_York'), (2, 'Lab', 'UTC');
 INSERT INTO contracts (client_id, contract_id, effective, model, price_per_user)
@@ -333,8 +333,8 @@ SET mspbill.client_id = 3;
 -- other finds it consumed (loads of a client take turns)
 CREATE EXTENSION dblink;
 INSERT INTO windows_event_staging (raw)
-SELECT format('{"@timestamp": "2026-02-04T08:00:00Z", "Hostname": "LAB%s", "EventID": 4624, "RecordNumber": %s, "TargetUserName": "new%s", "TargetDomainName": "LAB", "LogonType": "2"}', g, g, g)
-  FROM generate_series(1, 50) g;
+SELECT format('{"@timestamp": "2026-02-04T08:00:00Z", "Hostname": "LAB%s", "EventID": 4624, "RecordNumber": %s, "TargetUserName": "new%s", "TargetDomainName": "LAB", "LogonType": "2"}', g, 1000 + g, g)
+  FROM generate_series(1, 50) g;  -- record numbers of their own: host and RecordNumber are the key
 SELECT dblink_connect('a', format('host=%s port=%s dbname=%s', current_setting('unix_socket_directories'), current_setting('port'), current_database())) \g /dev/null
 SELECT dblink_connect('b', format('host=%s port=%s dbname=%s', current_setting('unix_socket_directories'), current_setting('port'), current_database())) \g /dev/null
 CREATE TEMP TABLE b_pid AS SELECT pid FROM dblink('b', 'SELECT pg_backend_pid()') AS t(pid integer);
@@ -357,6 +357,67 @@ SELECT lives_ok($$INSERT INTO concurrent_loads SELECT 'b', loaded FROM dblink_ge
 SELECT results_eq($$SELECT who, loaded FROM concurrent_loads ORDER BY who$$, $$VALUES ('a', 50::bigint), ('b', 0::bigint)$$,
                   'one loads the stage, the other finds it consumed');
 SELECT dblink_disconnect('a'), dblink_disconnect('b') \g /dev/null
+
+-- EMR times with a one-digit offset or a zone ending in a digit are the
+-- instant PostgreSQL reads, never the client's local time (Berlin, 07:00Z)
+INSERT INTO clients (client_id, name, time_zone) VALUES (10, 'Berlin', 'Europe/Berlin'), (11, 'Dupes', 'UTC');
+SET mspbill.client_id = 10;
+CREATE TEMP TABLE zoned (id text, t text);
+INSERT INTO zoned VALUES ('z1', '2026-11-02 08:00:00+3'), ('z2', '2026-11-02 08:00:00-3'),
+	('z3', '2026-11-02T08:00:00+300'), ('z4', '2026-11-02 08:00:00 Etc/GMT-3'),
+	('z5', '2026-11-02 08:00:00 Etc/GMT+3'), ('z6', '2026-11-02 08:00:00 GMT+3'),
+	('z7', '2026-11-02 08:00:00 UTC+3'), ('za', '2026-11-02 08:00:00 XYZ+3'), ('z8', '2026-11-02 08:00:00+03'), ('z9', '2026-11-02 08:00:00');
+INSERT INTO emr_audit_staging (user_name, workstation, event_time, action, event_id)
+SELECT 'zed', 'B1', t, 'LOGIN', id FROM zoned
+UNION ALL VALUES ('zed', 'B1', '2026-11-02 08:00:00 XYZ', 'LOGIN', 'x2');
+SELECT results_eq($$SELECT loaded, duplicate, rejected FROM msp_load_emr_audit(10)$$, $$VALUES (10::bigint, 0::bigint, 1::bigint)$$,
+                  'emr zones: ten loaded, the unknown zone rejected');
+SELECT results_eq($$SELECT z.id, l.at FROM zoned z JOIN logons l ON l.client_id = 10 AND l.source_event_id = z.id ORDER BY z.id$$,
+                  $$SELECT z.id, CASE WHEN z.id = 'z9' THEN '2026-11-02 07:00Z' ELSE z.t::timestamptz END FROM zoned z ORDER BY z.id$$,
+                  'emr: +3, -3, +300, Etc/GMT-3, Etc/GMT+3, GMT+3, UTC+3, XYZ+3 (POSIX) are the instants PostgreSQL reads; no zone is Berlin time');
+SELECT is((SELECT count(*) FROM zoned z JOIN logons l ON l.client_id = 10 AND l.source_event_id = z.id
+            WHERE z.id <> 'z9' AND l.at = '2026-11-02 07:00Z'), 0::bigint, 'emr: no explicit zone is dropped for local time');
+SELECT is((SELECT at FROM logons WHERE client_id = 10 AND source_event_id = 'za'), '2026-11-02 11:00Z'::timestamptz,
+          'emr: XYZ+3 is a POSIX zone (3 hours west of UTC), as PostgreSQL reads it, not local time');
+SELECT results_eq($$SELECT raw, reason FROM load_rejects WHERE client_id = 10 ORDER BY line_no$$,
+                  $$VALUES ('zed,B1,2026-11-02 08:00:00 XYZ,LOGIN,x2', 'invalid time')$$,
+                  'emr: an unknown zone XYZ is rejected');
+
+-- the source's event id is unique per client, whatever the time: within a
+-- load the first line loads and the rest are duplicates; a later load with
+-- the same id at another time is a duplicate too
+SET mspbill.client_id = 11;
+INSERT INTO emr_audit_staging (user_name, workstation, event_time, action, event_id) VALUES
+	('gina', 'G1', '2026-11-02 09:31:00', 'LOGIN', 'g7'), ('gina', 'G1', '2026-11-02 09:30:00', 'LOGIN', 'g7');
+SELECT results_eq($$SELECT loaded, duplicate, rejected FROM msp_load_emr_audit(11)$$, $$VALUES (1::bigint, 1::bigint, 0::bigint)$$,
+                  'emr: one event id twice in a file with other times: one loads, one duplicate');
+SELECT results_eq($$SELECT at FROM logons WHERE client_id = 11 AND source_event_id = 'g7'$$, $$VALUES ('2026-11-02 09:31Z'::timestamptz)$$,
+                  'emr: the first line of the event id is kept');
+INSERT INTO emr_audit_staging (user_name, workstation, event_time, action, event_id) VALUES ('gina', 'G1', '2026-11-02 09:35:00', 'LOGIN', 'g7');
+SELECT results_eq($$SELECT loaded, duplicate FROM msp_load_emr_audit(11)$$, $$VALUES (0::bigint, 1::bigint)$$,
+                  'emr: a re-export with a corrected time is a duplicate');
+SELECT is((SELECT count(*) FROM logons WHERE client_id = 11 AND source_event_id = 'g7'), 1::bigint, 'emr: still one logon for g7');
+INSERT INTO windows_event_staging (raw) VALUES
+	('{"@timestamp": "2026-11-02T08:00:00Z", "Hostname": "WS1", "EventID": 4624, "RecordNumber": 1, "TargetUserName": "wes", "TargetDomainName": "DUP", "LogonType": "2"}'),
+	('{"@timestamp": "2026-11-02T08:05:00Z", "Hostname": "WS1", "EventID": 4624, "RecordNumber": 1, "TargetUserName": "wes", "TargetDomainName": "DUP", "LogonType": "2"}');
+SELECT results_eq($$SELECT loaded, duplicate, rejected FROM msp_load_windows_events(11)$$, $$VALUES (1::bigint, 1::bigint, 0::bigint)$$,
+                  'windows: host and RecordNumber twice with other @timestamps: one loads, one duplicate');
+INSERT INTO windows_event_staging (raw) VALUES
+	('{"@timestamp": "2026-11-02T08:10:00Z", "Hostname": "WS1", "EventID": 4624, "RecordNumber": 1, "TargetUserName": "wes", "TargetDomainName": "DUP", "LogonType": "2"}');
+SELECT results_eq($$SELECT loaded, duplicate FROM msp_load_windows_events(11)$$, $$VALUES (0::bigint, 1::bigint)$$,
+                  'windows: the same record with another time in a later load is a duplicate');
+SELECT results_eq($$SELECT at FROM logons WHERE client_id = 11 AND source = 'windows'$$, $$VALUES ('2026-11-02 08:00Z'::timestamptz)$$,
+                  'windows: one logon, the first record''s');
+INSERT INTO entra_signin_staging (raw) VALUES
+	('{"id": "a1", "userPrincipalName": "ann@dup.example", "createdDateTime": "2026-11-02T10:00:00Z"}'),
+	('{"id": "a1", "userPrincipalName": "ann@dup.example", "createdDateTime": "2026-11-02T10:01:00Z"}');
+SELECT results_eq($$SELECT loaded, duplicate, rejected FROM msp_load_entra_signins(11)$$, $$VALUES (1::bigint, 1::bigint, 0::bigint)$$,
+                  'entra: one id twice with other times: one loads, one duplicate');
+INSERT INTO entra_signin_staging (raw) VALUES ('{"id": "a1", "userPrincipalName": "ann@dup.example", "createdDateTime": "2026-11-02T10:02:00Z"}');
+SELECT results_eq($$SELECT loaded, duplicate FROM msp_load_entra_signins(11)$$, $$VALUES (0::bigint, 1::bigint)$$,
+                  'entra: the same id with another time in a later load is a duplicate');
+SELECT is((SELECT count(*) FROM logons WHERE client_id = 11 AND source = 'entra'), 1::bigint, 'entra: one logon for a1');
+SET mspbill.client_id = 3;
 
 SELECT throws_ok($$SELECT * FROM msp_load_emr_audit(99)$$, 'P0002', 'unknown client 99', 'a load for an unknown client is refused');
 
