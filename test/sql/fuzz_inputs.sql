@@ -7,7 +7,7 @@
 \set QUIET on
 SET search_path = public, mspbill;
 SELECT setseed(0.9191);
-SELECT plan(15);
+SELECT plan(16);
 SELECT pg_postmaster_start_time() AS started \gset
 
 -- text built from the pieces a userset is made of, and others
@@ -64,6 +64,9 @@ SELECT is((SELECT count(*) FROM binary_results), 10000::bigint, '10,000 binary i
 SELECT is((SELECT array_agg(DISTINCT state ORDER BY state) FROM binary_results WHERE state <> 'ok'),
           ARRAY['22P03'], 'binary: every failure is invalid_binary_representation');
 SELECT ok((SELECT count(*) FROM binary_results WHERE state = 'ok') >= 700, 'binary: the valid ones round-trip');
+-- members must be strictly ascending: a repeated member is refused, not kept twice
+SELECT throws_ok($$SELECT userset_from_binary('\x010000000200000000000000070000000000000007'::bytea)$$, '22P03', NULL,
+                 'binary: a repeated member is refused');
 
 -- allocate(): random totals, weights and minor units, valid or not
 CREATE FUNCTION pg_temp.try_allocate(total numeric, weights numeric[], minor numeric) RETURNS text LANGUAGE plpgsql AS $$

@@ -5,7 +5,7 @@
 \set QUIET on
 \i ../demo/clinics.sql
 SET search_path = public, mspbill;
-SELECT plan(106);
+SELECT plan(108);
 
 -- Case 1, the hospital: 9 users (Dr. Gray of the dental office included: the
 -- hospital pays for her) x 42.00 + 4 OR seats x 30.00 = 498.00
@@ -273,12 +273,24 @@ INSERT INTO license_counts (client_id, sku, seats, source, as_of) VALUES
   (18, 'M365', 31, 'pax8', '2026-01-18'), (18, 'M365', 30, 'manual', '2026-01-18'), (18, 'M365', 99, 'pax8', '2026-01-19');
 SELECT is((SELECT description FROM msp_invoice_lines(18, '[2026-01-01,2026-02-01)')), 'License seats held: 30 (2026-01-01 to 2026-01-18)',
           'the count of the contract''s last day, manual before pax8');
+-- the minimum quantity lifts licence seats too: 30 held, minimum 40 => 40 x 18/31 x 10.00
+UPDATE contracts SET minimum_quantity = 40 WHERE client_id = 18;
+SELECT results_eq($$SELECT description, amount FROM msp_invoice_lines(18, '[2026-01-01,2026-02-01)')$$,
+                  $$VALUES ('License seats held: 30, minimum 40 (2026-01-01 to 2026-01-18)', 232.26)$$,
+                  'minimum_quantity 40 lifts 30 licence seats to 40, prorated');
+UPDATE contracts SET minimum_quantity = 0 WHERE client_id = 18;
 
 -- (16) per_device with no devices bills nothing
 INSERT INTO clients (client_id, name) VALUES (19, 'No Devices');
 INSERT INTO contracts (client_id, contract_id, effective, model, price_per_device) VALUES (19, 1, '[2025-01-01,)', 'per_device', 95.00);
 SELECT results_eq($$SELECT quantity, amount FROM msp_invoice_lines(19, '[2026-01-01,2026-02-01)')$$,
                   $$VALUES (0::numeric, 0.00)$$, 'per device with no devices: 0 devices, 0.00');
+-- and the minimum quantity lifts devices: none managed, minimum 2 => 2 x 95.00
+UPDATE contracts SET minimum_quantity = 2 WHERE client_id = 19;
+SELECT results_eq($$SELECT description, quantity, amount FROM msp_invoice_lines(19, '[2026-01-01,2026-02-01)')$$,
+                  $$VALUES ('Devices: 0 managed, minimum 2', 2::numeric, 190.00)$$,
+                  'minimum_quantity 2 lifts 0 devices to 2');
+UPDATE contracts SET minimum_quantity = 0 WHERE client_id = 19;
 
 -- rules: minimum fee without proration is not prorated; with it, it is
 INSERT INTO clients (client_id, name) VALUES (20, 'Minimum Fee');

@@ -8,7 +8,7 @@
 SET search_path = public, mspbill;
 \set fixture_zip `for d in ../../../shared ../../../../shared; do f=$d/fixtures/windows-security/purplesharp_ad_playbook_I.zip; if [ -f $f ]; then echo $f; break; fi; done`
 \set have_fixture `for d in ../../../shared ../../../../shared; do [ -f $d/fixtures/windows-security/purplesharp_ad_playbook_I.zip ] && { echo 1; exit; }; done; echo 0`
-SELECT plan(100);
+SELECT plan(101);
 
 INSERT INTO clients (client_id, name, time_zone) VALUES (1, 'Clinic', 'America/New_York'), (2, 'Lab', 'UTC');
 INSERT INTO contracts (client_id, contract_id, effective, model, price_per_user)
@@ -131,6 +131,16 @@ SELECT results_eq($$SELECT name FROM accounts WHERE client_id = 3 AND name LIKE 
                   'presence: interactive (2), unlock (7), remote interactive (10) and cached interactive (11)');
 SELECT is((SELECT count(*) FROM accounts WHERE client_id = 3 AND name ~ '^LAB\type(3|4|5|8|9)$'), 0::bigint,
           'network (3), batch (4), service (5), network cleartext (8) and new credentials (9) are not');
+-- failed logons (4625) are skipped whatever they carry: one for a name
+-- nobody typed right ('-'), one naming carol's open session on LAB1
+INSERT INTO windows_event_staging (raw) VALUES
+  ('{"@timestamp": "2026-02-03T09:00:00Z", "Hostname": "LAB1", "EventID": 4625, "RecordNumber": 30, "TargetUserName": "-", "TargetDomainName": "LAB", "LogonType": "2"}'),
+  ('{"@timestamp": "2026-02-03T09:05:00Z", "Hostname": "LAB1", "EventID": 4625, "RecordNumber": 31, "TargetUserName": "carol", "TargetDomainName": "LAB", "TargetLogonId": "0x1", "LogonType": "2"}');
+SELECT results_eq($$SELECT loaded, paired, skipped, rejected FROM msp_load_windows_events(3)$$,
+                  $$VALUES (0::bigint, 0::bigint, 2::bigint, 0::bigint)$$,
+                  'failed logons (4625) are skipped: not loaded, not rejected, no session closed');
+SELECT is((SELECT ended FROM logons WHERE client_id = 3 AND session_key = 'LAB1:0x1'), NULL::timestamptz,
+          'a failed logon naming an open session leaves it open');
 
 INSERT INTO entra_signin_staging (raw) VALUES
   ('{"id": "e1", "createdDateTime": "2026-02-02T13:00:00Z", "userPrincipalName": "Carol@Lab.example", "isInteractive": true, "status": {"errorCode": 0}, "deviceDetail": {"displayName": "lab1"}}'),

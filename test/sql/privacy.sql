@@ -6,7 +6,7 @@
 \i ../demo/clinics.sql
 SET search_path = public, mspbill;
 CREATE EXTENSION dblink;
-SELECT plan(31);
+SELECT plan(33);
 
 SET client_min_messages = warning;
 SELECT is(msp_install_roles(), 'roles mspbill_admin, mspbill_billing, mspbill_bi, mspbill_pii and mspbill_report are ready', 'roles installed');
@@ -39,6 +39,8 @@ SELECT throws_ok($$SELECT name FROM mspbill.accounts$$, '42501', NULL, 'real acc
 SELECT throws_ok($$SELECT * FROM mspbill.person_identities$$, '42501', NULL, 'real names: permission denied');
 SELECT throws_ok($$SELECT * FROM mspbill.load_rejects$$, '42501', NULL, 'raw records: permission denied');
 SELECT throws_ok($$SELECT * FROM mspbill.audit_log$$, '42501', NULL, 'audit log: permission denied');
+SELECT is((SELECT array_agg(role_name::text) FROM mspbill.bi_client_access), ARRAY['mspbill_test_bi1'],
+          'BI reads its own client mappings only, not mspbill_test_pii''s');
 SELECT throws_ok($$INSERT INTO mspbill.logons (client_id, account_id, at) VALUES (1, 5, now())$$, '42501', NULL, 'BI cannot write');
 SELECT throws_ok($$SELECT mspbill.msp_finalize_invoice(1, NULL, '{device_silent}')$$, '42501', NULL, 'BI cannot finalize');
 RESET ROLE;
@@ -49,6 +51,18 @@ SELECT is((SELECT accounts FROM mspbill.msp_billable_users(1) WHERE pseudonym = 
           'the PII role sees real account names');
 SELECT is((SELECT full_name FROM mspbill.person_identities WHERE person_id = 1), 'Nora Nurse', 'and real names');
 RESET ROLE;
+
+-- msp_visible_clients keeps to the caller's roles by itself, not only
+-- because bi_client_access's policy hides other roles' rows: with that
+-- policy off, a mapping of another role's to client 2 still stays hidden
+INSERT INTO bi_client_access VALUES ('mspbill_test_pii', 2);
+ALTER TABLE bi_client_access DISABLE ROW LEVEL SECURITY;
+SET ROLE mspbill_test_bi1;
+SELECT is(mspbill.msp_visible_clients(), ARRAY[1::bigint],
+          'msp_visible_clients: the clients of the caller''s roles only, even with bi_client_access''s policy off');
+RESET ROLE;
+ALTER TABLE bi_client_access ENABLE ROW LEVEL SECURITY;
+DELETE FROM bi_client_access WHERE role_name = 'mspbill_test_pii' AND client_id = 2;
 
 -- a separate login, as a BI tool connects
 SELECT is((SELECT n FROM dblink(format('host=%s port=%s dbname=%s user=mspbill_test_bi1',
