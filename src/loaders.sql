@@ -106,22 +106,6 @@ $$;
 COMMENT ON FUNCTION @extschema@.msp_try_jsonb(text) IS
 	'the text as jsonb, or NULL when it is not valid JSON (or holds a number jsonb cannot)';
 
--- The text as a timestamp with time zone, or NULL when it is not one.
--- PARALLEL RESTRICTED: its EXCEPTION block is a subtransaction, which a
--- parallel worker cannot start.
-CREATE FUNCTION @extschema@.msp_try_timestamptz(raw text) RETURNS timestamptz
-LANGUAGE plpgsql STABLE STRICT PARALLEL RESTRICTED
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-	RETURN raw::timestamptz;
-EXCEPTION WHEN data_exception THEN
-	-- malformed, out of range, an unknown zone or offset
-	RETURN NULL;
-END
-$$;
-COMMENT ON FUNCTION @extschema@.msp_try_timestamptz(text) IS 'the text as timestamptz, or NULL when it is not one';
-
 -- The text read as timestamptz with the session zone at UTC+14 (no
 -- daylight saving).  A loader running in UTC compares this with its own
 -- reading: the two are the same instant exactly when the text names its

@@ -1408,8 +1408,8 @@ COMMENT ON FUNCTION @extschema@.msp_reconcile_licenses(bigint, daterange) IS
 -- Loaders
 -- ---------------------------------------------------------------------
 
--- msp_try_jsonb, msp_try_timestamptz: every data exception is a reject,
--- not a failed load.
+-- msp_try_jsonb: every data exception is a reject, not a failed load;
+-- msp_try_timestamptz: no loader parses times through it any more.
 
 -- The text parsed as jsonb, or NULL when it is not JSON.
 -- PARALLEL RESTRICTED: its EXCEPTION block is a subtransaction, which a
@@ -1428,21 +1428,7 @@ $$;
 COMMENT ON FUNCTION @extschema@.msp_try_jsonb(text) IS
 	'the text as jsonb, or NULL when it is not valid JSON (or holds a number jsonb cannot)';
 
--- The text as a timestamp with time zone, or NULL when it is not one.
--- PARALLEL RESTRICTED: its EXCEPTION block is a subtransaction, which a
--- parallel worker cannot start.
-CREATE OR REPLACE FUNCTION @extschema@.msp_try_timestamptz(raw text) RETURNS timestamptz
-LANGUAGE plpgsql STABLE STRICT PARALLEL RESTRICTED
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-	RETURN raw::timestamptz;
-EXCEPTION WHEN data_exception THEN
-	-- malformed, out of range, an unknown zone or offset
-	RETURN NULL;
-END
-$$;
-COMMENT ON FUNCTION @extschema@.msp_try_timestamptz(text) IS 'the text as timestamptz, or NULL when it is not one';
+DROP FUNCTION @extschema@.msp_try_timestamptz(text);
 
 -- msp_implausible_time (new): a time before 1990, more than a day ahead or
 -- a special word (now, epoch, infinity...) is a reject.
