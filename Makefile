@@ -16,14 +16,21 @@ OBJS = \
 	src/json_fields.o
 
 # The install script is generated from one hand-edited .sql per concept,
-# kept beside its C source; upgrade scripts are written by hand.
+# kept beside its C source (the billing layer, pure SQL, in src/billing/
+# by what each part is), concatenated in this order; upgrade scripts are
+# written by hand.
 SQL_SOURCES = \
 	src/mspbill.sql \
 	src/userset.sql \
 	src/userset_agg.sql \
 	src/peak_concurrency.sql \
 	src/allocate.sql \
-	src/billing.sql \
+	src/billing/tables.sql \
+	src/billing/periods.sql \
+	src/billing/billable.sql \
+	src/billing/quantities.sql \
+	src/billing/pricing.sql \
+	src/billing/invoice.sql \
 	src/finalize.sql \
 	src/loaders.sql \
 	src/privacy.sql \

@@ -1,6 +1,6 @@
 """An independent model of mspbill's pricing rules, written from the rule
 text in README.md ("Who is billable", "Pricing rules"), not from
-src/billing.sql.  Plain Python: exact fractions for quantities, Decimal for
+src/billing/*.sql.  Plain Python: exact fractions for quantities, Decimal for
 money, zoneinfo for the client's days.
 
 The data is a dict of plain records (see generate.py); every function here

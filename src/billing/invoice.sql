@@ -1,0 +1,180 @@
+-- The invoice as today's data prices it, and the reports beside it.
+
+CREATE TYPE @extschema@.invoice AS (
+	client_id bigint,
+	client_name text,
+	period daterange,
+	model text,
+	users integer,
+	seats integer,
+	devices integer,
+	subtotal numeric,
+	total numeric,
+	currency char(3)
+);
+COMMENT ON TYPE @extschema@.invoice IS 'an invoice summary; its lines come from msp_invoice_lines()';
+
+-- Distinct people billed in a period, whichever contracts counted them.
+CREATE FUNCTION @extschema@.msp_period_people(client_id bigint, period daterange) RETURNS integer
+LANGUAGE sql STABLE STRICT PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+BEGIN ATOMIC
+	-- msp_period: unknown client for one the caller may not see
+	SELECT count(DISTINCT (u.home_client_id, u.person_id))::integer
+	  FROM msp_contract_segments(client_id, msp_period(client_id, period)) s,
+		   LATERAL msp_segment_users(client_id, s.contract_id, s.segment, false) u;
+END;
+COMMENT ON FUNCTION @extschema@.msp_period_people(bigint, daterange) IS
+	'how many distinct people the contracts of a period bill';
+
+-- Devices under management in a period: billable range overlapping it.
+CREATE FUNCTION @extschema@.msp_period_devices(client_id bigint, period daterange) RETURNS integer
+LANGUAGE sql STABLE STRICT PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+BEGIN ATOMIC
+	-- msp_period: unknown client for one the caller may not see (a count of
+	-- 0 would answer for it); OFFSET 0 keeps the check from being planned
+	-- away when no device row is visible
+	SELECT count(d.client_id)::integer
+	  FROM (SELECT msp_period(client_id, period) AS period OFFSET 0) p
+	  LEFT JOIN devices d ON d.client_id = msp_period_devices.client_id
+								 AND (d.active IS NULL OR d.active && p.period);
+END;
+COMMENT ON FUNCTION @extschema@.msp_period_devices(bigint, daterange) IS
+	'how many devices are under management (billable range overlapping) in a period';
+
+-- The invoice as today's data prices it (msp_invoice() reports a finalized
+-- one as stored).  Each segment's quantities are computed once.
+CREATE FUNCTION @extschema@.msp_compute_invoice(client_id bigint, period daterange DEFAULT NULL)
+RETURNS @extschema@.invoice
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	c clients;
+	k contracts;
+	seg record;
+	q segment_quantities;
+	line invoice_line;
+	inv invoice;
+	models text[] := '{}';
+BEGIN
+	period := msp_period(client_id, period);
+	PERFORM msp_check_currency(client_id, period);
+	SELECT * INTO c FROM clients WHERE clients.client_id = client_id;
+	inv := (c.client_id, c.name, period, NULL, 0, 0, 0, 0, 0, c.currency)::invoice;
+	FOR seg IN SELECT * FROM msp_contract_segments(client_id, period) LOOP
+		SELECT * INTO k FROM contracts WHERE contracts.client_id = client_id
+			AND contracts.contract_id = seg.contract_id;
+		q := msp_segment_quantities(client_id, seg.contract_id, seg.segment, period);
+		IF NOT k.model = ANY (models) THEN
+			models := models || k.model;
+		END IF;
+		-- a seat billed by two contracts of the month is one seat
+		inv.seats := greatest(inv.seats, q.seat_count);
+		FOR line IN SELECT * FROM msp_segment_lines(c, k, seg.segment, period, q, k.model) LOOP
+			inv.total := inv.total + line.amount;
+			IF line.basis <> 'minimum' THEN
+				inv.subtotal := inv.subtotal + line.amount;
+			END IF;
+		END LOOP;
+	END LOOP;
+	inv.users := msp_period_people(client_id, period);
+	inv.devices := msp_period_devices(client_id, period);
+	inv.model := array_to_string(models, '+');
+	-- adjustments of earlier invoices carried by this one
+	inv.total := inv.total + coalesce((SELECT sum(amount) FROM msp_adjustment_lines(client_id, period)), 0);
+	inv.subtotal := msp_round(inv.subtotal, c.minor_unit);
+	inv.total := msp_round(inv.total, c.minor_unit);
+	RETURN inv;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_compute_invoice(bigint, daterange) IS
+	'the invoice of a client for a period as today''s data prices it, finalized or not';
+
+-- Every cost pool of the period spread over its basis; a pool with no
+-- unit to carry it still appears, whole, with unit NULL.
+CREATE FUNCTION @extschema@.msp_cost_allocation(client_id bigint, period daterange DEFAULT NULL)
+RETURNS TABLE (pool_id bigint, category text, basis text, unit text, share numeric)
+LANGUAGE sql STABLE PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+BEGIN ATOMIC
+	WITH p AS (SELECT msp_period(client_id, period) AS period),
+	c AS (SELECT * FROM clients WHERE clients.client_id = msp_cost_allocation.client_id),
+	units AS (
+		SELECT 'device' AS basis, d.name AS unit FROM devices d, p
+		 WHERE d.client_id = msp_cost_allocation.client_id AND (d.active IS NULL OR d.active && p.period)
+		UNION ALL
+		SELECT 'user', CASE WHEN u.home_client_id = msp_cost_allocation.client_id THEN u.pseudonym
+							ELSE format('%s (client %s)', u.pseudonym, u.home_client_id) END
+		  FROM msp_billable_users(client_id, period) u
+		UNION ALL
+		SELECT 'seat', a.label FROM account_labels a
+		 WHERE a.client_id = msp_cost_allocation.client_id AND a.kind = 'shared'),
+	pools AS (
+		SELECT cp.pool_id, cp.category, cp.basis, c.minor_unit,
+			   (SELECT coalesce(sum(msp_pool_share(cp.client_id, cp.pool_id, p.period, s.segment)), 0)
+				  FROM msp_contract_segments(cp.client_id, p.period) s
+				 WHERE s.segment && cp.period) AS amount
+		  FROM p, c
+		  JOIN cost_pools cp ON cp.client_id = c.client_id
+		 WHERE cp.period && p.period)
+	SELECT pools.pool_id, pools.category, pools.basis, units.unit,
+		   allocate(pools.amount, 1, pools.minor_unit) OVER (PARTITION BY pools.pool_id ORDER BY units.unit)
+	  FROM pools LEFT JOIN (SELECT DISTINCT basis, unit FROM units) units USING (basis)
+	 ORDER BY pools.pool_id, units.unit;
+END;
+COMMENT ON FUNCTION @extschema@.msp_cost_allocation(bigint, daterange) IS
+	'every cost pool billed in the period spread over its basis (devices, seats or users) to the cent with allocate(); unit NULL when nothing carries it';
+
+CREATE FUNCTION @extschema@.msp_compare_models(client_id bigint, period daterange DEFAULT NULL)
+RETURNS TABLE (model text, total numeric, users integer, devices integer,
+			   per_user numeric, per_device numeric, break_even_users numeric)
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	c clients;
+	k contracts;
+	seg record;
+	q segment_quantities;
+	names text[] := '{per_user,per_device,per_seat,cost_plus,per_user_plus_support}';
+	totals numeric[] := '{NULL,NULL,NULL,NULL,NULL}';
+	n_users integer := 0;
+	n_devices integer := 0;
+	amount numeric;
+BEGIN
+	period := msp_period(client_id, period);
+	PERFORM msp_check_currency(client_id, period);
+	SELECT * INTO c FROM clients WHERE clients.client_id = client_id;
+	FOR seg IN SELECT * FROM msp_contract_segments(client_id, period) LOOP
+		SELECT * INTO k FROM contracts WHERE contracts.client_id = client_id
+			AND contracts.contract_id = seg.contract_id;
+		q := msp_segment_quantities(client_id, seg.contract_id, seg.segment, period);
+		FOR i IN 1..cardinality(names) LOOP
+			SELECT sum(l.amount) INTO amount
+			  FROM msp_segment_lines(c, k, seg.segment, period, q, names[i]) l;
+			IF amount IS NOT NULL THEN
+				totals[i] := coalesce(totals[i], 0) + amount;
+			END IF;
+		END LOOP;
+	END LOOP;
+	n_users := msp_period_people(client_id, period);
+	n_devices := msp_period_devices(client_id, period);
+	FOR i IN 1..cardinality(names) LOOP
+		model := names[i];
+		total := totals[i];
+		users := n_users;
+		devices := n_devices;
+		per_user := CASE WHEN n_users > 0 THEN msp_round(total / n_users, c.minor_unit) END;
+		per_device := CASE WHEN n_devices > 0 THEN msp_round(total / n_devices, c.minor_unit) END;
+		break_even_users := CASE WHEN model = 'per_device' AND totals[1] > 0 AND n_users > 0
+								 THEN round(total / (totals[1] / n_users), 2) END;
+		RETURN NEXT;
+	END LOOP;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_compare_models(bigint, daterange) IS
+	'per-user, per-device, per-seat, cost-plus and support-lifted totals side by side, with effective prices and the per-device break-even user count';
