@@ -32,6 +32,9 @@ SQL_SOURCES = \
 	src/billing/pricing.sql \
 	src/billing/invoice.sql \
 	src/finalize.sql \
+	src/billing/documents.sql \
+	src/billing/exports.sql \
+	src/billing/psa.sql \
 	src/loaders.sql \
 	src/privacy.sql \
 	src/reporting.sql

@@ -277,8 +277,12 @@ DECLARE
 	-- the tables people maintain by hand (or by script)
 	data_tables text := '@extschema@.clients, @extschema@.contracts, @extschema@.contract_tiers, '
 						'@extschema@.devices, @extschema@.people, @extschema@.logons, @extschema@.support_contacts, '
-						'@extschema@.cost_pools, @extschema@.license_counts, @extschema@.applications';
-	billed_tables text := '@extschema@.invoices, @extschema@.invoice_items';
+						'@extschema@.cost_pools, @extschema@.license_counts, @extschema@.applications, '
+						'@extschema@.tax_rates, @extschema@.psa_mappings, @extschema@.export_codes';
+	-- read by every role that reads invoices, written only by the definers
+	-- (the number series: see below)
+	billed_tables text := '@extschema@.invoices, @extschema@.invoice_items, @extschema@.psa_syncs, '
+						  '@extschema@.invoice_numbering';
 	staging text := '@extschema@.windows_event_staging, @extschema@.entra_signin_staging, @extschema@.emr_audit_staging';
 	staging_seqs text := '@extschema@.windows_event_staging_line_no_seq, @extschema@.entra_signin_staging_line_no_seq, '
 						 '@extschema@.emr_audit_staging_line_no_seq';
@@ -287,7 +291,8 @@ DECLARE
 					'@extschema@.msp_load_windows_events(bigint, text), '
 					'@extschema@.msp_load_entra_signins(bigint, text), '
 					'@extschema@.msp_load_emr_audit(bigint, text), '
-					'@extschema@.msp_discard_staged(bigint)';
+					'@extschema@.msp_discard_staged(bigint), '
+					'@extschema@.msp_psa_sync(bigint, daterange)';
 	reports text := '@extschema@.msp_report_invoices(), @extschema@.msp_report_invoice(bigint, daterange), '
 					'@extschema@.msp_report_invoice_lines(bigint, daterange), '
 					'@extschema@.msp_report_billable_users(bigint, daterange)';
@@ -321,6 +326,11 @@ BEGIN
 	EXECUTE format('GRANT INSERT ON %s TO mspbill_admin, mspbill_billing', staging);
 	EXECUTE format('GRANT USAGE ON %s, @extschema@.logons_logon_id_seq TO mspbill_admin, mspbill_billing', staging_seqs);
 	EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO mspbill_admin, mspbill_billing', writers);
+
+	-- the number series: chosen before the first invoice (prefix, digits,
+	-- the number another system stopped at), never set back afterwards
+	EXECUTE 'GRANT INSERT (series, prefix, digits, last_number), UPDATE (prefix, digits) '
+			'ON @extschema@.invoice_numbering TO mspbill_admin, mspbill_billing';
 
 	-- billing: the same workflow on pseudonyms only
 	EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON %s TO mspbill_billing', data_tables);
