@@ -33,17 +33,6 @@ CREATE TABLE @extschema@.invoices (
 	-- is stamped when it happened, not when the transaction began
 	finalized_at timestamptz NOT NULL DEFAULT clock_timestamp(),
 	finalized_by name NOT NULL DEFAULT session_user,
-	-- the document (src/billing/documents.sql): a number from the MSP's
-	-- gap-free series, dates, terms and PO as the client had them when it
-	-- was finalized, and the tax of its lines.  NULL on invoices finalized
-	-- before 0.3.0 (they were sent unnumbered) and on adjustment notes,
-	-- which the next invoice carries as lines.
-	invoice_number text,
-	invoice_date date,
-	due_date date,
-	payment_terms_days integer,
-	po_reference text,
-	tax numeric,
 	PRIMARY KEY (client_id, invoice_id),
 	FOREIGN KEY (client_id, adjusts_invoice_id) REFERENCES @extschema@.invoices,
 	CONSTRAINT invoices_adjusts_invoice_id_iff_adjustment CHECK ((kind = 'adjustment') = (adjusts_invoice_id IS NOT NULL)),
@@ -51,17 +40,8 @@ CREATE TABLE @extschema@.invoices (
 	-- no two finalized invoices of a client bill the same day (range types
 	-- have = in their GiST opclass, so btree_gist is not needed)
 	CONSTRAINT invoices_no_overlap
-		EXCLUDE USING gist (int8range(client_id, client_id, '[]') WITH =, period WITH &&) WHERE (kind = 'invoice'),
-	CONSTRAINT invoices_number_only_on_invoices CHECK (invoice_number IS NULL OR kind = 'invoice'),
-	CONSTRAINT invoices_document_complete
-		CHECK ((invoice_number IS NULL) = (invoice_date IS NULL) AND (invoice_number IS NULL) = (due_date IS NULL)
-			   AND (invoice_number IS NULL) = (payment_terms_days IS NULL) AND (invoice_number IS NULL) = (tax IS NULL)),
-	CONSTRAINT invoices_due_date_not_before_invoice_date CHECK (due_date >= invoice_date)
+		EXCLUDE USING gist (int8range(client_id, client_id, '[]') WITH =, period WITH &&) WHERE (kind = 'invoice')
 );
--- numbers come from one counter, so they are unique across clients by
--- construction; the index (with client_id, so that Citus can keep it
--- per shard) catches a counter set back by hand
-CREATE UNIQUE INDEX invoices_number_key ON @extschema@.invoices (client_id, invoice_number) WHERE invoice_number IS NOT NULL;
 CREATE UNIQUE INDEX invoices_one_per_period ON @extschema@.invoices (client_id, period) WHERE kind = 'invoice';
 CREATE INDEX invoices_apply_period ON @extschema@.invoices (client_id, apply_period) WHERE kind = 'adjustment';
 COMMENT ON TABLE @extschema@.invoices IS
@@ -77,12 +57,6 @@ CREATE TABLE @extschema@.invoice_items (
 	unit_price numeric,
 	amount numeric NOT NULL,
 	basis text NOT NULL,
-	-- tax and explanation as finalized (NULL before 0.3.0)
-	tax_name text,
-	tax_rate numeric,
-	tax numeric,
-	explanation text,
-	evidence jsonb,
 	PRIMARY KEY (client_id, invoice_id, line_no),
 	FOREIGN KEY (client_id, invoice_id) REFERENCES @extschema@.invoices
 );
@@ -333,6 +307,7 @@ DECLARE
 	today date;
 	stamp timestamptz;
 	c clients;
+	terms record;
 	lines invoice_line[];
 	evidence jsonb;
 	number text;
@@ -383,6 +358,7 @@ BEGIN
 	inv := msp_compute_invoice(client_id, period);
 	lines := ARRAY(SELECT l FROM msp_price_lines(client_id, period, NULL) l);
 	evidence := coalesce((SELECT jsonb_agg(to_jsonb(u)) FROM msp_billable_users(client_id, period) u), '[]');
+	SELECT * INTO terms FROM msp_invoice_terms(client_id);
 	SELECT * INTO c FROM clients WHERE clients.client_id = client_id;
 	-- the number last: its counter row stays locked until this transaction
 	-- ends, so other finalizations wait here (not through the pricing), and
@@ -394,20 +370,25 @@ BEGIN
 	stamp := clock_timestamp();
 	invoice_day := (stamp AT TIME ZONE c.time_zone)::date;
 	INSERT INTO @extschema@.invoices (client_id, kind, period, model, users, seats, devices, subtotal, total,
-						  currency, evidence, overrides, finalized_at, invoice_number, invoice_date, due_date,
-						  payment_terms_days, po_reference, tax)
+						  currency, evidence, overrides, finalized_at)
 	VALUES (client_id, 'invoice', period, inv.model, inv.users, inv.seats, inv.devices, inv.subtotal,
-			inv.total, inv.currency, evidence, coalesce(override, '{}'), stamp, number, invoice_day,
-			invoice_day + c.payment_terms_days, c.payment_terms_days, c.po_reference,
-			(SELECT coalesce(sum(t.tax), 0) FROM msp_tax_lines(c, lines) t))
+			inv.total, inv.currency, evidence, coalesce(override, '{}'), stamp)
 	RETURNING invoice_id INTO id;
 	INSERT INTO @extschema@.invoice_items (client_id, invoice_id, line_no, contract_id, description, quantity,
-							   unit_price, amount, basis, tax_name, tax_rate, tax, explanation, evidence)
-	SELECT client_id, id, l.line_no, l.contract_id, l.description, l.quantity, l.unit_price, l.amount, l.basis,
-		   t.tax_name, t.tax_rate, t.tax, x.explanation, x.evidence
-	  FROM unnest(lines) l
-	  JOIN msp_tax_lines(c, lines) t ON t.line_no = l.line_no
-	  JOIN msp_explain_lines(client_id, period, lines, evidence) x ON x.line_no = l.line_no;
+							   unit_price, amount, basis)
+	SELECT client_id, id, l.line_no, l.contract_id, l.description, l.quantity, l.unit_price, l.amount, l.basis
+	  FROM unnest(lines) l;
+	-- the document: number, dates, terms and PO as the client has them
+	-- today, and each line's tax and explanation (src/billing/documents.sql)
+	INSERT INTO @extschema@.invoice_documents (client_id, invoice_id, invoice_number, invoice_date, due_date,
+							   payment_terms_days, po_reference, tax)
+	VALUES (client_id, id, number, invoice_day, invoice_day + terms.payment_terms_days, terms.payment_terms_days,
+			terms.po_reference, (SELECT coalesce(sum(t.tax), 0) FROM msp_tax_lines(client_id, lines) t));
+	INSERT INTO @extschema@.invoice_line_documents (client_id, invoice_id, line_no, tax_name, tax_rate, tax,
+									explanation, evidence)
+	SELECT client_id, id, t.line_no, t.tax_name, t.tax_rate, t.tax, x.explanation, x.evidence
+	  FROM msp_tax_lines(client_id, lines) t
+	  JOIN msp_explain_lines(client_id, period, lines, evidence) x ON x.line_no = t.line_no;
 	INSERT INTO @extschema@.audit_log (client_id, action, invoice_id, detail, at)
 	VALUES (client_id, 'finalize', id, jsonb_build_object('period', period::text, 'total', inv.total), stamp);
 	IF cardinality(coalesce(override, '{}')) > 0 THEN

@@ -278,11 +278,11 @@ DECLARE
 	data_tables text := '@extschema@.clients, @extschema@.contracts, @extschema@.contract_tiers, '
 						'@extschema@.devices, @extschema@.people, @extschema@.logons, @extschema@.support_contacts, '
 						'@extschema@.cost_pools, @extschema@.license_counts, @extschema@.applications, '
-						'@extschema@.tax_rates, @extschema@.psa_mappings, @extschema@.export_codes';
+						'@extschema@.invoice_terms, @extschema@.tax_rates, @extschema@.psa_mappings, @extschema@.export_codes';
 	-- read by every role that reads invoices, written only by the definers
 	-- (the number series: see below)
-	billed_tables text := '@extschema@.invoices, @extschema@.invoice_items, @extschema@.psa_syncs, '
-						  '@extschema@.invoice_numbering';
+	billed_tables text := '@extschema@.invoices, @extschema@.invoice_items, @extschema@.invoice_documents, '
+						  '@extschema@.invoice_line_documents, @extschema@.psa_syncs, @extschema@.invoice_numbering';
 	staging text := '@extschema@.windows_event_staging, @extschema@.entra_signin_staging, @extschema@.emr_audit_staging';
 	staging_seqs text := '@extschema@.windows_event_staging_line_no_seq, @extschema@.entra_signin_staging_line_no_seq, '
 						 '@extschema@.emr_audit_staging_line_no_seq';

@@ -2,3 +2,1162 @@
 -- is repeated here; test/sh/upgrade.sh checks that an updated database
 -- equals a fresh install, object by object.
 \echo Use "ALTER EXTENSION mspbill UPDATE TO '0.3.0'" to load this file. \quit
+
+-- Invoice documents, exports to accounting and the PSA, plain-language
+-- explanations (issue 20, items 2-4).  New tables beside invoices and
+-- invoice_items, so that every row 0.1.0 and 0.2.0 stored stays as it is:
+-- invoices finalized before 0.3.0 have no document and stay unnumbered
+-- (they were sent under whatever number the MSP's accounting gave them).
+
+-- Invoice documents: a number from the MSP's gap-free series, invoice date,
+-- payment terms and due date, the client's PO reference, tax lines, and a
+-- plain-language explanation of each line with the evidence behind it.
+-- Everything here reads invoice lines as they come (msp_price_lines() for
+-- a preview, invoice_items once finalized), whatever priced them.
+-- msp_finalize_invoice (src/finalize.sql) stores what these functions
+-- compute, so a finalized document never changes with later data.
+
+-- The MSP's invoice number series: one row, locked by each finalization
+-- from the moment it takes a number until it commits, so that numbers have
+-- no gaps (a rolled-back finalization gives its number back) and no
+-- duplicates.  Insert the row before the first finalization to choose the
+-- prefix or to continue another system's numbering (last_number).
+CREATE TABLE @extschema@.invoice_numbering (
+	series text PRIMARY KEY CONSTRAINT invoice_numbering_series_known CHECK (series = 'invoice'),
+	prefix text NOT NULL DEFAULT 'INV-',
+	digits integer NOT NULL DEFAULT 6 CONSTRAINT invoice_numbering_digits_range CHECK (digits BETWEEN 1 AND 18),
+	last_number bigint NOT NULL DEFAULT 0 CONSTRAINT invoice_numbering_last_number_not_negative CHECK (last_number >= 0)
+);
+COMMENT ON TABLE @extschema@.invoice_numbering IS
+	'the invoice number series: prefix, zero-padded digits and the last number given; finalization takes the next one';
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.invoice_numbering', '');
+
+-- What a client's invoices say besides their lines: payment terms, the
+-- PO reference, the tax rate and name, and whether tax is rounded per line
+-- or per invoice.  A client without a row gets the defaults below
+-- (msp_invoice_terms).  Copied onto each invoice when it is finalized, so
+-- that later changes do not rewrite invoices already sent.
+CREATE TABLE @extschema@.invoice_terms (
+	client_id bigint PRIMARY KEY REFERENCES @extschema@.clients ON DELETE CASCADE,
+	payment_terms_days integer NOT NULL DEFAULT 30
+		CONSTRAINT invoice_terms_payment_terms_days_range CHECK (payment_terms_days BETWEEN 0 AND 365),
+	po_reference text CONSTRAINT invoice_terms_po_reference_not_empty CHECK (po_reference <> ''),
+	tax_rate numeric NOT NULL DEFAULT 0 CONSTRAINT invoice_terms_tax_rate_range CHECK (tax_rate >= 0 AND tax_rate <= 1),
+	tax_name text NOT NULL DEFAULT 'Tax Exempt' CONSTRAINT invoice_terms_tax_name_not_empty CHECK (tax_name <> ''),
+	tax_rounding text NOT NULL DEFAULT 'invoice'
+		CONSTRAINT invoice_terms_tax_rounding_known CHECK (tax_rounding IN ('line', 'invoice'))
+);
+COMMENT ON TABLE @extschema@.invoice_terms IS
+	'per client: payment terms (days), PO reference, tax rate and name, tax rounded per line or per invoice';
+
+-- Tax rates for kinds of lines (invoice_line.basis: user, seat, device,
+-- license, cost, minimum, adjustment, and kinds added later) that differ
+-- from the client's own rate (invoice_terms.tax_rate).
+CREATE TABLE @extschema@.tax_rates (
+	client_id bigint NOT NULL REFERENCES @extschema@.clients ON DELETE CASCADE,
+	basis text NOT NULL CONSTRAINT tax_rates_basis_not_empty CHECK (basis <> ''),
+	tax_rate numeric NOT NULL CONSTRAINT tax_rates_tax_rate_range CHECK (tax_rate >= 0 AND tax_rate <= 1),
+	tax_name text NOT NULL CONSTRAINT tax_rates_tax_name_not_empty CHECK (tax_name <> ''),
+	PRIMARY KEY (client_id, basis)
+);
+COMMENT ON TABLE @extschema@.tax_rates IS
+	'a client''s tax rate and name for one kind of invoice line (basis), instead of the client''s own';
+
+-- The document of a finalized invoice: its number, dates, terms and PO
+-- reference as they were when it was finalized, and its tax.  Written
+-- only by msp_finalize_invoice.  Invoices finalized before 0.3.0 have none:
+-- they were sent unnumbered.  (A table beside invoices, not columns of it:
+-- functions take the invoices row type, so 0.2.0's rows stay as stored.)
+CREATE TABLE @extschema@.invoice_documents (
+	client_id bigint NOT NULL,
+	invoice_id bigint NOT NULL,
+	invoice_number text NOT NULL,
+	invoice_date date NOT NULL,
+	due_date date NOT NULL,
+	payment_terms_days integer NOT NULL,
+	po_reference text,
+	tax numeric NOT NULL,
+	PRIMARY KEY (client_id, invoice_id),
+	FOREIGN KEY (client_id, invoice_id) REFERENCES @extschema@.invoices,
+	CONSTRAINT invoice_documents_due_date_not_before_invoice_date CHECK (due_date >= invoice_date)
+);
+-- numbers come from one counter, so they are unique across clients by
+-- construction; this index (with client_id, so that Citus can keep it per
+-- shard) catches a counter set back by hand
+CREATE UNIQUE INDEX invoice_documents_number_key ON @extschema@.invoice_documents (client_id, invoice_number);
+COMMENT ON TABLE @extschema@.invoice_documents IS
+	'number, invoice date, due date, payment terms, PO reference and tax of each invoice finalized since 0.3.0';
+
+-- Each line's tax and plain-language explanation, as finalized.
+CREATE TABLE @extschema@.invoice_line_documents (
+	client_id bigint NOT NULL,
+	invoice_id bigint NOT NULL,
+	line_no integer NOT NULL,
+	tax_name text NOT NULL,
+	tax_rate numeric NOT NULL,
+	tax numeric NOT NULL,
+	explanation text NOT NULL,
+	evidence jsonb,
+	PRIMARY KEY (client_id, invoice_id, line_no),
+	FOREIGN KEY (client_id, invoice_id, line_no) REFERENCES @extschema@.invoice_items,
+	FOREIGN KEY (client_id, invoice_id) REFERENCES @extschema@.invoice_documents
+);
+COMMENT ON TABLE @extschema@.invoice_line_documents IS
+	'the tax, explanation and evidence of each line of an invoice finalized since 0.3.0';
+
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.invoice_terms', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.tax_rates', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.invoice_documents', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.invoice_line_documents', '');
+
+DO $$
+DECLARE
+	t text;
+BEGIN
+	FOREACH t IN ARRAY ARRAY['invoice_terms', 'tax_rates', 'invoice_documents', 'invoice_line_documents'] LOOP
+		EXECUTE format('ALTER TABLE @extschema@.%I ENABLE ROW LEVEL SECURITY', t);
+		EXECUTE format('CREATE POLICY client_rows ON @extschema@.%I USING ((SELECT @extschema@.msp_sees_all_clients()) OR client_id = ANY (CAST((SELECT @extschema@.msp_visible_clients()) AS bigint[])))', t);
+		EXECUTE format('COMMENT ON POLICY client_rows ON @extschema@.%I IS %L', t,
+					   'the rows of the clients the reader may see (msp_sees_all_clients, else bi_client_access)');
+	END LOOP;
+END
+$$;
+
+-- finalized documents are facts, like the invoices they belong to
+CREATE TRIGGER refuse_change BEFORE UPDATE OR DELETE ON @extschema@.invoice_documents
+	FOR EACH ROW EXECUTE FUNCTION @extschema@.msp_refuse_change();
+CREATE TRIGGER refuse_truncate BEFORE TRUNCATE ON @extschema@.invoice_documents
+	FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.msp_refuse_change();
+CREATE TRIGGER refuse_change BEFORE UPDATE OR DELETE ON @extschema@.invoice_line_documents
+	FOR EACH ROW EXECUTE FUNCTION @extschema@.msp_refuse_change();
+CREATE TRIGGER refuse_truncate BEFORE TRUNCATE ON @extschema@.invoice_line_documents
+	FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.msp_refuse_change();
+
+-- A client's invoice terms: its row, or the defaults of a row (one read,
+-- client_id = $1, so that Citus routes it).
+CREATE FUNCTION @extschema@.msp_invoice_terms(client_id bigint) RETURNS @extschema@.invoice_terms
+LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	t invoice_terms;
+BEGIN
+	SELECT * INTO t FROM invoice_terms it WHERE it.client_id = client_id;
+	IF NOT FOUND THEN
+		-- the column defaults of invoice_terms (test/sql/documents.sql
+		-- checks that they agree)
+		t := ROW(client_id, 30, NULL, 0, 'Tax Exempt', 'invoice')::invoice_terms;
+	END IF;
+	RETURN t;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_invoice_terms(bigint) IS
+	'a client''s invoice terms: its invoice_terms row, or the defaults when it has none';
+
+-- An invoice number as printed: prefix and the number, zero-padded to the
+-- digits (never cut: a longer number is printed whole).
+CREATE FUNCTION @extschema@.msp_invoice_number_text(prefix text, number bigint, digits integer) RETURNS text
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+RETURN prefix || CASE WHEN length(number::text) >= digits THEN number::text ELSE lpad(number::text, digits, '0') END;
+COMMENT ON FUNCTION @extschema@.msp_invoice_number_text(text, bigint, integer) IS
+	'an invoice number as printed: the prefix and the number zero-padded to the digits';
+
+-- Payment terms as accounting tools name them.
+CREATE FUNCTION @extschema@.msp_payment_terms_text(days integer) RETURNS text
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+RETURN CASE WHEN days = 0 THEN 'Due on receipt' ELSE 'Net ' || days END;
+COMMENT ON FUNCTION @extschema@.msp_payment_terms_text(integer) IS
+	'payment terms in words: Net 30, or Due on receipt for 0 days';
+
+-- The tax of each line: the rate of the line's kind (tax_rates) or the
+-- client's.  Rounded per line, each line's tax is rounded to the minor
+-- unit.  Rounded per invoice, each rate's tax is rounded once, on the sum
+-- of its lines, and each line carries the difference its running total
+-- makes (so line taxes still add up to the rounded tax exactly, each
+-- within one minor unit of its own exact tax, credits included).
+CREATE FUNCTION @extschema@.msp_tax_lines(client_id bigint, lines @extschema@.invoice_line[])
+RETURNS TABLE (line_no integer, tax_name text, tax_rate numeric, tax numeric)
+LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	t invoice_terms := msp_invoice_terms(client_id);
+	minor numeric := (SELECT c.minor_unit FROM clients c WHERE c.client_id = client_id);
+BEGIN
+	RETURN QUERY
+	WITH l AS (
+		SELECT x.line_no AS n, x.amount, coalesce(r.tax_name, t.tax_name) AS name,
+			   coalesce(r.tax_rate, t.tax_rate) AS rate
+		  FROM unnest(lines) x
+		  LEFT JOIN tax_rates r ON r.client_id = client_id AND r.basis = x.basis),
+	run AS (
+		SELECT l.*, sum(l.amount) OVER (PARTITION BY l.name, l.rate ORDER BY l.n) AS upto FROM l)
+	SELECT run.n, run.name, run.rate,
+		   CASE WHEN t.tax_rounding = 'line' THEN msp_round(run.amount * run.rate, minor)
+				ELSE msp_round(run.upto * run.rate, minor) - msp_round((run.upto - run.amount) * run.rate, minor) END
+	  FROM run
+	 ORDER BY run.n;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_tax_lines(bigint, @extschema@.invoice_line[]) IS
+	'the tax name, rate and amount of each invoice line, rounded per line or per invoice as the client''s invoice terms say';
+
+-- "1 technician", "3 service accounts".
+CREATE FUNCTION @extschema@.msp_count_noun(n numeric, one text, many text) RETURNS text
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+RETURN n || ' ' || CASE WHEN n = 1 THEN one ELSE many END;
+COMMENT ON FUNCTION @extschema@.msp_count_noun(numeric, text, text) IS
+	'a count and its noun, singular for 1: 1 technician, 3 service accounts';
+
+-- Names listed briefly: three or more that differ only by a consecutive
+-- number become a range (OR1, OR2, OR3, OR4 -> OR1-OR4); others are
+-- listed.  A leading zero belongs to the stem, so OR01 and OR1 differ.
+CREATE FUNCTION @extschema@.msp_name_ranges(names text[]) RETURNS text
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+	WITH n AS (
+		SELECT DISTINCT x, substring(x FROM '^(.*?)[1-9][0-9]*$') AS stem,
+			   substring(x FROM '([1-9][0-9]*)$')::numeric AS num
+		  FROM unnest(names) x
+		 WHERE x IS NOT NULL),
+	g AS (
+		SELECT n.*, n.num - row_number() OVER (PARTITION BY n.stem ORDER BY n.num) AS grp
+		  FROM n WHERE n.stem IS NOT NULL),
+	runs AS (
+		SELECT g.stem, g.grp, min(g.num) AS lo, count(*) AS cnt,
+			   (array_agg(g.x ORDER BY g.num))[1] AS first_name,
+			   (array_agg(g.x ORDER BY g.num DESC))[1] AS last_name
+		  FROM g GROUP BY g.stem, g.grp),
+	parts AS (
+		SELECT r.stem AS k1, r.lo AS k2, r.first_name || '-' || r.last_name AS part FROM runs r WHERE r.cnt >= 3
+		UNION ALL
+		SELECT g.stem, g.num, g.x FROM g JOIN runs r ON r.stem = g.stem AND r.grp = g.grp WHERE r.cnt < 3
+		UNION ALL
+		SELECT n.x, NULL, n.x FROM n WHERE n.stem IS NULL)
+	SELECT string_agg(parts.part, ', ' ORDER BY parts.k1, parts.k2) FROM parts;
+END;
+COMMENT ON FUNCTION @extschema@.msp_name_ranges(text[]) IS
+	'names listed briefly: runs of three or more consecutive numbers as a range (OR1-OR4)';
+
+-- For each line, a sentence a client can read of how its quantity was
+-- reached, and the evidence behind it (people by pseudonym, shared
+-- accounts and devices by name).  billed_people is the evidence of the
+-- invoice (msp_billable_users as JSON: stored with a finalized invoice).
+-- Kinds of lines this does not know are explained by their description.
+CREATE FUNCTION @extschema@.msp_explain_lines(client_id bigint, period daterange,
+											   lines @extschema@.invoice_line[], billed_people jsonb)
+RETURNS TABLE (line_no integer, explanation text, evidence jsonb)
+LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	c clients;
+	k contracts;
+	l invoice_line;
+	seg daterange;
+	t0 timestamptz;
+	t1 timestamptz;
+	txt text;
+	ev jsonb;
+	n integer;
+	n_support integer;
+	n_sister integer;
+	n_tech integer;
+	n_nobill integer;
+	n_service integer;
+	not_billed text[];
+	details text[];
+	names text[];
+	rooms boolean;
+	sister_names text;
+BEGIN
+	period := msp_period(client_id, period);
+	SELECT * INTO c FROM clients WHERE clients.client_id = client_id;
+	t0 := lower(period)::timestamp AT TIME ZONE c.time_zone;
+	t1 := upper(period)::timestamp AT TIME ZONE c.time_zone;
+	-- who logged on in the period but is never billed, the same for every line
+	SELECT count(DISTINCT p.person_id) FILTER (WHERE p.is_technician),
+		   count(DISTINCT p.person_id) FILTER (WHERE p.do_not_bill AND NOT p.is_technician)
+	  INTO n_tech, n_nobill
+	  FROM logons lg
+	  JOIN accounts a ON a.client_id = lg.client_id AND a.account_id = lg.account_id
+	  JOIN people p ON p.client_id = a.client_id AND p.person_id = a.person_id
+	 WHERE lg.client_id = client_id AND a.client_id = client_id AND p.client_id = client_id
+	   AND lg.at >= t0 AND lg.at < t1;
+	SELECT count(DISTINCT a.account_id) INTO n_service
+	  FROM logons lg
+	  JOIN accounts a ON a.client_id = lg.client_id AND a.account_id = lg.account_id
+	 WHERE lg.client_id = client_id AND a.client_id = client_id AND lg.at >= t0 AND lg.at < t1
+	   AND (a.kind = 'service' OR a.is_machine);
+	not_billed := ARRAY(SELECT x FROM unnest(ARRAY[
+						  CASE WHEN n_tech > 0 THEN msp_count_noun(n_tech, 'technician', 'technicians') END,
+						  CASE WHEN n_nobill > 0 THEN msp_count_noun(n_nobill, 'person marked do-not-bill', 'people marked do-not-bill') END,
+						  CASE WHEN n_service > 0 THEN msp_count_noun(n_service, 'service account', 'service accounts') END]) x
+						WHERE x IS NOT NULL);
+
+	FOR l IN SELECT * FROM unnest(lines) x ORDER BY x.line_no LOOP
+		k := NULL;
+		SELECT * INTO k FROM contracts WHERE contracts.client_id = client_id AND contracts.contract_id = l.contract_id;
+		seg := coalesce(k.effective * period, period);
+		txt := NULL;
+		ev := NULL;
+		IF l.basis = 'user' AND k.contract_id IS NOT NULL THEN
+			WITH e AS (
+				SELECT DISTINCT ON (coalesce((x->>'home_client_id')::bigint, client_id), (x->>'person_id')::bigint)
+					   x->>'pseudonym' AS pseudonym, x->>'rule' AS rule,
+					   coalesce((x->>'home_client_id')::bigint, client_id) AS home,
+					   (x->>'days_active')::integer AS days_active, (x->>'support_contacts')::integer AS contacts
+				  FROM jsonb_array_elements(billed_people) x
+				 WHERE x->>'contract_id' IS NULL OR (x->>'contract_id')::bigint = l.contract_id
+				 ORDER BY coalesce((x->>'home_client_id')::bigint, client_id), (x->>'person_id')::bigint)
+			SELECT count(*), count(*) FILTER (WHERE e.rule = 'support'), count(*) FILTER (WHERE e.home <> client_id),
+				   coalesce(jsonb_agg(jsonb_strip_nulls(jsonb_build_object(
+						'pseudonym', e.pseudonym, 'rule', e.rule, 'days_active', e.days_active,
+						'support_contacts', e.contacts,
+						'paid_for_client_id', CASE WHEN e.home <> client_id THEN e.home END))
+						ORDER BY e.pseudonym, e.home), '[]')
+			  INTO n, n_support, n_sister, ev
+			  FROM e;
+			-- the sister clients by name, where the reader may see them
+			sister_names := (SELECT string_agg(sc.name, ', ' ORDER BY sc.name) FROM clients sc
+							  WHERE sc.client_id IN (SELECT (x->>'home_client_id')::bigint
+													   FROM jsonb_array_elements(billed_people) x
+													  WHERE (x->>'home_client_id')::bigint <> client_id));
+			details := ARRAY(SELECT x FROM unnest(ARRAY[
+						 CASE WHEN n_support > 0 THEN format('%s only called support', n_support) END,
+						 CASE WHEN n_sister > 0 THEN format('%s of %s, paid for by this client',
+															 msp_count_noun(n_sister, 'is a person', 'are people'),
+															 coalesce(sister_names, 'another client')) END]) x
+						WHERE x IS NOT NULL);
+			txt := msp_count_noun(n, 'person', 'people') || ' logged on at least '
+				   || msp_count_noun(k.min_active_days, 'day', 'days')
+				   || CASE k.support_rule WHEN 'sufficient' THEN ' or called support'
+										  WHEN 'required' THEN ' and called support' ELSE '' END
+				   || CASE WHEN cardinality(details) > 0 THEN ' (' || array_to_string(details, '; ') || ')' ELSE '' END
+				   || CASE WHEN cardinality(not_billed) > 0
+						   THEN '; ' || CASE WHEN cardinality(not_billed) = 1 THEN not_billed[1]
+											 ELSE array_to_string(not_billed[1:cardinality(not_billed) - 1], ', ')
+												  || ' and ' || not_billed[cardinality(not_billed)] END
+								|| CASE WHEN cardinality(not_billed) = 1 AND not_billed[1] ~ '^1 ' THEN ' is' ELSE ' are' END
+								|| ' not billed'
+						   ELSE '' END;
+		ELSIF l.basis = 'seat' AND k.contract_id IS NOT NULL THEN
+			SELECT array_agg(DISTINCT al.label ORDER BY al.label),
+				   coalesce(bool_and(d.kind = 'room'), false)
+			  INTO names, rooms
+			  FROM logons lg
+			  JOIN accounts a ON a.client_id = lg.client_id AND a.account_id = lg.account_id
+			  JOIN account_labels al ON al.client_id = a.client_id AND al.account_id = a.account_id
+			  LEFT JOIN devices d ON d.client_id = lg.client_id AND d.device_id = lg.device_id
+			 WHERE lg.client_id = client_id AND a.client_id = client_id AND al.client_id = client_id
+			   AND (d.client_id IS NULL OR d.client_id = client_id)
+			   AND lg.at >= lower(seg)::timestamp AT TIME ZONE c.time_zone
+			   AND lg.at < upper(seg)::timestamp AT TIME ZONE c.time_zone
+			   AND lg.presence AND a.kind = 'shared' AND NOT a.is_machine AND a.realm = ANY (k.count_realms);
+			names := coalesce(names, '{}');
+			txt := CASE WHEN rooms THEN 'rooms ' ELSE 'shared accounts ' END
+				   || coalesce(msp_name_ranges(names), 'none')
+				   || CASE WHEN k.shared_billing = 'peak'
+						   THEN ' are billed by the most sessions open at once on each'
+						   ELSE ' are billed as ' || msp_count_noun(cardinality(names), 'shared seat', 'shared seats')
+								|| ', one each however many people used it' END;
+			ev := to_jsonb(names);
+		ELSIF l.basis = 'device' THEN
+			SELECT string_agg(msp_count_noun(x.cnt, x.kind, x.kind || 's'), ', ' ORDER BY x.cnt DESC, x.kind),
+				   sum(x.cnt), jsonb_agg(x.names ORDER BY x.cnt DESC, x.kind)
+			  INTO txt, n, ev
+			  FROM (SELECT d.kind, count(*) AS cnt, jsonb_agg(d.name ORDER BY d.name) AS names
+					  FROM devices d
+					 WHERE d.client_id = client_id AND (d.active IS NULL OR d.active && seg)
+					 GROUP BY d.kind) x;
+			txt := msp_count_noun(coalesce(n, 0), 'device', 'devices') || ' under management in the month'
+				   || coalesce(': ' || txt, '');
+			ev := (SELECT coalesce(jsonb_agg(v ORDER BY v), '[]') FROM jsonb_array_elements(coalesce(ev, '[]')) a,
+						  jsonb_array_elements(a) v);
+		ELSIF l.basis = 'license' THEN
+			SELECT string_agg(format('%s %s (as of %s)', lc.seats, lc.sku, lc.as_of), ', ' ORDER BY lc.sku),
+				   sum(lc.seats), jsonb_agg(jsonb_build_object('sku', lc.sku, 'seats', lc.seats, 'as_of', lc.as_of) ORDER BY lc.sku)
+			  INTO txt, n, ev
+			  FROM (SELECT DISTINCT ON (x.sku) x.* FROM license_counts x
+					 WHERE x.client_id = client_id AND x.as_of < upper(seg)
+					 ORDER BY x.sku, x.as_of DESC, x.source) lc;
+			txt := msp_count_noun(coalesce(n, 0), 'licence seat', 'licence seats') || ' held' || coalesce(': ' || txt, '');
+		ELSIF l.basis = 'cost' AND k.contract_id IS NOT NULL THEN
+			txt := CASE WHEN k.model = 'per_user_plus_support'
+						THEN 'The support desk''s cost of the month'
+						ELSE 'What this cost us for the days of the month it covers' END
+				   || CASE WHEN k.markup > 0 THEN format(', plus the agreed markup of %s%%', trim_scale(k.markup * 100))
+						   ELSE ', at cost' END
+				   || CASE WHEN k.model = 'per_user_plus_support' THEN ', shared by the billable users' ELSE '' END;
+		ELSIF l.basis = 'minimum' AND k.contract_id IS NOT NULL THEN
+			txt := format('The agreement''s minimum is %s a month; the lines above come to less, so this line makes up the difference',
+						  k.minimum_fee);
+		ELSIF l.basis = 'adjustment' THEN
+			txt := 'A correction to an earlier invoice, carried by this one: ' || l.description;
+		END IF;
+		line_no := l.line_no;
+		explanation := coalesce(txt, l.description);
+		evidence := ev;
+		RETURN NEXT;
+	END LOOP;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_explain_lines(bigint, daterange, @extschema@.invoice_line[], jsonb) IS
+	'for each invoice line, a plain-language sentence of how its quantity was reached and the evidence (pseudonyms, shared accounts, devices)';
+
+-- The lines of the invoice document: as stored once finalized (with the
+-- tax and explanation they were finalized with), else as today's data
+-- prices them.  Invoices finalized before 0.3.0 were sent without tax:
+-- their lines show none, and are explained from their stored evidence.
+CREATE FUNCTION @extschema@.msp_document_lines(client_id bigint, period daterange DEFAULT NULL)
+RETURNS TABLE (line_no integer, contract_id bigint, description text, quantity numeric, unit_price numeric,
+			   amount numeric, basis text, tax_name text, tax_rate numeric, tax numeric, explanation text,
+			   evidence jsonb)
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	fin invoices;
+	lines invoice_line[];
+	billed jsonb;
+BEGIN
+	period := msp_period(client_id, period);
+	fin := msp_finalized_invoice(client_id, period);
+	IF EXISTS (SELECT 1 FROM invoice_documents d WHERE d.client_id = client_id AND d.invoice_id = fin.invoice_id) THEN
+		RETURN QUERY
+		SELECT it.line_no, it.contract_id, it.description, it.quantity, it.unit_price, it.amount, it.basis,
+			   ld.tax_name, ld.tax_rate, ld.tax, ld.explanation, ld.evidence
+		  FROM invoice_items it
+		  JOIN invoice_line_documents ld ON ld.client_id = it.client_id AND ld.invoice_id = it.invoice_id
+										AND ld.line_no = it.line_no
+		 WHERE it.client_id = client_id AND ld.client_id = client_id AND it.invoice_id = fin.invoice_id
+		 ORDER BY it.line_no;
+		RETURN;
+	END IF;
+	IF fin.invoice_id IS NOT NULL THEN
+		lines := ARRAY(SELECT (it.line_no, it.contract_id, it.description, it.quantity, it.unit_price, it.amount,
+							   it.basis)::invoice_line
+						 FROM invoice_items it
+						WHERE it.client_id = client_id AND it.invoice_id = fin.invoice_id
+						ORDER BY it.line_no);
+		RETURN QUERY
+		SELECT l.line_no, l.contract_id, l.description, l.quantity, l.unit_price, l.amount, l.basis,
+			   NULL::text, 0::numeric, 0::numeric, x.explanation, x.evidence
+		  FROM unnest(lines) l JOIN msp_explain_lines(client_id, period, lines, fin.evidence) x ON x.line_no = l.line_no
+		 ORDER BY l.line_no;
+		RETURN;
+	END IF;
+	lines := ARRAY(SELECT l FROM msp_invoice_lines(client_id, period) l);
+	billed := coalesce((SELECT jsonb_agg(to_jsonb(u)) FROM msp_billable_users(client_id, period) u), '[]');
+	RETURN QUERY
+	SELECT l.line_no, l.contract_id, l.description, l.quantity, l.unit_price, l.amount, l.basis,
+		   t.tax_name, t.tax_rate, t.tax, x.explanation, x.evidence
+	  FROM unnest(lines) l
+	  JOIN msp_tax_lines(client_id, lines) t ON t.line_no = l.line_no
+	  JOIN msp_explain_lines(client_id, period, lines, billed) x ON x.line_no = l.line_no
+	 ORDER BY l.line_no;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_document_lines(bigint, daterange) IS
+	'the lines of an invoice document with their tax, explanation and evidence: as finalized, else a preview';
+
+-- The tax lines of an invoice: one per tax name and rate.
+CREATE FUNCTION @extschema@.msp_invoice_taxes(client_id bigint, period daterange DEFAULT NULL)
+RETURNS TABLE (tax_name text, tax_rate numeric, taxable numeric, tax numeric)
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+BEGIN
+	RETURN QUERY
+	SELECT l.tax_name, l.tax_rate, sum(l.amount), sum(l.tax)
+	  FROM msp_document_lines(client_id, period) l
+	 WHERE l.tax_name IS NOT NULL
+	 GROUP BY l.tax_name, l.tax_rate
+	 ORDER BY l.tax_name, l.tax_rate;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_invoice_taxes(bigint, daterange) IS
+	'the tax lines of an invoice: per tax name and rate, the amount taxed and the tax';
+
+-- The head of the invoice document.  status: finalized (numbered),
+-- finalized unnumbered (before 0.3.0) or preview (dated today, no number).
+-- net_amount is the sum of the lines (msp_invoice's total), amount_due
+-- adds the tax.
+CREATE FUNCTION @extschema@.msp_invoice_document(client_id bigint, period daterange DEFAULT NULL)
+RETURNS TABLE (client_name text, status text, invoice_number text,
+			   invoice_date date, due_date date, payment_terms text, po_reference text, currency char(3),
+			   net_amount numeric, tax numeric, amount_due numeric)
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	c clients;
+	terms invoice_terms;
+	fin invoices;
+	doc invoice_documents;
+	today date;
+	lines_net numeric;
+	lines_tax numeric;
+BEGIN
+	period := msp_period(client_id, period);
+	SELECT * INTO c FROM clients WHERE clients.client_id = client_id;
+	fin := msp_finalized_invoice(client_id, period);
+	client_name := c.name;
+	currency := c.currency;
+	IF fin.invoice_id IS NOT NULL THEN
+		SELECT * INTO doc FROM invoice_documents d WHERE d.client_id = client_id AND d.invoice_id = fin.invoice_id;
+		status := CASE WHEN doc.invoice_id IS NULL THEN 'finalized unnumbered' ELSE 'finalized' END;
+		invoice_number := doc.invoice_number;
+		invoice_date := doc.invoice_date;
+		due_date := doc.due_date;
+		payment_terms := msp_payment_terms_text(doc.payment_terms_days);
+		po_reference := doc.po_reference;
+		currency := fin.currency;
+		net_amount := fin.total;
+		tax := coalesce(doc.tax, 0);
+	ELSE
+		terms := msp_invoice_terms(client_id);
+		SELECT sum(l.amount), sum(l.tax) INTO lines_net, lines_tax FROM msp_document_lines(client_id, period) l;
+		today := (now() AT TIME ZONE c.time_zone)::date;
+		status := 'preview';
+		invoice_date := today;
+		due_date := today + terms.payment_terms_days;
+		payment_terms := msp_payment_terms_text(terms.payment_terms_days);
+		po_reference := terms.po_reference;
+		net_amount := coalesce(lines_net, 0);
+		tax := coalesce(lines_tax, 0);
+	END IF;
+	amount_due := net_amount + tax;
+	RETURN NEXT;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_invoice_document(bigint, daterange) IS
+	'the head of an invoice document: number, dates, terms, PO reference, net amount, tax and amount due (finalized, else a preview)';
+
+-- Exports: finalized invoices as accounting tools import them (Xero's and
+-- QuickBooks Online's invoice import CSV, one row per line), and one JSON
+-- document per invoice for anything else.  Functions returning rows, so
+-- that psql writes the file:
+--   \copy (SELECT * FROM mspbill.msp_export_xero('[2026-10-01,2026-11-01)')) TO 'xero.csv' WITH (FORMAT csv, HEADER)
+-- They read as the caller, so row-level security decides whose invoices
+-- a reader exports (billing and admin roles: every client's; a BI role:
+-- its clients').  Only numbered invoices are exported: those finalized
+-- before 0.3.0 were sent without a number.
+
+-- What each kind of line is booked to: the account code (Xero) and the
+-- product or service (QuickBooks Online) of the MSP's books.  Kinds not
+-- listed go to account 200 (Xero's Sales account) as "Managed services".
+CREATE TABLE @extschema@.export_codes (
+	basis text PRIMARY KEY CONSTRAINT export_codes_basis_not_empty CHECK (basis <> ''),
+	account_code text NOT NULL CONSTRAINT export_codes_account_code_not_empty CHECK (account_code <> ''),
+	item_name text NOT NULL CONSTRAINT export_codes_item_name_not_empty CHECK (item_name <> '')
+);
+COMMENT ON TABLE @extschema@.export_codes IS
+	'per kind of invoice line (basis): the account code and product/service name the accounting exports book it to';
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.export_codes', '');
+
+-- The document of the finalized, numbered invoice of a client and period;
+-- an error that says why when there is none.
+CREATE FUNCTION @extschema@.msp_require_numbered(client_id bigint, period daterange)
+RETURNS @extschema@.invoice_documents
+LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	fin invoices := msp_require_finalized(client_id, period);
+	doc invoice_documents;
+BEGIN
+	SELECT * INTO doc FROM invoice_documents d WHERE d.client_id = client_id AND d.invoice_id = fin.invoice_id;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'invoice % of client % for % has no number', fin.invoice_id, client_id, period
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  DETAIL = 'It was finalized before mspbill 0.3.0, which numbered no invoice.',
+				  HINT = 'It was sent under whatever number your accounting gave it; enter it there by hand.';
+	END IF;
+	RETURN doc;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_require_numbered(bigint, daterange) IS
+	'the document of the finalized, numbered invoice of a client and period; an error when there is none';
+
+-- A line as an importer recomputes it, quantity times unit price: kept
+-- when that gives the stored amount to the minor unit, else one unit at
+-- the amount, with the quantity and price in the description (prorated
+-- quantities), so that every imported total equals the invoice's.
+CREATE FUNCTION @extschema@.msp_export_line(quantity numeric, unit_price numeric, amount numeric,
+											 description text, minor_unit numeric,
+											 OUT quantity_out numeric, OUT unit_price_out numeric,
+											 OUT description_out text)
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+BEGIN ATOMIC
+	SELECT CASE WHEN exact THEN quantity ELSE 1 END,
+		   CASE WHEN exact THEN unit_price ELSE amount END,
+		   CASE WHEN exact THEN description
+				ELSE description || coalesce(format(' (%s x %s)', trim_scale(quantity), unit_price), '') END
+	  FROM (SELECT coalesce(msp_round(quantity * unit_price, minor_unit) = amount, false) AS exact) x;
+END;
+COMMENT ON FUNCTION @extschema@.msp_export_line(numeric, numeric, numeric, text, numeric) IS
+	'quantity, unit price and description of a line for an importer that multiplies them: one unit at the amount when the product would not give it';
+
+-- Xero: the sales invoice import CSV, one row per line; dates DD/MM/YYYY
+-- as its template asks; amounts tax exclusive, with each line's tax.
+CREATE FUNCTION @extschema@.msp_export_xero(client_id bigint, period daterange)
+RETURNS TABLE ("ContactName" text, "InvoiceNumber" text, "Reference" text, "InvoiceDate" text,
+			   "DueDate" text, "InventoryItemCode" text, "Description" text, "Quantity" text,
+			   "UnitAmount" text, "LineAmount" text, "AccountCode" text, "TaxType" text, "TaxAmount" text,
+			   "Currency" text)
+LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	c clients;
+	doc invoice_documents;
+BEGIN
+	period := msp_period(client_id, period);
+	doc := msp_require_numbered(client_id, period);
+	SELECT * INTO c FROM clients WHERE clients.client_id = client_id;
+	RETURN QUERY
+	SELECT c.name, doc.invoice_number, doc.po_reference, to_char(doc.invoice_date, 'DD/MM/YYYY'),
+		   to_char(doc.due_date, 'DD/MM/YYYY'), e.item_name, x.description_out, trim_scale(x.quantity_out)::text,
+		   x.unit_price_out::text, it.amount::text, coalesce(e.account_code, '200'), ld.tax_name, ld.tax::text,
+		   c.currency::text
+	  FROM invoice_items it
+	  JOIN invoice_line_documents ld ON ld.client_id = it.client_id AND ld.invoice_id = it.invoice_id
+									AND ld.line_no = it.line_no
+	  LEFT JOIN export_codes e ON e.basis = it.basis
+	  CROSS JOIN LATERAL msp_export_line(it.quantity, it.unit_price, it.amount, it.description, c.minor_unit) x
+	 WHERE it.client_id = client_id AND ld.client_id = client_id AND it.invoice_id = doc.invoice_id
+	 ORDER BY it.line_no;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_export_xero(bigint, daterange) IS
+	'a client''s finalized invoice of a period as rows of Xero''s sales invoice import CSV';
+
+CREATE FUNCTION @extschema@.msp_export_xero(period daterange)
+RETURNS TABLE ("ContactName" text, "InvoiceNumber" text, "Reference" text, "InvoiceDate" text,
+			   "DueDate" text, "InventoryItemCode" text, "Description" text, "Quantity" text,
+			   "UnitAmount" text, "LineAmount" text, "AccountCode" text, "TaxType" text, "TaxAmount" text,
+			   "Currency" text)
+LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+DECLARE
+	id bigint;
+BEGIN
+	FOR id IN SELECT i.client_id FROM invoices i
+			   JOIN invoice_documents d ON d.client_id = i.client_id AND d.invoice_id = i.invoice_id
+			   WHERE i.kind = 'invoice' AND i.period = msp_export_xero.period
+			   ORDER BY d.invoice_number LOOP
+		RETURN QUERY SELECT * FROM msp_export_xero(id, msp_export_xero.period);
+	END LOOP;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_export_xero(daterange) IS
+	'every numbered invoice of a period the caller may read, as Xero''s sales invoice import CSV';
+
+-- QuickBooks Online: the invoice import CSV, one row per line; dates
+-- MM/DD/YYYY (the importer asks for the format); the PO reference in the
+-- memo, which QuickBooks prints on the invoice.
+CREATE FUNCTION @extschema@.msp_export_quickbooks(client_id bigint, period daterange)
+RETURNS TABLE ("InvoiceNo" text, "Customer" text, "InvoiceDate" text, "DueDate" text, "Terms" text,
+			   "Memo" text, "Item(Product/Service)" text, "ItemDescription" text, "ItemQuantity" text,
+			   "ItemRate" text, "ItemAmount" text, "ItemTaxCode" text, "ItemTaxAmount" text, "Currency" text,
+			   "Service Date" text)
+LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	c clients;
+	doc invoice_documents;
+BEGIN
+	period := msp_period(client_id, period);
+	doc := msp_require_numbered(client_id, period);
+	SELECT * INTO c FROM clients WHERE clients.client_id = client_id;
+	RETURN QUERY
+	SELECT doc.invoice_number, c.name, to_char(doc.invoice_date, 'MM/DD/YYYY'), to_char(doc.due_date, 'MM/DD/YYYY'),
+		   msp_payment_terms_text(doc.payment_terms_days), 'PO ' || doc.po_reference,
+		   coalesce(e.item_name, 'Managed services'), x.description_out, trim_scale(x.quantity_out)::text,
+		   x.unit_price_out::text, it.amount::text, ld.tax_name, ld.tax::text, c.currency::text,
+		   to_char(lower(period), 'MM/DD/YYYY')
+	  FROM invoice_items it
+	  JOIN invoice_line_documents ld ON ld.client_id = it.client_id AND ld.invoice_id = it.invoice_id
+									AND ld.line_no = it.line_no
+	  LEFT JOIN export_codes e ON e.basis = it.basis
+	  CROSS JOIN LATERAL msp_export_line(it.quantity, it.unit_price, it.amount, it.description, c.minor_unit) x
+	 WHERE it.client_id = client_id AND ld.client_id = client_id AND it.invoice_id = doc.invoice_id
+	 ORDER BY it.line_no;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_export_quickbooks(bigint, daterange) IS
+	'a client''s finalized invoice of a period as rows of QuickBooks Online''s invoice import CSV';
+
+CREATE FUNCTION @extschema@.msp_export_quickbooks(period daterange)
+RETURNS TABLE ("InvoiceNo" text, "Customer" text, "InvoiceDate" text, "DueDate" text, "Terms" text,
+			   "Memo" text, "Item(Product/Service)" text, "ItemDescription" text, "ItemQuantity" text,
+			   "ItemRate" text, "ItemAmount" text, "ItemTaxCode" text, "ItemTaxAmount" text, "Currency" text,
+			   "Service Date" text)
+LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+DECLARE
+	id bigint;
+BEGIN
+	FOR id IN SELECT i.client_id FROM invoices i
+			   JOIN invoice_documents d ON d.client_id = i.client_id AND d.invoice_id = i.invoice_id
+			   WHERE i.kind = 'invoice' AND i.period = msp_export_quickbooks.period
+			   ORDER BY d.invoice_number LOOP
+		RETURN QUERY SELECT * FROM msp_export_quickbooks(id, msp_export_quickbooks.period);
+	END LOOP;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_export_quickbooks(daterange) IS
+	'every numbered invoice of a period the caller may read, as QuickBooks Online''s invoice import CSV';
+
+-- One invoice as a JSON document: head, lines (with tax, explanation and
+-- evidence), tax lines, totals and a summary of the evidence.  Amounts
+-- are JSON numbers written exactly as stored (read them as decimals).
+-- A preview when the period is not finalized.
+CREATE FUNCTION @extschema@.msp_invoice_json(client_id bigint, period daterange DEFAULT NULL)
+RETURNS jsonb
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	d record;
+	fin invoices;
+	billed jsonb;
+BEGIN
+	period := msp_period(client_id, period);
+	SELECT * INTO d FROM msp_invoice_document(client_id, period);
+	fin := msp_finalized_invoice(client_id, period);
+	billed := CASE WHEN fin.invoice_id IS NOT NULL THEN fin.evidence
+				   ELSE coalesce((SELECT jsonb_agg(to_jsonb(u)) FROM msp_billable_users(client_id, period) u), '[]') END;
+	RETURN jsonb_build_object(
+		'invoice_number', d.invoice_number,
+		'status', d.status,
+		'client', jsonb_build_object('client_id', client_id, 'name', d.client_name),
+		'period', jsonb_build_object('first_day', lower(period), 'last_day', upper(period) - 1),
+		'invoice_date', d.invoice_date,
+		'due_date', d.due_date,
+		'payment_terms', d.payment_terms,
+		'po_reference', d.po_reference,
+		'currency', d.currency,
+		'lines', (SELECT coalesce(jsonb_agg(jsonb_build_object(
+						'line_no', l.line_no, 'description', l.description, 'kind', l.basis,
+						'contract_id', l.contract_id, 'quantity', l.quantity, 'unit_price', l.unit_price,
+						'amount', l.amount,
+						'tax', jsonb_build_object('name', l.tax_name, 'rate', l.tax_rate, 'amount', l.tax),
+						'explanation', l.explanation, 'evidence', l.evidence) ORDER BY l.line_no), '[]')
+					FROM msp_document_lines(client_id, period) l),
+		'taxes', (SELECT coalesce(jsonb_agg(jsonb_build_object('name', t.tax_name, 'rate', t.tax_rate,
+															   'taxable', t.taxable, 'tax', t.tax)
+											ORDER BY t.tax_name, t.tax_rate), '[]')
+					FROM msp_invoice_taxes(client_id, period) t),
+		'net_amount', d.net_amount,
+		'tax', d.tax,
+		'amount_due', d.amount_due,
+		'evidence_summary', jsonb_build_object(
+			'people_billed', (SELECT count(DISTINCT (coalesce(e->>'home_client_id', client_id::text), e->>'person_id'))
+								FROM jsonb_array_elements(billed) e),
+			'by_rule', (SELECT coalesce(jsonb_object_agg(r.rule, r.n), '{}')
+						  FROM (SELECT e->>'rule' AS rule, count(*) AS n FROM jsonb_array_elements(billed) e
+								 GROUP BY 1) r),
+			'pseudonyms', (SELECT coalesce(jsonb_agg(DISTINCT e->>'pseudonym'), '[]')
+							 FROM jsonb_array_elements(billed) e)));
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_invoice_json(bigint, daterange) IS
+	'an invoice as one JSON document: head, lines with tax, explanation and evidence, tax lines, totals, evidence summary';
+
+CREATE FUNCTION @extschema@.msp_export_json(period daterange)
+RETURNS TABLE (client_id bigint, invoice_number text, document jsonb)
+LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+DECLARE
+	r record;
+BEGIN
+	FOR r IN SELECT i.client_id, d.invoice_number FROM invoices i
+			  JOIN invoice_documents d ON d.client_id = i.client_id AND d.invoice_id = i.invoice_id
+			  WHERE i.kind = 'invoice' AND i.period = msp_export_json.period
+			  ORDER BY d.invoice_number LOOP
+		client_id := r.client_id;
+		invoice_number := r.invoice_number;
+		document := msp_invoice_json(r.client_id, msp_export_json.period);
+		RETURN NEXT;
+	END LOOP;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_export_json(daterange) IS
+	'every numbered invoice of a period the caller may read, one JSON document each';
+
+-- PSA quantities: many MSPs keep invoicing in their PSA and only want its
+-- counts right.  A mapping ties a kind of invoice line (basis, of one
+-- contract or of any) to the PSA object that bills it: a ConnectWise PSA
+-- agreement addition, an Autotask contract service or a HaloPSA recurring
+-- invoice line.  A sync records, per mapping, the quantity the object
+-- should now have, and reports the change from the quantity it had (the
+-- last one synced), so that only differences need to be entered.
+
+CREATE TABLE @extschema@.psa_mappings (
+	client_id bigint NOT NULL REFERENCES @extschema@.clients ON DELETE CASCADE,
+	mapping_id bigint NOT NULL GENERATED BY DEFAULT AS IDENTITY,
+	psa text NOT NULL CONSTRAINT psa_mappings_psa_known CHECK (psa IN ('connectwise', 'autotask', 'halopsa')),
+	-- the kind of invoice line whose quantity the PSA object carries, of
+	-- one contract (or, NULL, of whichever contract is in effect)
+	basis text NOT NULL CONSTRAINT psa_mappings_basis_not_empty CHECK (basis <> ''),
+	contract_id bigint,
+	-- ConnectWise: agreement id and addition (product) id; Autotask:
+	-- contract id and service id; HaloPSA: recurring invoice id and line
+	-- (item) id
+	psa_agreement text NOT NULL CONSTRAINT psa_mappings_psa_agreement_not_empty CHECK (psa_agreement <> ''),
+	psa_item text NOT NULL CONSTRAINT psa_mappings_psa_item_not_empty CHECK (psa_item <> ''),
+	PRIMARY KEY (client_id, mapping_id),
+	FOREIGN KEY (client_id, contract_id) REFERENCES @extschema@.contracts ON DELETE CASCADE,
+	CONSTRAINT psa_mappings_one_per_object UNIQUE (client_id, psa, psa_agreement, psa_item)
+);
+COMMENT ON TABLE @extschema@.psa_mappings IS
+	'which PSA object (ConnectWise agreement addition, Autotask contract service, HaloPSA recurring invoice line) carries the quantity of a kind of invoice line';
+
+CREATE TABLE @extschema@.psa_syncs (
+	client_id bigint NOT NULL,
+	sync_id bigint NOT NULL GENERATED BY DEFAULT AS IDENTITY,
+	mapping_id bigint NOT NULL,
+	period daterange NOT NULL,
+	quantity numeric NOT NULL,
+	previous_quantity numeric,
+	synced_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+	synced_by name NOT NULL DEFAULT session_user,
+	PRIMARY KEY (client_id, sync_id),
+	-- a mapping once synced stays, with its history
+	FOREIGN KEY (client_id, mapping_id) REFERENCES @extschema@.psa_mappings
+);
+CREATE INDEX psa_syncs_mapping_idx ON @extschema@.psa_syncs (client_id, mapping_id, sync_id);
+COMMENT ON TABLE @extschema@.psa_syncs IS
+	'what each PSA sync set: per mapping, the quantity and the one it replaced; append-only, written by msp_psa_sync()';
+
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.psa_mappings', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.psa_syncs', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.psa_mappings_mapping_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.psa_syncs_sync_id_seq', '');
+
+ALTER TABLE @extschema@.psa_mappings ENABLE ROW LEVEL SECURITY;
+CREATE POLICY client_rows ON @extschema@.psa_mappings USING ((SELECT @extschema@.msp_sees_all_clients()) OR client_id = ANY (CAST((SELECT @extschema@.msp_visible_clients()) AS bigint[])));
+COMMENT ON POLICY client_rows ON @extschema@.psa_mappings IS
+	'the rows of the clients the reader may see (msp_sees_all_clients, else bi_client_access)';
+ALTER TABLE @extschema@.psa_syncs ENABLE ROW LEVEL SECURITY;
+CREATE POLICY client_rows ON @extschema@.psa_syncs USING ((SELECT @extschema@.msp_sees_all_clients()) OR client_id = ANY (CAST((SELECT @extschema@.msp_visible_clients()) AS bigint[])));
+COMMENT ON POLICY client_rows ON @extschema@.psa_syncs IS
+	'the rows of the clients the reader may see (msp_sees_all_clients, else bi_client_access)';
+
+-- what was synced is a fact, like an invoice
+CREATE TRIGGER refuse_change BEFORE UPDATE OR DELETE ON @extschema@.psa_syncs
+	FOR EACH ROW EXECUTE FUNCTION @extschema@.msp_refuse_change();
+CREATE TRIGGER refuse_truncate BEFORE TRUNCATE ON @extschema@.psa_syncs
+	FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.msp_refuse_change();
+
+-- The quantity each of a client's PSA objects should have for a period
+-- (the sum of its lines' quantities on the invoice: as finalized, else a
+-- preview; 0 when no line of its kind is billed), the quantity it was
+-- last synced to, and the change.
+CREATE FUNCTION @extschema@.msp_psa_quantities(client_id bigint, period daterange DEFAULT NULL)
+RETURNS TABLE (mapping_id bigint, psa text, psa_object text, psa_agreement text, psa_item text, basis text,
+			   quantity numeric, previous_quantity numeric, change numeric)
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	lines invoice_line[];
+BEGIN
+	period := msp_period(client_id, period);
+	lines := ARRAY(SELECT l FROM msp_invoice_lines(client_id, period) l);
+	RETURN QUERY
+	SELECT m.mapping_id, m.psa,
+		   CASE m.psa WHEN 'connectwise' THEN 'agreement addition' WHEN 'autotask' THEN 'contract service'
+					  ELSE 'recurring invoice line' END,
+		   m.psa_agreement, m.psa_item, m.basis, q.quantity, s.quantity, q.quantity - coalesce(s.quantity, 0)
+	  FROM psa_mappings m
+	  CROSS JOIN LATERAL (
+		SELECT coalesce(sum(l.quantity), 0) AS quantity FROM unnest(lines) l
+		 WHERE l.basis = m.basis AND (m.contract_id IS NULL OR l.contract_id = m.contract_id)) q
+	  LEFT JOIN LATERAL (
+		SELECT x.quantity FROM psa_syncs x
+		 WHERE x.client_id = client_id AND x.mapping_id = m.mapping_id
+		 ORDER BY x.sync_id DESC LIMIT 1) s ON true
+	 WHERE m.client_id = client_id
+	 ORDER BY m.psa, m.psa_agreement, m.psa_item;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_psa_quantities(bigint, daterange) IS
+	'per PSA mapping of a client: the quantity the PSA object should have for a period, the one last synced and the change';
+
+-- Records a sync: the quantities msp_psa_quantities() reports become the
+-- ones the PSA objects have.  A definer, so that the history is written
+-- only here (server-stamped); one sync per client at a time, so that the
+-- change each reports is from the sync before it.
+CREATE FUNCTION @extschema@.msp_psa_sync(client_id bigint, period daterange DEFAULT NULL)
+RETURNS TABLE (mapping_id bigint, psa text, psa_object text, psa_agreement text, psa_item text, basis text,
+			   quantity numeric, previous_quantity numeric, change numeric)
+LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER
+SET search_path = pg_catalog, @extschema@, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	r record;
+BEGIN
+	period := msp_period(client_id, period);
+	PERFORM pg_advisory_xact_lock(hashtext('mspbill.psa_sync'), hashtext(client_id::text));
+	FOR r IN SELECT * FROM msp_psa_quantities(client_id, period) LOOP
+		INSERT INTO @extschema@.psa_syncs (client_id, mapping_id, period, quantity, previous_quantity)
+		VALUES (client_id, r.mapping_id, period, r.quantity, r.previous_quantity);
+		mapping_id := r.mapping_id;
+		psa := r.psa;
+		psa_object := r.psa_object;
+		psa_agreement := r.psa_agreement;
+		psa_item := r.psa_item;
+		basis := r.basis;
+		quantity := r.quantity;
+		previous_quantity := r.previous_quantity;
+		change := r.change;
+		RETURN NEXT;
+	END LOOP;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION @extschema@.msp_psa_sync(bigint, daterange) FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@.msp_psa_sync(bigint, daterange) IS
+	'records the quantities each PSA object of a client should now have for a period and returns them with the change from the last sync';
+
+-- finalization writes the document (src/finalize.sql)
+CREATE OR REPLACE FUNCTION @extschema@.msp_finalize_invoice(client_id bigint, period daterange DEFAULT NULL,
+												 override text[] DEFAULT '{}')
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER
+SET search_path = pg_catalog, @extschema@, pg_temp
+SET mspbill.pseudonymous = on
+AS $$
+#variable_conflict use_variable
+DECLARE
+	id bigint;
+	inv invoice;
+	failing text[];
+	unknown text[];
+	today date;
+	stamp timestamptz;
+	c clients;
+	terms record;
+	lines invoice_line[];
+	evidence jsonb;
+	number text;
+	invoice_day date;
+BEGIN
+	period := msp_period(client_id, period);
+	-- one finalization per client and period at a time, in any session
+	PERFORM pg_advisory_xact_lock(hashtext('mspbill.finalize'), hashtext(client_id::text || period::text));
+	id := (msp_finalized_invoice(client_id, period)).invoice_id;
+	IF id IS NOT NULL THEN
+		RETURN id;
+	END IF;
+
+	-- an unfinished month is not a data-quality question: its logons are
+	-- still coming, so no override finalizes it
+	IF 'period_not_over' = ANY (coalesce(override, '{}')) THEN
+		RAISE EXCEPTION 'the gate period_not_over cannot be overridden'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'A period is finalized only after it ends.',
+				  HINT = 'Overridable gates are device_silent, day_without_logons, unmapped_account and logon_outside_contract.';
+	END IF;
+	unknown := ARRAY(SELECT unnest(coalesce(override, '{}'))
+					 EXCEPT SELECT unnest('{device_silent,day_without_logons,unmapped_account,logon_outside_contract}'::text[]));
+	IF cardinality(unknown) > 0 THEN
+		RAISE EXCEPTION 'unknown data-quality gate %', unknown[1]
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Overridable gates are device_silent, day_without_logons, unmapped_account and logon_outside_contract.';
+	END IF;
+	IF EXISTS (SELECT 1 FROM msp_data_quality(client_id, period) q WHERE q.gate = 'period_not_over') THEN
+		today := (now() AT TIME ZONE (SELECT c.time_zone FROM clients c WHERE c.client_id = client_id))::date;
+		RAISE EXCEPTION 'period % of client % is not over', period, client_id
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  DETAIL = format('The period ends on %s; today is %s in the client''s time zone.', upper(period) - 1, today),
+				  HINT = format('Finalize on or after %s; until then, preview it with SELECT * FROM mspbill.msp_invoice(%s, %L);',
+								upper(period), client_id, period);
+	END IF;
+	failing := ARRAY(SELECT DISTINCT q.gate FROM msp_data_quality(client_id, period) q
+					  WHERE NOT q.gate = ANY (coalesce(override, '{}')) ORDER BY 1);
+	IF cardinality(failing) > 0 THEN
+		RAISE EXCEPTION 'data-quality gates failed for client % in %: %', client_id, period,
+						array_to_string(failing, ', ')
+			USING ERRCODE = 'check_violation',
+				  DETAIL = 'See SELECT * FROM mspbill.msp_data_quality(client_id, period) for each finding.',
+				  HINT = format('Fix the data, or finalize anyway (the override is recorded): SELECT mspbill.msp_finalize_invoice(%s, %L, %L);',
+								client_id, period, failing);
+	END IF;
+
+	inv := msp_compute_invoice(client_id, period);
+	lines := ARRAY(SELECT l FROM msp_price_lines(client_id, period, NULL) l);
+	evidence := coalesce((SELECT jsonb_agg(to_jsonb(u)) FROM msp_billable_users(client_id, period) u), '[]');
+	SELECT * INTO terms FROM msp_invoice_terms(client_id);
+	SELECT * INTO c FROM clients WHERE clients.client_id = client_id;
+	-- the number last: its counter row stays locked until this transaction
+	-- ends, so other finalizations wait here (not through the pricing), and
+	-- a rollback gives the number back: no gaps, no duplicates
+	INSERT INTO @extschema@.invoice_numbering AS n (series, last_number) VALUES ('invoice', 1)
+	ON CONFLICT (series) DO UPDATE SET last_number = n.last_number + 1
+	RETURNING msp_invoice_number_text(n.prefix, n.last_number, n.digits) INTO number;
+	-- one reading of the clock for the invoice and its audit entries
+	stamp := clock_timestamp();
+	invoice_day := (stamp AT TIME ZONE c.time_zone)::date;
+	INSERT INTO @extschema@.invoices (client_id, kind, period, model, users, seats, devices, subtotal, total,
+						  currency, evidence, overrides, finalized_at)
+	VALUES (client_id, 'invoice', period, inv.model, inv.users, inv.seats, inv.devices, inv.subtotal,
+			inv.total, inv.currency, evidence, coalesce(override, '{}'), stamp)
+	RETURNING invoice_id INTO id;
+	INSERT INTO @extschema@.invoice_items (client_id, invoice_id, line_no, contract_id, description, quantity,
+							   unit_price, amount, basis)
+	SELECT client_id, id, l.line_no, l.contract_id, l.description, l.quantity, l.unit_price, l.amount, l.basis
+	  FROM unnest(lines) l;
+	-- the document: number, dates, terms and PO as the client has them
+	-- today, and each line's tax and explanation (src/billing/documents.sql)
+	INSERT INTO @extschema@.invoice_documents (client_id, invoice_id, invoice_number, invoice_date, due_date,
+							   payment_terms_days, po_reference, tax)
+	VALUES (client_id, id, number, invoice_day, invoice_day + terms.payment_terms_days, terms.payment_terms_days,
+			terms.po_reference, (SELECT coalesce(sum(t.tax), 0) FROM msp_tax_lines(client_id, lines) t));
+	INSERT INTO @extschema@.invoice_line_documents (client_id, invoice_id, line_no, tax_name, tax_rate, tax,
+									explanation, evidence)
+	SELECT client_id, id, t.line_no, t.tax_name, t.tax_rate, t.tax, x.explanation, x.evidence
+	  FROM msp_tax_lines(client_id, lines) t
+	  JOIN msp_explain_lines(client_id, period, lines, evidence) x ON x.line_no = t.line_no;
+	INSERT INTO @extschema@.audit_log (client_id, action, invoice_id, detail, at)
+	VALUES (client_id, 'finalize', id, jsonb_build_object('period', period::text, 'total', inv.total), stamp);
+	IF cardinality(coalesce(override, '{}')) > 0 THEN
+		INSERT INTO @extschema@.audit_log (client_id, action, invoice_id, at, detail)
+		VALUES (client_id, 'override', id, stamp, jsonb_build_object('gates', override,
+				'findings', (SELECT jsonb_agg(to_jsonb(q)) FROM msp_data_quality(client_id, period) q
+							  WHERE q.gate = ANY (override))));
+	END IF;
+	RETURN id;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_finalize_invoice(bigint, daterange, text[]) IS
+	'stores the invoice of a period with its lines, evidence, number, dates, terms and tax and returns its id; finalizing again returns the same id';
+
+-- grants of the new tables and of msp_psa_sync: run msp_install_roles()
+-- after the update, as for every release
+CREATE OR REPLACE FUNCTION @extschema@.msp_install_roles() RETURNS text
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, @extschema@, pg_temp
+AS $$
+DECLARE
+	r text;
+	roles text := 'mspbill_admin, mspbill_billing, mspbill_bi, mspbill_pii, mspbill_report';
+	-- the tables people maintain by hand (or by script)
+	data_tables text := '@extschema@.clients, @extschema@.contracts, @extschema@.contract_tiers, '
+						'@extschema@.devices, @extschema@.people, @extschema@.logons, @extschema@.support_contacts, '
+						'@extschema@.cost_pools, @extschema@.license_counts, @extschema@.applications, '
+						'@extschema@.invoice_terms, @extschema@.tax_rates, @extschema@.psa_mappings, @extschema@.export_codes';
+	-- read by every role that reads invoices, written only by the definers
+	-- (the number series: see below)
+	billed_tables text := '@extschema@.invoices, @extschema@.invoice_items, @extschema@.invoice_documents, '
+						  '@extschema@.invoice_line_documents, @extschema@.psa_syncs, @extschema@.invoice_numbering';
+	staging text := '@extschema@.windows_event_staging, @extschema@.entra_signin_staging, @extschema@.emr_audit_staging';
+	staging_seqs text := '@extschema@.windows_event_staging_line_no_seq, @extschema@.entra_signin_staging_line_no_seq, '
+						 '@extschema@.emr_audit_staging_line_no_seq';
+	writers text := '@extschema@.msp_finalize_invoice(bigint, daterange, text[]), '
+					'@extschema@.msp_issue_adjustment(bigint, daterange, text), '
+					'@extschema@.msp_load_windows_events(bigint, text), '
+					'@extschema@.msp_load_entra_signins(bigint, text), '
+					'@extschema@.msp_load_emr_audit(bigint, text), '
+					'@extschema@.msp_discard_staged(bigint), '
+					'@extschema@.msp_psa_sync(bigint, daterange)';
+	reports text := '@extschema@.msp_report_invoices(), @extschema@.msp_report_invoice(bigint, daterange), '
+					'@extschema@.msp_report_invoice_lines(bigint, daterange), '
+					'@extschema@.msp_report_billable_users(bigint, daterange)';
+	account_cols text := 'client_id, account_id, realm, kind, person_id, application, is_machine';
+	-- reporting (src/reporting.sql): rollups and KPI views to read, and the
+	-- definer functions that alone write the rollups
+	reporting text := '@extschema@.daily_activity, @extschema@.period_invoices, @extschema@.pii_findings, '
+					  '@extschema@.reporting_clients, @extschema@.kpi_daily_activity, @extschema@.kpi_billable_users, '
+					  '@extschema@.kpi_license_utilization, @extschema@.kpi_margin, @extschema@.kpi_margin_per_user, '
+					  '@extschema@.kpi_hipaa_findings, @extschema@.kpi_data_quality';
+	refreshers text := '@extschema@.msp_refresh_rollups(), @extschema@.msp_rebuild_rollups()';
+BEGIN
+	FOREACH r IN ARRAY string_to_array(replace(roles, ' ', ''), ',') LOOP
+		IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r) THEN
+			EXECUTE format('CREATE ROLE %I NOLOGIN', r);
+		END IF;
+		EXECUTE format('GRANT USAGE ON SCHEMA @extschema@ TO %I', r);
+	END LOOP;
+	-- start from nothing, so that a rerun after an upgrade also takes back
+	-- what earlier versions granted (GRANT ALL, writes to invoices)
+	EXECUTE format('REVOKE ALL ON ALL TABLES IN SCHEMA @extschema@ FROM %s', roles);
+	EXECUTE format('REVOKE ALL ON ALL SEQUENCES IN SCHEMA @extschema@ FROM %s', roles);
+	EXECUTE format('REVOKE ALL ON FUNCTION %s, %s, %s FROM %s', writers, reports, refreshers, roles);
+	EXECUTE 'GRANT SELECT ON @extschema@.bi_client_access TO PUBLIC';
+
+	-- admin: every client's data, real names and raw records
+	EXECUTE 'GRANT mspbill_pii TO mspbill_admin';
+	EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON %s, @extschema@.accounts, @extschema@.person_identities, '
+				   '@extschema@.bi_client_access, @extschema@.load_rejects TO mspbill_admin', data_tables);
+	EXECUTE format('GRANT SELECT ON %s, @extschema@.audit_log TO mspbill_admin', billed_tables);
+	EXECUTE format('GRANT INSERT ON %s TO mspbill_admin, mspbill_billing', staging);
+	EXECUTE format('GRANT USAGE ON %s, @extschema@.logons_logon_id_seq TO mspbill_admin, mspbill_billing', staging_seqs);
+	EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO mspbill_admin, mspbill_billing', writers);
+
+	-- the number series: chosen before the first invoice (prefix, digits,
+	-- the number another system stopped at), never set back afterwards
+	EXECUTE 'GRANT INSERT (series, prefix, digits, last_number), UPDATE (prefix, digits) '
+			'ON @extschema@.invoice_numbering TO mspbill_admin, mspbill_billing';
+
+	-- billing: the same workflow on pseudonyms only
+	EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON %s TO mspbill_billing', data_tables);
+	EXECUTE format('GRANT SELECT ON %s, @extschema@.audit_log TO mspbill_billing', billed_tables);
+	EXECUTE format('GRANT SELECT (%s) ON @extschema@.accounts TO mspbill_billing', account_cols);
+	-- new accounts may be named (write-only), mapped and removed
+	EXECUTE 'GRANT INSERT, DELETE ON @extschema@.accounts TO mspbill_billing';
+	EXECUTE 'GRANT UPDATE (kind, person_id) ON @extschema@.accounts TO mspbill_billing';
+	EXECUTE 'GRANT SELECT (client_id, source, line_no, reason, rejected_at), DELETE ON @extschema@.load_rejects TO mspbill_billing';
+
+	-- bi: billing data of its clients, read-only, without names
+	EXECUTE format('GRANT SELECT ON %s, %s TO mspbill_bi', data_tables, billed_tables);
+	EXECUTE format('GRANT SELECT (%s) ON @extschema@.accounts TO mspbill_bi', account_cols);
+
+	-- pii: real names and raw records of its clients
+	EXECUTE 'GRANT SELECT ON @extschema@.person_identities, @extschema@.load_rejects TO mspbill_pii';
+	EXECUTE 'GRANT SELECT (client_id, account_id, name) ON @extschema@.accounts TO mspbill_pii';
+
+	EXECUTE 'GRANT SELECT ON @extschema@.account_labels TO mspbill_admin, mspbill_billing, mspbill_bi, mspbill_pii';
+
+	-- reporting: the roles that read billing data read the rollups and KPI
+	-- views (rows of their clients only); those who write logons mark
+	-- days (the logons trigger runs as them; marked_at is the server's) and
+	-- refresh, as cron would, through the definer functions only
+	EXECUTE format('GRANT SELECT ON %s TO mspbill_admin, mspbill_billing, mspbill_bi', reporting);
+	EXECUTE 'GRANT INSERT (client_id, day) ON @extschema@.rollup_dirty TO mspbill_admin, mspbill_billing';
+	EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO mspbill_admin, mspbill_billing', refreshers);
+
+	-- report: functions only (see msp_report_invoices)
+	EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO mspbill_report', reports);
+	RETURN 'roles mspbill_admin, mspbill_billing, mspbill_bi, mspbill_pii and mspbill_report are ready';
+END
+$$;
+-- for DBAs only: it creates roles and grants
+REVOKE EXECUTE ON FUNCTION @extschema@.msp_install_roles() FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@.msp_install_roles() IS
+	'creates (if missing) and grants the roles mspbill_admin, mspbill_billing, mspbill_bi, mspbill_pii and mspbill_report; idempotent';

@@ -21,9 +21,27 @@ COMMENT ON TABLE @extschema@.invoice_numbering IS
 	'the invoice number series: prefix, zero-padded digits and the last number given; finalization takes the next one';
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.invoice_numbering', '');
 
+-- What a client's invoices say besides their lines: payment terms, the
+-- PO reference, the tax rate and name, and whether tax is rounded per line
+-- or per invoice.  A client without a row gets the defaults below
+-- (msp_invoice_terms).  Copied onto each invoice when it is finalized, so
+-- that later changes do not rewrite invoices already sent.
+CREATE TABLE @extschema@.invoice_terms (
+	client_id bigint PRIMARY KEY REFERENCES @extschema@.clients ON DELETE CASCADE,
+	payment_terms_days integer NOT NULL DEFAULT 30
+		CONSTRAINT invoice_terms_payment_terms_days_range CHECK (payment_terms_days BETWEEN 0 AND 365),
+	po_reference text CONSTRAINT invoice_terms_po_reference_not_empty CHECK (po_reference <> ''),
+	tax_rate numeric NOT NULL DEFAULT 0 CONSTRAINT invoice_terms_tax_rate_range CHECK (tax_rate >= 0 AND tax_rate <= 1),
+	tax_name text NOT NULL DEFAULT 'Tax Exempt' CONSTRAINT invoice_terms_tax_name_not_empty CHECK (tax_name <> ''),
+	tax_rounding text NOT NULL DEFAULT 'invoice'
+		CONSTRAINT invoice_terms_tax_rounding_known CHECK (tax_rounding IN ('line', 'invoice'))
+);
+COMMENT ON TABLE @extschema@.invoice_terms IS
+	'per client: payment terms (days), PO reference, tax rate and name, tax rounded per line or per invoice';
+
 -- Tax rates for kinds of lines (invoice_line.basis: user, seat, device,
 -- license, cost, minimum, adjustment, and kinds added later) that differ
--- from the client's own rate (clients.tax_rate).
+-- from the client's own rate (invoice_terms.tax_rate).
 CREATE TABLE @extschema@.tax_rates (
 	client_id bigint NOT NULL REFERENCES @extschema@.clients ON DELETE CASCADE,
 	basis text NOT NULL CONSTRAINT tax_rates_basis_not_empty CHECK (basis <> ''),
@@ -33,11 +51,98 @@ CREATE TABLE @extschema@.tax_rates (
 );
 COMMENT ON TABLE @extschema@.tax_rates IS
 	'a client''s tax rate and name for one kind of invoice line (basis), instead of the client''s own';
+
+-- The document of a finalized invoice: its number, dates, terms and PO
+-- reference as they were when it was finalized, and its tax.  Written
+-- only by msp_finalize_invoice.  Invoices finalized before 0.3.0 have none:
+-- they were sent unnumbered.  (A table beside invoices, not columns of it:
+-- functions take the invoices row type, so 0.2.0's rows stay as stored.)
+CREATE TABLE @extschema@.invoice_documents (
+	client_id bigint NOT NULL,
+	invoice_id bigint NOT NULL,
+	invoice_number text NOT NULL,
+	invoice_date date NOT NULL,
+	due_date date NOT NULL,
+	payment_terms_days integer NOT NULL,
+	po_reference text,
+	tax numeric NOT NULL,
+	PRIMARY KEY (client_id, invoice_id),
+	FOREIGN KEY (client_id, invoice_id) REFERENCES @extschema@.invoices,
+	CONSTRAINT invoice_documents_due_date_not_before_invoice_date CHECK (due_date >= invoice_date)
+);
+-- numbers come from one counter, so they are unique across clients by
+-- construction; this index (with client_id, so that Citus can keep it per
+-- shard) catches a counter set back by hand
+CREATE UNIQUE INDEX invoice_documents_number_key ON @extschema@.invoice_documents (client_id, invoice_number);
+COMMENT ON TABLE @extschema@.invoice_documents IS
+	'number, invoice date, due date, payment terms, PO reference and tax of each invoice finalized since 0.3.0';
+
+-- Each line's tax and plain-language explanation, as finalized.
+CREATE TABLE @extschema@.invoice_line_documents (
+	client_id bigint NOT NULL,
+	invoice_id bigint NOT NULL,
+	line_no integer NOT NULL,
+	tax_name text NOT NULL,
+	tax_rate numeric NOT NULL,
+	tax numeric NOT NULL,
+	explanation text NOT NULL,
+	evidence jsonb,
+	PRIMARY KEY (client_id, invoice_id, line_no),
+	FOREIGN KEY (client_id, invoice_id, line_no) REFERENCES @extschema@.invoice_items,
+	FOREIGN KEY (client_id, invoice_id) REFERENCES @extschema@.invoice_documents
+);
+COMMENT ON TABLE @extschema@.invoice_line_documents IS
+	'the tax, explanation and evidence of each line of an invoice finalized since 0.3.0';
+
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.invoice_terms', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.tax_rates', '');
-ALTER TABLE @extschema@.tax_rates ENABLE ROW LEVEL SECURITY;
-CREATE POLICY client_rows ON @extschema@.tax_rates USING ((SELECT @extschema@.msp_sees_all_clients()) OR client_id = ANY (CAST((SELECT @extschema@.msp_visible_clients()) AS bigint[])));
-COMMENT ON POLICY client_rows ON @extschema@.tax_rates IS
-	'the rows of the clients the reader may see (msp_sees_all_clients, else bi_client_access)';
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.invoice_documents', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.invoice_line_documents', '');
+
+DO $$
+DECLARE
+	t text;
+BEGIN
+	FOREACH t IN ARRAY ARRAY['invoice_terms', 'tax_rates', 'invoice_documents', 'invoice_line_documents'] LOOP
+		EXECUTE format('ALTER TABLE @extschema@.%I ENABLE ROW LEVEL SECURITY', t);
+		EXECUTE format('CREATE POLICY client_rows ON @extschema@.%I USING ((SELECT @extschema@.msp_sees_all_clients()) OR client_id = ANY (CAST((SELECT @extschema@.msp_visible_clients()) AS bigint[])))', t);
+		EXECUTE format('COMMENT ON POLICY client_rows ON @extschema@.%I IS %L', t,
+					   'the rows of the clients the reader may see (msp_sees_all_clients, else bi_client_access)');
+	END LOOP;
+END
+$$;
+
+-- finalized documents are facts, like the invoices they belong to
+CREATE TRIGGER refuse_change BEFORE UPDATE OR DELETE ON @extschema@.invoice_documents
+	FOR EACH ROW EXECUTE FUNCTION @extschema@.msp_refuse_change();
+CREATE TRIGGER refuse_truncate BEFORE TRUNCATE ON @extschema@.invoice_documents
+	FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.msp_refuse_change();
+CREATE TRIGGER refuse_change BEFORE UPDATE OR DELETE ON @extschema@.invoice_line_documents
+	FOR EACH ROW EXECUTE FUNCTION @extschema@.msp_refuse_change();
+CREATE TRIGGER refuse_truncate BEFORE TRUNCATE ON @extschema@.invoice_line_documents
+	FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.msp_refuse_change();
+
+-- A client's invoice terms: its row, or the defaults of a row (one read,
+-- client_id = $1, so that Citus routes it).
+CREATE FUNCTION @extschema@.msp_invoice_terms(client_id bigint) RETURNS @extschema@.invoice_terms
+LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	t invoice_terms;
+BEGIN
+	SELECT * INTO t FROM invoice_terms it WHERE it.client_id = client_id;
+	IF NOT FOUND THEN
+		-- the column defaults of invoice_terms (test/sql/documents.sql
+		-- checks that they agree)
+		t := ROW(client_id, 30, NULL, 0, 'Tax Exempt', 'invoice')::invoice_terms;
+	END IF;
+	RETURN t;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_invoice_terms(bigint) IS
+	'a client''s invoice terms: its invoice_terms row, or the defaults when it has none';
 
 -- An invoice number as printed: prefix and the number, zero-padded to the
 -- digits (never cut: a longer number is printed whole).
@@ -62,30 +167,33 @@ COMMENT ON FUNCTION @extschema@.msp_payment_terms_text(integer) IS
 -- of its lines, and each line carries the difference its running total
 -- makes (so line taxes still add up to the rounded tax exactly, each
 -- within one minor unit of its own exact tax, credits included).
-CREATE FUNCTION @extschema@.msp_tax_lines(c @extschema@.clients, lines @extschema@.invoice_line[])
+CREATE FUNCTION @extschema@.msp_tax_lines(client_id bigint, lines @extschema@.invoice_line[])
 RETURNS TABLE (line_no integer, tax_name text, tax_rate numeric, tax numeric)
 LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
 SET search_path = @extschema@, pg_catalog, pg_temp
 AS $$
+#variable_conflict use_variable
+DECLARE
+	t invoice_terms := msp_invoice_terms(client_id);
+	minor numeric := (SELECT c.minor_unit FROM clients c WHERE c.client_id = client_id);
 BEGIN
 	RETURN QUERY
 	WITH l AS (
-		SELECT x.line_no AS n, x.amount, coalesce(r.tax_name, c.tax_name) AS name,
-			   coalesce(r.tax_rate, c.tax_rate) AS rate
+		SELECT x.line_no AS n, x.amount, coalesce(r.tax_name, t.tax_name) AS name,
+			   coalesce(r.tax_rate, t.tax_rate) AS rate
 		  FROM unnest(lines) x
-		  LEFT JOIN tax_rates r ON r.client_id = c.client_id AND r.basis = x.basis),
+		  LEFT JOIN tax_rates r ON r.client_id = client_id AND r.basis = x.basis),
 	run AS (
 		SELECT l.*, sum(l.amount) OVER (PARTITION BY l.name, l.rate ORDER BY l.n) AS upto FROM l)
 	SELECT run.n, run.name, run.rate,
-		   CASE WHEN c.tax_rounding = 'line' THEN msp_round(run.amount * run.rate, c.minor_unit)
-				ELSE msp_round(run.upto * run.rate, c.minor_unit)
-					 - msp_round((run.upto - run.amount) * run.rate, c.minor_unit) END
+		   CASE WHEN t.tax_rounding = 'line' THEN msp_round(run.amount * run.rate, minor)
+				ELSE msp_round(run.upto * run.rate, minor) - msp_round((run.upto - run.amount) * run.rate, minor) END
 	  FROM run
 	 ORDER BY run.n;
 END
 $$;
-COMMENT ON FUNCTION @extschema@.msp_tax_lines(@extschema@.clients, @extschema@.invoice_line[]) IS
-	'the tax name, rate and amount of each invoice line, rounded per line or per invoice as the client''s tax_rounding says';
+COMMENT ON FUNCTION @extschema@.msp_tax_lines(bigint, @extschema@.invoice_line[]) IS
+	'the tax name, rate and amount of each invoice line, rounded per line or per invoice as the client''s invoice terms say';
 
 -- "1 technician", "3 service accounts".
 CREATE FUNCTION @extschema@.msp_count_noun(n numeric, one text, many text) RETURNS text
@@ -157,6 +265,7 @@ DECLARE
 	details text[];
 	names text[];
 	rooms boolean;
+	sister_names text;
 BEGIN
 	period := msp_period(client_id, period);
 	SELECT * INTO c FROM clients WHERE clients.client_id = client_id;
@@ -205,10 +314,16 @@ BEGIN
 						ORDER BY e.pseudonym, e.home), '[]')
 			  INTO n, n_support, n_sister, ev
 			  FROM e;
+			-- the sister clients by name, where the reader may see them
+			sister_names := (SELECT string_agg(sc.name, ', ' ORDER BY sc.name) FROM clients sc
+							  WHERE sc.client_id IN (SELECT (x->>'home_client_id')::bigint
+													   FROM jsonb_array_elements(billed_people) x
+													  WHERE (x->>'home_client_id')::bigint <> client_id));
 			details := ARRAY(SELECT x FROM unnest(ARRAY[
 						 CASE WHEN n_support > 0 THEN format('%s only called support', n_support) END,
-						 CASE WHEN n_sister > 0 THEN format('%s of another client that this client pays for',
-															 msp_count_noun(n_sister, 'is a person', 'are people')) END]) x
+						 CASE WHEN n_sister > 0 THEN format('%s of %s, paid for by this client',
+															 msp_count_noun(n_sister, 'is a person', 'are people'),
+															 coalesce(sister_names, 'another client')) END]) x
 						WHERE x IS NOT NULL);
 			txt := msp_count_noun(n, 'person', 'people') || ' logged on at least '
 				   || msp_count_noun(k.min_active_days, 'day', 'days')
@@ -299,20 +414,20 @@ SET search_path = @extschema@, pg_catalog, pg_temp
 AS $$
 #variable_conflict use_variable
 DECLARE
-	c clients;
 	fin invoices;
 	lines invoice_line[];
 	billed jsonb;
 BEGIN
 	period := msp_period(client_id, period);
-	SELECT * INTO c FROM clients WHERE clients.client_id = client_id;
 	fin := msp_finalized_invoice(client_id, period);
-	IF fin.invoice_number IS NOT NULL THEN
+	IF EXISTS (SELECT 1 FROM invoice_documents d WHERE d.client_id = client_id AND d.invoice_id = fin.invoice_id) THEN
 		RETURN QUERY
 		SELECT it.line_no, it.contract_id, it.description, it.quantity, it.unit_price, it.amount, it.basis,
-			   it.tax_name, it.tax_rate, it.tax, it.explanation, it.evidence
+			   ld.tax_name, ld.tax_rate, ld.tax, ld.explanation, ld.evidence
 		  FROM invoice_items it
-		 WHERE it.client_id = client_id AND it.invoice_id = fin.invoice_id
+		  JOIN invoice_line_documents ld ON ld.client_id = it.client_id AND ld.invoice_id = it.invoice_id
+										AND ld.line_no = it.line_no
+		 WHERE it.client_id = client_id AND ld.client_id = client_id AND it.invoice_id = fin.invoice_id
 		 ORDER BY it.line_no;
 		RETURN;
 	END IF;
@@ -335,7 +450,7 @@ BEGIN
 	SELECT l.line_no, l.contract_id, l.description, l.quantity, l.unit_price, l.amount, l.basis,
 		   t.tax_name, t.tax_rate, t.tax, x.explanation, x.evidence
 	  FROM unnest(lines) l
-	  JOIN msp_tax_lines(c, lines) t ON t.line_no = l.line_no
+	  JOIN msp_tax_lines(client_id, lines) t ON t.line_no = l.line_no
 	  JOIN msp_explain_lines(client_id, period, lines, billed) x ON x.line_no = l.line_no
 	 ORDER BY l.line_no;
 END
@@ -376,7 +491,9 @@ AS $$
 #variable_conflict use_variable
 DECLARE
 	c clients;
+	terms invoice_terms;
 	fin invoices;
+	doc invoice_documents;
 	today date;
 	lines_net numeric;
 	lines_tax numeric;
@@ -387,23 +504,25 @@ BEGIN
 	client_name := c.name;
 	currency := c.currency;
 	IF fin.invoice_id IS NOT NULL THEN
-		status := CASE WHEN fin.invoice_number IS NULL THEN 'finalized unnumbered' ELSE 'finalized' END;
-		invoice_number := fin.invoice_number;
-		invoice_date := fin.invoice_date;
-		due_date := fin.due_date;
-		payment_terms := msp_payment_terms_text(fin.payment_terms_days);
-		po_reference := fin.po_reference;
+		SELECT * INTO doc FROM invoice_documents d WHERE d.client_id = client_id AND d.invoice_id = fin.invoice_id;
+		status := CASE WHEN doc.invoice_id IS NULL THEN 'finalized unnumbered' ELSE 'finalized' END;
+		invoice_number := doc.invoice_number;
+		invoice_date := doc.invoice_date;
+		due_date := doc.due_date;
+		payment_terms := msp_payment_terms_text(doc.payment_terms_days);
+		po_reference := doc.po_reference;
 		currency := fin.currency;
 		net_amount := fin.total;
-		tax := coalesce(fin.tax, 0);
+		tax := coalesce(doc.tax, 0);
 	ELSE
+		terms := msp_invoice_terms(client_id);
 		SELECT sum(l.amount), sum(l.tax) INTO lines_net, lines_tax FROM msp_document_lines(client_id, period) l;
 		today := (now() AT TIME ZONE c.time_zone)::date;
 		status := 'preview';
 		invoice_date := today;
-		due_date := today + c.payment_terms_days;
-		payment_terms := msp_payment_terms_text(c.payment_terms_days);
-		po_reference := c.po_reference;
+		due_date := today + terms.payment_terms_days;
+		payment_terms := msp_payment_terms_text(terms.payment_terms_days);
+		po_reference := terms.po_reference;
 		net_amount := coalesce(lines_net, 0);
 		tax := coalesce(lines_tax, 0);
 	END IF;

@@ -20,27 +20,30 @@ COMMENT ON TABLE @extschema@.export_codes IS
 	'per kind of invoice line (basis): the account code and product/service name the accounting exports book it to';
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.export_codes', '');
 
--- The finalized, numbered invoice of a client and period; an error that
--- says why when there is none.
+-- The document of the finalized, numbered invoice of a client and period;
+-- an error that says why when there is none.
 CREATE FUNCTION @extschema@.msp_require_numbered(client_id bigint, period daterange)
-RETURNS @extschema@.invoices
+RETURNS @extschema@.invoice_documents
 LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
 SET search_path = @extschema@, pg_catalog, pg_temp
 AS $$
+#variable_conflict use_variable
 DECLARE
 	fin invoices := msp_require_finalized(client_id, period);
+	doc invoice_documents;
 BEGIN
-	IF fin.invoice_number IS NULL THEN
+	SELECT * INTO doc FROM invoice_documents d WHERE d.client_id = client_id AND d.invoice_id = fin.invoice_id;
+	IF NOT FOUND THEN
 		RAISE EXCEPTION 'invoice % of client % for % has no number', fin.invoice_id, client_id, period
 			USING ERRCODE = 'object_not_in_prerequisite_state',
 				  DETAIL = 'It was finalized before mspbill 0.3.0, which numbered no invoice.',
 				  HINT = 'It was sent under whatever number your accounting gave it; enter it there by hand.';
 	END IF;
-	RETURN fin;
+	RETURN doc;
 END
 $$;
 COMMENT ON FUNCTION @extschema@.msp_require_numbered(bigint, daterange) IS
-	'the finalized, numbered invoice of a client and period; an error when there is none';
+	'the document of the finalized, numbered invoice of a client and period; an error when there is none';
 
 -- A line as an importer recomputes it, quantity times unit price: kept
 -- when that gives the stored amount to the minor unit, else one unit at
@@ -75,20 +78,22 @@ AS $$
 #variable_conflict use_variable
 DECLARE
 	c clients;
-	fin invoices;
+	doc invoice_documents;
 BEGIN
 	period := msp_period(client_id, period);
-	fin := msp_require_numbered(client_id, period);
+	doc := msp_require_numbered(client_id, period);
 	SELECT * INTO c FROM clients WHERE clients.client_id = client_id;
 	RETURN QUERY
-	SELECT c.name, fin.invoice_number, fin.po_reference, to_char(fin.invoice_date, 'DD/MM/YYYY'),
-		   to_char(fin.due_date, 'DD/MM/YYYY'), e.item_name, x.description_out, trim_scale(x.quantity_out)::text,
-		   x.unit_price_out::text, it.amount::text, coalesce(e.account_code, '200'), it.tax_name, it.tax::text,
-		   fin.currency::text
+	SELECT c.name, doc.invoice_number, doc.po_reference, to_char(doc.invoice_date, 'DD/MM/YYYY'),
+		   to_char(doc.due_date, 'DD/MM/YYYY'), e.item_name, x.description_out, trim_scale(x.quantity_out)::text,
+		   x.unit_price_out::text, it.amount::text, coalesce(e.account_code, '200'), ld.tax_name, ld.tax::text,
+		   c.currency::text
 	  FROM invoice_items it
+	  JOIN invoice_line_documents ld ON ld.client_id = it.client_id AND ld.invoice_id = it.invoice_id
+									AND ld.line_no = it.line_no
 	  LEFT JOIN export_codes e ON e.basis = it.basis
 	  CROSS JOIN LATERAL msp_export_line(it.quantity, it.unit_price, it.amount, it.description, c.minor_unit) x
-	 WHERE it.client_id = client_id AND it.invoice_id = fin.invoice_id
+	 WHERE it.client_id = client_id AND ld.client_id = client_id AND it.invoice_id = doc.invoice_id
 	 ORDER BY it.line_no;
 END
 $$;
@@ -107,8 +112,9 @@ DECLARE
 	id bigint;
 BEGIN
 	FOR id IN SELECT i.client_id FROM invoices i
-			   WHERE i.kind = 'invoice' AND i.period = msp_export_xero.period AND i.invoice_number IS NOT NULL
-			   ORDER BY i.invoice_number LOOP
+			   JOIN invoice_documents d ON d.client_id = i.client_id AND d.invoice_id = i.invoice_id
+			   WHERE i.kind = 'invoice' AND i.period = msp_export_xero.period
+			   ORDER BY d.invoice_number LOOP
 		RETURN QUERY SELECT * FROM msp_export_xero(id, msp_export_xero.period);
 	END LOOP;
 END
@@ -130,21 +136,23 @@ AS $$
 #variable_conflict use_variable
 DECLARE
 	c clients;
-	fin invoices;
+	doc invoice_documents;
 BEGIN
 	period := msp_period(client_id, period);
-	fin := msp_require_numbered(client_id, period);
+	doc := msp_require_numbered(client_id, period);
 	SELECT * INTO c FROM clients WHERE clients.client_id = client_id;
 	RETURN QUERY
-	SELECT fin.invoice_number, c.name, to_char(fin.invoice_date, 'MM/DD/YYYY'), to_char(fin.due_date, 'MM/DD/YYYY'),
-		   msp_payment_terms_text(fin.payment_terms_days), 'PO ' || fin.po_reference,
+	SELECT doc.invoice_number, c.name, to_char(doc.invoice_date, 'MM/DD/YYYY'), to_char(doc.due_date, 'MM/DD/YYYY'),
+		   msp_payment_terms_text(doc.payment_terms_days), 'PO ' || doc.po_reference,
 		   coalesce(e.item_name, 'Managed services'), x.description_out, trim_scale(x.quantity_out)::text,
-		   x.unit_price_out::text, it.amount::text, it.tax_name, it.tax::text, fin.currency::text,
+		   x.unit_price_out::text, it.amount::text, ld.tax_name, ld.tax::text, c.currency::text,
 		   to_char(lower(period), 'MM/DD/YYYY')
 	  FROM invoice_items it
+	  JOIN invoice_line_documents ld ON ld.client_id = it.client_id AND ld.invoice_id = it.invoice_id
+									AND ld.line_no = it.line_no
 	  LEFT JOIN export_codes e ON e.basis = it.basis
 	  CROSS JOIN LATERAL msp_export_line(it.quantity, it.unit_price, it.amount, it.description, c.minor_unit) x
-	 WHERE it.client_id = client_id AND it.invoice_id = fin.invoice_id
+	 WHERE it.client_id = client_id AND ld.client_id = client_id AND it.invoice_id = doc.invoice_id
 	 ORDER BY it.line_no;
 END
 $$;
@@ -163,8 +171,9 @@ DECLARE
 	id bigint;
 BEGIN
 	FOR id IN SELECT i.client_id FROM invoices i
-			   WHERE i.kind = 'invoice' AND i.period = msp_export_quickbooks.period AND i.invoice_number IS NOT NULL
-			   ORDER BY i.invoice_number LOOP
+			   JOIN invoice_documents d ON d.client_id = i.client_id AND d.invoice_id = i.invoice_id
+			   WHERE i.kind = 'invoice' AND i.period = msp_export_quickbooks.period
+			   ORDER BY d.invoice_number LOOP
 		RETURN QUERY SELECT * FROM msp_export_quickbooks(id, msp_export_quickbooks.period);
 	END LOOP;
 END
@@ -237,9 +246,10 @@ AS $$
 DECLARE
 	r record;
 BEGIN
-	FOR r IN SELECT i.client_id, i.invoice_number FROM invoices i
-			  WHERE i.kind = 'invoice' AND i.period = msp_export_json.period AND i.invoice_number IS NOT NULL
-			  ORDER BY i.invoice_number LOOP
+	FOR r IN SELECT i.client_id, d.invoice_number FROM invoices i
+			  JOIN invoice_documents d ON d.client_id = i.client_id AND d.invoice_id = i.invoice_id
+			  WHERE i.kind = 'invoice' AND i.period = msp_export_json.period
+			  ORDER BY d.invoice_number LOOP
 		client_id := r.client_id;
 		invoice_number := r.invoice_number;
 		document := msp_invoice_json(r.client_id, msp_export_json.period);

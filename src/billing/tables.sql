@@ -26,20 +26,10 @@ CREATE TABLE @extschema@.clients (
 	minor_unit numeric NOT NULL DEFAULT 0.01 CONSTRAINT clients_minor_unit_positive CHECK (minor_unit > 0),
 	time_zone text NOT NULL DEFAULT 'UTC'
 		CONSTRAINT clients_time_zone_known CHECK (@extschema@.msp_valid_time_zone(time_zone)),
-	created_at timestamptz NOT NULL DEFAULT now(),
-	-- what the invoice document says (src/billing/documents.sql): copied
-	-- onto each invoice when it is finalized, so a later change of terms,
-	-- PO or tax does not rewrite invoices already sent
-	payment_terms_days integer NOT NULL DEFAULT 30
-		CONSTRAINT clients_payment_terms_days_range CHECK (payment_terms_days BETWEEN 0 AND 365),
-	po_reference text CONSTRAINT clients_po_reference_not_empty CHECK (po_reference <> ''),
-	tax_rate numeric NOT NULL DEFAULT 0 CONSTRAINT clients_tax_rate_range CHECK (tax_rate >= 0 AND tax_rate <= 1),
-	tax_name text NOT NULL DEFAULT 'Tax Exempt' CONSTRAINT clients_tax_name_not_empty CHECK (tax_name <> ''),
-	tax_rounding text NOT NULL DEFAULT 'invoice'
-		CONSTRAINT clients_tax_rounding_known CHECK (tax_rounding IN ('line', 'invoice'))
+	created_at timestamptz NOT NULL DEFAULT now()
 );
 COMMENT ON TABLE @extschema@.clients IS
-	'clients of the MSP; the time zone decides where their days and months start; payment terms, PO reference and tax go on their invoices';
+	'clients of the MSP; the time zone decides where their days and months start';
 
 CREATE TABLE @extschema@.contracts (
 	client_id bigint NOT NULL REFERENCES @extschema@.clients ON DELETE CASCADE,
