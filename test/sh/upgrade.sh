@@ -16,7 +16,7 @@ work="$TOP/test/out/upgrade"
 rm -rf "$work"; mkdir -p "$work"
 current=$(sed -n "s/^default_version = '\(.*\)'/\1/p" "$TOP/mspbill.control")
 q() { local db=$1; shift; PGOPTIONS='-c client_min_messages=warning' "$BINDIR/psql" -X -q -At -v ON_ERROR_STOP=1 -d "$db" "$@"; }
-echo "1..25"
+echo "1..31"
 
 for db in "$OLD" "$NEW"; do drop_db "$db"; q postgres -c "CREATE DATABASE $db"; done
 q "$OLD" -c "CREATE EXTENSION mspbill VERSION '0.1.0'" -c "ALTER DATABASE $OLD SET search_path = public, mspbill"
@@ -40,7 +40,7 @@ tap_check "two invoices finalized under 0.1.0" "$(q "$OLD" -c "SELECT string_agg
 # Every row of every table of the extension and of the user's, as text, in
 # the columns they had before the update (an update may add columns).
 snapshot() {
-	q "$OLD" -c "
+	q "${SNAPDB:-$OLD}" -c "
 	DO \$\$
 	DECLARE r record; cols text;
 	BEGIN
@@ -54,13 +54,13 @@ snapshot() {
 			 WHERE c.relkind IN ('r', 'p', 'm') AND NOT c.relispartition
 			   AND c.relnamespace IN ('mspbill'::regnamespace, 'public'::regnamespace);
 		END IF;
-	END \$\$" -c "\\copy snap TO '$work/columns.txt'" 2>&1
+	END \$\$" -c "\\copy snap TO '$work/columns${SNAPDB:+.$SNAPDB}.txt'" 2>&1
 }
 rows() {
 	local tbl cols
 	while IFS=$'\t' read -r tbl cols; do
-		q "$OLD" -c "SELECT '$tbl | ' || r::text FROM (SELECT $cols FROM $tbl) r ORDER BY 1" 2>&1
-	done <"$work/columns.txt"
+		q "${SNAPDB:-$OLD}" -c "SELECT '$tbl | ' || r::text FROM (SELECT $cols FROM $tbl) r ORDER BY 1" 2>&1
+	done <"$work/columns${SNAPDB:+.$SNAPDB}.txt"
 }
 snapshot
 rows >"$work/before.txt"
@@ -200,3 +200,41 @@ tap_check "usersets stored by 0.1.0's library read the same (empty, extremes, de
 drop_db "$OLD"
 drop_db "$NEW"
 drop_db "$CLASH"
+
+# The upgrade from 0.2.0 itself: its kept install script, the demo as 0.2.0
+# loaded it (test/upgrade/clinics--0.2.0.sql), a finalized invoice; after
+# the update every stored row and every invoice reads the same, and every
+# object equals a fresh install.
+V2=mspbill_test_upgrade_v2
+drop_db "$V2"; q postgres -c "CREATE DATABASE $V2"
+q "$V2" -c "CREATE EXTENSION mspbill VERSION '0.2.0'" -c "ALTER DATABASE $V2 SET search_path = public, mspbill" >"$work/v2.log" 2>&1
+(cd "$TOP/test/upgrade" && q "$V2" -f clinics--0.2.0.sql) >>"$work/v2.log" 2>&1
+tap_check "0.2.0 installs from its kept script and loads its demo" "$?" "0"
+q "$V2" -c "SELECT msp_install_roles()" -c "SELECT msp_finalize_invoice(1, NULL, '{device_silent}')" >>"$work/v2.log" 2>&1
+tap_check "an invoice finalized under 0.2.0" "$(q "$V2" -c "SELECT count(*) FROM invoices WHERE kind = 'invoice'")" "1"
+SNAPDB=$V2 snapshot
+SNAPDB=$V2 rows >"$work/v2.before.txt"
+priced="SELECT string_agg(client_id || '=' || (msp_invoice(client_id)).total || '/' || (SELECT count(*) FROM msp_invoice_lines(client_id)), ' ' ORDER BY client_id) FROM clients"
+priced_before=$(q "$V2" -c "$priced")
+q "$V2" -c "ALTER EXTENSION mspbill UPDATE" >"$work/v2.update.log" 2>&1
+tap_check "ALTER EXTENSION mspbill UPDATE from 0.2.0 reaches $current" \
+	"$(q "$V2" -c "SELECT extversion FROM pg_extension WHERE extname = 'mspbill'")" "$current"
+sed 's/^/# /' "$work/v2.update.log"
+q "$V2" -c "SELECT msp_install_roles()" >/dev/null 2>&1
+SNAPDB=$V2 rows >"$work/v2.after.txt"
+diff -u "$work/v2.before.txt" "$work/v2.after.txt" >"$work/v2.rows.diff"
+tap_check "every row 0.2.0 stored is unchanged" \
+	"$(grep -c '^[-+][^-+]' "$work/v2.rows.diff")/$([ "$(wc -l <"$work/v2.before.txt")" -gt 100 ] && echo read)" "0/read"
+head -40 "$work/v2.rows.diff" | sed 's/^/# /'
+tap_check "both invoices (one finalized, one computed) read the same after the update" "$(q "$V2" -c "$priced")" "$priced_before"
+q "$V2" -f "$TOP/test/upgrade/describe.sql" >"$work/catalog.v2" 2>&1
+diff -U 2 --label "updated from 0.2.0" --label "fresh $current" "$work/catalog.v2" "$work/catalog.fresh" >"$work/catalog.v2.diff"
+differing=$(grep -E '^[-+][^-+]' "$work/catalog.v2.diff" | cut -d'|' -f1 | sed -E 's/^[-+]//; s/ +$//' | sort -u)
+tap_check "every object of a database updated from 0.2.0 equals a fresh $current install" \
+	"$(echo -n "$differing" | grep -c .)" "0"
+if [ -n "$differing" ]; then
+	echo "# objects that differ (all of it in test/out/upgrade/catalog.v2.diff):"
+	echo "$differing" | sed 's/^/#   /'
+	head -100 "$work/catalog.v2.diff" | sed 's/^/# /'
+fi
+drop_db "$V2"
