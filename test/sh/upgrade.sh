@@ -16,7 +16,7 @@ work="$TOP/test/out/upgrade"
 rm -rf "$work"; mkdir -p "$work"
 current=$(sed -n "s/^default_version = '\(.*\)'/\1/p" "$TOP/mspbill.control")
 q() { local db=$1; shift; PGOPTIONS='-c client_min_messages=warning' "$BINDIR/psql" -X -q -At -v ON_ERROR_STOP=1 -d "$db" "$@"; }
-echo "1..31"
+echo "1..34"
 
 for db in "$OLD" "$NEW"; do drop_db "$db"; q postgres -c "CREATE DATABASE $db"; done
 q "$OLD" -c "CREATE EXTENSION mspbill VERSION '0.1.0'" -c "ALTER DATABASE $OLD SET search_path = public, mspbill"
@@ -237,4 +237,13 @@ if [ -n "$differing" ]; then
 	echo "$differing" | sed 's/^/#   /'
 	head -100 "$work/catalog.v2.diff" | sed 's/^/# /'
 fi
+# invoice documents (0.3.0): what 0.2.0 finalized stays unnumbered (README,
+# Invoice documents); the first invoice finalized after the update is number 1
+tap_check "the invoice 0.2.0 finalized stays unnumbered, its lines untaxed" \
+	"$(q "$V2" -c "SELECT d.status || ' ' || coalesce(d.invoice_number, '-') || ' ' || d.tax || ' ' || (d.amount_due = d.net_amount)
+	                 FROM msp_invoice_document(1) d")" "finalized unnumbered - 0 true"
+tap_check "and an export of it says why it has no number" \
+	"$(q "$V2" -c "SELECT count(*) FROM msp_export_xero(1, msp_period(1))" 2>&1 | grep -c 'has no number')" "1"
+tap_check "the first invoice finalized after the update is INV-000001" \
+	"$(q "$V2" -c "SELECT msp_finalize_invoice(2, NULL, '{device_silent}') IS NOT NULL" -c "SELECT invoice_number FROM msp_invoice_document(2)" | tr '\n' ' ')" "t INV-000001 "
 drop_db "$V2"
