@@ -39,3 +39,38 @@ SELECT c.name, distinct_count(a.person_id) AS people_with_logons,
   FROM logons l JOIN accounts a USING (client_id, account_id) JOIN clients c USING (client_id)
  WHERE a.kind = 'individual'
  GROUP BY c.name ORDER BY c.name;
+
+\echo
+\echo '== Invoice documents: the hospital taxed 8.25% per invoice with a PO, Net 30; then finalized and numbered'
+INSERT INTO invoice_terms (client_id, tax_rate, tax_name, po_reference, payment_terms_days)
+VALUES (1, 0.0825, 'Sales Tax 8.25%', 'PO-2291', 30),
+       (2, 0.0725, 'Sales Tax 7.25%', NULL, 14);
+UPDATE invoice_terms SET tax_rounding = 'line' WHERE client_id = 2;
+INSERT INTO tax_rates VALUES (2, 'cost', 0, 'Tax Exempt');
+\echo 'The PSA: the hospital''s users and seats are ConnectWise agreement additions; synced before a late logon arrives ...'
+INSERT INTO psa_mappings (client_id, psa, basis, psa_agreement, psa_item)
+VALUES (1, 'connectwise', 'user', '1042', 'MSP-USER'), (1, 'connectwise', 'seat', '1042', 'MSP-SEAT');
+SELECT psa_object, psa_item, quantity, previous_quantity, change FROM msp_psa_sync(1);
+-- a late EMR export brings a fourth nurse, before the month is finalized
+INSERT INTO people (client_id, person_id, pseudonym) VALUES (1, 4, 'n4');
+INSERT INTO accounts (client_id, account_id, realm, name, kind, person_id) VALUES (1, 11, 'os', 'STOLAF\nurse4', 'individual', 4);
+INSERT INTO logons (client_id, account_id, device_id, at) SELECT 1, 11, 5, lower(msp_period(1)) + interval '10 days 14 hours';
+\echo '... and after it: only the change needs entering in the PSA'
+SELECT psa_object, psa_item, quantity, previous_quantity, change FROM msp_psa_sync(1);
+SELECT msp_finalize_invoice(1, NULL, '{device_silent}') AS hospital, msp_finalize_invoice(2, NULL, '{device_silent}') AS dental;
+SELECT * FROM msp_invoice_document(1);
+SELECT line_no, description, amount, tax, explanation FROM msp_document_lines(1);
+SELECT * FROM msp_invoice_taxes(1);
+\echo 'The evidence behind the user line, by pseudonym:'
+SELECT e->>'pseudonym' AS pseudonym, e->>'rule' AS rule, e->>'days_active' AS days_active
+  FROM msp_document_lines(1) l, jsonb_array_elements(l.evidence) e WHERE l.basis = 'user';
+
+\echo
+\echo '== The month''s exports (\copy ... TO ''file.csv'' WITH (FORMAT csv, HEADER) writes the file)'
+\echo 'Xero:'
+\copy (SELECT * FROM msp_export_xero(msp_period(1))) TO STDOUT WITH (FORMAT csv, HEADER)
+\echo 'QuickBooks Online:'
+\copy (SELECT * FROM msp_export_quickbooks(msp_period(1))) TO STDOUT WITH (FORMAT csv, HEADER)
+\echo 'JSON (the dental office''s, abridged to its head and first line):'
+SELECT jsonb_pretty(document - 'lines' - 'evidence_summary' || jsonb_build_object('lines', jsonb_path_query_array(document, '$.lines[0]')))
+  FROM msp_export_json(msp_period(1)) WHERE client_id = 2;
