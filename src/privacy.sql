@@ -282,7 +282,7 @@ DECLARE
 	-- read by every role that reads invoices, written only by the definers
 	-- (the number series: see below)
 	billed_tables text := '@extschema@.invoices, @extschema@.invoice_items, @extschema@.invoice_documents, '
-						  '@extschema@.invoice_line_documents, @extschema@.psa_syncs, @extschema@.invoice_numbering';
+						  '@extschema@.invoice_line_documents, @extschema@.psa_syncs';
 	staging text := '@extschema@.windows_event_staging, @extschema@.entra_signin_staging, @extschema@.emr_audit_staging';
 	staging_seqs text := '@extschema@.windows_event_staging_line_no_seq, @extschema@.entra_signin_staging_line_no_seq, '
 						 '@extschema@.emr_audit_staging_line_no_seq';
@@ -329,7 +329,7 @@ BEGIN
 
 	-- the number series: chosen before the first invoice (prefix, digits,
 	-- the number another system stopped at), never set back afterwards
-	EXECUTE 'GRANT INSERT (series, prefix, digits, last_number), UPDATE (prefix, digits) '
+	EXECUTE 'GRANT SELECT, INSERT (series, prefix, digits, last_number), UPDATE (prefix, digits) '
 			'ON @extschema@.invoice_numbering TO mspbill_admin, mspbill_billing';
 
 	-- billing: the same workflow on pseudonyms only

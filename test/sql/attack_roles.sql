@@ -47,6 +47,12 @@ INSERT INTO person_identities VALUES (1, 1, 'Nora Nurse', 'nora@stolaf.example')
 INSERT INTO load_rejects (client_id, source, line_no, raw, reason)
 VALUES (1, 'emr', 1, 'nurse1,OR1,bad', 'invalid time'), (2, 'emr', 1, 'Dana Dentist,PC1,bad', 'invalid time');
 SELECT msp_finalize_invoice(2, NULL, '{device_silent,day_without_logons,unmapped_account,logon_outside_contract}') \g /dev/null
+-- client 2's invoice documents, terms, tax rates and PSA syncs, for the
+-- policies to hide
+INSERT INTO invoice_terms (client_id, po_reference) VALUES (2, 'PO-2');
+INSERT INTO tax_rates VALUES (2, 'cost', 0, 'Tax Exempt');
+INSERT INTO psa_mappings (client_id, psa, basis, psa_agreement, psa_item) VALUES (2, 'halopsa', 'cost', 'R-1', 'L-1');
+SELECT count(*) FROM msp_psa_sync(2, msp_period(2)) \g /dev/null
 -- the rollups, refreshed by the admin as cron would; a HIPAA finding of client 2's
 SET ROLE atk_admin;
 SELECT msp_refresh_rollups() \g /dev/null
@@ -95,8 +101,8 @@ SELECT is(ARRAY(SELECT format('%s: %s to %s', c.relname, x.privilege_type, x.gra
                    AND x.privilege_type NOT IN ('SELECT')),
           '{}'::text[], 'invoices, their lines and the audit log: read-only for every role');
 SELECT is(ARRAY(SELECT p.proname::text FROM pg_proc p WHERE p.pronamespace = 'mspbill'::regnamespace AND p.prosecdef ORDER BY 1),
-          '{msp_discard_staged,msp_finalize_invoice,msp_issue_adjustment,msp_load_emr_audit,msp_load_entra_signins,msp_load_windows_events,msp_rebuild_rollups,msp_refresh_rollups,msp_report_billable_users,msp_report_invoice,msp_report_invoice_lines,msp_report_invoices}'::text[],
-          'SECURITY DEFINER: only the writers (invoices, loads, rollups) and the sealed reports');
+          '{msp_discard_staged,msp_finalize_invoice,msp_issue_adjustment,msp_load_emr_audit,msp_load_entra_signins,msp_load_windows_events,msp_psa_sync,msp_rebuild_rollups,msp_refresh_rollups,msp_report_billable_users,msp_report_invoice,msp_report_invoice_lines,msp_report_invoices}'::text[],
+          'SECURITY DEFINER: only the writers (invoices, loads, rollups, PSA syncs) and the sealed reports');
 SELECT is(ARRAY(SELECT p.proname::text FROM pg_proc p WHERE p.pronamespace = 'mspbill'::regnamespace AND p.prosecdef
                    AND NOT 'search_path=pg_catalog, mspbill, pg_temp' = ANY (coalesce(p.proconfig, '{}'))),
           '{}'::text[], 'each pins search_path = pg_catalog, mspbill, pg_temp');
@@ -477,7 +483,7 @@ SET ROLE atk_bi1;
 SELECT pg_temp.call_all_for(1) \g /dev/null
 RESET ROLE;
 SELECT is(ARRAY(SELECT fn FROM bi_calls WHERE outcome ~ '^42501'
-                 AND fn !~ '^msp_(finalize_invoice|issue_adjustment|load_|discard_staged|report_(invoice|billable)|mark_rollups_dirty|rollup_period)' ORDER BY 1),
+                 AND fn !~ '^msp_(finalize_invoice|issue_adjustment|load_|discard_staged|psa_sync|report_(invoice|billable)|mark_rollups_dirty|rollup_period)' ORDER BY 1),
           '{}'::text[], 'BI: every read-only per-client function works for its own client');
 TRUNCATE bi_calls;
 SET ROLE atk_billing;
