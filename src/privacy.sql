@@ -277,7 +277,8 @@ DECLARE
 	-- the tables people maintain by hand (or by script)
 	data_tables text := '@extschema@.clients, @extschema@.contracts, @extschema@.contract_tiers, '
 						'@extschema@.devices, @extschema@.people, @extschema@.logons, @extschema@.support_contacts, '
-						'@extschema@.cost_pools, @extschema@.license_counts, @extschema@.applications';
+						'@extschema@.cost_pools, @extschema@.license_counts, @extschema@.applications, '
+						'@extschema@.contract_lines, @extschema@.contract_line_tiers, @extschema@.meter_readings';
 	billed_tables text := '@extschema@.invoices, @extschema@.invoice_items';
 	staging text := '@extschema@.windows_event_staging, @extschema@.entra_signin_staging, @extschema@.emr_audit_staging';
 	staging_seqs text := '@extschema@.windows_event_staging_line_no_seq, @extschema@.entra_signin_staging_line_no_seq, '

@@ -40,7 +40,9 @@ INSERT INTO writers VALUES
 	('msp_load_emr_audit'), ('msp_load_guarded'), ('msp_load_normalized_guarded'), ('msp_discard_staged'), ('msp_install_roles'),
 	-- reporting: the rollups' marks (triggers and by hand) and their writers
 	('msp_mark_logon_days'), ('msp_mark_invoice_periods'), ('msp_mark_rollups_dirty'), ('msp_rollup_period'),
-	('msp_rollup_days'), ('msp_refresh_rollups'), ('msp_rebuild_rollups');
+	('msp_rollup_days'), ('msp_refresh_rollups'), ('msp_rebuild_rollups'),
+	-- contract lines: the trigger that refuses lines a contract would not price
+	('msp_check_contract_line');
 
 -- not STRICT, deliberately
 CREATE TEMP TABLE nonstrict_ok (proname name PRIMARY KEY, why text NOT NULL);
