@@ -512,6 +512,8 @@ BEGIN
 			-- the minimum raises the count (for the tier) and the days
 			m := greatest(units, t.minimum_quantity);
 			md := greatest(unit_days, t.minimum_quantity * covered);
+			-- no seat at all is no seats line, as the per-user models bill it
+			m := CASE WHEN t.source = 'seats' AND m = 0 THEN NULL ELSE m END;
 			SELECT count(*) INTO bands
 			  FROM msp_line_bands(m, t.unit_price, t.tier_mode, t.tier_from, t.tier_price);
 			FOR b IN
