@@ -6,9 +6,23 @@
 \set ECHO none
 \pset pager off
 \set QUIET on
+\i ../demo/clinics.sql
 SET search_path = public, mspbill;
+\i ../demo/hybrid.sql
 SET client_min_messages = warning;
-SELECT plan(51);
+SELECT plan(54);
+
+-- The demo's hybrid agreement (derived in ../demo/hybrid.sql): 606.60
+SELECT results_eq($$SELECT description, quantity, unit_price, amount FROM msp_invoice_lines(3)$$,
+	$$VALUES ('Managed users: 5', 5::numeric, 42.00, 210.00), ('Managed users: 10% off', 1, -21.00, -21.00),
+			 ('Servers: 2', 2, 95.00, 190.00), ('Servers: 10% off', 1, -19.00, -19.00),
+			 ('Backup (GB): 1240', 1240, 0.10, 124.00), ('Backup (GB): 10% off', 1, -12.40, -12.40),
+			 ('Monthly service fee', 1, 150.00, 150.00), ('Monthly service fee: 10% off', 1, -15.00, -15.00)$$,
+	'demo: Harbor Law Group''s lines');
+SELECT results_eq($$SELECT model, users, devices, subtotal, total FROM msp_invoice(3)$$,
+	$$VALUES ('lines', 5, 8, 606.60, 606.60)$$, 'demo: Harbor Law Group''s invoice');
+SELECT results_eq($$SELECT pricing, sum(amount) FROM msp_compare_lines(3, '[{"line_no": 1, "description": "Managed users", "source": "users", "unit_price": 42.00}, {"line_no": 2, "description": "Servers", "source": "devices", "device_kind": "server", "unit_price": 120.00}, {"line_no": 3, "description": "Backup", "source": "fixed", "unit_price": 100.00}, {"line_no": 4, "description": "Monthly service fee", "source": "fixed", "unit_price": 150.00}]') GROUP BY 1 ORDER BY 1$$,
+	$$VALUES ('current', 606.60), ('proposed', 700.00)$$, 'demo: the proposal of the README, 210 + 240 + 100 + 150');
 
 CREATE TEMP VIEW jan AS SELECT daterange('2026-01-01', '2026-02-01') AS p;
 
