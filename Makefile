@@ -30,6 +30,7 @@ SQL_SOURCES = \
 	src/billing/billable.sql \
 	src/billing/quantities.sql \
 	src/billing/pricing.sql \
+	src/billing/lines.sql \
 	src/billing/invoice.sql \
 	src/finalize.sql \
 	src/billing/documents.sql \

@@ -278,7 +278,8 @@ DECLARE
 	data_tables text := '@extschema@.clients, @extschema@.contracts, @extschema@.contract_tiers, '
 						'@extschema@.devices, @extschema@.people, @extschema@.logons, @extschema@.support_contacts, '
 						'@extschema@.cost_pools, @extschema@.license_counts, @extschema@.applications, '
-						'@extschema@.invoice_terms, @extschema@.tax_rates, @extschema@.psa_mappings, @extschema@.export_codes';
+						'@extschema@.invoice_terms, @extschema@.tax_rates, @extschema@.psa_mappings, @extschema@.export_codes, '
+						'@extschema@.contract_lines, @extschema@.contract_line_tiers, @extschema@.meter_readings';
 	-- read by every role that reads invoices, written only by the definers
 	-- (the number series: see below)
 	billed_tables text := '@extschema@.invoices, @extschema@.invoice_items, @extschema@.invoice_documents, '

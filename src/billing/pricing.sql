@@ -175,6 +175,18 @@ BEGIN
 			RETURN NEXT line;
 			total := total + line.amount;
 		END LOOP;
+	ELSIF model = 'lines' THEN
+		-- priced by lines (src/billing/lines.sql): the contract's own, or
+		-- the preset its model stands for
+		FOR line IN
+			SELECT * FROM msp_line_items(c, k, segment, period, q,
+										 ARRAY(SELECT e FROM msp_effective_lines(c.client_id, k.contract_id) e))
+		LOOP
+			n := n + 1;
+			line.line_no := n;
+			RETURN NEXT line;
+			total := total + line.amount;
+		END LOOP;
 	END IF;
 
 	floor_fee := msp_round(k.minimum_fee * q.covered_days / q.period_days, c.minor_unit);

@@ -39,7 +39,7 @@ CREATE TABLE @extschema@.contracts (
 	-- pricing
 	model text NOT NULL
 		CONSTRAINT contracts_model_known
-		CHECK (model IN ('per_user', 'per_device', 'per_seat', 'cost_plus', 'per_user_plus_support')),
+		CHECK (model IN ('per_user', 'per_device', 'per_seat', 'cost_plus', 'per_user_plus_support', 'lines')),
 	price_per_user numeric CONSTRAINT contracts_price_per_user_not_negative CHECK (price_per_user >= 0),
 	price_per_device numeric CONSTRAINT contracts_price_per_device_not_negative CHECK (price_per_device >= 0),
 	price_per_seat numeric CONSTRAINT contracts_price_per_seat_not_negative CHECK (price_per_seat >= 0),

@@ -4,6 +4,7 @@
 \pset footer off
 \i clinics.sql
 SET search_path = public, mspbill;
+\i hybrid.sql
 
 \echo
 \echo '== A month of logons, loaded from the exports (Windows events, Entra ID sign-ins, EMR audit)'
@@ -31,6 +32,18 @@ SELECT line_no, description, amount FROM msp_invoice_lines(2);
 SELECT * FROM msp_compare_models(2);
 \echo 'Backup/BDR and support spread across devices and users with allocate():'
 SELECT pool_id, category, unit, share FROM msp_cost_allocation(2) WHERE pool_id IN (4, 5);
+
+\echo
+\echo '== Harbor Law Group: a hybrid agreement of contract lines (per user, per server, backup GB, a fixed fee, 10% off the first year)'
+SELECT line_no, description, source, device_kind, meter, unit_price, discount_percent, discount_period FROM msp_effective_lines(3, 1);
+SELECT * FROM msp_invoice(3);
+SELECT line_no, description, quantity, unit_price, amount FROM msp_invoice_lines(3);
+\echo 'The same month if servers were 120.00 and backup a flat 100.00, without the discount (msp_compare_lines):'
+SELECT pricing, sum(amount) AS total FROM msp_compare_lines(3, '[
+  {"line_no": 1, "description": "Managed users", "source": "users", "unit_price": 42.00},
+  {"line_no": 2, "description": "Servers", "source": "devices", "device_kind": "server", "unit_price": 120.00},
+  {"line_no": 3, "description": "Backup", "source": "fixed", "unit_price": 100.00},
+  {"line_no": 4, "description": "Monthly service fee", "source": "fixed", "unit_price": 150.00}]') GROUP BY 1 ORDER BY 1;
 
 \echo
 \echo '== Counting users straight from the logons (exact, parallel, C aggregates)'

@@ -33,9 +33,15 @@ TABLES = {
     "support_contacts": "client_id, contact_id, person_id, at",
     "cost_pools": "client_id, pool_id, category, description, amount, currency, period, basis",
     "license_counts": "client_id, sku, seats, source, as_of",
+    "contract_lines": "client_id, contract_id, line_no, description, source, device_kind, sku, pool_category, "
+                      "meter, meter_rule, unit_price, markup, tier_mode, minimum_quantity, minimum_fee, prorate, "
+                      "discount_percent, discount_amount, discount_period",
+    "contract_line_tiers": "client_id, contract_id, line_no, from_quantity, unit_price",
+    "meter_readings": "client_id, meter, day, quantity",
 }
 ORDER = ["clients", "contracts", "contract_tiers", "devices", "people", "accounts", "logons",
-         "support_contacts", "cost_pools", "license_counts"]
+         "support_contacts", "cost_pools", "license_counts", "contract_lines", "contract_line_tiers",
+         "meter_readings"]
 
 
 def text(v):
@@ -100,6 +106,14 @@ def main():
                     ORDER BY p.client_id, l.line_no""")
     for cid, k, basis, q, price, amount in cur.fetchall():
         db_lines[cid].append((k, basis, q.normalize(), None if price is None else price.normalize(), amount.normalize()))
+    # every model priced as the preset lines msp_effective_lines shows
+    preset_lines = defaultdict(list)
+    cur.execute("""SELECT p.client_id, l.contract_id, l.basis, l.quantity, l.unit_price, l.amount
+                     FROM periods p, LATERAL msp_price_lines(p.client_id, p.period, 'lines') l
+                    ORDER BY p.client_id, l.line_no""")
+    for cid, k, basis, q, price, amount in cur.fetchall():
+        preset_lines[cid].append((k, basis, q.normalize(), None if price is None else price.normalize(),
+                                  amount.normalize()))
     db_users = defaultdict(set)
     cur.execute("""SELECT p.client_id, u.contract_id, u.home_client_id, u.person_id, u.rule, u.days_active,
                           u.support_contacts
@@ -143,12 +157,26 @@ def main():
             rules["graduated bands"] += 1
         if any(p["period"][1] - p["period"][0] > timedelta(days=31) for p in data["pools"][cid]):
             rules["multi-month pool"] += 1
+        if any(k["model"] == "lines" for k in data["contracts"][cid]):
+            rules["contract of lines"] += 1
+            if len({k["model"] for k in data["contracts"][cid]}) > 1:
+                rules["preset and lines in one month"] += 1
+        if any(l[1] == "discount" and i > 0 and l[4] == -db_lines[cid][i - 1][4]
+               for i, l in enumerate(db_lines[cid])):
+            rules["discount equal to what it discounts"] += 1
     wanted = ["rule logon", "rule logon+support", "rule support", "rule shared-attributed",
               "sister-client person billed", "line user", "line seat", "line device", "line license", "line cost",
-              "line minimum", "two contracts in the month", "graduated bands", "multi-month pool"]
+              "line minimum", "two contracts in the month", "graduated bands", "multi-month pool",
+              "contract of lines", "preset and lines in one month", "line fixed", "line meter", "line discount",
+              "discount equal to what it discounts"]
     missing = [w for w in wanted if rules[w] < 5]
 
-    print("1..5")
+    # per_user_plus_support aside: its support line rounds the pools once,
+    # a cost_pool line rounds each pool
+    presets = [c for c in sorted(data["clients"])
+               if not any(k["model"] == "per_user_plus_support" for k in data["contracts"][c])]
+    preset_bad = [(c, preset_lines[c], db_lines[c]) for c in presets if preset_lines[c] != db_lines[c]]
+    print("1..6")
     print("# %d clients (seed %d), %d lines, %d billed people, %.1f s"
           % (n, seed, lines_checked, users_checked, time.time() - started))
     checks = [("lines", "msp_invoice_lines equals the model to the cent"),
@@ -166,6 +194,11 @@ def main():
           + " 4 - most generated clients are billed something (%d of %d)" % (nontrivial, n))
     print(("ok" if not missing else "not ok") + " 5 - every rule is exercised at least 5 times"
           + ("" if not missing else " (missing: %s)" % ", ".join(missing)))
+    print(("ok" if not preset_bad and len(presets) > n // 2 else "not ok")
+          + " 6 - every model but per_user_plus_support bills the same as its preset lines on %d clients%s"
+          % (len(presets), "" if not preset_bad else " (%d disagree)" % len(preset_bad)))
+    for case in preset_bad[:5]:
+        print("#   client %d: as preset lines %s; as its model %s" % case)
     print("# " + ", ".join("%s %d" % (w, rules[w]) for w in wanted))
 
 

@@ -38,9 +38,10 @@ def generate(seed, n_clients):
     rng = random.Random(seed)
     d = {"clients": {}, "contracts": {}, "devices": {}, "accounts": {}, "logons_by_account": {},
          "support": {}, "pools": {}, "licenses": {}, "tiers": {}, "all_people": [], "people_by_key": {},
-         "period": {}}
+         "period": {}, "lines": {}, "meters": {}}
     rows = {t: [] for t in ["clients", "contracts", "contract_tiers", "devices", "people", "accounts",
-                            "logons", "support_contacts", "cost_pools", "license_counts"]}
+                            "logons", "support_contacts", "cost_pools", "license_counts", "contract_lines",
+                            "contract_line_tiers", "meter_readings"]}
     cid = 0
     while cid < n_clients:
         family = list(range(cid + 1, min(cid + 1 + rng.choice([1, 1, 2, 3]), n_clients + 1)))
@@ -94,7 +95,9 @@ def client(rng, d, rows, cid, period):
                                   k["tier_mode"], k["prorate"], "{%s}" % ",".join(k["count_realms"]),
                                   k["min_active_days"], k["support_rule"], k["shared_billing"],
                                   k["attribution_window"], k["default_session"]))
-        if rng.random() < 0.4:
+        if k["model"] == "lines":
+            contract_lines(rng, d, rows, cid, i, period)
+        elif rng.random() < 0.4:
             froms = sorted(rng.sample([0, 1, 2, 3, 4, 5, 6, 8], rng.randint(1, 3)))
             tiers = [(f, money(rng, 1, 50)) for f in froms]
             d["tiers"][(cid, i)] = tiers
@@ -104,8 +107,9 @@ def client(rng, d, rows, cid, period):
     devices = []
     for dev in range(1, rng.randint(0, 5) + 1):
         active = rand_range(rng, period)
-        devices.append({"device_id": dev, "active": active})
-        rows["devices"].append((cid, dev, "PC%d" % dev, rng.choice(["desktop", "room", "laptop"]), active))
+        kind = rng.choice(["desktop", "room", "laptop", "server"])
+        devices.append({"device_id": dev, "active": active, "kind": kind})
+        rows["devices"].append((cid, dev, "PC%d" % dev, kind, active))
     d["devices"][cid] = devices
 
     people = []
@@ -214,9 +218,19 @@ def client(rng, d, rows, cid, period):
             rows["license_counts"].append((cid, sku, lc["seats"], lc["source"], lc["as_of"]))
     d["licenses"][cid] = licenses
 
+    # meter readings (e.g. backup GB) on some days around the period
+    readings = []
+    for meter in ["backup_gb", "storage"]:
+        if rng.random() < 0.6:
+            for day in sorted(rng.sample(range(-40, n + 5), rng.randint(1, 12))):
+                r = {"meter": meter, "day": p0 + timedelta(days=day), "quantity": money(rng, 0, 2000, rng.choice([0, 1, 2]))}
+                readings.append(r)
+                rows["meter_readings"].append((cid, meter, r["day"], r["quantity"]))
+    d["meters"][cid] = readings
+
 
 def contract_terms(rng):
-    model = rng.choice(MODELS)
+    model = "lines" if rng.random() < 0.35 else rng.choice(MODELS)
     realms = [r for r in REALMS if rng.random() < 0.6] or [rng.choice(REALMS)]
     shared = rng.choice(["none", "seat", "peak", "attribute"])
     if shared == "attribute" and rng.random() < 0.7:
@@ -246,3 +260,75 @@ def fix_prices(rng, k):
             "per_device": "price_per_device", "per_seat": "price_per_seat"}.get(k["model"])
     if need and k[need] is None:
         k[need] = money(rng, 5, 50)
+
+
+SOURCES = ["users", "seats", "devices", "licenses", "cost_pool", "fixed", "meter"]
+
+
+def discount_range(rng, period):
+    """A discount's days: always, or starting or ending inside the period,
+    or wholly before it (no effect)."""
+    p0, p1 = period
+    n = (p1 - p0).days
+    shape = rng.choice(["always", "starts", "ends", "inside", "before", "open"])
+    if shape == "always":
+        return None
+    if shape == "before":
+        return (p0 - timedelta(days=60), p0 - timedelta(days=rng.randint(0, 10)))
+    lo = p0 + timedelta(days=rng.randint(-20, n - 1))
+    if shape == "open":
+        return (lo, None)
+    if shape == "starts":
+        return (p0 + timedelta(days=rng.randint(1, n - 1)), p1 + timedelta(days=300))
+    if shape == "ends":
+        return (p0 - timedelta(days=300), p0 + timedelta(days=rng.randint(1, n - 1)))
+    return (lo, lo + timedelta(days=rng.randint(1, n)))
+
+
+def contract_lines(rng, d, rows, cid, contract_id, period):
+    """1 to 4 random lines of a contract of model 'lines'."""
+    out = []
+    for no in range(1, rng.randint(1, 4) + 1):
+        src = rng.choice(SOURCES)
+        ln = {"line_no": no, "source": src, "device_kind": None, "sku": None, "pool_category": None,
+              "meter": None, "meter_rule": "peak", "unit_price": None, "markup": Decimal(0),
+              "tier_mode": rng.choice(["volume", "graduated"]), "tiers": [], "minimum_quantity": Decimal(0),
+              "minimum_fee": Decimal(0), "prorate": rng.random() < 0.75, "discount_percent": None,
+              "discount_amount": None, "discount_period": None}
+        if src == "devices" and rng.random() < 0.6:
+            ln["device_kind"] = rng.choice(["desktop", "laptop", "server", "room"])
+        if src == "licenses" and rng.random() < 0.5:
+            ln["sku"] = rng.choice(["M365 Standard", "M365 Premium", "Defender"])
+        if src == "cost_pool":
+            ln["markup"] = rng.choice([Decimal(0), Decimal("0.2"), Decimal("0.175")])
+            if rng.random() < 0.5:
+                ln["pool_category"] = rng.choice(["licensing", "backup", "support", "other"])
+        else:
+            ln["unit_price"] = rng.choice([money(rng, 5, 60), money(rng, 0, 1, 3), Decimal("0.10"), Decimal("0.005")])
+        if src == "meter":
+            ln["meter"] = rng.choice(["backup_gb", "storage", "absent"])
+            ln["meter_rule"] = rng.choice(["peak", "last", "sum"])
+        if src not in ("cost_pool", "fixed"):
+            if rng.random() < 0.3:
+                froms = sorted(rng.sample([0, 1, 2, 3, 5, 8, 100, 500], rng.randint(1, 3)))
+                ln["tiers"] = [(f, money(rng, 0, 50)) for f in froms]
+            if rng.random() < 0.2:
+                ln["minimum_quantity"] = rng.choice([Decimal(1), Decimal(3), Decimal("2.5"), Decimal(200)])
+        if rng.random() < 0.15:
+            ln["minimum_fee"] = money(rng, 10, 300)
+        r = rng.random()
+        if r < 0.25:
+            ln["discount_percent"] = rng.choice([Decimal(10), Decimal(25), Decimal(100), Decimal("33.33"), Decimal("0.5")])
+        elif r < 0.45:
+            ln["discount_amount"] = rng.choice([money(rng, 1, 50), money(rng, 100, 2000), Decimal("0.005")])
+        if r < 0.45 and rng.random() < 0.7:
+            ln["discount_period"] = discount_range(rng, period)
+        out.append(ln)
+        rows["contract_lines"].append((cid, contract_id, no, "line %d" % no, src, ln["device_kind"], ln["sku"],
+                                       ln["pool_category"], ln["meter"], ln["meter_rule"], ln["unit_price"],
+                                       ln["markup"], ln["tier_mode"], ln["minimum_quantity"], ln["minimum_fee"],
+                                       ln["prorate"], ln["discount_percent"], ln["discount_amount"],
+                                       ln["discount_period"]))
+        for f, price in ln["tiers"]:
+            rows["contract_line_tiers"].append((cid, contract_id, no, f, price))
+    d["lines"][(cid, contract_id)] = out

@@ -216,11 +216,11 @@ class Model:
                                   for l in sessions]))
         return n
 
-    def license_count(self, cid, seg):
+    def license_count(self, cid, seg, sku=None):
         last_day = seg[1] - timedelta(days=1)
         best = {}
         for lc in self.d["licenses"][cid]:
-            if lc["as_of"] > last_day:
+            if lc["as_of"] > last_day or sku not in (None, lc["sku"]):
                 continue
             key = (lc["as_of"], _neg_str(lc["source"]))
             if lc["sku"] not in best or key > best[lc["sku"]][0]:
@@ -254,27 +254,89 @@ class Model:
 
     # --- pricing -------------------------------------------------------------
     def bands(self, k, n, flat):
-        tiers = sorted(self.d["tiers"].get((k["client_id"], k["contract_id"]), []), key=lambda t: t[0])
-        los = [(max(f - 1, 0), price) for f, price in tiers]
-        bands = []
-        if los:
-            bands.append((0, los[0][0], flat))
-            for i, (lo, price) in enumerate(los):
-                bands.append((lo, los[i + 1][0] if i + 1 < len(los) else None, price))
-        else:
-            bands.append((0, None, flat))
-        bands = [b for b in bands if b[1] is None or b[1] > b[0]]
-        if k["tier_mode"] == "volume" or n <= 0:
-            u = max(ceil(n), 1)
-            for lo, hi, price in reversed(bands):
-                if u > lo and (hi is None or u <= hi):
-                    return [(n, price)]
-            return []
+        return tier_bands(k["tier_mode"], self.d["tiers"].get((k["client_id"], k["contract_id"]), []), n, flat)
+
+    # --- contract lines (model 'lines') ------------------------------------
+    def line_items(self, cid, k, seg, period, users, seats):
+        """README "Contract lines": each line's units and the part of the
+        month they cover, its tiers, minimums, then its discount."""
+        minor = self.d["clients"][cid]["minor"]
+        period_days = days(period)
+        seg_days = days(seg)
         out = []
-        for lo, hi, price in bands:
-            if n > lo:
-                out.append((min(n, hi if hi is not None else n) - lo, price))
+        for ln in sorted(self.d["lines"].get((cid, k["contract_id"]), []), key=lambda x: x["line_no"]):
+            src = ln["source"]
+            prorated = ln["prorate"] and not (src == "meter" and ln["meter_rule"] == "sum")
+            f = Fraction(seg_days, period_days) if prorated else Fraction(1)
+            total = Decimal(0)
+            if src == "cost_pool":
+                for p in sorted(self.d["pools"][cid], key=lambda p: p["pool_id"]):
+                    if intersect(p["period"], seg) and ln["pool_category"] in (None, p["category"]):
+                        amt = round_money(Fraction(self.pool_share(cid, p, period, seg)) * (1 + Fraction(ln["markup"])),
+                                          minor)
+                        out.append(Line(k["contract_id"], "cost", Fraction(1), amt, amt))
+                        total += amt
+            else:
+                if src == "users":
+                    n = len(users)
+                    qty = sum((self.covered(self.person(u)["active"], seg, period_days, prorated) for u in users),
+                              Fraction(0))
+                elif src == "devices":
+                    devs = [d for d in self.d["devices"][cid]
+                            if (d["active"] is None or intersect(d["active"], seg))
+                            and ln["device_kind"] in (None, d["kind"])]
+                    n = len(devs)
+                    qty = sum((self.covered(d["active"], seg, period_days, prorated) for d in devs), Fraction(0))
+                else:
+                    if src == "seats":
+                        n = seats
+                    elif src == "licenses":
+                        n = self.license_count(cid, seg, ln["sku"])
+                    elif src == "meter":
+                        n = self.meter(cid, ln["meter"], ln["meter_rule"], seg)
+                    else:  # fixed
+                        n = 1
+                    qty = Fraction(n) * f
+                minq = Fraction(ln["minimum_quantity"])
+                big_n = max(Fraction(n), minq)
+                big_q = max(qty, minq * f)
+                basis = {"users": "user", "seats": "seat", "devices": "device", "licenses": "license"}.get(src, src)
+                # README: a seats line with no seat is left off the invoice
+                no_seats = src == "seats" and big_n == 0
+                for units, price in [] if no_seats else tier_bands(ln["tier_mode"], ln["tiers"], big_n, ln["unit_price"]):
+                    charged = Fraction(units) * big_q / big_n if big_n > 0 else Fraction(0)
+                    amt = round_money(charged * Fraction(price), minor)
+                    out.append(Line(k["contract_id"], basis, charged, price, amt))
+                    total += amt
+            floor_fee = round_money(Fraction(ln["minimum_fee"]) * f, minor)
+            if total < floor_fee:
+                out.append(Line(k["contract_id"], "minimum", Fraction(1), floor_fee - total, floor_fee - total))
+                total = floor_fee
+            if ln["discount_percent"] is not None or ln["discount_amount"] is not None:
+                part = intersect(seg, ln["discount_period"]) if ln["discount_period"] else seg
+                dd = days(part) if part else 0
+                if dd > 0 and total > 0:
+                    if ln["discount_percent"] is not None:
+                        off = round_money(Fraction(total) * Fraction(ln["discount_percent"]) * dd / (100 * seg_days), minor)
+                    elif prorated:
+                        off = round_money(Fraction(ln["discount_amount"]) * dd / period_days, minor)
+                    else:
+                        off = round_money(Fraction(ln["discount_amount"]), minor)
+                    off = min(off, total)
+                    if off > 0:
+                        out.append(Line(k["contract_id"], "discount", Fraction(1), -off, -off))
         return out
+
+    def meter(self, cid, meter, rule, seg):
+        rs = [r for r in self.d["meters"].get(cid, []) if r["meter"] == meter]
+        if rule == "last":
+            before = [r for r in rs if r["day"] < seg[1]]
+            return max(before, key=lambda r: r["day"])["quantity"] if before else Decimal(0)
+        inside = [r["quantity"] for r in rs if seg[0] <= r["day"] < seg[1]]
+        if rule == "peak":
+            return max(inside, default=Decimal(0))
+        return sum(inside, Decimal(0))
+
 
     def main_lines(self, cid, k, count, qty, f, flat, basis):
         minor = self.d["clients"][cid]["minor"]
@@ -323,6 +385,8 @@ class Model:
             elif model == "per_seat":
                 n = self.license_count(cid, seg)
                 seg_lines += self.main_lines(cid, k, n, n * f, f, k["price_per_seat"], "license")
+            elif model == "lines":
+                seg_lines += self.line_items(cid, k, seg, period, users, seats)
             elif model == "cost_plus":
                 for p in sorted(self.d["pools"][cid], key=lambda p: p["pool_id"]):
                     if intersect(p["period"], seg):
@@ -365,3 +429,28 @@ def peak(sessions):
         cur += d
         best = max(best, cur)
     return best
+
+
+def tier_bands(mode, tiers, n, flat):
+    """Bands (units, price) a count fills: README "Prices and tiers"."""
+    tiers = sorted(tiers, key=lambda t: t[0])
+    los = [(max(f - 1, 0), price) for f, price in tiers]
+    bands = []
+    if los:
+        bands.append((0, los[0][0], flat))
+        for i, (lo, price) in enumerate(los):
+            bands.append((lo, los[i + 1][0] if i + 1 < len(los) else None, price))
+    else:
+        bands.append((0, None, flat))
+    bands = [b for b in bands if b[1] is None or b[1] > b[0]]
+    if mode == "volume" or n <= 0:
+        u = max(ceil(n), 1)
+        for lo, hi, price in reversed(bands):
+            if u > lo and (hi is None or u <= hi):
+                return [(n, price)]
+        return []
+    out = []
+    for lo, hi, price in bands:
+        if n > lo:
+            out.append((min(n, hi if hi is not None else n) - lo, price))
+    return out

@@ -40,6 +40,12 @@ DROP ROLE atk_gone;
 INSERT INTO contracts (client_id, contract_id, effective, model, price_per_user)
 VALUES (2, 2, '[2000-01-01,2000-02-01)', 'per_user', 1), (1, 2, '[2000-01-01,2000-02-01)', 'per_user', 1);
 INSERT INTO contract_tiers VALUES (2, 2, 10, 0.50), (1, 2, 10, 0.50);
+INSERT INTO contracts (client_id, contract_id, effective, model)
+VALUES (2, 3, '[2000-02-01,2000-03-01)', 'lines'), (1, 3, '[2000-02-01,2000-03-01)', 'lines');
+INSERT INTO contract_lines (client_id, contract_id, line_no, description, source, unit_price)
+VALUES (2, 3, 1, 'Users', 'users', 1), (1, 3, 1, 'Users', 'users', 1);
+INSERT INTO contract_line_tiers VALUES (2, 3, 1, 10, 0.50), (1, 3, 1, 10, 0.50);
+INSERT INTO meter_readings (client_id, meter, day, quantity) VALUES (2, 'backup_gb', '2000-02-01', 1), (1, 'backup_gb', '2000-02-01', 1);
 INSERT INTO support_contacts (client_id, contact_id, person_id, at) VALUES (2, 1, 1, '2000-01-10'), (1, 9, 1, '2000-01-10');
 INSERT INTO applications VALUES (1, 'EMR', true), (2, 'Dentrix', true);
 INSERT INTO person_identities VALUES (1, 1, 'Nora Nurse', 'nora@stolaf.example'),

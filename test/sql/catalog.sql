@@ -42,7 +42,9 @@ INSERT INTO writers VALUES
 	('msp_mark_logon_days'), ('msp_mark_invoice_periods'), ('msp_mark_rollups_dirty'), ('msp_rollup_period'),
 	('msp_rollup_days'), ('msp_refresh_rollups'), ('msp_rebuild_rollups'),
 	-- documents: the PSA sync records what it set
-	('msp_psa_sync');
+	('msp_psa_sync'),
+	-- contract lines: the trigger that refuses lines a contract would not price
+	('msp_check_contract_line');
 
 -- not STRICT, deliberately
 CREATE TEMP TABLE nonstrict_ok (proname name PRIMARY KEY, why text NOT NULL);
