@@ -323,7 +323,10 @@ BEGIN
 						   part, m::timestamptz, (m + interval '1 month')::timestamptz);
 			-- read directly, a partition would bypass the parent's policy
 			EXECUTE format('ALTER TABLE @extschema@.%I ENABLE ROW LEVEL SECURITY', part);
-			EXECUTE format('CREATE POLICY client_rows ON @extschema@.%I USING ((SELECT @extschema@.msp_sees_all_clients()) OR client_id = ANY (CAST((SELECT @extschema@.msp_visible_clients()) AS bigint[])))', part);
+			-- (on Citus, the distributed form: a partition of a distributed
+			-- table is distributed as it is created)
+			EXECUTE format('CREATE POLICY client_rows ON @extschema@.%I USING (%s)', part,
+						   @extschema@.msp_client_policy(@extschema@.msp_is_distributed('@extschema@.logons')));
 			created := created + 1;
 		END IF;
 		m := m + interval '1 month';
