@@ -115,31 +115,41 @@ CREATE TRIGGER refuse_truncate BEFORE TRUNCATE ON @extschema@.audit_log
 -- The lines that adjustment notes add to the invoice of a period.
 CREATE FUNCTION @extschema@.msp_adjustment_lines(client_id bigint, period daterange)
 RETURNS SETOF @extschema@.invoice_line
-LANGUAGE sql STABLE STRICT PARALLEL SAFE
+LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
 SET search_path = @extschema@, pg_catalog, pg_temp
-BEGIN ATOMIC
+AS $$
+#variable_conflict use_variable
+BEGIN
+	-- PL/pgSQL, so that Citus plans the read on the client's shard
+	RETURN QUERY
 	SELECT (row_number() OVER (ORDER BY a.invoice_id))::integer, NULL::bigint,
 		   format('Adjustment %s to invoice %s for %s to %s: %s', a.invoice_id, a.adjusts_invoice_id,
 				  lower(a.period), upper(a.period) - 1, a.reason),
-		   1::numeric, a.total, a.total, 'adjustment'
+		   1::numeric, a.total, a.total, 'adjustment'::text
 	  FROM invoices a
-	 WHERE a.client_id = msp_adjustment_lines.client_id AND a.kind = 'adjustment'
-	   AND a.apply_period = msp_adjustment_lines.period
+	 WHERE a.client_id = client_id AND a.kind = 'adjustment' AND a.apply_period = period
 	 ORDER BY a.invoice_id;
-END;
+END
+$$;
 COMMENT ON FUNCTION @extschema@.msp_adjustment_lines(bigint, daterange) IS
 	'adjustment notes carried by the invoice of a period, one line each';
 
 -- The finalized invoice of a client and period, or NULL.
 CREATE FUNCTION @extschema@.msp_finalized_invoice(client_id bigint, period daterange)
 RETURNS @extschema@.invoices
-LANGUAGE sql STABLE STRICT PARALLEL SAFE
+LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
 SET search_path = @extschema@, pg_catalog, pg_temp
-BEGIN ATOMIC
-	SELECT i FROM invoices i
-	 WHERE i.client_id = msp_finalized_invoice.client_id AND i.period = msp_finalized_invoice.period
-	   AND i.kind = 'invoice';
-END;
+AS $$
+#variable_conflict use_variable
+DECLARE
+	fin invoices;
+BEGIN
+	-- PL/pgSQL, so that Citus plans the read on the client's shard
+	SELECT * INTO fin FROM invoices i
+	 WHERE i.client_id = client_id AND i.period = period AND i.kind = 'invoice';
+	RETURN fin;
+END
+$$;
 COMMENT ON FUNCTION @extschema@.msp_finalized_invoice(bigint, daterange) IS
 	'the finalized invoice of a client and period, or NULL';
 
