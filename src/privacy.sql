@@ -46,22 +46,23 @@ AS $$
 #variable_conflict use_variable
 DECLARE
 	z record;
+	sess interval;
 BEGIN
+	-- nothing, rather than an error, for a client the reader may not see
+	IF NOT EXISTS (SELECT 1 FROM clients c WHERE c.client_id = msp_pii_audit.client_id) THEN
+		RETURN;
+	END IF;
 	period := msp_period(client_id, period);
 	SELECT c.time_zone, (lower(period)::timestamp AT TIME ZONE c.time_zone) AS t0,
 		   (upper(period)::timestamp AT TIME ZONE c.time_zone) AS t1
 	  INTO z FROM clients c WHERE c.client_id = msp_pii_audit.client_id;
-	IF NOT FOUND THEN
-		RETURN;
-	END IF;
-	SELECT z.*, coalesce((SELECT k.default_session FROM contracts k
-						   WHERE k.client_id = msp_pii_audit.client_id AND k.effective @> (upper(period) - 1)),
-						  interval '1 hour') AS default_session
-	  INTO z;
+	SELECT k.default_session INTO sess FROM contracts k
+	 WHERE k.client_id = msp_pii_audit.client_id AND k.effective @> (upper(period) - 1);
+	sess := coalesce(sess, interval '1 hour');
 	RETURN QUERY
 	WITH shared_sessions AS (
 		SELECT l.logon_id, l.device_id, l.account_id, l.at AS s0,
-			   coalesce(l.ended, l.at + z.default_session) AS s1
+			   coalesce(l.ended, l.at + sess) AS s1
 		  FROM logons l
 		  JOIN accounts a ON a.client_id = msp_pii_audit.client_id AND a.account_id = l.account_id
 		 WHERE l.client_id = msp_pii_audit.client_id AND l.at >= z.t0 AND l.at < z.t1
@@ -88,35 +89,47 @@ $$;
 COMMENT ON FUNCTION @extschema@.msp_pii_audit(bigint, daterange, interval) IS
 	'HIPAA check: shared-account sessions in which a PII application was used without an individual application login';
 
-CREATE FUNCTION @extschema@.msp_pii_audit_summary(client_id bigint, period daterange DEFAULT NULL)
-RETURNS TABLE (client_id bigint, shared_sessions bigint, violating_sessions bigint, devices bigint,
-			   applications text[])
+-- The summary's figures (PL/pgSQL, every table filtered by client_id, so
+-- that Citus plans the reads on the client's shard; the summary itself
+-- keeps its SQL signature, whose output column shares the parameter's name).
+CREATE FUNCTION @extschema@.msp_pii_audit_figures(client_id bigint, period daterange)
+RETURNS TABLE (shared_sessions bigint, violating_sessions bigint, devices bigint, applications text[])
 LANGUAGE plpgsql STABLE PARALLEL SAFE
 SET search_path = @extschema@, pg_catalog, pg_temp
 AS $$
 #variable_conflict use_variable
 DECLARE
-	cid bigint := msp_pii_audit_summary.client_id;
 	zone text;
 BEGIN
-	period := msp_period(cid, period);
-	SELECT cl.time_zone INTO zone FROM clients cl WHERE cl.client_id = cid;
+	SELECT cl.time_zone INTO zone FROM clients cl WHERE cl.client_id = msp_pii_audit_figures.client_id;
 	-- no row for a client the reader may not see
 	IF NOT FOUND THEN
 		RETURN;
 	END IF;
-	client_id := cid;
+	period := msp_period(client_id, period);
 	SELECT count(*) INTO shared_sessions
-	  FROM logons l JOIN accounts a ON a.client_id = cid AND a.account_id = l.account_id
-	 WHERE l.client_id = cid AND a.kind = 'shared' AND a.realm = 'os' AND l.presence
+	  FROM logons l JOIN accounts a ON a.client_id = msp_pii_audit_figures.client_id AND a.account_id = l.account_id
+	 WHERE l.client_id = msp_pii_audit_figures.client_id AND a.kind = 'shared' AND a.realm = 'os' AND l.presence
 	   AND l.at >= (lower(period)::timestamp AT TIME ZONE zone)
 	   AND l.at < (upper(period)::timestamp AT TIME ZONE zone);
 	SELECT count(*), count(DISTINCT v.device), coalesce(array_agg(DISTINCT v.application ORDER BY v.application), '{}')
 	  INTO violating_sessions, devices, applications
-	  FROM msp_pii_audit(cid, period) v;
+	  FROM msp_pii_audit(client_id, period) v;
 	RETURN NEXT;
 END
 $$;
+COMMENT ON FUNCTION @extschema@.msp_pii_audit_figures(bigint, daterange) IS
+	'the figures of msp_pii_audit_summary(): shared sessions, violating sessions, devices and applications; no row for a client the reader may not see';
+
+CREATE FUNCTION @extschema@.msp_pii_audit_summary(client_id bigint, period daterange DEFAULT NULL)
+RETURNS TABLE (client_id bigint, shared_sessions bigint, violating_sessions bigint, devices bigint,
+			   applications text[])
+LANGUAGE sql STABLE PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+BEGIN ATOMIC
+	SELECT msp_pii_audit_summary.client_id, f.shared_sessions, f.violating_sessions, f.devices, f.applications
+	  FROM msp_pii_audit_figures(msp_pii_audit_summary.client_id, period) f;
+END;
 COMMENT ON FUNCTION @extschema@.msp_pii_audit_summary(bigint, daterange) IS
 	'per client: shared sessions, those that broke the individual-login rule, devices and applications involved';
 
