@@ -316,6 +316,7 @@ DECLARE
 	unknown text[];
 	today date;
 	stamp timestamptz;
+	evidence jsonb;
 BEGIN
 	period := msp_period(client_id, period);
 	-- one finalization per client and period at a time, in any session
@@ -360,14 +361,14 @@ BEGIN
 	END IF;
 
 	inv := msp_compute_invoice(client_id, period);
+	-- (computed before the INSERT: Citus takes no subquery in INSERT ... VALUES)
+	evidence := coalesce((SELECT jsonb_agg(to_jsonb(u)) FROM msp_billable_users(client_id, period) u), '[]');
 	-- one reading of the clock for the invoice and its audit entries
 	stamp := clock_timestamp();
 	INSERT INTO @extschema@.invoices (client_id, kind, period, model, users, seats, devices, subtotal, total,
 						  currency, evidence, overrides, finalized_at)
 	VALUES (client_id, 'invoice', period, inv.model, inv.users, inv.seats, inv.devices, inv.subtotal,
-			inv.total, inv.currency,
-			coalesce((SELECT jsonb_agg(to_jsonb(u)) FROM msp_billable_users(client_id, period) u), '[]'),
-			coalesce(override, '{}'), stamp)
+			inv.total, inv.currency, evidence, coalesce(override, '{}'), stamp)
 	RETURNING invoice_id INTO id;
 	INSERT INTO @extschema@.invoice_items (client_id, invoice_id, line_no, contract_id, description, quantity,
 							   unit_price, amount, basis)
@@ -376,10 +377,10 @@ BEGIN
 	INSERT INTO @extschema@.audit_log (client_id, action, invoice_id, detail, at)
 	VALUES (client_id, 'finalize', id, jsonb_build_object('period', period::text, 'total', inv.total), stamp);
 	IF cardinality(coalesce(override, '{}')) > 0 THEN
+		evidence := (SELECT jsonb_agg(to_jsonb(q)) FROM msp_data_quality(client_id, period) q
+					  WHERE q.gate = ANY (override));
 		INSERT INTO @extschema@.audit_log (client_id, action, invoice_id, at, detail)
-		VALUES (client_id, 'override', id, stamp, jsonb_build_object('gates', override,
-				'findings', (SELECT jsonb_agg(to_jsonb(q)) FROM msp_data_quality(client_id, period) q
-							  WHERE q.gate = ANY (override))));
+		VALUES (client_id, 'override', id, stamp, jsonb_build_object('gates', override, 'findings', evidence));
 	END IF;
 	RETURN id;
 END
@@ -398,23 +399,44 @@ AS $$
 #variable_conflict use_variable
 DECLARE
 	id bigint;
+	b_contract bigint[];
+	b_basis text[];
+	b_description text[];
+	b_quantity numeric[];
+	b_amount numeric[];
+	n_contract bigint[];
+	n_basis text[];
+	n_description text[];
+	n_quantity numeric[];
+	n_amount numeric[];
 BEGIN
 	period := msp_period(client_id, period);
 	id := (msp_require_finalized(client_id, period)).invoice_id;
+	-- billed and current lines are read first, each on its own: Citus runs
+	-- no query on a table from within one (msp_price_lines), and plans the
+	-- billed lines on the client's shard
+	SELECT array_agg(x.contract_id), array_agg(x.basis), array_agg(x.description), array_agg(x.quantity),
+		   array_agg(x.amount)
+	  INTO b_contract, b_basis, b_description, b_quantity, b_amount
+	  FROM (SELECT it.contract_id, it.basis, min(it.description) FILTER (WHERE i.kind = 'invoice') AS description,
+				   sum(it.quantity) FILTER (WHERE i.kind = 'invoice') AS quantity, sum(it.amount) AS amount
+			  FROM invoices i JOIN invoice_items it ON it.client_id = client_id AND it.invoice_id = i.invoice_id
+			 WHERE i.client_id = client_id AND (i.invoice_id = id OR i.adjusts_invoice_id = id)
+			   AND it.basis <> 'adjustment'
+			 GROUP BY it.contract_id, it.basis) x;
+	SELECT array_agg(x.contract_id), array_agg(x.basis), array_agg(x.description), array_agg(x.quantity),
+		   array_agg(x.amount)
+	  INTO n_contract, n_basis, n_description, n_quantity, n_amount
+	  FROM (SELECT l.contract_id, l.basis, min(l.description) AS description, sum(l.quantity) AS quantity,
+				   sum(l.amount) AS amount
+			  FROM msp_price_lines(client_id, period, NULL) l
+			 WHERE l.basis <> 'adjustment'
+			 GROUP BY l.contract_id, l.basis) x;
 	RETURN QUERY
-	WITH billed AS (
-		SELECT it.contract_id, it.basis, min(it.description) FILTER (WHERE i.kind = 'invoice') AS description,
-			   sum(it.quantity) FILTER (WHERE i.kind = 'invoice') AS quantity, sum(it.amount) AS amount
-		  FROM invoices i JOIN invoice_items it ON it.client_id = i.client_id AND it.invoice_id = i.invoice_id
-		 WHERE i.client_id = client_id AND (i.invoice_id = id OR i.adjusts_invoice_id = id)
-		   AND it.basis <> 'adjustment'
-		 GROUP BY it.contract_id, it.basis),
-	now_ AS (
-		SELECT l.contract_id, l.basis, min(l.description) AS description, sum(l.quantity) AS quantity,
-			   sum(l.amount) AS amount
-		  FROM msp_price_lines(client_id, period, NULL) l
-		 WHERE l.basis <> 'adjustment'
-		 GROUP BY l.contract_id, l.basis)
+	WITH billed AS (SELECT * FROM unnest(b_contract, b_basis, b_description, b_quantity, b_amount)
+						 b(contract_id, basis, description, quantity, amount)),
+	now_ AS (SELECT * FROM unnest(n_contract, n_basis, n_description, n_quantity, n_amount)
+					 n(contract_id, basis, description, quantity, amount))
 	SELECT coalesce(n.contract_id, b.contract_id), coalesce(n.basis, b.basis),
 		   coalesce(n.description, b.description),
 		   b.quantity, trim_scale(round(n.quantity, 4)), coalesce(b.amount, 0), coalesce(n.amount, 0),
@@ -440,6 +462,7 @@ DECLARE
 	carrier daterange;
 	total numeric;
 	stamp timestamptz;
+	evidence jsonb;
 BEGIN
 	IF reason IS NULL OR reason = '' THEN
 		RAISE EXCEPTION 'an adjustment needs a reason'
@@ -461,11 +484,13 @@ BEGIN
 	 WHERE NOT EXISTS (SELECT 1 FROM invoices i WHERE i.client_id = client_id AND i.kind = 'invoice'
 						  AND i.period && daterange(m::date, (m + interval '1 month')::date))
 	 ORDER BY m LIMIT 1;
+	-- (computed before the INSERT: Citus takes no subquery in INSERT ... VALUES)
+	evidence := coalesce((SELECT jsonb_agg(to_jsonb(u)) FROM @extschema@.msp_billable_users(client_id, period) u), '[]');
 	stamp := clock_timestamp();
 	INSERT INTO @extschema@.invoices (client_id, kind, period, adjusts_invoice_id, apply_period, reason, total, currency,
 						  evidence, finalized_at)
 	VALUES (client_id, 'adjustment', period, original.invoice_id, carrier, reason, total, original.currency,
-			coalesce((SELECT jsonb_agg(to_jsonb(u)) FROM @extschema@.msp_billable_users(client_id, period) u), '[]'), stamp)
+			evidence, stamp)
 	RETURNING invoice_id INTO id;
 	INSERT INTO @extschema@.invoice_items (client_id, invoice_id, line_no, contract_id, description, quantity,
 							   unit_price, amount, basis)
