@@ -24,6 +24,10 @@ DECLARE
 	t0 timestamptz;
 	t1 timestamptz;
 	home bigint;
+	-- decided here, by this session: on Citus a sister client's labels are
+	-- read on another node, whose session does not carry the caller's
+	-- mspbill.pseudonymous (set by the finalizing functions)
+	names boolean := msp_sees_names();
 BEGIN
 	SELECT x.count_realms, x.min_active_days, x.support_rule, x.shared_billing, x.attribution_window,
 		   x.default_session, c.time_zone
@@ -99,9 +103,12 @@ BEGIN
 			   least(s.first_seen, sp.first_at), greatest(s.last_seen, sp.last_at),
 			   coalesce(s.days_active, 0), coalesce(sp.contacts, 0),
 			   CASE WHEN with_evidence
-					THEN ARRAY(SELECT l.label FROM account_labels l
-								WHERE l.client_id = home AND l.account_id = ANY (s.account_ids)
-								ORDER BY l.label) END,
+					THEN ARRAY(SELECT x.label FROM (
+								SELECT CASE WHEN l.kind IN ('shared', 'service') OR names THEN l.label
+											ELSE l.realm || ' account ' || l.account_id END AS label
+								  FROM account_labels l
+								 WHERE l.client_id = home AND l.account_id = ANY (s.account_ids)) x
+								ORDER BY x.label) END,
 			   home
 		  FROM eligible e
 		  LEFT JOIN seen s ON s.person_id = e.person_id
