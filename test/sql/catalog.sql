@@ -40,7 +40,9 @@ INSERT INTO writers VALUES
 	('msp_load_emr_audit'), ('msp_load_guarded'), ('msp_load_normalized_guarded'), ('msp_discard_staged'), ('msp_install_roles'),
 	-- reporting: the rollups' marks (triggers and by hand) and their writers
 	('msp_mark_logon_days'), ('msp_mark_invoice_periods'), ('msp_mark_rollups_dirty'), ('msp_rollup_period'),
-	('msp_rollup_days'), ('msp_refresh_rollups'), ('msp_rebuild_rollups');
+	('msp_rollup_days'), ('msp_refresh_rollups'), ('msp_rebuild_rollups'),
+	-- Citus: distributes the tables and changes them on every node
+	('msp_distribute'), ('msp_on_all_nodes');
 
 -- not STRICT, deliberately
 CREATE TEMP TABLE nonstrict_ok (proname name PRIMARY KEY, why text NOT NULL);
@@ -55,7 +57,8 @@ INSERT INTO nonstrict_ok VALUES
 	('msp_report_require', 'a guard: a NULL client must raise, not pass'),
 	('msp_issue_adjustment', 'a NULL reason is refused with a hint, not ignored'),
 	('msp_load_begin', 'a guard: a NULL client must raise (unknown client), not pass'),
-	('msp_load_guarded', 'an empty stage has NULL bounds: nothing to load, 0 rejected');
+	('msp_load_guarded', 'an empty stage has NULL bounds: nothing to load, 0 rejected'),
+	('msp_pii_audit_figures', 'a NULL period is the last full month, as in msp_pii_audit_summary');
 
 -- SECURITY DEFINER allowed, each for a workflow that needs rights its
 -- callers must not have
