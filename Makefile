@@ -38,7 +38,8 @@ SQL_SOURCES = \
 	src/billing/psa.sql \
 	src/loaders.sql \
 	src/privacy.sql \
-	src/reporting.sql
+	src/reporting.sql \
+	src/citus.sql
 DATA_built = $(EXTENSION)--$(EXTVERSION).sql
 # earlier releases' generated install scripts (kept so that the upgrade
 # test can install them) and the hand-written upgrade scripts

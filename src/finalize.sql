@@ -115,31 +115,41 @@ CREATE TRIGGER refuse_truncate BEFORE TRUNCATE ON @extschema@.audit_log
 -- The lines that adjustment notes add to the invoice of a period.
 CREATE FUNCTION @extschema@.msp_adjustment_lines(client_id bigint, period daterange)
 RETURNS SETOF @extschema@.invoice_line
-LANGUAGE sql STABLE STRICT PARALLEL SAFE
+LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
 SET search_path = @extschema@, pg_catalog, pg_temp
-BEGIN ATOMIC
+AS $$
+#variable_conflict use_variable
+BEGIN
+	-- PL/pgSQL, so that Citus plans the read on the client's shard
+	RETURN QUERY
 	SELECT (row_number() OVER (ORDER BY a.invoice_id))::integer, NULL::bigint,
 		   format('Adjustment %s to invoice %s for %s to %s: %s', a.invoice_id, a.adjusts_invoice_id,
 				  lower(a.period), upper(a.period) - 1, a.reason),
-		   1::numeric, a.total, a.total, 'adjustment'
+		   1::numeric, a.total, a.total, 'adjustment'::text
 	  FROM invoices a
-	 WHERE a.client_id = msp_adjustment_lines.client_id AND a.kind = 'adjustment'
-	   AND a.apply_period = msp_adjustment_lines.period
+	 WHERE a.client_id = client_id AND a.kind = 'adjustment' AND a.apply_period = period
 	 ORDER BY a.invoice_id;
-END;
+END
+$$;
 COMMENT ON FUNCTION @extschema@.msp_adjustment_lines(bigint, daterange) IS
 	'adjustment notes carried by the invoice of a period, one line each';
 
 -- The finalized invoice of a client and period, or NULL.
 CREATE FUNCTION @extschema@.msp_finalized_invoice(client_id bigint, period daterange)
 RETURNS @extschema@.invoices
-LANGUAGE sql STABLE STRICT PARALLEL SAFE
+LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
 SET search_path = @extschema@, pg_catalog, pg_temp
-BEGIN ATOMIC
-	SELECT i FROM invoices i
-	 WHERE i.client_id = msp_finalized_invoice.client_id AND i.period = msp_finalized_invoice.period
-	   AND i.kind = 'invoice';
-END;
+AS $$
+#variable_conflict use_variable
+DECLARE
+	fin invoices;
+BEGIN
+	-- PL/pgSQL, so that Citus plans the read on the client's shard
+	SELECT * INTO fin FROM invoices i
+	 WHERE i.client_id = client_id AND i.period = period AND i.kind = 'invoice';
+	RETURN fin;
+END
+$$;
 COMMENT ON FUNCTION @extschema@.msp_finalized_invoice(bigint, daterange) IS
 	'the finalized invoice of a client and period, or NULL';
 
@@ -312,6 +322,7 @@ DECLARE
 	evidence jsonb;
 	number text;
 	invoice_day date;
+	tax numeric;
 BEGIN
 	period := msp_period(client_id, period);
 	-- one finalization per client and period at a time, in any session
@@ -369,6 +380,8 @@ BEGIN
 	-- one reading of the clock for the invoice and its audit entries
 	stamp := clock_timestamp();
 	invoice_day := (stamp AT TIME ZONE c.time_zone)::date;
+	-- (computed before the INSERT: Citus takes no subquery in INSERT ... VALUES)
+	tax := (SELECT coalesce(sum(t.tax), 0) FROM msp_tax_lines(client_id, lines) t);
 	INSERT INTO @extschema@.invoices (client_id, kind, period, model, users, seats, devices, subtotal, total,
 						  currency, evidence, overrides, finalized_at)
 	VALUES (client_id, 'invoice', period, inv.model, inv.users, inv.seats, inv.devices, inv.subtotal,
@@ -383,7 +396,7 @@ BEGIN
 	INSERT INTO @extschema@.invoice_documents (client_id, invoice_id, invoice_number, invoice_date, due_date,
 							   payment_terms_days, po_reference, tax)
 	VALUES (client_id, id, number, invoice_day, invoice_day + terms.payment_terms_days, terms.payment_terms_days,
-			terms.po_reference, (SELECT coalesce(sum(t.tax), 0) FROM msp_tax_lines(client_id, lines) t));
+			terms.po_reference, tax);
 	INSERT INTO @extschema@.invoice_line_documents (client_id, invoice_id, line_no, tax_name, tax_rate, tax,
 									explanation, evidence)
 	SELECT client_id, id, t.line_no, t.tax_name, t.tax_rate, t.tax, x.explanation, x.evidence
@@ -392,10 +405,10 @@ BEGIN
 	INSERT INTO @extschema@.audit_log (client_id, action, invoice_id, detail, at)
 	VALUES (client_id, 'finalize', id, jsonb_build_object('period', period::text, 'total', inv.total), stamp);
 	IF cardinality(coalesce(override, '{}')) > 0 THEN
+		evidence := (SELECT jsonb_agg(to_jsonb(q)) FROM msp_data_quality(client_id, period) q
+					  WHERE q.gate = ANY (override));
 		INSERT INTO @extschema@.audit_log (client_id, action, invoice_id, at, detail)
-		VALUES (client_id, 'override', id, stamp, jsonb_build_object('gates', override,
-				'findings', (SELECT jsonb_agg(to_jsonb(q)) FROM msp_data_quality(client_id, period) q
-							  WHERE q.gate = ANY (override))));
+		VALUES (client_id, 'override', id, stamp, jsonb_build_object('gates', override, 'findings', evidence));
 	END IF;
 	RETURN id;
 END
@@ -414,23 +427,44 @@ AS $$
 #variable_conflict use_variable
 DECLARE
 	id bigint;
+	b_contract bigint[];
+	b_basis text[];
+	b_description text[];
+	b_quantity numeric[];
+	b_amount numeric[];
+	n_contract bigint[];
+	n_basis text[];
+	n_description text[];
+	n_quantity numeric[];
+	n_amount numeric[];
 BEGIN
 	period := msp_period(client_id, period);
 	id := (msp_require_finalized(client_id, period)).invoice_id;
+	-- billed and current lines are read first, each on its own: Citus runs
+	-- no query on a table from within one (msp_price_lines), and plans the
+	-- billed lines on the client's shard
+	SELECT array_agg(x.contract_id), array_agg(x.basis), array_agg(x.description), array_agg(x.quantity),
+		   array_agg(x.amount)
+	  INTO b_contract, b_basis, b_description, b_quantity, b_amount
+	  FROM (SELECT it.contract_id, it.basis, min(it.description) FILTER (WHERE i.kind = 'invoice') AS description,
+				   sum(it.quantity) FILTER (WHERE i.kind = 'invoice') AS quantity, sum(it.amount) AS amount
+			  FROM invoices i JOIN invoice_items it ON it.client_id = client_id AND it.invoice_id = i.invoice_id
+			 WHERE i.client_id = client_id AND (i.invoice_id = id OR i.adjusts_invoice_id = id)
+			   AND it.basis <> 'adjustment'
+			 GROUP BY it.contract_id, it.basis) x;
+	SELECT array_agg(x.contract_id), array_agg(x.basis), array_agg(x.description), array_agg(x.quantity),
+		   array_agg(x.amount)
+	  INTO n_contract, n_basis, n_description, n_quantity, n_amount
+	  FROM (SELECT l.contract_id, l.basis, min(l.description) AS description, sum(l.quantity) AS quantity,
+				   sum(l.amount) AS amount
+			  FROM msp_price_lines(client_id, period, NULL) l
+			 WHERE l.basis <> 'adjustment'
+			 GROUP BY l.contract_id, l.basis) x;
 	RETURN QUERY
-	WITH billed AS (
-		SELECT it.contract_id, it.basis, min(it.description) FILTER (WHERE i.kind = 'invoice') AS description,
-			   sum(it.quantity) FILTER (WHERE i.kind = 'invoice') AS quantity, sum(it.amount) AS amount
-		  FROM invoices i JOIN invoice_items it ON it.client_id = i.client_id AND it.invoice_id = i.invoice_id
-		 WHERE i.client_id = client_id AND (i.invoice_id = id OR i.adjusts_invoice_id = id)
-		   AND it.basis <> 'adjustment'
-		 GROUP BY it.contract_id, it.basis),
-	now_ AS (
-		SELECT l.contract_id, l.basis, min(l.description) AS description, sum(l.quantity) AS quantity,
-			   sum(l.amount) AS amount
-		  FROM msp_price_lines(client_id, period, NULL) l
-		 WHERE l.basis <> 'adjustment'
-		 GROUP BY l.contract_id, l.basis)
+	WITH billed AS (SELECT * FROM unnest(b_contract, b_basis, b_description, b_quantity, b_amount)
+						 b(contract_id, basis, description, quantity, amount)),
+	now_ AS (SELECT * FROM unnest(n_contract, n_basis, n_description, n_quantity, n_amount)
+					 n(contract_id, basis, description, quantity, amount))
 	SELECT coalesce(n.contract_id, b.contract_id), coalesce(n.basis, b.basis),
 		   coalesce(n.description, b.description),
 		   b.quantity, trim_scale(round(n.quantity, 4)), coalesce(b.amount, 0), coalesce(n.amount, 0),
@@ -456,6 +490,7 @@ DECLARE
 	carrier daterange;
 	total numeric;
 	stamp timestamptz;
+	evidence jsonb;
 BEGIN
 	IF reason IS NULL OR reason = '' THEN
 		RAISE EXCEPTION 'an adjustment needs a reason'
@@ -477,11 +512,13 @@ BEGIN
 	 WHERE NOT EXISTS (SELECT 1 FROM invoices i WHERE i.client_id = client_id AND i.kind = 'invoice'
 						  AND i.period && daterange(m::date, (m + interval '1 month')::date))
 	 ORDER BY m LIMIT 1;
+	-- (computed before the INSERT: Citus takes no subquery in INSERT ... VALUES)
+	evidence := coalesce((SELECT jsonb_agg(to_jsonb(u)) FROM @extschema@.msp_billable_users(client_id, period) u), '[]');
 	stamp := clock_timestamp();
 	INSERT INTO @extschema@.invoices (client_id, kind, period, adjusts_invoice_id, apply_period, reason, total, currency,
 						  evidence, finalized_at)
 	VALUES (client_id, 'adjustment', period, original.invoice_id, carrier, reason, total, original.currency,
-			coalesce((SELECT jsonb_agg(to_jsonb(u)) FROM @extschema@.msp_billable_users(client_id, period) u), '[]'), stamp)
+			evidence, stamp)
 	RETURNING invoice_id INTO id;
 	INSERT INTO @extschema@.invoice_items (client_id, invoice_id, line_no, contract_id, description, quantity,
 							   unit_price, amount, basis)

@@ -34,34 +34,47 @@ SELECT pg_catalog.pg_extension_config_dump('@extschema@.person_identities', '');
 -- device within the session (widened by the window) came from a shared,
 -- service or unmapped application account, or there was no login at all
 -- while the application recorded activity.
+-- (PL/pgSQL, the period and contract read first and every table filtered
+-- by client_id, so that Citus plans the query on the client's shard.)
 CREATE FUNCTION @extschema@.msp_pii_audit(client_id bigint, period daterange DEFAULT NULL,
 										  window_size interval DEFAULT '15 minutes')
 RETURNS TABLE (device text, account text, application text, session_start timestamptz,
 			   session_end timestamptz, uses integer, sessions bigint)
-LANGUAGE sql STABLE PARALLEL SAFE
+LANGUAGE plpgsql STABLE PARALLEL SAFE
 SET search_path = @extschema@, pg_catalog, pg_temp
-BEGIN ATOMIC
-	WITH p AS (SELECT msp_period(client_id, period) AS period),
-	z AS (SELECT c.time_zone, (lower(p.period)::timestamp AT TIME ZONE c.time_zone) AS t0,
-				 (upper(p.period)::timestamp AT TIME ZONE c.time_zone) AS t1,
-				 k.default_session
-			FROM p CROSS JOIN clients c
-			LEFT JOIN contracts k ON k.client_id = c.client_id AND k.effective @> (upper(p.period) - 1)
-		   WHERE c.client_id = msp_pii_audit.client_id),
-	shared_sessions AS (
+AS $$
+#variable_conflict use_variable
+DECLARE
+	z record;
+	sess interval;
+BEGIN
+	-- nothing, rather than an error, for a client the reader may not see
+	IF NOT EXISTS (SELECT 1 FROM clients c WHERE c.client_id = msp_pii_audit.client_id) THEN
+		RETURN;
+	END IF;
+	period := msp_period(client_id, period);
+	SELECT c.time_zone, (lower(period)::timestamp AT TIME ZONE c.time_zone) AS t0,
+		   (upper(period)::timestamp AT TIME ZONE c.time_zone) AS t1
+	  INTO z FROM clients c WHERE c.client_id = msp_pii_audit.client_id;
+	SELECT k.default_session INTO sess FROM contracts k
+	 WHERE k.client_id = msp_pii_audit.client_id AND k.effective @> (upper(period) - 1);
+	sess := coalesce(sess, interval '1 hour');
+	RETURN QUERY
+	WITH shared_sessions AS (
 		SELECT l.logon_id, l.device_id, l.account_id, l.at AS s0,
-			   coalesce(l.ended, l.at + coalesce(z.default_session, interval '1 hour')) AS s1
-		  FROM z JOIN logons l ON l.client_id = msp_pii_audit.client_id AND l.at >= z.t0 AND l.at < z.t1
-		  JOIN accounts a ON a.client_id = l.client_id AND a.account_id = l.account_id
-		 WHERE a.kind = 'shared' AND a.realm = 'os' AND l.presence AND l.device_id IS NOT NULL),
+			   coalesce(l.ended, l.at + sess) AS s1
+		  FROM logons l
+		  JOIN accounts a ON a.client_id = msp_pii_audit.client_id AND a.account_id = l.account_id
+		 WHERE l.client_id = msp_pii_audit.client_id AND l.at >= z.t0 AND l.at < z.t1
+		   AND a.kind = 'shared' AND a.realm = 'os' AND l.presence AND l.device_id IS NOT NULL),
 	uses AS (
 		SELECT s.logon_id, ua.application, count(*)::integer AS uses,
 			   bool_or(ua.kind = 'individual') AS individual_login
 		  FROM shared_sessions s
 		  JOIN logons u ON u.client_id = msp_pii_audit.client_id AND u.device_id = s.device_id
 					   AND u.at >= s.s0 - window_size AND u.at <= s.s1 + window_size
-		  JOIN accounts ua ON ua.client_id = u.client_id AND ua.account_id = u.account_id AND ua.realm = 'app'
-		  JOIN applications ap ON ap.client_id = ua.client_id AND ap.name = ua.application AND ap.holds_pii
+		  JOIN accounts ua ON ua.client_id = msp_pii_audit.client_id AND ua.account_id = u.account_id AND ua.realm = 'app'
+		  JOIN applications ap ON ap.client_id = msp_pii_audit.client_id AND ap.name = ua.application AND ap.holds_pii
 		 GROUP BY s.logon_id, ua.application)
 	SELECT d.name, al.label, x.application, s.s0, s.s1, x.uses,
 		   count(*) OVER (PARTITION BY d.name, al.label, x.application)
@@ -71,9 +84,42 @@ BEGIN ATOMIC
 	  JOIN account_labels al ON al.client_id = msp_pii_audit.client_id AND al.account_id = s.account_id
 	 WHERE NOT x.individual_login
 	 ORDER BY d.name, s.s0;
-END;
+END
+$$;
 COMMENT ON FUNCTION @extschema@.msp_pii_audit(bigint, daterange, interval) IS
 	'HIPAA check: shared-account sessions in which a PII application was used without an individual application login';
+
+-- The summary's figures (PL/pgSQL, every table filtered by client_id, so
+-- that Citus plans the reads on the client's shard; the summary itself
+-- keeps its SQL signature, whose output column shares the parameter's name).
+CREATE FUNCTION @extschema@.msp_pii_audit_figures(client_id bigint, period daterange)
+RETURNS TABLE (shared_sessions bigint, violating_sessions bigint, devices bigint, applications text[])
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	zone text;
+BEGIN
+	SELECT cl.time_zone INTO zone FROM clients cl WHERE cl.client_id = msp_pii_audit_figures.client_id;
+	-- no row for a client the reader may not see
+	IF NOT FOUND THEN
+		RETURN;
+	END IF;
+	period := msp_period(client_id, period);
+	SELECT count(*) INTO shared_sessions
+	  FROM logons l JOIN accounts a ON a.client_id = msp_pii_audit_figures.client_id AND a.account_id = l.account_id
+	 WHERE l.client_id = msp_pii_audit_figures.client_id AND a.kind = 'shared' AND a.realm = 'os' AND l.presence
+	   AND l.at >= (lower(period)::timestamp AT TIME ZONE zone)
+	   AND l.at < (upper(period)::timestamp AT TIME ZONE zone);
+	SELECT count(*), count(DISTINCT v.device), coalesce(array_agg(DISTINCT v.application ORDER BY v.application), '{}')
+	  INTO violating_sessions, devices, applications
+	  FROM msp_pii_audit(client_id, period) v;
+	RETURN NEXT;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_pii_audit_figures(bigint, daterange) IS
+	'the figures of msp_pii_audit_summary(): shared sessions, violating sessions, devices and applications; no row for a client the reader may not see';
 
 CREATE FUNCTION @extschema@.msp_pii_audit_summary(client_id bigint, period daterange DEFAULT NULL)
 RETURNS TABLE (client_id bigint, shared_sessions bigint, violating_sessions bigint, devices bigint,
@@ -81,19 +127,8 @@ RETURNS TABLE (client_id bigint, shared_sessions bigint, violating_sessions bigi
 LANGUAGE sql STABLE PARALLEL SAFE
 SET search_path = @extschema@, pg_catalog, pg_temp
 BEGIN ATOMIC
-	WITH p AS (SELECT msp_period(msp_pii_audit_summary.client_id, period) AS period),
-	c AS (SELECT cl.time_zone FROM clients cl WHERE cl.client_id = msp_pii_audit_summary.client_id),
-	v AS (SELECT * FROM msp_pii_audit(msp_pii_audit_summary.client_id, period))
-	SELECT msp_pii_audit_summary.client_id,
-		   (SELECT count(*) FROM p, c, logons l JOIN accounts a USING (client_id, account_id)
-			 WHERE l.client_id = msp_pii_audit_summary.client_id AND a.kind = 'shared' AND a.realm = 'os' AND l.presence
-			   AND l.at >= (lower(p.period)::timestamp AT TIME ZONE c.time_zone)
-			   AND l.at < (upper(p.period)::timestamp AT TIME ZONE c.time_zone)),
-		   (SELECT count(*) FROM v),
-		   (SELECT count(DISTINCT device) FROM v),
-		   (SELECT coalesce(array_agg(DISTINCT application ORDER BY application), '{}') FROM v)
-	  -- no row for a client the reader may not see
-	  FROM c;
+	SELECT msp_pii_audit_summary.client_id, f.shared_sessions, f.violating_sessions, f.devices, f.applications
+	  FROM msp_pii_audit_figures(msp_pii_audit_summary.client_id, period) f;
 END;
 COMMENT ON FUNCTION @extschema@.msp_pii_audit_summary(bigint, daterange) IS
 	'per client: shared sessions, those that broke the individual-login rule, devices and applications involved';

@@ -16,30 +16,35 @@ COMMENT ON TYPE @extschema@.invoice IS 'an invoice summary; its lines come from 
 
 -- Distinct people billed in a period, whichever contracts counted them.
 CREATE FUNCTION @extschema@.msp_period_people(client_id bigint, period daterange) RETURNS integer
-LANGUAGE sql STABLE STRICT PARALLEL SAFE
+LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
 SET search_path = @extschema@, pg_catalog, pg_temp
-BEGIN ATOMIC
+AS $$
+#variable_conflict use_variable
+BEGIN
 	-- msp_period: unknown client for one the caller may not see
-	SELECT count(DISTINCT (u.home_client_id, u.person_id))::integer
-	  FROM msp_contract_segments(client_id, msp_period(client_id, period)) s,
-		   LATERAL msp_segment_users(client_id, s.contract_id, s.segment, false) u;
-END;
+	period := msp_period(client_id, period);
+	RETURN (SELECT count(DISTINCT (u.home_client_id, u.person_id))::integer
+			  FROM msp_contract_segments(client_id, period) s,
+				   LATERAL msp_segment_users(client_id, s.contract_id, s.segment, false) u);
+END
+$$;
 COMMENT ON FUNCTION @extschema@.msp_period_people(bigint, daterange) IS
 	'how many distinct people the contracts of a period bill';
 
 -- Devices under management in a period: billable range overlapping it.
 CREATE FUNCTION @extschema@.msp_period_devices(client_id bigint, period daterange) RETURNS integer
-LANGUAGE sql STABLE STRICT PARALLEL SAFE
+LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
 SET search_path = @extschema@, pg_catalog, pg_temp
-BEGIN ATOMIC
+AS $$
+#variable_conflict use_variable
+BEGIN
 	-- msp_period: unknown client for one the caller may not see (a count of
-	-- 0 would answer for it); OFFSET 0 keeps the check from being planned
-	-- away when no device row is visible
-	SELECT count(d.client_id)::integer
-	  FROM (SELECT msp_period(client_id, period) AS period OFFSET 0) p
-	  LEFT JOIN devices d ON d.client_id = msp_period_devices.client_id
-								 AND (d.active IS NULL OR d.active && p.period);
-END;
+	-- 0 would answer for it)
+	period := msp_period(client_id, period);
+	RETURN (SELECT count(*)::integer FROM devices d
+			 WHERE d.client_id = client_id AND (d.active IS NULL OR d.active && period));
+END
+$$;
 COMMENT ON FUNCTION @extschema@.msp_period_devices(bigint, daterange) IS
 	'how many devices are under management (billable range overlapping) in a period';
 
@@ -95,36 +100,69 @@ COMMENT ON FUNCTION @extschema@.msp_compute_invoice(bigint, daterange) IS
 
 -- Every cost pool of the period spread over its basis; a pool with no
 -- unit to carry it still appears, whole, with unit NULL.
+-- (PL/pgSQL: pools, shares and units are read by client_id first, each
+-- share outside the query that lists the pools, so that Citus plans every
+-- read on the client's shard; the allocation is arithmetic on them.)
 CREATE FUNCTION @extschema@.msp_cost_allocation(client_id bigint, period daterange DEFAULT NULL)
 RETURNS TABLE (pool_id bigint, category text, basis text, unit text, share numeric)
-LANGUAGE sql STABLE PARALLEL SAFE
+LANGUAGE plpgsql STABLE PARALLEL SAFE
 SET search_path = @extschema@, pg_catalog, pg_temp
-BEGIN ATOMIC
-	WITH p AS (SELECT msp_period(client_id, period) AS period),
-	c AS (SELECT * FROM clients WHERE clients.client_id = msp_cost_allocation.client_id),
-	units AS (
-		SELECT 'device' AS basis, d.name AS unit FROM devices d, p
-		 WHERE d.client_id = msp_cost_allocation.client_id AND (d.active IS NULL OR d.active && p.period)
-		UNION ALL
-		SELECT 'user', CASE WHEN u.home_client_id = msp_cost_allocation.client_id THEN u.pseudonym
-							ELSE format('%s (client %s)', u.pseudonym, u.home_client_id) END
-		  FROM msp_billable_users(client_id, period) u
-		UNION ALL
-		SELECT 'seat', a.label FROM account_labels a
-		 WHERE a.client_id = msp_cost_allocation.client_id AND a.kind = 'shared'),
-	pools AS (
-		SELECT cp.pool_id, cp.category, cp.basis, c.minor_unit,
-			   (SELECT coalesce(sum(msp_pool_share(cp.client_id, cp.pool_id, p.period, s.segment)), 0)
-				  FROM msp_contract_segments(cp.client_id, p.period) s
-				 WHERE s.segment && cp.period) AS amount
-		  FROM p, c
-		  JOIN cost_pools cp ON cp.client_id = c.client_id
-		 WHERE cp.period && p.period)
+AS $$
+#variable_conflict use_variable
+DECLARE
+	minor numeric;
+	segs daterange[];
+	pool record;
+	amount numeric;
+	p_ids bigint[] := '{}';
+	p_categories text[] := '{}';
+	p_bases text[] := '{}';
+	p_amounts numeric[] := '{}';
+	u_bases text[];
+	u_units text[];
+BEGIN
+	period := msp_period(client_id, period);
+	SELECT c.minor_unit INTO minor FROM clients c WHERE c.client_id = msp_cost_allocation.client_id;
+	FOR pool IN
+		SELECT cp.pool_id, cp.category, cp.basis, cp.period FROM cost_pools cp
+		 WHERE cp.client_id = msp_cost_allocation.client_id AND cp.period && msp_cost_allocation.period
+		 ORDER BY cp.pool_id
+	LOOP
+		IF segs IS NULL THEN
+			segs := ARRAY(SELECT s.segment FROM msp_contract_segments(client_id, period) s);
+		END IF;
+		amount := 0;
+		FOR i IN 1..coalesce(cardinality(segs), 0) LOOP
+			IF segs[i] && pool.period THEN
+				amount := amount + msp_pool_share(client_id, pool.pool_id, period, segs[i]);
+			END IF;
+		END LOOP;
+		p_ids := p_ids || pool.pool_id;
+		p_categories := p_categories || pool.category;
+		p_bases := p_bases || pool.basis;
+		p_amounts := p_amounts || amount;
+	END LOOP;
+	SELECT array_agg(x.basis), array_agg(x.unit) INTO u_bases, u_units
+	  FROM (SELECT DISTINCT y.basis, y.unit FROM (
+			SELECT 'device' AS basis, d.name AS unit FROM devices d
+			 WHERE d.client_id = msp_cost_allocation.client_id AND (d.active IS NULL OR d.active && period)
+			UNION ALL
+			SELECT 'seat', a.label FROM account_labels a
+			 WHERE a.client_id = msp_cost_allocation.client_id AND a.kind = 'shared') y) x;
+	SELECT coalesce(u_bases, '{}') || array_agg('user'::text), coalesce(u_units, '{}') || array_agg(x.unit)
+	  INTO u_bases, u_units
+	  FROM (SELECT DISTINCT CASE WHEN u.home_client_id = client_id THEN u.pseudonym
+								 ELSE format('%s (client %s)', u.pseudonym, u.home_client_id) END AS unit
+			  FROM msp_billable_users(client_id, period) u) x;
+	RETURN QUERY
+	WITH pools AS (SELECT * FROM unnest(p_ids, p_categories, p_bases, p_amounts) p(pool_id, category, basis, amount)),
+	units AS (SELECT DISTINCT * FROM unnest(u_bases, u_units) u(basis, unit))
 	SELECT pools.pool_id, pools.category, pools.basis, units.unit,
-		   allocate(pools.amount, 1, pools.minor_unit) OVER (PARTITION BY pools.pool_id ORDER BY units.unit)
-	  FROM pools LEFT JOIN (SELECT DISTINCT basis, unit FROM units) units USING (basis)
+		   allocate(pools.amount, 1, minor) OVER (PARTITION BY pools.pool_id ORDER BY units.unit)
+	  FROM pools LEFT JOIN units ON units.basis = pools.basis
 	 ORDER BY pools.pool_id, units.unit;
-END;
+END
+$$;
 COMMENT ON FUNCTION @extschema@.msp_cost_allocation(bigint, daterange) IS
 	'every cost pool billed in the period spread over its basis (devices, seats or users) to the cent with allocate(); unit NULL when nothing carries it';
 

@@ -5,21 +5,33 @@
 -- from_quantity (1: the first unit); units below the lowest tier cost the
 -- flat price.  Volume: one band, every unit at the price of the band of the
 -- last unit.  Graduated: every band the count reaches.
+-- (PL/pgSQL: the contract's tiers are read first, by client_id, and the
+-- bands are arithmetic on them, so that Citus plans the reads on the
+-- client's shard.)
 CREATE FUNCTION @extschema@.msp_tier_bands(client_id bigint, contract_id bigint,
 											quantity numeric, flat_price numeric)
 RETURNS TABLE (first_unit numeric, units numeric, unit_price numeric)
-LANGUAGE sql STABLE STRICT PARALLEL SAFE
+LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
 SET search_path = @extschema@, pg_catalog, pg_temp
-BEGIN ATOMIC
+AS $$
+#variable_conflict use_variable
+DECLARE
+	mode text;
+	los numeric[];
+	prices numeric[];
+BEGIN
+	SELECT coalesce(k.tier_mode, 'volume') INTO mode FROM contracts k
+	 WHERE k.client_id = msp_tier_bands.client_id AND k.contract_id = msp_tier_bands.contract_id;
 	-- no bands for a contract that does not exist or that the caller may
 	-- not see (row-level security): nothing is priced for it
-	WITH mode AS (
-		SELECT coalesce(k.tier_mode, 'volume') AS tier_mode FROM contracts k
-		 WHERE k.client_id = msp_tier_bands.client_id AND k.contract_id = msp_tier_bands.contract_id),
-	t AS (
-		SELECT greatest(x.from_quantity - 1, 0) AS lo, x.unit_price
-		  FROM contract_tiers x
-		 WHERE x.client_id = msp_tier_bands.client_id AND x.contract_id = msp_tier_bands.contract_id),
+	IF NOT FOUND THEN
+		RETURN;
+	END IF;
+	SELECT array_agg(greatest(x.from_quantity - 1, 0)), array_agg(x.unit_price) INTO los, prices
+	  FROM contract_tiers x
+	 WHERE x.client_id = msp_tier_bands.client_id AND x.contract_id = msp_tier_bands.contract_id;
+	RETURN QUERY
+	WITH t AS (SELECT * FROM unnest(los, prices) u(lo, unit_price)),
 	-- bands (lo, hi]: units below the lowest tier, then each tier to the next
 	bands AS (
 		SELECT 0::numeric AS lo, (SELECT min(t.lo) FROM t) AS hi, flat_price AS unit_price
@@ -31,14 +43,15 @@ BEGIN ATOMIC
 		 WHERE greatest(ceil(quantity), 1) > n.lo AND (n.hi IS NULL OR greatest(ceil(quantity), 1) <= n.hi)
 		 ORDER BY n.lo DESC LIMIT 1)
 	SELECT l.lo + 1, quantity, l.unit_price
-	  FROM last_unit l, mode
-	 WHERE mode.tier_mode = 'volume' OR quantity <= 0
+	  FROM last_unit l
+	 WHERE mode = 'volume' OR quantity <= 0
 	UNION ALL
 	SELECT n.lo + 1, least(quantity, coalesce(n.hi, quantity)) - n.lo, n.unit_price
-	  FROM nonempty n, mode
-	 WHERE mode.tier_mode = 'graduated' AND quantity > n.lo
+	  FROM nonempty n
+	 WHERE mode = 'graduated' AND quantity > n.lo
 	 ORDER BY 1;
-END;
+END
+$$;
 COMMENT ON FUNCTION @extschema@.msp_tier_bands(bigint, bigint, numeric, numeric) IS
 	'the price bands a count of units fills under the contract''s tiers (volume: one band; graduated: each band reached)';
 
@@ -103,6 +116,8 @@ DECLARE
 	total numeric := 0;
 	amount numeric;
 	floor_fee numeric;
+	pool record;
+	cost numeric;
 	label text := CASE WHEN segment = period THEN ''
 					   ELSE format(' (%s to %s)', lower(segment), upper(segment) - 1) END;
 BEGIN
@@ -159,21 +174,21 @@ BEGIN
 			total := total + line.amount;
 		END LOOP;
 	ELSIF model = 'cost_plus' THEN
-		FOR line IN
-			SELECT 0, k.contract_id,
-				   format('%s: %s (cost %s, markup %s%%)%s', initcap(cp.category), cp.description,
-						  cp.cost, round(k.markup * 100, 2), label),
-				   1::numeric, cp.billed, cp.billed, 'cost'
-			  FROM (SELECT p.*, msp_round(p.cost * (1 + k.markup), c.minor_unit) AS billed
-					  FROM (SELECT x.*, msp_pool_share(c.client_id, x.pool_id, period, segment) AS cost
-							  FROM cost_pools x
-							 WHERE x.client_id = c.client_id AND x.period && segment) p) cp
-			 ORDER BY cp.pool_id
+		-- each pool's share computed outside the query that lists the pools
+		-- (Citus runs no query on a table from within one)
+		FOR pool IN
+			SELECT x.pool_id, x.category, x.description FROM cost_pools x
+			 WHERE x.client_id = c.client_id AND x.period && segment
+			 ORDER BY x.pool_id
 		LOOP
+			cost := msp_pool_share(c.client_id, pool.pool_id, period, segment);
+			amount := msp_round(cost * (1 + k.markup), c.minor_unit);
 			n := n + 1;
-			line.line_no := n;
-			RETURN NEXT line;
-			total := total + line.amount;
+			RETURN NEXT (n, k.contract_id,
+						 format('%s: %s (cost %s, markup %s%%)%s', initcap(pool.category), pool.description,
+								cost, round(k.markup * 100, 2), label),
+						 1::numeric, amount, amount, 'cost')::invoice_line;
+			total := total + amount;
 		END LOOP;
 	ELSIF model = 'lines' THEN
 		-- priced by lines (src/billing/lines.sql): the contract's own, or

@@ -5,43 +5,52 @@
 -- is split over the calendar months it touches by days, largest remainder;
 -- a month's part over the month's contract segments (and the days no
 -- contract covers, which are not billed) the same way.
+-- (PL/pgSQL: the pool is read first, by client_id, and the rest is
+-- arithmetic on it, so that Citus plans the one read on the client's shard.)
 CREATE FUNCTION @extschema@.msp_pool_share(client_id bigint, pool_id bigint, period daterange, covered daterange)
 RETURNS numeric
-LANGUAGE sql STABLE STRICT PARALLEL SAFE
+LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
 SET search_path = @extschema@, pg_catalog, pg_temp
-BEGIN ATOMIC
-	WITH p AS (
-		SELECT msp_round(cp.amount, c.minor_unit) AS amount, cp.period AS pp, c.minor_unit
-		  FROM cost_pools cp JOIN clients c USING (client_id)
-		 WHERE cp.client_id = msp_pool_share.client_id AND cp.pool_id = msp_pool_share.pool_id),
-	months AS (
-		SELECT x.m0, x.share
-		  FROM (SELECT m::date AS m0,
-					   allocate(p.amount,
-								upper(daterange(m::date, (m + interval '1 month')::date) * p.pp)
-								- lower(daterange(m::date, (m + interval '1 month')::date) * p.pp),
-								p.minor_unit) OVER (ORDER BY m) AS share
-				  FROM p, generate_series(date_trunc('month', lower(p.pp)), upper(p.pp) - 1, interval '1 month') m) x
-		 WHERE x.m0 = lower(period)),
-	parts AS (
-		SELECT s.segment * p.pp AS part, upper(s.segment * p.pp) - lower(s.segment * p.pp) AS days
-		  FROM p, msp_contract_segments(msp_pool_share.client_id, period) s
-		 WHERE s.segment && p.pp
-		UNION ALL
-		-- the days of the month no contract covers
-		SELECT NULL, (upper(period * p.pp) - lower(period * p.pp))
-					 - coalesce((SELECT sum(upper(s.segment * p.pp) - lower(s.segment * p.pp))
-								   FROM msp_contract_segments(msp_pool_share.client_id, period) s
-								  WHERE s.segment && p.pp), 0)
-		  FROM p),
-	shares AS (
-		SELECT parts.part, allocate(months.share, parts.days, p.minor_unit)
-							   OVER (ORDER BY lower(parts.part) NULLS LAST) AS share
-		  FROM parts, months, p)
+AS $$
+#variable_conflict use_variable
+DECLARE
+	p record;
+	segs daterange[];
+BEGIN
+	SELECT msp_round(cp.amount, c.minor_unit) AS amount, cp.period AS pp, c.minor_unit INTO p
+	  FROM cost_pools cp JOIN clients c ON c.client_id = cp.client_id
+	 WHERE cp.client_id = msp_pool_share.client_id AND c.client_id = msp_pool_share.client_id
+	   AND cp.pool_id = msp_pool_share.pool_id;
 	-- no share at all (NULL) for a pool that does not exist or that the
 	-- caller may not see, rather than a 0 that would answer for it
-	SELECT coalesce((SELECT shares.share FROM shares WHERE shares.part = covered * p.pp), 0) FROM p;
-END;
+	IF NOT FOUND THEN
+		RETURN NULL;
+	END IF;
+	segs := ARRAY(SELECT s.segment FROM msp_contract_segments(client_id, period) s WHERE s.segment && p.pp);
+	RETURN (
+		WITH months AS (
+			SELECT x.m0, x.share
+			  FROM (SELECT m::date AS m0,
+						   allocate(p.amount,
+									upper(daterange(m::date, (m + interval '1 month')::date) * p.pp)
+									- lower(daterange(m::date, (m + interval '1 month')::date) * p.pp),
+									p.minor_unit) OVER (ORDER BY m) AS share
+					  FROM generate_series(date_trunc('month', lower(p.pp)), upper(p.pp) - 1, interval '1 month') m) x
+			 WHERE x.m0 = lower(period)),
+		parts AS (
+			SELECT s * p.pp AS part, upper(s * p.pp) - lower(s * p.pp) AS days
+			  FROM unnest(segs) s
+			UNION ALL
+			-- the days of the month no contract covers
+			SELECT NULL, (upper(period * p.pp) - lower(period * p.pp))
+						 - coalesce((SELECT sum(upper(s * p.pp) - lower(s * p.pp)) FROM unnest(segs) s), 0)),
+		shares AS (
+			SELECT parts.part, allocate(months.share, parts.days, p.minor_unit)
+								   OVER (ORDER BY lower(parts.part) NULLS LAST) AS share
+			  FROM parts, months)
+		SELECT coalesce((SELECT shares.share FROM shares WHERE shares.part = covered * p.pp), 0));
+END
+$$;
 COMMENT ON FUNCTION @extschema@.msp_pool_share(bigint, bigint, daterange, daterange) IS
 	'the part of a cost pool billed in one contract segment of a month, so that all parts sum to the pool to the cent';
 
@@ -67,68 +76,115 @@ COMMENT ON TYPE @extschema@.segment_quantities IS
 -- quantity is that over the period's days; money is computed from the
 -- days, dividing once, so that it rounds exactly).  Without proration every
 -- unit covers the whole period.
+-- (PL/pgSQL: the contract is read first and each count is one statement
+-- filtered by client_id, so that Citus plans each on the client's shard;
+-- the people a segment bills may live in sister clients, read per client.)
 CREATE FUNCTION @extschema@.msp_segment_quantities(client_id bigint, contract_id bigint,
 													segment daterange, period daterange)
 RETURNS @extschema@.segment_quantities
-LANGUAGE sql STABLE STRICT PARALLEL SAFE
+LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
 SET search_path = @extschema@, pg_catalog, pg_temp
-BEGIN ATOMIC
-	WITH k AS (
-		SELECT k.*, c.time_zone,
-			   upper(period) - lower(period) AS period_days,
-			   CASE WHEN k.prorate THEN upper(segment) - lower(segment)
-					ELSE upper(period) - lower(period) END AS covered_days,
-			   (lower(segment)::timestamp AT TIME ZONE c.time_zone) AS t0,
-			   (upper(segment)::timestamp AT TIME ZONE c.time_zone) AS t1
-		  FROM contracts k JOIN clients c USING (client_id)
-		 WHERE k.client_id = msp_segment_quantities.client_id
-		   AND k.contract_id = msp_segment_quantities.contract_id),
-	u AS (
+AS $$
+#variable_conflict use_variable
+DECLARE
+	k record;
+	q segment_quantities;
+	t0 timestamptz;
+	t1 timestamptz;
+	home bigint;
+	ids bigint[];
+	homes bigint[];
+	days numeric;
+	n integer;
+	pool record;
+	share numeric;
+BEGIN
+	SELECT x.prorate, x.shared_billing, x.count_realms, x.default_session, c.time_zone,
+		   upper(period) - lower(period) AS period_days,
+		   CASE WHEN x.prorate THEN upper(segment) - lower(segment)
+				ELSE upper(period) - lower(period) END AS covered_days
+	  INTO k
+	  FROM contracts x JOIN clients c ON c.client_id = x.client_id
+	 WHERE x.client_id = msp_segment_quantities.client_id AND c.client_id = msp_segment_quantities.client_id
+	   AND x.contract_id = msp_segment_quantities.contract_id;
+	-- no quantities for a contract that does not exist or that the caller
+	-- may not see
+	IF NOT FOUND THEN
+		RETURN NULL;
+	END IF;
+	t0 := lower(segment)::timestamp AT TIME ZONE k.time_zone;
+	t1 := upper(segment)::timestamp AT TIME ZONE k.time_zone;
+
+	-- people: the days each billed person's active range covers, read in
+	-- the person's own client
+	q.user_days := 0;
+	q.user_count := 0;
+	SELECT array_agg(b.home_client_id), array_agg(b.person_id) INTO homes, ids
+	  FROM msp_segment_users(client_id, contract_id, segment, false) b;
+	FOREACH home IN ARRAY ARRAY(SELECT DISTINCT h FROM unnest(homes) h ORDER BY 1) LOOP
 		SELECT coalesce(sum(CASE WHEN NOT k.prorate THEN k.period_days
 								 ELSE upper(coalesce(p.active, segment) * segment)
-									  - lower(coalesce(p.active, segment) * segment) END), 0) AS user_days,
-			   count(*)::integer AS user_count
-		  FROM k, msp_segment_users(msp_segment_quantities.client_id, msp_segment_quantities.contract_id,
-									segment, false) b
-		  JOIN people p ON p.client_id = b.home_client_id AND p.person_id = b.person_id),
-	shared AS (
-		SELECT a.account_id,
-			   peak_concurrency(tstzrange(l.at, coalesce(l.ended, l.at + k.default_session))) AS peak
-		  FROM k
-		  JOIN logons l ON l.client_id = k.client_id AND l.at >= k.t0 AND l.at < k.t1 AND l.presence
-		  JOIN accounts a ON a.client_id = l.client_id AND a.account_id = l.account_id
-						 AND a.kind = 'shared' AND NOT a.is_machine AND a.realm = ANY (k.count_realms)
-		 WHERE k.shared_billing IN ('seat', 'peak')
-		 GROUP BY a.account_id),
-	s AS (
-		SELECT coalesce(sum(CASE WHEN k.shared_billing = 'peak' THEN greatest(sh.peak, 1) ELSE 1 END),
-						0)::integer AS seat_count
-		  FROM k, shared sh),
-	d AS (
-		SELECT coalesce(sum(CASE WHEN NOT k.prorate THEN k.period_days
-								 ELSE upper(coalesce(dv.active, segment) * segment)
-									  - lower(coalesce(dv.active, segment) * segment) END), 0) AS device_days,
-			   count(*)::integer AS device_count
-		  FROM k JOIN devices dv ON dv.client_id = k.client_id AND (dv.active IS NULL OR dv.active && segment)),
-	lic AS (
-		SELECT coalesce(sum(lc.seats), 0)::integer AS license_count
-		  FROM k, LATERAL (
-			SELECT DISTINCT ON (x.sku) x.seats
+									  - lower(coalesce(p.active, segment) * segment) END), 0),
+			   count(*)::integer
+		  INTO days, n
+		  FROM people p
+		 WHERE p.client_id = home
+		   AND p.person_id = ANY (ARRAY(SELECT x.id FROM unnest(homes, ids) x(h, id) WHERE x.h = home));
+		q.user_days := q.user_days + days;
+		q.user_count := q.user_count + n;
+	END LOOP;
+
+	-- shared seats: one per shared account with presence logons, or its
+	-- peak of concurrent sessions
+	IF k.shared_billing IN ('seat', 'peak') THEN
+		SELECT coalesce(sum(CASE WHEN k.shared_billing = 'peak' THEN greatest(sh.peak, 1) ELSE 1 END), 0)::integer
+		  INTO q.seat_count
+		  FROM (SELECT a.account_id,
+					   peak_concurrency(tstzrange(l.at, coalesce(l.ended, l.at + k.default_session))) AS peak
+				  FROM logons l
+				  JOIN accounts a ON a.client_id = msp_segment_quantities.client_id AND a.account_id = l.account_id
+								 AND a.kind = 'shared' AND NOT a.is_machine AND a.realm = ANY (k.count_realms)
+				 WHERE l.client_id = msp_segment_quantities.client_id AND l.at >= t0 AND l.at < t1 AND l.presence
+				 GROUP BY a.account_id) sh;
+	ELSE
+		q.seat_count := 0;
+	END IF;
+
+	SELECT coalesce(sum(CASE WHEN NOT k.prorate THEN k.period_days
+							 ELSE upper(coalesce(dv.active, segment) * segment)
+								  - lower(coalesce(dv.active, segment) * segment) END), 0),
+		   count(*)::integer
+	  INTO q.device_days, q.device_count
+	  FROM devices dv
+	 WHERE dv.client_id = msp_segment_quantities.client_id AND (dv.active IS NULL OR dv.active && segment);
+
+	SELECT coalesce(sum(lc.seats), 0)::integer INTO q.license_count
+	  FROM (SELECT DISTINCT ON (x.sku) x.seats
 			  FROM license_counts x
-			 WHERE x.client_id = k.client_id AND x.as_of < upper(segment)
-			 ORDER BY x.sku, x.as_of DESC, x.source) lc),
-	c AS (
-		SELECT coalesce(sum(x.share), 0) AS cost,
-			   coalesce(sum(x.share) FILTER (WHERE x.category = 'support'), 0) AS support_cost
-		  FROM (SELECT cp.category,
-					   msp_pool_share(k.client_id, cp.pool_id, msp_segment_quantities.period,
-									  msp_segment_quantities.segment) AS share
-				  FROM k JOIN cost_pools cp ON cp.client_id = k.client_id
-										   AND cp.period && msp_segment_quantities.segment) x)
-	SELECT (u.user_days, u.user_count, s.seat_count * k.covered_days, s.seat_count, d.device_days, d.device_count,
-			lic.license_count * k.covered_days, lic.license_count, c.cost, c.support_cost,
-			k.covered_days, k.period_days)::segment_quantities
-	  FROM k, u, s, d, lic, c;
-END;
+			 WHERE x.client_id = msp_segment_quantities.client_id AND x.as_of < upper(segment)
+			 ORDER BY x.sku, x.as_of DESC, x.source) lc;
+
+	-- each pool's share, computed outside the query that lists the pools
+	q.cost := 0;
+	q.support_cost := 0;
+	FOR pool IN
+		SELECT cp.pool_id, cp.category FROM cost_pools cp
+		 WHERE cp.client_id = msp_segment_quantities.client_id AND cp.period && segment
+		 ORDER BY cp.pool_id
+	LOOP
+		share := msp_pool_share(client_id, pool.pool_id, period, segment);
+		q.cost := q.cost + share;
+		IF pool.category = 'support' THEN
+			q.support_cost := q.support_cost + share;
+		END IF;
+	END LOOP;
+
+	q.seat_days := q.seat_count * k.covered_days;
+	q.license_days := q.license_count * k.covered_days;
+	q.covered_days := k.covered_days;
+	q.period_days := k.period_days;
+	RETURN q;
+END
+$$;
 COMMENT ON FUNCTION @extschema@.msp_segment_quantities(bigint, bigint, daterange, daterange) IS
 	'billable counts and prorated quantities of one contract segment';

@@ -4,16 +4,23 @@
 -- A time zone name PostgreSQL knows.  Declared IMMUTABLE so that it can
 -- guard a CHECK constraint: zone names are treated as fixed once accepted.
 -- PARALLEL RESTRICTED: its EXCEPTION block is a subtransaction, which a
--- parallel worker cannot start.
+-- parallel worker cannot start.  A name of the zone database is accepted
+-- without it: on Citus a subtransaction inside a multi-row COPY into
+-- clients (a reference table) would interrupt the COPY on the other nodes.
 CREATE FUNCTION @extschema@.msp_valid_time_zone(zone text) RETURNS boolean
 LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL RESTRICTED
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-	PERFORM now() AT TIME ZONE zone;
-	RETURN true;
-EXCEPTION WHEN invalid_parameter_value THEN
-	RETURN false;
+	IF EXISTS (SELECT 1 FROM pg_timezone_names n WHERE n.name = zone) THEN
+		RETURN true;
+	END IF;
+	BEGIN
+		PERFORM now() AT TIME ZONE zone;
+		RETURN true;
+	EXCEPTION WHEN invalid_parameter_value THEN
+		RETURN false;
+	END;
 END
 $$;
 COMMENT ON FUNCTION @extschema@.msp_valid_time_zone(text) IS
@@ -323,7 +330,10 @@ BEGIN
 						   part, m::timestamptz, (m + interval '1 month')::timestamptz);
 			-- read directly, a partition would bypass the parent's policy
 			EXECUTE format('ALTER TABLE @extschema@.%I ENABLE ROW LEVEL SECURITY', part);
-			EXECUTE format('CREATE POLICY client_rows ON @extschema@.%I USING ((SELECT @extschema@.msp_sees_all_clients()) OR client_id = ANY (CAST((SELECT @extschema@.msp_visible_clients()) AS bigint[])))', part);
+			-- (on Citus, the distributed form: a partition of a distributed
+			-- table is distributed as it is created)
+			EXECUTE format('CREATE POLICY client_rows ON @extschema@.%I USING (%s)', part,
+						   @extschema@.msp_client_policy(@extschema@.msp_is_distributed('@extschema@.logons')));
 			created := created + 1;
 		END IF;
 		m := m + interval '1 month';

@@ -44,7 +44,9 @@ INSERT INTO writers VALUES
 	-- documents: the PSA sync records what it set
 	('msp_psa_sync'),
 	-- contract lines: the trigger that refuses lines a contract would not price
-	('msp_check_contract_line');
+	('msp_check_contract_line'),
+	-- Citus: distributes the tables and changes them on every node
+	('msp_distribute'), ('msp_on_all_nodes');
 
 -- not STRICT, deliberately
 CREATE TEMP TABLE nonstrict_ok (proname name PRIMARY KEY, why text NOT NULL);
@@ -60,7 +62,8 @@ INSERT INTO nonstrict_ok VALUES
 	('msp_issue_adjustment', 'a NULL reason is refused with a hint, not ignored'),
 	('msp_load_begin', 'a guard: a NULL client must raise (unknown client), not pass'),
 	('msp_load_guarded', 'an empty stage has NULL bounds: nothing to load, 0 rejected'),
-	('msp_export_line', 'a line without quantity or unit price (NULL) is exported as one unit at its amount');
+	('msp_export_line', 'a line without quantity or unit price (NULL) is exported as one unit at its amount'),
+	('msp_pii_audit_figures', 'a NULL period is the last full month, as in msp_pii_audit_summary');
 
 -- SECURITY DEFINER allowed, each for a workflow that needs rights its
 -- callers must not have

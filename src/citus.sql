@@ -1,0 +1,262 @@
+-- Citus: one call on the coordinator turns the schema into a distributed
+-- one.  Nothing here needs Citus to install: its functions are reached
+-- through EXECUTE only, and msp_distribute() refuses, with a hint, where
+-- Citus is missing.
+
+-- The row-level security expression of a client-keyed table.  On one node
+-- the checks are initplans (run once per query); Citus refuses subqueries
+-- in policies of distributed tables, so there the policy calls
+-- msp_can_see_client per row instead.
+CREATE FUNCTION @extschema@.msp_client_policy(distributed boolean) RETURNS text
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+RETURN CASE WHEN distributed
+			THEN '@extschema@.msp_can_see_client(client_id)'
+			ELSE '(SELECT @extschema@.msp_sees_all_clients()) OR client_id = ANY (CAST((SELECT @extschema@.msp_visible_clients()) AS bigint[]))' END;
+COMMENT ON FUNCTION @extschema@.msp_client_policy(boolean) IS
+	'the USING expression of the client_rows policies: initplans on one node, a function call on Citus';
+
+-- Is this table distributed by Citus?  false without Citus.
+CREATE FUNCTION @extschema@.msp_is_distributed(rel regclass) RETURNS boolean
+LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	yes boolean;
+BEGIN
+	IF to_regclass('pg_catalog.pg_dist_partition') IS NULL THEN
+		RETURN false;
+	END IF;
+	EXECUTE 'SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_dist_partition WHERE logicalrelid = $1)' INTO yes USING rel;
+	RETURN yes;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_is_distributed(regclass) IS
+	'true when Citus manages the table (distributed or reference); false without Citus';
+
+-- The per-client functions the coordinator delegates to the worker that
+-- holds the client (first argument), and whether a call inside a
+-- transaction block is delegated too (force_delegation: only for functions
+-- that read the client's own shards, never a sister client's).
+CREATE FUNCTION @extschema@.msp_distributed_functions()
+RETURNS TABLE (fn regprocedure, force_delegation boolean)
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+	SELECT x.fn::regprocedure, x.force
+	  FROM (VALUES
+		('@extschema@.msp_invoice(bigint, daterange)', false),
+		('@extschema@.msp_compute_invoice(bigint, daterange)', false),
+		('@extschema@.msp_invoice_lines(bigint, daterange)', false),
+		('@extschema@.msp_billable_users(bigint, daterange)', false),
+		('@extschema@.msp_compare_models(bigint, daterange)', false),
+		('@extschema@.msp_cost_allocation(bigint, daterange)', false),
+		('@extschema@.msp_invoice_drift(bigint, daterange)', false),
+		('@extschema@.msp_finalize_invoice(bigint, daterange, text[])', false),
+		('@extschema@.msp_issue_adjustment(bigint, daterange, text)', false),
+		('@extschema@.msp_data_quality(bigint, daterange, integer)', true),
+		('@extschema@.msp_pii_audit(bigint, daterange, interval)', true),
+		('@extschema@.msp_pii_audit_summary(bigint, daterange)', true)) x(fn, force);
+END;
+COMMENT ON FUNCTION @extschema@.msp_distributed_functions() IS
+	'the per-client functions msp_distribute() registers with Citus, and whether calls in a transaction block are delegated too';
+
+-- Run a statement on this node and every worker: msp_distribute() changes
+-- the extension's tables before Citus manages them, and each worker holds
+-- the extension's own copy of them (the shell tables Citus then plans
+-- with), which must change alike.
+CREATE FUNCTION @extschema@.msp_on_all_nodes(command text) RETURNS void
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	r record;
+BEGIN
+	EXECUTE command;
+	FOR r IN EXECUTE 'SELECT nodename, nodeport, success, result FROM pg_catalog.run_command_on_workers($1)' USING command LOOP
+		IF NOT r.success THEN
+			RAISE EXCEPTION 'worker %:% refused: %', r.nodename, r.nodeport, r.result
+				USING ERRCODE = 'object_not_in_prerequisite_state',
+					  DETAIL = format('The statement was: %s', command),
+					  HINT = 'Every worker needs the same mspbill version as the coordinator (CREATE EXTENSION mspbill on the coordinator after citus_add_node() creates it there).';
+		END IF;
+	END LOOP;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION @extschema@.msp_on_all_nodes(text) FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@.msp_on_all_nodes(text) IS
+	'runs a statement on this node and on every Citus worker; an error names the worker that refused';
+
+-- Distribute the schema on a Citus coordinator.  Idempotent: what is
+-- distributed already is left as it is.
+CREATE FUNCTION @extschema@.msp_distribute(shard_count integer DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	ref_tables text[] := '{clients,bi_client_access}';
+	-- the first distributed table names the co-location group of all
+	anchor regclass := '@extschema@.contracts'::regclass;
+	todo regclass[];
+	t regclass;
+	progress boolean;
+	n_ref integer := 0;
+	n_dist integer := 0;
+	n_fn integer := 0;
+	f record;
+	s record;
+	is_coord boolean;
+BEGIN
+	IF NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus') THEN
+		RAISE EXCEPTION 'Citus is not installed in this database'
+			USING ERRCODE = 'feature_not_supported',
+				  DETAIL = 'msp_distribute() distributes mspbill''s tables on a Citus cluster; on one server there is nothing to do.',
+				  HINT = 'On the coordinator (citus in shared_preload_libraries): CREATE EXTENSION citus; add the workers with citus_add_node(); then SELECT mspbill.msp_distribute();';
+	END IF;
+	EXECUTE 'SELECT pg_catalog.citus_is_coordinator()' INTO is_coord;
+	IF NOT is_coord THEN
+		RAISE EXCEPTION 'msp_distribute() runs on the Citus coordinator only'
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  DETAIL = 'This node is not the coordinator of its cluster.',
+				  HINT = 'Connect to the coordinator (or register it with citus_set_coordinator_host()) and call it there.';
+	END IF;
+	IF NOT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
+		RAISE EXCEPTION 'msp_distribute() must be run by a superuser'
+			USING ERRCODE = 'insufficient_privilege',
+				  DETAIL = 'It distributes tables and sets the sequences of every node.',
+				  HINT = 'Connect as the superuser that created the extension.';
+	END IF;
+	IF NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'btree_gist') THEN
+		RAISE EXCEPTION 'msp_distribute() needs the extension btree_gist'
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  DETAIL = 'On Citus, the one-contract-per-day and one-invoice-per-period exclusion constraints must name client_id itself, which needs btree_gist''s equality for bigint.',
+				  HINT = 'CREATE EXTENSION btree_gist; on the coordinator (Citus creates it on the workers), then call msp_distribute() again.';
+	END IF;
+
+	-- 1. Policies: a function call instead of the initplans
+	FOR s IN
+		SELECT p.polrelid::regclass AS rel, p.polname
+		  FROM pg_policy p JOIN pg_class c ON c.oid = p.polrelid
+		 WHERE c.relnamespace = '@extschema@'::regnamespace
+		   AND p.polname IN ('client_rows', 'own_rows')
+		   AND NOT @extschema@.msp_is_distributed(p.polrelid)
+	LOOP
+		IF s.polname = 'own_rows' THEN
+			PERFORM @extschema@.msp_on_all_nodes(format('ALTER POLICY own_rows ON %s USING (@extschema@.msp_sees_all_clients() OR @extschema@.msp_has_role(role_name))', s.rel));
+		ELSE
+			PERFORM @extschema@.msp_on_all_nodes(format('ALTER POLICY client_rows ON %s USING (%s)', s.rel, @extschema@.msp_client_policy(true)));
+		END IF;
+	END LOOP;
+
+	-- 2. Exclusion constraints that name client_id itself (btree_gist)
+	IF NOT @extschema@.msp_is_distributed('@extschema@.contracts') THEN
+		PERFORM @extschema@.msp_on_all_nodes('ALTER TABLE @extschema@.contracts DROP CONSTRAINT contracts_no_overlap, '
+								 'ADD CONSTRAINT contracts_no_overlap EXCLUDE USING gist (client_id WITH =, effective WITH &&)');
+	END IF;
+	IF NOT @extschema@.msp_is_distributed('@extschema@.invoices') THEN
+		PERFORM @extschema@.msp_on_all_nodes('ALTER TABLE @extschema@.invoices DROP CONSTRAINT invoices_no_overlap, '
+								 'ADD CONSTRAINT invoices_no_overlap EXCLUDE USING gist (client_id WITH =, period WITH &&) WHERE (kind = ''invoice'')');
+	END IF;
+
+	-- 3. Triggers: Citus distributes no table that has any.  Finalized rows
+	-- stay facts through privileges (only the owner may write them) and,
+	-- for the owner itself, restrictive policies that refuse UPDATE and
+	-- DELETE to everyone but a superuser (who bypasses row-level security,
+	-- as the triggers let a superuser through).
+	FOR s IN
+		SELECT tg.tgrelid::regclass AS rel, tg.tgname
+		  FROM pg_trigger tg JOIN pg_class c ON c.oid = tg.tgrelid
+		 WHERE c.relnamespace = '@extschema@'::regnamespace AND NOT tg.tgisinternal
+		   AND tg.tgparentid = 0
+	LOOP
+		PERFORM @extschema@.msp_on_all_nodes(format('DROP TRIGGER %I ON %s', s.tgname, s.rel));
+	END LOOP;
+	FOREACH t IN ARRAY ARRAY['@extschema@.invoices', '@extschema@.invoice_items', '@extschema@.audit_log']::regclass[] LOOP
+		IF NOT EXISTS (SELECT 1 FROM pg_policy WHERE polrelid = t AND polname = 'finalized_no_update') THEN
+			PERFORM @extschema@.msp_on_all_nodes(format('CREATE POLICY finalized_no_update ON %s AS RESTRICTIVE FOR UPDATE USING (false)', t));
+			PERFORM @extschema@.msp_on_all_nodes(format('CREATE POLICY finalized_no_delete ON %s AS RESTRICTIVE FOR DELETE USING (false)', t));
+			PERFORM @extschema@.msp_on_all_nodes(format('ALTER TABLE %s FORCE ROW LEVEL SECURITY', t));
+		END IF;
+	END LOOP;
+
+	-- 4. The small shared tables on every node (the client-keyed tables
+	-- that reference clients are distributed next: Citus must not turn
+	-- them into local tables of its metadata meanwhile)
+	PERFORM set_config('citus.enable_local_reference_table_foreign_keys', 'off', true);
+	FOREACH t IN ARRAY (SELECT array_agg(format('@extschema@.%I', x)::regclass) FROM unnest(ref_tables) x) LOOP
+		IF NOT @extschema@.msp_is_distributed(t) THEN
+			-- Citus copies the rows to every node in one COPY per node; the
+			-- time zone check's exception block (a subtransaction) would
+			-- interrupt it on the coordinator's own copy.  The rows passed
+			-- the check already; it is put back once the table is copied.
+			IF t = '@extschema@.clients'::regclass THEN
+				PERFORM @extschema@.msp_on_all_nodes('ALTER TABLE @extschema@.clients DROP CONSTRAINT clients_time_zone_known');
+			END IF;
+			EXECUTE 'SELECT pg_catalog.create_reference_table($1)' USING t;
+			IF t = '@extschema@.clients'::regclass THEN
+				ALTER TABLE @extschema@.clients ADD CONSTRAINT clients_time_zone_known
+					CHECK (@extschema@.msp_valid_time_zone(time_zone));
+			END IF;
+			n_ref := n_ref + 1;
+		END IF;
+	END LOOP;
+
+	-- 5. Every other table of the schema by client_id, co-located, each
+	-- after the tables its foreign keys name
+	todo := ARRAY(SELECT c.oid::regclass FROM pg_class c
+				   WHERE c.relnamespace = '@extschema@'::regnamespace AND c.relkind IN ('r', 'p')
+					 AND NOT c.relispartition AND NOT @extschema@.msp_is_distributed(c.oid)
+				   ORDER BY c.oid <> anchor, c.relname);
+	FOREACH t IN ARRAY todo LOOP
+		IF NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = t AND a.attname = 'client_id' AND NOT a.attisdropped) THEN
+			RAISE EXCEPTION 'table % has no client_id to distribute it by', t
+				USING ERRCODE = 'feature_not_supported',
+					  HINT = 'Every mspbill table is keyed by client_id; a table added by hand must be distributed by hand.';
+		END IF;
+	END LOOP;
+	LOOP
+		progress := false;
+		FOREACH t IN ARRAY todo LOOP
+			CONTINUE WHEN @extschema@.msp_is_distributed(t);
+			CONTINUE WHEN EXISTS (SELECT 1 FROM pg_constraint k
+								   WHERE k.conrelid = t AND k.contype = 'f' AND k.confrelid <> t
+									 AND NOT @extschema@.msp_is_distributed(k.confrelid));
+			IF t = anchor THEN
+				EXECUTE 'SELECT pg_catalog.create_distributed_table($1, ''client_id'', colocate_with => ''none'', shard_count => $2)'
+					USING t, coalesce(shard_count, current_setting('citus.shard_count')::integer);
+			ELSE
+				EXECUTE 'SELECT pg_catalog.create_distributed_table($1, ''client_id'', colocate_with => $2)'
+					USING t, anchor::text;
+			END IF;
+			n_dist := n_dist + 1;
+			progress := true;
+		END LOOP;
+		EXIT WHEN NOT progress;
+	END LOOP;
+
+	-- 6. Sequences: each node numbers from its own range (its group id in
+	-- the top bits, as Citus does for the sequences it owns), so that ids
+	-- written on workers (delegated finalizations, loads) never collide
+	FOR s IN
+		SELECT c.oid::regclass AS seq FROM pg_class c
+		 WHERE c.relnamespace = '@extschema@'::regnamespace AND c.relkind = 'S'
+	LOOP
+		EXECUTE format($cmd$SELECT pg_catalog.run_command_on_workers(%L)$cmd$,
+					   format($w$SELECT pg_catalog.setval(%L, greatest(last_value, (SELECT groupid::bigint << 48 FROM pg_catalog.pg_dist_local_group)), true) FROM %s$w$,
+							  s.seq, s.seq));
+	END LOOP;
+
+	-- 7. Per-client functions run on the worker that holds the client
+	FOR f IN SELECT * FROM @extschema@.msp_distributed_functions() LOOP
+		EXECUTE 'SELECT pg_catalog.create_distributed_function($1, ''$1''::text, colocate_with => $2, force_delegation => $3)'
+			USING f.fn, anchor::text, f.force_delegation;
+		n_fn := n_fn + 1;
+	END LOOP;
+
+	RETURN format('%s reference tables, %s distributed tables, %s delegated functions', n_ref, n_dist, n_fn);
+END
+$$;
+REVOKE EXECUTE ON FUNCTION @extschema@.msp_distribute(integer) FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@.msp_distribute(integer) IS
+	'on a Citus coordinator: makes clients and bi_client_access reference tables, distributes every other table by client_id (co-located), and delegates the per-client functions to the worker that holds the client';
