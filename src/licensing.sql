@@ -86,6 +86,22 @@ CREATE TABLE @extschema@.psa_contacts (
 COMMENT ON TABLE @extschema@.psa_contacts IS
 	'PSA contacts (id, or e-mail in lower case) mapped to people by hand, where the e-mail is not their Microsoft 365 UPN';
 
+-- A contract's licence policy: the product the MSP's rule gives each
+-- billable person (NULL: the product with the most seats), and whether
+-- each shared room account in use needs a licence of its own.  A table of
+-- its own, not columns of contracts: functions use the contracts row type,
+-- which an upgrade could then not alter.
+CREATE TABLE @extschema@.license_policies (
+	client_id bigint NOT NULL,
+	contract_id bigint NOT NULL,
+	license_product text,
+	licensed_rooms boolean NOT NULL DEFAULT false,
+	PRIMARY KEY (client_id, contract_id),
+	FOREIGN KEY (client_id, contract_id) REFERENCES @extschema@.contracts ON DELETE CASCADE
+);
+COMMENT ON TABLE @extschema@.license_policies IS
+	'per contract: the licence product the rule gives each billable person, and whether shared room accounts in use are licensed too';
+
 -- Seats per SKU as Microsoft 365 reports them (Graph subscribedSkus).
 CREATE TABLE @extschema@.m365_sku_counts (
 	client_id bigint NOT NULL REFERENCES @extschema@.clients ON DELETE CASCADE,
@@ -203,6 +219,7 @@ COMMENT ON INDEX @extschema@.m365_activity_staging_line_idx IS 'a client''s stag
 COMMENT ON INDEX @extschema@.pax8_staging_line_idx IS 'a client''s staged lines, by line number';
 COMMENT ON INDEX @extschema@.psa_ticket_staging_line_idx IS 'a client''s staged lines, by line number';
 
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.license_policies', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.partner_companies', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.psa_contacts', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.m365_sku_counts', '');
@@ -981,6 +998,7 @@ AS $$
 DECLARE
 	c clients;
 	k contracts;
+	lp license_policies;
 	snap date;
 	t0 timestamptz;
 	t1 timestamptz;
@@ -990,6 +1008,8 @@ BEGIN
 	period := msp_period(client_id, period);
 	SELECT * INTO c FROM clients WHERE clients.client_id = client_id;
 	SELECT * INTO k FROM contracts WHERE contracts.client_id = client_id AND contracts.effective @> (upper(period) - 1);
+	SELECT * INTO lp FROM license_policies x WHERE x.client_id = client_id AND x.contract_id = k.contract_id;
+	lp.licensed_rooms := coalesce(lp.licensed_rooms, false);
 	snap := (SELECT max(x.as_of) FROM m365_license_assignments x WHERE x.client_id = client_id AND x.as_of < upper(period));
 	IF snap IS NULL THEN
 		RETURN;
@@ -999,7 +1019,7 @@ BEGIN
 	active_ids := ARRAY(SELECT DISTINCT u.person_id FROM msp_billable_users(client_id, period) u
 						 WHERE u.home_client_id = client_id);
 	-- the product the rule licenses: the contract's, else the most bought, else the most assigned
-	main := coalesce(k.license_product,
+	main := coalesce(lp.license_product,
 					 (SELECT p.product
 						FROM (SELECT lc.sku AS product, lc.seats AS bought, 0 AS held
 								FROM (SELECT DISTINCT ON (x.sku) x.* FROM license_counts x
@@ -1034,7 +1054,7 @@ BEGIN
 		SELECT h.*, lower(split_part(h.name, '@', 1)) AS stem,
 			   EXISTS (SELECT 1 FROM logons g WHERE g.client_id = client_id AND g.account_id = h.account_id
 						  AND g.at >= t0 AND g.at < t1 AND g.presence) AS signed_in
-		  FROM held h WHERE h.kind = 'shared' AND h.product = main AND k.licensed_rooms),
+		  FROM held h WHERE h.kind = 'shared' AND h.product = main AND lp.licensed_rooms),
 	gaps AS (
 		SELECT 1 AS o, 'seats_unassigned' AS category, n.product, NULL::text AS subject,
 			   (n.seats - coalesce(h.n, 0))::numeric AS quantity,
@@ -1052,7 +1072,7 @@ BEGIN
 		  FROM held h LEFT JOIN counts n USING (product)
 		 WHERE (h.kind = 'individual' AND NOT h.person_id = ANY (active_ids))
 			OR h.kind IN ('unknown', 'service')
-			OR (h.kind = 'shared' AND NOT (k.licensed_rooms AND h.product = main))
+			OR (h.kind = 'shared' AND NOT (lp.licensed_rooms AND h.product = main))
 		UNION ALL
 		SELECT 3, 'active_without_seat', main, pe.pseudonym, 1, msp_round(main_n.unit_cost, c.minor_unit),
 			   format('Active in the period but holds no %s seat: assign one.', main)
@@ -1066,7 +1086,7 @@ BEGIN
 			   format('A shared room account in use without a %s licence: the contract licenses rooms.', main)
 		  FROM rooms r
 		  LEFT JOIN counts main_n ON main_n.product = main
-		 WHERE k.licensed_rooms AND NOT EXISTS (SELECT 1 FROM room_licences rl WHERE rl.stem = r.stem)
+		 WHERE lp.licensed_rooms AND NOT EXISTS (SELECT 1 FROM room_licences rl WHERE rl.stem = r.stem)
 		UNION ALL
 		SELECT 5, 'room_licence_unused', main, rl.name, 1, msp_round(main_n.unit_cost, c.minor_unit),
 			   'A room licence on a room not used in the period: reclaim it.'
@@ -1108,10 +1128,13 @@ DECLARE
 	rooms integer;
 	gaps jsonb;
 	main text;
+	lp license_policies;
 BEGIN
 	period := msp_period(client_id, period);
 	SELECT * INTO c FROM clients WHERE clients.client_id = client_id;
 	SELECT * INTO k FROM contracts WHERE contracts.client_id = client_id AND contracts.effective @> (upper(period) - 1);
+	SELECT * INTO lp FROM license_policies x WHERE x.client_id = client_id AND x.contract_id = k.contract_id;
+	lp.licensed_rooms := coalesce(lp.licensed_rooms, false);
 	snap := (SELECT max(x.as_of) FROM m365_license_assignments x WHERE x.client_id = client_id AND x.as_of < upper(period));
 	t0 := lower(period)::timestamp AT TIME ZONE c.time_zone;
 	t1 := upper(period)::timestamp AT TIME ZONE c.time_zone;
@@ -1138,7 +1161,7 @@ BEGIN
 								AND g.at >= t0 AND g.at < t1 AND g.presence));
 	gaps := coalesce((SELECT jsonb_agg(to_jsonb(g)) FROM msp_license_gaps(client_id, period) g), '[]');
 	-- the rule's product is the one active_without_seat names, else as msp_license_gaps chooses it
-	main := coalesce(k.license_product,
+	main := coalesce(lp.license_product,
 					 (SELECT e->>'sku' FROM jsonb_array_elements(gaps) e
 					   WHERE e->>'category' IN ('active_without_seat', 'room_unlicensed', 'room_licence_unused') LIMIT 1),
 					 (SELECT p.product
@@ -1172,8 +1195,8 @@ BEGIN
 	r AS (
 		SELECT p.*,
 			   CASE WHEN p.is_main THEN own END AS people,
-			   CASE WHEN p.is_main AND k.licensed_rooms THEN rooms END AS rooms_used,
-			   CASE WHEN p.is_main THEN own + CASE WHEN k.licensed_rooms THEN rooms ELSE 0 END END AS needed,
+			   CASE WHEN p.is_main AND lp.licensed_rooms THEN rooms END AS rooms_used,
+			   CASE WHEN p.is_main THEN own + CASE WHEN lp.licensed_rooms THEN rooms ELSE 0 END END AS needed,
 			   greatest(p.bought - p.assigned, 0) AS unassigned,
 			   (SELECT coalesce(sum(g.amount), 0) FROM g WHERE g.product = p.product AND g.category = 'seats_unassigned') AS unassigned_cost,
 			   (SELECT count(*)::integer FROM g WHERE g.product = p.product
@@ -1196,7 +1219,7 @@ BEGIN
 		   CASE WHEN r.is_main THEN
 				format('Pax8 bills you for %s %s seats; %s are assigned; %s people were active%s; %s are billed: %s, %s%s, %s.',
 					   r.bought, r.product, r.assigned, r.people,
-					   CASE WHEN k.licensed_rooms THEN format(' and %s rooms in use', r.rooms_used) ELSE '' END, billed,
+					   CASE WHEN lp.licensed_rooms THEN format(' and %s rooms in use', r.rooms_used) ELSE '' END, billed,
 					   CASE WHEN r.needed > r.bought
 							THEN format('buy %s seats (%s %s)', r.needed - r.bought,
 										msp_round((r.needed - r.bought) * r.unit_cost, c.minor_unit), c.currency)

@@ -124,7 +124,7 @@ BEGIN
 	FOREACH t IN ARRAY ARRAY['clients', 'contracts', 'contract_tiers', 'devices', 'people', 'accounts',
 							 'logons', 'logons_default', 'support_contacts', 'cost_pools', 'license_counts',
 							 'invoices', 'invoice_items', 'audit_log', 'load_rejects', 'applications',
-							 'person_identities', 'partner_companies', 'psa_contacts', 'm365_sku_counts',
+							 'person_identities', 'license_policies', 'partner_companies', 'psa_contacts', 'm365_sku_counts',
 							 'm365_license_assignments', 'pax8_subscriptions', 'psa_tickets']
 	LOOP
 		EXECUTE format('ALTER TABLE @extschema@.%I ENABLE ROW LEVEL SECURITY', t);
@@ -291,7 +291,7 @@ DECLARE
 						'@extschema@.devices, @extschema@.people, @extschema@.logons, @extschema@.support_contacts, '
 						'@extschema@.cost_pools, @extschema@.license_counts, @extschema@.applications, '
 						-- licensing (src/licensing.sql): mappings and the loaded snapshots
-						'@extschema@.license_product_names, @extschema@.partner_companies, @extschema@.psa_contacts, '
+						'@extschema@.license_product_names, @extschema@.license_policies, @extschema@.partner_companies, @extschema@.psa_contacts, '
 						'@extschema@.m365_sku_counts, @extschema@.m365_license_assignments, @extschema@.pax8_subscriptions';
 	billed_tables text := '@extschema@.invoices, @extschema@.invoice_items';
 	staging text := '@extschema@.windows_event_staging, @extschema@.entra_signin_staging, @extschema@.emr_audit_staging, '

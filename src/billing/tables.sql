@@ -64,11 +64,6 @@ CREATE TABLE @extschema@.contracts (
 		CONSTRAINT contracts_attribution_window_not_negative CHECK (attribution_window >= '0'),
 	default_session interval NOT NULL DEFAULT '1 hour'
 		CONSTRAINT contracts_default_session_positive CHECK (default_session > '0'),
-	-- licensing (src/licensing.sql): the product the MSP's rule gives each
-	-- billable person (NULL: the product with the most seats), and whether
-	-- each shared room account in use needs a licence of its own
-	license_product text,
-	licensed_rooms boolean NOT NULL DEFAULT false,
 	PRIMARY KEY (client_id, contract_id),
 	-- named for the column the model needs, so that the error names it
 	CONSTRAINT contracts_price_per_user_required

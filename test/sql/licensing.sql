@@ -130,7 +130,7 @@ SELECT throws_ok($$SELECT msp_load_psa_tickets(1, 'servicenow')$$, '22023', NULL
 
 -- reconciliation: reception called (support is sufficient), alice and ben billable by support
 RESET ROLE;
-UPDATE contracts SET licensed_rooms = true WHERE client_id = 1;
+INSERT INTO license_policies (client_id, contract_id, licensed_rooms) VALUES (1, 1, true);
 INSERT INTO accounts (client_id, account_id, realm, name, kind) VALUES (1, 100, 'os', 'CLINIC\OR2', 'shared');
 INSERT INTO logons (client_id, account_id, at) VALUES (1, 100, '2026-01-12 14:00Z');
 SET ROLE lic_loader;
