@@ -808,7 +808,7 @@ BEGIN
 	INSERT INTO @extschema@.license_counts (client_id, sku, seats, unit_cost, source, as_of)
 	SELECT client_id, x.product, sum(x.quantity),
 		   CASE WHEN sum(x.quantity) > 0 AND count(x.unit_cost) = count(*)
-				THEN sum(x.quantity * x.unit_cost) / sum(x.quantity) END,
+				THEN trim_scale(sum(x.quantity * x.unit_cost) / sum(x.quantity)) END,
 		   source, day
 	  FROM @extschema@.pax8_subscriptions x
 	 WHERE x.client_id = client_id AND x.as_of = day AND lower(x.status) = 'active'

@@ -291,7 +291,7 @@ DECLARE
 						'@extschema@.devices, @extschema@.people, @extschema@.logons, @extschema@.support_contacts, '
 						'@extschema@.cost_pools, @extschema@.license_counts, @extschema@.applications, '
 						-- licensing (src/licensing.sql): mappings and the loaded snapshots
-						'@extschema@.license_product_names, @extschema@.license_policies, @extschema@.partner_companies, @extschema@.psa_contacts, '
+						'@extschema@.license_policies, @extschema@.partner_companies, @extschema@.psa_contacts, '
 						'@extschema@.m365_sku_counts, @extschema@.m365_license_assignments, @extschema@.pax8_subscriptions';
 	billed_tables text := '@extschema@.invoices, @extschema@.invoice_items';
 	staging text := '@extschema@.windows_event_staging, @extschema@.entra_signin_staging, @extschema@.emr_audit_staging, '
@@ -313,6 +313,9 @@ DECLARE
 					'@extschema@.msp_load_pax8_subscriptions(bigint, date, text), '
 					'@extschema@.msp_load_psa_tickets(bigint, text, text), '
 					'@extschema@.msp_match_psa_tickets(bigint)';
+	-- licence names are not per client: those who load maintain them (BI
+	-- needs none, and would read their column statistics)
+	product_names text := '@extschema@.license_product_names';
 	-- PSA tickets without the contact (an e-mail or PSA id) for those who see no names
 	ticket_cols text := 'client_id, psa, ticket_id, at, company, board, channel, person_id, contact_id';
 	reports text := '@extschema@.msp_report_invoices(), @extschema@.msp_report_invoice(bigint, daterange), '
@@ -359,6 +362,7 @@ BEGIN
 	EXECUTE 'GRANT UPDATE (kind, person_id) ON @extschema@.accounts TO mspbill_billing';
 	EXECUTE 'GRANT SELECT (client_id, source, line_no, reason, rejected_at), DELETE ON @extschema@.load_rejects TO mspbill_billing';
 	EXECUTE format('GRANT SELECT (%s) ON @extschema@.psa_tickets TO mspbill_billing, mspbill_bi', ticket_cols);
+	EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON %s TO mspbill_admin, mspbill_billing', product_names);
 	EXECUTE 'GRANT SELECT ON @extschema@.psa_unknown_contacts TO mspbill_admin, mspbill_billing, mspbill_bi, mspbill_pii';
 
 	-- bi: billing data of its clients, read-only, without names

@@ -39,3 +39,16 @@ SELECT c.name, distinct_count(a.person_id) AS people_with_logons,
   FROM logons l JOIN accounts a USING (client_id, account_id) JOIN clients c USING (client_id)
  WHERE a.kind = 'individual'
  GROUP BY c.name ORDER BY c.name;
+
+\echo
+\echo '== The daily licence sync: Graph, Pax8 and PSA exports loaded next to the logons'
+\i licensing.sql
+SELECT * FROM demo_sync_loads;
+SELECT source, reason FROM load_rejects WHERE source IN ('graph', 'pax8', 'connectwise') ORDER BY source, line_no;
+SELECT * FROM psa_unknown_contacts;
+\echo 'St. Olaf, per product: bought, assigned, needed, billed, and what to do:'
+SELECT product, seats_bought, seats_assigned, people_active, rooms_in_use, licences_needed, users_billed, unit_cost
+  FROM msp_license_sync(1);
+SELECT advice FROM msp_license_sync(1);
+\echo 'Each gap by name, with its money:'
+SELECT category, subject, amount FROM msp_license_gaps(1);
