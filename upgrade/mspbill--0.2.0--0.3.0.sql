@@ -282,11 +282,15 @@ BEGIN
 		split AS (
 			SELECT r.line_no, r.raw, @extschema@.msp_csv_fields(r.raw) AS f FROM records r),
 		marked AS (
-			SELECT s.*, lower(btrim($2)) = ANY (ARRAY(SELECT lower(btrim(h)) FROM unnest(s.f) h)) AS is_header FROM split s)
-		SELECT m.line_no, m.raw, m.f, m.is_header,
-			   (SELECT h.f FROM marked h WHERE h.is_header AND h.line_no <= m.line_no ORDER BY h.line_no DESC LIMIT 1) AS header
-		  FROM marked m
-		 WHERE btrim(m.raw, E' \t\r\n') <> ''$q$, stage) USING for_client, key_column;
+			SELECT s.*, lower(btrim($2)) = ANY (ARRAY(SELECT lower(btrim(h)) FROM unnest(s.f) h)) AS is_header FROM split s),
+		-- each record under the last header before it
+		grouped AS (
+			SELECT m.*, count(*) FILTER (WHERE m.is_header) OVER (ORDER BY m.line_no) AS header_no FROM marked m),
+		headers AS (
+			SELECT g.header_no, g.f FROM grouped g WHERE g.is_header)
+		SELECT g.line_no, g.raw, g.f, g.is_header, h.f AS header
+		  FROM grouped g LEFT JOIN headers h USING (header_no)
+		 WHERE btrim(g.raw, E' \t\r\n') <> ''$q$, stage) USING for_client, key_column;
 	DELETE FROM pg_temp.msp_csv WHERE is_header;
 	SELECT count(*) INTO n FROM pg_temp.msp_csv;
 	RETURN n;
