@@ -4685,6 +4685,7 @@ BEGIN
 END
 $$;
 
+
 -- merged: functions several sections above redefine, as the release has them
 CREATE OR REPLACE FUNCTION @extschema@.msp_export_quickbooks(client_id bigint, period daterange)
 RETURNS TABLE ("InvoiceNo" text, "Customer" text, "InvoiceDate" text, "DueDate" text, "Terms" text,
@@ -4903,7 +4904,6 @@ DECLARE
 					'@extschema@.msp_load_emr_audit(bigint, text), '
 					'@extschema@.msp_discard_staged(bigint), '
 					'@extschema@.msp_psa_sync(bigint, daterange), '
-
 					'@extschema@.msp_load_m365_graph(bigint, date, text), '
 					'@extschema@.msp_load_m365_users_csv(bigint, date, text), '
 					'@extschema@.msp_load_m365_activity(bigint, text), '
