@@ -32,6 +32,7 @@ SQL_SOURCES = \
 	src/billing/pricing.sql \
 	src/billing/invoice.sql \
 	src/finalize.sql \
+	src/monthend.sql \
 	src/loaders.sql \
 	src/privacy.sql \
 	src/reporting.sql

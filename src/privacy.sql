@@ -287,7 +287,12 @@ DECLARE
 					'@extschema@.msp_load_windows_events(bigint, text), '
 					'@extschema@.msp_load_entra_signins(bigint, text), '
 					'@extschema@.msp_load_emr_audit(bigint, text), '
-					'@extschema@.msp_discard_staged(bigint)';
+					'@extschema@.msp_discard_staged(bigint), '
+					'@extschema@.msp_finalize_run_begin(daterange, text[], bigint[]), '
+					'@extschema@.msp_finalize_run_client(bigint, bigint), '
+					'@extschema@.msp_finalize_run_end(bigint)';
+	-- month-end (src/monthend.sql): a procedure, granted ON PROCEDURE
+	month_end text := '@extschema@.msp_finalize_period(daterange, text[], bigint[], bigint, integer, integer, integer, integer)';
 	reports text := '@extschema@.msp_report_invoices(), @extschema@.msp_report_invoice(bigint, daterange), '
 					'@extschema@.msp_report_invoice_lines(bigint, daterange), '
 					'@extschema@.msp_report_billable_users(bigint, daterange)';
@@ -311,6 +316,7 @@ BEGIN
 	EXECUTE format('REVOKE ALL ON ALL TABLES IN SCHEMA @extschema@ FROM %s', roles);
 	EXECUTE format('REVOKE ALL ON ALL SEQUENCES IN SCHEMA @extschema@ FROM %s', roles);
 	EXECUTE format('REVOKE ALL ON FUNCTION %s, %s, %s FROM %s', writers, reports, refreshers, roles);
+	EXECUTE format('REVOKE ALL ON PROCEDURE %s FROM %s', month_end, roles);
 	EXECUTE 'GRANT SELECT ON @extschema@.bi_client_access TO PUBLIC';
 
 	-- admin: every client's data, real names and raw records
@@ -321,6 +327,10 @@ BEGIN
 	EXECUTE format('GRANT INSERT ON %s TO mspbill_admin, mspbill_billing', staging);
 	EXECUTE format('GRANT USAGE ON %s, @extschema@.logons_logon_id_seq TO mspbill_admin, mspbill_billing', staging_seqs);
 	EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO mspbill_admin, mspbill_billing', writers);
+	-- month-end: run it, and watch its runs (every client's outcome)
+	EXECUTE format('GRANT EXECUTE ON PROCEDURE %s TO mspbill_admin, mspbill_billing', month_end);
+	EXECUTE 'GRANT SELECT ON @extschema@.finalize_runs, @extschema@.finalize_run_clients, @extschema@.finalize_progress '
+			'TO mspbill_admin, mspbill_billing';
 
 	-- billing: the same workflow on pseudonyms only
 	EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON %s TO mspbill_billing', data_tables);
