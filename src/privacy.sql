@@ -289,7 +289,7 @@ DECLARE
 					'@extschema@.msp_load_emr_audit(bigint, text), '
 					'@extschema@.msp_discard_staged(bigint), '
 					'@extschema@.msp_finalize_run_begin(daterange, text[], bigint[]), '
-					'@extschema@.msp_finalize_run_client(bigint, bigint), '
+					'@extschema@.msp_finalize_run_client(bigint, bigint, boolean), '
 					'@extschema@.msp_finalize_run_end(bigint)';
 	-- month-end (src/monthend.sql): a procedure, granted ON PROCEDURE
 	month_end text := '@extschema@.msp_finalize_period(daterange, text[], bigint[], bigint, integer, integer, integer, integer)';

@@ -135,10 +135,15 @@ COMMENT ON FUNCTION @extschema@.msp_finalize_run_begin(daterange, text[], bigint
 
 -- One client of a run: finalized in a subtransaction, the outcome recorded
 -- either way.  The advisory lock is msp_finalize_invoice's, so that
--- "already finalized" is decided under it.
-CREATE FUNCTION @extschema@.msp_finalize_run_client(client_id bigint, run_id bigint)
+-- "already finalized" is decided under it.  The lock is taken after this
+-- transaction's snapshot, so an invoice another session commits meanwhile
+-- is not seen and the insert conflicts with it: then 'retry' is returned
+-- and nothing recorded, and the caller runs the client again in a new
+-- transaction, which sees that invoice (may_retry false: a second conflict
+-- is a failure, not a loop).
+CREATE FUNCTION @extschema@.msp_finalize_run_client(client_id bigint, run_id bigint, may_retry boolean DEFAULT false)
 RETURNS text
-LANGUAGE plpgsql VOLATILE STRICT
+LANGUAGE plpgsql VOLATILE
 SECURITY DEFINER
 SET search_path = pg_catalog, @extschema@, pg_temp
 AS $$
@@ -170,12 +175,9 @@ BEGIN
 	EXCEPTION WHEN OTHERS THEN
 		GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, msg = MESSAGE_TEXT, det = PG_EXCEPTION_DETAIL,
 								hin = PG_EXCEPTION_HINT, con = CONSTRAINT_NAME;
-		IF st = '23505' AND con = 'invoices_one_per_period' THEN
+		IF may_retry AND con IN ('invoices_one_per_period', 'invoices_no_overlap') THEN
 			-- another session finalized it after this transaction's snapshot
-			result := 'already_finalized';
-			id := (SELECT i.invoice_id FROM invoices i WHERE i.client_id = client_id AND i.period = r.period
-					 AND i.kind = 'invoice');
-			st := NULL; msg := NULL; det := NULL; hin := NULL;
+			RETURN 'retry';
 		ELSIF st = '55000' OR (st = '23514' AND coalesce(con, '') = '') THEN
 			-- the gates (a check constraint's violation names the constraint)
 			result := 'refused';
@@ -194,8 +196,8 @@ BEGIN
 	RETURN result;
 END
 $$;
-REVOKE EXECUTE ON FUNCTION @extschema@.msp_finalize_run_client(bigint, bigint) FROM PUBLIC;
-COMMENT ON FUNCTION @extschema@.msp_finalize_run_client(bigint, bigint) IS
+REVOKE EXECUTE ON FUNCTION @extschema@.msp_finalize_run_client(bigint, bigint, boolean) FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@.msp_finalize_run_client(bigint, bigint, boolean) IS
 	'month-end internal: finalizes one client of a run in a subtransaction and records the outcome (finalized, already_finalized, refused, failed)';
 
 CREATE FUNCTION @extschema@.msp_finalize_run_end(run_id bigint)
@@ -244,9 +246,12 @@ BEGIN
 	FOREACH cid IN ARRAY ids LOOP
 		-- the run row, then each client, committed as soon as done; the
 		-- next statement after COMMIT must be SET TRANSACTION
-		COMMIT;
-		SET TRANSACTION ISOLATION LEVEL REPEATABLE READ;
-		outcome := @extschema@.msp_finalize_run_client(cid, run_id);
+		FOR attempt IN 1..2 LOOP
+			COMMIT;
+			SET TRANSACTION ISOLATION LEVEL REPEATABLE READ;
+			outcome := @extschema@.msp_finalize_run_client(cid, run_id, attempt OPERATOR(pg_catalog.=) 1);
+			EXIT WHEN outcome OPERATOR(pg_catalog.<>) 'retry';
+		END LOOP;
 		done := done OPERATOR(pg_catalog.+) 1;
 		CASE outcome
 			WHEN 'finalized' THEN finalized := finalized OPERATOR(pg_catalog.+) 1;
@@ -293,7 +298,7 @@ DECLARE
 					'@extschema@.msp_load_emr_audit(bigint, text), '
 					'@extschema@.msp_discard_staged(bigint), '
 					'@extschema@.msp_finalize_run_begin(daterange, text[], bigint[]), '
-					'@extschema@.msp_finalize_run_client(bigint, bigint), '
+					'@extschema@.msp_finalize_run_client(bigint, bigint, boolean), '
 					'@extschema@.msp_finalize_run_end(bigint)';
 	-- month-end (src/monthend.sql): a procedure, granted ON PROCEDURE
 	month_end text := '@extschema@.msp_finalize_period(daterange, text[], bigint[], bigint, integer, integer, integer, integer)';

@@ -177,7 +177,7 @@ GRANT mspbill_pii TO mend_pii;
 GRANT mspbill_report TO mend_report;
 INSERT INTO bi_client_access VALUES ('mend_bi', 10), ('mend_pii', 10), ('mend_report', 10);
 SELECT is(ARRAY(SELECT format('%s may %s', r, f) FROM unnest('{mend_bi,mend_pii,mend_report}'::name[]) r,
-                unnest(ARRAY['mspbill.msp_finalize_run_begin(daterange,text[],bigint[])', 'mspbill.msp_finalize_run_client(bigint,bigint)',
+                unnest(ARRAY['mspbill.msp_finalize_run_begin(daterange,text[],bigint[])', 'mspbill.msp_finalize_run_client(bigint,bigint,boolean)',
                              'mspbill.msp_finalize_run_end(bigint)']) f
                  WHERE has_function_privilege(r, f, 'EXECUTE')
                 UNION ALL
