@@ -306,6 +306,7 @@ DECLARE
 	unknown text[];
 	today date;
 	stamp timestamptz;
+	findings jsonb;
 BEGIN
 	period := msp_period(client_id, period);
 	-- one finalization per client and period at a time, in any session
@@ -330,7 +331,9 @@ BEGIN
 			USING ERRCODE = 'invalid_parameter_value',
 				  HINT = 'Overridable gates are device_silent, day_without_logons, unmapped_account and logon_outside_contract.';
 	END IF;
-	IF EXISTS (SELECT 1 FROM msp_data_quality(client_id, period) q WHERE q.gate = 'period_not_over') THEN
+	-- the gates run once: they read the period's logons several times over
+	findings := coalesce((SELECT jsonb_agg(to_jsonb(q)) FROM msp_data_quality(client_id, period) q), '[]');
+	IF jsonb_path_exists(findings, '$[*] ? (@.gate == "period_not_over")') THEN
 		today := (now() AT TIME ZONE (SELECT c.time_zone FROM clients c WHERE c.client_id = client_id))::date;
 		RAISE EXCEPTION 'period % of client % is not over', period, client_id
 			USING ERRCODE = 'object_not_in_prerequisite_state',
@@ -338,8 +341,8 @@ BEGIN
 				  HINT = format('Finalize on or after %s; until then, preview it with SELECT * FROM mspbill.msp_invoice(%s, %L);',
 								upper(period), client_id, period);
 	END IF;
-	failing := ARRAY(SELECT DISTINCT q.gate FROM msp_data_quality(client_id, period) q
-					  WHERE NOT q.gate = ANY (coalesce(override, '{}')) ORDER BY 1);
+	failing := ARRAY(SELECT DISTINCT q->>'gate' FROM jsonb_array_elements(findings) q
+					  WHERE NOT q->>'gate' = ANY (coalesce(override, '{}')) ORDER BY 1);
 	IF cardinality(failing) > 0 THEN
 		RAISE EXCEPTION 'data-quality gates failed for client % in %: %', client_id, period,
 						array_to_string(failing, ', ')
@@ -368,8 +371,8 @@ BEGIN
 	IF cardinality(coalesce(override, '{}')) > 0 THEN
 		INSERT INTO @extschema@.audit_log (client_id, action, invoice_id, at, detail)
 		VALUES (client_id, 'override', id, stamp, jsonb_build_object('gates', override,
-				'findings', (SELECT jsonb_agg(to_jsonb(q)) FROM msp_data_quality(client_id, period) q
-							  WHERE q.gate = ANY (override))));
+				'findings', (SELECT jsonb_agg(q) FROM jsonb_array_elements(findings) q
+							  WHERE q->>'gate' = ANY (override))));
 	END IF;
 	RETURN id;
 END
