@@ -37,6 +37,7 @@ SQL_SOURCES = \
 	src/billing/documents.sql \
 	src/billing/exports.sql \
 	src/billing/psa.sql \
+	src/monthend.sql \
 	src/loaders.sql \
 	src/licensing.sql \
 	src/privacy.sql \

@@ -323,6 +323,7 @@ DECLARE
 	number text;
 	invoice_day date;
 	tax numeric;
+	findings jsonb;
 BEGIN
 	period := msp_period(client_id, period);
 	-- one finalization per client and period at a time, in any session
@@ -347,7 +348,9 @@ BEGIN
 			USING ERRCODE = 'invalid_parameter_value',
 				  HINT = 'Overridable gates are device_silent, day_without_logons, unmapped_account and logon_outside_contract.';
 	END IF;
-	IF EXISTS (SELECT 1 FROM msp_data_quality(client_id, period) q WHERE q.gate = 'period_not_over') THEN
+	-- the gates run once: they read the period's logons several times over
+	findings := coalesce((SELECT jsonb_agg(to_jsonb(q)) FROM msp_data_quality(client_id, period) q), '[]');
+	IF jsonb_path_exists(findings, '$[*] ? (@.gate == "period_not_over")') THEN
 		today := (now() AT TIME ZONE (SELECT c.time_zone FROM clients c WHERE c.client_id = client_id))::date;
 		RAISE EXCEPTION 'period % of client % is not over', period, client_id
 			USING ERRCODE = 'object_not_in_prerequisite_state',
@@ -355,8 +358,8 @@ BEGIN
 				  HINT = format('Finalize on or after %s; until then, preview it with SELECT * FROM mspbill.msp_invoice(%s, %L);',
 								upper(period), client_id, period);
 	END IF;
-	failing := ARRAY(SELECT DISTINCT q.gate FROM msp_data_quality(client_id, period) q
-					  WHERE NOT q.gate = ANY (coalesce(override, '{}')) ORDER BY 1);
+	failing := ARRAY(SELECT DISTINCT q->>'gate' FROM jsonb_array_elements(findings) q
+					  WHERE NOT q->>'gate' = ANY (coalesce(override, '{}')) ORDER BY 1);
 	IF cardinality(failing) > 0 THEN
 		RAISE EXCEPTION 'data-quality gates failed for client % in %: %', client_id, period,
 						array_to_string(failing, ', ')
@@ -405,8 +408,9 @@ BEGIN
 	INSERT INTO @extschema@.audit_log (client_id, action, invoice_id, detail, at)
 	VALUES (client_id, 'finalize', id, jsonb_build_object('period', period::text, 'total', inv.total), stamp);
 	IF cardinality(coalesce(override, '{}')) > 0 THEN
-		evidence := (SELECT jsonb_agg(to_jsonb(q)) FROM msp_data_quality(client_id, period) q
-					  WHERE q.gate = ANY (override));
+		-- the findings read once above (computed before the INSERT: Citus
+		-- takes no subquery in INSERT ... VALUES)
+		evidence := (SELECT jsonb_agg(q) FROM jsonb_array_elements(findings) q WHERE q->>'gate' = ANY (override));
 		INSERT INTO @extschema@.audit_log (client_id, action, invoice_id, at, detail)
 		VALUES (client_id, 'override', id, stamp, jsonb_build_object('gates', override, 'findings', evidence));
 	END IF;

@@ -353,12 +353,17 @@ DECLARE
 					'@extschema@.msp_load_m365_activity(bigint, text), '
 					'@extschema@.msp_load_pax8_subscriptions(bigint, date, text), '
 					'@extschema@.msp_load_psa_tickets(bigint, text, text), '
-					'@extschema@.msp_match_psa_tickets(bigint)';
+					'@extschema@.msp_match_psa_tickets(bigint), '
+					'@extschema@.msp_finalize_run_begin(daterange, text[], bigint[]), '
+					'@extschema@.msp_finalize_run_client(bigint, bigint, boolean), '
+					'@extschema@.msp_finalize_run_end(bigint)';
 	-- licence names are not per client: those who load maintain them (BI
 	-- needs none, and would read their column statistics)
 	product_names text := '@extschema@.license_product_names';
 	-- PSA tickets without the contact (an e-mail or PSA id) for those who see no names
 	ticket_cols text := 'client_id, psa, ticket_id, at, company, board, channel, person_id, contact_id';
+	-- month-end (src/monthend.sql): a procedure, granted ON PROCEDURE
+	month_end text := '@extschema@.msp_finalize_period(daterange, text[], bigint[], bigint, integer, integer, integer, integer)';
 	reports text := '@extschema@.msp_report_invoices(), @extschema@.msp_report_invoice(bigint, daterange), '
 					'@extschema@.msp_report_invoice_lines(bigint, daterange), '
 					'@extschema@.msp_report_billable_users(bigint, daterange)';
@@ -382,6 +387,7 @@ BEGIN
 	EXECUTE format('REVOKE ALL ON ALL TABLES IN SCHEMA @extschema@ FROM %s', roles);
 	EXECUTE format('REVOKE ALL ON ALL SEQUENCES IN SCHEMA @extschema@ FROM %s', roles);
 	EXECUTE format('REVOKE ALL ON FUNCTION %s, %s, %s FROM %s', writers, reports, refreshers, roles);
+	EXECUTE format('REVOKE ALL ON PROCEDURE %s FROM %s', month_end, roles);
 	EXECUTE 'GRANT SELECT ON @extschema@.bi_client_access TO PUBLIC';
 
 	-- admin: every client's data, real names and raw records
@@ -393,6 +399,10 @@ BEGIN
 	EXECUTE format('GRANT INSERT ON %s TO mspbill_admin, mspbill_billing', staging);
 	EXECUTE format('GRANT USAGE ON %s, @extschema@.logons_logon_id_seq TO mspbill_admin, mspbill_billing', staging_seqs);
 	EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO mspbill_admin, mspbill_billing', writers);
+	-- month-end: run it, and watch its runs (every client's outcome)
+	EXECUTE format('GRANT EXECUTE ON PROCEDURE %s TO mspbill_admin, mspbill_billing', month_end);
+	EXECUTE 'GRANT SELECT ON @extschema@.finalize_runs, @extschema@.finalize_run_clients, @extschema@.finalize_progress '
+			'TO mspbill_admin, mspbill_billing';
 
 	-- the number series: chosen before the first invoice (prefix, digits,
 	-- the number another system stopped at), never set back afterwards

@@ -72,6 +72,8 @@ INSERT INTO invoice_terms (client_id, po_reference) VALUES (2, 'PO-2');
 INSERT INTO tax_rates VALUES (2, 'cost', 0, 'Tax Exempt');
 INSERT INTO psa_mappings (client_id, psa, basis, psa_agreement, psa_item) VALUES (2, 'halopsa', 'cost', 'R-1', 'L-1');
 SELECT count(*) FROM msp_psa_sync(2, msp_period(2)) \g /dev/null
+-- a month-end run's record of client 2 (finalize_run_clients)
+CALL msp_finalize_period(msp_period(2), only_clients => '{2}') \g /dev/null
 -- the rollups, refreshed by the admin as cron would; a HIPAA finding of client 2's
 SET ROLE atk_admin;
 SELECT msp_refresh_rollups() \g /dev/null
@@ -120,7 +122,7 @@ SELECT is(ARRAY(SELECT format('%s: %s to %s', c.relname, x.privilege_type, x.gra
                    AND x.privilege_type NOT IN ('SELECT')),
           '{}'::text[], 'invoices, their lines and the audit log: read-only for every role');
 SELECT is(ARRAY(SELECT p.proname::text FROM pg_proc p WHERE p.pronamespace = 'mspbill'::regnamespace AND p.prosecdef ORDER BY 1),
-          '{msp_discard_staged,msp_finalize_invoice,msp_issue_adjustment,msp_load_emr_audit,msp_load_entra_signins,msp_load_m365_activity,msp_load_m365_graph,msp_load_m365_users_csv,msp_load_pax8_subscriptions,msp_load_psa_tickets,msp_load_windows_events,msp_match_psa_tickets,msp_psa_sync,msp_rebuild_rollups,msp_refresh_rollups,msp_report_billable_users,msp_report_invoice,msp_report_invoice_lines,msp_report_invoices}'::text[],
+          '{msp_discard_staged,msp_finalize_invoice,msp_finalize_run_begin,msp_finalize_run_client,msp_finalize_run_end,msp_issue_adjustment,msp_load_emr_audit,msp_load_entra_signins,msp_load_m365_activity,msp_load_m365_graph,msp_load_m365_users_csv,msp_load_pax8_subscriptions,msp_load_psa_tickets,msp_load_windows_events,msp_match_psa_tickets,msp_psa_sync,msp_rebuild_rollups,msp_refresh_rollups,msp_report_billable_users,msp_report_invoice,msp_report_invoice_lines,msp_report_invoices}'::text[],
           'SECURITY DEFINER: only the writers (invoices, loads, rollups, PSA syncs) and the sealed reports');
 SELECT is(ARRAY(SELECT p.proname::text FROM pg_proc p WHERE p.pronamespace = 'mspbill'::regnamespace AND p.prosecdef
                    AND NOT 'search_path=pg_catalog, mspbill, pg_temp' = ANY (coalesce(p.proconfig, '{}'))),
@@ -503,7 +505,7 @@ SET ROLE atk_bi1;
 SELECT pg_temp.call_all_for(1) \g /dev/null
 RESET ROLE;
 SELECT is(ARRAY(SELECT fn FROM bi_calls WHERE outcome ~ '^42501'
-                 AND fn !~ '^msp_(finalize_invoice|issue_adjustment|load_|discard_staged|psa_sync|report_(invoice|billable)|mark_rollups_dirty|rollup_period|match_psa_tickets|store_|stage_|ensure_m365)' ORDER BY 1),
+                 AND fn !~ '^msp_(finalize_invoice|finalize_run_|issue_adjustment|load_|discard_staged|psa_sync|report_(invoice|billable)|mark_rollups_dirty|rollup_period|match_psa_tickets|store_|stage_|ensure_m365)' ORDER BY 1),
           '{}'::text[], 'BI: every read-only per-client function works for its own client');
 TRUNCATE bi_calls;
 SET ROLE atk_billing;

@@ -14,7 +14,7 @@
 --     defaults (NULL asks for the default), or is listed with its reason.
 --   * Every SQL and PL/pgSQL function has a fixed search_path (proconfig),
 --     or a BEGIN ATOMIC / RETURN body, whose names are bound when it is
---     created and cannot be hijacked later.
+--     created and cannot be hijacked later, or is listed with its reason.
 --   * SECURITY DEFINER only for (exactly) the functions listed below, each with a
 --     search_path ending in pg_temp and EXECUTE revoked from PUBLIC.
 --   * Every table with a client_id column (partitions included, also those
@@ -50,7 +50,10 @@ INSERT INTO writers VALUES
 	-- contract lines: the trigger that refuses lines a contract would not price
 	('msp_check_contract_line'),
 	-- Citus: distributes the tables and changes them on every node
-	('msp_distribute'), ('msp_on_all_nodes');
+	('msp_distribute'), ('msp_on_all_nodes'),
+
+	-- month-end: the procedure and the definer functions that record its runs
+	('msp_finalize_period'), ('msp_finalize_run_begin'), ('msp_finalize_run_client'), ('msp_finalize_run_end');
 
 -- not STRICT, deliberately
 CREATE TEMP TABLE nonstrict_ok (proname name PRIMARY KEY, why text NOT NULL);
@@ -94,7 +97,16 @@ INSERT INTO definer_ok VALUES
 	('msp_report_billable_users', 'likewise'),
 	('msp_refresh_rollups', 'the only writer of the rollups BI readers trust (no role may write them), computing as the owner, who sees every client'),
 	('msp_rebuild_rollups', 'likewise'),
-	('msp_psa_sync', 'appends to the PSA sync history (server-stamped), which no role may write directly');
+	('msp_psa_sync', 'appends to the PSA sync history (server-stamped), which no role may write directly'),
+
+	('msp_finalize_run_begin', 'records a month-end run, which no role may write (the procedure that calls it cannot be SECURITY DEFINER: it commits)'),
+	('msp_finalize_run_client', 'likewise, for each client''s outcome; invoices are written by msp_finalize_invoice'),
+	('msp_finalize_run_end', 'likewise, marks the run finished');
+
+-- no search_path of their own, deliberately
+CREATE TEMP TABLE no_search_path_ok (proname name PRIMARY KEY, why text NOT NULL);
+INSERT INTO no_search_path_ok VALUES
+	('msp_finalize_period', 'a procedure that COMMITs may have no SET clause; it qualifies every name and runs with its caller''s rights');
 
 -- client-keyed tables without row-level security, deliberately
 CREATE TEMP TABLE no_row_security_ok (relname text PRIMARY KEY, why text NOT NULL);
@@ -170,7 +182,7 @@ SELECT 'strict', proname FROM fns
    AND proname NOT IN (SELECT proname FROM nonstrict_ok)
 UNION ALL
 SELECT 'search_path', proname FROM fns
- WHERE lanname IN ('sql', 'plpgsql') AND NOT bound_body
+ WHERE lanname IN ('sql', 'plpgsql') AND NOT bound_body AND proname NOT IN (SELECT proname FROM no_search_path_ok)
    AND NOT EXISTS (SELECT 1 FROM unnest(proconfig) s WHERE s LIKE 'search\_path=%')
 UNION ALL
 SELECT 'security definer allowed', proname FROM fns

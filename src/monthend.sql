@@ -1,0 +1,282 @@
+-- Month-end: every client's invoice for a period finalized in one call.
+-- CALL msp_finalize_period(period) is a procedure, not a function, so that
+-- it can COMMIT after each client: each finalized invoice (and the run's
+-- record of each client) is visible to other sessions at once, a run that
+-- is cancelled or crashes keeps what it finished, no snapshot is held for
+-- the hours a large month-end takes (loads go on; vacuum is not held back),
+-- and memory is given back client by client.  Each client runs in a
+-- transaction of its own, at REPEATABLE READ, so that its invoice, lines
+-- and evidence are read from one snapshot even while logons are loaded,
+-- and in a subtransaction, so that a client the gates refuse or whose
+-- pricing fails is recorded with its error and the others go on.
+-- A procedure that commits may have no SET clause and may not be SECURITY
+-- DEFINER: it qualifies every name and leaves the writing to the definer
+-- functions below (run records) and msp_finalize_invoice (invoices).
+
+CREATE TABLE @extschema@.finalize_runs (
+	run_id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+	period daterange NOT NULL,
+	override text[] NOT NULL DEFAULT '{}',
+	-- the clients the run takes, in the order it takes them
+	client_ids bigint[] NOT NULL,
+	started_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+	started_by name NOT NULL DEFAULT session_user,
+	backend_pid integer NOT NULL DEFAULT pg_backend_pid(),
+	finished_at timestamptz
+);
+COMMENT ON TABLE @extschema@.finalize_runs IS
+	'month-end runs (msp_finalize_period): the period, the override, the clients taken, who ran it and when it finished';
+
+CREATE TABLE @extschema@.finalize_run_clients (
+	client_id bigint NOT NULL,
+	run_id bigint NOT NULL REFERENCES @extschema@.finalize_runs,
+	outcome text NOT NULL
+		CONSTRAINT finalize_run_clients_outcome_known
+		CHECK (outcome IN ('finalized', 'already_finalized', 'refused', 'failed')),
+	invoice_id bigint,
+	total numeric,
+	-- refused: the gates that had findings
+	gates text[],
+	sqlstate char(5),
+	message text,
+	detail text,
+	hint text,
+	at timestamptz NOT NULL DEFAULT clock_timestamp(),
+	PRIMARY KEY (client_id, run_id),
+	CONSTRAINT finalize_run_clients_invoice_iff_done
+		CHECK ((outcome IN ('finalized', 'already_finalized')) = (invoice_id IS NOT NULL))
+);
+-- the progress view counts one run's clients
+CREATE INDEX finalize_run_clients_run_idx ON @extschema@.finalize_run_clients (run_id, outcome);
+COMMENT ON TABLE @extschema@.finalize_run_clients IS
+	'what a month-end run did with each client: finalized (invoice_id), already finalized, refused by the gates (gates, hint) or failed (the error)';
+
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.finalize_runs', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.finalize_runs_run_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.finalize_run_clients', '');
+
+ALTER TABLE @extschema@.finalize_run_clients ENABLE ROW LEVEL SECURITY;
+CREATE POLICY client_rows ON @extschema@.finalize_run_clients
+	USING ((SELECT @extschema@.msp_sees_all_clients())
+		   OR client_id = ANY (CAST((SELECT @extschema@.msp_visible_clients()) AS bigint[])));
+COMMENT ON POLICY client_rows ON @extschema@.finalize_run_clients IS
+	'the rows of the clients the reader may see (msp_sees_all_clients, else bi_client_access)';
+
+-- Progress of every run, readable from any session while it runs (each
+-- client's row is committed as it is done).  Granted to the roles that may
+-- run month-end, who see every client.
+CREATE VIEW @extschema@.finalize_progress WITH (security_barrier) AS
+SELECT r.run_id, r.period, r.started_by, r.started_at, r.finished_at,
+	   CASE WHEN r.finished_at IS NOT NULL THEN 'finished'
+			WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity a
+						  WHERE a.pid OPERATOR(pg_catalog.=) r.backend_pid
+							AND a.backend_start OPERATOR(pg_catalog.<=) r.started_at) THEN 'running'
+			ELSE 'interrupted' END AS state,
+	   pg_catalog.cardinality(r.client_ids) AS clients,
+	   pg_catalog.count(c.client_id) AS done,
+	   pg_catalog.count(*) FILTER (WHERE c.outcome OPERATOR(pg_catalog.=) 'finalized') AS finalized,
+	   pg_catalog.count(*) FILTER (WHERE c.outcome OPERATOR(pg_catalog.=) 'already_finalized') AS already_finalized,
+	   pg_catalog.count(*) FILTER (WHERE c.outcome OPERATOR(pg_catalog.=) 'refused') AS refused,
+	   pg_catalog.count(*) FILTER (WHERE c.outcome OPERATOR(pg_catalog.=) 'failed') AS failed,
+	   pg_catalog.sum(c.total) FILTER (WHERE c.outcome OPERATOR(pg_catalog.=) 'finalized') AS finalized_total
+  FROM @extschema@.finalize_runs r
+  LEFT JOIN @extschema@.finalize_run_clients c ON c.run_id OPERATOR(pg_catalog.=) r.run_id
+ GROUP BY r.run_id;
+COMMENT ON VIEW @extschema@.finalize_progress IS
+	'month-end runs as they go: clients done, finalized, already finalized, refused, failed; state running, finished or interrupted';
+
+-- The overridable gates, as msp_finalize_invoice knows them.
+CREATE FUNCTION @extschema@.msp_finalize_run_begin(period daterange, override text[] DEFAULT '{}',
+												   only_clients bigint[] DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER
+SET search_path = pg_catalog, @extschema@, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	id bigint;
+	ids bigint[];
+	unknown text[];
+BEGIN
+	-- checked once here rather than refused for every client alike
+	IF period IS NULL OR isempty(period) OR lower_inf(period) OR upper_inf(period)
+	   OR lower(period) <> date_trunc('month', lower(period))::date
+	   OR upper(period) <> (date_trunc('month', lower(period)) + interval '1 month')::date THEN
+		RAISE EXCEPTION 'billing period % is not a calendar month', coalesce(period::text, 'NULL')
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'Month-end finalizes one calendar month for every client.',
+				  HINT = 'Pass the month, e.g. CALL mspbill.msp_finalize_period(daterange(''2026-10-01'', ''2026-11-01''));';
+	END IF;
+	IF 'period_not_over' = ANY (coalesce(override, '{}')) THEN
+		RAISE EXCEPTION 'the gate period_not_over cannot be overridden'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'A period is finalized only after it ends.',
+				  HINT = 'Overridable gates are device_silent, day_without_logons, unmapped_account and logon_outside_contract.';
+	END IF;
+	unknown := ARRAY(SELECT unnest(coalesce(override, '{}'))
+					 EXCEPT SELECT unnest('{device_silent,day_without_logons,unmapped_account,logon_outside_contract}'::text[]));
+	IF cardinality(unknown) > 0 THEN
+		RAISE EXCEPTION 'unknown data-quality gate %', unknown[1]
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Overridable gates are device_silent, day_without_logons, unmapped_account and logon_outside_contract.';
+	END IF;
+	-- every client with a contract in the period; clients named explicitly
+	-- are taken as named (one without a contract fails, with the reason)
+	IF only_clients IS NULL THEN
+		ids := ARRAY(SELECT DISTINCT k.client_id FROM contracts k WHERE k.effective && period ORDER BY 1);
+	ELSE
+		ids := ARRAY(SELECT DISTINCT x FROM unnest(only_clients) x WHERE x IS NOT NULL ORDER BY 1);
+	END IF;
+	INSERT INTO @extschema@.finalize_runs (period, override, client_ids)
+	VALUES (period, coalesce(override, '{}'), ids)
+	RETURNING run_id INTO id;
+	RETURN id;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION @extschema@.msp_finalize_run_begin(daterange, text[], bigint[]) FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@.msp_finalize_run_begin(daterange, text[], bigint[]) IS
+	'month-end internal: checks the period and override once, records a run and the clients it takes; returns the run id';
+
+-- One client of a run: finalized in a subtransaction, the outcome recorded
+-- either way.  The advisory lock is msp_finalize_invoice's, so that
+-- "already finalized" is decided under it.  The lock is taken after this
+-- transaction's snapshot, so an invoice another session commits meanwhile
+-- is not seen and the insert conflicts with it: then 'retry' is returned
+-- and nothing recorded, and the caller runs the client again in a new
+-- transaction, which sees that invoice (may_retry false: a second conflict
+-- is a failure, not a loop).
+CREATE FUNCTION @extschema@.msp_finalize_run_client(client_id bigint, run_id bigint, may_retry boolean DEFAULT false)
+RETURNS text
+LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER
+SET search_path = pg_catalog, @extschema@, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	r finalize_runs;
+	prior bigint;
+	id bigint;
+	result text;
+	st text;
+	msg text;
+	det text;
+	hin text;
+	con text;
+	failing text[];
+BEGIN
+	SELECT * INTO r FROM finalize_runs f WHERE f.run_id = run_id;
+	IF NOT FOUND OR r.finished_at IS NOT NULL OR r.started_by <> session_user
+	   OR NOT client_id = ANY (r.client_ids) THEN
+		RAISE EXCEPTION 'client % is not pending in an open month-end run % of yours', client_id, run_id
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Run month-end with CALL mspbill.msp_finalize_period(period);';
+	END IF;
+	PERFORM pg_advisory_xact_lock(hashtext('mspbill.finalize'), hashtext(client_id::text || r.period::text));
+	prior := (msp_finalized_invoice(client_id, r.period)).invoice_id;
+	BEGIN
+		id := msp_finalize_invoice(client_id, r.period, r.override);
+		result := CASE WHEN prior IS NULL THEN 'finalized' ELSE 'already_finalized' END;
+	EXCEPTION WHEN OTHERS THEN
+		GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, msg = MESSAGE_TEXT, det = PG_EXCEPTION_DETAIL,
+								hin = PG_EXCEPTION_HINT, con = CONSTRAINT_NAME;
+		IF may_retry AND con IN ('invoices_one_per_period', 'invoices_no_overlap') THEN
+			-- another session finalized it after this transaction's snapshot
+			RETURN 'retry';
+		ELSIF st = '55000' OR (st = '23514' AND coalesce(con, '') = '') THEN
+			-- the gates (a check constraint's violation names the constraint)
+			result := 'refused';
+			failing := CASE WHEN st = '55000' THEN '{period_not_over}'::text[]
+							ELSE ARRAY(SELECT DISTINCT q.gate FROM msp_data_quality(client_id, r.period) q
+										WHERE NOT q.gate = ANY (r.override) ORDER BY 1) END;
+		ELSE
+			result := 'failed';
+		END IF;
+	END;
+	INSERT INTO @extschema@.finalize_run_clients (client_id, run_id, outcome, invoice_id, total, gates, sqlstate,
+												  message, detail, hint)
+	VALUES (client_id, run_id, result, id,
+			(SELECT i.total FROM invoices i WHERE i.client_id = client_id AND i.invoice_id = id),
+			failing, st, msg, nullif(det, ''), nullif(hin, ''));
+	RETURN result;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION @extschema@.msp_finalize_run_client(bigint, bigint, boolean) FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@.msp_finalize_run_client(bigint, bigint, boolean) IS
+	'month-end internal: finalizes one client of a run in a subtransaction and records the outcome (finalized, already_finalized, refused, failed)';
+
+CREATE FUNCTION @extschema@.msp_finalize_run_end(run_id bigint)
+RETURNS void
+LANGUAGE plpgsql VOLATILE STRICT
+SECURITY DEFINER
+SET search_path = pg_catalog, @extschema@, pg_temp
+AS $$
+#variable_conflict use_variable
+BEGIN
+	UPDATE @extschema@.finalize_runs f SET finished_at = clock_timestamp()
+	 WHERE f.run_id = run_id AND f.started_by = session_user AND f.finished_at IS NULL;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'month-end run % is not an open run of yours', run_id
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION @extschema@.msp_finalize_run_end(bigint) FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@.msp_finalize_run_end(bigint) IS
+	'month-end internal: marks a run finished';
+
+CREATE PROCEDURE @extschema@.msp_finalize_period(period daterange, override text[] DEFAULT '{}',
+												  only_clients bigint[] DEFAULT NULL,
+												  INOUT run_id bigint DEFAULT NULL,
+												  INOUT finalized integer DEFAULT NULL,
+												  INOUT already_finalized integer DEFAULT NULL,
+												  INOUT refused integer DEFAULT NULL,
+												  INOUT failed integer DEFAULT NULL)
+LANGUAGE plpgsql
+AS $$
+#variable_conflict use_variable
+DECLARE
+	ids pg_catalog.int8[];
+	cid pg_catalog.int8;
+	outcome pg_catalog.text;
+	done pg_catalog.int4 := 0;
+BEGIN
+	finalized := 0;
+	already_finalized := 0;
+	refused := 0;
+	failed := 0;
+	run_id := @extschema@.msp_finalize_run_begin(period, override, only_clients);
+	ids := (SELECT r.client_ids FROM @extschema@.finalize_runs r WHERE r.run_id OPERATOR(pg_catalog.=) run_id);
+	RAISE NOTICE 'month-end run % for %: % clients', run_id, period, pg_catalog.cardinality(ids);
+	FOREACH cid IN ARRAY ids LOOP
+		-- the run row, then each client, committed as soon as done; the
+		-- next statement after COMMIT must be SET TRANSACTION
+		FOR attempt IN 1..2 LOOP
+			COMMIT;
+			SET TRANSACTION ISOLATION LEVEL REPEATABLE READ;
+			outcome := @extschema@.msp_finalize_run_client(cid, run_id, attempt OPERATOR(pg_catalog.=) 1);
+			EXIT WHEN outcome OPERATOR(pg_catalog.<>) 'retry';
+		END LOOP;
+		done := done OPERATOR(pg_catalog.+) 1;
+		CASE outcome
+			WHEN 'finalized' THEN finalized := finalized OPERATOR(pg_catalog.+) 1;
+			WHEN 'already_finalized' THEN already_finalized := already_finalized OPERATOR(pg_catalog.+) 1;
+			WHEN 'refused' THEN refused := refused OPERATOR(pg_catalog.+) 1;
+			ELSE failed := failed OPERATOR(pg_catalog.+) 1;
+		END CASE;
+		IF done OPERATOR(pg_catalog.%) 100 OPERATOR(pg_catalog.=) 0 THEN
+			RAISE NOTICE 'month-end run %: % of % clients done (% finalized, % already finalized, % refused, % failed)',
+				run_id, done, pg_catalog.cardinality(ids), finalized, already_finalized, refused, failed;
+		END IF;
+	END LOOP;
+	COMMIT;
+	PERFORM @extschema@.msp_finalize_run_end(run_id);
+	COMMIT;
+	RAISE NOTICE 'month-end run % for % done: % finalized, % already finalized, % refused, % failed',
+		run_id, period, finalized, already_finalized, refused, failed
+		USING DETAIL = 'Each client''s outcome, with the gates or the error: SELECT * FROM mspbill.finalize_run_clients WHERE run_id = ' || run_id || ';';
+END
+$$;
+REVOKE EXECUTE ON PROCEDURE @extschema@.msp_finalize_period(daterange, text[], bigint[], bigint, integer, integer, integer, integer) FROM PUBLIC;
+COMMENT ON PROCEDURE @extschema@.msp_finalize_period(daterange, text[], bigint[], bigint, integer, integer, integer, integer) IS
+	'month-end: finalizes every client''s invoice for a period (clients with a contract in it, or only_clients), one transaction per client, committed as it goes; returns the run id and how many were finalized, already finalized, refused and failed';
