@@ -144,8 +144,10 @@ COMMENT ON FUNCTION @extschema@.msp_finalize_run_begin(daterange, text[], bigint
 -- transaction's snapshot, so an invoice another session commits meanwhile
 -- is not seen and the insert conflicts with it: then 'retry' is returned
 -- and nothing recorded, and the caller runs the client again in a new
--- transaction, which sees that invoice (may_retry false: a second conflict
--- is a failure, not a loop).
+-- transaction, which sees that invoice.  The same for a serialization
+-- failure on the invoice-number counter, which every finalization updates
+-- (may_retry false on the last attempt: a conflict then is a failure, not
+-- a loop).
 CREATE FUNCTION @extschema@.msp_finalize_run_client(client_id bigint, run_id bigint, may_retry boolean DEFAULT false)
 RETURNS text
 LANGUAGE plpgsql VOLATILE
@@ -180,8 +182,9 @@ BEGIN
 	EXCEPTION WHEN OTHERS THEN
 		GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, msg = MESSAGE_TEXT, det = PG_EXCEPTION_DETAIL,
 								hin = PG_EXCEPTION_HINT, con = CONSTRAINT_NAME;
-		IF may_retry AND con IN ('invoices_one_per_period', 'invoices_no_overlap') THEN
-			-- another session finalized it after this transaction's snapshot
+		IF may_retry AND (con IN ('invoices_one_per_period', 'invoices_no_overlap') OR st IN ('40001', '40P01')) THEN
+			-- another session finalized it, or took the next invoice number
+			-- (the counter row), after this transaction's snapshot
 			RETURN 'retry';
 		ELSIF st = '55000' OR (st = '23514' AND coalesce(con, '') = '') THEN
 			-- the gates (a check constraint's violation names the constraint)
@@ -251,10 +254,10 @@ BEGIN
 	FOREACH cid IN ARRAY ids LOOP
 		-- the run row, then each client, committed as soon as done; the
 		-- next statement after COMMIT must be SET TRANSACTION
-		FOR attempt IN 1..2 LOOP
+		FOR attempt IN 1..5 LOOP
 			COMMIT;
 			SET TRANSACTION ISOLATION LEVEL REPEATABLE READ;
-			outcome := @extschema@.msp_finalize_run_client(cid, run_id, attempt OPERATOR(pg_catalog.=) 1);
+			outcome := @extschema@.msp_finalize_run_client(cid, run_id, attempt OPERATOR(pg_catalog.<) 5);
 			EXIT WHEN outcome OPERATOR(pg_catalog.<>) 'retry';
 		END LOOP;
 		done := done OPERATOR(pg_catalog.+) 1;

@@ -5153,6 +5153,119 @@ $$;
 COMMENT ON FUNCTION @extschema@.msp_finalize_invoice(bigint, daterange, text[]) IS
 	'stores the invoice of a period with its lines and evidence and returns its id; finalizing again returns the same id';
 
+-- lead: month-end retries a client whose invoice number (the counter row)
+-- another finalization took after its snapshot
+CREATE OR REPLACE FUNCTION @extschema@.msp_finalize_run_client(client_id bigint, run_id bigint, may_retry boolean DEFAULT false)
+RETURNS text
+LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER
+SET search_path = pg_catalog, @extschema@, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	r finalize_runs;
+	prior bigint;
+	id bigint;
+	result text;
+	st text;
+	msg text;
+	det text;
+	hin text;
+	con text;
+	failing text[];
+BEGIN
+	SELECT * INTO r FROM finalize_runs f WHERE f.run_id = run_id;
+	IF NOT FOUND OR r.finished_at IS NOT NULL OR r.started_by <> session_user
+	   OR NOT client_id = ANY (r.client_ids) THEN
+		RAISE EXCEPTION 'client % is not pending in an open month-end run % of yours', client_id, run_id
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Run month-end with CALL mspbill.msp_finalize_period(period);';
+	END IF;
+	PERFORM pg_advisory_xact_lock(hashtext('mspbill.finalize'), hashtext(client_id::text || r.period::text));
+	prior := (msp_finalized_invoice(client_id, r.period)).invoice_id;
+	BEGIN
+		id := msp_finalize_invoice(client_id, r.period, r.override);
+		result := CASE WHEN prior IS NULL THEN 'finalized' ELSE 'already_finalized' END;
+	EXCEPTION WHEN OTHERS THEN
+		GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, msg = MESSAGE_TEXT, det = PG_EXCEPTION_DETAIL,
+								hin = PG_EXCEPTION_HINT, con = CONSTRAINT_NAME;
+		IF may_retry AND (con IN ('invoices_one_per_period', 'invoices_no_overlap') OR st IN ('40001', '40P01')) THEN
+			-- another session finalized it, or took the next invoice number
+			-- (the counter row), after this transaction's snapshot
+			RETURN 'retry';
+		ELSIF st = '55000' OR (st = '23514' AND coalesce(con, '') = '') THEN
+			-- the gates (a check constraint's violation names the constraint)
+			result := 'refused';
+			failing := CASE WHEN st = '55000' THEN '{period_not_over}'::text[]
+							ELSE ARRAY(SELECT DISTINCT q.gate FROM msp_data_quality(client_id, r.period) q
+										WHERE NOT q.gate = ANY (r.override) ORDER BY 1) END;
+		ELSE
+			result := 'failed';
+		END IF;
+	END;
+	INSERT INTO @extschema@.finalize_run_clients (client_id, run_id, outcome, invoice_id, total, gates, sqlstate,
+												  message, detail, hint)
+	VALUES (client_id, run_id, result, id,
+			(SELECT i.total FROM invoices i WHERE i.client_id = client_id AND i.invoice_id = id),
+			failing, st, msg, nullif(det, ''), nullif(hin, ''));
+	RETURN result;
+END
+$$;
+
+CREATE OR REPLACE PROCEDURE @extschema@.msp_finalize_period(period daterange, override text[] DEFAULT '{}',
+												  only_clients bigint[] DEFAULT NULL,
+												  INOUT run_id bigint DEFAULT NULL,
+												  INOUT finalized integer DEFAULT NULL,
+												  INOUT already_finalized integer DEFAULT NULL,
+												  INOUT refused integer DEFAULT NULL,
+												  INOUT failed integer DEFAULT NULL)
+LANGUAGE plpgsql
+AS $$
+#variable_conflict use_variable
+DECLARE
+	ids pg_catalog.int8[];
+	cid pg_catalog.int8;
+	outcome pg_catalog.text;
+	done pg_catalog.int4 := 0;
+BEGIN
+	finalized := 0;
+	already_finalized := 0;
+	refused := 0;
+	failed := 0;
+	run_id := @extschema@.msp_finalize_run_begin(period, override, only_clients);
+	ids := (SELECT r.client_ids FROM @extschema@.finalize_runs r WHERE r.run_id OPERATOR(pg_catalog.=) run_id);
+	RAISE NOTICE 'month-end run % for %: % clients', run_id, period, pg_catalog.cardinality(ids);
+	FOREACH cid IN ARRAY ids LOOP
+		-- the run row, then each client, committed as soon as done; the
+		-- next statement after COMMIT must be SET TRANSACTION
+		FOR attempt IN 1..5 LOOP
+			COMMIT;
+			SET TRANSACTION ISOLATION LEVEL REPEATABLE READ;
+			outcome := @extschema@.msp_finalize_run_client(cid, run_id, attempt OPERATOR(pg_catalog.<) 5);
+			EXIT WHEN outcome OPERATOR(pg_catalog.<>) 'retry';
+		END LOOP;
+		done := done OPERATOR(pg_catalog.+) 1;
+		CASE outcome
+			WHEN 'finalized' THEN finalized := finalized OPERATOR(pg_catalog.+) 1;
+			WHEN 'already_finalized' THEN already_finalized := already_finalized OPERATOR(pg_catalog.+) 1;
+			WHEN 'refused' THEN refused := refused OPERATOR(pg_catalog.+) 1;
+			ELSE failed := failed OPERATOR(pg_catalog.+) 1;
+		END CASE;
+		IF done OPERATOR(pg_catalog.%) 100 OPERATOR(pg_catalog.=) 0 THEN
+			RAISE NOTICE 'month-end run %: % of % clients done (% finalized, % already finalized, % refused, % failed)',
+				run_id, done, pg_catalog.cardinality(ids), finalized, already_finalized, refused, failed;
+		END IF;
+	END LOOP;
+	COMMIT;
+	PERFORM @extschema@.msp_finalize_run_end(run_id);
+	COMMIT;
+	RAISE NOTICE 'month-end run % for % done: % finalized, % already finalized, % refused, % failed',
+		run_id, period, finalized, already_finalized, refused, failed
+		USING DETAIL = 'Each client''s outcome, with the gates or the error: SELECT * FROM mspbill.finalize_run_clients WHERE run_id = ' || run_id || ';';
+END
+$$;
+
+
 -- merged: functions several sections above redefine, as the release has them
 CREATE OR REPLACE FUNCTION @extschema@.msp_export_quickbooks(client_id bigint, period daterange)
 RETURNS TABLE ("InvoiceNo" text, "Customer" text, "InvoiceDate" text, "DueDate" text, "Terms" text,
