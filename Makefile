@@ -13,7 +13,8 @@ OBJS = \
 	src/userset_agg.o \
 	src/peak_concurrency.o \
 	src/allocate.o \
-	src/json_fields.o
+	src/json_fields.o \
+	src/csv_fields.o
 
 # The install script is generated from one hand-edited .sql per concept,
 # kept beside its C source (the billing layer, pure SQL, in src/billing/
@@ -37,6 +38,7 @@ SQL_SOURCES = \
 	src/billing/exports.sql \
 	src/billing/psa.sql \
 	src/loaders.sql \
+	src/licensing.sql \
 	src/privacy.sql \
 	src/reporting.sql \
 	src/citus.sql

@@ -550,8 +550,12 @@ DECLARE
 	billed numeric;
 	seats numeric;
 	seat_cost numeric;
+	snapshot boolean;
 BEGIN
 	period := msp_period(client_id, period);
+	-- with a licence snapshot (src/licensing.sql) seats are known per
+	-- account: msp_license_gaps names them instead of the account checks
+	snapshot := EXISTS (SELECT 1 FROM m365_license_assignments x WHERE x.client_id = client_id AND x.as_of < upper(period));
 	SELECT * INTO c FROM clients WHERE clients.client_id = client_id;
 	SELECT * INTO k FROM contracts WHERE contracts.client_id = client_id AND contracts.effective @> (upper(period) - 1);
 	active_ids := ARRAY(SELECT DISTINCT u.person_id FROM msp_billable_users(client_id, period) u
@@ -590,7 +594,7 @@ BEGIN
 	SELECT 'active_unlicensed', NULL::text, a.pseudonym, 1::numeric, seat_cost,
 		   'Active in the period but holds no Microsoft 365 account: license them (or record the account).'
 	  FROM people a
-	 WHERE a.client_id = client_id AND a.person_id = ANY (active_ids)
+	 WHERE a.client_id = client_id AND a.person_id = ANY (active_ids) AND NOT snapshot
 	   AND NOT EXISTS (SELECT 1 FROM accounts x WHERE x.client_id = client_id AND x.person_id = a.person_id
 						  AND x.realm = 'm365')
 	 ORDER BY a.pseudonym;
@@ -600,7 +604,7 @@ BEGIN
 		   'Holds a Microsoft 365 account but was not active in the period: a seat to reclaim.'
 	  FROM accounts x JOIN account_labels l USING (client_id, account_id)
 	 WHERE x.client_id = client_id AND x.realm = 'm365' AND x.kind = 'individual'
-	   AND NOT x.person_id = ANY (active_ids)
+	   AND NOT x.person_id = ANY (active_ids) AND NOT snapshot
 	 ORDER BY l.label;
 	IF seats IS NOT NULL AND active > seats THEN
 		RETURN QUERY SELECT 'seat_shortfall', NULL::text, NULL::text, (active - seats)::numeric,
@@ -612,7 +616,8 @@ BEGIN
 							msp_round((active - billed) * k.price_per_user, c.minor_unit),
 							format('%s people active, %s billed.', active, billed);
 	END IF;
+	RETURN QUERY SELECT * FROM msp_license_gaps(client_id, period);
 END
 $$;
 COMMENT ON FUNCTION @extschema@.msp_reconcile_licenses(bigint, daterange) IS
-	'three-way license reconciliation: people active by logon, seats held per SKU, quantities billed, and the money at stake';
+	'three-way license reconciliation: people active by logon, seats held per SKU, quantities billed, and the money at stake; with a licence snapshot, the gaps of msp_license_gaps by name and product';

@@ -159,7 +159,8 @@ BEGIN
 	FOREACH t IN ARRAY ARRAY['clients', 'contracts', 'contract_tiers', 'devices', 'people', 'accounts',
 							 'logons', 'logons_default', 'support_contacts', 'cost_pools', 'license_counts',
 							 'invoices', 'invoice_items', 'audit_log', 'load_rejects', 'applications',
-							 'person_identities', 'sister_clients']
+							 'person_identities', 'sister_clients', 'license_policies', 'partner_companies', 'psa_contacts',
+							 'm365_sku_counts', 'm365_license_assignments', 'pax8_subscriptions', 'psa_tickets']
 	LOOP
 		EXECUTE format('ALTER TABLE @extschema@.%I ENABLE ROW LEVEL SECURITY', t);
 		EXECUTE format('CREATE POLICY client_rows ON @extschema@.%I USING ((SELECT @extschema@.msp_sees_all_clients()) OR client_id = ANY (CAST((SELECT @extschema@.msp_visible_clients()) AS bigint[])))', t);
@@ -275,6 +276,17 @@ REVOKE EXECUTE ON FUNCTION @extschema@.msp_finalize_invoice(bigint, daterange, t
 	@extschema@.msp_load_entra_signins(bigint, text),
 	@extschema@.msp_load_emr_audit(bigint, text),
 	@extschema@.msp_discard_staged(bigint),
+	@extschema@.msp_load_m365_graph(bigint, date, text),
+	@extschema@.msp_load_m365_users_csv(bigint, date, text),
+	@extschema@.msp_load_m365_activity(bigint, text),
+	@extschema@.msp_load_pax8_subscriptions(bigint, date, text),
+	@extschema@.msp_load_psa_tickets(bigint, text, text),
+	@extschema@.msp_match_psa_tickets(bigint),
+	@extschema@.msp_stage_csv(bigint, regclass, text),
+	@extschema@.msp_stage_json(bigint, regclass),
+	@extschema@.msp_ensure_m365_accounts(bigint, text[]),
+	@extschema@.msp_store_assignments(bigint, date, text),
+	@extschema@.msp_store_rejects(bigint, text),
 	@extschema@.msp_load_begin(bigint),
 	@extschema@.msp_load_normalized(bigint, text),
 	@extschema@.msp_load_guarded(text, text, bigint, bigint, bigint),
@@ -314,21 +326,39 @@ DECLARE
 						'@extschema@.devices, @extschema@.people, @extschema@.sister_clients, @extschema@.logons, @extschema@.support_contacts, '
 						'@extschema@.cost_pools, @extschema@.license_counts, @extschema@.applications, '
 						'@extschema@.invoice_terms, @extschema@.tax_rates, @extschema@.psa_mappings, @extschema@.export_codes, '
-						'@extschema@.contract_lines, @extschema@.contract_line_tiers, @extschema@.meter_readings';
+						'@extschema@.contract_lines, @extschema@.contract_line_tiers, @extschema@.meter_readings, '
+						-- licensing (src/licensing.sql): mappings and the loaded snapshots
+						'@extschema@.license_policies, @extschema@.partner_companies, @extschema@.psa_contacts, '
+						'@extschema@.m365_sku_counts, @extschema@.m365_license_assignments, @extschema@.pax8_subscriptions';
 	-- read by every role that reads invoices, written only by the definers
 	-- (the number series: see below)
 	billed_tables text := '@extschema@.invoices, @extschema@.invoice_items, @extschema@.invoice_documents, '
 						  '@extschema@.invoice_line_documents, @extschema@.psa_syncs';
-	staging text := '@extschema@.windows_event_staging, @extschema@.entra_signin_staging, @extschema@.emr_audit_staging';
+	staging text := '@extschema@.windows_event_staging, @extschema@.entra_signin_staging, @extschema@.emr_audit_staging, '
+					'@extschema@.m365_graph_staging, @extschema@.m365_users_csv_staging, @extschema@.m365_activity_staging, '
+					'@extschema@.pax8_staging, @extschema@.psa_ticket_staging';
 	staging_seqs text := '@extschema@.windows_event_staging_line_no_seq, @extschema@.entra_signin_staging_line_no_seq, '
-						 '@extschema@.emr_audit_staging_line_no_seq';
+						 '@extschema@.emr_audit_staging_line_no_seq, @extschema@.m365_graph_staging_line_no_seq, '
+						 '@extschema@.m365_users_csv_staging_line_no_seq, @extschema@.m365_activity_staging_line_no_seq, '
+						 '@extschema@.pax8_staging_line_no_seq, @extschema@.psa_ticket_staging_line_no_seq';
 	writers text := '@extschema@.msp_finalize_invoice(bigint, daterange, text[]), '
 					'@extschema@.msp_issue_adjustment(bigint, daterange, text), '
 					'@extschema@.msp_load_windows_events(bigint, text), '
 					'@extschema@.msp_load_entra_signins(bigint, text), '
 					'@extschema@.msp_load_emr_audit(bigint, text), '
 					'@extschema@.msp_discard_staged(bigint), '
-					'@extschema@.msp_psa_sync(bigint, daterange)';
+					'@extschema@.msp_psa_sync(bigint, daterange), '
+					'@extschema@.msp_load_m365_graph(bigint, date, text), '
+					'@extschema@.msp_load_m365_users_csv(bigint, date, text), '
+					'@extschema@.msp_load_m365_activity(bigint, text), '
+					'@extschema@.msp_load_pax8_subscriptions(bigint, date, text), '
+					'@extschema@.msp_load_psa_tickets(bigint, text, text), '
+					'@extschema@.msp_match_psa_tickets(bigint)';
+	-- licence names are not per client: those who load maintain them (BI
+	-- needs none, and would read their column statistics)
+	product_names text := '@extschema@.license_product_names';
+	-- PSA tickets without the contact (an e-mail or PSA id) for those who see no names
+	ticket_cols text := 'client_id, psa, ticket_id, at, company, board, channel, person_id, contact_id';
 	reports text := '@extschema@.msp_report_invoices(), @extschema@.msp_report_invoice(bigint, daterange), '
 					'@extschema@.msp_report_invoice_lines(bigint, daterange), '
 					'@extschema@.msp_report_billable_users(bigint, daterange)';
@@ -359,6 +389,7 @@ BEGIN
 	EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON %s, @extschema@.accounts, @extschema@.person_identities, '
 				   '@extschema@.bi_client_access, @extschema@.load_rejects TO mspbill_admin', data_tables);
 	EXECUTE format('GRANT SELECT ON %s, @extschema@.audit_log TO mspbill_admin', billed_tables);
+	EXECUTE 'GRANT SELECT, DELETE ON @extschema@.psa_tickets TO mspbill_admin';
 	EXECUTE format('GRANT INSERT ON %s TO mspbill_admin, mspbill_billing', staging);
 	EXECUTE format('GRANT USAGE ON %s, @extschema@.logons_logon_id_seq TO mspbill_admin, mspbill_billing', staging_seqs);
 	EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO mspbill_admin, mspbill_billing', writers);
@@ -376,6 +407,9 @@ BEGIN
 	EXECUTE 'GRANT INSERT, DELETE ON @extschema@.accounts TO mspbill_billing';
 	EXECUTE 'GRANT UPDATE (kind, person_id) ON @extschema@.accounts TO mspbill_billing';
 	EXECUTE 'GRANT SELECT (client_id, source, line_no, reason, rejected_at), DELETE ON @extschema@.load_rejects TO mspbill_billing';
+	EXECUTE format('GRANT SELECT (%s) ON @extschema@.psa_tickets TO mspbill_billing, mspbill_bi', ticket_cols);
+	EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON %s TO mspbill_admin, mspbill_billing', product_names);
+	EXECUTE 'GRANT SELECT ON @extschema@.psa_unknown_contacts TO mspbill_admin, mspbill_billing, mspbill_bi, mspbill_pii';
 
 	-- bi: billing data of its clients, read-only, without names
 	EXECUTE format('GRANT SELECT ON %s, %s TO mspbill_bi', data_tables, billed_tables);

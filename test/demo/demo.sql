@@ -87,3 +87,15 @@ SELECT e->>'pseudonym' AS pseudonym, e->>'rule' AS rule, e->>'days_active' AS da
 \echo 'JSON (the dental office''s, abridged to its head and first line):'
 SELECT jsonb_pretty(document - 'lines' - 'evidence_summary' || jsonb_build_object('lines', jsonb_path_query_array(document, '$.lines[0]')))
   FROM msp_export_json(msp_period(1)) WHERE client_id = 2;
+
+\echo '== The daily licence sync: Graph, Pax8 and PSA exports loaded next to the logons'
+\i licensing.sql
+SELECT * FROM demo_sync_loads;
+SELECT source, reason FROM load_rejects WHERE source IN ('graph', 'pax8', 'connectwise') ORDER BY source, line_no;
+SELECT * FROM psa_unknown_contacts;
+\echo 'St. Olaf, per product: bought, assigned, needed, billed, and what to do:'
+SELECT product, seats_bought, seats_assigned, people_active, rooms_in_use, licences_needed, users_billed, unit_cost
+  FROM msp_license_sync(1);
+SELECT advice FROM msp_license_sync(1);
+\echo 'Each gap by name, with its money:'
+SELECT category, subject, amount FROM msp_license_gaps(1);

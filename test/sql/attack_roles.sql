@@ -52,6 +52,19 @@ INSERT INTO person_identities VALUES (1, 1, 'Nora Nurse', 'nora@stolaf.example')
 	(2, 1, 'Dana Dentist', 'dana@maple.example');
 INSERT INTO load_rejects (client_id, source, line_no, raw, reason)
 VALUES (1, 'emr', 1, 'nurse1,OR1,bad', 'invalid time'), (2, 'emr', 1, 'Dana Dentist,PC1,bad', 'invalid time');
+-- licensing (src/licensing.sql): the mappings, snapshots and tickets of both clients
+INSERT INTO license_policies VALUES (1, 2, NULL, true), (2, 2, NULL, true);
+INSERT INTO partner_companies VALUES (1, 'pax8', 'St. Olaf'), (2, 'pax8', 'Maple');
+INSERT INTO psa_contacts VALUES (1, 'halo', '401', 1), (2, 'halo', '402', 1);
+INSERT INTO m365_sku_counts VALUES (1, '2000-01-31', 'sku-1', 'SPB', 'Microsoft 365 Business Premium', 5, 1, 'graph'),
+	(2, '2000-01-31', 'sku-1', 'SPB', 'Microsoft 365 Business Premium', 5, 1, 'graph');
+INSERT INTO m365_license_assignments VALUES (1, '2000-01-31', 5, 'Microsoft 365 Business Premium', true, 'graph'),
+	(2, '2000-01-31', 1, 'Microsoft 365 Business Premium', true, 'graph');
+INSERT INTO pax8_subscriptions (client_id, as_of, subscription_id, company, product, quantity, unit_cost, source)
+VALUES (1, '2000-01-31', 's1', 'St. Olaf', 'Microsoft 365 Business Premium', 5, 20, 'pax8'),
+	(2, '2000-01-31', 's2', 'Maple', 'Microsoft 365 Business Premium', 5, 20, 'pax8');
+INSERT INTO psa_tickets (client_id, psa, ticket_id, at, contact, channel)
+VALUES (1, 'halo', 't1', '2000-01-10', 'someone@stolaf.example', 'ticket'), (2, 'halo', 't2', '2000-01-10', 'dana@maple.example', 'ticket');
 SELECT msp_finalize_invoice(2, NULL, '{device_silent,day_without_logons,unmapped_account,logon_outside_contract}') \g /dev/null
 -- client 2's invoice documents, terms, tax rates and PSA syncs, for the
 -- policies to hide
@@ -107,14 +120,15 @@ SELECT is(ARRAY(SELECT format('%s: %s to %s', c.relname, x.privilege_type, x.gra
                    AND x.privilege_type NOT IN ('SELECT')),
           '{}'::text[], 'invoices, their lines and the audit log: read-only for every role');
 SELECT is(ARRAY(SELECT p.proname::text FROM pg_proc p WHERE p.pronamespace = 'mspbill'::regnamespace AND p.prosecdef ORDER BY 1),
-          '{msp_discard_staged,msp_finalize_invoice,msp_issue_adjustment,msp_load_emr_audit,msp_load_entra_signins,msp_load_windows_events,msp_psa_sync,msp_rebuild_rollups,msp_refresh_rollups,msp_report_billable_users,msp_report_invoice,msp_report_invoice_lines,msp_report_invoices}'::text[],
+          '{msp_discard_staged,msp_finalize_invoice,msp_issue_adjustment,msp_load_emr_audit,msp_load_entra_signins,msp_load_m365_activity,msp_load_m365_graph,msp_load_m365_users_csv,msp_load_pax8_subscriptions,msp_load_psa_tickets,msp_load_windows_events,msp_match_psa_tickets,msp_psa_sync,msp_rebuild_rollups,msp_refresh_rollups,msp_report_billable_users,msp_report_invoice,msp_report_invoice_lines,msp_report_invoices}'::text[],
           'SECURITY DEFINER: only the writers (invoices, loads, rollups, PSA syncs) and the sealed reports');
 SELECT is(ARRAY(SELECT p.proname::text FROM pg_proc p WHERE p.pronamespace = 'mspbill'::regnamespace AND p.prosecdef
                    AND NOT 'search_path=pg_catalog, mspbill, pg_temp' = ANY (coalesce(p.proconfig, '{}'))),
           '{}'::text[], 'each pins search_path = pg_catalog, mspbill, pg_temp');
 SELECT is(ARRAY(SELECT p.proname::text FROM pg_proc p WHERE p.pronamespace = 'mspbill'::regnamespace
                    AND (p.prosecdef OR p.proname IN ('msp_load_guarded', 'msp_load_normalized_guarded', 'msp_load_begin', 'msp_load_normalized', 'msp_install_roles',
-                                                     'msp_rollup_days', 'msp_rollup_period'))
+                                                     'msp_rollup_days', 'msp_rollup_period', 'msp_stage_csv', 'msp_stage_json',
+                                                     'msp_ensure_m365_accounts', 'msp_store_assignments', 'msp_store_rejects'))
                    AND has_function_privilege('public', p.oid, 'EXECUTE')),
           '{}'::text[], 'and none of them (nor the loaders'' or rollups'' internals, nor msp_install_roles) is executable by PUBLIC');
 SELECT is(ARRAY(SELECT format('%s: %s to %s', c.relname, x.privilege_type, x.grantee::regrole)
@@ -489,19 +503,19 @@ SET ROLE atk_bi1;
 SELECT pg_temp.call_all_for(1) \g /dev/null
 RESET ROLE;
 SELECT is(ARRAY(SELECT fn FROM bi_calls WHERE outcome ~ '^42501'
-                 AND fn !~ '^msp_(finalize_invoice|issue_adjustment|load_|discard_staged|psa_sync|report_(invoice|billable)|mark_rollups_dirty|rollup_period)' ORDER BY 1),
+                 AND fn !~ '^msp_(finalize_invoice|issue_adjustment|load_|discard_staged|psa_sync|report_(invoice|billable)|mark_rollups_dirty|rollup_period|match_psa_tickets|store_|stage_|ensure_m365)' ORDER BY 1),
           '{}'::text[], 'BI: every read-only per-client function works for its own client');
 TRUNCATE bi_calls;
 SET ROLE atk_billing;
 SELECT pg_temp.call_all_for(1) \g /dev/null
 RESET ROLE;
-SELECT is(ARRAY(SELECT fn FROM bi_calls WHERE outcome ~ '^42501' AND fn !~ '^msp_(load_(begin|normalized)|report_(invoice|billable)|rollup_period)' ORDER BY 1),
+SELECT is(ARRAY(SELECT fn FROM bi_calls WHERE outcome ~ '^42501' AND fn !~ '^msp_(load_(begin|normalized)|report_(invoice|billable)|rollup_period|store_|stage_|ensure_m365)' ORDER BY 1),
           '{}'::text[], 'billing: every per-client function but the internals and the sealed reports works');
 TRUNCATE bi_calls;
 SET ROLE atk_admin;
 SELECT pg_temp.call_all_for(1) \g /dev/null
 RESET ROLE;
-SELECT is(ARRAY(SELECT fn FROM bi_calls WHERE outcome ~ '^42501' AND fn !~ '^msp_(load_(begin|normalized)|report_(invoice|billable)|rollup_period)' ORDER BY 1),
+SELECT is(ARRAY(SELECT fn FROM bi_calls WHERE outcome ~ '^42501' AND fn !~ '^msp_(load_(begin|normalized)|report_(invoice|billable)|rollup_period|store_|stage_|ensure_m365)' ORDER BY 1),
           '{}'::text[], 'admin: likewise');
 TRUNCATE bi_calls;
 INSERT INTO bi_calls SELECT * FROM own_calls;

@@ -38,6 +38,10 @@ INSERT INTO writers VALUES
 	('msp_add_logon_partitions'), ('msp_refuse_change'), ('msp_finalize_invoice'), ('msp_issue_adjustment'),
 	('msp_load_normalized'), ('msp_load_begin'), ('msp_load_windows_events'), ('msp_load_entra_signins'),
 	('msp_load_emr_audit'), ('msp_load_guarded'), ('msp_load_normalized_guarded'), ('msp_discard_staged'), ('msp_install_roles'),
+	-- licensing: the loaders, their steps and the ticket matcher
+	('msp_load_m365_graph'), ('msp_load_m365_users_csv'), ('msp_load_m365_activity'), ('msp_load_pax8_subscriptions'),
+	('msp_load_psa_tickets'), ('msp_match_psa_tickets'), ('msp_stage_csv'), ('msp_stage_json'),
+	('msp_ensure_m365_accounts'), ('msp_store_assignments'), ('msp_store_rejects'),
 	-- reporting: the rollups' marks (triggers and by hand) and their writers
 	('msp_mark_logon_days'), ('msp_mark_invoice_periods'), ('msp_mark_rollups_dirty'), ('msp_rollup_period'),
 	('msp_rollup_days'), ('msp_refresh_rollups'), ('msp_rebuild_rollups'),
@@ -63,7 +67,10 @@ INSERT INTO nonstrict_ok VALUES
 	('msp_load_begin', 'a guard: a NULL client must raise (unknown client), not pass'),
 	('msp_load_guarded', 'an empty stage has NULL bounds: nothing to load, 0 rejected'),
 	('msp_export_line', 'a line without quantity or unit price (NULL) is exported as one unit at its amount'),
-	('msp_pii_audit_figures', 'a NULL period is the last full month, as in msp_pii_audit_summary');
+	('msp_pii_audit_figures', 'a NULL period is the last full month, as in msp_pii_audit_summary'),
+
+	('msp_csv_field', 'inlined into the loaders'' queries (a STRICT SQL function is not); a NULL record or header gives NULL anyway'),
+	('msp_snapshot_day', 'a NULL day means the client''s today');
 
 -- SECURITY DEFINER allowed, each for a workflow that needs rights its
 -- callers must not have
@@ -75,6 +82,12 @@ INSERT INTO definer_ok VALUES
 	('msp_load_entra_signins', 'likewise'),
 	('msp_load_emr_audit', 'likewise'),
 	('msp_discard_staged', 'empties a client''s stage (into load_rejects) should a load ever fail: the loading roles may only insert into it'),
+	('msp_load_m365_graph', 'reads and empties the licensing stages, which the loading roles may only insert into'),
+	('msp_load_m365_users_csv', 'likewise'),
+	('msp_load_m365_activity', 'likewise'),
+	('msp_load_pax8_subscriptions', 'likewise'),
+	('msp_load_psa_tickets', 'likewise'),
+	('msp_match_psa_tickets', 'matches PSA contacts by Microsoft 365 UPN and person_identities e-mail, which mspbill_billing may not read, and writes support contacts for them'),
 	('msp_report_invoices', 'the sealed mspbill_report role holds no grant on any table'),
 	('msp_report_invoice', 'likewise'),
 	('msp_report_invoice_lines', 'likewise'),
@@ -88,7 +101,12 @@ CREATE TEMP TABLE no_row_security_ok (relname text PRIMARY KEY, why text NOT NUL
 INSERT INTO no_row_security_ok VALUES
 	('mspbill.windows_event_staging', 'COPY FROM cannot write a table with row-level security; only the owner reads it'),
 	('mspbill.entra_signin_staging', 'likewise'),
-	('mspbill.emr_audit_staging', 'likewise');
+	('mspbill.emr_audit_staging', 'likewise'),
+	('mspbill.m365_graph_staging', 'likewise'),
+	('mspbill.m365_users_csv_staging', 'likewise'),
+	('mspbill.m365_activity_staging', 'likewise'),
+	('mspbill.pax8_staging', 'likewise'),
+	('mspbill.psa_ticket_staging', 'likewise');
 
 -- Known failures on this tree (check, object): each a finding for the
 -- object's owner; remove the line with the fix.

@@ -1,0 +1,1252 @@
+-- Licences, subscriptions and tickets as MSPs export them: Microsoft Graph
+-- JSON (subscribedSkus, users with assignedLicenses), the Microsoft 365
+-- admin center's "Active users" CSV, the Microsoft 365 active-user detail
+-- report (getOffice365ActiveUserDetail CSV), Pax8 subscriptions (portal
+-- CSV or partner-API JSON) and PSA tickets (ConnectWise PSA, Autotask,
+-- HaloPSA API JSON).  Same discipline as the logon loaders of
+-- src/loaders.sql: COPY into a stage, one set-based, idempotent load per
+-- client, bad records to load_rejects with the reason, the stage emptied,
+-- SECURITY DEFINER callable only by mspbill_billing and mspbill_admin.
+-- Then the reconciliation: seats bought, assigned, needed and billed, per
+-- product, with the money in each gap (msp_license_sync, msp_license_gaps).
+
+-- Product names: a licence is called by its SKU id (Graph), its SKU part
+-- number (Graph), its display name (admin center, usage report) or its
+-- Pax8 name or product id.  Every spelling maps to one product; a name
+-- not listed is its own product.  Not per client (no client_id): the
+-- names are Microsoft's and Pax8's.
+CREATE TABLE @extschema@.license_product_names (
+	name text NOT NULL CONSTRAINT license_product_names_name_not_empty CHECK (name <> ''),
+	product text NOT NULL CONSTRAINT license_product_names_product_not_empty CHECK (product <> ''),
+	builtin boolean NOT NULL DEFAULT false
+);
+CREATE UNIQUE INDEX license_product_names_key ON @extschema@.license_product_names (lower(name));
+COMMENT ON TABLE @extschema@.license_product_names IS
+	'every spelling of a licence (SKU id, SKU part number, display name, Pax8 name or product id) and the product it is; unlisted names are their own product';
+-- SKU ids and part numbers from Microsoft's "Product names and service
+-- plan identifiers for licensing" list
+INSERT INTO @extschema@.license_product_names (name, product, builtin) VALUES
+	('3b555118-da6a-4418-894f-7df1e2096870', 'Microsoft 365 Business Basic', true),
+	('O365_BUSINESS_ESSENTIALS', 'Microsoft 365 Business Basic', true),
+	('Microsoft 365 Business Basic', 'Microsoft 365 Business Basic', true),
+	('f245ecc8-75af-4f8e-b61f-27d8114de5f3', 'Microsoft 365 Business Standard', true),
+	('O365_BUSINESS_PREMIUM', 'Microsoft 365 Business Standard', true),
+	('Microsoft 365 Business Standard', 'Microsoft 365 Business Standard', true),
+	('cbdc14ab-d96c-4c30-b9f4-6ada7cdc1d46', 'Microsoft 365 Business Premium', true),
+	('SPB', 'Microsoft 365 Business Premium', true),
+	('Microsoft 365 Business Premium', 'Microsoft 365 Business Premium', true),
+	('05e9a617-0261-4cee-bb44-138d3ef5d965', 'Microsoft 365 E3', true),
+	('SPE_E3', 'Microsoft 365 E3', true),
+	('Microsoft 365 E3', 'Microsoft 365 E3', true),
+	('6fd2c87f-b296-42f0-b197-1e91e994b900', 'Office 365 E3', true),
+	('ENTERPRISEPACK', 'Office 365 E3', true),
+	('Office 365 E3', 'Office 365 E3', true),
+	('4b9405b0-7788-4568-add1-99614e613b69', 'Exchange Online (Plan 1)', true),
+	('EXCHANGESTANDARD', 'Exchange Online (Plan 1)', true),
+	('Exchange Online (Plan 1)', 'Exchange Online (Plan 1)', true);
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.license_product_names', 'WHERE NOT builtin');
+
+-- The product a licence name stands for.  (No SET clause, so that it
+-- inlines; every name in it is qualified.)
+CREATE FUNCTION @extschema@.msp_license_product(licence text) RETURNS text
+LANGUAGE sql STABLE STRICT PARALLEL SAFE
+RETURN coalesce((SELECT n.product FROM @extschema@.license_product_names n
+				  WHERE pg_catalog.lower(n.name) OPERATOR(pg_catalog.=) pg_catalog.lower(pg_catalog.btrim(licence))),
+				pg_catalog.btrim(licence));
+COMMENT ON FUNCTION @extschema@.msp_license_product(text) IS
+	'the product a licence name (SKU id, part number, display or Pax8 name) stands for (license_product_names), else the name itself';
+
+-- Which client a vendor's company is (Pax8 company name or id; the PSA's
+-- company identifier, name or id).  Once a vendor has any row here, its
+-- records must name a company of the client being loaded: another
+-- client's are skipped, unknown ones rejected.  A vendor without rows
+-- is not checked (each client's export is its own).
+CREATE TABLE @extschema@.partner_companies (
+	client_id bigint NOT NULL REFERENCES @extschema@.clients ON DELETE CASCADE,
+	vendor text NOT NULL
+		CONSTRAINT partner_companies_vendor_known CHECK (vendor IN ('pax8', 'connectwise', 'autotask', 'halo')),
+	company text NOT NULL CONSTRAINT partner_companies_company_not_empty CHECK (company <> ''),
+	PRIMARY KEY (client_id, vendor, company)
+);
+CREATE UNIQUE INDEX partner_companies_company_key ON @extschema@.partner_companies (vendor, lower(company));
+COMMENT ON TABLE @extschema@.partner_companies IS
+	'Pax8 and PSA companies (name or id, as the export writes it) per client; a vendor with rows here has its records checked against them';
+
+-- PSA contacts mapped to people by hand: the contact's id or e-mail as
+-- the PSA writes it (a contact e-mail that is a Microsoft 365 UPN of an
+-- individual account needs no row here).
+CREATE TABLE @extschema@.psa_contacts (
+	client_id bigint NOT NULL,
+	psa text NOT NULL CONSTRAINT psa_contacts_psa_known CHECK (psa IN ('connectwise', 'autotask', 'halo')),
+	contact text NOT NULL CONSTRAINT psa_contacts_contact_not_empty CHECK (contact <> ''),
+	person_id bigint NOT NULL,
+	PRIMARY KEY (client_id, psa, contact),
+	FOREIGN KEY (client_id, person_id) REFERENCES @extschema@.people ON DELETE CASCADE
+);
+COMMENT ON TABLE @extschema@.psa_contacts IS
+	'PSA contacts (id, or e-mail in lower case) mapped to people by hand, where the e-mail is not their Microsoft 365 UPN';
+
+-- A contract's licence policy: the product the MSP's rule gives each
+-- billable person (NULL: the product with the most seats), and whether
+-- each shared room account in use needs a licence of its own.  A table of
+-- its own, not columns of contracts: functions use the contracts row type,
+-- which an upgrade could then not alter.
+CREATE TABLE @extschema@.license_policies (
+	client_id bigint NOT NULL,
+	contract_id bigint NOT NULL,
+	license_product text,
+	licensed_rooms boolean NOT NULL DEFAULT false,
+	PRIMARY KEY (client_id, contract_id),
+	FOREIGN KEY (client_id, contract_id) REFERENCES @extschema@.contracts ON DELETE CASCADE
+);
+COMMENT ON TABLE @extschema@.license_policies IS
+	'per contract: the licence product the rule gives each billable person, and whether shared room accounts in use are licensed too';
+
+-- Seats per SKU as Microsoft 365 reports them (Graph subscribedSkus).
+CREATE TABLE @extschema@.m365_sku_counts (
+	client_id bigint NOT NULL REFERENCES @extschema@.clients ON DELETE CASCADE,
+	as_of date NOT NULL,
+	sku_id text NOT NULL,
+	sku_part_number text,
+	product text NOT NULL,
+	enabled integer NOT NULL CONSTRAINT m365_sku_counts_enabled_not_negative CHECK (enabled >= 0),
+	consumed integer NOT NULL CONSTRAINT m365_sku_counts_consumed_not_negative CHECK (consumed >= 0),
+	source text NOT NULL,
+	PRIMARY KEY (client_id, as_of, sku_id)
+);
+COMMENT ON TABLE @extschema@.m365_sku_counts IS
+	'Microsoft 365 seats held (prepaidUnits.enabled) and consumed (consumedUnits) per SKU and day, from Graph subscribedSkus';
+
+-- Who holds which licence, per day (a snapshot: several files of one day,
+-- such as the pages of a Graph response, add up).
+CREATE TABLE @extschema@.m365_license_assignments (
+	client_id bigint NOT NULL,
+	as_of date NOT NULL,
+	account_id bigint NOT NULL,
+	product text NOT NULL,
+	account_enabled boolean,
+	source text NOT NULL,
+	PRIMARY KEY (client_id, as_of, account_id, product),
+	FOREIGN KEY (client_id, account_id) REFERENCES @extschema@.accounts ON DELETE CASCADE
+);
+COMMENT ON TABLE @extschema@.m365_license_assignments IS
+	'which Microsoft 365 account holds a licence of which product, per day (Graph users'' assignedLicenses or the admin center''s Active users CSV)';
+
+-- Pax8 subscriptions per day, as exported.
+CREATE TABLE @extschema@.pax8_subscriptions (
+	client_id bigint NOT NULL REFERENCES @extschema@.clients ON DELETE CASCADE,
+	as_of date NOT NULL,
+	subscription_id text NOT NULL,
+	company text,
+	product text NOT NULL,
+	quantity integer NOT NULL CONSTRAINT pax8_subscriptions_quantity_not_negative CHECK (quantity >= 0),
+	unit_cost numeric CONSTRAINT pax8_subscriptions_unit_cost_not_negative CHECK (unit_cost >= 0),
+	unit_price numeric CONSTRAINT pax8_subscriptions_unit_price_not_negative CHECK (unit_price >= 0),
+	billing_term text,
+	status text,
+	start_date date,
+	end_date date,
+	source text NOT NULL,
+	PRIMARY KEY (client_id, as_of, subscription_id)
+);
+COMMENT ON TABLE @extschema@.pax8_subscriptions IS
+	'Pax8 subscriptions per client and day: product, quantity, partner cost and price per seat, term, status; the Active ones become license_counts';
+
+-- Every PSA ticket loaded, matched to a person or not: an unknown contact
+-- stays here (psa_unknown_contacts) until a mapping matches it.
+CREATE TABLE @extschema@.psa_tickets (
+	client_id bigint NOT NULL REFERENCES @extschema@.clients ON DELETE CASCADE,
+	psa text NOT NULL,
+	ticket_id text NOT NULL,
+	at timestamptz NOT NULL,
+	company text,
+	contact text,
+	board text,
+	channel text NOT NULL,
+	person_id bigint,
+	contact_id bigint,
+	PRIMARY KEY (client_id, psa, ticket_id),
+	FOREIGN KEY (client_id, person_id) REFERENCES @extschema@.people ON DELETE SET NULL (person_id)
+);
+COMMENT ON TABLE @extschema@.psa_tickets IS
+	'PSA tickets per client: when, the contact (e-mail in lower case, else id), board or queue, and the person and support contact they became';
+
+-- Stages: raw lines, as COPY reads them (CSV records are split by their
+-- header's names; JSON may be JSON lines or whole saved responses).
+CREATE TABLE @extschema@.m365_graph_staging (
+	client_id bigint NOT NULL DEFAULT @extschema@.msp_staging_client(),
+	line_no bigserial,
+	raw text NOT NULL
+);
+COMMENT ON TABLE @extschema@.m365_graph_staging IS
+	'Microsoft Graph JSON (subscribedSkus and users with assignedLicenses; saved responses or JSON lines): then call msp_load_m365_graph()';
+CREATE TABLE @extschema@.m365_users_csv_staging (
+	client_id bigint NOT NULL DEFAULT @extschema@.msp_staging_client(),
+	line_no bigserial,
+	raw text NOT NULL
+);
+COMMENT ON TABLE @extschema@.m365_users_csv_staging IS
+	'the Microsoft 365 admin center''s Active users CSV, one line per row: then call msp_load_m365_users_csv()';
+CREATE TABLE @extschema@.m365_activity_staging (
+	client_id bigint NOT NULL DEFAULT @extschema@.msp_staging_client(),
+	line_no bigserial,
+	raw text NOT NULL
+);
+COMMENT ON TABLE @extschema@.m365_activity_staging IS
+	'the Microsoft 365 active user detail report (getOffice365ActiveUserDetail CSV), one line per row: then call msp_load_m365_activity()';
+CREATE TABLE @extschema@.pax8_staging (
+	client_id bigint NOT NULL DEFAULT @extschema@.msp_staging_client(),
+	line_no bigserial,
+	raw text NOT NULL
+);
+COMMENT ON TABLE @extschema@.pax8_staging IS
+	'Pax8 subscriptions, the portal''s CSV export or the partner API''s JSON, one line per row: then call msp_load_pax8_subscriptions()';
+CREATE TABLE @extschema@.psa_ticket_staging (
+	client_id bigint NOT NULL DEFAULT @extschema@.msp_staging_client(),
+	line_no bigserial,
+	raw text NOT NULL
+);
+COMMENT ON TABLE @extschema@.psa_ticket_staging IS
+	'PSA tickets as their API returns them (ConnectWise PSA, Autotask, HaloPSA JSON): then call msp_load_psa_tickets()';
+CREATE INDEX m365_graph_staging_line_idx ON @extschema@.m365_graph_staging (client_id, line_no);
+CREATE INDEX m365_users_csv_staging_line_idx ON @extschema@.m365_users_csv_staging (client_id, line_no);
+CREATE INDEX m365_activity_staging_line_idx ON @extschema@.m365_activity_staging (client_id, line_no);
+CREATE INDEX pax8_staging_line_idx ON @extschema@.pax8_staging (client_id, line_no);
+CREATE INDEX psa_ticket_staging_line_idx ON @extschema@.psa_ticket_staging (client_id, line_no);
+COMMENT ON INDEX @extschema@.m365_graph_staging_line_idx IS 'a client''s staged lines, by line number';
+COMMENT ON INDEX @extschema@.m365_users_csv_staging_line_idx IS 'a client''s staged lines, by line number';
+COMMENT ON INDEX @extschema@.m365_activity_staging_line_idx IS 'a client''s staged lines, by line number';
+COMMENT ON INDEX @extschema@.pax8_staging_line_idx IS 'a client''s staged lines, by line number';
+COMMENT ON INDEX @extschema@.psa_ticket_staging_line_idx IS 'a client''s staged lines, by line number';
+
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.license_policies', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.partner_companies', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.psa_contacts', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.m365_sku_counts', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.m365_license_assignments', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.pax8_subscriptions', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.psa_tickets', '');
+
+-- The fields of one CSV record (src/csv_fields.c).
+CREATE FUNCTION @extschema@.msp_csv_fields(record text) RETURNS text[]
+	AS 'MODULE_PATHNAME' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION @extschema@.msp_csv_fields(text) IS
+	'the fields of one CSV record (RFC 4180 quoting, a leading byte-order mark dropped); NULL when it is not well-formed';
+
+-- A client's staged CSV lines as records, each with the header it falls
+-- under, into pg_temp.msp_csv (line_no, raw, f, header): a quoted field
+-- may span lines (the record is joined back), a header is a record with a
+-- field named key_column (any case), and several files staged one after
+-- another each bring their header.  Records before any header get a NULL
+-- header.  Returns the number of data records.
+CREATE FUNCTION @extschema@.msp_stage_csv(for_client bigint, stage regclass, key_column text) RETURNS bigint
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, @extschema@, pg_temp
+AS $$
+DECLARE
+	n bigint;
+BEGIN
+	IF to_regclass('pg_temp.msp_csv') IS NOT NULL THEN
+		DROP TABLE pg_temp.msp_csv;
+	END IF;
+	EXECUTE format($q$
+		CREATE TEMP TABLE msp_csv ON COMMIT DROP AS
+		WITH lines AS (
+			SELECT s.line_no, s.raw,
+				   -- an odd number of quotes opens (or closes) a multi-line field
+				   (length(s.raw) - length(replace(s.raw, '"', ''))) %% 2 AS odd
+			  FROM %s s WHERE s.client_id = $1),
+		opened AS (
+			SELECT l.*, coalesce(sum(l.odd) OVER (ORDER BY l.line_no ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) %% 2 AS inside
+			  FROM lines l),
+		numbered AS (
+			SELECT o.*, sum((o.inside = 0)::int) OVER (ORDER BY o.line_no) AS rec FROM opened o),
+		records AS (
+			SELECT min(x.line_no) AS line_no, string_agg(x.raw, E'\n' ORDER BY x.line_no) AS raw
+			  FROM numbered x GROUP BY x.rec),
+		split AS (
+			SELECT r.line_no, r.raw, @extschema@.msp_csv_fields(r.raw) AS f FROM records r),
+		marked AS (
+			SELECT s.*, lower(btrim($2)) = ANY (ARRAY(SELECT lower(btrim(h)) FROM unnest(s.f) h)) AS is_header FROM split s),
+		-- each record under the last header before it
+		grouped AS (
+			SELECT m.*, count(*) FILTER (WHERE m.is_header) OVER (ORDER BY m.line_no) AS header_no FROM marked m),
+		headers AS (
+			SELECT g.header_no, g.f FROM grouped g WHERE g.is_header)
+		SELECT g.line_no, g.raw, g.f, g.is_header, h.f AS header
+		  FROM grouped g LEFT JOIN headers h USING (header_no)
+		 WHERE btrim(g.raw, E' \t\r\n') <> ''$q$, stage) USING for_client, key_column;
+	DELETE FROM pg_temp.msp_csv WHERE is_header;
+	SELECT count(*) INTO n FROM pg_temp.msp_csv;
+	RETURN n;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_stage_csv(bigint, regclass, text) IS
+	'internal: a client''s staged CSV lines as records under their header, into pg_temp.msp_csv';
+
+-- A field of a CSV record by its header's name (any case, any of the
+-- names given), or NULL when the header has none of them.
+CREATE FUNCTION @extschema@.msp_csv_field(f text[], header text[], names text[]) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN f[(SELECT h.i FROM unnest(header) WITH ORDINALITY h(name, i)
+		   WHERE pg_catalog.lower(pg_catalog.btrim(h.name)) OPERATOR(pg_catalog.=)
+				 ANY (ARRAY(SELECT pg_catalog.lower(x) FROM unnest(names) x))
+		   ORDER BY h.i LIMIT 1)];
+COMMENT ON FUNCTION @extschema@.msp_csv_field(text[], text[], text[]) IS
+	'internal: the field of a CSV record under the first header column with one of the names (any case)';
+
+-- A client's staged JSON as records, into pg_temp.msp_json (rec, line_no,
+-- ord, raw, doc; rec numbers the records, line_no is their document's first line): a line that starts with { or [ begins a document, so JSON
+-- lines and pretty-printed saved responses both read; a document that is
+-- an array, or an object whose value, items, tickets or content member is
+-- an array (Graph, Autotask, HaloPSA, Pax8 pages), gives its elements,
+-- any other object itself.  A document that is not JSON gets a NULL doc.
+CREATE FUNCTION @extschema@.msp_stage_json(for_client bigint, stage regclass) RETURNS bigint
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, @extschema@, pg_temp
+AS $$
+DECLARE
+	lo bigint;
+	hi bigint;
+	n bigint;
+BEGIN
+	IF to_regclass('pg_temp.msp_json_docs') IS NOT NULL THEN
+		DROP TABLE pg_temp.msp_json_docs;
+	END IF;
+	IF to_regclass('pg_temp.msp_json') IS NOT NULL THEN
+		DROP TABLE pg_temp.msp_json;
+	END IF;
+	EXECUTE format($q$
+		CREATE TEMP TABLE msp_json_docs ON COMMIT DROP AS
+		SELECT min(d.line_no) AS line_no, string_agg(d.raw, E'\n' ORDER BY d.line_no) AS raw, NULL::jsonb AS doc,
+			   false AS parsed
+		  FROM (SELECT s.line_no, s.raw,
+					   count(*) FILTER (WHERE s.raw ~ '^\ufeff?[\[{]') OVER (ORDER BY s.line_no) AS doc_no
+				  FROM %s s WHERE s.client_id = $1 AND btrim(s.raw, E' \t\r\n') <> '') d
+		 GROUP BY d.doc_no$q$, stage) USING for_client;
+	ALTER TABLE pg_temp.msp_json_docs ADD PRIMARY KEY (line_no);
+	SELECT min(d.line_no), max(d.line_no) INTO lo, hi FROM pg_temp.msp_json_docs d;
+	-- parse the batch at once, per document only where one is malformed
+	PERFORM @extschema@.msp_load_guarded($step$
+		UPDATE pg_temp.msp_json_docs SET doc = ltrim(raw, E'\ufeff')::jsonb, parsed = true
+		 WHERE line_no BETWEEN $2 AND $3
+	$step$, $reject$
+		UPDATE pg_temp.msp_json_docs SET parsed = true WHERE line_no = $2
+	$reject$, for_client, lo, hi);
+	CREATE TEMP TABLE msp_json ON COMMIT DROP AS
+	SELECT row_number() OVER (ORDER BY r.line_no, r.ord) AS rec, r.* FROM (
+	SELECT d.line_no, 0::bigint AS ord, d.raw, NULL::jsonb AS doc FROM pg_temp.msp_json_docs d WHERE d.doc IS NULL
+	UNION ALL
+	SELECT d.line_no, e.ord, e.rec::text, e.rec
+	  FROM pg_temp.msp_json_docs d
+	  CROSS JOIN LATERAL (SELECT CASE
+									 WHEN jsonb_typeof(d.doc) = 'array' THEN d.doc
+									 WHEN jsonb_typeof(d.doc -> 'value') = 'array' THEN d.doc -> 'value'
+									 WHEN jsonb_typeof(d.doc -> 'items') = 'array' THEN d.doc -> 'items'
+									 WHEN jsonb_typeof(d.doc -> 'tickets') = 'array' THEN d.doc -> 'tickets'
+									 WHEN jsonb_typeof(d.doc -> 'content') = 'array' THEN d.doc -> 'content'
+								 END AS arr) a
+	  CROSS JOIN LATERAL (SELECT x.rec, x.ord FROM jsonb_array_elements(a.arr) WITH ORDINALITY x(rec, ord)
+						   WHERE a.arr IS NOT NULL
+						  UNION ALL
+						  SELECT d.doc, 1 WHERE a.arr IS NULL) e
+	 WHERE d.doc IS NOT NULL) r;
+	DROP TABLE pg_temp.msp_json_docs;
+	SELECT count(*) INTO n FROM pg_temp.msp_json;
+	RETURN n;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_stage_json(bigint, regclass) IS
+	'internal: a client''s staged JSON (JSON lines or saved responses, enveloped or not) as records, into pg_temp.msp_json';
+
+-- The day a snapshot is of: the given one, else the client's today.
+CREATE FUNCTION @extschema@.msp_snapshot_day(for_client bigint, as_of date) RETURNS date
+LANGUAGE sql STABLE PARALLEL SAFE
+SET search_path = pg_catalog, @extschema@, pg_temp
+RETURN coalesce(as_of, (SELECT (now() AT TIME ZONE c.time_zone)::date FROM @extschema@.clients c
+						  WHERE c.client_id = for_client));
+COMMENT ON FUNCTION @extschema@.msp_snapshot_day(bigint, date) IS
+	'internal: the day a licence snapshot is of (the given day, else today in the client''s time zone)';
+
+-- Microsoft 365 accounts for the UPNs of a load that are not accounts yet
+-- (kind unknown until mapped, as the Entra loader creates them), with
+-- ids from the identity column moved past hand-chosen ones.
+CREATE FUNCTION @extschema@.msp_ensure_m365_accounts(for_client bigint, upns text[]) RETURNS bigint
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, @extschema@, pg_temp
+AS $$
+DECLARE
+	n bigint;
+BEGIN
+	PERFORM setval(pg_get_serial_sequence('@extschema@.accounts', 'account_id'), m.id)
+	   FROM (SELECT max(a.account_id) AS id FROM @extschema@.accounts a WHERE a.client_id = for_client) m
+	  WHERE m.id > coalesce(pg_sequence_last_value(pg_get_serial_sequence('@extschema@.accounts', 'account_id')), 0);
+	INSERT INTO @extschema@.accounts (client_id, realm, name, kind)
+	SELECT DISTINCT for_client, 'm365', lower(u), 'unknown' FROM unnest(upns) u
+	 WHERE NOT EXISTS (SELECT 1 FROM @extschema@.accounts a WHERE a.client_id = for_client AND a.realm = 'm365'
+						  AND lower(a.name) = lower(u) AND a.application IS NULL);
+	GET DIAGNOSTICS n = ROW_COUNT;
+	RETURN n;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_ensure_m365_accounts(bigint, text[]) IS
+	'internal: creates the Microsoft 365 accounts (kind unknown) of UPNs not yet known';
+
+-- Licence assignments from pg_temp.msp_assign (line_no, upn, product,
+-- enabled): accounts first, then the day's rows.  Returns (loaded, duplicate).
+CREATE FUNCTION @extschema@.msp_store_assignments(for_client bigint, day date, load_source text,
+												  OUT loaded bigint, OUT duplicate bigint)
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, @extschema@, pg_temp
+AS $$
+BEGIN
+	PERFORM @extschema@.msp_ensure_m365_accounts(for_client, ARRAY(SELECT DISTINCT x.upn FROM pg_temp.msp_assign x));
+	WITH ins AS (
+		INSERT INTO @extschema@.m365_license_assignments (client_id, as_of, account_id, product, account_enabled, source)
+		SELECT DISTINCT ON (a.account_id, x.product) for_client, day, a.account_id, x.product, x.enabled, load_source
+		  FROM pg_temp.msp_assign x
+		  JOIN @extschema@.accounts a ON a.client_id = for_client AND a.realm = 'm365' AND a.application IS NULL
+									 AND lower(a.name) = lower(x.upn)
+		 ORDER BY a.account_id, x.product, x.line_no
+		ON CONFLICT ON CONSTRAINT m365_license_assignments_pkey DO NOTHING
+		RETURNING 1)
+	SELECT count(*) INTO loaded FROM ins;
+	duplicate := (SELECT count(*) FROM pg_temp.msp_assign) - loaded;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_store_assignments(bigint, date, text) IS
+	'internal: a load''s licence assignments (pg_temp.msp_assign) as accounts and the day''s m365_license_assignments';
+
+-- Rejected records of a load (pg_temp.msp_rej: line_no, raw, reason) to
+-- load_rejects.  Returns how many.
+CREATE FUNCTION @extschema@.msp_store_rejects(for_client bigint, load_source text) RETURNS bigint
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, @extschema@, pg_temp
+AS $$
+DECLARE
+	n bigint;
+BEGIN
+	INSERT INTO @extschema@.load_rejects (client_id, source, line_no, raw, reason)
+	SELECT for_client, load_source, r.line_no, r.raw, r.reason FROM pg_temp.msp_rej r ORDER BY r.line_no;
+	GET DIAGNOSTICS n = ROW_COUNT;
+	DROP TABLE pg_temp.msp_rej;
+	RETURN n;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_store_rejects(bigint, text) IS
+	'internal: a load''s rejected records (pg_temp.msp_rej) into load_rejects';
+
+-- Graph JSON: subscribedSku objects (skuId, skuPartNumber,
+-- prepaidUnits.enabled, consumedUnits) and user objects
+-- (userPrincipalName, accountEnabled, assignedLicenses[].skuId), in any
+-- mix, as JSON lines or saved responses.  A snapshot of the day as_of.
+CREATE FUNCTION @extschema@.msp_load_m365_graph(client_id bigint, as_of date DEFAULT NULL, source text DEFAULT 'graph',
+												OUT loaded bigint, OUT duplicate bigint,
+												OUT skipped bigint, OUT rejected bigint)
+LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER
+SET search_path = pg_catalog, @extschema@, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	day date;
+	l bigint;
+	d bigint;
+BEGIN
+	source := coalesce(source, 'graph');
+	PERFORM @extschema@.msp_load_begin(client_id);
+	day := @extschema@.msp_snapshot_day(client_id, as_of);
+	PERFORM @extschema@.msp_stage_json(client_id, '@extschema@.m365_graph_staging');
+	CREATE TEMP TABLE msp_graph ON COMMIT DROP AS
+	SELECT j.line_no, j.ord, j.raw, j.doc,
+		   CASE
+			   WHEN j.doc IS NULL THEN 'reject:not valid JSON'
+			   WHEN jsonb_typeof(j.doc) <> 'object' THEN 'reject:not a JSON object'
+			   WHEN j.doc ? 'skuPartNumber' OR j.doc ? 'prepaidUnits' THEN
+				   CASE
+					   WHEN coalesce(j.doc->>'skuId', '') = '' THEN 'reject:no skuId'
+					   WHEN length(j.doc->>'skuId') > 255 OR length(j.doc->>'skuPartNumber') > 255 THEN 'reject:field too long'
+					   WHEN coalesce(j.doc->'prepaidUnits'->>'enabled', '') !~ '^[0-9]{1,9}$' THEN 'reject:invalid prepaidUnits.enabled'
+					   WHEN coalesce(j.doc->>'consumedUnits', '') !~ '^[0-9]{1,9}$' THEN 'reject:invalid consumedUnits'
+					   ELSE 'sku'
+				   END
+			   WHEN j.doc ? 'userPrincipalName' THEN
+				   CASE
+					   WHEN coalesce(btrim(j.doc->>'userPrincipalName'), '') = '' THEN 'reject:no userPrincipalName'
+					   WHEN length(j.doc->>'userPrincipalName') > 255 THEN 'reject:field too long'
+					   WHEN j.doc ? 'assignedLicenses' AND jsonb_typeof(j.doc->'assignedLicenses') <> 'array'
+						   THEN 'reject:assignedLicenses is not an array'
+					   WHEN jsonb_array_length(coalesce(j.doc->'assignedLicenses', '[]')) = 0 THEN 'skip'
+					   WHEN jsonb_path_exists(j.doc, '$.assignedLicenses[*] ? (!exists(@.skuId) || @.skuId.type() != "string")')
+						   THEN 'reject:assignedLicenses without skuId'
+					   ELSE 'user'
+				   END
+			   ELSE 'reject:neither a subscribedSku nor a user'
+		   END AS class
+	  FROM pg_temp.msp_json j;
+
+	-- SKUs: the day's counts (a corrected export of the same day replaces them)
+	WITH sku AS (
+		SELECT DISTINCT ON (lower(g.doc->>'skuId')) lower(g.doc->>'skuId') AS sku_id, g.doc->>'skuPartNumber' AS part,
+			   (g.doc->'prepaidUnits'->>'enabled')::integer AS enabled, (g.doc->>'consumedUnits')::integer AS consumed
+		  FROM pg_temp.msp_graph g WHERE g.class = 'sku'
+		 ORDER BY lower(g.doc->>'skuId'), g.line_no DESC, g.ord DESC),
+	up AS (
+		INSERT INTO @extschema@.m365_sku_counts AS m (client_id, as_of, sku_id, sku_part_number, product, enabled, consumed, source)
+		SELECT client_id, day, s.sku_id, s.part, @extschema@.msp_license_product(coalesce(s.part, s.sku_id)),
+			   s.enabled, s.consumed, source
+		  FROM sku s
+		ON CONFLICT ON CONSTRAINT m365_sku_counts_pkey DO UPDATE
+		   SET sku_part_number = excluded.sku_part_number, product = excluded.product, enabled = excluded.enabled,
+			   consumed = excluded.consumed, source = excluded.source
+		 WHERE (m.sku_part_number, m.product, m.enabled, m.consumed)
+			   IS DISTINCT FROM (excluded.sku_part_number, excluded.product, excluded.enabled, excluded.consumed)
+		RETURNING 1)
+	SELECT count(*) INTO loaded FROM up;
+	duplicate := (SELECT count(*) FROM pg_temp.msp_graph g WHERE g.class = 'sku') - loaded;
+
+	-- users: one row per licence held; a skuId names its product through
+	-- the day's subscribedSkus, else license_product_names
+	CREATE TEMP TABLE msp_assign ON COMMIT DROP AS
+	SELECT g.line_no, lower(btrim(g.doc->>'userPrincipalName')) AS upn,
+		   coalesce((SELECT m.product FROM @extschema@.m365_sku_counts m
+					  WHERE m.client_id = client_id AND m.as_of = day AND m.sku_id = lower(lic->>'skuId')),
+					@extschema@.msp_license_product(lower(lic->>'skuId'))) AS product,
+		   CASE g.doc->>'accountEnabled' WHEN 'true' THEN true WHEN 'false' THEN false END AS enabled
+	  FROM pg_temp.msp_graph g, jsonb_array_elements(g.doc->'assignedLicenses') lic
+	 WHERE g.class = 'user';
+	SELECT a.loaded, a.duplicate INTO l, d FROM @extschema@.msp_store_assignments(client_id, day, source) a;
+	loaded := loaded + l;
+	duplicate := duplicate + d;
+	DROP TABLE pg_temp.msp_assign;
+
+	CREATE TEMP TABLE msp_rej ON COMMIT DROP AS
+	SELECT g.line_no, g.raw, substr(g.class, 8) AS reason FROM pg_temp.msp_graph g WHERE g.class LIKE 'reject:%';
+	rejected := @extschema@.msp_store_rejects(client_id, source);
+	SELECT count(*) INTO skipped FROM pg_temp.msp_graph g WHERE g.class = 'skip';
+	DELETE FROM @extschema@.m365_graph_staging s WHERE s.client_id = client_id;
+	DROP TABLE pg_temp.msp_graph, pg_temp.msp_json;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_load_m365_graph(bigint, date, text) IS
+	'loads a client''s staged Graph JSON: subscribedSkus become the day''s seat counts, users'' assignedLicenses the day''s licence assignments (loaded counts SKU rows and licences held)';
+
+-- The admin center's Active users CSV: "User principal name", "Licenses"
+-- (display names joined by +, or Unlicensed), "Block credential".
+CREATE FUNCTION @extschema@.msp_load_m365_users_csv(client_id bigint, as_of date DEFAULT NULL,
+													source text DEFAULT 'm365_admin',
+													OUT loaded bigint, OUT duplicate bigint,
+													OUT skipped bigint, OUT rejected bigint)
+LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER
+SET search_path = pg_catalog, @extschema@, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	day date;
+BEGIN
+	source := coalesce(source, 'm365_admin');
+	PERFORM @extschema@.msp_load_begin(client_id);
+	day := @extschema@.msp_snapshot_day(client_id, as_of);
+	PERFORM @extschema@.msp_stage_csv(client_id, '@extschema@.m365_users_csv_staging', 'User principal name');
+	CREATE TEMP TABLE msp_users ON COMMIT DROP AS
+	SELECT c.line_no, c.raw, x.upn, x.licenses, x.blocked,
+		   CASE
+			   WHEN c.f IS NULL THEN 'reject:not valid CSV'
+			   WHEN c.header IS NULL THEN 'reject:no header with User principal name before it'
+			   WHEN coalesce(x.upn, '') = '' THEN 'reject:no User principal name'
+			   WHEN length(x.upn) > 255 THEN 'reject:field too long'
+			   WHEN x.licenses IS NULL THEN 'reject:no Licenses column'
+			   WHEN x.licenses IN ('', 'Unlicensed') THEN 'skip'
+			   ELSE 'user'
+		   END AS class
+	  FROM pg_temp.msp_csv c,
+		   LATERAL (SELECT lower(btrim(@extschema@.msp_csv_field(c.f, c.header, '{User principal name}'))) AS upn,
+						   btrim(@extschema@.msp_csv_field(c.f, c.header, '{Licenses}')) AS licenses,
+						   lower(btrim(@extschema@.msp_csv_field(c.f, c.header, '{Block credential,Sign-in blocked}'))) AS blocked) x;
+	CREATE TEMP TABLE msp_assign ON COMMIT DROP AS
+	SELECT u.line_no, u.upn, @extschema@.msp_license_product(lic) AS product,
+		   CASE u.blocked WHEN 'true' THEN false WHEN 'false' THEN true END AS enabled
+	  FROM pg_temp.msp_users u, unnest(string_to_array(u.licenses, '+')) lic
+	 WHERE u.class = 'user' AND btrim(lic) <> '';
+	SELECT a.loaded, a.duplicate INTO loaded, duplicate FROM @extschema@.msp_store_assignments(client_id, day, source) a;
+	CREATE TEMP TABLE msp_rej ON COMMIT DROP AS
+	SELECT u.line_no, u.raw, substr(u.class, 8) AS reason FROM pg_temp.msp_users u WHERE u.class LIKE 'reject:%';
+	rejected := @extschema@.msp_store_rejects(client_id, source);
+	SELECT count(*) INTO skipped FROM pg_temp.msp_users u WHERE u.class = 'skip';
+	DELETE FROM @extschema@.m365_users_csv_staging s WHERE s.client_id = client_id;
+	DROP TABLE pg_temp.msp_users, pg_temp.msp_assign, pg_temp.msp_csv;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_load_m365_users_csv(bigint, date, text) IS
+	'loads a client''s staged admin center Active users CSV as the day''s licence assignments (loaded counts licences held)';
+
+-- The active user detail report: each "<product> Last Activity Date" is a
+-- day the person used Microsoft 365.  Loaded as logons in the realm
+-- m365_activity, which counts only where a contract's count_realms names
+-- it; the activity account takes the person of the same UPN's m365
+-- account.  Deleted users are skipped.
+CREATE FUNCTION @extschema@.msp_load_m365_activity(client_id bigint, source text DEFAULT 'm365_activity',
+												   OUT loaded bigint, OUT duplicate bigint,
+												   OUT skipped bigint, OUT rejected bigint)
+LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER
+SET search_path = pg_catalog, @extschema@, pg_temp
+SET DateStyle = 'ISO, MDY'
+SET TimeZone = 'UTC'
+AS $$
+#variable_conflict use_variable
+DECLARE
+	zone text;
+BEGIN
+	source := coalesce(source, 'm365_activity');
+	PERFORM @extschema@.msp_load_begin(client_id);
+	SELECT c.time_zone INTO zone FROM @extschema@.clients c WHERE c.client_id = client_id;
+	PERFORM @extschema@.msp_stage_csv(client_id, '@extschema@.m365_activity_staging', 'User Principal Name');
+	CREATE TEMP TABLE msp_act ON COMMIT DROP AS
+	SELECT c.line_no, c.raw, x.upn,
+		   CASE
+			   WHEN c.f IS NULL THEN 'reject:not valid CSV'
+			   WHEN c.header IS NULL THEN 'reject:no header with User Principal Name before it'
+			   WHEN coalesce(x.upn, '') = '' THEN 'reject:no User Principal Name'
+			   WHEN length(x.upn) > 255 THEN 'reject:field too long'
+			   WHEN lower(coalesce(x.deleted, '')) = 'true' THEN 'skip'
+			   WHEN EXISTS (SELECT 1 FROM unnest(x.dates) t(v) WHERE btrim(v) !~ '^([0-9]{4}-[0-9]{2}-[0-9]{2})?$')
+				   THEN 'reject:invalid Last Activity Date'
+			   WHEN NOT EXISTS (SELECT 1 FROM unnest(x.dates) t(v) WHERE btrim(v) <> '') THEN 'skip'
+			   ELSE 'activity'
+		   END AS class,
+		   x.products, x.dates
+	  FROM pg_temp.msp_csv c,
+		   LATERAL (SELECT lower(btrim(@extschema@.msp_csv_field(c.f, c.header, '{User Principal Name}'))) AS upn,
+						   @extschema@.msp_csv_field(c.f, c.header, '{Is Deleted}') AS deleted,
+						   ARRAY(SELECT lower(regexp_replace(btrim(h.name), '\s*Last Activity Date$', '', 'i'))
+								   FROM unnest(c.header) WITH ORDINALITY h(name, i)
+								  WHERE btrim(h.name) ~* 'Last Activity Date$' ORDER BY h.i) AS products,
+						   ARRAY(SELECT coalesce(c.f[h.i], '') FROM unnest(c.header) WITH ORDINALITY h(name, i)
+								  WHERE btrim(h.name) ~* 'Last Activity Date$' ORDER BY h.i) AS dates) x;
+	-- a date that is not one (2026-02-30) rejects its record, the rest load
+	CREATE TEMP TABLE msp_act_days (line_no bigint, product text, day text, at timestamptz) ON COMMIT DROP;
+	INSERT INTO pg_temp.msp_act_days (line_no, product, day)
+	SELECT a.line_no, p.product, btrim(p.day)
+	  FROM pg_temp.msp_act a, unnest(a.products, a.dates) p(product, day)
+	 WHERE a.class = 'activity' AND btrim(p.day) <> '';
+	CREATE INDEX ON pg_temp.msp_act_days (line_no);
+	PERFORM @extschema@.msp_load_guarded($step$
+		UPDATE pg_temp.msp_act_days SET at = (day::date + time '12:00') AT TIME ZONE $1::text
+		 WHERE line_no BETWEEN $2 AND $3
+	$step$, $reject$
+		UPDATE pg_temp.msp_act SET class = 'reject:invalid Last Activity Date' WHERE line_no = $2
+	$reject$, client_id, (SELECT min(line_no) FROM pg_temp.msp_act_days), (SELECT max(line_no) FROM pg_temp.msp_act_days));
+	-- the guard passes the client as $1: the zone is read from it again
+	UPDATE pg_temp.msp_act SET class = 'reject:invalid Last Activity Date: ' || @extschema@.msp_implausible_time(d.day, d.at)
+	  FROM pg_temp.msp_act_days d
+	 WHERE d.line_no = msp_act.line_no AND msp_act.class = 'activity' AND @extschema@.msp_implausible_time(d.day, d.at) IS NOT NULL;
+
+	-- activity accounts take the kind and person of the UPN's m365 account
+	INSERT INTO @extschema@.accounts (client_id, realm, name, kind, person_id)
+	SELECT DISTINCT ON (a.upn) client_id, 'm365_activity', a.upn, coalesce(m.kind, 'unknown'), m.person_id
+	  FROM pg_temp.msp_act a
+	  LEFT JOIN @extschema@.accounts m ON m.client_id = client_id AND m.realm = 'm365' AND lower(m.name) = a.upn
+	 WHERE a.class = 'activity'
+	   AND NOT EXISTS (SELECT 1 FROM @extschema@.accounts x WHERE x.client_id = client_id AND x.realm = 'm365_activity'
+						  AND lower(x.name) = a.upn)
+	 ORDER BY a.upn;
+
+	INSERT INTO pg_temp.msp_load_events (line_no, realm, application, account_name, device_name, create_device, at,
+										 ended, source_event_id, session_key)
+	SELECT a.line_no, 'm365_activity', NULL, a.upn, NULL, false, d.at, NULL, a.upn || '|' || d.product || '|' || d.day, NULL
+	  FROM pg_temp.msp_act a JOIN pg_temp.msp_act_days d USING (line_no)
+	 WHERE a.class = 'activity';
+	SELECT * INTO loaded, duplicate FROM @extschema@.msp_load_normalized_guarded(client_id, source, $reject$
+		UPDATE pg_temp.msp_act SET class = 'reject:unloadable record: ' || $3 WHERE line_no = $2
+	$reject$);
+
+	CREATE TEMP TABLE msp_rej ON COMMIT DROP AS
+	SELECT a.line_no, a.raw, substr(a.class, 8) AS reason FROM pg_temp.msp_act a WHERE a.class LIKE 'reject:%';
+	rejected := @extschema@.msp_store_rejects(client_id, source);
+	SELECT count(*) INTO skipped FROM pg_temp.msp_act a WHERE a.class = 'skip';
+	DELETE FROM @extschema@.m365_activity_staging s WHERE s.client_id = client_id;
+	DROP TABLE pg_temp.msp_act, pg_temp.msp_act_days, pg_temp.msp_csv;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_load_m365_activity(bigint, text) IS
+	'loads a client''s staged Microsoft 365 active user detail report: each product''s last activity date becomes a logon of realm m365_activity (counted only where count_realms names it; loaded counts days per product)';
+
+-- Which client a vendor's company belongs to, for a record of a load:
+-- 'own' (this client, or the vendor is not mapped at all), 'other' (another
+-- client's: skipped), 'unknown' (rejected).
+CREATE FUNCTION @extschema@.msp_company_owner(for_client bigint, for_vendor text, companies text[]) RETURNS text
+LANGUAGE sql STABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, @extschema@, pg_temp
+RETURN CASE
+	WHEN NOT EXISTS (SELECT 1 FROM @extschema@.partner_companies p WHERE p.vendor = for_vendor) THEN 'own'
+	WHEN EXISTS (SELECT 1 FROM @extschema@.partner_companies p
+				  WHERE p.vendor = for_vendor AND p.client_id = for_client
+					AND lower(p.company) = ANY (ARRAY(SELECT lower(btrim(c)) FROM unnest(companies) c))) THEN 'own'
+	WHEN EXISTS (SELECT 1 FROM @extschema@.partner_companies p
+				  WHERE p.vendor = for_vendor
+					AND lower(p.company) = ANY (ARRAY(SELECT lower(btrim(c)) FROM unnest(companies) c))) THEN 'other'
+	ELSE 'unknown'
+END;
+COMMENT ON FUNCTION @extschema@.msp_company_owner(bigint, text, text[]) IS
+	'internal: own, other or unknown: whose a record''s company (any of its names or ids) is, by partner_companies';
+
+-- Pax8 subscriptions: the portal's CSV export or the partner API's
+-- subscription JSON (id, companyId, productId, quantity, partnerCost,
+-- price, billingTerm, status, startDate, endDate).  A snapshot of the day
+-- as_of; the Active subscriptions become the day's license_counts (source
+-- pax8): seats the sum of quantities, unit cost their weighted mean.
+CREATE FUNCTION @extschema@.msp_load_pax8_subscriptions(client_id bigint, as_of date DEFAULT NULL,
+														source text DEFAULT 'pax8',
+														OUT loaded bigint, OUT duplicate bigint,
+														OUT skipped bigint, OUT rejected bigint)
+LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER
+SET search_path = pg_catalog, @extschema@, pg_temp
+SET DateStyle = 'ISO, MDY'
+SET TimeZone = 'UTC'
+AS $$
+#variable_conflict use_variable
+DECLARE
+	day date;
+	json boolean;
+BEGIN
+	source := coalesce(source, 'pax8');
+	PERFORM @extschema@.msp_load_begin(client_id);
+	day := @extschema@.msp_snapshot_day(client_id, as_of);
+	-- JSON when the first non-empty line starts an object or array
+	json := (SELECT ltrim(s.raw, E' \t\ufeff') ~ '^[\[{]' FROM @extschema@.pax8_staging s
+			  WHERE s.client_id = client_id AND btrim(s.raw, E' \t\r\n') <> '' ORDER BY s.line_no LIMIT 1);
+	CREATE TEMP TABLE msp_pax8 (rec bigint, line_no bigint, ord bigint, raw text, id text, company text[], product text,
+								quantity text, cost text, price text, term text, status text, start_text text,
+								end_text text, class text, start_date date, end_date date) ON COMMIT DROP;
+	IF json THEN
+		PERFORM @extschema@.msp_stage_json(client_id, '@extschema@.pax8_staging');
+		INSERT INTO pg_temp.msp_pax8 (rec, line_no, ord, raw, id, company, product, quantity, cost, price, term, status,
+									  start_text, end_text, class)
+		SELECT j.rec, j.line_no, j.ord, j.raw, j.doc->>'id', ARRAY[j.doc->>'companyId', j.doc->>'companyName'],
+			   coalesce(j.doc->>'productName', j.doc->>'productId'), j.doc->>'quantity', j.doc->>'partnerCost',
+			   j.doc->>'price', j.doc->>'billingTerm', j.doc->>'status', j.doc->>'startDate', j.doc->>'endDate',
+			   CASE WHEN j.doc IS NULL THEN 'reject:not valid JSON'
+					WHEN jsonb_typeof(j.doc) <> 'object' THEN 'reject:not a JSON object' END
+		  FROM pg_temp.msp_json j;
+		DROP TABLE pg_temp.msp_json;
+	ELSIF json IS NOT NULL THEN
+		PERFORM @extschema@.msp_stage_csv(client_id, '@extschema@.pax8_staging', 'Quantity');
+		INSERT INTO pg_temp.msp_pax8 (rec, line_no, ord, raw, id, company, product, quantity, cost, price, term, status,
+									  start_text, end_text, class)
+		SELECT c.line_no, c.line_no, 0, c.raw,
+			   @extschema@.msp_csv_field(c.f, c.header, '{Subscription Id,Subscription ID,Id}'),
+			   ARRAY[@extschema@.msp_csv_field(c.f, c.header, '{Company,Company Name}'),
+					 @extschema@.msp_csv_field(c.f, c.header, '{Company Id,Company ID}')],
+			   @extschema@.msp_csv_field(c.f, c.header, '{Product,Product Name}'),
+			   @extschema@.msp_csv_field(c.f, c.header, '{Quantity}'),
+			   @extschema@.msp_csv_field(c.f, c.header, '{Partner Cost,Unit Cost,Cost}'),
+			   @extschema@.msp_csv_field(c.f, c.header, '{Price,Unit Price}'),
+			   @extschema@.msp_csv_field(c.f, c.header, '{Billing Term,Term}'),
+			   @extschema@.msp_csv_field(c.f, c.header, '{Status}'),
+			   @extschema@.msp_csv_field(c.f, c.header, '{Start Date}'),
+			   @extschema@.msp_csv_field(c.f, c.header, '{End Date}'),
+			   CASE WHEN c.f IS NULL THEN 'reject:not valid CSV'
+					WHEN c.header IS NULL THEN 'reject:no header with Quantity before it' END
+		  FROM pg_temp.msp_csv c;
+		DROP TABLE pg_temp.msp_csv;
+	END IF;
+	UPDATE pg_temp.msp_pax8 p
+	   SET class = CASE
+			   WHEN coalesce(btrim(p.product), '') = '' THEN 'reject:no product'
+			   WHEN btrim(p.quantity) !~ '^[0-9]{1,9}(\.0*)?$' THEN 'reject:invalid quantity'
+			   WHEN replace(btrim(p.cost), '$', '') !~ '^([0-9]{1,15}(\.[0-9]{1,10})?)?$' THEN 'reject:invalid partner cost'
+			   WHEN replace(btrim(p.price), '$', '') !~ '^([0-9]{1,15}(\.[0-9]{1,10})?)?$' THEN 'reject:invalid price'
+			   WHEN btrim(p.start_text) !~ '^([0-9]{4}-[0-9]{2}-[0-9]{2}.*)?$'
+					OR btrim(p.end_text) !~ '^([0-9]{4}-[0-9]{2}-[0-9]{2}.*)?$' THEN 'reject:invalid start or end date'
+			   WHEN length(p.id) > 255 OR length(p.product) > 255 OR length(p.term) > 255 OR length(p.status) > 255
+					OR EXISTS (SELECT 1 FROM unnest(p.company) c WHERE length(c) > 255) THEN 'reject:field too long'
+			   ELSE (SELECT CASE o WHEN 'own' THEN 'subscription' WHEN 'other' THEN 'skip'
+							  ELSE 'reject:unknown Pax8 company ' || coalesce(p.company[1], p.company[2], '(none)') END
+					   FROM @extschema@.msp_company_owner(client_id, 'pax8', p.company) o)
+		   END
+	 WHERE p.class IS NULL;
+	-- dates: the batch at once, per record only where one is not a date
+	PERFORM @extschema@.msp_load_guarded($step$
+		UPDATE pg_temp.msp_pax8 SET start_date = left(nullif(btrim(start_text), ''), 10)::date,
+									end_date = left(nullif(btrim(end_text), ''), 10)::date
+		 WHERE class = 'subscription' AND rec BETWEEN $2 AND $3
+	$step$, $reject$
+		UPDATE pg_temp.msp_pax8 SET class = 'reject:invalid start or end date' WHERE rec = $2
+	$reject$, client_id, (SELECT min(rec) FROM pg_temp.msp_pax8), (SELECT max(rec) FROM pg_temp.msp_pax8));
+
+	WITH sub AS (
+		SELECT DISTINCT ON (k.key) k.key, p.*
+		  FROM pg_temp.msp_pax8 p,
+			   -- without an id (some CSV exports), the record is its own key
+			   LATERAL (SELECT coalesce(nullif(btrim(p.id), ''),
+										md5(concat_ws('|', p.company[1], p.company[2], p.product, p.term, p.start_text, p.status)))
+						AS key) k
+		 WHERE p.class = 'subscription'
+		 ORDER BY k.key, p.line_no DESC, p.ord DESC),
+	up AS (
+		INSERT INTO @extschema@.pax8_subscriptions AS x (client_id, as_of, subscription_id, company, product, quantity,
+														 unit_cost, unit_price, billing_term, status, start_date,
+														 end_date, source)
+		SELECT client_id, day, s.key, coalesce(s.company[1], s.company[2]), @extschema@.msp_license_product(s.product),
+			   btrim(s.quantity)::numeric::integer, nullif(replace(btrim(s.cost), '$', ''), '')::numeric,
+			   nullif(replace(btrim(s.price), '$', ''), '')::numeric, s.term, s.status, s.start_date, s.end_date, source
+		  FROM sub s
+		ON CONFLICT ON CONSTRAINT pax8_subscriptions_pkey DO UPDATE
+		   SET company = excluded.company, product = excluded.product, quantity = excluded.quantity,
+			   unit_cost = excluded.unit_cost, unit_price = excluded.unit_price, billing_term = excluded.billing_term,
+			   status = excluded.status, start_date = excluded.start_date, end_date = excluded.end_date,
+			   source = excluded.source
+		 WHERE (x.company, x.product, x.quantity, x.unit_cost, x.unit_price, x.billing_term, x.status, x.start_date, x.end_date)
+			   IS DISTINCT FROM (excluded.company, excluded.product, excluded.quantity, excluded.unit_cost,
+								 excluded.unit_price, excluded.billing_term, excluded.status, excluded.start_date,
+								 excluded.end_date)
+		RETURNING 1)
+	SELECT count(*) INTO loaded FROM up;
+	duplicate := (SELECT count(*) FROM pg_temp.msp_pax8 p WHERE p.class = 'subscription') - loaded;
+
+	-- the day's seats per product, from every Active subscription of the day
+	DELETE FROM @extschema@.license_counts lc WHERE lc.client_id = client_id AND lc.source = source AND lc.as_of = day;
+	INSERT INTO @extschema@.license_counts (client_id, sku, seats, unit_cost, source, as_of)
+	SELECT client_id, x.product, sum(x.quantity),
+		   CASE WHEN sum(x.quantity) > 0 AND count(x.unit_cost) = count(*)
+				THEN trim_scale(sum(x.quantity * x.unit_cost) / sum(x.quantity)) END,
+		   source, day
+	  FROM @extschema@.pax8_subscriptions x
+	 WHERE x.client_id = client_id AND x.as_of = day AND lower(x.status) = 'active'
+	 GROUP BY x.product;
+
+	CREATE TEMP TABLE msp_rej ON COMMIT DROP AS
+	SELECT p.line_no, p.raw, substr(p.class, 8) AS reason FROM pg_temp.msp_pax8 p WHERE p.class LIKE 'reject:%';
+	rejected := @extschema@.msp_store_rejects(client_id, source);
+	SELECT count(*) INTO skipped FROM pg_temp.msp_pax8 p WHERE p.class = 'skip';
+	DELETE FROM @extschema@.pax8_staging s WHERE s.client_id = client_id;
+	DROP TABLE pg_temp.msp_pax8;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_load_pax8_subscriptions(bigint, date, text) IS
+	'loads a client''s staged Pax8 subscriptions (portal CSV or partner-API JSON) as the day''s subscriptions; the Active ones become license_counts (source pax8)';
+
+-- Tickets not yet matched to a person: by psa_contacts (id or e-mail),
+-- else by e-mail as the UPN of an individual Microsoft 365 account, else
+-- by e-mail in person_identities; each matched ticket becomes a support
+-- contact.  Returns how many tickets were matched.
+CREATE FUNCTION @extschema@.msp_match_psa_tickets(client_id bigint) RETURNS bigint
+LANGUAGE plpgsql VOLATILE STRICT
+SECURITY DEFINER
+SET search_path = pg_catalog, @extschema@, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	n bigint;
+BEGIN
+	PERFORM pg_advisory_xact_lock(hashtext('mspbill.load'), hashtext(client_id::text));
+	UPDATE @extschema@.psa_tickets t
+	   SET person_id = coalesce(
+			   (SELECT c.person_id FROM @extschema@.psa_contacts c
+				 WHERE c.client_id = client_id AND c.psa = t.psa AND lower(c.contact) = t.contact),
+			   (SELECT a.person_id FROM @extschema@.accounts a
+				 WHERE a.client_id = client_id AND a.realm = 'm365' AND a.kind = 'individual' AND lower(a.name) = t.contact),
+			   (SELECT min(i.person_id) FROM @extschema@.person_identities i
+				 WHERE i.client_id = client_id AND lower(i.email) = t.contact))
+	 WHERE t.client_id = client_id AND t.person_id IS NULL AND t.contact IS NOT NULL;
+	PERFORM setval(pg_get_serial_sequence('@extschema@.support_contacts', 'contact_id'), m.id)
+	   FROM (SELECT max(s.contact_id) AS id FROM @extschema@.support_contacts s WHERE s.client_id = client_id) m
+	  WHERE m.id > coalesce(pg_sequence_last_value(pg_get_serial_sequence('@extschema@.support_contacts', 'contact_id')), 0);
+	WITH t AS (
+		UPDATE @extschema@.psa_tickets t
+		   SET contact_id = nextval(pg_get_serial_sequence('@extschema@.support_contacts', 'contact_id'))
+		 WHERE t.client_id = client_id AND t.person_id IS NOT NULL AND t.contact_id IS NULL
+		RETURNING t.contact_id, t.person_id, t.at, t.channel),
+	ins AS (
+		INSERT INTO @extschema@.support_contacts (client_id, contact_id, person_id, at, channel)
+		SELECT client_id, t.contact_id, t.person_id, t.at, t.channel FROM t
+		RETURNING 1)
+	SELECT count(*) INTO n FROM ins;
+	RETURN n;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_match_psa_tickets(bigint) IS
+	'matches a client''s unmatched PSA tickets to people (psa_contacts, Microsoft 365 UPN, person_identities e-mail) and makes each a support contact; run again after adding mappings';
+
+-- PSA tickets, as the PSA's API returns them (a bare array, a page
+-- envelope, or JSON lines):
+--   connectwise  id, _info.dateEntered, company.identifier/name/id,
+--                contactEmailAddress, contact.id, board.name, source.name
+--   autotask     id, createDate, companyID, contactID, queueID, source
+--   halo         id, dateoccurred, client_id/client_name, user_id, team
+-- A time without a zone is UTC (the APIs write UTC).
+CREATE FUNCTION @extschema@.msp_load_psa_tickets(client_id bigint, psa text, source text DEFAULT NULL,
+												 OUT loaded bigint, OUT duplicate bigint, OUT skipped bigint,
+												 OUT rejected bigint, OUT unmatched bigint)
+LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER
+SET search_path = pg_catalog, @extschema@, pg_temp
+SET DateStyle = 'ISO, MDY'
+SET timezone_abbreviations = 'Default'
+SET TimeZone = 'UTC'
+AS $$
+#variable_conflict use_variable
+BEGIN
+	IF psa IS NULL OR psa NOT IN ('connectwise', 'autotask', 'halo') THEN
+		RAISE EXCEPTION 'unknown PSA %', coalesce(quote_literal(psa), 'NULL')
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'The ticket loader reads the API JSON of ConnectWise PSA, Autotask and HaloPSA.',
+				  HINT = 'Pass psa => ''connectwise'', ''autotask'' or ''halo''.';
+	END IF;
+	source := coalesce(source, psa);
+	PERFORM @extschema@.msp_load_begin(client_id);
+	PERFORM @extschema@.msp_stage_json(client_id, '@extschema@.psa_ticket_staging');
+	CREATE TEMP TABLE msp_tix ON COMMIT DROP AS
+	SELECT j.rec, j.line_no, j.ord, j.raw, j.doc, f.*, NULL::text AS class, NULL::timestamptz AS at
+	  FROM pg_temp.msp_json j
+	  LEFT JOIN LATERAL (
+			SELECT j.doc->>'id' AS id,
+				   CASE psa WHEN 'connectwise' THEN coalesce(j.doc->'_info'->>'dateEntered', j.doc->>'dateEntered')
+							WHEN 'autotask' THEN j.doc->>'createDate'
+							ELSE j.doc->>'dateoccurred' END AS at_text,
+				   CASE psa WHEN 'connectwise' THEN ARRAY[j.doc->'company'->>'identifier', j.doc->'company'->>'name',
+														  j.doc->'company'->>'id']
+							WHEN 'autotask' THEN ARRAY[j.doc->>'companyID']
+							ELSE ARRAY[j.doc->>'client_name', j.doc->>'client_id'] END AS company,
+				   lower(btrim(CASE psa WHEN 'connectwise'
+										THEN coalesce(nullif(btrim(j.doc->>'contactEmailAddress'), ''), j.doc->'contact'->>'id')
+										WHEN 'autotask' THEN j.doc->>'contactID'
+										ELSE j.doc->>'user_id' END)) AS contact,
+				   CASE psa WHEN 'connectwise' THEN j.doc->'board'->>'name'
+							WHEN 'autotask' THEN j.doc->>'queueID'
+							ELSE j.doc->>'team' END AS board,
+				   coalesce(lower(CASE psa WHEN 'connectwise' THEN j.doc->'source'->>'name' END), 'ticket') AS channel
+			 WHERE jsonb_typeof(j.doc) = 'object') f ON true;
+	UPDATE pg_temp.msp_tix t
+	   SET class = CASE
+			   WHEN t.doc IS NULL THEN 'reject:not valid JSON'
+			   WHEN jsonb_typeof(t.doc) <> 'object' THEN 'reject:not a JSON object'
+			   WHEN coalesce(btrim(t.id), '') = '' THEN 'reject:no id'
+			   WHEN coalesce(btrim(t.at_text), '') = '' THEN 'reject:no date entered'
+			   WHEN length(t.id) > 255 OR length(t.contact) > 255 OR length(t.board) > 255 OR length(t.channel) > 255
+					OR EXISTS (SELECT 1 FROM unnest(t.company) c WHERE length(c) > 255) THEN 'reject:field too long'
+			   ELSE (SELECT CASE o WHEN 'own' THEN 'ticket' WHEN 'other' THEN 'skip'
+							  ELSE 'reject:unknown ' || psa || ' company '
+								   || coalesce((SELECT c FROM unnest(t.company) c WHERE c IS NOT NULL LIMIT 1), '(none)') END
+					   FROM @extschema@.msp_company_owner(client_id, psa, t.company) o)
+		   END;
+	PERFORM @extschema@.msp_load_guarded($step$
+		UPDATE pg_temp.msp_tix SET at = at_text::timestamptz
+		 WHERE class = 'ticket' AND rec BETWEEN $2 AND $3
+	$step$, $reject$
+		UPDATE pg_temp.msp_tix SET class = 'reject:invalid date entered' WHERE rec = $2 AND class = 'ticket'
+	$reject$, client_id, (SELECT min(rec) FROM pg_temp.msp_tix), (SELECT max(rec) FROM pg_temp.msp_tix));
+	UPDATE pg_temp.msp_tix
+	   SET class = 'reject:invalid date entered' || coalesce(': ' || @extschema@.msp_implausible_time(at_text, at), '')
+	 WHERE class = 'ticket' AND (at IS NULL OR @extschema@.msp_implausible_time(at_text, at) IS NOT NULL);
+
+	-- a ticket loads once per client and PSA (first record of a load wins)
+	WITH ins AS (
+		INSERT INTO @extschema@.psa_tickets (client_id, psa, ticket_id, at, company, contact, board, channel)
+		SELECT DISTINCT ON (btrim(t.id)) client_id, psa, btrim(t.id), t.at,
+			   (SELECT c FROM unnest(t.company) c WHERE c IS NOT NULL LIMIT 1), t.contact, t.board, t.channel
+		  FROM pg_temp.msp_tix t WHERE t.class = 'ticket'
+		 ORDER BY btrim(t.id), t.line_no, t.ord
+		ON CONFLICT ON CONSTRAINT psa_tickets_pkey DO NOTHING
+		RETURNING 1)
+	SELECT count(*) INTO loaded FROM ins;
+	duplicate := (SELECT count(*) FROM pg_temp.msp_tix t WHERE t.class = 'ticket') - loaded;
+	PERFORM @extschema@.msp_match_psa_tickets(client_id);
+	SELECT count(*) INTO unmatched FROM @extschema@.psa_tickets t
+	 WHERE t.client_id = client_id AND t.psa = psa AND t.person_id IS NULL;
+
+	CREATE TEMP TABLE msp_rej ON COMMIT DROP AS
+	SELECT t.line_no, t.raw, substr(t.class, 8) AS reason FROM pg_temp.msp_tix t WHERE t.class LIKE 'reject:%';
+	rejected := @extschema@.msp_store_rejects(client_id, source);
+	SELECT count(*) INTO skipped FROM pg_temp.msp_tix t WHERE t.class = 'skip';
+	DELETE FROM @extschema@.psa_ticket_staging s WHERE s.client_id = client_id;
+	DROP TABLE pg_temp.msp_tix, pg_temp.msp_json;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_load_psa_tickets(bigint, text, text) IS
+	'loads a client''s staged PSA tickets (psa: connectwise, autotask or halo); matched contacts become support contacts, unknown ones stay in psa_tickets (psa_unknown_contacts); unmatched counts the PSA''s tickets still without a person';
+
+-- Tickets whose contact is nobody yet, per contact: the e-mail or id to
+-- members of mspbill_pii, a ticket reference to others.
+CREATE VIEW @extschema@.psa_unknown_contacts WITH (security_barrier) AS
+SELECT t.client_id, t.psa,
+	   CASE WHEN @extschema@.msp_sees_names() THEN coalesce(t.contact, '(no contact)')
+			ELSE t.psa || ' contact of ticket ' || min(t.ticket_id) END AS contact,
+	   count(*)::integer AS tickets, min(t.at) AS first_ticket, max(t.at) AS last_ticket
+  FROM @extschema@.psa_tickets t
+ WHERE t.person_id IS NULL AND @extschema@.msp_can_see_client(t.client_id)
+ GROUP BY t.client_id, t.psa, t.contact;
+COMMENT ON VIEW @extschema@.psa_unknown_contacts IS
+	'PSA contacts whose tickets match no person yet, with how many tickets: map them in psa_contacts (or as a Microsoft 365 UPN), then msp_match_psa_tickets()';
+
+-- The licence gaps of a client in a period, person by person and seat by
+-- seat, as of the latest licence snapshot before the period ends (none
+-- without one): seats paid but unassigned, seats held by people not
+-- active (or accounts of nobody), active people without a seat of the
+-- contract's product, and, where the contract licenses rooms, rooms in use
+-- without a licence and room licences on rooms no longer used.  A room's
+-- licence is the shared Microsoft 365 account named like the room's
+-- shared logon account (or1@clinic.example for CLINIC\OR1 or OR1).  Each
+-- gap is priced at the product's unit cost (license_counts), rounded to
+-- the client's minor unit.
+-- Citus: PL/pgSQL, every table filtered by client_id = $1.
+CREATE FUNCTION @extschema@.msp_license_gaps(client_id bigint, period daterange DEFAULT NULL)
+RETURNS TABLE (category text, sku text, subject text, quantity numeric, amount numeric, note text)
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	c clients;
+	k contracts;
+	lp license_policies;
+	snap date;
+	t0 timestamptz;
+	t1 timestamptz;
+	active_ids bigint[];
+	main text;
+BEGIN
+	period := msp_period(client_id, period);
+	SELECT * INTO c FROM clients WHERE clients.client_id = client_id;
+	SELECT * INTO k FROM contracts WHERE contracts.client_id = client_id AND contracts.effective @> (upper(period) - 1);
+	SELECT * INTO lp FROM license_policies x WHERE x.client_id = client_id AND x.contract_id = k.contract_id;
+	lp.licensed_rooms := coalesce(lp.licensed_rooms, false);
+	snap := (SELECT max(x.as_of) FROM m365_license_assignments x WHERE x.client_id = client_id AND x.as_of < upper(period));
+	IF snap IS NULL THEN
+		RETURN;
+	END IF;
+	t0 := lower(period)::timestamp AT TIME ZONE c.time_zone;
+	t1 := upper(period)::timestamp AT TIME ZONE c.time_zone;
+	active_ids := ARRAY(SELECT DISTINCT u.person_id FROM msp_billable_users(client_id, period) u
+						 WHERE u.home_client_id = client_id);
+	-- the product the rule licenses: the contract's, else the most bought, else the most assigned
+	main := coalesce(lp.license_product,
+					 (SELECT p.product
+						FROM (SELECT lc.sku AS product, lc.seats AS bought, 0 AS held
+								FROM (SELECT DISTINCT ON (x.sku) x.* FROM license_counts x
+									   WHERE x.client_id = client_id AND x.as_of < upper(period)
+									   ORDER BY x.sku, x.as_of DESC, x.source) lc
+							  UNION ALL
+							  SELECT x.product, 0, 1 FROM m365_license_assignments x
+							   WHERE x.client_id = client_id AND x.as_of = snap) p
+					   GROUP BY p.product ORDER BY sum(p.bought) DESC, sum(p.held) DESC, p.product LIMIT 1));
+	RETURN QUERY
+	WITH counts AS (
+		SELECT DISTINCT ON (x.sku) x.sku AS product, x.seats, x.unit_cost
+		  FROM license_counts x
+		 WHERE x.client_id = client_id AND x.as_of < upper(period)
+		 ORDER BY x.sku, x.as_of DESC, x.source),
+	held AS (
+		SELECT x.product, x.account_id, a.kind, a.person_id, l.label AS name,
+			   coalesce(pe.pseudonym, l.label) AS label
+		  FROM m365_license_assignments x
+		  JOIN accounts a ON a.client_id = client_id AND a.account_id = x.account_id
+		  LEFT JOIN account_labels l ON l.client_id = client_id AND l.account_id = x.account_id
+		  LEFT JOIN people pe ON pe.client_id = client_id AND pe.person_id = a.person_id
+		 WHERE x.client_id = client_id AND x.as_of = snap),
+	rooms AS (
+		-- account_labels shows shared accounts' names to every reader
+		SELECT DISTINCT lower(regexp_replace(l.label, '^.*\\', '')) AS stem, l.label AS name
+		  FROM accounts a JOIN account_labels l ON l.client_id = client_id AND l.account_id = a.account_id
+		 WHERE a.client_id = client_id AND a.realm = 'os' AND a.kind = 'shared' AND NOT a.is_machine
+		   AND EXISTS (SELECT 1 FROM logons g WHERE g.client_id = client_id AND g.account_id = a.account_id
+						  AND g.at >= t0 AND g.at < t1 AND g.presence)),
+	room_licences AS (
+		SELECT h.*, lower(split_part(h.name, '@', 1)) AS stem,
+			   EXISTS (SELECT 1 FROM logons g WHERE g.client_id = client_id AND g.account_id = h.account_id
+						  AND g.at >= t0 AND g.at < t1 AND g.presence) AS signed_in
+		  FROM held h WHERE h.kind = 'shared' AND h.product = main AND lp.licensed_rooms),
+	gaps AS (
+		SELECT 1 AS o, 'seats_unassigned' AS category, n.product, NULL::text AS subject,
+			   (n.seats - coalesce(h.n, 0))::numeric AS quantity,
+			   msp_round((n.seats - coalesce(h.n, 0)) * n.unit_cost, c.minor_unit) AS amount,
+			   format('%s seats of %s bought, %s assigned: paid but unassigned.', n.seats, n.product, coalesce(h.n, 0)) AS note
+		  FROM counts n
+		  LEFT JOIN (SELECT h.product, count(DISTINCT h.account_id) AS n FROM held h GROUP BY h.product) h USING (product)
+		 WHERE n.seats > coalesce(h.n, 0)
+		UNION ALL
+		SELECT 2, 'assigned_inactive', h.product, h.label, 1,
+			   msp_round(n.unit_cost, c.minor_unit),
+			   CASE WHEN h.kind = 'individual' THEN 'Holds a seat but was not active in the period: reclaim it.'
+					WHEN h.kind = 'shared' THEN 'A shared account holds a seat the contract''s rule does not give: reclaim it.'
+					ELSE 'Holds a seat but is mapped to nobody: map the account, or reclaim the seat.' END
+		  FROM held h LEFT JOIN counts n USING (product)
+		 WHERE (h.kind = 'individual' AND NOT h.person_id = ANY (active_ids))
+			OR h.kind IN ('unknown', 'service')
+			OR (h.kind = 'shared' AND NOT (lp.licensed_rooms AND h.product = main))
+		UNION ALL
+		SELECT 3, 'active_without_seat', main, pe.pseudonym, 1, msp_round(main_n.unit_cost, c.minor_unit),
+			   format('Active in the period but holds no %s seat: assign one.', main)
+		  FROM people pe
+		  LEFT JOIN counts main_n ON main_n.product = main
+		 WHERE pe.client_id = client_id AND pe.person_id = ANY (active_ids)
+		   AND NOT EXISTS (SELECT 1 FROM held h WHERE h.person_id = pe.person_id AND h.kind = 'individual'
+							  AND h.product = main)
+		UNION ALL
+		SELECT 4, 'room_unlicensed', main, r.name, 1, msp_round(main_n.unit_cost, c.minor_unit),
+			   format('A shared room account in use without a %s licence: the contract licenses rooms.', main)
+		  FROM rooms r
+		  LEFT JOIN counts main_n ON main_n.product = main
+		 WHERE lp.licensed_rooms AND NOT EXISTS (SELECT 1 FROM room_licences rl WHERE rl.stem = r.stem)
+		UNION ALL
+		SELECT 5, 'room_licence_unused', main, rl.name, 1, msp_round(main_n.unit_cost, c.minor_unit),
+			   'A room licence on a room not used in the period: reclaim it.'
+		  FROM room_licences rl
+		  LEFT JOIN counts main_n ON main_n.product = main
+		 WHERE NOT rl.signed_in AND NOT EXISTS (SELECT 1 FROM rooms r WHERE r.stem = rl.stem))
+	SELECT g.category, g.product, g.subject, g.quantity, g.amount, g.note
+	  FROM gaps g ORDER BY g.o, g.product, g.subject;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_license_gaps(bigint, daterange) IS
+	'licence gaps as of the latest snapshot before the period ends, by name and product, each priced at the unit cost: seats_unassigned, assigned_inactive, active_without_seat, room_unlicensed, room_licence_unused';
+
+-- The daily sync's answer per product: seats bought (license_counts,
+-- Pax8's when loaded), assigned (the latest snapshot), people active,
+-- rooms in use, licences needed, users billed, the count and money of
+-- each gap, and what to do, in a sentence.
+-- Citus: PL/pgSQL, every table filtered by client_id = $1.
+CREATE FUNCTION @extschema@.msp_license_sync(client_id bigint, period daterange DEFAULT NULL)
+RETURNS TABLE (product text, seats_bought integer, unit_cost numeric, seats_assigned integer, people_active integer,
+			   rooms_in_use integer, licences_needed integer, users_billed integer,
+			   unassigned_seats integer, unassigned_cost numeric, assigned_inactive integer,
+			   assigned_inactive_cost numeric, active_without_seat integer, active_without_seat_cost numeric,
+			   active_not_billed integer, active_not_billed_amount numeric, advice text)
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	c clients;
+	k contracts;
+	fin invoices;
+	snap date;
+	t0 timestamptz;
+	t1 timestamptz;
+	own integer;
+	active integer;
+	billed integer;
+	rooms integer;
+	gaps jsonb;
+	main text;
+	lp license_policies;
+BEGIN
+	period := msp_period(client_id, period);
+	SELECT * INTO c FROM clients WHERE clients.client_id = client_id;
+	SELECT * INTO k FROM contracts WHERE contracts.client_id = client_id AND contracts.effective @> (upper(period) - 1);
+	SELECT * INTO lp FROM license_policies x WHERE x.client_id = client_id AND x.contract_id = k.contract_id;
+	lp.licensed_rooms := coalesce(lp.licensed_rooms, false);
+	snap := (SELECT max(x.as_of) FROM m365_license_assignments x WHERE x.client_id = client_id AND x.as_of < upper(period));
+	t0 := lower(period)::timestamp AT TIME ZONE c.time_zone;
+	t1 := upper(period)::timestamp AT TIME ZONE c.time_zone;
+	own := (SELECT count(DISTINCT u.person_id) FROM msp_billable_users(client_id, period) u
+			 WHERE u.home_client_id = client_id);
+	active := (SELECT count(DISTINCT (u.home_client_id, u.person_id)) FROM msp_billable_users(client_id, period) u);
+	-- billed as msp_reconcile_licenses counts it: everyone in a preview, the
+	-- evidence of the invoice and its adjustments once finalized
+	fin := msp_finalized_invoice(client_id, period);
+	IF fin.invoice_id IS NULL THEN
+		billed := active;
+	ELSE
+		billed := (SELECT count(*) FROM (
+					 SELECT DISTINCT coalesce((e->>'home_client_id')::bigint, i.client_id), (e->>'person_id')::bigint
+					   FROM invoices i, jsonb_array_elements(i.evidence) e
+					  WHERE i.client_id = client_id
+						AND (i.invoice_id = fin.invoice_id OR i.adjusts_invoice_id = fin.invoice_id)
+					 INTERSECT
+					 SELECT u.home_client_id, u.person_id FROM msp_billable_users(client_id, period) u) b);
+	END IF;
+	rooms := (SELECT count(*) FROM accounts a
+			   WHERE a.client_id = client_id AND a.realm = 'os' AND a.kind = 'shared' AND NOT a.is_machine
+				 AND EXISTS (SELECT 1 FROM logons g WHERE g.client_id = client_id AND g.account_id = a.account_id
+								AND g.at >= t0 AND g.at < t1 AND g.presence));
+	gaps := coalesce((SELECT jsonb_agg(to_jsonb(g)) FROM msp_license_gaps(client_id, period) g), '[]');
+	-- the rule's product is the one active_without_seat names, else as msp_license_gaps chooses it
+	main := coalesce(lp.license_product,
+					 (SELECT e->>'sku' FROM jsonb_array_elements(gaps) e
+					   WHERE e->>'category' IN ('active_without_seat', 'room_unlicensed', 'room_licence_unused') LIMIT 1),
+					 (SELECT p.product
+						FROM (SELECT lc.sku AS product, lc.seats AS bought, 0 AS held
+								FROM (SELECT DISTINCT ON (x.sku) x.* FROM license_counts x
+									   WHERE x.client_id = client_id AND x.as_of < upper(period)
+									   ORDER BY x.sku, x.as_of DESC, x.source) lc
+							  UNION ALL
+							  SELECT x.product, 0, 1 FROM m365_license_assignments x
+							   WHERE x.client_id = client_id AND x.as_of = snap) p
+					   GROUP BY p.product ORDER BY sum(p.bought) DESC, sum(p.held) DESC, p.product LIMIT 1));
+	RETURN QUERY
+	WITH counts AS (
+		SELECT DISTINCT ON (x.sku) x.sku AS product, x.seats, x.unit_cost
+		  FROM license_counts x
+		 WHERE x.client_id = client_id AND x.as_of < upper(period)
+		 ORDER BY x.sku, x.as_of DESC, x.source),
+	held AS (
+		SELECT x.product, count(DISTINCT x.account_id)::integer AS n
+		  FROM m365_license_assignments x
+		 WHERE x.client_id = client_id AND x.as_of = snap
+		 GROUP BY x.product),
+	g AS (
+		SELECT e->>'category' AS category, e->>'sku' AS product, (e->>'quantity')::numeric AS quantity,
+			   (e->>'amount')::numeric AS amount, e->>'subject' AS subject
+		  FROM jsonb_array_elements(gaps) e),
+	p AS (
+		SELECT coalesce(n.product, h.product) AS product, coalesce(n.seats, 0) AS bought, n.unit_cost,
+			   coalesce(h.n, 0) AS assigned, coalesce(n.product, h.product) = main AS is_main
+		  FROM counts n FULL JOIN held h USING (product)),
+	r AS (
+		SELECT p.*,
+			   CASE WHEN p.is_main THEN own END AS people,
+			   CASE WHEN p.is_main AND lp.licensed_rooms THEN rooms END AS rooms_used,
+			   CASE WHEN p.is_main THEN own + CASE WHEN lp.licensed_rooms THEN rooms ELSE 0 END END AS needed,
+			   greatest(p.bought - p.assigned, 0) AS unassigned,
+			   (SELECT coalesce(sum(g.amount), 0) FROM g WHERE g.product = p.product AND g.category = 'seats_unassigned') AS unassigned_cost,
+			   (SELECT count(*)::integer FROM g WHERE g.product = p.product
+				   AND g.category IN ('assigned_inactive', 'room_licence_unused')) AS inactive,
+			   (SELECT coalesce(sum(g.amount), 0) FROM g WHERE g.product = p.product
+				   AND g.category IN ('assigned_inactive', 'room_licence_unused')) AS inactive_cost,
+			   (SELECT string_agg(g.subject, ', ' ORDER BY g.subject) FROM g WHERE g.product = p.product
+				   AND g.category IN ('assigned_inactive', 'room_licence_unused')) AS inactive_names,
+			   CASE WHEN p.is_main THEN (SELECT count(*)::integer FROM g WHERE g.product = p.product
+										 AND g.category IN ('active_without_seat', 'room_unlicensed')) END AS without,
+			   CASE WHEN p.is_main THEN (SELECT coalesce(sum(g.amount), 0) FROM g WHERE g.product = p.product
+										 AND g.category IN ('active_without_seat', 'room_unlicensed')) END AS without_cost,
+			   CASE WHEN p.is_main THEN greatest(active - billed, 0) END AS unbilled
+		  FROM p)
+	SELECT r.product, r.bought, r.unit_cost, r.assigned, r.people, r.rooms_used, r.needed,
+		   CASE WHEN r.is_main THEN billed END,
+		   r.unassigned, r.unassigned_cost, r.inactive, r.inactive_cost, r.without, r.without_cost, r.unbilled,
+		   CASE WHEN r.is_main AND k.model IN ('per_user', 'per_user_plus_support')
+				THEN msp_round(r.unbilled * k.price_per_user, c.minor_unit) END,
+		   CASE WHEN r.is_main THEN
+				format('Pax8 bills you for %s %s seats; %s are assigned; %s people were active%s; %s are billed: %s, %s%s, %s.',
+					   r.bought, r.product, r.assigned, r.people,
+					   CASE WHEN lp.licensed_rooms THEN format(' and %s rooms in use', r.rooms_used) ELSE '' END, billed,
+					   CASE WHEN r.needed > r.bought
+							THEN format('buy %s seats (%s %s)', r.needed - r.bought,
+										msp_round((r.needed - r.bought) * r.unit_cost, c.minor_unit), c.currency)
+							WHEN r.bought > r.needed
+							THEN format('cancel %s seats (%s %s)', r.bought - r.needed,
+										msp_round((r.bought - r.needed) * r.unit_cost, c.minor_unit), c.currency)
+							ELSE 'buy none' END,
+					   CASE WHEN r.inactive > 0 THEN format('reclaim %s (%s)', r.inactive, r.inactive_names)
+							ELSE 'reclaim none' END,
+					   CASE WHEN r.without > 0 THEN format(', assign %s', r.without) ELSE '' END,
+					   CASE WHEN r.unbilled > 0 THEN format('bill %s more', r.unbilled) ELSE 'bill as is' END)
+				ELSE
+				format('Pax8 bills you for %s %s seats; %s are assigned: %s, %s.',
+					   r.bought, r.product, r.assigned,
+					   CASE WHEN r.unassigned > 0
+							THEN format('cancel %s unassigned (%s %s)', r.unassigned, r.unassigned_cost, c.currency)
+							ELSE 'cancel none' END,
+					   CASE WHEN r.inactive > 0 THEN format('reclaim %s (%s)', r.inactive, r.inactive_names)
+							ELSE 'reclaim none' END)
+		   END
+	  FROM r
+	 ORDER BY NOT r.is_main, r.product;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_license_sync(bigint, daterange) IS
+	'the daily licence sync per product: seats bought (Pax8), assigned (Microsoft 365), people active, rooms in use, licences needed, users billed, the money in each gap and what to do';
