@@ -99,10 +99,12 @@ DECLARE
 	-- the small shared tables: invoice_numbering is the MSP's one number
 	-- series, whose row each finalization locks wherever it runs (Citus
 	-- writes a reference table on every node in one transaction and
-	-- serializes its writers cluster-wide), export_codes the MSP's books
-	-- sister_clients the pairs of clients whose invoices read each other's
-	-- people, so that an invoice finds them on its own node
-	ref_tables text[] := '{clients,bi_client_access,invoice_numbering,export_codes,sister_clients}';
+	-- serializes its writers cluster-wide), export_codes the MSP's books,
+	-- license_product_names the licences' spellings, partner_companies the
+	-- vendors' company names (unique across clients), sister_clients the
+	-- pairs of clients whose invoices read each other's people (so that an
+	-- invoice finds them on its own node)
+	ref_tables text[] := '{clients,bi_client_access,invoice_numbering,export_codes,license_product_names,partner_companies,sister_clients}';
 	-- the first distributed table names the co-location group of all
 	anchor regclass := '@extschema@.contracts'::regclass;
 	todo regclass[];
@@ -207,6 +209,20 @@ BEGIN
 		PERFORM @extschema@.msp_on_all_nodes(format('DROP TRIGGER %I ON %s', s.tgname, s.rel));
 	END LOOP;
 
+	-- Foreign keys that set a column NULL when their row goes (a PSA
+	-- ticket's person): Citus refuses SET NULL on a key that includes
+	-- client_id, so on Citus such a delete is refused instead (clear the
+	-- column first)
+	FOR s IN
+		SELECT k.conrelid::regclass AS rel, k.conname, pg_get_constraintdef(k.oid) AS def
+		  FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid
+		 WHERE c.relnamespace = '@extschema@'::regnamespace AND k.contype = 'f' AND k.confdeltype IN ('n', 'd')
+	LOOP
+		PERFORM @extschema@.msp_on_all_nodes(format('ALTER TABLE %s DROP CONSTRAINT %I, ADD CONSTRAINT %I %s',
+													s.rel, s.conname, s.conname,
+													regexp_replace(s.def, ' ON DELETE SET (NULL|DEFAULT)( \([^)]*\))?', '')));
+	END LOOP;
+
 	-- Sister clients: every pair people name now, then a foreign key in
 	-- place of the trigger that kept the table (dropped above)
 	IF NOT @extschema@.msp_is_distributed('@extschema@.people') THEN
@@ -299,7 +315,7 @@ COMMENT ON FUNCTION @extschema@.msp_distribute(integer) IS
 -- delegated function of msp_distribute(), so that Citus lets the call,
 -- made over its own connection, query the shards.
 CREATE FUNCTION @extschema@.msp_shard_invoices(client_id bigint, period daterange) RETURNS jsonb
-LANGUAGE plpgsql STABLE
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED
 SET search_path = @extschema@, pg_catalog, pg_temp
 AS $$
 #variable_conflict use_variable

@@ -230,9 +230,8 @@ COMMENT ON FUNCTION @extschema@.msp_compare_models(bigint, daterange) IS
 -- as it stops a single invoice.
 CREATE FUNCTION @extschema@.msp_invoices(period daterange DEFAULT NULL)
 RETURNS SETOF @extschema@.invoice
--- VOLATILE: on Citus the workers read in connections of their own, not in
--- the caller's snapshot
-LANGUAGE plpgsql VOLATILE
+-- (PARALLEL RESTRICTED: on Citus it opens connections to the workers)
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED
 SET search_path = @extschema@, pg_catalog, pg_temp
 AS $$
 DECLARE

@@ -50,7 +50,9 @@ INSERT INTO writers VALUES
 	-- contract lines: the trigger that refuses lines a contract would not price
 	('msp_check_contract_line'),
 	-- Citus: distributes the tables and changes them on every node
-	('msp_distribute'), ('msp_on_all_nodes');
+	('msp_distribute'), ('msp_on_all_nodes'),
+	-- sister clients: the trigger of people records the pairs
+	('msp_note_sister_client');
 
 -- not STRICT, deliberately
 CREATE TEMP TABLE nonstrict_ok (proname name PRIMARY KEY, why text NOT NULL);
@@ -70,7 +72,9 @@ INSERT INTO nonstrict_ok VALUES
 	('msp_pii_audit_figures', 'a NULL period is the last full month, as in msp_pii_audit_summary'),
 
 	('msp_csv_field', 'inlined into the loaders'' queries (a STRICT SQL function is not); a NULL record or header gives NULL anyway'),
-	('msp_snapshot_day', 'a NULL day means the client''s today');
+	('msp_snapshot_day', 'a NULL day means the client''s today'),
+	('msp_invoices', 'a NULL period is each client''s last full month, as in msp_invoice'),
+	('msp_shard_invoices', 'a NULL period is each client''s last full month, as in msp_invoice');
 
 -- SECURITY DEFINER allowed, each for a workflow that needs rights its
 -- callers must not have
