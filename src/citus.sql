@@ -56,7 +56,8 @@ BEGIN ATOMIC
 		('@extschema@.msp_issue_adjustment(bigint, daterange, text)', false),
 		('@extschema@.msp_data_quality(bigint, daterange, integer)', true),
 		('@extschema@.msp_pii_audit(bigint, daterange, interval)', true),
-		('@extschema@.msp_pii_audit_summary(bigint, daterange)', true)) x(fn, force);
+		('@extschema@.msp_pii_audit_summary(bigint, daterange)', true),
+		('@extschema@.msp_shard_invoices(bigint, daterange)', false)) x(fn, force);
 END;
 COMMENT ON FUNCTION @extschema@.msp_distributed_functions() IS
 	'the per-client functions msp_distribute() registers with Citus, and whether calls in a transaction block are delegated too';
@@ -95,7 +96,15 @@ LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-	ref_tables text[] := '{clients,bi_client_access}';
+	-- the small shared tables: invoice_numbering is the MSP's one number
+	-- series, whose row each finalization locks wherever it runs (Citus
+	-- writes a reference table on every node in one transaction and
+	-- serializes its writers cluster-wide), export_codes the MSP's books,
+	-- license_product_names the licences' spellings, partner_companies the
+	-- vendors' company names (unique across clients), sister_clients the
+	-- pairs of clients whose invoices read each other's people (so that an
+	-- invoice finds them on its own node)
+	ref_tables text[] := '{clients,bi_client_access,invoice_numbering,export_codes,license_product_names,partner_companies,sister_clients}';
 	-- the first distributed table names the co-location group of all
 	anchor regclass := '@extschema@.contracts'::regclass;
 	todo regclass[];
@@ -134,6 +143,22 @@ BEGIN
 				  HINT = 'CREATE EXTENSION btree_gist; on the coordinator (Citus creates it on the workers), then call msp_distribute() again.';
 	END IF;
 
+	-- Every table it will distribute has a client_id: checked before
+	-- anything changes, since the statements run on the workers
+	-- (run_command_on_workers) commit there even if this call fails later
+	FOR t IN
+		SELECT c.oid::regclass FROM pg_class c
+		 WHERE c.relnamespace = '@extschema@'::regnamespace AND c.relkind IN ('r', 'p')
+		   AND NOT c.relispartition AND NOT @extschema@.msp_is_distributed(c.oid)
+		   AND c.relname <> ALL (ref_tables)
+		   AND NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attname = 'client_id' AND NOT a.attisdropped)
+	LOOP
+		RAISE EXCEPTION 'table % has no client_id to distribute it by', t
+			USING ERRCODE = 'feature_not_supported',
+				  DETAIL = 'msp_distribute() changed nothing.',
+				  HINT = 'Every mspbill table is keyed by client_id; a table added by hand must be distributed (or dropped) by hand first.';
+	END LOOP;
+
 	-- 1. Policies: a function call instead of the initplans
 	FOR s IN
 		SELECT p.polrelid::regclass AS rel, p.polname
@@ -164,6 +189,17 @@ BEGIN
 	-- for the owner itself, restrictive policies that refuse UPDATE and
 	-- DELETE to everyone but a superuser (who bypasses row-level security,
 	-- as the triggers let a superuser through).
+	-- (the tables whose triggers refuse changes, as they are before the
+	-- triggers go: invoices, items, audit log, documents, PSA syncs)
+	FOR t IN
+		SELECT DISTINCT tg.tgrelid::regclass FROM pg_trigger tg
+		 WHERE tg.tgfoid = '@extschema@.msp_refuse_change()'::regprocedure AND NOT tg.tgisinternal
+		   AND NOT EXISTS (SELECT 1 FROM pg_policy WHERE polrelid = tg.tgrelid AND polname = 'finalized_no_update')
+	LOOP
+		PERFORM @extschema@.msp_on_all_nodes(format('CREATE POLICY finalized_no_update ON %s AS RESTRICTIVE FOR UPDATE USING (false)', t));
+		PERFORM @extschema@.msp_on_all_nodes(format('CREATE POLICY finalized_no_delete ON %s AS RESTRICTIVE FOR DELETE USING (false)', t));
+		PERFORM @extschema@.msp_on_all_nodes(format('ALTER TABLE %s FORCE ROW LEVEL SECURITY', t));
+	END LOOP;
 	FOR s IN
 		SELECT tg.tgrelid::regclass AS rel, tg.tgname
 		  FROM pg_trigger tg JOIN pg_class c ON c.oid = tg.tgrelid
@@ -172,13 +208,31 @@ BEGIN
 	LOOP
 		PERFORM @extschema@.msp_on_all_nodes(format('DROP TRIGGER %I ON %s', s.tgname, s.rel));
 	END LOOP;
-	FOREACH t IN ARRAY ARRAY['@extschema@.invoices', '@extschema@.invoice_items', '@extschema@.audit_log']::regclass[] LOOP
-		IF NOT EXISTS (SELECT 1 FROM pg_policy WHERE polrelid = t AND polname = 'finalized_no_update') THEN
-			PERFORM @extschema@.msp_on_all_nodes(format('CREATE POLICY finalized_no_update ON %s AS RESTRICTIVE FOR UPDATE USING (false)', t));
-			PERFORM @extschema@.msp_on_all_nodes(format('CREATE POLICY finalized_no_delete ON %s AS RESTRICTIVE FOR DELETE USING (false)', t));
-			PERFORM @extschema@.msp_on_all_nodes(format('ALTER TABLE %s FORCE ROW LEVEL SECURITY', t));
-		END IF;
+
+	-- Foreign keys that set a column NULL when their row goes (a PSA
+	-- ticket's person): Citus refuses SET NULL on a key that includes
+	-- client_id, so on Citus such a delete is refused instead (clear the
+	-- column first)
+	FOR s IN
+		SELECT k.conrelid::regclass AS rel, k.conname, pg_get_constraintdef(k.oid) AS def
+		  FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid
+		 WHERE c.relnamespace = '@extschema@'::regnamespace AND k.contype = 'f' AND k.confdeltype IN ('n', 'd')
+	LOOP
+		PERFORM @extschema@.msp_on_all_nodes(format('ALTER TABLE %s DROP CONSTRAINT %I, ADD CONSTRAINT %I %s',
+													s.rel, s.conname, s.conname,
+													regexp_replace(s.def, ' ON DELETE SET (NULL|DEFAULT)( \([^)]*\))?', '')));
 	END LOOP;
+
+	-- Sister clients: every pair people name now, then a foreign key in
+	-- place of the trigger that kept the table (dropped above)
+	IF NOT @extschema@.msp_is_distributed('@extschema@.people') THEN
+		INSERT INTO @extschema@.sister_clients (client_id, bill_to_client_id)
+		SELECT DISTINCT p.client_id, p.bill_to_client_id FROM @extschema@.people p
+		 WHERE p.bill_to_client_id IS NOT NULL
+		ON CONFLICT DO NOTHING;
+		PERFORM @extschema@.msp_on_all_nodes('ALTER TABLE @extschema@.people ADD CONSTRAINT people_sister_client_declared '
+								 'FOREIGN KEY (client_id, bill_to_client_id) REFERENCES @extschema@.sister_clients');
+	END IF;
 
 	-- 4. The small shared tables on every node (the client-keyed tables
 	-- that reference clients are distributed next: Citus must not turn
@@ -208,13 +262,6 @@ BEGIN
 				   WHERE c.relnamespace = '@extschema@'::regnamespace AND c.relkind IN ('r', 'p')
 					 AND NOT c.relispartition AND NOT @extschema@.msp_is_distributed(c.oid)
 				   ORDER BY c.oid <> anchor, c.relname);
-	FOREACH t IN ARRAY todo LOOP
-		IF NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = t AND a.attname = 'client_id' AND NOT a.attisdropped) THEN
-			RAISE EXCEPTION 'table % has no client_id to distribute it by', t
-				USING ERRCODE = 'feature_not_supported',
-					  HINT = 'Every mspbill table is keyed by client_id; a table added by hand must be distributed by hand.';
-		END IF;
-	END LOOP;
 	LOOP
 		progress := false;
 		FOREACH t IN ARRAY todo LOOP
@@ -260,3 +307,38 @@ $$;
 REVOKE EXECUTE ON FUNCTION @extschema@.msp_distribute(integer) FROM PUBLIC;
 COMMENT ON FUNCTION @extschema@.msp_distribute(integer) IS
 	'on a Citus coordinator: makes clients and bi_client_access reference tables, distributes every other table by client_id (co-located), and delegates the per-client functions to the worker that holds the client';
+
+-- The invoices (msp_invoice) of the clients in the same shard as client_id
+-- (without Citus: client_id's alone), as one JSON array.  msp_invoices() runs
+-- one call per shard at once, each on the worker that holds the shard, so
+-- that each invoice's statements run on that worker's own shards.  A
+-- delegated function of msp_distribute(), so that Citus lets the call,
+-- made over its own connection, query the shards.
+CREATE FUNCTION @extschema@.msp_shard_invoices(client_id bigint, period daterange) RETURNS jsonb
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	ids bigint[];
+	id bigint;
+	out jsonb := '[]';
+BEGIN
+	IF @extschema@.msp_is_distributed('@extschema@.contracts') THEN
+		EXECUTE 'SELECT array_agg(c.client_id ORDER BY c.client_id) FROM @extschema@.clients c
+				  WHERE pg_catalog.get_shard_id_for_distribution_column(''@extschema@.contracts'', c.client_id)
+						= pg_catalog.get_shard_id_for_distribution_column(''@extschema@.contracts'', $1)'
+			INTO ids USING client_id;
+	ELSE
+		-- one node, one shard per client as far as this function goes:
+		-- a client the reader may not see is refused by msp_invoice
+		ids := ARRAY[client_id];
+	END IF;
+	FOREACH id IN ARRAY coalesce(ids, '{}') LOOP
+		out := out || jsonb_build_array(to_jsonb(msp_invoice(id, period)));
+	END LOOP;
+	RETURN out;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_shard_invoices(bigint, daterange) IS
+	'the invoices of the clients in client_id''s shard (without Citus: its own), as a JSON array; msp_invoices() calls it once per shard';

@@ -159,8 +159,8 @@ BEGIN
 	FOREACH t IN ARRAY ARRAY['clients', 'contracts', 'contract_tiers', 'devices', 'people', 'accounts',
 							 'logons', 'logons_default', 'support_contacts', 'cost_pools', 'license_counts',
 							 'invoices', 'invoice_items', 'audit_log', 'load_rejects', 'applications',
-							 'person_identities', 'license_policies', 'partner_companies', 'psa_contacts', 'm365_sku_counts',
-							 'm365_license_assignments', 'pax8_subscriptions', 'psa_tickets']
+							 'person_identities', 'sister_clients', 'license_policies', 'partner_companies', 'psa_contacts',
+							 'm365_sku_counts', 'm365_license_assignments', 'pax8_subscriptions', 'psa_tickets']
 	LOOP
 		EXECUTE format('ALTER TABLE @extschema@.%I ENABLE ROW LEVEL SECURITY', t);
 		EXECUTE format('CREATE POLICY client_rows ON @extschema@.%I USING ((SELECT @extschema@.msp_sees_all_clients()) OR client_id = ANY (CAST((SELECT @extschema@.msp_visible_clients()) AS bigint[])))', t);
@@ -323,7 +323,7 @@ DECLARE
 	roles text := 'mspbill_admin, mspbill_billing, mspbill_bi, mspbill_pii, mspbill_report';
 	-- the tables people maintain by hand (or by script)
 	data_tables text := '@extschema@.clients, @extschema@.contracts, @extschema@.contract_tiers, '
-						'@extschema@.devices, @extschema@.people, @extschema@.logons, @extschema@.support_contacts, '
+						'@extschema@.devices, @extschema@.people, @extschema@.sister_clients, @extschema@.logons, @extschema@.support_contacts, '
 						'@extschema@.cost_pools, @extschema@.license_counts, @extschema@.applications, '
 						'@extschema@.invoice_terms, @extschema@.tax_rates, @extschema@.psa_mappings, @extschema@.export_codes, '
 						'@extschema@.contract_lines, @extschema@.contract_line_tiers, @extschema@.meter_readings, '

@@ -5266,7 +5266,1114 @@ END
 $$;
 
 
+
+-- issue 17 (Citus, second part): sister clients in a table of their own
+-- (kept by a trigger on one node, a foreign key on Citus), so that an
+-- invoice finds them without reading every client's people; the month's
+-- batch msp_invoices() (per shard on the workers); contract lines' pool
+-- shares and people read outside queries on tables; msp_distribute() for
+-- the tables of documents, numbering and licensing.  Run
+-- msp_install_roles() again afterwards (grants on sister_clients).
+CREATE TABLE @extschema@.sister_clients (
+	client_id bigint NOT NULL REFERENCES @extschema@.clients ON DELETE CASCADE,
+	bill_to_client_id bigint NOT NULL REFERENCES @extschema@.clients ON DELETE CASCADE,
+	PRIMARY KEY (client_id, bill_to_client_id)
+);
+CREATE INDEX sister_clients_bill_to_idx ON @extschema@.sister_clients (bill_to_client_id);
+COMMENT ON TABLE @extschema@.sister_clients IS
+	'pairs of clients where bill_to_client_id pays for some of client_id''s people (people.bill_to_client_id); kept by a trigger on one node, declared first on Citus';
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.sister_clients', '');
+-- the pairs people name today
+INSERT INTO @extschema@.sister_clients (client_id, bill_to_client_id)
+SELECT DISTINCT p.client_id, p.bill_to_client_id FROM @extschema@.people p WHERE p.bill_to_client_id IS NOT NULL;
+ALTER TABLE @extschema@.sister_clients ENABLE ROW LEVEL SECURITY;
+CREATE POLICY client_rows ON @extschema@.sister_clients USING ((SELECT @extschema@.msp_sees_all_clients()) OR client_id = ANY (CAST((SELECT @extschema@.msp_visible_clients()) AS bigint[])));
+COMMENT ON POLICY client_rows ON @extschema@.sister_clients IS
+	'the rows of the clients the reader may see (msp_sees_all_clients, else bi_client_access)';
+
+CREATE FUNCTION @extschema@.msp_note_sister_client() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+BEGIN
+	INSERT INTO sister_clients (client_id, bill_to_client_id)
+	VALUES (NEW.client_id, NEW.bill_to_client_id)
+	ON CONFLICT DO NOTHING;
+	RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_note_sister_client() IS
+	'trigger: records in sister_clients the pair of clients a person''s bill_to_client_id names';
+CREATE TRIGGER note_sister_client AFTER INSERT OR UPDATE OF client_id, bill_to_client_id ON @extschema@.people
+	FOR EACH ROW WHEN (NEW.bill_to_client_id IS NOT NULL)
+	EXECUTE FUNCTION @extschema@.msp_note_sister_client();
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_segment_users(client_id bigint, contract_id bigint, segment daterange,
+											   with_evidence boolean DEFAULT true)
+RETURNS TABLE (person_id bigint, pseudonym text, rule text, first_seen timestamptz,
+			   last_seen timestamptz, days_active integer, support_contacts integer, accounts text[],
+			   home_client_id bigint)
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	payer bigint := client_id;
+	k record;
+	t0 timestamptz;
+	t1 timestamptz;
+	home bigint;
+	-- decided here, by this session: on Citus a sister client's labels are
+	-- read on another node, whose session does not carry the caller's
+	-- mspbill.pseudonymous (set by the finalizing functions)
+	names boolean := msp_sees_names();
+BEGIN
+	SELECT x.count_realms, x.min_active_days, x.support_rule, x.shared_billing, x.attribution_window,
+		   x.default_session, c.time_zone
+	  INTO k
+	  FROM contracts x JOIN clients c ON c.client_id = x.client_id
+	 WHERE x.client_id = payer AND c.client_id = payer AND x.contract_id = msp_segment_users.contract_id;
+	IF NOT FOUND THEN
+		RETURN;
+	END IF;
+	t0 := lower(segment)::timestamp AT TIME ZONE k.time_zone;
+	t1 := upper(segment)::timestamp AT TIME ZONE k.time_zone;
+	-- the payer first, then the sister clients whose people it pays for
+	-- (sister_clients: a small table, on Citus a reference table read on
+	-- this node, where people of every client would be every shard)
+	FOREACH home IN ARRAY ARRAY[payer] || ARRAY(SELECT s.client_id FROM sister_clients s
+												 WHERE s.bill_to_client_id = payer AND s.client_id <> payer
+												 ORDER BY 1)
+	LOOP
+		RETURN QUERY
+		WITH eligible AS (
+			SELECT p.* FROM people p
+			 WHERE p.client_id = home
+			   AND ((home = payer AND p.bill_to_client_id IS NULL) OR p.bill_to_client_id = payer)
+			   AND NOT p.is_technician AND NOT p.do_not_bill
+			   AND (p.active IS NULL OR p.active && segment)),
+		-- presence logons in the counted realms, and application logons
+		-- attributed through a shared session on the same device
+		evidence AS (
+			SELECT e.person_id, l.at, a.account_id, true AS by_logon
+			  FROM eligible e
+			  JOIN accounts a ON a.client_id = home AND a.person_id = e.person_id
+							 AND a.kind = 'individual' AND NOT a.is_machine AND a.realm = ANY (k.count_realms)
+			  JOIN logons l ON l.client_id = home AND l.account_id = a.account_id
+						   AND l.at >= t0 AND l.at < t1 AND l.presence
+			 WHERE e.active IS NULL OR e.active @> (l.at AT TIME ZONE k.time_zone)::date
+			UNION ALL
+			SELECT e.person_id, il.at, ia.account_id, false
+			  FROM eligible e
+			  JOIN accounts ia ON ia.client_id = home AND ia.person_id = e.person_id
+							  AND ia.kind = 'individual' AND NOT ia.is_machine AND ia.realm = 'app'
+			  JOIN logons il ON il.client_id = home AND il.account_id = ia.account_id
+							AND il.at >= t0 AND il.at < t1 AND il.presence
+			 WHERE k.shared_billing = 'attribute'
+			   AND (e.active IS NULL OR e.active @> (il.at AT TIME ZONE k.time_zone)::date)
+			   AND EXISTS (SELECT 1
+							 FROM logons sl
+							 JOIN accounts sa ON sa.client_id = home AND sa.account_id = sl.account_id
+											 AND sa.kind = 'shared' AND NOT sa.is_machine
+											 AND sa.realm = ANY (k.count_realms)
+							WHERE sl.client_id = home AND sl.device_id = il.device_id
+							  AND sl.at >= t0 AND sl.at < t1 AND sl.presence
+							  AND il.at >= sl.at - k.attribution_window
+							  AND il.at <= coalesce(sl.ended, sl.at + k.default_session) + k.attribution_window)),
+		seen AS (
+			SELECT ev.person_id, min(ev.at) AS first_seen, max(ev.at) AS last_seen,
+				   count(DISTINCT (ev.at AT TIME ZONE k.time_zone)::date)::integer AS days_active,
+				   bool_or(ev.by_logon) AS by_logon, array_agg(DISTINCT ev.account_id) AS account_ids
+			  FROM evidence ev
+			 GROUP BY ev.person_id),
+		support AS (
+			SELECT e.person_id, count(*)::integer AS contacts, min(s.at) AS first_at, max(s.at) AS last_at
+			  FROM eligible e
+			  JOIN support_contacts s ON s.client_id = home AND s.person_id = e.person_id
+									 AND s.at >= t0 AND s.at < t1
+			 WHERE e.active IS NULL OR e.active @> (s.at AT TIME ZONE k.time_zone)::date
+			 GROUP BY e.person_id)
+		SELECT e.person_id, e.pseudonym,
+			   CASE
+				   WHEN s.days_active >= k.min_active_days AND sp.contacts > 0 AND k.support_rule <> 'none'
+					   THEN CASE WHEN s.by_logon THEN 'logon+support' ELSE 'shared-attributed+support' END
+				   WHEN s.days_active >= k.min_active_days
+					   THEN CASE WHEN s.by_logon THEN 'logon' ELSE 'shared-attributed' END
+				   ELSE 'support'
+			   END,
+			   least(s.first_seen, sp.first_at), greatest(s.last_seen, sp.last_at),
+			   coalesce(s.days_active, 0), coalesce(sp.contacts, 0),
+			   CASE WHEN with_evidence
+					THEN ARRAY(SELECT x.label FROM (
+								SELECT CASE WHEN l.kind IN ('shared', 'service') OR names THEN l.label
+											ELSE l.realm || ' account ' || l.account_id END AS label
+								  FROM account_labels l
+								 WHERE l.client_id = home AND l.account_id = ANY (s.account_ids)) x
+								ORDER BY x.label) END,
+			   home
+		  FROM eligible e
+		  LEFT JOIN seen s ON s.person_id = e.person_id
+		  LEFT JOIN support sp ON sp.person_id = e.person_id
+		 WHERE CASE k.support_rule
+				   WHEN 'none' THEN coalesce(s.days_active, 0) >= k.min_active_days
+				   WHEN 'sufficient' THEN coalesce(s.days_active, 0) >= k.min_active_days OR sp.contacts > 0
+				   ELSE coalesce(s.days_active, 0) >= k.min_active_days AND sp.contacts > 0
+			   END
+		 ORDER BY e.pseudonym;
+	END LOOP;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_segment_users(bigint, bigint, daterange, boolean) IS
+	'the people one contract''s policy counts during a segment of a period (sister clients'' people it pays for included), with the rule and evidence';
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_compute_invoice(client_id bigint, period daterange DEFAULT NULL)
+RETURNS @extschema@.invoice
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	c clients;
+	k contracts;
+	seg record;
+	q segment_quantities;
+	line invoice_line;
+	inv invoice;
+	models text[] := '{}';
+	segments integer := 0;
+BEGIN
+	period := msp_period(client_id, period);
+	PERFORM msp_check_currency(client_id, period);
+	SELECT * INTO c FROM clients WHERE clients.client_id = client_id;
+	inv := (c.client_id, c.name, period, NULL, 0, 0, 0, 0, 0, c.currency)::invoice;
+	FOR seg IN SELECT * FROM msp_contract_segments(client_id, period) LOOP
+		SELECT * INTO k FROM contracts WHERE contracts.client_id = client_id
+			AND contracts.contract_id = seg.contract_id;
+		q := msp_segment_quantities(client_id, seg.contract_id, seg.segment, period);
+		segments := segments + 1;
+		IF NOT k.model = ANY (models) THEN
+			models := models || k.model;
+		END IF;
+		-- a seat billed by two contracts of the month is one seat
+		inv.seats := greatest(inv.seats, q.seat_count);
+		FOR line IN SELECT * FROM msp_segment_lines(c, k, seg.segment, period, q, k.model) LOOP
+			inv.total := inv.total + line.amount;
+			IF line.basis <> 'minimum' THEN
+				inv.subtotal := inv.subtotal + line.amount;
+			END IF;
+		END LOOP;
+	END LOOP;
+	-- one contract all month (the usual case): its people are the period's,
+	-- counted already; across contracts a person counted by two is one
+	inv.users := CASE WHEN segments = 1 THEN q.user_count ELSE msp_period_people(client_id, period) END;
+	inv.devices := msp_period_devices(client_id, period);
+	inv.model := array_to_string(models, '+');
+	-- adjustments of earlier invoices carried by this one
+	inv.total := inv.total + coalesce((SELECT sum(amount) FROM msp_adjustment_lines(client_id, period)), 0);
+	inv.subtotal := msp_round(inv.subtotal, c.minor_unit);
+	inv.total := msp_round(inv.total, c.minor_unit);
+	RETURN inv;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_compute_invoice(bigint, daterange) IS
+	'the invoice of a client for a period as today''s data prices it, finalized or not';
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_line_items(c @extschema@.clients, k @extschema@.contracts,
+											segment daterange, period daterange,
+											q @extschema@.segment_quantities, lines @extschema@.line_terms[])
+RETURNS SETOF @extschema@.invoice_line
+LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	t line_terms;
+	b record;
+	cp record;
+	n integer := 0;
+	seg_days integer := upper(segment) - lower(segment);
+	period_days integer := upper(period) - lower(period);
+	prorate boolean;
+	covered integer;
+	units numeric;
+	unit_days numeric;
+	m numeric;
+	md numeric;
+	bands integer;
+	line_total numeric;
+	amount numeric;
+	floor_fee numeric;
+	discounted daterange;
+	dd integer;
+	users_loaded boolean := false;
+	user_count integer;
+	user_segment_days numeric;
+	share numeric;
+	homes bigint[];
+	ids bigint[];
+	home bigint;
+	n_home integer;
+	days_home numeric;
+	label text := CASE WHEN segment = period THEN ''
+					   ELSE format(' (%s to %s)', lower(segment), upper(segment) - 1) END;
+BEGIN
+	FOR t IN SELECT * FROM unnest(lines) x ORDER BY x.line_no LOOP
+		-- a preset whose model price is missing bills nothing, as the model does
+		CONTINUE WHEN t.source <> 'cost_pool' AND t.unit_price IS NULL;
+		-- a sum of readings is already the segment's: never prorated again
+		prorate := t.prorate AND NOT (t.source = 'meter' AND t.meter_rule = 'sum');
+		covered := CASE WHEN prorate THEN seg_days ELSE period_days END;
+		line_total := 0;
+
+		IF t.source = 'cost_pool' THEN
+			-- one line per pool, rounded per line (as cost-plus bills)
+			-- (each share computed outside the query that lists the pools:
+			-- on Citus no function that reads tables runs inside a query on
+			-- a shard)
+			FOR cp IN
+				SELECT x.pool_id, x.description, x.category
+				  FROM cost_pools x
+				 WHERE x.client_id = c.client_id AND x.period && segment
+				   AND (t.pool_category IS NULL OR x.category = t.pool_category)
+				 ORDER BY x.pool_id
+			LOOP
+				share := msp_pool_share(c.client_id, cp.pool_id, period, segment);
+				amount := msp_round(share * (1 + t.markup), c.minor_unit);
+				n := n + 1;
+				RETURN NEXT (n, k.contract_id,
+							 format('%s: %s (cost %s, markup %s%%)%s', t.description, cp.description, share,
+									trim_scale(round(t.markup * 100, 2)), label),
+							 1::numeric, amount, amount, 'cost')::invoice_line;
+				line_total := line_total + amount;
+			END LOOP;
+		ELSE
+			IF t.source = 'users' THEN
+				IF NOT users_loaded THEN
+					-- the people the contract's policy counts, and the days
+					-- of the segment each is active
+					-- (read in each person's own client, client_id = that
+					-- client, so that Citus reads one shard per client)
+					SELECT array_agg(u.home_client_id), array_agg(u.person_id) INTO homes, ids
+					  FROM msp_segment_users(c.client_id, k.contract_id, segment, false) u;
+					user_count := 0;
+					user_segment_days := 0;
+					FOREACH home IN ARRAY ARRAY(SELECT DISTINCT h FROM unnest(homes) h ORDER BY 1) LOOP
+						SELECT count(*)::integer,
+							   coalesce(sum(upper(coalesce(p.active, segment) * segment)
+											- lower(coalesce(p.active, segment) * segment)), 0)
+						  INTO n_home, days_home
+						  FROM people p
+						 WHERE p.client_id = home
+						   AND p.person_id = ANY (ARRAY(SELECT x.id FROM unnest(homes, ids) x(h, id) WHERE x.h = home));
+						user_count := user_count + n_home;
+						user_segment_days := user_segment_days + days_home;
+					END LOOP;
+					users_loaded := true;
+				END IF;
+				units := user_count;
+				unit_days := CASE WHEN prorate THEN user_segment_days ELSE user_count * period_days END;
+			ELSIF t.source = 'seats' THEN
+				units := q.seat_count;
+				unit_days := q.seat_count * covered;
+			ELSIF t.source = 'devices' THEN
+				SELECT count(*),
+					   coalesce(sum(CASE WHEN prorate
+										 THEN upper(coalesce(dv.active, segment) * segment)
+											  - lower(coalesce(dv.active, segment) * segment)
+										 ELSE period_days END), 0)
+				  INTO units, unit_days
+				  FROM devices dv
+				 WHERE dv.client_id = c.client_id AND (dv.active IS NULL OR dv.active && segment)
+				   AND (t.device_kind IS NULL OR dv.kind = t.device_kind);
+			ELSIF t.source = 'licenses' THEN
+				-- each SKU's latest count on or before the segment's last day
+				SELECT coalesce(sum(x.seats), 0) INTO units
+				  FROM (SELECT DISTINCT ON (lc.sku) lc.seats
+						  FROM license_counts lc
+						 WHERE lc.client_id = c.client_id AND lc.as_of < upper(segment)
+						   AND (t.sku IS NULL OR lc.sku = t.sku)
+						 ORDER BY lc.sku, lc.as_of DESC, lc.source) x;
+				unit_days := units * covered;
+			ELSIF t.source = 'meter' THEN
+				IF t.meter_rule = 'last' THEN
+					SELECT r.quantity INTO units
+					  FROM meter_readings r
+					 WHERE r.client_id = c.client_id AND r.meter = t.meter AND r.day < upper(segment)
+					 ORDER BY r.day DESC LIMIT 1;
+				ELSIF t.meter_rule = 'peak' THEN
+					SELECT max(r.quantity) INTO units
+					  FROM meter_readings r
+					 WHERE r.client_id = c.client_id AND r.meter = t.meter
+					   AND r.day >= lower(segment) AND r.day < upper(segment);
+				ELSE
+					SELECT sum(r.quantity) INTO units
+					  FROM meter_readings r
+					 WHERE r.client_id = c.client_id AND r.meter = t.meter
+					   AND r.day >= lower(segment) AND r.day < upper(segment);
+				END IF;
+				units := coalesce(units, 0);
+				unit_days := units * covered;
+			ELSE
+				-- fixed: one unit for the days covered
+				units := 1;
+				unit_days := covered;
+			END IF;
+
+			-- the minimum raises the count (for the tier) and the days
+			m := greatest(units, t.minimum_quantity);
+			md := greatest(unit_days, t.minimum_quantity * covered);
+			-- no seat at all is no seats line, as the per-user models bill it
+			m := CASE WHEN t.source = 'seats' AND m = 0 THEN NULL ELSE m END;
+			SELECT count(*) INTO bands
+			  FROM msp_line_bands(m, t.unit_price, t.tier_mode, t.tier_from, t.tier_price);
+			FOR b IN
+				SELECT x.first_unit, x.units, x.unit_price, x.first_unit + x.units - 1 AS last_unit,
+					   CASE WHEN m > 0 THEN x.units * md ELSE 0 END AS num,
+					   CASE WHEN m > 0 THEN m * period_days ELSE 1 END AS den
+				  FROM msp_line_bands(m, t.unit_price, t.tier_mode, t.tier_from, t.tier_price) x
+				 ORDER BY x.first_unit
+			LOOP
+				amount := msp_round(b.num * b.unit_price / b.den, c.minor_unit);
+				n := n + 1;
+				RETURN NEXT (n, k.contract_id,
+							 CASE WHEN t.source = 'fixed' THEN t.description
+								  ELSE format('%s: %s', t.description, trim_scale(round(units, 4))) END
+							 || CASE WHEN m > units THEN format(', minimum %s', trim_scale(t.minimum_quantity)) ELSE '' END
+							 || CASE WHEN bands > 1 THEN format(', units %s to %s', trim_scale(b.first_unit),
+															   trim_scale(ceil(b.last_unit))) ELSE '' END
+							 || label,
+							 b.num / b.den, b.unit_price, amount,
+							 CASE t.source WHEN 'users' THEN 'user' WHEN 'seats' THEN 'seat' WHEN 'devices' THEN 'device'
+										   WHEN 'licenses' THEN 'license' ELSE t.source END)::invoice_line;
+				line_total := line_total + amount;
+			END LOOP;
+		END IF;
+
+		-- the line's own minimum fee, for the days it covers
+		floor_fee := msp_round(t.minimum_fee * covered / period_days, c.minor_unit);
+		IF line_total < floor_fee THEN
+			amount := floor_fee - line_total;
+			n := n + 1;
+			RETURN NEXT (n, k.contract_id, format('%s: minimum fee top-up%s', t.description, label),
+						 1::numeric, amount, amount, 'minimum')::invoice_line;
+			line_total := floor_fee;
+		END IF;
+
+		-- the discount, for the days of the segment inside its range
+		IF t.discount_percent IS NOT NULL OR t.discount_amount IS NOT NULL THEN
+			discounted := segment * coalesce(t.discount_period, segment);
+			dd := upper(discounted) - lower(discounted);
+			IF dd > 0 AND line_total > 0 THEN
+				IF t.discount_percent IS NOT NULL THEN
+					amount := msp_round(line_total * t.discount_percent * dd / (100 * seg_days), c.minor_unit);
+				ELSE
+					-- a month's amount: the days discounted of the month, or
+					-- whole without proration
+					amount := msp_round(CASE WHEN prorate THEN t.discount_amount * dd / period_days
+											 ELSE t.discount_amount END, c.minor_unit);
+				END IF;
+				amount := least(amount, line_total);
+				IF amount > 0 THEN
+					n := n + 1;
+					RETURN NEXT (n, k.contract_id,
+								 format('%s: %s off%s', t.description,
+										CASE WHEN t.discount_percent IS NOT NULL
+											 THEN trim_scale(t.discount_percent) || '%'
+											 ELSE trim_scale(t.discount_amount)::text END,
+										CASE WHEN discounted = segment THEN label
+											 ELSE format(' (%s to %s)', lower(discounted), upper(discounted) - 1) END),
+								 1::numeric, -amount, -amount, 'discount')::invoice_line;
+				END IF;
+			END IF;
+		END IF;
+	END LOOP;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_line_items(@extschema@.clients, @extschema@.contracts, daterange, daterange, @extschema@.segment_quantities, @extschema@.line_terms[]) IS
+	'the invoice lines a set of line terms bills in one contract segment: per line its bands, minimum fee top-up and discount';
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_distributed_functions()
+RETURNS TABLE (fn regprocedure, force_delegation boolean)
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+	SELECT x.fn::regprocedure, x.force
+	  FROM (VALUES
+		('@extschema@.msp_invoice(bigint, daterange)', false),
+		('@extschema@.msp_compute_invoice(bigint, daterange)', false),
+		('@extschema@.msp_invoice_lines(bigint, daterange)', false),
+		('@extschema@.msp_billable_users(bigint, daterange)', false),
+		('@extschema@.msp_compare_models(bigint, daterange)', false),
+		('@extschema@.msp_cost_allocation(bigint, daterange)', false),
+		('@extschema@.msp_invoice_drift(bigint, daterange)', false),
+		('@extschema@.msp_finalize_invoice(bigint, daterange, text[])', false),
+		('@extschema@.msp_issue_adjustment(bigint, daterange, text)', false),
+		('@extschema@.msp_data_quality(bigint, daterange, integer)', true),
+		('@extschema@.msp_pii_audit(bigint, daterange, interval)', true),
+		('@extschema@.msp_pii_audit_summary(bigint, daterange)', true),
+		('@extschema@.msp_shard_invoices(bigint, daterange)', false)) x(fn, force);
+END;
+COMMENT ON FUNCTION @extschema@.msp_distributed_functions() IS
+	'the per-client functions msp_distribute() registers with Citus, and whether calls in a transaction block are delegated too';
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_distribute(shard_count integer DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	-- the small shared tables: invoice_numbering is the MSP's one number
+	-- series, whose row each finalization locks wherever it runs (Citus
+	-- writes a reference table on every node in one transaction and
+	-- serializes its writers cluster-wide), export_codes the MSP's books,
+	-- license_product_names the licences' spellings, partner_companies the
+	-- vendors' company names (unique across clients), sister_clients the
+	-- pairs of clients whose invoices read each other's people (so that an
+	-- invoice finds them on its own node)
+	ref_tables text[] := '{clients,bi_client_access,invoice_numbering,export_codes,license_product_names,partner_companies,sister_clients}';
+	-- the first distributed table names the co-location group of all
+	anchor regclass := '@extschema@.contracts'::regclass;
+	todo regclass[];
+	t regclass;
+	progress boolean;
+	n_ref integer := 0;
+	n_dist integer := 0;
+	n_fn integer := 0;
+	f record;
+	s record;
+	is_coord boolean;
+BEGIN
+	IF NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus') THEN
+		RAISE EXCEPTION 'Citus is not installed in this database'
+			USING ERRCODE = 'feature_not_supported',
+				  DETAIL = 'msp_distribute() distributes mspbill''s tables on a Citus cluster; on one server there is nothing to do.',
+				  HINT = 'On the coordinator (citus in shared_preload_libraries): CREATE EXTENSION citus; add the workers with citus_add_node(); then SELECT mspbill.msp_distribute();';
+	END IF;
+	EXECUTE 'SELECT pg_catalog.citus_is_coordinator()' INTO is_coord;
+	IF NOT is_coord THEN
+		RAISE EXCEPTION 'msp_distribute() runs on the Citus coordinator only'
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  DETAIL = 'This node is not the coordinator of its cluster.',
+				  HINT = 'Connect to the coordinator (or register it with citus_set_coordinator_host()) and call it there.';
+	END IF;
+	IF NOT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
+		RAISE EXCEPTION 'msp_distribute() must be run by a superuser'
+			USING ERRCODE = 'insufficient_privilege',
+				  DETAIL = 'It distributes tables and sets the sequences of every node.',
+				  HINT = 'Connect as the superuser that created the extension.';
+	END IF;
+	IF NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'btree_gist') THEN
+		RAISE EXCEPTION 'msp_distribute() needs the extension btree_gist'
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  DETAIL = 'On Citus, the one-contract-per-day and one-invoice-per-period exclusion constraints must name client_id itself, which needs btree_gist''s equality for bigint.',
+				  HINT = 'CREATE EXTENSION btree_gist; on the coordinator (Citus creates it on the workers), then call msp_distribute() again.';
+	END IF;
+
+	-- Every table it will distribute has a client_id: checked before
+	-- anything changes, since the statements run on the workers
+	-- (run_command_on_workers) commit there even if this call fails later
+	FOR t IN
+		SELECT c.oid::regclass FROM pg_class c
+		 WHERE c.relnamespace = '@extschema@'::regnamespace AND c.relkind IN ('r', 'p')
+		   AND NOT c.relispartition AND NOT @extschema@.msp_is_distributed(c.oid)
+		   AND c.relname <> ALL (ref_tables)
+		   AND NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attname = 'client_id' AND NOT a.attisdropped)
+	LOOP
+		RAISE EXCEPTION 'table % has no client_id to distribute it by', t
+			USING ERRCODE = 'feature_not_supported',
+				  DETAIL = 'msp_distribute() changed nothing.',
+				  HINT = 'Every mspbill table is keyed by client_id; a table added by hand must be distributed (or dropped) by hand first.';
+	END LOOP;
+
+	-- 1. Policies: a function call instead of the initplans
+	FOR s IN
+		SELECT p.polrelid::regclass AS rel, p.polname
+		  FROM pg_policy p JOIN pg_class c ON c.oid = p.polrelid
+		 WHERE c.relnamespace = '@extschema@'::regnamespace
+		   AND p.polname IN ('client_rows', 'own_rows')
+		   AND NOT @extschema@.msp_is_distributed(p.polrelid)
+	LOOP
+		IF s.polname = 'own_rows' THEN
+			PERFORM @extschema@.msp_on_all_nodes(format('ALTER POLICY own_rows ON %s USING (@extschema@.msp_sees_all_clients() OR @extschema@.msp_has_role(role_name))', s.rel));
+		ELSE
+			PERFORM @extschema@.msp_on_all_nodes(format('ALTER POLICY client_rows ON %s USING (%s)', s.rel, @extschema@.msp_client_policy(true)));
+		END IF;
+	END LOOP;
+
+	-- 2. Exclusion constraints that name client_id itself (btree_gist)
+	IF NOT @extschema@.msp_is_distributed('@extschema@.contracts') THEN
+		PERFORM @extschema@.msp_on_all_nodes('ALTER TABLE @extschema@.contracts DROP CONSTRAINT contracts_no_overlap, '
+								 'ADD CONSTRAINT contracts_no_overlap EXCLUDE USING gist (client_id WITH =, effective WITH &&)');
+	END IF;
+	IF NOT @extschema@.msp_is_distributed('@extschema@.invoices') THEN
+		PERFORM @extschema@.msp_on_all_nodes('ALTER TABLE @extschema@.invoices DROP CONSTRAINT invoices_no_overlap, '
+								 'ADD CONSTRAINT invoices_no_overlap EXCLUDE USING gist (client_id WITH =, period WITH &&) WHERE (kind = ''invoice'')');
+	END IF;
+
+	-- 3. Triggers: Citus distributes no table that has any.  Finalized rows
+	-- stay facts through privileges (only the owner may write them) and,
+	-- for the owner itself, restrictive policies that refuse UPDATE and
+	-- DELETE to everyone but a superuser (who bypasses row-level security,
+	-- as the triggers let a superuser through).
+	-- (the tables whose triggers refuse changes, as they are before the
+	-- triggers go: invoices, items, audit log, documents, PSA syncs)
+	FOR t IN
+		SELECT DISTINCT tg.tgrelid::regclass FROM pg_trigger tg
+		 WHERE tg.tgfoid = '@extschema@.msp_refuse_change()'::regprocedure AND NOT tg.tgisinternal
+		   AND NOT EXISTS (SELECT 1 FROM pg_policy WHERE polrelid = tg.tgrelid AND polname = 'finalized_no_update')
+	LOOP
+		PERFORM @extschema@.msp_on_all_nodes(format('CREATE POLICY finalized_no_update ON %s AS RESTRICTIVE FOR UPDATE USING (false)', t));
+		PERFORM @extschema@.msp_on_all_nodes(format('CREATE POLICY finalized_no_delete ON %s AS RESTRICTIVE FOR DELETE USING (false)', t));
+		PERFORM @extschema@.msp_on_all_nodes(format('ALTER TABLE %s FORCE ROW LEVEL SECURITY', t));
+	END LOOP;
+	FOR s IN
+		SELECT tg.tgrelid::regclass AS rel, tg.tgname
+		  FROM pg_trigger tg JOIN pg_class c ON c.oid = tg.tgrelid
+		 WHERE c.relnamespace = '@extschema@'::regnamespace AND NOT tg.tgisinternal
+		   AND tg.tgparentid = 0
+	LOOP
+		PERFORM @extschema@.msp_on_all_nodes(format('DROP TRIGGER %I ON %s', s.tgname, s.rel));
+	END LOOP;
+
+	-- Foreign keys that set a column NULL when their row goes (a PSA
+	-- ticket's person): Citus refuses SET NULL on a key that includes
+	-- client_id, so on Citus such a delete is refused instead (clear the
+	-- column first)
+	FOR s IN
+		SELECT k.conrelid::regclass AS rel, k.conname, pg_get_constraintdef(k.oid) AS def
+		  FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid
+		 WHERE c.relnamespace = '@extschema@'::regnamespace AND k.contype = 'f' AND k.confdeltype IN ('n', 'd')
+	LOOP
+		PERFORM @extschema@.msp_on_all_nodes(format('ALTER TABLE %s DROP CONSTRAINT %I, ADD CONSTRAINT %I %s',
+													s.rel, s.conname, s.conname,
+													regexp_replace(s.def, ' ON DELETE SET (NULL|DEFAULT)( \([^)]*\))?', '')));
+	END LOOP;
+
+	-- Sister clients: every pair people name now, then a foreign key in
+	-- place of the trigger that kept the table (dropped above)
+	IF NOT @extschema@.msp_is_distributed('@extschema@.people') THEN
+		INSERT INTO @extschema@.sister_clients (client_id, bill_to_client_id)
+		SELECT DISTINCT p.client_id, p.bill_to_client_id FROM @extschema@.people p
+		 WHERE p.bill_to_client_id IS NOT NULL
+		ON CONFLICT DO NOTHING;
+		PERFORM @extschema@.msp_on_all_nodes('ALTER TABLE @extschema@.people ADD CONSTRAINT people_sister_client_declared '
+								 'FOREIGN KEY (client_id, bill_to_client_id) REFERENCES @extschema@.sister_clients');
+	END IF;
+
+	-- 4. The small shared tables on every node (the client-keyed tables
+	-- that reference clients are distributed next: Citus must not turn
+	-- them into local tables of its metadata meanwhile)
+	PERFORM set_config('citus.enable_local_reference_table_foreign_keys', 'off', true);
+	FOREACH t IN ARRAY (SELECT array_agg(format('@extschema@.%I', x)::regclass) FROM unnest(ref_tables) x) LOOP
+		IF NOT @extschema@.msp_is_distributed(t) THEN
+			-- Citus copies the rows to every node in one COPY per node; the
+			-- time zone check's exception block (a subtransaction) would
+			-- interrupt it on the coordinator's own copy.  The rows passed
+			-- the check already; it is put back once the table is copied.
+			IF t = '@extschema@.clients'::regclass THEN
+				PERFORM @extschema@.msp_on_all_nodes('ALTER TABLE @extschema@.clients DROP CONSTRAINT clients_time_zone_known');
+			END IF;
+			EXECUTE 'SELECT pg_catalog.create_reference_table($1)' USING t;
+			IF t = '@extschema@.clients'::regclass THEN
+				ALTER TABLE @extschema@.clients ADD CONSTRAINT clients_time_zone_known
+					CHECK (@extschema@.msp_valid_time_zone(time_zone));
+			END IF;
+			n_ref := n_ref + 1;
+		END IF;
+	END LOOP;
+
+	-- 5. Every other table of the schema by client_id, co-located, each
+	-- after the tables its foreign keys name
+	todo := ARRAY(SELECT c.oid::regclass FROM pg_class c
+				   WHERE c.relnamespace = '@extschema@'::regnamespace AND c.relkind IN ('r', 'p')
+					 AND NOT c.relispartition AND NOT @extschema@.msp_is_distributed(c.oid)
+				   ORDER BY c.oid <> anchor, c.relname);
+	LOOP
+		progress := false;
+		FOREACH t IN ARRAY todo LOOP
+			CONTINUE WHEN @extschema@.msp_is_distributed(t);
+			CONTINUE WHEN EXISTS (SELECT 1 FROM pg_constraint k
+								   WHERE k.conrelid = t AND k.contype = 'f' AND k.confrelid <> t
+									 AND NOT @extschema@.msp_is_distributed(k.confrelid));
+			IF t = anchor THEN
+				EXECUTE 'SELECT pg_catalog.create_distributed_table($1, ''client_id'', colocate_with => ''none'', shard_count => $2)'
+					USING t, coalesce(shard_count, current_setting('citus.shard_count')::integer);
+			ELSE
+				EXECUTE 'SELECT pg_catalog.create_distributed_table($1, ''client_id'', colocate_with => $2)'
+					USING t, anchor::text;
+			END IF;
+			n_dist := n_dist + 1;
+			progress := true;
+		END LOOP;
+		EXIT WHEN NOT progress;
+	END LOOP;
+
+	-- 6. Sequences: each node numbers from its own range (its group id in
+	-- the top bits, as Citus does for the sequences it owns), so that ids
+	-- written on workers (delegated finalizations, loads) never collide
+	FOR s IN
+		SELECT c.oid::regclass AS seq FROM pg_class c
+		 WHERE c.relnamespace = '@extschema@'::regnamespace AND c.relkind = 'S'
+	LOOP
+		EXECUTE format($cmd$SELECT pg_catalog.run_command_on_workers(%L)$cmd$,
+					   format($w$SELECT pg_catalog.setval(%L, greatest(last_value, (SELECT groupid::bigint << 48 FROM pg_catalog.pg_dist_local_group)), true) FROM %s$w$,
+							  s.seq, s.seq));
+	END LOOP;
+
+	-- 7. Per-client functions run on the worker that holds the client
+	FOR f IN SELECT * FROM @extschema@.msp_distributed_functions() LOOP
+		EXECUTE 'SELECT pg_catalog.create_distributed_function($1, ''$1''::text, colocate_with => $2, force_delegation => $3)'
+			USING f.fn, anchor::text, f.force_delegation;
+		n_fn := n_fn + 1;
+	END LOOP;
+
+	RETURN format('%s reference tables, %s distributed tables, %s delegated functions', n_ref, n_dist, n_fn);
+END
+$$;
+REVOKE EXECUTE ON FUNCTION @extschema@.msp_distribute(integer) FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@.msp_distribute(integer) IS
+	'on a Citus coordinator: makes clients and bi_client_access reference tables, distributes every other table by client_id (co-located), and delegates the per-client functions to the worker that holds the client';
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_install_roles() RETURNS text
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, @extschema@, pg_temp
+AS $$
+DECLARE
+	r text;
+	roles text := 'mspbill_admin, mspbill_billing, mspbill_bi, mspbill_pii, mspbill_report';
+	-- the tables people maintain by hand (or by script)
+	data_tables text := '@extschema@.clients, @extschema@.contracts, @extschema@.contract_tiers, '
+						'@extschema@.devices, @extschema@.people, @extschema@.sister_clients, @extschema@.logons, @extschema@.support_contacts, '
+						'@extschema@.cost_pools, @extschema@.license_counts, @extschema@.applications, '
+						'@extschema@.invoice_terms, @extschema@.tax_rates, @extschema@.psa_mappings, @extschema@.export_codes, '
+						'@extschema@.contract_lines, @extschema@.contract_line_tiers, @extschema@.meter_readings, '
+						-- licensing (src/licensing.sql): mappings and the loaded snapshots
+						'@extschema@.license_policies, @extschema@.partner_companies, @extschema@.psa_contacts, '
+						'@extschema@.m365_sku_counts, @extschema@.m365_license_assignments, @extschema@.pax8_subscriptions';
+	-- read by every role that reads invoices, written only by the definers
+	-- (the number series: see below)
+	billed_tables text := '@extschema@.invoices, @extschema@.invoice_items, @extschema@.invoice_documents, '
+						  '@extschema@.invoice_line_documents, @extschema@.psa_syncs';
+	staging text := '@extschema@.windows_event_staging, @extschema@.entra_signin_staging, @extschema@.emr_audit_staging, '
+					'@extschema@.m365_graph_staging, @extschema@.m365_users_csv_staging, @extschema@.m365_activity_staging, '
+					'@extschema@.pax8_staging, @extschema@.psa_ticket_staging';
+	staging_seqs text := '@extschema@.windows_event_staging_line_no_seq, @extschema@.entra_signin_staging_line_no_seq, '
+						 '@extschema@.emr_audit_staging_line_no_seq, @extschema@.m365_graph_staging_line_no_seq, '
+						 '@extschema@.m365_users_csv_staging_line_no_seq, @extschema@.m365_activity_staging_line_no_seq, '
+						 '@extschema@.pax8_staging_line_no_seq, @extschema@.psa_ticket_staging_line_no_seq';
+	writers text := '@extschema@.msp_finalize_invoice(bigint, daterange, text[]), '
+					'@extschema@.msp_issue_adjustment(bigint, daterange, text), '
+					'@extschema@.msp_load_windows_events(bigint, text), '
+					'@extschema@.msp_load_entra_signins(bigint, text), '
+					'@extschema@.msp_load_emr_audit(bigint, text), '
+					'@extschema@.msp_discard_staged(bigint), '
+					'@extschema@.msp_psa_sync(bigint, daterange), '
+					'@extschema@.msp_load_m365_graph(bigint, date, text), '
+					'@extschema@.msp_load_m365_users_csv(bigint, date, text), '
+					'@extschema@.msp_load_m365_activity(bigint, text), '
+					'@extschema@.msp_load_pax8_subscriptions(bigint, date, text), '
+					'@extschema@.msp_load_psa_tickets(bigint, text, text), '
+					'@extschema@.msp_match_psa_tickets(bigint)';
+	-- licence names are not per client: those who load maintain them (BI
+	-- needs none, and would read their column statistics)
+	product_names text := '@extschema@.license_product_names';
+	-- PSA tickets without the contact (an e-mail or PSA id) for those who see no names
+	ticket_cols text := 'client_id, psa, ticket_id, at, company, board, channel, person_id, contact_id';
+	reports text := '@extschema@.msp_report_invoices(), @extschema@.msp_report_invoice(bigint, daterange), '
+					'@extschema@.msp_report_invoice_lines(bigint, daterange), '
+					'@extschema@.msp_report_billable_users(bigint, daterange)';
+	account_cols text := 'client_id, account_id, realm, kind, person_id, application, is_machine';
+	-- reporting (src/reporting.sql): rollups and KPI views to read, and the
+	-- definer functions that alone write the rollups
+	reporting text := '@extschema@.daily_activity, @extschema@.period_invoices, @extschema@.pii_findings, '
+					  '@extschema@.reporting_clients, @extschema@.kpi_daily_activity, @extschema@.kpi_billable_users, '
+					  '@extschema@.kpi_license_utilization, @extschema@.kpi_margin, @extschema@.kpi_margin_per_user, '
+					  '@extschema@.kpi_hipaa_findings, @extschema@.kpi_data_quality';
+	refreshers text := '@extschema@.msp_refresh_rollups(), @extschema@.msp_rebuild_rollups()';
+BEGIN
+	FOREACH r IN ARRAY string_to_array(replace(roles, ' ', ''), ',') LOOP
+		IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r) THEN
+			EXECUTE format('CREATE ROLE %I NOLOGIN', r);
+		END IF;
+		EXECUTE format('GRANT USAGE ON SCHEMA @extschema@ TO %I', r);
+	END LOOP;
+	-- start from nothing, so that a rerun after an upgrade also takes back
+	-- what earlier versions granted (GRANT ALL, writes to invoices)
+	EXECUTE format('REVOKE ALL ON ALL TABLES IN SCHEMA @extschema@ FROM %s', roles);
+	EXECUTE format('REVOKE ALL ON ALL SEQUENCES IN SCHEMA @extschema@ FROM %s', roles);
+	EXECUTE format('REVOKE ALL ON FUNCTION %s, %s, %s FROM %s', writers, reports, refreshers, roles);
+	EXECUTE 'GRANT SELECT ON @extschema@.bi_client_access TO PUBLIC';
+
+	-- admin: every client's data, real names and raw records
+	EXECUTE 'GRANT mspbill_pii TO mspbill_admin';
+	EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON %s, @extschema@.accounts, @extschema@.person_identities, '
+				   '@extschema@.bi_client_access, @extschema@.load_rejects TO mspbill_admin', data_tables);
+	EXECUTE format('GRANT SELECT ON %s, @extschema@.audit_log TO mspbill_admin', billed_tables);
+	EXECUTE 'GRANT SELECT, DELETE ON @extschema@.psa_tickets TO mspbill_admin';
+	EXECUTE format('GRANT INSERT ON %s TO mspbill_admin, mspbill_billing', staging);
+	EXECUTE format('GRANT USAGE ON %s, @extschema@.logons_logon_id_seq TO mspbill_admin, mspbill_billing', staging_seqs);
+	EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO mspbill_admin, mspbill_billing', writers);
+
+	-- the number series: chosen before the first invoice (prefix, digits,
+	-- the number another system stopped at), never set back afterwards
+	EXECUTE 'GRANT SELECT, INSERT (series, prefix, digits, last_number), UPDATE (prefix, digits) '
+			'ON @extschema@.invoice_numbering TO mspbill_admin, mspbill_billing';
+
+	-- billing: the same workflow on pseudonyms only
+	EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON %s TO mspbill_billing', data_tables);
+	EXECUTE format('GRANT SELECT ON %s, @extschema@.audit_log TO mspbill_billing', billed_tables);
+	EXECUTE format('GRANT SELECT (%s) ON @extschema@.accounts TO mspbill_billing', account_cols);
+	-- new accounts may be named (write-only), mapped and removed
+	EXECUTE 'GRANT INSERT, DELETE ON @extschema@.accounts TO mspbill_billing';
+	EXECUTE 'GRANT UPDATE (kind, person_id) ON @extschema@.accounts TO mspbill_billing';
+	EXECUTE 'GRANT SELECT (client_id, source, line_no, reason, rejected_at), DELETE ON @extschema@.load_rejects TO mspbill_billing';
+	EXECUTE format('GRANT SELECT (%s) ON @extschema@.psa_tickets TO mspbill_billing, mspbill_bi', ticket_cols);
+	EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON %s TO mspbill_admin, mspbill_billing', product_names);
+	EXECUTE 'GRANT SELECT ON @extschema@.psa_unknown_contacts TO mspbill_admin, mspbill_billing, mspbill_bi, mspbill_pii';
+
+	-- bi: billing data of its clients, read-only, without names
+	EXECUTE format('GRANT SELECT ON %s, %s TO mspbill_bi', data_tables, billed_tables);
+	EXECUTE format('GRANT SELECT (%s) ON @extschema@.accounts TO mspbill_bi', account_cols);
+
+	-- pii: real names and raw records of its clients
+	EXECUTE 'GRANT SELECT ON @extschema@.person_identities, @extschema@.load_rejects TO mspbill_pii';
+	EXECUTE 'GRANT SELECT (client_id, account_id, name) ON @extschema@.accounts TO mspbill_pii';
+
+	EXECUTE 'GRANT SELECT ON @extschema@.account_labels TO mspbill_admin, mspbill_billing, mspbill_bi, mspbill_pii';
+
+	-- reporting: the roles that read billing data read the rollups and KPI
+	-- views (rows of their clients only); those who write logons mark
+	-- days (the logons trigger runs as them; marked_at is the server's) and
+	-- refresh, as cron would, through the definer functions only
+	EXECUTE format('GRANT SELECT ON %s TO mspbill_admin, mspbill_billing, mspbill_bi', reporting);
+	EXECUTE 'GRANT INSERT (client_id, day) ON @extschema@.rollup_dirty TO mspbill_admin, mspbill_billing';
+	EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO mspbill_admin, mspbill_billing', refreshers);
+
+	-- report: functions only (see msp_report_invoices)
+	EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO mspbill_report', reports);
+	RETURN 'roles mspbill_admin, mspbill_billing, mspbill_bi, mspbill_pii and mspbill_report are ready';
+END
+$$;
+-- for DBAs only: it creates roles and grants
+REVOKE EXECUTE ON FUNCTION @extschema@.msp_install_roles() FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@.msp_install_roles() IS
+	'creates (if missing) and grants the roles mspbill_admin, mspbill_billing, mspbill_bi, mspbill_pii and mspbill_report; idempotent';
+
+CREATE FUNCTION @extschema@.msp_shard_invoices(client_id bigint, period daterange) RETURNS jsonb
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	ids bigint[];
+	id bigint;
+	out jsonb := '[]';
+BEGIN
+	IF @extschema@.msp_is_distributed('@extschema@.contracts') THEN
+		EXECUTE 'SELECT array_agg(c.client_id ORDER BY c.client_id) FROM @extschema@.clients c
+				  WHERE pg_catalog.get_shard_id_for_distribution_column(''@extschema@.contracts'', c.client_id)
+						= pg_catalog.get_shard_id_for_distribution_column(''@extschema@.contracts'', $1)'
+			INTO ids USING client_id;
+	ELSE
+		-- one node, one shard per client as far as this function goes:
+		-- a client the reader may not see is refused by msp_invoice
+		ids := ARRAY[client_id];
+	END IF;
+	FOREACH id IN ARRAY coalesce(ids, '{}') LOOP
+		out := out || jsonb_build_array(to_jsonb(msp_invoice(id, period)));
+	END LOOP;
+	RETURN out;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_shard_invoices(bigint, daterange) IS
+	'the invoices of the clients in client_id''s shard (without Citus: its own), as a JSON array; msp_invoices() calls it once per shard';
+
+CREATE FUNCTION @extschema@.msp_invoices(period daterange DEFAULT NULL)
+RETURNS SETOF @extschema@.invoice
+-- (PARALLEL RESTRICTED: on Citus it opens connections to the workers)
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+DECLARE
+	id bigint;
+	r record;
+	parts jsonb := '[]';
+BEGIN
+	IF NOT msp_is_distributed('@extschema@.contracts') THEN
+		FOR id IN SELECT c.client_id FROM clients c ORDER BY 1 LOOP
+			RETURN NEXT msp_invoice(id, period);
+		END LOOP;
+		RETURN;
+	END IF;
+	-- one call per shard, over a connection per shard to the worker that
+	-- holds it, all at once (master_run_on_worker, which Citus's own
+	-- run_command_on_shards uses); each names one client of its shard
+	FOR r IN EXECUTE
+		'SELECT w.success, w.result
+		   FROM (SELECT array_agg(p.nodename) AS nodes, array_agg(p.nodeport) AS ports,
+						array_agg(format(''SELECT @extschema@.msp_shard_invoices(%s, %L)'', s.client_id, $1)) AS commands
+				   FROM (SELECT min(c.client_id) AS client_id,
+								pg_catalog.get_shard_id_for_distribution_column(''@extschema@.contracts'', c.client_id) AS shardid
+						   FROM @extschema@.clients c GROUP BY 2) s
+				   JOIN pg_catalog.pg_dist_shard_placement p ON p.shardid = s.shardid) x,
+				pg_catalog.master_run_on_worker(x.nodes, x.ports, x.commands, true) w'
+		USING period
+	LOOP
+		IF NOT r.success THEN
+			RAISE EXCEPTION '%', r.result
+				USING ERRCODE = 'data_exception',
+					  DETAIL = 'A worker could not price the invoices of one shard of clients.',
+					  HINT = 'Price the client it names alone (SELECT * FROM mspbill.msp_invoice(client_id, period)) to see the whole error.';
+		END IF;
+		parts := parts || r.result::jsonb;
+	END LOOP;
+	RETURN QUERY SELECT i.* FROM jsonb_populate_recordset(NULL::invoice, parts) i ORDER BY i.client_id;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_invoices(daterange) IS
+	'every client''s invoice for a period (default: each client''s last full month), as msp_invoice gives it; on Citus computed on the workers in parallel';
+
+
 -- merged: functions several sections above redefine, as the release has them
+CREATE OR REPLACE FUNCTION @extschema@.msp_distribute(shard_count integer DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	-- the small shared tables: invoice_numbering is the MSP's one number
+	-- series, whose row each finalization locks wherever it runs (Citus
+	-- writes a reference table on every node in one transaction and
+	-- serializes its writers cluster-wide), export_codes the MSP's books,
+	-- license_product_names the licences' spellings, partner_companies the
+	-- vendors' company names (unique across clients), sister_clients the
+	-- pairs of clients whose invoices read each other's people (so that an
+	-- invoice finds them on its own node)
+	ref_tables text[] := '{clients,bi_client_access,invoice_numbering,export_codes,license_product_names,partner_companies,sister_clients}';
+	-- the first distributed table names the co-location group of all
+	anchor regclass := '@extschema@.contracts'::regclass;
+	todo regclass[];
+	t regclass;
+	progress boolean;
+	n_ref integer := 0;
+	n_dist integer := 0;
+	n_fn integer := 0;
+	f record;
+	s record;
+	is_coord boolean;
+BEGIN
+	IF NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus') THEN
+		RAISE EXCEPTION 'Citus is not installed in this database'
+			USING ERRCODE = 'feature_not_supported',
+				  DETAIL = 'msp_distribute() distributes mspbill''s tables on a Citus cluster; on one server there is nothing to do.',
+				  HINT = 'On the coordinator (citus in shared_preload_libraries): CREATE EXTENSION citus; add the workers with citus_add_node(); then SELECT mspbill.msp_distribute();';
+	END IF;
+	EXECUTE 'SELECT pg_catalog.citus_is_coordinator()' INTO is_coord;
+	IF NOT is_coord THEN
+		RAISE EXCEPTION 'msp_distribute() runs on the Citus coordinator only'
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  DETAIL = 'This node is not the coordinator of its cluster.',
+				  HINT = 'Connect to the coordinator (or register it with citus_set_coordinator_host()) and call it there.';
+	END IF;
+	IF NOT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
+		RAISE EXCEPTION 'msp_distribute() must be run by a superuser'
+			USING ERRCODE = 'insufficient_privilege',
+				  DETAIL = 'It distributes tables and sets the sequences of every node.',
+				  HINT = 'Connect as the superuser that created the extension.';
+	END IF;
+	IF NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'btree_gist') THEN
+		RAISE EXCEPTION 'msp_distribute() needs the extension btree_gist'
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  DETAIL = 'On Citus, the one-contract-per-day and one-invoice-per-period exclusion constraints must name client_id itself, which needs btree_gist''s equality for bigint.',
+				  HINT = 'CREATE EXTENSION btree_gist; on the coordinator (Citus creates it on the workers), then call msp_distribute() again.';
+	END IF;
+
+	-- Every table it will distribute has a client_id: checked before
+	-- anything changes, since the statements run on the workers
+	-- (run_command_on_workers) commit there even if this call fails later
+	FOR t IN
+		SELECT c.oid::regclass FROM pg_class c
+		 WHERE c.relnamespace = '@extschema@'::regnamespace AND c.relkind IN ('r', 'p')
+		   AND NOT c.relispartition AND NOT @extschema@.msp_is_distributed(c.oid)
+		   AND c.relname <> ALL (ref_tables)
+		   AND NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attname = 'client_id' AND NOT a.attisdropped)
+	LOOP
+		RAISE EXCEPTION 'table % has no client_id to distribute it by', t
+			USING ERRCODE = 'feature_not_supported',
+				  DETAIL = 'msp_distribute() changed nothing.',
+				  HINT = 'Every mspbill table is keyed by client_id; a table added by hand must be distributed (or dropped) by hand first.';
+	END LOOP;
+
+	-- 1. Policies: a function call instead of the initplans
+	FOR s IN
+		SELECT p.polrelid::regclass AS rel, p.polname
+		  FROM pg_policy p JOIN pg_class c ON c.oid = p.polrelid
+		 WHERE c.relnamespace = '@extschema@'::regnamespace
+		   AND p.polname IN ('client_rows', 'own_rows')
+		   AND NOT @extschema@.msp_is_distributed(p.polrelid)
+	LOOP
+		IF s.polname = 'own_rows' THEN
+			PERFORM @extschema@.msp_on_all_nodes(format('ALTER POLICY own_rows ON %s USING (@extschema@.msp_sees_all_clients() OR @extschema@.msp_has_role(role_name))', s.rel));
+		ELSE
+			PERFORM @extschema@.msp_on_all_nodes(format('ALTER POLICY client_rows ON %s USING (%s)', s.rel, @extschema@.msp_client_policy(true)));
+		END IF;
+	END LOOP;
+
+	-- 2. Exclusion constraints that name client_id itself (btree_gist)
+	IF NOT @extschema@.msp_is_distributed('@extschema@.contracts') THEN
+		PERFORM @extschema@.msp_on_all_nodes('ALTER TABLE @extschema@.contracts DROP CONSTRAINT contracts_no_overlap, '
+								 'ADD CONSTRAINT contracts_no_overlap EXCLUDE USING gist (client_id WITH =, effective WITH &&)');
+	END IF;
+	IF NOT @extschema@.msp_is_distributed('@extschema@.invoices') THEN
+		PERFORM @extschema@.msp_on_all_nodes('ALTER TABLE @extschema@.invoices DROP CONSTRAINT invoices_no_overlap, '
+								 'ADD CONSTRAINT invoices_no_overlap EXCLUDE USING gist (client_id WITH =, period WITH &&) WHERE (kind = ''invoice'')');
+	END IF;
+
+	-- 3. Triggers: Citus distributes no table that has any.  Finalized rows
+	-- stay facts through privileges (only the owner may write them) and,
+	-- for the owner itself, restrictive policies that refuse UPDATE and
+	-- DELETE to everyone but a superuser (who bypasses row-level security,
+	-- as the triggers let a superuser through).
+	-- (the tables whose triggers refuse changes, as they are before the
+	-- triggers go: invoices, items, audit log, documents, PSA syncs)
+	FOR t IN
+		SELECT DISTINCT tg.tgrelid::regclass FROM pg_trigger tg
+		 WHERE tg.tgfoid = '@extschema@.msp_refuse_change()'::regprocedure AND NOT tg.tgisinternal
+		   AND NOT EXISTS (SELECT 1 FROM pg_policy WHERE polrelid = tg.tgrelid AND polname = 'finalized_no_update')
+	LOOP
+		PERFORM @extschema@.msp_on_all_nodes(format('CREATE POLICY finalized_no_update ON %s AS RESTRICTIVE FOR UPDATE USING (false)', t));
+		PERFORM @extschema@.msp_on_all_nodes(format('CREATE POLICY finalized_no_delete ON %s AS RESTRICTIVE FOR DELETE USING (false)', t));
+		PERFORM @extschema@.msp_on_all_nodes(format('ALTER TABLE %s FORCE ROW LEVEL SECURITY', t));
+	END LOOP;
+	FOR s IN
+		SELECT tg.tgrelid::regclass AS rel, tg.tgname
+		  FROM pg_trigger tg JOIN pg_class c ON c.oid = tg.tgrelid
+		 WHERE c.relnamespace = '@extschema@'::regnamespace AND NOT tg.tgisinternal
+		   AND tg.tgparentid = 0
+	LOOP
+		PERFORM @extschema@.msp_on_all_nodes(format('DROP TRIGGER %I ON %s', s.tgname, s.rel));
+	END LOOP;
+
+	-- Foreign keys that set a column NULL when their row goes (a PSA
+	-- ticket's person): Citus refuses SET NULL on a key that includes
+	-- client_id, so on Citus such a delete is refused instead (clear the
+	-- column first)
+	FOR s IN
+		SELECT k.conrelid::regclass AS rel, k.conname, pg_get_constraintdef(k.oid) AS def
+		  FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid
+		 WHERE c.relnamespace = '@extschema@'::regnamespace AND k.contype = 'f' AND k.confdeltype IN ('n', 'd')
+	LOOP
+		PERFORM @extschema@.msp_on_all_nodes(format('ALTER TABLE %s DROP CONSTRAINT %I, ADD CONSTRAINT %I %s',
+													s.rel, s.conname, s.conname,
+													regexp_replace(s.def, ' ON DELETE SET (NULL|DEFAULT)( \([^)]*\))?', '')));
+	END LOOP;
+
+	-- Sister clients: every pair people name now, then a foreign key in
+	-- place of the trigger that kept the table (dropped above)
+	IF NOT @extschema@.msp_is_distributed('@extschema@.people') THEN
+		INSERT INTO @extschema@.sister_clients (client_id, bill_to_client_id)
+		SELECT DISTINCT p.client_id, p.bill_to_client_id FROM @extschema@.people p
+		 WHERE p.bill_to_client_id IS NOT NULL
+		ON CONFLICT DO NOTHING;
+		PERFORM @extschema@.msp_on_all_nodes('ALTER TABLE @extschema@.people ADD CONSTRAINT people_sister_client_declared '
+								 'FOREIGN KEY (client_id, bill_to_client_id) REFERENCES @extschema@.sister_clients');
+	END IF;
+
+	-- 4. The small shared tables on every node (the client-keyed tables
+	-- that reference clients are distributed next: Citus must not turn
+	-- them into local tables of its metadata meanwhile)
+	PERFORM set_config('citus.enable_local_reference_table_foreign_keys', 'off', true);
+	FOREACH t IN ARRAY (SELECT array_agg(format('@extschema@.%I', x)::regclass) FROM unnest(ref_tables) x) LOOP
+		IF NOT @extschema@.msp_is_distributed(t) THEN
+			-- Citus copies the rows to every node in one COPY per node; the
+			-- time zone check's exception block (a subtransaction) would
+			-- interrupt it on the coordinator's own copy.  The rows passed
+			-- the check already; it is put back once the table is copied.
+			IF t = '@extschema@.clients'::regclass THEN
+				PERFORM @extschema@.msp_on_all_nodes('ALTER TABLE @extschema@.clients DROP CONSTRAINT clients_time_zone_known');
+			END IF;
+			EXECUTE 'SELECT pg_catalog.create_reference_table($1)' USING t;
+			IF t = '@extschema@.clients'::regclass THEN
+				ALTER TABLE @extschema@.clients ADD CONSTRAINT clients_time_zone_known
+					CHECK (@extschema@.msp_valid_time_zone(time_zone));
+			END IF;
+			n_ref := n_ref + 1;
+		END IF;
+	END LOOP;
+
+	-- 5. Every other table of the schema by client_id, co-located, each
+	-- after the tables its foreign keys name
+	todo := ARRAY(SELECT c.oid::regclass FROM pg_class c
+				   WHERE c.relnamespace = '@extschema@'::regnamespace AND c.relkind IN ('r', 'p')
+					 AND NOT c.relispartition AND NOT @extschema@.msp_is_distributed(c.oid)
+				   ORDER BY c.oid <> anchor, c.relname);
+	LOOP
+		progress := false;
+		FOREACH t IN ARRAY todo LOOP
+			CONTINUE WHEN @extschema@.msp_is_distributed(t);
+			CONTINUE WHEN EXISTS (SELECT 1 FROM pg_constraint k
+								   WHERE k.conrelid = t AND k.contype = 'f' AND k.confrelid <> t
+									 AND NOT @extschema@.msp_is_distributed(k.confrelid));
+			IF t = anchor THEN
+				EXECUTE 'SELECT pg_catalog.create_distributed_table($1, ''client_id'', colocate_with => ''none'', shard_count => $2)'
+					USING t, coalesce(shard_count, current_setting('citus.shard_count')::integer);
+			ELSE
+				EXECUTE 'SELECT pg_catalog.create_distributed_table($1, ''client_id'', colocate_with => $2)'
+					USING t, anchor::text;
+			END IF;
+			n_dist := n_dist + 1;
+			progress := true;
+		END LOOP;
+		EXIT WHEN NOT progress;
+	END LOOP;
+
+	-- 6. Sequences: each node numbers from its own range (its group id in
+	-- the top bits, as Citus does for the sequences it owns), so that ids
+	-- written on workers (delegated finalizations, loads) never collide
+	FOR s IN
+		SELECT c.oid::regclass AS seq FROM pg_class c
+		 WHERE c.relnamespace = '@extschema@'::regnamespace AND c.relkind = 'S'
+	LOOP
+		EXECUTE format($cmd$SELECT pg_catalog.run_command_on_workers(%L)$cmd$,
+					   format($w$SELECT pg_catalog.setval(%L, greatest(last_value, (SELECT groupid::bigint << 48 FROM pg_catalog.pg_dist_local_group)), true) FROM %s$w$,
+							  s.seq, s.seq));
+	END LOOP;
+
+	-- 7. Per-client functions run on the worker that holds the client
+	FOR f IN SELECT * FROM @extschema@.msp_distributed_functions() LOOP
+		EXECUTE 'SELECT pg_catalog.create_distributed_function($1, ''$1''::text, colocate_with => $2, force_delegation => $3)'
+			USING f.fn, anchor::text, f.force_delegation;
+		n_fn := n_fn + 1;
+	END LOOP;
+
+	RETURN format('%s reference tables, %s distributed tables, %s delegated functions', n_ref, n_dist, n_fn);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_distributed_functions()
+RETURNS TABLE (fn regprocedure, force_delegation boolean)
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+	SELECT x.fn::regprocedure, x.force
+	  FROM (VALUES
+		('@extschema@.msp_invoice(bigint, daterange)', false),
+		('@extschema@.msp_compute_invoice(bigint, daterange)', false),
+		('@extschema@.msp_invoice_lines(bigint, daterange)', false),
+		('@extschema@.msp_billable_users(bigint, daterange)', false),
+		('@extschema@.msp_compare_models(bigint, daterange)', false),
+		('@extschema@.msp_cost_allocation(bigint, daterange)', false),
+		('@extschema@.msp_invoice_drift(bigint, daterange)', false),
+		('@extschema@.msp_finalize_invoice(bigint, daterange, text[])', false),
+		('@extschema@.msp_issue_adjustment(bigint, daterange, text)', false),
+		('@extschema@.msp_data_quality(bigint, daterange, integer)', true),
+		('@extschema@.msp_pii_audit(bigint, daterange, interval)', true),
+		('@extschema@.msp_pii_audit_summary(bigint, daterange)', true),
+		('@extschema@.msp_shard_invoices(bigint, daterange)', false)) x(fn, force);
+END;
+COMMENT ON FUNCTION @extschema@.msp_distributed_functions() IS
+	'the per-client functions msp_distribute() registers with Citus, and whether calls in a transaction block are delegated too';
+
 CREATE OR REPLACE FUNCTION @extschema@.msp_export_quickbooks(client_id bigint, period daterange)
 RETURNS TABLE ("InvoiceNo" text, "Customer" text, "InvoiceDate" text, "DueDate" text, "Terms" text,
 			   "Memo" text, "Item(Product/Service)" text, "ItemDescription" text, "ItemQuantity" text,
@@ -5454,6 +6561,116 @@ $$;
 COMMENT ON FUNCTION @extschema@.msp_finalize_invoice(bigint, daterange, text[]) IS
 	'stores the invoice of a period with its lines, evidence, number, dates, terms and tax and returns its id; finalizing again returns the same id';
 
+CREATE OR REPLACE PROCEDURE @extschema@.msp_finalize_period(period daterange, override text[] DEFAULT '{}',
+												  only_clients bigint[] DEFAULT NULL,
+												  INOUT run_id bigint DEFAULT NULL,
+												  INOUT finalized integer DEFAULT NULL,
+												  INOUT already_finalized integer DEFAULT NULL,
+												  INOUT refused integer DEFAULT NULL,
+												  INOUT failed integer DEFAULT NULL)
+LANGUAGE plpgsql
+AS $$
+#variable_conflict use_variable
+DECLARE
+	ids pg_catalog.int8[];
+	cid pg_catalog.int8;
+	outcome pg_catalog.text;
+	done pg_catalog.int4 := 0;
+BEGIN
+	finalized := 0;
+	already_finalized := 0;
+	refused := 0;
+	failed := 0;
+	run_id := @extschema@.msp_finalize_run_begin(period, override, only_clients);
+	ids := (SELECT r.client_ids FROM @extschema@.finalize_runs r WHERE r.run_id OPERATOR(pg_catalog.=) run_id);
+	RAISE NOTICE 'month-end run % for %: % clients', run_id, period, pg_catalog.cardinality(ids);
+	FOREACH cid IN ARRAY ids LOOP
+		-- the run row, then each client, committed as soon as done; the
+		-- next statement after COMMIT must be SET TRANSACTION
+		FOR attempt IN 1..5 LOOP
+			COMMIT;
+			SET TRANSACTION ISOLATION LEVEL REPEATABLE READ;
+			outcome := @extschema@.msp_finalize_run_client(cid, run_id, attempt OPERATOR(pg_catalog.<) 5);
+			EXIT WHEN outcome OPERATOR(pg_catalog.<>) 'retry';
+		END LOOP;
+		done := done OPERATOR(pg_catalog.+) 1;
+		CASE outcome
+			WHEN 'finalized' THEN finalized := finalized OPERATOR(pg_catalog.+) 1;
+			WHEN 'already_finalized' THEN already_finalized := already_finalized OPERATOR(pg_catalog.+) 1;
+			WHEN 'refused' THEN refused := refused OPERATOR(pg_catalog.+) 1;
+			ELSE failed := failed OPERATOR(pg_catalog.+) 1;
+		END CASE;
+		IF done OPERATOR(pg_catalog.%) 100 OPERATOR(pg_catalog.=) 0 THEN
+			RAISE NOTICE 'month-end run %: % of % clients done (% finalized, % already finalized, % refused, % failed)',
+				run_id, done, pg_catalog.cardinality(ids), finalized, already_finalized, refused, failed;
+		END IF;
+	END LOOP;
+	COMMIT;
+	PERFORM @extschema@.msp_finalize_run_end(run_id);
+	COMMIT;
+	RAISE NOTICE 'month-end run % for % done: % finalized, % already finalized, % refused, % failed',
+		run_id, period, finalized, already_finalized, refused, failed
+		USING DETAIL = 'Each client''s outcome, with the gates or the error: SELECT * FROM mspbill.finalize_run_clients WHERE run_id = ' || run_id || ';';
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_finalize_run_client(client_id bigint, run_id bigint, may_retry boolean DEFAULT false)
+RETURNS text
+LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER
+SET search_path = pg_catalog, @extschema@, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	r finalize_runs;
+	prior bigint;
+	id bigint;
+	result text;
+	st text;
+	msg text;
+	det text;
+	hin text;
+	con text;
+	failing text[];
+BEGIN
+	SELECT * INTO r FROM finalize_runs f WHERE f.run_id = run_id;
+	IF NOT FOUND OR r.finished_at IS NOT NULL OR r.started_by <> session_user
+	   OR NOT client_id = ANY (r.client_ids) THEN
+		RAISE EXCEPTION 'client % is not pending in an open month-end run % of yours', client_id, run_id
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Run month-end with CALL mspbill.msp_finalize_period(period);';
+	END IF;
+	PERFORM pg_advisory_xact_lock(hashtext('mspbill.finalize'), hashtext(client_id::text || r.period::text));
+	prior := (msp_finalized_invoice(client_id, r.period)).invoice_id;
+	BEGIN
+		id := msp_finalize_invoice(client_id, r.period, r.override);
+		result := CASE WHEN prior IS NULL THEN 'finalized' ELSE 'already_finalized' END;
+	EXCEPTION WHEN OTHERS THEN
+		GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, msg = MESSAGE_TEXT, det = PG_EXCEPTION_DETAIL,
+								hin = PG_EXCEPTION_HINT, con = CONSTRAINT_NAME;
+		IF may_retry AND (con IN ('invoices_one_per_period', 'invoices_no_overlap') OR st IN ('40001', '40P01')) THEN
+			-- another session finalized it, or took the next invoice number
+			-- (the counter row), after this transaction's snapshot
+			RETURN 'retry';
+		ELSIF st = '55000' OR (st = '23514' AND coalesce(con, '') = '') THEN
+			-- the gates (a check constraint's violation names the constraint)
+			result := 'refused';
+			failing := CASE WHEN st = '55000' THEN '{period_not_over}'::text[]
+							ELSE ARRAY(SELECT DISTINCT q.gate FROM msp_data_quality(client_id, r.period) q
+										WHERE NOT q.gate = ANY (r.override) ORDER BY 1) END;
+		ELSE
+			result := 'failed';
+		END IF;
+	END;
+	INSERT INTO @extschema@.finalize_run_clients (client_id, run_id, outcome, invoice_id, total, gates, sqlstate,
+												  message, detail, hint)
+	VALUES (client_id, run_id, result, id,
+			(SELECT i.total FROM invoices i WHERE i.client_id = client_id AND i.invoice_id = id),
+			failing, st, msg, nullif(det, ''), nullif(hin, ''));
+	RETURN result;
+END
+$$;
+
 CREATE OR REPLACE FUNCTION @extschema@.msp_install_roles() RETURNS text
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, @extschema@, pg_temp
@@ -5463,7 +6680,7 @@ DECLARE
 	roles text := 'mspbill_admin, mspbill_billing, mspbill_bi, mspbill_pii, mspbill_report';
 	-- the tables people maintain by hand (or by script)
 	data_tables text := '@extschema@.clients, @extschema@.contracts, @extschema@.contract_tiers, '
-						'@extschema@.devices, @extschema@.people, @extschema@.logons, @extschema@.support_contacts, '
+						'@extschema@.devices, @extschema@.people, @extschema@.sister_clients, @extschema@.logons, @extschema@.support_contacts, '
 						'@extschema@.cost_pools, @extschema@.license_counts, @extschema@.applications, '
 						'@extschema@.invoice_terms, @extschema@.tax_rates, @extschema@.psa_mappings, @extschema@.export_codes, '
 						'@extschema@.contract_lines, @extschema@.contract_line_tiers, @extschema@.meter_readings, '
@@ -5585,6 +6802,220 @@ BEGIN
 END
 $$;
 
+CREATE OR REPLACE FUNCTION @extschema@.msp_line_items(c @extschema@.clients, k @extschema@.contracts,
+											segment daterange, period daterange,
+											q @extschema@.segment_quantities, lines @extschema@.line_terms[])
+RETURNS SETOF @extschema@.invoice_line
+LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	t line_terms;
+	b record;
+	cp record;
+	n integer := 0;
+	seg_days integer := upper(segment) - lower(segment);
+	period_days integer := upper(period) - lower(period);
+	prorate boolean;
+	covered integer;
+	units numeric;
+	unit_days numeric;
+	m numeric;
+	md numeric;
+	bands integer;
+	line_total numeric;
+	amount numeric;
+	floor_fee numeric;
+	discounted daterange;
+	dd integer;
+	users_loaded boolean := false;
+	user_count integer;
+	user_segment_days numeric;
+	share numeric;
+	homes bigint[];
+	ids bigint[];
+	home bigint;
+	n_home integer;
+	days_home numeric;
+	label text := CASE WHEN segment = period THEN ''
+					   ELSE format(' (%s to %s)', lower(segment), upper(segment) - 1) END;
+BEGIN
+	FOR t IN SELECT * FROM unnest(lines) x ORDER BY x.line_no LOOP
+		-- a preset whose model price is missing bills nothing, as the model does
+		CONTINUE WHEN t.source <> 'cost_pool' AND t.unit_price IS NULL;
+		-- a sum of readings is already the segment's: never prorated again
+		prorate := t.prorate AND NOT (t.source = 'meter' AND t.meter_rule = 'sum');
+		covered := CASE WHEN prorate THEN seg_days ELSE period_days END;
+		line_total := 0;
+
+		IF t.source = 'cost_pool' THEN
+			-- one line per pool, rounded per line (as cost-plus bills)
+			-- (each share computed outside the query that lists the pools:
+			-- on Citus no function that reads tables runs inside a query on
+			-- a shard)
+			FOR cp IN
+				SELECT x.pool_id, x.description, x.category
+				  FROM cost_pools x
+				 WHERE x.client_id = c.client_id AND x.period && segment
+				   AND (t.pool_category IS NULL OR x.category = t.pool_category)
+				 ORDER BY x.pool_id
+			LOOP
+				share := msp_pool_share(c.client_id, cp.pool_id, period, segment);
+				amount := msp_round(share * (1 + t.markup), c.minor_unit);
+				n := n + 1;
+				RETURN NEXT (n, k.contract_id,
+							 format('%s: %s (cost %s, markup %s%%)%s', t.description, cp.description, share,
+									trim_scale(round(t.markup * 100, 2)), label),
+							 1::numeric, amount, amount, 'cost')::invoice_line;
+				line_total := line_total + amount;
+			END LOOP;
+		ELSE
+			IF t.source = 'users' THEN
+				IF NOT users_loaded THEN
+					-- the people the contract's policy counts, and the days
+					-- of the segment each is active
+					-- (read in each person's own client, client_id = that
+					-- client, so that Citus reads one shard per client)
+					SELECT array_agg(u.home_client_id), array_agg(u.person_id) INTO homes, ids
+					  FROM msp_segment_users(c.client_id, k.contract_id, segment, false) u;
+					user_count := 0;
+					user_segment_days := 0;
+					FOREACH home IN ARRAY ARRAY(SELECT DISTINCT h FROM unnest(homes) h ORDER BY 1) LOOP
+						SELECT count(*)::integer,
+							   coalesce(sum(upper(coalesce(p.active, segment) * segment)
+											- lower(coalesce(p.active, segment) * segment)), 0)
+						  INTO n_home, days_home
+						  FROM people p
+						 WHERE p.client_id = home
+						   AND p.person_id = ANY (ARRAY(SELECT x.id FROM unnest(homes, ids) x(h, id) WHERE x.h = home));
+						user_count := user_count + n_home;
+						user_segment_days := user_segment_days + days_home;
+					END LOOP;
+					users_loaded := true;
+				END IF;
+				units := user_count;
+				unit_days := CASE WHEN prorate THEN user_segment_days ELSE user_count * period_days END;
+			ELSIF t.source = 'seats' THEN
+				units := q.seat_count;
+				unit_days := q.seat_count * covered;
+			ELSIF t.source = 'devices' THEN
+				SELECT count(*),
+					   coalesce(sum(CASE WHEN prorate
+										 THEN upper(coalesce(dv.active, segment) * segment)
+											  - lower(coalesce(dv.active, segment) * segment)
+										 ELSE period_days END), 0)
+				  INTO units, unit_days
+				  FROM devices dv
+				 WHERE dv.client_id = c.client_id AND (dv.active IS NULL OR dv.active && segment)
+				   AND (t.device_kind IS NULL OR dv.kind = t.device_kind);
+			ELSIF t.source = 'licenses' THEN
+				-- each SKU's latest count on or before the segment's last day
+				SELECT coalesce(sum(x.seats), 0) INTO units
+				  FROM (SELECT DISTINCT ON (lc.sku) lc.seats
+						  FROM license_counts lc
+						 WHERE lc.client_id = c.client_id AND lc.as_of < upper(segment)
+						   AND (t.sku IS NULL OR lc.sku = t.sku)
+						 ORDER BY lc.sku, lc.as_of DESC, lc.source) x;
+				unit_days := units * covered;
+			ELSIF t.source = 'meter' THEN
+				IF t.meter_rule = 'last' THEN
+					SELECT r.quantity INTO units
+					  FROM meter_readings r
+					 WHERE r.client_id = c.client_id AND r.meter = t.meter AND r.day < upper(segment)
+					 ORDER BY r.day DESC LIMIT 1;
+				ELSIF t.meter_rule = 'peak' THEN
+					SELECT max(r.quantity) INTO units
+					  FROM meter_readings r
+					 WHERE r.client_id = c.client_id AND r.meter = t.meter
+					   AND r.day >= lower(segment) AND r.day < upper(segment);
+				ELSE
+					SELECT sum(r.quantity) INTO units
+					  FROM meter_readings r
+					 WHERE r.client_id = c.client_id AND r.meter = t.meter
+					   AND r.day >= lower(segment) AND r.day < upper(segment);
+				END IF;
+				units := coalesce(units, 0);
+				unit_days := units * covered;
+			ELSE
+				-- fixed: one unit for the days covered
+				units := 1;
+				unit_days := covered;
+			END IF;
+
+			-- the minimum raises the count (for the tier) and the days
+			m := greatest(units, t.minimum_quantity);
+			md := greatest(unit_days, t.minimum_quantity * covered);
+			-- no seat at all is no seats line, as the per-user models bill it
+			m := CASE WHEN t.source = 'seats' AND m = 0 THEN NULL ELSE m END;
+			SELECT count(*) INTO bands
+			  FROM msp_line_bands(m, t.unit_price, t.tier_mode, t.tier_from, t.tier_price);
+			FOR b IN
+				SELECT x.first_unit, x.units, x.unit_price, x.first_unit + x.units - 1 AS last_unit,
+					   CASE WHEN m > 0 THEN x.units * md ELSE 0 END AS num,
+					   CASE WHEN m > 0 THEN m * period_days ELSE 1 END AS den
+				  FROM msp_line_bands(m, t.unit_price, t.tier_mode, t.tier_from, t.tier_price) x
+				 ORDER BY x.first_unit
+			LOOP
+				amount := msp_round(b.num * b.unit_price / b.den, c.minor_unit);
+				n := n + 1;
+				RETURN NEXT (n, k.contract_id,
+							 CASE WHEN t.source = 'fixed' THEN t.description
+								  ELSE format('%s: %s', t.description, trim_scale(round(units, 4))) END
+							 || CASE WHEN m > units THEN format(', minimum %s', trim_scale(t.minimum_quantity)) ELSE '' END
+							 || CASE WHEN bands > 1 THEN format(', units %s to %s', trim_scale(b.first_unit),
+															   trim_scale(ceil(b.last_unit))) ELSE '' END
+							 || label,
+							 b.num / b.den, b.unit_price, amount,
+							 CASE t.source WHEN 'users' THEN 'user' WHEN 'seats' THEN 'seat' WHEN 'devices' THEN 'device'
+										   WHEN 'licenses' THEN 'license' ELSE t.source END)::invoice_line;
+				line_total := line_total + amount;
+			END LOOP;
+		END IF;
+
+		-- the line's own minimum fee, for the days it covers
+		floor_fee := msp_round(t.minimum_fee * covered / period_days, c.minor_unit);
+		IF line_total < floor_fee THEN
+			amount := floor_fee - line_total;
+			n := n + 1;
+			RETURN NEXT (n, k.contract_id, format('%s: minimum fee top-up%s', t.description, label),
+						 1::numeric, amount, amount, 'minimum')::invoice_line;
+			line_total := floor_fee;
+		END IF;
+
+		-- the discount, for the days of the segment inside its range
+		IF t.discount_percent IS NOT NULL OR t.discount_amount IS NOT NULL THEN
+			discounted := segment * coalesce(t.discount_period, segment);
+			dd := upper(discounted) - lower(discounted);
+			IF dd > 0 AND line_total > 0 THEN
+				IF t.discount_percent IS NOT NULL THEN
+					amount := msp_round(line_total * t.discount_percent * dd / (100 * seg_days), c.minor_unit);
+				ELSE
+					-- a month's amount: the days discounted of the month, or
+					-- whole without proration
+					amount := msp_round(CASE WHEN prorate THEN t.discount_amount * dd / period_days
+											 ELSE t.discount_amount END, c.minor_unit);
+				END IF;
+				amount := least(amount, line_total);
+				IF amount > 0 THEN
+					n := n + 1;
+					RETURN NEXT (n, k.contract_id,
+								 format('%s: %s off%s', t.description,
+										CASE WHEN t.discount_percent IS NOT NULL
+											 THEN trim_scale(t.discount_percent) || '%'
+											 ELSE trim_scale(t.discount_amount)::text END,
+										CASE WHEN discounted = segment THEN label
+											 ELSE format(' (%s to %s)', lower(discounted), upper(discounted) - 1) END),
+								 1::numeric, -amount, -amount, 'discount')::invoice_line;
+				END IF;
+			END IF;
+		END IF;
+	END LOOP;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_line_items(@extschema@.clients, @extschema@.contracts, daterange, daterange, @extschema@.segment_quantities, @extschema@.line_terms[]) IS
+	'the invoice lines a set of line terms bills in one contract segment: per line its bands, minimum fee top-up and discount';
+
 CREATE OR REPLACE FUNCTION @extschema@.msp_segment_lines(c @extschema@.clients, k @extschema@.contracts,
 											   segment daterange, period daterange,
 											   q @extschema@.segment_quantities, model text)
@@ -5698,4 +7129,122 @@ END
 $$;
 COMMENT ON FUNCTION @extschema@.msp_segment_lines(@extschema@.clients, @extschema@.contracts, daterange, daterange, @extschema@.segment_quantities, text) IS
 	'the priced lines of one contract segment under a model, from its quantities';
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_segment_users(client_id bigint, contract_id bigint, segment daterange,
+											   with_evidence boolean DEFAULT true)
+RETURNS TABLE (person_id bigint, pseudonym text, rule text, first_seen timestamptz,
+			   last_seen timestamptz, days_active integer, support_contacts integer, accounts text[],
+			   home_client_id bigint)
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	payer bigint := client_id;
+	k record;
+	t0 timestamptz;
+	t1 timestamptz;
+	home bigint;
+	-- decided here, by this session: on Citus a sister client's labels are
+	-- read on another node, whose session does not carry the caller's
+	-- mspbill.pseudonymous (set by the finalizing functions)
+	names boolean := msp_sees_names();
+BEGIN
+	SELECT x.count_realms, x.min_active_days, x.support_rule, x.shared_billing, x.attribution_window,
+		   x.default_session, c.time_zone
+	  INTO k
+	  FROM contracts x JOIN clients c ON c.client_id = x.client_id
+	 WHERE x.client_id = payer AND c.client_id = payer AND x.contract_id = msp_segment_users.contract_id;
+	IF NOT FOUND THEN
+		RETURN;
+	END IF;
+	t0 := lower(segment)::timestamp AT TIME ZONE k.time_zone;
+	t1 := upper(segment)::timestamp AT TIME ZONE k.time_zone;
+	-- the payer first, then the sister clients whose people it pays for
+	-- (sister_clients: a small table, on Citus a reference table read on
+	-- this node, where people of every client would be every shard)
+	FOREACH home IN ARRAY ARRAY[payer] || ARRAY(SELECT s.client_id FROM sister_clients s
+												 WHERE s.bill_to_client_id = payer AND s.client_id <> payer
+												 ORDER BY 1)
+	LOOP
+		RETURN QUERY
+		WITH eligible AS (
+			SELECT p.* FROM people p
+			 WHERE p.client_id = home
+			   AND ((home = payer AND p.bill_to_client_id IS NULL) OR p.bill_to_client_id = payer)
+			   AND NOT p.is_technician AND NOT p.do_not_bill
+			   AND (p.active IS NULL OR p.active && segment)),
+		-- presence logons in the counted realms, and application logons
+		-- attributed through a shared session on the same device
+		evidence AS (
+			SELECT e.person_id, l.at, a.account_id, true AS by_logon
+			  FROM eligible e
+			  JOIN accounts a ON a.client_id = home AND a.person_id = e.person_id
+							 AND a.kind = 'individual' AND NOT a.is_machine AND a.realm = ANY (k.count_realms)
+			  JOIN logons l ON l.client_id = home AND l.account_id = a.account_id
+						   AND l.at >= t0 AND l.at < t1 AND l.presence
+			 WHERE e.active IS NULL OR e.active @> (l.at AT TIME ZONE k.time_zone)::date
+			UNION ALL
+			SELECT e.person_id, il.at, ia.account_id, false
+			  FROM eligible e
+			  JOIN accounts ia ON ia.client_id = home AND ia.person_id = e.person_id
+							  AND ia.kind = 'individual' AND NOT ia.is_machine AND ia.realm = 'app'
+			  JOIN logons il ON il.client_id = home AND il.account_id = ia.account_id
+							AND il.at >= t0 AND il.at < t1 AND il.presence
+			 WHERE k.shared_billing = 'attribute'
+			   AND (e.active IS NULL OR e.active @> (il.at AT TIME ZONE k.time_zone)::date)
+			   AND EXISTS (SELECT 1
+							 FROM logons sl
+							 JOIN accounts sa ON sa.client_id = home AND sa.account_id = sl.account_id
+											 AND sa.kind = 'shared' AND NOT sa.is_machine
+											 AND sa.realm = ANY (k.count_realms)
+							WHERE sl.client_id = home AND sl.device_id = il.device_id
+							  AND sl.at >= t0 AND sl.at < t1 AND sl.presence
+							  AND il.at >= sl.at - k.attribution_window
+							  AND il.at <= coalesce(sl.ended, sl.at + k.default_session) + k.attribution_window)),
+		seen AS (
+			SELECT ev.person_id, min(ev.at) AS first_seen, max(ev.at) AS last_seen,
+				   count(DISTINCT (ev.at AT TIME ZONE k.time_zone)::date)::integer AS days_active,
+				   bool_or(ev.by_logon) AS by_logon, array_agg(DISTINCT ev.account_id) AS account_ids
+			  FROM evidence ev
+			 GROUP BY ev.person_id),
+		support AS (
+			SELECT e.person_id, count(*)::integer AS contacts, min(s.at) AS first_at, max(s.at) AS last_at
+			  FROM eligible e
+			  JOIN support_contacts s ON s.client_id = home AND s.person_id = e.person_id
+									 AND s.at >= t0 AND s.at < t1
+			 WHERE e.active IS NULL OR e.active @> (s.at AT TIME ZONE k.time_zone)::date
+			 GROUP BY e.person_id)
+		SELECT e.person_id, e.pseudonym,
+			   CASE
+				   WHEN s.days_active >= k.min_active_days AND sp.contacts > 0 AND k.support_rule <> 'none'
+					   THEN CASE WHEN s.by_logon THEN 'logon+support' ELSE 'shared-attributed+support' END
+				   WHEN s.days_active >= k.min_active_days
+					   THEN CASE WHEN s.by_logon THEN 'logon' ELSE 'shared-attributed' END
+				   ELSE 'support'
+			   END,
+			   least(s.first_seen, sp.first_at), greatest(s.last_seen, sp.last_at),
+			   coalesce(s.days_active, 0), coalesce(sp.contacts, 0),
+			   CASE WHEN with_evidence
+					THEN ARRAY(SELECT x.label FROM (
+								SELECT CASE WHEN l.kind IN ('shared', 'service') OR names THEN l.label
+											ELSE l.realm || ' account ' || l.account_id END AS label
+								  FROM account_labels l
+								 WHERE l.client_id = home AND l.account_id = ANY (s.account_ids)) x
+								ORDER BY x.label) END,
+			   home
+		  FROM eligible e
+		  LEFT JOIN seen s ON s.person_id = e.person_id
+		  LEFT JOIN support sp ON sp.person_id = e.person_id
+		 WHERE CASE k.support_rule
+				   WHEN 'none' THEN coalesce(s.days_active, 0) >= k.min_active_days
+				   WHEN 'sufficient' THEN coalesce(s.days_active, 0) >= k.min_active_days OR sp.contacts > 0
+				   ELSE coalesce(s.days_active, 0) >= k.min_active_days AND sp.contacts > 0
+			   END
+		 ORDER BY e.pseudonym;
+	END LOOP;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_segment_users(bigint, bigint, daterange, boolean) IS
+	'the people one contract''s policy counts during a segment of a period (sister clients'' people it pays for included), with the rule and evidence';
 

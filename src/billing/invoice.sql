@@ -64,6 +64,7 @@ DECLARE
 	line invoice_line;
 	inv invoice;
 	models text[] := '{}';
+	segments integer := 0;
 BEGIN
 	period := msp_period(client_id, period);
 	PERFORM msp_check_currency(client_id, period);
@@ -73,6 +74,7 @@ BEGIN
 		SELECT * INTO k FROM contracts WHERE contracts.client_id = client_id
 			AND contracts.contract_id = seg.contract_id;
 		q := msp_segment_quantities(client_id, seg.contract_id, seg.segment, period);
+		segments := segments + 1;
 		IF NOT k.model = ANY (models) THEN
 			models := models || k.model;
 		END IF;
@@ -85,7 +87,9 @@ BEGIN
 			END IF;
 		END LOOP;
 	END LOOP;
-	inv.users := msp_period_people(client_id, period);
+	-- one contract all month (the usual case): its people are the period's,
+	-- counted already; across contracts a person counted by two is one
+	inv.users := CASE WHEN segments = 1 THEN q.user_count ELSE msp_period_people(client_id, period) END;
 	inv.devices := msp_period_devices(client_id, period);
 	inv.model := array_to_string(models, '+');
 	-- adjustments of earlier invoices carried by this one
@@ -216,3 +220,55 @@ END
 $$;
 COMMENT ON FUNCTION @extschema@.msp_compare_models(bigint, daterange) IS
 	'per-user, per-device, per-seat, cost-plus and support-lifted totals side by side, with effective prices and the per-device break-even user count';
+
+-- Every client's invoice for a period (NULL: each client's last full
+-- month), in client order: the month's batch.  On one node, one client
+-- after the other; on Citus, every shard's clients at once on the workers
+-- that hold them (msp_shard_invoices), where a query calling msp_invoice
+-- per client would be refused (a distributed query inside a query on a
+-- shard).  The first error (a contract gap, a currency) stops the batch,
+-- as it stops a single invoice.
+CREATE FUNCTION @extschema@.msp_invoices(period daterange DEFAULT NULL)
+RETURNS SETOF @extschema@.invoice
+-- (PARALLEL RESTRICTED: on Citus it opens connections to the workers)
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+DECLARE
+	id bigint;
+	r record;
+	parts jsonb := '[]';
+BEGIN
+	IF NOT msp_is_distributed('@extschema@.contracts') THEN
+		FOR id IN SELECT c.client_id FROM clients c ORDER BY 1 LOOP
+			RETURN NEXT msp_invoice(id, period);
+		END LOOP;
+		RETURN;
+	END IF;
+	-- one call per shard, over a connection per shard to the worker that
+	-- holds it, all at once (master_run_on_worker, which Citus's own
+	-- run_command_on_shards uses); each names one client of its shard
+	FOR r IN EXECUTE
+		'SELECT w.success, w.result
+		   FROM (SELECT array_agg(p.nodename) AS nodes, array_agg(p.nodeport) AS ports,
+						array_agg(format(''SELECT @extschema@.msp_shard_invoices(%s, %L)'', s.client_id, $1)) AS commands
+				   FROM (SELECT min(c.client_id) AS client_id,
+								pg_catalog.get_shard_id_for_distribution_column(''@extschema@.contracts'', c.client_id) AS shardid
+						   FROM @extschema@.clients c GROUP BY 2) s
+				   JOIN pg_catalog.pg_dist_shard_placement p ON p.shardid = s.shardid) x,
+				pg_catalog.master_run_on_worker(x.nodes, x.ports, x.commands, true) w'
+		USING period
+	LOOP
+		IF NOT r.success THEN
+			RAISE EXCEPTION '%', r.result
+				USING ERRCODE = 'data_exception',
+					  DETAIL = 'A worker could not price the invoices of one shard of clients.',
+					  HINT = 'Price the client it names alone (SELECT * FROM mspbill.msp_invoice(client_id, period)) to see the whole error.';
+		END IF;
+		parts := parts || r.result::jsonb;
+	END LOOP;
+	RETURN QUERY SELECT i.* FROM jsonb_populate_recordset(NULL::invoice, parts) i ORDER BY i.client_id;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_invoices(daterange) IS
+	'every client''s invoice for a period (default: each client''s last full month), as msp_invoice gives it; on Citus computed on the workers in parallel';

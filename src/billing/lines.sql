@@ -406,6 +406,12 @@ DECLARE
 	users_loaded boolean := false;
 	user_count integer;
 	user_segment_days numeric;
+	share numeric;
+	homes bigint[];
+	ids bigint[];
+	home bigint;
+	n_home integer;
+	days_home numeric;
 	label text := CASE WHEN segment = period THEN ''
 					   ELSE format(' (%s to %s)', lower(segment), upper(segment) - 1) END;
 BEGIN
@@ -419,18 +425,21 @@ BEGIN
 
 		IF t.source = 'cost_pool' THEN
 			-- one line per pool, rounded per line (as cost-plus bills)
+			-- (each share computed outside the query that lists the pools:
+			-- on Citus no function that reads tables runs inside a query on
+			-- a shard)
 			FOR cp IN
-				SELECT x.pool_id, x.description, x.category,
-					   msp_pool_share(c.client_id, x.pool_id, period, segment) AS cost
+				SELECT x.pool_id, x.description, x.category
 				  FROM cost_pools x
 				 WHERE x.client_id = c.client_id AND x.period && segment
 				   AND (t.pool_category IS NULL OR x.category = t.pool_category)
 				 ORDER BY x.pool_id
 			LOOP
-				amount := msp_round(cp.cost * (1 + t.markup), c.minor_unit);
+				share := msp_pool_share(c.client_id, cp.pool_id, period, segment);
+				amount := msp_round(share * (1 + t.markup), c.minor_unit);
 				n := n + 1;
 				RETURN NEXT (n, k.contract_id,
-							 format('%s: %s (cost %s, markup %s%%)%s', t.description, cp.description, cp.cost,
+							 format('%s: %s (cost %s, markup %s%%)%s', t.description, cp.description, share,
 									trim_scale(round(t.markup * 100, 2)), label),
 							 1::numeric, amount, amount, 'cost')::invoice_line;
 				line_total := line_total + amount;
@@ -440,12 +449,23 @@ BEGIN
 				IF NOT users_loaded THEN
 					-- the people the contract's policy counts, and the days
 					-- of the segment each is active
-					SELECT count(*)::integer,
-						   coalesce(sum(upper(coalesce(p.active, segment) * segment)
-										- lower(coalesce(p.active, segment) * segment)), 0)
-					  INTO user_count, user_segment_days
-					  FROM msp_segment_users(c.client_id, k.contract_id, segment, false) u
-					  JOIN people p ON p.client_id = u.home_client_id AND p.person_id = u.person_id;
+					-- (read in each person's own client, client_id = that
+					-- client, so that Citus reads one shard per client)
+					SELECT array_agg(u.home_client_id), array_agg(u.person_id) INTO homes, ids
+					  FROM msp_segment_users(c.client_id, k.contract_id, segment, false) u;
+					user_count := 0;
+					user_segment_days := 0;
+					FOREACH home IN ARRAY ARRAY(SELECT DISTINCT h FROM unnest(homes) h ORDER BY 1) LOOP
+						SELECT count(*)::integer,
+							   coalesce(sum(upper(coalesce(p.active, segment) * segment)
+											- lower(coalesce(p.active, segment) * segment)), 0)
+						  INTO n_home, days_home
+						  FROM people p
+						 WHERE p.client_id = home
+						   AND p.person_id = ANY (ARRAY(SELECT x.id FROM unnest(homes, ids) x(h, id) WHERE x.h = home));
+						user_count := user_count + n_home;
+						user_segment_days := user_segment_days + days_home;
+					END LOOP;
 					users_loaded := true;
 				END IF;
 				units := user_count;

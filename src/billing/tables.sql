@@ -123,6 +123,43 @@ CREATE INDEX people_bill_to_idx ON @extschema@.people (bill_to_client_id) WHERE 
 COMMENT ON TABLE @extschema@.people IS
 	'people by pseudonym; one person may own several accounts. bill_to_client_id names a sister client that pays for them';
 
+-- Which clients pay for some of another client's people: the pairs
+-- (client_id, bill_to_client_id) that people name, so that a payer's
+-- invoice finds its sister clients in this small table instead of
+-- searching every client's people (on Citus, a query over every shard for
+-- each invoice).  Kept by a trigger on people on one node: a pair is added
+-- when a person names it and stays (a pair nobody names any more costs one
+-- empty read of that client's people).  On Citus, where distributed
+-- tables have no triggers, msp_distribute() replaces the trigger by a
+-- foreign key: a pair is declared here before people name it.
+CREATE TABLE @extschema@.sister_clients (
+	client_id bigint NOT NULL REFERENCES @extschema@.clients ON DELETE CASCADE,
+	bill_to_client_id bigint NOT NULL REFERENCES @extschema@.clients ON DELETE CASCADE,
+	PRIMARY KEY (client_id, bill_to_client_id)
+);
+-- the payer's invoice reads it by bill_to_client_id
+CREATE INDEX sister_clients_bill_to_idx ON @extschema@.sister_clients (bill_to_client_id);
+COMMENT ON TABLE @extschema@.sister_clients IS
+	'pairs of clients where bill_to_client_id pays for some of client_id''s people (people.bill_to_client_id); kept by a trigger on one node, declared first on Citus';
+
+-- Adds the pair a person names to sister_clients (the trigger of people).
+CREATE FUNCTION @extschema@.msp_note_sister_client() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+BEGIN
+	INSERT INTO sister_clients (client_id, bill_to_client_id)
+	VALUES (NEW.client_id, NEW.bill_to_client_id)
+	ON CONFLICT DO NOTHING;
+	RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_note_sister_client() IS
+	'trigger: records in sister_clients the pair of clients a person''s bill_to_client_id names';
+CREATE TRIGGER note_sister_client AFTER INSERT OR UPDATE OF client_id, bill_to_client_id ON @extschema@.people
+	FOR EACH ROW WHEN (NEW.bill_to_client_id IS NOT NULL)
+	EXECUTE FUNCTION @extschema@.msp_note_sister_client();
+
 -- (No SET clause, so that it inlines; every name in it is qualified.)
 CREATE FUNCTION @extschema@.msp_is_machine_account(name text) RETURNS boolean
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
@@ -293,6 +330,7 @@ SELECT pg_catalog.pg_extension_config_dump('@extschema@.contracts', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.contract_tiers', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.devices', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.people', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.sister_clients', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.accounts', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.logons_default', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.logons_logon_id_seq', '');

@@ -27,8 +27,8 @@ single_db() {
 }
 load_demo() { (cd "$TOP/test/demo" && q "$1" -f clinics.sql >/dev/null 2>&1); }
 load_model() { (cd "$TOP/test/citus" && "$py" load_model.py \
-	"host=$CITUS_HOST port=$CITUS_PORT dbname=$1 user=postgres" "$MODEL_CLIENTS" "$MODEL_SEED"); }
-echo "1..41"
+	"host=$CITUS_HOST port=$CITUS_PORT dbname=$1 user=postgres" "${2:-$MODEL_CLIENTS}" "${3:-$MODEL_SEED}" ${4:-}); }
+echo "1..49"
 
 # --- refusals -------------------------------------------------------------
 single_db mspbill_s_demo
@@ -57,13 +57,13 @@ tap_check "nothing was distributed by the refusals" \
 load_demo mspbill_s_demo
 load_demo mspbill_d_demo
 dist=$(q mspbill_d_demo -c "SELECT msp_distribute()" 2>&1 | tail -1)
-tap_check "msp_distribute() on the demo" "$dist" "2 reference tables, 22 distributed tables, 12 delegated functions"
+tap_check "msp_distribute() on the demo" "$dist" "7 reference tables, 42 distributed tables, 13 delegated functions"
 tap_check "again: nothing left to do (idempotent)" "$(q mspbill_d_demo -c "SELECT msp_distribute()" 2>&1 | tail -1)" \
-	"0 reference tables, 0 distributed tables, 12 delegated functions"
+	"0 reference tables, 0 distributed tables, 13 delegated functions"
 tap_check "every table of the schema is a Citus table, co-located by client_id" \
 	"$(q mspbill_d_demo -c "SELECT count(*) FILTER (WHERE p.partmethod = 'n') || '/' || count(*) FILTER (WHERE p.partmethod = 'h') || '/' || count(DISTINCT p.colocationid) FILTER (WHERE p.partmethod = 'h') || '/' || count(*) FILTER (WHERE c.oid IS NOT NULL AND p.logicalrelid IS NULL)
 		FROM pg_class c FULL JOIN pg_dist_partition p ON p.logicalrelid = c.oid
-		WHERE c.relnamespace = 'mspbill'::regnamespace AND c.relkind IN ('r', 'p')")" "2/23/1/0"
+		WHERE c.relnamespace = 'mspbill'::regnamespace AND c.relkind IN ('r', 'p')")" "7/43/1/0"
 tap_check "no unsafe Citus setting is on" \
 	"$(q mspbill_d_demo -c "SELECT current_setting('citus.enable_unsafe_triggers') || current_setting('citus.allow_nested_distributed_execution')")" "offoff"
 tap_check "the demo's rows all reached the shards" \
@@ -117,6 +117,23 @@ plan=$(q mspbill_d_demo -c "EXPLAIN (COSTS OFF) SELECT count(*) FROM logons l JO
 tap_check "a per-client statement filtered by client_id on every table is a one-shard (router) plan" \
 	"$(grep -c 'Task Count: 1$' <<<"$plan")" "1"
 
+# --- sister clients: read on the client's own node -----------------------------
+w=$(q mspbill_d_demo -c "SELECT nodeport FROM pg_dist_shard_placement WHERE shardid = get_shard_id_for_distribution_column('mspbill.contracts', 2)")
+remote=$("$BINDIR/psql" -X -q -At -h "$CITUS_HOST" -p "$w" -U postgres -d mspbill_d_demo -c "SET citus.log_remote_commands = on" \
+	-c "SET client_min_messages = log" -c "SELECT (mspbill.msp_compute_invoice(2)).total" 2>&1)
+tap_check "an invoice of a client no sister's people are billed to reads no other node (no remote command)" \
+	"$(grep -c 'issuing' <<<"$remote")/$(grep -c '^942.00$' <<<"$remote")" "0/1"
+tap_check "the sister pair the demo's people name was recorded before distributing" \
+	"$(q mspbill_d_demo -c "SELECT string_agg(client_id || '>' || bill_to_client_id, ',') FROM sister_clients")" "2>1"
+out=$(q mspbill_d_demo -c "INSERT INTO people (client_id, person_id, pseudonym, bill_to_client_id) VALUES (1, 999, 'undeclared', 2)" 2>&1)
+tap_check "on Citus a person may name a payer only once the pair is declared (foreign key)" \
+	"$(grep -c 'violates foreign key constraint "people_sister_client_declared' <<<"$out")" "1"
+
+# --- the month's batch: msp_invoices() on the workers, per shard ---------------
+tap_check "demo: msp_invoices() on Citus = on one node" \
+	"$(q mspbill_d_demo -c "SELECT md5(string_agg(i::text, ';')) FROM msp_invoices() i")" \
+	"$(q mspbill_s_demo -c "SELECT md5(string_agg(i::text, ';')) FROM msp_invoices() i")"
+
 # --- the random clients, loaded after distributing ----------------------------
 single_db mspbill_s_model
 citus_fresh_db mspbill_d_model
@@ -131,6 +148,32 @@ s=$(report mspbill_s_model "$model_periods")
 d=$(report mspbill_d_model "$model_periods")
 compare_reports "model ($MODEL_CLIENTS clients)" "$s" "$d"
 tap_check "model: some people are billed (the comparison is not empty)" "$([ "$(grep '^rows|' <<<"$s" | cut -d'|' -f2)" -gt 20 ] && echo yes)" "yes"
+
+# --- the batch over every client of one month (contract lines, sisters, ...) --
+BATCH_CLIENTS=${BATCH_CLIENTS:-120}
+single_db mspbill_s_batch
+citus_fresh_db mspbill_d_batch
+q mspbill_d_batch -c "CREATE EXTENSION btree_gist" -c "SELECT msp_distribute()" >/dev/null 2>&1
+load_model mspbill_s_batch "$BATCH_CLIENTS" 18 2026-03-01
+load_model mspbill_d_batch "$BATCH_CLIENTS" 18 2026-03-01
+batch="SELECT md5(string_agg(i::text, ';')) || ' ' || count(*) FROM msp_invoices('[2026-03-01,2026-04-01)') i"
+s=$(q mspbill_s_batch -c "$batch")
+tap_check "batch: $BATCH_CLIENTS clients' invoices of March 2026 on one node (every client priced)" "${s#* }" "$BATCH_CLIENTS"
+tap_check "batch: msp_invoices() on the workers = on one node, to the cent" "$(q mspbill_d_batch -c "$batch")" "$s"
+tap_check "batch: = msp_invoice per client on the coordinator" \
+	"$(q mspbill_d_batch -c "SELECT md5(string_agg(msp_invoice(client_id, '[2026-03-01,2026-04-01)')::text, ';' ORDER BY client_id)) || ' ' || count(*) FROM clients")" "$s"
+# timings, best of three (reported, never asserted: make bench territory)
+best() { local db=$1 sql=$2 i t b=""; for i in 1 2 3; do
+	t=$(q "$db" -c '\timing on' -c "$sql" | sed -nE 's/^Time: ([0-9.]+) ms.*/\1/p')
+	if [ -z "$b" ] || awk "BEGIN{exit !($t < $b)}"; then b=$t; fi; done; echo "$b"; }
+# one session each, warm: a delegated call reuses the coordinator's
+# connection to the worker, as a month-end script does
+best_in_session() { local db=$1 sql=$2; { echo '\timing on'; for i in 1 2 3 4 5 6 7 8 9 10; do echo "$sql;"; done; } |
+	q "$db" | sed -nE 's/^Time: ([0-9.]+) ms.*/\1/p' | sort -n | head -1; }
+echo "# timing: msp_compute_invoice(2) (demo, best of 10 in one session): one node $(best_in_session mspbill_s_demo "SELECT msp_compute_invoice(2)") ms, Citus delegated $(best_in_session mspbill_d_demo "SELECT msp_compute_invoice(2)") ms"
+echo "# timing: $BATCH_CLIENTS invoices (best of 3): one node msp_invoices $(best mspbill_s_batch "SELECT count(*) FROM msp_invoices('[2026-03-01,2026-04-01)')") ms; Citus msp_invoices $(best mspbill_d_batch "SELECT count(*) FROM msp_invoices('[2026-03-01,2026-04-01)')") ms, msp_invoice per client over clients $(best mspbill_d_batch "SELECT count(msp_invoice(client_id, '[2026-03-01,2026-04-01)')) FROM clients") ms"
+rollup="SELECT cardinality(userset_union(s)) FROM (SELECT l.client_id, userset_agg(a.person_id) s FROM logons l JOIN accounts a USING (client_id, account_id) GROUP BY 1) x"
+echo "# timing: cross-client rollup over $BATCH_CLIENTS clients' logons (best of 3): one node $(best mspbill_s_batch "$rollup") ms, Citus $(best mspbill_d_batch "$rollup") ms"
 
 # --- month end: finalize, late data, drift, adjustment ------------------------
 month_end() {
@@ -184,6 +227,9 @@ for name in invoices items drift audit stored; do
 done
 tap_check "month end: as many adjustments, and some (the late data drifted)" \
 	"$(grep '^adjustments|' <<<"$d" | cut -d'|' -f2 | grep -v '^0$')" "$(grep '^adjustments|' <<<"$s" | cut -d'|' -f2)"
+tap_check "month end on Citus: invoice numbers 1..N without a gap or duplicate across the workers" \
+	"$(q mspbill_d_demo -c "SELECT count(DISTINCT invoice_number) || ' ' || max(invoice_number) FROM invoice_documents")" \
+	"$(q mspbill_s_demo -c "SELECT count(*) || ' ' || max(invoice_number) FROM invoice_documents")"
 tap_check "ids written on the workers are unique cluster-wide (invoices, audit entries)" \
 	"$(q mspbill_d_demo -c "SELECT (SELECT count(DISTINCT invoice_id) = count(*) FROM invoices) AND (SELECT count(DISTINCT entry_id) = count(*) FROM audit_log) AND (SELECT count(DISTINCT invoice_id >> 48) > 1 FROM invoices)")" "t"
 exit 0

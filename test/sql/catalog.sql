@@ -53,7 +53,9 @@ INSERT INTO writers VALUES
 	('msp_distribute'), ('msp_on_all_nodes'),
 
 	-- month-end: the procedure and the definer functions that record its runs
-	('msp_finalize_period'), ('msp_finalize_run_begin'), ('msp_finalize_run_client'), ('msp_finalize_run_end');
+	('msp_finalize_period'), ('msp_finalize_run_begin'), ('msp_finalize_run_client'), ('msp_finalize_run_end'),
+	-- sister clients: the trigger of people records the pairs
+	('msp_note_sister_client');
 
 -- not STRICT, deliberately
 CREATE TEMP TABLE nonstrict_ok (proname name PRIMARY KEY, why text NOT NULL);
@@ -73,7 +75,9 @@ INSERT INTO nonstrict_ok VALUES
 	('msp_pii_audit_figures', 'a NULL period is the last full month, as in msp_pii_audit_summary'),
 
 	('msp_csv_field', 'inlined into the loaders'' queries (a STRICT SQL function is not); a NULL record or header gives NULL anyway'),
-	('msp_snapshot_day', 'a NULL day means the client''s today');
+	('msp_snapshot_day', 'a NULL day means the client''s today'),
+	('msp_invoices', 'a NULL period is each client''s last full month, as in msp_invoice'),
+	('msp_shard_invoices', 'a NULL period is each client''s last full month, as in msp_invoice');
 
 -- SECURITY DEFINER allowed, each for a workflow that needs rights its
 -- callers must not have
