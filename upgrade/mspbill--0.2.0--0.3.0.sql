@@ -5282,7 +5282,8 @@ CREATE TABLE @extschema@.sister_clients (
 CREATE INDEX sister_clients_bill_to_idx ON @extschema@.sister_clients (bill_to_client_id);
 COMMENT ON TABLE @extschema@.sister_clients IS
 	'pairs of clients where bill_to_client_id pays for some of client_id''s people (people.bill_to_client_id); kept by a trigger on one node, declared first on Citus';
-SELECT pg_catalog.pg_extension_config_dump('@extschema@.sister_clients', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.sister_clients',
+	'WHERE NOT EXISTS (SELECT FROM @extschema@.people p WHERE p.client_id = sister_clients.client_id AND p.bill_to_client_id = sister_clients.bill_to_client_id)');
 -- the pairs people name today
 INSERT INTO @extschema@.sister_clients (client_id, bill_to_client_id)
 SELECT DISTINCT p.client_id, p.bill_to_client_id FROM @extschema@.people p WHERE p.bill_to_client_id IS NOT NULL;

@@ -330,7 +330,10 @@ SELECT pg_catalog.pg_extension_config_dump('@extschema@.contracts', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.contract_tiers', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.devices', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.people', '');
-SELECT pg_catalog.pg_extension_config_dump('@extschema@.sister_clients', '');
+-- only the pairs no person names: the trigger of people restores the others
+-- (dumping them too would restore them twice)
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.sister_clients',
+	'WHERE NOT EXISTS (SELECT FROM @extschema@.people p WHERE p.client_id = sister_clients.client_id AND p.bill_to_client_id = sister_clients.bill_to_client_id)');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.accounts', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.logons_default', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.logons_logon_id_seq', '');
