@@ -17,10 +17,10 @@ VALUES (1, 1, '[2025-01-01,)', 'per_user', 10), (2, 1, '[2020-01-01,)', 'per_use
 -- Windows Security events, NXLog JSON lines (raw lines: no COPY escapes)
 SET mspbill.client_id = 1;
 \copy windows_event_staging (raw) FROM '../fixtures/windows_nxlog.jsonl' WITH (FORMAT csv, QUOTE E'\x01', DELIMITER E'\x02')
-SELECT results_eq($$SELECT * FROM msp_load_windows_events(1)$$, $$VALUES (3::bigint, 1::bigint, 2::bigint, 7::bigint, 3::bigint)$$,
+SELECT results_eq($$SELECT * FROM msp_load_windows_events(1)$$, $$VALUES (3::bigint, 1::bigint, 2::bigint, 7::bigint, 3::bigint, 0::bigint)$$,
                   'windows: 3 loaded, 1 duplicate, 2 sessions closed, 7 skipped, 3 rejected');
 SELECT results_eq($$SELECT reason FROM load_rejects WHERE source = 'windows' ORDER BY line_no$$,
-                  $$VALUES ('not valid JSON'), ('no TargetUserName'), ('invalid @timestamp')$$, 'each reject says why');
+                  $$VALUES ('not valid JSON'), ('no TargetUserName'), ('invalid EventTime')$$, 'each reject says why (EventTime, the event''s own time, is the one read)');
 SELECT ok((SELECT raw FROM load_rejects WHERE reason = 'not valid JSON') LIKE '%"broken', 'and keeps the raw record');
 SELECT results_eq($$SELECT name, kind FROM accounts WHERE client_id = 1 AND realm = 'os' ORDER BY name$$,
                   $$VALUES ('CLINIC\alice', 'unknown'), ('CLINIC\bob', 'unknown')$$,
