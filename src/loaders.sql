@@ -609,6 +609,17 @@ $$;
 COMMENT ON FUNCTION @extschema@.msp_load_windows_events(bigint, text) IS
 	'loads a client''s staged Windows Security events: interactive (2), unlock (7, an instant), remote interactive (10) and cached (11) logons count, linked pairs once; logoffs close sessions in any load order (held until their logon comes); the rest is skipped or rejected';
 
+-- The records of a JSON export whatever its layout (src/json_fields.c).
+CREATE FUNCTION @extschema@.msp_json_records(lines text[])
+RETURNS TABLE (first_line integer, record text, is_json boolean)
+	AS 'MODULE_PATHNAME' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION @extschema@.msp_json_records(text[]) IS
+	'the records of an export''s lines in order: JSON lines, saved Graph responses ({"value": [...]}, pretty-printed, paged) or an array; each with the line it starts on, and each broken document as one record that is not JSON';
+
+-- Entra ID sign-ins as JSON lines or as saved Graph responses: the stage
+-- is read as one text in line order, so that a pretty-printed page, pages
+-- one after the other and a response on one line all give their signIn
+-- objects (each with the line it starts on).
 CREATE FUNCTION @extschema@.msp_load_entra_signins(client_id bigint, source text DEFAULT 'entra',
 												   OUT loaded bigint, OUT duplicate bigint,
 												   OUT skipped bigint, OUT rejected bigint)
@@ -621,14 +632,19 @@ SET TimeZone = 'UTC'
 AS $$
 #variable_conflict use_variable
 DECLARE
-	lo bigint;
-	hi bigint;
+	n bigint;
 BEGIN
 	source := coalesce(source, 'entra');
 	PERFORM @extschema@.msp_load_begin(client_id);
-	SELECT min(s.line_no), max(s.line_no) INTO lo, hi FROM @extschema@.entra_signin_staging s WHERE s.client_id = client_id;
+	CREATE TEMP TABLE msp_entra_rec ON COMMIT DROP AS
+	SELECT r.rec, l.line_nos[r.first_line] AS line_no, r.record, r.is_json
+	  FROM (SELECT array_agg(s.line_no ORDER BY s.line_no) AS line_nos, array_agg(s.raw ORDER BY s.line_no) AS raws
+			  FROM @extschema@.entra_signin_staging s WHERE s.client_id = client_id) l,
+		   LATERAL @extschema@.msp_json_records(l.raws) WITH ORDINALITY AS r(first_line, record, is_json, rec);
+	ALTER TABLE pg_temp.msp_entra_rec ADD PRIMARY KEY (rec);
+	n := (SELECT max(r.rec) FROM pg_temp.msp_entra_rec r);
 	CREATE TEMP TABLE msp_entra_class (
-		line_no bigint PRIMARY KEY,
+		line_no bigint PRIMARY KEY,		-- the record's number (msp_entra_rec.rec)
 		id text,
 		upn text,
 		created text,
@@ -636,11 +652,14 @@ BEGIN
 		class text NOT NULL,
 		at timestamptz
 	) ON COMMIT DROP;
+	INSERT INTO pg_temp.msp_entra_class (line_no, class)
+	SELECT r.rec, 'reject:not valid JSON' FROM pg_temp.msp_entra_rec r WHERE NOT r.is_json;
 	PERFORM @extschema@.msp_load_guarded($step$
 		INSERT INTO pg_temp.msp_entra_class (line_no, id, upn, created, device, class)
-		SELECT e.line_no, e.doc->>'id', e.doc->>'userPrincipalName', e.doc->>'createdDateTime',
+		SELECT e.rec, e.doc->>'id', e.doc->>'userPrincipalName', e.doc->>'createdDateTime',
 			   e.doc->'deviceDetail'->>'displayName',
 			   CASE
+				   WHEN jsonb_typeof(e.doc) <> 'object' THEN 'reject:not a signIn object'
 				   WHEN e.doc->>'id' IS NULL THEN 'reject:no id'
 				   WHEN coalesce(btrim(e.doc->>'userPrincipalName', E' \t\r\n'), '') = '' THEN 'reject:no userPrincipalName'
 				   WHEN e.doc->>'createdDateTime' IS NULL THEN 'reject:no valid createdDateTime'
@@ -651,18 +670,18 @@ BEGIN
 				   WHEN e.doc->>'isInteractive' = 'false' THEN 'skip'
 				   ELSE 'signin'
 			   END
-		  FROM (SELECT s.line_no, s.raw::jsonb AS doc FROM @extschema@.entra_signin_staging s
-				 WHERE s.client_id = $1 AND s.line_no BETWEEN $2 AND $3) e
+		  FROM (SELECT r.rec, r.record::jsonb AS doc FROM pg_temp.msp_entra_rec r
+				 WHERE r.is_json AND r.rec BETWEEN $2 AND $3) e
 	$step$, $reject$
 		INSERT INTO pg_temp.msp_entra_class (line_no, class)
 		VALUES ($2, CASE WHEN $4 = '22P02' THEN 'reject:not valid JSON' ELSE 'reject:unreadable record: ' || $3 END)
-	$reject$, client_id, lo, hi);
+	$reject$, client_id, 1, n);
 	PERFORM @extschema@.msp_load_guarded($step$
 		UPDATE pg_temp.msp_entra_class SET at = created::timestamptz
 		 WHERE class NOT LIKE 'reject:%' AND line_no BETWEEN $2 AND $3
 	$step$, $reject$
 		UPDATE pg_temp.msp_entra_class SET class = 'reject:no valid createdDateTime' WHERE line_no = $2
-	$reject$, client_id, lo, hi);
+	$reject$, client_id, 1, n);
 	UPDATE pg_temp.msp_entra_class
 	   SET class = 'reject:no valid createdDateTime' || coalesce(': ' || @extschema@.msp_implausible_time(created, at), '')
 	 WHERE class NOT LIKE 'reject:%' AND (at IS NULL OR @extschema@.msp_implausible_time(created, at) IS NOT NULL);
@@ -675,17 +694,18 @@ BEGIN
 		UPDATE pg_temp.msp_entra_class SET class = 'reject:unloadable record: ' || $3 WHERE line_no = $2
 	$reject$);
 	INSERT INTO @extschema@.load_rejects (client_id, source, line_no, raw, reason)
-	SELECT client_id, source, c.line_no, s.raw, substr(c.class, 8)
-	  FROM pg_temp.msp_entra_class c JOIN @extschema@.entra_signin_staging s ON s.client_id = client_id AND s.line_no = c.line_no
-	 WHERE c.class LIKE 'reject:%';
+	SELECT client_id, source, r.line_no, r.record, substr(c.class, 8)
+	  FROM pg_temp.msp_entra_class c JOIN pg_temp.msp_entra_rec r ON r.rec = c.line_no
+	 WHERE c.class LIKE 'reject:%'
+	 ORDER BY r.rec;
 	GET DIAGNOSTICS rejected = ROW_COUNT;
 	SELECT count(*) INTO skipped FROM pg_temp.msp_entra_class c WHERE c.class = 'skip';
 	DELETE FROM @extschema@.entra_signin_staging s WHERE s.client_id = client_id;
-	DROP TABLE pg_temp.msp_entra_class;
+	DROP TABLE pg_temp.msp_entra_class, pg_temp.msp_entra_rec;
 END
 $$;
 COMMENT ON FUNCTION @extschema@.msp_load_entra_signins(bigint, text) IS
-	'loads a client''s staged Entra ID sign-ins: successful interactive sign-ins count as Microsoft 365 presence';
+	'loads a client''s staged Entra ID sign-ins (JSON lines or saved Graph responses): successful interactive sign-ins count as Microsoft 365 presence';
 
 CREATE FUNCTION @extschema@.msp_load_emr_audit(client_id bigint, source text DEFAULT 'emr',
 											   OUT loaded bigint, OUT duplicate bigint, OUT rejected bigint)

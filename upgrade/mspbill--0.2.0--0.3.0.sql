@@ -238,3 +238,103 @@ $$;
 COMMENT ON FUNCTION @extschema@.msp_load_windows_events(bigint, text) IS
 	'loads a client''s staged Windows Security events: interactive (2), unlock (7, an instant), remote interactive (10) and cached (11) logons count, linked pairs once; logoffs close sessions in any load order (held until their logon comes); the rest is skipped or rejected';
 REVOKE EXECUTE ON FUNCTION @extschema@.msp_load_windows_events(bigint, text) FROM PUBLIC;
+
+-- logsources: Entra ID sign-ins as JSON lines or saved Graph responses
+-- (msp_json_records reads the stage as one text).
+-- The records of a JSON export whatever its layout (src/json_fields.c).
+CREATE FUNCTION @extschema@.msp_json_records(lines text[])
+RETURNS TABLE (first_line integer, record text, is_json boolean)
+	AS 'MODULE_PATHNAME' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION @extschema@.msp_json_records(text[]) IS
+	'the records of an export''s lines in order: JSON lines, saved Graph responses ({"value": [...]}, pretty-printed, paged) or an array; each with the line it starts on, and each broken document as one record that is not JSON';
+
+-- Entra ID sign-ins as JSON lines or as saved Graph responses: the stage
+-- is read as one text in line order, so that a pretty-printed page, pages
+-- one after the other and a response on one line all give their signIn
+-- objects (each with the line it starts on).
+CREATE OR REPLACE FUNCTION @extschema@.msp_load_entra_signins(client_id bigint, source text DEFAULT 'entra',
+												   OUT loaded bigint, OUT duplicate bigint,
+												   OUT skipped bigint, OUT rejected bigint)
+LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER
+SET search_path = pg_catalog, @extschema@, pg_temp
+SET DateStyle = 'ISO, MDY'
+SET timezone_abbreviations = 'Default'
+SET TimeZone = 'UTC'
+AS $$
+#variable_conflict use_variable
+DECLARE
+	n bigint;
+BEGIN
+	source := coalesce(source, 'entra');
+	PERFORM @extschema@.msp_load_begin(client_id);
+	CREATE TEMP TABLE msp_entra_rec ON COMMIT DROP AS
+	SELECT r.rec, l.line_nos[r.first_line] AS line_no, r.record, r.is_json
+	  FROM (SELECT array_agg(s.line_no ORDER BY s.line_no) AS line_nos, array_agg(s.raw ORDER BY s.line_no) AS raws
+			  FROM @extschema@.entra_signin_staging s WHERE s.client_id = client_id) l,
+		   LATERAL @extschema@.msp_json_records(l.raws) WITH ORDINALITY AS r(first_line, record, is_json, rec);
+	ALTER TABLE pg_temp.msp_entra_rec ADD PRIMARY KEY (rec);
+	n := (SELECT max(r.rec) FROM pg_temp.msp_entra_rec r);
+	CREATE TEMP TABLE msp_entra_class (
+		line_no bigint PRIMARY KEY,		-- the record's number (msp_entra_rec.rec)
+		id text,
+		upn text,
+		created text,
+		device text,
+		class text NOT NULL,
+		at timestamptz
+	) ON COMMIT DROP;
+	INSERT INTO pg_temp.msp_entra_class (line_no, class)
+	SELECT r.rec, 'reject:not valid JSON' FROM pg_temp.msp_entra_rec r WHERE NOT r.is_json;
+	PERFORM @extschema@.msp_load_guarded($step$
+		INSERT INTO pg_temp.msp_entra_class (line_no, id, upn, created, device, class)
+		SELECT e.rec, e.doc->>'id', e.doc->>'userPrincipalName', e.doc->>'createdDateTime',
+			   e.doc->'deviceDetail'->>'displayName',
+			   CASE
+				   WHEN jsonb_typeof(e.doc) <> 'object' THEN 'reject:not a signIn object'
+				   WHEN e.doc->>'id' IS NULL THEN 'reject:no id'
+				   WHEN coalesce(btrim(e.doc->>'userPrincipalName', E' \t\r\n'), '') = '' THEN 'reject:no userPrincipalName'
+				   WHEN e.doc->>'createdDateTime' IS NULL THEN 'reject:no valid createdDateTime'
+				   -- names and keys go into btree indexes, which cap a row's size
+				   WHEN length(e.doc->>'id') > 255 OR length(e.doc->>'userPrincipalName') > 255
+						OR length(e.doc->'deviceDetail'->>'displayName') > 255 THEN 'reject:field too long'
+				   WHEN coalesce(e.doc->'status'->>'errorCode', '0') <> '0' THEN 'skip'
+				   WHEN e.doc->>'isInteractive' = 'false' THEN 'skip'
+				   ELSE 'signin'
+			   END
+		  FROM (SELECT r.rec, r.record::jsonb AS doc FROM pg_temp.msp_entra_rec r
+				 WHERE r.is_json AND r.rec BETWEEN $2 AND $3) e
+	$step$, $reject$
+		INSERT INTO pg_temp.msp_entra_class (line_no, class)
+		VALUES ($2, CASE WHEN $4 = '22P02' THEN 'reject:not valid JSON' ELSE 'reject:unreadable record: ' || $3 END)
+	$reject$, client_id, 1, n);
+	PERFORM @extschema@.msp_load_guarded($step$
+		UPDATE pg_temp.msp_entra_class SET at = created::timestamptz
+		 WHERE class NOT LIKE 'reject:%' AND line_no BETWEEN $2 AND $3
+	$step$, $reject$
+		UPDATE pg_temp.msp_entra_class SET class = 'reject:no valid createdDateTime' WHERE line_no = $2
+	$reject$, client_id, 1, n);
+	UPDATE pg_temp.msp_entra_class
+	   SET class = 'reject:no valid createdDateTime' || coalesce(': ' || @extschema@.msp_implausible_time(created, at), '')
+	 WHERE class NOT LIKE 'reject:%' AND (at IS NULL OR @extschema@.msp_implausible_time(created, at) IS NOT NULL);
+
+	INSERT INTO pg_temp.msp_load_events (line_no, realm, application, account_name, device_name, create_device, at,
+										 ended, source_event_id, session_key)
+	SELECT c.line_no, 'm365', NULL, lower(c.upn), upper(nullif(c.device, '')), false, c.at, NULL, c.id, NULL
+	  FROM pg_temp.msp_entra_class c WHERE c.class = 'signin';
+	SELECT * INTO loaded, duplicate FROM @extschema@.msp_load_normalized_guarded(client_id, source, $reject$
+		UPDATE pg_temp.msp_entra_class SET class = 'reject:unloadable record: ' || $3 WHERE line_no = $2
+	$reject$);
+	INSERT INTO @extschema@.load_rejects (client_id, source, line_no, raw, reason)
+	SELECT client_id, source, r.line_no, r.record, substr(c.class, 8)
+	  FROM pg_temp.msp_entra_class c JOIN pg_temp.msp_entra_rec r ON r.rec = c.line_no
+	 WHERE c.class LIKE 'reject:%'
+	 ORDER BY r.rec;
+	GET DIAGNOSTICS rejected = ROW_COUNT;
+	SELECT count(*) INTO skipped FROM pg_temp.msp_entra_class c WHERE c.class = 'skip';
+	DELETE FROM @extschema@.entra_signin_staging s WHERE s.client_id = client_id;
+	DROP TABLE pg_temp.msp_entra_class, pg_temp.msp_entra_rec;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_load_entra_signins(bigint, text) IS
+	'loads a client''s staged Entra ID sign-ins (JSON lines or saved Graph responses): successful interactive sign-ins count as Microsoft 365 presence';

@@ -8,7 +8,7 @@
 SET search_path = public, mspbill;
 \set fixture_zip `for d in ../../../shared ../../../../shared; do f=$d/fixtures/windows-security/purplesharp_ad_playbook_I.zip; if [ -f $f ]; then echo $f; break; fi; done`
 \set have_fixture `for d in ../../../shared ../../../../shared; do [ -f $d/fixtures/windows-security/purplesharp_ad_playbook_I.zip ] && { echo 1; exit; }; done; echo 0`
-SELECT plan(125);
+SELECT plan(135);
 
 INSERT INTO clients (client_id, name, time_zone) VALUES (1, 'Clinic', 'America/New_York'), (2, 'Lab', 'UTC');
 INSERT INTO contracts (client_id, contract_id, effective, model, price_per_user)
@@ -554,6 +554,48 @@ SELECT is((SELECT count(*) FROM shire s JOIN logons l ON l.client_id = 30
 \else
 SELECT skip('the shared Windows fixture is absent: ../shared/fixtures/windows-security/ (real-export time checks skipped)', 3);
 \endif
+SET mspbill.client_id = 3;
+
+-- Entra ID as Graph returns it: a saved response of two pages (each
+-- {"@odata.context", "@odata.nextLink", "value": [signIn, ...]}),
+-- pretty-printed one after the other, and the same on one line.
+INSERT INTO clients (client_id, name, time_zone) VALUES (40, 'Graph pages', 'UTC'), (41, 'Graph one line', 'UTC'),
+	(42, 'Graph broken page', 'UTC');
+SET mspbill.client_id = 40;
+\copy entra_signin_staging (raw) FROM '../fixtures/entra_graph_pages.json' WITH (FORMAT csv, QUOTE E'\x01', DELIMITER E'\x02')
+SELECT is((SELECT count(*) FROM entra_signin_staging WHERE client_id = 40), 241::bigint, 'graph: 241 pretty-printed lines staged');
+SELECT results_eq($$SELECT * FROM msp_load_entra_signins(40)$$, $$VALUES (3::bigint, 0::bigint, 2::bigint, 0::bigint)$$,
+                  'graph pages: 3 sign-ins loaded, the non-interactive and the failed one skipped, nothing rejected');
+SELECT results_eq($$SELECT a.name, l.at, l.source_event_id FROM logons l JOIN accounts a USING (client_id, account_id)
+                     WHERE l.client_id = 40 ORDER BY l.at$$,
+                  $$VALUES ('dana@clinic.example', '2026-03-10 14:02:11Z'::timestamptz, '66ea54eb-6301-4ee5-be62-ff5a759b0001'),
+                           ('eli@clinic.example', '2026-03-10 14:07:19Z', '66ea54eb-6301-4ee5-be62-ff5a759b0004'),
+                           ('fay@clinic.example', '2026-03-11 08:30:00Z', '66ea54eb-6301-4ee5-be62-ff5a759b0005')$$,
+                  'graph pages: the signIn objects of both pages');
+\copy entra_signin_staging (raw) FROM '../fixtures/entra_graph_pages.json' WITH (FORMAT csv, QUOTE E'\x01', DELIMITER E'\x02')
+SELECT results_eq($$SELECT loaded, duplicate FROM msp_load_entra_signins(40)$$, $$VALUES (0::bigint, 3::bigint)$$,
+                  'graph pages loaded again: duplicates');
+SET mspbill.client_id = 41;
+\copy entra_signin_staging (raw) FROM '../fixtures/entra_graph_oneline.json' WITH (FORMAT csv, QUOTE E'\x01', DELIMITER E'\x02')
+SELECT results_eq($$SELECT * FROM msp_load_entra_signins(41)$$, $$VALUES (3::bigint, 0::bigint, 2::bigint, 0::bigint)$$,
+                  'graph on one line (two pages back to back): the same counts');
+SELECT set_eq($$SELECT a.name, l.at, l.source_event_id FROM logons l JOIN accounts a USING (client_id, account_id) WHERE l.client_id = 41$$,
+              $$SELECT a.name, l.at, l.source_event_id FROM logons l JOIN accounts a USING (client_id, account_id) WHERE l.client_id = 40$$,
+              'graph on one line: the same logons');
+-- a page broken in the middle (an unquoted value) is one reject; the next page loads
+SET mspbill.client_id = 42;
+\copy entra_signin_staging (raw) FROM PROGRAM 'sed "0,/\"riskState\": \"none\"/s//\"riskState\": none/" ../fixtures/entra_graph_pages.json' WITH (FORMAT csv, QUOTE E'\x01', DELIMITER E'\x02')
+SELECT results_eq($$SELECT * FROM msp_load_entra_signins(42)$$, $$VALUES (2::bigint, 0::bigint, 0::bigint, 1::bigint)$$,
+                  'graph, first page broken: its records rejected as one, the second page''s 2 loaded');
+SELECT results_eq($$SELECT line_no - (SELECT min(line_no) FROM load_rejects WHERE client_id = 42) , reason, raw ~ '^\{\s+"@odata.context".*"riskState": none' FROM load_rejects WHERE client_id = 42$$,
+                  $$VALUES (0::bigint, 'not valid JSON', true)$$, 'the reject is the broken page, from its first line, with its text');
+SELECT results_eq($$SELECT first_line, is_json, record FROM msp_json_records(ARRAY['{"id": "a", "t": "2026-', '{"id": "b"}', '', '  ',
+                                                                                   '[{"id": "c"},', ' {"id": "d"}]', '{"value": []}', '42'])$$,
+                  $$VALUES (1, false, '{"id": "a", "t": "2026-'), (2, true, '{"id": "b"}'), (5, true, '{"id": "c"}'), (6, true, '{"id": "d"}'),
+                           (8, false, '42')$$,
+                  'msp_json_records: a broken JSON line costs itself; blank lines, an array, an empty page, a stray number');
+SELECT results_eq($$SELECT first_line, is_json FROM msp_json_records(ARRAY['{"id": "x", "value": [1, 2]}'])$$,
+                  $$VALUES (1, true)$$, 'msp_json_records: an object with an id is a record, even with a "value" array');
 SET mspbill.client_id = 3;
 
 SELECT throws_ok($$SELECT * FROM msp_load_emr_audit(99)$$, 'P0002', 'unknown client 99', 'a load for an unknown client is refused');
