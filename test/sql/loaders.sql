@@ -8,7 +8,7 @@
 SET search_path = public, mspbill;
 \set fixture_zip `for d in ../../../shared ../../../../shared; do f=$d/fixtures/windows-security/purplesharp_ad_playbook_I.zip; if [ -f $f ]; then echo $f; break; fi; done`
 \set have_fixture `for d in ../../../shared ../../../../shared; do [ -f $d/fixtures/windows-security/purplesharp_ad_playbook_I.zip ] && { echo 1; exit; }; done; echo 0`
-SELECT plan(135);
+SELECT plan(138);
 
 INSERT INTO clients (client_id, name, time_zone) VALUES (1, 'Clinic', 'America/New_York'), (2, 'Lab', 'UTC');
 INSERT INTO contracts (client_id, contract_id, effective, model, price_per_user)
@@ -596,6 +596,25 @@ SELECT results_eq($$SELECT first_line, is_json, record FROM msp_json_records(ARR
                   'msp_json_records: a broken JSON line costs itself; blank lines, an array, an empty page, a stray number');
 SELECT results_eq($$SELECT first_line, is_json FROM msp_json_records(ARRAY['{"id": "x", "value": [1, 2]}'])$$,
                   $$VALUES (1, true)$$, 'msp_json_records: an object with an id is a record, even with a "value" array');
+SET mspbill.client_id = 3;
+
+-- Winlogbeat as it writes (a faithful export built from Elastic's field
+-- reference: ECS fields beside winlog.*, event_id and record_id keywords in
+-- 8.x and numbers in 7.x, the Security module's winlog.logon.*)
+INSERT INTO clients (client_id, name, time_zone) VALUES (43, 'Winlogbeat', 'America/Chicago');
+SET mspbill.client_id = 43;
+\copy windows_event_staging (raw) FROM '../fixtures/windows_winlogbeat.jsonl' WITH (FORMAT csv, QUOTE E'\x01', DELIMITER E'\x02')
+SELECT results_eq($$SELECT * FROM msp_load_windows_events(43)$$, $$VALUES (2::bigint, 0::bigint, 2::bigint, 4::bigint, 0::bigint, 0::bigint)$$,
+                  'winlogbeat: 2 logons, 2 logoffs paired, the linked half, 4672, a network logon and a failed one skipped');
+SELECT results_eq($$SELECT a.name, d.name, l.at, l.ended, l.source_event_id, l.session_key
+                      FROM logons l JOIN accounts a USING (client_id, account_id) JOIN devices d USING (client_id, device_id)
+                     WHERE l.client_id = 43 ORDER BY l.at$$,
+                  $$VALUES ('CLINIC\gus', 'TS2', '2026-03-12 14:00:00.512Z'::timestamptz, '2026-03-12 16:30:00.101Z'::timestamptz, 'TS2:182736', 'TS2:0x9a1c2'),
+                           ('CLINIC\ivy', 'TS2', '2026-03-12 17:00Z', NULL, 'TS2:182800', 'TS2:0x9c001')$$,
+                  'winlogbeat: @timestamp (the record''s time) in UTC, winlog.computer_name, record_id (keyword or number), the linked pair once');
+\copy windows_event_staging (raw) FROM '../fixtures/windows_winlogbeat.jsonl' WITH (FORMAT csv, QUOTE E'\x01', DELIMITER E'\x02')
+SELECT results_eq($$SELECT loaded, duplicate, rejected FROM msp_load_windows_events(43)$$, $$VALUES (0::bigint, 2::bigint, 0::bigint)$$,
+                  'winlogbeat loaded twice: duplicates');
 SET mspbill.client_id = 3;
 
 SELECT throws_ok($$SELECT * FROM msp_load_emr_audit(99)$$, 'P0002', 'unknown client 99', 'a load for an unknown client is refused');
