@@ -170,7 +170,9 @@ COMMENT ON FUNCTION @extschema@.msp_canonical_account(text, text) IS
 -- through the leading columns of logons_source_event_key) is a duplicate,
 -- even with another time.  The unique index cannot say so itself: logons
 -- is partitioned by time, so its key must include at.  Loads of a client
--- take turns (msp_load_begin), so this check-then-insert cannot race.
+-- take turns (msp_load_begin), so this check-then-insert cannot race; a
+-- row written meanwhile by hand with the same key and time makes the
+-- insert fail, and the guarded caller rejects that record.
 CREATE FUNCTION @extschema@.msp_load_normalized(for_client bigint, load_source text,
 												OUT loaded bigint, OUT duplicate bigint)
 LANGUAGE plpgsql VOLATILE STRICT
@@ -236,7 +238,6 @@ BEGIN
 		 WHERE NOT EXISTS (SELECT 1 FROM @extschema@.logons l
 							WHERE l.client_id = for_client AND l.source = load_source
 							  AND l.source_event_id = e.source_event_id)
-		ON CONFLICT (client_id, source, source_event_id, at) DO NOTHING
 		RETURNING 1)
 	SELECT count(*) INTO loaded FROM ins;
 	DROP TABLE pg_temp.msp_account_map, pg_temp.msp_device_map;

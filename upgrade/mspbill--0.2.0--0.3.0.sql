@@ -338,3 +338,102 @@ END
 $$;
 COMMENT ON FUNCTION @extschema@.msp_load_entra_signins(bigint, text) IS
 	'loads a client''s staged Entra ID sign-ins (JSON lines or saved Graph responses): successful interactive sign-ins count as Microsoft 365 presence';
+
+-- logsources: the indexes of logons, each for a query that needs it.  The
+-- primary key (client_id, at, logon_id) and logons_account_idx become one
+-- index of a client's logons by time that carries the account and
+-- presence; the BRIN index on at served no query; the duplicate key only
+-- indexes rows that have an event id.  msp_load_normalized leaves
+-- ON CONFLICT to the unique index (a conflict is a rejected record).
+ALTER TABLE @extschema@.logons DROP CONSTRAINT logons_pkey;
+DROP INDEX @extschema@.logons_account_idx;
+DROP INDEX @extschema@.logons_at_brin;
+DROP INDEX @extschema@.logons_source_event_key;
+CREATE INDEX logons_client_at_idx ON @extschema@.logons (client_id, at) INCLUDE (account_id, presence);
+CREATE UNIQUE INDEX logons_source_event_key ON @extschema@.logons (client_id, source, source_event_id, at)
+	WHERE source_event_id IS NOT NULL;
+-- Shared last step of every loader: the normalized events of one load, in
+-- pg_temp.msp_load_events, become accounts (kind unknown until mapped),
+-- devices and logons.  Returns (loaded, duplicate).
+-- The source's event id is unique per client, whatever the time: of the
+-- events of one load with the same id the first by line loads, and an
+-- event whose id is already in logons (this client, this source; found
+-- through the leading columns of logons_source_event_key) is a duplicate,
+-- even with another time.  The unique index cannot say so itself: logons
+-- is partitioned by time, so its key must include at.  Loads of a client
+-- take turns (msp_load_begin), so this check-then-insert cannot race; a
+-- row written meanwhile by hand with the same key and time makes the
+-- insert fail, and the guarded caller rejects that record.
+CREATE OR REPLACE FUNCTION @extschema@.msp_load_normalized(for_client bigint, load_source text,
+												OUT loaded bigint, OUT duplicate bigint)
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, @extschema@, pg_temp
+AS $$
+BEGIN
+	-- New accounts and devices take their ids from the identity columns, so
+	-- that ids are unique across clients.  Ids chosen by hand for this
+	-- client may lie ahead of the sequence: move it past them first (the
+	-- load holds the client's lock; the sequence only moves forward).
+	PERFORM setval(pg_get_serial_sequence('@extschema@.accounts', 'account_id'), m.id)
+	   FROM (SELECT max(a.account_id) AS id FROM @extschema@.accounts a WHERE a.client_id = for_client) m
+	  WHERE m.id > coalesce(pg_sequence_last_value(pg_get_serial_sequence('@extschema@.accounts', 'account_id')), 0);
+	PERFORM setval(pg_get_serial_sequence('@extschema@.devices', 'device_id'), m.id)
+	   FROM (SELECT max(d.device_id) AS id FROM @extschema@.devices d WHERE d.client_id = for_client) m
+	  WHERE m.id > coalesce(pg_sequence_last_value(pg_get_serial_sequence('@extschema@.devices', 'device_id')), 0);
+
+	INSERT INTO @extschema@.accounts (client_id, realm, name, kind, application)
+	SELECT for_client, n.realm, n.account_name, 'unknown', n.application
+	  FROM (SELECT DISTINCT e.realm, e.account_name, e.application FROM pg_temp.msp_load_events e) n
+	 WHERE NOT EXISTS (SELECT 1 FROM @extschema@.accounts a
+						WHERE a.client_id = for_client AND a.realm = n.realm
+						  AND lower(a.name) = lower(n.account_name)
+						  AND coalesce(a.application, '') = coalesce(n.application, ''))
+	 ORDER BY n.realm, n.account_name;
+
+	-- a device found in an export is billable from the day it was first seen
+	INSERT INTO @extschema@.devices (client_id, name, kind, active)
+	SELECT for_client, n.device_name, 'other',
+		   daterange((n.first_at AT TIME ZONE (SELECT c.time_zone FROM @extschema@.clients c WHERE c.client_id = for_client))::date, NULL)
+	  FROM (SELECT e.device_name, min(e.at) AS first_at FROM pg_temp.msp_load_events e
+			 WHERE e.device_name IS NOT NULL AND e.create_device GROUP BY e.device_name) n
+	 WHERE NOT EXISTS (SELECT 1 FROM @extschema@.devices d WHERE d.client_id = for_client
+						  AND upper(d.name) = upper(n.device_name))
+	 ORDER BY n.device_name;
+
+	-- small maps from names to ids, so the big insert joins on plain keys
+	ANALYZE pg_temp.msp_load_events;
+	CREATE TEMP TABLE msp_account_map ON COMMIT DROP AS
+	SELECT n.realm, n.account_name, n.app, a.account_id
+	  FROM (SELECT DISTINCT e.realm, e.account_name, coalesce(e.application, '') AS app
+			  FROM pg_temp.msp_load_events e) n
+	  JOIN @extschema@.accounts a ON a.client_id = for_client AND a.realm = n.realm
+					 AND lower(a.name) = lower(n.account_name) AND coalesce(a.application, '') = n.app;
+	CREATE TEMP TABLE msp_device_map ON COMMIT DROP AS
+	SELECT n.device_name, d.device_id
+	  FROM (SELECT DISTINCT e.device_name FROM pg_temp.msp_load_events e WHERE e.device_name IS NOT NULL) n
+	  JOIN @extschema@.devices d ON d.client_id = for_client AND upper(d.name) = upper(n.device_name);
+	ANALYZE pg_temp.msp_account_map;
+	ANALYZE pg_temp.msp_device_map;
+
+	WITH ins AS (
+		INSERT INTO @extschema@.logons (client_id, account_id, device_id, at, ended, presence, source,
+							source_event_id, session_key)
+		SELECT for_client, m.account_id, dm.device_id, e.at, e.ended, true, load_source, e.source_event_id,
+			   e.session_key
+		  FROM (SELECT DISTINCT ON (f.source_event_id) f.*
+				  FROM pg_temp.msp_load_events f
+				 ORDER BY f.source_event_id, f.line_no) e
+		  JOIN pg_temp.msp_account_map m ON m.realm = e.realm AND m.account_name = e.account_name
+										AND m.app = coalesce(e.application, '')
+		  LEFT JOIN pg_temp.msp_device_map dm ON dm.device_name = e.device_name
+		 WHERE NOT EXISTS (SELECT 1 FROM @extschema@.logons l
+							WHERE l.client_id = for_client AND l.source = load_source
+							  AND l.source_event_id = e.source_event_id)
+		RETURNING 1)
+	SELECT count(*) INTO loaded FROM ins;
+	DROP TABLE pg_temp.msp_account_map, pg_temp.msp_device_map;
+	duplicate := (SELECT count(*) FROM pg_temp.msp_load_events) - loaded;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_load_normalized(bigint, text) IS
+	'internal: accounts, devices and logons from the normalized events of one load';

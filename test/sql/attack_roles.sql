@@ -46,6 +46,8 @@ INSERT INTO person_identities VALUES (1, 1, 'Nora Nurse', 'nora@stolaf.example')
 	(2, 1, 'Dana Dentist', 'dana@maple.example');
 INSERT INTO load_rejects (client_id, source, line_no, raw, reason)
 VALUES (1, 'emr', 1, 'nurse1,OR1,bad', 'invalid time'), (2, 'emr', 1, 'Dana Dentist,PC1,bad', 'invalid time');
+-- a logoff of each client waiting for its logon
+INSERT INTO pending_logoffs VALUES (1, 'OR1:0x1f', '2026-01-05 10:00Z'), (2, 'PC1:0x2e', '2026-01-05 11:00Z');
 SELECT msp_finalize_invoice(2, NULL, '{device_silent,day_without_logons,unmapped_account,logon_outside_contract}') \g /dev/null
 -- the rollups, refreshed by the admin as cron would; a HIPAA finding of client 2's
 SET ROLE atk_admin;
