@@ -340,16 +340,15 @@ COMMENT ON FUNCTION @extschema@.msp_load_entra_signins(bigint, text) IS
 	'loads a client''s staged Entra ID sign-ins (JSON lines or saved Graph responses): successful interactive sign-ins count as Microsoft 365 presence';
 
 -- logsources: the indexes of logons, each for a query that needs it.  The
--- primary key (client_id, at, logon_id) and logons_account_idx become one
--- index of a client's logons by time that carries the account and
--- presence; the BRIN index on at served no query; the duplicate key only
--- indexes rows that have an event id.  msp_load_normalized leaves
--- ON CONFLICT to the unique index (a conflict is a rejected record).
+-- primary key (client_id, at, logon_id) becomes a plain index on
+-- (client_id, at) (no query looks a logon up by its id); the BRIN index
+-- on at served no query; the duplicate key only indexes rows that have an
+-- event id.  msp_load_normalized leaves ON CONFLICT to the unique index
+-- (a conflict is a rejected record).
 ALTER TABLE @extschema@.logons DROP CONSTRAINT logons_pkey;
-DROP INDEX @extschema@.logons_account_idx;
 DROP INDEX @extschema@.logons_at_brin;
 DROP INDEX @extschema@.logons_source_event_key;
-CREATE INDEX logons_client_at_idx ON @extschema@.logons (client_id, at) INCLUDE (account_id, presence);
+CREATE INDEX logons_client_at_idx ON @extschema@.logons (client_id, at);
 CREATE UNIQUE INDEX logons_source_event_key ON @extschema@.logons (client_id, source, source_event_id, at)
 	WHERE source_event_id IS NOT NULL;
 -- Shared last step of every loader: the normalized events of one load, in

@@ -233,9 +233,12 @@ CREATE TABLE @extschema@.logons (
 	FOREIGN KEY (client_id, device_id) REFERENCES @extschema@.devices
 ) PARTITION BY RANGE (at);
 CREATE TABLE @extschema@.logons_default PARTITION OF @extschema@.logons DEFAULT;
--- a client's logons of a period, index-only with their account and
--- presence: billable users, seats, rollups, finalization gates, audits
-CREATE INDEX logons_client_at_idx ON @extschema@.logons (client_id, at) INCLUDE (account_id, presence);
+-- a client's logons of a period or a day: seats, rollups of a day,
+-- finalization gates, audits
+CREATE INDEX logons_client_at_idx ON @extschema@.logons (client_id, at);
+-- an account's logons, index-only with presence: billable users (without
+-- it the per-account join of msp_segment_users turns quadratic)
+CREATE INDEX logons_account_idx ON @extschema@.logons (client_id, account_id, at) INCLUDE (presence);
 -- the loaders' duplicate check (only rows from an export have an event id)
 CREATE UNIQUE INDEX logons_source_event_key ON @extschema@.logons (client_id, source, source_event_id, at)
 	WHERE source_event_id IS NOT NULL;
