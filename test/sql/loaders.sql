@@ -8,7 +8,7 @@
 SET search_path = public, mspbill;
 \set fixture_zip `for d in ../../../shared ../../../../shared; do f=$d/fixtures/windows-security/purplesharp_ad_playbook_I.zip; if [ -f $f ]; then echo $f; break; fi; done`
 \set have_fixture `for d in ../../../shared ../../../../shared; do [ -f $d/fixtures/windows-security/purplesharp_ad_playbook_I.zip ] && { echo 1; exit; }; done; echo 0`
-SELECT plan(138);
+SELECT plan(140);
 
 INSERT INTO clients (client_id, name, time_zone) VALUES (1, 'Clinic', 'America/New_York'), (2, 'Lab', 'UTC');
 INSERT INTO contracts (client_id, contract_id, effective, model, price_per_user)
@@ -455,9 +455,15 @@ INSERT INTO windows_event_staging (raw) VALUES
   ('{"@timestamp": "2026-03-03T17:00:09.100Z", "EventTime": "2026-03-03 11:00:00", "Hostname": "TS1.clinic.example", "EventID": 4624, "RecordNumber": 50100, "TargetUserName": "or-room1", "TargetDomainName": "CLINIC", "TargetLogonId": "0x8a0001", "TargetLinkedLogonId": "0x0", "LogonType": "10"}'),
   ('{"@timestamp": "2026-03-03T17:30:21.300Z", "EventTime": "2026-03-03 11:30:00", "Hostname": "TS1.clinic.example", "EventID": 4634, "RecordNumber": 50101, "TargetUserName": "or-room1", "TargetDomainName": "CLINIC", "TargetLogonId": "0x8a0001", "LogonType": "10"}');
 SELECT results_eq($$SELECT loaded, paired FROM msp_load_windows_events(20)$$, $$VALUES (1::bigint, 1::bigint)$$, 'rdp: a second session loads');
+-- an unlock whose logoff is not in the export is still an instant, not an hour's session
+INSERT INTO windows_event_staging (raw) VALUES
+  ('{"@timestamp": "2026-03-03T18:40:02.100Z", "EventTime": "2026-03-03 12:40:00", "Hostname": "TS1.clinic.example", "EventID": 4624, "RecordNumber": 50102, "TargetUserName": "or-room1", "TargetDomainName": "CLINIC", "TargetLogonId": "0x8b0001", "TargetLinkedLogonId": "0x0", "LogonType": "7"}');
+SELECT results_eq($$SELECT loaded, held FROM msp_load_windows_events(20)$$, $$VALUES (1::bigint, 0::bigint)$$, 'rdp: an unlock without its logoff loads');
+SELECT is((SELECT ended FROM logons WHERE client_id = 20 AND session_key = 'TS1:0x8b0001'), '2026-03-03 18:40Z'::timestamptz,
+          'it ends where it begins');
 SELECT is((msp_segment_quantities(20, 1, '[2026-03-01,2026-04-01)', '[2026-03-01,2026-04-01)')).seat_count, 2,
           'peak: two sessions at once are two seats');
-DELETE FROM logons WHERE client_id = 20 AND session_key = 'TS1:0x8a0001';
+DELETE FROM logons WHERE client_id = 20 AND session_key IN ('TS1:0x8a0001', 'TS1:0x8b0001');
 
 -- The two halves of the export in either order give the same logons.
 SET mspbill.client_id = 21;
