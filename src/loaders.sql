@@ -436,7 +436,9 @@ BEGIN
 	source := coalesce(source, 'windows');
 	PERFORM @extschema@.msp_load_begin(client_id);
 	SELECT c.time_zone INTO zone FROM @extschema@.clients c WHERE c.client_id = client_id;
-	SELECT min(s.line_no), max(s.line_no) INTO lo, hi FROM @extschema@.windows_event_staging s WHERE s.client_id = client_id;
+	-- the first and last line by the index (an aggregate would read every line)
+	lo := (SELECT s.line_no FROM @extschema@.windows_event_staging s WHERE s.client_id = client_id ORDER BY s.line_no LIMIT 1);
+	hi := (SELECT s.line_no FROM @extschema@.windows_event_staging s WHERE s.client_id = client_id ORDER BY s.line_no DESC LIMIT 1);
 	CREATE TEMP TABLE msp_win_class (
 		line_no bigint PRIMARY KEY,
 		event_id text,
@@ -507,19 +509,23 @@ BEGIN
 	$step$, $reject$
 		INSERT INTO pg_temp.msp_win_class (line_no, class) VALUES ($2, 'reject:unreadable record: ' || $3)
 	$reject$, client_id, lo, hi);
-	-- times: the batch at once, per record only where one is malformed.  A
-	-- time that ends in Z or an offset has its zone; any other is read in
-	-- UTC and in UTC+14 (msp_timestamptz_plus14), which agree exactly when
-	-- PostgreSQL finds a zone in it; an EventTime without one is the
-	-- client's local time, any other field's is UTC.
+	-- times: the batch at once, per record only where one is malformed.
+	-- An EventTime without a zone is the client's local time, any other
+	-- field's is UTC.  Plain ISO date and time has no zone, one ending in Z
+	-- or an offset has its own (both decided without a call per row); any
+	-- other is read in UTC and in UTC+14 (msp_timestamptz_plus14), which
+	-- agree exactly when PostgreSQL finds a zone in it.
 	PERFORM @extschema@.msp_load_guarded(format($step$
 		UPDATE pg_temp.msp_win_class
-		   SET at = CASE WHEN at_field <> 'EventTime' OR at_text ~ '\d:\d\d(:\d\d(\.\d+)?)?\s*(Z|[+-]\d\d(:?\d\d)?)$'
+		   SET at = CASE WHEN at_field <> 'EventTime' THEN at_text::timestamptz
+						 WHEN at_text ~ '^\s*\d{4}-\d\d-\d\d[ T]\d\d:\d\d(:\d\d(\.\d+)?)?\s*$'
+						 THEN at_text::timestamp AT TIME ZONE %L
+						 WHEN at_text ~ '\d:\d\d(:\d\d(\.\d+)?)?\s*(Z|[+-]\d\d(:?\d\d)?)$'
 							  OR at_text::timestamptz = @extschema@.msp_timestamptz_plus14(at_text)
 						 THEN at_text::timestamptz
 						 ELSE at_text::timestamp AT TIME ZONE %L END
 		 WHERE class IN ('logon', 'logoff', 'linked') AND line_no BETWEEN $2 AND $3
-	$step$, zone), $reject$
+	$step$, zone, zone), $reject$
 		UPDATE pg_temp.msp_win_class SET class = 'reject:invalid ' || at_field WHERE line_no = $2
 	$reject$, client_id, lo, hi);
 	UPDATE pg_temp.msp_win_class
@@ -724,7 +730,9 @@ DECLARE
 BEGIN
 	source := coalesce(source, 'emr');
 	PERFORM @extschema@.msp_load_begin(client_id);
-	SELECT min(s.line_no), max(s.line_no) INTO lo, hi FROM @extschema@.emr_audit_staging s WHERE s.client_id = client_id;
+	-- the first and last line by the index (an aggregate would read every line)
+	lo := (SELECT s.line_no FROM @extschema@.emr_audit_staging s WHERE s.client_id = client_id ORDER BY s.line_no LIMIT 1);
+	hi := (SELECT s.line_no FROM @extschema@.emr_audit_staging s WHERE s.client_id = client_id ORDER BY s.line_no DESC LIMIT 1);
 	CREATE TEMP TABLE msp_emr ON COMMIT DROP AS
 	SELECT s.line_no, s.user_name, s.workstation, s.event_time, s.action, s.event_id, s.application, c.time_zone,
 		   CASE
@@ -743,9 +751,14 @@ BEGIN
 	-- Whether it has one is PostgreSQL's reading, not a pattern: read in
 	-- UTC (this function's zone) and in UTC+14, a time with its own zone is
 	-- the same instant.  A zone PostgreSQL cannot read is an invalid time.
+	-- Plain ISO date and time (no zone) and ISO ending in Z or an offset
+	-- are decided by their form, without that call per row.
 	PERFORM @extschema@.msp_load_guarded($step$
 		UPDATE pg_temp.msp_emr
-		   SET at = CASE WHEN event_time::timestamptz = @extschema@.msp_timestamptz_plus14(event_time)
+		   SET at = CASE WHEN event_time ~ '^\s*\d{4}-\d\d-\d\d[ T]\d\d:\d\d(:\d\d(\.\d+)?)?\s*$'
+						 THEN event_time::timestamp AT TIME ZONE time_zone
+						 WHEN event_time ~ '\d:\d\d(:\d\d(\.\d+)?)?\s*(Z|[+-]\d\d(:?\d\d)?)$'
+							  OR event_time::timestamptz = @extschema@.msp_timestamptz_plus14(event_time)
 						 THEN event_time::timestamptz
 						 ELSE event_time::timestamp AT TIME ZONE time_zone END
 		 WHERE reason IS NULL AND line_no BETWEEN $2 AND $3

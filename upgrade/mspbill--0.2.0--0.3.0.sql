@@ -4,13 +4,9 @@
 \echo Use "ALTER EXTENSION mspbill UPDATE TO '0.3.0'" to load this file. \quit
 
 
--- logsources (issue 19 items 6-10, issue 21 items 3-4): logons as they
--- really arrive.  pending_logoffs holds logoffs loaded before their logon;
--- msp_load_windows_events reads the event's own time, loads linked logons
--- once, makes unlocks instants and reports the held logoffs (a new OUT
--- column, so it is dropped and created again; msp_install_roles() grants
--- it again).
-DROP FUNCTION @extschema@.msp_load_windows_events(bigint, text);
+-- logsources (issue 19 items 6-10, issue 21 items 3-4): logons as they really arrive.
+
+-- pending_logoffs holds the logoffs loaded before their logon.
 -- Logoffs (4634, 4647) that found no logon: the two halves of one export
 -- may be loaded in either order, so a logoff waits here and closes its
 -- session when the logon arrives.  A logoff that still finds none once the
@@ -30,6 +26,110 @@ COMMENT ON POLICY client_rows ON @extschema@.pending_logoffs IS
 	'the rows of the clients the reader may see (msp_sees_all_clients, else bi_client_access)';
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.pending_logoffs', '');
 
+-- The indexes of logons, each for a query that needs it: the primary key
+-- (client_id, at, logon_id) becomes a plain index on (client_id, at) (no
+-- query looks a logon up by its id); the BRIN index on at served no
+-- query; the duplicate key indexes only rows that have an event id.
+ALTER TABLE @extschema@.logons DROP CONSTRAINT logons_pkey;
+DROP INDEX @extschema@.logons_at_brin;
+DROP INDEX @extschema@.logons_source_event_key;
+CREATE INDEX logons_client_at_idx ON @extschema@.logons (client_id, at);
+CREATE UNIQUE INDEX logons_source_event_key ON @extschema@.logons (client_id, source, source_event_id, at)
+	WHERE source_event_id IS NOT NULL;
+
+-- msp_load_normalized leaves conflicts to the unique index (a rejected
+-- record) instead of ON CONFLICT.
+-- Shared last step of every loader: the normalized events of one load, in
+-- pg_temp.msp_load_events, become accounts (kind unknown until mapped),
+-- devices and logons.  Returns (loaded, duplicate).
+-- The source's event id is unique per client, whatever the time: of the
+-- events of one load with the same id the first by line loads, and an
+-- event whose id is already in logons (this client, this source; found
+-- through the leading columns of logons_source_event_key) is a duplicate,
+-- even with another time.  The unique index cannot say so itself: logons
+-- is partitioned by time, so its key must include at.  Loads of a client
+-- take turns (msp_load_begin), so this check-then-insert cannot race; a
+-- row written meanwhile by hand with the same key and time makes the
+-- insert fail, and the guarded caller rejects that record.
+CREATE OR REPLACE FUNCTION @extschema@.msp_load_normalized(for_client bigint, load_source text,
+												OUT loaded bigint, OUT duplicate bigint)
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, @extschema@, pg_temp
+AS $$
+BEGIN
+	-- New accounts and devices take their ids from the identity columns, so
+	-- that ids are unique across clients.  Ids chosen by hand for this
+	-- client may lie ahead of the sequence: move it past them first (the
+	-- load holds the client's lock; the sequence only moves forward).
+	PERFORM setval(pg_get_serial_sequence('@extschema@.accounts', 'account_id'), m.id)
+	   FROM (SELECT max(a.account_id) AS id FROM @extschema@.accounts a WHERE a.client_id = for_client) m
+	  WHERE m.id > coalesce(pg_sequence_last_value(pg_get_serial_sequence('@extschema@.accounts', 'account_id')), 0);
+	PERFORM setval(pg_get_serial_sequence('@extschema@.devices', 'device_id'), m.id)
+	   FROM (SELECT max(d.device_id) AS id FROM @extschema@.devices d WHERE d.client_id = for_client) m
+	  WHERE m.id > coalesce(pg_sequence_last_value(pg_get_serial_sequence('@extschema@.devices', 'device_id')), 0);
+
+	INSERT INTO @extschema@.accounts (client_id, realm, name, kind, application)
+	SELECT for_client, n.realm, n.account_name, 'unknown', n.application
+	  FROM (SELECT DISTINCT e.realm, e.account_name, e.application FROM pg_temp.msp_load_events e) n
+	 WHERE NOT EXISTS (SELECT 1 FROM @extschema@.accounts a
+						WHERE a.client_id = for_client AND a.realm = n.realm
+						  AND lower(a.name) = lower(n.account_name)
+						  AND coalesce(a.application, '') = coalesce(n.application, ''))
+	 ORDER BY n.realm, n.account_name;
+
+	-- a device found in an export is billable from the day it was first seen
+	INSERT INTO @extschema@.devices (client_id, name, kind, active)
+	SELECT for_client, n.device_name, 'other',
+		   daterange((n.first_at AT TIME ZONE (SELECT c.time_zone FROM @extschema@.clients c WHERE c.client_id = for_client))::date, NULL)
+	  FROM (SELECT e.device_name, min(e.at) AS first_at FROM pg_temp.msp_load_events e
+			 WHERE e.device_name IS NOT NULL AND e.create_device GROUP BY e.device_name) n
+	 WHERE NOT EXISTS (SELECT 1 FROM @extschema@.devices d WHERE d.client_id = for_client
+						  AND upper(d.name) = upper(n.device_name))
+	 ORDER BY n.device_name;
+
+	-- small maps from names to ids, so the big insert joins on plain keys
+	ANALYZE pg_temp.msp_load_events;
+	CREATE TEMP TABLE msp_account_map ON COMMIT DROP AS
+	SELECT n.realm, n.account_name, n.app, a.account_id
+	  FROM (SELECT DISTINCT e.realm, e.account_name, coalesce(e.application, '') AS app
+			  FROM pg_temp.msp_load_events e) n
+	  JOIN @extschema@.accounts a ON a.client_id = for_client AND a.realm = n.realm
+					 AND lower(a.name) = lower(n.account_name) AND coalesce(a.application, '') = n.app;
+	CREATE TEMP TABLE msp_device_map ON COMMIT DROP AS
+	SELECT n.device_name, d.device_id
+	  FROM (SELECT DISTINCT e.device_name FROM pg_temp.msp_load_events e WHERE e.device_name IS NOT NULL) n
+	  JOIN @extschema@.devices d ON d.client_id = for_client AND upper(d.name) = upper(n.device_name);
+	ANALYZE pg_temp.msp_account_map;
+	ANALYZE pg_temp.msp_device_map;
+
+	WITH ins AS (
+		INSERT INTO @extschema@.logons (client_id, account_id, device_id, at, ended, presence, source,
+							source_event_id, session_key)
+		SELECT for_client, m.account_id, dm.device_id, e.at, e.ended, true, load_source, e.source_event_id,
+			   e.session_key
+		  FROM (SELECT DISTINCT ON (f.source_event_id) f.*
+				  FROM pg_temp.msp_load_events f
+				 ORDER BY f.source_event_id, f.line_no) e
+		  JOIN pg_temp.msp_account_map m ON m.realm = e.realm AND m.account_name = e.account_name
+										AND m.app = coalesce(e.application, '')
+		  LEFT JOIN pg_temp.msp_device_map dm ON dm.device_name = e.device_name
+		 WHERE NOT EXISTS (SELECT 1 FROM @extschema@.logons l
+							WHERE l.client_id = for_client AND l.source = load_source
+							  AND l.source_event_id = e.source_event_id)
+		RETURNING 1)
+	SELECT count(*) INTO loaded FROM ins;
+	DROP TABLE pg_temp.msp_account_map, pg_temp.msp_device_map;
+	duplicate := (SELECT count(*) FROM pg_temp.msp_load_events) - loaded;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_load_normalized(bigint, text) IS
+	'internal: accounts, devices and logons from the normalized events of one load';
+
+-- msp_load_windows_events reads the event's own time, loads linked logons
+-- once, makes unlocks instants and reports the held logoffs (a new OUT
+-- column, so it is dropped and created again; msp_install_roles() grants
+-- it again).
+DROP FUNCTION @extschema@.msp_load_windows_events(bigint, text);
 -- Windows Security events, NXLog (top-level fields) or Winlogbeat
 -- (winlog.*).  The event's own time wins, in UTC whatever the shipper:
 -- NXLog's EventTime (the host's local time: the client's zone unless it
@@ -64,7 +164,9 @@ BEGIN
 	source := coalesce(source, 'windows');
 	PERFORM @extschema@.msp_load_begin(client_id);
 	SELECT c.time_zone INTO zone FROM @extschema@.clients c WHERE c.client_id = client_id;
-	SELECT min(s.line_no), max(s.line_no) INTO lo, hi FROM @extschema@.windows_event_staging s WHERE s.client_id = client_id;
+	-- the first and last line by the index (an aggregate would read every line)
+	lo := (SELECT s.line_no FROM @extschema@.windows_event_staging s WHERE s.client_id = client_id ORDER BY s.line_no LIMIT 1);
+	hi := (SELECT s.line_no FROM @extschema@.windows_event_staging s WHERE s.client_id = client_id ORDER BY s.line_no DESC LIMIT 1);
 	CREATE TEMP TABLE msp_win_class (
 		line_no bigint PRIMARY KEY,
 		event_id text,
@@ -135,19 +237,23 @@ BEGIN
 	$step$, $reject$
 		INSERT INTO pg_temp.msp_win_class (line_no, class) VALUES ($2, 'reject:unreadable record: ' || $3)
 	$reject$, client_id, lo, hi);
-	-- times: the batch at once, per record only where one is malformed.  A
-	-- time that ends in Z or an offset has its zone; any other is read in
-	-- UTC and in UTC+14 (msp_timestamptz_plus14), which agree exactly when
-	-- PostgreSQL finds a zone in it; an EventTime without one is the
-	-- client's local time, any other field's is UTC.
+	-- times: the batch at once, per record only where one is malformed.
+	-- An EventTime without a zone is the client's local time, any other
+	-- field's is UTC.  Plain ISO date and time has no zone, one ending in Z
+	-- or an offset has its own (both decided without a call per row); any
+	-- other is read in UTC and in UTC+14 (msp_timestamptz_plus14), which
+	-- agree exactly when PostgreSQL finds a zone in it.
 	PERFORM @extschema@.msp_load_guarded(format($step$
 		UPDATE pg_temp.msp_win_class
-		   SET at = CASE WHEN at_field <> 'EventTime' OR at_text ~ '\d:\d\d(:\d\d(\.\d+)?)?\s*(Z|[+-]\d\d(:?\d\d)?)$'
+		   SET at = CASE WHEN at_field <> 'EventTime' THEN at_text::timestamptz
+						 WHEN at_text ~ '^\s*\d{4}-\d\d-\d\d[ T]\d\d:\d\d(:\d\d(\.\d+)?)?\s*$'
+						 THEN at_text::timestamp AT TIME ZONE %L
+						 WHEN at_text ~ '\d:\d\d(:\d\d(\.\d+)?)?\s*(Z|[+-]\d\d(:?\d\d)?)$'
 							  OR at_text::timestamptz = @extschema@.msp_timestamptz_plus14(at_text)
 						 THEN at_text::timestamptz
 						 ELSE at_text::timestamp AT TIME ZONE %L END
 		 WHERE class IN ('logon', 'logoff', 'linked') AND line_no BETWEEN $2 AND $3
-	$step$, zone), $reject$
+	$step$, zone, zone), $reject$
 		UPDATE pg_temp.msp_win_class SET class = 'reject:invalid ' || at_field WHERE line_no = $2
 	$reject$, client_id, lo, hi);
 	UPDATE pg_temp.msp_win_class
@@ -239,8 +345,7 @@ COMMENT ON FUNCTION @extschema@.msp_load_windows_events(bigint, text) IS
 	'loads a client''s staged Windows Security events: interactive (2), unlock (7, an instant), remote interactive (10) and cached (11) logons count, linked pairs once; logoffs close sessions in any load order (held until their logon comes); the rest is skipped or rejected';
 REVOKE EXECUTE ON FUNCTION @extschema@.msp_load_windows_events(bigint, text) FROM PUBLIC;
 
--- logsources: Entra ID sign-ins as JSON lines or saved Graph responses
--- (msp_json_records reads the stage as one text).
+-- Entra ID sign-ins as JSON lines or saved Graph responses.
 -- The records of a JSON export whatever its layout (src/json_fields.c).
 CREATE FUNCTION @extschema@.msp_json_records(lines text[])
 RETURNS TABLE (first_line integer, record text, is_json boolean)
@@ -339,100 +444,78 @@ $$;
 COMMENT ON FUNCTION @extschema@.msp_load_entra_signins(bigint, text) IS
 	'loads a client''s staged Entra ID sign-ins (JSON lines or saved Graph responses): successful interactive sign-ins count as Microsoft 365 presence';
 
--- logsources: the indexes of logons, each for a query that needs it.  The
--- primary key (client_id, at, logon_id) becomes a plain index on
--- (client_id, at) (no query looks a logon up by its id); the BRIN index
--- on at served no query; the duplicate key only indexes rows that have an
--- event id.  msp_load_normalized leaves ON CONFLICT to the unique index
--- (a conflict is a rejected record).
-ALTER TABLE @extschema@.logons DROP CONSTRAINT logons_pkey;
-DROP INDEX @extschema@.logons_at_brin;
-DROP INDEX @extschema@.logons_source_event_key;
-CREATE INDEX logons_client_at_idx ON @extschema@.logons (client_id, at);
-CREATE UNIQUE INDEX logons_source_event_key ON @extschema@.logons (client_id, source, source_event_id, at)
-	WHERE source_event_id IS NOT NULL;
--- Shared last step of every loader: the normalized events of one load, in
--- pg_temp.msp_load_events, become accounts (kind unknown until mapped),
--- devices and logons.  Returns (loaded, duplicate).
--- The source's event id is unique per client, whatever the time: of the
--- events of one load with the same id the first by line loads, and an
--- event whose id is already in logons (this client, this source; found
--- through the leading columns of logons_source_event_key) is a duplicate,
--- even with another time.  The unique index cannot say so itself: logons
--- is partitioned by time, so its key must include at.  Loads of a client
--- take turns (msp_load_begin), so this check-then-insert cannot race; a
--- row written meanwhile by hand with the same key and time makes the
--- insert fail, and the guarded caller rejects that record.
-CREATE OR REPLACE FUNCTION @extschema@.msp_load_normalized(for_client bigint, load_source text,
-												OUT loaded bigint, OUT duplicate bigint)
-LANGUAGE plpgsql VOLATILE STRICT
+-- The EMR loader finds its stage's first and last line by the index and
+-- decides plain ISO times by their form.
+CREATE OR REPLACE FUNCTION @extschema@.msp_load_emr_audit(client_id bigint, source text DEFAULT 'emr',
+											   OUT loaded bigint, OUT duplicate bigint, OUT rejected bigint)
+LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER
 SET search_path = pg_catalog, @extschema@, pg_temp
+SET DateStyle = 'ISO, MDY'
+SET timezone_abbreviations = 'Default'
+SET TimeZone = 'UTC'
 AS $$
+#variable_conflict use_variable
+DECLARE
+	lo bigint;
+	hi bigint;
 BEGIN
-	-- New accounts and devices take their ids from the identity columns, so
-	-- that ids are unique across clients.  Ids chosen by hand for this
-	-- client may lie ahead of the sequence: move it past them first (the
-	-- load holds the client's lock; the sequence only moves forward).
-	PERFORM setval(pg_get_serial_sequence('@extschema@.accounts', 'account_id'), m.id)
-	   FROM (SELECT max(a.account_id) AS id FROM @extschema@.accounts a WHERE a.client_id = for_client) m
-	  WHERE m.id > coalesce(pg_sequence_last_value(pg_get_serial_sequence('@extschema@.accounts', 'account_id')), 0);
-	PERFORM setval(pg_get_serial_sequence('@extschema@.devices', 'device_id'), m.id)
-	   FROM (SELECT max(d.device_id) AS id FROM @extschema@.devices d WHERE d.client_id = for_client) m
-	  WHERE m.id > coalesce(pg_sequence_last_value(pg_get_serial_sequence('@extschema@.devices', 'device_id')), 0);
+	source := coalesce(source, 'emr');
+	PERFORM @extschema@.msp_load_begin(client_id);
+	-- the first and last line by the index (an aggregate would read every line)
+	lo := (SELECT s.line_no FROM @extschema@.emr_audit_staging s WHERE s.client_id = client_id ORDER BY s.line_no LIMIT 1);
+	hi := (SELECT s.line_no FROM @extschema@.emr_audit_staging s WHERE s.client_id = client_id ORDER BY s.line_no DESC LIMIT 1);
+	CREATE TEMP TABLE msp_emr ON COMMIT DROP AS
+	SELECT s.line_no, s.user_name, s.workstation, s.event_time, s.action, s.event_id, s.application, c.time_zone,
+		   CASE
+			   WHEN coalesce(btrim(s.user_name, E' \t\r\n'), '') = '' THEN 'no user'
+			   WHEN coalesce(s.event_time, '') = '' THEN 'no time'
+			   -- names and keys go into btree indexes, which cap a row's size
+			   WHEN length(s.user_name) > 255 OR length(s.workstation) > 255 OR length(s.event_id) > 255
+					OR length(s.application) > 255 THEN 'field too long'
+		   END AS reason,
+		   NULL::timestamptz AS at
+	  FROM @extschema@.emr_audit_staging s JOIN @extschema@.clients c USING (client_id)
+	 WHERE s.client_id = client_id;
+	ALTER TABLE pg_temp.msp_emr ADD PRIMARY KEY (line_no);
+	-- A time with a zone (an offset, Z or z, a zone name or abbreviation)
+	-- is that instant; a time without one is the client's local time.
+	-- Whether it has one is PostgreSQL's reading, not a pattern: read in
+	-- UTC (this function's zone) and in UTC+14, a time with its own zone is
+	-- the same instant.  A zone PostgreSQL cannot read is an invalid time.
+	-- Plain ISO date and time (no zone) and ISO ending in Z or an offset
+	-- are decided by their form, without that call per row.
+	PERFORM @extschema@.msp_load_guarded($step$
+		UPDATE pg_temp.msp_emr
+		   SET at = CASE WHEN event_time ~ '^\s*\d{4}-\d\d-\d\d[ T]\d\d:\d\d(:\d\d(\.\d+)?)?\s*$'
+						 THEN event_time::timestamp AT TIME ZONE time_zone
+						 WHEN event_time ~ '\d:\d\d(:\d\d(\.\d+)?)?\s*(Z|[+-]\d\d(:?\d\d)?)$'
+							  OR event_time::timestamptz = @extschema@.msp_timestamptz_plus14(event_time)
+						 THEN event_time::timestamptz
+						 ELSE event_time::timestamp AT TIME ZONE time_zone END
+		 WHERE reason IS NULL AND line_no BETWEEN $2 AND $3
+	$step$, $reject$
+		UPDATE pg_temp.msp_emr SET reason = 'invalid time' WHERE line_no = $2
+	$reject$, client_id, lo, hi);
+	UPDATE pg_temp.msp_emr SET reason = 'invalid time' || coalesce(': ' || @extschema@.msp_implausible_time(event_time, at), '')
+	 WHERE reason IS NULL AND (at IS NULL OR @extschema@.msp_implausible_time(event_time, at) IS NOT NULL);
 
-	INSERT INTO @extschema@.accounts (client_id, realm, name, kind, application)
-	SELECT for_client, n.realm, n.account_name, 'unknown', n.application
-	  FROM (SELECT DISTINCT e.realm, e.account_name, e.application FROM pg_temp.msp_load_events e) n
-	 WHERE NOT EXISTS (SELECT 1 FROM @extschema@.accounts a
-						WHERE a.client_id = for_client AND a.realm = n.realm
-						  AND lower(a.name) = lower(n.account_name)
-						  AND coalesce(a.application, '') = coalesce(n.application, ''))
-	 ORDER BY n.realm, n.account_name;
-
-	-- a device found in an export is billable from the day it was first seen
-	INSERT INTO @extschema@.devices (client_id, name, kind, active)
-	SELECT for_client, n.device_name, 'other',
-		   daterange((n.first_at AT TIME ZONE (SELECT c.time_zone FROM @extschema@.clients c WHERE c.client_id = for_client))::date, NULL)
-	  FROM (SELECT e.device_name, min(e.at) AS first_at FROM pg_temp.msp_load_events e
-			 WHERE e.device_name IS NOT NULL AND e.create_device GROUP BY e.device_name) n
-	 WHERE NOT EXISTS (SELECT 1 FROM @extschema@.devices d WHERE d.client_id = for_client
-						  AND upper(d.name) = upper(n.device_name))
-	 ORDER BY n.device_name;
-
-	-- small maps from names to ids, so the big insert joins on plain keys
-	ANALYZE pg_temp.msp_load_events;
-	CREATE TEMP TABLE msp_account_map ON COMMIT DROP AS
-	SELECT n.realm, n.account_name, n.app, a.account_id
-	  FROM (SELECT DISTINCT e.realm, e.account_name, coalesce(e.application, '') AS app
-			  FROM pg_temp.msp_load_events e) n
-	  JOIN @extschema@.accounts a ON a.client_id = for_client AND a.realm = n.realm
-					 AND lower(a.name) = lower(n.account_name) AND coalesce(a.application, '') = n.app;
-	CREATE TEMP TABLE msp_device_map ON COMMIT DROP AS
-	SELECT n.device_name, d.device_id
-	  FROM (SELECT DISTINCT e.device_name FROM pg_temp.msp_load_events e WHERE e.device_name IS NOT NULL) n
-	  JOIN @extschema@.devices d ON d.client_id = for_client AND upper(d.name) = upper(n.device_name);
-	ANALYZE pg_temp.msp_account_map;
-	ANALYZE pg_temp.msp_device_map;
-
-	WITH ins AS (
-		INSERT INTO @extschema@.logons (client_id, account_id, device_id, at, ended, presence, source,
-							source_event_id, session_key)
-		SELECT for_client, m.account_id, dm.device_id, e.at, e.ended, true, load_source, e.source_event_id,
-			   e.session_key
-		  FROM (SELECT DISTINCT ON (f.source_event_id) f.*
-				  FROM pg_temp.msp_load_events f
-				 ORDER BY f.source_event_id, f.line_no) e
-		  JOIN pg_temp.msp_account_map m ON m.realm = e.realm AND m.account_name = e.account_name
-										AND m.app = coalesce(e.application, '')
-		  LEFT JOIN pg_temp.msp_device_map dm ON dm.device_name = e.device_name
-		 WHERE NOT EXISTS (SELECT 1 FROM @extschema@.logons l
-							WHERE l.client_id = for_client AND l.source = load_source
-							  AND l.source_event_id = e.source_event_id)
-		RETURNING 1)
-	SELECT count(*) INTO loaded FROM ins;
-	DROP TABLE pg_temp.msp_account_map, pg_temp.msp_device_map;
-	duplicate := (SELECT count(*) FROM pg_temp.msp_load_events) - loaded;
+	INSERT INTO pg_temp.msp_load_events (line_no, realm, application, account_name, device_name, create_device, at,
+										 ended, source_event_id, session_key)
+	SELECT e.line_no, 'app', e.application, lower(e.user_name), upper(nullif(e.workstation, '')), true, e.at,
+		   NULL, coalesce(e.event_id, md5(concat_ws('|', e.user_name, e.workstation, e.event_time, e.action))), NULL
+	  FROM pg_temp.msp_emr e WHERE e.reason IS NULL;
+	SELECT * INTO loaded, duplicate FROM @extschema@.msp_load_normalized_guarded(client_id, source, $reject$
+		UPDATE pg_temp.msp_emr SET reason = 'unloadable record: ' || $3 WHERE line_no = $2
+	$reject$);
+	INSERT INTO @extschema@.load_rejects (client_id, source, line_no, raw, reason)
+	SELECT client_id, source, e.line_no,
+		   concat_ws(',', e.user_name, e.workstation, e.event_time, e.action, e.event_id), e.reason
+	  FROM pg_temp.msp_emr e WHERE e.reason IS NOT NULL;
+	GET DIAGNOSTICS rejected = ROW_COUNT;
+	DELETE FROM @extschema@.emr_audit_staging s WHERE s.client_id = client_id;
+	DROP TABLE pg_temp.msp_emr;
 END
 $$;
-COMMENT ON FUNCTION @extschema@.msp_load_normalized(bigint, text) IS
-	'internal: accounts, devices and logons from the normalized events of one load';
+COMMENT ON FUNCTION @extschema@.msp_load_emr_audit(bigint, text) IS
+	'loads a client''s staged EMR access audit rows as application logons (a time with an offset, Z or a zone name is that instant; one without is the client''s local time)';
