@@ -107,7 +107,8 @@ for idx in $(lb -At -c "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oi
 done
 without "the foreign keys" "ALTER TABLE mspbill.logons DROP CONSTRAINT logons_client_id_account_id_fkey; ALTER TABLE mspbill.logons DROP CONSTRAINT logons_client_id_device_id_fkey"
 without "the rollup trigger" "ALTER TABLE mspbill.logons DISABLE TRIGGER mark_rollups_insert; ALTER TABLE mspbill.logons DISABLE TRIGGER mark_rollups_update"
-without "all four indexes, the foreign keys and the trigger" "DROP INDEX mspbill.logons_client_at_idx, mspbill.logons_account_idx, mspbill.logons_source_event_key, mspbill.logons_session_idx; ALTER TABLE mspbill.logons DROP CONSTRAINT logons_client_id_account_id_fkey; ALTER TABLE mspbill.logons DROP CONSTRAINT logons_client_id_device_id_fkey; ALTER TABLE mspbill.logons DISABLE TRIGGER mark_rollups_insert"
+# (the duplicate check needs logons_source_event_key, see its row)
+without "the three other indexes, the foreign keys and the trigger" "DROP INDEX mspbill.logons_client_at_idx, mspbill.logons_account_idx, mspbill.logons_session_idx; ALTER TABLE mspbill.logons DROP CONSTRAINT logons_client_id_account_id_fkey; ALTER TABLE mspbill.logons DROP CONSTRAINT logons_client_id_device_id_fkey; ALTER TABLE mspbill.logons DISABLE TRIGGER mark_rollups_insert"
 
 # bytes per logon row, heap (toast included) and each index, over the
 # leaf partitions given
