@@ -20,17 +20,20 @@
 #include <ctype.h>
 
 #include "catalog/pg_type.h"
+#include "funcapi.h"
 #include "lib/stringinfo.h"
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "storage/shmem.h"		/* add_size, mul_size */
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/tuplestore.h"
 
 typedef struct JsonScan
 {
 	const char *p;
 	const char *end;
+	bool		too_deep;		/* failed on nesting, not on syntax */
 } JsonScan;
 
 static bool ScanValue(JsonScan *s, int depth);
@@ -223,7 +226,10 @@ ScanContainer(JsonScan *s, char close, int depth)
 
 	check_stack_depth();
 	if (depth > 1000)
+	{
+		s->too_deep = true;
 		return false;
+	}
 	for (;;)
 	{
 		CHECK_FOR_INTERRUPTS();
@@ -392,6 +398,7 @@ msp_json_fields(PG_FUNCTION_ARGS)
 		qsort(wanted_keys, nwanted, sizeof(WantedKey), CompareWantedKey);
 
 	s.p = VARDATA_ANY(doc);
+	s.too_deep = false;
 	s.end = s.p + VARSIZE_ANY_EXHDR(doc);
 	initStringInfo(&key);
 
@@ -471,7 +478,7 @@ msp_json_fields(PG_FUNCTION_ARGS)
 			continue;
 		if (*starts[w] == '"')
 		{
-			JsonScan	v = {starts[w], ends[w]};
+			JsonScan	v = {starts[w], ends[w], false};
 			StringInfoData str;
 
 			initStringInfo(&str);
@@ -492,4 +499,253 @@ msp_json_fields(PG_FUNCTION_ARGS)
 	dims[0] = nkeys;
 	PG_RETURN_ARRAYTYPE_P(construct_md_array(values, nulls, 1, dims, lbs, TEXTOID, -1, false,
 											 TYPALIGN_INT));
+}
+
+/*
+ * msp_json_records(lines text[]): the records of a JSON export whatever its
+ * layout, from its lines in order: JSON lines (one object per line), a
+ * saved Microsoft Graph response ({"value": [...], "@odata.nextLink": ...},
+ * pretty-printed or on one line, several pages one after the other) or a
+ * top-level array.  Each record comes with the line it starts on; a page's
+ * records are the elements of its "value" array (an object with such an
+ * array and no "id" is a page).  Text that does not parse is returned as
+ * one bad record per broken document: from the line it starts on up to the
+ * next line that starts a document in its first column ('{' or '['), so
+ * that a broken JSON line costs only itself and a broken page only itself.
+ */
+
+/* The line (0-based) holding byte offset off: binary search of line starts. */
+static int
+LineOf(const int64 *starts, int nlines, int64 off)
+{
+	int			lo = 0;
+	int			hi = nlines - 1;
+
+	while (lo < hi)
+	{
+		int			mid = lo + (hi - lo + 1) / 2;
+
+		if (starts[mid] <= off)
+			lo = mid;
+		else
+			hi = mid - 1;
+	}
+	return lo;
+}
+
+/* One output row. */
+static void
+PutRecord(Tuplestorestate *ts, TupleDesc desc, int line, const char *p, size_t len, bool is_json)
+{
+	Datum		values[3];
+	bool		nulls[3] = {false, false, false};
+
+	values[0] = Int32GetDatum(line + 1);
+	values[1] = PointerGetDatum(cstring_to_text_with_len(p, len));
+	values[2] = BoolGetDatum(is_json);
+	tuplestore_putvalues(ts, desc, values, nulls);
+}
+
+/*
+ * Scan the object at s->p (its '{' next).  On success, page_start and
+ * page_end delimit its "value" array when the object is a page.
+ */
+static bool
+ScanTopObject(JsonScan *s, const char **page_start, const char **page_end)
+{
+	bool		first = true;
+	bool		has_id = false;
+	StringInfoData key;
+
+	*page_start = *page_end = NULL;
+	initStringInfo(&key);
+	s->p++;
+	for (;;)
+	{
+		const char *value_start;
+
+		CHECK_FOR_INTERRUPTS();
+		SkipSpace(s);
+		if (s->p >= s->end)
+			return false;
+		if (*s->p == '}' && first)
+		{
+			s->p++;
+			break;
+		}
+		resetStringInfo(&key);
+		if (*s->p != '"' || !ScanString(s, &key))
+			return false;
+		SkipSpace(s);
+		if (s->p >= s->end || *s->p++ != ':')
+			return false;
+		SkipSpace(s);
+		value_start = s->p;
+		if (!ScanValue(s, 1))
+			return false;
+		if (key.len == 2 && memcmp(key.data, "id", 2) == 0)
+			has_id = true;
+		else if (key.len == 5 && memcmp(key.data, "value", 5) == 0 && *value_start == '[')
+		{
+			*page_start = value_start;
+			*page_end = s->p;
+		}
+		SkipSpace(s);
+		if (s->p >= s->end)
+			return false;
+		if (*s->p == '}')
+		{
+			s->p++;
+			break;
+		}
+		if (*s->p++ != ',')
+			return false;
+		first = false;
+	}
+	if (has_id)
+		*page_start = *page_end = NULL;
+	pfree(key.data);
+	return true;
+}
+
+/* Emit each element of the (already validated) array [start, end). */
+static void
+PutElements(Tuplestorestate *ts, TupleDesc desc, const int64 *starts, int nlines, const char *buf,
+			const char *start, const char *end)
+{
+	JsonScan	s = {start + 1, end, false};
+
+	for (;;)
+	{
+		const char *elem;
+
+		SkipSpace(&s);
+		if (s.p >= s.end || *s.p == ']')
+			return;
+		elem = s.p;
+		if (!ScanValue(&s, 1))
+			elog(ERROR, "msp_json_records: an array scanned once fails the second time");
+		PutRecord(ts, desc, LineOf(starts, nlines, elem - buf), elem, s.p - elem, true);
+		SkipSpace(&s);
+		if (s.p < s.end && *s.p == ',')
+			s.p++;
+	}
+}
+
+PG_FUNCTION_INFO_V1(msp_json_records);
+/* The records of an export's lines; see above. */
+Datum
+msp_json_records(PG_FUNCTION_ARGS)
+{
+	ArrayType  *lines_arr = PG_GETARG_ARRAYTYPE_P(0);
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	Tuplestorestate *ts;
+	TupleDesc	desc;
+	MemoryContext oldcxt;
+	Datum	   *line_datums;
+	bool	   *line_nulls;
+	int			nlines;
+	int64	   *starts;
+	StringInfoData buf;
+	JsonScan	s;
+	int			i;
+
+	if (rsinfo == NULL || !IsA(rsinfo, ReturnSetInfo) ||
+		(rsinfo->allowedModes & SFRM_Materialize) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("msp_json_records must be called in FROM")));
+	if (ARR_NDIM(lines_arr) > 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+				 errmsg("msp_json_records lines must be a one-dimensional array")));
+	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "msp_json_records: return type must be a row type");
+
+	oldcxt = MemoryContextSwitchTo(rsinfo->econtext->ecxt_per_query_memory);
+	desc = CreateTupleDescCopy(desc);
+	ts = tuplestore_begin_heap(true, false, work_mem);
+	MemoryContextSwitchTo(oldcxt);
+	rsinfo->returnMode = SFRM_Materialize;
+	rsinfo->setResult = ts;
+	rsinfo->setDesc = desc;
+
+	deconstruct_array(lines_arr, TEXTOID, -1, false, TYPALIGN_INT, &line_datums, &line_nulls, &nlines);
+	if (nlines == 0)
+		PG_RETURN_NULL();
+	/* the lines joined by newlines, and where each starts */
+	starts = palloc(mul_size(nlines, sizeof(int64)));
+	initStringInfo(&buf);
+	for (i = 0; i < nlines; i++)
+	{
+		starts[i] = buf.len;
+		if (!line_nulls[i])
+		{
+			text	   *t = DatumGetTextPP(line_datums[i]);
+
+			if ((Size) buf.len + VARSIZE_ANY_EXHDR(t) + 1 >= MaxAllocSize)
+				ereport(ERROR,
+						(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+						 errmsg("export too large to read at once"),
+						 errdetail("The staged lines of one load exceed %zu bytes.", (Size) MaxAllocSize - 1),
+						 errhint("Load the export in parts.")));
+			appendBinaryStringInfo(&buf, VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t));
+		}
+		appendStringInfoChar(&buf, '\n');
+	}
+
+	s.p = buf.data;
+	s.end = buf.data + buf.len;
+	s.too_deep = false;
+	for (;;)
+	{
+		const char *doc;
+		int			line;
+		bool		ok;
+
+		CHECK_FOR_INTERRUPTS();
+		SkipSpace(&s);
+		if (s.p >= s.end)
+			break;
+		doc = s.p;
+		line = LineOf(starts, nlines, doc - buf.data);
+		if (*s.p == '{')
+		{
+			const char *page_start;
+			const char *page_end;
+
+			ok = ScanTopObject(&s, &page_start, &page_end);
+			if (ok && page_start != NULL)
+				PutElements(ts, desc, starts, nlines, buf.data, page_start, page_end);
+			else if (ok)
+				PutRecord(ts, desc, line, doc, s.p - doc, true);
+		}
+		else if (*s.p == '[')
+		{
+			ok = ScanValue(&s, 0);
+			if (ok)
+				PutElements(ts, desc, starts, nlines, buf.data, doc, s.p);
+		}
+		else
+			ok = false;
+		if (!ok)
+		{
+			/*
+			 * nesting too deep for this scanner is no syntax error: the
+			 * caller's parser may say what it is
+			 */
+			bool		deep = s.too_deep;
+
+			/* the broken document: up to the next line starting one */
+			int			next = line + 1;
+
+			while (next < nlines &&
+				   buf.data[starts[next]] != '{' && buf.data[starts[next]] != '[')
+				next++;
+			s.p = next < nlines ? buf.data + starts[next] : s.end;
+			PutRecord(ts, desc, line, doc, s.p - doc - 1, deep);
+			s.too_deep = false;
+		}
+	}
+	PG_RETURN_NULL();
 }

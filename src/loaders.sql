@@ -170,7 +170,9 @@ COMMENT ON FUNCTION @extschema@.msp_canonical_account(text, text) IS
 -- through the leading columns of logons_source_event_key) is a duplicate,
 -- even with another time.  The unique index cannot say so itself: logons
 -- is partitioned by time, so its key must include at.  Loads of a client
--- take turns (msp_load_begin), so this check-then-insert cannot race.
+-- take turns (msp_load_begin), so this check-then-insert cannot race; a
+-- row written meanwhile by hand with the same key and time makes the
+-- insert fail, and the guarded caller rejects that record.
 CREATE FUNCTION @extschema@.msp_load_normalized(for_client bigint, load_source text,
 												OUT loaded bigint, OUT duplicate bigint)
 LANGUAGE plpgsql VOLATILE STRICT
@@ -236,7 +238,6 @@ BEGIN
 		 WHERE NOT EXISTS (SELECT 1 FROM @extschema@.logons l
 							WHERE l.client_id = for_client AND l.source = load_source
 							  AND l.source_event_id = e.source_event_id)
-		ON CONFLICT (client_id, source, source_event_id, at) DO NOTHING
 		RETURNING 1)
 	SELECT count(*) INTO loaded FROM ins;
 	DROP TABLE pg_temp.msp_account_map, pg_temp.msp_device_map;
@@ -382,9 +383,42 @@ $$;
 COMMENT ON FUNCTION @extschema@.msp_load_guarded(text, text, bigint, bigint, bigint) IS
 	'internal: runs a load step set-based, and per record only where a record''s data makes it fail';
 
+-- Logoffs (4634, 4647) that found no logon: the two halves of one export
+-- may be loaded in either order, so a logoff waits here and closes its
+-- session when the logon arrives.  A logoff that still finds none once the
+-- client's loads have moved a month past it is dropped (the other half of
+-- a linked logon, or a logon never exported).
+CREATE TABLE @extschema@.pending_logoffs (
+	client_id bigint NOT NULL REFERENCES @extschema@.clients ON DELETE CASCADE,
+	session_key text NOT NULL,
+	at timestamptz NOT NULL,
+	PRIMARY KEY (client_id, session_key, at)
+);
+COMMENT ON TABLE @extschema@.pending_logoffs IS
+	'Windows logoffs loaded before their logon (host:logon id and time); the logon takes its end from here when it loads';
+ALTER TABLE @extschema@.pending_logoffs ENABLE ROW LEVEL SECURITY;
+CREATE POLICY client_rows ON @extschema@.pending_logoffs USING ((SELECT @extschema@.msp_sees_all_clients()) OR client_id = ANY (CAST((SELECT @extschema@.msp_visible_clients()) AS bigint[])));
+COMMENT ON POLICY client_rows ON @extschema@.pending_logoffs IS
+	'the rows of the clients the reader may see (msp_sees_all_clients, else bi_client_access)';
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.pending_logoffs', '');
+
+-- Windows Security events, NXLog (top-level fields) or Winlogbeat
+-- (winlog.*).  The event's own time wins, in UTC whatever the shipper:
+-- NXLog's EventTime (the host's local time: the client's zone unless it
+-- names its own), else TimeCreated (UTC unless it names a zone), else
+-- @timestamp (Logstash's, when it received the event: only a fallback);
+-- Winlogbeat's winlog.time_created, else its @timestamp (which Beats set
+-- to the event's creation time).  One logon is one session: of two linked
+-- 4624s (TargetLinkedLogonId, the elevated and the limited token of one
+-- sign-in) only the one with the smaller logon id is loaded, and an unlock
+-- or reconnect (type 7) is presence for an instant (it ends where it
+-- begins), never a second concurrent session.  Logoffs close the session
+-- whatever the order of the loads: one that finds no logon is held in
+-- pending_logoffs for the logon to come.
 CREATE FUNCTION @extschema@.msp_load_windows_events(client_id bigint, source text DEFAULT 'windows',
 													OUT loaded bigint, OUT duplicate bigint,
-													OUT paired bigint, OUT skipped bigint, OUT rejected bigint)
+													OUT paired bigint, OUT skipped bigint, OUT rejected bigint,
+													OUT held bigint)
 LANGUAGE plpgsql VOLATILE
 SECURITY DEFINER
 SET search_path = pg_catalog, @extschema@, pg_temp
@@ -396,20 +430,26 @@ AS $$
 DECLARE
 	lo bigint;
 	hi bigint;
+	zone text;
 BEGIN
 	-- a NULL source would make every event id unique (NULLs are distinct)
 	source := coalesce(source, 'windows');
 	PERFORM @extschema@.msp_load_begin(client_id);
-	SELECT min(s.line_no), max(s.line_no) INTO lo, hi FROM @extschema@.windows_event_staging s WHERE s.client_id = client_id;
+	SELECT c.time_zone INTO zone FROM @extschema@.clients c WHERE c.client_id = client_id;
+	-- the first and last line by the index (an aggregate would read every line)
+	lo := (SELECT s.line_no FROM @extschema@.windows_event_staging s WHERE s.client_id = client_id ORDER BY s.line_no LIMIT 1);
+	hi := (SELECT s.line_no FROM @extschema@.windows_event_staging s WHERE s.client_id = client_id ORDER BY s.line_no DESC LIMIT 1);
 	CREATE TEMP TABLE msp_win_class (
 		line_no bigint PRIMARY KEY,
 		event_id text,
+		at_field text,
 		at_text text,
 		host text,
 		username text,
 		domain text,
 		logon_type text,
 		logon_id text,
+		linked_id text,
 		record text,
 		class text NOT NULL,
 		at timestamptz
@@ -418,89 +458,175 @@ BEGIN
 	-- top-level ones or Winlogbeat's (winlog.*), without building a jsonb of
 	-- every (mostly irrelevant, often large) record.
 	PERFORM @extschema@.msp_load_guarded($step$
-		INSERT INTO pg_temp.msp_win_class (line_no, event_id, at_text, host, username, domain, logon_type,
-										   logon_id, record, class)
-		SELECT e.line_no, e.event_id, e.at_text, e.host, e.username, e.domain, e.logon_type, e.logon_id, e.record,
+		INSERT INTO pg_temp.msp_win_class (line_no, event_id, at_field, at_text, host, username, domain, logon_type,
+										   logon_id, linked_id, record, class)
+		SELECT e.line_no, e.event_id, e.at_field, e.at_text, e.host, e.username, e.domain, e.logon_type, e.logon_id,
+			   e.linked_id, e.record,
 			   CASE
 				   WHEN e.bad_json THEN 'reject:not valid JSON'
 				   WHEN e.event_id IS NULL THEN 'reject:no EventID'
 				   WHEN e.event_id NOT IN ('4624', '4634', '4647') THEN 'skip'
-				   WHEN e.at_text IS NULL THEN 'reject:no @timestamp'
+				   WHEN e.at_text IS NULL THEN 'reject:no event time'
 				   WHEN e.host IS NULL OR e.host IN ('', '-') THEN 'reject:no Hostname'
 				   WHEN e.username IS NULL OR btrim(e.username, E' \t\r\n') IN ('', '-') THEN 'reject:no TargetUserName'
 				   -- names and keys go into btree indexes, which cap a row's size
 				   WHEN length(e.host) > 255 OR length(e.username) > 255 OR length(e.domain) > 255
-						OR length(e.record) > 255 OR length(e.logon_id) > 255 THEN 'reject:field too long'
+						OR length(e.record) > 255 OR length(e.logon_id) > 255 OR length(e.linked_id) > 255
+						THEN 'reject:field too long'
 				   WHEN @extschema@.msp_is_machine_account(e.username) THEN 'skip'
 				   WHEN e.event_id = '4624' AND e.logon_type IS NULL THEN 'reject:no LogonType'
-				   WHEN e.event_id = '4624' AND e.logon_type NOT IN ('2', '7', '10', '11') THEN 'skip'
+				   WHEN e.logon_type NOT IN ('2', '7', '10', '11') THEN 'skip'
+				   -- the other half of a linked logon: the half with the
+				   -- smaller logon id (as a hexadecimal number) is the session
+				   WHEN e.event_id = '4624' AND e.logon_id IS NOT NULL AND coalesce(lower(e.linked_id), '0x0') <> '0x0'
+						AND (length(e.linked_id), lower(e.linked_id)) < (length(e.logon_id), lower(e.logon_id)) THEN 'linked'
 				   WHEN e.event_id = '4624' THEN 'logon'
+				   -- a logoff without a logon id closes nothing
+				   WHEN e.logon_id IS NULL THEN 'skip'
 				   ELSE 'logoff'
 			   END
 		  FROM (SELECT s.line_no, f IS NULL AS bad_json,
 					   coalesce(f[1], wl.winlog->>'event_id') AS event_id,
-					   coalesce(f[2], f[3]) AS at_text,
-					   coalesce(f[4], wl.winlog->>'computer_name') AS host,
-					   coalesce(f[5], wl.winlog->'event_data'->>'TargetUserName') AS username,
-					   coalesce(f[6], wl.winlog->'event_data'->>'TargetDomainName') AS domain,
-					   coalesce(f[7], wl.winlog->'event_data'->>'LogonType') AS logon_type,
-					   coalesce(f[8], wl.winlog->'event_data'->>'TargetLogonId') AS logon_id,
-					   coalesce(f[9], wl.winlog->>'record_id', md5(s.raw)) AS record
+					   CASE WHEN f[12] IS NULL THEN coalesce(f[2], f[3], f[4])
+							ELSE coalesce(wl.winlog->>'time_created', f[4]) END AS at_text,
+					   CASE WHEN f[12] IS NULL
+							THEN CASE WHEN f[2] IS NOT NULL THEN 'EventTime' WHEN f[3] IS NOT NULL THEN 'TimeCreated'
+									  ELSE '@timestamp' END
+							ELSE CASE WHEN wl.winlog->>'time_created' IS NOT NULL THEN 'winlog.time_created'
+									  ELSE '@timestamp' END END AS at_field,
+					   coalesce(f[5], wl.winlog->>'computer_name') AS host,
+					   coalesce(f[6], wl.winlog->'event_data'->>'TargetUserName') AS username,
+					   coalesce(f[7], wl.winlog->'event_data'->>'TargetDomainName') AS domain,
+					   coalesce(f[8], wl.winlog->'event_data'->>'LogonType') AS logon_type,
+					   coalesce(f[9], wl.winlog->'event_data'->>'TargetLogonId') AS logon_id,
+					   coalesce(f[10], wl.winlog->'event_data'->>'TargetLinkedLogonId') AS linked_id,
+					   coalesce(f[11], wl.winlog->>'record_id', md5(s.raw)) AS record
 				  FROM @extschema@.windows_event_staging s,
-					   LATERAL @extschema@.msp_json_fields(s.raw, '{EventID,@timestamp,TimeCreated,Hostname,TargetUserName,TargetDomainName,LogonType,TargetLogonId,RecordNumber,winlog}') AS f,
+					   LATERAL @extschema@.msp_json_fields(s.raw, '{EventID,EventTime,TimeCreated,@timestamp,Hostname,TargetUserName,TargetDomainName,LogonType,TargetLogonId,TargetLinkedLogonId,RecordNumber,winlog}') AS f,
 					   -- a function in FROM runs once per row (a subquery would be pulled up)
-					   LATERAL unnest(ARRAY[f[10]::jsonb]) AS wl(winlog)
+					   LATERAL unnest(ARRAY[f[12]::jsonb]) AS wl(winlog)
 				 WHERE s.client_id = $1 AND s.line_no BETWEEN $2 AND $3) e
 	$step$, $reject$
 		INSERT INTO pg_temp.msp_win_class (line_no, class) VALUES ($2, 'reject:unreadable record: ' || $3)
 	$reject$, client_id, lo, hi);
-	-- timestamps: the batch at once, per record only where one is malformed
-	PERFORM @extschema@.msp_load_guarded($step$
-		UPDATE pg_temp.msp_win_class SET at = at_text::timestamptz
-		 WHERE class IN ('logon', 'logoff') AND line_no BETWEEN $2 AND $3
-	$step$, $reject$
-		UPDATE pg_temp.msp_win_class SET class = 'reject:invalid @timestamp' WHERE line_no = $2
+	-- times: the batch at once, per record only where one is malformed.
+	-- An EventTime without a zone is the client's local time, any other
+	-- field's is UTC.  Plain ISO date and time has no zone, one ending in Z
+	-- or an offset has its own (both decided without a call per row); any
+	-- other is read in UTC and in UTC+14 (msp_timestamptz_plus14), which
+	-- agree exactly when PostgreSQL finds a zone in it.
+	PERFORM @extschema@.msp_load_guarded(format($step$
+		UPDATE pg_temp.msp_win_class
+		   SET at = CASE WHEN at_field <> 'EventTime' THEN at_text::timestamptz
+						 WHEN at_text ~ '^\s*\d{4}-\d\d-\d\d[ T]\d\d:\d\d(:\d\d(\.\d+)?)?\s*$'
+						 THEN at_text::timestamp AT TIME ZONE %L
+						 WHEN at_text ~ '\d:\d\d(:\d\d(\.\d+)?)?\s*(Z|[+-]\d\d(:?\d\d)?)$'
+							  OR at_text::timestamptz = @extschema@.msp_timestamptz_plus14(at_text)
+						 THEN at_text::timestamptz
+						 ELSE at_text::timestamp AT TIME ZONE %L END
+		 WHERE class IN ('logon', 'logoff', 'linked') AND line_no BETWEEN $2 AND $3
+	$step$, zone, zone), $reject$
+		UPDATE pg_temp.msp_win_class SET class = 'reject:invalid ' || at_field WHERE line_no = $2
 	$reject$, client_id, lo, hi);
 	UPDATE pg_temp.msp_win_class
-	   SET class = 'reject:invalid @timestamp' || coalesce(': ' || @extschema@.msp_implausible_time(at_text, at), '')
-	 WHERE class IN ('logon', 'logoff') AND (at IS NULL OR @extschema@.msp_implausible_time(at_text, at) IS NOT NULL);
+	   SET class = 'reject:invalid ' || at_field || coalesce(': ' || @extschema@.msp_implausible_time(at_text, at), '')
+	 WHERE class IN ('logon', 'logoff', 'linked') AND (at IS NULL OR @extschema@.msp_implausible_time(at_text, at) IS NOT NULL);
+
+	-- Sessions within the load, and with the logoffs held from earlier
+	-- loads: per host and logon id in time order, a logon ends at the first
+	-- logoff at or after it; a logoff is consumed when a logon (or the
+	-- linked half of one) precedes it.
+	CREATE TEMP TABLE msp_win_session ON COMMIT DROP AS
+	SELECT x.line_no, x.kind, x.session_key, x.at,
+		   min(x.at) FILTER (WHERE x.kind = 'logoff') OVER w_after AS ended,
+		   bool_or(x.kind <> 'logoff') OVER w_before AS consumed
+	  FROM (SELECT c.line_no, c.class AS kind, upper(split_part(c.host, '.', 1)) || ':' || lower(c.logon_id) AS session_key,
+				   c.at, c.logon_type
+			  FROM pg_temp.msp_win_class c
+			 WHERE c.class IN ('logon', 'logoff', 'linked') AND c.logon_id IS NOT NULL
+			UNION ALL
+			SELECT NULL, 'logoff', p.session_key, p.at, NULL
+			  FROM @extschema@.pending_logoffs p
+			 WHERE p.client_id = client_id
+			   AND p.session_key IN (SELECT upper(split_part(c.host, '.', 1)) || ':' || lower(c.logon_id)
+									   FROM pg_temp.msp_win_class c WHERE c.class IN ('logon', 'linked'))) x
+	WINDOW w_after AS (PARTITION BY x.session_key ORDER BY x.at, x.kind = 'logoff', x.line_no
+					   ROWS BETWEEN CURRENT ROW AND UNBOUNDED FOLLOWING),
+		   w_before AS (PARTITION BY x.session_key ORDER BY x.at, x.kind = 'logoff', x.line_no
+						ROWS UNBOUNDED PRECEDING);
 
 	INSERT INTO pg_temp.msp_load_events (line_no, realm, application, account_name, device_name, create_device, at,
 										 ended, source_event_id, session_key)
 	SELECT c.line_no, 'os', NULL, @extschema@.msp_canonical_account(c.domain, c.username), upper(split_part(c.host, '.', 1)), true,
-		   c.at, NULL, upper(split_part(c.host, '.', 1)) || ':' || c.record,
-		   CASE WHEN c.logon_id IS NOT NULL THEN upper(split_part(c.host, '.', 1)) || ':' || lower(c.logon_id) END
-	  FROM pg_temp.msp_win_class c WHERE c.class = 'logon';
+		   c.at,
+		   -- an unlock or reconnect is an instant of presence inside a session
+		   CASE WHEN c.logon_type = '7' THEN c.at ELSE s.ended END,
+		   upper(split_part(c.host, '.', 1)) || ':' || c.record, s.session_key
+	  FROM pg_temp.msp_win_class c LEFT JOIN pg_temp.msp_win_session s ON s.line_no = c.line_no
+	 WHERE c.class = 'logon';
 	SELECT * INTO loaded, duplicate FROM @extschema@.msp_load_normalized_guarded(client_id, source, $reject$
 		UPDATE pg_temp.msp_win_class SET class = 'reject:unloadable record: ' || $3 WHERE line_no = $2
 	$reject$);
 
-	-- pair logoffs (4634, 4647) with their logon by logon id on the same host
-	WITH logoff AS (
-		SELECT upper(split_part(c.host, '.', 1)) || ':' || lower(c.logon_id) AS session_key, min(c.at) AS at
-		  FROM pg_temp.msp_win_class c WHERE c.class = 'logoff' AND c.logon_id IS NOT NULL GROUP BY 1),
-	upd AS (
-		UPDATE @extschema@.logons l SET ended = o.at
-		  FROM logoff o
-		 WHERE l.client_id = client_id AND l.session_key = o.session_key AND l.at <= o.at
-		   AND (l.ended IS NULL OR l.ended > o.at)
-		RETURNING l.session_key)
-	SELECT count(DISTINCT upd.session_key) INTO paired FROM upd;
+	-- Logoffs this load did not pair close sessions loaded earlier (so do
+	-- all of them when some logon of the load was already loaded: its
+	-- stored row may still be open); the rest wait in pending_logoffs.
+	UPDATE @extschema@.logons l SET ended = o.at
+	  FROM (SELECT s.session_key, min(s.at) AS at
+			  FROM pg_temp.msp_win_session s
+			 WHERE s.kind = 'logoff' AND s.line_no IS NOT NULL AND (NOT s.consumed OR duplicate > 0)
+			 GROUP BY 1) o
+	 WHERE l.client_id = client_id AND l.session_key = o.session_key AND l.at <= o.at
+	   AND (l.ended IS NULL OR l.ended > o.at);
+	WITH hold AS (
+		INSERT INTO @extschema@.pending_logoffs AS p (client_id, session_key, at)
+		SELECT DISTINCT client_id, s.session_key, s.at
+		  FROM pg_temp.msp_win_session s
+		 WHERE s.kind = 'logoff' AND s.line_no IS NOT NULL AND NOT s.consumed
+		   AND NOT EXISTS (SELECT 1 FROM @extschema@.logons l
+							WHERE l.client_id = client_id AND l.session_key = s.session_key AND l.at <= s.at)
+		ON CONFLICT DO NOTHING
+		RETURNING 1)
+	SELECT count(*) INTO held FROM hold;
+	-- paired: the logoffs of this load that found their session (in this
+	-- load or an earlier one), and the held ones that found it now
+	WITH used AS (
+		DELETE FROM @extschema@.pending_logoffs p
+		 USING pg_temp.msp_win_session s
+		 WHERE p.client_id = client_id AND s.line_no IS NULL AND s.consumed
+		   AND p.session_key = s.session_key AND p.at = s.at
+		RETURNING 1)
+	SELECT count(*) INTO paired FROM used;
+	paired := paired + (SELECT count(*) FROM pg_temp.msp_win_class c WHERE c.class = 'logoff') - held;
+	-- a logoff a month older than the newest event loaded finds no logon any more
+	DELETE FROM @extschema@.pending_logoffs p
+	 WHERE p.client_id = client_id
+	   AND p.at < (SELECT max(c.at) FROM pg_temp.msp_win_class c WHERE c.class IN ('logon', 'logoff', 'linked')) - interval '1 month';
 
 	INSERT INTO @extschema@.load_rejects (client_id, source, line_no, raw, reason)
 	SELECT client_id, source, c.line_no, s.raw, substr(c.class, 8)
 	  FROM pg_temp.msp_win_class c JOIN @extschema@.windows_event_staging s ON s.client_id = client_id AND s.line_no = c.line_no
 	 WHERE c.class LIKE 'reject:%';
 	GET DIAGNOSTICS rejected = ROW_COUNT;
-	SELECT count(*) INTO skipped FROM pg_temp.msp_win_class c WHERE c.class = 'skip' OR c.class = 'logoff';
-	skipped := skipped - paired;
+	SELECT count(*) INTO skipped FROM pg_temp.msp_win_class c WHERE c.class IN ('skip', 'linked');
 	DELETE FROM @extschema@.windows_event_staging s WHERE s.client_id = client_id;
-	DROP TABLE pg_temp.msp_win_class;
+	DROP TABLE pg_temp.msp_win_class, pg_temp.msp_win_session;
 END
 $$;
 COMMENT ON FUNCTION @extschema@.msp_load_windows_events(bigint, text) IS
-	'loads a client''s staged Windows Security events: interactive (2), unlock (7), remote interactive (10) and cached (11) logons count; logoffs close sessions; the rest is skipped or rejected';
+	'loads a client''s staged Windows Security events: interactive (2), unlock (7, an instant), remote interactive (10) and cached (11) logons count, linked pairs once; logoffs close sessions in any load order (held until their logon comes); the rest is skipped or rejected';
 
+-- The records of a JSON export whatever its layout (src/json_fields.c).
+CREATE FUNCTION @extschema@.msp_json_records(lines text[])
+RETURNS TABLE (first_line integer, record text, is_json boolean)
+	AS 'MODULE_PATHNAME' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION @extschema@.msp_json_records(text[]) IS
+	'the records of an export''s lines in order: JSON lines, saved Graph responses ({"value": [...]}, pretty-printed, paged) or an array; each with the line it starts on, and each broken document as one record that is not JSON';
+
+-- Entra ID sign-ins as JSON lines or as saved Graph responses: the stage
+-- is read as one text in line order, so that a pretty-printed page, pages
+-- one after the other and a response on one line all give their signIn
+-- objects (each with the line it starts on).
 CREATE FUNCTION @extschema@.msp_load_entra_signins(client_id bigint, source text DEFAULT 'entra',
 												   OUT loaded bigint, OUT duplicate bigint,
 												   OUT skipped bigint, OUT rejected bigint)
@@ -513,14 +639,19 @@ SET TimeZone = 'UTC'
 AS $$
 #variable_conflict use_variable
 DECLARE
-	lo bigint;
-	hi bigint;
+	n bigint;
 BEGIN
 	source := coalesce(source, 'entra');
 	PERFORM @extschema@.msp_load_begin(client_id);
-	SELECT min(s.line_no), max(s.line_no) INTO lo, hi FROM @extschema@.entra_signin_staging s WHERE s.client_id = client_id;
+	CREATE TEMP TABLE msp_entra_rec ON COMMIT DROP AS
+	SELECT r.rec, l.line_nos[r.first_line] AS line_no, r.record, r.is_json
+	  FROM (SELECT array_agg(s.line_no ORDER BY s.line_no) AS line_nos, array_agg(s.raw ORDER BY s.line_no) AS raws
+			  FROM @extschema@.entra_signin_staging s WHERE s.client_id = client_id) l,
+		   LATERAL @extschema@.msp_json_records(l.raws) WITH ORDINALITY AS r(first_line, record, is_json, rec);
+	ALTER TABLE pg_temp.msp_entra_rec ADD PRIMARY KEY (rec);
+	n := (SELECT max(r.rec) FROM pg_temp.msp_entra_rec r);
 	CREATE TEMP TABLE msp_entra_class (
-		line_no bigint PRIMARY KEY,
+		line_no bigint PRIMARY KEY,		-- the record's number (msp_entra_rec.rec)
 		id text,
 		upn text,
 		created text,
@@ -528,11 +659,14 @@ BEGIN
 		class text NOT NULL,
 		at timestamptz
 	) ON COMMIT DROP;
+	INSERT INTO pg_temp.msp_entra_class (line_no, class)
+	SELECT r.rec, 'reject:not valid JSON' FROM pg_temp.msp_entra_rec r WHERE NOT r.is_json;
 	PERFORM @extschema@.msp_load_guarded($step$
 		INSERT INTO pg_temp.msp_entra_class (line_no, id, upn, created, device, class)
-		SELECT e.line_no, e.doc->>'id', e.doc->>'userPrincipalName', e.doc->>'createdDateTime',
+		SELECT e.rec, e.doc->>'id', e.doc->>'userPrincipalName', e.doc->>'createdDateTime',
 			   e.doc->'deviceDetail'->>'displayName',
 			   CASE
+				   WHEN jsonb_typeof(e.doc) <> 'object' THEN 'reject:not a signIn object'
 				   WHEN e.doc->>'id' IS NULL THEN 'reject:no id'
 				   WHEN coalesce(btrim(e.doc->>'userPrincipalName', E' \t\r\n'), '') = '' THEN 'reject:no userPrincipalName'
 				   WHEN e.doc->>'createdDateTime' IS NULL THEN 'reject:no valid createdDateTime'
@@ -543,18 +677,18 @@ BEGIN
 				   WHEN e.doc->>'isInteractive' = 'false' THEN 'skip'
 				   ELSE 'signin'
 			   END
-		  FROM (SELECT s.line_no, s.raw::jsonb AS doc FROM @extschema@.entra_signin_staging s
-				 WHERE s.client_id = $1 AND s.line_no BETWEEN $2 AND $3) e
+		  FROM (SELECT r.rec, r.record::jsonb AS doc FROM pg_temp.msp_entra_rec r
+				 WHERE r.is_json AND r.rec BETWEEN $2 AND $3) e
 	$step$, $reject$
 		INSERT INTO pg_temp.msp_entra_class (line_no, class)
 		VALUES ($2, CASE WHEN $4 = '22P02' THEN 'reject:not valid JSON' ELSE 'reject:unreadable record: ' || $3 END)
-	$reject$, client_id, lo, hi);
+	$reject$, client_id, 1, n);
 	PERFORM @extschema@.msp_load_guarded($step$
 		UPDATE pg_temp.msp_entra_class SET at = created::timestamptz
 		 WHERE class NOT LIKE 'reject:%' AND line_no BETWEEN $2 AND $3
 	$step$, $reject$
 		UPDATE pg_temp.msp_entra_class SET class = 'reject:no valid createdDateTime' WHERE line_no = $2
-	$reject$, client_id, lo, hi);
+	$reject$, client_id, 1, n);
 	UPDATE pg_temp.msp_entra_class
 	   SET class = 'reject:no valid createdDateTime' || coalesce(': ' || @extschema@.msp_implausible_time(created, at), '')
 	 WHERE class NOT LIKE 'reject:%' AND (at IS NULL OR @extschema@.msp_implausible_time(created, at) IS NOT NULL);
@@ -567,17 +701,18 @@ BEGIN
 		UPDATE pg_temp.msp_entra_class SET class = 'reject:unloadable record: ' || $3 WHERE line_no = $2
 	$reject$);
 	INSERT INTO @extschema@.load_rejects (client_id, source, line_no, raw, reason)
-	SELECT client_id, source, c.line_no, s.raw, substr(c.class, 8)
-	  FROM pg_temp.msp_entra_class c JOIN @extschema@.entra_signin_staging s ON s.client_id = client_id AND s.line_no = c.line_no
-	 WHERE c.class LIKE 'reject:%';
+	SELECT client_id, source, r.line_no, r.record, substr(c.class, 8)
+	  FROM pg_temp.msp_entra_class c JOIN pg_temp.msp_entra_rec r ON r.rec = c.line_no
+	 WHERE c.class LIKE 'reject:%'
+	 ORDER BY r.rec;
 	GET DIAGNOSTICS rejected = ROW_COUNT;
 	SELECT count(*) INTO skipped FROM pg_temp.msp_entra_class c WHERE c.class = 'skip';
 	DELETE FROM @extschema@.entra_signin_staging s WHERE s.client_id = client_id;
-	DROP TABLE pg_temp.msp_entra_class;
+	DROP TABLE pg_temp.msp_entra_class, pg_temp.msp_entra_rec;
 END
 $$;
 COMMENT ON FUNCTION @extschema@.msp_load_entra_signins(bigint, text) IS
-	'loads a client''s staged Entra ID sign-ins: successful interactive sign-ins count as Microsoft 365 presence';
+	'loads a client''s staged Entra ID sign-ins (JSON lines or saved Graph responses): successful interactive sign-ins count as Microsoft 365 presence';
 
 CREATE FUNCTION @extschema@.msp_load_emr_audit(client_id bigint, source text DEFAULT 'emr',
 											   OUT loaded bigint, OUT duplicate bigint, OUT rejected bigint)
@@ -595,7 +730,9 @@ DECLARE
 BEGIN
 	source := coalesce(source, 'emr');
 	PERFORM @extschema@.msp_load_begin(client_id);
-	SELECT min(s.line_no), max(s.line_no) INTO lo, hi FROM @extschema@.emr_audit_staging s WHERE s.client_id = client_id;
+	-- the first and last line by the index (an aggregate would read every line)
+	lo := (SELECT s.line_no FROM @extschema@.emr_audit_staging s WHERE s.client_id = client_id ORDER BY s.line_no LIMIT 1);
+	hi := (SELECT s.line_no FROM @extschema@.emr_audit_staging s WHERE s.client_id = client_id ORDER BY s.line_no DESC LIMIT 1);
 	CREATE TEMP TABLE msp_emr ON COMMIT DROP AS
 	SELECT s.line_no, s.user_name, s.workstation, s.event_time, s.action, s.event_id, s.application, c.time_zone,
 		   CASE
@@ -614,9 +751,14 @@ BEGIN
 	-- Whether it has one is PostgreSQL's reading, not a pattern: read in
 	-- UTC (this function's zone) and in UTC+14, a time with its own zone is
 	-- the same instant.  A zone PostgreSQL cannot read is an invalid time.
+	-- Plain ISO date and time (no zone) and ISO ending in Z or an offset
+	-- are decided by their form, without that call per row.
 	PERFORM @extschema@.msp_load_guarded($step$
 		UPDATE pg_temp.msp_emr
-		   SET at = CASE WHEN event_time::timestamptz = @extschema@.msp_timestamptz_plus14(event_time)
+		   SET at = CASE WHEN event_time ~ '^\s*\d{4}-\d\d-\d\d[ T]\d\d:\d\d(:\d\d(\.\d+)?)?\s*$'
+						 THEN event_time::timestamp AT TIME ZONE time_zone
+						 WHEN event_time ~ '\d:\d\d(:\d\d(\.\d+)?)?\s*(Z|[+-]\d\d(:?\d\d)?)$'
+							  OR event_time::timestamptz = @extschema@.msp_timestamptz_plus14(event_time)
 						 THEN event_time::timestamptz
 						 ELSE event_time::timestamp AT TIME ZONE time_zone END
 		 WHERE reason IS NULL AND line_no BETWEEN $2 AND $3

@@ -259,6 +259,9 @@ COMMENT ON VIEW @extschema@.account_labels IS
 	'account names for display: real for rooms, shared PCs and service accounts, and for members of mspbill_pii; pseudonymous otherwise';
 
 CREATE SEQUENCE @extschema@.logons_logon_id_seq;
+-- No primary key: logon_id comes from a sequence and no query looks a
+-- logon up by it; every index below is one that a query needs (README,
+-- Storage), since each costs every logon row its bytes.
 CREATE TABLE @extschema@.logons (
 	client_id bigint NOT NULL,
 	logon_id bigint NOT NULL DEFAULT nextval('@extschema@.logons_logon_id_seq'),
@@ -270,16 +273,20 @@ CREATE TABLE @extschema@.logons (
 	source text,
 	source_event_id text,
 	session_key text,
-	PRIMARY KEY (client_id, at, logon_id),
 	FOREIGN KEY (client_id, account_id) REFERENCES @extschema@.accounts,
 	FOREIGN KEY (client_id, device_id) REFERENCES @extschema@.devices
 ) PARTITION BY RANGE (at);
 CREATE TABLE @extschema@.logons_default PARTITION OF @extschema@.logons DEFAULT;
--- per-account scans read only this index (presence included) in account order
+-- a client's logons of a period or a day: seats, rollups of a day,
+-- finalization gates, audits
+CREATE INDEX logons_client_at_idx ON @extschema@.logons (client_id, at);
+-- an account's logons, index-only with presence: billable users (without
+-- it the per-account join of msp_segment_users turns quadratic)
 CREATE INDEX logons_account_idx ON @extschema@.logons (client_id, account_id, at) INCLUDE (presence);
-CREATE INDEX logons_at_brin ON @extschema@.logons USING brin (at);
--- loading the same export twice adds nothing
-CREATE UNIQUE INDEX logons_source_event_key ON @extschema@.logons (client_id, source, source_event_id, at);
+-- the loaders' duplicate check (only rows from an export have an event id)
+CREATE UNIQUE INDEX logons_source_event_key ON @extschema@.logons (client_id, source, source_event_id, at)
+	WHERE source_event_id IS NOT NULL;
+-- the Windows loader's logoffs find their session
 CREATE INDEX logons_session_idx ON @extschema@.logons (client_id, session_key) WHERE session_key IS NOT NULL;
 COMMENT ON TABLE @extschema@.logons IS
 	'one row per logon (presence = counts as a person being there); partitioned by time: add months with msp_add_logon_partitions()';

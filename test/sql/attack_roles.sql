@@ -65,6 +65,8 @@ VALUES (1, '2000-01-31', 's1', 'St. Olaf', 'Microsoft 365 Business Premium', 5, 
 	(2, '2000-01-31', 's2', 'Maple', 'Microsoft 365 Business Premium', 5, 20, 'pax8');
 INSERT INTO psa_tickets (client_id, psa, ticket_id, at, contact, channel)
 VALUES (1, 'halo', 't1', '2000-01-10', 'someone@stolaf.example', 'ticket'), (2, 'halo', 't2', '2000-01-10', 'dana@maple.example', 'ticket');
+-- a logoff of each client waiting for its logon
+INSERT INTO pending_logoffs VALUES (1, 'OR1:0x1f', '2026-01-05 10:00Z'), (2, 'PC1:0x2e', '2026-01-05 11:00Z');
 SELECT msp_finalize_invoice(2, NULL, '{device_silent,day_without_logons,unmapped_account,logon_outside_contract}') \g /dev/null
 -- client 2's invoice documents, terms, tax rates and PSA syncs, for the
 -- policies to hide

@@ -7,7 +7,7 @@
 \set QUIET on
 SET search_path = public, mspbill;
 SELECT setseed(0.9191);
-SELECT plan(16);
+SELECT plan(19);
 SELECT pg_postmaster_start_time() AS started \gset
 
 -- text built from the pieces a userset is made of, and others
@@ -142,6 +142,23 @@ SELECT ok((SELECT count(*) FROM json_results WHERE f IS NOT NULL) > 1000, 'with 
 SELECT is(msp_json_fields('{"a": "\u00e9", "b": 1}', '{a,b,a}'), ARRAY['é', '1', 'é'], 'a key asked for twice gets its value twice');
 SELECT ok(msp_json_fields('{"a":' || repeat('[', 100000) || repeat(']', 100000) || '}', '{a}') IS NULL,
           'absurdly deep nesting is refused, not a crash');
+
+-- msp_json_records on the same inputs: a JSON object (no "value" page) is
+-- itself one record; whatever it returns as JSON PostgreSQL parses; and
+-- the inputs as the lines of one export (pages, arrays, broken documents
+-- mixed) never crash it
+SELECT is((SELECT count(*) FROM json_results
+            WHERE NOT overflows AND jsonb_typeof(doc) = 'object' AND NOT doc ? 'value'
+              AND (SELECT array_agg(ROW(r.first_line, r.record::jsonb, r.is_json)) FROM msp_json_records(ARRAY[t]) r)
+                  IS DISTINCT FROM ARRAY[ROW(1, doc, true)]),
+          0::bigint, 'msp_json_records: each JSON object line is itself one record');
+SELECT is((SELECT count(*) FROM json_results, LATERAL msp_json_records(ARRAY[t]) r
+            WHERE r.is_json AND NOT pg_temp.jsonb_overflows(r.record) AND msp_try_jsonb(r.record) IS NULL),
+          0::bigint, 'msp_json_records: every record it calls JSON is JSON to PostgreSQL');
+SELECT is((SELECT count(*) FROM (SELECT array_agg(t ORDER BY random()) AS lines FROM json_results GROUP BY random() < 0.5) x,
+                  LATERAL msp_json_records(x.lines) r
+            WHERE r.is_json AND NOT pg_temp.jsonb_overflows(r.record) AND msp_try_jsonb(r.record) IS NULL),
+          0::bigint, 'msp_json_records: 10,000 such lines as two exports, the same');
 
 SELECT is(pg_postmaster_start_time(), :'started'::timestamptz, 'the server never restarted');
 SELECT * FROM finish();

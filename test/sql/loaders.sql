@@ -8,7 +8,7 @@
 SET search_path = public, mspbill;
 \set fixture_zip `for d in ../../../shared ../../../../shared; do f=$d/fixtures/windows-security/purplesharp_ad_playbook_I.zip; if [ -f $f ]; then echo $f; break; fi; done`
 \set have_fixture `for d in ../../../shared ../../../../shared; do [ -f $d/fixtures/windows-security/purplesharp_ad_playbook_I.zip ] && { echo 1; exit; }; done; echo 0`
-SELECT plan(102);
+SELECT plan(140);
 
 INSERT INTO clients (client_id, name, time_zone) VALUES (1, 'Clinic', 'America/New_York'), (2, 'Lab', 'UTC');
 INSERT INTO contracts (client_id, contract_id, effective, model, price_per_user)
@@ -17,10 +17,10 @@ VALUES (1, 1, '[2025-01-01,)', 'per_user', 10), (2, 1, '[2020-01-01,)', 'per_use
 -- Windows Security events, NXLog JSON lines (raw lines: no COPY escapes)
 SET mspbill.client_id = 1;
 \copy windows_event_staging (raw) FROM '../fixtures/windows_nxlog.jsonl' WITH (FORMAT csv, QUOTE E'\x01', DELIMITER E'\x02')
-SELECT results_eq($$SELECT * FROM msp_load_windows_events(1)$$, $$VALUES (3::bigint, 1::bigint, 2::bigint, 7::bigint, 3::bigint)$$,
+SELECT results_eq($$SELECT * FROM msp_load_windows_events(1)$$, $$VALUES (3::bigint, 1::bigint, 2::bigint, 7::bigint, 3::bigint, 0::bigint)$$,
                   'windows: 3 loaded, 1 duplicate, 2 sessions closed, 7 skipped, 3 rejected');
 SELECT results_eq($$SELECT reason FROM load_rejects WHERE source = 'windows' ORDER BY line_no$$,
-                  $$VALUES ('not valid JSON'), ('no TargetUserName'), ('invalid @timestamp')$$, 'each reject says why');
+                  $$VALUES ('not valid JSON'), ('no TargetUserName'), ('invalid EventTime')$$, 'each reject says why (EventTime, the event''s own time, is the one read)');
 SELECT ok((SELECT raw FROM load_rejects WHERE reason = 'not valid JSON') LIKE '%"broken', 'and keeps the raw record');
 SELECT results_eq($$SELECT name, kind FROM accounts WHERE client_id = 1 AND realm = 'os' ORDER BY name$$,
                   $$VALUES ('CLINIC\alice', 'unknown'), ('CLINIC\bob', 'unknown')$$,
@@ -427,6 +427,200 @@ INSERT INTO entra_signin_staging (raw) VALUES ('{"id": "a1", "userPrincipalName"
 SELECT results_eq($$SELECT loaded, duplicate FROM msp_load_entra_signins(11)$$, $$VALUES (0::bigint, 1::bigint)$$,
                   'entra: the same id with another time in a later load is a duplicate');
 SELECT is((SELECT count(*) FROM logons WHERE client_id = 11 AND source = 'entra'), 1::bigint, 'entra: one logon for a1');
+SET mspbill.client_id = 3;
+
+-- One administrator's RDP session on a terminal server, real-shaped (NXLog
+-- through Logstash: EventTime local, @timestamp seconds late): two linked
+-- 4624s (elevated and limited token), a reconnect (type 7, linked too)
+-- closed within milliseconds, and the logoffs.  One logon is one session.
+INSERT INTO clients (client_id, name, time_zone) VALUES (20, 'TS once', 'America/Chicago'),
+	(21, 'TS second half first', 'America/Chicago'), (22, 'TS first half first', 'America/Chicago');
+INSERT INTO contracts (client_id, contract_id, effective, model, price_per_user, price_per_seat, shared_billing)
+SELECT c, 1, '[2026-01-01,)', 'per_user', 10, 25, 'peak' FROM generate_series(20, 22) c;
+CREATE TEMP TABLE rdp (n serial, raw text);
+\copy rdp (raw) FROM '../fixtures/windows_rdp_session.jsonl' WITH (FORMAT csv, QUOTE E'\x01', DELIMITER E'\x02')
+SET mspbill.client_id = 20;
+INSERT INTO windows_event_staging (raw) SELECT raw FROM rdp ORDER BY n;
+SELECT results_eq($$SELECT * FROM msp_load_windows_events(20)$$, $$VALUES (2::bigint, 0::bigint, 5::bigint, 2::bigint, 0::bigint, 0::bigint)$$,
+                  'rdp: 2 logons (the session and the reconnect), 5 logoffs paired, the 2 linked halves skipped, none held');
+SELECT results_eq($$SELECT at, ended, session_key FROM logons WHERE client_id = 20 ORDER BY at$$,
+                  $$VALUES ('2026-03-03 14:00Z'::timestamptz, '2026-03-03 23:02:09Z'::timestamptz, 'TS1:0x4f2a1c'),
+                           ('2026-03-03 16:15:03Z', '2026-03-03 16:15:03Z', 'TS1:0x7c0e10')$$,
+                  'rdp: the session is the linked pair''s smaller logon id, from EventTime (Chicago) to the first logoff; the reconnect is an instant');
+UPDATE accounts SET kind = 'shared' WHERE client_id = 20;
+SELECT is((msp_segment_quantities(20, 1, '[2026-03-01,2026-04-01)', '[2026-03-01,2026-04-01)')).seat_count, 1,
+          'peak: one person in one RDP session is one seat (it was 4)');
+-- a second, real concurrent session of the room account makes it two
+INSERT INTO windows_event_staging (raw) VALUES
+  ('{"@timestamp": "2026-03-03T17:00:09.100Z", "EventTime": "2026-03-03 11:00:00", "Hostname": "TS1.clinic.example", "EventID": 4624, "RecordNumber": 50100, "TargetUserName": "or-room1", "TargetDomainName": "CLINIC", "TargetLogonId": "0x8a0001", "TargetLinkedLogonId": "0x0", "LogonType": "10"}'),
+  ('{"@timestamp": "2026-03-03T17:30:21.300Z", "EventTime": "2026-03-03 11:30:00", "Hostname": "TS1.clinic.example", "EventID": 4634, "RecordNumber": 50101, "TargetUserName": "or-room1", "TargetDomainName": "CLINIC", "TargetLogonId": "0x8a0001", "LogonType": "10"}');
+SELECT results_eq($$SELECT loaded, paired FROM msp_load_windows_events(20)$$, $$VALUES (1::bigint, 1::bigint)$$, 'rdp: a second session loads');
+-- an unlock whose logoff is not in the export is still an instant, not an hour's session
+INSERT INTO windows_event_staging (raw) VALUES
+  ('{"@timestamp": "2026-03-03T18:40:02.100Z", "EventTime": "2026-03-03 12:40:00", "Hostname": "TS1.clinic.example", "EventID": 4624, "RecordNumber": 50102, "TargetUserName": "or-room1", "TargetDomainName": "CLINIC", "TargetLogonId": "0x8b0001", "TargetLinkedLogonId": "0x0", "LogonType": "7"}');
+SELECT results_eq($$SELECT loaded, held FROM msp_load_windows_events(20)$$, $$VALUES (1::bigint, 0::bigint)$$, 'rdp: an unlock without its logoff loads');
+SELECT is((SELECT ended FROM logons WHERE client_id = 20 AND session_key = 'TS1:0x8b0001'), '2026-03-03 18:40Z'::timestamptz,
+          'it ends where it begins');
+SELECT is((msp_segment_quantities(20, 1, '[2026-03-01,2026-04-01)', '[2026-03-01,2026-04-01)')).seat_count, 2,
+          'peak: two sessions at once are two seats');
+DELETE FROM logons WHERE client_id = 20 AND session_key IN ('TS1:0x8a0001', 'TS1:0x8b0001');
+
+-- The two halves of the export in either order give the same logons.
+SET mspbill.client_id = 21;
+INSERT INTO windows_event_staging (raw) SELECT raw FROM rdp WHERE n > 5 ORDER BY n;
+SELECT results_eq($$SELECT loaded, paired, held FROM msp_load_windows_events(21)$$, $$VALUES (0::bigint, 0::bigint, 4::bigint)$$,
+                  'second half first: its 4 logoffs wait for their logons');
+SELECT is((SELECT count(*) FROM pending_logoffs WHERE client_id = 21), 4::bigint, 'held in pending_logoffs');
+INSERT INTO windows_event_staging (raw) SELECT raw FROM rdp WHERE n <= 5 ORDER BY n;
+SELECT results_eq($$SELECT loaded, paired, held FROM msp_load_windows_events(21)$$, $$VALUES (2::bigint, 5::bigint, 0::bigint)$$,
+                  'then the first half: the logons take the held logoffs');
+SELECT is((SELECT count(*) FROM pending_logoffs WHERE client_id = 21), 0::bigint, 'nothing is left waiting');
+SET mspbill.client_id = 22;
+INSERT INTO windows_event_staging (raw) SELECT raw FROM rdp WHERE n <= 5 ORDER BY n;
+SELECT results_eq($$SELECT loaded, paired, held FROM msp_load_windows_events(22)$$, $$VALUES (2::bigint, 1::bigint, 0::bigint)$$,
+                  'first half first: the session is open');
+INSERT INTO windows_event_staging (raw) SELECT raw FROM rdp WHERE n > 5 ORDER BY n;
+SELECT results_eq($$SELECT loaded, paired FROM msp_load_windows_events(22)$$, $$VALUES (0::bigint, 3::bigint)$$,
+                  'then the second half closes it');
+SELECT set_eq($$SELECT client_id, a.name, d.name AS device, l.at, l.ended, l.presence, l.source_event_id, l.session_key
+                  FROM logons l JOIN accounts a USING (client_id, account_id) JOIN devices d USING (client_id, device_id)
+                 WHERE client_id IN (21, 22)$$,
+              $$SELECT c, a.name, d.name AS device, l.at, l.ended, l.presence, l.source_event_id, l.session_key
+                  FROM logons l JOIN accounts a USING (client_id, account_id) JOIN devices d USING (client_id, device_id),
+                       (VALUES (21), (22)) v(c)
+                 WHERE client_id = 20$$,
+              'both orders give the logons of the export loaded at once');
+-- a load repeated after its logoffs came adds nothing and changes nothing
+SET mspbill.client_id = 20;
+INSERT INTO windows_event_staging (raw) SELECT raw FROM rdp ORDER BY n;
+SELECT results_eq($$SELECT loaded, duplicate, held FROM msp_load_windows_events(20)$$, $$VALUES (0::bigint, 2::bigint, 0::bigint)$$,
+                  'rdp loaded again: 2 duplicates');
+SELECT results_eq($$SELECT at, ended FROM logons WHERE client_id = 20 ORDER BY at$$,
+                  $$VALUES ('2026-03-03 14:00Z'::timestamptz, '2026-03-03 23:02:09Z'::timestamptz),
+                           ('2026-03-03 16:15:03Z', '2026-03-03 16:15:03Z')$$, 'and the sessions are as they were');
+-- a held logoff that never meets its logon is dropped once loads are a month past it
+SET mspbill.client_id = 21;
+INSERT INTO windows_event_staging (raw) VALUES
+  ('{"EventTime": "2026-03-04 09:00:00", "Hostname": "TS1", "EventID": 4634, "RecordNumber": 1, "TargetUserName": "x", "TargetDomainName": "CLINIC", "TargetLogonId": "0x99", "LogonType": "2"}');
+SELECT results_eq($$SELECT held FROM msp_load_windows_events(21)$$, $$VALUES (1::bigint)$$, 'an orphan logoff is held');
+INSERT INTO windows_event_staging (raw) VALUES
+  ('{"EventTime": "2026-04-05 09:00:00", "Hostname": "TS1", "EventID": 4624, "RecordNumber": 2, "TargetUserName": "x", "TargetDomainName": "CLINIC", "TargetLogonId": "0x98", "LogonType": "2"}');
+SELECT results_eq($$SELECT loaded FROM msp_load_windows_events(21)$$, $$VALUES (1::bigint)$$, 'a load a month later');
+SELECT is((SELECT count(*) FROM pending_logoffs WHERE client_id = 21), 0::bigint, 'drops it');
+
+-- Which time: the event's own, in UTC, whatever the shipper and the session.
+SET mspbill.client_id = 20;
+SET TimeZone = 'Asia/Tokyo';
+INSERT INTO windows_event_staging (raw) VALUES
+  -- NXLog's own file (no @timestamp): EventTime, the host's local time
+  ('{"EventTime": "2026-03-05 09:00:00", "EventReceivedTime": "2026-03-05 09:00:01", "SourceModuleName": "eventlog", "SourceModuleType": "im_msvistalog", "Hostname": "TS1.clinic.example", "EventID": 4624, "RecordNumber": 60001, "TargetUserName": "t1", "TargetDomainName": "CLINIC", "TargetLogonId": "0x601", "LogonType": "2"}'),
+  -- NXLog with a DateFormat that writes the offset
+  ('{"EventTime": "2026-03-05T09:30:00.000000-06:00", "@timestamp": "2026-03-05T15:31:35.000Z", "Hostname": "TS1", "EventID": 4624, "RecordNumber": 60002, "TargetUserName": "t2", "TargetDomainName": "CLINIC", "TargetLogonId": "0x602", "LogonType": "2"}'),
+  -- TimeCreated without a zone (Windows'' SystemTime is UTC), no EventTime
+  ('{"TimeCreated": "2026-03-05 16:00:00", "@timestamp": "2026-03-05T16:01:35.000Z", "Hostname": "TS1", "EventID": 4624, "RecordNumber": 60003, "TargetUserName": "t3", "TargetDomainName": "CLINIC", "TargetLogonId": "0x603", "LogonType": "2"}'),
+  -- only Logstash''s @timestamp: the fallback
+  ('{"@timestamp": "2026-03-05T17:00:00.000Z", "Hostname": "TS1", "EventID": 4624, "RecordNumber": 60004, "TargetUserName": "t4", "TargetDomainName": "CLINIC", "TargetLogonId": "0x604", "LogonType": "2"}'),
+  -- EventTime across the spring-forward gap (2026-03-08 02:30 does not exist in Chicago)
+  ('{"EventTime": "2026-03-08 03:30:00", "@timestamp": "2026-03-08T08:30:40.000Z", "Hostname": "TS1", "EventID": 4624, "RecordNumber": 60005, "TargetUserName": "t5", "TargetDomainName": "CLINIC", "TargetLogonId": "0x605", "LogonType": "2"}'),
+  -- a bad EventTime is rejected by its name, not replaced by @timestamp
+  ('{"EventTime": "2026-03-05 29:00:00", "@timestamp": "2026-03-05T18:00:00.000Z", "Hostname": "TS1", "EventID": 4624, "RecordNumber": 60006, "TargetUserName": "t6", "TargetDomainName": "CLINIC", "TargetLogonId": "0x606", "LogonType": "2"}'),
+  ('{"Hostname": "TS1", "EventID": 4624, "RecordNumber": 60007, "TargetUserName": "t7", "TargetDomainName": "CLINIC", "TargetLogonId": "0x607", "LogonType": "2"}');
+SELECT results_eq($$SELECT loaded, rejected FROM msp_load_windows_events(20)$$, $$VALUES (5::bigint, 2::bigint)$$,
+                  'times: five loaded, a bad EventTime and a record without any time rejected');
+RESET TimeZone;
+SELECT results_eq($$SELECT a.name, l.at FROM logons l JOIN accounts a USING (client_id, account_id)
+                     WHERE l.client_id = 20 AND a.name ~ '\\t[0-9]$' ORDER BY a.name$$,
+                  $$VALUES ('CLINIC\t1', '2026-03-05 15:00Z'::timestamptz), ('CLINIC\t2', '2026-03-05 15:30Z'),
+                           ('CLINIC\t3', '2026-03-05 16:00Z'), ('CLINIC\t4', '2026-03-05 17:00Z'), ('CLINIC\t5', '2026-03-08 08:30Z')$$,
+                  'EventTime in the client''s zone (or its own offset), TimeCreated in UTC, @timestamp last; never the session''s Tokyo');
+SELECT results_eq($$SELECT reason FROM load_rejects WHERE client_id = 20 ORDER BY line_no$$,
+                  $$VALUES ('invalid EventTime'), ('no event time')$$, 'the time field is named');
+
+-- The real export's logon records, their network logons read as interactive
+-- so that they load: EventTime read in the lab's zone (UTC-4 in October,
+-- America/New_York) is each event's time, at most 95 s before Logstash's
+-- @timestamp, never after it.
+\if :have_fixture
+INSERT INTO clients (client_id, name, time_zone) VALUES (30, 'Shire', 'America/New_York');
+SET mspbill.client_id = 30;
+CREATE TEMP TABLE shire (raw text);
+\copy shire (raw) FROM PROGRAM 'for d in ../../../shared ../../../../shared; do f=$d/fixtures/windows-security/purplesharp_ad_playbook_I.logon_events.jsonl; [ -f $f ] && exec sed "s/\"LogonType\": \"3\"/\"LogonType\": \"2\"/" $f; done; exit 1' WITH (FORMAT csv, QUOTE E'\x01', DELIMITER E'\x02')
+INSERT INTO windows_event_staging (raw) SELECT raw FROM shire;
+CREATE TEMP TABLE shire_load AS SELECT * FROM msp_load_windows_events(30);
+SELECT is((SELECT loaded FROM shire_load), (SELECT count(*) FROM shire WHERE raw::jsonb->>'EventID' = '4624'
+                                              AND NOT msp_is_machine_account(raw::jsonb->>'TargetUserName')),
+          'real export: every 4624 of a person loads (19: pgustavo''s)');
+SELECT is((SELECT count(*) FROM shire s JOIN logons l ON l.client_id = 30
+             AND l.source_event_id = upper(split_part(s.raw::jsonb->>'Hostname', '.', 1)) || ':' || md5(s.raw)),
+          (SELECT loaded FROM shire_load), 'real export: each logon found by its record');
+SELECT is((SELECT count(*) FROM shire s JOIN logons l ON l.client_id = 30
+             AND l.source_event_id = upper(split_part(s.raw::jsonb->>'Hostname', '.', 1)) || ':' || md5(s.raw)
+            WHERE (s.raw::jsonb->>'@timestamp')::timestamptz - l.at NOT BETWEEN '0 s' AND '95 s'), 0::bigint,
+          'real export: every logon at its EventTime, 0 to 95 s before @timestamp');
+\else
+SELECT skip('the shared Windows fixture is absent: ../shared/fixtures/windows-security/ (real-export time checks skipped)', 3);
+\endif
+SET mspbill.client_id = 3;
+
+-- Entra ID as Graph returns it: a saved response of two pages (each
+-- {"@odata.context", "@odata.nextLink", "value": [signIn, ...]}),
+-- pretty-printed one after the other, and the same on one line.
+INSERT INTO clients (client_id, name, time_zone) VALUES (40, 'Graph pages', 'UTC'), (41, 'Graph one line', 'UTC'),
+	(42, 'Graph broken page', 'UTC');
+SET mspbill.client_id = 40;
+\copy entra_signin_staging (raw) FROM '../fixtures/entra_graph_pages.json' WITH (FORMAT csv, QUOTE E'\x01', DELIMITER E'\x02')
+SELECT is((SELECT count(*) FROM entra_signin_staging WHERE client_id = 40), 241::bigint, 'graph: 241 pretty-printed lines staged');
+SELECT results_eq($$SELECT * FROM msp_load_entra_signins(40)$$, $$VALUES (3::bigint, 0::bigint, 2::bigint, 0::bigint)$$,
+                  'graph pages: 3 sign-ins loaded, the non-interactive and the failed one skipped, nothing rejected');
+SELECT results_eq($$SELECT a.name, l.at, l.source_event_id FROM logons l JOIN accounts a USING (client_id, account_id)
+                     WHERE l.client_id = 40 ORDER BY l.at$$,
+                  $$VALUES ('dana@clinic.example', '2026-03-10 14:02:11Z'::timestamptz, '66ea54eb-6301-4ee5-be62-ff5a759b0001'),
+                           ('eli@clinic.example', '2026-03-10 14:07:19Z', '66ea54eb-6301-4ee5-be62-ff5a759b0004'),
+                           ('fay@clinic.example', '2026-03-11 08:30:00Z', '66ea54eb-6301-4ee5-be62-ff5a759b0005')$$,
+                  'graph pages: the signIn objects of both pages');
+\copy entra_signin_staging (raw) FROM '../fixtures/entra_graph_pages.json' WITH (FORMAT csv, QUOTE E'\x01', DELIMITER E'\x02')
+SELECT results_eq($$SELECT loaded, duplicate FROM msp_load_entra_signins(40)$$, $$VALUES (0::bigint, 3::bigint)$$,
+                  'graph pages loaded again: duplicates');
+SET mspbill.client_id = 41;
+\copy entra_signin_staging (raw) FROM '../fixtures/entra_graph_oneline.json' WITH (FORMAT csv, QUOTE E'\x01', DELIMITER E'\x02')
+SELECT results_eq($$SELECT * FROM msp_load_entra_signins(41)$$, $$VALUES (3::bigint, 0::bigint, 2::bigint, 0::bigint)$$,
+                  'graph on one line (two pages back to back): the same counts');
+SELECT set_eq($$SELECT a.name, l.at, l.source_event_id FROM logons l JOIN accounts a USING (client_id, account_id) WHERE l.client_id = 41$$,
+              $$SELECT a.name, l.at, l.source_event_id FROM logons l JOIN accounts a USING (client_id, account_id) WHERE l.client_id = 40$$,
+              'graph on one line: the same logons');
+-- a page broken in the middle (an unquoted value) is one reject; the next page loads
+SET mspbill.client_id = 42;
+\copy entra_signin_staging (raw) FROM PROGRAM 'sed "0,/\"riskState\": \"none\"/s//\"riskState\": none/" ../fixtures/entra_graph_pages.json' WITH (FORMAT csv, QUOTE E'\x01', DELIMITER E'\x02')
+SELECT results_eq($$SELECT * FROM msp_load_entra_signins(42)$$, $$VALUES (2::bigint, 0::bigint, 0::bigint, 1::bigint)$$,
+                  'graph, first page broken: its records rejected as one, the second page''s 2 loaded');
+SELECT results_eq($$SELECT line_no - (SELECT min(line_no) FROM load_rejects WHERE client_id = 42) , reason, raw ~ '^\{\s+"@odata.context".*"riskState": none' FROM load_rejects WHERE client_id = 42$$,
+                  $$VALUES (0::bigint, 'not valid JSON', true)$$, 'the reject is the broken page, from its first line, with its text');
+SELECT results_eq($$SELECT first_line, is_json, record FROM msp_json_records(ARRAY['{"id": "a", "t": "2026-', '{"id": "b"}', '', '  ',
+                                                                                   '[{"id": "c"},', ' {"id": "d"}]', '{"value": []}', '42'])$$,
+                  $$VALUES (1, false, '{"id": "a", "t": "2026-'), (2, true, '{"id": "b"}'), (5, true, '{"id": "c"}'), (6, true, '{"id": "d"}'),
+                           (8, false, '42')$$,
+                  'msp_json_records: a broken JSON line costs itself; blank lines, an array, an empty page, a stray number');
+SELECT results_eq($$SELECT first_line, is_json FROM msp_json_records(ARRAY['{"id": "x", "value": [1, 2]}'])$$,
+                  $$VALUES (1, true)$$, 'msp_json_records: an object with an id is a record, even with a "value" array');
+SET mspbill.client_id = 3;
+
+-- Winlogbeat as it writes (a faithful export built from Elastic's field
+-- reference: ECS fields beside winlog.*, event_id and record_id keywords in
+-- 8.x and numbers in 7.x, the Security module's winlog.logon.*)
+INSERT INTO clients (client_id, name, time_zone) VALUES (43, 'Winlogbeat', 'America/Chicago');
+SET mspbill.client_id = 43;
+\copy windows_event_staging (raw) FROM '../fixtures/windows_winlogbeat.jsonl' WITH (FORMAT csv, QUOTE E'\x01', DELIMITER E'\x02')
+SELECT results_eq($$SELECT * FROM msp_load_windows_events(43)$$, $$VALUES (2::bigint, 0::bigint, 2::bigint, 4::bigint, 0::bigint, 0::bigint)$$,
+                  'winlogbeat: 2 logons, 2 logoffs paired, the linked half, 4672, a network logon and a failed one skipped');
+SELECT results_eq($$SELECT a.name, d.name, l.at, l.ended, l.source_event_id, l.session_key
+                      FROM logons l JOIN accounts a USING (client_id, account_id) JOIN devices d USING (client_id, device_id)
+                     WHERE l.client_id = 43 ORDER BY l.at$$,
+                  $$VALUES ('CLINIC\gus', 'TS2', '2026-03-12 14:00:00.512Z'::timestamptz, '2026-03-12 16:30:00.101Z'::timestamptz, 'TS2:182736', 'TS2:0x9a1c2'),
+                           ('CLINIC\ivy', 'TS2', '2026-03-12 17:00Z', NULL, 'TS2:182800', 'TS2:0x9c001')$$,
+                  'winlogbeat: @timestamp (the record''s time) in UTC, winlog.computer_name, record_id (keyword or number), the linked pair once');
+\copy windows_event_staging (raw) FROM '../fixtures/windows_winlogbeat.jsonl' WITH (FORMAT csv, QUOTE E'\x01', DELIMITER E'\x02')
+SELECT results_eq($$SELECT loaded, duplicate, rejected FROM msp_load_windows_events(43)$$, $$VALUES (0::bigint, 2::bigint, 0::bigint)$$,
+                  'winlogbeat loaded twice: duplicates');
 SET mspbill.client_id = 3;
 
 SELECT throws_ok($$SELECT * FROM msp_load_emr_audit(99)$$, 'P0002', 'unknown client 99', 'a load for an unknown client is refused');
