@@ -69,7 +69,6 @@ INSERT INTO nonstrict_ok VALUES
 	('msp_export_line', 'a line without quantity or unit price (NULL) is exported as one unit at its amount'),
 	('msp_pii_audit_figures', 'a NULL period is the last full month, as in msp_pii_audit_summary'),
 
-	('msp_csv_field', 'inlined into the loaders'' queries (a STRICT SQL function is not); a NULL record or header gives NULL anyway'),
 	('msp_snapshot_day', 'a NULL day means the client''s today');
 
 -- SECURITY DEFINER allowed, each for a workflow that needs rights its
