@@ -290,78 +290,87 @@ COMMENT ON FUNCTION @extschema@.msp_csv_column(text[], text[]) IS
 
 -- A client's staged JSON as records, into pg_temp.msp_json (rec, line_no,
 -- ord, raw, f, bad): rec numbers the records, line_no is their document's
--- first line, f holds the record's values of keys (msp_json_fields), bad
--- says why a record is none (not valid JSON, not a JSON object).  A line
--- that starts with { or [ begins a document, so JSON lines and
--- pretty-printed saved responses both read; a document that is an array,
--- or an object whose value, items, tickets or content member is an array
--- (Graph, Autotask, HaloPSA, Pax8 pages), gives its elements, any other
--- object itself.  A JSON line is a document by itself (never joined to
--- others) and is scanned once, in C, never parsed into jsonb: only arrays,
--- pages and broken documents go through jsonb.
+-- first line, raw is the record's text where it is not that line's (NULL:
+-- the staged line itself), f holds the record's values of keys
+-- (msp_json_fields), bad says why a record is none (not valid JSON, not a
+-- JSON object).  A line that starts with { or [ begins a document, so JSON
+-- lines and pretty-printed saved responses both read; a document that is
+-- an array, or an object whose value, items, tickets or content member is
+-- an array (Graph, Autotask, HaloPSA, Pax8 pages), gives its elements, any
+-- other object itself.  A JSON line is a document by itself (never joined
+-- to others) and is scanned once, in C, never parsed into jsonb: only
+-- arrays, pages and broken documents go through jsonb.  One statement,
+-- one table written: the stage is large, temporary buffers are not.
 CREATE FUNCTION @extschema@.msp_stage_json(for_client bigint, stage regclass, keys text[]) RETURNS bigint
 LANGUAGE plpgsql VOLATILE STRICT
 SET search_path = pg_catalog, @extschema@, pg_temp
 AS $$
 DECLARE
-	k integer := cardinality(keys);
 	n bigint;
+	json_lines boolean;
 BEGIN
-	IF to_regclass('pg_temp.msp_json_docs') IS NOT NULL THEN
-		DROP TABLE pg_temp.msp_json_docs;
-	END IF;
 	IF to_regclass('pg_temp.msp_json') IS NOT NULL THEN
 		DROP TABLE pg_temp.msp_json;
 	END IF;
-	-- a line that starts a document and is followed by another start (or
-	-- by nothing) is a document; only the other lines are joined
+	-- JSON lines (every line starts a document) need no joining of lines
 	EXECUTE format($q$
-		CREATE TEMP TABLE msp_json_docs ON COMMIT DROP AS
-		WITH l AS (
+		SELECT NOT EXISTS (SELECT 1 FROM %s s WHERE s.client_id = $1 AND btrim(s.raw, E' \t\r\n') <> ''
+							  AND s.raw !~ '^\ufeff?[\[{]')$q$, stage) INTO json_lines USING for_client;
+	EXECUTE format($q$
+		CREATE TEMP TABLE msp_json ON COMMIT DROP AS
+		WITH %3$s,
+		-- OFFSET 0: each document scanned once (a flattened subquery would
+		-- scan it again for every use of its fields)
+		p AS (
+			SELECT x.line_no, x.raw, x.joined, y.f,
+				   (left(y.f[%2$s + 1], 1) = '[' OR left(y.f[%2$s + 2], 1) = '[' OR left(y.f[%2$s + 3], 1) = '['
+					OR left(y.f[%2$s + 4], 1) = '[') IS TRUE AS page
+			  FROM x, LATERAL (SELECT @extschema@.msp_json_fields(ltrim(x.raw, E'\ufeff'), $2) AS f OFFSET 0) y)
+		SELECT row_number() OVER () AS rec, r.line_no, r.ord, r.raw, r.f, r.bad
+		  FROM (
+			-- an object that is no page: a record, its fields read already
+			SELECT p.line_no, 1::bigint AS ord, CASE WHEN p.joined THEN p.raw END AS raw, p.f, NULL::text AS bad
+			  FROM p WHERE p.f IS NOT NULL AND NOT p.page
+			UNION ALL
+			-- pages, arrays and what is no object: their elements through jsonb
+			SELECT p.line_no, e.ord, e.raw,
+				   CASE WHEN jsonb_typeof(e.rec) = 'object' THEN @extschema@.msp_json_fields(e.raw, $2) END,
+				   CASE WHEN e.rec IS NULL THEN 'not valid JSON' WHEN jsonb_typeof(e.rec) <> 'object' THEN 'not a JSON object' END
+			  FROM p
+			  CROSS JOIN LATERAL (SELECT @extschema@.msp_try_jsonb(ltrim(p.raw, E'\ufeff')) AS doc) j
+			  CROSS JOIN LATERAL (SELECT CASE
+											 WHEN jsonb_typeof(j.doc) = 'array' THEN j.doc
+											 WHEN jsonb_typeof(j.doc -> 'value') = 'array' THEN j.doc -> 'value'
+											 WHEN jsonb_typeof(j.doc -> 'items') = 'array' THEN j.doc -> 'items'
+											 WHEN jsonb_typeof(j.doc -> 'tickets') = 'array' THEN j.doc -> 'tickets'
+											 WHEN jsonb_typeof(j.doc -> 'content') = 'array' THEN j.doc -> 'content'
+										 END AS arr) a
+			  CROSS JOIN LATERAL (SELECT x.rec, x.ord, x.rec::text AS raw
+									FROM jsonb_array_elements(a.arr) WITH ORDINALITY x(rec, ord)
+								   WHERE a.arr IS NOT NULL
+								  UNION ALL
+								  SELECT j.doc, 1, p.raw WHERE a.arr IS NULL) e
+			 WHERE p.f IS NULL OR p.page) r$q$, stage, cardinality(keys),
+		CASE WHEN json_lines THEN
+		format($x$x AS (
+			SELECT s.line_no, s.raw, false AS joined
+			  FROM %s s WHERE s.client_id = $1 AND btrim(s.raw, E' \t\r\n') <> '')$x$, stage)
+		ELSE
+		-- a line that starts a document and is followed by another start
+		-- (or by nothing) is one; only the other lines are joined
+		format($x$l AS (
 			SELECT s.line_no, s.raw, s.raw ~ '^\ufeff?[\[{]' AS starts
 			  FROM %s s WHERE s.client_id = $1 AND btrim(s.raw, E' \t\r\n') <> ''),
 		n AS (
 			SELECT l.*, lead(l.starts, 1, true) OVER w AS next_starts, count(*) FILTER (WHERE l.starts) OVER w AS doc_no
-			  FROM l WINDOW w AS (ORDER BY l.line_no))
-		SELECT d.line_no, d.raw, @extschema@.msp_json_fields(ltrim(d.raw, E'\ufeff'), $2) AS f
-		  FROM (SELECT n.line_no, n.raw FROM n WHERE n.starts AND n.next_starts
-				UNION ALL
-				SELECT min(n.line_no), string_agg(n.raw, E'\n' ORDER BY n.line_no)
-				  FROM n WHERE NOT (n.starts AND n.next_starts) GROUP BY n.doc_no) d$q$, stage)
+			  FROM l WINDOW w AS (ORDER BY l.line_no)),
+		x AS (
+			SELECT n.line_no, n.raw, false AS joined FROM n WHERE n.starts AND n.next_starts
+			UNION ALL
+			SELECT min(n.line_no), string_agg(n.raw, E'\n' ORDER BY n.line_no), true
+			  FROM n WHERE NOT (n.starts AND n.next_starts) GROUP BY n.doc_no)$x$, stage) END)
 	USING for_client, keys || '{value,items,tickets,content}'::text[];
-	CREATE TEMP TABLE msp_json ON COMMIT DROP AS
-	SELECT row_number() OVER (ORDER BY r.line_no, r.ord) AS rec, r.line_no, r.ord, r.raw, r.f, r.bad
-	  FROM (
-		-- an object that is no page: a record, its fields read already
-		SELECT d.line_no, 1::bigint AS ord, d.raw, d.f, NULL::text AS bad
-		  FROM pg_temp.msp_json_docs d
-		 WHERE d.f IS NOT NULL
-		   AND NOT (left(d.f[k + 1], 1) = '[' OR left(d.f[k + 2], 1) = '[' OR left(d.f[k + 3], 1) = '['
-					OR left(d.f[k + 4], 1) = '[') IS TRUE
-		UNION ALL
-		-- pages, arrays and what is no object: their elements through jsonb
-		SELECT d.line_no, e.ord, e.raw,
-			   CASE WHEN jsonb_typeof(e.rec) = 'object' THEN @extschema@.msp_json_fields(e.raw, keys) END,
-			   CASE WHEN e.rec IS NULL THEN 'not valid JSON' WHEN jsonb_typeof(e.rec) <> 'object' THEN 'not a JSON object' END
-		  FROM pg_temp.msp_json_docs d
-		  CROSS JOIN LATERAL (SELECT @extschema@.msp_try_jsonb(ltrim(d.raw, E'\ufeff')) AS doc) j
-		  CROSS JOIN LATERAL (SELECT CASE
-										 WHEN jsonb_typeof(j.doc) = 'array' THEN j.doc
-										 WHEN jsonb_typeof(j.doc -> 'value') = 'array' THEN j.doc -> 'value'
-										 WHEN jsonb_typeof(j.doc -> 'items') = 'array' THEN j.doc -> 'items'
-										 WHEN jsonb_typeof(j.doc -> 'tickets') = 'array' THEN j.doc -> 'tickets'
-										 WHEN jsonb_typeof(j.doc -> 'content') = 'array' THEN j.doc -> 'content'
-									 END AS arr) a
-		  CROSS JOIN LATERAL (SELECT x.rec, x.ord, x.rec::text AS raw
-								FROM jsonb_array_elements(a.arr) WITH ORDINALITY x(rec, ord)
-							   WHERE a.arr IS NOT NULL
-							  UNION ALL
-							  SELECT j.doc, 1, d.raw WHERE a.arr IS NULL) e
-		 WHERE d.f IS NULL
-			OR (left(d.f[k + 1], 1) = '[' OR left(d.f[k + 2], 1) = '[' OR left(d.f[k + 3], 1) = '['
-				OR left(d.f[k + 4], 1) = '[') IS TRUE) r;
 	GET DIAGNOSTICS n = ROW_COUNT;
-	DROP TABLE pg_temp.msp_json_docs;
 	RETURN n;
 END
 $$;
@@ -390,10 +399,13 @@ BEGIN
 	PERFORM setval(pg_get_serial_sequence('@extschema@.accounts', 'account_id'), m.id)
 	   FROM (SELECT max(a.account_id) AS id FROM @extschema@.accounts a WHERE a.client_id = for_client) m
 	  WHERE m.id > coalesce(pg_sequence_last_value(pg_get_serial_sequence('@extschema@.accounts', 'account_id')), 0);
+	-- in name order: the name index takes them page by page
 	INSERT INTO @extschema@.accounts (client_id, realm, name, kind)
-	SELECT DISTINCT for_client, 'm365', lower(u), 'unknown' FROM unnest(upns) u
+	SELECT for_client, 'm365', n.upn, 'unknown'
+	  FROM (SELECT DISTINCT lower(u) AS upn FROM unnest(upns) u) n
 	 WHERE NOT EXISTS (SELECT 1 FROM @extschema@.accounts a WHERE a.client_id = for_client AND a.realm = 'm365'
-						  AND lower(a.name) = lower(u) AND a.application IS NULL);
+						  AND lower(a.name) = n.upn AND a.application IS NULL)
+	 ORDER BY n.upn;
 	GET DIAGNOSTICS n = ROW_COUNT;
 	RETURN n;
 END
@@ -415,7 +427,7 @@ BEGIN
 		SELECT DISTINCT ON (a.account_id, x.product) for_client, day, a.account_id, x.product, x.enabled, load_source
 		  FROM pg_temp.msp_assign x
 		  JOIN @extschema@.accounts a ON a.client_id = for_client AND a.realm = 'm365' AND a.application IS NULL
-									 AND lower(a.name) = lower(x.upn)
+									 AND lower(a.name) = x.upn
 		 ORDER BY a.account_id, x.product, x.line_no
 		ON CONFLICT ON CONSTRAINT m365_license_assignments_pkey DO NOTHING
 		RETURNING 1)
@@ -474,51 +486,63 @@ BEGIN
 	-- 5 userPrincipalName, 6 accountEnabled, 7 assignedLicenses
 	PERFORM @extschema@.msp_stage_json(client_id, '@extschema@.m365_graph_staging',
 									   '{skuId,skuPartNumber,prepaidUnits,consumedUnits,userPrincipalName,accountEnabled,assignedLicenses}');
-	CREATE TEMP TABLE msp_graph (rec bigint, line_no bigint, ord bigint, raw text, f text[], skus text[], class text)
-		ON COMMIT DROP;
+	CREATE TEMP TABLE msp_graph (rec bigint, line_no bigint, ord bigint, raw text, upn text, enabled boolean, skus text[],
+								 class text) ON COMMIT DROP;
 	-- a user's skuIds (NULL for a licence without one); an array jsonb
-	-- cannot hold (a number out of its range) rejects its record alone
+	-- cannot hold (a number out of its range) rejects its record alone.
+	-- The raw text is kept for rejects only.
 	PERFORM @extschema@.msp_load_guarded($step$
-		INSERT INTO pg_temp.msp_graph (rec, line_no, ord, raw, f, skus, class)
-		SELECT g.rec, g.line_no, g.ord, g.raw, g.f, g.skus,
-			   CASE
-				   WHEN g.bad IS NOT NULL THEN 'reject:' || g.bad
-				   WHEN g.f[2] IS NOT NULL OR g.f[3] IS NOT NULL THEN
+		INSERT INTO pg_temp.msp_graph (rec, line_no, ord, raw, upn, enabled, skus, class)
+		SELECT c.rec, c.line_no, c.ord,
+			   CASE WHEN c.class LIKE 'reject:%' THEN coalesce(c.raw, (SELECT s.raw FROM @extschema@.m365_graph_staging s
+																		 WHERE s.client_id = $1 AND s.line_no = c.line_no)) END,
+			   CASE WHEN c.class = 'user' THEN lower(btrim(c.f[5])) END,
+			   CASE WHEN c.class = 'user' THEN CASE c.f[6] WHEN 'true' THEN true WHEN 'false' THEN false END END,
+			   CASE WHEN c.class = 'user' THEN c.skus END, c.class
+		  FROM (SELECT g.*,
 					   CASE
-						   WHEN coalesce(g.f[1], '') = '' THEN 'reject:no skuId'
-						   WHEN length(g.f[1]) > 255 OR length(g.f[2]) > 255 THEN 'reject:field too long'
-						   WHEN coalesce((@extschema@.msp_json_fields(g.f[3], '{enabled}'))[1], '') !~ '^[0-9]{1,9}$'
-							   THEN 'reject:invalid prepaidUnits.enabled'
-						   WHEN coalesce(g.f[4], '') !~ '^[0-9]{1,9}$' THEN 'reject:invalid consumedUnits'
-						   ELSE 'sku'
-					   END
-				   WHEN g.f[5] IS NOT NULL THEN
-					   CASE
-						   WHEN btrim(g.f[5]) = '' THEN 'reject:no userPrincipalName'
-						   WHEN length(g.f[5]) > 255 THEN 'reject:field too long'
-						   WHEN left(g.f[7], 1) <> '[' THEN 'reject:assignedLicenses is not an array'
-						   WHEN coalesce(cardinality(g.skus), 0) = 0 THEN 'skip'
-						   WHEN array_position(g.skus, NULL) IS NOT NULL THEN 'reject:assignedLicenses without skuId'
-						   ELSE 'user'
-					   END
-				   ELSE 'reject:neither a subscribedSku nor a user'
-			   END
-		  FROM (SELECT j.*,
-					   CASE WHEN j.f[2] IS NULL AND j.f[3] IS NULL AND left(j.f[7], 1) = '['
-							THEN ARRAY(SELECT CASE WHEN jsonb_typeof(e -> 'skuId') = 'string' THEN lower(e ->> 'skuId') END
-										 FROM jsonb_array_elements(j.f[7]::jsonb) e) END AS skus
-				  FROM pg_temp.msp_json j WHERE j.rec BETWEEN $2 AND $3) g
+						   WHEN g.bad IS NOT NULL THEN 'reject:' || g.bad
+						   WHEN g.f[2] IS NOT NULL OR g.f[3] IS NOT NULL THEN
+							   CASE
+								   WHEN coalesce(g.f[1], '') = '' THEN 'reject:no skuId'
+								   WHEN length(g.f[1]) > 255 OR length(g.f[2]) > 255 THEN 'reject:field too long'
+								   WHEN coalesce((@extschema@.msp_json_fields(g.f[3], '{enabled}'))[1], '') !~ '^[0-9]{1,9}$'
+									   THEN 'reject:invalid prepaidUnits.enabled'
+								   WHEN coalesce(g.f[4], '') !~ '^[0-9]{1,9}$' THEN 'reject:invalid consumedUnits'
+								   ELSE 'sku'
+							   END
+						   WHEN g.f[5] IS NOT NULL THEN
+							   CASE
+								   WHEN btrim(g.f[5]) = '' THEN 'reject:no userPrincipalName'
+								   WHEN length(g.f[5]) > 255 THEN 'reject:field too long'
+								   WHEN left(g.f[7], 1) <> '[' THEN 'reject:assignedLicenses is not an array'
+								   WHEN coalesce(cardinality(g.skus), 0) = 0 THEN 'skip'
+								   WHEN array_position(g.skus, NULL) IS NOT NULL THEN 'reject:assignedLicenses without skuId'
+								   ELSE 'user'
+							   END
+						   ELSE 'reject:neither a subscribedSku nor a user'
+					   END AS class
+				  FROM (SELECT j.*,
+							   CASE WHEN j.f[2] IS NULL AND j.f[3] IS NULL AND left(j.f[7], 1) = '['
+									THEN ARRAY(SELECT CASE WHEN jsonb_typeof(e -> 'skuId') = 'string' THEN lower(e ->> 'skuId') END
+												 FROM jsonb_array_elements(j.f[7]::jsonb) e) END AS skus
+						  FROM pg_temp.msp_json j WHERE j.rec BETWEEN $2 AND $3 OFFSET 0) g
+				-- OFFSET 0: each record classified once, its licences read once
+				OFFSET 0) c
 	$step$, $reject$
 		INSERT INTO pg_temp.msp_graph (rec, line_no, ord, raw, class)
-		SELECT j.rec, j.line_no, j.ord, j.raw, 'reject:not valid JSON' FROM pg_temp.msp_json j WHERE j.rec = $2
+		SELECT j.rec, j.line_no, j.ord,
+			   coalesce(j.raw, (SELECT s.raw FROM @extschema@.m365_graph_staging s WHERE s.client_id = $1 AND s.line_no = j.line_no)),
+			   'reject:not valid JSON'
+		  FROM pg_temp.msp_json j WHERE j.rec = $2
 	$reject$, client_id, (SELECT min(j.rec) FROM pg_temp.msp_json j), (SELECT max(j.rec) FROM pg_temp.msp_json j));
 
 	-- SKUs: the day's counts (a corrected export of the same day replaces them)
 	WITH sku AS (
-		SELECT DISTINCT ON (lower(g.f[1])) lower(g.f[1]) AS sku_id, g.f[2] AS part,
-			   (@extschema@.msp_json_fields(g.f[3], '{enabled}'))[1]::integer AS enabled, g.f[4]::integer AS consumed
-		  FROM pg_temp.msp_graph g WHERE g.class = 'sku'
-		 ORDER BY lower(g.f[1]), g.line_no DESC, g.ord DESC),
+		SELECT DISTINCT ON (lower(j.f[1])) lower(j.f[1]) AS sku_id, j.f[2] AS part,
+			   (@extschema@.msp_json_fields(j.f[3], '{enabled}'))[1]::integer AS enabled, j.f[4]::integer AS consumed
+		  FROM pg_temp.msp_graph g JOIN pg_temp.msp_json j USING (rec) WHERE g.class = 'sku'
+		 ORDER BY lower(j.f[1]), g.line_no DESC, g.ord DESC),
 	up AS (
 		INSERT INTO @extschema@.m365_sku_counts AS m (client_id, as_of, sku_id, sku_part_number, product, enabled, consumed, source)
 		SELECT client_id, day, s.sku_id, s.part, @extschema@.msp_license_product(coalesce(s.part, s.sku_id)),
@@ -537,18 +561,18 @@ BEGIN
 	-- the day's subscribedSkus, else license_product_names (each distinct
 	-- skuId looked up once)
 	CREATE TEMP TABLE msp_assign ON COMMIT DROP AS
-	WITH held AS (
-		SELECT g.line_no, lower(btrim(g.f[5])) AS upn, s.sku,
-			   CASE g.f[6] WHEN 'true' THEN true WHEN 'false' THEN false END AS enabled
-		  FROM pg_temp.msp_graph g, unnest(g.skus) s(sku)
-		 WHERE g.class = 'user')
-	SELECT h.line_no, h.upn, p.product, h.enabled
-	  FROM held h
+	SELECT g.line_no, g.upn, p.product, g.enabled
+	  FROM pg_temp.msp_graph g
+	  CROSS JOIN LATERAL unnest(g.skus) s(sku)
+	  -- OFFSET 0: each distinct skuId looked up once, not once per licence
 	  JOIN (SELECT k.sku,
 				   coalesce((SELECT m.product FROM @extschema@.m365_sku_counts m
 							  WHERE m.client_id = client_id AND m.as_of = day AND m.sku_id = k.sku),
 							@extschema@.msp_license_product(k.sku)) AS product
-			  FROM (SELECT DISTINCT x.sku FROM held x) k) p USING (sku);
+			  FROM (SELECT DISTINCT x.sku FROM pg_temp.msp_graph y, unnest(y.skus) x(sku) WHERE y.class = 'user') k
+			OFFSET 0) p
+		ON p.sku = s.sku
+	 WHERE g.class = 'user';
 	SELECT a.loaded, a.duplicate INTO l, d FROM @extschema@.msp_store_assignments(client_id, day, source) a;
 	loaded := loaded + l;
 	duplicate := duplicate + d;
@@ -585,6 +609,11 @@ BEGIN
 	PERFORM @extschema@.msp_load_begin(client_id);
 	day := @extschema@.msp_snapshot_day(client_id, as_of);
 	PERFORM @extschema@.msp_stage_csv(client_id, '@extschema@.m365_users_csv_staging', 'User principal name');
+	CREATE TEMP TABLE msp_users_cols ON COMMIT DROP AS
+	SELECT h.header_no, @extschema@.msp_csv_column(h.header, '{User principal name}') AS upn,
+		   @extschema@.msp_csv_column(h.header, '{Licenses}') AS licenses,
+		   @extschema@.msp_csv_column(h.header, '{Block credential,Sign-in blocked}') AS blocked
+	  FROM pg_temp.msp_csv_headers h;
 	CREATE TEMP TABLE msp_users ON COMMIT DROP AS
 	SELECT c.line_no, c.raw, x.upn, x.licenses, x.blocked,
 		   CASE
@@ -597,10 +626,7 @@ BEGIN
 			   ELSE 'user'
 		   END AS class
 	  FROM pg_temp.msp_csv c
-	  LEFT JOIN (SELECT h.header_no, @extschema@.msp_csv_column(h.header, '{User principal name}') AS upn,
-						@extschema@.msp_csv_column(h.header, '{Licenses}') AS licenses,
-						@extschema@.msp_csv_column(h.header, '{Block credential,Sign-in blocked}') AS blocked
-				   FROM pg_temp.msp_csv_headers h) h ON h.header_no = c.header_no,
+	  LEFT JOIN pg_temp.msp_users_cols h ON h.header_no = c.header_no,
 		   LATERAL (SELECT lower(btrim(c.f[h.upn])) AS upn, btrim(c.f[h.licenses]) AS licenses,
 						   lower(btrim(c.f[h.blocked])) AS blocked) x
 	 WHERE NOT c.is_header;
@@ -612,7 +638,9 @@ BEGIN
 		 WHERE u.class = 'user' AND btrim(lic) <> '')
 	SELECT h.line_no, h.upn, p.product, h.enabled
 	  FROM held h
-	  JOIN (SELECT k.lic, @extschema@.msp_license_product(k.lic) AS product FROM (SELECT DISTINCT x.lic FROM held x) k) p
+	  -- OFFSET 0: each distinct licence name looked up once, not once per licence
+	  JOIN (SELECT k.lic, @extschema@.msp_license_product(k.lic) AS product FROM (SELECT DISTINCT x.lic FROM held x) k
+			OFFSET 0) p
 		USING (lic);
 	SELECT a.loaded, a.duplicate INTO loaded, duplicate FROM @extschema@.msp_store_assignments(client_id, day, source) a;
 	CREATE TEMP TABLE msp_rej ON COMMIT DROP AS
@@ -620,7 +648,7 @@ BEGIN
 	rejected := @extschema@.msp_store_rejects(client_id, source);
 	SELECT count(*) INTO skipped FROM pg_temp.msp_users u WHERE u.class = 'skip';
 	DELETE FROM @extschema@.m365_users_csv_staging s WHERE s.client_id = client_id;
-	DROP TABLE pg_temp.msp_users, pg_temp.msp_assign, pg_temp.msp_csv, pg_temp.msp_csv_headers;
+	DROP TABLE pg_temp.msp_users, pg_temp.msp_users_cols, pg_temp.msp_assign, pg_temp.msp_csv, pg_temp.msp_csv_headers;
 END
 $$;
 COMMENT ON FUNCTION @extschema@.msp_load_m365_users_csv(bigint, date, text) IS
@@ -824,7 +852,9 @@ BEGIN
 			INSERT INTO pg_temp.msp_pax8 (rec, line_no, ord, raw, id, company, product, quantity, cost, price, term, status,
 										  start_text, end_text, class, start_date, end_date)
 			WITH p AS MATERIALIZED (%s),
-			owner AS (
+			-- materialized: a plain CTE would be pulled up into the join, and
+			-- the look-up would run once per record instead of once per company
+			owner AS MATERIALIZED (
 				SELECT c.company, @extschema@.msp_company_owner($1, 'pax8', c.company) AS o
 				  FROM (SELECT DISTINCT p.company FROM p WHERE p.class IS NULL) c),
 			classed AS (
@@ -843,14 +873,23 @@ BEGIN
 						   WHEN o.o = 'other' THEN 'skip'
 						   ELSE 'reject:unknown Pax8 company ' || coalesce(p.company[1], p.company[2], '(none)')
 					   END) AS class
-				  FROM p LEFT JOIN owner o ON o.company = p.company)
-			SELECT c.*,
+				  FROM p LEFT JOIN owner o ON o.company = p.company
+				 -- OFFSET 0: each record classified once
+				 OFFSET 0)
+			SELECT c.rec, c.line_no, c.ord,
+				   CASE WHEN c.class LIKE 'reject:%%' THEN coalesce(c.raw, (SELECT s.raw FROM @extschema@.pax8_staging s
+																		 WHERE s.client_id = $1 AND s.line_no = c.line_no)) END,
+				   c.id, c.company, c.product, c.quantity, c.cost, c.price, c.term, c.status, c.start_text, c.end_text,
+				   c.class,
 				   CASE WHEN c.class = 'subscription' THEN left(nullif(btrim(c.start_text), ''), 10)::date END,
 				   CASE WHEN c.class = 'subscription' THEN left(nullif(btrim(c.end_text), ''), 10)::date END
 			  FROM classed c
 		$step$, src), format($reject$
 			INSERT INTO pg_temp.msp_pax8 (rec, line_no, ord, raw, class)
-			SELECT p.rec, p.line_no, p.ord, p.raw, 'reject:invalid start or end date' FROM (%s) p
+			SELECT p.rec, p.line_no, p.ord,
+				   coalesce(p.raw, (SELECT s.raw FROM @extschema@.pax8_staging s WHERE s.client_id = $1 AND s.line_no = p.line_no)),
+				   'reject:invalid start or end date'
+			  FROM (%s) p
 		$reject$, replace(src, 'AND $3', 'AND $2')), client_id, lo, hi);
 	END IF;
 	IF json THEN
@@ -868,7 +907,7 @@ BEGIN
 						AS key) k
 		 WHERE p.class = 'subscription'
 		 ORDER BY k.key, p.line_no DESC, p.ord DESC),
-	prod AS (
+	prod AS MATERIALIZED (
 		SELECT n.product, @extschema@.msp_license_product(n.product) AS name FROM (SELECT DISTINCT s.product FROM sub s) n),
 	up AS (
 		INSERT INTO @extschema@.pax8_subscriptions AS x (client_id, as_of, subscription_id, company, product, quantity,
@@ -940,7 +979,9 @@ BEGIN
 							(SELECT min(i.person_id) FROM @extschema@.person_identities i
 							  WHERE i.client_id = client_id AND lower(i.email) = u.contact)) AS person_id
 			  FROM (SELECT DISTINCT x.psa, x.contact FROM @extschema@.psa_tickets x
-					 WHERE x.client_id = client_id AND x.person_id IS NULL AND x.contact IS NOT NULL) u) m
+					 WHERE x.client_id = client_id AND x.person_id IS NULL AND x.contact IS NOT NULL) u
+			-- OFFSET 0: each contact looked up once, not once per ticket
+			OFFSET 0) m
 	 WHERE t.client_id = client_id AND t.person_id IS NULL AND t.psa = m.psa AND t.contact = m.contact
 	   AND m.person_id IS NOT NULL;
 	PERFORM setval(pg_get_serial_sequence('@extschema@.support_contacts', 'contact_id'), m.id)
@@ -1022,7 +1063,9 @@ BEGIN
 				   coalesce(lower(CASE %1$L WHEN 'connectwise' THEN (@extschema@.msp_json_fields(j.f[8], '{name}'))[1] END),
 							'ticket') AS channel
 			  FROM pg_temp.msp_json j WHERE j.rec BETWEEN $2 AND $3),
-		owner AS (
+		-- materialized: a plain CTE would be pulled up into the join, and the
+		-- look-up would run once per record instead of once per company
+		owner AS MATERIALIZED (
 			SELECT c.company, @extschema@.msp_company_owner($1, %1$L, c.company) AS o
 			  FROM (SELECT DISTINCT t.company FROM t WHERE t.bad IS NULL AND t.company IS NOT NULL) c),
 		classed AS (
@@ -1039,16 +1082,26 @@ BEGIN
 					   ELSE 'reject:unknown ' || %1$L || ' company '
 							|| coalesce(t.company[1], t.company[2], t.company[3], '(none)')
 				   END AS class
-			  FROM t LEFT JOIN owner o ON o.company = t.company),
-		timed AS (
+			  FROM t LEFT JOIN owner o ON o.company = t.company
+			 -- OFFSET 0: each record classified once
+			 OFFSET 0),
+		-- materialized, so that msp_implausible_time gets columns and inlines
+		timed AS MATERIALIZED (
 			SELECT c.*, CASE WHEN c.class = 'ticket' THEN c.at_text::timestamptz END AS at FROM classed c)
-		SELECT x.rec, x.line_no, x.ord, x.raw, x.id, x.at_text, x.company, x.contact, x.board, x.channel,
-			   CASE WHEN x.class = 'ticket' AND w.why IS NOT NULL THEN 'reject:invalid date entered: ' || w.why ELSE x.class END,
-			   x.at
-		  FROM timed x, LATERAL (SELECT @extschema@.msp_implausible_time(x.at_text, x.at) AS why) w
+		SELECT x.rec, x.line_no, x.ord,
+			   CASE WHEN k.class LIKE 'reject:%%' THEN coalesce(x.raw, (SELECT s.raw FROM @extschema@.psa_ticket_staging s
+																	 WHERE s.client_id = $1 AND s.line_no = x.line_no)) END,
+			   x.id, x.at_text, x.company, x.contact, x.board, x.channel, k.class, x.at
+		  FROM timed x,
+			   LATERAL (SELECT CASE WHEN x.class = 'ticket' AND @extschema@.msp_implausible_time(x.at_text, x.at) IS NOT NULL
+									THEN 'reject:invalid date entered: ' || @extschema@.msp_implausible_time(x.at_text, x.at)
+									ELSE x.class END AS class) k
 	$step$, psa), $reject$
 		INSERT INTO pg_temp.msp_tix (rec, line_no, ord, raw, class)
-		SELECT j.rec, j.line_no, j.ord, j.raw, 'reject:invalid date entered' FROM pg_temp.msp_json j WHERE j.rec = $2
+		SELECT j.rec, j.line_no, j.ord,
+			   coalesce(j.raw, (SELECT s.raw FROM @extschema@.psa_ticket_staging s WHERE s.client_id = $1 AND s.line_no = j.line_no)),
+			   'reject:invalid date entered'
+		  FROM pg_temp.msp_json j WHERE j.rec = $2
 	$reject$, client_id, (SELECT min(j.rec) FROM pg_temp.msp_json j), (SELECT max(j.rec) FROM pg_temp.msp_json j));
 	DROP TABLE pg_temp.msp_json;
 
