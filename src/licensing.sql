@@ -233,12 +233,21 @@ CREATE FUNCTION @extschema@.msp_csv_fields(record text) RETURNS text[]
 COMMENT ON FUNCTION @extschema@.msp_csv_fields(text) IS
 	'the fields of one CSV record (RFC 4180 quoting, a leading byte-order mark dropped); NULL when it is not well-formed';
 
--- A client's staged CSV lines as records, each with the header it falls
--- under, into pg_temp.msp_csv (line_no, raw, f, header): a quoted field
--- may span lines (the record is joined back), a header is a record with a
--- field named key_column (any case), and several files staged one after
--- another each bring their header.  Records before any header get a NULL
--- header.  Returns the number of data records.
+-- The records of a CSV export's lines, each split once (src/csv_fields.c).
+CREATE FUNCTION @extschema@.msp_csv_records(lines text[], key_column text)
+RETURNS TABLE (first_line integer, record text, fields text[], header_no integer, is_header boolean)
+	AS 'MODULE_PATHNAME' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION @extschema@.msp_csv_records(text[], text) IS
+	'the records of a CSV export''s lines in order (a quoted field may span lines), each with the line it starts on, its fields (NULL when not well-formed) and the number of the header (a record with a key_column field) it falls under; blank records left out';
+
+-- A client's staged CSV lines as records, into pg_temp.msp_csv (line_no,
+-- raw, f, header_no, is_header), and their headers into
+-- pg_temp.msp_csv_headers (header_no, header).  The stage is read once, in
+-- line order, and each record split once, in C (msp_csv_records): a quoted
+-- field may span lines, a header is a record with a field named key_column
+-- (any case), and several files staged one after another each bring their
+-- header.  Records before any header have header_no 0, which no header
+-- has.  Returns the number of data records.
 CREATE FUNCTION @extschema@.msp_stage_csv(for_client bigint, stage regclass, key_column text) RETURNS bigint
 LANGUAGE plpgsql VOLATILE STRICT
 SET search_path = pg_catalog, @extschema@, pg_temp
@@ -249,115 +258,124 @@ BEGIN
 	IF to_regclass('pg_temp.msp_csv') IS NOT NULL THEN
 		DROP TABLE pg_temp.msp_csv;
 	END IF;
+	IF to_regclass('pg_temp.msp_csv_headers') IS NOT NULL THEN
+		DROP TABLE pg_temp.msp_csv_headers;
+	END IF;
 	EXECUTE format($q$
 		CREATE TEMP TABLE msp_csv ON COMMIT DROP AS
-		WITH lines AS (
-			SELECT s.line_no, s.raw,
-				   -- an odd number of quotes opens (or closes) a multi-line field
-				   (length(s.raw) - length(replace(s.raw, '"', ''))) %% 2 AS odd
-			  FROM %s s WHERE s.client_id = $1),
-		opened AS (
-			SELECT l.*, coalesce(sum(l.odd) OVER (ORDER BY l.line_no ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) %% 2 AS inside
-			  FROM lines l),
-		numbered AS (
-			SELECT o.*, sum((o.inside = 0)::int) OVER (ORDER BY o.line_no) AS rec FROM opened o),
-		records AS (
-			SELECT min(x.line_no) AS line_no, string_agg(x.raw, E'\n' ORDER BY x.line_no) AS raw
-			  FROM numbered x GROUP BY x.rec),
-		split AS (
-			SELECT r.line_no, r.raw, @extschema@.msp_csv_fields(r.raw) AS f FROM records r),
-		marked AS (
-			SELECT s.*, lower(btrim($2)) = ANY (ARRAY(SELECT lower(btrim(h)) FROM unnest(s.f) h)) AS is_header FROM split s),
-		-- each record under the last header before it
-		grouped AS (
-			SELECT m.*, count(*) FILTER (WHERE m.is_header) OVER (ORDER BY m.line_no) AS header_no FROM marked m),
-		headers AS (
-			SELECT g.header_no, g.f FROM grouped g WHERE g.is_header)
-		SELECT g.line_no, g.raw, g.f, g.is_header, h.f AS header
-		  FROM grouped g LEFT JOIN headers h USING (header_no)
-		 WHERE btrim(g.raw, E' \t\r\n') <> ''$q$, stage) USING for_client, key_column;
-	DELETE FROM pg_temp.msp_csv WHERE is_header;
-	SELECT count(*) INTO n FROM pg_temp.msp_csv;
-	RETURN n;
+		SELECT l.line_nos[r.first_line] AS line_no, r.record AS raw, r.fields AS f, r.header_no, r.is_header
+		  FROM (SELECT array_agg(s.line_no ORDER BY s.line_no) AS line_nos, array_agg(s.raw ORDER BY s.line_no) AS raws
+				  FROM %s s WHERE s.client_id = $1) l,
+			   LATERAL @extschema@.msp_csv_records(l.raws, $2) r$q$, stage) USING for_client, key_column;
+	GET DIAGNOSTICS n = ROW_COUNT;
+	CREATE TEMP TABLE msp_csv_headers ON COMMIT DROP AS
+	SELECT c.header_no, c.f AS header FROM pg_temp.msp_csv c WHERE c.is_header;
+	RETURN n - (SELECT count(*) FROM pg_temp.msp_csv_headers);
 END
 $$;
 COMMENT ON FUNCTION @extschema@.msp_stage_csv(bigint, regclass, text) IS
-	'internal: a client''s staged CSV lines as records under their header, into pg_temp.msp_csv';
+	'internal: a client''s staged CSV lines as records under their header, into pg_temp.msp_csv and pg_temp.msp_csv_headers';
 
--- A field of a CSV record by its header's name (any case, any of the
--- names given), or NULL when the header has none of them.
-CREATE FUNCTION @extschema@.msp_csv_field(f text[], header text[], names text[]) RETURNS text
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
-RETURN f[(SELECT h.i FROM unnest(header) WITH ORDINALITY h(name, i)
-		   WHERE pg_catalog.lower(pg_catalog.btrim(h.name)) OPERATOR(pg_catalog.=)
-				 ANY (ARRAY(SELECT pg_catalog.lower(x) FROM unnest(names) x))
-		   ORDER BY h.i LIMIT 1)];
-COMMENT ON FUNCTION @extschema@.msp_csv_field(text[], text[], text[]) IS
-	'internal: the field of a CSV record under the first header column with one of the names (any case)';
+-- Where a CSV header has a column of one of the names (any case, spaces
+-- around aside): the first such position, or NULL.  Asked once per header,
+-- so that each record's fields are read by position.
+CREATE FUNCTION @extschema@.msp_csv_column(header text[], names text[]) RETURNS integer
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+RETURN (SELECT h.i FROM unnest(header) WITH ORDINALITY h(name, i)
+		 WHERE lower(btrim(h.name)) = ANY (ARRAY(SELECT lower(x) FROM unnest(names) x))
+		 ORDER BY h.i LIMIT 1)::integer;
+COMMENT ON FUNCTION @extschema@.msp_csv_column(text[], text[]) IS
+	'internal: the position of a CSV header''s first column with one of the names (any case), or NULL';
 
 -- A client's staged JSON as records, into pg_temp.msp_json (rec, line_no,
--- ord, raw, doc; rec numbers the records, line_no is their document's first line): a line that starts with { or [ begins a document, so JSON
+-- ord, raw, f, bad): rec numbers the records, line_no is their document's
+-- first line, raw is the record's text where it is not that line's (NULL:
+-- the staged line itself), f holds the record's values of keys
+-- (msp_json_fields), bad says why a record is none (not valid JSON, not a
+-- JSON object).  A line that starts with { or [ begins a document, so JSON
 -- lines and pretty-printed saved responses both read; a document that is
 -- an array, or an object whose value, items, tickets or content member is
--- an array (Graph, Autotask, HaloPSA, Pax8 pages), gives its elements,
--- any other object itself.  A document that is not JSON gets a NULL doc.
-CREATE FUNCTION @extschema@.msp_stage_json(for_client bigint, stage regclass) RETURNS bigint
+-- an array (Graph, Autotask, HaloPSA, Pax8 pages), gives its elements, any
+-- other object itself.  A JSON line is a document by itself (never joined
+-- to others) and is scanned once, in C, never parsed into jsonb: only
+-- arrays, pages and broken documents go through jsonb.  One statement,
+-- one table written: the stage is large, temporary buffers are not.
+CREATE FUNCTION @extschema@.msp_stage_json(for_client bigint, stage regclass, keys text[]) RETURNS bigint
 LANGUAGE plpgsql VOLATILE STRICT
 SET search_path = pg_catalog, @extschema@, pg_temp
 AS $$
 DECLARE
-	lo bigint;
-	hi bigint;
 	n bigint;
+	json_lines boolean;
 BEGIN
-	IF to_regclass('pg_temp.msp_json_docs') IS NOT NULL THEN
-		DROP TABLE pg_temp.msp_json_docs;
-	END IF;
 	IF to_regclass('pg_temp.msp_json') IS NOT NULL THEN
 		DROP TABLE pg_temp.msp_json;
 	END IF;
+	-- JSON lines (every line starts a document) need no joining of lines
 	EXECUTE format($q$
-		CREATE TEMP TABLE msp_json_docs ON COMMIT DROP AS
-		SELECT min(d.line_no) AS line_no, string_agg(d.raw, E'\n' ORDER BY d.line_no) AS raw, NULL::jsonb AS doc,
-			   false AS parsed
-		  FROM (SELECT s.line_no, s.raw,
-					   count(*) FILTER (WHERE s.raw ~ '^\ufeff?[\[{]') OVER (ORDER BY s.line_no) AS doc_no
-				  FROM %s s WHERE s.client_id = $1 AND btrim(s.raw, E' \t\r\n') <> '') d
-		 GROUP BY d.doc_no$q$, stage) USING for_client;
-	ALTER TABLE pg_temp.msp_json_docs ADD PRIMARY KEY (line_no);
-	SELECT min(d.line_no), max(d.line_no) INTO lo, hi FROM pg_temp.msp_json_docs d;
-	-- parse the batch at once, per document only where one is malformed
-	PERFORM @extschema@.msp_load_guarded($step$
-		UPDATE pg_temp.msp_json_docs SET doc = ltrim(raw, E'\ufeff')::jsonb, parsed = true
-		 WHERE line_no BETWEEN $2 AND $3
-	$step$, $reject$
-		UPDATE pg_temp.msp_json_docs SET parsed = true WHERE line_no = $2
-	$reject$, for_client, lo, hi);
-	CREATE TEMP TABLE msp_json ON COMMIT DROP AS
-	SELECT row_number() OVER (ORDER BY r.line_no, r.ord) AS rec, r.* FROM (
-	SELECT d.line_no, 0::bigint AS ord, d.raw, NULL::jsonb AS doc FROM pg_temp.msp_json_docs d WHERE d.doc IS NULL
-	UNION ALL
-	SELECT d.line_no, e.ord, e.rec::text, e.rec
-	  FROM pg_temp.msp_json_docs d
-	  CROSS JOIN LATERAL (SELECT CASE
-									 WHEN jsonb_typeof(d.doc) = 'array' THEN d.doc
-									 WHEN jsonb_typeof(d.doc -> 'value') = 'array' THEN d.doc -> 'value'
-									 WHEN jsonb_typeof(d.doc -> 'items') = 'array' THEN d.doc -> 'items'
-									 WHEN jsonb_typeof(d.doc -> 'tickets') = 'array' THEN d.doc -> 'tickets'
-									 WHEN jsonb_typeof(d.doc -> 'content') = 'array' THEN d.doc -> 'content'
-								 END AS arr) a
-	  CROSS JOIN LATERAL (SELECT x.rec, x.ord FROM jsonb_array_elements(a.arr) WITH ORDINALITY x(rec, ord)
-						   WHERE a.arr IS NOT NULL
-						  UNION ALL
-						  SELECT d.doc, 1 WHERE a.arr IS NULL) e
-	 WHERE d.doc IS NOT NULL) r;
-	DROP TABLE pg_temp.msp_json_docs;
-	SELECT count(*) INTO n FROM pg_temp.msp_json;
+		SELECT NOT EXISTS (SELECT 1 FROM %s s WHERE s.client_id = $1 AND btrim(s.raw, E' \t\r\n') <> ''
+							  AND s.raw !~ '^\ufeff?[\[{]')$q$, stage) INTO json_lines USING for_client;
+	EXECUTE format($q$
+		CREATE TEMP TABLE msp_json ON COMMIT DROP AS
+		WITH %3$s,
+		-- OFFSET 0: each document scanned once (a flattened subquery would
+		-- scan it again for every use of its fields)
+		p AS (
+			SELECT x.line_no, x.raw, x.joined, y.f,
+				   (left(y.f[%2$s + 1], 1) = '[' OR left(y.f[%2$s + 2], 1) = '[' OR left(y.f[%2$s + 3], 1) = '['
+					OR left(y.f[%2$s + 4], 1) = '[') IS TRUE AS page
+			  FROM x, LATERAL (SELECT @extschema@.msp_json_fields(ltrim(x.raw, E'\ufeff'), $2) AS f OFFSET 0) y)
+		SELECT row_number() OVER () AS rec, r.line_no, r.ord, r.raw, r.f, r.bad
+		  FROM (
+			-- an object that is no page: a record, its fields read already
+			SELECT p.line_no, 1::bigint AS ord, CASE WHEN p.joined THEN p.raw END AS raw, p.f, NULL::text AS bad
+			  FROM p WHERE p.f IS NOT NULL AND NOT p.page
+			UNION ALL
+			-- pages, arrays and what is no object: their elements through jsonb
+			SELECT p.line_no, e.ord, e.raw,
+				   CASE WHEN jsonb_typeof(e.rec) = 'object' THEN @extschema@.msp_json_fields(e.raw, $2) END,
+				   CASE WHEN e.rec IS NULL THEN 'not valid JSON' WHEN jsonb_typeof(e.rec) <> 'object' THEN 'not a JSON object' END
+			  FROM p
+			  CROSS JOIN LATERAL (SELECT @extschema@.msp_try_jsonb(ltrim(p.raw, E'\ufeff')) AS doc) j
+			  CROSS JOIN LATERAL (SELECT CASE
+											 WHEN jsonb_typeof(j.doc) = 'array' THEN j.doc
+											 WHEN jsonb_typeof(j.doc -> 'value') = 'array' THEN j.doc -> 'value'
+											 WHEN jsonb_typeof(j.doc -> 'items') = 'array' THEN j.doc -> 'items'
+											 WHEN jsonb_typeof(j.doc -> 'tickets') = 'array' THEN j.doc -> 'tickets'
+											 WHEN jsonb_typeof(j.doc -> 'content') = 'array' THEN j.doc -> 'content'
+										 END AS arr) a
+			  CROSS JOIN LATERAL (SELECT x.rec, x.ord, x.rec::text AS raw
+									FROM jsonb_array_elements(a.arr) WITH ORDINALITY x(rec, ord)
+								   WHERE a.arr IS NOT NULL
+								  UNION ALL
+								  SELECT j.doc, 1, p.raw WHERE a.arr IS NULL) e
+			 WHERE p.f IS NULL OR p.page) r$q$, stage, cardinality(keys),
+		CASE WHEN json_lines THEN
+		format($x$x AS (
+			SELECT s.line_no, s.raw, false AS joined
+			  FROM %s s WHERE s.client_id = $1 AND btrim(s.raw, E' \t\r\n') <> '')$x$, stage)
+		ELSE
+		-- a line that starts a document and is followed by another start
+		-- (or by nothing) is one; only the other lines are joined
+		format($x$l AS (
+			SELECT s.line_no, s.raw, s.raw ~ '^\ufeff?[\[{]' AS starts
+			  FROM %s s WHERE s.client_id = $1 AND btrim(s.raw, E' \t\r\n') <> ''),
+		n AS (
+			SELECT l.*, lead(l.starts, 1, true) OVER w AS next_starts, count(*) FILTER (WHERE l.starts) OVER w AS doc_no
+			  FROM l WINDOW w AS (ORDER BY l.line_no)),
+		x AS (
+			SELECT n.line_no, n.raw, false AS joined FROM n WHERE n.starts AND n.next_starts
+			UNION ALL
+			SELECT min(n.line_no), string_agg(n.raw, E'\n' ORDER BY n.line_no), true
+			  FROM n WHERE NOT (n.starts AND n.next_starts) GROUP BY n.doc_no)$x$, stage) END)
+	USING for_client, keys || '{value,items,tickets,content}'::text[];
+	GET DIAGNOSTICS n = ROW_COUNT;
 	RETURN n;
 END
 $$;
-COMMENT ON FUNCTION @extschema@.msp_stage_json(bigint, regclass) IS
-	'internal: a client''s staged JSON (JSON lines or saved responses, enveloped or not) as records, into pg_temp.msp_json';
+COMMENT ON FUNCTION @extschema@.msp_stage_json(bigint, regclass, text[]) IS
+	'internal: a client''s staged JSON (JSON lines or saved responses, enveloped or not) as records with the values of keys, into pg_temp.msp_json';
 
 -- The day a snapshot is of: the given one, else the client's today.
 CREATE FUNCTION @extschema@.msp_snapshot_day(for_client bigint, as_of date) RETURNS date
@@ -381,10 +399,13 @@ BEGIN
 	PERFORM setval(pg_get_serial_sequence('@extschema@.accounts', 'account_id'), m.id)
 	   FROM (SELECT max(a.account_id) AS id FROM @extschema@.accounts a WHERE a.client_id = for_client) m
 	  WHERE m.id > coalesce(pg_sequence_last_value(pg_get_serial_sequence('@extschema@.accounts', 'account_id')), 0);
+	-- in name order: the name index takes them page by page
 	INSERT INTO @extschema@.accounts (client_id, realm, name, kind)
-	SELECT DISTINCT for_client, 'm365', lower(u), 'unknown' FROM unnest(upns) u
+	SELECT for_client, 'm365', n.upn, 'unknown'
+	  FROM (SELECT DISTINCT lower(u) AS upn FROM unnest(upns) u) n
 	 WHERE NOT EXISTS (SELECT 1 FROM @extschema@.accounts a WHERE a.client_id = for_client AND a.realm = 'm365'
-						  AND lower(a.name) = lower(u) AND a.application IS NULL);
+						  AND lower(a.name) = n.upn AND a.application IS NULL)
+	 ORDER BY n.upn;
 	GET DIAGNOSTICS n = ROW_COUNT;
 	RETURN n;
 END
@@ -406,7 +427,7 @@ BEGIN
 		SELECT DISTINCT ON (a.account_id, x.product) for_client, day, a.account_id, x.product, x.enabled, load_source
 		  FROM pg_temp.msp_assign x
 		  JOIN @extschema@.accounts a ON a.client_id = for_client AND a.realm = 'm365' AND a.application IS NULL
-									 AND lower(a.name) = lower(x.upn)
+									 AND lower(a.name) = x.upn
 		 ORDER BY a.account_id, x.product, x.line_no
 		ON CONFLICT ON CONSTRAINT m365_license_assignments_pkey DO NOTHING
 		RETURNING 1)
@@ -440,12 +461,17 @@ COMMENT ON FUNCTION @extschema@.msp_store_rejects(bigint, text) IS
 -- prepaidUnits.enabled, consumedUnits) and user objects
 -- (userPrincipalName, accountEnabled, assignedLicenses[].skuId), in any
 -- mix, as JSON lines or saved responses.  A snapshot of the day as_of.
+-- Each record is scanned once for its fields (a member whose value is
+-- null counts as absent); only a user's assignedLicenses array is read as
+-- jsonb.  jit is off: these one-pass statements over large stages would
+-- spend longer compiling than running.
 CREATE FUNCTION @extschema@.msp_load_m365_graph(client_id bigint, as_of date DEFAULT NULL, source text DEFAULT 'graph',
 												OUT loaded bigint, OUT duplicate bigint,
 												OUT skipped bigint, OUT rejected bigint)
 LANGUAGE plpgsql VOLATILE
 SECURITY DEFINER
 SET search_path = pg_catalog, @extschema@, pg_temp
+SET jit = off
 AS $$
 #variable_conflict use_variable
 DECLARE
@@ -456,41 +482,67 @@ BEGIN
 	source := coalesce(source, 'graph');
 	PERFORM @extschema@.msp_load_begin(client_id);
 	day := @extschema@.msp_snapshot_day(client_id, as_of);
-	PERFORM @extschema@.msp_stage_json(client_id, '@extschema@.m365_graph_staging');
-	CREATE TEMP TABLE msp_graph ON COMMIT DROP AS
-	SELECT j.line_no, j.ord, j.raw, j.doc,
-		   CASE
-			   WHEN j.doc IS NULL THEN 'reject:not valid JSON'
-			   WHEN jsonb_typeof(j.doc) <> 'object' THEN 'reject:not a JSON object'
-			   WHEN j.doc ? 'skuPartNumber' OR j.doc ? 'prepaidUnits' THEN
-				   CASE
-					   WHEN coalesce(j.doc->>'skuId', '') = '' THEN 'reject:no skuId'
-					   WHEN length(j.doc->>'skuId') > 255 OR length(j.doc->>'skuPartNumber') > 255 THEN 'reject:field too long'
-					   WHEN coalesce(j.doc->'prepaidUnits'->>'enabled', '') !~ '^[0-9]{1,9}$' THEN 'reject:invalid prepaidUnits.enabled'
-					   WHEN coalesce(j.doc->>'consumedUnits', '') !~ '^[0-9]{1,9}$' THEN 'reject:invalid consumedUnits'
-					   ELSE 'sku'
-				   END
-			   WHEN j.doc ? 'userPrincipalName' THEN
-				   CASE
-					   WHEN coalesce(btrim(j.doc->>'userPrincipalName'), '') = '' THEN 'reject:no userPrincipalName'
-					   WHEN length(j.doc->>'userPrincipalName') > 255 THEN 'reject:field too long'
-					   WHEN j.doc ? 'assignedLicenses' AND jsonb_typeof(j.doc->'assignedLicenses') <> 'array'
-						   THEN 'reject:assignedLicenses is not an array'
-					   WHEN jsonb_array_length(coalesce(j.doc->'assignedLicenses', '[]')) = 0 THEN 'skip'
-					   WHEN jsonb_path_exists(j.doc, '$.assignedLicenses[*] ? (!exists(@.skuId) || @.skuId.type() != "string")')
-						   THEN 'reject:assignedLicenses without skuId'
-					   ELSE 'user'
-				   END
-			   ELSE 'reject:neither a subscribedSku nor a user'
-		   END AS class
-	  FROM pg_temp.msp_json j;
+	-- f: 1 skuId, 2 skuPartNumber, 3 prepaidUnits, 4 consumedUnits,
+	-- 5 userPrincipalName, 6 accountEnabled, 7 assignedLicenses
+	PERFORM @extschema@.msp_stage_json(client_id, '@extschema@.m365_graph_staging',
+									   '{skuId,skuPartNumber,prepaidUnits,consumedUnits,userPrincipalName,accountEnabled,assignedLicenses}');
+	CREATE TEMP TABLE msp_graph (rec bigint, line_no bigint, ord bigint, raw text, upn text, enabled boolean, skus text[],
+								 class text) ON COMMIT DROP;
+	-- a user's skuIds (NULL for a licence without one); an array jsonb
+	-- cannot hold (a number out of its range) rejects its record alone.
+	-- The raw text is kept for rejects only.
+	PERFORM @extschema@.msp_load_guarded($step$
+		INSERT INTO pg_temp.msp_graph (rec, line_no, ord, raw, upn, enabled, skus, class)
+		SELECT c.rec, c.line_no, c.ord,
+			   CASE WHEN c.class LIKE 'reject:%' THEN coalesce(c.raw, (SELECT s.raw FROM @extschema@.m365_graph_staging s
+																		 WHERE s.client_id = $1 AND s.line_no = c.line_no)) END,
+			   CASE WHEN c.class = 'user' THEN lower(btrim(c.f[5])) END,
+			   CASE WHEN c.class = 'user' THEN CASE c.f[6] WHEN 'true' THEN true WHEN 'false' THEN false END END,
+			   CASE WHEN c.class = 'user' THEN c.skus END, c.class
+		  FROM (SELECT g.*,
+					   CASE
+						   WHEN g.bad IS NOT NULL THEN 'reject:' || g.bad
+						   WHEN g.f[2] IS NOT NULL OR g.f[3] IS NOT NULL THEN
+							   CASE
+								   WHEN coalesce(g.f[1], '') = '' THEN 'reject:no skuId'
+								   WHEN length(g.f[1]) > 255 OR length(g.f[2]) > 255 THEN 'reject:field too long'
+								   WHEN coalesce((@extschema@.msp_json_fields(g.f[3], '{enabled}'))[1], '') !~ '^[0-9]{1,9}$'
+									   THEN 'reject:invalid prepaidUnits.enabled'
+								   WHEN coalesce(g.f[4], '') !~ '^[0-9]{1,9}$' THEN 'reject:invalid consumedUnits'
+								   ELSE 'sku'
+							   END
+						   WHEN g.f[5] IS NOT NULL THEN
+							   CASE
+								   WHEN btrim(g.f[5]) = '' THEN 'reject:no userPrincipalName'
+								   WHEN length(g.f[5]) > 255 THEN 'reject:field too long'
+								   WHEN left(g.f[7], 1) <> '[' THEN 'reject:assignedLicenses is not an array'
+								   WHEN coalesce(cardinality(g.skus), 0) = 0 THEN 'skip'
+								   WHEN array_position(g.skus, NULL) IS NOT NULL THEN 'reject:assignedLicenses without skuId'
+								   ELSE 'user'
+							   END
+						   ELSE 'reject:neither a subscribedSku nor a user'
+					   END AS class
+				  FROM (SELECT j.*,
+							   CASE WHEN j.f[2] IS NULL AND j.f[3] IS NULL AND left(j.f[7], 1) = '['
+									THEN ARRAY(SELECT CASE WHEN jsonb_typeof(e -> 'skuId') = 'string' THEN lower(e ->> 'skuId') END
+												 FROM jsonb_array_elements(j.f[7]::jsonb) e) END AS skus
+						  FROM pg_temp.msp_json j WHERE j.rec BETWEEN $2 AND $3 OFFSET 0) g
+				-- OFFSET 0: each record classified once, its licences read once
+				OFFSET 0) c
+	$step$, $reject$
+		INSERT INTO pg_temp.msp_graph (rec, line_no, ord, raw, class)
+		SELECT j.rec, j.line_no, j.ord,
+			   coalesce(j.raw, (SELECT s.raw FROM @extschema@.m365_graph_staging s WHERE s.client_id = $1 AND s.line_no = j.line_no)),
+			   'reject:not valid JSON'
+		  FROM pg_temp.msp_json j WHERE j.rec = $2
+	$reject$, client_id, (SELECT min(j.rec) FROM pg_temp.msp_json j), (SELECT max(j.rec) FROM pg_temp.msp_json j));
 
 	-- SKUs: the day's counts (a corrected export of the same day replaces them)
 	WITH sku AS (
-		SELECT DISTINCT ON (lower(g.doc->>'skuId')) lower(g.doc->>'skuId') AS sku_id, g.doc->>'skuPartNumber' AS part,
-			   (g.doc->'prepaidUnits'->>'enabled')::integer AS enabled, (g.doc->>'consumedUnits')::integer AS consumed
-		  FROM pg_temp.msp_graph g WHERE g.class = 'sku'
-		 ORDER BY lower(g.doc->>'skuId'), g.line_no DESC, g.ord DESC),
+		SELECT DISTINCT ON (lower(j.f[1])) lower(j.f[1]) AS sku_id, j.f[2] AS part,
+			   (@extschema@.msp_json_fields(j.f[3], '{enabled}'))[1]::integer AS enabled, j.f[4]::integer AS consumed
+		  FROM pg_temp.msp_graph g JOIN pg_temp.msp_json j USING (rec) WHERE g.class = 'sku'
+		 ORDER BY lower(j.f[1]), g.line_no DESC, g.ord DESC),
 	up AS (
 		INSERT INTO @extschema@.m365_sku_counts AS m (client_id, as_of, sku_id, sku_part_number, product, enabled, consumed, source)
 		SELECT client_id, day, s.sku_id, s.part, @extschema@.msp_license_product(coalesce(s.part, s.sku_id)),
@@ -506,14 +558,20 @@ BEGIN
 	duplicate := (SELECT count(*) FROM pg_temp.msp_graph g WHERE g.class = 'sku') - loaded;
 
 	-- users: one row per licence held; a skuId names its product through
-	-- the day's subscribedSkus, else license_product_names
+	-- the day's subscribedSkus, else license_product_names (each distinct
+	-- skuId looked up once)
 	CREATE TEMP TABLE msp_assign ON COMMIT DROP AS
-	SELECT g.line_no, lower(btrim(g.doc->>'userPrincipalName')) AS upn,
-		   coalesce((SELECT m.product FROM @extschema@.m365_sku_counts m
-					  WHERE m.client_id = client_id AND m.as_of = day AND m.sku_id = lower(lic->>'skuId')),
-					@extschema@.msp_license_product(lower(lic->>'skuId'))) AS product,
-		   CASE g.doc->>'accountEnabled' WHEN 'true' THEN true WHEN 'false' THEN false END AS enabled
-	  FROM pg_temp.msp_graph g, jsonb_array_elements(g.doc->'assignedLicenses') lic
+	SELECT g.line_no, g.upn, p.product, g.enabled
+	  FROM pg_temp.msp_graph g
+	  CROSS JOIN LATERAL unnest(g.skus) s(sku)
+	  -- OFFSET 0: each distinct skuId looked up once, not once per licence
+	  JOIN (SELECT k.sku,
+				   coalesce((SELECT m.product FROM @extschema@.m365_sku_counts m
+							  WHERE m.client_id = client_id AND m.as_of = day AND m.sku_id = k.sku),
+							@extschema@.msp_license_product(k.sku)) AS product
+			  FROM (SELECT DISTINCT x.sku FROM pg_temp.msp_graph y, unnest(y.skus) x(sku) WHERE y.class = 'user') k
+			OFFSET 0) p
+		ON p.sku = s.sku
 	 WHERE g.class = 'user';
 	SELECT a.loaded, a.duplicate INTO l, d FROM @extschema@.msp_store_assignments(client_id, day, source) a;
 	loaded := loaded + l;
@@ -532,7 +590,8 @@ COMMENT ON FUNCTION @extschema@.msp_load_m365_graph(bigint, date, text) IS
 	'loads a client''s staged Graph JSON: subscribedSkus become the day''s seat counts, users'' assignedLicenses the day''s licence assignments (loaded counts SKU rows and licences held)';
 
 -- The admin center's Active users CSV: "User principal name", "Licenses"
--- (display names joined by +, or Unlicensed), "Block credential".
+-- (display names joined by +, or Unlicensed), "Block credential".  Each
+-- header's columns are found once, each record's fields read by position.
 CREATE FUNCTION @extschema@.msp_load_m365_users_csv(client_id bigint, as_of date DEFAULT NULL,
 													source text DEFAULT 'm365_admin',
 													OUT loaded bigint, OUT duplicate bigint,
@@ -540,6 +599,7 @@ CREATE FUNCTION @extschema@.msp_load_m365_users_csv(client_id bigint, as_of date
 LANGUAGE plpgsql VOLATILE
 SECURITY DEFINER
 SET search_path = pg_catalog, @extschema@, pg_temp
+SET jit = off
 AS $$
 #variable_conflict use_variable
 DECLARE
@@ -549,43 +609,58 @@ BEGIN
 	PERFORM @extschema@.msp_load_begin(client_id);
 	day := @extschema@.msp_snapshot_day(client_id, as_of);
 	PERFORM @extschema@.msp_stage_csv(client_id, '@extschema@.m365_users_csv_staging', 'User principal name');
+	CREATE TEMP TABLE msp_users_cols ON COMMIT DROP AS
+	SELECT h.header_no, @extschema@.msp_csv_column(h.header, '{User principal name}') AS upn,
+		   @extschema@.msp_csv_column(h.header, '{Licenses}') AS licenses,
+		   @extschema@.msp_csv_column(h.header, '{Block credential,Sign-in blocked}') AS blocked
+	  FROM pg_temp.msp_csv_headers h;
 	CREATE TEMP TABLE msp_users ON COMMIT DROP AS
 	SELECT c.line_no, c.raw, x.upn, x.licenses, x.blocked,
 		   CASE
 			   WHEN c.f IS NULL THEN 'reject:not valid CSV'
-			   WHEN c.header IS NULL THEN 'reject:no header with User principal name before it'
+			   WHEN h.header_no IS NULL THEN 'reject:no header with User principal name before it'
 			   WHEN coalesce(x.upn, '') = '' THEN 'reject:no User principal name'
 			   WHEN length(x.upn) > 255 THEN 'reject:field too long'
 			   WHEN x.licenses IS NULL THEN 'reject:no Licenses column'
 			   WHEN x.licenses IN ('', 'Unlicensed') THEN 'skip'
 			   ELSE 'user'
 		   END AS class
-	  FROM pg_temp.msp_csv c,
-		   LATERAL (SELECT lower(btrim(@extschema@.msp_csv_field(c.f, c.header, '{User principal name}'))) AS upn,
-						   btrim(@extschema@.msp_csv_field(c.f, c.header, '{Licenses}')) AS licenses,
-						   lower(btrim(@extschema@.msp_csv_field(c.f, c.header, '{Block credential,Sign-in blocked}'))) AS blocked) x;
+	  FROM pg_temp.msp_csv c
+	  LEFT JOIN pg_temp.msp_users_cols h ON h.header_no = c.header_no,
+		   LATERAL (SELECT lower(btrim(c.f[h.upn])) AS upn, btrim(c.f[h.licenses]) AS licenses,
+						   lower(btrim(c.f[h.blocked])) AS blocked) x
+	 WHERE NOT c.is_header;
+	-- each distinct licence name looked up once
 	CREATE TEMP TABLE msp_assign ON COMMIT DROP AS
-	SELECT u.line_no, u.upn, @extschema@.msp_license_product(lic) AS product,
-		   CASE u.blocked WHEN 'true' THEN false WHEN 'false' THEN true END AS enabled
-	  FROM pg_temp.msp_users u, unnest(string_to_array(u.licenses, '+')) lic
-	 WHERE u.class = 'user' AND btrim(lic) <> '';
+	WITH held AS (
+		SELECT u.line_no, u.upn, btrim(lic) AS lic, CASE u.blocked WHEN 'true' THEN false WHEN 'false' THEN true END AS enabled
+		  FROM pg_temp.msp_users u, unnest(string_to_array(u.licenses, '+')) lic
+		 WHERE u.class = 'user' AND btrim(lic) <> '')
+	SELECT h.line_no, h.upn, p.product, h.enabled
+	  FROM held h
+	  -- OFFSET 0: each distinct licence name looked up once, not once per licence
+	  JOIN (SELECT k.lic, @extschema@.msp_license_product(k.lic) AS product FROM (SELECT DISTINCT x.lic FROM held x) k
+			OFFSET 0) p
+		USING (lic);
 	SELECT a.loaded, a.duplicate INTO loaded, duplicate FROM @extschema@.msp_store_assignments(client_id, day, source) a;
 	CREATE TEMP TABLE msp_rej ON COMMIT DROP AS
 	SELECT u.line_no, u.raw, substr(u.class, 8) AS reason FROM pg_temp.msp_users u WHERE u.class LIKE 'reject:%';
 	rejected := @extschema@.msp_store_rejects(client_id, source);
 	SELECT count(*) INTO skipped FROM pg_temp.msp_users u WHERE u.class = 'skip';
 	DELETE FROM @extschema@.m365_users_csv_staging s WHERE s.client_id = client_id;
-	DROP TABLE pg_temp.msp_users, pg_temp.msp_assign, pg_temp.msp_csv;
+	DROP TABLE pg_temp.msp_users, pg_temp.msp_users_cols, pg_temp.msp_assign, pg_temp.msp_csv, pg_temp.msp_csv_headers;
 END
 $$;
 COMMENT ON FUNCTION @extschema@.msp_load_m365_users_csv(bigint, date, text) IS
 	'loads a client''s staged admin center Active users CSV as the day''s licence assignments (loaded counts licences held)';
 
 -- The active user detail report: each "<product> Last Activity Date" is a
--- day the person used Microsoft 365.  Loaded as logons in the realm
--- m365_activity, which counts only where a contract's count_realms names
--- it; the activity account takes the person of the same UPN's m365
--- account.  Deleted users are skipped.
+-- day the person used Microsoft 365, loaded as noon of that day in the
+-- client's time zone.  Loaded as logons in the realm m365_activity, which
+-- counts only where a contract's count_realms names it; the activity
+-- account takes the person of the same UPN's m365 account.  Deleted users
+-- are skipped.  Each header's columns are found once, each record's fields
+-- read by position.
 CREATE FUNCTION @extschema@.msp_load_m365_activity(client_id bigint, source text DEFAULT 'm365_activity',
 												   OUT loaded bigint, OUT duplicate bigint,
 												   OUT skipped bigint, OUT rejected bigint)
@@ -594,54 +669,58 @@ SECURITY DEFINER
 SET search_path = pg_catalog, @extschema@, pg_temp
 SET DateStyle = 'ISO, MDY'
 SET TimeZone = 'UTC'
+SET jit = off
 AS $$
 #variable_conflict use_variable
-DECLARE
-	zone text;
 BEGIN
 	source := coalesce(source, 'm365_activity');
 	PERFORM @extschema@.msp_load_begin(client_id);
-	SELECT c.time_zone INTO zone FROM @extschema@.clients c WHERE c.client_id = client_id;
 	PERFORM @extschema@.msp_stage_csv(client_id, '@extschema@.m365_activity_staging', 'User Principal Name');
+	CREATE TEMP TABLE msp_act_cols ON COMMIT DROP AS
+	SELECT h.header_no, @extschema@.msp_csv_column(h.header, '{User Principal Name}') AS upn,
+		   @extschema@.msp_csv_column(h.header, '{Is Deleted}') AS deleted,
+		   ARRAY(SELECT lower(regexp_replace(btrim(x.name), '\s*Last Activity Date$', '', 'i'))
+				   FROM unnest(h.header) WITH ORDINALITY x(name, i)
+				  WHERE btrim(x.name) ~* 'Last Activity Date$' ORDER BY x.i) AS products,
+		   ARRAY(SELECT x.i::integer FROM unnest(h.header) WITH ORDINALITY x(name, i)
+				  WHERE btrim(x.name) ~* 'Last Activity Date$' ORDER BY x.i) AS cols
+	  FROM pg_temp.msp_csv_headers h;
+	-- every activity date written, at noon in the client's zone (NULL: not
+	-- a date); a date that is none (2026-02-30) marks its record alone
+	CREATE TEMP TABLE msp_act_days (line_no bigint, product text, day text, at timestamptz) ON COMMIT DROP;
+	PERFORM @extschema@.msp_load_guarded($step$
+		INSERT INTO pg_temp.msp_act_days (line_no, product, day, at)
+		SELECT c.line_no, p.product, p.day,
+			   CASE WHEN p.day ~ '^[0-9]{4}-[0-9]{2}-[0-9]{2}$'
+					THEN (p.day::date + time '12:00')
+						 AT TIME ZONE (SELECT z.time_zone FROM @extschema@.clients z WHERE z.client_id = $1) END
+		  FROM pg_temp.msp_csv c
+		  JOIN pg_temp.msp_act_cols h ON h.header_no = c.header_no,
+			   LATERAL (SELECT u.product, btrim(c.f[u.col]) AS day FROM unnest(h.products, h.cols) u(product, col)) p
+		 WHERE NOT c.is_header AND c.line_no BETWEEN $2 AND $3 AND p.day <> ''
+	$step$, $reject$
+		INSERT INTO pg_temp.msp_act_days (line_no) VALUES ($2)
+	$reject$, client_id, (SELECT min(c.line_no) FROM pg_temp.msp_csv c), (SELECT max(c.line_no) FROM pg_temp.msp_csv c));
 	CREATE TEMP TABLE msp_act ON COMMIT DROP AS
 	SELECT c.line_no, c.raw, x.upn,
 		   CASE
 			   WHEN c.f IS NULL THEN 'reject:not valid CSV'
-			   WHEN c.header IS NULL THEN 'reject:no header with User Principal Name before it'
+			   WHEN h.header_no IS NULL THEN 'reject:no header with User Principal Name before it'
 			   WHEN coalesce(x.upn, '') = '' THEN 'reject:no User Principal Name'
 			   WHEN length(x.upn) > 255 THEN 'reject:field too long'
-			   WHEN lower(coalesce(x.deleted, '')) = 'true' THEN 'skip'
-			   WHEN EXISTS (SELECT 1 FROM unnest(x.dates) t(v) WHERE btrim(v) !~ '^([0-9]{4}-[0-9]{2}-[0-9]{2})?$')
-				   THEN 'reject:invalid Last Activity Date'
-			   WHEN NOT EXISTS (SELECT 1 FROM unnest(x.dates) t(v) WHERE btrim(v) <> '') THEN 'skip'
+			   WHEN lower(coalesce(c.f[h.deleted], '')) = 'true' THEN 'skip'
+			   WHEN d.not_a_date THEN 'reject:invalid Last Activity Date'
+			   WHEN d.implausible IS NOT NULL THEN 'reject:invalid Last Activity Date: ' || d.implausible
+			   WHEN d.line_no IS NULL THEN 'skip'
 			   ELSE 'activity'
-		   END AS class,
-		   x.products, x.dates
-	  FROM pg_temp.msp_csv c,
-		   LATERAL (SELECT lower(btrim(@extschema@.msp_csv_field(c.f, c.header, '{User Principal Name}'))) AS upn,
-						   @extschema@.msp_csv_field(c.f, c.header, '{Is Deleted}') AS deleted,
-						   ARRAY(SELECT lower(regexp_replace(btrim(h.name), '\s*Last Activity Date$', '', 'i'))
-								   FROM unnest(c.header) WITH ORDINALITY h(name, i)
-								  WHERE btrim(h.name) ~* 'Last Activity Date$' ORDER BY h.i) AS products,
-						   ARRAY(SELECT coalesce(c.f[h.i], '') FROM unnest(c.header) WITH ORDINALITY h(name, i)
-								  WHERE btrim(h.name) ~* 'Last Activity Date$' ORDER BY h.i) AS dates) x;
-	-- a date that is not one (2026-02-30) rejects its record, the rest load
-	CREATE TEMP TABLE msp_act_days (line_no bigint, product text, day text, at timestamptz) ON COMMIT DROP;
-	INSERT INTO pg_temp.msp_act_days (line_no, product, day)
-	SELECT a.line_no, p.product, btrim(p.day)
-	  FROM pg_temp.msp_act a, unnest(a.products, a.dates) p(product, day)
-	 WHERE a.class = 'activity' AND btrim(p.day) <> '';
-	CREATE INDEX ON pg_temp.msp_act_days (line_no);
-	PERFORM @extschema@.msp_load_guarded($step$
-		UPDATE pg_temp.msp_act_days SET at = (day::date + time '12:00') AT TIME ZONE $1::text
-		 WHERE line_no BETWEEN $2 AND $3
-	$step$, $reject$
-		UPDATE pg_temp.msp_act SET class = 'reject:invalid Last Activity Date' WHERE line_no = $2
-	$reject$, client_id, (SELECT min(line_no) FROM pg_temp.msp_act_days), (SELECT max(line_no) FROM pg_temp.msp_act_days));
-	-- the guard passes the client as $1: the zone is read from it again
-	UPDATE pg_temp.msp_act SET class = 'reject:invalid Last Activity Date: ' || @extschema@.msp_implausible_time(d.day, d.at)
-	  FROM pg_temp.msp_act_days d
-	 WHERE d.line_no = msp_act.line_no AND msp_act.class = 'activity' AND @extschema@.msp_implausible_time(d.day, d.at) IS NOT NULL;
+		   END AS class
+	  FROM pg_temp.msp_csv c
+	  LEFT JOIN pg_temp.msp_act_cols h ON h.header_no = c.header_no
+	  LEFT JOIN (SELECT d.line_no, bool_or(d.at IS NULL) AS not_a_date,
+						min(@extschema@.msp_implausible_time(d.day, d.at)) AS implausible
+				   FROM pg_temp.msp_act_days d GROUP BY d.line_no) d ON d.line_no = c.line_no,
+		   LATERAL (SELECT lower(btrim(c.f[h.upn])) AS upn) x
+	 WHERE NOT c.is_header;
 
 	-- activity accounts take the kind and person of the UPN's m365 account
 	INSERT INTO @extschema@.accounts (client_id, realm, name, kind, person_id)
@@ -667,11 +746,11 @@ BEGIN
 	rejected := @extschema@.msp_store_rejects(client_id, source);
 	SELECT count(*) INTO skipped FROM pg_temp.msp_act a WHERE a.class = 'skip';
 	DELETE FROM @extschema@.m365_activity_staging s WHERE s.client_id = client_id;
-	DROP TABLE pg_temp.msp_act, pg_temp.msp_act_days, pg_temp.msp_csv;
+	DROP TABLE pg_temp.msp_act, pg_temp.msp_act_days, pg_temp.msp_act_cols, pg_temp.msp_csv, pg_temp.msp_csv_headers;
 END
 $$;
 COMMENT ON FUNCTION @extschema@.msp_load_m365_activity(bigint, text) IS
-	'loads a client''s staged Microsoft 365 active user detail report: each product''s last activity date becomes a logon of realm m365_activity (counted only where count_realms names it; loaded counts days per product)';
+	'loads a client''s staged Microsoft 365 active user detail report: each product''s last activity date becomes a logon of realm m365_activity at noon in the client''s zone (counted only where count_realms names it; loaded counts days per product)';
 
 -- Which client a vendor's company belongs to, for a record of a load:
 -- 'own' (this client, or the vendor is not mapped at all), 'other' (another
@@ -692,11 +771,13 @@ END;
 COMMENT ON FUNCTION @extschema@.msp_company_owner(bigint, text, text[]) IS
 	'internal: own, other or unknown: whose a record''s company (any of its names or ids) is, by partner_companies';
 
+
 -- Pax8 subscriptions: the portal's CSV export or the partner API's
 -- subscription JSON (id, companyId, productId, quantity, partnerCost,
 -- price, billingTerm, status, startDate, endDate).  A snapshot of the day
 -- as_of; the Active subscriptions become the day's license_counts (source
--- pax8): seats the sum of quantities, unit cost their weighted mean.
+-- pax8): seats the sum of quantities, unit cost their weighted mean.  Each
+-- record is read once; each distinct company and product is looked up once.
 CREATE FUNCTION @extschema@.msp_load_pax8_subscriptions(client_id bigint, as_of date DEFAULT NULL,
 														source text DEFAULT 'pax8',
 														OUT loaded bigint, OUT duplicate bigint,
@@ -706,11 +787,15 @@ SECURITY DEFINER
 SET search_path = pg_catalog, @extschema@, pg_temp
 SET DateStyle = 'ISO, MDY'
 SET TimeZone = 'UTC'
+SET jit = off
 AS $$
 #variable_conflict use_variable
 DECLARE
 	day date;
 	json boolean;
+	src text;
+	lo bigint;
+	hi bigint;
 BEGIN
 	source := coalesce(source, 'pax8');
 	PERFORM @extschema@.msp_load_begin(client_id);
@@ -721,61 +806,97 @@ BEGIN
 	CREATE TEMP TABLE msp_pax8 (rec bigint, line_no bigint, ord bigint, raw text, id text, company text[], product text,
 								quantity text, cost text, price text, term text, status text, start_text text,
 								end_text text, class text, start_date date, end_date date) ON COMMIT DROP;
+	-- the records' fields, by name whatever the format
 	IF json THEN
-		PERFORM @extschema@.msp_stage_json(client_id, '@extschema@.pax8_staging');
-		INSERT INTO pg_temp.msp_pax8 (rec, line_no, ord, raw, id, company, product, quantity, cost, price, term, status,
-									  start_text, end_text, class)
-		SELECT j.rec, j.line_no, j.ord, j.raw, j.doc->>'id', ARRAY[j.doc->>'companyId', j.doc->>'companyName'],
-			   coalesce(j.doc->>'productName', j.doc->>'productId'), j.doc->>'quantity', j.doc->>'partnerCost',
-			   j.doc->>'price', j.doc->>'billingTerm', j.doc->>'status', j.doc->>'startDate', j.doc->>'endDate',
-			   CASE WHEN j.doc IS NULL THEN 'reject:not valid JSON'
-					WHEN jsonb_typeof(j.doc) <> 'object' THEN 'reject:not a JSON object' END
-		  FROM pg_temp.msp_json j;
-		DROP TABLE pg_temp.msp_json;
+		PERFORM @extschema@.msp_stage_json(client_id, '@extschema@.pax8_staging',
+			'{id,companyId,companyName,productName,productId,quantity,partnerCost,price,billingTerm,status,startDate,endDate}');
+		src := $src$
+			SELECT j.rec, j.line_no, j.ord, j.raw, j.f[1] AS id, ARRAY[j.f[2], j.f[3]] AS company,
+				   coalesce(j.f[4], j.f[5]) AS product, j.f[6] AS quantity, j.f[7] AS cost, j.f[8] AS price,
+				   j.f[9] AS term, j.f[10] AS status, j.f[11] AS start_text, j.f[12] AS end_text,
+				   'reject:' || j.bad AS class
+			  FROM pg_temp.msp_json j WHERE j.rec BETWEEN $2 AND $3$src$;
+		SELECT min(j.rec), max(j.rec) INTO lo, hi FROM pg_temp.msp_json j;
 	ELSIF json IS NOT NULL THEN
 		PERFORM @extschema@.msp_stage_csv(client_id, '@extschema@.pax8_staging', 'Quantity');
-		INSERT INTO pg_temp.msp_pax8 (rec, line_no, ord, raw, id, company, product, quantity, cost, price, term, status,
-									  start_text, end_text, class)
-		SELECT c.line_no, c.line_no, 0, c.raw,
-			   @extschema@.msp_csv_field(c.f, c.header, '{Subscription Id,Subscription ID,Id}'),
-			   ARRAY[@extschema@.msp_csv_field(c.f, c.header, '{Company,Company Name}'),
-					 @extschema@.msp_csv_field(c.f, c.header, '{Company Id,Company ID}')],
-			   @extschema@.msp_csv_field(c.f, c.header, '{Product,Product Name}'),
-			   @extschema@.msp_csv_field(c.f, c.header, '{Quantity}'),
-			   @extschema@.msp_csv_field(c.f, c.header, '{Partner Cost,Unit Cost,Cost}'),
-			   @extschema@.msp_csv_field(c.f, c.header, '{Price,Unit Price}'),
-			   @extschema@.msp_csv_field(c.f, c.header, '{Billing Term,Term}'),
-			   @extschema@.msp_csv_field(c.f, c.header, '{Status}'),
-			   @extschema@.msp_csv_field(c.f, c.header, '{Start Date}'),
-			   @extschema@.msp_csv_field(c.f, c.header, '{End Date}'),
-			   CASE WHEN c.f IS NULL THEN 'reject:not valid CSV'
-					WHEN c.header IS NULL THEN 'reject:no header with Quantity before it' END
-		  FROM pg_temp.msp_csv c;
-		DROP TABLE pg_temp.msp_csv;
+		CREATE TEMP TABLE msp_pax8_cols ON COMMIT DROP AS
+		SELECT h.header_no,
+			   @extschema@.msp_csv_column(h.header, '{Subscription Id,Subscription ID,Id}') AS id,
+			   @extschema@.msp_csv_column(h.header, '{Company,Company Name}') AS company,
+			   @extschema@.msp_csv_column(h.header, '{Company Id,Company ID}') AS company_id,
+			   @extschema@.msp_csv_column(h.header, '{Product,Product Name}') AS product,
+			   @extschema@.msp_csv_column(h.header, '{Quantity}') AS quantity,
+			   @extschema@.msp_csv_column(h.header, '{Partner Cost,Unit Cost,Cost}') AS cost,
+			   @extschema@.msp_csv_column(h.header, '{Price,Unit Price}') AS price,
+			   @extschema@.msp_csv_column(h.header, '{Billing Term,Term}') AS term,
+			   @extschema@.msp_csv_column(h.header, '{Status}') AS status,
+			   @extschema@.msp_csv_column(h.header, '{Start Date}') AS start_date,
+			   @extschema@.msp_csv_column(h.header, '{End Date}') AS end_date
+		  FROM pg_temp.msp_csv_headers h;
+		src := $src$
+			SELECT c.line_no AS rec, c.line_no, 0::bigint AS ord, c.raw, c.f[h.id] AS id,
+				   ARRAY[c.f[h.company], c.f[h.company_id]] AS company, c.f[h.product] AS product,
+				   c.f[h.quantity] AS quantity, c.f[h.cost] AS cost, c.f[h.price] AS price, c.f[h.term] AS term,
+				   c.f[h.status] AS status, c.f[h.start_date] AS start_text, c.f[h.end_date] AS end_text,
+				   CASE WHEN c.f IS NULL THEN 'reject:not valid CSV'
+						WHEN h.header_no IS NULL THEN 'reject:no header with Quantity before it' END AS class
+			  FROM pg_temp.msp_csv c LEFT JOIN pg_temp.msp_pax8_cols h ON h.header_no = c.header_no
+			 WHERE NOT c.is_header AND c.line_no BETWEEN $2 AND $3$src$;
+		SELECT min(c.line_no), max(c.line_no) INTO lo, hi FROM pg_temp.msp_csv c;
 	END IF;
-	UPDATE pg_temp.msp_pax8 p
-	   SET class = CASE
-			   WHEN coalesce(btrim(p.product), '') = '' THEN 'reject:no product'
-			   WHEN btrim(p.quantity) !~ '^[0-9]{1,9}(\.0*)?$' THEN 'reject:invalid quantity'
-			   WHEN replace(btrim(p.cost), '$', '') !~ '^([0-9]{1,15}(\.[0-9]{1,10})?)?$' THEN 'reject:invalid partner cost'
-			   WHEN replace(btrim(p.price), '$', '') !~ '^([0-9]{1,15}(\.[0-9]{1,10})?)?$' THEN 'reject:invalid price'
-			   WHEN btrim(p.start_text) !~ '^([0-9]{4}-[0-9]{2}-[0-9]{2}.*)?$'
-					OR btrim(p.end_text) !~ '^([0-9]{4}-[0-9]{2}-[0-9]{2}.*)?$' THEN 'reject:invalid start or end date'
-			   WHEN length(p.id) > 255 OR length(p.product) > 255 OR length(p.term) > 255 OR length(p.status) > 255
-					OR EXISTS (SELECT 1 FROM unnest(p.company) c WHERE length(c) > 255) THEN 'reject:field too long'
-			   ELSE (SELECT CASE o WHEN 'own' THEN 'subscription' WHEN 'other' THEN 'skip'
-							  ELSE 'reject:unknown Pax8 company ' || coalesce(p.company[1], p.company[2], '(none)') END
-					   FROM @extschema@.msp_company_owner(client_id, 'pax8', p.company) o)
-		   END
-	 WHERE p.class IS NULL;
-	-- dates: the batch at once, per record only where one is not a date
-	PERFORM @extschema@.msp_load_guarded($step$
-		UPDATE pg_temp.msp_pax8 SET start_date = left(nullif(btrim(start_text), ''), 10)::date,
-									end_date = left(nullif(btrim(end_text), ''), 10)::date
-		 WHERE class = 'subscription' AND rec BETWEEN $2 AND $3
-	$step$, $reject$
-		UPDATE pg_temp.msp_pax8 SET class = 'reject:invalid start or end date' WHERE rec = $2
-	$reject$, client_id, (SELECT min(rec) FROM pg_temp.msp_pax8), (SELECT max(rec) FROM pg_temp.msp_pax8));
+	-- checked, the company's client found (once per distinct company) and
+	-- the dates read: the batch at once, per record only where a date is
+	-- none (the reject reads the one record: BETWEEN $2 AND $2)
+	IF src IS NOT NULL THEN
+		PERFORM @extschema@.msp_load_guarded(format($step$
+			INSERT INTO pg_temp.msp_pax8 (rec, line_no, ord, raw, id, company, product, quantity, cost, price, term, status,
+										  start_text, end_text, class, start_date, end_date)
+			WITH p AS MATERIALIZED (%s),
+			-- materialized: a plain CTE would be pulled up into the join, and
+			-- the look-up would run once per record instead of once per company
+			owner AS MATERIALIZED (
+				SELECT c.company, @extschema@.msp_company_owner($1, 'pax8', c.company) AS o
+				  FROM (SELECT DISTINCT p.company FROM p WHERE p.class IS NULL) c),
+			classed AS (
+				SELECT p.rec, p.line_no, p.ord, p.raw, p.id, p.company, p.product, p.quantity, p.cost, p.price, p.term,
+					   p.status, p.start_text, p.end_text,
+					   coalesce(p.class, CASE
+						   WHEN coalesce(btrim(p.product), '') = '' THEN 'reject:no product'
+						   WHEN coalesce(btrim(p.quantity), '') !~ '^[0-9]{1,9}(\.0*)?$' THEN 'reject:invalid quantity'
+						   WHEN replace(btrim(p.cost), '$', '') !~ '^([0-9]{1,15}(\.[0-9]{1,10})?)?$' THEN 'reject:invalid partner cost'
+						   WHEN replace(btrim(p.price), '$', '') !~ '^([0-9]{1,15}(\.[0-9]{1,10})?)?$' THEN 'reject:invalid price'
+						   WHEN btrim(p.start_text) !~ '^([0-9]{4}-[0-9]{2}-[0-9]{2}.*)?$'
+								OR btrim(p.end_text) !~ '^([0-9]{4}-[0-9]{2}-[0-9]{2}.*)?$' THEN 'reject:invalid start or end date'
+						   WHEN length(p.id) > 255 OR length(p.product) > 255 OR length(p.term) > 255 OR length(p.status) > 255
+								OR length(p.company[1]) > 255 OR length(p.company[2]) > 255 THEN 'reject:field too long'
+						   WHEN o.o = 'own' THEN 'subscription'
+						   WHEN o.o = 'other' THEN 'skip'
+						   ELSE 'reject:unknown Pax8 company ' || coalesce(p.company[1], p.company[2], '(none)')
+					   END) AS class
+				  FROM p LEFT JOIN owner o ON o.company = p.company
+				 -- OFFSET 0: each record classified once
+				 OFFSET 0)
+			SELECT c.rec, c.line_no, c.ord,
+				   CASE WHEN c.class LIKE 'reject:%%' THEN coalesce(c.raw, (SELECT s.raw FROM @extschema@.pax8_staging s
+																		 WHERE s.client_id = $1 AND s.line_no = c.line_no)) END,
+				   c.id, c.company, c.product, c.quantity, c.cost, c.price, c.term, c.status, c.start_text, c.end_text,
+				   c.class,
+				   CASE WHEN c.class = 'subscription' THEN left(nullif(btrim(c.start_text), ''), 10)::date END,
+				   CASE WHEN c.class = 'subscription' THEN left(nullif(btrim(c.end_text), ''), 10)::date END
+			  FROM classed c
+		$step$, src), format($reject$
+			INSERT INTO pg_temp.msp_pax8 (rec, line_no, ord, raw, class)
+			SELECT p.rec, p.line_no, p.ord,
+				   coalesce(p.raw, (SELECT s.raw FROM @extschema@.pax8_staging s WHERE s.client_id = $1 AND s.line_no = p.line_no)),
+				   'reject:invalid start or end date'
+			  FROM (%s) p
+		$reject$, replace(src, 'AND $3', 'AND $2')), client_id, lo, hi);
+	END IF;
+	IF json THEN
+		DROP TABLE pg_temp.msp_json;
+	ELSIF json IS NOT NULL THEN
+		DROP TABLE pg_temp.msp_csv, pg_temp.msp_csv_headers, pg_temp.msp_pax8_cols;
+	END IF;
 
 	WITH sub AS (
 		SELECT DISTINCT ON (k.key) k.key, p.*
@@ -786,14 +907,16 @@ BEGIN
 						AS key) k
 		 WHERE p.class = 'subscription'
 		 ORDER BY k.key, p.line_no DESC, p.ord DESC),
+	prod AS MATERIALIZED (
+		SELECT n.product, @extschema@.msp_license_product(n.product) AS name FROM (SELECT DISTINCT s.product FROM sub s) n),
 	up AS (
 		INSERT INTO @extschema@.pax8_subscriptions AS x (client_id, as_of, subscription_id, company, product, quantity,
 														 unit_cost, unit_price, billing_term, status, start_date,
 														 end_date, source)
-		SELECT client_id, day, s.key, coalesce(s.company[1], s.company[2]), @extschema@.msp_license_product(s.product),
+		SELECT client_id, day, s.key, coalesce(s.company[1], s.company[2]), pr.name,
 			   btrim(s.quantity)::numeric::integer, nullif(replace(btrim(s.cost), '$', ''), '')::numeric,
 			   nullif(replace(btrim(s.price), '$', ''), '')::numeric, s.term, s.status, s.start_date, s.end_date, source
-		  FROM sub s
+		  FROM sub s JOIN prod pr USING (product)
 		ON CONFLICT ON CONSTRAINT pax8_subscriptions_pkey DO UPDATE
 		   SET company = excluded.company, product = excluded.product, quantity = excluded.quantity,
 			   unit_cost = excluded.unit_cost, unit_price = excluded.unit_price, billing_term = excluded.billing_term,
@@ -832,11 +955,13 @@ COMMENT ON FUNCTION @extschema@.msp_load_pax8_subscriptions(bigint, date, text) 
 -- Tickets not yet matched to a person: by psa_contacts (id or e-mail),
 -- else by e-mail as the UPN of an individual Microsoft 365 account, else
 -- by e-mail in person_identities; each matched ticket becomes a support
--- contact.  Returns how many tickets were matched.
+-- contact.  Each distinct contact is looked up once, and only the tickets
+-- it matches are written.  Returns how many tickets were matched.
 CREATE FUNCTION @extschema@.msp_match_psa_tickets(client_id bigint) RETURNS bigint
 LANGUAGE plpgsql VOLATILE STRICT
 SECURITY DEFINER
 SET search_path = pg_catalog, @extschema@, pg_temp
+SET jit = off
 AS $$
 #variable_conflict use_variable
 DECLARE
@@ -844,14 +969,21 @@ DECLARE
 BEGIN
 	PERFORM pg_advisory_xact_lock(hashtext('mspbill.load'), hashtext(client_id::text));
 	UPDATE @extschema@.psa_tickets t
-	   SET person_id = coalesce(
-			   (SELECT c.person_id FROM @extschema@.psa_contacts c
-				 WHERE c.client_id = client_id AND c.psa = t.psa AND lower(c.contact) = t.contact),
-			   (SELECT a.person_id FROM @extschema@.accounts a
-				 WHERE a.client_id = client_id AND a.realm = 'm365' AND a.kind = 'individual' AND lower(a.name) = t.contact),
-			   (SELECT min(i.person_id) FROM @extschema@.person_identities i
-				 WHERE i.client_id = client_id AND lower(i.email) = t.contact))
-	 WHERE t.client_id = client_id AND t.person_id IS NULL AND t.contact IS NOT NULL;
+	   SET person_id = m.person_id
+	  FROM (SELECT u.psa, u.contact,
+				   coalesce((SELECT min(c.person_id) FROM @extschema@.psa_contacts c
+							  WHERE c.client_id = client_id AND c.psa = u.psa AND lower(c.contact) = u.contact),
+							(SELECT a.person_id FROM @extschema@.accounts a
+							  WHERE a.client_id = client_id AND a.realm = 'm365' AND a.kind = 'individual'
+								AND lower(a.name) = u.contact),
+							(SELECT min(i.person_id) FROM @extschema@.person_identities i
+							  WHERE i.client_id = client_id AND lower(i.email) = u.contact)) AS person_id
+			  FROM (SELECT DISTINCT x.psa, x.contact FROM @extschema@.psa_tickets x
+					 WHERE x.client_id = client_id AND x.person_id IS NULL AND x.contact IS NOT NULL) u
+			-- OFFSET 0: each contact looked up once, not once per ticket
+			OFFSET 0) m
+	 WHERE t.client_id = client_id AND t.person_id IS NULL AND t.psa = m.psa AND t.contact = m.contact
+	   AND m.person_id IS NOT NULL;
 	PERFORM setval(pg_get_serial_sequence('@extschema@.support_contacts', 'contact_id'), m.id)
 	   FROM (SELECT max(s.contact_id) AS id FROM @extschema@.support_contacts s WHERE s.client_id = client_id) m
 	  WHERE m.id > coalesce(pg_sequence_last_value(pg_get_serial_sequence('@extschema@.support_contacts', 'contact_id')), 0);
@@ -877,7 +1009,9 @@ COMMENT ON FUNCTION @extschema@.msp_match_psa_tickets(bigint) IS
 --                contactEmailAddress, contact.id, board.name, source.name
 --   autotask     id, createDate, companyID, contactID, queueID, source
 --   halo         id, dateoccurred, client_id/client_name, user_id, team
--- A time without a zone is UTC (the APIs write UTC).
+-- A time without a zone is UTC (the APIs write UTC).  Each record is read
+-- once (its nested objects' members by msp_json_fields too), each
+-- distinct company looked up once.
 CREATE FUNCTION @extschema@.msp_load_psa_tickets(client_id bigint, psa text, source text DEFAULT NULL,
 												 OUT loaded bigint, OUT duplicate bigint, OUT skipped bigint,
 												 OUT rejected bigint, OUT unmatched bigint)
@@ -887,6 +1021,7 @@ SET search_path = pg_catalog, @extschema@, pg_temp
 SET DateStyle = 'ISO, MDY'
 SET timezone_abbreviations = 'Default'
 SET TimeZone = 'UTC'
+SET jit = off
 AS $$
 #variable_conflict use_variable
 BEGIN
@@ -898,56 +1033,83 @@ BEGIN
 	END IF;
 	source := coalesce(source, psa);
 	PERFORM @extschema@.msp_load_begin(client_id);
-	PERFORM @extschema@.msp_stage_json(client_id, '@extschema@.psa_ticket_staging');
-	CREATE TEMP TABLE msp_tix ON COMMIT DROP AS
-	SELECT j.rec, j.line_no, j.ord, j.raw, j.doc, f.*, NULL::text AS class, NULL::timestamptz AS at
-	  FROM pg_temp.msp_json j
-	  LEFT JOIN LATERAL (
-			SELECT j.doc->>'id' AS id,
-				   CASE psa WHEN 'connectwise' THEN coalesce(j.doc->'_info'->>'dateEntered', j.doc->>'dateEntered')
-							WHEN 'autotask' THEN j.doc->>'createDate'
-							ELSE j.doc->>'dateoccurred' END AS at_text,
-				   CASE psa WHEN 'connectwise' THEN ARRAY[j.doc->'company'->>'identifier', j.doc->'company'->>'name',
-														  j.doc->'company'->>'id']
-							WHEN 'autotask' THEN ARRAY[j.doc->>'companyID']
-							ELSE ARRAY[j.doc->>'client_name', j.doc->>'client_id'] END AS company,
-				   lower(btrim(CASE psa WHEN 'connectwise'
-										THEN coalesce(nullif(btrim(j.doc->>'contactEmailAddress'), ''), j.doc->'contact'->>'id')
-										WHEN 'autotask' THEN j.doc->>'contactID'
-										ELSE j.doc->>'user_id' END)) AS contact,
-				   CASE psa WHEN 'connectwise' THEN j.doc->'board'->>'name'
-							WHEN 'autotask' THEN j.doc->>'queueID'
-							ELSE j.doc->>'team' END AS board,
-				   coalesce(lower(CASE psa WHEN 'connectwise' THEN j.doc->'source'->>'name' END), 'ticket') AS channel
-			 WHERE jsonb_typeof(j.doc) = 'object') f ON true;
-	UPDATE pg_temp.msp_tix t
-	   SET class = CASE
-			   WHEN t.doc IS NULL THEN 'reject:not valid JSON'
-			   WHEN jsonb_typeof(t.doc) <> 'object' THEN 'reject:not a JSON object'
-			   WHEN coalesce(btrim(t.id), '') = '' THEN 'reject:no id'
-			   WHEN coalesce(btrim(t.at_text), '') = '' THEN 'reject:no date entered'
-			   WHEN length(t.id) > 255 OR length(t.contact) > 255 OR length(t.board) > 255 OR length(t.channel) > 255
-					OR EXISTS (SELECT 1 FROM unnest(t.company) c WHERE length(c) > 255) THEN 'reject:field too long'
-			   ELSE (SELECT CASE o WHEN 'own' THEN 'ticket' WHEN 'other' THEN 'skip'
-							  ELSE 'reject:unknown ' || psa || ' company '
-								   || coalesce((SELECT c FROM unnest(t.company) c WHERE c IS NOT NULL LIMIT 1), '(none)') END
-					   FROM @extschema@.msp_company_owner(client_id, psa, t.company) o)
-		   END;
-	PERFORM @extschema@.msp_load_guarded($step$
-		UPDATE pg_temp.msp_tix SET at = at_text::timestamptz
-		 WHERE class = 'ticket' AND rec BETWEEN $2 AND $3
-	$step$, $reject$
-		UPDATE pg_temp.msp_tix SET class = 'reject:invalid date entered' WHERE rec = $2 AND class = 'ticket'
-	$reject$, client_id, (SELECT min(rec) FROM pg_temp.msp_tix), (SELECT max(rec) FROM pg_temp.msp_tix));
-	UPDATE pg_temp.msp_tix
-	   SET class = 'reject:invalid date entered' || coalesce(': ' || @extschema@.msp_implausible_time(at_text, at), '')
-	 WHERE class = 'ticket' AND (at IS NULL OR @extschema@.msp_implausible_time(at_text, at) IS NOT NULL);
+	-- f: 1 id, 2 _info, 3 dateEntered, 4 company, 5 contactEmailAddress,
+	-- 6 contact, 7 board, 8 source (ConnectWise); 9 createDate, 10
+	-- companyID, 11 contactID, 12 queueID (Autotask); 13 dateoccurred, 14
+	-- client_name, 15 client_id, 16 user_id, 17 team (HaloPSA)
+	PERFORM @extschema@.msp_stage_json(client_id, '@extschema@.psa_ticket_staging',
+		'{id,_info,dateEntered,company,contactEmailAddress,contact,board,source,createDate,companyID,contactID,queueID,dateoccurred,client_name,client_id,user_id,team}');
+	CREATE TEMP TABLE msp_tix (rec bigint, line_no bigint, ord bigint, raw text, id text, at_text text, company text[],
+							   contact text, board text, channel text, class text, at timestamptz) ON COMMIT DROP;
+	-- checked, the company's client found (once per distinct company) and
+	-- the time read: the batch at once, per record only where a time is none
+	PERFORM @extschema@.msp_load_guarded(format($step$
+		INSERT INTO pg_temp.msp_tix (rec, line_no, ord, raw, id, at_text, company, contact, board, channel, class, at)
+		WITH t AS MATERIALIZED (
+			SELECT j.rec, j.line_no, j.ord, j.raw, j.bad, j.f[1] AS id,
+				   CASE %1$L WHEN 'connectwise' THEN coalesce((@extschema@.msp_json_fields(j.f[2], '{dateEntered}'))[1], j.f[3])
+						   WHEN 'autotask' THEN j.f[9]
+						   ELSE j.f[13] END AS at_text,
+				   CASE %1$L WHEN 'connectwise' THEN @extschema@.msp_json_fields(j.f[4], '{identifier,name,id}')
+						   WHEN 'autotask' THEN ARRAY[j.f[10]]
+						   ELSE ARRAY[j.f[14], j.f[15]] END AS company,
+				   lower(btrim(CASE %1$L WHEN 'connectwise'
+									   THEN coalesce(nullif(btrim(j.f[5]), ''), (@extschema@.msp_json_fields(j.f[6], '{id}'))[1])
+									   WHEN 'autotask' THEN j.f[11]
+									   ELSE j.f[16] END)) AS contact,
+				   CASE %1$L WHEN 'connectwise' THEN (@extschema@.msp_json_fields(j.f[7], '{name}'))[1]
+						   WHEN 'autotask' THEN j.f[12]
+						   ELSE j.f[17] END AS board,
+				   coalesce(lower(CASE %1$L WHEN 'connectwise' THEN (@extschema@.msp_json_fields(j.f[8], '{name}'))[1] END),
+							'ticket') AS channel
+			  FROM pg_temp.msp_json j WHERE j.rec BETWEEN $2 AND $3),
+		-- materialized: a plain CTE would be pulled up into the join, and the
+		-- look-up would run once per record instead of once per company
+		owner AS MATERIALIZED (
+			SELECT c.company, @extschema@.msp_company_owner($1, %1$L, c.company) AS o
+			  FROM (SELECT DISTINCT t.company FROM t WHERE t.bad IS NULL AND t.company IS NOT NULL) c),
+		classed AS (
+			SELECT t.rec, t.line_no, t.ord, t.raw, t.id, t.at_text, t.company, t.contact, t.board, t.channel,
+				   CASE
+					   WHEN t.bad IS NOT NULL THEN 'reject:' || t.bad
+					   WHEN coalesce(btrim(t.id), '') = '' THEN 'reject:no id'
+					   WHEN coalesce(btrim(t.at_text), '') = '' THEN 'reject:no date entered'
+					   WHEN length(t.id) > 255 OR length(t.contact) > 255 OR length(t.board) > 255 OR length(t.channel) > 255
+							OR length(t.company[1]) > 255 OR length(t.company[2]) > 255 OR length(t.company[3]) > 255
+						   THEN 'reject:field too long'
+					   WHEN coalesce(o.o, @extschema@.msp_company_owner($1, %1$L, '{}')) = 'own' THEN 'ticket'
+					   WHEN o.o = 'other' THEN 'skip'
+					   ELSE 'reject:unknown ' || %1$L || ' company '
+							|| coalesce(t.company[1], t.company[2], t.company[3], '(none)')
+				   END AS class
+			  FROM t LEFT JOIN owner o ON o.company = t.company
+			 -- OFFSET 0: each record classified once
+			 OFFSET 0),
+		-- materialized, so that msp_implausible_time gets columns and inlines
+		timed AS MATERIALIZED (
+			SELECT c.*, CASE WHEN c.class = 'ticket' THEN c.at_text::timestamptz END AS at FROM classed c)
+		SELECT x.rec, x.line_no, x.ord,
+			   CASE WHEN k.class LIKE 'reject:%%' THEN coalesce(x.raw, (SELECT s.raw FROM @extschema@.psa_ticket_staging s
+																	 WHERE s.client_id = $1 AND s.line_no = x.line_no)) END,
+			   x.id, x.at_text, x.company, x.contact, x.board, x.channel, k.class, x.at
+		  FROM timed x,
+			   LATERAL (SELECT CASE WHEN x.class = 'ticket' AND @extschema@.msp_implausible_time(x.at_text, x.at) IS NOT NULL
+									THEN 'reject:invalid date entered: ' || @extschema@.msp_implausible_time(x.at_text, x.at)
+									ELSE x.class END AS class) k
+	$step$, psa), $reject$
+		INSERT INTO pg_temp.msp_tix (rec, line_no, ord, raw, class)
+		SELECT j.rec, j.line_no, j.ord,
+			   coalesce(j.raw, (SELECT s.raw FROM @extschema@.psa_ticket_staging s WHERE s.client_id = $1 AND s.line_no = j.line_no)),
+			   'reject:invalid date entered'
+		  FROM pg_temp.msp_json j WHERE j.rec = $2
+	$reject$, client_id, (SELECT min(j.rec) FROM pg_temp.msp_json j), (SELECT max(j.rec) FROM pg_temp.msp_json j));
+	DROP TABLE pg_temp.msp_json;
 
 	-- a ticket loads once per client and PSA (first record of a load wins)
 	WITH ins AS (
 		INSERT INTO @extschema@.psa_tickets (client_id, psa, ticket_id, at, company, contact, board, channel)
 		SELECT DISTINCT ON (btrim(t.id)) client_id, psa, btrim(t.id), t.at,
-			   (SELECT c FROM unnest(t.company) c WHERE c IS NOT NULL LIMIT 1), t.contact, t.board, t.channel
+			   coalesce(t.company[1], t.company[2], t.company[3]), t.contact, t.board, t.channel
 		  FROM pg_temp.msp_tix t WHERE t.class = 'ticket'
 		 ORDER BY btrim(t.id), t.line_no, t.ord
 		ON CONFLICT ON CONSTRAINT psa_tickets_pkey DO NOTHING
@@ -963,7 +1125,7 @@ BEGIN
 	rejected := @extschema@.msp_store_rejects(client_id, source);
 	SELECT count(*) INTO skipped FROM pg_temp.msp_tix t WHERE t.class = 'skip';
 	DELETE FROM @extschema@.psa_ticket_staging s WHERE s.client_id = client_id;
-	DROP TABLE pg_temp.msp_tix, pg_temp.msp_json;
+	DROP TABLE pg_temp.msp_tix;
 END
 $$;
 COMMENT ON FUNCTION @extschema@.msp_load_psa_tickets(bigint, text, text) IS

@@ -74,7 +74,6 @@ INSERT INTO nonstrict_ok VALUES
 	('msp_export_line', 'a line without quantity or unit price (NULL) is exported as one unit at its amount'),
 	('msp_pii_audit_figures', 'a NULL period is the last full month, as in msp_pii_audit_summary'),
 
-	('msp_csv_field', 'inlined into the loaders'' queries (a STRICT SQL function is not); a NULL record or header gives NULL anyway'),
 	('msp_snapshot_day', 'a NULL day means the client''s today'),
 	('msp_invoices', 'a NULL period is each client''s last full month, as in msp_invoice'),
 	('msp_shard_invoices', 'a NULL period is each client''s last full month, as in msp_invoice');

@@ -5,7 +5,7 @@
 \pset pager off
 \set QUIET on
 SET search_path = public, mspbill;
-SELECT plan(44);
+SELECT plan(46);
 SELECT msp_install_roles() \g /dev/null
 INSERT INTO clients (client_id, name, time_zone) VALUES (1, 'Clinic', 'America/New_York'), (2, 'Lab', 'UTC');
 INSERT INTO contracts (client_id, contract_id, effective, model, price_per_user) VALUES
@@ -67,6 +67,10 @@ SELECT results_eq($$SELECT reason FROM load_rejects WHERE source = 'm365_activit
 \copy m365_activity_staging (raw) FROM '../fixtures/licensing/m365_activity.csv' WITH (FORMAT csv, QUOTE E'\x01', DELIMITER E'\x02')
 SELECT results_eq($$SELECT loaded, duplicate FROM msp_load_m365_activity(1)$$, $$VALUES (0::bigint, 7::bigint)$$, 'activity loaded twice = once');
 RESET ROLE;
+SELECT results_eq($$SELECT l.at FROM logons l JOIN accounts a USING (client_id, account_id)
+                     WHERE a.realm = 'm365_activity' AND a.name = 'alice@clinic.example' AND l.source_event_id LIKE '%|exchange|%'$$,
+                  $$VALUES ('2026-01-30 17:00:00+00'::timestamptz)$$,
+                  'an activity day is noon in the client''s zone (New York: 17:00 UTC), whatever the session''s');
 UPDATE accounts SET kind = 'individual', person_id = 1 WHERE client_id = 1 AND name = 'alice@clinic.example' AND realm = 'm365';
 UPDATE accounts SET kind = 'individual', person_id = 2 WHERE client_id = 1 AND name = 'ben@clinic.example' AND realm = 'm365';
 UPDATE accounts SET kind = 'shared' WHERE client_id = 1 AND name = 'or1@clinic.example';
@@ -99,6 +103,10 @@ SELECT results_eq($$SELECT * FROM msp_load_pax8_subscriptions(2, '2026-01-31')$$
                   'pax8 API JSON (a page envelope): 1 loaded by company id, an unknown company and a negative quantity rejected');
 SELECT results_eq($$SELECT sku, seats, unit_cost FROM license_counts WHERE client_id = 2$$,
                   $$VALUES ('prod-bs-0001', 5, 11.25)$$, 'an unmapped Pax8 product id is its own product');
+INSERT INTO pax8_staging (raw) VALUES
+	('{"id": "no-quantity", "companyId": "c0ffee00-0000-0000-0000-000000000001", "productId": "prod-bs-0001", "status": "Active"}');
+SELECT results_eq($$SELECT loaded, rejected FROM msp_load_pax8_subscriptions(2, '2026-01-31')$$, $$VALUES (0::bigint, 1::bigint)$$,
+                  'a subscription without a quantity is rejected as such, not a failed load');
 
 -- PSA tickets
 SET mspbill.client_id = 1;
