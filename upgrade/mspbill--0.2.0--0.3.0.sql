@@ -7256,7 +7256,10 @@ COMMENT ON FUNCTION @extschema@.msp_segment_users(bigint, bigint, daterange, boo
 -- psa_mappings take known kinds only; the "period not over" error names
 -- today; adjustment lines name the invoice number; 'halopsa' everywhere
 -- (the loader still takes 'halo'); exports of every client refuse a
--- period that is not a calendar month.  Run msp_install_roles() again.
+-- period that is not a calendar month.  Run msp_install_roles() again
+-- afterwards: it takes INSERT and UPDATE on invoice_numbering from
+-- mspbill_billing (a REVOKE here would be recorded as the table's initial
+-- privileges, unlike a fresh install's).
 DO $$
 BEGIN
 	IF EXISTS (SELECT 1 FROM @extschema@.tax_rates WHERE basis NOT IN ('user', 'seat', 'device', 'license', 'cost', 'fixed', 'meter', 'minimum', 'adjustment'))
@@ -7824,11 +7827,3 @@ COMMENT ON FUNCTION @extschema@.msp_install_roles() IS
 ALTER FUNCTION @extschema@.msp_export_xero(daterange) CALLED ON NULL INPUT;
 ALTER FUNCTION @extschema@.msp_export_quickbooks(daterange) CALLED ON NULL INPUT;
 ALTER FUNCTION @extschema@.msp_export_json(daterange) CALLED ON NULL INPUT;
--- only the admin changes the number series (msp_install_roles() grants it again)
-DO $$
-BEGIN
-	IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'mspbill_billing') THEN
-		REVOKE INSERT, UPDATE ON @extschema@.invoice_numbering FROM mspbill_billing;
-	END IF;
-END
-$$;
