@@ -122,11 +122,15 @@ AS $$
 BEGIN
 	-- PL/pgSQL, so that Citus plans the read on the client's shard
 	RETURN QUERY
+	-- the adjusted invoice by the number the client holds (its id when it
+	-- was sent unnumbered, before 0.3.0)
 	SELECT (row_number() OVER (ORDER BY a.invoice_id))::integer, NULL::bigint,
-		   format('Adjustment %s to invoice %s for %s to %s: %s', a.invoice_id, a.adjusts_invoice_id,
+		   format('Adjustment %s to invoice %s for %s to %s: %s', a.invoice_id,
+				  coalesce(d.invoice_number, a.adjusts_invoice_id::text),
 				  lower(a.period), upper(a.period) - 1, a.reason),
 		   1::numeric, a.total, a.total, 'adjustment'::text
 	  FROM invoices a
+	  LEFT JOIN invoice_documents d ON d.client_id = client_id AND d.invoice_id = a.adjusts_invoice_id
 	 WHERE a.client_id = client_id AND a.kind = 'adjustment' AND a.apply_period = period
 	 ORDER BY a.invoice_id;
 END
@@ -351,7 +355,8 @@ BEGIN
 	-- the gates run once: they read the period's logons several times over
 	findings := coalesce((SELECT jsonb_agg(to_jsonb(q)) FROM msp_data_quality(client_id, period) q), '[]');
 	IF jsonb_path_exists(findings, '$[*] ? (@.gate == "period_not_over")') THEN
-		today := (now() AT TIME ZONE (SELECT c.time_zone FROM clients c WHERE c.client_id = client_id))::date;
+		-- (not alias c: the variable c would shadow it, and today be NULL)
+		today := (now() AT TIME ZONE (SELECT cl.time_zone FROM clients cl WHERE cl.client_id = client_id))::date;
 		RAISE EXCEPTION 'period % of client % is not over', period, client_id
 			USING ERRCODE = 'object_not_in_prerequisite_state',
 				  DETAIL = format('The period ends on %s; today is %s in the client''s time zone.', upper(period) - 1, today),

@@ -64,7 +64,7 @@ COMMENT ON FUNCTION @extschema@.msp_license_product(text) IS
 CREATE TABLE @extschema@.partner_companies (
 	client_id bigint NOT NULL REFERENCES @extschema@.clients ON DELETE CASCADE,
 	vendor text NOT NULL
-		CONSTRAINT partner_companies_vendor_known CHECK (vendor IN ('pax8', 'connectwise', 'autotask', 'halo')),
+		CONSTRAINT partner_companies_vendor_known CHECK (vendor IN ('pax8', 'connectwise', 'autotask', 'halopsa')),
 	company text NOT NULL CONSTRAINT partner_companies_company_not_empty CHECK (company <> ''),
 	PRIMARY KEY (client_id, vendor, company)
 );
@@ -77,7 +77,7 @@ COMMENT ON TABLE @extschema@.partner_companies IS
 -- individual account needs no row here).
 CREATE TABLE @extschema@.psa_contacts (
 	client_id bigint NOT NULL,
-	psa text NOT NULL CONSTRAINT psa_contacts_psa_known CHECK (psa IN ('connectwise', 'autotask', 'halo')),
+	psa text NOT NULL CONSTRAINT psa_contacts_psa_known CHECK (psa IN ('connectwise', 'autotask', 'halopsa')),
 	contact text NOT NULL CONSTRAINT psa_contacts_contact_not_empty CHECK (contact <> ''),
 	person_id bigint NOT NULL,
 	PRIMARY KEY (client_id, psa, contact),
@@ -1008,7 +1008,7 @@ COMMENT ON FUNCTION @extschema@.msp_match_psa_tickets(bigint) IS
 --   connectwise  id, _info.dateEntered, company.identifier/name/id,
 --                contactEmailAddress, contact.id, board.name, source.name
 --   autotask     id, createDate, companyID, contactID, queueID, source
---   halo         id, dateoccurred, client_id/client_name, user_id, team
+--   halopsa      id, dateoccurred, client_id/client_name, user_id, team
 -- A time without a zone is UTC (the APIs write UTC).  Each record is read
 -- once (its nested objects' members by msp_json_fields too), each
 -- distinct company looked up once.
@@ -1025,11 +1025,16 @@ SET jit = off
 AS $$
 #variable_conflict use_variable
 BEGIN
-	IF psa IS NULL OR psa NOT IN ('connectwise', 'autotask', 'halo') THEN
+	-- one spelling everywhere (psa_mappings, psa_contacts, partner_companies,
+	-- psa_tickets): 'halopsa'; 'halo' is an alias kept for 0.2.0's callers
+	IF psa = 'halo' THEN
+		psa := 'halopsa';
+	END IF;
+	IF psa IS NULL OR psa NOT IN ('connectwise', 'autotask', 'halopsa') THEN
 		RAISE EXCEPTION 'unknown PSA %', coalesce(quote_literal(psa), 'NULL')
 			USING ERRCODE = 'invalid_parameter_value',
 				  DETAIL = 'The ticket loader reads the API JSON of ConnectWise PSA, Autotask and HaloPSA.',
-				  HINT = 'Pass psa => ''connectwise'', ''autotask'' or ''halo''.';
+				  HINT = 'Pass psa => ''connectwise'', ''autotask'' or ''halopsa''.';
 	END IF;
 	source := coalesce(source, psa);
 	PERFORM @extschema@.msp_load_begin(client_id);
@@ -1129,7 +1134,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION @extschema@.msp_load_psa_tickets(bigint, text, text) IS
-	'loads a client''s staged PSA tickets (psa: connectwise, autotask or halo); matched contacts become support contacts, unknown ones stay in psa_tickets (psa_unknown_contacts); unmatched counts the PSA''s tickets still without a person';
+	'loads a client''s staged PSA tickets (psa: connectwise, autotask or halopsa, alias halo); matched contacts become support contacts, unknown ones stay in psa_tickets (psa_unknown_contacts); unmatched counts the PSA''s tickets still without a person';
 
 -- Tickets whose contact is nobody yet, per contact: the e-mail or id to
 -- members of mspbill_pii, a ticket reference to others.

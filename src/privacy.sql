@@ -404,10 +404,13 @@ BEGIN
 	EXECUTE 'GRANT SELECT ON @extschema@.finalize_runs, @extschema@.finalize_run_clients, @extschema@.finalize_progress '
 			'TO mspbill_admin, mspbill_billing';
 
-	-- the number series: chosen before the first invoice (prefix, digits,
-	-- the number another system stopped at), never set back afterwards
+	-- the number series: chosen by the admin before the first invoice
+	-- (prefix, digits, the number another system stopped at), never set
+	-- back afterwards; billing only reads it (finalization, a definer,
+	-- takes the numbers)
 	EXECUTE 'GRANT SELECT, INSERT (series, prefix, digits, last_number), UPDATE (prefix, digits) '
-			'ON @extschema@.invoice_numbering TO mspbill_admin, mspbill_billing';
+			'ON @extschema@.invoice_numbering TO mspbill_admin';
+	EXECUTE 'GRANT SELECT ON @extschema@.invoice_numbering TO mspbill_billing';
 
 	-- billing: the same workflow on pseudonyms only
 	EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON %s TO mspbill_billing', data_tables);

@@ -7513,7 +7513,612 @@ $$;
 COMMENT ON FUNCTION @extschema@.msp_load_psa_tickets(bigint, text, text) IS
 	'loads a client''s staged PSA tickets (psa: connectwise, autotask or halo); matched contacts become support contacts, unknown ones stay in psa_tickets (psa_unknown_contacts); unmatched counts the PSA''s tickets still without a person';
 
+
+-- docfix: what an outside tester found in invoice documents, tax, PSA and
+-- loaders naming.  The number series keeps its prefix and digits once it
+-- has given a number (a trigger), and only mspbill_admin may change it;
+-- a discount is taxed at the rate of the line it discounts; tax_rates and
+-- psa_mappings take known kinds only; the "period not over" error names
+-- today; adjustment lines name the invoice number; 'halopsa' everywhere
+-- (the loader still takes 'halo'); exports of every client refuse a
+-- period that is not a calendar month.  Run msp_install_roles() again
+-- afterwards: it takes INSERT and UPDATE on invoice_numbering from
+-- mspbill_billing (a REVOKE here would be recorded as the table's initial
+-- privileges, unlike a fresh install's).
+DO $$
+BEGIN
+	IF EXISTS (SELECT 1 FROM @extschema@.tax_rates WHERE basis NOT IN ('user', 'seat', 'device', 'license', 'cost', 'fixed', 'meter', 'minimum', 'adjustment'))
+	   OR EXISTS (SELECT 1 FROM @extschema@.psa_mappings WHERE basis NOT IN ('user', 'seat', 'device', 'license', 'cost', 'fixed', 'meter', 'minimum', 'adjustment')) THEN
+		RAISE EXCEPTION 'tax_rates or psa_mappings name a kind of line that no invoice has'
+			USING ERRCODE = 'check_violation',
+				  DETAIL = 'Kinds are user, seat, device, license, cost, fixed, meter, minimum and adjustment; a discount is taxed as the line it discounts.',
+				  HINT = 'Correct or delete those rows, then update the extension again.';
+	END IF;
+END
+$$;
+ALTER TABLE @extschema@.tax_rates DROP CONSTRAINT tax_rates_basis_not_empty;
+ALTER TABLE @extschema@.tax_rates ADD CONSTRAINT tax_rates_basis_known
+	CHECK (basis IN ('user', 'seat', 'device', 'license', 'cost', 'fixed', 'meter', 'minimum', 'adjustment'));
+ALTER TABLE @extschema@.psa_mappings DROP CONSTRAINT psa_mappings_basis_not_empty;
+ALTER TABLE @extschema@.psa_mappings ADD CONSTRAINT psa_mappings_basis_known
+	CHECK (basis IN ('user', 'seat', 'device', 'license', 'cost', 'fixed', 'meter', 'minimum', 'adjustment'));
+
+-- one spelling of HaloPSA: the rows 0.2.0 stored as 'halo'
+ALTER TABLE @extschema@.partner_companies DROP CONSTRAINT partner_companies_vendor_known;
+UPDATE @extschema@.partner_companies SET vendor = 'halopsa' WHERE vendor = 'halo';
+ALTER TABLE @extschema@.partner_companies ADD CONSTRAINT partner_companies_vendor_known
+	CHECK (vendor IN ('pax8', 'connectwise', 'autotask', 'halopsa'));
+ALTER TABLE @extschema@.psa_contacts DROP CONSTRAINT psa_contacts_psa_known;
+UPDATE @extschema@.psa_contacts SET psa = 'halopsa' WHERE psa = 'halo';
+ALTER TABLE @extschema@.psa_contacts ADD CONSTRAINT psa_contacts_psa_known
+	CHECK (psa IN ('connectwise', 'autotask', 'halopsa'));
+UPDATE @extschema@.psa_tickets SET psa = 'halopsa' WHERE psa = 'halo';
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_invoice_numbering_guard() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF OLD.last_number > 0 AND (NEW.prefix IS DISTINCT FROM OLD.prefix OR NEW.digits IS DISTINCT FROM OLD.digits) THEN
+		RAISE EXCEPTION 'the invoice number series cannot change its prefix or digits'
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  DETAIL = format('Numbers up to %s have been given; a new prefix or width could print one of them again.',
+								  @extschema@.msp_invoice_number_text(OLD.prefix, OLD.last_number, OLD.digits)),
+				  HINT = 'Choose the prefix and digits before the first invoice is finalized.';
+	END IF;
+	IF NEW.last_number < OLD.last_number THEN
+		RAISE EXCEPTION 'the invoice number series cannot be set back'
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  DETAIL = format('The last number given is %s; %s would be given again.', OLD.last_number, NEW.last_number + 1),
+				  HINT = 'Numbers only go forward.';
+	END IF;
+	RETURN NEW;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_invoice_numbering_guard() IS
+	'trigger: refuses a new prefix or digits once the number series has given a number, and setting the counter back';
+
+CREATE TRIGGER keep_series BEFORE UPDATE ON @extschema@.invoice_numbering
+	FOR EACH ROW EXECUTE FUNCTION @extschema@.msp_invoice_numbering_guard();
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_tax_lines(client_id bigint, lines @extschema@.invoice_line[])
+RETURNS TABLE (line_no integer, tax_name text, tax_rate numeric, tax numeric)
+LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	t invoice_terms := msp_invoice_terms(client_id);
+	minor numeric := (SELECT c.minor_unit FROM clients c WHERE c.client_id = client_id);
+BEGIN
+	RETURN QUERY
+	WITH k AS (
+		-- a discount lowers the line it follows (msp_line_items emits it
+		-- right after its contract line's lines), so it is taxed at that
+		-- line's rate: the nearest earlier line of its contract, a
+		-- minimum top-up only when the line had nothing else
+		SELECT x.line_no, x.amount,
+			   CASE WHEN x.basis = 'discount'
+					THEN (SELECT y.basis FROM unnest(lines) y
+						   WHERE y.contract_id = x.contract_id AND y.line_no < x.line_no AND y.basis <> 'discount'
+						   ORDER BY y.basis = 'minimum', y.line_no DESC LIMIT 1)
+					ELSE x.basis END AS basis
+		  FROM unnest(lines) x),
+	l AS (
+		SELECT k.line_no AS n, k.amount, coalesce(r.tax_name, t.tax_name) AS name,
+			   coalesce(r.tax_rate, t.tax_rate) AS rate
+		  FROM k
+		  LEFT JOIN tax_rates r ON r.client_id = client_id AND r.basis = k.basis),
+	run AS (
+		SELECT l.*, sum(l.amount) OVER (PARTITION BY l.name, l.rate ORDER BY l.n) AS upto FROM l)
+	SELECT run.n, run.name, run.rate,
+		   CASE WHEN t.tax_rounding = 'line' THEN msp_round(run.amount * run.rate, minor)
+				ELSE msp_round(run.upto * run.rate, minor) - msp_round((run.upto - run.amount) * run.rate, minor) END
+	  FROM run
+	 ORDER BY run.n;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_tax_lines(bigint, @extschema@.invoice_line[]) IS
+	'the tax name, rate and amount of each invoice line, rounded per line or per invoice as the client''s invoice terms say';
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_adjustment_lines(client_id bigint, period daterange)
+RETURNS SETOF @extschema@.invoice_line
+LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+BEGIN
+	-- PL/pgSQL, so that Citus plans the read on the client's shard
+	RETURN QUERY
+	-- the adjusted invoice by the number the client holds (its id when it
+	-- was sent unnumbered, before 0.3.0)
+	SELECT (row_number() OVER (ORDER BY a.invoice_id))::integer, NULL::bigint,
+		   format('Adjustment %s to invoice %s for %s to %s: %s', a.invoice_id,
+				  coalesce(d.invoice_number, a.adjusts_invoice_id::text),
+				  lower(a.period), upper(a.period) - 1, a.reason),
+		   1::numeric, a.total, a.total, 'adjustment'::text
+	  FROM invoices a
+	  LEFT JOIN invoice_documents d ON d.client_id = client_id AND d.invoice_id = a.adjusts_invoice_id
+	 WHERE a.client_id = client_id AND a.kind = 'adjustment' AND a.apply_period = period
+	 ORDER BY a.invoice_id;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_adjustment_lines(bigint, daterange) IS
+	'adjustment notes carried by the invoice of a period, one line each';
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_finalize_invoice(client_id bigint, period daterange DEFAULT NULL,
+												 override text[] DEFAULT '{}')
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER
+SET search_path = pg_catalog, @extschema@, pg_temp
+SET mspbill.pseudonymous = on
+AS $$
+#variable_conflict use_variable
+DECLARE
+	id bigint;
+	inv invoice;
+	failing text[];
+	unknown text[];
+	today date;
+	stamp timestamptz;
+	c clients;
+	terms record;
+	lines invoice_line[];
+	evidence jsonb;
+	number text;
+	invoice_day date;
+	tax numeric;
+	findings jsonb;
+BEGIN
+	period := msp_period(client_id, period);
+	-- one finalization per client and period at a time, in any session
+	PERFORM pg_advisory_xact_lock(hashtext('mspbill.finalize'), hashtext(client_id::text || period::text));
+	id := (msp_finalized_invoice(client_id, period)).invoice_id;
+	IF id IS NOT NULL THEN
+		RETURN id;
+	END IF;
+
+	-- an unfinished month is not a data-quality question: its logons are
+	-- still coming, so no override finalizes it
+	IF 'period_not_over' = ANY (coalesce(override, '{}')) THEN
+		RAISE EXCEPTION 'the gate period_not_over cannot be overridden'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'A period is finalized only after it ends.',
+				  HINT = 'Overridable gates are device_silent, day_without_logons, unmapped_account and logon_outside_contract.';
+	END IF;
+	unknown := ARRAY(SELECT unnest(coalesce(override, '{}'))
+					 EXCEPT SELECT unnest('{device_silent,day_without_logons,unmapped_account,logon_outside_contract}'::text[]));
+	IF cardinality(unknown) > 0 THEN
+		RAISE EXCEPTION 'unknown data-quality gate %', unknown[1]
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Overridable gates are device_silent, day_without_logons, unmapped_account and logon_outside_contract.';
+	END IF;
+	-- the gates run once: they read the period's logons several times over
+	findings := coalesce((SELECT jsonb_agg(to_jsonb(q)) FROM msp_data_quality(client_id, period) q), '[]');
+	IF jsonb_path_exists(findings, '$[*] ? (@.gate == "period_not_over")') THEN
+		-- (not alias c: the variable c would shadow it, and today be NULL)
+		today := (now() AT TIME ZONE (SELECT cl.time_zone FROM clients cl WHERE cl.client_id = client_id))::date;
+		RAISE EXCEPTION 'period % of client % is not over', period, client_id
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  DETAIL = format('The period ends on %s; today is %s in the client''s time zone.', upper(period) - 1, today),
+				  HINT = format('Finalize on or after %s; until then, preview it with SELECT * FROM mspbill.msp_invoice(%s, %L);',
+								upper(period), client_id, period);
+	END IF;
+	failing := ARRAY(SELECT DISTINCT q->>'gate' FROM jsonb_array_elements(findings) q
+					  WHERE NOT q->>'gate' = ANY (coalesce(override, '{}')) ORDER BY 1);
+	IF cardinality(failing) > 0 THEN
+		RAISE EXCEPTION 'data-quality gates failed for client % in %: %', client_id, period,
+						array_to_string(failing, ', ')
+			USING ERRCODE = 'check_violation',
+				  DETAIL = 'See SELECT * FROM mspbill.msp_data_quality(client_id, period) for each finding.',
+				  HINT = format('Fix the data, or finalize anyway (the override is recorded): SELECT mspbill.msp_finalize_invoice(%s, %L, %L);',
+								client_id, period, failing);
+	END IF;
+
+	inv := msp_compute_invoice(client_id, period);
+	lines := ARRAY(SELECT l FROM msp_price_lines(client_id, period, NULL) l);
+	evidence := coalesce((SELECT jsonb_agg(to_jsonb(u)) FROM msp_billable_users(client_id, period) u), '[]');
+	SELECT * INTO terms FROM msp_invoice_terms(client_id);
+	SELECT * INTO c FROM clients WHERE clients.client_id = client_id;
+	-- the number last: its counter row stays locked until this transaction
+	-- ends, so other finalizations wait here (not through the pricing), and
+	-- a rollback gives the number back: no gaps, no duplicates
+	INSERT INTO @extschema@.invoice_numbering AS n (series, last_number) VALUES ('invoice', 1)
+	ON CONFLICT (series) DO UPDATE SET last_number = n.last_number + 1
+	RETURNING msp_invoice_number_text(n.prefix, n.last_number, n.digits) INTO number;
+	-- one reading of the clock for the invoice and its audit entries
+	stamp := clock_timestamp();
+	invoice_day := (stamp AT TIME ZONE c.time_zone)::date;
+	-- (computed before the INSERT: Citus takes no subquery in INSERT ... VALUES)
+	tax := (SELECT coalesce(sum(t.tax), 0) FROM msp_tax_lines(client_id, lines) t);
+	INSERT INTO @extschema@.invoices (client_id, kind, period, model, users, seats, devices, subtotal, total,
+						  currency, evidence, overrides, finalized_at)
+	VALUES (client_id, 'invoice', period, inv.model, inv.users, inv.seats, inv.devices, inv.subtotal,
+			inv.total, inv.currency, evidence, coalesce(override, '{}'), stamp)
+	RETURNING invoice_id INTO id;
+	INSERT INTO @extschema@.invoice_items (client_id, invoice_id, line_no, contract_id, description, quantity,
+							   unit_price, amount, basis)
+	SELECT client_id, id, l.line_no, l.contract_id, l.description, l.quantity, l.unit_price, l.amount, l.basis
+	  FROM unnest(lines) l;
+	-- the document: number, dates, terms and PO as the client has them
+	-- today, and each line's tax and explanation (src/billing/documents.sql)
+	INSERT INTO @extschema@.invoice_documents (client_id, invoice_id, invoice_number, invoice_date, due_date,
+							   payment_terms_days, po_reference, tax)
+	VALUES (client_id, id, number, invoice_day, invoice_day + terms.payment_terms_days, terms.payment_terms_days,
+			terms.po_reference, tax);
+	INSERT INTO @extschema@.invoice_line_documents (client_id, invoice_id, line_no, tax_name, tax_rate, tax,
+									explanation, evidence)
+	SELECT client_id, id, t.line_no, t.tax_name, t.tax_rate, t.tax, x.explanation, x.evidence
+	  FROM msp_tax_lines(client_id, lines) t
+	  JOIN msp_explain_lines(client_id, period, lines, evidence) x ON x.line_no = t.line_no;
+	INSERT INTO @extschema@.audit_log (client_id, action, invoice_id, detail, at)
+	VALUES (client_id, 'finalize', id, jsonb_build_object('period', period::text, 'total', inv.total), stamp);
+	IF cardinality(coalesce(override, '{}')) > 0 THEN
+		-- the findings read once above (computed before the INSERT: Citus
+		-- takes no subquery in INSERT ... VALUES)
+		evidence := (SELECT jsonb_agg(q) FROM jsonb_array_elements(findings) q WHERE q->>'gate' = ANY (override));
+		INSERT INTO @extschema@.audit_log (client_id, action, invoice_id, at, detail)
+		VALUES (client_id, 'override', id, stamp, jsonb_build_object('gates', override, 'findings', evidence));
+	END IF;
+	RETURN id;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_finalize_invoice(bigint, daterange, text[]) IS
+	'stores the invoice of a period with its lines, evidence, number, dates, terms and tax and returns its id; finalizing again returns the same id';
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_load_psa_tickets(client_id bigint, psa text, source text DEFAULT NULL,
+												 OUT loaded bigint, OUT duplicate bigint, OUT skipped bigint,
+												 OUT rejected bigint, OUT unmatched bigint)
+LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER
+SET search_path = pg_catalog, @extschema@, pg_temp
+SET DateStyle = 'ISO, MDY'
+SET timezone_abbreviations = 'Default'
+SET TimeZone = 'UTC'
+AS $$
+#variable_conflict use_variable
+BEGIN
+	-- one spelling everywhere (psa_mappings, psa_contacts, partner_companies,
+	-- psa_tickets): 'halopsa'; 'halo' is an alias kept for 0.2.0's callers
+	IF psa = 'halo' THEN
+		psa := 'halopsa';
+	END IF;
+	IF psa IS NULL OR psa NOT IN ('connectwise', 'autotask', 'halopsa') THEN
+		RAISE EXCEPTION 'unknown PSA %', coalesce(quote_literal(psa), 'NULL')
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'The ticket loader reads the API JSON of ConnectWise PSA, Autotask and HaloPSA.',
+				  HINT = 'Pass psa => ''connectwise'', ''autotask'' or ''halopsa''.';
+	END IF;
+	source := coalesce(source, psa);
+	PERFORM @extschema@.msp_load_begin(client_id);
+	PERFORM @extschema@.msp_stage_json(client_id, '@extschema@.psa_ticket_staging');
+	CREATE TEMP TABLE msp_tix ON COMMIT DROP AS
+	SELECT j.rec, j.line_no, j.ord, j.raw, j.doc, f.*, NULL::text AS class, NULL::timestamptz AS at
+	  FROM pg_temp.msp_json j
+	  LEFT JOIN LATERAL (
+			SELECT j.doc->>'id' AS id,
+				   CASE psa WHEN 'connectwise' THEN coalesce(j.doc->'_info'->>'dateEntered', j.doc->>'dateEntered')
+							WHEN 'autotask' THEN j.doc->>'createDate'
+							ELSE j.doc->>'dateoccurred' END AS at_text,
+				   CASE psa WHEN 'connectwise' THEN ARRAY[j.doc->'company'->>'identifier', j.doc->'company'->>'name',
+														  j.doc->'company'->>'id']
+							WHEN 'autotask' THEN ARRAY[j.doc->>'companyID']
+							ELSE ARRAY[j.doc->>'client_name', j.doc->>'client_id'] END AS company,
+				   lower(btrim(CASE psa WHEN 'connectwise'
+										THEN coalesce(nullif(btrim(j.doc->>'contactEmailAddress'), ''), j.doc->'contact'->>'id')
+										WHEN 'autotask' THEN j.doc->>'contactID'
+										ELSE j.doc->>'user_id' END)) AS contact,
+				   CASE psa WHEN 'connectwise' THEN j.doc->'board'->>'name'
+							WHEN 'autotask' THEN j.doc->>'queueID'
+							ELSE j.doc->>'team' END AS board,
+				   coalesce(lower(CASE psa WHEN 'connectwise' THEN j.doc->'source'->>'name' END), 'ticket') AS channel
+			 WHERE jsonb_typeof(j.doc) = 'object') f ON true;
+	UPDATE pg_temp.msp_tix t
+	   SET class = CASE
+			   WHEN t.doc IS NULL THEN 'reject:not valid JSON'
+			   WHEN jsonb_typeof(t.doc) <> 'object' THEN 'reject:not a JSON object'
+			   WHEN coalesce(btrim(t.id), '') = '' THEN 'reject:no id'
+			   WHEN coalesce(btrim(t.at_text), '') = '' THEN 'reject:no date entered'
+			   WHEN length(t.id) > 255 OR length(t.contact) > 255 OR length(t.board) > 255 OR length(t.channel) > 255
+					OR EXISTS (SELECT 1 FROM unnest(t.company) c WHERE length(c) > 255) THEN 'reject:field too long'
+			   ELSE (SELECT CASE o WHEN 'own' THEN 'ticket' WHEN 'other' THEN 'skip'
+							  ELSE 'reject:unknown ' || psa || ' company '
+								   || coalesce((SELECT c FROM unnest(t.company) c WHERE c IS NOT NULL LIMIT 1), '(none)') END
+					   FROM @extschema@.msp_company_owner(client_id, psa, t.company) o)
+		   END;
+	PERFORM @extschema@.msp_load_guarded($step$
+		UPDATE pg_temp.msp_tix SET at = at_text::timestamptz
+		 WHERE class = 'ticket' AND rec BETWEEN $2 AND $3
+	$step$, $reject$
+		UPDATE pg_temp.msp_tix SET class = 'reject:invalid date entered' WHERE rec = $2 AND class = 'ticket'
+	$reject$, client_id, (SELECT min(rec) FROM pg_temp.msp_tix), (SELECT max(rec) FROM pg_temp.msp_tix));
+	UPDATE pg_temp.msp_tix
+	   SET class = 'reject:invalid date entered' || coalesce(': ' || @extschema@.msp_implausible_time(at_text, at), '')
+	 WHERE class = 'ticket' AND (at IS NULL OR @extschema@.msp_implausible_time(at_text, at) IS NOT NULL);
+
+	-- a ticket loads once per client and PSA (first record of a load wins)
+	WITH ins AS (
+		INSERT INTO @extschema@.psa_tickets (client_id, psa, ticket_id, at, company, contact, board, channel)
+		SELECT DISTINCT ON (btrim(t.id)) client_id, psa, btrim(t.id), t.at,
+			   (SELECT c FROM unnest(t.company) c WHERE c IS NOT NULL LIMIT 1), t.contact, t.board, t.channel
+		  FROM pg_temp.msp_tix t WHERE t.class = 'ticket'
+		 ORDER BY btrim(t.id), t.line_no, t.ord
+		ON CONFLICT ON CONSTRAINT psa_tickets_pkey DO NOTHING
+		RETURNING 1)
+	SELECT count(*) INTO loaded FROM ins;
+	duplicate := (SELECT count(*) FROM pg_temp.msp_tix t WHERE t.class = 'ticket') - loaded;
+	PERFORM @extschema@.msp_match_psa_tickets(client_id);
+	SELECT count(*) INTO unmatched FROM @extschema@.psa_tickets t
+	 WHERE t.client_id = client_id AND t.psa = psa AND t.person_id IS NULL;
+
+	CREATE TEMP TABLE msp_rej ON COMMIT DROP AS
+	SELECT t.line_no, t.raw, substr(t.class, 8) AS reason FROM pg_temp.msp_tix t WHERE t.class LIKE 'reject:%';
+	rejected := @extschema@.msp_store_rejects(client_id, source);
+	SELECT count(*) INTO skipped FROM pg_temp.msp_tix t WHERE t.class = 'skip';
+	DELETE FROM @extschema@.psa_ticket_staging s WHERE s.client_id = client_id;
+	DROP TABLE pg_temp.msp_tix, pg_temp.msp_json;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_load_psa_tickets(bigint, text, text) IS
+	'loads a client''s staged PSA tickets (psa: connectwise, autotask or halopsa, alias halo); matched contacts become support contacts, unknown ones stay in psa_tickets (psa_unknown_contacts); unmatched counts the PSA''s tickets still without a person';
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_require_month(period daterange) RETURNS daterange
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF period IS NULL OR isempty(period) OR lower_inf(period) OR upper_inf(period)
+	   OR lower(period) <> date_trunc('month', lower(period))::date
+	   OR upper(period) <> (lower(period) + interval '1 month')::date THEN
+		RAISE EXCEPTION 'export period % is not a calendar month', coalesce(period::text, 'NULL')
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'Invoices are per calendar month; an export of every client reads one month.',
+				  HINT = 'Pass one month, such as daterange(''2026-10-01'', ''2026-11-01''), and export a quarter month by month.';
+	END IF;
+	RETURN period;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_require_month(daterange) IS
+	'internal: the period when it is one calendar month, else an error (the exports of every client)';
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_export_xero(period daterange)
+RETURNS TABLE ("ContactName" text, "InvoiceNumber" text, "Reference" text, "InvoiceDate" text,
+			   "DueDate" text, "InventoryItemCode" text, "Description" text, "Quantity" text,
+			   "UnitAmount" text, "LineAmount" text, "AccountCode" text, "TaxType" text, "TaxAmount" text,
+			   "Currency" text)
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+DECLARE
+	id bigint;
+BEGIN
+	PERFORM msp_require_month(msp_export_xero.period);
+	FOR id IN SELECT i.client_id FROM invoices i
+			   JOIN invoice_documents d ON d.client_id = i.client_id AND d.invoice_id = i.invoice_id
+			   WHERE i.kind = 'invoice' AND i.period = msp_export_xero.period
+			   ORDER BY d.invoice_number LOOP
+		RETURN QUERY SELECT * FROM msp_export_xero(id, msp_export_xero.period);
+	END LOOP;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_export_xero(daterange) IS
+	'every numbered invoice of a period the caller may read, as Xero''s sales invoice import CSV';
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_export_quickbooks(period daterange)
+RETURNS TABLE ("InvoiceNo" text, "Customer" text, "InvoiceDate" text, "DueDate" text, "Terms" text,
+			   "Memo" text, "Item(Product/Service)" text, "ItemDescription" text, "ItemQuantity" text,
+			   "ItemRate" text, "ItemAmount" text, "ItemTaxCode" text, "ItemTaxAmount" text, "Currency" text,
+			   "Service Date" text)
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+DECLARE
+	id bigint;
+BEGIN
+	PERFORM msp_require_month(msp_export_quickbooks.period);
+	FOR id IN SELECT i.client_id FROM invoices i
+			   JOIN invoice_documents d ON d.client_id = i.client_id AND d.invoice_id = i.invoice_id
+			   WHERE i.kind = 'invoice' AND i.period = msp_export_quickbooks.period
+			   ORDER BY d.invoice_number LOOP
+		RETURN QUERY SELECT * FROM msp_export_quickbooks(id, msp_export_quickbooks.period);
+	END LOOP;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_export_quickbooks(daterange) IS
+	'every numbered invoice of a period the caller may read, as QuickBooks Online''s invoice import CSV';
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_export_json(period daterange)
+RETURNS TABLE (client_id bigint, invoice_number text, document jsonb)
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+DECLARE
+	r record;
+BEGIN
+	PERFORM msp_require_month(msp_export_json.period);
+	FOR r IN SELECT i.client_id, d.invoice_number FROM invoices i
+			  JOIN invoice_documents d ON d.client_id = i.client_id AND d.invoice_id = i.invoice_id
+			  WHERE i.kind = 'invoice' AND i.period = msp_export_json.period
+			  ORDER BY d.invoice_number LOOP
+		client_id := r.client_id;
+		invoice_number := r.invoice_number;
+		document := msp_invoice_json(r.client_id, msp_export_json.period);
+		RETURN NEXT;
+	END LOOP;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_export_json(daterange) IS
+	'every numbered invoice of a period the caller may read, one JSON document each';
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_install_roles() RETURNS text
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, @extschema@, pg_temp
+AS $$
+DECLARE
+	r text;
+	roles text := 'mspbill_admin, mspbill_billing, mspbill_bi, mspbill_pii, mspbill_report';
+	-- the tables people maintain by hand (or by script)
+	data_tables text := '@extschema@.clients, @extschema@.contracts, @extschema@.contract_tiers, '
+						'@extschema@.devices, @extschema@.people, @extschema@.sister_clients, @extschema@.logons, @extschema@.support_contacts, '
+						'@extschema@.cost_pools, @extschema@.license_counts, @extschema@.applications, '
+						'@extschema@.invoice_terms, @extschema@.tax_rates, @extschema@.psa_mappings, @extschema@.export_codes, '
+						'@extschema@.contract_lines, @extschema@.contract_line_tiers, @extschema@.meter_readings, '
+						-- licensing (src/licensing.sql): mappings and the loaded snapshots
+						'@extschema@.license_policies, @extschema@.partner_companies, @extschema@.psa_contacts, '
+						'@extschema@.m365_sku_counts, @extschema@.m365_license_assignments, @extschema@.pax8_subscriptions';
+	-- read by every role that reads invoices, written only by the definers
+	-- (the number series: see below)
+	billed_tables text := '@extschema@.invoices, @extschema@.invoice_items, @extschema@.invoice_documents, '
+						  '@extschema@.invoice_line_documents, @extschema@.psa_syncs';
+	staging text := '@extschema@.windows_event_staging, @extschema@.entra_signin_staging, @extschema@.emr_audit_staging, '
+					'@extschema@.m365_graph_staging, @extschema@.m365_users_csv_staging, @extschema@.m365_activity_staging, '
+					'@extschema@.pax8_staging, @extschema@.psa_ticket_staging';
+	staging_seqs text := '@extschema@.windows_event_staging_line_no_seq, @extschema@.entra_signin_staging_line_no_seq, '
+						 '@extschema@.emr_audit_staging_line_no_seq, @extschema@.m365_graph_staging_line_no_seq, '
+						 '@extschema@.m365_users_csv_staging_line_no_seq, @extschema@.m365_activity_staging_line_no_seq, '
+						 '@extschema@.pax8_staging_line_no_seq, @extschema@.psa_ticket_staging_line_no_seq';
+	writers text := '@extschema@.msp_finalize_invoice(bigint, daterange, text[]), '
+					'@extschema@.msp_issue_adjustment(bigint, daterange, text), '
+					'@extschema@.msp_load_windows_events(bigint, text), '
+					'@extschema@.msp_load_entra_signins(bigint, text), '
+					'@extschema@.msp_load_emr_audit(bigint, text), '
+					'@extschema@.msp_discard_staged(bigint), '
+					'@extschema@.msp_psa_sync(bigint, daterange), '
+					'@extschema@.msp_load_m365_graph(bigint, date, text), '
+					'@extschema@.msp_load_m365_users_csv(bigint, date, text), '
+					'@extschema@.msp_load_m365_activity(bigint, text), '
+					'@extschema@.msp_load_pax8_subscriptions(bigint, date, text), '
+					'@extschema@.msp_load_psa_tickets(bigint, text, text), '
+					'@extschema@.msp_match_psa_tickets(bigint), '
+					'@extschema@.msp_finalize_run_begin(daterange, text[], bigint[]), '
+					'@extschema@.msp_finalize_run_client(bigint, bigint, boolean), '
+					'@extschema@.msp_finalize_run_end(bigint)';
+	-- licence names are not per client: those who load maintain them (BI
+	-- needs none, and would read their column statistics)
+	product_names text := '@extschema@.license_product_names';
+	-- PSA tickets without the contact (an e-mail or PSA id) for those who see no names
+	ticket_cols text := 'client_id, psa, ticket_id, at, company, board, channel, person_id, contact_id';
+	-- month-end (src/monthend.sql): a procedure, granted ON PROCEDURE
+	month_end text := '@extschema@.msp_finalize_period(daterange, text[], bigint[], bigint, integer, integer, integer, integer)';
+	reports text := '@extschema@.msp_report_invoices(), @extschema@.msp_report_invoice(bigint, daterange), '
+					'@extschema@.msp_report_invoice_lines(bigint, daterange), '
+					'@extschema@.msp_report_billable_users(bigint, daterange)';
+	account_cols text := 'client_id, account_id, realm, kind, person_id, application, is_machine';
+	-- reporting (src/reporting.sql): rollups and KPI views to read, and the
+	-- definer functions that alone write the rollups
+	reporting text := '@extschema@.daily_activity, @extschema@.period_invoices, @extschema@.pii_findings, '
+					  '@extschema@.reporting_clients, @extschema@.kpi_daily_activity, @extschema@.kpi_billable_users, '
+					  '@extschema@.kpi_license_utilization, @extschema@.kpi_margin, @extschema@.kpi_margin_per_user, '
+					  '@extschema@.kpi_hipaa_findings, @extschema@.kpi_data_quality';
+	refreshers text := '@extschema@.msp_refresh_rollups(), @extschema@.msp_rebuild_rollups()';
+BEGIN
+	FOREACH r IN ARRAY string_to_array(replace(roles, ' ', ''), ',') LOOP
+		IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r) THEN
+			EXECUTE format('CREATE ROLE %I NOLOGIN', r);
+		END IF;
+		EXECUTE format('GRANT USAGE ON SCHEMA @extschema@ TO %I', r);
+	END LOOP;
+	-- start from nothing, so that a rerun after an upgrade also takes back
+	-- what earlier versions granted (GRANT ALL, writes to invoices)
+	EXECUTE format('REVOKE ALL ON ALL TABLES IN SCHEMA @extschema@ FROM %s', roles);
+	EXECUTE format('REVOKE ALL ON ALL SEQUENCES IN SCHEMA @extschema@ FROM %s', roles);
+	EXECUTE format('REVOKE ALL ON FUNCTION %s, %s, %s FROM %s', writers, reports, refreshers, roles);
+	EXECUTE format('REVOKE ALL ON PROCEDURE %s FROM %s', month_end, roles);
+	EXECUTE 'GRANT SELECT ON @extschema@.bi_client_access TO PUBLIC';
+
+	-- admin: every client's data, real names and raw records
+	EXECUTE 'GRANT mspbill_pii TO mspbill_admin';
+	EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON %s, @extschema@.accounts, @extschema@.person_identities, '
+				   '@extschema@.bi_client_access, @extschema@.load_rejects TO mspbill_admin', data_tables);
+	EXECUTE format('GRANT SELECT ON %s, @extschema@.audit_log TO mspbill_admin', billed_tables);
+	EXECUTE 'GRANT SELECT, DELETE ON @extschema@.psa_tickets TO mspbill_admin';
+	EXECUTE format('GRANT INSERT ON %s TO mspbill_admin, mspbill_billing', staging);
+	EXECUTE format('GRANT USAGE ON %s, @extschema@.logons_logon_id_seq TO mspbill_admin, mspbill_billing', staging_seqs);
+	EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO mspbill_admin, mspbill_billing', writers);
+	-- month-end: run it, and watch its runs (every client's outcome)
+	EXECUTE format('GRANT EXECUTE ON PROCEDURE %s TO mspbill_admin, mspbill_billing', month_end);
+	EXECUTE 'GRANT SELECT ON @extschema@.finalize_runs, @extschema@.finalize_run_clients, @extschema@.finalize_progress '
+			'TO mspbill_admin, mspbill_billing';
+
+	-- the number series: chosen by the admin before the first invoice
+	-- (prefix, digits, the number another system stopped at), never set
+	-- back afterwards; billing only reads it (finalization, a definer,
+	-- takes the numbers)
+	EXECUTE 'GRANT SELECT, INSERT (series, prefix, digits, last_number), UPDATE (prefix, digits) '
+			'ON @extschema@.invoice_numbering TO mspbill_admin';
+	EXECUTE 'GRANT SELECT ON @extschema@.invoice_numbering TO mspbill_billing';
+
+	-- billing: the same workflow on pseudonyms only
+	EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON %s TO mspbill_billing', data_tables);
+	EXECUTE format('GRANT SELECT ON %s, @extschema@.audit_log TO mspbill_billing', billed_tables);
+	EXECUTE format('GRANT SELECT (%s) ON @extschema@.accounts TO mspbill_billing', account_cols);
+	-- new accounts may be named (write-only), mapped and removed
+	EXECUTE 'GRANT INSERT, DELETE ON @extschema@.accounts TO mspbill_billing';
+	EXECUTE 'GRANT UPDATE (kind, person_id) ON @extschema@.accounts TO mspbill_billing';
+	EXECUTE 'GRANT SELECT (client_id, source, line_no, reason, rejected_at), DELETE ON @extschema@.load_rejects TO mspbill_billing';
+	EXECUTE format('GRANT SELECT (%s) ON @extschema@.psa_tickets TO mspbill_billing, mspbill_bi', ticket_cols);
+	EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON %s TO mspbill_admin, mspbill_billing', product_names);
+	EXECUTE 'GRANT SELECT ON @extschema@.psa_unknown_contacts TO mspbill_admin, mspbill_billing, mspbill_bi, mspbill_pii';
+
+	-- bi: billing data of its clients, read-only, without names
+	EXECUTE format('GRANT SELECT ON %s, %s TO mspbill_bi', data_tables, billed_tables);
+	EXECUTE format('GRANT SELECT (%s) ON @extschema@.accounts TO mspbill_bi', account_cols);
+
+	-- pii: real names and raw records of its clients
+	EXECUTE 'GRANT SELECT ON @extschema@.person_identities, @extschema@.load_rejects TO mspbill_pii';
+	EXECUTE 'GRANT SELECT (client_id, account_id, name) ON @extschema@.accounts TO mspbill_pii';
+
+	EXECUTE 'GRANT SELECT ON @extschema@.account_labels TO mspbill_admin, mspbill_billing, mspbill_bi, mspbill_pii';
+
+	-- reporting: the roles that read billing data read the rollups and KPI
+	-- views (rows of their clients only); those who write logons mark
+	-- days (the logons trigger runs as them; marked_at is the server's) and
+	-- refresh, as cron would, through the definer functions only
+	EXECUTE format('GRANT SELECT ON %s TO mspbill_admin, mspbill_billing, mspbill_bi', reporting);
+	EXECUTE 'GRANT INSERT (client_id, day) ON @extschema@.rollup_dirty TO mspbill_admin, mspbill_billing';
+	EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO mspbill_admin, mspbill_billing', refreshers);
+
+	-- report: functions only (see msp_report_invoices)
+	EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO mspbill_report', reports);
+	RETURN 'roles mspbill_admin, mspbill_billing, mspbill_bi, mspbill_pii and mspbill_report are ready';
+END
+$$;
+-- for DBAs only: it creates roles and grants
+REVOKE EXECUTE ON FUNCTION @extschema@.msp_install_roles() FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@.msp_install_roles() IS
+	'creates (if missing) and grants the roles mspbill_admin, mspbill_billing, mspbill_bi, mspbill_pii and mspbill_report; idempotent';
+
+ALTER FUNCTION @extschema@.msp_export_xero(daterange) CALLED ON NULL INPUT;
+ALTER FUNCTION @extschema@.msp_export_quickbooks(daterange) CALLED ON NULL INPUT;
+ALTER FUNCTION @extschema@.msp_export_json(daterange) CALLED ON NULL INPUT;
+
 -- merged: functions several sections above redefine, as the release has them
+CREATE OR REPLACE FUNCTION @extschema@.msp_adjustment_lines(client_id bigint, period daterange)
+RETURNS SETOF @extschema@.invoice_line
+LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+BEGIN
+	-- PL/pgSQL, so that Citus plans the read on the client's shard
+	RETURN QUERY
+	-- the adjusted invoice by the number the client holds (its id when it
+	-- was sent unnumbered, before 0.3.0)
+	SELECT (row_number() OVER (ORDER BY a.invoice_id))::integer, NULL::bigint,
+		   format('Adjustment %s to invoice %s for %s to %s: %s', a.invoice_id,
+				  coalesce(d.invoice_number, a.adjusts_invoice_id::text),
+				  lower(a.period), upper(a.period) - 1, a.reason),
+		   1::numeric, a.total, a.total, 'adjustment'::text
+	  FROM invoices a
+	  LEFT JOIN invoice_documents d ON d.client_id = client_id AND d.invoice_id = a.adjusts_invoice_id
+	 WHERE a.client_id = client_id AND a.kind = 'adjustment' AND a.apply_period = period
+	 ORDER BY a.invoice_id;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_adjustment_lines(bigint, daterange) IS
+	'adjustment notes carried by the invoice of a period, one line each';
+
 CREATE OR REPLACE FUNCTION @extschema@.msp_distribute(shard_count integer DEFAULT NULL)
 RETURNS text
 LANGUAGE plpgsql VOLATILE
@@ -7778,6 +8383,29 @@ $$;
 COMMENT ON FUNCTION @extschema@.msp_ensure_m365_accounts(bigint, text[]) IS
 	'internal: creates the Microsoft 365 accounts (kind unknown) of UPNs not yet known';
 
+CREATE OR REPLACE FUNCTION @extschema@.msp_export_json(period daterange)
+RETURNS TABLE (client_id bigint, invoice_number text, document jsonb)
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+DECLARE
+	r record;
+BEGIN
+	PERFORM msp_require_month(msp_export_json.period);
+	FOR r IN SELECT i.client_id, d.invoice_number FROM invoices i
+			  JOIN invoice_documents d ON d.client_id = i.client_id AND d.invoice_id = i.invoice_id
+			  WHERE i.kind = 'invoice' AND i.period = msp_export_json.period
+			  ORDER BY d.invoice_number LOOP
+		client_id := r.client_id;
+		invoice_number := r.invoice_number;
+		document := msp_invoice_json(r.client_id, msp_export_json.period);
+		RETURN NEXT;
+	END LOOP;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_export_json(daterange) IS
+	'every numbered invoice of a period the caller may read, one JSON document each';
+
 CREATE OR REPLACE FUNCTION @extschema@.msp_export_quickbooks(client_id bigint, period daterange)
 RETURNS TABLE ("InvoiceNo" text, "Customer" text, "InvoiceDate" text, "DueDate" text, "Terms" text,
 			   "Memo" text, "Item(Product/Service)" text, "ItemDescription" text, "ItemQuantity" text,
@@ -7896,7 +8524,8 @@ BEGIN
 	-- the gates run once: they read the period's logons several times over
 	findings := coalesce((SELECT jsonb_agg(to_jsonb(q)) FROM msp_data_quality(client_id, period) q), '[]');
 	IF jsonb_path_exists(findings, '$[*] ? (@.gate == "period_not_over")') THEN
-		today := (now() AT TIME ZONE (SELECT c.time_zone FROM clients c WHERE c.client_id = client_id))::date;
+		-- (not alias c: the variable c would shadow it, and today be NULL)
+		today := (now() AT TIME ZONE (SELECT cl.time_zone FROM clients cl WHERE cl.client_id = client_id))::date;
 		RAISE EXCEPTION 'period % of client % is not over', period, client_id
 			USING ERRCODE = 'object_not_in_prerequisite_state',
 				  DETAIL = format('The period ends on %s; today is %s in the client''s time zone.', upper(period) - 1, today),
@@ -8165,10 +8794,13 @@ BEGIN
 	EXECUTE 'GRANT SELECT ON @extschema@.finalize_runs, @extschema@.finalize_run_clients, @extschema@.finalize_progress '
 			'TO mspbill_admin, mspbill_billing';
 
-	-- the number series: chosen before the first invoice (prefix, digits,
-	-- the number another system stopped at), never set back afterwards
+	-- the number series: chosen by the admin before the first invoice
+	-- (prefix, digits, the number another system stopped at), never set
+	-- back afterwards; billing only reads it (finalization, a definer,
+	-- takes the numbers)
 	EXECUTE 'GRANT SELECT, INSERT (series, prefix, digits, last_number), UPDATE (prefix, digits) '
-			'ON @extschema@.invoice_numbering TO mspbill_admin, mspbill_billing';
+			'ON @extschema@.invoice_numbering TO mspbill_admin';
+	EXECUTE 'GRANT SELECT ON @extschema@.invoice_numbering TO mspbill_billing';
 
 	-- billing: the same workflow on pseudonyms only
 	EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON %s TO mspbill_billing', data_tables);
@@ -8884,11 +9516,16 @@ SET jit = off
 AS $$
 #variable_conflict use_variable
 BEGIN
-	IF psa IS NULL OR psa NOT IN ('connectwise', 'autotask', 'halo') THEN
+	-- one spelling everywhere (psa_mappings, psa_contacts, partner_companies,
+	-- psa_tickets): 'halopsa'; 'halo' is an alias kept for 0.2.0's callers
+	IF psa = 'halo' THEN
+		psa := 'halopsa';
+	END IF;
+	IF psa IS NULL OR psa NOT IN ('connectwise', 'autotask', 'halopsa') THEN
 		RAISE EXCEPTION 'unknown PSA %', coalesce(quote_literal(psa), 'NULL')
 			USING ERRCODE = 'invalid_parameter_value',
 				  DETAIL = 'The ticket loader reads the API JSON of ConnectWise PSA, Autotask and HaloPSA.',
-				  HINT = 'Pass psa => ''connectwise'', ''autotask'' or ''halo''.';
+				  HINT = 'Pass psa => ''connectwise'', ''autotask'' or ''halopsa''.';
 	END IF;
 	source := coalesce(source, psa);
 	PERFORM @extschema@.msp_load_begin(client_id);
@@ -8988,7 +9625,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION @extschema@.msp_load_psa_tickets(bigint, text, text) IS
-	'loads a client''s staged PSA tickets (psa: connectwise, autotask or halo); matched contacts become support contacts, unknown ones stay in psa_tickets (psa_unknown_contacts); unmatched counts the PSA''s tickets still without a person';
+	'loads a client''s staged PSA tickets (psa: connectwise, autotask or halopsa, alias halo); matched contacts become support contacts, unknown ones stay in psa_tickets (psa_unknown_contacts); unmatched counts the PSA''s tickets still without a person';
 
 CREATE OR REPLACE FUNCTION @extschema@.msp_match_psa_tickets(client_id bigint) RETURNS bigint
 LANGUAGE plpgsql VOLATILE STRICT
@@ -9394,4 +10031,44 @@ END
 $$;
 COMMENT ON FUNCTION @extschema@.msp_store_assignments(bigint, date, text) IS
 	'internal: a load''s licence assignments (pg_temp.msp_assign) as accounts and the day''s m365_license_assignments';
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_tax_lines(client_id bigint, lines @extschema@.invoice_line[])
+RETURNS TABLE (line_no integer, tax_name text, tax_rate numeric, tax numeric)
+LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	t invoice_terms := msp_invoice_terms(client_id);
+	minor numeric := (SELECT c.minor_unit FROM clients c WHERE c.client_id = client_id);
+BEGIN
+	RETURN QUERY
+	WITH k AS (
+		-- a discount lowers the line it follows (msp_line_items emits it
+		-- right after its contract line's lines), so it is taxed at that
+		-- line's rate: the nearest earlier line of its contract, a
+		-- minimum top-up only when the line had nothing else
+		SELECT x.line_no, x.amount,
+			   CASE WHEN x.basis = 'discount'
+					THEN (SELECT y.basis FROM unnest(lines) y
+						   WHERE y.contract_id = x.contract_id AND y.line_no < x.line_no AND y.basis <> 'discount'
+						   ORDER BY y.basis = 'minimum', y.line_no DESC LIMIT 1)
+					ELSE x.basis END AS basis
+		  FROM unnest(lines) x),
+	l AS (
+		SELECT k.line_no AS n, k.amount, coalesce(r.tax_name, t.tax_name) AS name,
+			   coalesce(r.tax_rate, t.tax_rate) AS rate
+		  FROM k
+		  LEFT JOIN tax_rates r ON r.client_id = client_id AND r.basis = k.basis),
+	run AS (
+		SELECT l.*, sum(l.amount) OVER (PARTITION BY l.name, l.rate ORDER BY l.n) AS upto FROM l)
+	SELECT run.n, run.name, run.rate,
+		   CASE WHEN t.tax_rounding = 'line' THEN msp_round(run.amount * run.rate, minor)
+				ELSE msp_round(run.upto * run.rate, minor) - msp_round((run.upto - run.amount) * run.rate, minor) END
+	  FROM run
+	 ORDER BY run.n;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_tax_lines(bigint, @extschema@.invoice_line[]) IS
+	'the tax name, rate and amount of each invoice line, rounded per line or per invoice as the client''s invoice terms say';
 

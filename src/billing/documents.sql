@@ -21,6 +21,38 @@ COMMENT ON TABLE @extschema@.invoice_numbering IS
 	'the invoice number series: prefix, zero-padded digits and the last number given; finalization takes the next one';
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.invoice_numbering', '');
 
+-- A printed number must never repeat: once the series has given a number
+-- (or continues another system's, last_number > 0), a new prefix or
+-- digits could print a number given before (INV-1 + 4 and INV- + 14 are
+-- both INV-14), so they are fixed from then on.  On Citus, where
+-- msp_distribute drops triggers, only the column privileges (mspbill_admin
+-- alone may UPDATE prefix, digits) keep the series; see the README.
+CREATE FUNCTION @extschema@.msp_invoice_numbering_guard() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF OLD.last_number > 0 AND (NEW.prefix IS DISTINCT FROM OLD.prefix OR NEW.digits IS DISTINCT FROM OLD.digits) THEN
+		RAISE EXCEPTION 'the invoice number series cannot change its prefix or digits'
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  DETAIL = format('Numbers up to %s have been given; a new prefix or width could print one of them again.',
+								  @extschema@.msp_invoice_number_text(OLD.prefix, OLD.last_number, OLD.digits)),
+				  HINT = 'Choose the prefix and digits before the first invoice is finalized.';
+	END IF;
+	IF NEW.last_number < OLD.last_number THEN
+		RAISE EXCEPTION 'the invoice number series cannot be set back'
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  DETAIL = format('The last number given is %s; %s would be given again.', OLD.last_number, NEW.last_number + 1),
+				  HINT = 'Numbers only go forward.';
+	END IF;
+	RETURN NEW;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_invoice_numbering_guard() IS
+	'trigger: refuses a new prefix or digits once the number series has given a number, and setting the counter back';
+CREATE TRIGGER keep_series BEFORE UPDATE ON @extschema@.invoice_numbering
+	FOR EACH ROW EXECUTE FUNCTION @extschema@.msp_invoice_numbering_guard();
+
 -- What a client's invoices say besides their lines: payment terms, the
 -- PO reference, the tax rate and name, and whether tax is rounded per line
 -- or per invoice.  A client without a row gets the defaults below
@@ -40,11 +72,13 @@ COMMENT ON TABLE @extschema@.invoice_terms IS
 	'per client: payment terms (days), PO reference, tax rate and name, tax rounded per line or per invoice';
 
 -- Tax rates for kinds of lines (invoice_line.basis: user, seat, device,
--- license, cost, minimum, adjustment, and kinds added later) that differ
+-- license, cost, fixed, meter, minimum, adjustment) that differ
 -- from the client's own rate (invoice_terms.tax_rate).
 CREATE TABLE @extschema@.tax_rates (
 	client_id bigint NOT NULL REFERENCES @extschema@.clients ON DELETE CASCADE,
-	basis text NOT NULL CONSTRAINT tax_rates_basis_not_empty CHECK (basis <> ''),
+	-- a discount is taxed as the line it discounts, so it has no rate of its own
+	basis text NOT NULL CONSTRAINT tax_rates_basis_known
+		CHECK (basis IN ('user', 'seat', 'device', 'license', 'cost', 'fixed', 'meter', 'minimum', 'adjustment')),
 	tax_rate numeric NOT NULL CONSTRAINT tax_rates_tax_rate_range CHECK (tax_rate >= 0 AND tax_rate <= 1),
 	tax_name text NOT NULL CONSTRAINT tax_rates_tax_name_not_empty CHECK (tax_name <> ''),
 	PRIMARY KEY (client_id, basis)
@@ -162,7 +196,7 @@ COMMENT ON FUNCTION @extschema@.msp_payment_terms_text(integer) IS
 	'payment terms in words: Net 30, or Due on receipt for 0 days';
 
 -- The tax of each line: the rate of the line's kind (tax_rates) or the
--- client's.  Rounded per line, each line's tax is rounded to the minor
+-- client's; a discount's is the rate of the line it discounts.  Rounded per line, each line's tax is rounded to the minor
 -- unit.  Rounded per invoice, each rate's tax is rounded once, on the sum
 -- of its lines, and each line carries the difference its running total
 -- makes (so line taxes still add up to the rounded tax exactly, each
@@ -178,11 +212,23 @@ DECLARE
 	minor numeric := (SELECT c.minor_unit FROM clients c WHERE c.client_id = client_id);
 BEGIN
 	RETURN QUERY
-	WITH l AS (
-		SELECT x.line_no AS n, x.amount, coalesce(r.tax_name, t.tax_name) AS name,
+	WITH k AS (
+		-- a discount lowers the line it follows (msp_line_items emits it
+		-- right after its contract line's lines), so it is taxed at that
+		-- line's rate: the nearest earlier line of its contract, a
+		-- minimum top-up only when the line had nothing else
+		SELECT x.line_no, x.amount,
+			   CASE WHEN x.basis = 'discount'
+					THEN (SELECT y.basis FROM unnest(lines) y
+						   WHERE y.contract_id = x.contract_id AND y.line_no < x.line_no AND y.basis <> 'discount'
+						   ORDER BY y.basis = 'minimum', y.line_no DESC LIMIT 1)
+					ELSE x.basis END AS basis
+		  FROM unnest(lines) x),
+	l AS (
+		SELECT k.line_no AS n, k.amount, coalesce(r.tax_name, t.tax_name) AS name,
 			   coalesce(r.tax_rate, t.tax_rate) AS rate
-		  FROM unnest(lines) x
-		  LEFT JOIN tax_rates r ON r.client_id = client_id AND r.basis = x.basis),
+		  FROM k
+		  LEFT JOIN tax_rates r ON r.client_id = client_id AND r.basis = k.basis),
 	run AS (
 		SELECT l.*, sum(l.amount) OVER (PARTITION BY l.name, l.rate ORDER BY l.n) AS upto FROM l)
 	SELECT run.n, run.name, run.rate,

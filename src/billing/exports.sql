@@ -100,17 +100,41 @@ $$;
 COMMENT ON FUNCTION @extschema@.msp_export_xero(bigint, daterange) IS
 	'a client''s finalized invoice of a period as rows of Xero''s sales invoice import CSV';
 
+-- A period for the exports of every client: one calendar month, as
+-- invoices are, so that a quarter, a year or NULL is refused rather than
+-- matching no invoice and exporting nothing.  (Not STRICT: NULL is
+-- refused.)
+CREATE FUNCTION @extschema@.msp_require_month(period daterange) RETURNS daterange
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF period IS NULL OR isempty(period) OR lower_inf(period) OR upper_inf(period)
+	   OR lower(period) <> date_trunc('month', lower(period))::date
+	   OR upper(period) <> (lower(period) + interval '1 month')::date THEN
+		RAISE EXCEPTION 'export period % is not a calendar month', coalesce(period::text, 'NULL')
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'Invoices are per calendar month; an export of every client reads one month.',
+				  HINT = 'Pass one month, such as daterange(''2026-10-01'', ''2026-11-01''), and export a quarter month by month.';
+	END IF;
+	RETURN period;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_require_month(daterange) IS
+	'internal: the period when it is one calendar month, else an error (the exports of every client)';
+
 CREATE FUNCTION @extschema@.msp_export_xero(period daterange)
 RETURNS TABLE ("ContactName" text, "InvoiceNumber" text, "Reference" text, "InvoiceDate" text,
 			   "DueDate" text, "InventoryItemCode" text, "Description" text, "Quantity" text,
 			   "UnitAmount" text, "LineAmount" text, "AccountCode" text, "TaxType" text, "TaxAmount" text,
 			   "Currency" text)
-LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
+LANGUAGE plpgsql STABLE PARALLEL SAFE
 SET search_path = @extschema@, pg_catalog, pg_temp
 AS $$
 DECLARE
 	id bigint;
 BEGIN
+	PERFORM msp_require_month(msp_export_xero.period);
 	FOR id IN SELECT i.client_id FROM invoices i
 			   JOIN invoice_documents d ON d.client_id = i.client_id AND d.invoice_id = i.invoice_id
 			   WHERE i.kind = 'invoice' AND i.period = msp_export_xero.period
@@ -164,12 +188,13 @@ RETURNS TABLE ("InvoiceNo" text, "Customer" text, "InvoiceDate" text, "DueDate" 
 			   "Memo" text, "Item(Product/Service)" text, "ItemDescription" text, "ItemQuantity" text,
 			   "ItemRate" text, "ItemAmount" text, "ItemTaxCode" text, "ItemTaxAmount" text, "Currency" text,
 			   "Service Date" text)
-LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
+LANGUAGE plpgsql STABLE PARALLEL SAFE
 SET search_path = @extschema@, pg_catalog, pg_temp
 AS $$
 DECLARE
 	id bigint;
 BEGIN
+	PERFORM msp_require_month(msp_export_quickbooks.period);
 	FOR id IN SELECT i.client_id FROM invoices i
 			   JOIN invoice_documents d ON d.client_id = i.client_id AND d.invoice_id = i.invoice_id
 			   WHERE i.kind = 'invoice' AND i.period = msp_export_quickbooks.period
@@ -240,12 +265,13 @@ COMMENT ON FUNCTION @extschema@.msp_invoice_json(bigint, daterange) IS
 
 CREATE FUNCTION @extschema@.msp_export_json(period daterange)
 RETURNS TABLE (client_id bigint, invoice_number text, document jsonb)
-LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
+LANGUAGE plpgsql STABLE PARALLEL SAFE
 SET search_path = @extschema@, pg_catalog, pg_temp
 AS $$
 DECLARE
 	r record;
 BEGIN
+	PERFORM msp_require_month(msp_export_json.period);
 	FOR r IN SELECT i.client_id, d.invoice_number FROM invoices i
 			  JOIN invoice_documents d ON d.client_id = i.client_id AND d.invoice_id = i.invoice_id
 			  WHERE i.kind = 'invoice' AND i.period = msp_export_json.period

@@ -12,7 +12,8 @@ CREATE TABLE @extschema@.psa_mappings (
 	psa text NOT NULL CONSTRAINT psa_mappings_psa_known CHECK (psa IN ('connectwise', 'autotask', 'halopsa')),
 	-- the kind of invoice line whose quantity the PSA object carries, of
 	-- one contract (or, NULL, of whichever contract is in effect)
-	basis text NOT NULL CONSTRAINT psa_mappings_basis_not_empty CHECK (basis <> ''),
+	basis text NOT NULL CONSTRAINT psa_mappings_basis_known
+		CHECK (basis IN ('user', 'seat', 'device', 'license', 'cost', 'fixed', 'meter', 'minimum', 'adjustment')),
 	contract_id bigint,
 	-- ConnectWise: agreement id and addition (product) id; Autotask:
 	-- contract id and service id; HaloPSA: recurring invoice id and line

@@ -55,7 +55,7 @@ VALUES (1, 'emr', 1, 'nurse1,OR1,bad', 'invalid time'), (2, 'emr', 1, 'Dana Dent
 -- licensing (src/licensing.sql): the mappings, snapshots and tickets of both clients
 INSERT INTO license_policies VALUES (1, 2, NULL, true), (2, 2, NULL, true);
 INSERT INTO partner_companies VALUES (1, 'pax8', 'St. Olaf'), (2, 'pax8', 'Maple');
-INSERT INTO psa_contacts VALUES (1, 'halo', '401', 1), (2, 'halo', '402', 1);
+INSERT INTO psa_contacts VALUES (1, 'halopsa', '401', 1), (2, 'halopsa', '402', 1);
 INSERT INTO m365_sku_counts VALUES (1, '2000-01-31', 'sku-1', 'SPB', 'Microsoft 365 Business Premium', 5, 1, 'graph'),
 	(2, '2000-01-31', 'sku-1', 'SPB', 'Microsoft 365 Business Premium', 5, 1, 'graph');
 INSERT INTO m365_license_assignments VALUES (1, '2000-01-31', 5, 'Microsoft 365 Business Premium', true, 'graph'),
@@ -64,7 +64,7 @@ INSERT INTO pax8_subscriptions (client_id, as_of, subscription_id, company, prod
 VALUES (1, '2000-01-31', 's1', 'St. Olaf', 'Microsoft 365 Business Premium', 5, 20, 'pax8'),
 	(2, '2000-01-31', 's2', 'Maple', 'Microsoft 365 Business Premium', 5, 20, 'pax8');
 INSERT INTO psa_tickets (client_id, psa, ticket_id, at, contact, channel)
-VALUES (1, 'halo', 't1', '2000-01-10', 'someone@stolaf.example', 'ticket'), (2, 'halo', 't2', '2000-01-10', 'dana@maple.example', 'ticket');
+VALUES (1, 'halopsa', 't1', '2000-01-10', 'someone@stolaf.example', 'ticket'), (2, 'halopsa', 't2', '2000-01-10', 'dana@maple.example', 'ticket');
 -- a logoff of each client waiting for its logon
 INSERT INTO pending_logoffs VALUES (1, 'OR1:0x1f', '2026-01-05 10:00Z'), (2, 'PC1:0x2e', '2026-01-05 11:00Z');
 SELECT msp_finalize_invoice(2, NULL, '{device_silent,day_without_logons,unmapped_account,logon_outside_contract}') \g /dev/null

@@ -55,7 +55,9 @@ INSERT INTO writers VALUES
 	-- month-end: the procedure and the definer functions that record its runs
 	('msp_finalize_period'), ('msp_finalize_run_begin'), ('msp_finalize_run_client'), ('msp_finalize_run_end'),
 	-- sister clients: the trigger of people records the pairs
-	('msp_note_sister_client');
+	('msp_note_sister_client'),
+	-- documents: the trigger that keeps the number series
+	('msp_invoice_numbering_guard');
 
 -- not STRICT, deliberately
 CREATE TEMP TABLE nonstrict_ok (proname name PRIMARY KEY, why text NOT NULL);
@@ -76,7 +78,11 @@ INSERT INTO nonstrict_ok VALUES
 
 	('msp_snapshot_day', 'a NULL day means the client''s today'),
 	('msp_invoices', 'a NULL period is each client''s last full month, as in msp_invoice'),
-	('msp_shard_invoices', 'a NULL period is each client''s last full month, as in msp_invoice');
+	('msp_shard_invoices', 'a NULL period is each client''s last full month, as in msp_invoice'),
+	('msp_require_month', 'a guard: a NULL period must raise, not pass'),
+	('msp_export_xero', 'a NULL period is refused (msp_require_month), not an empty export'),
+	('msp_export_quickbooks', 'likewise'),
+	('msp_export_json', 'likewise');
 
 -- SECURITY DEFINER allowed, each for a workflow that needs rights its
 -- callers must not have

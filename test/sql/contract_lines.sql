@@ -10,7 +10,7 @@
 SET search_path = public, mspbill;
 \i ../demo/hybrid.sql
 SET client_min_messages = warning;
-SELECT plan(54);
+SELECT plan(56);
 
 -- The demo's hybrid agreement (derived in ../demo/hybrid.sql): 606.60
 SELECT results_eq($$SELECT description, quantity, unit_price, amount FROM msp_invoice_lines(3)$$,
@@ -64,6 +64,14 @@ SELECT results_eq($$SELECT model, users, devices, subtotal, total FROM msp_compu
 	$$VALUES ('lines', 2, 5, 404.14, 404.14)$$, 'hybrid agreement: 404.14, model lines');
 SELECT is((SELECT sum(amount) FROM msp_invoice_lines(50, (SELECT p FROM jan))), (msp_compute_invoice(50, (SELECT p FROM jan))).total,
 	'the lines add up to the total');
+-- a discount is taxed at the rate of the line it discounts: servers at
+-- 20%, the rest exempt; 20% of 190.00 - 19.00 = 171.00 is 34.20
+INSERT INTO tax_rates VALUES (50, 'device', 0.20, 'VAT 20%');
+SELECT results_eq($$SELECT description, tax_rate, tax FROM msp_document_lines(50, (SELECT p FROM jan)) WHERE tax <> 0$$,
+	$$VALUES ('Servers: 2', 0.20, 38.00), ('Servers: 10% off', 0.20, -3.80)$$, 'the servers'' discount takes the servers'' rate');
+SELECT results_eq($$SELECT tax_name, taxable, tax FROM msp_invoice_taxes(50, (SELECT p FROM jan))$$,
+	$$VALUES ('Tax Exempt', 233.14, 0.00), ('VAT 20%', 171.00, 34.20)$$, 'tax lines: 20% of the discounted servers, 34.20');
+DELETE FROM tax_rates WHERE client_id = 50;
 SELECT results_eq($$SELECT line_no, source, unit_price, discount_percent FROM msp_effective_lines(50, 1)$$,
 	$$VALUES (1, 'users', 42.00, 10::numeric), (2, 'devices', 95.00, 10), (3, 'meter', 0.10, 10), (4, 'fixed', 150.00, 10)$$,
 	'a contract of lines shows its own lines');

@@ -8,7 +8,7 @@
 \i ../demo/clinics.sql
 SET search_path = public, mspbill;
 SET client_min_messages = warning;
-SELECT plan(51);
+SELECT plan(69);
 
 -- terms: a client without a row gets the table's own defaults
 INSERT INTO clients (client_id, name) VALUES (90, 'Defaults Probe');
@@ -107,6 +107,43 @@ SELECT alike((SELECT explanation FROM msp_document_lines(1) WHERE basis = 'user'
             'the sentence follows the contract''s policy');
 UPDATE contracts SET support_rule = 'sufficient', min_active_days = 1 WHERE client_id = 1;
 
+-- the period not over: the error names today in the client's zone
+CREATE TEMP TABLE caught (detail text);
+DO $$
+DECLARE d text;
+BEGIN
+	PERFORM msp_finalize_invoice(1, daterange(date_trunc('month', now() AT TIME ZONE 'America/Chicago')::date,
+											  (date_trunc('month', now() AT TIME ZONE 'America/Chicago') + interval '1 month')::date));
+EXCEPTION WHEN object_not_in_prerequisite_state THEN
+	GET STACKED DIAGNOSTICS d = PG_EXCEPTION_DETAIL;
+	INSERT INTO caught VALUES (d);
+END $$;
+SELECT is((SELECT detail FROM caught),
+          format('The period ends on %s; today is %s in the client''s time zone.',
+                 (date_trunc('month', now() AT TIME ZONE 'America/Chicago') + interval '1 month - 1 day')::date,
+                 (now() AT TIME ZONE 'America/Chicago')::date),
+          'finalizing the current month: the detail names the last day and today');
+
+-- a credit's tax rounds as its debit's, half a cent away from zero
+SELECT results_eq($$SELECT line_no, tax FROM msp_tax_lines(2, ARRAY[(1, NULL, 'a', 1, 0.50, 0.50, 'fixed'),
+                                                                    (2, NULL, 'b', 1, -0.50, -0.50, 'fixed')]::invoice_line[])$$,
+                  $$VALUES (1, 0.04), (2, -0.04)$$, 'per line: 7% of 0.50 is 0.04, of -0.50 is -0.04');
+SELECT results_eq($$SELECT tax FROM msp_tax_lines(1, ARRAY[(1, NULL, 'b', 1, -6.00, -6.00, 'fixed')]::invoice_line[])$$,
+                  $$VALUES (-0.50)$$, 'per invoice: 8.25% of -6.00 (-0.495) is -0.50, as 0.495 is 0.50');
+
+-- kinds of lines: only those an invoice has (a discount is taxed as its line)
+SELECT throws_ok($$INSERT INTO tax_rates VALUES (1, 'bogus', 0.1, 'X')$$, '23514', NULL, 'a tax rate for an unknown kind is refused');
+SELECT throws_ok($$INSERT INTO tax_rates VALUES (1, 'discount', 0.1, 'X')$$, '23514', NULL,
+                 'and for discounts, which take their line''s rate');
+SELECT throws_ok($$INSERT INTO psa_mappings (client_id, psa, basis, psa_agreement, psa_item) VALUES (1, 'halopsa', 'bogus', '1', '1')$$,
+                 '23514', NULL, 'a PSA mapping of an unknown kind is refused');
+
+-- the number series: free to choose before its first number
+BEGIN;
+INSERT INTO invoice_numbering (series, prefix, digits) VALUES ('invoice', 'INV-1', 1);
+SELECT lives_ok($$UPDATE invoice_numbering SET prefix = 'INV-', digits = 6$$, 'before the first number the prefix may change');
+ROLLBACK;
+
 -- numbering: finalize both; then a rolled-back finalization gives its
 -- number back
 SELECT ok(msp_finalize_invoice(1, NULL, '{device_silent}') > 0, 'the hospital is finalized');
@@ -114,10 +151,16 @@ BEGIN;
 SELECT msp_finalize_invoice(2, NULL, '{device_silent}') \g /dev/null
 SELECT is((SELECT invoice_number FROM invoice_documents WHERE client_id = 2), 'INV-000002', 'inside a transaction the dental office would be 2');
 ROLLBACK;
-UPDATE invoice_numbering SET prefix = 'MSP-', digits = 4;
+-- once a number is given, prefix and digits stay: INV-1 + 4 would print
+-- INV-14 as INV- + 14 does
+SELECT throws_ok($$UPDATE invoice_numbering SET prefix = 'INV-1', digits = 1$$, '55000',
+                 'the invoice number series cannot change its prefix or digits', 'after the first number the prefix is fixed');
+SELECT throws_ok($$UPDATE invoice_numbering SET digits = 4$$, '55000', NULL, 'and so are the digits');
+SELECT throws_ok($$UPDATE invoice_numbering SET last_number = 0$$, '55000', NULL, 'and the counter is never set back, even by its owner');
+SELECT lives_ok($$UPDATE invoice_numbering SET prefix = prefix$$, 'an update that changes nothing passes');
 SELECT ok(msp_finalize_invoice(2, NULL, '{device_silent}') > 0, 'the dental office is finalized after the rollback');
 SELECT results_eq($$SELECT client_id, invoice_number FROM invoice_documents ORDER BY 1$$,
-                  $$VALUES (1::bigint, 'INV-000001'), (2, 'MSP-0002')$$, 'numbers 1 and 2: the rolled-back 2 came back, the new prefix applies');
+                  $$VALUES (1::bigint, 'INV-000001'), (2, 'INV-000002')$$, 'numbers 1 and 2: the rolled-back 2 came back');
 SELECT results_eq($$SELECT status, invoice_number, invoice_date, due_date, payment_terms, po_reference, net_amount, tax, amount_due
                       FROM msp_invoice_document(1)$$,
                   $$SELECT 'finalized', 'INV-000001', (now() AT TIME ZONE 'America/Chicago')::date,
@@ -129,6 +172,15 @@ SELECT results_eq($$SELECT po_reference, tax, payment_terms FROM msp_invoice_doc
 SELECT is((SELECT last_number FROM invoice_numbering), 2::bigint, 'the counter stands at the last number given');
 SELECT throws_ok($$SELECT * FROM msp_export_xero(1, daterange('2020-01-01', '2020-02-01'))$$, 'P0002', NULL,
                  'exporting a period that was not finalized says so');
+-- exports of every client read one calendar month
+SELECT throws_ok($$SELECT * FROM msp_export_xero(NULL::daterange)$$, '22023', 'export period NULL is not a calendar month',
+                 'an export of every client without a period is refused');
+SELECT throws_ok($$SELECT * FROM msp_export_quickbooks(daterange('2026-01-01', '2026-04-01'))$$, '22023', NULL,
+                 'so is a quarter');
+SELECT throws_ok($$SELECT * FROM msp_export_json(daterange('2026-01-01', '2027-01-01'))$$, '22023', NULL, 'and a year');
+SELECT throws_ok($$SELECT * FROM msp_export_json(daterange('2026-01-02', '2026-02-02'))$$, '22023', NULL,
+                 'and a month''s length not starting on the 1st');
+SELECT is((SELECT count(*) FROM msp_export_json(msp_period(1))), 2::bigint, 'a calendar month exports both invoices');
 
 -- PSA: map, sync, late data, sync again
 INSERT INTO psa_mappings (client_id, psa, basis, psa_agreement, psa_item) VALUES
@@ -172,6 +224,9 @@ SET ROLE mspbill_test_docs_billing;
 SELECT is((SELECT count(DISTINCT "InvoiceNo") FROM msp_export_quickbooks((SELECT period FROM p))), 2::bigint, 'the billing role exports every client');
 SELECT is((SELECT count(*) FROM msp_psa_sync(2, (SELECT period FROM p))), 1::bigint, 'and syncs the PSA');
 SELECT throws_ok($$UPDATE invoice_numbering SET last_number = 0$$, '42501', NULL, 'but cannot set the counter back');
+SELECT throws_ok($$UPDATE invoice_numbering SET prefix = 'X-'$$, '42501', NULL, 'nor change the series: only the admin does');
+SELECT throws_ok($$INSERT INTO invoice_numbering (series) VALUES ('invoice') ON CONFLICT DO NOTHING$$, '42501', NULL,
+                 'nor create it');
 RESET ROLE;
 -- even with the privilege, only a superuser changes what was stored
 GRANT UPDATE ON psa_syncs, invoice_documents TO mspbill_test_docs_billing;

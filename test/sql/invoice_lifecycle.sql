@@ -6,7 +6,7 @@
 \i ../demo/clinics.sql
 SET search_path = public, mspbill;
 CREATE EXTENSION dblink;
-SELECT plan(55);
+SELECT plan(56);
 
 -- gates on the demo data: the hospital's front-desk PC never logged on
 SELECT results_eq($$SELECT gate, subject FROM msp_data_quality(1)$$,
@@ -64,6 +64,12 @@ SELECT throws_ok($$SELECT msp_issue_adjustment(1, msp_period(1), 'again')$$, 'P0
 SELECT throws_ok($$SELECT msp_issue_adjustment(1, msp_period(1), '')$$, '22023', NULL, 'an adjustment needs a reason');
 SELECT is((SELECT amount FROM msp_invoice_lines(1, daterange(upper(msp_period(1)), (upper(msp_period(1)) + interval '1 month')::date))
             WHERE basis = 'adjustment'), 42.00, 'the next invoice carries the adjustment as a line');
+SELECT is((SELECT substring(description FROM '^Adjustment [0-9]+ to invoice (\S+) for ')
+             FROM msp_invoice_lines(1, daterange(upper(msp_period(1)), (upper(msp_period(1)) + interval '1 month')::date))
+            WHERE basis = 'adjustment'),
+          (SELECT d.invoice_number FROM invoice_documents d JOIN invoices i USING (client_id, invoice_id)
+            WHERE i.client_id = 1 AND i.kind = 'invoice'),
+          'the adjustment line names the invoice by the number the client holds');
 SELECT is((SELECT array_agg(action ORDER BY entry_id) FROM audit_log WHERE client_id = 1), '{finalize,override,adjust}',
           'the adjustment is in the audit trail');
 

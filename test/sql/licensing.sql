@@ -5,7 +5,7 @@
 \pset pager off
 \set QUIET on
 SET search_path = public, mspbill;
-SELECT plan(46);
+SELECT plan(49);
 SELECT msp_install_roles() \g /dev/null
 INSERT INTO clients (client_id, name, time_zone) VALUES (1, 'Clinic', 'America/New_York'), (2, 'Lab', 'UTC');
 INSERT INTO contracts (client_id, contract_id, effective, model, price_per_user) VALUES
@@ -128,11 +128,20 @@ SELECT results_eq($$SELECT * FROM msp_load_psa_tickets(1, 'autotask')$$, $$VALUE
 INSERT INTO psa_contacts VALUES (1, 'autotask', '77', 2);
 SELECT is(msp_match_psa_tickets(1), 1::bigint, 'a mapping by contact id matches the waiting ticket');
 \copy psa_ticket_staging (raw) FROM '../fixtures/licensing/psa_halo.json' WITH (FORMAT csv, QUOTE E'\x01', DELIMITER E'\x02')
-INSERT INTO psa_contacts VALUES (1, 'halo', '401', 1);
-SELECT results_eq($$SELECT * FROM msp_load_psa_tickets(1, 'halo')$$, $$VALUES (2::bigint, 0::bigint, 0::bigint, 0::bigint, 1::bigint)$$,
-                  'halo (tickets envelope): user_id mapped by hand, one unknown');
+-- HaloPSA is 'halopsa' everywhere (as in psa_mappings); the loader also
+-- takes 'halo', the same tickets
+SELECT throws_ok($$INSERT INTO psa_contacts VALUES (1, 'halo', '401', 1)$$, '23514', NULL, 'a contact of PSA ''halo'' is refused: one spelling');
+INSERT INTO psa_contacts VALUES (1, 'halopsa', '401', 1);
+SELECT results_eq($$SELECT * FROM msp_load_psa_tickets(1, 'halopsa')$$, $$VALUES (2::bigint, 0::bigint, 0::bigint, 0::bigint, 1::bigint)$$,
+                  'halopsa (tickets envelope): user_id mapped by hand, one unknown');
 \copy psa_ticket_staging (raw) FROM '../fixtures/licensing/psa_halo.json' WITH (FORMAT csv, QUOTE E'\x01', DELIMITER E'\x02')
-SELECT results_eq($$SELECT loaded, duplicate FROM msp_load_psa_tickets(1, 'halo')$$, $$VALUES (0::bigint, 2::bigint)$$, 'halo loaded twice = once');
+SELECT results_eq($$SELECT loaded, duplicate FROM msp_load_psa_tickets(1, 'halo')$$, $$VALUES (0::bigint, 2::bigint)$$,
+                  'loaded again under the alias ''halo'': the same tickets, once');
+SELECT is((SELECT array_agg(DISTINCT psa) FROM psa_tickets WHERE client_id = 1 AND psa LIKE 'halo%'), '{halopsa}',
+          'stored under ''halopsa''');
+BEGIN;
+SELECT lives_ok($$INSERT INTO partner_companies VALUES (1, 'halopsa', 'Clinic')$$, 'partner_companies takes ''halopsa'' as well');
+ROLLBACK;
 SELECT is((SELECT count(*) FROM support_contacts WHERE client_id = 1), 4::bigint, 'each matched ticket is one support contact');
 SELECT throws_ok($$SELECT msp_load_psa_tickets(1, 'servicenow')$$, '22023', NULL, 'an unknown PSA is refused');
 
