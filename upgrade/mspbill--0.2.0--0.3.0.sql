@@ -7780,7 +7780,7 @@ AS $$
 #variable_conflict use_variable
 BEGIN
 	-- one spelling everywhere (psa_mappings, psa_contacts, partner_companies,
-	-- psa_tickets): 'halopsa'; 'halo' is an alias kept for 0.2.0's callers
+	-- psa_tickets): 'halopsa'; 'halo' is taken as an alias
 	IF psa = 'halo' THEN
 		psa := 'halopsa';
 	END IF;
@@ -9517,7 +9517,7 @@ AS $$
 #variable_conflict use_variable
 BEGIN
 	-- one spelling everywhere (psa_mappings, psa_contacts, partner_companies,
-	-- psa_tickets): 'halopsa'; 'halo' is an alias kept for 0.2.0's callers
+	-- psa_tickets): 'halopsa'; 'halo' is taken as an alias
 	IF psa = 'halo' THEN
 		psa := 'halopsa';
 	END IF;
