@@ -55,7 +55,7 @@ COMMENT ON FUNCTION @extschema@.msp_period_devices(bigint, daterange) IS
 CREATE FUNCTION @extschema@.msp_price_invoice(client_id bigint, period daterange,
 											   OUT summary @extschema@.invoice,
 											   OUT lines @extschema@.invoice_line[])
-LANGUAGE plpgsql STABLE PARALLEL SAFE
+LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
 SET search_path = @extschema@, pg_catalog, pg_temp
 AS $$
 #variable_conflict use_variable
@@ -126,6 +126,8 @@ SET search_path = @extschema@, pg_catalog, pg_temp
 AS $$
 #variable_conflict use_variable
 BEGIN
+	-- (the period first: msp_price_invoice is STRICT, NULL is the last full month)
+	period := msp_period(client_id, period);
 	-- (a scalar subquery: (f()).summary in a query would call f once per field)
 	RETURN (SELECT p.summary FROM msp_price_invoice(client_id, period) p);
 END
