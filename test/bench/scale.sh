@@ -91,7 +91,7 @@ DECLARE
 	t regclass;
 BEGIN
 	FOR t IN SELECT i.inhrelid::regclass FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-			  WHERE c.relnamespace = 'scale'::regnamespace LOOP
+			  WHERE c.relnamespace = 'scale'::regnamespace AND c.relkind = 'r' LOOP
 		EXECUTE format('ALTER TABLE mspbill.logons DETACH PARTITION %s', t);
 	END LOOP;
 END
