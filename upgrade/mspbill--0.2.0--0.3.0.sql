@@ -7250,12 +7250,13 @@ COMMENT ON FUNCTION @extschema@.msp_segment_users(bigint, bigint, daterange, boo
 
 
 -- speed (issue 21): each segment's people counted once per invoice (the
--- quantities carry the days contract lines prorate by), and the summary
--- and lines of an invoice priced together (msp_price_invoice), so that
--- finalizing prices once
-ALTER TYPE @extschema@.segment_quantities ADD ATTRIBUTE user_segment_days numeric;
+-- quantities carry who they are and the days contract lines prorate by),
+-- and the summary and lines of an invoice priced together
+-- (msp_price_invoice), so that finalizing prices once
+ALTER TYPE @extschema@.segment_quantities ADD ATTRIBUTE user_segment_days numeric,
+	ADD ATTRIBUTE user_homes bigint[], ADD ATTRIBUTE user_ids bigint[];
 COMMENT ON TYPE @extschema@.segment_quantities IS
-	'what one contract segment bills: counts (people, seats, devices, licence seats), the days they cover (a unit covering the whole period counts period_days), costs, the days the segment covers (period_days without proration), and the days of the segment its people are active (prorated or not, for contract lines that prorate)';
+	'what one contract segment bills: counts (people, seats, devices, licence seats), the days they cover (a unit covering the whole period counts period_days), costs, the days the segment covers (period_days without proration), the days of the segment its people are active (prorated or not, for contract lines that prorate), and who they are (home client and person, pairwise)';
 CREATE OR REPLACE FUNCTION @extschema@.msp_segment_quantities(client_id bigint, contract_id bigint,
 													segment daterange, period daterange)
 RETURNS @extschema@.segment_quantities
@@ -7313,6 +7314,9 @@ BEGIN
 		q.user_count := q.user_count + n;
 	END LOOP;
 	q.user_days := CASE WHEN k.prorate THEN q.user_segment_days ELSE q.user_count * k.period_days END;
+	-- who: an invoice of two contracts counts a person billed by both once
+	q.user_homes := coalesce(homes, '{}');
+	q.user_ids := coalesce(ids, '{}');
 
 	-- shared seats: one per shared account with presence logons, or its
 	-- peak of concurrent sessions
@@ -7574,7 +7578,8 @@ DECLARE
 	line invoice_line;
 	inv invoice;
 	models text[] := '{}';
-	segments integer := 0;
+	homes bigint[] := '{}';
+	ids bigint[] := '{}';
 	n integer := 0;
 BEGIN
 	period := msp_period(client_id, period);
@@ -7586,12 +7591,13 @@ BEGIN
 		SELECT * INTO k FROM contracts WHERE contracts.client_id = client_id
 			AND contracts.contract_id = seg.contract_id;
 		q := msp_segment_quantities(client_id, seg.contract_id, seg.segment, period);
-		segments := segments + 1;
 		IF NOT k.model = ANY (models) THEN
 			models := models || k.model;
 		END IF;
 		-- a seat billed by two contracts of the month is one seat
 		inv.seats := greatest(inv.seats, q.seat_count);
+		homes := homes || q.user_homes;
+		ids := ids || q.user_ids;
 		FOR line IN SELECT * FROM msp_segment_lines(c, k, seg.segment, period, q, k.model) LOOP
 			inv.total := inv.total + line.amount;
 			IF line.basis <> 'minimum' THEN
@@ -7604,9 +7610,10 @@ BEGIN
 			lines := lines || line;
 		END LOOP;
 	END LOOP;
-	-- one contract all month (the usual case): its people are the period's,
-	-- counted already; across contracts a person counted by two is one
-	inv.users := CASE WHEN segments = 1 THEN q.user_count ELSE msp_period_people(client_id, period) END;
+	-- the period's people: each segment's, a person counted by two
+	-- contracts once (as msp_period_people counts them, without counting
+	-- them again)
+	inv.users := (SELECT count(DISTINCT (x.h, x.id))::integer FROM unnest(homes, ids) x(h, id));
 	inv.devices := msp_period_devices(client_id, period);
 	inv.model := array_to_string(models, '+');
 	-- adjustments of earlier invoices carried by this one

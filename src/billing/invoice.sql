@@ -67,7 +67,8 @@ DECLARE
 	line invoice_line;
 	inv invoice;
 	models text[] := '{}';
-	segments integer := 0;
+	homes bigint[] := '{}';
+	ids bigint[] := '{}';
 	n integer := 0;
 BEGIN
 	period := msp_period(client_id, period);
@@ -79,12 +80,13 @@ BEGIN
 		SELECT * INTO k FROM contracts WHERE contracts.client_id = client_id
 			AND contracts.contract_id = seg.contract_id;
 		q := msp_segment_quantities(client_id, seg.contract_id, seg.segment, period);
-		segments := segments + 1;
 		IF NOT k.model = ANY (models) THEN
 			models := models || k.model;
 		END IF;
 		-- a seat billed by two contracts of the month is one seat
 		inv.seats := greatest(inv.seats, q.seat_count);
+		homes := homes || q.user_homes;
+		ids := ids || q.user_ids;
 		FOR line IN SELECT * FROM msp_segment_lines(c, k, seg.segment, period, q, k.model) LOOP
 			inv.total := inv.total + line.amount;
 			IF line.basis <> 'minimum' THEN
@@ -97,9 +99,10 @@ BEGIN
 			lines := lines || line;
 		END LOOP;
 	END LOOP;
-	-- one contract all month (the usual case): its people are the period's,
-	-- counted already; across contracts a person counted by two is one
-	inv.users := CASE WHEN segments = 1 THEN q.user_count ELSE msp_period_people(client_id, period) END;
+	-- the period's people: each segment's, a person counted by two
+	-- contracts once (as msp_period_people counts them, without counting
+	-- them again)
+	inv.users := (SELECT count(DISTINCT (x.h, x.id))::integer FROM unnest(homes, ids) x(h, id));
 	inv.devices := msp_period_devices(client_id, period);
 	inv.model := array_to_string(models, '+');
 	-- adjustments of earlier invoices carried by this one

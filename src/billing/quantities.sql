@@ -67,10 +67,12 @@ CREATE TYPE @extschema@.segment_quantities AS (
 	support_cost numeric,
 	covered_days integer,
 	period_days integer,
-	user_segment_days numeric
+	user_segment_days numeric,
+	user_homes bigint[],
+	user_ids bigint[]
 );
 COMMENT ON TYPE @extschema@.segment_quantities IS
-	'what one contract segment bills: counts (people, seats, devices, licence seats), the days they cover (a unit covering the whole period counts period_days), costs, the days the segment covers (period_days without proration), and the days of the segment its people are active (prorated or not, for contract lines that prorate)';
+	'what one contract segment bills: counts (people, seats, devices, licence seats), the days they cover (a unit covering the whole period counts period_days), costs, the days the segment covers (period_days without proration), the days of the segment its people are active (prorated or not, for contract lines that prorate), and who they are (home client and person, pairwise)';
 
 -- Quantities of one contract segment: how many units (the count, which
 -- picks the tier) and how many days of the period they cover (the
@@ -137,6 +139,9 @@ BEGIN
 		q.user_count := q.user_count + n;
 	END LOOP;
 	q.user_days := CASE WHEN k.prorate THEN q.user_segment_days ELSE q.user_count * k.period_days END;
+	-- who: an invoice of two contracts counts a person billed by both once
+	q.user_homes := coalesce(homes, '{}');
+	q.user_ids := coalesce(ids, '{}');
 
 	-- shared seats: one per shared account with presence logons, or its
 	-- peak of concurrent sessions
