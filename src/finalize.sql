@@ -323,6 +323,7 @@ DECLARE
 	c clients;
 	terms record;
 	lines invoice_line[];
+	priced record;
 	evidence jsonb;
 	number text;
 	invoice_day date;
@@ -374,8 +375,10 @@ BEGIN
 								client_id, period, failing);
 	END IF;
 
-	inv := msp_compute_invoice(client_id, period);
-	lines := ARRAY(SELECT l FROM msp_price_lines(client_id, period, NULL) l);
+	-- the summary and its lines from one pricing
+	SELECT * INTO priced FROM msp_price_invoice(client_id, period) p;
+	inv := priced.summary;
+	lines := priced.lines;
 	evidence := coalesce((SELECT jsonb_agg(to_jsonb(u)) FROM msp_billable_users(client_id, period) u), '[]');
 	SELECT * INTO terms FROM msp_invoice_terms(client_id);
 	SELECT * INTO c FROM clients WHERE clients.client_id = client_id;

@@ -8093,6 +8093,529 @@ ALTER FUNCTION @extschema@.msp_export_xero(daterange) CALLED ON NULL INPUT;
 ALTER FUNCTION @extschema@.msp_export_quickbooks(daterange) CALLED ON NULL INPUT;
 ALTER FUNCTION @extschema@.msp_export_json(daterange) CALLED ON NULL INPUT;
 
+
+-- speed (issue 21): each segment's people counted once per invoice (the
+-- quantities carry who they are and the days contract lines prorate by),
+-- and the summary and lines of an invoice priced together
+-- (msp_price_invoice), so that finalizing prices once
+ALTER TYPE @extschema@.segment_quantities ADD ATTRIBUTE user_segment_days numeric,
+	ADD ATTRIBUTE user_homes bigint[], ADD ATTRIBUTE user_ids bigint[];
+COMMENT ON TYPE @extschema@.segment_quantities IS
+	'what one contract segment bills: counts (people, seats, devices, licence seats), the days they cover (a unit covering the whole period counts period_days), costs, the days the segment covers (period_days without proration), the days of the segment its people are active (prorated or not, for contract lines that prorate), and who they are (home client and person, pairwise)';
+CREATE OR REPLACE FUNCTION @extschema@.msp_segment_quantities(client_id bigint, contract_id bigint,
+													segment daterange, period daterange)
+RETURNS @extschema@.segment_quantities
+LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	k record;
+	q segment_quantities;
+	t0 timestamptz;
+	t1 timestamptz;
+	home bigint;
+	ids bigint[];
+	homes bigint[];
+	days numeric;
+	n integer;
+	pool record;
+	share numeric;
+BEGIN
+	SELECT x.prorate, x.shared_billing, x.count_realms, x.default_session, c.time_zone,
+		   upper(period) - lower(period) AS period_days,
+		   CASE WHEN x.prorate THEN upper(segment) - lower(segment)
+				ELSE upper(period) - lower(period) END AS covered_days
+	  INTO k
+	  FROM contracts x JOIN clients c ON c.client_id = x.client_id
+	 WHERE x.client_id = msp_segment_quantities.client_id AND c.client_id = msp_segment_quantities.client_id
+	   AND x.contract_id = msp_segment_quantities.contract_id;
+	-- no quantities for a contract that does not exist or that the caller
+	-- may not see
+	IF NOT FOUND THEN
+		RETURN NULL;
+	END IF;
+	t0 := lower(segment)::timestamp AT TIME ZONE k.time_zone;
+	t1 := upper(segment)::timestamp AT TIME ZONE k.time_zone;
+
+	-- people: the days each billed person's active range covers, read in
+	-- the person's own client
+	q.user_days := 0;
+	q.user_count := 0;
+	q.user_segment_days := 0;
+	SELECT array_agg(b.home_client_id), array_agg(b.person_id) INTO homes, ids
+	  FROM msp_segment_users(client_id, contract_id, segment, false) b;
+	-- (the days of the segment each is active are kept too: contract lines
+	-- that prorate read them from here instead of counting the people again)
+	FOREACH home IN ARRAY ARRAY(SELECT DISTINCT h FROM unnest(homes) h ORDER BY 1) LOOP
+		SELECT coalesce(sum(upper(coalesce(p.active, segment) * segment)
+							- lower(coalesce(p.active, segment) * segment)), 0),
+			   count(*)::integer
+		  INTO days, n
+		  FROM people p
+		 WHERE p.client_id = home
+		   AND p.person_id = ANY (ARRAY(SELECT x.id FROM unnest(homes, ids) x(h, id) WHERE x.h = home));
+		q.user_segment_days := q.user_segment_days + days;
+		q.user_count := q.user_count + n;
+	END LOOP;
+	q.user_days := CASE WHEN k.prorate THEN q.user_segment_days ELSE q.user_count * k.period_days END;
+	-- who: an invoice of two contracts counts a person billed by both once
+	q.user_homes := coalesce(homes, '{}');
+	q.user_ids := coalesce(ids, '{}');
+
+	-- shared seats: one per shared account with presence logons, or its
+	-- peak of concurrent sessions
+	IF k.shared_billing IN ('seat', 'peak') THEN
+		SELECT coalesce(sum(CASE WHEN k.shared_billing = 'peak' THEN greatest(sh.peak, 1) ELSE 1 END), 0)::integer
+		  INTO q.seat_count
+		  FROM (SELECT a.account_id,
+					   peak_concurrency(tstzrange(l.at, coalesce(l.ended, l.at + k.default_session))) AS peak
+				  FROM logons l
+				  JOIN accounts a ON a.client_id = msp_segment_quantities.client_id AND a.account_id = l.account_id
+								 AND a.kind = 'shared' AND NOT a.is_machine AND a.realm = ANY (k.count_realms)
+				 WHERE l.client_id = msp_segment_quantities.client_id AND l.at >= t0 AND l.at < t1 AND l.presence
+				 GROUP BY a.account_id) sh;
+	ELSE
+		q.seat_count := 0;
+	END IF;
+
+	SELECT coalesce(sum(CASE WHEN NOT k.prorate THEN k.period_days
+							 ELSE upper(coalesce(dv.active, segment) * segment)
+								  - lower(coalesce(dv.active, segment) * segment) END), 0),
+		   count(*)::integer
+	  INTO q.device_days, q.device_count
+	  FROM devices dv
+	 WHERE dv.client_id = msp_segment_quantities.client_id AND (dv.active IS NULL OR dv.active && segment);
+
+	SELECT coalesce(sum(lc.seats), 0)::integer INTO q.license_count
+	  FROM (SELECT DISTINCT ON (x.sku) x.seats
+			  FROM license_counts x
+			 WHERE x.client_id = msp_segment_quantities.client_id AND x.as_of < upper(segment)
+			 ORDER BY x.sku, x.as_of DESC, x.source) lc;
+
+	-- each pool's share, computed outside the query that lists the pools
+	q.cost := 0;
+	q.support_cost := 0;
+	FOR pool IN
+		SELECT cp.pool_id, cp.category FROM cost_pools cp
+		 WHERE cp.client_id = msp_segment_quantities.client_id AND cp.period && segment
+		 ORDER BY cp.pool_id
+	LOOP
+		share := msp_pool_share(client_id, pool.pool_id, period, segment);
+		q.cost := q.cost + share;
+		IF pool.category = 'support' THEN
+			q.support_cost := q.support_cost + share;
+		END IF;
+	END LOOP;
+
+	q.seat_days := q.seat_count * k.covered_days;
+	q.license_days := q.license_count * k.covered_days;
+	q.covered_days := k.covered_days;
+	q.period_days := k.period_days;
+	RETURN q;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_segment_quantities(bigint, bigint, daterange, daterange) IS
+	'billable counts and prorated quantities of one contract segment';
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_line_items(c @extschema@.clients, k @extschema@.contracts,
+											segment daterange, period daterange,
+											q @extschema@.segment_quantities, lines @extschema@.line_terms[])
+RETURNS SETOF @extschema@.invoice_line
+LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	t line_terms;
+	b record;
+	cp record;
+	n integer := 0;
+	seg_days integer := upper(segment) - lower(segment);
+	period_days integer := upper(period) - lower(period);
+	prorate boolean;
+	covered integer;
+	units numeric;
+	unit_days numeric;
+	m numeric;
+	md numeric;
+	bands integer;
+	line_total numeric;
+	amount numeric;
+	floor_fee numeric;
+	discounted daterange;
+	dd integer;
+	user_count integer;
+	user_segment_days numeric;
+	share numeric;
+	label text := CASE WHEN segment = period THEN ''
+					   ELSE format(' (%s to %s)', lower(segment), upper(segment) - 1) END;
+BEGIN
+	FOR t IN SELECT * FROM unnest(lines) x ORDER BY x.line_no LOOP
+		-- a preset whose model price is missing bills nothing, as the model does
+		CONTINUE WHEN t.source <> 'cost_pool' AND t.unit_price IS NULL;
+		-- a sum of readings is already the segment's: never prorated again
+		prorate := t.prorate AND NOT (t.source = 'meter' AND t.meter_rule = 'sum');
+		covered := CASE WHEN prorate THEN seg_days ELSE period_days END;
+		line_total := 0;
+
+		IF t.source = 'cost_pool' THEN
+			-- one line per pool, rounded per line (as cost-plus bills)
+			-- (each share computed outside the query that lists the pools:
+			-- on Citus no function that reads tables runs inside a query on
+			-- a shard)
+			FOR cp IN
+				SELECT x.pool_id, x.description, x.category
+				  FROM cost_pools x
+				 WHERE x.client_id = c.client_id AND x.period && segment
+				   AND (t.pool_category IS NULL OR x.category = t.pool_category)
+				 ORDER BY x.pool_id
+			LOOP
+				share := msp_pool_share(c.client_id, cp.pool_id, period, segment);
+				amount := msp_round(share * (1 + t.markup), c.minor_unit);
+				n := n + 1;
+				RETURN NEXT (n, k.contract_id,
+							 format('%s: %s (cost %s, markup %s%%)%s', t.description, cp.description, share,
+									trim_scale(round(t.markup * 100, 2)), label),
+							 1::numeric, amount, amount, 'cost')::invoice_line;
+				line_total := line_total + amount;
+			END LOOP;
+		ELSE
+			IF t.source = 'users' THEN
+				-- the people the contract's policy counts and the days of the
+				-- segment each is active, counted once by msp_segment_quantities
+				user_count := q.user_count;
+				user_segment_days := q.user_segment_days;
+				units := user_count;
+				unit_days := CASE WHEN prorate THEN user_segment_days ELSE user_count * period_days END;
+			ELSIF t.source = 'seats' THEN
+				units := q.seat_count;
+				unit_days := q.seat_count * covered;
+			ELSIF t.source = 'devices' THEN
+				SELECT count(*),
+					   coalesce(sum(CASE WHEN prorate
+										 THEN upper(coalesce(dv.active, segment) * segment)
+											  - lower(coalesce(dv.active, segment) * segment)
+										 ELSE period_days END), 0)
+				  INTO units, unit_days
+				  FROM devices dv
+				 WHERE dv.client_id = c.client_id AND (dv.active IS NULL OR dv.active && segment)
+				   AND (t.device_kind IS NULL OR dv.kind = t.device_kind);
+			ELSIF t.source = 'licenses' THEN
+				-- each SKU's latest count on or before the segment's last day
+				SELECT coalesce(sum(x.seats), 0) INTO units
+				  FROM (SELECT DISTINCT ON (lc.sku) lc.seats
+						  FROM license_counts lc
+						 WHERE lc.client_id = c.client_id AND lc.as_of < upper(segment)
+						   AND (t.sku IS NULL OR lc.sku = t.sku)
+						 ORDER BY lc.sku, lc.as_of DESC, lc.source) x;
+				unit_days := units * covered;
+			ELSIF t.source = 'meter' THEN
+				IF t.meter_rule = 'last' THEN
+					SELECT r.quantity INTO units
+					  FROM meter_readings r
+					 WHERE r.client_id = c.client_id AND r.meter = t.meter AND r.day < upper(segment)
+					 ORDER BY r.day DESC LIMIT 1;
+				ELSIF t.meter_rule = 'peak' THEN
+					SELECT max(r.quantity) INTO units
+					  FROM meter_readings r
+					 WHERE r.client_id = c.client_id AND r.meter = t.meter
+					   AND r.day >= lower(segment) AND r.day < upper(segment);
+				ELSE
+					SELECT sum(r.quantity) INTO units
+					  FROM meter_readings r
+					 WHERE r.client_id = c.client_id AND r.meter = t.meter
+					   AND r.day >= lower(segment) AND r.day < upper(segment);
+				END IF;
+				units := coalesce(units, 0);
+				unit_days := units * covered;
+			ELSE
+				-- fixed: one unit for the days covered
+				units := 1;
+				unit_days := covered;
+			END IF;
+
+			-- the minimum raises the count (for the tier) and the days
+			m := greatest(units, t.minimum_quantity);
+			md := greatest(unit_days, t.minimum_quantity * covered);
+			-- no seat at all is no seats line, as the per-user models bill it
+			m := CASE WHEN t.source = 'seats' AND m = 0 THEN NULL ELSE m END;
+			SELECT count(*) INTO bands
+			  FROM msp_line_bands(m, t.unit_price, t.tier_mode, t.tier_from, t.tier_price);
+			FOR b IN
+				SELECT x.first_unit, x.units, x.unit_price, x.first_unit + x.units - 1 AS last_unit,
+					   CASE WHEN m > 0 THEN x.units * md ELSE 0 END AS num,
+					   CASE WHEN m > 0 THEN m * period_days ELSE 1 END AS den
+				  FROM msp_line_bands(m, t.unit_price, t.tier_mode, t.tier_from, t.tier_price) x
+				 ORDER BY x.first_unit
+			LOOP
+				amount := msp_round(b.num * b.unit_price / b.den, c.minor_unit);
+				n := n + 1;
+				RETURN NEXT (n, k.contract_id,
+							 CASE WHEN t.source = 'fixed' THEN t.description
+								  ELSE format('%s: %s', t.description, trim_scale(round(units, 4))) END
+							 || CASE WHEN m > units THEN format(', minimum %s', trim_scale(t.minimum_quantity)) ELSE '' END
+							 || CASE WHEN bands > 1 THEN format(', units %s to %s', trim_scale(b.first_unit),
+															   trim_scale(ceil(b.last_unit))) ELSE '' END
+							 || label,
+							 b.num / b.den, b.unit_price, amount,
+							 CASE t.source WHEN 'users' THEN 'user' WHEN 'seats' THEN 'seat' WHEN 'devices' THEN 'device'
+										   WHEN 'licenses' THEN 'license' ELSE t.source END)::invoice_line;
+				line_total := line_total + amount;
+			END LOOP;
+		END IF;
+
+		-- the line's own minimum fee, for the days it covers
+		floor_fee := msp_round(t.minimum_fee * covered / period_days, c.minor_unit);
+		IF line_total < floor_fee THEN
+			amount := floor_fee - line_total;
+			n := n + 1;
+			RETURN NEXT (n, k.contract_id, format('%s: minimum fee top-up%s', t.description, label),
+						 1::numeric, amount, amount, 'minimum')::invoice_line;
+			line_total := floor_fee;
+		END IF;
+
+		-- the discount, for the days of the segment inside its range
+		IF t.discount_percent IS NOT NULL OR t.discount_amount IS NOT NULL THEN
+			discounted := segment * coalesce(t.discount_period, segment);
+			dd := upper(discounted) - lower(discounted);
+			IF dd > 0 AND line_total > 0 THEN
+				IF t.discount_percent IS NOT NULL THEN
+					amount := msp_round(line_total * t.discount_percent * dd / (100 * seg_days), c.minor_unit);
+				ELSE
+					-- a month's amount: the days discounted of the month, or
+					-- whole without proration
+					amount := msp_round(CASE WHEN prorate THEN t.discount_amount * dd / period_days
+											 ELSE t.discount_amount END, c.minor_unit);
+				END IF;
+				amount := least(amount, line_total);
+				IF amount > 0 THEN
+					n := n + 1;
+					RETURN NEXT (n, k.contract_id,
+								 format('%s: %s off%s', t.description,
+										CASE WHEN t.discount_percent IS NOT NULL
+											 THEN trim_scale(t.discount_percent) || '%'
+											 ELSE trim_scale(t.discount_amount)::text END,
+										CASE WHEN discounted = segment THEN label
+											 ELSE format(' (%s to %s)', lower(discounted), upper(discounted) - 1) END),
+								 1::numeric, -amount, -amount, 'discount')::invoice_line;
+				END IF;
+			END IF;
+		END IF;
+	END LOOP;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_line_items(@extschema@.clients, @extschema@.contracts, daterange, daterange, @extschema@.segment_quantities, @extschema@.line_terms[]) IS
+	'the invoice lines a set of line terms bills in one contract segment: per line its bands, minimum fee top-up and discount';
+
+CREATE FUNCTION @extschema@.msp_price_invoice(client_id bigint, period daterange,
+											   OUT summary @extschema@.invoice,
+											   OUT lines @extschema@.invoice_line[])
+LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	c clients;
+	k contracts;
+	seg record;
+	q segment_quantities;
+	line invoice_line;
+	inv invoice;
+	models text[] := '{}';
+	homes bigint[] := '{}';
+	ids bigint[] := '{}';
+	n integer := 0;
+BEGIN
+	period := msp_period(client_id, period);
+	PERFORM msp_check_currency(client_id, period);
+	SELECT * INTO c FROM clients WHERE clients.client_id = client_id;
+	inv := (c.client_id, c.name, period, NULL, 0, 0, 0, 0, 0, c.currency)::invoice;
+	lines := '{}';
+	FOR seg IN SELECT * FROM msp_contract_segments(client_id, period) LOOP
+		SELECT * INTO k FROM contracts WHERE contracts.client_id = client_id
+			AND contracts.contract_id = seg.contract_id;
+		q := msp_segment_quantities(client_id, seg.contract_id, seg.segment, period);
+		IF NOT k.model = ANY (models) THEN
+			models := models || k.model;
+		END IF;
+		-- a seat billed by two contracts of the month is one seat
+		inv.seats := greatest(inv.seats, q.seat_count);
+		homes := homes || q.user_homes;
+		ids := ids || q.user_ids;
+		FOR line IN SELECT * FROM msp_segment_lines(c, k, seg.segment, period, q, k.model) LOOP
+			inv.total := inv.total + line.amount;
+			IF line.basis <> 'minimum' THEN
+				inv.subtotal := inv.subtotal + line.amount;
+			END IF;
+			n := n + 1;
+			line.line_no := n;
+			-- shown and stored alike: four decimals at most
+			line.quantity := trim_scale(round(line.quantity, 4));
+			lines := lines || line;
+		END LOOP;
+	END LOOP;
+	-- the period's people: each segment's, a person counted by two
+	-- contracts once (as msp_period_people counts them, without counting
+	-- them again)
+	inv.users := (SELECT count(DISTINCT (x.h, x.id))::integer FROM unnest(homes, ids) x(h, id));
+	inv.devices := msp_period_devices(client_id, period);
+	inv.model := array_to_string(models, '+');
+	-- adjustments of earlier invoices carried by this one
+	FOR line IN SELECT * FROM msp_adjustment_lines(client_id, period) LOOP
+		inv.total := inv.total + line.amount;
+		n := n + 1;
+		line.line_no := n;
+		lines := lines || line;
+	END LOOP;
+	inv.subtotal := msp_round(inv.subtotal, c.minor_unit);
+	inv.total := msp_round(inv.total, c.minor_unit);
+	summary := inv;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_price_invoice(bigint, daterange) IS
+	'the invoice of a client for a period as today''s data prices it and its lines (as msp_price_lines gives them), each segment priced once';
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_compute_invoice(client_id bigint, period daterange DEFAULT NULL)
+RETURNS @extschema@.invoice
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+BEGIN
+	-- (the period first: msp_price_invoice is STRICT, NULL is the last full month)
+	period := msp_period(client_id, period);
+	-- (a scalar subquery: (f()).summary in a query would call f once per field)
+	RETURN (SELECT p.summary FROM msp_price_invoice(client_id, period) p);
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_compute_invoice(bigint, daterange) IS
+	'the invoice of a client for a period as today''s data prices it, finalized or not';
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_finalize_invoice(client_id bigint, period daterange DEFAULT NULL,
+												 override text[] DEFAULT '{}')
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER
+SET search_path = pg_catalog, @extschema@, pg_temp
+SET mspbill.pseudonymous = on
+AS $$
+#variable_conflict use_variable
+DECLARE
+	id bigint;
+	inv invoice;
+	failing text[];
+	unknown text[];
+	today date;
+	stamp timestamptz;
+	c clients;
+	terms record;
+	lines invoice_line[];
+	priced record;
+	evidence jsonb;
+	number text;
+	invoice_day date;
+	tax numeric;
+	findings jsonb;
+BEGIN
+	period := msp_period(client_id, period);
+	-- one finalization per client and period at a time, in any session
+	PERFORM pg_advisory_xact_lock(hashtext('mspbill.finalize'), hashtext(client_id::text || period::text));
+	id := (msp_finalized_invoice(client_id, period)).invoice_id;
+	IF id IS NOT NULL THEN
+		RETURN id;
+	END IF;
+
+	-- an unfinished month is not a data-quality question: its logons are
+	-- still coming, so no override finalizes it
+	IF 'period_not_over' = ANY (coalesce(override, '{}')) THEN
+		RAISE EXCEPTION 'the gate period_not_over cannot be overridden'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'A period is finalized only after it ends.',
+				  HINT = 'Overridable gates are device_silent, day_without_logons, unmapped_account and logon_outside_contract.';
+	END IF;
+	unknown := ARRAY(SELECT unnest(coalesce(override, '{}'))
+					 EXCEPT SELECT unnest('{device_silent,day_without_logons,unmapped_account,logon_outside_contract}'::text[]));
+	IF cardinality(unknown) > 0 THEN
+		RAISE EXCEPTION 'unknown data-quality gate %', unknown[1]
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Overridable gates are device_silent, day_without_logons, unmapped_account and logon_outside_contract.';
+	END IF;
+	-- the gates run once: they read the period's logons several times over
+	findings := coalesce((SELECT jsonb_agg(to_jsonb(q)) FROM msp_data_quality(client_id, period) q), '[]');
+	IF jsonb_path_exists(findings, '$[*] ? (@.gate == "period_not_over")') THEN
+		today := (now() AT TIME ZONE (SELECT c.time_zone FROM clients c WHERE c.client_id = client_id))::date;
+		RAISE EXCEPTION 'period % of client % is not over', period, client_id
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  DETAIL = format('The period ends on %s; today is %s in the client''s time zone.', upper(period) - 1, today),
+				  HINT = format('Finalize on or after %s; until then, preview it with SELECT * FROM mspbill.msp_invoice(%s, %L);',
+								upper(period), client_id, period);
+	END IF;
+	failing := ARRAY(SELECT DISTINCT q->>'gate' FROM jsonb_array_elements(findings) q
+					  WHERE NOT q->>'gate' = ANY (coalesce(override, '{}')) ORDER BY 1);
+	IF cardinality(failing) > 0 THEN
+		RAISE EXCEPTION 'data-quality gates failed for client % in %: %', client_id, period,
+						array_to_string(failing, ', ')
+			USING ERRCODE = 'check_violation',
+				  DETAIL = 'See SELECT * FROM mspbill.msp_data_quality(client_id, period) for each finding.',
+				  HINT = format('Fix the data, or finalize anyway (the override is recorded): SELECT mspbill.msp_finalize_invoice(%s, %L, %L);',
+								client_id, period, failing);
+	END IF;
+
+	-- the summary and its lines from one pricing
+	SELECT * INTO priced FROM msp_price_invoice(client_id, period) p;
+	inv := priced.summary;
+	lines := priced.lines;
+	evidence := coalesce((SELECT jsonb_agg(to_jsonb(u)) FROM msp_billable_users(client_id, period) u), '[]');
+	SELECT * INTO terms FROM msp_invoice_terms(client_id);
+	SELECT * INTO c FROM clients WHERE clients.client_id = client_id;
+	-- the number last: its counter row stays locked until this transaction
+	-- ends, so other finalizations wait here (not through the pricing), and
+	-- a rollback gives the number back: no gaps, no duplicates
+	INSERT INTO @extschema@.invoice_numbering AS n (series, last_number) VALUES ('invoice', 1)
+	ON CONFLICT (series) DO UPDATE SET last_number = n.last_number + 1
+	RETURNING msp_invoice_number_text(n.prefix, n.last_number, n.digits) INTO number;
+	-- one reading of the clock for the invoice and its audit entries
+	stamp := clock_timestamp();
+	invoice_day := (stamp AT TIME ZONE c.time_zone)::date;
+	-- (computed before the INSERT: Citus takes no subquery in INSERT ... VALUES)
+	tax := (SELECT coalesce(sum(t.tax), 0) FROM msp_tax_lines(client_id, lines) t);
+	INSERT INTO @extschema@.invoices (client_id, kind, period, model, users, seats, devices, subtotal, total,
+						  currency, evidence, overrides, finalized_at)
+	VALUES (client_id, 'invoice', period, inv.model, inv.users, inv.seats, inv.devices, inv.subtotal,
+			inv.total, inv.currency, evidence, coalesce(override, '{}'), stamp)
+	RETURNING invoice_id INTO id;
+	INSERT INTO @extschema@.invoice_items (client_id, invoice_id, line_no, contract_id, description, quantity,
+							   unit_price, amount, basis)
+	SELECT client_id, id, l.line_no, l.contract_id, l.description, l.quantity, l.unit_price, l.amount, l.basis
+	  FROM unnest(lines) l;
+	-- the document: number, dates, terms and PO as the client has them
+	-- today, and each line's tax and explanation (src/billing/documents.sql)
+	INSERT INTO @extschema@.invoice_documents (client_id, invoice_id, invoice_number, invoice_date, due_date,
+							   payment_terms_days, po_reference, tax)
+	VALUES (client_id, id, number, invoice_day, invoice_day + terms.payment_terms_days, terms.payment_terms_days,
+			terms.po_reference, tax);
+	INSERT INTO @extschema@.invoice_line_documents (client_id, invoice_id, line_no, tax_name, tax_rate, tax,
+									explanation, evidence)
+	SELECT client_id, id, t.line_no, t.tax_name, t.tax_rate, t.tax, x.explanation, x.evidence
+	  FROM msp_tax_lines(client_id, lines) t
+	  JOIN msp_explain_lines(client_id, period, lines, evidence) x ON x.line_no = t.line_no;
+	INSERT INTO @extschema@.audit_log (client_id, action, invoice_id, detail, at)
+	VALUES (client_id, 'finalize', id, jsonb_build_object('period', period::text, 'total', inv.total), stamp);
+	IF cardinality(coalesce(override, '{}')) > 0 THEN
+		-- the findings read once above (computed before the INSERT: Citus
+		-- takes no subquery in INSERT ... VALUES)
+		evidence := (SELECT jsonb_agg(q) FROM jsonb_array_elements(findings) q WHERE q->>'gate' = ANY (override));
+		INSERT INTO @extschema@.audit_log (client_id, action, invoice_id, at, detail)
+		VALUES (client_id, 'override', id, stamp, jsonb_build_object('gates', override, 'findings', evidence));
+	END IF;
+	RETURN id;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_finalize_invoice(bigint, daterange, text[]) IS
+	'stores the invoice of a period with its lines, evidence, number, dates, terms and tax and returns its id; finalizing again returns the same id';
+
+
 -- merged: functions several sections above redefine, as the release has them
 CREATE OR REPLACE FUNCTION @extschema@.msp_adjustment_lines(client_id bigint, period daterange)
 RETURNS SETOF @extschema@.invoice_line
@@ -8118,6 +8641,22 @@ END
 $$;
 COMMENT ON FUNCTION @extschema@.msp_adjustment_lines(bigint, daterange) IS
 	'adjustment notes carried by the invoice of a period, one line each';
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_compute_invoice(client_id bigint, period daterange DEFAULT NULL)
+RETURNS @extschema@.invoice
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+BEGIN
+	-- (the period first: msp_price_invoice is STRICT, NULL is the last full month)
+	period := msp_period(client_id, period);
+	-- (a scalar subquery: (f()).summary in a query would call f once per field)
+	RETURN (SELECT p.summary FROM msp_price_invoice(client_id, period) p);
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_compute_invoice(bigint, daterange) IS
+	'the invoice of a client for a period as today''s data prices it, finalized or not';
 
 CREATE OR REPLACE FUNCTION @extschema@.msp_distribute(shard_count integer DEFAULT NULL)
 RETURNS text
@@ -8492,6 +9031,7 @@ DECLARE
 	c clients;
 	terms record;
 	lines invoice_line[];
+	priced record;
 	evidence jsonb;
 	number text;
 	invoice_day date;
@@ -8543,8 +9083,10 @@ BEGIN
 								client_id, period, failing);
 	END IF;
 
-	inv := msp_compute_invoice(client_id, period);
-	lines := ARRAY(SELECT l FROM msp_price_lines(client_id, period, NULL) l);
+	-- the summary and its lines from one pricing
+	SELECT * INTO priced FROM msp_price_invoice(client_id, period) p;
+	inv := priced.summary;
+	lines := priced.lines;
 	evidence := coalesce((SELECT jsonb_agg(to_jsonb(u)) FROM msp_billable_users(client_id, period) u), '[]');
 	SELECT * INTO terms FROM msp_invoice_terms(client_id);
 	SELECT * INTO c FROM clients WHERE clients.client_id = client_id;
@@ -8865,15 +9407,9 @@ DECLARE
 	floor_fee numeric;
 	discounted daterange;
 	dd integer;
-	users_loaded boolean := false;
 	user_count integer;
 	user_segment_days numeric;
 	share numeric;
-	homes bigint[];
-	ids bigint[];
-	home bigint;
-	n_home integer;
-	days_home numeric;
 	label text := CASE WHEN segment = period THEN ''
 					   ELSE format(' (%s to %s)', lower(segment), upper(segment) - 1) END;
 BEGIN
@@ -8908,28 +9444,10 @@ BEGIN
 			END LOOP;
 		ELSE
 			IF t.source = 'users' THEN
-				IF NOT users_loaded THEN
-					-- the people the contract's policy counts, and the days
-					-- of the segment each is active
-					-- (read in each person's own client, client_id = that
-					-- client, so that Citus reads one shard per client)
-					SELECT array_agg(u.home_client_id), array_agg(u.person_id) INTO homes, ids
-					  FROM msp_segment_users(c.client_id, k.contract_id, segment, false) u;
-					user_count := 0;
-					user_segment_days := 0;
-					FOREACH home IN ARRAY ARRAY(SELECT DISTINCT h FROM unnest(homes) h ORDER BY 1) LOOP
-						SELECT count(*)::integer,
-							   coalesce(sum(upper(coalesce(p.active, segment) * segment)
-											- lower(coalesce(p.active, segment) * segment)), 0)
-						  INTO n_home, days_home
-						  FROM people p
-						 WHERE p.client_id = home
-						   AND p.person_id = ANY (ARRAY(SELECT x.id FROM unnest(homes, ids) x(h, id) WHERE x.h = home));
-						user_count := user_count + n_home;
-						user_segment_days := user_segment_days + days_home;
-					END LOOP;
-					users_loaded := true;
-				END IF;
+				-- the people the contract's policy counts and the days of the
+				-- segment each is active, counted once by msp_segment_quantities
+				user_count := q.user_count;
+				user_segment_days := q.user_segment_days;
 				units := user_count;
 				unit_days := CASE WHEN prorate THEN user_segment_days ELSE user_count * period_days END;
 			ELSIF t.source = 'seats' THEN
@@ -9786,6 +10304,122 @@ END
 $$;
 COMMENT ON FUNCTION @extschema@.msp_segment_lines(@extschema@.clients, @extschema@.contracts, daterange, daterange, @extschema@.segment_quantities, text) IS
 	'the priced lines of one contract segment under a model, from its quantities';
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_segment_quantities(client_id bigint, contract_id bigint,
+													segment daterange, period daterange)
+RETURNS @extschema@.segment_quantities
+LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	k record;
+	q segment_quantities;
+	t0 timestamptz;
+	t1 timestamptz;
+	home bigint;
+	ids bigint[];
+	homes bigint[];
+	days numeric;
+	n integer;
+	pool record;
+	share numeric;
+BEGIN
+	SELECT x.prorate, x.shared_billing, x.count_realms, x.default_session, c.time_zone,
+		   upper(period) - lower(period) AS period_days,
+		   CASE WHEN x.prorate THEN upper(segment) - lower(segment)
+				ELSE upper(period) - lower(period) END AS covered_days
+	  INTO k
+	  FROM contracts x JOIN clients c ON c.client_id = x.client_id
+	 WHERE x.client_id = msp_segment_quantities.client_id AND c.client_id = msp_segment_quantities.client_id
+	   AND x.contract_id = msp_segment_quantities.contract_id;
+	-- no quantities for a contract that does not exist or that the caller
+	-- may not see
+	IF NOT FOUND THEN
+		RETURN NULL;
+	END IF;
+	t0 := lower(segment)::timestamp AT TIME ZONE k.time_zone;
+	t1 := upper(segment)::timestamp AT TIME ZONE k.time_zone;
+
+	-- people: the days each billed person's active range covers, read in
+	-- the person's own client
+	q.user_days := 0;
+	q.user_count := 0;
+	q.user_segment_days := 0;
+	SELECT array_agg(b.home_client_id), array_agg(b.person_id) INTO homes, ids
+	  FROM msp_segment_users(client_id, contract_id, segment, false) b;
+	-- (the days of the segment each is active are kept too: contract lines
+	-- that prorate read them from here instead of counting the people again)
+	FOREACH home IN ARRAY ARRAY(SELECT DISTINCT h FROM unnest(homes) h ORDER BY 1) LOOP
+		SELECT coalesce(sum(upper(coalesce(p.active, segment) * segment)
+							- lower(coalesce(p.active, segment) * segment)), 0),
+			   count(*)::integer
+		  INTO days, n
+		  FROM people p
+		 WHERE p.client_id = home
+		   AND p.person_id = ANY (ARRAY(SELECT x.id FROM unnest(homes, ids) x(h, id) WHERE x.h = home));
+		q.user_segment_days := q.user_segment_days + days;
+		q.user_count := q.user_count + n;
+	END LOOP;
+	q.user_days := CASE WHEN k.prorate THEN q.user_segment_days ELSE q.user_count * k.period_days END;
+	-- who: an invoice of two contracts counts a person billed by both once
+	q.user_homes := coalesce(homes, '{}');
+	q.user_ids := coalesce(ids, '{}');
+
+	-- shared seats: one per shared account with presence logons, or its
+	-- peak of concurrent sessions
+	IF k.shared_billing IN ('seat', 'peak') THEN
+		SELECT coalesce(sum(CASE WHEN k.shared_billing = 'peak' THEN greatest(sh.peak, 1) ELSE 1 END), 0)::integer
+		  INTO q.seat_count
+		  FROM (SELECT a.account_id,
+					   peak_concurrency(tstzrange(l.at, coalesce(l.ended, l.at + k.default_session))) AS peak
+				  FROM logons l
+				  JOIN accounts a ON a.client_id = msp_segment_quantities.client_id AND a.account_id = l.account_id
+								 AND a.kind = 'shared' AND NOT a.is_machine AND a.realm = ANY (k.count_realms)
+				 WHERE l.client_id = msp_segment_quantities.client_id AND l.at >= t0 AND l.at < t1 AND l.presence
+				 GROUP BY a.account_id) sh;
+	ELSE
+		q.seat_count := 0;
+	END IF;
+
+	SELECT coalesce(sum(CASE WHEN NOT k.prorate THEN k.period_days
+							 ELSE upper(coalesce(dv.active, segment) * segment)
+								  - lower(coalesce(dv.active, segment) * segment) END), 0),
+		   count(*)::integer
+	  INTO q.device_days, q.device_count
+	  FROM devices dv
+	 WHERE dv.client_id = msp_segment_quantities.client_id AND (dv.active IS NULL OR dv.active && segment);
+
+	SELECT coalesce(sum(lc.seats), 0)::integer INTO q.license_count
+	  FROM (SELECT DISTINCT ON (x.sku) x.seats
+			  FROM license_counts x
+			 WHERE x.client_id = msp_segment_quantities.client_id AND x.as_of < upper(segment)
+			 ORDER BY x.sku, x.as_of DESC, x.source) lc;
+
+	-- each pool's share, computed outside the query that lists the pools
+	q.cost := 0;
+	q.support_cost := 0;
+	FOR pool IN
+		SELECT cp.pool_id, cp.category FROM cost_pools cp
+		 WHERE cp.client_id = msp_segment_quantities.client_id AND cp.period && segment
+		 ORDER BY cp.pool_id
+	LOOP
+		share := msp_pool_share(client_id, pool.pool_id, period, segment);
+		q.cost := q.cost + share;
+		IF pool.category = 'support' THEN
+			q.support_cost := q.support_cost + share;
+		END IF;
+	END LOOP;
+
+	q.seat_days := q.seat_count * k.covered_days;
+	q.license_days := q.license_count * k.covered_days;
+	q.covered_days := k.covered_days;
+	q.period_days := k.period_days;
+	RETURN q;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_segment_quantities(bigint, bigint, daterange, daterange) IS
+	'billable counts and prorated quantities of one contract segment';
 
 CREATE OR REPLACE FUNCTION @extschema@.msp_segment_users(client_id bigint, contract_id bigint, segment daterange,
 											   with_evidence boolean DEFAULT true)

@@ -48,11 +48,14 @@ $$;
 COMMENT ON FUNCTION @extschema@.msp_period_devices(bigint, daterange) IS
 	'how many devices are under management (billable range overlapping) in a period';
 
--- The invoice as today's data prices it (msp_invoice() reports a finalized
--- one as stored).  Each segment's quantities are computed once.
-CREATE FUNCTION @extschema@.msp_compute_invoice(client_id bigint, period daterange DEFAULT NULL)
-RETURNS @extschema@.invoice
-LANGUAGE plpgsql STABLE PARALLEL SAFE
+-- The invoice as today's data prices it and its lines, priced once: what
+-- msp_compute_invoice shows and what msp_finalize_invoice stores (which
+-- before priced every segment twice, once for the summary and once for the
+-- lines).  The lines are numbered and rounded as msp_price_lines gives them.
+CREATE FUNCTION @extschema@.msp_price_invoice(client_id bigint, period daterange,
+											   OUT summary @extschema@.invoice,
+											   OUT lines @extschema@.invoice_line[])
+LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
 SET search_path = @extschema@, pg_catalog, pg_temp
 AS $$
 #variable_conflict use_variable
@@ -64,39 +67,72 @@ DECLARE
 	line invoice_line;
 	inv invoice;
 	models text[] := '{}';
-	segments integer := 0;
+	homes bigint[] := '{}';
+	ids bigint[] := '{}';
+	n integer := 0;
 BEGIN
 	period := msp_period(client_id, period);
 	PERFORM msp_check_currency(client_id, period);
 	SELECT * INTO c FROM clients WHERE clients.client_id = client_id;
 	inv := (c.client_id, c.name, period, NULL, 0, 0, 0, 0, 0, c.currency)::invoice;
+	lines := '{}';
 	FOR seg IN SELECT * FROM msp_contract_segments(client_id, period) LOOP
 		SELECT * INTO k FROM contracts WHERE contracts.client_id = client_id
 			AND contracts.contract_id = seg.contract_id;
 		q := msp_segment_quantities(client_id, seg.contract_id, seg.segment, period);
-		segments := segments + 1;
 		IF NOT k.model = ANY (models) THEN
 			models := models || k.model;
 		END IF;
 		-- a seat billed by two contracts of the month is one seat
 		inv.seats := greatest(inv.seats, q.seat_count);
+		homes := homes || q.user_homes;
+		ids := ids || q.user_ids;
 		FOR line IN SELECT * FROM msp_segment_lines(c, k, seg.segment, period, q, k.model) LOOP
 			inv.total := inv.total + line.amount;
 			IF line.basis <> 'minimum' THEN
 				inv.subtotal := inv.subtotal + line.amount;
 			END IF;
+			n := n + 1;
+			line.line_no := n;
+			-- shown and stored alike: four decimals at most
+			line.quantity := trim_scale(round(line.quantity, 4));
+			lines := lines || line;
 		END LOOP;
 	END LOOP;
-	-- one contract all month (the usual case): its people are the period's,
-	-- counted already; across contracts a person counted by two is one
-	inv.users := CASE WHEN segments = 1 THEN q.user_count ELSE msp_period_people(client_id, period) END;
+	-- the period's people: each segment's, a person counted by two
+	-- contracts once (as msp_period_people counts them, without counting
+	-- them again)
+	inv.users := (SELECT count(DISTINCT (x.h, x.id))::integer FROM unnest(homes, ids) x(h, id));
 	inv.devices := msp_period_devices(client_id, period);
 	inv.model := array_to_string(models, '+');
 	-- adjustments of earlier invoices carried by this one
-	inv.total := inv.total + coalesce((SELECT sum(amount) FROM msp_adjustment_lines(client_id, period)), 0);
+	FOR line IN SELECT * FROM msp_adjustment_lines(client_id, period) LOOP
+		inv.total := inv.total + line.amount;
+		n := n + 1;
+		line.line_no := n;
+		lines := lines || line;
+	END LOOP;
 	inv.subtotal := msp_round(inv.subtotal, c.minor_unit);
 	inv.total := msp_round(inv.total, c.minor_unit);
-	RETURN inv;
+	summary := inv;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_price_invoice(bigint, daterange) IS
+	'the invoice of a client for a period as today''s data prices it and its lines (as msp_price_lines gives them), each segment priced once';
+
+-- The invoice as today's data prices it (msp_invoice() reports a finalized
+-- one as stored).
+CREATE FUNCTION @extschema@.msp_compute_invoice(client_id bigint, period daterange DEFAULT NULL)
+RETURNS @extschema@.invoice
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+BEGIN
+	-- (the period first: msp_price_invoice is STRICT, NULL is the last full month)
+	period := msp_period(client_id, period);
+	-- (a scalar subquery: (f()).summary in a query would call f once per field)
+	RETURN (SELECT p.summary FROM msp_price_invoice(client_id, period) p);
 END
 $$;
 COMMENT ON FUNCTION @extschema@.msp_compute_invoice(bigint, daterange) IS

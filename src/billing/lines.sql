@@ -403,15 +403,9 @@ DECLARE
 	floor_fee numeric;
 	discounted daterange;
 	dd integer;
-	users_loaded boolean := false;
 	user_count integer;
 	user_segment_days numeric;
 	share numeric;
-	homes bigint[];
-	ids bigint[];
-	home bigint;
-	n_home integer;
-	days_home numeric;
 	label text := CASE WHEN segment = period THEN ''
 					   ELSE format(' (%s to %s)', lower(segment), upper(segment) - 1) END;
 BEGIN
@@ -446,28 +440,10 @@ BEGIN
 			END LOOP;
 		ELSE
 			IF t.source = 'users' THEN
-				IF NOT users_loaded THEN
-					-- the people the contract's policy counts, and the days
-					-- of the segment each is active
-					-- (read in each person's own client, client_id = that
-					-- client, so that Citus reads one shard per client)
-					SELECT array_agg(u.home_client_id), array_agg(u.person_id) INTO homes, ids
-					  FROM msp_segment_users(c.client_id, k.contract_id, segment, false) u;
-					user_count := 0;
-					user_segment_days := 0;
-					FOREACH home IN ARRAY ARRAY(SELECT DISTINCT h FROM unnest(homes) h ORDER BY 1) LOOP
-						SELECT count(*)::integer,
-							   coalesce(sum(upper(coalesce(p.active, segment) * segment)
-											- lower(coalesce(p.active, segment) * segment)), 0)
-						  INTO n_home, days_home
-						  FROM people p
-						 WHERE p.client_id = home
-						   AND p.person_id = ANY (ARRAY(SELECT x.id FROM unnest(homes, ids) x(h, id) WHERE x.h = home));
-						user_count := user_count + n_home;
-						user_segment_days := user_segment_days + days_home;
-					END LOOP;
-					users_loaded := true;
-				END IF;
+				-- the people the contract's policy counts and the days of the
+				-- segment each is active, counted once by msp_segment_quantities
+				user_count := q.user_count;
+				user_segment_days := q.user_segment_days;
 				units := user_count;
 				unit_days := CASE WHEN prorate THEN user_segment_days ELSE user_count * period_days END;
 			ELSIF t.source = 'seats' THEN

@@ -66,10 +66,13 @@ CREATE TYPE @extschema@.segment_quantities AS (
 	cost numeric,
 	support_cost numeric,
 	covered_days integer,
-	period_days integer
+	period_days integer,
+	user_segment_days numeric,
+	user_homes bigint[],
+	user_ids bigint[]
 );
 COMMENT ON TYPE @extschema@.segment_quantities IS
-	'what one contract segment bills: counts (people, seats, devices, licence seats), the days they cover (a unit covering the whole period counts period_days), costs, and the days the segment covers (period_days without proration)';
+	'what one contract segment bills: counts (people, seats, devices, licence seats), the days they cover (a unit covering the whole period counts period_days), costs, the days the segment covers (period_days without proration), the days of the segment its people are active (prorated or not, for contract lines that prorate), and who they are (home client and person, pairwise)';
 
 -- Quantities of one contract segment: how many units (the count, which
 -- picks the tier) and how many days of the period they cover (the
@@ -119,20 +122,26 @@ BEGIN
 	-- the person's own client
 	q.user_days := 0;
 	q.user_count := 0;
+	q.user_segment_days := 0;
 	SELECT array_agg(b.home_client_id), array_agg(b.person_id) INTO homes, ids
 	  FROM msp_segment_users(client_id, contract_id, segment, false) b;
+	-- (the days of the segment each is active are kept too: contract lines
+	-- that prorate read them from here instead of counting the people again)
 	FOREACH home IN ARRAY ARRAY(SELECT DISTINCT h FROM unnest(homes) h ORDER BY 1) LOOP
-		SELECT coalesce(sum(CASE WHEN NOT k.prorate THEN k.period_days
-								 ELSE upper(coalesce(p.active, segment) * segment)
-									  - lower(coalesce(p.active, segment) * segment) END), 0),
+		SELECT coalesce(sum(upper(coalesce(p.active, segment) * segment)
+							- lower(coalesce(p.active, segment) * segment)), 0),
 			   count(*)::integer
 		  INTO days, n
 		  FROM people p
 		 WHERE p.client_id = home
 		   AND p.person_id = ANY (ARRAY(SELECT x.id FROM unnest(homes, ids) x(h, id) WHERE x.h = home));
-		q.user_days := q.user_days + days;
+		q.user_segment_days := q.user_segment_days + days;
 		q.user_count := q.user_count + n;
 	END LOOP;
+	q.user_days := CASE WHEN k.prorate THEN q.user_segment_days ELSE q.user_count * k.period_days END;
+	-- who: an invoice of two contracts counts a person billed by both once
+	q.user_homes := coalesce(homes, '{}');
+	q.user_ids := coalesce(ids, '{}');
 
 	-- shared seats: one per shared account with presence logons, or its
 	-- peak of concurrent sessions

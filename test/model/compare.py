@@ -114,6 +114,16 @@ def main():
     for cid, k, basis, q, price, amount in cur.fetchall():
         preset_lines[cid].append((k, basis, q.normalize(), None if price is None else price.normalize(),
                                   amount.normalize()))
+    # what month-end stores: summary and lines priced together
+    # (msp_price_invoice), against the preview's lines and msp_compute_invoice
+    cur.execute("""SELECT count(*) FILTER (WHERE x.lines IS DISTINCT FROM y.lines),
+                          count(*) FILTER (WHERE x.summary IS DISTINCT FROM z.summary), count(*)
+                     FROM periods p,
+                          LATERAL msp_price_invoice(p.client_id, p.period) x,
+                          LATERAL (SELECT coalesce(array_agg(l ORDER BY l.line_no), '{}') AS lines
+                                     FROM msp_invoice_lines(p.client_id, p.period) l) y,
+                          LATERAL (SELECT i AS summary FROM msp_compute_invoice(p.client_id, p.period) i) z""")
+    priced_lines_differ, priced_summary_differ, priced_n = cur.fetchone()
     db_users = defaultdict(set)
     cur.execute("""SELECT p.client_id, u.contract_id, u.home_client_id, u.person_id, u.rule, u.days_active,
                           u.support_contacts
@@ -176,7 +186,7 @@ def main():
     presets = [c for c in sorted(data["clients"])
                if not any(k["model"] == "per_user_plus_support" for k in data["contracts"][c])]
     preset_bad = [(c, preset_lines[c], db_lines[c]) for c in presets if preset_lines[c] != db_lines[c]]
-    print("1..6")
+    print("1..7")
     print("# %d clients (seed %d), %d lines, %d billed people, %.1f s"
           % (n, seed, lines_checked, users_checked, time.time() - started))
     checks = [("lines", "msp_invoice_lines equals the model to the cent"),
@@ -199,6 +209,9 @@ def main():
           % (len(presets), "" if not preset_bad else " (%d disagree)" % len(preset_bad)))
     for case in preset_bad[:5]:
         print("#   client %d: as preset lines %s; as its model %s" % case)
+    print(("ok" if priced_n == n and priced_lines_differ == 0 and priced_summary_differ == 0 else "not ok")
+          + " 7 - msp_price_invoice (what month-end stores) gives msp_invoice_lines' lines and msp_compute_invoice's summary"
+          + " on %d clients (%d lines, %d summaries differ)" % (priced_n, priced_lines_differ, priced_summary_differ))
     print("# " + ", ".join("%s %d" % (w, rules[w]) for w in wanted))
 
 
