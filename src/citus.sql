@@ -103,8 +103,10 @@ DECLARE
 	-- license_product_names the licences' spellings, partner_companies the
 	-- vendors' company names (unique across clients), sister_clients the
 	-- pairs of clients whose invoices read each other's people (so that an
-	-- invoice finds them on its own node)
-	ref_tables text[] := '{clients,bi_client_access,invoice_numbering,export_codes,license_product_names,partner_companies,sister_clients}';
+	-- invoice finds them on its own node), finalize_runs the month-end runs
+	-- (one row per run for all clients; each client's outcome row is
+	-- distributed with the client)
+	ref_tables text[] := '{clients,bi_client_access,invoice_numbering,export_codes,license_product_names,partner_companies,sister_clients,finalize_runs}';
 	-- the first distributed table names the co-location group of all
 	anchor regclass := '@extschema@.contracts'::regclass;
 	todo regclass[];
