@@ -448,7 +448,6 @@ BEGIN
 
 	-- report: functions only (see msp_report_invoices)
 	EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO mspbill_report', reports);
-
 	RETURN 'roles mspbill_admin, mspbill_billing, mspbill_bi, mspbill_pii and mspbill_report are ready';
 END
 $$;
