@@ -181,13 +181,24 @@ ALTER VIEW @extschema@.account_labels SET (security_barrier = true);
 -- login: a SECURITY DEFINER function cannot see its caller's current role,
 -- only session_user, so clients are mapped to the login (or a role the
 -- login belongs to) in bi_client_access.
+-- (PL/pgSQL reading msp_client_access_table(): on Citus a query on
+-- bi_client_access would be a distributed one, and Citus re-plans a
+-- RETURN-style SQL body as text, which fails)
 CREATE FUNCTION @extschema@.msp_report_clients() RETURNS bigint[]
-LANGUAGE sql STABLE PARALLEL RESTRICTED
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED
 SET search_path = pg_catalog, @extschema@, pg_temp
-RETURN ARRAY(SELECT b.client_id FROM @extschema@.bi_client_access b
-			   JOIN pg_catalog.pg_roles r ON r.rolname = b.role_name
-			  WHERE pg_catalog.pg_has_role(session_user, r.oid, 'MEMBER')
-			  ORDER BY b.client_id);
+AS $$
+DECLARE
+	ids bigint[];
+BEGIN
+	EXECUTE format('SELECT ARRAY(SELECT b.client_id FROM %s b
+								   JOIN pg_catalog.pg_roles r ON r.rolname = b.role_name
+								  WHERE pg_catalog.pg_has_role(session_user, r.oid, ''MEMBER'')
+								  ORDER BY b.client_id)', @extschema@.msp_client_access_table())
+		INTO ids;
+	RETURN ids;
+END
+$$;
 COMMENT ON FUNCTION @extschema@.msp_report_clients() IS
 	'the clients mapped in bi_client_access to the session''s login or a role it belongs to';
 
@@ -211,15 +222,23 @@ CREATE FUNCTION @extschema@.msp_report_invoices()
 RETURNS TABLE (client_id bigint, invoice_id bigint, kind text, period daterange, adjusts_invoice_id bigint,
 			   apply_period daterange, reason text, model text, users integer, seats integer, devices integer,
 			   subtotal numeric, total numeric, currency char(3), evidence jsonb, finalized_at timestamptz)
-LANGUAGE sql STABLE SECURITY DEFINER PARALLEL RESTRICTED
+LANGUAGE plpgsql STABLE SECURITY DEFINER PARALLEL RESTRICTED
 SET search_path = pg_catalog, @extschema@, pg_temp
-BEGIN ATOMIC
+AS $$
+#variable_conflict use_column
+DECLARE
+	-- the login's clients, taken here: on Citus a call left in the query
+	-- would run on the workers, where the session is the definer's
+	ids bigint[] := @extschema@.msp_report_clients();
+BEGIN
+	RETURN QUERY
 	SELECT i.client_id, i.invoice_id, i.kind, i.period, i.adjusts_invoice_id, i.apply_period, i.reason, i.model,
 		   i.users, i.seats, i.devices, i.subtotal, i.total, i.currency, i.evidence, i.finalized_at
 	  FROM @extschema@.invoices i
-	 WHERE i.client_id = ANY (@extschema@.msp_report_clients())
+	 WHERE i.client_id = ANY (ids)
 	 ORDER BY i.client_id, i.invoice_id;
-END;
+END
+$$;
 COMMENT ON FUNCTION @extschema@.msp_report_invoices() IS
 	'for mspbill_report: the finalized invoices and adjustment notes of the clients mapped to the login';
 
@@ -300,20 +319,8 @@ REVOKE EXECUTE ON FUNCTION @extschema@.msp_finalize_invoice(bigint, daterange, t
 -- The roles.  Roles belong to the whole cluster, not to one database, so
 -- the extension does not create them on its own: a DBA runs
 -- SELECT mspbill.msp_install_roles(); (again after upgrades; it is idempotent).
--- Each role gets the verbs its workflow needs and no more: nobody but the
--- owner holds TRIGGER, REFERENCES or TRUNCATE (a trigger runs with the
--- rights of whoever fires it), and nobody writes invoices, their lines or
--- the audit log except through msp_finalize_invoice and msp_issue_adjustment.
---   mspbill_admin    maintains every client's data, loads, finalizes and
---                    adjusts; maps BI roles; is mspbill_pii
---   mspbill_billing  the same without real names: no accounts.name, no raw
---                    records (staging, load_rejects.raw), no person_identities
---   mspbill_bi       reads billing data (not real names, not raw records) of
---                    the clients mapped in bi_client_access
---   mspbill_pii      may read real names (person_identities, account names,
---                    rejected raw records) of the clients mapped to it
---   mspbill_report   a sealed BI role: no table at all, only the msp_report_*
---                    functions, for the clients mapped to the login
+-- On a Citus coordinator, Citus carries the roles it creates and the grants
+-- on its tables and the schema to the workers (not those on views).
 CREATE FUNCTION @extschema@.msp_install_roles() RETURNS text
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, @extschema@, pg_temp

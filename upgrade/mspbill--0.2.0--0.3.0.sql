@@ -8616,6 +8616,323 @@ COMMENT ON FUNCTION @extschema@.msp_finalize_invoice(bigint, daterange, text[]) 
 	'stores the invoice of a period with its lines, evidence, number, dates, terms and tax and returns its id; finalizing again returns the same id';
 
 
+
+-- issue 17 (Citus, third part): the client-scoped roles on Citus.  The
+-- policies' msp_visible_clients() and msp_report_clients() read this node's
+-- copy of bi_client_access (msp_client_access_table), not the Citus table
+-- (a query on it inside a shard query is refused); msp_report_invoices()
+-- takes the login's clients before its query; msp_distribute() makes
+-- finalize_runs a reference table.
+-- The table to read the client mappings from: bi_client_access itself, or
+-- on Citus this node's copy of it (a reference table has one on every
+-- node).  The policies of distributed tables run inside the queries on
+-- their shards, where Citus refuses any query on a table it manages
+-- (nested distributed execution); the local copy is a plain table to it.
+CREATE FUNCTION @extschema@.msp_client_access_table() RETURNS regclass
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	placement regclass;
+BEGIN
+	IF to_regclass('pg_catalog.pg_dist_shard') IS NOT NULL THEN
+		EXECUTE $q$SELECT pg_catalog.to_regclass(pg_catalog.format('%I.%I', n.nspname, c.relname || '_' || s.shardid))
+					 FROM pg_catalog.pg_dist_shard s
+					 JOIN pg_catalog.pg_class c ON c.oid = s.logicalrelid
+					 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+					WHERE s.logicalrelid = '@extschema@.bi_client_access'::pg_catalog.regclass$q$
+			INTO placement;
+	END IF;
+	RETURN coalesce(placement, '@extschema@.bi_client_access'::regclass);
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_client_access_table() IS
+	'bi_client_access, or on Citus this node''s copy of the reference table (readable inside queries on shards)';
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_visible_clients() RETURNS bigint[]
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	ids bigint[];
+BEGIN
+	EXECUTE format('SELECT ARRAY(SELECT b.client_id FROM %s b JOIN pg_catalog.pg_roles r ON r.rolname = b.role_name
+							  WHERE pg_catalog.pg_has_role(r.oid, ''MEMBER''))', @extschema@.msp_client_access_table())
+		INTO ids;
+	RETURN ids;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_visible_clients() IS 'the clients mapped to the current user''s roles';
+
+-- (PL/pgSQL reading msp_client_access_table(): on Citus a query on
+-- bi_client_access would be a distributed one, and Citus re-plans a
+-- RETURN-style SQL body as text, which fails)
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_report_clients() RETURNS bigint[]
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED
+SET search_path = pg_catalog, @extschema@, pg_temp
+AS $$
+DECLARE
+	ids bigint[];
+BEGIN
+	EXECUTE format('SELECT ARRAY(SELECT b.client_id FROM %s b
+								   JOIN pg_catalog.pg_roles r ON r.rolname = b.role_name
+								  WHERE pg_catalog.pg_has_role(session_user, r.oid, ''MEMBER'')
+								  ORDER BY b.client_id)', @extschema@.msp_client_access_table())
+		INTO ids;
+	RETURN ids;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_report_clients() IS
+	'the clients mapped in bi_client_access to the session''s login or a role it belongs to';
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_report_invoices()
+RETURNS TABLE (client_id bigint, invoice_id bigint, kind text, period daterange, adjusts_invoice_id bigint,
+			   apply_period daterange, reason text, model text, users integer, seats integer, devices integer,
+			   subtotal numeric, total numeric, currency char(3), evidence jsonb, finalized_at timestamptz)
+LANGUAGE plpgsql STABLE SECURITY DEFINER PARALLEL RESTRICTED
+SET search_path = pg_catalog, @extschema@, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+	-- the login's clients, taken here: on Citus a call left in the query
+	-- would run on the workers, where the session is the definer's
+	ids bigint[] := @extschema@.msp_report_clients();
+BEGIN
+	RETURN QUERY
+	SELECT i.client_id, i.invoice_id, i.kind, i.period, i.adjusts_invoice_id, i.apply_period, i.reason, i.model,
+		   i.users, i.seats, i.devices, i.subtotal, i.total, i.currency, i.evidence, i.finalized_at
+	  FROM @extschema@.invoices i
+	 WHERE i.client_id = ANY (ids)
+	 ORDER BY i.client_id, i.invoice_id;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_report_invoices() IS
+	'for mspbill_report: the finalized invoices and adjustment notes of the clients mapped to the login';
+
+-- Distribute the schema on a Citus coordinator.  Idempotent: what is
+-- distributed already is left as it is.
+CREATE OR REPLACE FUNCTION @extschema@.msp_distribute(shard_count integer DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	-- the small shared tables: invoice_numbering is the MSP's one number
+	-- series, whose row each finalization locks wherever it runs (Citus
+	-- writes a reference table on every node in one transaction and
+	-- serializes its writers cluster-wide), export_codes the MSP's books,
+	-- license_product_names the licences' spellings, partner_companies the
+	-- vendors' company names (unique across clients), sister_clients the
+	-- pairs of clients whose invoices read each other's people (so that an
+	-- invoice finds them on its own node), finalize_runs the month-end runs
+	-- (one row per run for all clients; each client's outcome row is
+	-- distributed with the client)
+	ref_tables text[] := '{clients,bi_client_access,invoice_numbering,export_codes,license_product_names,partner_companies,sister_clients,finalize_runs}';
+	-- the first distributed table names the co-location group of all
+	anchor regclass := '@extschema@.contracts'::regclass;
+	todo regclass[];
+	t regclass;
+	progress boolean;
+	n_ref integer := 0;
+	n_dist integer := 0;
+	n_fn integer := 0;
+	f record;
+	s record;
+	is_coord boolean;
+BEGIN
+	IF NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus') THEN
+		RAISE EXCEPTION 'Citus is not installed in this database'
+			USING ERRCODE = 'feature_not_supported',
+				  DETAIL = 'msp_distribute() distributes mspbill''s tables on a Citus cluster; on one server there is nothing to do.',
+				  HINT = 'On the coordinator (citus in shared_preload_libraries): CREATE EXTENSION citus; add the workers with citus_add_node(); then SELECT mspbill.msp_distribute();';
+	END IF;
+	EXECUTE 'SELECT pg_catalog.citus_is_coordinator()' INTO is_coord;
+	IF NOT is_coord THEN
+		RAISE EXCEPTION 'msp_distribute() runs on the Citus coordinator only'
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  DETAIL = 'This node is not the coordinator of its cluster.',
+				  HINT = 'Connect to the coordinator (or register it with citus_set_coordinator_host()) and call it there.';
+	END IF;
+	IF NOT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
+		RAISE EXCEPTION 'msp_distribute() must be run by a superuser'
+			USING ERRCODE = 'insufficient_privilege',
+				  DETAIL = 'It distributes tables and sets the sequences of every node.',
+				  HINT = 'Connect as the superuser that created the extension.';
+	END IF;
+	IF NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'btree_gist') THEN
+		RAISE EXCEPTION 'msp_distribute() needs the extension btree_gist'
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  DETAIL = 'On Citus, the one-contract-per-day and one-invoice-per-period exclusion constraints must name client_id itself, which needs btree_gist''s equality for bigint.',
+				  HINT = 'CREATE EXTENSION btree_gist; on the coordinator (Citus creates it on the workers), then call msp_distribute() again.';
+	END IF;
+
+	-- Every table it will distribute has a client_id: checked before
+	-- anything changes, since the statements run on the workers
+	-- (run_command_on_workers) commit there even if this call fails later
+	FOR t IN
+		SELECT c.oid::regclass FROM pg_class c
+		 WHERE c.relnamespace = '@extschema@'::regnamespace AND c.relkind IN ('r', 'p')
+		   AND NOT c.relispartition AND NOT @extschema@.msp_is_distributed(c.oid)
+		   AND c.relname <> ALL (ref_tables)
+		   AND NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attname = 'client_id' AND NOT a.attisdropped)
+	LOOP
+		RAISE EXCEPTION 'table % has no client_id to distribute it by', t
+			USING ERRCODE = 'feature_not_supported',
+				  DETAIL = 'msp_distribute() changed nothing.',
+				  HINT = 'Every mspbill table is keyed by client_id; a table added by hand must be distributed (or dropped) by hand first.';
+	END LOOP;
+
+	-- 1. Policies: a function call instead of the initplans
+	FOR s IN
+		SELECT p.polrelid::regclass AS rel, p.polname
+		  FROM pg_policy p JOIN pg_class c ON c.oid = p.polrelid
+		 WHERE c.relnamespace = '@extschema@'::regnamespace
+		   AND p.polname IN ('client_rows', 'own_rows')
+		   AND NOT @extschema@.msp_is_distributed(p.polrelid)
+	LOOP
+		IF s.polname = 'own_rows' THEN
+			PERFORM @extschema@.msp_on_all_nodes(format('ALTER POLICY own_rows ON %s USING (@extschema@.msp_sees_all_clients() OR @extschema@.msp_has_role(role_name))', s.rel));
+		ELSE
+			PERFORM @extschema@.msp_on_all_nodes(format('ALTER POLICY client_rows ON %s USING (%s)', s.rel, @extschema@.msp_client_policy(true)));
+		END IF;
+	END LOOP;
+
+	-- 2. Exclusion constraints that name client_id itself (btree_gist)
+	IF NOT @extschema@.msp_is_distributed('@extschema@.contracts') THEN
+		PERFORM @extschema@.msp_on_all_nodes('ALTER TABLE @extschema@.contracts DROP CONSTRAINT contracts_no_overlap, '
+								 'ADD CONSTRAINT contracts_no_overlap EXCLUDE USING gist (client_id WITH =, effective WITH &&)');
+	END IF;
+	IF NOT @extschema@.msp_is_distributed('@extschema@.invoices') THEN
+		PERFORM @extschema@.msp_on_all_nodes('ALTER TABLE @extschema@.invoices DROP CONSTRAINT invoices_no_overlap, '
+								 'ADD CONSTRAINT invoices_no_overlap EXCLUDE USING gist (client_id WITH =, period WITH &&) WHERE (kind = ''invoice'')');
+	END IF;
+
+	-- 3. Triggers: Citus distributes no table that has any.  Finalized rows
+	-- stay facts through privileges (only the owner may write them) and,
+	-- for the owner itself, restrictive policies that refuse UPDATE and
+	-- DELETE to everyone but a superuser (who bypasses row-level security,
+	-- as the triggers let a superuser through).
+	-- (the tables whose triggers refuse changes, as they are before the
+	-- triggers go: invoices, items, audit log, documents, PSA syncs)
+	FOR t IN
+		SELECT DISTINCT tg.tgrelid::regclass FROM pg_trigger tg
+		 WHERE tg.tgfoid = '@extschema@.msp_refuse_change()'::regprocedure AND NOT tg.tgisinternal
+		   AND NOT EXISTS (SELECT 1 FROM pg_policy WHERE polrelid = tg.tgrelid AND polname = 'finalized_no_update')
+	LOOP
+		PERFORM @extschema@.msp_on_all_nodes(format('CREATE POLICY finalized_no_update ON %s AS RESTRICTIVE FOR UPDATE USING (false)', t));
+		PERFORM @extschema@.msp_on_all_nodes(format('CREATE POLICY finalized_no_delete ON %s AS RESTRICTIVE FOR DELETE USING (false)', t));
+		PERFORM @extschema@.msp_on_all_nodes(format('ALTER TABLE %s FORCE ROW LEVEL SECURITY', t));
+	END LOOP;
+	FOR s IN
+		SELECT tg.tgrelid::regclass AS rel, tg.tgname
+		  FROM pg_trigger tg JOIN pg_class c ON c.oid = tg.tgrelid
+		 WHERE c.relnamespace = '@extschema@'::regnamespace AND NOT tg.tgisinternal
+		   AND tg.tgparentid = 0
+	LOOP
+		PERFORM @extschema@.msp_on_all_nodes(format('DROP TRIGGER %I ON %s', s.tgname, s.rel));
+	END LOOP;
+
+	-- Foreign keys that set a column NULL when their row goes (a PSA
+	-- ticket's person): Citus refuses SET NULL on a key that includes
+	-- client_id, so on Citus such a delete is refused instead (clear the
+	-- column first)
+	FOR s IN
+		SELECT k.conrelid::regclass AS rel, k.conname, pg_get_constraintdef(k.oid) AS def
+		  FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid
+		 WHERE c.relnamespace = '@extschema@'::regnamespace AND k.contype = 'f' AND k.confdeltype IN ('n', 'd')
+	LOOP
+		PERFORM @extschema@.msp_on_all_nodes(format('ALTER TABLE %s DROP CONSTRAINT %I, ADD CONSTRAINT %I %s',
+													s.rel, s.conname, s.conname,
+													regexp_replace(s.def, ' ON DELETE SET (NULL|DEFAULT)( \([^)]*\))?', '')));
+	END LOOP;
+
+	-- Sister clients: every pair people name now, then a foreign key in
+	-- place of the trigger that kept the table (dropped above)
+	IF NOT @extschema@.msp_is_distributed('@extschema@.people') THEN
+		INSERT INTO @extschema@.sister_clients (client_id, bill_to_client_id)
+		SELECT DISTINCT p.client_id, p.bill_to_client_id FROM @extschema@.people p
+		 WHERE p.bill_to_client_id IS NOT NULL
+		ON CONFLICT DO NOTHING;
+		PERFORM @extschema@.msp_on_all_nodes('ALTER TABLE @extschema@.people ADD CONSTRAINT people_sister_client_declared '
+								 'FOREIGN KEY (client_id, bill_to_client_id) REFERENCES @extschema@.sister_clients');
+	END IF;
+
+	-- 4. The small shared tables on every node (the client-keyed tables
+	-- that reference clients are distributed next: Citus must not turn
+	-- them into local tables of its metadata meanwhile)
+	PERFORM set_config('citus.enable_local_reference_table_foreign_keys', 'off', true);
+	FOREACH t IN ARRAY (SELECT array_agg(format('@extschema@.%I', x)::regclass) FROM unnest(ref_tables) x) LOOP
+		IF NOT @extschema@.msp_is_distributed(t) THEN
+			-- Citus copies the rows to every node in one COPY per node; the
+			-- time zone check's exception block (a subtransaction) would
+			-- interrupt it on the coordinator's own copy.  The rows passed
+			-- the check already; it is put back once the table is copied.
+			IF t = '@extschema@.clients'::regclass THEN
+				PERFORM @extschema@.msp_on_all_nodes('ALTER TABLE @extschema@.clients DROP CONSTRAINT clients_time_zone_known');
+			END IF;
+			EXECUTE 'SELECT pg_catalog.create_reference_table($1)' USING t;
+			IF t = '@extschema@.clients'::regclass THEN
+				ALTER TABLE @extschema@.clients ADD CONSTRAINT clients_time_zone_known
+					CHECK (@extschema@.msp_valid_time_zone(time_zone));
+			END IF;
+			n_ref := n_ref + 1;
+		END IF;
+	END LOOP;
+
+	-- 5. Every other table of the schema by client_id, co-located, each
+	-- after the tables its foreign keys name
+	todo := ARRAY(SELECT c.oid::regclass FROM pg_class c
+				   WHERE c.relnamespace = '@extschema@'::regnamespace AND c.relkind IN ('r', 'p')
+					 AND NOT c.relispartition AND NOT @extschema@.msp_is_distributed(c.oid)
+				   ORDER BY c.oid <> anchor, c.relname);
+	LOOP
+		progress := false;
+		FOREACH t IN ARRAY todo LOOP
+			CONTINUE WHEN @extschema@.msp_is_distributed(t);
+			CONTINUE WHEN EXISTS (SELECT 1 FROM pg_constraint k
+								   WHERE k.conrelid = t AND k.contype = 'f' AND k.confrelid <> t
+									 AND NOT @extschema@.msp_is_distributed(k.confrelid));
+			IF t = anchor THEN
+				EXECUTE 'SELECT pg_catalog.create_distributed_table($1, ''client_id'', colocate_with => ''none'', shard_count => $2)'
+					USING t, coalesce(shard_count, current_setting('citus.shard_count')::integer);
+			ELSE
+				EXECUTE 'SELECT pg_catalog.create_distributed_table($1, ''client_id'', colocate_with => $2)'
+					USING t, anchor::text;
+			END IF;
+			n_dist := n_dist + 1;
+			progress := true;
+		END LOOP;
+		EXIT WHEN NOT progress;
+	END LOOP;
+
+	-- 6. Sequences: each node numbers from its own range (its group id in
+	-- the top bits, as Citus does for the sequences it owns), so that ids
+	-- written on workers (delegated finalizations, loads) never collide
+	FOR s IN
+		SELECT c.oid::regclass AS seq FROM pg_class c
+		 WHERE c.relnamespace = '@extschema@'::regnamespace AND c.relkind = 'S'
+	LOOP
+		EXECUTE format($cmd$SELECT pg_catalog.run_command_on_workers(%L)$cmd$,
+					   format($w$SELECT pg_catalog.setval(%L, greatest(last_value, (SELECT groupid::bigint << 48 FROM pg_catalog.pg_dist_local_group)), true) FROM %s$w$,
+							  s.seq, s.seq));
+	END LOOP;
+
+	-- 7. Per-client functions run on the worker that holds the client
+	FOR f IN SELECT * FROM @extschema@.msp_distributed_functions() LOOP
+		EXECUTE 'SELECT pg_catalog.create_distributed_function($1, ''$1''::text, colocate_with => $2, force_delegation => $3)'
+			USING f.fn, anchor::text, f.force_delegation;
+		n_fn := n_fn + 1;
+	END LOOP;
+
+	RETURN format('%s reference tables, %s distributed tables, %s delegated functions', n_ref, n_dist, n_fn);
+END
+$$;
+REVOKE EXECUTE ON FUNCTION @extschema@.msp_distribute(integer) FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@.msp_distribute(integer) IS
+	'on a Citus coordinator: makes clients and bi_client_access reference tables, distributes every other table by client_id (co-located), and delegates the per-client functions to the worker that holds the client';
+
+
 -- merged: functions several sections above redefine, as the release has them
 CREATE OR REPLACE FUNCTION @extschema@.msp_adjustment_lines(client_id bigint, period daterange)
 RETURNS SETOF @extschema@.invoice_line

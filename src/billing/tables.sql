@@ -220,11 +220,45 @@ RETURN (SELECT r.rolsuper FROM pg_roles r WHERE r.rolname = current_user)
 COMMENT ON FUNCTION @extschema@.msp_sees_all_clients() IS
 	'true for superusers and members of mspbill_admin or mspbill_billing';
 
-CREATE FUNCTION @extschema@.msp_visible_clients() RETURNS bigint[]
-LANGUAGE sql STABLE PARALLEL SAFE
+-- The table to read the client mappings from: bi_client_access itself, or
+-- on Citus this node's copy of it (a reference table has one on every
+-- node).  The policies of distributed tables run inside the queries on
+-- their shards, where Citus refuses any query on a table it manages
+-- (nested distributed execution); the local copy is a plain table to it.
+CREATE FUNCTION @extschema@.msp_client_access_table() RETURNS regclass
+LANGUAGE plpgsql STABLE PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
-RETURN ARRAY(SELECT b.client_id FROM @extschema@.bi_client_access b JOIN pg_roles r ON r.rolname = b.role_name
-			  WHERE pg_has_role(r.oid, 'MEMBER'));
+AS $$
+DECLARE
+	placement regclass;
+BEGIN
+	IF to_regclass('pg_catalog.pg_dist_shard') IS NOT NULL THEN
+		EXECUTE $q$SELECT pg_catalog.to_regclass(pg_catalog.format('%I.%I', n.nspname, c.relname || '_' || s.shardid))
+					 FROM pg_catalog.pg_dist_shard s
+					 JOIN pg_catalog.pg_class c ON c.oid = s.logicalrelid
+					 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+					WHERE s.logicalrelid = '@extschema@.bi_client_access'::pg_catalog.regclass$q$
+			INTO placement;
+	END IF;
+	RETURN coalesce(placement, '@extschema@.bi_client_access'::regclass);
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_client_access_table() IS
+	'bi_client_access, or on Citus this node''s copy of the reference table (readable inside queries on shards)';
+
+CREATE FUNCTION @extschema@.msp_visible_clients() RETURNS bigint[]
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	ids bigint[];
+BEGIN
+	EXECUTE format('SELECT ARRAY(SELECT b.client_id FROM %s b JOIN pg_catalog.pg_roles r ON r.rolname = b.role_name
+							  WHERE pg_catalog.pg_has_role(r.oid, ''MEMBER''))', @extschema@.msp_client_access_table())
+		INTO ids;
+	RETURN ids;
+END
+$$;
 COMMENT ON FUNCTION @extschema@.msp_visible_clients() IS 'the clients mapped to the current user''s roles';
 
 CREATE FUNCTION @extschema@.msp_can_see_client(client_id bigint) RETURNS boolean
