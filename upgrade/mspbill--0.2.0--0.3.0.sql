@@ -8933,6 +8933,67 @@ COMMENT ON FUNCTION @extschema@.msp_distribute(integer) IS
 	'on a Citus coordinator: makes clients and bi_client_access reference tables, distributes every other table by client_id (co-located), and delegates the per-client functions to the worker that holds the client';
 
 
+-- lead: one band engine: a contract's tiers priced by msp_line_bands, as a
+-- contract line's are
+CREATE OR REPLACE FUNCTION @extschema@.msp_line_bands(quantity numeric, flat_price numeric, tier_mode text,
+											tier_from numeric[], tier_price numeric[])
+RETURNS TABLE (first_unit numeric, units numeric, unit_price numeric)
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+BEGIN ATOMIC
+	WITH t AS (
+		SELECT greatest(x.f - 1, 0) AS lo, x.p AS unit_price
+		  FROM unnest(tier_from, tier_price) x(f, p)),
+	bands AS (
+		SELECT 0::numeric AS lo, (SELECT min(t.lo) FROM t) AS hi, flat_price AS unit_price
+		UNION ALL
+		SELECT t.lo, lead(t.lo) OVER (ORDER BY t.lo), t.unit_price FROM t),
+	nonempty AS (SELECT * FROM bands b WHERE b.hi IS NULL OR b.hi > b.lo),
+	last_unit AS (
+		SELECT n.* FROM nonempty n
+		 WHERE greatest(ceil(quantity), 1) > n.lo AND (n.hi IS NULL OR greatest(ceil(quantity), 1) <= n.hi)
+		 ORDER BY n.lo DESC LIMIT 1)
+	SELECT l.lo + 1, quantity, l.unit_price
+	  FROM last_unit l
+	 WHERE tier_mode = 'volume' OR quantity <= 0
+	UNION ALL
+	SELECT n.lo + 1, least(quantity, coalesce(n.hi, quantity)) - n.lo, n.unit_price
+	  FROM nonempty n
+	 WHERE tier_mode = 'graduated' AND quantity > n.lo
+	 ORDER BY 1;
+END;
+COMMENT ON FUNCTION @extschema@.msp_line_bands(numeric, numeric, text, numeric[], numeric[]) IS
+	'the price bands a quantity fills under tiers given as arrays (volume: one band; graduated: each band reached)';
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_tier_bands(client_id bigint, contract_id bigint,
+											quantity numeric, flat_price numeric)
+RETURNS TABLE (first_unit numeric, units numeric, unit_price numeric)
+LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	mode text;
+	froms numeric[];
+	prices numeric[];
+BEGIN
+	SELECT coalesce(k.tier_mode, 'volume') INTO mode FROM contracts k
+	 WHERE k.client_id = msp_tier_bands.client_id AND k.contract_id = msp_tier_bands.contract_id;
+	-- no bands for a contract that does not exist or that the caller may
+	-- not see (row-level security): nothing is priced for it
+	IF NOT FOUND THEN
+		RETURN;
+	END IF;
+	SELECT array_agg(x.from_quantity), array_agg(x.unit_price) INTO froms, prices
+	  FROM contract_tiers x
+	 WHERE x.client_id = msp_tier_bands.client_id AND x.contract_id = msp_tier_bands.contract_id;
+	RETURN QUERY SELECT * FROM msp_line_bands(quantity, flat_price, mode, coalesce(froms, '{}'), coalesce(prices, '{}'));
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_tier_bands(bigint, bigint, numeric, numeric) IS
+	'the price bands a count of units fills under the contract''s tiers (volume: one band; graduated: each band reached)';
+
+
 -- merged: functions several sections above redefine, as the release has them
 CREATE OR REPLACE FUNCTION @extschema@.msp_adjustment_lines(client_id bigint, period daterange)
 RETURNS SETOF @extschema@.invoice_line

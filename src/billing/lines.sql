@@ -335,39 +335,6 @@ $$;
 COMMENT ON FUNCTION @extschema@.msp_proposed_lines(jsonb) IS
 	'proposed lines (a JSON array of line_terms objects) with contract_lines'' defaults, checked by its rules';
 
--- How a quantity is priced under a line's tiers, by the rule of
--- msp_tier_bands (volume: one band at the price of the last unit's tier;
--- graduated: each band reached), with the tiers given as arrays.
-CREATE FUNCTION @extschema@.msp_line_bands(quantity numeric, flat_price numeric, tier_mode text,
-											tier_from numeric[], tier_price numeric[])
-RETURNS TABLE (first_unit numeric, units numeric, unit_price numeric)
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
-SET search_path = @extschema@, pg_catalog, pg_temp
-BEGIN ATOMIC
-	WITH t AS (
-		SELECT greatest(x.f - 1, 0) AS lo, x.p AS unit_price
-		  FROM unnest(tier_from, tier_price) x(f, p)),
-	bands AS (
-		SELECT 0::numeric AS lo, (SELECT min(t.lo) FROM t) AS hi, flat_price AS unit_price
-		UNION ALL
-		SELECT t.lo, lead(t.lo) OVER (ORDER BY t.lo), t.unit_price FROM t),
-	nonempty AS (SELECT * FROM bands b WHERE b.hi IS NULL OR b.hi > b.lo),
-	last_unit AS (
-		SELECT n.* FROM nonempty n
-		 WHERE greatest(ceil(quantity), 1) > n.lo AND (n.hi IS NULL OR greatest(ceil(quantity), 1) <= n.hi)
-		 ORDER BY n.lo DESC LIMIT 1)
-	SELECT l.lo + 1, quantity, l.unit_price
-	  FROM last_unit l
-	 WHERE tier_mode = 'volume' OR quantity <= 0
-	UNION ALL
-	SELECT n.lo + 1, least(quantity, coalesce(n.hi, quantity)) - n.lo, n.unit_price
-	  FROM nonempty n
-	 WHERE tier_mode = 'graduated' AND quantity > n.lo
-	 ORDER BY 1;
-END;
-COMMENT ON FUNCTION @extschema@.msp_line_bands(numeric, numeric, text, numeric[], numeric[]) IS
-	'the price bands a quantity fills under one line''s tiers (volume: one band; graduated: each band reached)';
-
 -- The invoice lines that a set of line terms bills in one contract
 -- segment, numbered from 1.  Per line: a count of units (it picks the tier)
 -- and the days they cover (prorated: the days of the segment each unit is

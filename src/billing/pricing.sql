@@ -1,10 +1,42 @@
 -- Pricing: tiers, minimums and models turn quantities into invoice lines.
 
--- How a count of units is priced under the contract's tiers: the bands it
--- fills, each with its units and unit price.  A tier starts at unit
--- from_quantity (1: the first unit); units below the lowest tier cost the
--- flat price.  Volume: one band, every unit at the price of the band of the
--- last unit.  Graduated: every band the count reaches.
+-- How a quantity is priced under tiers given as arrays (a contract's, by
+-- msp_tier_bands, or a contract line's): the bands it fills, each with its
+-- units and unit price.  A tier starts at unit from_quantity (1: the first
+-- unit); units below the lowest tier cost the flat price.  Volume: one
+-- band, every unit at the price of the band of the last unit.  Graduated:
+-- every band the count reaches.
+CREATE FUNCTION @extschema@.msp_line_bands(quantity numeric, flat_price numeric, tier_mode text,
+											tier_from numeric[], tier_price numeric[])
+RETURNS TABLE (first_unit numeric, units numeric, unit_price numeric)
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+BEGIN ATOMIC
+	WITH t AS (
+		SELECT greatest(x.f - 1, 0) AS lo, x.p AS unit_price
+		  FROM unnest(tier_from, tier_price) x(f, p)),
+	bands AS (
+		SELECT 0::numeric AS lo, (SELECT min(t.lo) FROM t) AS hi, flat_price AS unit_price
+		UNION ALL
+		SELECT t.lo, lead(t.lo) OVER (ORDER BY t.lo), t.unit_price FROM t),
+	nonempty AS (SELECT * FROM bands b WHERE b.hi IS NULL OR b.hi > b.lo),
+	last_unit AS (
+		SELECT n.* FROM nonempty n
+		 WHERE greatest(ceil(quantity), 1) > n.lo AND (n.hi IS NULL OR greatest(ceil(quantity), 1) <= n.hi)
+		 ORDER BY n.lo DESC LIMIT 1)
+	SELECT l.lo + 1, quantity, l.unit_price
+	  FROM last_unit l
+	 WHERE tier_mode = 'volume' OR quantity <= 0
+	UNION ALL
+	SELECT n.lo + 1, least(quantity, coalesce(n.hi, quantity)) - n.lo, n.unit_price
+	  FROM nonempty n
+	 WHERE tier_mode = 'graduated' AND quantity > n.lo
+	 ORDER BY 1;
+END;
+COMMENT ON FUNCTION @extschema@.msp_line_bands(numeric, numeric, text, numeric[], numeric[]) IS
+	'the price bands a quantity fills under tiers given as arrays (volume: one band; graduated: each band reached)';
+
+-- How a count of units is priced under the contract's tiers (msp_line_bands).
 -- (PL/pgSQL: the contract's tiers are read first, by client_id, and the
 -- bands are arithmetic on them, so that Citus plans the reads on the
 -- client's shard.)
@@ -17,7 +49,7 @@ AS $$
 #variable_conflict use_variable
 DECLARE
 	mode text;
-	los numeric[];
+	froms numeric[];
 	prices numeric[];
 BEGIN
 	SELECT coalesce(k.tier_mode, 'volume') INTO mode FROM contracts k
@@ -27,29 +59,10 @@ BEGIN
 	IF NOT FOUND THEN
 		RETURN;
 	END IF;
-	SELECT array_agg(greatest(x.from_quantity - 1, 0)), array_agg(x.unit_price) INTO los, prices
+	SELECT array_agg(x.from_quantity), array_agg(x.unit_price) INTO froms, prices
 	  FROM contract_tiers x
 	 WHERE x.client_id = msp_tier_bands.client_id AND x.contract_id = msp_tier_bands.contract_id;
-	RETURN QUERY
-	WITH t AS (SELECT * FROM unnest(los, prices) u(lo, unit_price)),
-	-- bands (lo, hi]: units below the lowest tier, then each tier to the next
-	bands AS (
-		SELECT 0::numeric AS lo, (SELECT min(t.lo) FROM t) AS hi, flat_price AS unit_price
-		UNION ALL
-		SELECT t.lo, lead(t.lo) OVER (ORDER BY t.lo), t.unit_price FROM t),
-	nonempty AS (SELECT * FROM bands b WHERE b.hi IS NULL OR b.hi > b.lo),
-	last_unit AS (
-		SELECT n.* FROM nonempty n
-		 WHERE greatest(ceil(quantity), 1) > n.lo AND (n.hi IS NULL OR greatest(ceil(quantity), 1) <= n.hi)
-		 ORDER BY n.lo DESC LIMIT 1)
-	SELECT l.lo + 1, quantity, l.unit_price
-	  FROM last_unit l
-	 WHERE mode = 'volume' OR quantity <= 0
-	UNION ALL
-	SELECT n.lo + 1, least(quantity, coalesce(n.hi, quantity)) - n.lo, n.unit_price
-	  FROM nonempty n
-	 WHERE mode = 'graduated' AND quantity > n.lo
-	 ORDER BY 1;
+	RETURN QUERY SELECT * FROM msp_line_bands(quantity, flat_price, mode, coalesce(froms, '{}'), coalesce(prices, '{}'));
 END
 $$;
 COMMENT ON FUNCTION @extschema@.msp_tier_bands(bigint, bigint, numeric, numeric) IS
