@@ -34,6 +34,9 @@ SELECT 3, p, pg_temp.local(day, '09:00', 'America/Chicago') + make_interval(mins
 INSERT INTO meter_readings (client_id, meter, day, quantity, source)
 SELECT 3, 'backup_gb', d::date, 1000 + 8 * (d::date - first_day + 1 - (next_month - first_day - 30)), 'backup-report.csv'
   FROM demo_period, generate_series(first_day, next_month - 1, interval '1 day') d;
+-- its invoices: 6% sales tax, Net 15, the firm's purchase order
+INSERT INTO invoice_terms (client_id, tax_rate, tax_name, po_reference, payment_terms_days)
+VALUES (3, 0.06, 'Sales Tax 6%', 'HLG-7731', 15);
 SELECT setval(pg_get_serial_sequence('mspbill.clients', 'client_id'), 3);
 SELECT setval(pg_get_serial_sequence('mspbill.devices', 'device_id'), (SELECT max(device_id) FROM devices));
 SELECT setval(pg_get_serial_sequence('mspbill.people', 'person_id'), (SELECT max(person_id) FROM people));

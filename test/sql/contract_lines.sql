@@ -10,7 +10,7 @@
 SET search_path = public, mspbill;
 \i ../demo/hybrid.sql
 SET client_min_messages = warning;
-SELECT plan(56);
+SELECT plan(57);
 
 -- The demo's hybrid agreement (derived in ../demo/hybrid.sql): 606.60
 SELECT results_eq($$SELECT description, quantity, unit_price, amount FROM msp_invoice_lines(3)$$,
@@ -302,5 +302,13 @@ SELECT throws_ok($$INSERT INTO mspbill.contract_lines (client_id, contract_id, l
 SELECT throws_ok($$SELECT * FROM mspbill.msp_compare_lines(50, '[{"line_no": 1, "description": "a", "source": "fixed", "unit_price": 1}]', '[2026-01-01,2026-02-01)')$$,
 	'P0002', 'unknown client 50', 'another client''s comparison is unknown client');
 RESET ROLE;
+
+-- the demo's hybrid agreement, finalized: a numbered invoice with its tax
+-- (6% of 606.60 = 36.396) and due date (Net 15), as make demo shows it
+SELECT msp_finalize_invoice(3, NULL, '{device_silent}') \g /dev/null
+SELECT results_eq($$SELECT invoice_number ~ '^INV-[0-9]{6}$', due_date - invoice_date, po_reference, net_amount, tax, amount_due
+	                  FROM msp_invoice_document(3)$$,
+	$$VALUES (true, 15, 'HLG-7731'::text, 606.60, 36.40, 643.00)$$,
+	'the demo''s hybrid agreement finalized: numbered, 6% tax, due in 15 days, with its PO');
 
 SELECT * FROM finish();
