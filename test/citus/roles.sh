@@ -32,7 +32,9 @@ n_top=$(q "$S" postgres -c "SELECT count(*) FROM pg_class WHERE relnamespace = '
 tap_check "msp_distribute() on the demo" "$(q "$D" postgres -c "SELECT msp_distribute()")" \
 	"8 reference tables, $((n_top - 8)) distributed tables, 13 delegated functions"
 # the roles, created through the Citus database (which carries them to the
-# workers); then the logins, on every node (Citus carries a role it sees created, not one
+# workers), before the logins that are members of them
+q "$D" postgres -c "SELECT msp_install_roles()" >/dev/null
+# then the logins, on every node (Citus carries a role it sees created, not one
 # that a former run of this suite left on the coordinator)
 for port in "$CITUS_PORT" $((CITUS_PORT + 1)) $((CITUS_PORT + 2)); do
 	"$BINDIR/psql" -X -q -h "$CITUS_HOST" -p "$port" -U postgres -d postgres -c "SET citus.enable_ddl_propagation TO off" \
