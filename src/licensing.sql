@@ -1149,6 +1149,31 @@ SELECT t.client_id, t.psa,
 COMMENT ON VIEW @extschema@.psa_unknown_contacts IS
 	'PSA contacts whose tickets match no person yet, with how many tickets: map them in psa_contacts (or as a Microsoft 365 UPN), then msp_match_psa_tickets()';
 
+-- The product a client's licence rule is about when its contract names
+-- none: the most bought (the latest count per SKU before the period ends),
+-- else the most assigned in the snapshot, else the first by name.
+-- Citus: PL/pgSQL, every table filtered by client_id = $1.
+CREATE FUNCTION @extschema@.msp_license_main_product(client_id bigint, period daterange, snap date)
+RETURNS text
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+BEGIN
+	RETURN (SELECT p.product
+			  FROM (SELECT lc.sku AS product, lc.seats AS bought, 0 AS held
+					  FROM (SELECT DISTINCT ON (x.sku) x.* FROM license_counts x
+							 WHERE x.client_id = client_id AND x.as_of < upper(period)
+							 ORDER BY x.sku, x.as_of DESC, x.source) lc
+					UNION ALL
+					SELECT x.product, 0, 1 FROM m365_license_assignments x
+					 WHERE x.client_id = client_id AND x.as_of = snap) p
+			 GROUP BY p.product ORDER BY sum(p.bought) DESC, sum(p.held) DESC, p.product LIMIT 1);
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_license_main_product(bigint, daterange, date) IS
+	'the product a licence rule is about when the contract names none: the most bought, else the most assigned';
+
 -- The licence gaps of a client in a period, person by person and seat by
 -- seat, as of the latest licence snapshot before the period ends (none
 -- without one): seats paid but unassigned, seats held by people not
@@ -1191,15 +1216,7 @@ BEGIN
 						 WHERE u.home_client_id = client_id);
 	-- the product the rule licenses: the contract's, else the most bought, else the most assigned
 	main := coalesce(lp.license_product,
-					 (SELECT p.product
-						FROM (SELECT lc.sku AS product, lc.seats AS bought, 0 AS held
-								FROM (SELECT DISTINCT ON (x.sku) x.* FROM license_counts x
-									   WHERE x.client_id = client_id AND x.as_of < upper(period)
-									   ORDER BY x.sku, x.as_of DESC, x.source) lc
-							  UNION ALL
-							  SELECT x.product, 0, 1 FROM m365_license_assignments x
-							   WHERE x.client_id = client_id AND x.as_of = snap) p
-					   GROUP BY p.product ORDER BY sum(p.bought) DESC, sum(p.held) DESC, p.product LIMIT 1));
+					 msp_license_main_product(client_id, period, snap));
 	RETURN QUERY
 	WITH counts AS (
 		SELECT DISTINCT ON (x.sku) x.sku AS product, x.seats, x.unit_cost
@@ -1335,15 +1352,7 @@ BEGIN
 	main := coalesce(lp.license_product,
 					 (SELECT e->>'sku' FROM jsonb_array_elements(gaps) e
 					   WHERE e->>'category' IN ('active_without_seat', 'room_unlicensed', 'room_licence_unused') LIMIT 1),
-					 (SELECT p.product
-						FROM (SELECT lc.sku AS product, lc.seats AS bought, 0 AS held
-								FROM (SELECT DISTINCT ON (x.sku) x.* FROM license_counts x
-									   WHERE x.client_id = client_id AND x.as_of < upper(period)
-									   ORDER BY x.sku, x.as_of DESC, x.source) lc
-							  UNION ALL
-							  SELECT x.product, 0, 1 FROM m365_license_assignments x
-							   WHERE x.client_id = client_id AND x.as_of = snap) p
-					   GROUP BY p.product ORDER BY sum(p.bought) DESC, sum(p.held) DESC, p.product LIMIT 1));
+					 msp_license_main_product(client_id, period, snap));
 	RETURN QUERY
 	WITH counts AS (
 		SELECT DISTINCT ON (x.sku) x.sku AS product, x.seats, x.unit_cost

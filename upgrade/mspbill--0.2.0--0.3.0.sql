@@ -8994,6 +8994,266 @@ COMMENT ON FUNCTION @extschema@.msp_tier_bands(bigint, bigint, numeric, numeric)
 	'the price bands a count of units fills under the contract''s tiers (volume: one band; graduated: each band reached)';
 
 
+-- lead: the licence rule's product chosen in one place (msp_license_main_product)
+CREATE FUNCTION @extschema@.msp_license_main_product(client_id bigint, period daterange, snap date)
+RETURNS text
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+BEGIN
+	RETURN (SELECT p.product
+			  FROM (SELECT lc.sku AS product, lc.seats AS bought, 0 AS held
+					  FROM (SELECT DISTINCT ON (x.sku) x.* FROM license_counts x
+							 WHERE x.client_id = client_id AND x.as_of < upper(period)
+							 ORDER BY x.sku, x.as_of DESC, x.source) lc
+					UNION ALL
+					SELECT x.product, 0, 1 FROM m365_license_assignments x
+					 WHERE x.client_id = client_id AND x.as_of = snap) p
+			 GROUP BY p.product ORDER BY sum(p.bought) DESC, sum(p.held) DESC, p.product LIMIT 1);
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_license_main_product(bigint, daterange, date) IS
+	'the product a licence rule is about when the contract names none: the most bought, else the most assigned';
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_license_gaps(client_id bigint, period daterange DEFAULT NULL)
+RETURNS TABLE (category text, sku text, subject text, quantity numeric, amount numeric, note text)
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	c clients;
+	k contracts;
+	lp license_policies;
+	snap date;
+	t0 timestamptz;
+	t1 timestamptz;
+	active_ids bigint[];
+	main text;
+BEGIN
+	period := msp_period(client_id, period);
+	SELECT * INTO c FROM clients WHERE clients.client_id = client_id;
+	SELECT * INTO k FROM contracts WHERE contracts.client_id = client_id AND contracts.effective @> (upper(period) - 1);
+	SELECT * INTO lp FROM license_policies x WHERE x.client_id = client_id AND x.contract_id = k.contract_id;
+	lp.licensed_rooms := coalesce(lp.licensed_rooms, false);
+	snap := (SELECT max(x.as_of) FROM m365_license_assignments x WHERE x.client_id = client_id AND x.as_of < upper(period));
+	IF snap IS NULL THEN
+		RETURN;
+	END IF;
+	t0 := lower(period)::timestamp AT TIME ZONE c.time_zone;
+	t1 := upper(period)::timestamp AT TIME ZONE c.time_zone;
+	active_ids := ARRAY(SELECT DISTINCT u.person_id FROM msp_billable_users(client_id, period) u
+						 WHERE u.home_client_id = client_id);
+	-- the product the rule licenses: the contract's, else the most bought, else the most assigned
+	main := coalesce(lp.license_product,
+					 msp_license_main_product(client_id, period, snap));
+	RETURN QUERY
+	WITH counts AS (
+		SELECT DISTINCT ON (x.sku) x.sku AS product, x.seats, x.unit_cost
+		  FROM license_counts x
+		 WHERE x.client_id = client_id AND x.as_of < upper(period)
+		 ORDER BY x.sku, x.as_of DESC, x.source),
+	held AS (
+		SELECT x.product, x.account_id, a.kind, a.person_id, l.label AS name,
+			   coalesce(pe.pseudonym, l.label) AS label
+		  FROM m365_license_assignments x
+		  JOIN accounts a ON a.client_id = client_id AND a.account_id = x.account_id
+		  LEFT JOIN account_labels l ON l.client_id = client_id AND l.account_id = x.account_id
+		  LEFT JOIN people pe ON pe.client_id = client_id AND pe.person_id = a.person_id
+		 WHERE x.client_id = client_id AND x.as_of = snap),
+	rooms AS (
+		-- account_labels shows shared accounts' names to every reader
+		SELECT DISTINCT lower(regexp_replace(l.label, '^.*\\', '')) AS stem, l.label AS name
+		  FROM accounts a JOIN account_labels l ON l.client_id = client_id AND l.account_id = a.account_id
+		 WHERE a.client_id = client_id AND a.realm = 'os' AND a.kind = 'shared' AND NOT a.is_machine
+		   AND EXISTS (SELECT 1 FROM logons g WHERE g.client_id = client_id AND g.account_id = a.account_id
+						  AND g.at >= t0 AND g.at < t1 AND g.presence)),
+	room_licences AS (
+		SELECT h.*, lower(split_part(h.name, '@', 1)) AS stem,
+			   EXISTS (SELECT 1 FROM logons g WHERE g.client_id = client_id AND g.account_id = h.account_id
+						  AND g.at >= t0 AND g.at < t1 AND g.presence) AS signed_in
+		  FROM held h WHERE h.kind = 'shared' AND h.product = main AND lp.licensed_rooms),
+	gaps AS (
+		SELECT 1 AS o, 'seats_unassigned' AS category, n.product, NULL::text AS subject,
+			   (n.seats - coalesce(h.n, 0))::numeric AS quantity,
+			   msp_round((n.seats - coalesce(h.n, 0)) * n.unit_cost, c.minor_unit) AS amount,
+			   format('%s seats of %s bought, %s assigned: paid but unassigned.', n.seats, n.product, coalesce(h.n, 0)) AS note
+		  FROM counts n
+		  LEFT JOIN (SELECT h.product, count(DISTINCT h.account_id) AS n FROM held h GROUP BY h.product) h USING (product)
+		 WHERE n.seats > coalesce(h.n, 0)
+		UNION ALL
+		SELECT 2, 'assigned_inactive', h.product, h.label, 1,
+			   msp_round(n.unit_cost, c.minor_unit),
+			   CASE WHEN h.kind = 'individual' THEN 'Holds a seat but was not active in the period: reclaim it.'
+					WHEN h.kind = 'shared' THEN 'A shared account holds a seat the contract''s rule does not give: reclaim it.'
+					ELSE 'Holds a seat but is mapped to nobody: map the account, or reclaim the seat.' END
+		  FROM held h LEFT JOIN counts n USING (product)
+		 WHERE (h.kind = 'individual' AND NOT h.person_id = ANY (active_ids))
+			OR h.kind IN ('unknown', 'service')
+			OR (h.kind = 'shared' AND NOT (lp.licensed_rooms AND h.product = main))
+		UNION ALL
+		SELECT 3, 'active_without_seat', main, pe.pseudonym, 1, msp_round(main_n.unit_cost, c.minor_unit),
+			   format('Active in the period but holds no %s seat: assign one.', main)
+		  FROM people pe
+		  LEFT JOIN counts main_n ON main_n.product = main
+		 WHERE pe.client_id = client_id AND pe.person_id = ANY (active_ids)
+		   AND NOT EXISTS (SELECT 1 FROM held h WHERE h.person_id = pe.person_id AND h.kind = 'individual'
+							  AND h.product = main)
+		UNION ALL
+		SELECT 4, 'room_unlicensed', main, r.name, 1, msp_round(main_n.unit_cost, c.minor_unit),
+			   format('A shared room account in use without a %s licence: the contract licenses rooms.', main)
+		  FROM rooms r
+		  LEFT JOIN counts main_n ON main_n.product = main
+		 WHERE lp.licensed_rooms AND NOT EXISTS (SELECT 1 FROM room_licences rl WHERE rl.stem = r.stem)
+		UNION ALL
+		SELECT 5, 'room_licence_unused', main, rl.name, 1, msp_round(main_n.unit_cost, c.minor_unit),
+			   'A room licence on a room not used in the period: reclaim it.'
+		  FROM room_licences rl
+		  LEFT JOIN counts main_n ON main_n.product = main
+		 WHERE NOT rl.signed_in AND NOT EXISTS (SELECT 1 FROM rooms r WHERE r.stem = rl.stem))
+	SELECT g.category, g.product, g.subject, g.quantity, g.amount, g.note
+	  FROM gaps g ORDER BY g.o, g.product, g.subject;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_license_gaps(bigint, daterange) IS
+	'licence gaps as of the latest snapshot before the period ends, by name and product, each priced at the unit cost: seats_unassigned, assigned_inactive, active_without_seat, room_unlicensed, room_licence_unused';
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_license_sync(client_id bigint, period daterange DEFAULT NULL)
+RETURNS TABLE (product text, seats_bought integer, unit_cost numeric, seats_assigned integer, people_active integer,
+			   rooms_in_use integer, licences_needed integer, users_billed integer,
+			   unassigned_seats integer, unassigned_cost numeric, assigned_inactive integer,
+			   assigned_inactive_cost numeric, active_without_seat integer, active_without_seat_cost numeric,
+			   active_not_billed integer, active_not_billed_amount numeric, advice text)
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	c clients;
+	k contracts;
+	fin invoices;
+	snap date;
+	t0 timestamptz;
+	t1 timestamptz;
+	own integer;
+	active integer;
+	billed integer;
+	rooms integer;
+	gaps jsonb;
+	main text;
+	lp license_policies;
+BEGIN
+	period := msp_period(client_id, period);
+	SELECT * INTO c FROM clients WHERE clients.client_id = client_id;
+	SELECT * INTO k FROM contracts WHERE contracts.client_id = client_id AND contracts.effective @> (upper(period) - 1);
+	SELECT * INTO lp FROM license_policies x WHERE x.client_id = client_id AND x.contract_id = k.contract_id;
+	lp.licensed_rooms := coalesce(lp.licensed_rooms, false);
+	snap := (SELECT max(x.as_of) FROM m365_license_assignments x WHERE x.client_id = client_id AND x.as_of < upper(period));
+	t0 := lower(period)::timestamp AT TIME ZONE c.time_zone;
+	t1 := upper(period)::timestamp AT TIME ZONE c.time_zone;
+	own := (SELECT count(DISTINCT u.person_id) FROM msp_billable_users(client_id, period) u
+			 WHERE u.home_client_id = client_id);
+	active := (SELECT count(DISTINCT (u.home_client_id, u.person_id)) FROM msp_billable_users(client_id, period) u);
+	-- billed as msp_reconcile_licenses counts it: everyone in a preview, the
+	-- evidence of the invoice and its adjustments once finalized
+	fin := msp_finalized_invoice(client_id, period);
+	IF fin.invoice_id IS NULL THEN
+		billed := active;
+	ELSE
+		billed := (SELECT count(*) FROM (
+					 SELECT DISTINCT coalesce((e->>'home_client_id')::bigint, i.client_id), (e->>'person_id')::bigint
+					   FROM invoices i, jsonb_array_elements(i.evidence) e
+					  WHERE i.client_id = client_id
+						AND (i.invoice_id = fin.invoice_id OR i.adjusts_invoice_id = fin.invoice_id)
+					 INTERSECT
+					 SELECT u.home_client_id, u.person_id FROM msp_billable_users(client_id, period) u) b);
+	END IF;
+	rooms := (SELECT count(*) FROM accounts a
+			   WHERE a.client_id = client_id AND a.realm = 'os' AND a.kind = 'shared' AND NOT a.is_machine
+				 AND EXISTS (SELECT 1 FROM logons g WHERE g.client_id = client_id AND g.account_id = a.account_id
+								AND g.at >= t0 AND g.at < t1 AND g.presence));
+	gaps := coalesce((SELECT jsonb_agg(to_jsonb(g)) FROM msp_license_gaps(client_id, period) g), '[]');
+	-- the rule's product is the one active_without_seat names, else as msp_license_gaps chooses it
+	main := coalesce(lp.license_product,
+					 (SELECT e->>'sku' FROM jsonb_array_elements(gaps) e
+					   WHERE e->>'category' IN ('active_without_seat', 'room_unlicensed', 'room_licence_unused') LIMIT 1),
+					 msp_license_main_product(client_id, period, snap));
+	RETURN QUERY
+	WITH counts AS (
+		SELECT DISTINCT ON (x.sku) x.sku AS product, x.seats, x.unit_cost
+		  FROM license_counts x
+		 WHERE x.client_id = client_id AND x.as_of < upper(period)
+		 ORDER BY x.sku, x.as_of DESC, x.source),
+	held AS (
+		SELECT x.product, count(DISTINCT x.account_id)::integer AS n
+		  FROM m365_license_assignments x
+		 WHERE x.client_id = client_id AND x.as_of = snap
+		 GROUP BY x.product),
+	g AS (
+		SELECT e->>'category' AS category, e->>'sku' AS product, (e->>'quantity')::numeric AS quantity,
+			   (e->>'amount')::numeric AS amount, e->>'subject' AS subject
+		  FROM jsonb_array_elements(gaps) e),
+	p AS (
+		SELECT coalesce(n.product, h.product) AS product, coalesce(n.seats, 0) AS bought, n.unit_cost,
+			   coalesce(h.n, 0) AS assigned, coalesce(n.product, h.product) = main AS is_main
+		  FROM counts n FULL JOIN held h USING (product)),
+	r AS (
+		SELECT p.*,
+			   CASE WHEN p.is_main THEN own END AS people,
+			   CASE WHEN p.is_main AND lp.licensed_rooms THEN rooms END AS rooms_used,
+			   CASE WHEN p.is_main THEN own + CASE WHEN lp.licensed_rooms THEN rooms ELSE 0 END END AS needed,
+			   greatest(p.bought - p.assigned, 0) AS unassigned,
+			   (SELECT coalesce(sum(g.amount), 0) FROM g WHERE g.product = p.product AND g.category = 'seats_unassigned') AS unassigned_cost,
+			   (SELECT count(*)::integer FROM g WHERE g.product = p.product
+				   AND g.category IN ('assigned_inactive', 'room_licence_unused')) AS inactive,
+			   (SELECT coalesce(sum(g.amount), 0) FROM g WHERE g.product = p.product
+				   AND g.category IN ('assigned_inactive', 'room_licence_unused')) AS inactive_cost,
+			   (SELECT string_agg(g.subject, ', ' ORDER BY g.subject) FROM g WHERE g.product = p.product
+				   AND g.category IN ('assigned_inactive', 'room_licence_unused')) AS inactive_names,
+			   CASE WHEN p.is_main THEN (SELECT count(*)::integer FROM g WHERE g.product = p.product
+										 AND g.category IN ('active_without_seat', 'room_unlicensed')) END AS without,
+			   CASE WHEN p.is_main THEN (SELECT coalesce(sum(g.amount), 0) FROM g WHERE g.product = p.product
+										 AND g.category IN ('active_without_seat', 'room_unlicensed')) END AS without_cost,
+			   CASE WHEN p.is_main THEN greatest(active - billed, 0) END AS unbilled
+		  FROM p)
+	SELECT r.product, r.bought, r.unit_cost, r.assigned, r.people, r.rooms_used, r.needed,
+		   CASE WHEN r.is_main THEN billed END,
+		   r.unassigned, r.unassigned_cost, r.inactive, r.inactive_cost, r.without, r.without_cost, r.unbilled,
+		   CASE WHEN r.is_main AND k.model IN ('per_user', 'per_user_plus_support')
+				THEN msp_round(r.unbilled * k.price_per_user, c.minor_unit) END,
+		   CASE WHEN r.is_main THEN
+				format('Pax8 bills you for %s %s seats; %s are assigned; %s people were active%s; %s are billed: %s, %s%s, %s.',
+					   r.bought, r.product, r.assigned, r.people,
+					   CASE WHEN lp.licensed_rooms THEN format(' and %s rooms in use', r.rooms_used) ELSE '' END, billed,
+					   CASE WHEN r.needed > r.bought
+							THEN format('buy %s seats (%s %s)', r.needed - r.bought,
+										msp_round((r.needed - r.bought) * r.unit_cost, c.minor_unit), c.currency)
+							WHEN r.bought > r.needed
+							THEN format('cancel %s seats (%s %s)', r.bought - r.needed,
+										msp_round((r.bought - r.needed) * r.unit_cost, c.minor_unit), c.currency)
+							ELSE 'buy none' END,
+					   CASE WHEN r.inactive > 0 THEN format('reclaim %s (%s)', r.inactive, r.inactive_names)
+							ELSE 'reclaim none' END,
+					   CASE WHEN r.without > 0 THEN format(', assign %s', r.without) ELSE '' END,
+					   CASE WHEN r.unbilled > 0 THEN format('bill %s more', r.unbilled) ELSE 'bill as is' END)
+				ELSE
+				format('Pax8 bills you for %s %s seats; %s are assigned: %s, %s.',
+					   r.bought, r.product, r.assigned,
+					   CASE WHEN r.unassigned > 0
+							THEN format('cancel %s unassigned (%s %s)', r.unassigned, r.unassigned_cost, c.currency)
+							ELSE 'cancel none' END,
+					   CASE WHEN r.inactive > 0 THEN format('reclaim %s (%s)', r.inactive, r.inactive_names)
+							ELSE 'reclaim none' END)
+		   END
+	  FROM r
+	 ORDER BY NOT r.is_main, r.product;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_license_sync(bigint, daterange) IS
+	'the daily licence sync per product: seats bought (Pax8), assigned (Microsoft 365), people active, rooms in use, licences needed, users billed, the money in each gap and what to do';
+
+
 -- merged: functions several sections above redefine, as the release has them
 CREATE OR REPLACE FUNCTION @extschema@.msp_adjustment_lines(client_id bigint, period daterange)
 RETURNS SETOF @extschema@.invoice_line

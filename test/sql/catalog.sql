@@ -62,6 +62,7 @@ INSERT INTO writers VALUES
 -- not STRICT, deliberately
 CREATE TEMP TABLE nonstrict_ok (proname name PRIMARY KEY, why text NOT NULL);
 INSERT INTO nonstrict_ok VALUES
+	('msp_license_main_product', 'a NULL snapshot (none loaded yet) still chooses by the seats bought'),
 	('msp_canonical_account', 'a NULL domain is the UPN form'),
 	('msp_implausible_time', 'a time that did not parse (NULL) may still be a special word'),
 	('msp_can_see_client', 'a policy helper: answers false, never NULL'),
