@@ -386,50 +386,50 @@ RETURN coalesce(as_of, (SELECT (now() AT TIME ZONE c.time_zone)::date FROM @exts
 COMMENT ON FUNCTION @extschema@.msp_snapshot_day(bigint, date) IS
 	'internal: the day a licence snapshot is of (the given day, else today in the client''s time zone)';
 
--- Microsoft 365 accounts for the UPNs of a load that are not accounts yet
--- (kind unknown until mapped, as the Entra loader creates them), with
--- ids from the identity column moved past hand-chosen ones.
-CREATE FUNCTION @extschema@.msp_ensure_m365_accounts(for_client bigint, upns text[]) RETURNS bigint
-LANGUAGE plpgsql VOLATILE STRICT
-SET search_path = pg_catalog, @extschema@, pg_temp
-AS $$
-DECLARE
-	n bigint;
-BEGIN
-	PERFORM setval(pg_get_serial_sequence('@extschema@.accounts', 'account_id'), m.id)
-	   FROM (SELECT max(a.account_id) AS id FROM @extschema@.accounts a WHERE a.client_id = for_client) m
-	  WHERE m.id > coalesce(pg_sequence_last_value(pg_get_serial_sequence('@extschema@.accounts', 'account_id')), 0);
-	-- in name order: the name index takes them page by page
-	INSERT INTO @extschema@.accounts (client_id, realm, name, kind)
-	SELECT for_client, 'm365', n.upn, 'unknown'
-	  FROM (SELECT DISTINCT lower(u) AS upn FROM unnest(upns) u) n
-	 WHERE NOT EXISTS (SELECT 1 FROM @extschema@.accounts a WHERE a.client_id = for_client AND a.realm = 'm365'
-						  AND lower(a.name) = n.upn AND a.application IS NULL)
-	 ORDER BY n.upn;
-	GET DIAGNOSTICS n = ROW_COUNT;
-	RETURN n;
-END
-$$;
-COMMENT ON FUNCTION @extschema@.msp_ensure_m365_accounts(bigint, text[]) IS
-	'internal: creates the Microsoft 365 accounts (kind unknown) of UPNs not yet known';
-
 -- Licence assignments from pg_temp.msp_assign (line_no, upn, product,
--- enabled): accounts first, then the day's rows.  Returns (loaded, duplicate).
+-- enabled): the UPNs' Microsoft 365 accounts (created, kind unknown until
+-- mapped, as the Entra loader creates them, where a UPN is none yet), then
+-- the day's rows.  One statement: the new accounts' ids come back from
+-- their insert, so accounts are not read again, and the day's rows already
+-- loaded are left out by an anti-join (a plain insert costs half of ON
+-- CONFLICT's speculative one).  Loads of a client take turns
+-- (msp_load_begin), so the check-then-insert cannot race with another
+-- load; a row written meanwhile by hand fails the load, whole.  Returns
+-- (loaded, duplicate).
 CREATE FUNCTION @extschema@.msp_store_assignments(for_client bigint, day date, load_source text,
 												  OUT loaded bigint, OUT duplicate bigint)
 LANGUAGE plpgsql VOLATILE STRICT
 SET search_path = pg_catalog, @extschema@, pg_temp
 AS $$
 BEGIN
-	PERFORM @extschema@.msp_ensure_m365_accounts(for_client, ARRAY(SELECT DISTINCT x.upn FROM pg_temp.msp_assign x));
-	WITH ins AS (
+	-- new ids come from the identity column, moved past hand-chosen ones
+	PERFORM setval(pg_get_serial_sequence('@extschema@.accounts', 'account_id'), m.id)
+	   FROM (SELECT max(a.account_id) AS id FROM @extschema@.accounts a WHERE a.client_id = for_client) m
+	  WHERE m.id > coalesce(pg_sequence_last_value(pg_get_serial_sequence('@extschema@.accounts', 'account_id')), 0);
+	ANALYZE pg_temp.msp_assign;
+	WITH u AS MATERIALIZED (
+		SELECT n.upn, a.account_id
+		  FROM (SELECT DISTINCT x.upn FROM pg_temp.msp_assign x) n
+		  LEFT JOIN @extschema@.accounts a ON a.client_id = for_client AND a.realm = 'm365' AND a.application IS NULL
+										  AND lower(a.name) = n.upn),
+	-- in name order: the name index takes them page by page
+	created AS (
+		INSERT INTO @extschema@.accounts (client_id, realm, name, kind)
+		SELECT for_client, 'm365', u.upn, 'unknown' FROM u WHERE u.account_id IS NULL ORDER BY u.upn
+		RETURNING name AS upn, account_id),
+	ids AS (
+		SELECT u.upn, u.account_id FROM u WHERE u.account_id IS NOT NULL
+		UNION ALL
+		SELECT c.upn, c.account_id FROM created c),
+	ins AS (
 		INSERT INTO @extschema@.m365_license_assignments (client_id, as_of, account_id, product, account_enabled, source)
-		SELECT DISTINCT ON (a.account_id, x.product) for_client, day, a.account_id, x.product, x.enabled, load_source
+		SELECT DISTINCT ON (i.account_id, x.product) for_client, day, i.account_id, x.product, x.enabled, load_source
 		  FROM pg_temp.msp_assign x
-		  JOIN @extschema@.accounts a ON a.client_id = for_client AND a.realm = 'm365' AND a.application IS NULL
-									 AND lower(a.name) = x.upn
-		 ORDER BY a.account_id, x.product, x.line_no
-		ON CONFLICT ON CONSTRAINT m365_license_assignments_pkey DO NOTHING
+		  JOIN ids i ON i.upn = x.upn
+		 WHERE NOT EXISTS (SELECT 1 FROM @extschema@.m365_license_assignments m
+							WHERE m.client_id = for_client AND m.as_of = day AND m.account_id = i.account_id
+							  AND m.product = x.product)
+		 ORDER BY i.account_id, x.product, x.line_no
 		RETURNING 1)
 	SELECT count(*) INTO loaded FROM ins;
 	duplicate := (SELECT count(*) FROM pg_temp.msp_assign) - loaded;

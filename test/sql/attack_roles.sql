@@ -132,7 +132,7 @@ SELECT is(ARRAY(SELECT p.proname::text FROM pg_proc p WHERE p.pronamespace = 'ms
 SELECT is(ARRAY(SELECT p.proname::text FROM pg_proc p WHERE p.pronamespace = 'mspbill'::regnamespace
                    AND (p.prosecdef OR p.proname IN ('msp_load_guarded', 'msp_load_normalized_guarded', 'msp_load_begin', 'msp_load_normalized', 'msp_install_roles',
                                                      'msp_rollup_days', 'msp_rollup_period', 'msp_stage_csv', 'msp_stage_json',
-                                                     'msp_ensure_m365_accounts', 'msp_store_assignments', 'msp_store_rejects'))
+                                                     'msp_store_assignments', 'msp_store_rejects'))
                    AND has_function_privilege('public', p.oid, 'EXECUTE')),
           '{}'::text[], 'and none of them (nor the loaders'' or rollups'' internals, nor msp_install_roles) is executable by PUBLIC');
 SELECT is(ARRAY(SELECT format('%s: %s to %s', c.relname, x.privilege_type, x.grantee::regrole)
