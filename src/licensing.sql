@@ -1090,7 +1090,8 @@ BEGIN
 			  FROM t LEFT JOIN owner o ON o.company = t.company
 			 -- OFFSET 0: each record classified once
 			 OFFSET 0),
-		-- materialized, so that msp_implausible_time gets columns and inlines
+		-- materialized, so that msp_implausible_time gets columns and
+		-- inlines; it is asked once per ticket (OFFSET 0)
 		timed AS MATERIALIZED (
 			SELECT c.*, CASE WHEN c.class = 'ticket' THEN c.at_text::timestamptz END AS at FROM classed c)
 		SELECT x.rec, x.line_no, x.ord,
@@ -1098,8 +1099,9 @@ BEGIN
 																	 WHERE s.client_id = $1 AND s.line_no = x.line_no)) END,
 			   x.id, x.at_text, x.company, x.contact, x.board, x.channel, k.class, x.at
 		  FROM timed x,
-			   LATERAL (SELECT CASE WHEN x.class = 'ticket' AND @extschema@.msp_implausible_time(x.at_text, x.at) IS NOT NULL
-									THEN 'reject:invalid date entered: ' || @extschema@.msp_implausible_time(x.at_text, x.at)
+			   LATERAL (SELECT CASE WHEN x.class = 'ticket' THEN @extschema@.msp_implausible_time(x.at_text, x.at) END AS why
+						OFFSET 0) w,
+			   LATERAL (SELECT CASE WHEN w.why IS NOT NULL THEN 'reject:invalid date entered: ' || w.why
 									ELSE x.class END AS class) k
 	$step$, psa), $reject$
 		INSERT INTO pg_temp.msp_tix (rec, line_no, ord, raw, class)
@@ -1110,14 +1112,20 @@ BEGIN
 	$reject$, client_id, (SELECT min(j.rec) FROM pg_temp.msp_json j), (SELECT max(j.rec) FROM pg_temp.msp_json j));
 	DROP TABLE pg_temp.msp_json;
 
-	-- a ticket loads once per client and PSA (first record of a load wins)
+	-- a ticket loads once per client and PSA (first record of a load
+	-- wins); tickets already loaded are left out by an anti-join (a plain
+	-- insert costs half of ON CONFLICT's speculative one; loads of a client
+	-- take turns, so no other load can race it, and a row written meanwhile
+	-- by hand fails the load, whole)
 	WITH ins AS (
 		INSERT INTO @extschema@.psa_tickets (client_id, psa, ticket_id, at, company, contact, board, channel)
 		SELECT DISTINCT ON (btrim(t.id)) client_id, psa, btrim(t.id), t.at,
 			   coalesce(t.company[1], t.company[2], t.company[3]), t.contact, t.board, t.channel
-		  FROM pg_temp.msp_tix t WHERE t.class = 'ticket'
+		  FROM pg_temp.msp_tix t
+		 WHERE t.class = 'ticket'
+		   AND NOT EXISTS (SELECT 1 FROM @extschema@.psa_tickets x
+							WHERE x.client_id = client_id AND x.psa = psa AND x.ticket_id = btrim(t.id))
 		 ORDER BY btrim(t.id), t.line_no, t.ord
-		ON CONFLICT ON CONSTRAINT psa_tickets_pkey DO NOTHING
 		RETURNING 1)
 	SELECT count(*) INTO loaded FROM ins;
 	duplicate := (SELECT count(*) FROM pg_temp.msp_tix t WHERE t.class = 'ticket') - loaded;
