@@ -909,25 +909,38 @@ BEGIN
 		 ORDER BY k.key, p.line_no DESC, p.ord DESC),
 	prod AS MATERIALIZED (
 		SELECT n.product, @extschema@.msp_license_product(n.product) AS name FROM (SELECT DISTINCT s.product FROM sub s) n),
-	up AS (
-		INSERT INTO @extschema@.pax8_subscriptions AS x (client_id, as_of, subscription_id, company, product, quantity,
-														 unit_cost, unit_price, billing_term, status, start_date,
-														 end_date, source)
-		SELECT client_id, day, s.key, coalesce(s.company[1], s.company[2]), pr.name,
-			   btrim(s.quantity)::numeric::integer, nullif(replace(btrim(s.cost), '$', ''), '')::numeric,
-			   nullif(replace(btrim(s.price), '$', ''), '')::numeric, s.term, s.status, s.start_date, s.end_date, source
-		  FROM sub s JOIN prod pr USING (product)
-		ON CONFLICT ON CONSTRAINT pax8_subscriptions_pkey DO UPDATE
-		   SET company = excluded.company, product = excluded.product, quantity = excluded.quantity,
-			   unit_cost = excluded.unit_cost, unit_price = excluded.unit_price, billing_term = excluded.billing_term,
-			   status = excluded.status, start_date = excluded.start_date, end_date = excluded.end_date,
-			   source = excluded.source
-		 WHERE (x.company, x.product, x.quantity, x.unit_cost, x.unit_price, x.billing_term, x.status, x.start_date, x.end_date)
-			   IS DISTINCT FROM (excluded.company, excluded.product, excluded.quantity, excluded.unit_cost,
-								 excluded.unit_price, excluded.billing_term, excluded.status, excluded.start_date,
-								 excluded.end_date)
+	r AS MATERIALIZED (
+		SELECT s.key, coalesce(s.company[1], s.company[2]) AS company, pr.name AS product,
+			   btrim(s.quantity)::numeric::integer AS quantity, nullif(replace(btrim(s.cost), '$', ''), '')::numeric AS unit_cost,
+			   nullif(replace(btrim(s.price), '$', ''), '')::numeric AS unit_price, s.term, s.status, s.start_date, s.end_date
+		  FROM sub s JOIN prod pr USING (product)),
+	-- a subscription of the day loaded before takes a corrected export's
+	-- values; the others are inserted past an anti-join (both see the
+	-- table as it was before the statement).  A plain insert costs half of
+	-- ON CONFLICT's speculative one; loads of a client take turns, so no
+	-- other load can race it, and a row written meanwhile by hand fails
+	-- the load, whole.
+	upd AS (
+		UPDATE @extschema@.pax8_subscriptions x
+		   SET company = r.company, product = r.product, quantity = r.quantity, unit_cost = r.unit_cost,
+			   unit_price = r.unit_price, billing_term = r.term, status = r.status, start_date = r.start_date,
+			   end_date = r.end_date, source = source
+		  FROM r
+		 WHERE x.client_id = client_id AND x.as_of = day AND x.subscription_id = r.key
+		   AND (x.company, x.product, x.quantity, x.unit_cost, x.unit_price, x.billing_term, x.status, x.start_date, x.end_date)
+			   IS DISTINCT FROM (r.company, r.product, r.quantity, r.unit_cost, r.unit_price, r.term, r.status, r.start_date,
+								 r.end_date)
+		RETURNING 1),
+	ins AS (
+		INSERT INTO @extschema@.pax8_subscriptions (client_id, as_of, subscription_id, company, product, quantity, unit_cost,
+													unit_price, billing_term, status, start_date, end_date, source)
+		SELECT client_id, day, r.key, r.company, r.product, r.quantity, r.unit_cost, r.unit_price, r.term, r.status,
+			   r.start_date, r.end_date, source
+		  FROM r
+		 WHERE NOT EXISTS (SELECT 1 FROM @extschema@.pax8_subscriptions x
+							WHERE x.client_id = client_id AND x.as_of = day AND x.subscription_id = r.key)
 		RETURNING 1)
-	SELECT count(*) INTO loaded FROM up;
+	SELECT (SELECT count(*) FROM upd) + (SELECT count(*) FROM ins) INTO loaded;
 	duplicate := (SELECT count(*) FROM pg_temp.msp_pax8 p WHERE p.class = 'subscription') - loaded;
 
 	-- the day's seats per product, from every Active subscription of the day
