@@ -312,9 +312,13 @@ BEGIN
 	IF to_regclass('pg_temp.msp_json') IS NOT NULL THEN
 		DROP TABLE pg_temp.msp_json;
 	END IF;
-	-- JSON lines (every line starts a document) need no joining of lines
+	-- JSON lines (every line starts a document) need no joining of lines.
+	-- A line is blank when it has no character but spaces, tabs and line
+	-- ends (a regular expression: btrim with a set of characters counts
+	-- the characters of the whole line first); a byte-order mark is
+	-- trimmed only where there is one.
 	EXECUTE format($q$
-		SELECT NOT EXISTS (SELECT 1 FROM %s s WHERE s.client_id = $1 AND btrim(s.raw, E' \t\r\n') <> ''
+		SELECT NOT EXISTS (SELECT 1 FROM %s s WHERE s.client_id = $1 AND s.raw ~ '[^ \t\r\n]'
 							  AND s.raw !~ '^\ufeff?[\[{]')$q$, stage) INTO json_lines USING for_client;
 	EXECUTE format($q$
 		CREATE TEMP TABLE msp_json ON COMMIT DROP AS
@@ -325,7 +329,7 @@ BEGIN
 			SELECT x.line_no, x.raw, x.joined, y.f,
 				   (left(y.f[%2$s + 1], 1) = '[' OR left(y.f[%2$s + 2], 1) = '[' OR left(y.f[%2$s + 3], 1) = '['
 					OR left(y.f[%2$s + 4], 1) = '[') IS TRUE AS page
-			  FROM x, LATERAL (SELECT @extschema@.msp_json_fields(ltrim(x.raw, E'\ufeff'), $2) AS f OFFSET 0) y)
+			  FROM x, LATERAL (SELECT @extschema@.msp_json_fields(CASE WHEN left(x.raw, 1) = E'\ufeff' THEN ltrim(x.raw, E'\ufeff') ELSE x.raw END, $2) AS f OFFSET 0) y)
 		SELECT row_number() OVER () AS rec, r.line_no, r.ord, r.raw, r.f, r.bad
 		  FROM (
 			-- an object that is no page: a record, its fields read already
@@ -354,13 +358,13 @@ BEGIN
 		CASE WHEN json_lines THEN
 		format($x$x AS (
 			SELECT s.line_no, s.raw, false AS joined
-			  FROM %s s WHERE s.client_id = $1 AND btrim(s.raw, E' \t\r\n') <> '')$x$, stage)
+			  FROM %s s WHERE s.client_id = $1 AND s.raw ~ '[^ \t\r\n]')$x$, stage)
 		ELSE
 		-- a line that starts a document and is followed by another start
 		-- (or by nothing) is one; only the other lines are joined
 		format($x$l AS (
 			SELECT s.line_no, s.raw, s.raw ~ '^\ufeff?[\[{]' AS starts
-			  FROM %s s WHERE s.client_id = $1 AND btrim(s.raw, E' \t\r\n') <> ''),
+			  FROM %s s WHERE s.client_id = $1 AND s.raw ~ '[^ \t\r\n]'),
 		n AS (
 			SELECT l.*, lead(l.starts, 1, true) OVER w AS next_starts, count(*) FILTER (WHERE l.starts) OVER w AS doc_no
 			  FROM l WINDOW w AS (ORDER BY l.line_no)),
