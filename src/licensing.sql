@@ -726,31 +726,75 @@ BEGIN
 		   LATERAL (SELECT lower(btrim(c.f[h.upn])) AS upn) x
 	 WHERE NOT c.is_header;
 
-	-- activity accounts take the kind and person of the UPN's m365 account
-	INSERT INTO @extschema@.accounts (client_id, realm, name, kind, person_id)
-	SELECT DISTINCT ON (a.upn) client_id, 'm365_activity', a.upn, coalesce(m.kind, 'unknown'), m.person_id
-	  FROM pg_temp.msp_act a
-	  LEFT JOIN @extschema@.accounts m ON m.client_id = client_id AND m.realm = 'm365' AND lower(m.name) = a.upn
-	 WHERE a.class = 'activity'
-	   AND NOT EXISTS (SELECT 1 FROM @extschema@.accounts x WHERE x.client_id = client_id AND x.realm = 'm365_activity'
-						  AND lower(x.name) = a.upn)
-	 ORDER BY a.upn;
+	-- activity accounts take the kind and person of the UPN's m365 account;
+	-- each UPN's activity account, the new ones' ids as their insert
+	-- returns them (new ids move past hand-chosen ones first)
+	PERFORM setval(pg_get_serial_sequence('@extschema@.accounts', 'account_id'), m.id)
+	   FROM (SELECT max(a.account_id) AS id FROM @extschema@.accounts a WHERE a.client_id = client_id) m
+	  WHERE m.id > coalesce(pg_sequence_last_value(pg_get_serial_sequence('@extschema@.accounts', 'account_id')), 0);
+	CREATE TEMP TABLE msp_act_accounts (upn text, account_id bigint) ON COMMIT DROP;
+	WITH u AS MATERIALIZED (
+		SELECT n.upn, x.account_id
+		  FROM (SELECT DISTINCT a.upn FROM pg_temp.msp_act a WHERE a.class = 'activity') n
+		  LEFT JOIN @extschema@.accounts x ON x.client_id = client_id AND x.realm = 'm365_activity' AND x.application IS NULL
+										  AND lower(x.name) = n.upn),
+	created AS (
+		INSERT INTO @extschema@.accounts (client_id, realm, name, kind, person_id)
+		SELECT client_id, 'm365_activity', u.upn, coalesce(m.kind, 'unknown'), m.person_id
+		  FROM u
+		  LEFT JOIN @extschema@.accounts m ON m.client_id = client_id AND m.realm = 'm365' AND m.application IS NULL
+										  AND lower(m.name) = u.upn
+		 WHERE u.account_id IS NULL
+		 ORDER BY u.upn
+		RETURNING name, account_id)
+	INSERT INTO pg_temp.msp_act_accounts (upn, account_id)
+	SELECT u.upn, u.account_id FROM u WHERE u.account_id IS NOT NULL
+	UNION ALL
+	SELECT c.name, c.account_id FROM created c;
 
-	INSERT INTO pg_temp.msp_load_events (line_no, realm, application, account_name, device_name, create_device, at,
-										 ended, source_event_id, session_key)
-	SELECT a.line_no, 'm365_activity', NULL, a.upn, NULL, false, d.at, NULL, a.upn || '|' || d.product || '|' || d.day, NULL
-	  FROM pg_temp.msp_act a JOIN pg_temp.msp_act_days d USING (line_no)
-	 WHERE a.class = 'activity';
-	SELECT * INTO loaded, duplicate FROM @extschema@.msp_load_normalized_guarded(client_id, source, $reject$
-		UPDATE pg_temp.msp_act SET class = 'reject:unloadable record: ' || $3 WHERE line_no = $2
-	$reject$);
+	-- the logons, one per product-day (its event id, the first by line),
+	-- those already loaded left out as the shared last step
+	-- (msp_load_normalized) leaves them out.  Straight from the records:
+	-- the accounts are known and there is no device nor session, so the
+	-- shared step's passes over accounts and devices would find nothing
+	-- new.  Should a record make the insert fail, the shared guarded step
+	-- runs instead, and finds it.
+	BEGIN
+		WITH e AS (
+			SELECT DISTINCT ON (x.event_id) x.*
+			  FROM (SELECT a.line_no, a.upn, d.at, a.upn || '|' || d.product || '|' || d.day AS event_id
+					  FROM pg_temp.msp_act a JOIN pg_temp.msp_act_days d USING (line_no)
+					 WHERE a.class = 'activity') x
+			 ORDER BY x.event_id, x.line_no),
+		ins AS (
+			INSERT INTO @extschema@.logons (client_id, account_id, device_id, at, ended, presence, source, source_event_id,
+											session_key)
+			SELECT client_id, i.account_id, NULL, e.at, NULL, true, source, e.event_id, NULL
+			  FROM e JOIN pg_temp.msp_act_accounts i ON i.upn = e.upn
+			 WHERE NOT EXISTS (SELECT 1 FROM @extschema@.logons l
+								WHERE l.client_id = client_id AND l.source = source AND l.source_event_id = e.event_id)
+			RETURNING 1)
+		SELECT count(*) INTO loaded FROM ins;
+		duplicate := (SELECT count(*) FROM pg_temp.msp_act a JOIN pg_temp.msp_act_days d USING (line_no)
+					   WHERE a.class = 'activity') - loaded;
+	EXCEPTION WHEN data_exception OR program_limit_exceeded OR integrity_constraint_violation THEN
+		INSERT INTO pg_temp.msp_load_events (line_no, realm, application, account_name, device_name, create_device, at,
+											 ended, source_event_id, session_key)
+		SELECT a.line_no, 'm365_activity', NULL, a.upn, NULL, false, d.at, NULL, a.upn || '|' || d.product || '|' || d.day, NULL
+		  FROM pg_temp.msp_act a JOIN pg_temp.msp_act_days d USING (line_no)
+		 WHERE a.class = 'activity';
+		SELECT * INTO loaded, duplicate FROM @extschema@.msp_load_normalized_guarded(client_id, source, $reject$
+			UPDATE pg_temp.msp_act SET class = 'reject:unloadable record: ' || $3 WHERE line_no = $2
+		$reject$);
+	END;
 
 	CREATE TEMP TABLE msp_rej ON COMMIT DROP AS
 	SELECT a.line_no, a.raw, substr(a.class, 8) AS reason FROM pg_temp.msp_act a WHERE a.class LIKE 'reject:%';
 	rejected := @extschema@.msp_store_rejects(client_id, source);
 	SELECT count(*) INTO skipped FROM pg_temp.msp_act a WHERE a.class = 'skip';
 	DELETE FROM @extschema@.m365_activity_staging s WHERE s.client_id = client_id;
-	DROP TABLE pg_temp.msp_act, pg_temp.msp_act_days, pg_temp.msp_act_cols, pg_temp.msp_csv, pg_temp.msp_csv_headers;
+	DROP TABLE pg_temp.msp_act, pg_temp.msp_act_days, pg_temp.msp_act_cols, pg_temp.msp_act_accounts, pg_temp.msp_csv,
+			   pg_temp.msp_csv_headers;
 END
 $$;
 COMMENT ON FUNCTION @extschema@.msp_load_m365_activity(bigint, text) IS

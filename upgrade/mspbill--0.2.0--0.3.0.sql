@@ -11350,6 +11350,85 @@ COMMENT ON FUNCTION @extschema@.msp_tax_lines(bigint, @extschema@.invoice_line[]
 -- folded into msp_store_assignments), plain inserts past anti-joins instead
 -- of ON CONFLICT, each check asked once.
 DROP FUNCTION @extschema@.msp_ensure_m365_accounts(bigint, text[]);
+CREATE OR REPLACE FUNCTION @extschema@.msp_stage_json(for_client bigint, stage regclass, keys text[]) RETURNS bigint
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, @extschema@, pg_temp
+AS $$
+DECLARE
+	n bigint;
+	json_lines boolean;
+BEGIN
+	IF to_regclass('pg_temp.msp_json') IS NOT NULL THEN
+		DROP TABLE pg_temp.msp_json;
+	END IF;
+	-- JSON lines (every line starts a document) need no joining of lines.
+	-- A line is blank when it has no character but spaces, tabs and line
+	-- ends (a regular expression: btrim with a set of characters counts
+	-- the characters of the whole line first); a byte-order mark is
+	-- trimmed only where there is one.
+	EXECUTE format($q$
+		SELECT NOT EXISTS (SELECT 1 FROM %s s WHERE s.client_id = $1 AND s.raw ~ '[^ \t\r\n]'
+							  AND s.raw !~ '^\ufeff?[\[{]')$q$, stage) INTO json_lines USING for_client;
+	EXECUTE format($q$
+		CREATE TEMP TABLE msp_json ON COMMIT DROP AS
+		WITH %3$s,
+		-- OFFSET 0: each document scanned once (a flattened subquery would
+		-- scan it again for every use of its fields)
+		p AS (
+			SELECT x.line_no, x.raw, x.joined, y.f,
+				   (left(y.f[%2$s + 1], 1) = '[' OR left(y.f[%2$s + 2], 1) = '[' OR left(y.f[%2$s + 3], 1) = '['
+					OR left(y.f[%2$s + 4], 1) = '[') IS TRUE AS page
+			  FROM x, LATERAL (SELECT @extschema@.msp_json_fields(CASE WHEN left(x.raw, 1) = E'\ufeff' THEN ltrim(x.raw, E'\ufeff') ELSE x.raw END, $2) AS f OFFSET 0) y)
+		SELECT row_number() OVER () AS rec, r.line_no, r.ord, r.raw, r.f, r.bad
+		  FROM (
+			-- an object that is no page: a record, its fields read already
+			SELECT p.line_no, 1::bigint AS ord, CASE WHEN p.joined THEN p.raw END AS raw, p.f, NULL::text AS bad
+			  FROM p WHERE p.f IS NOT NULL AND NOT p.page
+			UNION ALL
+			-- pages, arrays and what is no object: their elements through jsonb
+			SELECT p.line_no, e.ord, e.raw,
+				   CASE WHEN jsonb_typeof(e.rec) = 'object' THEN @extschema@.msp_json_fields(e.raw, $2) END,
+				   CASE WHEN e.rec IS NULL THEN 'not valid JSON' WHEN jsonb_typeof(e.rec) <> 'object' THEN 'not a JSON object' END
+			  FROM p
+			  CROSS JOIN LATERAL (SELECT @extschema@.msp_try_jsonb(ltrim(p.raw, E'\ufeff')) AS doc) j
+			  CROSS JOIN LATERAL (SELECT CASE
+											 WHEN jsonb_typeof(j.doc) = 'array' THEN j.doc
+											 WHEN jsonb_typeof(j.doc -> 'value') = 'array' THEN j.doc -> 'value'
+											 WHEN jsonb_typeof(j.doc -> 'items') = 'array' THEN j.doc -> 'items'
+											 WHEN jsonb_typeof(j.doc -> 'tickets') = 'array' THEN j.doc -> 'tickets'
+											 WHEN jsonb_typeof(j.doc -> 'content') = 'array' THEN j.doc -> 'content'
+										 END AS arr) a
+			  CROSS JOIN LATERAL (SELECT x.rec, x.ord, x.rec::text AS raw
+									FROM jsonb_array_elements(a.arr) WITH ORDINALITY x(rec, ord)
+								   WHERE a.arr IS NOT NULL
+								  UNION ALL
+								  SELECT j.doc, 1, p.raw WHERE a.arr IS NULL) e
+			 WHERE p.f IS NULL OR p.page) r$q$, stage, cardinality(keys),
+		CASE WHEN json_lines THEN
+		format($x$x AS (
+			SELECT s.line_no, s.raw, false AS joined
+			  FROM %s s WHERE s.client_id = $1 AND s.raw ~ '[^ \t\r\n]')$x$, stage)
+		ELSE
+		-- a line that starts a document and is followed by another start
+		-- (or by nothing) is one; only the other lines are joined
+		format($x$l AS (
+			SELECT s.line_no, s.raw, s.raw ~ '^\ufeff?[\[{]' AS starts
+			  FROM %s s WHERE s.client_id = $1 AND s.raw ~ '[^ \t\r\n]'),
+		n AS (
+			SELECT l.*, lead(l.starts, 1, true) OVER w AS next_starts, count(*) FILTER (WHERE l.starts) OVER w AS doc_no
+			  FROM l WINDOW w AS (ORDER BY l.line_no)),
+		x AS (
+			SELECT n.line_no, n.raw, false AS joined FROM n WHERE n.starts AND n.next_starts
+			UNION ALL
+			SELECT min(n.line_no), string_agg(n.raw, E'\n' ORDER BY n.line_no), true
+			  FROM n WHERE NOT (n.starts AND n.next_starts) GROUP BY n.doc_no)$x$, stage) END)
+	USING for_client, keys || '{value,items,tickets,content}'::text[];
+	GET DIAGNOSTICS n = ROW_COUNT;
+	RETURN n;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_stage_json(bigint, regclass, text[]) IS
+	'internal: a client''s staged JSON (JSON lines or saved responses, enveloped or not) as records with the values of keys, into pg_temp.msp_json';
 CREATE OR REPLACE FUNCTION @extschema@.msp_store_assignments(for_client bigint, day date, load_source text,
 												  OUT loaded bigint, OUT duplicate bigint)
 LANGUAGE plpgsql VOLATILE STRICT
@@ -11391,6 +11470,140 @@ END
 $$;
 COMMENT ON FUNCTION @extschema@.msp_store_assignments(bigint, date, text) IS
 	'internal: a load''s licence assignments (pg_temp.msp_assign) as accounts and the day''s m365_license_assignments';
+CREATE OR REPLACE FUNCTION @extschema@.msp_load_m365_activity(client_id bigint, source text DEFAULT 'm365_activity',
+												   OUT loaded bigint, OUT duplicate bigint,
+												   OUT skipped bigint, OUT rejected bigint)
+LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER
+SET search_path = pg_catalog, @extschema@, pg_temp
+SET DateStyle = 'ISO, MDY'
+SET TimeZone = 'UTC'
+SET jit = off
+AS $$
+#variable_conflict use_variable
+BEGIN
+	source := coalesce(source, 'm365_activity');
+	PERFORM @extschema@.msp_load_begin(client_id);
+	PERFORM @extschema@.msp_stage_csv(client_id, '@extschema@.m365_activity_staging', 'User Principal Name');
+	CREATE TEMP TABLE msp_act_cols ON COMMIT DROP AS
+	SELECT h.header_no, @extschema@.msp_csv_column(h.header, '{User Principal Name}') AS upn,
+		   @extschema@.msp_csv_column(h.header, '{Is Deleted}') AS deleted,
+		   ARRAY(SELECT lower(regexp_replace(btrim(x.name), '\s*Last Activity Date$', '', 'i'))
+				   FROM unnest(h.header) WITH ORDINALITY x(name, i)
+				  WHERE btrim(x.name) ~* 'Last Activity Date$' ORDER BY x.i) AS products,
+		   ARRAY(SELECT x.i::integer FROM unnest(h.header) WITH ORDINALITY x(name, i)
+				  WHERE btrim(x.name) ~* 'Last Activity Date$' ORDER BY x.i) AS cols
+	  FROM pg_temp.msp_csv_headers h;
+	-- every activity date written, at noon in the client's zone (NULL: not
+	-- a date); a date that is none (2026-02-30) marks its record alone
+	CREATE TEMP TABLE msp_act_days (line_no bigint, product text, day text, at timestamptz) ON COMMIT DROP;
+	PERFORM @extschema@.msp_load_guarded($step$
+		INSERT INTO pg_temp.msp_act_days (line_no, product, day, at)
+		SELECT c.line_no, p.product, p.day,
+			   CASE WHEN p.day ~ '^[0-9]{4}-[0-9]{2}-[0-9]{2}$'
+					THEN (p.day::date + time '12:00')
+						 AT TIME ZONE (SELECT z.time_zone FROM @extschema@.clients z WHERE z.client_id = $1) END
+		  FROM pg_temp.msp_csv c
+		  JOIN pg_temp.msp_act_cols h ON h.header_no = c.header_no,
+			   LATERAL (SELECT u.product, btrim(c.f[u.col]) AS day FROM unnest(h.products, h.cols) u(product, col)) p
+		 WHERE NOT c.is_header AND c.line_no BETWEEN $2 AND $3 AND p.day <> ''
+	$step$, $reject$
+		INSERT INTO pg_temp.msp_act_days (line_no) VALUES ($2)
+	$reject$, client_id, (SELECT min(c.line_no) FROM pg_temp.msp_csv c), (SELECT max(c.line_no) FROM pg_temp.msp_csv c));
+	CREATE TEMP TABLE msp_act ON COMMIT DROP AS
+	SELECT c.line_no, c.raw, x.upn,
+		   CASE
+			   WHEN c.f IS NULL THEN 'reject:not valid CSV'
+			   WHEN h.header_no IS NULL THEN 'reject:no header with User Principal Name before it'
+			   WHEN coalesce(x.upn, '') = '' THEN 'reject:no User Principal Name'
+			   WHEN length(x.upn) > 255 THEN 'reject:field too long'
+			   WHEN lower(coalesce(c.f[h.deleted], '')) = 'true' THEN 'skip'
+			   WHEN d.not_a_date THEN 'reject:invalid Last Activity Date'
+			   WHEN d.implausible IS NOT NULL THEN 'reject:invalid Last Activity Date: ' || d.implausible
+			   WHEN d.line_no IS NULL THEN 'skip'
+			   ELSE 'activity'
+		   END AS class
+	  FROM pg_temp.msp_csv c
+	  LEFT JOIN pg_temp.msp_act_cols h ON h.header_no = c.header_no
+	  LEFT JOIN (SELECT d.line_no, bool_or(d.at IS NULL) AS not_a_date,
+						min(@extschema@.msp_implausible_time(d.day, d.at)) AS implausible
+				   FROM pg_temp.msp_act_days d GROUP BY d.line_no) d ON d.line_no = c.line_no,
+		   LATERAL (SELECT lower(btrim(c.f[h.upn])) AS upn) x
+	 WHERE NOT c.is_header;
+
+	-- activity accounts take the kind and person of the UPN's m365 account;
+	-- each UPN's activity account, the new ones' ids as their insert
+	-- returns them (new ids move past hand-chosen ones first)
+	PERFORM setval(pg_get_serial_sequence('@extschema@.accounts', 'account_id'), m.id)
+	   FROM (SELECT max(a.account_id) AS id FROM @extschema@.accounts a WHERE a.client_id = client_id) m
+	  WHERE m.id > coalesce(pg_sequence_last_value(pg_get_serial_sequence('@extschema@.accounts', 'account_id')), 0);
+	CREATE TEMP TABLE msp_act_accounts (upn text, account_id bigint) ON COMMIT DROP;
+	WITH u AS MATERIALIZED (
+		SELECT n.upn, x.account_id
+		  FROM (SELECT DISTINCT a.upn FROM pg_temp.msp_act a WHERE a.class = 'activity') n
+		  LEFT JOIN @extschema@.accounts x ON x.client_id = client_id AND x.realm = 'm365_activity' AND x.application IS NULL
+										  AND lower(x.name) = n.upn),
+	created AS (
+		INSERT INTO @extschema@.accounts (client_id, realm, name, kind, person_id)
+		SELECT client_id, 'm365_activity', u.upn, coalesce(m.kind, 'unknown'), m.person_id
+		  FROM u
+		  LEFT JOIN @extschema@.accounts m ON m.client_id = client_id AND m.realm = 'm365' AND m.application IS NULL
+										  AND lower(m.name) = u.upn
+		 WHERE u.account_id IS NULL
+		 ORDER BY u.upn
+		RETURNING name, account_id)
+	INSERT INTO pg_temp.msp_act_accounts (upn, account_id)
+	SELECT u.upn, u.account_id FROM u WHERE u.account_id IS NOT NULL
+	UNION ALL
+	SELECT c.name, c.account_id FROM created c;
+
+	-- the logons, one per product-day (its event id, the first by line),
+	-- those already loaded left out as the shared last step
+	-- (msp_load_normalized) leaves them out.  Straight from the records:
+	-- the accounts are known and there is no device nor session, so the
+	-- shared step's passes over accounts and devices would find nothing
+	-- new.  Should a record make the insert fail, the shared guarded step
+	-- runs instead, and finds it.
+	BEGIN
+		WITH e AS (
+			SELECT DISTINCT ON (x.event_id) x.*
+			  FROM (SELECT a.line_no, a.upn, d.at, a.upn || '|' || d.product || '|' || d.day AS event_id
+					  FROM pg_temp.msp_act a JOIN pg_temp.msp_act_days d USING (line_no)
+					 WHERE a.class = 'activity') x
+			 ORDER BY x.event_id, x.line_no),
+		ins AS (
+			INSERT INTO @extschema@.logons (client_id, account_id, device_id, at, ended, presence, source, source_event_id,
+											session_key)
+			SELECT client_id, i.account_id, NULL, e.at, NULL, true, source, e.event_id, NULL
+			  FROM e JOIN pg_temp.msp_act_accounts i ON i.upn = e.upn
+			 WHERE NOT EXISTS (SELECT 1 FROM @extschema@.logons l
+								WHERE l.client_id = client_id AND l.source = source AND l.source_event_id = e.event_id)
+			RETURNING 1)
+		SELECT count(*) INTO loaded FROM ins;
+		duplicate := (SELECT count(*) FROM pg_temp.msp_act a JOIN pg_temp.msp_act_days d USING (line_no)
+					   WHERE a.class = 'activity') - loaded;
+	EXCEPTION WHEN data_exception OR program_limit_exceeded OR integrity_constraint_violation THEN
+		INSERT INTO pg_temp.msp_load_events (line_no, realm, application, account_name, device_name, create_device, at,
+											 ended, source_event_id, session_key)
+		SELECT a.line_no, 'm365_activity', NULL, a.upn, NULL, false, d.at, NULL, a.upn || '|' || d.product || '|' || d.day, NULL
+		  FROM pg_temp.msp_act a JOIN pg_temp.msp_act_days d USING (line_no)
+		 WHERE a.class = 'activity';
+		SELECT * INTO loaded, duplicate FROM @extschema@.msp_load_normalized_guarded(client_id, source, $reject$
+			UPDATE pg_temp.msp_act SET class = 'reject:unloadable record: ' || $3 WHERE line_no = $2
+		$reject$);
+	END;
+
+	CREATE TEMP TABLE msp_rej ON COMMIT DROP AS
+	SELECT a.line_no, a.raw, substr(a.class, 8) AS reason FROM pg_temp.msp_act a WHERE a.class LIKE 'reject:%';
+	rejected := @extschema@.msp_store_rejects(client_id, source);
+	SELECT count(*) INTO skipped FROM pg_temp.msp_act a WHERE a.class = 'skip';
+	DELETE FROM @extschema@.m365_activity_staging s WHERE s.client_id = client_id;
+	DROP TABLE pg_temp.msp_act, pg_temp.msp_act_days, pg_temp.msp_act_cols, pg_temp.msp_act_accounts, pg_temp.msp_csv,
+			   pg_temp.msp_csv_headers;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_load_m365_activity(bigint, text) IS
+	'loads a client''s staged Microsoft 365 active user detail report: each product''s last activity date becomes a logon of realm m365_activity at noon in the client''s zone (counted only where count_realms names it; loaded counts days per product)';
 CREATE OR REPLACE FUNCTION @extschema@.msp_load_pax8_subscriptions(client_id bigint, as_of date DEFAULT NULL,
 														source text DEFAULT 'pax8',
 														OUT loaded bigint, OUT duplicate bigint,

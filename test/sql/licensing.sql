@@ -5,7 +5,7 @@
 \pset pager off
 \set QUIET on
 SET search_path = public, mspbill;
-SELECT plan(52);
+SELECT plan(54);
 SELECT msp_install_roles() \g /dev/null
 INSERT INTO clients (client_id, name, time_zone) VALUES (1, 'Clinic', 'America/New_York'), (2, 'Lab', 'UTC');
 INSERT INTO contracts (client_id, contract_id, effective, model, price_per_user) VALUES
@@ -66,6 +66,24 @@ SELECT results_eq($$SELECT reason FROM load_rejects WHERE source = 'm365_activit
                   $$VALUES ('invalid Last Activity Date'), ('invalid Last Activity Date')$$, 'a date that is none and a special word are rejected');
 \copy m365_activity_staging (raw) FROM '../fixtures/licensing/m365_activity.csv' WITH (FORMAT csv, QUOTE E'\x01', DELIMITER E'\x02')
 SELECT results_eq($$SELECT loaded, duplicate FROM msp_load_m365_activity(1)$$, $$VALUES (0::bigint, 7::bigint)$$, 'activity loaded twice = once');
+-- a record whose logon cannot be written (here a check added for the
+-- test) is rejected alone: the activity loader's own insert fails, and
+-- the shared last step finds the record
+RESET ROLE;
+BEGIN;
+ALTER TABLE logons ADD CONSTRAINT test_refuse_dave CHECK (source_event_id IS DISTINCT FROM 'dave@clinic.example|exchange|2026-01-21');
+SET LOCAL ROLE lic_loader;
+INSERT INTO m365_activity_staging (raw) VALUES
+	('Report Refresh Date,User Principal Name,Is Deleted,Exchange Last Activity Date'),
+	('2026-01-31,carol@clinic.example,False,2026-01-20'),
+	('2026-01-31,dave@clinic.example,False,2026-01-21');
+SELECT results_eq($$SELECT loaded, duplicate, rejected FROM msp_load_m365_activity(1)$$, $$VALUES (1::bigint, 0::bigint, 1::bigint)$$,
+                  'a logon that cannot be written rejects its record alone; the others load');
+SELECT results_eq($$SELECT reason ~ '^unloadable record: .*test_refuse_dave' FROM load_rejects WHERE source = 'm365_activity' ORDER BY line_no DESC LIMIT 1$$,
+                  $$VALUES (true)$$, 'and the reject says why');
+ROLLBACK;
+SET ROLE lic_loader;
+SET mspbill.client_id = 1;
 RESET ROLE;
 SELECT results_eq($$SELECT l.at FROM logons l JOIN accounts a USING (client_id, account_id)
                      WHERE a.realm = 'm365_activity' AND a.name = 'alice@clinic.example' AND l.source_event_id LIKE '%|exchange|%'$$,
