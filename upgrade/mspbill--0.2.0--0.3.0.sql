@@ -11348,7 +11348,8 @@ COMMENT ON FUNCTION @extschema@.msp_tax_lines(bigint, @extschema@.invoice_line[]
 -- licload (issue 19, Performance): the licensing loaders with fewer passes
 -- over a load: licence assignments in one statement (msp_ensure_m365_accounts
 -- folded into msp_store_assignments), plain inserts past anti-joins instead
--- of ON CONFLICT, each check asked once.
+-- of ON CONFLICT, a ticket time checked once, blank JSON lines told by a
+-- regular expression, the activity report writing its own logons.
 DROP FUNCTION @extschema@.msp_ensure_m365_accounts(bigint, text[]);
 CREATE OR REPLACE FUNCTION @extschema@.msp_stage_json(for_client bigint, stage regclass, keys text[]) RETURNS bigint
 LANGUAGE plpgsql VOLATILE STRICT
