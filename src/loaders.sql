@@ -445,6 +445,8 @@ DECLARE
 	hi bigint;
 	zone text;
 	fields text;
+	logoffs bigint;
+	newest timestamptz;
 BEGIN
 	-- a NULL source would make every event id unique (NULLs are distinct)
 	source := coalesce(source, 'windows');
@@ -453,8 +455,10 @@ BEGIN
 	-- the first and last line by the index (an aggregate would read every line)
 	lo := (SELECT s.line_no FROM @extschema@.windows_event_staging s WHERE s.client_id = client_id ORDER BY s.line_no LIMIT 1);
 	hi := (SELECT s.line_no FROM @extschema@.windows_event_staging s WHERE s.client_id = client_id ORDER BY s.line_no DESC LIMIT 1);
+	-- (no primary key: every read of it is a whole-table join, and keeping
+	-- an index on 200k scratch rows cost a tenth of the load)
 	CREATE TEMP TABLE msp_win_class (
-		line_no bigint PRIMARY KEY,
+		line_no bigint NOT NULL,
 		event_id text,
 		at_field text,
 		at_text text,
@@ -628,18 +632,21 @@ BEGIN
 		   AND p.session_key = s.session_key AND p.at = s.at
 		RETURNING 1)
 	SELECT count(*) INTO paired FROM used;
-	paired := paired + (SELECT count(*) FROM pg_temp.msp_win_class c WHERE c.class = 'logoff') - held;
+	-- the scratch table's counts in one pass
+	SELECT count(*) FILTER (WHERE c.class = 'logoff'), count(*) FILTER (WHERE c.class IN ('skip', 'linked')),
+		   max(c.at) FILTER (WHERE c.class IN ('logon', 'logoff', 'linked'))
+	  INTO logoffs, skipped, newest
+	  FROM pg_temp.msp_win_class c;
+	paired := paired + logoffs - held;
 	-- a logoff a month older than the newest event loaded finds no logon any more
 	DELETE FROM @extschema@.pending_logoffs p
-	 WHERE p.client_id = client_id
-	   AND p.at < (SELECT max(c.at) FROM pg_temp.msp_win_class c WHERE c.class IN ('logon', 'logoff', 'linked')) - interval '1 month';
+	 WHERE p.client_id = client_id AND p.at < newest - interval '1 month';
 
 	INSERT INTO @extschema@.load_rejects (client_id, source, line_no, raw, reason)
 	SELECT client_id, source, c.line_no, s.raw, substr(c.class, 8)
 	  FROM pg_temp.msp_win_class c JOIN @extschema@.windows_event_staging s ON s.client_id = client_id AND s.line_no = c.line_no
 	 WHERE c.class LIKE 'reject:%';
 	GET DIAGNOSTICS rejected = ROW_COUNT;
-	SELECT count(*) INTO skipped FROM pg_temp.msp_win_class c WHERE c.class IN ('skip', 'linked');
 	DELETE FROM @extschema@.windows_event_staging s WHERE s.client_id = client_id;
 	DROP TABLE pg_temp.msp_win_class, pg_temp.msp_win_session;
 END
