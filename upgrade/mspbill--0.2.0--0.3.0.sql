@@ -11433,6 +11433,10 @@ BEGIN
 		  JOIN pg_temp.msp_account_map m ON m.realm = e.realm AND m.account_name = e.account_name
 										AND m.app = coalesce(e.application, '')
 		  LEFT JOIN pg_temp.msp_device_map dm ON dm.device_name = e.device_name
+		 -- in time order, as the partitions and the time indexes grow
+		 -- (in the order of the event ids, an Entra load's random ids put
+		 -- every row on a random index page)
+		 ORDER BY e.at
 		RETURNING 1)
 	SELECT count(*) INTO loaded FROM ins;
 	DROP TABLE pg_temp.msp_account_map, pg_temp.msp_device_map;
