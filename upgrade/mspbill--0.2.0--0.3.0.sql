@@ -11706,37 +11706,56 @@ BEGIN
 	) ON COMMIT DROP;
 	INSERT INTO pg_temp.msp_entra_class (line_no, class)
 	SELECT r.rec, 'reject:not valid JSON' FROM pg_temp.msp_entra_rec r WHERE NOT r.is_json;
+	-- One statement per batch reads each record once: msp_json_fields
+	-- copies out the six fields a sign-in needs without building a jsonb
+	-- of the record (that was most of a load's time); only a record it
+	-- cannot read as an object is parsed as jsonb, to say why (or to read
+	-- nesting deeper than it scans).  A number too large for jsonb in a
+	-- field nobody reads is no reason to reject, as for Windows.  The
+	-- sign-in's time is read and checked in the same pass.
 	PERFORM @extschema@.msp_load_guarded($step$
-		INSERT INTO pg_temp.msp_entra_class (line_no, id, upn, created, device, class)
-		SELECT e.rec, e.doc->>'id', e.doc->>'userPrincipalName', e.doc->>'createdDateTime',
-			   e.doc->'deviceDetail'->>'displayName',
-			   CASE
-				   WHEN jsonb_typeof(e.doc) <> 'object' THEN 'reject:not a signIn object'
-				   WHEN e.doc->>'id' IS NULL THEN 'reject:no id'
-				   WHEN coalesce(btrim(e.doc->>'userPrincipalName', E' \t\r\n'), '') = '' THEN 'reject:no userPrincipalName'
-				   WHEN e.doc->>'createdDateTime' IS NULL THEN 'reject:no valid createdDateTime'
-				   -- names and keys go into btree indexes, which cap a row's size
-				   WHEN length(e.doc->>'id') > 255 OR length(e.doc->>'userPrincipalName') > 255
-						OR length(e.doc->'deviceDetail'->>'displayName') > 255 THEN 'reject:field too long'
-				   WHEN coalesce(e.doc->'status'->>'errorCode', '0') <> '0' THEN 'skip'
-				   WHEN e.doc->>'isInteractive' = 'false' THEN 'skip'
-				   ELSE 'signin'
-			   END
-		  FROM (SELECT r.rec, r.record::jsonb AS doc FROM pg_temp.msp_entra_rec r
-				 WHERE r.is_json AND r.rec BETWEEN $2 AND $3) e
+		INSERT INTO pg_temp.msp_entra_class (line_no, id, upn, created, device, class, at)
+		SELECT k.rec, k.id, k.upn, k.created, k.device,
+			   CASE WHEN k.at IS NOT NULL AND @extschema@.msp_implausible_time(k.created, k.at) IS NOT NULL
+					THEN 'reject:no valid createdDateTime: ' || @extschema@.msp_implausible_time(k.created, k.at)
+					ELSE k.class END,
+			   k.at
+		  FROM (SELECT c.*, CASE WHEN c.class NOT LIKE 'reject:%' THEN c.created::timestamptz END AS at
+				  FROM (SELECT e.rec, e.id, e.upn, e.created, e.device,
+							   CASE
+								   WHEN e.f IS NULL AND jsonb_typeof(e.doc) <> 'object' THEN 'reject:not a signIn object'
+								   WHEN e.id IS NULL THEN 'reject:no id'
+								   WHEN coalesce(btrim(e.upn, E' \t\r\n'), '') = '' THEN 'reject:no userPrincipalName'
+								   WHEN e.created IS NULL THEN 'reject:no valid createdDateTime'
+								   -- names and keys go into btree indexes, which cap a row's size
+								   WHEN length(e.id) > 255 OR length(e.upn) > 255 OR length(e.device) > 255 THEN 'reject:field too long'
+								   WHEN coalesce(e.error_code, '0') <> '0' THEN 'skip'
+								   WHEN e.interactive = 'false' THEN 'skip'
+								   ELSE 'signin'
+							   END AS class
+						  FROM (SELECT r.rec, f, wl.doc,
+									   coalesce(f[1], wl.doc->>'id') AS id,
+									   coalesce(f[2], wl.doc->>'userPrincipalName') AS upn,
+									   coalesce(f[3], wl.doc->>'createdDateTime') AS created,
+									   coalesce((@extschema@.msp_json_fields(f[4], '{displayName}'))[1],
+												wl.doc->'deviceDetail'->>'displayName') AS device,
+									   coalesce((@extschema@.msp_json_fields(f[5], '{errorCode}'))[1],
+												wl.doc->'status'->>'errorCode') AS error_code,
+									   coalesce(f[6], wl.doc->>'isInteractive') AS interactive
+								  FROM pg_temp.msp_entra_rec r,
+									   LATERAL @extschema@.msp_json_fields(r.record, '{id,userPrincipalName,createdDateTime,deviceDetail,status,isInteractive}') AS f,
+									   -- a function in FROM runs once per row (a subquery would be pulled up)
+									   LATERAL unnest(ARRAY[CASE WHEN f IS NULL THEN r.record::jsonb END]) AS wl(doc)
+								 WHERE r.is_json AND r.rec BETWEEN $2 AND $3) e
+						-- kept apart, so that the time is read once
+						OFFSET 0) c
+				OFFSET 0) k
 	$step$, $reject$
 		INSERT INTO pg_temp.msp_entra_class (line_no, class)
-		VALUES ($2, CASE WHEN $4 = '22P02' THEN 'reject:not valid JSON' ELSE 'reject:unreadable record: ' || $3 END)
+		VALUES ($2, CASE WHEN $4 = '22P02' THEN 'reject:not valid JSON'
+						 WHEN $4 IN ('22007', '22008', '22009', '22023') THEN 'reject:no valid createdDateTime'
+						 ELSE 'reject:unreadable record: ' || $3 END)
 	$reject$, client_id, 1, n);
-	PERFORM @extschema@.msp_load_guarded($step$
-		UPDATE pg_temp.msp_entra_class SET at = created::timestamptz
-		 WHERE class NOT LIKE 'reject:%' AND line_no BETWEEN $2 AND $3
-	$step$, $reject$
-		UPDATE pg_temp.msp_entra_class SET class = 'reject:no valid createdDateTime' WHERE line_no = $2
-	$reject$, client_id, 1, n);
-	UPDATE pg_temp.msp_entra_class
-	   SET class = 'reject:no valid createdDateTime' || coalesce(': ' || @extschema@.msp_implausible_time(created, at), '')
-	 WHERE class NOT LIKE 'reject:%' AND (at IS NULL OR @extschema@.msp_implausible_time(created, at) IS NOT NULL);
 
 	INSERT INTO pg_temp.msp_load_events (line_no, realm, application, account_name, device_name, create_device, at,
 										 ended, source_event_id, session_key)
