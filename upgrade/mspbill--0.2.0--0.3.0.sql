@@ -11791,46 +11791,71 @@ AS $$
 DECLARE
 	lo bigint;
 	hi bigint;
+	zone text;
+	rows text;
 BEGIN
 	source := coalesce(source, 'emr');
 	PERFORM @extschema@.msp_load_begin(client_id);
 	-- the first and last line by the index (an aggregate would read every line)
 	lo := (SELECT s.line_no FROM @extschema@.emr_audit_staging s WHERE s.client_id = client_id ORDER BY s.line_no LIMIT 1);
 	hi := (SELECT s.line_no FROM @extschema@.emr_audit_staging s WHERE s.client_id = client_id ORDER BY s.line_no DESC LIMIT 1);
-	CREATE TEMP TABLE msp_emr ON COMMIT DROP AS
-	SELECT s.line_no, s.user_name, s.workstation, s.event_time, s.action, s.event_id, s.application, c.time_zone,
-		   CASE
-			   WHEN coalesce(btrim(s.user_name, E' \t\r\n'), '') = '' THEN 'no user'
-			   WHEN coalesce(s.event_time, '') = '' THEN 'no time'
-			   -- names and keys go into btree indexes, which cap a row's size
-			   WHEN length(s.user_name) > 255 OR length(s.workstation) > 255 OR length(s.event_id) > 255
-					OR length(s.application) > 255 THEN 'field too long'
-		   END AS reason,
-		   NULL::timestamptz AS at
-	  FROM @extschema@.emr_audit_staging s JOIN @extschema@.clients c USING (client_id)
-	 WHERE s.client_id = client_id;
-	ALTER TABLE pg_temp.msp_emr ADD PRIMARY KEY (line_no);
-	-- A time with a zone (an offset, Z or z, a zone name or abbreviation)
-	-- is that instant; a time without one is the client's local time.
-	-- Whether it has one is PostgreSQL's reading, not a pattern: read in
-	-- UTC (this function's zone) and in UTC+14, a time with its own zone is
-	-- the same instant.  A zone PostgreSQL cannot read is an invalid time.
-	-- Plain ISO date and time (no zone) and ISO ending in Z or an offset
-	-- are decided by their form, without that call per row.
-	PERFORM @extschema@.msp_load_guarded($step$
-		UPDATE pg_temp.msp_emr
-		   SET at = CASE WHEN event_time ~ '^\s*\d{4}-\d\d-\d\d[ T]\d\d:\d\d(:\d\d(\.\d+)?)?\s*$'
-						 THEN event_time::timestamp AT TIME ZONE time_zone
-						 WHEN event_time ~ '\d:\d\d(:\d\d(\.\d+)?)?\s*(Z|[+-]\d\d(:?\d\d)?)$'
-							  OR event_time::timestamptz = @extschema@.msp_timestamptz_plus14(event_time)
-						 THEN event_time::timestamptz
-						 ELSE event_time::timestamp AT TIME ZONE time_zone END
-		 WHERE reason IS NULL AND line_no BETWEEN $2 AND $3
-	$step$, $reject$
-		UPDATE pg_temp.msp_emr SET reason = 'invalid time' WHERE line_no = $2
-	$reject$, client_id, lo, hi);
-	UPDATE pg_temp.msp_emr SET reason = 'invalid time' || coalesce(': ' || @extschema@.msp_implausible_time(event_time, at), '')
-	 WHERE reason IS NULL AND (at IS NULL OR @extschema@.msp_implausible_time(event_time, at) IS NOT NULL);
+	SELECT c.time_zone INTO zone FROM @extschema@.clients c WHERE c.client_id = client_id;
+	-- (no primary key: every read of it is a whole-table join)
+	CREATE TEMP TABLE msp_emr (
+		line_no bigint NOT NULL,
+		user_name text,
+		workstation text,
+		event_time text,
+		action text,
+		event_id text,
+		application text,
+		reason text,
+		at timestamptz
+	) ON COMMIT DROP;
+	rows := $rows$
+		SELECT s.line_no, s.user_name, s.workstation, s.event_time, s.action, s.event_id, s.application,
+			   CASE
+				   WHEN coalesce(btrim(s.user_name, E' \t\r\n'), '') = '' THEN 'no user'
+				   WHEN coalesce(s.event_time, '') = '' THEN 'no time'
+				   -- names and keys go into btree indexes, which cap a row's size
+				   WHEN length(s.user_name) > 255 OR length(s.workstation) > 255 OR length(s.event_id) > 255
+						OR length(s.application) > 255 THEN 'field too long'
+			   END AS reason
+		  FROM @extschema@.emr_audit_staging s
+		 WHERE s.client_id = $1 AND s.line_no BETWEEN $2 AND $3
+	$rows$;
+	-- One pass over the stage reads each row and its time.  A time with a
+	-- zone (an offset, Z or z, a zone name or abbreviation) is that
+	-- instant; a time without one is the client's local time.  Whether it
+	-- has one is PostgreSQL's reading, not a pattern: read in UTC (this
+	-- function's zone) and in UTC+14, a time with its own zone is the same
+	-- instant.  A zone PostgreSQL cannot read is an invalid time.  Plain
+	-- ISO date and time (no zone) and ISO ending in Z or an offset are
+	-- decided by their form, without that call per row.  Only the time can
+	-- fail here, so a row that fails is an invalid time.
+	PERFORM @extschema@.msp_load_guarded(format($step$
+		INSERT INTO pg_temp.msp_emr (line_no, user_name, workstation, event_time, action, event_id, application, reason, at)
+		SELECT k.line_no, k.user_name, k.workstation, k.event_time, k.action, k.event_id, k.application,
+			   CASE WHEN k.at IS NOT NULL AND @extschema@.msp_implausible_time(k.event_time, k.at) IS NOT NULL
+					THEN 'invalid time: ' || @extschema@.msp_implausible_time(k.event_time, k.at)
+					ELSE k.reason END,
+			   k.at
+		  FROM (SELECT r.*,
+					   CASE WHEN r.reason IS NOT NULL THEN NULL
+							WHEN event_time ~ '^\s*\d{4}-\d\d-\d\d[ T]\d\d:\d\d(:\d\d(\.\d+)?)?\s*$'
+							THEN event_time::timestamp AT TIME ZONE %1$L
+							WHEN event_time ~ '\d:\d\d(:\d\d(\.\d+)?)?\s*(Z|[+-]\d\d(:?\d\d)?)$'
+								 OR event_time::timestamptz = @extschema@.msp_timestamptz_plus14(event_time)
+							THEN event_time::timestamptz
+							ELSE event_time::timestamp AT TIME ZONE %1$L END AS at
+				  FROM (%2$s) r
+				-- kept apart, so that the time is read once
+				OFFSET 0) k
+	$step$, zone, rows), format($reject$
+		INSERT INTO pg_temp.msp_emr (line_no, user_name, workstation, event_time, action, event_id, application, reason)
+		SELECT r.line_no, r.user_name, r.workstation, r.event_time, r.action, r.event_id, r.application, 'invalid time'
+		  FROM (%s) r
+	$reject$, replace(rows, '$2 AND $3', '$2 AND $2')), client_id, lo, hi);
 
 	INSERT INTO pg_temp.msp_load_events (line_no, realm, application, account_name, device_name, create_device, at,
 										 ended, source_event_id, session_key)
