@@ -484,6 +484,10 @@ DECLARE
 	d bigint;
 BEGIN
 	source := coalesce(source, 'graph');
+	-- the stage holds still while it is read and emptied: a COPY into it
+	-- (any client) waits for this load, and this load for COPYs under way,
+	-- so that no line committed meanwhile is emptied unread
+	LOCK TABLE @extschema@.m365_graph_staging IN SHARE ROW EXCLUSIVE MODE;
 	PERFORM @extschema@.msp_load_begin(client_id);
 	day := @extschema@.msp_snapshot_day(client_id, as_of);
 	-- f: 1 skuId, 2 skuPartNumber, 3 prepaidUnits, 4 consumedUnits,
@@ -610,6 +614,10 @@ DECLARE
 	day date;
 BEGIN
 	source := coalesce(source, 'm365_admin');
+	-- the stage holds still while it is read and emptied: a COPY into it
+	-- (any client) waits for this load, and this load for COPYs under way,
+	-- so that no line committed meanwhile is emptied unread
+	LOCK TABLE @extschema@.m365_users_csv_staging IN SHARE ROW EXCLUSIVE MODE;
 	PERFORM @extschema@.msp_load_begin(client_id);
 	day := @extschema@.msp_snapshot_day(client_id, as_of);
 	PERFORM @extschema@.msp_stage_csv(client_id, '@extschema@.m365_users_csv_staging', 'User principal name');
@@ -678,6 +686,10 @@ AS $$
 #variable_conflict use_variable
 BEGIN
 	source := coalesce(source, 'm365_activity');
+	-- the stage holds still while it is read and emptied: a COPY into it
+	-- (any client) waits for this load, and this load for COPYs under way,
+	-- so that no line committed meanwhile is emptied unread
+	LOCK TABLE @extschema@.m365_activity_staging IN SHARE ROW EXCLUSIVE MODE;
 	PERFORM @extschema@.msp_load_begin(client_id);
 	PERFORM @extschema@.msp_stage_csv(client_id, '@extschema@.m365_activity_staging', 'User Principal Name');
 	CREATE TEMP TABLE msp_act_cols ON COMMIT DROP AS
@@ -846,6 +858,10 @@ DECLARE
 	hi bigint;
 BEGIN
 	source := coalesce(source, 'pax8');
+	-- the stage holds still while it is read and emptied: a COPY into it
+	-- (any client) waits for this load, and this load for COPYs under way,
+	-- so that no line committed meanwhile is emptied unread
+	LOCK TABLE @extschema@.pax8_staging IN SHARE ROW EXCLUSIVE MODE;
 	PERFORM @extschema@.msp_load_begin(client_id);
 	day := @extschema@.msp_snapshot_day(client_id, as_of);
 	-- JSON when the first non-empty line starts an object or array
@@ -1098,6 +1114,10 @@ BEGIN
 				  HINT = 'Pass psa => ''connectwise'', ''autotask'' or ''halopsa''.';
 	END IF;
 	source := coalesce(source, psa);
+	-- the stage holds still while it is read and emptied: a COPY into it
+	-- (any client) waits for this load, and this load for COPYs under way,
+	-- so that no line committed meanwhile is emptied unread
+	LOCK TABLE @extschema@.psa_ticket_staging IN SHARE ROW EXCLUSIVE MODE;
 	PERFORM @extschema@.msp_load_begin(client_id);
 	-- f: 1 id, 2 _info, 3 dateEntered, 4 company, 5 contactEmailAddress,
 	-- 6 contact, 7 board, 8 source (ConnectWise); 9 createDate, 10

@@ -454,6 +454,10 @@ DECLARE
 BEGIN
 	-- a NULL source would make every event id unique (NULLs are distinct)
 	source := coalesce(source, 'windows');
+	-- the stage holds still while it is read and emptied: a COPY into it
+	-- (any client) waits for this load, and this load for COPYs under way,
+	-- so that no line committed meanwhile is emptied unread
+	LOCK TABLE @extschema@.windows_event_staging IN SHARE ROW EXCLUSIVE MODE;
 	PERFORM @extschema@.msp_load_begin(client_id);
 	SELECT c.time_zone INTO zone FROM @extschema@.clients c WHERE c.client_id = client_id;
 	-- the first and last line by the index (an aggregate would read every line)
@@ -686,6 +690,10 @@ DECLARE
 	n bigint;
 BEGIN
 	source := coalesce(source, 'entra');
+	-- the stage holds still while it is read and emptied: a COPY into it
+	-- (any client) waits for this load, and this load for COPYs under way,
+	-- so that no line committed meanwhile is emptied unread
+	LOCK TABLE @extschema@.entra_signin_staging IN SHARE ROW EXCLUSIVE MODE;
 	PERFORM @extschema@.msp_load_begin(client_id);
 	CREATE TEMP TABLE msp_entra_rec ON COMMIT DROP AS
 	SELECT r.rec, l.line_nos[r.first_line] AS line_no, r.record, r.is_json
@@ -796,6 +804,10 @@ DECLARE
 	rows text;
 BEGIN
 	source := coalesce(source, 'emr');
+	-- the stage holds still while it is read and emptied: a COPY into it
+	-- (any client) waits for this load, and this load for COPYs under way,
+	-- so that no line committed meanwhile is emptied unread
+	LOCK TABLE @extschema@.emr_audit_staging IN SHARE ROW EXCLUSIVE MODE;
 	PERFORM @extschema@.msp_load_begin(client_id);
 	-- the first and last line by the index (an aggregate would read every line)
 	lo := (SELECT s.line_no FROM @extschema@.emr_audit_staging s WHERE s.client_id = client_id ORDER BY s.line_no LIMIT 1);

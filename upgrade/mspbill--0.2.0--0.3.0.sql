@@ -10365,6 +10365,1119 @@ END
 $$;
 
 
+
+-- stagelock (outside test): a load holds its stage still (LOCK TABLE ... SHARE ROW EXCLUSIVE), so that
+-- a COPY committed while it runs is not emptied unread
+CREATE OR REPLACE FUNCTION @extschema@.msp_load_windows_events(client_id bigint, source text DEFAULT 'windows',
+													OUT loaded bigint, OUT duplicate bigint,
+													OUT paired bigint, OUT skipped bigint, OUT rejected bigint,
+													OUT held bigint)
+LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER
+SET search_path = pg_catalog, @extschema@, pg_temp
+SET DateStyle = 'ISO, MDY'
+SET timezone_abbreviations = 'Default'
+SET TimeZone = 'UTC'
+-- a load's sorts and hashes of its own scratch rows stay in memory
+SET work_mem = '64MB'
+AS $$
+#variable_conflict use_variable
+DECLARE
+	lo bigint;
+	hi bigint;
+	zone text;
+	fields text;
+	logoffs bigint;
+	newest timestamptz;
+BEGIN
+	-- a NULL source would make every event id unique (NULLs are distinct)
+	source := coalesce(source, 'windows');
+	-- the stage holds still while it is read and emptied: a COPY into it
+	-- (any client) waits for this load, and this load for COPYs under way,
+	-- so that no line committed meanwhile is emptied unread
+	LOCK TABLE @extschema@.windows_event_staging IN SHARE ROW EXCLUSIVE MODE;
+	PERFORM @extschema@.msp_load_begin(client_id);
+	SELECT c.time_zone INTO zone FROM @extschema@.clients c WHERE c.client_id = client_id;
+	-- the first and last line by the index (an aggregate would read every line)
+	lo := (SELECT s.line_no FROM @extschema@.windows_event_staging s WHERE s.client_id = client_id ORDER BY s.line_no LIMIT 1);
+	hi := (SELECT s.line_no FROM @extschema@.windows_event_staging s WHERE s.client_id = client_id ORDER BY s.line_no DESC LIMIT 1);
+	-- (no primary key: every read of it is a whole-table join, and keeping
+	-- an index on 200k scratch rows cost a tenth of the load)
+	CREATE TEMP TABLE msp_win_class (
+		line_no bigint NOT NULL,
+		event_id text,
+		at_field text,
+		at_text text,
+		host text,
+		username text,
+		domain text,
+		logon_type text,
+		logon_id text,
+		linked_id text,
+		record text,
+		class text NOT NULL,
+		at timestamptz
+	) ON COMMIT DROP;
+	-- One statement per batch reads each staged record once: msp_json_fields
+	-- keeps only the fields a logon needs, NXLog's top-level ones or
+	-- Winlogbeat's (winlog.*), without building a jsonb of every (mostly
+	-- irrelevant, often large) record; the same row is classified and, when
+	-- it is a logon or logoff, its time read and checked.  (Reading the
+	-- times in a second pass rewrote every scratch row: a second of a
+	-- 200k-event load.)  Times: an EventTime without a zone is the client's
+	-- local time, any other field's is UTC.  Plain ISO date and time has no
+	-- zone, one ending in Z or an offset has its own (both decided without
+	-- a call per row); any other is read in UTC and in UTC+14
+	-- (msp_timestamptz_plus14), which agree exactly when PostgreSQL finds a
+	-- zone in it.
+	fields := $fields$
+		SELECT s.line_no, f IS NULL AS bad_json,
+			   coalesce(f[1], wl.winlog->>'event_id') AS event_id,
+			   CASE WHEN f[12] IS NULL THEN coalesce(f[2], f[3], f[4])
+					ELSE coalesce(wl.winlog->>'time_created', f[4]) END AS at_text,
+			   CASE WHEN f[12] IS NULL
+					THEN CASE WHEN f[2] IS NOT NULL THEN 'EventTime' WHEN f[3] IS NOT NULL THEN 'TimeCreated'
+					  ELSE '@timestamp' END
+					ELSE CASE WHEN wl.winlog->>'time_created' IS NOT NULL THEN 'winlog.time_created'
+					  ELSE '@timestamp' END END AS at_field,
+			   coalesce(f[5], wl.winlog->>'computer_name') AS host,
+			   coalesce(f[6], wl.winlog->'event_data'->>'TargetUserName') AS username,
+			   coalesce(f[7], wl.winlog->'event_data'->>'TargetDomainName') AS domain,
+			   coalesce(f[8], wl.winlog->'event_data'->>'LogonType') AS logon_type,
+			   coalesce(f[9], wl.winlog->'event_data'->>'TargetLogonId') AS logon_id,
+			   coalesce(f[10], wl.winlog->'event_data'->>'TargetLinkedLogonId') AS linked_id,
+			   coalesce(f[11], wl.winlog->>'record_id', md5(s.raw)) AS record
+		  FROM @extschema@.windows_event_staging s,
+			   LATERAL @extschema@.msp_json_fields(s.raw, '{EventID,EventTime,TimeCreated,@timestamp,Hostname,TargetUserName,TargetDomainName,LogonType,TargetLogonId,TargetLinkedLogonId,RecordNumber,winlog}') AS f,
+			   -- a function in FROM runs once per row (a subquery would be pulled up)
+			   LATERAL unnest(ARRAY[f[12]::jsonb]) AS wl(winlog)
+		 WHERE s.client_id = $1 AND s.line_no BETWEEN $2 AND $3
+	$fields$;
+	PERFORM @extschema@.msp_load_guarded(format($step$
+		INSERT INTO pg_temp.msp_win_class (line_no, event_id, at_field, at_text, host, username, domain, logon_type,
+										   logon_id, linked_id, record, class, at)
+		SELECT k.line_no, k.event_id, k.at_field, k.at_text, k.host, k.username, k.domain, k.logon_type, k.logon_id,
+			   k.linked_id, k.record,
+			   CASE WHEN k.at IS NOT NULL AND @extschema@.msp_implausible_time(k.at_text, k.at) IS NOT NULL
+					THEN 'reject:invalid ' || k.at_field || ': ' || @extschema@.msp_implausible_time(k.at_text, k.at)
+					ELSE k.class END,
+			   k.at
+		  FROM (SELECT c.*,
+					   CASE WHEN class NOT IN ('logon', 'logoff', 'linked') THEN NULL
+							WHEN at_field <> 'EventTime' THEN at_text::timestamptz
+							WHEN at_text ~ '^\s*\d{4}-\d\d-\d\d[ T]\d\d:\d\d(:\d\d(\.\d+)?)?\s*$'
+							THEN at_text::timestamp AT TIME ZONE %1$L
+							WHEN at_text ~ '\d:\d\d(:\d\d(\.\d+)?)?\s*(Z|[+-]\d\d(:?\d\d)?)$'
+								 OR at_text::timestamptz = @extschema@.msp_timestamptz_plus14(at_text)
+							THEN at_text::timestamptz
+							ELSE at_text::timestamp AT TIME ZONE %1$L END AS at
+				  FROM (SELECT e.*,
+							   CASE
+								   WHEN e.bad_json THEN 'reject:not valid JSON'
+								   WHEN e.event_id IS NULL THEN 'reject:no EventID'
+								   WHEN e.event_id NOT IN ('4624', '4634', '4647') THEN 'skip'
+								   WHEN e.at_text IS NULL THEN 'reject:no event time'
+								   WHEN e.host IS NULL OR e.host IN ('', '-') THEN 'reject:no Hostname'
+								   WHEN e.username IS NULL OR btrim(e.username, E' \t\r\n') IN ('', '-') THEN 'reject:no TargetUserName'
+								   -- names and keys go into btree indexes, which cap a row's size
+								   WHEN length(e.host) > 255 OR length(e.username) > 255 OR length(e.domain) > 255
+										OR length(e.record) > 255 OR length(e.logon_id) > 255 OR length(e.linked_id) > 255
+										THEN 'reject:field too long'
+								   WHEN @extschema@.msp_is_machine_account(e.username) THEN 'skip'
+								   WHEN e.event_id = '4624' AND e.logon_type IS NULL THEN 'reject:no LogonType'
+								   WHEN e.logon_type NOT IN ('2', '7', '10', '11') THEN 'skip'
+								   -- the other half of a linked logon: the half with the
+								   -- smaller logon id (as a hexadecimal number) is the session
+								   WHEN e.event_id = '4624' AND e.logon_id IS NOT NULL AND coalesce(lower(e.linked_id), '0x0') <> '0x0'
+										AND (length(e.linked_id), lower(e.linked_id)) < (length(e.logon_id), lower(e.logon_id)) THEN 'linked'
+								   WHEN e.event_id = '4624' THEN 'logon'
+								   -- a logoff without a logon id closes nothing
+								   WHEN e.logon_id IS NULL THEN 'skip'
+								   ELSE 'logoff'
+							   END AS class
+						  FROM (%2$s) e
+						 -- kept apart, so that the time is read once and only when
+						 -- the class needs it
+						OFFSET 0) c
+				OFFSET 0) k
+	$step$, zone, fields),
+	-- A record whose time cannot be read is rejected by its field's name;
+	-- any other failure (its JSON) with the error's message.
+	format($reject$
+		INSERT INTO pg_temp.msp_win_class (line_no, class)
+		SELECT $2, 'reject:unreadable record: ' || $3
+		 WHERE $4 NOT IN ('22007', '22008', '22009', '22023')
+		UNION ALL
+		SELECT e.line_no, 'reject:invalid ' || e.at_field
+		  FROM (%s) e
+		 WHERE $4 IN ('22007', '22008', '22009', '22023')
+	$reject$, replace(fields, '$2 AND $3', '$2 AND $2')), client_id, lo, hi);
+
+	-- Sessions within the load, and with the logoffs held from earlier
+	-- loads: per host and logon id in time order, a logon ends at the first
+	-- logoff at or after it; a logoff is consumed when a logon (or the
+	-- linked half of one) precedes it.
+	CREATE TEMP TABLE msp_win_session ON COMMIT DROP AS
+	SELECT x.line_no, x.kind, x.session_key, x.at,
+		   min(x.at) FILTER (WHERE x.kind = 'logoff') OVER w_after AS ended,
+		   bool_or(x.kind <> 'logoff') OVER w_before AS consumed
+	  FROM (SELECT c.line_no, c.class AS kind, upper(split_part(c.host, '.', 1)) || ':' || lower(c.logon_id) AS session_key,
+				   c.at, c.logon_type
+			  FROM pg_temp.msp_win_class c
+			 WHERE c.class IN ('logon', 'logoff', 'linked') AND c.logon_id IS NOT NULL
+			UNION ALL
+			SELECT NULL, 'logoff', p.session_key, p.at, NULL
+			  FROM @extschema@.pending_logoffs p
+			 WHERE p.client_id = client_id
+			   AND p.session_key IN (SELECT upper(split_part(c.host, '.', 1)) || ':' || lower(c.logon_id)
+									   FROM pg_temp.msp_win_class c WHERE c.class IN ('logon', 'linked'))) x
+	WINDOW w_after AS (PARTITION BY x.session_key ORDER BY x.at, x.kind = 'logoff', x.line_no
+					   ROWS BETWEEN CURRENT ROW AND UNBOUNDED FOLLOWING),
+		   w_before AS (PARTITION BY x.session_key ORDER BY x.at, x.kind = 'logoff', x.line_no
+						ROWS UNBOUNDED PRECEDING);
+
+	INSERT INTO pg_temp.msp_load_events (line_no, realm, application, account_name, device_name, create_device, at,
+										 ended, source_event_id, session_key)
+	SELECT c.line_no, 'os', NULL, @extschema@.msp_canonical_account(c.domain, c.username), upper(split_part(c.host, '.', 1)), true,
+		   c.at,
+		   -- an unlock or reconnect is an instant of presence inside a session
+		   CASE WHEN c.logon_type = '7' THEN c.at ELSE s.ended END,
+		   upper(split_part(c.host, '.', 1)) || ':' || c.record, s.session_key
+	  FROM pg_temp.msp_win_class c LEFT JOIN pg_temp.msp_win_session s ON s.line_no = c.line_no
+	 WHERE c.class = 'logon';
+	SELECT * INTO loaded, duplicate FROM @extschema@.msp_load_normalized_guarded(client_id, source, $reject$
+		UPDATE pg_temp.msp_win_class SET class = 'reject:unloadable record: ' || $3 WHERE line_no = $2
+	$reject$);
+
+	-- Logoffs this load did not pair close sessions loaded earlier (so do
+	-- all of them when some logon of the load was already loaded: its
+	-- stored row may still be open); the rest wait in pending_logoffs.
+	UPDATE @extschema@.logons l SET ended = o.at
+	  FROM (SELECT s.session_key, min(s.at) AS at
+			  FROM pg_temp.msp_win_session s
+			 WHERE s.kind = 'logoff' AND s.line_no IS NOT NULL AND (NOT s.consumed OR duplicate > 0)
+			 GROUP BY 1) o
+	 WHERE l.client_id = client_id AND l.session_key = o.session_key AND l.at <= o.at
+	   AND (l.ended IS NULL OR l.ended > o.at);
+	WITH hold AS (
+		INSERT INTO @extschema@.pending_logoffs AS p (client_id, session_key, at)
+		SELECT DISTINCT client_id, s.session_key, s.at
+		  FROM pg_temp.msp_win_session s
+		 WHERE s.kind = 'logoff' AND s.line_no IS NOT NULL AND NOT s.consumed
+		   AND NOT EXISTS (SELECT 1 FROM @extschema@.logons l
+							WHERE l.client_id = client_id AND l.session_key = s.session_key AND l.at <= s.at)
+		ON CONFLICT DO NOTHING
+		RETURNING 1)
+	SELECT count(*) INTO held FROM hold;
+	-- paired: the logoffs of this load that found their session (in this
+	-- load or an earlier one), and the held ones that found it now
+	WITH used AS (
+		DELETE FROM @extschema@.pending_logoffs p
+		 USING pg_temp.msp_win_session s
+		 WHERE p.client_id = client_id AND s.line_no IS NULL AND s.consumed
+		   AND p.session_key = s.session_key AND p.at = s.at
+		RETURNING 1)
+	SELECT count(*) INTO paired FROM used;
+	-- the scratch table's counts in one pass
+	SELECT count(*) FILTER (WHERE c.class = 'logoff'), count(*) FILTER (WHERE c.class IN ('skip', 'linked')),
+		   max(c.at) FILTER (WHERE c.class IN ('logon', 'logoff', 'linked'))
+	  INTO logoffs, skipped, newest
+	  FROM pg_temp.msp_win_class c;
+	paired := paired + logoffs - held;
+	-- a logoff a month older than the newest event loaded finds no logon any more
+	DELETE FROM @extschema@.pending_logoffs p
+	 WHERE p.client_id = client_id AND p.at < newest - interval '1 month';
+
+	INSERT INTO @extschema@.load_rejects (client_id, source, line_no, raw, reason)
+	SELECT client_id, source, c.line_no, s.raw, substr(c.class, 8)
+	  FROM pg_temp.msp_win_class c JOIN @extschema@.windows_event_staging s ON s.client_id = client_id AND s.line_no = c.line_no
+	 WHERE c.class LIKE 'reject:%';
+	GET DIAGNOSTICS rejected = ROW_COUNT;
+	DELETE FROM @extschema@.windows_event_staging s WHERE s.client_id = client_id;
+	DROP TABLE pg_temp.msp_win_class, pg_temp.msp_win_session;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_load_windows_events(bigint, text) IS
+	'loads a client''s staged Windows Security events: interactive (2), unlock (7, an instant), remote interactive (10) and cached (11) logons count, linked pairs once; logoffs close sessions in any load order (held until their logon comes); the rest is skipped or rejected';
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_load_entra_signins(client_id bigint, source text DEFAULT 'entra',
+												   OUT loaded bigint, OUT duplicate bigint,
+												   OUT skipped bigint, OUT rejected bigint)
+LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER
+SET search_path = pg_catalog, @extschema@, pg_temp
+SET DateStyle = 'ISO, MDY'
+SET timezone_abbreviations = 'Default'
+SET TimeZone = 'UTC'
+-- a load's sorts and hashes of its own scratch rows stay in memory
+SET work_mem = '64MB'
+AS $$
+#variable_conflict use_variable
+DECLARE
+	n bigint;
+BEGIN
+	source := coalesce(source, 'entra');
+	-- the stage holds still while it is read and emptied: a COPY into it
+	-- (any client) waits for this load, and this load for COPYs under way,
+	-- so that no line committed meanwhile is emptied unread
+	LOCK TABLE @extschema@.entra_signin_staging IN SHARE ROW EXCLUSIVE MODE;
+	PERFORM @extschema@.msp_load_begin(client_id);
+	CREATE TEMP TABLE msp_entra_rec ON COMMIT DROP AS
+	SELECT r.rec, l.line_nos[r.first_line] AS line_no, r.record, r.is_json
+	  FROM (SELECT array_agg(s.line_no ORDER BY s.line_no) AS line_nos, array_agg(s.raw ORDER BY s.line_no) AS raws
+			  FROM @extschema@.entra_signin_staging s WHERE s.client_id = client_id) l,
+		   LATERAL @extschema@.msp_json_records(l.raws) WITH ORDINALITY AS r(first_line, record, is_json, rec);
+	ALTER TABLE pg_temp.msp_entra_rec ADD PRIMARY KEY (rec);
+	n := (SELECT max(r.rec) FROM pg_temp.msp_entra_rec r);
+	CREATE TEMP TABLE msp_entra_class (
+		line_no bigint PRIMARY KEY,		-- the record's number (msp_entra_rec.rec)
+		id text,
+		upn text,
+		created text,
+		device text,
+		class text NOT NULL,
+		at timestamptz
+	) ON COMMIT DROP;
+	INSERT INTO pg_temp.msp_entra_class (line_no, class)
+	SELECT r.rec, 'reject:not valid JSON' FROM pg_temp.msp_entra_rec r WHERE NOT r.is_json;
+	-- One statement per batch reads each record once: msp_json_fields
+	-- copies out the six fields a sign-in needs without building a jsonb
+	-- of the record (that was most of a load's time); only a record it
+	-- cannot read as an object is parsed as jsonb, to say why (or to read
+	-- nesting deeper than it scans).  A number too large for jsonb in a
+	-- field nobody reads is no reason to reject, as for Windows.  The
+	-- sign-in's time is read and checked in the same pass.
+	PERFORM @extschema@.msp_load_guarded($step$
+		INSERT INTO pg_temp.msp_entra_class (line_no, id, upn, created, device, class, at)
+		SELECT k.rec, k.id, k.upn, k.created, k.device,
+			   CASE WHEN k.at IS NOT NULL AND @extschema@.msp_implausible_time(k.created, k.at) IS NOT NULL
+					THEN 'reject:no valid createdDateTime: ' || @extschema@.msp_implausible_time(k.created, k.at)
+					ELSE k.class END,
+			   k.at
+		  FROM (SELECT c.*, CASE WHEN c.class NOT LIKE 'reject:%' THEN c.created::timestamptz END AS at
+				  FROM (SELECT e.rec, e.id, e.upn, e.created, e.device,
+							   CASE
+								   WHEN e.f IS NULL AND jsonb_typeof(e.doc) <> 'object' THEN 'reject:not a signIn object'
+								   WHEN e.id IS NULL THEN 'reject:no id'
+								   WHEN coalesce(btrim(e.upn, E' \t\r\n'), '') = '' THEN 'reject:no userPrincipalName'
+								   WHEN e.created IS NULL THEN 'reject:no valid createdDateTime'
+								   -- names and keys go into btree indexes, which cap a row's size
+								   WHEN length(e.id) > 255 OR length(e.upn) > 255 OR length(e.device) > 255 THEN 'reject:field too long'
+								   WHEN coalesce(e.error_code, '0') <> '0' THEN 'skip'
+								   WHEN e.interactive = 'false' THEN 'skip'
+								   ELSE 'signin'
+							   END AS class
+						  FROM (SELECT r.rec, f, wl.doc,
+									   coalesce(f[1], wl.doc->>'id') AS id,
+									   coalesce(f[2], wl.doc->>'userPrincipalName') AS upn,
+									   coalesce(f[3], wl.doc->>'createdDateTime') AS created,
+									   coalesce((@extschema@.msp_json_fields(f[4], '{displayName}'))[1],
+												wl.doc->'deviceDetail'->>'displayName') AS device,
+									   coalesce((@extschema@.msp_json_fields(f[5], '{errorCode}'))[1],
+												wl.doc->'status'->>'errorCode') AS error_code,
+									   coalesce(f[6], wl.doc->>'isInteractive') AS interactive
+								  FROM pg_temp.msp_entra_rec r,
+									   LATERAL @extschema@.msp_json_fields(r.record, '{id,userPrincipalName,createdDateTime,deviceDetail,status,isInteractive}') AS f,
+									   -- a function in FROM runs once per row (a subquery would be pulled up)
+									   LATERAL unnest(ARRAY[CASE WHEN f IS NULL THEN r.record::jsonb END]) AS wl(doc)
+								 WHERE r.is_json AND r.rec BETWEEN $2 AND $3) e
+						-- kept apart, so that the time is read once
+						OFFSET 0) c
+				OFFSET 0) k
+	$step$, $reject$
+		INSERT INTO pg_temp.msp_entra_class (line_no, class)
+		VALUES ($2, CASE WHEN $4 = '22P02' THEN 'reject:not valid JSON'
+						 WHEN $4 IN ('22007', '22008', '22009', '22023') THEN 'reject:no valid createdDateTime'
+						 ELSE 'reject:unreadable record: ' || $3 END)
+	$reject$, client_id, 1, n);
+
+	INSERT INTO pg_temp.msp_load_events (line_no, realm, application, account_name, device_name, create_device, at,
+										 ended, source_event_id, session_key)
+	SELECT c.line_no, 'm365', NULL, lower(c.upn), upper(nullif(c.device, '')), false, c.at, NULL, c.id, NULL
+	  FROM pg_temp.msp_entra_class c WHERE c.class = 'signin';
+	SELECT * INTO loaded, duplicate FROM @extschema@.msp_load_normalized_guarded(client_id, source, $reject$
+		UPDATE pg_temp.msp_entra_class SET class = 'reject:unloadable record: ' || $3 WHERE line_no = $2
+	$reject$);
+	INSERT INTO @extschema@.load_rejects (client_id, source, line_no, raw, reason)
+	SELECT client_id, source, r.line_no, r.record, substr(c.class, 8)
+	  FROM pg_temp.msp_entra_class c JOIN pg_temp.msp_entra_rec r ON r.rec = c.line_no
+	 WHERE c.class LIKE 'reject:%'
+	 ORDER BY r.rec;
+	GET DIAGNOSTICS rejected = ROW_COUNT;
+	SELECT count(*) INTO skipped FROM pg_temp.msp_entra_class c WHERE c.class = 'skip';
+	DELETE FROM @extschema@.entra_signin_staging s WHERE s.client_id = client_id;
+	DROP TABLE pg_temp.msp_entra_class, pg_temp.msp_entra_rec;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_load_entra_signins(bigint, text) IS
+	'loads a client''s staged Entra ID sign-ins (JSON lines or saved Graph responses): successful interactive sign-ins count as Microsoft 365 presence';
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_load_emr_audit(client_id bigint, source text DEFAULT 'emr',
+											   OUT loaded bigint, OUT duplicate bigint, OUT rejected bigint)
+LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER
+SET search_path = pg_catalog, @extschema@, pg_temp
+SET DateStyle = 'ISO, MDY'
+SET timezone_abbreviations = 'Default'
+SET TimeZone = 'UTC'
+-- a load's sorts and hashes of its own scratch rows stay in memory
+SET work_mem = '64MB'
+AS $$
+#variable_conflict use_variable
+DECLARE
+	lo bigint;
+	hi bigint;
+	zone text;
+	rows text;
+BEGIN
+	source := coalesce(source, 'emr');
+	-- the stage holds still while it is read and emptied: a COPY into it
+	-- (any client) waits for this load, and this load for COPYs under way,
+	-- so that no line committed meanwhile is emptied unread
+	LOCK TABLE @extschema@.emr_audit_staging IN SHARE ROW EXCLUSIVE MODE;
+	PERFORM @extschema@.msp_load_begin(client_id);
+	-- the first and last line by the index (an aggregate would read every line)
+	lo := (SELECT s.line_no FROM @extschema@.emr_audit_staging s WHERE s.client_id = client_id ORDER BY s.line_no LIMIT 1);
+	hi := (SELECT s.line_no FROM @extschema@.emr_audit_staging s WHERE s.client_id = client_id ORDER BY s.line_no DESC LIMIT 1);
+	SELECT c.time_zone INTO zone FROM @extschema@.clients c WHERE c.client_id = client_id;
+	-- (no primary key: every read of it is a whole-table join)
+	CREATE TEMP TABLE msp_emr (
+		line_no bigint NOT NULL,
+		user_name text,
+		workstation text,
+		event_time text,
+		action text,
+		event_id text,
+		application text,
+		reason text,
+		at timestamptz
+	) ON COMMIT DROP;
+	rows := $rows$
+		SELECT s.line_no, s.user_name, s.workstation, s.event_time, s.action, s.event_id, s.application,
+			   CASE
+				   WHEN coalesce(btrim(s.user_name, E' \t\r\n'), '') = '' THEN 'no user'
+				   WHEN coalesce(s.event_time, '') = '' THEN 'no time'
+				   -- names and keys go into btree indexes, which cap a row's size
+				   WHEN length(s.user_name) > 255 OR length(s.workstation) > 255 OR length(s.event_id) > 255
+						OR length(s.application) > 255 THEN 'field too long'
+			   END AS reason
+		  FROM @extschema@.emr_audit_staging s
+		 WHERE s.client_id = $1 AND s.line_no BETWEEN $2 AND $3
+	$rows$;
+	-- One pass over the stage reads each row and its time.  A time with a
+	-- zone (an offset, Z or z, a zone name or abbreviation) is that
+	-- instant; a time without one is the client's local time.  Whether it
+	-- has one is PostgreSQL's reading, not a pattern: read in UTC (this
+	-- function's zone) and in UTC+14, a time with its own zone is the same
+	-- instant.  A zone PostgreSQL cannot read is an invalid time.  Plain
+	-- ISO date and time (no zone) and ISO ending in Z or an offset are
+	-- decided by their form, without that call per row.  Only the time can
+	-- fail here, so a row that fails is an invalid time.
+	PERFORM @extschema@.msp_load_guarded(format($step$
+		INSERT INTO pg_temp.msp_emr (line_no, user_name, workstation, event_time, action, event_id, application, reason, at)
+		SELECT k.line_no, k.user_name, k.workstation, k.event_time, k.action, k.event_id, k.application,
+			   CASE WHEN k.at IS NOT NULL AND @extschema@.msp_implausible_time(k.event_time, k.at) IS NOT NULL
+					THEN 'invalid time: ' || @extschema@.msp_implausible_time(k.event_time, k.at)
+					ELSE k.reason END,
+			   k.at
+		  FROM (SELECT r.*,
+					   CASE WHEN r.reason IS NOT NULL THEN NULL
+							WHEN event_time ~ '^\s*\d{4}-\d\d-\d\d[ T]\d\d:\d\d(:\d\d(\.\d+)?)?\s*$'
+							THEN event_time::timestamp AT TIME ZONE %1$L
+							WHEN event_time ~ '\d:\d\d(:\d\d(\.\d+)?)?\s*(Z|[+-]\d\d(:?\d\d)?)$'
+								 OR event_time::timestamptz = @extschema@.msp_timestamptz_plus14(event_time)
+							THEN event_time::timestamptz
+							ELSE event_time::timestamp AT TIME ZONE %1$L END AS at
+				  FROM (%2$s) r
+				-- kept apart, so that the time is read once
+				OFFSET 0) k
+	$step$, zone, rows), format($reject$
+		INSERT INTO pg_temp.msp_emr (line_no, user_name, workstation, event_time, action, event_id, application, reason)
+		SELECT r.line_no, r.user_name, r.workstation, r.event_time, r.action, r.event_id, r.application, 'invalid time'
+		  FROM (%s) r
+	$reject$, replace(rows, '$2 AND $3', '$2 AND $2')), client_id, lo, hi);
+
+	INSERT INTO pg_temp.msp_load_events (line_no, realm, application, account_name, device_name, create_device, at,
+										 ended, source_event_id, session_key)
+	SELECT e.line_no, 'app', e.application, lower(e.user_name), upper(nullif(e.workstation, '')), true, e.at,
+		   NULL, coalesce(e.event_id, md5(concat_ws('|', e.user_name, e.workstation, e.event_time, e.action))), NULL
+	  FROM pg_temp.msp_emr e WHERE e.reason IS NULL;
+	SELECT * INTO loaded, duplicate FROM @extschema@.msp_load_normalized_guarded(client_id, source, $reject$
+		UPDATE pg_temp.msp_emr SET reason = 'unloadable record: ' || $3 WHERE line_no = $2
+	$reject$);
+	INSERT INTO @extschema@.load_rejects (client_id, source, line_no, raw, reason)
+	SELECT client_id, source, e.line_no,
+		   concat_ws(',', e.user_name, e.workstation, e.event_time, e.action, e.event_id), e.reason
+	  FROM pg_temp.msp_emr e WHERE e.reason IS NOT NULL;
+	GET DIAGNOSTICS rejected = ROW_COUNT;
+	DELETE FROM @extschema@.emr_audit_staging s WHERE s.client_id = client_id;
+	DROP TABLE pg_temp.msp_emr;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_load_emr_audit(bigint, text) IS
+	'loads a client''s staged EMR access audit rows as application logons (a time with an offset, Z or a zone name is that instant; one without is the client''s local time)';
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_load_m365_graph(client_id bigint, as_of date DEFAULT NULL, source text DEFAULT 'graph',
+												OUT loaded bigint, OUT duplicate bigint,
+												OUT skipped bigint, OUT rejected bigint)
+LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER
+SET search_path = pg_catalog, @extschema@, pg_temp
+SET jit = off
+AS $$
+#variable_conflict use_variable
+DECLARE
+	day date;
+	l bigint;
+	d bigint;
+BEGIN
+	source := coalesce(source, 'graph');
+	-- the stage holds still while it is read and emptied: a COPY into it
+	-- (any client) waits for this load, and this load for COPYs under way,
+	-- so that no line committed meanwhile is emptied unread
+	LOCK TABLE @extschema@.m365_graph_staging IN SHARE ROW EXCLUSIVE MODE;
+	PERFORM @extschema@.msp_load_begin(client_id);
+	day := @extschema@.msp_snapshot_day(client_id, as_of);
+	-- f: 1 skuId, 2 skuPartNumber, 3 prepaidUnits, 4 consumedUnits,
+	-- 5 userPrincipalName, 6 accountEnabled, 7 assignedLicenses
+	PERFORM @extschema@.msp_stage_json(client_id, '@extschema@.m365_graph_staging',
+									   '{skuId,skuPartNumber,prepaidUnits,consumedUnits,userPrincipalName,accountEnabled,assignedLicenses}');
+	CREATE TEMP TABLE msp_graph (rec bigint, line_no bigint, ord bigint, raw text, upn text, enabled boolean, skus text[],
+								 class text) ON COMMIT DROP;
+	-- a user's skuIds (NULL for a licence without one); an array jsonb
+	-- cannot hold (a number out of its range) rejects its record alone.
+	-- The raw text is kept for rejects only.
+	PERFORM @extschema@.msp_load_guarded($step$
+		INSERT INTO pg_temp.msp_graph (rec, line_no, ord, raw, upn, enabled, skus, class)
+		SELECT c.rec, c.line_no, c.ord,
+			   CASE WHEN c.class LIKE 'reject:%' THEN coalesce(c.raw, (SELECT s.raw FROM @extschema@.m365_graph_staging s
+																		 WHERE s.client_id = $1 AND s.line_no = c.line_no)) END,
+			   CASE WHEN c.class = 'user' THEN lower(btrim(c.f[5])) END,
+			   CASE WHEN c.class = 'user' THEN CASE c.f[6] WHEN 'true' THEN true WHEN 'false' THEN false END END,
+			   CASE WHEN c.class = 'user' THEN c.skus END, c.class
+		  FROM (SELECT g.*,
+					   CASE
+						   WHEN g.bad IS NOT NULL THEN 'reject:' || g.bad
+						   WHEN g.f[2] IS NOT NULL OR g.f[3] IS NOT NULL THEN
+							   CASE
+								   WHEN coalesce(g.f[1], '') = '' THEN 'reject:no skuId'
+								   WHEN length(g.f[1]) > 255 OR length(g.f[2]) > 255 THEN 'reject:field too long'
+								   WHEN coalesce((@extschema@.msp_json_fields(g.f[3], '{enabled}'))[1], '') !~ '^[0-9]{1,9}$'
+									   THEN 'reject:invalid prepaidUnits.enabled'
+								   WHEN coalesce(g.f[4], '') !~ '^[0-9]{1,9}$' THEN 'reject:invalid consumedUnits'
+								   ELSE 'sku'
+							   END
+						   WHEN g.f[5] IS NOT NULL THEN
+							   CASE
+								   WHEN btrim(g.f[5]) = '' THEN 'reject:no userPrincipalName'
+								   WHEN length(g.f[5]) > 255 THEN 'reject:field too long'
+								   WHEN left(g.f[7], 1) <> '[' THEN 'reject:assignedLicenses is not an array'
+								   WHEN coalesce(cardinality(g.skus), 0) = 0 THEN 'skip'
+								   WHEN array_position(g.skus, NULL) IS NOT NULL THEN 'reject:assignedLicenses without skuId'
+								   ELSE 'user'
+							   END
+						   ELSE 'reject:neither a subscribedSku nor a user'
+					   END AS class
+				  FROM (SELECT j.*,
+							   CASE WHEN j.f[2] IS NULL AND j.f[3] IS NULL AND left(j.f[7], 1) = '['
+									THEN ARRAY(SELECT CASE WHEN jsonb_typeof(e -> 'skuId') = 'string' THEN lower(e ->> 'skuId') END
+												 FROM jsonb_array_elements(j.f[7]::jsonb) e) END AS skus
+						  FROM pg_temp.msp_json j WHERE j.rec BETWEEN $2 AND $3 OFFSET 0) g
+				-- OFFSET 0: each record classified once, its licences read once
+				OFFSET 0) c
+	$step$, $reject$
+		INSERT INTO pg_temp.msp_graph (rec, line_no, ord, raw, class)
+		SELECT j.rec, j.line_no, j.ord,
+			   coalesce(j.raw, (SELECT s.raw FROM @extschema@.m365_graph_staging s WHERE s.client_id = $1 AND s.line_no = j.line_no)),
+			   'reject:not valid JSON'
+		  FROM pg_temp.msp_json j WHERE j.rec = $2
+	$reject$, client_id, (SELECT min(j.rec) FROM pg_temp.msp_json j), (SELECT max(j.rec) FROM pg_temp.msp_json j));
+
+	-- SKUs: the day's counts (a corrected export of the same day replaces them)
+	WITH sku AS (
+		SELECT DISTINCT ON (lower(j.f[1])) lower(j.f[1]) AS sku_id, j.f[2] AS part,
+			   (@extschema@.msp_json_fields(j.f[3], '{enabled}'))[1]::integer AS enabled, j.f[4]::integer AS consumed
+		  FROM pg_temp.msp_graph g JOIN pg_temp.msp_json j USING (rec) WHERE g.class = 'sku'
+		 ORDER BY lower(j.f[1]), g.line_no DESC, g.ord DESC),
+	up AS (
+		INSERT INTO @extschema@.m365_sku_counts AS m (client_id, as_of, sku_id, sku_part_number, product, enabled, consumed, source)
+		SELECT client_id, day, s.sku_id, s.part, @extschema@.msp_license_product(coalesce(s.part, s.sku_id)),
+			   s.enabled, s.consumed, source
+		  FROM sku s
+		ON CONFLICT ON CONSTRAINT m365_sku_counts_pkey DO UPDATE
+		   SET sku_part_number = excluded.sku_part_number, product = excluded.product, enabled = excluded.enabled,
+			   consumed = excluded.consumed, source = excluded.source
+		 WHERE (m.sku_part_number, m.product, m.enabled, m.consumed)
+			   IS DISTINCT FROM (excluded.sku_part_number, excluded.product, excluded.enabled, excluded.consumed)
+		RETURNING 1)
+	SELECT count(*) INTO loaded FROM up;
+	duplicate := (SELECT count(*) FROM pg_temp.msp_graph g WHERE g.class = 'sku') - loaded;
+
+	-- users: one row per licence held; a skuId names its product through
+	-- the day's subscribedSkus, else license_product_names (each distinct
+	-- skuId looked up once)
+	CREATE TEMP TABLE msp_assign ON COMMIT DROP AS
+	SELECT g.line_no, g.upn, p.product, g.enabled
+	  FROM pg_temp.msp_graph g
+	  CROSS JOIN LATERAL unnest(g.skus) s(sku)
+	  -- OFFSET 0: each distinct skuId looked up once, not once per licence
+	  JOIN (SELECT k.sku,
+				   coalesce((SELECT m.product FROM @extschema@.m365_sku_counts m
+							  WHERE m.client_id = client_id AND m.as_of = day AND m.sku_id = k.sku),
+							@extschema@.msp_license_product(k.sku)) AS product
+			  FROM (SELECT DISTINCT x.sku FROM pg_temp.msp_graph y, unnest(y.skus) x(sku) WHERE y.class = 'user') k
+			OFFSET 0) p
+		ON p.sku = s.sku
+	 WHERE g.class = 'user';
+	SELECT a.loaded, a.duplicate INTO l, d FROM @extschema@.msp_store_assignments(client_id, day, source) a;
+	loaded := loaded + l;
+	duplicate := duplicate + d;
+	DROP TABLE pg_temp.msp_assign;
+
+	CREATE TEMP TABLE msp_rej ON COMMIT DROP AS
+	SELECT g.line_no, g.raw, substr(g.class, 8) AS reason FROM pg_temp.msp_graph g WHERE g.class LIKE 'reject:%';
+	rejected := @extschema@.msp_store_rejects(client_id, source);
+	SELECT count(*) INTO skipped FROM pg_temp.msp_graph g WHERE g.class = 'skip';
+	DELETE FROM @extschema@.m365_graph_staging s WHERE s.client_id = client_id;
+	DROP TABLE pg_temp.msp_graph, pg_temp.msp_json;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_load_m365_graph(bigint, date, text) IS
+	'loads a client''s staged Graph JSON: subscribedSkus become the day''s seat counts, users'' assignedLicenses the day''s licence assignments (loaded counts SKU rows and licences held)';
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_load_m365_users_csv(client_id bigint, as_of date DEFAULT NULL,
+													source text DEFAULT 'm365_admin',
+													OUT loaded bigint, OUT duplicate bigint,
+													OUT skipped bigint, OUT rejected bigint)
+LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER
+SET search_path = pg_catalog, @extschema@, pg_temp
+SET jit = off
+AS $$
+#variable_conflict use_variable
+DECLARE
+	day date;
+BEGIN
+	source := coalesce(source, 'm365_admin');
+	-- the stage holds still while it is read and emptied: a COPY into it
+	-- (any client) waits for this load, and this load for COPYs under way,
+	-- so that no line committed meanwhile is emptied unread
+	LOCK TABLE @extschema@.m365_users_csv_staging IN SHARE ROW EXCLUSIVE MODE;
+	PERFORM @extschema@.msp_load_begin(client_id);
+	day := @extschema@.msp_snapshot_day(client_id, as_of);
+	PERFORM @extschema@.msp_stage_csv(client_id, '@extschema@.m365_users_csv_staging', 'User principal name');
+	CREATE TEMP TABLE msp_users_cols ON COMMIT DROP AS
+	SELECT h.header_no, @extschema@.msp_csv_column(h.header, '{User principal name}') AS upn,
+		   @extschema@.msp_csv_column(h.header, '{Licenses}') AS licenses,
+		   @extschema@.msp_csv_column(h.header, '{Block credential,Sign-in blocked}') AS blocked
+	  FROM pg_temp.msp_csv_headers h;
+	CREATE TEMP TABLE msp_users ON COMMIT DROP AS
+	SELECT c.line_no, c.raw, x.upn, x.licenses, x.blocked,
+		   CASE
+			   WHEN c.f IS NULL THEN 'reject:not valid CSV'
+			   WHEN h.header_no IS NULL THEN 'reject:no header with User principal name before it'
+			   WHEN coalesce(x.upn, '') = '' THEN 'reject:no User principal name'
+			   WHEN length(x.upn) > 255 THEN 'reject:field too long'
+			   WHEN x.licenses IS NULL THEN 'reject:no Licenses column'
+			   WHEN x.licenses IN ('', 'Unlicensed') THEN 'skip'
+			   ELSE 'user'
+		   END AS class
+	  FROM pg_temp.msp_csv c
+	  LEFT JOIN pg_temp.msp_users_cols h ON h.header_no = c.header_no,
+		   LATERAL (SELECT lower(btrim(c.f[h.upn])) AS upn, btrim(c.f[h.licenses]) AS licenses,
+						   lower(btrim(c.f[h.blocked])) AS blocked) x
+	 WHERE NOT c.is_header;
+	-- each distinct licence name looked up once
+	CREATE TEMP TABLE msp_assign ON COMMIT DROP AS
+	WITH held AS (
+		SELECT u.line_no, u.upn, btrim(lic) AS lic, CASE u.blocked WHEN 'true' THEN false WHEN 'false' THEN true END AS enabled
+		  FROM pg_temp.msp_users u, unnest(string_to_array(u.licenses, '+')) lic
+		 WHERE u.class = 'user' AND btrim(lic) <> '')
+	SELECT h.line_no, h.upn, p.product, h.enabled
+	  FROM held h
+	  -- OFFSET 0: each distinct licence name looked up once, not once per licence
+	  JOIN (SELECT k.lic, @extschema@.msp_license_product(k.lic) AS product FROM (SELECT DISTINCT x.lic FROM held x) k
+			OFFSET 0) p
+		USING (lic);
+	SELECT a.loaded, a.duplicate INTO loaded, duplicate FROM @extschema@.msp_store_assignments(client_id, day, source) a;
+	CREATE TEMP TABLE msp_rej ON COMMIT DROP AS
+	SELECT u.line_no, u.raw, substr(u.class, 8) AS reason FROM pg_temp.msp_users u WHERE u.class LIKE 'reject:%';
+	rejected := @extschema@.msp_store_rejects(client_id, source);
+	SELECT count(*) INTO skipped FROM pg_temp.msp_users u WHERE u.class = 'skip';
+	DELETE FROM @extschema@.m365_users_csv_staging s WHERE s.client_id = client_id;
+	DROP TABLE pg_temp.msp_users, pg_temp.msp_users_cols, pg_temp.msp_assign, pg_temp.msp_csv, pg_temp.msp_csv_headers;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_load_m365_users_csv(bigint, date, text) IS
+	'loads a client''s staged admin center Active users CSV as the day''s licence assignments (loaded counts licences held)';
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_load_m365_activity(client_id bigint, source text DEFAULT 'm365_activity',
+												   OUT loaded bigint, OUT duplicate bigint,
+												   OUT skipped bigint, OUT rejected bigint)
+LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER
+SET search_path = pg_catalog, @extschema@, pg_temp
+SET DateStyle = 'ISO, MDY'
+SET TimeZone = 'UTC'
+SET jit = off
+AS $$
+#variable_conflict use_variable
+BEGIN
+	source := coalesce(source, 'm365_activity');
+	-- the stage holds still while it is read and emptied: a COPY into it
+	-- (any client) waits for this load, and this load for COPYs under way,
+	-- so that no line committed meanwhile is emptied unread
+	LOCK TABLE @extschema@.m365_activity_staging IN SHARE ROW EXCLUSIVE MODE;
+	PERFORM @extschema@.msp_load_begin(client_id);
+	PERFORM @extschema@.msp_stage_csv(client_id, '@extschema@.m365_activity_staging', 'User Principal Name');
+	CREATE TEMP TABLE msp_act_cols ON COMMIT DROP AS
+	SELECT h.header_no, @extschema@.msp_csv_column(h.header, '{User Principal Name}') AS upn,
+		   @extschema@.msp_csv_column(h.header, '{Is Deleted}') AS deleted,
+		   ARRAY(SELECT lower(regexp_replace(btrim(x.name), '\s*Last Activity Date$', '', 'i'))
+				   FROM unnest(h.header) WITH ORDINALITY x(name, i)
+				  WHERE btrim(x.name) ~* 'Last Activity Date$' ORDER BY x.i) AS products,
+		   ARRAY(SELECT x.i::integer FROM unnest(h.header) WITH ORDINALITY x(name, i)
+				  WHERE btrim(x.name) ~* 'Last Activity Date$' ORDER BY x.i) AS cols
+	  FROM pg_temp.msp_csv_headers h;
+	-- every activity date written, at noon in the client's zone (NULL: not
+	-- a date); a date that is none (2026-02-30) marks its record alone
+	CREATE TEMP TABLE msp_act_days (line_no bigint, product text, day text, at timestamptz) ON COMMIT DROP;
+	PERFORM @extschema@.msp_load_guarded($step$
+		INSERT INTO pg_temp.msp_act_days (line_no, product, day, at)
+		SELECT c.line_no, p.product, p.day,
+			   CASE WHEN p.day ~ '^[0-9]{4}-[0-9]{2}-[0-9]{2}$'
+					THEN (p.day::date + time '12:00')
+						 AT TIME ZONE (SELECT z.time_zone FROM @extschema@.clients z WHERE z.client_id = $1) END
+		  FROM pg_temp.msp_csv c
+		  JOIN pg_temp.msp_act_cols h ON h.header_no = c.header_no,
+			   LATERAL (SELECT u.product, btrim(c.f[u.col]) AS day FROM unnest(h.products, h.cols) u(product, col)) p
+		 WHERE NOT c.is_header AND c.line_no BETWEEN $2 AND $3 AND p.day <> ''
+	$step$, $reject$
+		INSERT INTO pg_temp.msp_act_days (line_no) VALUES ($2)
+	$reject$, client_id, (SELECT min(c.line_no) FROM pg_temp.msp_csv c), (SELECT max(c.line_no) FROM pg_temp.msp_csv c));
+	CREATE TEMP TABLE msp_act ON COMMIT DROP AS
+	SELECT c.line_no, c.raw, x.upn,
+		   CASE
+			   WHEN c.f IS NULL THEN 'reject:not valid CSV'
+			   WHEN h.header_no IS NULL THEN 'reject:no header with User Principal Name before it'
+			   WHEN coalesce(x.upn, '') = '' THEN 'reject:no User Principal Name'
+			   WHEN length(x.upn) > 255 THEN 'reject:field too long'
+			   WHEN lower(coalesce(c.f[h.deleted], '')) = 'true' THEN 'skip'
+			   WHEN d.not_a_date THEN 'reject:invalid Last Activity Date'
+			   WHEN d.implausible IS NOT NULL THEN 'reject:invalid Last Activity Date: ' || d.implausible
+			   WHEN d.line_no IS NULL THEN 'skip'
+			   ELSE 'activity'
+		   END AS class
+	  FROM pg_temp.msp_csv c
+	  LEFT JOIN pg_temp.msp_act_cols h ON h.header_no = c.header_no
+	  LEFT JOIN (SELECT d.line_no, bool_or(d.at IS NULL) AS not_a_date,
+						min(@extschema@.msp_implausible_time(d.day, d.at)) AS implausible
+				   FROM pg_temp.msp_act_days d GROUP BY d.line_no) d ON d.line_no = c.line_no,
+		   LATERAL (SELECT lower(btrim(c.f[h.upn])) AS upn) x
+	 WHERE NOT c.is_header;
+
+	-- activity accounts take the kind and person of the UPN's m365 account;
+	-- each UPN's activity account, the new ones' ids as their insert
+	-- returns them (new ids move past hand-chosen ones first)
+	PERFORM setval(pg_get_serial_sequence('@extschema@.accounts', 'account_id'), m.id)
+	   FROM (SELECT max(a.account_id) AS id FROM @extschema@.accounts a WHERE a.client_id = client_id) m
+	  WHERE m.id > coalesce(pg_sequence_last_value(pg_get_serial_sequence('@extschema@.accounts', 'account_id')), 0);
+	CREATE TEMP TABLE msp_act_accounts (upn text, account_id bigint) ON COMMIT DROP;
+	WITH u AS MATERIALIZED (
+		SELECT n.upn, x.account_id
+		  FROM (SELECT DISTINCT a.upn FROM pg_temp.msp_act a WHERE a.class = 'activity') n
+		  LEFT JOIN @extschema@.accounts x ON x.client_id = client_id AND x.realm = 'm365_activity' AND x.application IS NULL
+										  AND lower(x.name) = n.upn),
+	created AS (
+		INSERT INTO @extschema@.accounts (client_id, realm, name, kind, person_id)
+		SELECT client_id, 'm365_activity', u.upn, coalesce(m.kind, 'unknown'), m.person_id
+		  FROM u
+		  LEFT JOIN @extschema@.accounts m ON m.client_id = client_id AND m.realm = 'm365' AND m.application IS NULL
+										  AND lower(m.name) = u.upn
+		 WHERE u.account_id IS NULL
+		 ORDER BY u.upn
+		RETURNING name, account_id)
+	INSERT INTO pg_temp.msp_act_accounts (upn, account_id)
+	SELECT u.upn, u.account_id FROM u WHERE u.account_id IS NOT NULL
+	UNION ALL
+	SELECT c.name, c.account_id FROM created c;
+
+	-- the logons, one per product-day (its event id, the first by line),
+	-- those already loaded left out as the shared last step
+	-- (msp_load_normalized) leaves them out.  Straight from the records:
+	-- the accounts are known and there is no device nor session, so the
+	-- shared step's passes over accounts and devices would find nothing
+	-- new.  Should a record make the insert fail, the shared guarded step
+	-- runs instead, and finds it.
+	BEGIN
+		WITH e AS (
+			SELECT DISTINCT ON (x.event_id) x.*
+			  FROM (SELECT a.line_no, a.upn, d.at, a.upn || '|' || d.product || '|' || d.day AS event_id
+					  FROM pg_temp.msp_act a JOIN pg_temp.msp_act_days d USING (line_no)
+					 WHERE a.class = 'activity') x
+			 ORDER BY x.event_id, x.line_no),
+		ins AS (
+			INSERT INTO @extschema@.logons (client_id, account_id, device_id, at, ended, presence, source, source_event_id,
+											session_key)
+			SELECT client_id, i.account_id, NULL, e.at, NULL, true, source, e.event_id, NULL
+			  FROM e JOIN pg_temp.msp_act_accounts i ON i.upn = e.upn
+			 WHERE NOT EXISTS (SELECT 1 FROM @extschema@.logons l
+								WHERE l.client_id = client_id AND l.source = source AND l.source_event_id = e.event_id)
+			RETURNING 1)
+		SELECT count(*) INTO loaded FROM ins;
+		duplicate := (SELECT count(*) FROM pg_temp.msp_act a JOIN pg_temp.msp_act_days d USING (line_no)
+					   WHERE a.class = 'activity') - loaded;
+	EXCEPTION WHEN data_exception OR program_limit_exceeded OR integrity_constraint_violation THEN
+		INSERT INTO pg_temp.msp_load_events (line_no, realm, application, account_name, device_name, create_device, at,
+											 ended, source_event_id, session_key)
+		SELECT a.line_no, 'm365_activity', NULL, a.upn, NULL, false, d.at, NULL, a.upn || '|' || d.product || '|' || d.day, NULL
+		  FROM pg_temp.msp_act a JOIN pg_temp.msp_act_days d USING (line_no)
+		 WHERE a.class = 'activity';
+		SELECT * INTO loaded, duplicate FROM @extschema@.msp_load_normalized_guarded(client_id, source, $reject$
+			UPDATE pg_temp.msp_act SET class = 'reject:unloadable record: ' || $3 WHERE line_no = $2
+		$reject$);
+	END;
+
+	CREATE TEMP TABLE msp_rej ON COMMIT DROP AS
+	SELECT a.line_no, a.raw, substr(a.class, 8) AS reason FROM pg_temp.msp_act a WHERE a.class LIKE 'reject:%';
+	rejected := @extschema@.msp_store_rejects(client_id, source);
+	SELECT count(*) INTO skipped FROM pg_temp.msp_act a WHERE a.class = 'skip';
+	DELETE FROM @extschema@.m365_activity_staging s WHERE s.client_id = client_id;
+	DROP TABLE pg_temp.msp_act, pg_temp.msp_act_days, pg_temp.msp_act_cols, pg_temp.msp_act_accounts, pg_temp.msp_csv,
+			   pg_temp.msp_csv_headers;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_load_m365_activity(bigint, text) IS
+	'loads a client''s staged Microsoft 365 active user detail report: each product''s last activity date becomes a logon of realm m365_activity at noon in the client''s zone (counted only where count_realms names it; loaded counts days per product)';
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_load_pax8_subscriptions(client_id bigint, as_of date DEFAULT NULL,
+														source text DEFAULT 'pax8',
+														OUT loaded bigint, OUT duplicate bigint,
+														OUT skipped bigint, OUT rejected bigint)
+LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER
+SET search_path = pg_catalog, @extschema@, pg_temp
+SET DateStyle = 'ISO, MDY'
+SET TimeZone = 'UTC'
+SET jit = off
+AS $$
+#variable_conflict use_variable
+DECLARE
+	day date;
+	json boolean;
+	src text;
+	lo bigint;
+	hi bigint;
+BEGIN
+	source := coalesce(source, 'pax8');
+	-- the stage holds still while it is read and emptied: a COPY into it
+	-- (any client) waits for this load, and this load for COPYs under way,
+	-- so that no line committed meanwhile is emptied unread
+	LOCK TABLE @extschema@.pax8_staging IN SHARE ROW EXCLUSIVE MODE;
+	PERFORM @extschema@.msp_load_begin(client_id);
+	day := @extschema@.msp_snapshot_day(client_id, as_of);
+	-- JSON when the first non-empty line starts an object or array
+	json := (SELECT ltrim(s.raw, E' \t\ufeff') ~ '^[\[{]' FROM @extschema@.pax8_staging s
+			  WHERE s.client_id = client_id AND btrim(s.raw, E' \t\r\n') <> '' ORDER BY s.line_no LIMIT 1);
+	CREATE TEMP TABLE msp_pax8 (rec bigint, line_no bigint, ord bigint, raw text, id text, company text[], product text,
+								quantity text, cost text, price text, term text, status text, start_text text,
+								end_text text, class text, start_date date, end_date date) ON COMMIT DROP;
+	-- the records' fields, by name whatever the format
+	IF json THEN
+		PERFORM @extschema@.msp_stage_json(client_id, '@extschema@.pax8_staging',
+			'{id,companyId,companyName,productName,productId,quantity,partnerCost,price,billingTerm,status,startDate,endDate}');
+		src := $src$
+			SELECT j.rec, j.line_no, j.ord, j.raw, j.f[1] AS id, ARRAY[j.f[2], j.f[3]] AS company,
+				   coalesce(j.f[4], j.f[5]) AS product, j.f[6] AS quantity, j.f[7] AS cost, j.f[8] AS price,
+				   j.f[9] AS term, j.f[10] AS status, j.f[11] AS start_text, j.f[12] AS end_text,
+				   'reject:' || j.bad AS class
+			  FROM pg_temp.msp_json j WHERE j.rec BETWEEN $2 AND $3$src$;
+		SELECT min(j.rec), max(j.rec) INTO lo, hi FROM pg_temp.msp_json j;
+	ELSIF json IS NOT NULL THEN
+		PERFORM @extschema@.msp_stage_csv(client_id, '@extschema@.pax8_staging', 'Quantity');
+		CREATE TEMP TABLE msp_pax8_cols ON COMMIT DROP AS
+		SELECT h.header_no,
+			   @extschema@.msp_csv_column(h.header, '{Subscription Id,Subscription ID,Id}') AS id,
+			   @extschema@.msp_csv_column(h.header, '{Company,Company Name}') AS company,
+			   @extschema@.msp_csv_column(h.header, '{Company Id,Company ID}') AS company_id,
+			   @extschema@.msp_csv_column(h.header, '{Product,Product Name}') AS product,
+			   @extschema@.msp_csv_column(h.header, '{Quantity}') AS quantity,
+			   @extschema@.msp_csv_column(h.header, '{Partner Cost,Unit Cost,Cost}') AS cost,
+			   @extschema@.msp_csv_column(h.header, '{Price,Unit Price}') AS price,
+			   @extschema@.msp_csv_column(h.header, '{Billing Term,Term}') AS term,
+			   @extschema@.msp_csv_column(h.header, '{Status}') AS status,
+			   @extschema@.msp_csv_column(h.header, '{Start Date}') AS start_date,
+			   @extschema@.msp_csv_column(h.header, '{End Date}') AS end_date
+		  FROM pg_temp.msp_csv_headers h;
+		src := $src$
+			SELECT c.line_no AS rec, c.line_no, 0::bigint AS ord, c.raw, c.f[h.id] AS id,
+				   ARRAY[c.f[h.company], c.f[h.company_id]] AS company, c.f[h.product] AS product,
+				   c.f[h.quantity] AS quantity, c.f[h.cost] AS cost, c.f[h.price] AS price, c.f[h.term] AS term,
+				   c.f[h.status] AS status, c.f[h.start_date] AS start_text, c.f[h.end_date] AS end_text,
+				   CASE WHEN c.f IS NULL THEN 'reject:not valid CSV'
+						WHEN h.header_no IS NULL THEN 'reject:no header with Quantity before it' END AS class
+			  FROM pg_temp.msp_csv c LEFT JOIN pg_temp.msp_pax8_cols h ON h.header_no = c.header_no
+			 WHERE NOT c.is_header AND c.line_no BETWEEN $2 AND $3$src$;
+		SELECT min(c.line_no), max(c.line_no) INTO lo, hi FROM pg_temp.msp_csv c;
+	END IF;
+	-- checked, the company's client found (once per distinct company) and
+	-- the dates read: the batch at once, per record only where a date is
+	-- none (the reject reads the one record: BETWEEN $2 AND $2)
+	IF src IS NOT NULL THEN
+		PERFORM @extschema@.msp_load_guarded(format($step$
+			INSERT INTO pg_temp.msp_pax8 (rec, line_no, ord, raw, id, company, product, quantity, cost, price, term, status,
+										  start_text, end_text, class, start_date, end_date)
+			WITH p AS MATERIALIZED (%s),
+			-- materialized: a plain CTE would be pulled up into the join, and
+			-- the look-up would run once per record instead of once per company
+			owner AS MATERIALIZED (
+				SELECT c.company, @extschema@.msp_company_owner($1, 'pax8', c.company) AS o
+				  FROM (SELECT DISTINCT p.company FROM p WHERE p.class IS NULL) c),
+			classed AS (
+				SELECT p.rec, p.line_no, p.ord, p.raw, p.id, p.company, p.product, p.quantity, p.cost, p.price, p.term,
+					   p.status, p.start_text, p.end_text,
+					   coalesce(p.class, CASE
+						   WHEN coalesce(btrim(p.product), '') = '' THEN 'reject:no product'
+						   WHEN coalesce(btrim(p.quantity), '') !~ '^[0-9]{1,9}(\.0*)?$' THEN 'reject:invalid quantity'
+						   WHEN replace(btrim(p.cost), '$', '') !~ '^([0-9]{1,15}(\.[0-9]{1,10})?)?$' THEN 'reject:invalid partner cost'
+						   WHEN replace(btrim(p.price), '$', '') !~ '^([0-9]{1,15}(\.[0-9]{1,10})?)?$' THEN 'reject:invalid price'
+						   WHEN btrim(p.start_text) !~ '^([0-9]{4}-[0-9]{2}-[0-9]{2}.*)?$'
+								OR btrim(p.end_text) !~ '^([0-9]{4}-[0-9]{2}-[0-9]{2}.*)?$' THEN 'reject:invalid start or end date'
+						   WHEN length(p.id) > 255 OR length(p.product) > 255 OR length(p.term) > 255 OR length(p.status) > 255
+								OR length(p.company[1]) > 255 OR length(p.company[2]) > 255 THEN 'reject:field too long'
+						   WHEN o.o = 'own' THEN 'subscription'
+						   WHEN o.o = 'other' THEN 'skip'
+						   ELSE 'reject:unknown Pax8 company ' || coalesce(p.company[1], p.company[2], '(none)')
+					   END) AS class
+				  FROM p LEFT JOIN owner o ON o.company = p.company
+				 -- OFFSET 0: each record classified once
+				 OFFSET 0)
+			SELECT c.rec, c.line_no, c.ord,
+				   CASE WHEN c.class LIKE 'reject:%%' THEN coalesce(c.raw, (SELECT s.raw FROM @extschema@.pax8_staging s
+																		 WHERE s.client_id = $1 AND s.line_no = c.line_no)) END,
+				   c.id, c.company, c.product, c.quantity, c.cost, c.price, c.term, c.status, c.start_text, c.end_text,
+				   c.class,
+				   CASE WHEN c.class = 'subscription' THEN left(nullif(btrim(c.start_text), ''), 10)::date END,
+				   CASE WHEN c.class = 'subscription' THEN left(nullif(btrim(c.end_text), ''), 10)::date END
+			  FROM classed c
+		$step$, src), format($reject$
+			INSERT INTO pg_temp.msp_pax8 (rec, line_no, ord, raw, class)
+			SELECT p.rec, p.line_no, p.ord,
+				   coalesce(p.raw, (SELECT s.raw FROM @extschema@.pax8_staging s WHERE s.client_id = $1 AND s.line_no = p.line_no)),
+				   'reject:invalid start or end date'
+			  FROM (%s) p
+		$reject$, replace(src, 'AND $3', 'AND $2')), client_id, lo, hi);
+	END IF;
+	IF json THEN
+		DROP TABLE pg_temp.msp_json;
+	ELSIF json IS NOT NULL THEN
+		DROP TABLE pg_temp.msp_csv, pg_temp.msp_csv_headers, pg_temp.msp_pax8_cols;
+	END IF;
+
+	WITH sub AS (
+		SELECT DISTINCT ON (k.key) k.key, p.*
+		  FROM pg_temp.msp_pax8 p,
+			   -- without an id (some CSV exports), the record is its own key
+			   LATERAL (SELECT coalesce(nullif(btrim(p.id), ''),
+										md5(concat_ws('|', p.company[1], p.company[2], p.product, p.term, p.start_text, p.status)))
+						AS key) k
+		 WHERE p.class = 'subscription'
+		 ORDER BY k.key, p.line_no DESC, p.ord DESC),
+	prod AS MATERIALIZED (
+		SELECT n.product, @extschema@.msp_license_product(n.product) AS name FROM (SELECT DISTINCT s.product FROM sub s) n),
+	r AS MATERIALIZED (
+		SELECT s.key, coalesce(s.company[1], s.company[2]) AS company, pr.name AS product,
+			   btrim(s.quantity)::numeric::integer AS quantity, nullif(replace(btrim(s.cost), '$', ''), '')::numeric AS unit_cost,
+			   nullif(replace(btrim(s.price), '$', ''), '')::numeric AS unit_price, s.term, s.status, s.start_date, s.end_date
+		  FROM sub s JOIN prod pr USING (product)),
+	-- a subscription of the day loaded before takes a corrected export's
+	-- values; the others are inserted past an anti-join (both see the
+	-- table as it was before the statement).  A plain insert costs half of
+	-- ON CONFLICT's speculative one; loads of a client take turns, so no
+	-- other load can race it, and a row written meanwhile by hand fails
+	-- the load, whole.
+	upd AS (
+		UPDATE @extschema@.pax8_subscriptions x
+		   SET company = r.company, product = r.product, quantity = r.quantity, unit_cost = r.unit_cost,
+			   unit_price = r.unit_price, billing_term = r.term, status = r.status, start_date = r.start_date,
+			   end_date = r.end_date, source = source
+		  FROM r
+		 WHERE x.client_id = client_id AND x.as_of = day AND x.subscription_id = r.key
+		   AND (x.company, x.product, x.quantity, x.unit_cost, x.unit_price, x.billing_term, x.status, x.start_date, x.end_date)
+			   IS DISTINCT FROM (r.company, r.product, r.quantity, r.unit_cost, r.unit_price, r.term, r.status, r.start_date,
+								 r.end_date)
+		RETURNING 1),
+	ins AS (
+		INSERT INTO @extschema@.pax8_subscriptions (client_id, as_of, subscription_id, company, product, quantity, unit_cost,
+													unit_price, billing_term, status, start_date, end_date, source)
+		SELECT client_id, day, r.key, r.company, r.product, r.quantity, r.unit_cost, r.unit_price, r.term, r.status,
+			   r.start_date, r.end_date, source
+		  FROM r
+		 WHERE NOT EXISTS (SELECT 1 FROM @extschema@.pax8_subscriptions x
+							WHERE x.client_id = client_id AND x.as_of = day AND x.subscription_id = r.key)
+		RETURNING 1)
+	SELECT (SELECT count(*) FROM upd) + (SELECT count(*) FROM ins) INTO loaded;
+	duplicate := (SELECT count(*) FROM pg_temp.msp_pax8 p WHERE p.class = 'subscription') - loaded;
+
+	-- the day's seats per product, from every Active subscription of the day
+	DELETE FROM @extschema@.license_counts lc WHERE lc.client_id = client_id AND lc.source = source AND lc.as_of = day;
+	INSERT INTO @extschema@.license_counts (client_id, sku, seats, unit_cost, source, as_of)
+	SELECT client_id, x.product, sum(x.quantity),
+		   CASE WHEN sum(x.quantity) > 0 AND count(x.unit_cost) = count(*)
+				THEN trim_scale(sum(x.quantity * x.unit_cost) / sum(x.quantity)) END,
+		   source, day
+	  FROM @extschema@.pax8_subscriptions x
+	 WHERE x.client_id = client_id AND x.as_of = day AND lower(x.status) = 'active'
+	 GROUP BY x.product;
+
+	CREATE TEMP TABLE msp_rej ON COMMIT DROP AS
+	SELECT p.line_no, p.raw, substr(p.class, 8) AS reason FROM pg_temp.msp_pax8 p WHERE p.class LIKE 'reject:%';
+	rejected := @extschema@.msp_store_rejects(client_id, source);
+	SELECT count(*) INTO skipped FROM pg_temp.msp_pax8 p WHERE p.class = 'skip';
+	DELETE FROM @extschema@.pax8_staging s WHERE s.client_id = client_id;
+	DROP TABLE pg_temp.msp_pax8;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_load_pax8_subscriptions(bigint, date, text) IS
+	'loads a client''s staged Pax8 subscriptions (portal CSV or partner-API JSON) as the day''s subscriptions; the Active ones become license_counts (source pax8)';
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_load_psa_tickets(client_id bigint, psa text, source text DEFAULT NULL,
+												 OUT loaded bigint, OUT duplicate bigint, OUT skipped bigint,
+												 OUT rejected bigint, OUT unmatched bigint)
+LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER
+SET search_path = pg_catalog, @extschema@, pg_temp
+SET DateStyle = 'ISO, MDY'
+SET timezone_abbreviations = 'Default'
+SET TimeZone = 'UTC'
+SET jit = off
+AS $$
+#variable_conflict use_variable
+BEGIN
+	-- one spelling everywhere (psa_mappings, psa_contacts, partner_companies,
+	-- psa_tickets): 'halopsa'; 'halo' is taken as an alias
+	IF psa = 'halo' THEN
+		psa := 'halopsa';
+	END IF;
+	IF psa IS NULL OR psa NOT IN ('connectwise', 'autotask', 'halopsa') THEN
+		RAISE EXCEPTION 'unknown PSA %', coalesce(quote_literal(psa), 'NULL')
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'The ticket loader reads the API JSON of ConnectWise PSA, Autotask and HaloPSA.',
+				  HINT = 'Pass psa => ''connectwise'', ''autotask'' or ''halopsa''.';
+	END IF;
+	source := coalesce(source, psa);
+	-- the stage holds still while it is read and emptied: a COPY into it
+	-- (any client) waits for this load, and this load for COPYs under way,
+	-- so that no line committed meanwhile is emptied unread
+	LOCK TABLE @extschema@.psa_ticket_staging IN SHARE ROW EXCLUSIVE MODE;
+	PERFORM @extschema@.msp_load_begin(client_id);
+	-- f: 1 id, 2 _info, 3 dateEntered, 4 company, 5 contactEmailAddress,
+	-- 6 contact, 7 board, 8 source (ConnectWise); 9 createDate, 10
+	-- companyID, 11 contactID, 12 queueID (Autotask); 13 dateoccurred, 14
+	-- client_name, 15 client_id, 16 user_id, 17 team (HaloPSA)
+	PERFORM @extschema@.msp_stage_json(client_id, '@extschema@.psa_ticket_staging',
+		'{id,_info,dateEntered,company,contactEmailAddress,contact,board,source,createDate,companyID,contactID,queueID,dateoccurred,client_name,client_id,user_id,team}');
+	CREATE TEMP TABLE msp_tix (rec bigint, line_no bigint, ord bigint, raw text, id text, at_text text, company text[],
+							   contact text, board text, channel text, class text, at timestamptz) ON COMMIT DROP;
+	-- checked, the company's client found (once per distinct company) and
+	-- the time read: the batch at once, per record only where a time is none
+	PERFORM @extschema@.msp_load_guarded(format($step$
+		INSERT INTO pg_temp.msp_tix (rec, line_no, ord, raw, id, at_text, company, contact, board, channel, class, at)
+		WITH t AS MATERIALIZED (
+			SELECT j.rec, j.line_no, j.ord, j.raw, j.bad, j.f[1] AS id,
+				   CASE %1$L WHEN 'connectwise' THEN coalesce((@extschema@.msp_json_fields(j.f[2], '{dateEntered}'))[1], j.f[3])
+						   WHEN 'autotask' THEN j.f[9]
+						   ELSE j.f[13] END AS at_text,
+				   CASE %1$L WHEN 'connectwise' THEN @extschema@.msp_json_fields(j.f[4], '{identifier,name,id}')
+						   WHEN 'autotask' THEN ARRAY[j.f[10]]
+						   ELSE ARRAY[j.f[14], j.f[15]] END AS company,
+				   lower(btrim(CASE %1$L WHEN 'connectwise'
+									   THEN coalesce(nullif(btrim(j.f[5]), ''), (@extschema@.msp_json_fields(j.f[6], '{id}'))[1])
+									   WHEN 'autotask' THEN j.f[11]
+									   ELSE j.f[16] END)) AS contact,
+				   CASE %1$L WHEN 'connectwise' THEN (@extschema@.msp_json_fields(j.f[7], '{name}'))[1]
+						   WHEN 'autotask' THEN j.f[12]
+						   ELSE j.f[17] END AS board,
+				   coalesce(lower(CASE %1$L WHEN 'connectwise' THEN (@extschema@.msp_json_fields(j.f[8], '{name}'))[1] END),
+							'ticket') AS channel
+			  FROM pg_temp.msp_json j WHERE j.rec BETWEEN $2 AND $3),
+		-- materialized: a plain CTE would be pulled up into the join, and the
+		-- look-up would run once per record instead of once per company
+		owner AS MATERIALIZED (
+			SELECT c.company, @extschema@.msp_company_owner($1, %1$L, c.company) AS o
+			  FROM (SELECT DISTINCT t.company FROM t WHERE t.bad IS NULL AND t.company IS NOT NULL) c),
+		classed AS (
+			SELECT t.rec, t.line_no, t.ord, t.raw, t.id, t.at_text, t.company, t.contact, t.board, t.channel,
+				   CASE
+					   WHEN t.bad IS NOT NULL THEN 'reject:' || t.bad
+					   WHEN coalesce(btrim(t.id), '') = '' THEN 'reject:no id'
+					   WHEN coalesce(btrim(t.at_text), '') = '' THEN 'reject:no date entered'
+					   WHEN length(t.id) > 255 OR length(t.contact) > 255 OR length(t.board) > 255 OR length(t.channel) > 255
+							OR length(t.company[1]) > 255 OR length(t.company[2]) > 255 OR length(t.company[3]) > 255
+						   THEN 'reject:field too long'
+					   WHEN coalesce(o.o, @extschema@.msp_company_owner($1, %1$L, '{}')) = 'own' THEN 'ticket'
+					   WHEN o.o = 'other' THEN 'skip'
+					   ELSE 'reject:unknown ' || %1$L || ' company '
+							|| coalesce(t.company[1], t.company[2], t.company[3], '(none)')
+				   END AS class
+			  FROM t LEFT JOIN owner o ON o.company = t.company
+			 -- OFFSET 0: each record classified once
+			 OFFSET 0),
+		-- materialized, so that msp_implausible_time gets columns and
+		-- inlines; it is asked once per ticket (OFFSET 0)
+		timed AS MATERIALIZED (
+			SELECT c.*, CASE WHEN c.class = 'ticket' THEN c.at_text::timestamptz END AS at FROM classed c)
+		SELECT x.rec, x.line_no, x.ord,
+			   CASE WHEN k.class LIKE 'reject:%%' THEN coalesce(x.raw, (SELECT s.raw FROM @extschema@.psa_ticket_staging s
+																	 WHERE s.client_id = $1 AND s.line_no = x.line_no)) END,
+			   x.id, x.at_text, x.company, x.contact, x.board, x.channel, k.class, x.at
+		  FROM timed x,
+			   LATERAL (SELECT CASE WHEN x.class = 'ticket' THEN @extschema@.msp_implausible_time(x.at_text, x.at) END AS why
+						OFFSET 0) w,
+			   LATERAL (SELECT CASE WHEN w.why IS NOT NULL THEN 'reject:invalid date entered: ' || w.why
+									ELSE x.class END AS class) k
+	$step$, psa), $reject$
+		INSERT INTO pg_temp.msp_tix (rec, line_no, ord, raw, class)
+		SELECT j.rec, j.line_no, j.ord,
+			   coalesce(j.raw, (SELECT s.raw FROM @extschema@.psa_ticket_staging s WHERE s.client_id = $1 AND s.line_no = j.line_no)),
+			   'reject:invalid date entered'
+		  FROM pg_temp.msp_json j WHERE j.rec = $2
+	$reject$, client_id, (SELECT min(j.rec) FROM pg_temp.msp_json j), (SELECT max(j.rec) FROM pg_temp.msp_json j));
+	DROP TABLE pg_temp.msp_json;
+
+	-- a ticket loads once per client and PSA (first record of a load
+	-- wins); tickets already loaded are left out by an anti-join (a plain
+	-- insert costs half of ON CONFLICT's speculative one; loads of a client
+	-- take turns, so no other load can race it, and a row written meanwhile
+	-- by hand fails the load, whole)
+	WITH ins AS (
+		INSERT INTO @extschema@.psa_tickets (client_id, psa, ticket_id, at, company, contact, board, channel)
+		SELECT DISTINCT ON (btrim(t.id)) client_id, psa, btrim(t.id), t.at,
+			   coalesce(t.company[1], t.company[2], t.company[3]), t.contact, t.board, t.channel
+		  FROM pg_temp.msp_tix t
+		 WHERE t.class = 'ticket'
+		   AND NOT EXISTS (SELECT 1 FROM @extschema@.psa_tickets x
+							WHERE x.client_id = client_id AND x.psa = psa AND x.ticket_id = btrim(t.id))
+		 ORDER BY btrim(t.id), t.line_no, t.ord
+		RETURNING 1)
+	SELECT count(*) INTO loaded FROM ins;
+	duplicate := (SELECT count(*) FROM pg_temp.msp_tix t WHERE t.class = 'ticket') - loaded;
+	PERFORM @extschema@.msp_match_psa_tickets(client_id);
+	SELECT count(*) INTO unmatched FROM @extschema@.psa_tickets t
+	 WHERE t.client_id = client_id AND t.psa = psa AND t.person_id IS NULL;
+
+	CREATE TEMP TABLE msp_rej ON COMMIT DROP AS
+	SELECT t.line_no, t.raw, substr(t.class, 8) AS reason FROM pg_temp.msp_tix t WHERE t.class LIKE 'reject:%';
+	rejected := @extschema@.msp_store_rejects(client_id, source);
+	SELECT count(*) INTO skipped FROM pg_temp.msp_tix t WHERE t.class = 'skip';
+	DELETE FROM @extschema@.psa_ticket_staging s WHERE s.client_id = client_id;
+	DROP TABLE pg_temp.msp_tix;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_load_psa_tickets(bigint, text, text) IS
+	'loads a client''s staged PSA tickets (psa: connectwise, autotask or halopsa, alias halo); matched contacts become support contacts, unknown ones stay in psa_tickets (psa_unknown_contacts); unmatched counts the PSA''s tickets still without a person';
+
+
 -- merged: functions several sections above redefine, as the release has them
 CREATE OR REPLACE FUNCTION @extschema@.msp_adjustment_lines(client_id bigint, period daterange)
 RETURNS SETOF @extschema@.invoice_line
@@ -11581,6 +12694,10 @@ DECLARE
 	rows text;
 BEGIN
 	source := coalesce(source, 'emr');
+	-- the stage holds still while it is read and emptied: a COPY into it
+	-- (any client) waits for this load, and this load for COPYs under way,
+	-- so that no line committed meanwhile is emptied unread
+	LOCK TABLE @extschema@.emr_audit_staging IN SHARE ROW EXCLUSIVE MODE;
 	PERFORM @extschema@.msp_load_begin(client_id);
 	-- the first and last line by the index (an aggregate would read every line)
 	lo := (SELECT s.line_no FROM @extschema@.emr_audit_staging s WHERE s.client_id = client_id ORDER BY s.line_no LIMIT 1);
@@ -11680,6 +12797,10 @@ DECLARE
 	n bigint;
 BEGIN
 	source := coalesce(source, 'entra');
+	-- the stage holds still while it is read and emptied: a COPY into it
+	-- (any client) waits for this load, and this load for COPYs under way,
+	-- so that no line committed meanwhile is emptied unread
+	LOCK TABLE @extschema@.entra_signin_staging IN SHARE ROW EXCLUSIVE MODE;
 	PERFORM @extschema@.msp_load_begin(client_id);
 	CREATE TEMP TABLE msp_entra_rec ON COMMIT DROP AS
 	SELECT r.rec, l.line_nos[r.first_line] AS line_no, r.record, r.is_json
@@ -11784,6 +12905,10 @@ AS $$
 #variable_conflict use_variable
 BEGIN
 	source := coalesce(source, 'm365_activity');
+	-- the stage holds still while it is read and emptied: a COPY into it
+	-- (any client) waits for this load, and this load for COPYs under way,
+	-- so that no line committed meanwhile is emptied unread
+	LOCK TABLE @extschema@.m365_activity_staging IN SHARE ROW EXCLUSIVE MODE;
 	PERFORM @extschema@.msp_load_begin(client_id);
 	PERFORM @extschema@.msp_stage_csv(client_id, '@extschema@.m365_activity_staging', 'User Principal Name');
 	CREATE TEMP TABLE msp_act_cols ON COMMIT DROP AS
@@ -11921,6 +13046,10 @@ DECLARE
 	d bigint;
 BEGIN
 	source := coalesce(source, 'graph');
+	-- the stage holds still while it is read and emptied: a COPY into it
+	-- (any client) waits for this load, and this load for COPYs under way,
+	-- so that no line committed meanwhile is emptied unread
+	LOCK TABLE @extschema@.m365_graph_staging IN SHARE ROW EXCLUSIVE MODE;
 	PERFORM @extschema@.msp_load_begin(client_id);
 	day := @extschema@.msp_snapshot_day(client_id, as_of);
 	-- f: 1 skuId, 2 skuPartNumber, 3 prepaidUnits, 4 consumedUnits,
@@ -12044,6 +13173,10 @@ DECLARE
 	day date;
 BEGIN
 	source := coalesce(source, 'm365_admin');
+	-- the stage holds still while it is read and emptied: a COPY into it
+	-- (any client) waits for this load, and this load for COPYs under way,
+	-- so that no line committed meanwhile is emptied unread
+	LOCK TABLE @extschema@.m365_users_csv_staging IN SHARE ROW EXCLUSIVE MODE;
 	PERFORM @extschema@.msp_load_begin(client_id);
 	day := @extschema@.msp_snapshot_day(client_id, as_of);
 	PERFORM @extschema@.msp_stage_csv(client_id, '@extschema@.m365_users_csv_staging', 'User principal name');
@@ -12202,6 +13335,10 @@ DECLARE
 	hi bigint;
 BEGIN
 	source := coalesce(source, 'pax8');
+	-- the stage holds still while it is read and emptied: a COPY into it
+	-- (any client) waits for this load, and this load for COPYs under way,
+	-- so that no line committed meanwhile is emptied unread
+	LOCK TABLE @extschema@.pax8_staging IN SHARE ROW EXCLUSIVE MODE;
 	PERFORM @extschema@.msp_load_begin(client_id);
 	day := @extschema@.msp_snapshot_day(client_id, as_of);
 	-- JSON when the first non-empty line starts an object or array
@@ -12394,6 +13531,10 @@ BEGIN
 				  HINT = 'Pass psa => ''connectwise'', ''autotask'' or ''halopsa''.';
 	END IF;
 	source := coalesce(source, psa);
+	-- the stage holds still while it is read and emptied: a COPY into it
+	-- (any client) waits for this load, and this load for COPYs under way,
+	-- so that no line committed meanwhile is emptied unread
+	LOCK TABLE @extschema@.psa_ticket_staging IN SHARE ROW EXCLUSIVE MODE;
 	PERFORM @extschema@.msp_load_begin(client_id);
 	-- f: 1 id, 2 _info, 3 dateEntered, 4 company, 5 contactEmailAddress,
 	-- 6 contact, 7 board, 8 source (ConnectWise); 9 createDate, 10
@@ -12525,6 +13666,10 @@ DECLARE
 BEGIN
 	-- a NULL source would make every event id unique (NULLs are distinct)
 	source := coalesce(source, 'windows');
+	-- the stage holds still while it is read and emptied: a COPY into it
+	-- (any client) waits for this load, and this load for COPYs under way,
+	-- so that no line committed meanwhile is emptied unread
+	LOCK TABLE @extschema@.windows_event_staging IN SHARE ROW EXCLUSIVE MODE;
 	PERFORM @extschema@.msp_load_begin(client_id);
 	SELECT c.time_zone INTO zone FROM @extschema@.clients c WHERE c.client_id = client_id;
 	-- the first and last line by the index (an aggregate would read every line)
