@@ -398,28 +398,33 @@ COMMENT ON FUNCTION @extschema@.msp_shard_invoices(bigint, daterange) IS
 -- column (a view's owner rights do not reach the shards).  This definer
 -- reads the one row instead, from this node's own shard (the caller is a
 -- query on that shard, where Citus refuses queries on distributed tables),
--- and decides by the login: current_user is the definer here, and on a
--- worker the session is the coordinator's current user (a login that
--- could SET ROLE back to itself gains nothing).  NULL when the login may
--- not see the client, or the name of a person's account without
+-- and decides by the caller: current_user is the definer here, so the
+-- caller is the role set with SET ROLE, else the session's login (on a
+-- worker, the coordinator's current user).  NULL when the caller may not
+-- see the client, or for the name of a person's account without
 -- mspbill_pii.
 CREATE FUNCTION @extschema@.msp_account_name(client_id bigint, account_id bigint) RETURNS text
 LANGUAGE plpgsql STABLE STRICT SECURITY DEFINER PARALLEL RESTRICTED
-SET search_path = pg_catalog, pg_temp
+SET search_path = pg_catalog, @extschema@, pg_temp
 AS $$
 #variable_conflict use_variable
 DECLARE
-	login boolean;
+	caller name := coalesce(nullif(current_setting('role'), 'none'), session_user);
+	super boolean;
+	mapped boolean;
 	tbl regclass;
 	nm text;
 	k text;
 BEGIN
-	SELECT r.rolsuper INTO login FROM pg_catalog.pg_roles r WHERE r.rolname = session_user;
-	IF NOT (login
+	SELECT r.rolsuper INTO super FROM pg_catalog.pg_roles r WHERE r.rolname = caller;
+	EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s b JOIN pg_catalog.pg_roles r ON r.rolname = b.role_name
+								   WHERE b.client_id = $1 AND pg_catalog.pg_has_role($2, r.oid, ''MEMBER''))',
+				   @extschema@.msp_client_access_table())
+		INTO mapped USING client_id, caller;
+	IF NOT (super OR mapped
 			OR EXISTS (SELECT 1 FROM pg_catalog.pg_roles r
 						WHERE r.rolname IN ('mspbill_admin', 'mspbill_billing')
-						  AND pg_catalog.pg_has_role(session_user, r.oid, 'MEMBER'))
-			OR client_id = ANY (@extschema@.msp_report_clients())) THEN
+						  AND pg_catalog.pg_has_role(caller, r.oid, 'MEMBER'))) THEN
 		RETURN NULL;
 	END IF;
 	IF @extschema@.msp_is_distributed('@extschema@.accounts') THEN
@@ -432,8 +437,8 @@ BEGIN
 		INTO nm, k USING client_id, account_id;
 	IF k IN ('shared', 'service')
 	   OR (coalesce(current_setting('mspbill.pseudonymous', true), '') <> 'on'
-		   AND (login OR EXISTS (SELECT 1 FROM pg_catalog.pg_roles r
-								  WHERE r.rolname = 'mspbill_pii' AND pg_catalog.pg_has_role(session_user, r.oid, 'MEMBER')))) THEN
+		   AND (super OR EXISTS (SELECT 1 FROM pg_catalog.pg_roles r
+								  WHERE r.rolname = 'mspbill_pii' AND pg_catalog.pg_has_role(caller, r.oid, 'MEMBER')))) THEN
 		RETURN nm;
 	END IF;
 	RETURN NULL;

@@ -50,7 +50,7 @@ INSERT INTO writers VALUES
 	-- contract lines: the trigger that refuses lines a contract would not price
 	('msp_check_contract_line'),
 	-- Citus: distributes the tables and changes them on every node
-	('msp_distribute'), ('msp_on_all_nodes'),
+	('msp_distribute'), ('msp_on_all_nodes'), ('msp_on_workers'), ('msp_grants_to_workers'),
 
 	-- month-end: the procedure and the definer functions that record its runs
 	('msp_finalize_period'), ('msp_finalize_run_begin'), ('msp_finalize_run_client'), ('msp_finalize_run_end'),
