@@ -303,7 +303,6 @@ REVOKE EXECUTE ON FUNCTION @extschema@.msp_finalize_invoice(bigint, daterange, t
 	@extschema@.msp_match_psa_tickets(bigint),
 	@extschema@.msp_stage_csv(bigint, regclass, text),
 	@extschema@.msp_stage_json(bigint, regclass, text[]),
-	@extschema@.msp_ensure_m365_accounts(bigint, text[]),
 	@extschema@.msp_store_assignments(bigint, date, text),
 	@extschema@.msp_store_rejects(bigint, text),
 	@extschema@.msp_load_begin(bigint),

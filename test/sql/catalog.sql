@@ -41,7 +41,7 @@ INSERT INTO writers VALUES
 	-- licensing: the loaders, their steps and the ticket matcher
 	('msp_load_m365_graph'), ('msp_load_m365_users_csv'), ('msp_load_m365_activity'), ('msp_load_pax8_subscriptions'),
 	('msp_load_psa_tickets'), ('msp_match_psa_tickets'), ('msp_stage_csv'), ('msp_stage_json'),
-	('msp_ensure_m365_accounts'), ('msp_store_assignments'), ('msp_store_rejects'),
+	('msp_store_assignments'), ('msp_store_rejects'),
 	-- reporting: the rollups' marks (triggers and by hand) and their writers
 	('msp_mark_logon_days'), ('msp_mark_invoice_periods'), ('msp_mark_rollups_dirty'), ('msp_rollup_period'),
 	('msp_rollup_days'), ('msp_refresh_rollups'), ('msp_rebuild_rollups'),
