@@ -106,8 +106,8 @@ for round in first second; do
 	fi
 	# NOT YET on Citus: every loader fails, as the billing role and as a
 	# superuser alike, in one of two ways, and writes nothing
-	tap_check "NOT YET: $round round on Citus: 6 loads refused (the new-account insert's correlated NOT EXISTS)" \
-		"$(grep -c 'ERROR:  correlated subqueries are not supported when the FROM clause contains a CTE or subquery' <<<"$d")" "6"
+	tap_check "NOT YET: $round round on Citus: 5 log loads refused (the new-account insert's correlated NOT EXISTS), the activity load (a join of a distributed and a temporary table)" \
+		"$(grep -c 'ERROR:  correlated subqueries are not supported when the FROM clause contains a CTE or subquery' <<<"$d")/$(grep -c 'ERROR:  direct joins between distributed and local tables are not supported' <<<"$d")" "5/1"
 	tap_check "NOT YET: $round round on Citus: 7 licensing loads refused (RETURN-style msp_snapshot_day, msp_company_owner)" \
 		"$(grep -c 'ERROR:  syntax error at or near "RETURN"' <<<"$d")/$(grep -c 'SQL function "msp_snapshot_day"\|SQL function "msp_company_owner"' <<<"$d")" "7/7"
 	tap_check "$round round on Citus: nothing answered, nothing written" \
