@@ -11478,47 +11478,124 @@ COMMENT ON FUNCTION @extschema@.msp_load_psa_tickets(bigint, text, text) IS
 	'loads a client''s staged PSA tickets (psa: connectwise, autotask or halopsa, alias halo); matched contacts become support contacts, unknown ones stay in psa_tickets (psa_unknown_contacts); unmatched counts the PSA''s tickets still without a person';
 
 
--- merged: functions several sections above redefine, as the release has them
-CREATE OR REPLACE FUNCTION @extschema@.msp_adjustment_lines(client_id bigint, period daterange)
-RETURNS SETOF @extschema@.invoice_line
-LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
-SET search_path = @extschema@, pg_catalog, pg_temp
-AS $$
-#variable_conflict use_variable
-BEGIN
-	-- PL/pgSQL, so that Citus plans the read on the client's shard
-	RETURN QUERY
-	-- the adjusted invoice by the number the client holds (its id when it
-	-- was sent unnumbered, before 0.3.0)
-	SELECT (row_number() OVER (ORDER BY a.invoice_id))::integer, NULL::bigint,
-		   format('Adjustment %s to invoice %s for %s to %s: %s', a.invoice_id,
-				  coalesce(d.invoice_number, a.adjusts_invoice_id::text),
-				  lower(a.period), upper(a.period) - 1, a.reason),
-		   1::numeric, a.total, a.total, 'adjustment'::text
-	  FROM invoices a
-	  LEFT JOIN invoice_documents d ON d.client_id = client_id AND d.invoice_id = a.adjusts_invoice_id
-	 WHERE a.client_id = client_id AND a.kind = 'adjustment' AND a.apply_period = period
-	 ORDER BY a.invoice_id;
-END
-$$;
-COMMENT ON FUNCTION @extschema@.msp_adjustment_lines(bigint, daterange) IS
-	'adjustment notes carried by the invoice of a period, one line each';
 
-CREATE OR REPLACE FUNCTION @extschema@.msp_compute_invoice(client_id bigint, period daterange DEFAULT NULL)
-RETURNS @extschema@.invoice
-LANGUAGE plpgsql STABLE PARALLEL SAFE
-SET search_path = @extschema@, pg_catalog, pg_temp
+-- citus4: account_labels and kpi_billable_users on Citus; the workers get
+-- the grants on views and functions (msp_on_workers, msp_grants_to_workers,
+-- msp_account_name; msp_distribute and msp_install_roles call them)
+CREATE FUNCTION @extschema@.msp_on_workers(commands text[]) RETURNS void
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, pg_temp
 AS $$
-#variable_conflict use_variable
+DECLARE
+	r record;
+	block text;
 BEGIN
-	-- (the period first: msp_price_invoice is STRICT, NULL is the last full month)
-	period := msp_period(client_id, period);
-	-- (a scalar subquery: (f()).summary in a query would call f once per field)
-	RETURN (SELECT p.summary FROM msp_price_invoice(client_id, period) p);
+	-- (one statement: run_command_on_workers runs only the first of several)
+	block := format('DO %L', 'BEGIN PERFORM pg_catalog.set_config(''citus.enable_ddl_propagation'', ''off'', true); '
+							 || (SELECT string_agg(format('EXECUTE %L;', c), ' ') FROM unnest(commands) c) || ' END');
+	FOR r IN EXECUTE 'SELECT nodename, nodeport, success, result FROM pg_catalog.run_command_on_workers($1)' USING block LOOP
+		IF NOT r.success THEN
+			RAISE EXCEPTION 'worker %:% refused: %', r.nodename, r.nodeport, r.result
+				USING ERRCODE = 'object_not_in_prerequisite_state',
+					  DETAIL = format('Nothing of the %s statements changed there; the first was: %s', cardinality(commands), commands[1]),
+					  HINT = 'Every worker needs the same mspbill version as the coordinator, and the mspbill roles (msp_install_roles() on the coordinator creates them there).';
+		END IF;
+	END LOOP;
 END
 $$;
-COMMENT ON FUNCTION @extschema@.msp_compute_invoice(bigint, daterange) IS
-	'the invoice of a client for a period as today''s data prices it, finalized or not';
+REVOKE EXECUTE ON FUNCTION @extschema@.msp_on_workers(text[]) FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@.msp_on_workers(text[]) IS
+	'runs statements on every Citus worker (not here) in one transaction each, DDL propagation off; an error names the worker that refused';
+
+CREATE FUNCTION @extschema@.msp_account_name(client_id bigint, account_id bigint) RETURNS text
+LANGUAGE plpgsql STABLE STRICT SECURITY DEFINER PARALLEL RESTRICTED
+SET search_path = pg_catalog, @extschema@, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	caller name := coalesce(nullif(current_setting('role'), 'none'), session_user);
+	super boolean;
+	mapped boolean;
+	tbl regclass;
+	nm text;
+	k text;
+BEGIN
+	SELECT r.rolsuper INTO super FROM pg_catalog.pg_roles r WHERE r.rolname = caller;
+	EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s b JOIN pg_catalog.pg_roles r ON r.rolname = b.role_name
+								   WHERE b.client_id = $1 AND pg_catalog.pg_has_role($2, r.oid, ''MEMBER''))',
+				   @extschema@.msp_client_access_table())
+		INTO mapped USING client_id, caller;
+	IF NOT (super OR mapped
+			OR EXISTS (SELECT 1 FROM pg_catalog.pg_roles r
+						WHERE r.rolname IN ('mspbill_admin', 'mspbill_billing')
+						  AND pg_catalog.pg_has_role(caller, r.oid, 'MEMBER'))) THEN
+		RETURN NULL;
+	END IF;
+	IF @extschema@.msp_is_distributed('@extschema@.accounts') THEN
+		EXECUTE $q$SELECT pg_catalog.to_regclass(pg_catalog.format('@extschema@.%I', 'accounts_' || pg_catalog.get_shard_id_for_distribution_column('@extschema@.accounts', $1)))$q$
+			INTO tbl USING client_id;
+	END IF;
+	-- (not on this node, or no Citus: the table itself)
+	EXECUTE format('SELECT a.name, a.kind FROM %s a WHERE a.client_id = $1 AND a.account_id = $2',
+				   coalesce(tbl, '@extschema@.accounts'::regclass))
+		INTO nm, k USING client_id, account_id;
+	IF k IN ('shared', 'service')
+	   OR (coalesce(current_setting('mspbill.pseudonymous', true), '') <> 'on'
+		   AND (super OR EXISTS (SELECT 1 FROM pg_catalog.pg_roles r
+								  WHERE r.rolname = 'mspbill_pii' AND pg_catalog.pg_has_role(caller, r.oid, 'MEMBER')))) THEN
+		RETURN nm;
+	END IF;
+	RETURN NULL;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION @extschema@.msp_account_name(bigint, bigint) FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@.msp_account_name(bigint, bigint) IS
+	'the real name of an account for account_labels on Citus, read from this node''s shard, if the session''s login may see it; NULL otherwise';
+
+CREATE FUNCTION @extschema@.msp_grants_to_workers() RETURNS integer
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	roles text;
+	cmds text[] := '{}';
+	r record;
+	distributed oid[];
+BEGIN
+	IF NOT @extschema@.msp_is_distributed('@extschema@.accounts') THEN
+		RETURN 0;
+	END IF;
+	SELECT string_agg(quote_ident(rolname), ', ' ORDER BY rolname) INTO roles FROM pg_catalog.pg_roles
+	 WHERE rolname IN ('mspbill_admin', 'mspbill_billing', 'mspbill_bi', 'mspbill_pii', 'mspbill_report');
+	IF roles IS NULL THEN
+		RETURN 0;
+	END IF;
+	-- the delegated functions are Citus's objects: it carries their grants
+	-- itself, in the caller's transaction (here on the workers' same rows,
+	-- over other connections, it would wait for that transaction forever)
+	EXECUTE 'SELECT array_agg(objid) FROM pg_catalog.pg_dist_object WHERE classid = ''pg_catalog.pg_proc''::regclass'
+		INTO distributed;
+	distributed := coalesce(distributed, '{}');
+	FOR r IN
+		SELECT format('%s %s', CASE c.relkind WHEN 'v' THEN 'TABLE' END, c.oid::regclass) AS obj, c.relacl AS acl, c.relowner AS owner
+		  FROM pg_catalog.pg_class c WHERE c.relnamespace = '@extschema@'::regnamespace AND c.relkind = 'v'
+		UNION ALL
+		SELECT format('%s %s', CASE p.prokind WHEN 'p' THEN 'PROCEDURE' ELSE 'FUNCTION' END, p.oid::regprocedure), p.proacl, p.proowner
+		  FROM pg_catalog.pg_proc p WHERE p.pronamespace = '@extschema@'::regnamespace AND p.prokind IN ('f', 'p')
+		   AND NOT p.oid = ANY (distributed)
+	LOOP
+		cmds := cmds || format('REVOKE ALL ON %s FROM %s', r.obj, roles);
+		cmds := cmds || ARRAY(SELECT format('GRANT %s ON %s TO %I', x.privilege_type, r.obj, g.rolname)
+								FROM aclexplode(r.acl) x JOIN pg_catalog.pg_roles g ON g.oid = x.grantee
+							   WHERE x.grantee <> r.owner AND g.rolname IN ('mspbill_admin', 'mspbill_billing', 'mspbill_bi', 'mspbill_pii', 'mspbill_report'));
+	END LOOP;
+	PERFORM @extschema@.msp_on_workers(cmds);
+	RETURN cardinality(cmds);
+END
+$$;
+REVOKE EXECUTE ON FUNCTION @extschema@.msp_grants_to_workers() FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@.msp_grants_to_workers() IS
+	'on a Citus coordinator: gives the workers the mspbill roles'' grants on the extension''s views and functions as they are here; returns the statements run';
 
 CREATE OR REPLACE FUNCTION @extschema@.msp_distribute(shard_count integer DEFAULT NULL)
 RETURNS text
@@ -11547,6 +11624,7 @@ DECLARE
 	f record;
 	s record;
 	is_coord boolean;
+	labels_view text;
 BEGIN
 	IF NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus') THEN
 		RAISE EXCEPTION 'Citus is not installed in this database'
@@ -11725,12 +11803,501 @@ BEGIN
 							  s.seq, s.seq));
 	END LOOP;
 
-	-- 7. Per-client functions run on the worker that holds the client
+	-- 7. account_labels: the same rows and labels, the names through
+	-- msp_account_name (called only where a name may show), since Citus
+	-- reads the shards as the session user, whom the view's owner rights do
+	-- not reach (the label rule as in src/billing/tables.sql)
+	labels_view := (
+		'CREATE OR REPLACE VIEW @extschema@.account_labels WITH (security_barrier) AS '
+		'SELECT a.client_id, a.account_id, a.realm, a.kind, '
+		'coalesce(CASE WHEN a.kind IN (''shared'', ''service'') OR @extschema@.msp_sees_names() '
+		'THEN @extschema@.msp_account_name(a.client_id, a.account_id) END, '
+		'a.realm || '' account '' || a.account_id) AS label '
+		'FROM @extschema@.accounts a WHERE @extschema@.msp_can_see_client(a.client_id)');
+	EXECUTE labels_view;
+	PERFORM @extschema@.msp_on_workers(ARRAY[labels_view]);
+
+	-- 8. Per-client functions run on the worker that holds the client
 	FOR f IN SELECT * FROM @extschema@.msp_distributed_functions() LOOP
 		EXECUTE 'SELECT pg_catalog.create_distributed_function($1, ''$1''::text, colocate_with => $2, force_delegation => $3)'
 			USING f.fn, anchor::text, f.force_delegation;
 		n_fn := n_fn + 1;
 	END LOOP;
+
+	-- 9. The workers get the grants on views and functions (a delegated
+	-- call reads account_labels there as its caller)
+	PERFORM @extschema@.msp_grants_to_workers();
+
+	RETURN format('%s reference tables, %s distributed tables, %s delegated functions', n_ref, n_dist, n_fn);
+END
+$$;
+REVOKE EXECUTE ON FUNCTION @extschema@.msp_distribute(integer) FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@.msp_distribute(integer) IS
+	'on a Citus coordinator: makes clients and bi_client_access reference tables, distributes every other table by client_id (co-located), and delegates the per-client functions to the worker that holds the client';
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_install_roles() RETURNS text
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, @extschema@, pg_temp
+AS $$
+DECLARE
+	r text;
+	roles text := 'mspbill_admin, mspbill_billing, mspbill_bi, mspbill_pii, mspbill_report';
+	-- the tables people maintain by hand (or by script)
+	data_tables text := '@extschema@.clients, @extschema@.contracts, @extschema@.contract_tiers, '
+						'@extschema@.devices, @extschema@.people, @extschema@.sister_clients, @extschema@.logons, @extschema@.support_contacts, '
+						'@extschema@.cost_pools, @extschema@.license_counts, @extschema@.applications, '
+						'@extschema@.invoice_terms, @extschema@.tax_rates, @extschema@.psa_mappings, @extschema@.export_codes, '
+						'@extschema@.contract_lines, @extschema@.contract_line_tiers, @extschema@.meter_readings, '
+						-- licensing (src/licensing.sql): mappings and the loaded snapshots
+						'@extschema@.license_policies, @extschema@.partner_companies, @extschema@.psa_contacts, '
+						'@extschema@.m365_sku_counts, @extschema@.m365_license_assignments, @extschema@.pax8_subscriptions';
+	-- read by every role that reads invoices, written only by the definers
+	-- (the number series: see below)
+	billed_tables text := '@extschema@.invoices, @extschema@.invoice_items, @extschema@.invoice_documents, '
+						  '@extschema@.invoice_line_documents, @extschema@.psa_syncs';
+	staging text := '@extschema@.windows_event_staging, @extschema@.entra_signin_staging, @extschema@.emr_audit_staging, '
+					'@extschema@.m365_graph_staging, @extschema@.m365_users_csv_staging, @extschema@.m365_activity_staging, '
+					'@extschema@.pax8_staging, @extschema@.psa_ticket_staging';
+	staging_seqs text := '@extschema@.windows_event_staging_line_no_seq, @extschema@.entra_signin_staging_line_no_seq, '
+						 '@extschema@.emr_audit_staging_line_no_seq, @extschema@.m365_graph_staging_line_no_seq, '
+						 '@extschema@.m365_users_csv_staging_line_no_seq, @extschema@.m365_activity_staging_line_no_seq, '
+						 '@extschema@.pax8_staging_line_no_seq, @extschema@.psa_ticket_staging_line_no_seq';
+	writers text := '@extschema@.msp_finalize_invoice(bigint, daterange, text[]), '
+					'@extschema@.msp_issue_adjustment(bigint, daterange, text), '
+					'@extschema@.msp_load_windows_events(bigint, text), '
+					'@extschema@.msp_load_entra_signins(bigint, text), '
+					'@extschema@.msp_load_emr_audit(bigint, text), '
+					'@extschema@.msp_discard_staged(bigint), '
+					'@extschema@.msp_psa_sync(bigint, daterange), '
+					'@extschema@.msp_load_m365_graph(bigint, date, text), '
+					'@extschema@.msp_load_m365_users_csv(bigint, date, text), '
+					'@extschema@.msp_load_m365_activity(bigint, text), '
+					'@extschema@.msp_load_pax8_subscriptions(bigint, date, text), '
+					'@extschema@.msp_load_psa_tickets(bigint, text, text), '
+					'@extschema@.msp_match_psa_tickets(bigint), '
+					'@extschema@.msp_finalize_run_begin(daterange, text[], bigint[]), '
+					'@extschema@.msp_finalize_run_client(bigint, bigint, boolean), '
+					'@extschema@.msp_finalize_run_end(bigint)';
+	-- licence names are not per client: those who load maintain them (BI
+	-- needs none, and would read their column statistics)
+	product_names text := '@extschema@.license_product_names';
+	-- PSA tickets without the contact (an e-mail or PSA id) for those who see no names
+	ticket_cols text := 'client_id, psa, ticket_id, at, company, board, channel, person_id, contact_id';
+	-- month-end (src/monthend.sql): a procedure, granted ON PROCEDURE
+	month_end text := '@extschema@.msp_finalize_period(daterange, text[], bigint[], bigint, integer, integer, integer, integer)';
+	reports text := '@extschema@.msp_report_invoices(), @extschema@.msp_report_invoice(bigint, daterange), '
+					'@extschema@.msp_report_invoice_lines(bigint, daterange), '
+					'@extschema@.msp_report_billable_users(bigint, daterange)';
+	account_cols text := 'client_id, account_id, realm, kind, person_id, application, is_machine';
+	-- reporting (src/reporting.sql): rollups and KPI views to read, and the
+	-- definer functions that alone write the rollups
+	reporting text := '@extschema@.daily_activity, @extschema@.period_invoices, @extschema@.pii_findings, '
+					  '@extschema@.reporting_clients, @extschema@.kpi_daily_activity, @extschema@.kpi_billable_users, '
+					  '@extschema@.kpi_license_utilization, @extschema@.kpi_margin, @extschema@.kpi_margin_per_user, '
+					  '@extschema@.kpi_hipaa_findings, @extschema@.kpi_data_quality';
+	refreshers text := '@extschema@.msp_refresh_rollups(), @extschema@.msp_rebuild_rollups()';
+BEGIN
+	FOREACH r IN ARRAY string_to_array(replace(roles, ' ', ''), ',') LOOP
+		IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r) THEN
+			EXECUTE format('CREATE ROLE %I NOLOGIN', r);
+		END IF;
+		EXECUTE format('GRANT USAGE ON SCHEMA @extschema@ TO %I', r);
+	END LOOP;
+	-- start from nothing, so that a rerun after an upgrade also takes back
+	-- what earlier versions granted (GRANT ALL, writes to invoices)
+	EXECUTE format('REVOKE ALL ON ALL TABLES IN SCHEMA @extschema@ FROM %s', roles);
+	EXECUTE format('REVOKE ALL ON ALL SEQUENCES IN SCHEMA @extschema@ FROM %s', roles);
+	EXECUTE format('REVOKE ALL ON FUNCTION %s, %s, %s FROM %s', writers, reports, refreshers, roles);
+	EXECUTE format('REVOKE ALL ON PROCEDURE %s FROM %s', month_end, roles);
+	EXECUTE 'GRANT SELECT ON @extschema@.bi_client_access TO PUBLIC';
+
+	-- admin: every client's data, real names and raw records
+	EXECUTE 'GRANT mspbill_pii TO mspbill_admin';
+	EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON %s, @extschema@.accounts, @extschema@.person_identities, '
+				   '@extschema@.bi_client_access, @extschema@.load_rejects TO mspbill_admin', data_tables);
+	EXECUTE format('GRANT SELECT ON %s, @extschema@.audit_log TO mspbill_admin', billed_tables);
+	EXECUTE 'GRANT SELECT, DELETE ON @extschema@.psa_tickets TO mspbill_admin';
+	EXECUTE format('GRANT INSERT ON %s TO mspbill_admin, mspbill_billing', staging);
+	EXECUTE format('GRANT USAGE ON %s, @extschema@.logons_logon_id_seq TO mspbill_admin, mspbill_billing', staging_seqs);
+	EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO mspbill_admin, mspbill_billing', writers);
+	-- month-end: run it, and watch its runs (every client's outcome)
+	EXECUTE format('GRANT EXECUTE ON PROCEDURE %s TO mspbill_admin, mspbill_billing', month_end);
+	EXECUTE 'GRANT SELECT ON @extschema@.finalize_runs, @extschema@.finalize_run_clients, @extschema@.finalize_progress '
+			'TO mspbill_admin, mspbill_billing';
+
+	-- the number series: chosen by the admin before the first invoice
+	-- (prefix, digits, the number another system stopped at), never set
+	-- back afterwards; billing only reads it (finalization, a definer,
+	-- takes the numbers)
+	EXECUTE 'GRANT SELECT, INSERT (series, prefix, digits, last_number), UPDATE (prefix, digits) '
+			'ON @extschema@.invoice_numbering TO mspbill_admin';
+	EXECUTE 'GRANT SELECT ON @extschema@.invoice_numbering TO mspbill_billing';
+
+	-- billing: the same workflow on pseudonyms only
+	EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON %s TO mspbill_billing', data_tables);
+	EXECUTE format('GRANT SELECT ON %s, @extschema@.audit_log TO mspbill_billing', billed_tables);
+	EXECUTE format('GRANT SELECT (%s) ON @extschema@.accounts TO mspbill_billing', account_cols);
+	-- new accounts may be named (write-only), mapped and removed
+	EXECUTE 'GRANT INSERT, DELETE ON @extschema@.accounts TO mspbill_billing';
+	EXECUTE 'GRANT UPDATE (kind, person_id) ON @extschema@.accounts TO mspbill_billing';
+	EXECUTE 'GRANT SELECT (client_id, source, line_no, reason, rejected_at), DELETE ON @extschema@.load_rejects TO mspbill_billing';
+	EXECUTE format('GRANT SELECT (%s) ON @extschema@.psa_tickets TO mspbill_billing, mspbill_bi', ticket_cols);
+	EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON %s TO mspbill_admin, mspbill_billing', product_names);
+	EXECUTE 'GRANT SELECT ON @extschema@.psa_unknown_contacts TO mspbill_admin, mspbill_billing, mspbill_bi, mspbill_pii';
+
+	-- bi: billing data of its clients, read-only, without names
+	EXECUTE format('GRANT SELECT ON %s, %s TO mspbill_bi', data_tables, billed_tables);
+	EXECUTE format('GRANT SELECT (%s) ON @extschema@.accounts TO mspbill_bi', account_cols);
+
+	-- pii: real names and raw records of its clients
+	EXECUTE 'GRANT SELECT ON @extschema@.person_identities, @extschema@.load_rejects TO mspbill_pii';
+	EXECUTE 'GRANT SELECT (client_id, account_id, name) ON @extschema@.accounts TO mspbill_pii';
+
+	EXECUTE 'GRANT SELECT ON @extschema@.account_labels TO mspbill_admin, mspbill_billing, mspbill_bi, mspbill_pii';
+	-- (what account_labels calls on Citus; it checks the login itself)
+	EXECUTE 'GRANT EXECUTE ON FUNCTION @extschema@.msp_account_name(bigint, bigint) TO mspbill_admin, mspbill_billing, mspbill_bi, mspbill_pii';
+
+	-- reporting: the roles that read billing data read the rollups and KPI
+	-- views (rows of their clients only); those who write logons mark
+	-- days (the logons trigger runs as them; marked_at is the server's) and
+	-- refresh, as cron would, through the definer functions only
+	EXECUTE format('GRANT SELECT ON %s TO mspbill_admin, mspbill_billing, mspbill_bi', reporting);
+	EXECUTE 'GRANT INSERT (client_id, day) ON @extschema@.rollup_dirty TO mspbill_admin, mspbill_billing';
+	EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO mspbill_admin, mspbill_billing', refreshers);
+
+	-- report: functions only (see msp_report_invoices)
+	EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO mspbill_report', reports);
+	-- on Citus the workers get the grants on views and functions too
+	-- (Citus carries those on tables only)
+	PERFORM @extschema@.msp_grants_to_workers();
+	RETURN 'roles mspbill_admin, mspbill_billing, mspbill_bi, mspbill_pii and mspbill_report are ready';
+END
+$$;
+REVOKE EXECUTE ON FUNCTION @extschema@.msp_install_roles() FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@.msp_install_roles() IS
+	'creates (if missing) and grants the roles mspbill_admin, mspbill_billing, mspbill_bi, mspbill_pii and mspbill_report; idempotent';
+
+CREATE OR REPLACE VIEW @extschema@.kpi_billable_users WITH (security_barrier) AS
+SELECT p.client_id, rc.client_name, lower(p.period) AS month, p.status,
+	   p.users AS billable_users, prev.users AS previous_billable_users, p.users - prev.users AS change,
+	   CASE WHEN prev.client_id IS NOT NULL THEN coalesce(ch.joined_count, 0) END AS joined_count,
+	   CASE WHEN prev.client_id IS NOT NULL THEN coalesce(ch.left_count, 0) END AS left_count,
+	   CASE WHEN prev.client_id IS NOT NULL THEN coalesce(ch.joined, '{}') END AS joined,
+	   CASE WHEN prev.client_id IS NOT NULL THEN coalesce(ch.departed, '{}') END AS departed,
+	   @extschema@.userset_to_array(p.billable) AS billable_person_ids,
+	   p.total, p.currency
+  FROM @extschema@.period_invoices p
+  JOIN @extschema@.reporting_clients rc ON rc.client_id = p.client_id
+  LEFT JOIN @extschema@.period_invoices prev
+	ON prev.client_id = p.client_id
+   AND prev.period = daterange((lower(p.period) - interval '1 month')::date, lower(p.period))
+  LEFT JOIN (
+	SELECT x.client_id, x.month,
+		   (count(*) FILTER (WHERE x.is_now AND NOT x.was_before))::integer AS joined_count,
+		   (count(*) FILTER (WHERE x.was_before AND NOT x.is_now))::integer AS left_count,
+		   array_agg(x.label ORDER BY x.label) FILTER (WHERE x.is_now AND NOT x.was_before) AS joined,
+		   array_agg(x.label ORDER BY x.label) FILTER (WHERE x.was_before AND NOT x.is_now) AS departed
+	  FROM (SELECT m.client_id, m.month, m.home_client_id, m.person_id,
+				   max(coalesce(m.label, pe.pseudonym, 'person ' || m.person_id)) AS label,
+				   bool_or(m.is_now) AS is_now, bool_or(NOT m.is_now) AS was_before
+			  FROM (SELECT n.client_id, lower(n.period) AS month, n.client_id AS home_client_id,
+						   @extschema@.userset_members(n.billable) AS person_id, NULL::text AS label, true AS is_now
+					  FROM @extschema@.period_invoices n
+					UNION ALL
+					SELECT s.client_id, s.month, (s.e ->> 'home_client_id')::bigint, (s.e ->> 'person_id')::bigint,
+						   format('%s (client %s)', s.e ->> 'pseudonym', s.e ->> 'home_client_id'), true
+					  FROM (SELECT n.client_id, lower(n.period) AS month, jsonb_array_elements(n.sister_billable) AS e
+							  FROM @extschema@.period_invoices n) s
+					UNION ALL
+					SELECT b.client_id, upper(b.period), b.client_id,
+						   @extschema@.userset_members(b.billable), NULL::text, false
+					  FROM @extschema@.period_invoices b
+					 WHERE lower(b.period) = (upper(b.period) - interval '1 month')::date
+					UNION ALL
+					SELECT s.client_id, s.month, (s.e ->> 'home_client_id')::bigint, (s.e ->> 'person_id')::bigint,
+						   format('%s (client %s)', s.e ->> 'pseudonym', s.e ->> 'home_client_id'), false
+					  FROM (SELECT b.client_id, upper(b.period) AS month, jsonb_array_elements(b.sister_billable) AS e
+							  FROM @extschema@.period_invoices b
+							 WHERE lower(b.period) = (upper(b.period) - interval '1 month')::date) s) m
+			  LEFT JOIN @extschema@.people pe
+				ON pe.client_id = m.client_id AND pe.person_id = m.person_id AND m.label IS NULL
+			 GROUP BY m.client_id, m.month, m.home_client_id, m.person_id) x
+	 GROUP BY x.client_id, x.month) ch
+	ON ch.client_id = p.client_id AND ch.month = lower(p.period)
+ WHERE p.status <> 'unpriced';
+
+-- merged: functions several sections above redefine, as the release has them
+CREATE OR REPLACE FUNCTION @extschema@.msp_adjustment_lines(client_id bigint, period daterange)
+RETURNS SETOF @extschema@.invoice_line
+LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+BEGIN
+	-- PL/pgSQL, so that Citus plans the read on the client's shard
+	RETURN QUERY
+	-- the adjusted invoice by the number the client holds (its id when it
+	-- was sent unnumbered, before 0.3.0)
+	SELECT (row_number() OVER (ORDER BY a.invoice_id))::integer, NULL::bigint,
+		   format('Adjustment %s to invoice %s for %s to %s: %s', a.invoice_id,
+				  coalesce(d.invoice_number, a.adjusts_invoice_id::text),
+				  lower(a.period), upper(a.period) - 1, a.reason),
+		   1::numeric, a.total, a.total, 'adjustment'::text
+	  FROM invoices a
+	  LEFT JOIN invoice_documents d ON d.client_id = client_id AND d.invoice_id = a.adjusts_invoice_id
+	 WHERE a.client_id = client_id AND a.kind = 'adjustment' AND a.apply_period = period
+	 ORDER BY a.invoice_id;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_adjustment_lines(bigint, daterange) IS
+	'adjustment notes carried by the invoice of a period, one line each';
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_compute_invoice(client_id bigint, period daterange DEFAULT NULL)
+RETURNS @extschema@.invoice
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+BEGIN
+	-- (the period first: msp_price_invoice is STRICT, NULL is the last full month)
+	period := msp_period(client_id, period);
+	-- (a scalar subquery: (f()).summary in a query would call f once per field)
+	RETURN (SELECT p.summary FROM msp_price_invoice(client_id, period) p);
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_compute_invoice(bigint, daterange) IS
+	'the invoice of a client for a period as today''s data prices it, finalized or not';
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_distribute(shard_count integer DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	-- the small shared tables: invoice_numbering is the MSP's one number
+	-- series, whose row each finalization locks wherever it runs (Citus
+	-- writes a reference table on every node in one transaction and
+	-- serializes its writers cluster-wide), export_codes the MSP's books,
+	-- license_product_names the licences' spellings, partner_companies the
+	-- vendors' company names (unique across clients), sister_clients the
+	-- pairs of clients whose invoices read each other's people (so that an
+	-- invoice finds them on its own node), finalize_runs the month-end runs
+	-- (one row a run, its clients' outcomes distributed beside them)
+	ref_tables text[] := '{clients,bi_client_access,invoice_numbering,export_codes,license_product_names,partner_companies,sister_clients,finalize_runs}';
+	-- the first distributed table names the co-location group of all
+	anchor regclass := '@extschema@.contracts'::regclass;
+	todo regclass[];
+	t regclass;
+	progress boolean;
+	n_ref integer := 0;
+	n_dist integer := 0;
+	n_fn integer := 0;
+	f record;
+	s record;
+	is_coord boolean;
+	labels_view text;
+BEGIN
+	IF NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus') THEN
+		RAISE EXCEPTION 'Citus is not installed in this database'
+			USING ERRCODE = 'feature_not_supported',
+				  DETAIL = 'msp_distribute() distributes mspbill''s tables on a Citus cluster; on one server there is nothing to do.',
+				  HINT = 'On the coordinator (citus in shared_preload_libraries): CREATE EXTENSION citus; add the workers with citus_add_node(); then SELECT mspbill.msp_distribute();';
+	END IF;
+	EXECUTE 'SELECT pg_catalog.citus_is_coordinator()' INTO is_coord;
+	IF NOT is_coord THEN
+		RAISE EXCEPTION 'msp_distribute() runs on the Citus coordinator only'
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  DETAIL = 'This node is not the coordinator of its cluster.',
+				  HINT = 'Connect to the coordinator (or register it with citus_set_coordinator_host()) and call it there.';
+	END IF;
+	IF NOT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
+		RAISE EXCEPTION 'msp_distribute() must be run by a superuser'
+			USING ERRCODE = 'insufficient_privilege',
+				  DETAIL = 'It distributes tables and sets the sequences of every node.',
+				  HINT = 'Connect as the superuser that created the extension.';
+	END IF;
+	IF NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'btree_gist') THEN
+		RAISE EXCEPTION 'msp_distribute() needs the extension btree_gist'
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  DETAIL = 'On Citus, the one-contract-per-day and one-invoice-per-period exclusion constraints must name client_id itself, which needs btree_gist''s equality for bigint.',
+				  HINT = 'CREATE EXTENSION btree_gist; on the coordinator (Citus creates it on the workers), then call msp_distribute() again.';
+	END IF;
+
+	-- Every table it will distribute has a client_id: checked before
+	-- anything changes, since the statements run on the workers
+	-- (run_command_on_workers) commit there even if this call fails later
+	FOR t IN
+		SELECT c.oid::regclass FROM pg_class c
+		 WHERE c.relnamespace = '@extschema@'::regnamespace AND c.relkind IN ('r', 'p')
+		   AND NOT c.relispartition AND NOT @extschema@.msp_is_distributed(c.oid)
+		   AND c.relname <> ALL (ref_tables)
+		   AND NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attname = 'client_id' AND NOT a.attisdropped)
+	LOOP
+		RAISE EXCEPTION 'table % has no client_id to distribute it by', t
+			USING ERRCODE = 'feature_not_supported',
+				  DETAIL = 'msp_distribute() changed nothing.',
+				  HINT = 'Every mspbill table is keyed by client_id; a table added by hand must be distributed (or dropped) by hand first.';
+	END LOOP;
+
+	-- 1. Policies: a function call instead of the initplans
+	FOR s IN
+		SELECT p.polrelid::regclass AS rel, p.polname
+		  FROM pg_policy p JOIN pg_class c ON c.oid = p.polrelid
+		 WHERE c.relnamespace = '@extschema@'::regnamespace
+		   AND p.polname IN ('client_rows', 'own_rows')
+		   AND NOT @extschema@.msp_is_distributed(p.polrelid)
+	LOOP
+		IF s.polname = 'own_rows' THEN
+			PERFORM @extschema@.msp_on_all_nodes(format('ALTER POLICY own_rows ON %s USING (@extschema@.msp_sees_all_clients() OR @extschema@.msp_has_role(role_name))', s.rel));
+		ELSE
+			PERFORM @extschema@.msp_on_all_nodes(format('ALTER POLICY client_rows ON %s USING (%s)', s.rel, @extschema@.msp_client_policy(true)));
+		END IF;
+	END LOOP;
+
+	-- 2. Exclusion constraints that name client_id itself (btree_gist)
+	IF NOT @extschema@.msp_is_distributed('@extschema@.contracts') THEN
+		PERFORM @extschema@.msp_on_all_nodes('ALTER TABLE @extschema@.contracts DROP CONSTRAINT contracts_no_overlap, '
+								 'ADD CONSTRAINT contracts_no_overlap EXCLUDE USING gist (client_id WITH =, effective WITH &&)');
+	END IF;
+	IF NOT @extschema@.msp_is_distributed('@extschema@.invoices') THEN
+		PERFORM @extschema@.msp_on_all_nodes('ALTER TABLE @extschema@.invoices DROP CONSTRAINT invoices_no_overlap, '
+								 'ADD CONSTRAINT invoices_no_overlap EXCLUDE USING gist (client_id WITH =, period WITH &&) WHERE (kind = ''invoice'')');
+	END IF;
+
+	-- 3. Triggers: Citus distributes no table that has any.  Finalized rows
+	-- stay facts through privileges (only the owner may write them) and,
+	-- for the owner itself, restrictive policies that refuse UPDATE and
+	-- DELETE to everyone but a superuser (who bypasses row-level security,
+	-- as the triggers let a superuser through).
+	-- (the tables whose triggers refuse changes, as they are before the
+	-- triggers go: invoices, items, audit log, documents, PSA syncs)
+	FOR t IN
+		SELECT DISTINCT tg.tgrelid::regclass FROM pg_trigger tg
+		 WHERE tg.tgfoid = '@extschema@.msp_refuse_change()'::regprocedure AND NOT tg.tgisinternal
+		   AND NOT EXISTS (SELECT 1 FROM pg_policy WHERE polrelid = tg.tgrelid AND polname = 'finalized_no_update')
+	LOOP
+		PERFORM @extschema@.msp_on_all_nodes(format('CREATE POLICY finalized_no_update ON %s AS RESTRICTIVE FOR UPDATE USING (false)', t));
+		PERFORM @extschema@.msp_on_all_nodes(format('CREATE POLICY finalized_no_delete ON %s AS RESTRICTIVE FOR DELETE USING (false)', t));
+		PERFORM @extschema@.msp_on_all_nodes(format('ALTER TABLE %s FORCE ROW LEVEL SECURITY', t));
+	END LOOP;
+	FOR s IN
+		SELECT tg.tgrelid::regclass AS rel, tg.tgname
+		  FROM pg_trigger tg JOIN pg_class c ON c.oid = tg.tgrelid
+		 WHERE c.relnamespace = '@extschema@'::regnamespace AND NOT tg.tgisinternal
+		   AND tg.tgparentid = 0
+	LOOP
+		PERFORM @extschema@.msp_on_all_nodes(format('DROP TRIGGER %I ON %s', s.tgname, s.rel));
+	END LOOP;
+
+	-- Foreign keys that set a column NULL when their row goes (a PSA
+	-- ticket's person): Citus refuses SET NULL on a key that includes
+	-- client_id, so on Citus such a delete is refused instead (clear the
+	-- column first)
+	FOR s IN
+		SELECT k.conrelid::regclass AS rel, k.conname, pg_get_constraintdef(k.oid) AS def
+		  FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid
+		 WHERE c.relnamespace = '@extschema@'::regnamespace AND k.contype = 'f' AND k.confdeltype IN ('n', 'd')
+	LOOP
+		PERFORM @extschema@.msp_on_all_nodes(format('ALTER TABLE %s DROP CONSTRAINT %I, ADD CONSTRAINT %I %s',
+													s.rel, s.conname, s.conname,
+													regexp_replace(s.def, ' ON DELETE SET (NULL|DEFAULT)( \([^)]*\))?', '')));
+	END LOOP;
+
+	-- Sister clients: every pair people name now, then a foreign key in
+	-- place of the trigger that kept the table (dropped above)
+	IF NOT @extschema@.msp_is_distributed('@extschema@.people') THEN
+		INSERT INTO @extschema@.sister_clients (client_id, bill_to_client_id)
+		SELECT DISTINCT p.client_id, p.bill_to_client_id FROM @extschema@.people p
+		 WHERE p.bill_to_client_id IS NOT NULL
+		ON CONFLICT DO NOTHING;
+		PERFORM @extschema@.msp_on_all_nodes('ALTER TABLE @extschema@.people ADD CONSTRAINT people_sister_client_declared '
+								 'FOREIGN KEY (client_id, bill_to_client_id) REFERENCES @extschema@.sister_clients');
+	END IF;
+
+	-- 4. The small shared tables on every node (the client-keyed tables
+	-- that reference clients are distributed next: Citus must not turn
+	-- them into local tables of its metadata meanwhile)
+	PERFORM set_config('citus.enable_local_reference_table_foreign_keys', 'off', true);
+	FOREACH t IN ARRAY (SELECT array_agg(format('@extschema@.%I', x)::regclass) FROM unnest(ref_tables) x) LOOP
+		IF NOT @extschema@.msp_is_distributed(t) THEN
+			-- Citus copies the rows to every node in one COPY per node; the
+			-- time zone check's exception block (a subtransaction) would
+			-- interrupt it on the coordinator's own copy.  The rows passed
+			-- the check already; it is put back once the table is copied.
+			IF t = '@extschema@.clients'::regclass THEN
+				PERFORM @extschema@.msp_on_all_nodes('ALTER TABLE @extschema@.clients DROP CONSTRAINT clients_time_zone_known');
+			END IF;
+			EXECUTE 'SELECT pg_catalog.create_reference_table($1)' USING t;
+			IF t = '@extschema@.clients'::regclass THEN
+				ALTER TABLE @extschema@.clients ADD CONSTRAINT clients_time_zone_known
+					CHECK (@extschema@.msp_valid_time_zone(time_zone));
+			END IF;
+			n_ref := n_ref + 1;
+		END IF;
+	END LOOP;
+
+	-- 5. Every other table of the schema by client_id, co-located, each
+	-- after the tables its foreign keys name
+	todo := ARRAY(SELECT c.oid::regclass FROM pg_class c
+				   WHERE c.relnamespace = '@extschema@'::regnamespace AND c.relkind IN ('r', 'p')
+					 AND NOT c.relispartition AND NOT @extschema@.msp_is_distributed(c.oid)
+				   ORDER BY c.oid <> anchor, c.relname);
+	LOOP
+		progress := false;
+		FOREACH t IN ARRAY todo LOOP
+			CONTINUE WHEN @extschema@.msp_is_distributed(t);
+			CONTINUE WHEN EXISTS (SELECT 1 FROM pg_constraint k
+								   WHERE k.conrelid = t AND k.contype = 'f' AND k.confrelid <> t
+									 AND NOT @extschema@.msp_is_distributed(k.confrelid));
+			IF t = anchor THEN
+				EXECUTE 'SELECT pg_catalog.create_distributed_table($1, ''client_id'', colocate_with => ''none'', shard_count => $2)'
+					USING t, coalesce(shard_count, current_setting('citus.shard_count')::integer);
+			ELSE
+				EXECUTE 'SELECT pg_catalog.create_distributed_table($1, ''client_id'', colocate_with => $2)'
+					USING t, anchor::text;
+			END IF;
+			n_dist := n_dist + 1;
+			progress := true;
+		END LOOP;
+		EXIT WHEN NOT progress;
+	END LOOP;
+
+	-- 6. Sequences: each node numbers from its own range (its group id in
+	-- the top bits, as Citus does for the sequences it owns), so that ids
+	-- written on workers (delegated finalizations, loads) never collide
+	FOR s IN
+		SELECT c.oid::regclass AS seq FROM pg_class c
+		 WHERE c.relnamespace = '@extschema@'::regnamespace AND c.relkind = 'S'
+	LOOP
+		EXECUTE format($cmd$SELECT pg_catalog.run_command_on_workers(%L)$cmd$,
+					   format($w$SELECT pg_catalog.setval(%L, greatest(last_value, (SELECT groupid::bigint << 48 FROM pg_catalog.pg_dist_local_group)), true) FROM %s$w$,
+							  s.seq, s.seq));
+	END LOOP;
+
+	-- 7. account_labels: the same rows and labels, the names through
+	-- msp_account_name (called only where a name may show), since Citus
+	-- reads the shards as the session user, whom the view's owner rights do
+	-- not reach (the label rule as in src/billing/tables.sql)
+	labels_view := (
+		'CREATE OR REPLACE VIEW @extschema@.account_labels WITH (security_barrier) AS '
+		'SELECT a.client_id, a.account_id, a.realm, a.kind, '
+		'coalesce(CASE WHEN a.kind IN (''shared'', ''service'') OR @extschema@.msp_sees_names() '
+		'THEN @extschema@.msp_account_name(a.client_id, a.account_id) END, '
+		'a.realm || '' account '' || a.account_id) AS label '
+		'FROM @extschema@.accounts a WHERE @extschema@.msp_can_see_client(a.client_id)');
+	EXECUTE labels_view;
+	PERFORM @extschema@.msp_on_workers(ARRAY[labels_view]);
+
+	-- 8. Per-client functions run on the worker that holds the client
+	FOR f IN SELECT * FROM @extschema@.msp_distributed_functions() LOOP
+		EXECUTE 'SELECT pg_catalog.create_distributed_function($1, ''$1''::text, colocate_with => $2, force_delegation => $3)'
+			USING f.fn, anchor::text, f.force_delegation;
+		n_fn := n_fn + 1;
+	END LOOP;
+
+	-- 9. The workers get the grants on views and functions (a delegated
+	-- call reads account_labels there as its caller)
+	PERFORM @extschema@.msp_grants_to_workers();
 
 	RETURN format('%s reference tables, %s distributed tables, %s delegated functions', n_ref, n_dist, n_fn);
 END
@@ -12203,6 +12770,8 @@ BEGIN
 	EXECUTE 'GRANT SELECT (client_id, account_id, name) ON @extschema@.accounts TO mspbill_pii';
 
 	EXECUTE 'GRANT SELECT ON @extschema@.account_labels TO mspbill_admin, mspbill_billing, mspbill_bi, mspbill_pii';
+	-- (what account_labels calls on Citus; it checks the login itself)
+	EXECUTE 'GRANT EXECUTE ON FUNCTION @extschema@.msp_account_name(bigint, bigint) TO mspbill_admin, mspbill_billing, mspbill_bi, mspbill_pii';
 
 	-- reporting: the roles that read billing data read the rollups and KPI
 	-- views (rows of their clients only); those who write logons mark
@@ -12214,6 +12783,9 @@ BEGIN
 
 	-- report: functions only (see msp_report_invoices)
 	EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO mspbill_report', reports);
+	-- on Citus the workers get the grants on views and functions too
+	-- (Citus carries those on tables only)
+	PERFORM @extschema@.msp_grants_to_workers();
 	RETURN 'roles mspbill_admin, mspbill_billing, mspbill_bi, mspbill_pii and mspbill_report are ready';
 END
 $$;

@@ -124,8 +124,8 @@ SELECT is(ARRAY(SELECT format('%s: %s to %s', c.relname, x.privilege_type, x.gra
                    AND x.privilege_type NOT IN ('SELECT')),
           '{}'::text[], 'invoices, their lines and the audit log: read-only for every role');
 SELECT is(ARRAY(SELECT p.proname::text FROM pg_proc p WHERE p.pronamespace = 'mspbill'::regnamespace AND p.prosecdef ORDER BY 1),
-          '{msp_discard_staged,msp_finalize_invoice,msp_finalize_run_begin,msp_finalize_run_client,msp_finalize_run_end,msp_issue_adjustment,msp_load_emr_audit,msp_load_entra_signins,msp_load_m365_activity,msp_load_m365_graph,msp_load_m365_users_csv,msp_load_pax8_subscriptions,msp_load_psa_tickets,msp_load_windows_events,msp_match_psa_tickets,msp_psa_sync,msp_rebuild_rollups,msp_refresh_rollups,msp_report_billable_users,msp_report_invoice,msp_report_invoice_lines,msp_report_invoices}'::text[],
-          'SECURITY DEFINER: only the writers (invoices, loads, rollups, PSA syncs) and the sealed reports');
+          '{msp_account_name,msp_discard_staged,msp_finalize_invoice,msp_finalize_run_begin,msp_finalize_run_client,msp_finalize_run_end,msp_issue_adjustment,msp_load_emr_audit,msp_load_entra_signins,msp_load_m365_activity,msp_load_m365_graph,msp_load_m365_users_csv,msp_load_pax8_subscriptions,msp_load_psa_tickets,msp_load_windows_events,msp_match_psa_tickets,msp_psa_sync,msp_rebuild_rollups,msp_refresh_rollups,msp_report_billable_users,msp_report_invoice,msp_report_invoice_lines,msp_report_invoices}'::text[],
+          'SECURITY DEFINER: only the writers (invoices, loads, rollups, PSA syncs), the sealed reports and account names on Citus');
 SELECT is(ARRAY(SELECT p.proname::text FROM pg_proc p WHERE p.pronamespace = 'mspbill'::regnamespace AND p.prosecdef
                    AND NOT 'search_path=pg_catalog, mspbill, pg_temp' = ANY (coalesce(p.proconfig, '{}'))),
           '{}'::text[], 'each pins search_path = pg_catalog, mspbill, pg_temp');
