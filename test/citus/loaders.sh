@@ -122,4 +122,11 @@ done
 # a load of an empty stage as a superuser: the same answer on both
 tap_check "a superuser's load of an empty stage on Citus, as on one node" \
 	"$(q "$D" postgres -c "SELECT * FROM msp_load_windows_events(2)")" "$(q "$S" postgres -c "SELECT * FROM msp_load_windows_events(2)")"
+# the databases dropped on every node: each keeps a Citus maintenance
+# worker, and the suites after this one need theirs (max_worker_processes)
+q postgres postgres -c "DROP DATABASE IF EXISTS $S WITH (FORCE)" >/dev/null
+for port in "$CITUS_PORT" $((CITUS_PORT + 1)) $((CITUS_PORT + 2)); do
+	PGOPTIONS='-c client_min_messages=warning' "$BINDIR/psql" -X -q -h "$CITUS_HOST" -p "$port" -U postgres -d postgres \
+		-c "DROP DATABASE IF EXISTS $D WITH (FORCE)" >/dev/null 2>&1
+done
 exit 0
