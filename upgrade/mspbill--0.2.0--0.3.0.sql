@@ -12026,6 +12026,361 @@ SELECT p.client_id, rc.client_name, lower(p.period) AS month, p.status,
 	ON ch.client_id = p.client_id AND ch.month = lower(p.period)
  WHERE p.status <> 'unpriced';
 
+
+-- outfix (outside test): a Windows or Entra file's byte-order mark is read past, blank lines
+-- are skipped; held counts the logoffs still waiting when loaded again
+CREATE OR REPLACE FUNCTION @extschema@.msp_load_windows_events(client_id bigint, source text DEFAULT 'windows',
+													OUT loaded bigint, OUT duplicate bigint,
+													OUT paired bigint, OUT skipped bigint, OUT rejected bigint,
+													OUT held bigint)
+LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER
+SET search_path = pg_catalog, @extschema@, pg_temp
+SET DateStyle = 'ISO, MDY'
+SET timezone_abbreviations = 'Default'
+SET TimeZone = 'UTC'
+-- a load's sorts and hashes of its own scratch rows stay in memory
+SET work_mem = '64MB'
+AS $$
+#variable_conflict use_variable
+DECLARE
+	lo bigint;
+	hi bigint;
+	zone text;
+	fields text;
+	logoffs bigint;
+	newest timestamptz;
+BEGIN
+	-- a NULL source would make every event id unique (NULLs are distinct)
+	source := coalesce(source, 'windows');
+	-- the stage holds still while it is read and emptied: a COPY into it
+	-- (any client) waits for this load, and this load for COPYs under way,
+	-- so that no line committed meanwhile is emptied unread
+	LOCK TABLE @extschema@.windows_event_staging IN SHARE ROW EXCLUSIVE MODE;
+	PERFORM @extschema@.msp_load_begin(client_id);
+	SELECT c.time_zone INTO zone FROM @extschema@.clients c WHERE c.client_id = client_id;
+	-- the first and last line by the index (an aggregate would read every line)
+	lo := (SELECT s.line_no FROM @extschema@.windows_event_staging s WHERE s.client_id = client_id ORDER BY s.line_no LIMIT 1);
+	hi := (SELECT s.line_no FROM @extschema@.windows_event_staging s WHERE s.client_id = client_id ORDER BY s.line_no DESC LIMIT 1);
+	-- (no primary key: every read of it is a whole-table join, and keeping
+	-- an index on 200k scratch rows cost a tenth of the load)
+	CREATE TEMP TABLE msp_win_class (
+		line_no bigint NOT NULL,
+		event_id text,
+		at_field text,
+		at_text text,
+		host text,
+		username text,
+		domain text,
+		logon_type text,
+		logon_id text,
+		linked_id text,
+		record text,
+		class text NOT NULL,
+		at timestamptz
+	) ON COMMIT DROP;
+	-- One statement per batch reads each staged record once: msp_json_fields
+	-- keeps only the fields a logon needs, NXLog's top-level ones or
+	-- Winlogbeat's (winlog.*), without building a jsonb of every (mostly
+	-- irrelevant, often large) record; the same row is classified and, when
+	-- it is a logon or logoff, its time read and checked.  (Reading the
+	-- times in a second pass rewrote every scratch row: a second of a
+	-- 200k-event load.)  Times: an EventTime without a zone is the client's
+	-- local time, any other field's is UTC.  Plain ISO date and time has no
+	-- zone, one ending in Z or an offset has its own (both decided without
+	-- a call per row); any other is read in UTC and in UTC+14
+	-- (msp_timestamptz_plus14), which agree exactly when PostgreSQL finds a
+	-- zone in it.
+	fields := $fields$
+		SELECT s.line_no, f IS NULL AND r.raw !~ '^\s*$' AS bad_json, f IS NULL AND r.raw ~ '^\s*$' AS blank,
+			   coalesce(f[1], wl.winlog->>'event_id') AS event_id,
+			   CASE WHEN f[12] IS NULL THEN coalesce(f[2], f[3], f[4])
+					ELSE coalesce(wl.winlog->>'time_created', f[4]) END AS at_text,
+			   CASE WHEN f[12] IS NULL
+					THEN CASE WHEN f[2] IS NOT NULL THEN 'EventTime' WHEN f[3] IS NOT NULL THEN 'TimeCreated'
+					  ELSE '@timestamp' END
+					ELSE CASE WHEN wl.winlog->>'time_created' IS NOT NULL THEN 'winlog.time_created'
+					  ELSE '@timestamp' END END AS at_field,
+			   coalesce(f[5], wl.winlog->>'computer_name') AS host,
+			   coalesce(f[6], wl.winlog->'event_data'->>'TargetUserName') AS username,
+			   coalesce(f[7], wl.winlog->'event_data'->>'TargetDomainName') AS domain,
+			   coalesce(f[8], wl.winlog->'event_data'->>'LogonType') AS logon_type,
+			   coalesce(f[9], wl.winlog->'event_data'->>'TargetLogonId') AS logon_id,
+			   coalesce(f[10], wl.winlog->'event_data'->>'TargetLinkedLogonId') AS linked_id,
+			   coalesce(f[11], wl.winlog->>'record_id', md5(r.raw)) AS record
+		  FROM @extschema@.windows_event_staging s,
+			   -- a file's byte-order mark is not part of its first record
+			   LATERAL (SELECT CASE WHEN left(s.raw, 1) = E'\ufeff' THEN substr(s.raw, 2) ELSE s.raw END AS raw) r,
+			   LATERAL @extschema@.msp_json_fields(r.raw, '{EventID,EventTime,TimeCreated,@timestamp,Hostname,TargetUserName,TargetDomainName,LogonType,TargetLogonId,TargetLinkedLogonId,RecordNumber,winlog}') AS f,
+			   -- a function in FROM runs once per row (a subquery would be pulled up)
+			   LATERAL unnest(ARRAY[f[12]::jsonb]) AS wl(winlog)
+		 WHERE s.client_id = $1 AND s.line_no BETWEEN $2 AND $3
+	$fields$;
+	PERFORM @extschema@.msp_load_guarded(format($step$
+		INSERT INTO pg_temp.msp_win_class (line_no, event_id, at_field, at_text, host, username, domain, logon_type,
+										   logon_id, linked_id, record, class, at)
+		SELECT k.line_no, k.event_id, k.at_field, k.at_text, k.host, k.username, k.domain, k.logon_type, k.logon_id,
+			   k.linked_id, k.record,
+			   CASE WHEN k.at IS NOT NULL AND @extschema@.msp_implausible_time(k.at_text, k.at) IS NOT NULL
+					THEN 'reject:invalid ' || k.at_field || ': ' || @extschema@.msp_implausible_time(k.at_text, k.at)
+					ELSE k.class END,
+			   k.at
+		  FROM (SELECT c.*,
+					   CASE WHEN class NOT IN ('logon', 'logoff', 'linked') THEN NULL
+							WHEN at_field <> 'EventTime' THEN at_text::timestamptz
+							WHEN at_text ~ '^\s*\d{4}-\d\d-\d\d[ T]\d\d:\d\d(:\d\d(\.\d+)?)?\s*$'
+							THEN at_text::timestamp AT TIME ZONE %1$L
+							WHEN at_text ~ '\d:\d\d(:\d\d(\.\d+)?)?\s*(Z|[+-]\d\d(:?\d\d)?)$'
+								 OR at_text::timestamptz = @extschema@.msp_timestamptz_plus14(at_text)
+							THEN at_text::timestamptz
+							ELSE at_text::timestamp AT TIME ZONE %1$L END AS at
+				  FROM (SELECT e.*,
+							   CASE
+								   -- a blank line (COPY with FORCE_NOT_NULL) is no record
+								   WHEN e.blank THEN 'skip'
+								   WHEN e.bad_json THEN 'reject:not valid JSON'
+								   WHEN e.event_id IS NULL THEN 'reject:no EventID'
+								   WHEN e.event_id NOT IN ('4624', '4634', '4647') THEN 'skip'
+								   WHEN e.at_text IS NULL THEN 'reject:no event time'
+								   WHEN e.host IS NULL OR e.host IN ('', '-') THEN 'reject:no Hostname'
+								   WHEN e.username IS NULL OR btrim(e.username, E' \t\r\n') IN ('', '-') THEN 'reject:no TargetUserName'
+								   -- names and keys go into btree indexes, which cap a row's size
+								   WHEN length(e.host) > 255 OR length(e.username) > 255 OR length(e.domain) > 255
+										OR length(e.record) > 255 OR length(e.logon_id) > 255 OR length(e.linked_id) > 255
+										THEN 'reject:field too long'
+								   WHEN @extschema@.msp_is_machine_account(e.username) THEN 'skip'
+								   WHEN e.event_id = '4624' AND e.logon_type IS NULL THEN 'reject:no LogonType'
+								   WHEN e.logon_type NOT IN ('2', '7', '10', '11') THEN 'skip'
+								   -- the other half of a linked logon: the half with the
+								   -- smaller logon id (as a hexadecimal number) is the session
+								   WHEN e.event_id = '4624' AND e.logon_id IS NOT NULL AND coalesce(lower(e.linked_id), '0x0') <> '0x0'
+										AND (length(e.linked_id), lower(e.linked_id)) < (length(e.logon_id), lower(e.logon_id)) THEN 'linked'
+								   WHEN e.event_id = '4624' THEN 'logon'
+								   -- a logoff without a logon id closes nothing
+								   WHEN e.logon_id IS NULL THEN 'skip'
+								   ELSE 'logoff'
+							   END AS class
+						  FROM (%2$s) e
+						 -- kept apart, so that the time is read once and only when
+						 -- the class needs it
+						OFFSET 0) c
+				OFFSET 0) k
+	$step$, zone, fields),
+	-- A record whose time cannot be read is rejected by its field's name;
+	-- any other failure (its JSON) with the error's message.
+	format($reject$
+		INSERT INTO pg_temp.msp_win_class (line_no, class)
+		SELECT $2, 'reject:unreadable record: ' || $3
+		 WHERE $4 NOT IN ('22007', '22008', '22009', '22023')
+		UNION ALL
+		SELECT e.line_no, 'reject:invalid ' || e.at_field
+		  FROM (%s) e
+		 WHERE $4 IN ('22007', '22008', '22009', '22023')
+	$reject$, replace(fields, '$2 AND $3', '$2 AND $2')), client_id, lo, hi);
+
+	-- Sessions within the load, and with the logoffs held from earlier
+	-- loads: per host and logon id in time order, a logon ends at the first
+	-- logoff at or after it; a logoff is consumed when a logon (or the
+	-- linked half of one) precedes it.
+	CREATE TEMP TABLE msp_win_session ON COMMIT DROP AS
+	SELECT x.line_no, x.kind, x.session_key, x.at,
+		   min(x.at) FILTER (WHERE x.kind = 'logoff') OVER w_after AS ended,
+		   bool_or(x.kind <> 'logoff') OVER w_before AS consumed
+	  FROM (SELECT c.line_no, c.class AS kind, upper(split_part(c.host, '.', 1)) || ':' || lower(c.logon_id) AS session_key,
+				   c.at, c.logon_type
+			  FROM pg_temp.msp_win_class c
+			 WHERE c.class IN ('logon', 'logoff', 'linked') AND c.logon_id IS NOT NULL
+			UNION ALL
+			SELECT NULL, 'logoff', p.session_key, p.at, NULL
+			  FROM @extschema@.pending_logoffs p
+			 WHERE p.client_id = client_id
+			   AND p.session_key IN (SELECT upper(split_part(c.host, '.', 1)) || ':' || lower(c.logon_id)
+									   FROM pg_temp.msp_win_class c WHERE c.class IN ('logon', 'linked'))) x
+	WINDOW w_after AS (PARTITION BY x.session_key ORDER BY x.at, x.kind = 'logoff', x.line_no
+					   ROWS BETWEEN CURRENT ROW AND UNBOUNDED FOLLOWING),
+		   w_before AS (PARTITION BY x.session_key ORDER BY x.at, x.kind = 'logoff', x.line_no
+						ROWS UNBOUNDED PRECEDING);
+
+	INSERT INTO pg_temp.msp_load_events (line_no, realm, application, account_name, device_name, create_device, at,
+										 ended, source_event_id, session_key)
+	SELECT c.line_no, 'os', NULL, @extschema@.msp_canonical_account(c.domain, c.username), upper(split_part(c.host, '.', 1)), true,
+		   c.at,
+		   -- an unlock or reconnect is an instant of presence inside a session
+		   CASE WHEN c.logon_type = '7' THEN c.at ELSE s.ended END,
+		   upper(split_part(c.host, '.', 1)) || ':' || c.record, s.session_key
+	  FROM pg_temp.msp_win_class c LEFT JOIN pg_temp.msp_win_session s ON s.line_no = c.line_no
+	 WHERE c.class = 'logon';
+	SELECT * INTO loaded, duplicate FROM @extschema@.msp_load_normalized_guarded(client_id, source, $reject$
+		UPDATE pg_temp.msp_win_class SET class = 'reject:unloadable record: ' || $3 WHERE line_no = $2
+	$reject$);
+
+	-- Logoffs this load did not pair close sessions loaded earlier (so do
+	-- all of them when some logon of the load was already loaded: its
+	-- stored row may still be open); the rest wait in pending_logoffs.
+	UPDATE @extschema@.logons l SET ended = o.at
+	  FROM (SELECT s.session_key, min(s.at) AS at
+			  FROM pg_temp.msp_win_session s
+			 WHERE s.kind = 'logoff' AND s.line_no IS NOT NULL AND (NOT s.consumed OR duplicate > 0)
+			 GROUP BY 1) o
+	 WHERE l.client_id = client_id AND l.session_key = o.session_key AND l.at <= o.at
+	   AND (l.ended IS NULL OR l.ended > o.at);
+	-- held: this load's logoffs that wait, whether they wait from now on or
+	-- (loaded again) were waiting already
+	WITH waiting AS (
+		SELECT s.session_key, s.at
+		  FROM pg_temp.msp_win_session s
+		 WHERE s.kind = 'logoff' AND s.line_no IS NOT NULL AND NOT s.consumed
+		   AND NOT EXISTS (SELECT 1 FROM @extschema@.logons l
+							WHERE l.client_id = client_id AND l.session_key = s.session_key AND l.at <= s.at)),
+	hold AS (
+		INSERT INTO @extschema@.pending_logoffs AS p (client_id, session_key, at)
+		SELECT DISTINCT client_id, w.session_key, w.at FROM waiting w
+		ON CONFLICT DO NOTHING)
+	SELECT count(*) INTO held FROM waiting;
+	-- paired: the logoffs of this load that found their session (in this
+	-- load or an earlier one), and the held ones that found it now
+	WITH used AS (
+		DELETE FROM @extschema@.pending_logoffs p
+		 USING pg_temp.msp_win_session s
+		 WHERE p.client_id = client_id AND s.line_no IS NULL AND s.consumed
+		   AND p.session_key = s.session_key AND p.at = s.at
+		RETURNING 1)
+	SELECT count(*) INTO paired FROM used;
+	-- the scratch table's counts in one pass
+	SELECT count(*) FILTER (WHERE c.class = 'logoff'), count(*) FILTER (WHERE c.class IN ('skip', 'linked')),
+		   max(c.at) FILTER (WHERE c.class IN ('logon', 'logoff', 'linked'))
+	  INTO logoffs, skipped, newest
+	  FROM pg_temp.msp_win_class c;
+	paired := paired + logoffs - held;
+	-- a logoff a month older than the newest event loaded finds no logon any more
+	DELETE FROM @extschema@.pending_logoffs p
+	 WHERE p.client_id = client_id AND p.at < newest - interval '1 month';
+
+	INSERT INTO @extschema@.load_rejects (client_id, source, line_no, raw, reason)
+	SELECT client_id, source, c.line_no, s.raw, substr(c.class, 8)
+	  FROM pg_temp.msp_win_class c JOIN @extschema@.windows_event_staging s ON s.client_id = client_id AND s.line_no = c.line_no
+	 WHERE c.class LIKE 'reject:%';
+	GET DIAGNOSTICS rejected = ROW_COUNT;
+	DELETE FROM @extschema@.windows_event_staging s WHERE s.client_id = client_id;
+	DROP TABLE pg_temp.msp_win_class, pg_temp.msp_win_session;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_load_windows_events(bigint, text) IS
+	'loads a client''s staged Windows Security events: interactive (2), unlock (7, an instant), remote interactive (10) and cached (11) logons count, linked pairs once; logoffs close sessions in any load order (held until their logon comes); the rest is skipped or rejected';
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_load_entra_signins(client_id bigint, source text DEFAULT 'entra',
+												   OUT loaded bigint, OUT duplicate bigint,
+												   OUT skipped bigint, OUT rejected bigint)
+LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER
+SET search_path = pg_catalog, @extschema@, pg_temp
+SET DateStyle = 'ISO, MDY'
+SET timezone_abbreviations = 'Default'
+SET TimeZone = 'UTC'
+-- a load's sorts and hashes of its own scratch rows stay in memory
+SET work_mem = '64MB'
+AS $$
+#variable_conflict use_variable
+DECLARE
+	n bigint;
+BEGIN
+	source := coalesce(source, 'entra');
+	-- the stage holds still while it is read and emptied: a COPY into it
+	-- (any client) waits for this load, and this load for COPYs under way,
+	-- so that no line committed meanwhile is emptied unread
+	LOCK TABLE @extschema@.entra_signin_staging IN SHARE ROW EXCLUSIVE MODE;
+	PERFORM @extschema@.msp_load_begin(client_id);
+	CREATE TEMP TABLE msp_entra_rec ON COMMIT DROP AS
+	SELECT r.rec, l.line_nos[r.first_line] AS line_no, r.record, r.is_json
+	  FROM (SELECT array_agg(s.line_no ORDER BY s.line_no) AS line_nos, array_agg(CASE WHEN left(s.raw, 1) = E'\ufeff' THEN substr(s.raw, 2) ELSE s.raw END ORDER BY s.line_no) AS raws
+			  FROM @extschema@.entra_signin_staging s WHERE s.client_id = client_id) l,
+		   LATERAL @extschema@.msp_json_records(l.raws) WITH ORDINALITY AS r(first_line, record, is_json, rec);
+	ALTER TABLE pg_temp.msp_entra_rec ADD PRIMARY KEY (rec);
+	n := (SELECT max(r.rec) FROM pg_temp.msp_entra_rec r);
+	CREATE TEMP TABLE msp_entra_class (
+		line_no bigint PRIMARY KEY,		-- the record's number (msp_entra_rec.rec)
+		id text,
+		upn text,
+		created text,
+		device text,
+		class text NOT NULL,
+		at timestamptz
+	) ON COMMIT DROP;
+	INSERT INTO pg_temp.msp_entra_class (line_no, class)
+	SELECT r.rec, 'reject:not valid JSON' FROM pg_temp.msp_entra_rec r WHERE NOT r.is_json;
+	-- One statement per batch reads each record once: msp_json_fields
+	-- copies out the six fields a sign-in needs without building a jsonb
+	-- of the record (that was most of a load's time); only a record it
+	-- cannot read as an object is parsed as jsonb, to say why (or to read
+	-- nesting deeper than it scans).  A number too large for jsonb in a
+	-- field nobody reads is no reason to reject, as for Windows.  The
+	-- sign-in's time is read and checked in the same pass.
+	PERFORM @extschema@.msp_load_guarded($step$
+		INSERT INTO pg_temp.msp_entra_class (line_no, id, upn, created, device, class, at)
+		SELECT k.rec, k.id, k.upn, k.created, k.device,
+			   CASE WHEN k.at IS NOT NULL AND @extschema@.msp_implausible_time(k.created, k.at) IS NOT NULL
+					THEN 'reject:no valid createdDateTime: ' || @extschema@.msp_implausible_time(k.created, k.at)
+					ELSE k.class END,
+			   k.at
+		  FROM (SELECT c.*, CASE WHEN c.class NOT LIKE 'reject:%' THEN c.created::timestamptz END AS at
+				  FROM (SELECT e.rec, e.id, e.upn, e.created, e.device,
+							   CASE
+								   WHEN e.f IS NULL AND jsonb_typeof(e.doc) <> 'object' THEN 'reject:not a signIn object'
+								   WHEN e.id IS NULL THEN 'reject:no id'
+								   WHEN coalesce(btrim(e.upn, E' \t\r\n'), '') = '' THEN 'reject:no userPrincipalName'
+								   WHEN e.created IS NULL THEN 'reject:no valid createdDateTime'
+								   -- names and keys go into btree indexes, which cap a row's size
+								   WHEN length(e.id) > 255 OR length(e.upn) > 255 OR length(e.device) > 255 THEN 'reject:field too long'
+								   WHEN coalesce(e.error_code, '0') <> '0' THEN 'skip'
+								   WHEN e.interactive = 'false' THEN 'skip'
+								   ELSE 'signin'
+							   END AS class
+						  FROM (SELECT r.rec, f, wl.doc,
+									   coalesce(f[1], wl.doc->>'id') AS id,
+									   coalesce(f[2], wl.doc->>'userPrincipalName') AS upn,
+									   coalesce(f[3], wl.doc->>'createdDateTime') AS created,
+									   coalesce((@extschema@.msp_json_fields(f[4], '{displayName}'))[1],
+												wl.doc->'deviceDetail'->>'displayName') AS device,
+									   coalesce((@extschema@.msp_json_fields(f[5], '{errorCode}'))[1],
+												wl.doc->'status'->>'errorCode') AS error_code,
+									   coalesce(f[6], wl.doc->>'isInteractive') AS interactive
+								  FROM pg_temp.msp_entra_rec r,
+									   LATERAL @extschema@.msp_json_fields(r.record, '{id,userPrincipalName,createdDateTime,deviceDetail,status,isInteractive}') AS f,
+									   -- a function in FROM runs once per row (a subquery would be pulled up)
+									   LATERAL unnest(ARRAY[CASE WHEN f IS NULL THEN r.record::jsonb END]) AS wl(doc)
+								 WHERE r.is_json AND r.rec BETWEEN $2 AND $3) e
+						-- kept apart, so that the time is read once
+						OFFSET 0) c
+				OFFSET 0) k
+	$step$, $reject$
+		INSERT INTO pg_temp.msp_entra_class (line_no, class)
+		VALUES ($2, CASE WHEN $4 = '22P02' THEN 'reject:not valid JSON'
+						 WHEN $4 IN ('22007', '22008', '22009', '22023') THEN 'reject:no valid createdDateTime'
+						 ELSE 'reject:unreadable record: ' || $3 END)
+	$reject$, client_id, 1, n);
+
+	INSERT INTO pg_temp.msp_load_events (line_no, realm, application, account_name, device_name, create_device, at,
+										 ended, source_event_id, session_key)
+	SELECT c.line_no, 'm365', NULL, lower(c.upn), upper(nullif(c.device, '')), false, c.at, NULL, c.id, NULL
+	  FROM pg_temp.msp_entra_class c WHERE c.class = 'signin';
+	SELECT * INTO loaded, duplicate FROM @extschema@.msp_load_normalized_guarded(client_id, source, $reject$
+		UPDATE pg_temp.msp_entra_class SET class = 'reject:unloadable record: ' || $3 WHERE line_no = $2
+	$reject$);
+	INSERT INTO @extschema@.load_rejects (client_id, source, line_no, raw, reason)
+	SELECT client_id, source, r.line_no, r.record, substr(c.class, 8)
+	  FROM pg_temp.msp_entra_class c JOIN pg_temp.msp_entra_rec r ON r.rec = c.line_no
+	 WHERE c.class LIKE 'reject:%'
+	 ORDER BY r.rec;
+	GET DIAGNOSTICS rejected = ROW_COUNT;
+	SELECT count(*) INTO skipped FROM pg_temp.msp_entra_class c WHERE c.class = 'skip';
+	DELETE FROM @extschema@.entra_signin_staging s WHERE s.client_id = client_id;
+	DROP TABLE pg_temp.msp_entra_class, pg_temp.msp_entra_rec;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_load_entra_signins(bigint, text) IS
+	'loads a client''s staged Entra ID sign-ins (JSON lines or saved Graph responses): successful interactive sign-ins count as Microsoft 365 presence';
+
+
 -- merged: functions several sections above redefine, as the release has them
 CREATE OR REPLACE FUNCTION @extschema@.msp_adjustment_lines(client_id bigint, period daterange)
 RETURNS SETOF @extschema@.invoice_line
@@ -13376,7 +13731,7 @@ BEGIN
 	PERFORM @extschema@.msp_load_begin(client_id);
 	CREATE TEMP TABLE msp_entra_rec ON COMMIT DROP AS
 	SELECT r.rec, l.line_nos[r.first_line] AS line_no, r.record, r.is_json
-	  FROM (SELECT array_agg(s.line_no ORDER BY s.line_no) AS line_nos, array_agg(s.raw ORDER BY s.line_no) AS raws
+	  FROM (SELECT array_agg(s.line_no ORDER BY s.line_no) AS line_nos, array_agg(CASE WHEN left(s.raw, 1) = E'\ufeff' THEN substr(s.raw, 2) ELSE s.raw END ORDER BY s.line_no) AS raws
 			  FROM @extschema@.entra_signin_staging s WHERE s.client_id = client_id) l,
 		   LATERAL @extschema@.msp_json_records(l.raws) WITH ORDINALITY AS r(first_line, record, is_json, rec);
 	ALTER TABLE pg_temp.msp_entra_rec ADD PRIMARY KEY (rec);
@@ -14277,7 +14632,7 @@ BEGIN
 	-- (msp_timestamptz_plus14), which agree exactly when PostgreSQL finds a
 	-- zone in it.
 	fields := $fields$
-		SELECT s.line_no, f IS NULL AS bad_json,
+		SELECT s.line_no, f IS NULL AND r.raw !~ '^\s*$' AS bad_json, f IS NULL AND r.raw ~ '^\s*$' AS blank,
 			   coalesce(f[1], wl.winlog->>'event_id') AS event_id,
 			   CASE WHEN f[12] IS NULL THEN coalesce(f[2], f[3], f[4])
 					ELSE coalesce(wl.winlog->>'time_created', f[4]) END AS at_text,
@@ -14292,9 +14647,11 @@ BEGIN
 			   coalesce(f[8], wl.winlog->'event_data'->>'LogonType') AS logon_type,
 			   coalesce(f[9], wl.winlog->'event_data'->>'TargetLogonId') AS logon_id,
 			   coalesce(f[10], wl.winlog->'event_data'->>'TargetLinkedLogonId') AS linked_id,
-			   coalesce(f[11], wl.winlog->>'record_id', md5(s.raw)) AS record
+			   coalesce(f[11], wl.winlog->>'record_id', md5(r.raw)) AS record
 		  FROM @extschema@.windows_event_staging s,
-			   LATERAL @extschema@.msp_json_fields(s.raw, '{EventID,EventTime,TimeCreated,@timestamp,Hostname,TargetUserName,TargetDomainName,LogonType,TargetLogonId,TargetLinkedLogonId,RecordNumber,winlog}') AS f,
+			   -- a file's byte-order mark is not part of its first record
+			   LATERAL (SELECT CASE WHEN left(s.raw, 1) = E'\ufeff' THEN substr(s.raw, 2) ELSE s.raw END AS raw) r,
+			   LATERAL @extschema@.msp_json_fields(r.raw, '{EventID,EventTime,TimeCreated,@timestamp,Hostname,TargetUserName,TargetDomainName,LogonType,TargetLogonId,TargetLinkedLogonId,RecordNumber,winlog}') AS f,
 			   -- a function in FROM runs once per row (a subquery would be pulled up)
 			   LATERAL unnest(ARRAY[f[12]::jsonb]) AS wl(winlog)
 		 WHERE s.client_id = $1 AND s.line_no BETWEEN $2 AND $3
@@ -14319,6 +14676,8 @@ BEGIN
 							ELSE at_text::timestamp AT TIME ZONE %1$L END AS at
 				  FROM (SELECT e.*,
 							   CASE
+								   -- a blank line (COPY with FORCE_NOT_NULL) is no record
+								   WHEN e.blank THEN 'skip'
 								   WHEN e.bad_json THEN 'reject:not valid JSON'
 								   WHEN e.event_id IS NULL THEN 'reject:no EventID'
 								   WHEN e.event_id NOT IN ('4624', '4634', '4647') THEN 'skip'
@@ -14405,16 +14764,19 @@ BEGIN
 			 GROUP BY 1) o
 	 WHERE l.client_id = client_id AND l.session_key = o.session_key AND l.at <= o.at
 	   AND (l.ended IS NULL OR l.ended > o.at);
-	WITH hold AS (
-		INSERT INTO @extschema@.pending_logoffs AS p (client_id, session_key, at)
-		SELECT DISTINCT client_id, s.session_key, s.at
+	-- held: this load's logoffs that wait, whether they wait from now on or
+	-- (loaded again) were waiting already
+	WITH waiting AS (
+		SELECT s.session_key, s.at
 		  FROM pg_temp.msp_win_session s
 		 WHERE s.kind = 'logoff' AND s.line_no IS NOT NULL AND NOT s.consumed
 		   AND NOT EXISTS (SELECT 1 FROM @extschema@.logons l
-							WHERE l.client_id = client_id AND l.session_key = s.session_key AND l.at <= s.at)
-		ON CONFLICT DO NOTHING
-		RETURNING 1)
-	SELECT count(*) INTO held FROM hold;
+							WHERE l.client_id = client_id AND l.session_key = s.session_key AND l.at <= s.at)),
+	hold AS (
+		INSERT INTO @extschema@.pending_logoffs AS p (client_id, session_key, at)
+		SELECT DISTINCT client_id, w.session_key, w.at FROM waiting w
+		ON CONFLICT DO NOTHING)
+	SELECT count(*) INTO held FROM waiting;
 	-- paired: the logoffs of this load that found their session (in this
 	-- load or an earlier one), and the held ones that found it now
 	WITH used AS (
