@@ -13350,6 +13350,9 @@ COMMENT ON FUNCTION @extschema@.msp_tier_bands(bigint, bigint, numeric, numeric)
 -- smaller).  Rows of 0.1.0 and 0.2.0 stay; a dropped column costs stored
 -- rows nothing more, and partitions added later do not have it.
 ALTER TABLE @extschema@.logons DROP COLUMN logon_id;
+-- out of the extension first: that also takes it off the extension's
+-- dumped tables (a plain DROP leaves its oid there)
+ALTER EXTENSION mspbill DROP SEQUENCE @extschema@.logons_logon_id_seq;
 DROP SEQUENCE @extschema@.logons_logon_id_seq;
 DROP INDEX @extschema@.logons_account_idx;
 CREATE INDEX logons_account_idx ON @extschema@.logons (client_id, account_id, at) WHERE presence;
