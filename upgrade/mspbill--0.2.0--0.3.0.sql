@@ -13548,3 +13548,31 @@ $$;
 REVOKE EXECUTE ON FUNCTION @extschema@.msp_install_roles() FROM PUBLIC;
 COMMENT ON FUNCTION @extschema@.msp_install_roles() IS
 	'creates (if missing) and grants the roles mspbill_admin, mspbill_billing, mspbill_bi, mspbill_pii and mspbill_report; idempotent';
+
+-- The daily rollup reads each day's logons by (client_id, at) before it
+-- joins their accounts: the account index now holds presence logons only.
+CREATE OR REPLACE FUNCTION @extschema@.msp_daily_activity_of(client_ids bigint[], days date[])
+RETURNS SETOF @extschema@.daily_activity
+LANGUAGE sql STABLE STRICT PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+BEGIN ATOMIC
+	SELECT p.client_id, p.day,
+		   userset_agg(a.person_id) FILTER (WHERE l.presence AND a.kind = 'individual' AND NOT a.is_machine),
+		   userset_agg(l.device_id),
+		   userset_agg(l.account_id) FILTER (WHERE l.presence AND a.kind = 'shared' AND NOT a.is_machine),
+		   (count(*) FILTER (WHERE l.presence AND a.kind = 'shared' AND NOT a.is_machine))::integer,
+		   count(*)
+	  FROM (SELECT DISTINCT u.client_id, u.day FROM unnest(client_ids, days) u(client_id, day)) p
+	  JOIN clients c ON c.client_id = p.client_id
+	  CROSS JOIN LATERAL (SELECT g.client_id, g.account_id, g.device_id, g.presence
+							FROM logons g
+						   WHERE g.client_id = p.client_id
+							 AND g.at >= ((p.day::timestamp - interval '3 hours') AT TIME ZONE c.time_zone)
+							 AND g.at < (((p.day + 1)::timestamp + interval '3 hours') AT TIME ZONE c.time_zone)
+							 AND msp_local_day(g.at, c.time_zone) = p.day
+						  OFFSET 0) l
+	  JOIN accounts a ON a.client_id = l.client_id AND a.account_id = l.account_id
+	 GROUP BY p.client_id, p.day;
+END;
+COMMENT ON FUNCTION @extschema@.msp_daily_activity_of(bigint[], date[]) IS
+	'the daily_activity rows of the given (client, day) pairs, computed from the logons';
