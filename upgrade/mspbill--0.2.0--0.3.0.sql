@@ -12381,6 +12381,242 @@ COMMENT ON FUNCTION @extschema@.msp_load_entra_signins(bigint, text) IS
 	'loads a client''s staged Entra ID sign-ins (JSON lines or saved Graph responses): successful interactive sign-ins count as Microsoft 365 presence';
 
 
+
+-- Storage of logons (issue 21, goal 4: bytes per logon row).  logons loses
+-- logon_id (a sequence's number no query looked a logon up by; the privacy
+-- audit numbers its shared sessions itself now) and its sequence; the
+-- account index becomes partial on presence instead of including it
+-- (every query that reads it says l.presence; an entry is 8 bytes
+-- smaller).  Rows of 0.1.0 and 0.2.0 stay; a dropped column costs stored
+-- rows nothing more, and partitions added later do not have it.
+ALTER TABLE @extschema@.logons DROP COLUMN logon_id;
+-- out of the extension first: that also takes it off the extension's
+-- dumped tables (a plain DROP leaves its oid there)
+ALTER EXTENSION mspbill DROP SEQUENCE @extschema@.logons_logon_id_seq;
+DROP SEQUENCE @extschema@.logons_logon_id_seq;
+DROP INDEX @extschema@.logons_account_idx;
+CREATE INDEX logons_account_idx ON @extschema@.logons (client_id, account_id, at) WHERE presence;
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_pii_audit(client_id bigint, period daterange DEFAULT NULL,
+										  window_size interval DEFAULT '15 minutes')
+RETURNS TABLE (device text, account text, application text, session_start timestamptz,
+			   session_end timestamptz, uses integer, sessions bigint)
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	z record;
+	sess interval;
+BEGIN
+	-- nothing, rather than an error, for a client the reader may not see
+	IF NOT EXISTS (SELECT 1 FROM clients c WHERE c.client_id = msp_pii_audit.client_id) THEN
+		RETURN;
+	END IF;
+	period := msp_period(client_id, period);
+	SELECT c.time_zone, (lower(period)::timestamp AT TIME ZONE c.time_zone) AS t0,
+		   (upper(period)::timestamp AT TIME ZONE c.time_zone) AS t1
+	  INTO z FROM clients c WHERE c.client_id = msp_pii_audit.client_id;
+	SELECT k.default_session INTO sess FROM contracts k
+	 WHERE k.client_id = msp_pii_audit.client_id AND k.effective @> (upper(period) - 1);
+	sess := coalesce(sess, interval '1 hour');
+	RETURN QUERY
+	WITH shared_sessions AS MATERIALIZED (
+		-- numbered here (the CTE is read twice, so it is materialized once)
+		SELECT row_number() OVER () AS session_no, l.device_id, l.account_id, l.at AS s0,
+			   coalesce(l.ended, l.at + sess) AS s1
+		  FROM logons l
+		  JOIN accounts a ON a.client_id = msp_pii_audit.client_id AND a.account_id = l.account_id
+		 WHERE l.client_id = msp_pii_audit.client_id AND l.at >= z.t0 AND l.at < z.t1
+		   AND a.kind = 'shared' AND a.realm = 'os' AND l.presence AND l.device_id IS NOT NULL),
+	uses AS (
+		SELECT s.session_no, ua.application, count(*)::integer AS uses,
+			   bool_or(ua.kind = 'individual') AS individual_login
+		  FROM shared_sessions s
+		  JOIN logons u ON u.client_id = msp_pii_audit.client_id AND u.device_id = s.device_id
+					   AND u.at >= s.s0 - window_size AND u.at <= s.s1 + window_size
+		  JOIN accounts ua ON ua.client_id = msp_pii_audit.client_id AND ua.account_id = u.account_id AND ua.realm = 'app'
+		  JOIN applications ap ON ap.client_id = msp_pii_audit.client_id AND ap.name = ua.application AND ap.holds_pii
+		 GROUP BY s.session_no, ua.application)
+	SELECT d.name, al.label, x.application, s.s0, s.s1, x.uses,
+		   count(*) OVER (PARTITION BY d.name, al.label, x.application)
+	  FROM uses x
+	  JOIN shared_sessions s USING (session_no)
+	  JOIN devices d ON d.client_id = msp_pii_audit.client_id AND d.device_id = s.device_id
+	  JOIN account_labels al ON al.client_id = msp_pii_audit.client_id AND al.account_id = s.account_id
+	 WHERE NOT x.individual_login
+	 ORDER BY d.name, s.s0;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_pii_audit(bigint, daterange, interval) IS
+	'HIPAA check: shared-account sessions in which a PII application was used without an individual application login';
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_install_roles() RETURNS text
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, @extschema@, pg_temp
+AS $$
+DECLARE
+	r text;
+	roles text := 'mspbill_admin, mspbill_billing, mspbill_bi, mspbill_pii, mspbill_report';
+	-- the tables people maintain by hand (or by script)
+	data_tables text := '@extschema@.clients, @extschema@.contracts, @extschema@.contract_tiers, '
+						'@extschema@.devices, @extschema@.people, @extschema@.sister_clients, @extschema@.logons, @extschema@.support_contacts, '
+						'@extschema@.cost_pools, @extschema@.license_counts, @extschema@.applications, '
+						'@extschema@.invoice_terms, @extschema@.tax_rates, @extschema@.psa_mappings, @extschema@.export_codes, '
+						'@extschema@.contract_lines, @extschema@.contract_line_tiers, @extschema@.meter_readings, '
+						-- licensing (src/licensing.sql): mappings and the loaded snapshots
+						'@extschema@.license_policies, @extschema@.partner_companies, @extschema@.psa_contacts, '
+						'@extschema@.m365_sku_counts, @extschema@.m365_license_assignments, @extschema@.pax8_subscriptions';
+	-- read by every role that reads invoices, written only by the definers
+	-- (the number series: see below)
+	billed_tables text := '@extschema@.invoices, @extschema@.invoice_items, @extschema@.invoice_documents, '
+						  '@extschema@.invoice_line_documents, @extschema@.psa_syncs';
+	staging text := '@extschema@.windows_event_staging, @extschema@.entra_signin_staging, @extschema@.emr_audit_staging, '
+					'@extschema@.m365_graph_staging, @extschema@.m365_users_csv_staging, @extschema@.m365_activity_staging, '
+					'@extschema@.pax8_staging, @extschema@.psa_ticket_staging';
+	staging_seqs text := '@extschema@.windows_event_staging_line_no_seq, @extschema@.entra_signin_staging_line_no_seq, '
+						 '@extschema@.emr_audit_staging_line_no_seq, @extschema@.m365_graph_staging_line_no_seq, '
+						 '@extschema@.m365_users_csv_staging_line_no_seq, @extschema@.m365_activity_staging_line_no_seq, '
+						 '@extschema@.pax8_staging_line_no_seq, @extschema@.psa_ticket_staging_line_no_seq';
+	writers text := '@extschema@.msp_finalize_invoice(bigint, daterange, text[]), '
+					'@extschema@.msp_issue_adjustment(bigint, daterange, text), '
+					'@extschema@.msp_load_windows_events(bigint, text), '
+					'@extschema@.msp_load_entra_signins(bigint, text), '
+					'@extschema@.msp_load_emr_audit(bigint, text), '
+					'@extschema@.msp_discard_staged(bigint), '
+					'@extschema@.msp_psa_sync(bigint, daterange), '
+					'@extschema@.msp_load_m365_graph(bigint, date, text), '
+					'@extschema@.msp_load_m365_users_csv(bigint, date, text), '
+					'@extschema@.msp_load_m365_activity(bigint, text), '
+					'@extschema@.msp_load_pax8_subscriptions(bigint, date, text), '
+					'@extschema@.msp_load_psa_tickets(bigint, text, text), '
+					'@extschema@.msp_match_psa_tickets(bigint), '
+					'@extschema@.msp_finalize_run_begin(daterange, text[], bigint[]), '
+					'@extschema@.msp_finalize_run_client(bigint, bigint, boolean), '
+					'@extschema@.msp_finalize_run_end(bigint)';
+	-- licence names are not per client: those who load maintain them (BI
+	-- needs none, and would read their column statistics)
+	product_names text := '@extschema@.license_product_names';
+	-- PSA tickets without the contact (an e-mail or PSA id) for those who see no names
+	ticket_cols text := 'client_id, psa, ticket_id, at, company, board, channel, person_id, contact_id';
+	-- month-end (src/monthend.sql): a procedure, granted ON PROCEDURE
+	month_end text := '@extschema@.msp_finalize_period(daterange, text[], bigint[], bigint, integer, integer, integer, integer)';
+	reports text := '@extschema@.msp_report_invoices(), @extschema@.msp_report_invoice(bigint, daterange), '
+					'@extschema@.msp_report_invoice_lines(bigint, daterange), '
+					'@extschema@.msp_report_billable_users(bigint, daterange)';
+	account_cols text := 'client_id, account_id, realm, kind, person_id, application, is_machine';
+	-- reporting (src/reporting.sql): rollups and KPI views to read, and the
+	-- definer functions that alone write the rollups
+	reporting text := '@extschema@.daily_activity, @extschema@.period_invoices, @extschema@.pii_findings, '
+					  '@extschema@.reporting_clients, @extschema@.kpi_daily_activity, @extschema@.kpi_billable_users, '
+					  '@extschema@.kpi_license_utilization, @extschema@.kpi_margin, @extschema@.kpi_margin_per_user, '
+					  '@extschema@.kpi_hipaa_findings, @extschema@.kpi_data_quality';
+	refreshers text := '@extschema@.msp_refresh_rollups(), @extschema@.msp_rebuild_rollups()';
+BEGIN
+	FOREACH r IN ARRAY string_to_array(replace(roles, ' ', ''), ',') LOOP
+		IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r) THEN
+			EXECUTE format('CREATE ROLE %I NOLOGIN', r);
+		END IF;
+		EXECUTE format('GRANT USAGE ON SCHEMA @extschema@ TO %I', r);
+	END LOOP;
+	-- start from nothing, so that a rerun after an upgrade also takes back
+	-- what earlier versions granted (GRANT ALL, writes to invoices)
+	EXECUTE format('REVOKE ALL ON ALL TABLES IN SCHEMA @extschema@ FROM %s', roles);
+	EXECUTE format('REVOKE ALL ON ALL SEQUENCES IN SCHEMA @extschema@ FROM %s', roles);
+	EXECUTE format('REVOKE ALL ON FUNCTION %s, %s, %s FROM %s', writers, reports, refreshers, roles);
+	EXECUTE format('REVOKE ALL ON PROCEDURE %s FROM %s', month_end, roles);
+	EXECUTE 'GRANT SELECT ON @extschema@.bi_client_access TO PUBLIC';
+
+	-- admin: every client's data, real names and raw records
+	EXECUTE 'GRANT mspbill_pii TO mspbill_admin';
+	EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON %s, @extschema@.accounts, @extschema@.person_identities, '
+				   '@extschema@.bi_client_access, @extschema@.load_rejects TO mspbill_admin', data_tables);
+	EXECUTE format('GRANT SELECT ON %s, @extschema@.audit_log TO mspbill_admin', billed_tables);
+	EXECUTE 'GRANT SELECT, DELETE ON @extschema@.psa_tickets TO mspbill_admin';
+	EXECUTE format('GRANT INSERT ON %s TO mspbill_admin, mspbill_billing', staging);
+	EXECUTE format('GRANT USAGE ON %s TO mspbill_admin, mspbill_billing', staging_seqs);
+	EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO mspbill_admin, mspbill_billing', writers);
+	-- month-end: run it, and watch its runs (every client's outcome)
+	EXECUTE format('GRANT EXECUTE ON PROCEDURE %s TO mspbill_admin, mspbill_billing', month_end);
+	EXECUTE 'GRANT SELECT ON @extschema@.finalize_runs, @extschema@.finalize_run_clients, @extschema@.finalize_progress '
+			'TO mspbill_admin, mspbill_billing';
+
+	-- the number series: chosen by the admin before the first invoice
+	-- (prefix, digits, the number another system stopped at), never set
+	-- back afterwards; billing only reads it (finalization, a definer,
+	-- takes the numbers)
+	EXECUTE 'GRANT SELECT, INSERT (series, prefix, digits, last_number), UPDATE (prefix, digits) '
+			'ON @extschema@.invoice_numbering TO mspbill_admin';
+	EXECUTE 'GRANT SELECT ON @extschema@.invoice_numbering TO mspbill_billing';
+
+	-- billing: the same workflow on pseudonyms only
+	EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON %s TO mspbill_billing', data_tables);
+	EXECUTE format('GRANT SELECT ON %s, @extschema@.audit_log TO mspbill_billing', billed_tables);
+	EXECUTE format('GRANT SELECT (%s) ON @extschema@.accounts TO mspbill_billing', account_cols);
+	-- new accounts may be named (write-only), mapped and removed
+	EXECUTE 'GRANT INSERT, DELETE ON @extschema@.accounts TO mspbill_billing';
+	EXECUTE 'GRANT UPDATE (kind, person_id) ON @extschema@.accounts TO mspbill_billing';
+	EXECUTE 'GRANT SELECT (client_id, source, line_no, reason, rejected_at), DELETE ON @extschema@.load_rejects TO mspbill_billing';
+	EXECUTE format('GRANT SELECT (%s) ON @extschema@.psa_tickets TO mspbill_billing, mspbill_bi', ticket_cols);
+	EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON %s TO mspbill_admin, mspbill_billing', product_names);
+	EXECUTE 'GRANT SELECT ON @extschema@.psa_unknown_contacts TO mspbill_admin, mspbill_billing, mspbill_bi, mspbill_pii';
+
+	-- bi: billing data of its clients, read-only, without names
+	EXECUTE format('GRANT SELECT ON %s, %s TO mspbill_bi', data_tables, billed_tables);
+	EXECUTE format('GRANT SELECT (%s) ON @extschema@.accounts TO mspbill_bi', account_cols);
+
+	-- pii: real names and raw records of its clients
+	EXECUTE 'GRANT SELECT ON @extschema@.person_identities, @extschema@.load_rejects TO mspbill_pii';
+	EXECUTE 'GRANT SELECT (client_id, account_id, name) ON @extschema@.accounts TO mspbill_pii';
+
+	EXECUTE 'GRANT SELECT ON @extschema@.account_labels TO mspbill_admin, mspbill_billing, mspbill_bi, mspbill_pii';
+
+	-- reporting: the roles that read billing data read the rollups and KPI
+	-- views (rows of their clients only); those who write logons mark
+	-- days (the logons trigger runs as them; marked_at is the server's) and
+	-- refresh, as cron would, through the definer functions only
+	EXECUTE format('GRANT SELECT ON %s TO mspbill_admin, mspbill_billing, mspbill_bi', reporting);
+	EXECUTE 'GRANT INSERT (client_id, day) ON @extschema@.rollup_dirty TO mspbill_admin, mspbill_billing';
+	EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO mspbill_admin, mspbill_billing', refreshers);
+
+	-- report: functions only (see msp_report_invoices)
+	EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO mspbill_report', reports);
+	RETURN 'roles mspbill_admin, mspbill_billing, mspbill_bi, mspbill_pii and mspbill_report are ready';
+END
+$$;
+-- for DBAs only: it creates roles and grants
+REVOKE EXECUTE ON FUNCTION @extschema@.msp_install_roles() FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@.msp_install_roles() IS
+	'creates (if missing) and grants the roles mspbill_admin, mspbill_billing, mspbill_bi, mspbill_pii and mspbill_report; idempotent';
+
+-- The daily rollup reads each day's logons by (client_id, at) before it
+-- joins their accounts: the account index now holds presence logons only.
+CREATE OR REPLACE FUNCTION @extschema@.msp_daily_activity_of(client_ids bigint[], days date[])
+RETURNS SETOF @extschema@.daily_activity
+LANGUAGE sql STABLE STRICT PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+BEGIN ATOMIC
+	SELECT p.client_id, p.day,
+		   userset_agg(a.person_id) FILTER (WHERE l.presence AND a.kind = 'individual' AND NOT a.is_machine),
+		   userset_agg(l.device_id),
+		   userset_agg(l.account_id) FILTER (WHERE l.presence AND a.kind = 'shared' AND NOT a.is_machine),
+		   (count(*) FILTER (WHERE l.presence AND a.kind = 'shared' AND NOT a.is_machine))::integer,
+		   count(*)
+	  FROM (SELECT DISTINCT u.client_id, u.day FROM unnest(client_ids, days) u(client_id, day)) p
+	  JOIN clients c ON c.client_id = p.client_id
+	  CROSS JOIN LATERAL (SELECT g.client_id, g.account_id, g.device_id, g.presence
+							FROM logons g
+						   WHERE g.client_id = p.client_id
+							 AND g.at >= ((p.day::timestamp - interval '3 hours') AT TIME ZONE c.time_zone)
+							 AND g.at < (((p.day + 1)::timestamp + interval '3 hours') AT TIME ZONE c.time_zone)
+							 AND msp_local_day(g.at, c.time_zone) = p.day
+						  OFFSET 0) l
+	  JOIN accounts a ON a.client_id = l.client_id AND a.account_id = l.account_id
+	 GROUP BY p.client_id, p.day;
+END;
+COMMENT ON FUNCTION @extschema@.msp_daily_activity_of(bigint[], date[]) IS
+	'the daily_activity rows of the given (client, day) pairs, computed from the logons';
+
 -- merged: functions several sections above redefine, as the release has them
 CREATE OR REPLACE FUNCTION @extschema@.msp_adjustment_lines(client_id bigint, period daterange)
 RETURNS SETOF @extschema@.invoice_line
@@ -13089,7 +13325,7 @@ BEGIN
 	EXECUTE format('GRANT SELECT ON %s, @extschema@.audit_log TO mspbill_admin', billed_tables);
 	EXECUTE 'GRANT SELECT, DELETE ON @extschema@.psa_tickets TO mspbill_admin';
 	EXECUTE format('GRANT INSERT ON %s TO mspbill_admin, mspbill_billing', staging);
-	EXECUTE format('GRANT USAGE ON %s, @extschema@.logons_logon_id_seq TO mspbill_admin, mspbill_billing', staging_seqs);
+	EXECUTE format('GRANT USAGE ON %s TO mspbill_admin, mspbill_billing', staging_seqs);
 	EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO mspbill_admin, mspbill_billing', writers);
 	-- month-end: run it, and watch its runs (every client's outcome)
 	EXECUTE format('GRANT EXECUTE ON PROCEDURE %s TO mspbill_admin, mspbill_billing', month_end);
@@ -14853,6 +15089,60 @@ END
 $$;
 COMMENT ON FUNCTION @extschema@.msp_match_psa_tickets(bigint) IS
 	'matches a client''s unmatched PSA tickets to people (psa_contacts, Microsoft 365 UPN, person_identities e-mail) and makes each a support contact; run again after adding mappings';
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_pii_audit(client_id bigint, period daterange DEFAULT NULL,
+										  window_size interval DEFAULT '15 minutes')
+RETURNS TABLE (device text, account text, application text, session_start timestamptz,
+			   session_end timestamptz, uses integer, sessions bigint)
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	z record;
+	sess interval;
+BEGIN
+	-- nothing, rather than an error, for a client the reader may not see
+	IF NOT EXISTS (SELECT 1 FROM clients c WHERE c.client_id = msp_pii_audit.client_id) THEN
+		RETURN;
+	END IF;
+	period := msp_period(client_id, period);
+	SELECT c.time_zone, (lower(period)::timestamp AT TIME ZONE c.time_zone) AS t0,
+		   (upper(period)::timestamp AT TIME ZONE c.time_zone) AS t1
+	  INTO z FROM clients c WHERE c.client_id = msp_pii_audit.client_id;
+	SELECT k.default_session INTO sess FROM contracts k
+	 WHERE k.client_id = msp_pii_audit.client_id AND k.effective @> (upper(period) - 1);
+	sess := coalesce(sess, interval '1 hour');
+	RETURN QUERY
+	WITH shared_sessions AS MATERIALIZED (
+		-- numbered here (the CTE is read twice, so it is materialized once)
+		SELECT row_number() OVER () AS session_no, l.device_id, l.account_id, l.at AS s0,
+			   coalesce(l.ended, l.at + sess) AS s1
+		  FROM logons l
+		  JOIN accounts a ON a.client_id = msp_pii_audit.client_id AND a.account_id = l.account_id
+		 WHERE l.client_id = msp_pii_audit.client_id AND l.at >= z.t0 AND l.at < z.t1
+		   AND a.kind = 'shared' AND a.realm = 'os' AND l.presence AND l.device_id IS NOT NULL),
+	uses AS (
+		SELECT s.session_no, ua.application, count(*)::integer AS uses,
+			   bool_or(ua.kind = 'individual') AS individual_login
+		  FROM shared_sessions s
+		  JOIN logons u ON u.client_id = msp_pii_audit.client_id AND u.device_id = s.device_id
+					   AND u.at >= s.s0 - window_size AND u.at <= s.s1 + window_size
+		  JOIN accounts ua ON ua.client_id = msp_pii_audit.client_id AND ua.account_id = u.account_id AND ua.realm = 'app'
+		  JOIN applications ap ON ap.client_id = msp_pii_audit.client_id AND ap.name = ua.application AND ap.holds_pii
+		 GROUP BY s.session_no, ua.application)
+	SELECT d.name, al.label, x.application, s.s0, s.s1, x.uses,
+		   count(*) OVER (PARTITION BY d.name, al.label, x.application)
+	  FROM uses x
+	  JOIN shared_sessions s USING (session_no)
+	  JOIN devices d ON d.client_id = msp_pii_audit.client_id AND d.device_id = s.device_id
+	  JOIN account_labels al ON al.client_id = msp_pii_audit.client_id AND al.account_id = s.account_id
+	 WHERE NOT x.individual_login
+	 ORDER BY d.name, s.s0;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_pii_audit(bigint, daterange, interval) IS
+	'HIPAA check: shared-account sessions in which a PII application was used without an individual application login';
 
 CREATE OR REPLACE FUNCTION @extschema@.msp_segment_lines(c @extschema@.clients, k @extschema@.contracts,
 											   segment daterange, period daterange,
