@@ -42,6 +42,10 @@ SELECT client_id, contract_id, from_quantity, unit_price FROM scale.contract_tie
 INSERT INTO mspbill.devices (client_id, device_id, name, kind) SELECT client_id, device_id, name, kind FROM scale.devices;
 INSERT INTO mspbill.people (client_id, person_id, pseudonym, is_technician, do_not_bill, bill_to_client_id, active)
 SELECT client_id, person_id, pseudonym, is_technician, do_not_bill, bill_to_client_id, active FROM scale.people;
+-- the pairs people's trigger would have noted (it is off during this copy):
+-- without them the payers' invoices missed their sister clients' people
+INSERT INTO mspbill.sister_clients (client_id, bill_to_client_id)
+SELECT DISTINCT client_id, bill_to_client_id FROM scale.people WHERE bill_to_client_id IS NOT NULL;
 INSERT INTO mspbill.accounts (client_id, account_id, realm, name, kind, person_id, application)
 SELECT client_id, account_id, realm, name, kind, person_id, application FROM scale.accounts;
 INSERT INTO mspbill.cost_pools (client_id, pool_id, category, description, amount, currency, period, basis)
