@@ -11344,3 +11344,523 @@ $$;
 COMMENT ON FUNCTION @extschema@.msp_tax_lines(bigint, @extschema@.invoice_line[]) IS
 	'the tax name, rate and amount of each invoice line, rounded per line or per invoice as the client''s invoice terms say';
 
+
+-- batch: issue 21, the month's billable people of every client in one set-based
+-- pass of the one billing rule text (msp_segment_people_query), priced by
+-- msp_compute_invoices and msp_invoices
+
+CREATE FUNCTION @extschema@.msp_segment_people_query(for_one_client boolean)
+RETURNS text
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+RETURN regexp_replace(regexp_replace(regexp_replace(replace($rule$
+WITH g AS NOT MATERIALIZED ({SEGMENTS}),
+eligible AS (
+	SELECT g.*, p.person_id, p.pseudonym, p.active
+	  FROM g JOIN people p ON p.client_id = {HOME:g}
+	 WHERE ((g.home = g.payer AND p.bill_to_client_id IS NULL) OR p.bill_to_client_id = g.payer)
+	   AND NOT p.is_technician AND NOT p.do_not_bill
+	   AND (p.active IS NULL OR p.active && g.segment)),
+-- presence logons in the counted realms, and application logons
+-- attributed through a shared session on the same device
+evidence AS (
+	SELECT e.payer, e.contract_id, e.home, e.person_id, e.time_zone, l.at, a.account_id, true AS by_logon
+	  FROM eligible e
+	  JOIN accounts a ON a.client_id = {HOME:e} AND a.person_id = e.person_id
+					 AND a.kind = 'individual' AND NOT a.is_machine AND a.realm = ANY (e.count_realms)
+	  JOIN logons l ON l.client_id = {HOME:e} AND l.account_id = a.account_id
+				   AND l.at >= e.t0 AND l.at < e.t1 AND l.at >= {LO} AND l.at < {HI} AND l.presence
+	 WHERE e.active IS NULL OR e.active @> (l.at AT TIME ZONE e.time_zone)::date
+	UNION ALL
+	SELECT e.payer, e.contract_id, e.home, e.person_id, e.time_zone, il.at, ia.account_id, false
+	  FROM eligible e
+	  JOIN accounts ia ON ia.client_id = {HOME:e} AND ia.person_id = e.person_id
+					  AND ia.kind = 'individual' AND NOT ia.is_machine AND ia.realm = 'app'
+	  JOIN logons il ON il.client_id = {HOME:e} AND il.account_id = ia.account_id
+					AND il.at >= e.t0 AND il.at < e.t1 AND il.at >= {LO} AND il.at < {HI} AND il.presence
+	 WHERE e.shared_billing = 'attribute'
+	   AND (e.active IS NULL OR e.active @> (il.at AT TIME ZONE e.time_zone)::date)
+	   AND EXISTS (SELECT 1
+					 FROM logons sl
+					 JOIN accounts sa ON sa.client_id = {HOME:e} AND sa.account_id = sl.account_id
+									 AND sa.kind = 'shared' AND NOT sa.is_machine
+									 AND sa.realm = ANY (e.count_realms)
+					WHERE sl.client_id = {HOME:e} AND sl.device_id = il.device_id
+					  AND sl.at >= e.t0 AND sl.at < e.t1 AND sl.at >= {LO} AND sl.at < {HI} AND sl.presence
+					  AND il.at >= sl.at - e.attribution_window
+					  AND il.at <= coalesce(sl.ended, sl.at + e.default_session) + e.attribution_window)),
+seen AS (
+	SELECT ev.payer, ev.contract_id, ev.home, ev.person_id, min(ev.at) AS first_seen, max(ev.at) AS last_seen,
+		   count(DISTINCT (ev.at AT TIME ZONE ev.time_zone)::date)::integer AS days_active,
+		   bool_or(ev.by_logon) AS by_logon, array_agg(DISTINCT ev.account_id) AS account_ids
+	  FROM evidence ev
+	 GROUP BY ev.payer, ev.contract_id, ev.home, ev.person_id),
+support AS (
+	SELECT e.payer, e.contract_id, e.home, e.person_id, count(*)::integer AS contacts,
+		   min(s.at) AS first_at, max(s.at) AS last_at
+	  FROM eligible e
+	  JOIN support_contacts s ON s.client_id = {HOME:e} AND s.person_id = e.person_id
+							 AND s.at >= e.t0 AND s.at < e.t1
+	 WHERE e.active IS NULL OR e.active @> (s.at AT TIME ZONE e.time_zone)::date
+	 GROUP BY e.payer, e.contract_id, e.home, e.person_id)
+SELECT e.payer AS payer_id, e.contract_id, e.segment, e.home AS home_client_id, e.person_id, e.pseudonym,
+	   CASE
+		   WHEN s.days_active >= e.min_active_days AND sp.contacts > 0 AND e.support_rule <> 'none'
+			   THEN CASE WHEN s.by_logon THEN 'logon+support' ELSE 'shared-attributed+support' END
+		   WHEN s.days_active >= e.min_active_days
+			   THEN CASE WHEN s.by_logon THEN 'logon' ELSE 'shared-attributed' END
+		   ELSE 'support'
+	   END AS rule,
+	   least(s.first_seen, sp.first_at) AS first_seen, greatest(s.last_seen, sp.last_at) AS last_seen,
+	   coalesce(s.days_active, 0) AS days_active, coalesce(sp.contacts, 0) AS support_contacts,
+	   CASE WHEN e.with_evidence
+			THEN ARRAY(SELECT x.label FROM (
+						SELECT CASE WHEN l.kind IN ('shared', 'service') OR e.names THEN l.label
+									ELSE l.realm || ' account ' || l.account_id END AS label
+						  FROM account_labels l
+						 WHERE l.client_id = {HOME:e} AND l.account_id = ANY (s.account_ids)) x
+						ORDER BY x.label) END AS accounts,
+	   -- the days of the segment the person is active (contract lines and
+	   -- quantities that prorate read them)
+	   upper(coalesce(e.active, e.segment) * e.segment) - lower(coalesce(e.active, e.segment) * e.segment) AS segment_days
+  FROM eligible e
+  LEFT JOIN seen s ON s.payer = e.payer AND s.contract_id = e.contract_id AND s.home = e.home AND s.person_id = e.person_id
+  LEFT JOIN support sp ON sp.payer = e.payer AND sp.contract_id = e.contract_id AND sp.home = e.home
+					  AND sp.person_id = e.person_id
+ WHERE CASE e.support_rule
+		   WHEN 'none' THEN coalesce(s.days_active, 0) >= e.min_active_days
+		   WHEN 'sufficient' THEN coalesce(s.days_active, 0) >= e.min_active_days OR sp.contacts > 0
+		   ELSE coalesce(s.days_active, 0) >= e.min_active_days AND sp.contacts > 0
+	   END
+ ORDER BY e.payer, e.contract_id, e.pseudonym, e.home
+$rule$, '{SEGMENTS}',
+	CASE WHEN for_one_client
+		 THEN 'SELECT $1::bigint AS home, $2::bigint AS payer, $3::bigint AS contract_id, $4::daterange AS segment, '
+			  '$5::timestamptz AS t0, $6::timestamptz AS t1, $7::text[] AS count_realms, $8::integer AS min_active_days, '
+			  '$9::text AS support_rule, $10::text AS shared_billing, $11::interval AS attribution_window, '
+			  '$12::interval AS default_session, $13::text AS time_zone, $14::boolean AS with_evidence, $15::boolean AS names'
+		 ELSE 'SELECT s.home, s.payer, s.contract_id, s.segment, '
+			  'lower(s.segment)::timestamp AT TIME ZONE c.time_zone AS t0, '
+			  'upper(s.segment)::timestamp AT TIME ZONE c.time_zone AS t1, x.count_realms, x.min_active_days, '
+			  'x.support_rule, x.shared_billing, x.attribution_window, x.default_session, c.time_zone, '
+			  '$5::boolean AS with_evidence, $6::boolean AS names '
+			  'FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::daterange[]) s(home, payer, contract_id, segment) '
+			  'JOIN contracts x ON x.client_id = s.payer AND x.contract_id = s.contract_id '
+			  'JOIN clients c ON c.client_id = s.payer' END),
+	'\{HOME:[a-z]+\}', CASE WHEN for_one_client THEN '$1' ELSE '' END, 'g'),
+	'\{LO\}', CASE WHEN for_one_client THEN '$5' ELSE '$7' END, 'g'),
+	'\{HI\}', CASE WHEN for_one_client THEN '$6' ELSE '$8' END, 'g');
+COMMENT ON FUNCTION @extschema@.msp_segment_people_query(boolean) IS
+	'the billing rule as one query text: for one client''s segment (parameters, every table filtered by client_id = $1) or for every segment of every client at once';
+
+CREATE FUNCTION @extschema@.msp_segment_people(client_id bigint, contract_id bigint, segment daterange,
+												with_evidence boolean DEFAULT true)
+RETURNS TABLE (person_id bigint, pseudonym text, rule text, first_seen timestamptz,
+			   last_seen timestamptz, days_active integer, support_contacts integer, accounts text[],
+			   home_client_id bigint, segment_days integer)
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	payer bigint := client_id;
+	k record;
+	t0 timestamptz;
+	t1 timestamptz;
+	home bigint;
+	q text := 'SELECT u.person_id, u.pseudonym, u.rule, u.first_seen, u.last_seen, u.days_active, u.support_contacts, '
+			  'u.accounts, u.home_client_id, u.segment_days FROM (' || msp_segment_people_query(true) || ') u';
+	-- decided here, by this session: on Citus a sister client's labels are
+	-- read on another node, whose session does not carry the caller's
+	-- mspbill.pseudonymous (set by the finalizing functions)
+	names boolean := msp_sees_names();
+BEGIN
+	SELECT x.count_realms, x.min_active_days, x.support_rule, x.shared_billing, x.attribution_window,
+		   x.default_session, c.time_zone
+	  INTO k
+	  FROM contracts x JOIN clients c ON c.client_id = x.client_id
+	 WHERE x.client_id = payer AND c.client_id = payer AND x.contract_id = msp_segment_people.contract_id;
+	IF NOT FOUND THEN
+		RETURN;
+	END IF;
+	t0 := lower(segment)::timestamp AT TIME ZONE k.time_zone;
+	t1 := upper(segment)::timestamp AT TIME ZONE k.time_zone;
+	-- the payer first, then the sister clients whose people it pays for
+	-- (sister_clients: a small table, on Citus a reference table read on
+	-- this node, where people of every client would be every shard)
+	FOREACH home IN ARRAY ARRAY[payer] || ARRAY(SELECT s.client_id FROM sister_clients s
+												 WHERE s.bill_to_client_id = payer AND s.client_id <> payer
+												 ORDER BY 1)
+	LOOP
+		RETURN QUERY EXECUTE q
+			USING home, payer, contract_id, segment, t0, t1, k.count_realms, k.min_active_days, k.support_rule,
+				  k.shared_billing, k.attribution_window, k.default_session, k.time_zone, with_evidence, names;
+	END LOOP;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_segment_people(bigint, bigint, daterange, boolean) IS
+	'the people one contract''s policy counts during a segment (msp_segment_users), with the days of the segment each is active';
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_segment_users(client_id bigint, contract_id bigint, segment daterange,
+											   with_evidence boolean DEFAULT true)
+RETURNS TABLE (person_id bigint, pseudonym text, rule text, first_seen timestamptz,
+			   last_seen timestamptz, days_active integer, support_contacts integer, accounts text[],
+			   home_client_id bigint)
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+BEGIN
+	RETURN QUERY
+	SELECT u.person_id, u.pseudonym, u.rule, u.first_seen, u.last_seen, u.days_active, u.support_contacts,
+		   u.accounts, u.home_client_id
+	  FROM msp_segment_people(client_id, contract_id, segment, with_evidence) u;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_segment_users(bigint, bigint, daterange, boolean) IS
+	'the people one contract''s policy counts during a segment of a period (sister clients'' people it pays for included), with the rule and evidence';
+
+CREATE FUNCTION @extschema@.msp_period_people_all(period daterange DEFAULT NULL, client_ids bigint[] DEFAULT NULL,
+												   with_evidence boolean DEFAULT false)
+RETURNS TABLE (client_id bigint, contract_id bigint, segment daterange, person_id bigint, pseudonym text,
+			   rule text, first_seen timestamptz, last_seen timestamptz, days_active integer,
+			   support_contacts integer, accounts text[], home_client_id bigint, segment_days integer)
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	homes bigint[];
+	payers bigint[];
+	contracts_ bigint[];
+	segments daterange[];
+	lo timestamptz;
+	hi timestamptz;
+BEGIN
+	-- every (home, payer, contract, segment): the payer's contract segments
+	-- of its period, for itself and for each sister client it pays for
+	SELECT array_agg(h.home), array_agg(s.client_id), array_agg(s.contract_id), array_agg(s.segment),
+		   min(lower(s.segment)::timestamp AT TIME ZONE s.time_zone),
+		   max(upper(s.segment)::timestamp AT TIME ZONE s.time_zone)
+	  INTO homes, payers, contracts_, segments, lo, hi
+	  FROM (SELECT c.client_id, c.time_zone, k.contract_id, k.effective * msp_period(c.client_id, period) AS segment
+			  FROM clients c
+			  JOIN contracts k ON k.client_id = c.client_id AND k.effective && msp_period(c.client_id, period)
+			 WHERE client_ids IS NULL OR c.client_id = ANY (client_ids)) s,
+		   LATERAL (SELECT s.client_id
+					UNION
+					SELECT sc.client_id FROM sister_clients sc WHERE sc.bill_to_client_id = s.client_id) h(home);
+	IF homes IS NULL THEN
+		RETURN;
+	END IF;
+	RETURN QUERY EXECUTE
+		'SELECT u.payer_id, u.contract_id, u.segment, u.person_id, u.pseudonym, u.rule, u.first_seen, u.last_seen, '
+		'u.days_active, u.support_contacts, u.accounts, u.home_client_id, u.segment_days FROM ('
+		|| msp_segment_people_query(false) || ') u'
+		USING homes, payers, contracts_, segments, with_evidence, msp_sees_names(), lo, hi;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_period_people_all(daterange, bigint[], boolean) IS
+	'every client''s billable people of a period (each contract segment''s, with the days of it each is active) in one set-based statement of the billing rule';
+
+CREATE FUNCTION @extschema@.msp_segment_quantities(client_id bigint, contract_id bigint,
+													segment daterange, period daterange,
+													user_homes bigint[], user_ids bigint[], user_days integer[])
+RETURNS @extschema@.segment_quantities
+LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	k record;
+	q segment_quantities;
+	t0 timestamptz;
+	t1 timestamptz;
+	pool record;
+	share numeric;
+BEGIN
+	SELECT x.prorate, x.shared_billing, x.count_realms, x.default_session, c.time_zone,
+		   upper(period) - lower(period) AS period_days,
+		   CASE WHEN x.prorate THEN upper(segment) - lower(segment)
+				ELSE upper(period) - lower(period) END AS covered_days
+	  INTO k
+	  FROM contracts x JOIN clients c ON c.client_id = x.client_id
+	 WHERE x.client_id = msp_segment_quantities.client_id AND c.client_id = msp_segment_quantities.client_id
+	   AND x.contract_id = msp_segment_quantities.contract_id;
+	-- no quantities for a contract that does not exist or that the caller
+	-- may not see
+	IF NOT FOUND THEN
+		RETURN NULL;
+	END IF;
+	t0 := lower(segment)::timestamp AT TIME ZONE k.time_zone;
+	t1 := upper(segment)::timestamp AT TIME ZONE k.time_zone;
+
+	-- people: the days of the segment each billed person is active (kept
+	-- too: contract lines that prorate read them from here instead of
+	-- counting the people again)
+	q.user_count := coalesce(cardinality(user_ids), 0);
+	q.user_segment_days := coalesce((SELECT sum(d) FROM unnest(user_days) d), 0);
+	q.user_days := CASE WHEN k.prorate THEN q.user_segment_days ELSE q.user_count * k.period_days END;
+	-- who: an invoice of two contracts counts a person billed by both once
+	q.user_homes := coalesce(user_homes, '{}');
+	q.user_ids := coalesce(user_ids, '{}');
+
+	-- shared seats: one per shared account with presence logons, or its
+	-- peak of concurrent sessions
+	IF k.shared_billing IN ('seat', 'peak') THEN
+		SELECT coalesce(sum(CASE WHEN k.shared_billing = 'peak' THEN greatest(sh.peak, 1) ELSE 1 END), 0)::integer
+		  INTO q.seat_count
+		  FROM (SELECT a.account_id,
+					   peak_concurrency(tstzrange(l.at, coalesce(l.ended, l.at + k.default_session))) AS peak
+				  FROM logons l
+				  JOIN accounts a ON a.client_id = msp_segment_quantities.client_id AND a.account_id = l.account_id
+								 AND a.kind = 'shared' AND NOT a.is_machine AND a.realm = ANY (k.count_realms)
+				 WHERE l.client_id = msp_segment_quantities.client_id AND l.at >= t0 AND l.at < t1 AND l.presence
+				 GROUP BY a.account_id) sh;
+	ELSE
+		q.seat_count := 0;
+	END IF;
+
+	SELECT coalesce(sum(CASE WHEN NOT k.prorate THEN k.period_days
+							 ELSE upper(coalesce(dv.active, segment) * segment)
+								  - lower(coalesce(dv.active, segment) * segment) END), 0),
+		   count(*)::integer
+	  INTO q.device_days, q.device_count
+	  FROM devices dv
+	 WHERE dv.client_id = msp_segment_quantities.client_id AND (dv.active IS NULL OR dv.active && segment);
+
+	SELECT coalesce(sum(lc.seats), 0)::integer INTO q.license_count
+	  FROM (SELECT DISTINCT ON (x.sku) x.seats
+			  FROM license_counts x
+			 WHERE x.client_id = msp_segment_quantities.client_id AND x.as_of < upper(segment)
+			 ORDER BY x.sku, x.as_of DESC, x.source) lc;
+
+	-- each pool's share, computed outside the query that lists the pools
+	q.cost := 0;
+	q.support_cost := 0;
+	FOR pool IN
+		SELECT cp.pool_id, cp.category FROM cost_pools cp
+		 WHERE cp.client_id = msp_segment_quantities.client_id AND cp.period && segment
+		 ORDER BY cp.pool_id
+	LOOP
+		share := msp_pool_share(client_id, pool.pool_id, period, segment);
+		q.cost := q.cost + share;
+		IF pool.category = 'support' THEN
+			q.support_cost := q.support_cost + share;
+		END IF;
+	END LOOP;
+
+	q.seat_days := q.seat_count * k.covered_days;
+	q.license_days := q.license_count * k.covered_days;
+	q.covered_days := k.covered_days;
+	q.period_days := k.period_days;
+	RETURN q;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_segment_quantities(bigint, bigint, daterange, daterange, bigint[], bigint[], integer[]) IS
+	'billable counts and prorated quantities of one contract segment, its people given';
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_segment_quantities(client_id bigint, contract_id bigint,
+													segment daterange, period daterange)
+RETURNS @extschema@.segment_quantities
+LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	homes bigint[];
+	ids bigint[];
+	days integer[];
+BEGIN
+	SELECT array_agg(b.home_client_id), array_agg(b.person_id), array_agg(b.segment_days) INTO homes, ids, days
+	  FROM msp_segment_people(client_id, contract_id, segment, false) b;
+	RETURN msp_segment_quantities(client_id, contract_id, segment, period, coalesce(homes, '{}'), coalesce(ids, '{}'),
+								  coalesce(days, '{}'));
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_segment_quantities(bigint, bigint, daterange, daterange) IS
+	'billable counts and prorated quantities of one contract segment';
+
+CREATE FUNCTION @extschema@.msp_price_invoice(client_id bigint, period daterange, people jsonb,
+											   OUT summary @extschema@.invoice,
+											   OUT lines @extschema@.invoice_line[])
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	c clients;
+	k contracts;
+	seg record;
+	q segment_quantities;
+	line invoice_line;
+	inv invoice;
+	models text[] := '{}';
+	homes bigint[] := '{}';
+	ids bigint[] := '{}';
+	n integer := 0;
+BEGIN
+	period := msp_period(client_id, period);
+	PERFORM msp_check_currency(client_id, period);
+	SELECT * INTO c FROM clients WHERE clients.client_id = client_id;
+	inv := (c.client_id, c.name, period, NULL, 0, 0, 0, 0, 0, c.currency)::invoice;
+	lines := '{}';
+	FOR seg IN SELECT * FROM msp_contract_segments(client_id, period) LOOP
+		SELECT * INTO k FROM contracts WHERE contracts.client_id = client_id
+			AND contracts.contract_id = seg.contract_id;
+		IF people IS NULL THEN
+			q := msp_segment_quantities(client_id, seg.contract_id, seg.segment, period);
+		ELSE
+			q := msp_segment_quantities(client_id, seg.contract_id, seg.segment, period,
+										ARRAY(SELECT x::bigint FROM jsonb_array_elements_text(people->(seg.contract_id::text)->'h') x),
+										ARRAY(SELECT x::bigint FROM jsonb_array_elements_text(people->(seg.contract_id::text)->'p') x),
+										ARRAY(SELECT x::integer FROM jsonb_array_elements_text(people->(seg.contract_id::text)->'d') x));
+		END IF;
+		IF NOT k.model = ANY (models) THEN
+			models := models || k.model;
+		END IF;
+		-- a seat billed by two contracts of the month is one seat
+		inv.seats := greatest(inv.seats, q.seat_count);
+		homes := homes || q.user_homes;
+		ids := ids || q.user_ids;
+		FOR line IN SELECT * FROM msp_segment_lines(c, k, seg.segment, period, q, k.model) LOOP
+			inv.total := inv.total + line.amount;
+			IF line.basis <> 'minimum' THEN
+				inv.subtotal := inv.subtotal + line.amount;
+			END IF;
+			n := n + 1;
+			line.line_no := n;
+			-- shown and stored alike: four decimals at most
+			line.quantity := trim_scale(round(line.quantity, 4));
+			lines := lines || line;
+		END LOOP;
+	END LOOP;
+	-- the period's people: each segment's, a person counted by two
+	-- contracts once (as msp_period_people counts them, without counting
+	-- them again)
+	inv.users := (SELECT count(DISTINCT (x.h, x.id))::integer FROM unnest(homes, ids) x(h, id));
+	inv.devices := msp_period_devices(client_id, period);
+	inv.model := array_to_string(models, '+');
+	-- adjustments of earlier invoices carried by this one
+	FOR line IN SELECT * FROM msp_adjustment_lines(client_id, period) LOOP
+		inv.total := inv.total + line.amount;
+		n := n + 1;
+		line.line_no := n;
+		lines := lines || line;
+	END LOOP;
+	inv.subtotal := msp_round(inv.subtotal, c.minor_unit);
+	inv.total := msp_round(inv.total, c.minor_unit);
+	summary := inv;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_price_invoice(bigint, daterange, jsonb) IS
+	'the invoice of a client for a period as today''s data prices it and its lines, each segment priced once, from people counted for every client at once (or, NULL, for this one)';
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_price_invoice(client_id bigint, period daterange,
+											   OUT summary @extschema@.invoice,
+											   OUT lines @extschema@.invoice_line[])
+LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	priced record;
+BEGIN
+	SELECT * INTO priced FROM msp_price_invoice(client_id, period, NULL) p;
+	summary := priced.summary;
+	lines := priced.lines;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_price_invoice(bigint, daterange) IS
+	'the invoice of a client for a period as today''s data prices it and its lines (as msp_price_lines gives them), each segment priced once';
+
+CREATE FUNCTION @extschema@.msp_period_people_by_client(period daterange DEFAULT NULL, client_ids bigint[] DEFAULT NULL)
+RETURNS TABLE (client_id bigint, people jsonb)
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+BEGIN
+	RETURN QUERY
+	SELECT c.client_id, coalesce(x.people, '{}')
+	  FROM clients c
+	  LEFT JOIN (SELECT y.client_id, jsonb_object_agg(y.contract_id::text, y.who) AS people
+				   FROM (SELECT u.client_id, u.contract_id,
+								jsonb_build_object('h', array_agg(u.home_client_id), 'p', array_agg(u.person_id),
+												   'd', array_agg(u.segment_days)) AS who
+						   FROM msp_period_people_all(period, client_ids, false) u
+						  GROUP BY u.client_id, u.contract_id) y
+				  GROUP BY y.client_id) x ON x.client_id = c.client_id
+	 WHERE client_ids IS NULL OR c.client_id = ANY (client_ids)
+	 ORDER BY c.client_id;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_period_people_by_client(daterange, bigint[]) IS
+	'every client''s people of a period, counted for all clients at once, as msp_price_invoice takes them';
+
+CREATE FUNCTION @extschema@.msp_compute_invoices(period daterange DEFAULT NULL, client_ids bigint[] DEFAULT NULL)
+RETURNS SETOF @extschema@.invoice
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	r record;
+BEGIN
+	FOR r IN SELECT * FROM msp_period_people_by_client(period, client_ids) LOOP
+		RETURN NEXT (SELECT p.summary FROM msp_price_invoice(r.client_id, msp_period(r.client_id, period), r.people) p);
+	END LOOP;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_compute_invoices(daterange, bigint[]) IS
+	'every client''s invoice for a period as today''s data prices it (msp_compute_invoice for each), the people counted for all clients in one set-based pass';
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_invoices(period daterange DEFAULT NULL)
+RETURNS SETOF @extschema@.invoice
+-- (PARALLEL RESTRICTED: on Citus it opens connections to the workers)
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+DECLARE
+	r record;
+	parts jsonb := '[]';
+BEGIN
+	IF NOT msp_is_distributed('@extschema@.contracts') THEN
+		-- the finalized ones as stored; the others priced from one
+		-- set-based count of every client's people
+		FOR r IN SELECT * FROM msp_period_people_by_client(period) LOOP
+			IF (msp_finalized_invoice(r.client_id, msp_period(r.client_id, period))).invoice_id IS NOT NULL THEN
+				RETURN NEXT msp_invoice(r.client_id, period);
+			ELSE
+				RETURN NEXT (SELECT p.summary FROM msp_price_invoice(r.client_id, msp_period(r.client_id, period), r.people) p);
+			END IF;
+		END LOOP;
+		RETURN;
+	END IF;
+	-- one call per shard, over a connection per shard to the worker that
+	-- holds it, all at once (master_run_on_worker, which Citus's own
+	-- run_command_on_shards uses); each names one client of its shard
+	FOR r IN EXECUTE
+		'SELECT w.success, w.result
+		   FROM (SELECT array_agg(p.nodename) AS nodes, array_agg(p.nodeport) AS ports,
+						array_agg(format(''SELECT @extschema@.msp_shard_invoices(%s, %L)'', s.client_id, $1)) AS commands
+				   FROM (SELECT min(c.client_id) AS client_id,
+								pg_catalog.get_shard_id_for_distribution_column(''@extschema@.contracts'', c.client_id) AS shardid
+						   FROM @extschema@.clients c GROUP BY 2) s
+				   JOIN pg_catalog.pg_dist_shard_placement p ON p.shardid = s.shardid) x,
+				pg_catalog.master_run_on_worker(x.nodes, x.ports, x.commands, true) w'
+		USING period
+	LOOP
+		IF NOT r.success THEN
+			RAISE EXCEPTION '%', r.result
+				USING ERRCODE = 'data_exception',
+					  DETAIL = 'A worker could not price the invoices of one shard of clients.',
+					  HINT = 'Price the client it names alone (SELECT * FROM mspbill.msp_invoice(client_id, period)) to see the whole error.';
+		END IF;
+		parts := parts || r.result::jsonb;
+	END LOOP;
+	RETURN QUERY SELECT i.* FROM jsonb_populate_recordset(NULL::invoice, parts) i ORDER BY i.client_id;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_invoices(daterange) IS
+	'every client''s invoice for a period (default: each client''s last full month), as msp_invoice gives it; on Citus computed on the workers in parallel';

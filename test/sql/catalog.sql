@@ -69,6 +69,7 @@ INSERT INTO nonstrict_ok VALUES
 	('msp_has_role', 'a policy helper: answers false, never NULL'),
 	('msp_is_machine_account', 'inlined into queries and the generated accounts.is_machine (its OR is not strict, so a STRICT one would not inline); accounts.name is NOT NULL'),
 	('msp_price_lines', 'model NULL prices under each contract''s own model'),
+	('msp_price_invoice', 'people NULL (3 arguments) counts this client''s people itself; the 2-argument form is STRICT'),
 	('msp_require_finalized', 'a guard: a NULL period must raise, not pass'),
 	('msp_report_require', 'a guard: a NULL client must raise, not pass'),
 	('msp_issue_adjustment', 'a NULL reason is refused with a hint, not ignored'),
