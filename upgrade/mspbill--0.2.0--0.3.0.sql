@@ -11447,7 +11447,7 @@ $rule$, '{SEGMENTS}',
 			  'FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::daterange[]) s(home, payer, contract_id, segment) '
 			  'JOIN contracts x ON x.client_id = s.payer AND x.contract_id = s.contract_id '
 			  'JOIN clients c ON c.client_id = s.payer' END),
-	'\{HOME:[a-z]+\}', CASE WHEN for_one_client THEN '$1' ELSE '' END, 'g'),
+	'\{HOME:([a-z]+)\}', CASE WHEN for_one_client THEN '$1' ELSE '\1.home' END, 'g'),
 	'\{LO\}', CASE WHEN for_one_client THEN '$5' ELSE '$7' END, 'g'),
 	'\{HI\}', CASE WHEN for_one_client THEN '$6' ELSE '$8' END, 'g');
 COMMENT ON FUNCTION @extschema@.msp_segment_people_query(boolean) IS
