@@ -11345,9 +11345,10 @@ COMMENT ON FUNCTION @extschema@.msp_tax_lines(bigint, @extschema@.invoice_line[]
 	'the tax name, rate and amount of each invoice line, rounded per line or per invoice as the client''s invoice terms say';
 
 
--- batch: issue 21, the month's billable people of every client in one set-based
--- pass of the one billing rule text (msp_segment_people_query), priced by
--- msp_compute_invoices and msp_invoices
+-- batch: issue 21, the month's billable people of every client in one
+-- set-based pass of the one billing rule text (msp_segment_people_query),
+-- priced by msp_compute_invoices and msp_invoices, and used by month-end
+-- (msp_finalize_run_prepare, checked per client by msp_people_sources)
 
 CREATE FUNCTION @extschema@.msp_segment_people_query(for_one_client boolean)
 RETURNS text
@@ -11361,24 +11362,32 @@ eligible AS (
 	 WHERE ((g.home = g.payer AND p.bill_to_client_id IS NULL) OR p.bill_to_client_id = g.payer)
 	   AND NOT p.is_technician AND NOT p.do_not_bill
 	   AND (p.active IS NULL OR p.active && g.segment)),
+-- their accounts that may carry evidence, first (a logon is found by its
+-- account, whichever client: the plan is the same for one and for all):
+-- counted, in the counted realms; app, an application account whose
+-- logons count when attributed through a shared session
+person_accounts AS (
+	SELECT e.payer, e.contract_id, e.home, e.person_id, e.time_zone, e.t0, e.t1, e.active, e.count_realms,
+		   e.shared_billing, e.attribution_window, e.default_session, a.account_id,
+		   a.realm = ANY (e.count_realms) AS counted, a.realm = 'app' AS app
+	  FROM eligible e
+	  JOIN accounts a ON a.client_id = {HOME:e} AND a.person_id = e.person_id
+					 AND a.kind = 'individual' AND NOT a.is_machine
+					 AND (a.realm = ANY (e.count_realms) OR (a.realm = 'app' AND e.shared_billing = 'attribute'))),
 -- presence logons in the counted realms, and application logons
 -- attributed through a shared session on the same device
 evidence AS (
-	SELECT e.payer, e.contract_id, e.home, e.person_id, e.time_zone, l.at, a.account_id, true AS by_logon
-	  FROM eligible e
-	  JOIN accounts a ON a.client_id = {HOME:e} AND a.person_id = e.person_id
-					 AND a.kind = 'individual' AND NOT a.is_machine AND a.realm = ANY (e.count_realms)
-	  JOIN logons l ON l.client_id = {HOME:e} AND l.account_id = a.account_id
+	SELECT e.payer, e.contract_id, e.home, e.person_id, e.time_zone, l.at, e.account_id, true AS by_logon
+	  FROM person_accounts e
+	  JOIN logons l ON l.client_id = {HOME:e} AND l.account_id = e.account_id
 				   AND l.at >= e.t0 AND l.at < e.t1 AND l.at >= {LO} AND l.at < {HI} AND l.presence
-	 WHERE e.active IS NULL OR e.active @> (l.at AT TIME ZONE e.time_zone)::date
+	 WHERE e.counted AND (e.active IS NULL OR e.active @> (l.at AT TIME ZONE e.time_zone)::date)
 	UNION ALL
-	SELECT e.payer, e.contract_id, e.home, e.person_id, e.time_zone, il.at, ia.account_id, false
-	  FROM eligible e
-	  JOIN accounts ia ON ia.client_id = {HOME:e} AND ia.person_id = e.person_id
-					  AND ia.kind = 'individual' AND NOT ia.is_machine AND ia.realm = 'app'
-	  JOIN logons il ON il.client_id = {HOME:e} AND il.account_id = ia.account_id
+	SELECT e.payer, e.contract_id, e.home, e.person_id, e.time_zone, il.at, e.account_id, false
+	  FROM person_accounts e
+	  JOIN logons il ON il.client_id = {HOME:e} AND il.account_id = e.account_id
 					AND il.at >= e.t0 AND il.at < e.t1 AND il.at >= {LO} AND il.at < {HI} AND il.presence
-	 WHERE e.shared_billing = 'attribute'
+	 WHERE e.app AND e.shared_billing = 'attribute'
 	   AND (e.active IS NULL OR e.active @> (il.at AT TIME ZONE e.time_zone)::date)
 	   AND EXISTS (SELECT 1
 					 FROM logons sl
@@ -11527,6 +11536,7 @@ RETURNS TABLE (client_id bigint, contract_id bigint, segment daterange, person_i
 			   support_contacts integer, accounts text[], home_client_id bigint, segment_days integer)
 LANGUAGE plpgsql STABLE PARALLEL SAFE
 SET search_path = @extschema@, pg_catalog, pg_temp
+SET enable_nestloop = off
 AS $$
 #variable_conflict use_variable
 DECLARE
@@ -11864,3 +11874,489 @@ END
 $$;
 COMMENT ON FUNCTION @extschema@.msp_invoices(daterange) IS
 	'every client''s invoice for a period (default: each client''s last full month), as msp_invoice gives it; on Citus computed on the workers in parallel';
+
+CREATE FUNCTION @extschema@.msp_finalize_invoice_with(client_id bigint, period daterange, override text[],
+													  people jsonb, evidence jsonb)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, @extschema@, pg_temp
+SET mspbill.pseudonymous = on
+AS $$
+#variable_conflict use_variable
+DECLARE
+	id bigint;
+	inv invoice;
+	failing text[];
+	unknown text[];
+	today date;
+	stamp timestamptz;
+	c clients;
+	terms record;
+	lines invoice_line[];
+	priced record;
+	number text;
+	invoice_day date;
+	tax numeric;
+	findings jsonb;
+BEGIN
+	period := msp_period(client_id, period);
+	-- one finalization per client and period at a time, in any session
+	PERFORM pg_advisory_xact_lock(hashtext('mspbill.finalize'), hashtext(client_id::text || period::text));
+	id := (msp_finalized_invoice(client_id, period)).invoice_id;
+	IF id IS NOT NULL THEN
+		RETURN id;
+	END IF;
+
+	-- an unfinished month is not a data-quality question: its logons are
+	-- still coming, so no override finalizes it
+	IF 'period_not_over' = ANY (coalesce(override, '{}')) THEN
+		RAISE EXCEPTION 'the gate period_not_over cannot be overridden'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'A period is finalized only after it ends.',
+				  HINT = 'Overridable gates are device_silent, day_without_logons, unmapped_account and logon_outside_contract.';
+	END IF;
+	unknown := ARRAY(SELECT unnest(coalesce(override, '{}'))
+					 EXCEPT SELECT unnest('{device_silent,day_without_logons,unmapped_account,logon_outside_contract}'::text[]));
+	IF cardinality(unknown) > 0 THEN
+		RAISE EXCEPTION 'unknown data-quality gate %', unknown[1]
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Overridable gates are device_silent, day_without_logons, unmapped_account and logon_outside_contract.';
+	END IF;
+	-- the gates run once: they read the period's logons several times over
+	findings := coalesce((SELECT jsonb_agg(to_jsonb(q)) FROM msp_data_quality(client_id, period) q), '[]');
+	IF jsonb_path_exists(findings, '$[*] ? (@.gate == "period_not_over")') THEN
+		-- (not alias c: the variable c would shadow it, and today be NULL)
+		today := (now() AT TIME ZONE (SELECT cl.time_zone FROM clients cl WHERE cl.client_id = client_id))::date;
+		RAISE EXCEPTION 'period % of client % is not over', period, client_id
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  DETAIL = format('The period ends on %s; today is %s in the client''s time zone.', upper(period) - 1, today),
+				  HINT = format('Finalize on or after %s; until then, preview it with SELECT * FROM mspbill.msp_invoice(%s, %L);',
+								upper(period), client_id, period);
+	END IF;
+	failing := ARRAY(SELECT DISTINCT q->>'gate' FROM jsonb_array_elements(findings) q
+					  WHERE NOT q->>'gate' = ANY (coalesce(override, '{}')) ORDER BY 1);
+	IF cardinality(failing) > 0 THEN
+		RAISE EXCEPTION 'data-quality gates failed for client % in %: %', client_id, period,
+						array_to_string(failing, ', ')
+			USING ERRCODE = 'check_violation',
+				  DETAIL = 'See SELECT * FROM mspbill.msp_data_quality(client_id, period) for each finding.',
+				  HINT = format('Fix the data, or finalize anyway (the override is recorded): SELECT mspbill.msp_finalize_invoice(%s, %L, %L);',
+								client_id, period, failing);
+	END IF;
+
+	-- the summary and its lines from one pricing
+	SELECT * INTO priced FROM msp_price_invoice(client_id, period, people) p;
+	inv := priced.summary;
+	lines := priced.lines;
+	IF people IS NULL OR evidence IS NULL THEN
+		evidence := coalesce((SELECT jsonb_agg(to_jsonb(u)) FROM msp_billable_users(client_id, period) u), '[]');
+	END IF;
+	SELECT * INTO terms FROM msp_invoice_terms(client_id);
+	SELECT * INTO c FROM clients WHERE clients.client_id = client_id;
+	-- the number last: its counter row stays locked until this transaction
+	-- ends, so other finalizations wait here (not through the pricing), and
+	-- a rollback gives the number back: no gaps, no duplicates
+	INSERT INTO @extschema@.invoice_numbering AS n (series, last_number) VALUES ('invoice', 1)
+	ON CONFLICT (series) DO UPDATE SET last_number = n.last_number + 1
+	RETURNING msp_invoice_number_text(n.prefix, n.last_number, n.digits) INTO number;
+	-- one reading of the clock for the invoice and its audit entries
+	stamp := clock_timestamp();
+	invoice_day := (stamp AT TIME ZONE c.time_zone)::date;
+	-- (computed before the INSERT: Citus takes no subquery in INSERT ... VALUES)
+	tax := (SELECT coalesce(sum(t.tax), 0) FROM msp_tax_lines(client_id, lines) t);
+	INSERT INTO @extschema@.invoices (client_id, kind, period, model, users, seats, devices, subtotal, total,
+						  currency, evidence, overrides, finalized_at)
+	VALUES (client_id, 'invoice', period, inv.model, inv.users, inv.seats, inv.devices, inv.subtotal,
+			inv.total, inv.currency, evidence, coalesce(override, '{}'), stamp)
+	RETURNING invoice_id INTO id;
+	INSERT INTO @extschema@.invoice_items (client_id, invoice_id, line_no, contract_id, description, quantity,
+							   unit_price, amount, basis)
+	SELECT client_id, id, l.line_no, l.contract_id, l.description, l.quantity, l.unit_price, l.amount, l.basis
+	  FROM unnest(lines) l;
+	-- the document: number, dates, terms and PO as the client has them
+	-- today, and each line's tax and explanation (src/billing/documents.sql)
+	INSERT INTO @extschema@.invoice_documents (client_id, invoice_id, invoice_number, invoice_date, due_date,
+							   payment_terms_days, po_reference, tax)
+	VALUES (client_id, id, number, invoice_day, invoice_day + terms.payment_terms_days, terms.payment_terms_days,
+			terms.po_reference, tax);
+	INSERT INTO @extschema@.invoice_line_documents (client_id, invoice_id, line_no, tax_name, tax_rate, tax,
+									explanation, evidence)
+	SELECT client_id, id, t.line_no, t.tax_name, t.tax_rate, t.tax, x.explanation, x.evidence
+	  FROM msp_tax_lines(client_id, lines) t
+	  JOIN msp_explain_lines(client_id, period, lines, evidence) x ON x.line_no = t.line_no;
+	INSERT INTO @extschema@.audit_log (client_id, action, invoice_id, detail, at)
+	VALUES (client_id, 'finalize', id, jsonb_build_object('period', period::text, 'total', inv.total), stamp);
+	IF cardinality(coalesce(override, '{}')) > 0 THEN
+		-- the findings read once above (computed before the INSERT: Citus
+		-- takes no subquery in INSERT ... VALUES)
+		evidence := (SELECT jsonb_agg(q) FROM jsonb_array_elements(findings) q WHERE q->>'gate' = ANY (override));
+		INSERT INTO @extschema@.audit_log (client_id, action, invoice_id, at, detail)
+		VALUES (client_id, 'override', id, stamp, jsonb_build_object('gates', override, 'findings', evidence));
+	END IF;
+	RETURN id;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION @extschema@.msp_finalize_invoice_with(bigint, daterange, text[], jsonb, jsonb) FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@.msp_finalize_invoice_with(bigint, daterange, text[], jsonb, jsonb) IS
+	'finalization internal: msp_finalize_invoice with the people and evidence month-end counted for every client at once (NULL: counted here)';
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_finalize_invoice(client_id bigint, period daterange DEFAULT NULL,
+												 override text[] DEFAULT '{}')
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER
+SET search_path = pg_catalog, @extschema@, pg_temp
+SET mspbill.pseudonymous = on
+AS $$
+BEGIN
+	RETURN @extschema@.msp_finalize_invoice_with(client_id, period, override, NULL, NULL);
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_finalize_invoice(bigint, daterange, text[]) IS
+	'stores the invoice of a period with its lines, evidence, number, dates, terms and tax and returns its id; finalizing again returns the same id';
+
+ALTER TABLE @extschema@.finalize_run_clients ADD COLUMN people_from text
+	CONSTRAINT finalize_run_clients_people_from_known CHECK (people_from IN ('batch', 'recounted'));
+
+CREATE TABLE @extschema@.finalize_run_people (
+	run_id bigint NOT NULL REFERENCES @extschema@.finalize_runs ON DELETE CASCADE,
+	client_id bigint NOT NULL,
+	-- as msp_price_invoice takes them
+	people jsonb NOT NULL,
+	-- msp_billable_users' rows, as msp_finalize_invoice stores them
+	evidence jsonb NOT NULL,
+	sources jsonb NOT NULL,
+	snapshot pg_snapshot NOT NULL,
+	PRIMARY KEY (run_id, client_id)
+);
+COMMENT ON TABLE @extschema@.finalize_run_people IS
+	'month-end internal: each client''s people counted at the start of a run for every client at once, with the snapshot and the rows they were read from';
+ALTER TABLE @extschema@.finalize_run_people ENABLE ROW LEVEL SECURITY;
+REVOKE ALL ON @extschema@.finalize_run_people FROM PUBLIC;
+
+CREATE FUNCTION @extschema@.msp_xmin_seen(x xid, since pg_snapshot, now_xmax bigint)
+RETURNS boolean
+LANGUAGE sql STABLE PARALLEL SAFE
+RETURN CASE
+	WHEN since IS NULL THEN true
+	WHEN x::text::bigint OPERATOR(pg_catalog.<) 3 THEN true
+	ELSE coalesce(pg_catalog.pg_visible_in_snapshot(
+			 (NULLIF(GREATEST(((now_xmax OPERATOR(pg_catalog.>>) 32) OPERATOR(pg_catalog.<<) 32)
+							  OPERATOR(pg_catalog.+) x::text::bigint
+							  OPERATOR(pg_catalog.-) CASE WHEN x::text::bigint OPERATOR(pg_catalog.>=)
+															   (now_xmax OPERATOR(pg_catalog.&) 4294967295)
+														  THEN 4294967296 ELSE 0 END, -1), -1))::text::xid8,
+			 since), false)
+END;
+COMMENT ON FUNCTION @extschema@.msp_xmin_seen(xid, pg_snapshot, bigint) IS
+	'month-end internal: whether a row version (its xmin) was committed as of a snapshot (NULL snapshot: true)';
+
+CREATE FUNCTION @extschema@.msp_people_sources(client_id bigint, period daterange, since pg_snapshot)
+RETURNS jsonb
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	payer bigint := client_id;
+	now_xmax bigint := pg_snapshot_xmax(pg_current_snapshot())::text::bigint;
+	tz text;
+	t0 timestamptz;
+	t1 timestamptz;
+	home bigint;
+	n bigint;
+	fresh bigint;
+	out jsonb := '{}';
+BEGIN
+	SELECT count(*), count(*) FILTER (WHERE NOT msp_xmin_seen(x.xmin, since, now_xmax)), min(x.time_zone)
+	  INTO n, fresh, tz FROM clients x WHERE x.client_id = payer;
+	out := out || jsonb_build_object('clients', ARRAY[n, fresh]);
+	t0 := lower(period)::timestamp AT TIME ZONE tz;
+	t1 := upper(period)::timestamp AT TIME ZONE tz;
+	SELECT count(*), count(*) FILTER (WHERE NOT msp_xmin_seen(x.xmin, since, now_xmax))
+	  INTO n, fresh FROM contracts x WHERE x.client_id = payer;
+	out := out || jsonb_build_object('contracts', ARRAY[n, fresh]);
+	SELECT count(*), count(*) FILTER (WHERE NOT msp_xmin_seen(x.xmin, since, now_xmax))
+	  INTO n, fresh FROM sister_clients x WHERE x.bill_to_client_id = payer;
+	out := out || jsonb_build_object('sister_clients', ARRAY[n, fresh]);
+	FOREACH home IN ARRAY ARRAY[payer] || ARRAY(SELECT s.client_id FROM sister_clients s
+												 WHERE s.bill_to_client_id = payer AND s.client_id <> payer
+												 ORDER BY 1)
+	LOOP
+		SELECT count(*), count(*) FILTER (WHERE NOT msp_xmin_seen(x.xmin, since, now_xmax))
+		  INTO n, fresh FROM people x WHERE x.client_id = home;
+		out := out || jsonb_build_object('people ' || home, ARRAY[n, fresh]);
+		SELECT count(*), count(*) FILTER (WHERE NOT msp_xmin_seen(x.xmin, since, now_xmax))
+		  INTO n, fresh FROM accounts x WHERE x.client_id = home;
+		out := out || jsonb_build_object('accounts ' || home, ARRAY[n, fresh]);
+		SELECT count(*), count(*) FILTER (WHERE NOT msp_xmin_seen(x.xmin, since, now_xmax))
+		  INTO n, fresh FROM logons x WHERE x.client_id = home AND x.at >= t0 AND x.at < t1;
+		out := out || jsonb_build_object('logons ' || home, ARRAY[n, fresh]);
+		SELECT count(*), count(*) FILTER (WHERE NOT msp_xmin_seen(x.xmin, since, now_xmax))
+		  INTO n, fresh FROM support_contacts x WHERE x.client_id = home AND x.at >= t0 AND x.at < t1;
+		out := out || jsonb_build_object('support_contacts ' || home, ARRAY[n, fresh]);
+	END LOOP;
+	RETURN out;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_people_sources(bigint, daterange, pg_snapshot) IS
+	'month-end internal: the rows one client''s billable people of a period are read from, counted per table and home client, and how many are new since a snapshot';
+
+CREATE FUNCTION @extschema@.msp_finalize_run_prepare(run_id bigint)
+RETURNS integer
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, @extschema@, pg_temp
+SET mspbill.pseudonymous = on
+AS $$
+#variable_conflict use_variable
+DECLARE
+	r finalize_runs;
+	n integer;
+BEGIN
+	SELECT * INTO r FROM finalize_runs f WHERE f.run_id = run_id;
+	IF NOT FOUND OR r.finished_at IS NOT NULL OR r.started_by <> session_user THEN
+		RAISE EXCEPTION 'month-end run % is not an open run of yours', run_id
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Run month-end with CALL mspbill.msp_finalize_period(period);';
+	END IF;
+	IF msp_is_distributed('@extschema@.contracts') THEN
+		RETURN 0;
+	END IF;
+	INSERT INTO @extschema@.finalize_run_people (run_id, client_id, people, evidence, sources, snapshot)
+	WITH u AS MATERIALIZED (
+		SELECT * FROM msp_period_people_all(r.period, r.client_ids, true)),
+	p AS (
+		SELECT y.client_id, jsonb_object_agg(y.contract_id::text, y.who) AS people
+		  FROM (SELECT u.client_id, u.contract_id,
+					   jsonb_build_object('h', array_agg(u.home_client_id), 'p', array_agg(u.person_id),
+										  'd', array_agg(u.segment_days)) AS who
+				  FROM u GROUP BY u.client_id, u.contract_id) y
+		 GROUP BY y.client_id),
+	-- msp_billable_users' columns and order
+	e AS (
+		SELECT u.client_id,
+			   jsonb_agg(jsonb_build_object('contract_id', u.contract_id, 'person_id', u.person_id,
+											'pseudonym', u.pseudonym, 'rule', u.rule, 'first_seen', u.first_seen,
+											'last_seen', u.last_seen, 'days_active', u.days_active,
+											'support_contacts', u.support_contacts, 'accounts', u.accounts,
+											'home_client_id', u.home_client_id)
+						 ORDER BY lower(u.segment), u.pseudonym, u.home_client_id) AS evidence
+		  FROM u GROUP BY u.client_id)
+	SELECT run_id, c.id, coalesce(p.people, '{}'), coalesce(e.evidence, '[]'),
+		   msp_people_sources(c.id, msp_period(c.id, r.period), NULL), pg_current_snapshot()
+	  FROM unnest(r.client_ids) c(id)
+	  JOIN clients k ON k.client_id = c.id
+	  LEFT JOIN p ON p.client_id = c.id
+	  LEFT JOIN e ON e.client_id = c.id;
+	GET DIAGNOSTICS n = ROW_COUNT;
+	RETURN n;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION @extschema@.msp_finalize_run_prepare(bigint) FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@.msp_finalize_run_prepare(bigint) IS
+	'month-end internal: counts the billable people of every client of a run at once and records them with their snapshot; returns how many clients';
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_finalize_run_begin(period daterange, override text[] DEFAULT '{}',
+												   only_clients bigint[] DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER
+SET search_path = pg_catalog, @extschema@, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	id bigint;
+	ids bigint[];
+	unknown text[];
+BEGIN
+	-- checked once here rather than refused for every client alike
+	IF period IS NULL OR isempty(period) OR lower_inf(period) OR upper_inf(period)
+	   OR lower(period) <> date_trunc('month', lower(period))::date
+	   OR upper(period) <> (date_trunc('month', lower(period)) + interval '1 month')::date THEN
+		RAISE EXCEPTION 'billing period % is not a calendar month', coalesce(period::text, 'NULL')
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'Month-end finalizes one calendar month for every client.',
+				  HINT = 'Pass the month, e.g. CALL mspbill.msp_finalize_period(daterange(''2026-10-01'', ''2026-11-01''));';
+	END IF;
+	IF 'period_not_over' = ANY (coalesce(override, '{}')) THEN
+		RAISE EXCEPTION 'the gate period_not_over cannot be overridden'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'A period is finalized only after it ends.',
+				  HINT = 'Overridable gates are device_silent, day_without_logons, unmapped_account and logon_outside_contract.';
+	END IF;
+	unknown := ARRAY(SELECT unnest(coalesce(override, '{}'))
+					 EXCEPT SELECT unnest('{device_silent,day_without_logons,unmapped_account,logon_outside_contract}'::text[]));
+	IF cardinality(unknown) > 0 THEN
+		RAISE EXCEPTION 'unknown data-quality gate %', unknown[1]
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Overridable gates are device_silent, day_without_logons, unmapped_account and logon_outside_contract.';
+	END IF;
+	-- every client with a contract in the period; clients named explicitly
+	-- are taken as named (one without a contract fails, with the reason)
+	IF only_clients IS NULL THEN
+		ids := ARRAY(SELECT DISTINCT k.client_id FROM contracts k WHERE k.effective && period ORDER BY 1);
+	ELSE
+		ids := ARRAY(SELECT DISTINCT x FROM unnest(only_clients) x WHERE x IS NOT NULL ORDER BY 1);
+	END IF;
+	INSERT INTO @extschema@.finalize_runs (period, override, client_ids)
+	VALUES (period, coalesce(override, '{}'), ids)
+	RETURNING run_id INTO id;
+	-- every client's people at once, committed with the run; each client's
+	-- transaction uses them if its data did not change since
+	PERFORM @extschema@.msp_finalize_run_prepare(id);
+	RETURN id;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION @extschema@.msp_finalize_run_begin(daterange, text[], bigint[]) FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@.msp_finalize_run_begin(daterange, text[], bigint[]) IS
+	'month-end internal: checks the period and override once, records a run and the clients it takes, counts their people at once; returns the run id';
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_finalize_run_client(client_id bigint, run_id bigint, may_retry boolean DEFAULT false)
+RETURNS text
+LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER
+SET search_path = pg_catalog, @extschema@, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	r finalize_runs;
+	prior bigint;
+	id bigint;
+	result text;
+	st text;
+	msg text;
+	det text;
+	hin text;
+	con text;
+	failing text[];
+	b finalize_run_people;
+	source text;
+BEGIN
+	SELECT * INTO r FROM finalize_runs f WHERE f.run_id = run_id;
+	IF NOT FOUND OR r.finished_at IS NOT NULL OR r.started_by <> session_user
+	   OR NOT client_id = ANY (r.client_ids) THEN
+		RAISE EXCEPTION 'client % is not pending in an open month-end run % of yours', client_id, run_id
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Run month-end with CALL mspbill.msp_finalize_period(period);';
+	END IF;
+	PERFORM pg_advisory_xact_lock(hashtext('mspbill.finalize'), hashtext(client_id::text || r.period::text));
+	prior := (msp_finalized_invoice(client_id, r.period)).invoice_id;
+	BEGIN
+		-- the people counted for every client at the start of the run hold
+		-- if what they were read from is the same in this transaction's
+		-- snapshot; else they are counted again here
+		SELECT * INTO b FROM finalize_run_people p WHERE p.run_id = run_id AND p.client_id = client_id;
+		IF prior IS NULL AND b.run_id IS NOT NULL
+		   AND msp_people_sources(client_id, r.period, b.snapshot) = b.sources THEN
+			id := msp_finalize_invoice_with(client_id, r.period, r.override, b.people, b.evidence);
+			source := 'batch';
+		ELSE
+			id := msp_finalize_invoice_with(client_id, r.period, r.override, NULL, NULL);
+			source := CASE WHEN prior IS NULL THEN 'recounted' END;
+		END IF;
+		result := CASE WHEN prior IS NULL THEN 'finalized' ELSE 'already_finalized' END;
+	EXCEPTION WHEN OTHERS THEN
+		GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, msg = MESSAGE_TEXT, det = PG_EXCEPTION_DETAIL,
+								hin = PG_EXCEPTION_HINT, con = CONSTRAINT_NAME;
+		IF may_retry AND (con IN ('invoices_one_per_period', 'invoices_no_overlap') OR st IN ('40001', '40P01')) THEN
+			-- another session finalized it, or took the next invoice number
+			-- (the counter row), after this transaction's snapshot
+			RETURN 'retry';
+		ELSIF st = '55000' OR (st = '23514' AND coalesce(con, '') = '') THEN
+			-- the gates (a check constraint's violation names the constraint)
+			result := 'refused';
+			failing := CASE WHEN st = '55000' THEN '{period_not_over}'::text[]
+							ELSE ARRAY(SELECT DISTINCT q.gate FROM msp_data_quality(client_id, r.period) q
+										WHERE NOT q.gate = ANY (r.override) ORDER BY 1) END;
+		ELSE
+			result := 'failed';
+		END IF;
+	END;
+	INSERT INTO @extschema@.finalize_run_clients (client_id, run_id, outcome, invoice_id, total, gates, sqlstate,
+												  message, detail, hint, people_from)
+	VALUES (client_id, run_id, result, id,
+			(SELECT i.total FROM invoices i WHERE i.client_id = client_id AND i.invoice_id = id),
+			failing, st, msg, nullif(det, ''), nullif(hin, ''), CASE WHEN result = 'finalized' THEN source END);
+	RETURN result;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION @extschema@.msp_finalize_run_client(bigint, bigint, boolean) FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@.msp_finalize_run_client(bigint, bigint, boolean) IS
+	'month-end internal: finalizes one client of a run in a subtransaction and records the outcome (finalized, already_finalized, refused, failed)';
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_finalize_run_end(run_id bigint)
+RETURNS void
+LANGUAGE plpgsql VOLATILE STRICT
+SECURITY DEFINER
+SET search_path = pg_catalog, @extschema@, pg_temp
+AS $$
+#variable_conflict use_variable
+BEGIN
+	UPDATE @extschema@.finalize_runs f SET finished_at = clock_timestamp()
+	 WHERE f.run_id = run_id AND f.started_by = session_user AND f.finished_at IS NULL;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'month-end run % is not an open run of yours', run_id
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	DELETE FROM @extschema@.finalize_run_people p WHERE p.run_id = run_id;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION @extschema@.msp_finalize_run_end(bigint) FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@.msp_finalize_run_end(bigint) IS
+	'month-end internal: marks a run finished';
+
+CREATE OR REPLACE PROCEDURE @extschema@.msp_finalize_period(period daterange, override text[] DEFAULT '{}',
+												  only_clients bigint[] DEFAULT NULL,
+												  INOUT run_id bigint DEFAULT NULL,
+												  INOUT finalized integer DEFAULT NULL,
+												  INOUT already_finalized integer DEFAULT NULL,
+												  INOUT refused integer DEFAULT NULL,
+												  INOUT failed integer DEFAULT NULL)
+LANGUAGE plpgsql
+AS $$
+#variable_conflict use_variable
+DECLARE
+	ids pg_catalog.int8[];
+	cid pg_catalog.int8;
+	outcome pg_catalog.text;
+	done pg_catalog.int4 := 0;
+BEGIN
+	finalized := 0;
+	already_finalized := 0;
+	refused := 0;
+	failed := 0;
+	run_id := @extschema@.msp_finalize_run_begin(period, override, only_clients);
+	ids := (SELECT r.client_ids FROM @extschema@.finalize_runs r WHERE r.run_id OPERATOR(pg_catalog.=) run_id);
+	RAISE NOTICE 'month-end run % for %: % clients', run_id, period, pg_catalog.cardinality(ids);
+	FOREACH cid IN ARRAY ids LOOP
+		-- the run row, then each client, committed as soon as done; the
+		-- next statement after COMMIT must be SET TRANSACTION
+		FOR attempt IN 1..5 LOOP
+			COMMIT;
+			SET TRANSACTION ISOLATION LEVEL REPEATABLE READ;
+			outcome := @extschema@.msp_finalize_run_client(cid, run_id, attempt OPERATOR(pg_catalog.<) 5);
+			EXIT WHEN outcome OPERATOR(pg_catalog.<>) 'retry';
+		END LOOP;
+		done := done OPERATOR(pg_catalog.+) 1;
+		CASE outcome
+			WHEN 'finalized' THEN finalized := finalized OPERATOR(pg_catalog.+) 1;
+			WHEN 'already_finalized' THEN already_finalized := already_finalized OPERATOR(pg_catalog.+) 1;
+			WHEN 'refused' THEN refused := refused OPERATOR(pg_catalog.+) 1;
+			ELSE failed := failed OPERATOR(pg_catalog.+) 1;
+		END CASE;
+		IF done OPERATOR(pg_catalog.%) 100 OPERATOR(pg_catalog.=) 0 THEN
+			RAISE NOTICE 'month-end run %: % of % clients done (% finalized, % already finalized, % refused, % failed)',
+				run_id, done, pg_catalog.cardinality(ids), finalized, already_finalized, refused, failed;
+		END IF;
+	END LOOP;
+	COMMIT;
+	PERFORM @extschema@.msp_finalize_run_end(run_id);
+	COMMIT;
+	RAISE NOTICE 'month-end run % for % done: % finalized, % already finalized, % refused, % failed',
+		run_id, period, finalized, already_finalized, refused, failed
+		USING DETAIL = 'Each client''s outcome, with the gates or the error: SELECT * FROM mspbill.finalize_run_clients WHERE run_id = ' || run_id || ';';
+END
+$$;
+REVOKE EXECUTE ON PROCEDURE @extschema@.msp_finalize_period(daterange, text[], bigint[], bigint, integer, integer, integer, integer) FROM PUBLIC;
+COMMENT ON PROCEDURE @extschema@.msp_finalize_period(daterange, text[], bigint[], bigint, integer, integer, integer, integer) IS
+	'month-end: finalizes every client''s invoice for a period (clients with a contract in it, or only_clients), one transaction per client, committed as it goes; returns the run id and how many were finalized, already finalized, refused and failed';
