@@ -113,7 +113,7 @@ elif [ "${state#* }" != "$ext_md5" ]; then
 	built="reused (extension recreated in $(($(date +%s) - t0)) s)"
 fi
 # what an earlier run finalized goes (as the superuser, whom the triggers let)
-sb -c "TRUNCATE mspbill.finalize_run_clients, mspbill.finalize_runs, mspbill.invoice_line_documents, mspbill.invoice_documents, mspbill.invoice_items, mspbill.invoices, mspbill.audit_log, mspbill.rollup_dirty" >/dev/null
+sb -c "TRUNCATE mspbill.finalize_run_people, mspbill.finalize_run_clients, mspbill.finalize_runs, mspbill.invoice_line_documents, mspbill.invoice_documents, mspbill.invoice_items, mspbill.invoices, mspbill.audit_log, mspbill.rollup_dirty" >/dev/null
 
 SETUP="SET search_path = public, mspbill; SET max_parallel_workers_per_gather = 2; SET jit = off;"
 wall_ms() { # wall time of the last statement of a session (psql \timing)
