@@ -151,7 +151,7 @@ COMMENT ON FUNCTION @extschema@.msp_finalize_run_begin(daterange, text[], bigint
 -- whether they still hold in its own snapshot.  Written and read only by
 -- the month-end definer functions; a run's rows go when it ends.
 CREATE TABLE @extschema@.finalize_run_people (
-	run_id bigint NOT NULL REFERENCES @extschema@.finalize_runs ON DELETE CASCADE,
+	run_id bigint NOT NULL REFERENCES @extschema@.finalize_runs,
 	client_id bigint NOT NULL,
 	-- as msp_price_invoice takes them
 	people jsonb NOT NULL,

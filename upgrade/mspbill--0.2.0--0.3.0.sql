@@ -12019,7 +12019,7 @@ ALTER TABLE @extschema@.finalize_run_clients ADD COLUMN people_from text
 	CONSTRAINT finalize_run_clients_people_from_known CHECK (people_from IN ('batch', 'recounted'));
 
 CREATE TABLE @extschema@.finalize_run_people (
-	run_id bigint NOT NULL REFERENCES @extschema@.finalize_runs ON DELETE CASCADE,
+	run_id bigint NOT NULL REFERENCES @extschema@.finalize_runs,
 	client_id bigint NOT NULL,
 	-- as msp_price_invoice takes them
 	people jsonb NOT NULL,
