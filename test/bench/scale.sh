@@ -165,11 +165,14 @@ sleep 1
 functions=$(sb -At -F' ' -c "SELECT funcname, calls, round(self_time), round(total_time) FROM pg_stat_user_functions
 	WHERE schemaname = 'mspbill' ORDER BY self_time DESC LIMIT 8")
 # and client by client (msp_compute_invoice), as before: the same invoices
-one=$(wall_ms -c "CREATE TABLE scale.inv_one AS SELECT i.* FROM mspbill.clients c, LATERAL msp_compute_invoice(c.client_id, $OCT) i
+# (BENCH_PER_CLIENT=no leaves this row out: minutes at BENCH_SCALE=1)
+if [ "${BENCH_PER_CLIENT:-yes}" != no ]; then
+	one=$(wall_ms -c "CREATE TABLE scale.inv_one AS SELECT i.* FROM mspbill.clients c, LATERAL msp_compute_invoice(c.client_id, $OCT) i
 	     WHERE c.client_id NOT IN (SELECT client_id FROM scale.defects)")
-[ -n "$one" ] || die "the per-client invoices failed"
-same_one=$(sb -Atc "SELECT count(*) FROM scale.inv i FULL JOIN scale.inv_one o USING (client_id)
-	WHERE i.client_id IS NULL OR o.client_id IS NULL OR (i.*)::text <> (o.*)::text")
+	[ -n "$one" ] || die "the per-client invoices failed"
+	same_one=$(sb -Atc "SELECT count(*) FROM scale.inv i FULL JOIN scale.inv_one o USING (client_id)
+		WHERE i.client_id IS NULL OR o.client_id IS NULL OR (i.*)::text <> (o.*)::text")
+fi
 differ=$(sb -Atc "SELECT count(*) FROM scale.inv i FULL JOIN scale.raw_flat f USING (client_id) FULL JOIN scale.raw_join j USING (client_id)
 	WHERE client_id NOT IN (SELECT client_id FROM scale.defects)
 	  AND (coalesce(i.users, 0) <> coalesce(f.users, 0) OR coalesce(i.users, 0) <> coalesce(j.users, 0) OR i.client_id IS NULL)")
@@ -203,14 +206,18 @@ printf '| invoices for October, all %s clients that can be priced (msp_compute_i
 	"$priceable" "$inv" "$flat" "$(ratio "$inv" "$flat")"
 printf '| invoices for October, all %s clients that can be priced (msp_compute_invoices) | %.0f ms | raw per-client COUNT(DISTINCT) over mspbill.logons with the joins: %.0f ms | %sx |\n' \
 	"$priceable" "$inv" "$join" "$(ratio "$inv" "$join")"
-printf '| invoices for October, client by client (msp_compute_invoice) | %.0f ms | msp_compute_invoices: %.0f ms | %sx |\n' \
-	"$one" "$inv" "$(ratio "$one" "$inv")"
-echo "|   every invoice identical, batch and client by client | $([ "$same_one" = 0 ] && echo yes || echo "NO: $same_one differ") | | |"
+if [ "${BENCH_PER_CLIENT:-yes}" != no ]; then
+	printf '| invoices for October, client by client (msp_compute_invoice) | %.0f ms | msp_compute_invoices: %.0f ms | %sx |\n' \
+		"$one" "$inv" "$(ratio "$one" "$inv")"
+	echo "|   every invoice identical, batch and client by client | $([ "$same_one" = 0 ] && echo yes || echo "NO: $same_one differ") | | |"
+fi
 echo "|   users identical to both COUNT(DISTINCT)s ($users users) | $([ "$differ" = 0 ] && echo yes || echo "NO: $differ clients differ") | | |"
 printf '| month-end for October, all %s clients (CALL msp_finalize_period) | %.0f ms | the invoices above: %.0f ms | %sx |\n' \
 	"$clients" "$me_ms" "$inv" "$(ratio "$me_ms" "$inv")"
 echo "|   outcomes | $fin finalized, $already already finalized, $refused refused, $failed failed ($why) | | |"
 echo "|   finalized invoices identical to the computed ones | $([ "$same" = 0 ] && echo yes || echo "NO: $same differ") | | |"
+echo "|   people of the finalized clients | $(sb -Atc "SELECT coalesce(string_agg(format('%s %s', n, w), ', ' ORDER BY w), 'none') FROM (
+	SELECT people_from AS w, count(*) AS n FROM mspbill.finalize_run_clients WHERE run_id = $run AND outcome = 'finalized' GROUP BY 1) x") (batch: counted for every client when the run began) | | |"
 printf '| memory high-water mark of the month-end backend (VmHWM) | %.0f MB (%.0f MB at connection) | | |\n' \
 	"$(awk "BEGIN{print $peak / 1024}")" "$(awk "BEGIN{print $base / 1024}")"
 while read -r fn calls self total; do
