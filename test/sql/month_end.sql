@@ -207,7 +207,8 @@ SELECT is(ARRAY(SELECT format('%s may %s', r, p) FROM unnest('{mspbill_admin,msp
                  WHERE has_table_privilege(r, 'mspbill.finalize_run_people', p)
                 UNION ALL
                 SELECT format('%s may run %s', r, f) FROM unnest('{mspbill_admin,mspbill_billing,mspbill_bi,mspbill_pii,mspbill_report}'::name[]) r,
-                       unnest('{mspbill.msp_finalize_run_prepare(bigint),mspbill.msp_finalize_invoice_with(bigint,daterange,text[],jsonb,jsonb)}'::text[]) f
+                       unnest(ARRAY['mspbill.msp_finalize_run_prepare(bigint)',
+                                     'mspbill.msp_finalize_invoice_with(bigint,daterange,text[],jsonb,jsonb)']) f
                  WHERE has_function_privilege(r, f, 'EXECUTE')),
           '{}'::text[], 'nobody reads or writes the people a run counted, nor prices an invoice from people of their own');
 SET SESSION AUTHORIZATION mend_bi;
