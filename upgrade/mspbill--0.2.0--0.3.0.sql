@@ -11817,6 +11817,15 @@ AS $$
 DECLARE
 	r record;
 BEGIN
+	-- on Citus the people of every client are not one statement: each
+	-- client is computed on its own (msp_invoices runs them on the workers)
+	IF msp_is_distributed('@extschema@.contracts') THEN
+		FOR r IN SELECT c.client_id FROM clients c WHERE client_ids IS NULL OR c.client_id = ANY (client_ids)
+				  ORDER BY 1 LOOP
+			RETURN NEXT msp_compute_invoice(r.client_id, period);
+		END LOOP;
+		RETURN;
+	END IF;
 	FOR r IN SELECT * FROM msp_period_people_by_client(period, client_ids) LOOP
 		RETURN NEXT (SELECT p.summary FROM msp_price_invoice(r.client_id, msp_period(r.client_id, period), r.people) p);
 	END LOOP;
