@@ -242,6 +242,9 @@ BEGIN
 	RETURN out;
 END
 $$;
+-- (reads xmin, which the roles' column grants do not cover: month-end's
+-- definer functions call it as the owner)
+REVOKE EXECUTE ON FUNCTION @extschema@.msp_people_sources(bigint, daterange, pg_snapshot) FROM PUBLIC;
 COMMENT ON FUNCTION @extschema@.msp_people_sources(bigint, daterange, pg_snapshot) IS
 	'month-end internal: the rows one client''s billable people of a period are read from, counted per table and home client, and how many are new since a snapshot';
 
