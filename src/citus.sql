@@ -88,6 +88,35 @@ REVOKE EXECUTE ON FUNCTION @extschema@.msp_on_all_nodes(text) FROM PUBLIC;
 COMMENT ON FUNCTION @extschema@.msp_on_all_nodes(text) IS
 	'runs a statement on this node and on every Citus worker; an error names the worker that refused';
 
+-- Run statements on every worker only, in one transaction each, with
+-- Citus's DDL propagation off there: for the extension's own objects,
+-- which CREATE EXTENSION made on every node and Citus does not carry
+-- (a worker refuses to change them with propagation on).
+CREATE FUNCTION @extschema@.msp_on_workers(commands text[]) RETURNS void
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	r record;
+	block text;
+BEGIN
+	-- (one statement: run_command_on_workers runs only the first of several)
+	block := format('DO %L', 'BEGIN PERFORM pg_catalog.set_config(''citus.enable_ddl_propagation'', ''off'', true); '
+							 || (SELECT string_agg(format('EXECUTE %L;', c), ' ') FROM unnest(commands) c) || ' END');
+	FOR r IN EXECUTE 'SELECT nodename, nodeport, success, result FROM pg_catalog.run_command_on_workers($1)' USING block LOOP
+		IF NOT r.success THEN
+			RAISE EXCEPTION 'worker %:% refused: %', r.nodename, r.nodeport, r.result
+				USING ERRCODE = 'object_not_in_prerequisite_state',
+					  DETAIL = format('Nothing of the %s statements changed there; the first was: %s', cardinality(commands), commands[1]),
+					  HINT = 'Every worker needs the same mspbill version as the coordinator, and the mspbill roles (msp_install_roles() on the coordinator creates them there).';
+		END IF;
+	END LOOP;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION @extschema@.msp_on_workers(text[]) FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@.msp_on_workers(text[]) IS
+	'runs statements on every Citus worker (not here) in one transaction each, DDL propagation off; an error names the worker that refused';
+
 -- Distribute the schema on a Citus coordinator.  Idempotent: what is
 -- distributed already is left as it is.
 CREATE FUNCTION @extschema@.msp_distribute(shard_count integer DEFAULT NULL)
@@ -117,6 +146,7 @@ DECLARE
 	f record;
 	s record;
 	is_coord boolean;
+	labels_view text;
 BEGIN
 	IF NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus') THEN
 		RAISE EXCEPTION 'Citus is not installed in this database'
@@ -295,12 +325,30 @@ BEGIN
 							  s.seq, s.seq));
 	END LOOP;
 
-	-- 7. Per-client functions run on the worker that holds the client
+	-- 7. account_labels: the same rows and labels, the names through
+	-- msp_account_name (called only where a name may show), since Citus
+	-- reads the shards as the session user, whom the view's owner rights do
+	-- not reach (the label rule as in src/billing/tables.sql)
+	labels_view := (
+		'CREATE OR REPLACE VIEW @extschema@.account_labels WITH (security_barrier) AS '
+		'SELECT a.client_id, a.account_id, a.realm, a.kind, '
+		'coalesce(CASE WHEN a.kind IN (''shared'', ''service'') OR @extschema@.msp_sees_names() '
+		'THEN @extschema@.msp_account_name(a.client_id, a.account_id) END, '
+		'a.realm || '' account '' || a.account_id) AS label '
+		'FROM @extschema@.accounts a WHERE @extschema@.msp_can_see_client(a.client_id)');
+	EXECUTE labels_view;
+	PERFORM @extschema@.msp_on_workers(ARRAY[labels_view]);
+
+	-- 8. Per-client functions run on the worker that holds the client
 	FOR f IN SELECT * FROM @extschema@.msp_distributed_functions() LOOP
 		EXECUTE 'SELECT pg_catalog.create_distributed_function($1, ''$1''::text, colocate_with => $2, force_delegation => $3)'
 			USING f.fn, anchor::text, f.force_delegation;
 		n_fn := n_fn + 1;
 	END LOOP;
+
+	-- 9. The workers get the grants on views and functions (a delegated
+	-- call reads account_labels there as its caller)
+	PERFORM @extschema@.msp_grants_to_workers();
 
 	RETURN format('%s reference tables, %s distributed tables, %s delegated functions', n_ref, n_dist, n_fn);
 END
@@ -343,3 +391,110 @@ END
 $$;
 COMMENT ON FUNCTION @extschema@.msp_shard_invoices(bigint, daterange) IS
 	'the invoices of the clients in client_id''s shard (without Citus: its own), as a JSON array; msp_invoices() calls it once per shard';
+
+-- The name an account label shows, for account_labels on Citus.  There
+-- Citus sends the view's query to the shards as the session user, so a
+-- view that reads accounts.name fails for every role that may not read the
+-- column (a view's owner rights do not reach the shards).  This definer
+-- reads the one row instead, from this node's own shard (the caller is a
+-- query on that shard, where Citus refuses queries on distributed tables),
+-- and decides by the caller: current_user is the definer here, so the
+-- caller is the role set with SET ROLE, else the session's login (on a
+-- worker, the coordinator's current user).  NULL when the caller may not
+-- see the client, or for the name of a person's account without
+-- mspbill_pii.
+CREATE FUNCTION @extschema@.msp_account_name(client_id bigint, account_id bigint) RETURNS text
+LANGUAGE plpgsql STABLE STRICT SECURITY DEFINER PARALLEL RESTRICTED
+SET search_path = pg_catalog, @extschema@, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	caller name := coalesce(nullif(current_setting('role'), 'none'), session_user);
+	super boolean;
+	mapped boolean;
+	tbl regclass;
+	nm text;
+	k text;
+BEGIN
+	SELECT r.rolsuper INTO super FROM pg_catalog.pg_roles r WHERE r.rolname = caller;
+	EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s b JOIN pg_catalog.pg_roles r ON r.rolname = b.role_name
+								   WHERE b.client_id = $1 AND pg_catalog.pg_has_role($2, r.oid, ''MEMBER''))',
+				   @extschema@.msp_client_access_table())
+		INTO mapped USING client_id, caller;
+	IF NOT (super OR mapped
+			OR EXISTS (SELECT 1 FROM pg_catalog.pg_roles r
+						WHERE r.rolname IN ('mspbill_admin', 'mspbill_billing')
+						  AND pg_catalog.pg_has_role(caller, r.oid, 'MEMBER'))) THEN
+		RETURN NULL;
+	END IF;
+	IF @extschema@.msp_is_distributed('@extschema@.accounts') THEN
+		EXECUTE $q$SELECT pg_catalog.to_regclass(pg_catalog.format('@extschema@.%I', 'accounts_' || pg_catalog.get_shard_id_for_distribution_column('@extschema@.accounts', $1)))$q$
+			INTO tbl USING client_id;
+	END IF;
+	-- (not on this node, or no Citus: the table itself)
+	EXECUTE format('SELECT a.name, a.kind FROM %s a WHERE a.client_id = $1 AND a.account_id = $2',
+				   coalesce(tbl, '@extschema@.accounts'::regclass))
+		INTO nm, k USING client_id, account_id;
+	IF k IN ('shared', 'service')
+	   OR (coalesce(current_setting('mspbill.pseudonymous', true), '') <> 'on'
+		   AND (super OR EXISTS (SELECT 1 FROM pg_catalog.pg_roles r
+								  WHERE r.rolname = 'mspbill_pii' AND pg_catalog.pg_has_role(caller, r.oid, 'MEMBER')))) THEN
+		RETURN nm;
+	END IF;
+	RETURN NULL;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION @extschema@.msp_account_name(bigint, bigint) FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@.msp_account_name(bigint, bigint) IS
+	'the real name of an account for account_labels on Citus, read from this node''s shard, if the session''s login may see it; NULL otherwise';
+
+-- Citus carries the grants on distributed tables to the workers, not those
+-- on the extension's views and functions (objects of an extension are the
+-- extension's, made by CREATE EXTENSION on each node).  A delegated call
+-- runs on a worker as its caller and reads views there (account_labels),
+-- so the workers get the coordinator's grants on them: the mspbill roles'
+-- grants are taken back there and granted as here.
+CREATE FUNCTION @extschema@.msp_grants_to_workers() RETURNS integer
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	roles text;
+	cmds text[] := '{}';
+	r record;
+	distributed oid[];
+BEGIN
+	IF NOT @extschema@.msp_is_distributed('@extschema@.accounts') THEN
+		RETURN 0;
+	END IF;
+	SELECT string_agg(quote_ident(rolname), ', ' ORDER BY rolname) INTO roles FROM pg_catalog.pg_roles
+	 WHERE rolname IN ('mspbill_admin', 'mspbill_billing', 'mspbill_bi', 'mspbill_pii', 'mspbill_report');
+	IF roles IS NULL THEN
+		RETURN 0;
+	END IF;
+	-- the delegated functions are Citus's objects: it carries their grants
+	-- itself, in the caller's transaction (here on the workers' same rows,
+	-- over other connections, it would wait for that transaction forever)
+	EXECUTE 'SELECT array_agg(objid) FROM pg_catalog.pg_dist_object WHERE classid = ''pg_catalog.pg_proc''::regclass'
+		INTO distributed;
+	distributed := coalesce(distributed, '{}');
+	FOR r IN
+		SELECT format('%s %s', CASE c.relkind WHEN 'v' THEN 'TABLE' END, c.oid::regclass) AS obj, c.relacl AS acl, c.relowner AS owner
+		  FROM pg_catalog.pg_class c WHERE c.relnamespace = '@extschema@'::regnamespace AND c.relkind = 'v'
+		UNION ALL
+		SELECT format('%s %s', CASE p.prokind WHEN 'p' THEN 'PROCEDURE' ELSE 'FUNCTION' END, p.oid::regprocedure), p.proacl, p.proowner
+		  FROM pg_catalog.pg_proc p WHERE p.pronamespace = '@extschema@'::regnamespace AND p.prokind IN ('f', 'p')
+		   AND NOT p.oid = ANY (distributed)
+	LOOP
+		cmds := cmds || format('REVOKE ALL ON %s FROM %s', r.obj, roles);
+		cmds := cmds || ARRAY(SELECT format('GRANT %s ON %s TO %I', x.privilege_type, r.obj, g.rolname)
+								FROM aclexplode(r.acl) x JOIN pg_catalog.pg_roles g ON g.oid = x.grantee
+							   WHERE x.grantee <> r.owner AND g.rolname IN ('mspbill_admin', 'mspbill_billing', 'mspbill_bi', 'mspbill_pii', 'mspbill_report'));
+	END LOOP;
+	PERFORM @extschema@.msp_on_workers(cmds);
+	RETURN cardinality(cmds);
+END
+$$;
+REVOKE EXECUTE ON FUNCTION @extschema@.msp_grants_to_workers() FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@.msp_grants_to_workers() IS
+	'on a Citus coordinator: gives the workers the mspbill roles'' grants on the extension''s views and functions as they are here; returns the statements run';

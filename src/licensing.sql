@@ -312,9 +312,13 @@ BEGIN
 	IF to_regclass('pg_temp.msp_json') IS NOT NULL THEN
 		DROP TABLE pg_temp.msp_json;
 	END IF;
-	-- JSON lines (every line starts a document) need no joining of lines
+	-- JSON lines (every line starts a document) need no joining of lines.
+	-- A line is blank when it has no character but spaces, tabs and line
+	-- ends (a regular expression: btrim with a set of characters counts
+	-- the characters of the whole line first); a byte-order mark is
+	-- trimmed only where there is one.
 	EXECUTE format($q$
-		SELECT NOT EXISTS (SELECT 1 FROM %s s WHERE s.client_id = $1 AND btrim(s.raw, E' \t\r\n') <> ''
+		SELECT NOT EXISTS (SELECT 1 FROM %s s WHERE s.client_id = $1 AND s.raw ~ '[^ \t\r\n]'
 							  AND s.raw !~ '^\ufeff?[\[{]')$q$, stage) INTO json_lines USING for_client;
 	EXECUTE format($q$
 		CREATE TEMP TABLE msp_json ON COMMIT DROP AS
@@ -325,7 +329,7 @@ BEGIN
 			SELECT x.line_no, x.raw, x.joined, y.f,
 				   (left(y.f[%2$s + 1], 1) = '[' OR left(y.f[%2$s + 2], 1) = '[' OR left(y.f[%2$s + 3], 1) = '['
 					OR left(y.f[%2$s + 4], 1) = '[') IS TRUE AS page
-			  FROM x, LATERAL (SELECT @extschema@.msp_json_fields(ltrim(x.raw, E'\ufeff'), $2) AS f OFFSET 0) y)
+			  FROM x, LATERAL (SELECT @extschema@.msp_json_fields(CASE WHEN left(x.raw, 1) = E'\ufeff' THEN ltrim(x.raw, E'\ufeff') ELSE x.raw END, $2) AS f OFFSET 0) y)
 		SELECT row_number() OVER () AS rec, r.line_no, r.ord, r.raw, r.f, r.bad
 		  FROM (
 			-- an object that is no page: a record, its fields read already
@@ -354,13 +358,13 @@ BEGIN
 		CASE WHEN json_lines THEN
 		format($x$x AS (
 			SELECT s.line_no, s.raw, false AS joined
-			  FROM %s s WHERE s.client_id = $1 AND btrim(s.raw, E' \t\r\n') <> '')$x$, stage)
+			  FROM %s s WHERE s.client_id = $1 AND s.raw ~ '[^ \t\r\n]')$x$, stage)
 		ELSE
 		-- a line that starts a document and is followed by another start
 		-- (or by nothing) is one; only the other lines are joined
 		format($x$l AS (
 			SELECT s.line_no, s.raw, s.raw ~ '^\ufeff?[\[{]' AS starts
-			  FROM %s s WHERE s.client_id = $1 AND btrim(s.raw, E' \t\r\n') <> ''),
+			  FROM %s s WHERE s.client_id = $1 AND s.raw ~ '[^ \t\r\n]'),
 		n AS (
 			SELECT l.*, lead(l.starts, 1, true) OVER w AS next_starts, count(*) FILTER (WHERE l.starts) OVER w AS doc_no
 			  FROM l WINDOW w AS (ORDER BY l.line_no)),
@@ -386,50 +390,50 @@ RETURN coalesce(as_of, (SELECT (now() AT TIME ZONE c.time_zone)::date FROM @exts
 COMMENT ON FUNCTION @extschema@.msp_snapshot_day(bigint, date) IS
 	'internal: the day a licence snapshot is of (the given day, else today in the client''s time zone)';
 
--- Microsoft 365 accounts for the UPNs of a load that are not accounts yet
--- (kind unknown until mapped, as the Entra loader creates them), with
--- ids from the identity column moved past hand-chosen ones.
-CREATE FUNCTION @extschema@.msp_ensure_m365_accounts(for_client bigint, upns text[]) RETURNS bigint
-LANGUAGE plpgsql VOLATILE STRICT
-SET search_path = pg_catalog, @extschema@, pg_temp
-AS $$
-DECLARE
-	n bigint;
-BEGIN
-	PERFORM setval(pg_get_serial_sequence('@extschema@.accounts', 'account_id'), m.id)
-	   FROM (SELECT max(a.account_id) AS id FROM @extschema@.accounts a WHERE a.client_id = for_client) m
-	  WHERE m.id > coalesce(pg_sequence_last_value(pg_get_serial_sequence('@extschema@.accounts', 'account_id')), 0);
-	-- in name order: the name index takes them page by page
-	INSERT INTO @extschema@.accounts (client_id, realm, name, kind)
-	SELECT for_client, 'm365', n.upn, 'unknown'
-	  FROM (SELECT DISTINCT lower(u) AS upn FROM unnest(upns) u) n
-	 WHERE NOT EXISTS (SELECT 1 FROM @extschema@.accounts a WHERE a.client_id = for_client AND a.realm = 'm365'
-						  AND lower(a.name) = n.upn AND a.application IS NULL)
-	 ORDER BY n.upn;
-	GET DIAGNOSTICS n = ROW_COUNT;
-	RETURN n;
-END
-$$;
-COMMENT ON FUNCTION @extschema@.msp_ensure_m365_accounts(bigint, text[]) IS
-	'internal: creates the Microsoft 365 accounts (kind unknown) of UPNs not yet known';
-
 -- Licence assignments from pg_temp.msp_assign (line_no, upn, product,
--- enabled): accounts first, then the day's rows.  Returns (loaded, duplicate).
+-- enabled): the UPNs' Microsoft 365 accounts (created, kind unknown until
+-- mapped, as the Entra loader creates them, where a UPN is none yet), then
+-- the day's rows.  One statement: the new accounts' ids come back from
+-- their insert, so accounts are not read again, and the day's rows already
+-- loaded are left out by an anti-join (a plain insert costs half of ON
+-- CONFLICT's speculative one).  Loads of a client take turns
+-- (msp_load_begin), so the check-then-insert cannot race with another
+-- load; a row written meanwhile by hand fails the load, whole.  Returns
+-- (loaded, duplicate).
 CREATE FUNCTION @extschema@.msp_store_assignments(for_client bigint, day date, load_source text,
 												  OUT loaded bigint, OUT duplicate bigint)
 LANGUAGE plpgsql VOLATILE STRICT
 SET search_path = pg_catalog, @extschema@, pg_temp
 AS $$
 BEGIN
-	PERFORM @extschema@.msp_ensure_m365_accounts(for_client, ARRAY(SELECT DISTINCT x.upn FROM pg_temp.msp_assign x));
-	WITH ins AS (
+	-- new ids come from the identity column, moved past hand-chosen ones
+	PERFORM setval(pg_get_serial_sequence('@extschema@.accounts', 'account_id'), m.id)
+	   FROM (SELECT max(a.account_id) AS id FROM @extschema@.accounts a WHERE a.client_id = for_client) m
+	  WHERE m.id > coalesce(pg_sequence_last_value(pg_get_serial_sequence('@extschema@.accounts', 'account_id')), 0);
+	ANALYZE pg_temp.msp_assign;
+	WITH u AS MATERIALIZED (
+		SELECT n.upn, a.account_id
+		  FROM (SELECT DISTINCT x.upn FROM pg_temp.msp_assign x) n
+		  LEFT JOIN @extschema@.accounts a ON a.client_id = for_client AND a.realm = 'm365' AND a.application IS NULL
+										  AND lower(a.name) = n.upn),
+	-- in name order: the name index takes them page by page
+	created AS (
+		INSERT INTO @extschema@.accounts (client_id, realm, name, kind)
+		SELECT for_client, 'm365', u.upn, 'unknown' FROM u WHERE u.account_id IS NULL ORDER BY u.upn
+		RETURNING name AS upn, account_id),
+	ids AS (
+		SELECT u.upn, u.account_id FROM u WHERE u.account_id IS NOT NULL
+		UNION ALL
+		SELECT c.upn, c.account_id FROM created c),
+	ins AS (
 		INSERT INTO @extschema@.m365_license_assignments (client_id, as_of, account_id, product, account_enabled, source)
-		SELECT DISTINCT ON (a.account_id, x.product) for_client, day, a.account_id, x.product, x.enabled, load_source
+		SELECT DISTINCT ON (i.account_id, x.product) for_client, day, i.account_id, x.product, x.enabled, load_source
 		  FROM pg_temp.msp_assign x
-		  JOIN @extschema@.accounts a ON a.client_id = for_client AND a.realm = 'm365' AND a.application IS NULL
-									 AND lower(a.name) = x.upn
-		 ORDER BY a.account_id, x.product, x.line_no
-		ON CONFLICT ON CONSTRAINT m365_license_assignments_pkey DO NOTHING
+		  JOIN ids i ON i.upn = x.upn
+		 WHERE NOT EXISTS (SELECT 1 FROM @extschema@.m365_license_assignments m
+							WHERE m.client_id = for_client AND m.as_of = day AND m.account_id = i.account_id
+							  AND m.product = x.product)
+		 ORDER BY i.account_id, x.product, x.line_no
 		RETURNING 1)
 	SELECT count(*) INTO loaded FROM ins;
 	duplicate := (SELECT count(*) FROM pg_temp.msp_assign) - loaded;
@@ -480,6 +484,10 @@ DECLARE
 	d bigint;
 BEGIN
 	source := coalesce(source, 'graph');
+	-- the stage holds still while it is read and emptied: a COPY into it
+	-- (any client) waits for this load, and this load for COPYs under way,
+	-- so that no line committed meanwhile is emptied unread
+	LOCK TABLE @extschema@.m365_graph_staging IN SHARE ROW EXCLUSIVE MODE;
 	PERFORM @extschema@.msp_load_begin(client_id);
 	day := @extschema@.msp_snapshot_day(client_id, as_of);
 	-- f: 1 skuId, 2 skuPartNumber, 3 prepaidUnits, 4 consumedUnits,
@@ -606,6 +614,10 @@ DECLARE
 	day date;
 BEGIN
 	source := coalesce(source, 'm365_admin');
+	-- the stage holds still while it is read and emptied: a COPY into it
+	-- (any client) waits for this load, and this load for COPYs under way,
+	-- so that no line committed meanwhile is emptied unread
+	LOCK TABLE @extschema@.m365_users_csv_staging IN SHARE ROW EXCLUSIVE MODE;
 	PERFORM @extschema@.msp_load_begin(client_id);
 	day := @extschema@.msp_snapshot_day(client_id, as_of);
 	PERFORM @extschema@.msp_stage_csv(client_id, '@extschema@.m365_users_csv_staging', 'User principal name');
@@ -674,6 +686,10 @@ AS $$
 #variable_conflict use_variable
 BEGIN
 	source := coalesce(source, 'm365_activity');
+	-- the stage holds still while it is read and emptied: a COPY into it
+	-- (any client) waits for this load, and this load for COPYs under way,
+	-- so that no line committed meanwhile is emptied unread
+	LOCK TABLE @extschema@.m365_activity_staging IN SHARE ROW EXCLUSIVE MODE;
 	PERFORM @extschema@.msp_load_begin(client_id);
 	PERFORM @extschema@.msp_stage_csv(client_id, '@extschema@.m365_activity_staging', 'User Principal Name');
 	CREATE TEMP TABLE msp_act_cols ON COMMIT DROP AS
@@ -722,31 +738,75 @@ BEGIN
 		   LATERAL (SELECT lower(btrim(c.f[h.upn])) AS upn) x
 	 WHERE NOT c.is_header;
 
-	-- activity accounts take the kind and person of the UPN's m365 account
-	INSERT INTO @extschema@.accounts (client_id, realm, name, kind, person_id)
-	SELECT DISTINCT ON (a.upn) client_id, 'm365_activity', a.upn, coalesce(m.kind, 'unknown'), m.person_id
-	  FROM pg_temp.msp_act a
-	  LEFT JOIN @extschema@.accounts m ON m.client_id = client_id AND m.realm = 'm365' AND lower(m.name) = a.upn
-	 WHERE a.class = 'activity'
-	   AND NOT EXISTS (SELECT 1 FROM @extschema@.accounts x WHERE x.client_id = client_id AND x.realm = 'm365_activity'
-						  AND lower(x.name) = a.upn)
-	 ORDER BY a.upn;
+	-- activity accounts take the kind and person of the UPN's m365 account;
+	-- each UPN's activity account, the new ones' ids as their insert
+	-- returns them (new ids move past hand-chosen ones first)
+	PERFORM setval(pg_get_serial_sequence('@extschema@.accounts', 'account_id'), m.id)
+	   FROM (SELECT max(a.account_id) AS id FROM @extschema@.accounts a WHERE a.client_id = client_id) m
+	  WHERE m.id > coalesce(pg_sequence_last_value(pg_get_serial_sequence('@extschema@.accounts', 'account_id')), 0);
+	CREATE TEMP TABLE msp_act_accounts (upn text, account_id bigint) ON COMMIT DROP;
+	WITH u AS MATERIALIZED (
+		SELECT n.upn, x.account_id
+		  FROM (SELECT DISTINCT a.upn FROM pg_temp.msp_act a WHERE a.class = 'activity') n
+		  LEFT JOIN @extschema@.accounts x ON x.client_id = client_id AND x.realm = 'm365_activity' AND x.application IS NULL
+										  AND lower(x.name) = n.upn),
+	created AS (
+		INSERT INTO @extschema@.accounts (client_id, realm, name, kind, person_id)
+		SELECT client_id, 'm365_activity', u.upn, coalesce(m.kind, 'unknown'), m.person_id
+		  FROM u
+		  LEFT JOIN @extschema@.accounts m ON m.client_id = client_id AND m.realm = 'm365' AND m.application IS NULL
+										  AND lower(m.name) = u.upn
+		 WHERE u.account_id IS NULL
+		 ORDER BY u.upn
+		RETURNING name, account_id)
+	INSERT INTO pg_temp.msp_act_accounts (upn, account_id)
+	SELECT u.upn, u.account_id FROM u WHERE u.account_id IS NOT NULL
+	UNION ALL
+	SELECT c.name, c.account_id FROM created c;
 
-	INSERT INTO pg_temp.msp_load_events (line_no, realm, application, account_name, device_name, create_device, at,
-										 ended, source_event_id, session_key)
-	SELECT a.line_no, 'm365_activity', NULL, a.upn, NULL, false, d.at, NULL, a.upn || '|' || d.product || '|' || d.day, NULL
-	  FROM pg_temp.msp_act a JOIN pg_temp.msp_act_days d USING (line_no)
-	 WHERE a.class = 'activity';
-	SELECT * INTO loaded, duplicate FROM @extschema@.msp_load_normalized_guarded(client_id, source, $reject$
-		UPDATE pg_temp.msp_act SET class = 'reject:unloadable record: ' || $3 WHERE line_no = $2
-	$reject$);
+	-- the logons, one per product-day (its event id, the first by line),
+	-- those already loaded left out as the shared last step
+	-- (msp_load_normalized) leaves them out.  Straight from the records:
+	-- the accounts are known and there is no device nor session, so the
+	-- shared step's passes over accounts and devices would find nothing
+	-- new.  Should a record make the insert fail, the shared guarded step
+	-- runs instead, and finds it.
+	BEGIN
+		WITH e AS (
+			SELECT DISTINCT ON (x.event_id) x.*
+			  FROM (SELECT a.line_no, a.upn, d.at, a.upn || '|' || d.product || '|' || d.day AS event_id
+					  FROM pg_temp.msp_act a JOIN pg_temp.msp_act_days d USING (line_no)
+					 WHERE a.class = 'activity') x
+			 ORDER BY x.event_id, x.line_no),
+		ins AS (
+			INSERT INTO @extschema@.logons (client_id, account_id, device_id, at, ended, presence, source, source_event_id,
+											session_key)
+			SELECT client_id, i.account_id, NULL, e.at, NULL, true, source, e.event_id, NULL
+			  FROM e JOIN pg_temp.msp_act_accounts i ON i.upn = e.upn
+			 WHERE NOT EXISTS (SELECT 1 FROM @extschema@.logons l
+								WHERE l.client_id = client_id AND l.source = source AND l.source_event_id = e.event_id)
+			RETURNING 1)
+		SELECT count(*) INTO loaded FROM ins;
+		duplicate := (SELECT count(*) FROM pg_temp.msp_act a JOIN pg_temp.msp_act_days d USING (line_no)
+					   WHERE a.class = 'activity') - loaded;
+	EXCEPTION WHEN data_exception OR program_limit_exceeded OR integrity_constraint_violation THEN
+		INSERT INTO pg_temp.msp_load_events (line_no, realm, application, account_name, device_name, create_device, at,
+											 ended, source_event_id, session_key)
+		SELECT a.line_no, 'm365_activity', NULL, a.upn, NULL, false, d.at, NULL, a.upn || '|' || d.product || '|' || d.day, NULL
+		  FROM pg_temp.msp_act a JOIN pg_temp.msp_act_days d USING (line_no)
+		 WHERE a.class = 'activity';
+		SELECT * INTO loaded, duplicate FROM @extschema@.msp_load_normalized_guarded(client_id, source, $reject$
+			UPDATE pg_temp.msp_act SET class = 'reject:unloadable record: ' || $3 WHERE line_no = $2
+		$reject$);
+	END;
 
 	CREATE TEMP TABLE msp_rej ON COMMIT DROP AS
 	SELECT a.line_no, a.raw, substr(a.class, 8) AS reason FROM pg_temp.msp_act a WHERE a.class LIKE 'reject:%';
 	rejected := @extschema@.msp_store_rejects(client_id, source);
 	SELECT count(*) INTO skipped FROM pg_temp.msp_act a WHERE a.class = 'skip';
 	DELETE FROM @extschema@.m365_activity_staging s WHERE s.client_id = client_id;
-	DROP TABLE pg_temp.msp_act, pg_temp.msp_act_days, pg_temp.msp_act_cols, pg_temp.msp_csv, pg_temp.msp_csv_headers;
+	DROP TABLE pg_temp.msp_act, pg_temp.msp_act_days, pg_temp.msp_act_cols, pg_temp.msp_act_accounts, pg_temp.msp_csv,
+			   pg_temp.msp_csv_headers;
 END
 $$;
 COMMENT ON FUNCTION @extschema@.msp_load_m365_activity(bigint, text) IS
@@ -798,6 +858,10 @@ DECLARE
 	hi bigint;
 BEGIN
 	source := coalesce(source, 'pax8');
+	-- the stage holds still while it is read and emptied: a COPY into it
+	-- (any client) waits for this load, and this load for COPYs under way,
+	-- so that no line committed meanwhile is emptied unread
+	LOCK TABLE @extschema@.pax8_staging IN SHARE ROW EXCLUSIVE MODE;
 	PERFORM @extschema@.msp_load_begin(client_id);
 	day := @extschema@.msp_snapshot_day(client_id, as_of);
 	-- JSON when the first non-empty line starts an object or array
@@ -909,25 +973,38 @@ BEGIN
 		 ORDER BY k.key, p.line_no DESC, p.ord DESC),
 	prod AS MATERIALIZED (
 		SELECT n.product, @extschema@.msp_license_product(n.product) AS name FROM (SELECT DISTINCT s.product FROM sub s) n),
-	up AS (
-		INSERT INTO @extschema@.pax8_subscriptions AS x (client_id, as_of, subscription_id, company, product, quantity,
-														 unit_cost, unit_price, billing_term, status, start_date,
-														 end_date, source)
-		SELECT client_id, day, s.key, coalesce(s.company[1], s.company[2]), pr.name,
-			   btrim(s.quantity)::numeric::integer, nullif(replace(btrim(s.cost), '$', ''), '')::numeric,
-			   nullif(replace(btrim(s.price), '$', ''), '')::numeric, s.term, s.status, s.start_date, s.end_date, source
-		  FROM sub s JOIN prod pr USING (product)
-		ON CONFLICT ON CONSTRAINT pax8_subscriptions_pkey DO UPDATE
-		   SET company = excluded.company, product = excluded.product, quantity = excluded.quantity,
-			   unit_cost = excluded.unit_cost, unit_price = excluded.unit_price, billing_term = excluded.billing_term,
-			   status = excluded.status, start_date = excluded.start_date, end_date = excluded.end_date,
-			   source = excluded.source
-		 WHERE (x.company, x.product, x.quantity, x.unit_cost, x.unit_price, x.billing_term, x.status, x.start_date, x.end_date)
-			   IS DISTINCT FROM (excluded.company, excluded.product, excluded.quantity, excluded.unit_cost,
-								 excluded.unit_price, excluded.billing_term, excluded.status, excluded.start_date,
-								 excluded.end_date)
+	r AS MATERIALIZED (
+		SELECT s.key, coalesce(s.company[1], s.company[2]) AS company, pr.name AS product,
+			   btrim(s.quantity)::numeric::integer AS quantity, nullif(replace(btrim(s.cost), '$', ''), '')::numeric AS unit_cost,
+			   nullif(replace(btrim(s.price), '$', ''), '')::numeric AS unit_price, s.term, s.status, s.start_date, s.end_date
+		  FROM sub s JOIN prod pr USING (product)),
+	-- a subscription of the day loaded before takes a corrected export's
+	-- values; the others are inserted past an anti-join (both see the
+	-- table as it was before the statement).  A plain insert costs half of
+	-- ON CONFLICT's speculative one; loads of a client take turns, so no
+	-- other load can race it, and a row written meanwhile by hand fails
+	-- the load, whole.
+	upd AS (
+		UPDATE @extschema@.pax8_subscriptions x
+		   SET company = r.company, product = r.product, quantity = r.quantity, unit_cost = r.unit_cost,
+			   unit_price = r.unit_price, billing_term = r.term, status = r.status, start_date = r.start_date,
+			   end_date = r.end_date, source = source
+		  FROM r
+		 WHERE x.client_id = client_id AND x.as_of = day AND x.subscription_id = r.key
+		   AND (x.company, x.product, x.quantity, x.unit_cost, x.unit_price, x.billing_term, x.status, x.start_date, x.end_date)
+			   IS DISTINCT FROM (r.company, r.product, r.quantity, r.unit_cost, r.unit_price, r.term, r.status, r.start_date,
+								 r.end_date)
+		RETURNING 1),
+	ins AS (
+		INSERT INTO @extschema@.pax8_subscriptions (client_id, as_of, subscription_id, company, product, quantity, unit_cost,
+													unit_price, billing_term, status, start_date, end_date, source)
+		SELECT client_id, day, r.key, r.company, r.product, r.quantity, r.unit_cost, r.unit_price, r.term, r.status,
+			   r.start_date, r.end_date, source
+		  FROM r
+		 WHERE NOT EXISTS (SELECT 1 FROM @extschema@.pax8_subscriptions x
+							WHERE x.client_id = client_id AND x.as_of = day AND x.subscription_id = r.key)
 		RETURNING 1)
-	SELECT count(*) INTO loaded FROM up;
+	SELECT (SELECT count(*) FROM upd) + (SELECT count(*) FROM ins) INTO loaded;
 	duplicate := (SELECT count(*) FROM pg_temp.msp_pax8 p WHERE p.class = 'subscription') - loaded;
 
 	-- the day's seats per product, from every Active subscription of the day
@@ -1037,6 +1114,10 @@ BEGIN
 				  HINT = 'Pass psa => ''connectwise'', ''autotask'' or ''halopsa''.';
 	END IF;
 	source := coalesce(source, psa);
+	-- the stage holds still while it is read and emptied: a COPY into it
+	-- (any client) waits for this load, and this load for COPYs under way,
+	-- so that no line committed meanwhile is emptied unread
+	LOCK TABLE @extschema@.psa_ticket_staging IN SHARE ROW EXCLUSIVE MODE;
 	PERFORM @extschema@.msp_load_begin(client_id);
 	-- f: 1 id, 2 _info, 3 dateEntered, 4 company, 5 contactEmailAddress,
 	-- 6 contact, 7 board, 8 source (ConnectWise); 9 createDate, 10
@@ -1090,7 +1171,8 @@ BEGIN
 			  FROM t LEFT JOIN owner o ON o.company = t.company
 			 -- OFFSET 0: each record classified once
 			 OFFSET 0),
-		-- materialized, so that msp_implausible_time gets columns and inlines
+		-- materialized, so that msp_implausible_time gets columns and
+		-- inlines; it is asked once per ticket (OFFSET 0)
 		timed AS MATERIALIZED (
 			SELECT c.*, CASE WHEN c.class = 'ticket' THEN c.at_text::timestamptz END AS at FROM classed c)
 		SELECT x.rec, x.line_no, x.ord,
@@ -1098,8 +1180,9 @@ BEGIN
 																	 WHERE s.client_id = $1 AND s.line_no = x.line_no)) END,
 			   x.id, x.at_text, x.company, x.contact, x.board, x.channel, k.class, x.at
 		  FROM timed x,
-			   LATERAL (SELECT CASE WHEN x.class = 'ticket' AND @extschema@.msp_implausible_time(x.at_text, x.at) IS NOT NULL
-									THEN 'reject:invalid date entered: ' || @extschema@.msp_implausible_time(x.at_text, x.at)
+			   LATERAL (SELECT CASE WHEN x.class = 'ticket' THEN @extschema@.msp_implausible_time(x.at_text, x.at) END AS why
+						OFFSET 0) w,
+			   LATERAL (SELECT CASE WHEN w.why IS NOT NULL THEN 'reject:invalid date entered: ' || w.why
 									ELSE x.class END AS class) k
 	$step$, psa), $reject$
 		INSERT INTO pg_temp.msp_tix (rec, line_no, ord, raw, class)
@@ -1110,14 +1193,20 @@ BEGIN
 	$reject$, client_id, (SELECT min(j.rec) FROM pg_temp.msp_json j), (SELECT max(j.rec) FROM pg_temp.msp_json j));
 	DROP TABLE pg_temp.msp_json;
 
-	-- a ticket loads once per client and PSA (first record of a load wins)
+	-- a ticket loads once per client and PSA (first record of a load
+	-- wins); tickets already loaded are left out by an anti-join (a plain
+	-- insert costs half of ON CONFLICT's speculative one; loads of a client
+	-- take turns, so no other load can race it, and a row written meanwhile
+	-- by hand fails the load, whole)
 	WITH ins AS (
 		INSERT INTO @extschema@.psa_tickets (client_id, psa, ticket_id, at, company, contact, board, channel)
 		SELECT DISTINCT ON (btrim(t.id)) client_id, psa, btrim(t.id), t.at,
 			   coalesce(t.company[1], t.company[2], t.company[3]), t.contact, t.board, t.channel
-		  FROM pg_temp.msp_tix t WHERE t.class = 'ticket'
+		  FROM pg_temp.msp_tix t
+		 WHERE t.class = 'ticket'
+		   AND NOT EXISTS (SELECT 1 FROM @extschema@.psa_tickets x
+							WHERE x.client_id = client_id AND x.psa = psa AND x.ticket_id = btrim(t.id))
 		 ORDER BY btrim(t.id), t.line_no, t.ord
-		ON CONFLICT ON CONSTRAINT psa_tickets_pkey DO NOTHING
 		RETURNING 1)
 	SELECT count(*) INTO loaded FROM ins;
 	duplicate := (SELECT count(*) FROM pg_temp.msp_tix t WHERE t.class = 'ticket') - loaded;

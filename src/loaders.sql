@@ -167,12 +167,11 @@ COMMENT ON FUNCTION @extschema@.msp_canonical_account(text, text) IS
 -- The source's event id is unique per client, whatever the time: of the
 -- events of one load with the same id the first by line loads, and an
 -- event whose id is already in logons (this client, this source; found
--- through the leading columns of logons_source_event_key) is a duplicate,
--- even with another time.  The unique index cannot say so itself: logons
--- is partitioned by time, so its key must include at.  Loads of a client
--- take turns (msp_load_begin), so this check-then-insert cannot race; a
--- row written meanwhile by hand with the same key and time makes the
--- insert fail, and the guarded caller rejects that record.
+-- through the hash of logons_source_event_key, then compared as text) is
+-- a duplicate, even with another time.  No unique index can say so:
+-- logons is partitioned by time, so its key would have to include at.
+-- Loads of a client take turns (msp_load_begin), so this
+-- check-then-insert cannot race.
 CREATE FUNCTION @extschema@.msp_load_normalized(for_client bigint, load_source text,
 												OUT loaded bigint, OUT duplicate bigint)
 LANGUAGE plpgsql VOLATILE STRICT
@@ -224,6 +223,21 @@ BEGIN
 	ANALYZE pg_temp.msp_account_map;
 	ANALYZE pg_temp.msp_device_map;
 
+	-- Events already in logons are duplicates: taken out by a statement of
+	-- their own, planned afresh (EXECUTE) for the partitions as they are
+	-- now.  Checked inside the insert, a probe of the partition the insert
+	-- itself fills, planned while that partition was empty, read it whole
+	-- for every event: the first load of a month took 110 s for 100k logons.
+	duplicate := (SELECT count(*) FROM pg_temp.msp_load_events);
+	EXECUTE $dup$
+		DELETE FROM pg_temp.msp_load_events e
+		 WHERE EXISTS (SELECT 1 FROM @extschema@.logons l
+						WHERE l.client_id = $1
+						  AND hashtextextended(l.source || ':' || l.source_event_id, l.client_id)
+							  = hashtextextended($2 || ':' || e.source_event_id, $1)
+						  AND l.source = $2 AND l.source_event_id = e.source_event_id)
+	$dup$ USING for_client, load_source;
+
 	WITH ins AS (
 		INSERT INTO @extschema@.logons (client_id, account_id, device_id, at, ended, presence, source,
 							source_event_id, session_key)
@@ -235,13 +249,14 @@ BEGIN
 		  JOIN pg_temp.msp_account_map m ON m.realm = e.realm AND m.account_name = e.account_name
 										AND m.app = coalesce(e.application, '')
 		  LEFT JOIN pg_temp.msp_device_map dm ON dm.device_name = e.device_name
-		 WHERE NOT EXISTS (SELECT 1 FROM @extschema@.logons l
-							WHERE l.client_id = for_client AND l.source = load_source
-							  AND l.source_event_id = e.source_event_id)
+		 -- in time order, as the partitions and the time indexes grow
+		 -- (in the order of the event ids, an Entra load's random ids put
+		 -- every row on a random index page)
+		 ORDER BY e.at
 		RETURNING 1)
 	SELECT count(*) INTO loaded FROM ins;
 	DROP TABLE pg_temp.msp_account_map, pg_temp.msp_device_map;
-	duplicate := (SELECT count(*) FROM pg_temp.msp_load_events) - loaded;
+	duplicate := duplicate - loaded;
 END
 $$;
 COMMENT ON FUNCTION @extschema@.msp_load_normalized(bigint, text) IS
@@ -425,22 +440,33 @@ SET search_path = pg_catalog, @extschema@, pg_temp
 SET DateStyle = 'ISO, MDY'
 SET timezone_abbreviations = 'Default'
 SET TimeZone = 'UTC'
+-- a load's sorts and hashes of its own scratch rows stay in memory
+SET work_mem = '64MB'
 AS $$
 #variable_conflict use_variable
 DECLARE
 	lo bigint;
 	hi bigint;
 	zone text;
+	fields text;
+	logoffs bigint;
+	newest timestamptz;
 BEGIN
 	-- a NULL source would make every event id unique (NULLs are distinct)
 	source := coalesce(source, 'windows');
+	-- the stage holds still while it is read and emptied: a COPY into it
+	-- (any client) waits for this load, and this load for COPYs under way,
+	-- so that no line committed meanwhile is emptied unread
+	LOCK TABLE @extschema@.windows_event_staging IN SHARE ROW EXCLUSIVE MODE;
 	PERFORM @extschema@.msp_load_begin(client_id);
 	SELECT c.time_zone INTO zone FROM @extschema@.clients c WHERE c.client_id = client_id;
 	-- the first and last line by the index (an aggregate would read every line)
 	lo := (SELECT s.line_no FROM @extschema@.windows_event_staging s WHERE s.client_id = client_id ORDER BY s.line_no LIMIT 1);
 	hi := (SELECT s.line_no FROM @extschema@.windows_event_staging s WHERE s.client_id = client_id ORDER BY s.line_no DESC LIMIT 1);
+	-- (no primary key: every read of it is a whole-table join, and keeping
+	-- an index on 200k scratch rows cost a tenth of the load)
 	CREATE TEMP TABLE msp_win_class (
-		line_no bigint PRIMARY KEY,
+		line_no bigint NOT NULL,
 		event_id text,
 		at_field text,
 		at_text text,
@@ -454,83 +480,100 @@ BEGIN
 		class text NOT NULL,
 		at timestamptz
 	) ON COMMIT DROP;
-	-- One pass over the stage keeps only the fields a logon needs, NXLog's
-	-- top-level ones or Winlogbeat's (winlog.*), without building a jsonb of
-	-- every (mostly irrelevant, often large) record.
-	PERFORM @extschema@.msp_load_guarded($step$
-		INSERT INTO pg_temp.msp_win_class (line_no, event_id, at_field, at_text, host, username, domain, logon_type,
-										   logon_id, linked_id, record, class)
-		SELECT e.line_no, e.event_id, e.at_field, e.at_text, e.host, e.username, e.domain, e.logon_type, e.logon_id,
-			   e.linked_id, e.record,
-			   CASE
-				   WHEN e.bad_json THEN 'reject:not valid JSON'
-				   WHEN e.event_id IS NULL THEN 'reject:no EventID'
-				   WHEN e.event_id NOT IN ('4624', '4634', '4647') THEN 'skip'
-				   WHEN e.at_text IS NULL THEN 'reject:no event time'
-				   WHEN e.host IS NULL OR e.host IN ('', '-') THEN 'reject:no Hostname'
-				   WHEN e.username IS NULL OR btrim(e.username, E' \t\r\n') IN ('', '-') THEN 'reject:no TargetUserName'
-				   -- names and keys go into btree indexes, which cap a row's size
-				   WHEN length(e.host) > 255 OR length(e.username) > 255 OR length(e.domain) > 255
-						OR length(e.record) > 255 OR length(e.logon_id) > 255 OR length(e.linked_id) > 255
-						THEN 'reject:field too long'
-				   WHEN @extschema@.msp_is_machine_account(e.username) THEN 'skip'
-				   WHEN e.event_id = '4624' AND e.logon_type IS NULL THEN 'reject:no LogonType'
-				   WHEN e.logon_type NOT IN ('2', '7', '10', '11') THEN 'skip'
-				   -- the other half of a linked logon: the half with the
-				   -- smaller logon id (as a hexadecimal number) is the session
-				   WHEN e.event_id = '4624' AND e.logon_id IS NOT NULL AND coalesce(lower(e.linked_id), '0x0') <> '0x0'
-						AND (length(e.linked_id), lower(e.linked_id)) < (length(e.logon_id), lower(e.logon_id)) THEN 'linked'
-				   WHEN e.event_id = '4624' THEN 'logon'
-				   -- a logoff without a logon id closes nothing
-				   WHEN e.logon_id IS NULL THEN 'skip'
-				   ELSE 'logoff'
-			   END
-		  FROM (SELECT s.line_no, f IS NULL AS bad_json,
-					   coalesce(f[1], wl.winlog->>'event_id') AS event_id,
-					   CASE WHEN f[12] IS NULL THEN coalesce(f[2], f[3], f[4])
-							ELSE coalesce(wl.winlog->>'time_created', f[4]) END AS at_text,
-					   CASE WHEN f[12] IS NULL
-							THEN CASE WHEN f[2] IS NOT NULL THEN 'EventTime' WHEN f[3] IS NOT NULL THEN 'TimeCreated'
-									  ELSE '@timestamp' END
-							ELSE CASE WHEN wl.winlog->>'time_created' IS NOT NULL THEN 'winlog.time_created'
-									  ELSE '@timestamp' END END AS at_field,
-					   coalesce(f[5], wl.winlog->>'computer_name') AS host,
-					   coalesce(f[6], wl.winlog->'event_data'->>'TargetUserName') AS username,
-					   coalesce(f[7], wl.winlog->'event_data'->>'TargetDomainName') AS domain,
-					   coalesce(f[8], wl.winlog->'event_data'->>'LogonType') AS logon_type,
-					   coalesce(f[9], wl.winlog->'event_data'->>'TargetLogonId') AS logon_id,
-					   coalesce(f[10], wl.winlog->'event_data'->>'TargetLinkedLogonId') AS linked_id,
-					   coalesce(f[11], wl.winlog->>'record_id', md5(s.raw)) AS record
-				  FROM @extschema@.windows_event_staging s,
-					   LATERAL @extschema@.msp_json_fields(s.raw, '{EventID,EventTime,TimeCreated,@timestamp,Hostname,TargetUserName,TargetDomainName,LogonType,TargetLogonId,TargetLinkedLogonId,RecordNumber,winlog}') AS f,
-					   -- a function in FROM runs once per row (a subquery would be pulled up)
-					   LATERAL unnest(ARRAY[f[12]::jsonb]) AS wl(winlog)
-				 WHERE s.client_id = $1 AND s.line_no BETWEEN $2 AND $3) e
-	$step$, $reject$
-		INSERT INTO pg_temp.msp_win_class (line_no, class) VALUES ($2, 'reject:unreadable record: ' || $3)
-	$reject$, client_id, lo, hi);
-	-- times: the batch at once, per record only where one is malformed.
-	-- An EventTime without a zone is the client's local time, any other
-	-- field's is UTC.  Plain ISO date and time has no zone, one ending in Z
-	-- or an offset has its own (both decided without a call per row); any
-	-- other is read in UTC and in UTC+14 (msp_timestamptz_plus14), which
-	-- agree exactly when PostgreSQL finds a zone in it.
+	-- One statement per batch reads each staged record once: msp_json_fields
+	-- keeps only the fields a logon needs, NXLog's top-level ones or
+	-- Winlogbeat's (winlog.*), without building a jsonb of every (mostly
+	-- irrelevant, often large) record; the same row is classified and, when
+	-- it is a logon or logoff, its time read and checked.  (Reading the
+	-- times in a second pass rewrote every scratch row: a second of a
+	-- 200k-event load.)  Times: an EventTime without a zone is the client's
+	-- local time, any other field's is UTC.  Plain ISO date and time has no
+	-- zone, one ending in Z or an offset has its own (both decided without
+	-- a call per row); any other is read in UTC and in UTC+14
+	-- (msp_timestamptz_plus14), which agree exactly when PostgreSQL finds a
+	-- zone in it.
+	fields := $fields$
+		SELECT s.line_no, f IS NULL AS bad_json,
+			   coalesce(f[1], wl.winlog->>'event_id') AS event_id,
+			   CASE WHEN f[12] IS NULL THEN coalesce(f[2], f[3], f[4])
+					ELSE coalesce(wl.winlog->>'time_created', f[4]) END AS at_text,
+			   CASE WHEN f[12] IS NULL
+					THEN CASE WHEN f[2] IS NOT NULL THEN 'EventTime' WHEN f[3] IS NOT NULL THEN 'TimeCreated'
+					  ELSE '@timestamp' END
+					ELSE CASE WHEN wl.winlog->>'time_created' IS NOT NULL THEN 'winlog.time_created'
+					  ELSE '@timestamp' END END AS at_field,
+			   coalesce(f[5], wl.winlog->>'computer_name') AS host,
+			   coalesce(f[6], wl.winlog->'event_data'->>'TargetUserName') AS username,
+			   coalesce(f[7], wl.winlog->'event_data'->>'TargetDomainName') AS domain,
+			   coalesce(f[8], wl.winlog->'event_data'->>'LogonType') AS logon_type,
+			   coalesce(f[9], wl.winlog->'event_data'->>'TargetLogonId') AS logon_id,
+			   coalesce(f[10], wl.winlog->'event_data'->>'TargetLinkedLogonId') AS linked_id,
+			   coalesce(f[11], wl.winlog->>'record_id', md5(s.raw)) AS record
+		  FROM @extschema@.windows_event_staging s,
+			   LATERAL @extschema@.msp_json_fields(s.raw, '{EventID,EventTime,TimeCreated,@timestamp,Hostname,TargetUserName,TargetDomainName,LogonType,TargetLogonId,TargetLinkedLogonId,RecordNumber,winlog}') AS f,
+			   -- a function in FROM runs once per row (a subquery would be pulled up)
+			   LATERAL unnest(ARRAY[f[12]::jsonb]) AS wl(winlog)
+		 WHERE s.client_id = $1 AND s.line_no BETWEEN $2 AND $3
+	$fields$;
 	PERFORM @extschema@.msp_load_guarded(format($step$
-		UPDATE pg_temp.msp_win_class
-		   SET at = CASE WHEN at_field <> 'EventTime' THEN at_text::timestamptz
-						 WHEN at_text ~ '^\s*\d{4}-\d\d-\d\d[ T]\d\d:\d\d(:\d\d(\.\d+)?)?\s*$'
-						 THEN at_text::timestamp AT TIME ZONE %L
-						 WHEN at_text ~ '\d:\d\d(:\d\d(\.\d+)?)?\s*(Z|[+-]\d\d(:?\d\d)?)$'
-							  OR at_text::timestamptz = @extschema@.msp_timestamptz_plus14(at_text)
-						 THEN at_text::timestamptz
-						 ELSE at_text::timestamp AT TIME ZONE %L END
-		 WHERE class IN ('logon', 'logoff', 'linked') AND line_no BETWEEN $2 AND $3
-	$step$, zone, zone), $reject$
-		UPDATE pg_temp.msp_win_class SET class = 'reject:invalid ' || at_field WHERE line_no = $2
-	$reject$, client_id, lo, hi);
-	UPDATE pg_temp.msp_win_class
-	   SET class = 'reject:invalid ' || at_field || coalesce(': ' || @extschema@.msp_implausible_time(at_text, at), '')
-	 WHERE class IN ('logon', 'logoff', 'linked') AND (at IS NULL OR @extschema@.msp_implausible_time(at_text, at) IS NOT NULL);
+		INSERT INTO pg_temp.msp_win_class (line_no, event_id, at_field, at_text, host, username, domain, logon_type,
+										   logon_id, linked_id, record, class, at)
+		SELECT k.line_no, k.event_id, k.at_field, k.at_text, k.host, k.username, k.domain, k.logon_type, k.logon_id,
+			   k.linked_id, k.record,
+			   CASE WHEN k.at IS NOT NULL AND @extschema@.msp_implausible_time(k.at_text, k.at) IS NOT NULL
+					THEN 'reject:invalid ' || k.at_field || ': ' || @extschema@.msp_implausible_time(k.at_text, k.at)
+					ELSE k.class END,
+			   k.at
+		  FROM (SELECT c.*,
+					   CASE WHEN class NOT IN ('logon', 'logoff', 'linked') THEN NULL
+							WHEN at_field <> 'EventTime' THEN at_text::timestamptz
+							WHEN at_text ~ '^\s*\d{4}-\d\d-\d\d[ T]\d\d:\d\d(:\d\d(\.\d+)?)?\s*$'
+							THEN at_text::timestamp AT TIME ZONE %1$L
+							WHEN at_text ~ '\d:\d\d(:\d\d(\.\d+)?)?\s*(Z|[+-]\d\d(:?\d\d)?)$'
+								 OR at_text::timestamptz = @extschema@.msp_timestamptz_plus14(at_text)
+							THEN at_text::timestamptz
+							ELSE at_text::timestamp AT TIME ZONE %1$L END AS at
+				  FROM (SELECT e.*,
+							   CASE
+								   WHEN e.bad_json THEN 'reject:not valid JSON'
+								   WHEN e.event_id IS NULL THEN 'reject:no EventID'
+								   WHEN e.event_id NOT IN ('4624', '4634', '4647') THEN 'skip'
+								   WHEN e.at_text IS NULL THEN 'reject:no event time'
+								   WHEN e.host IS NULL OR e.host IN ('', '-') THEN 'reject:no Hostname'
+								   WHEN e.username IS NULL OR btrim(e.username, E' \t\r\n') IN ('', '-') THEN 'reject:no TargetUserName'
+								   -- names and keys go into btree indexes, which cap a row's size
+								   WHEN length(e.host) > 255 OR length(e.username) > 255 OR length(e.domain) > 255
+										OR length(e.record) > 255 OR length(e.logon_id) > 255 OR length(e.linked_id) > 255
+										THEN 'reject:field too long'
+								   WHEN @extschema@.msp_is_machine_account(e.username) THEN 'skip'
+								   WHEN e.event_id = '4624' AND e.logon_type IS NULL THEN 'reject:no LogonType'
+								   WHEN e.logon_type NOT IN ('2', '7', '10', '11') THEN 'skip'
+								   -- the other half of a linked logon: the half with the
+								   -- smaller logon id (as a hexadecimal number) is the session
+								   WHEN e.event_id = '4624' AND e.logon_id IS NOT NULL AND coalesce(lower(e.linked_id), '0x0') <> '0x0'
+										AND (length(e.linked_id), lower(e.linked_id)) < (length(e.logon_id), lower(e.logon_id)) THEN 'linked'
+								   WHEN e.event_id = '4624' THEN 'logon'
+								   -- a logoff without a logon id closes nothing
+								   WHEN e.logon_id IS NULL THEN 'skip'
+								   ELSE 'logoff'
+							   END AS class
+						  FROM (%2$s) e
+						 -- kept apart, so that the time is read once and only when
+						 -- the class needs it
+						OFFSET 0) c
+				OFFSET 0) k
+	$step$, zone, fields),
+	-- A record whose time cannot be read is rejected by its field's name;
+	-- any other failure (its JSON) with the error's message.
+	format($reject$
+		INSERT INTO pg_temp.msp_win_class (line_no, class)
+		SELECT $2, 'reject:unreadable record: ' || $3
+		 WHERE $4 NOT IN ('22007', '22008', '22009', '22023')
+		UNION ALL
+		SELECT e.line_no, 'reject:invalid ' || e.at_field
+		  FROM (%s) e
+		 WHERE $4 IN ('22007', '22008', '22009', '22023')
+	$reject$, replace(fields, '$2 AND $3', '$2 AND $2')), client_id, lo, hi);
 
 	-- Sessions within the load, and with the logoffs held from earlier
 	-- loads: per host and logon id in time order, a logon ends at the first
@@ -597,18 +640,21 @@ BEGIN
 		   AND p.session_key = s.session_key AND p.at = s.at
 		RETURNING 1)
 	SELECT count(*) INTO paired FROM used;
-	paired := paired + (SELECT count(*) FROM pg_temp.msp_win_class c WHERE c.class = 'logoff') - held;
+	-- the scratch table's counts in one pass
+	SELECT count(*) FILTER (WHERE c.class = 'logoff'), count(*) FILTER (WHERE c.class IN ('skip', 'linked')),
+		   max(c.at) FILTER (WHERE c.class IN ('logon', 'logoff', 'linked'))
+	  INTO logoffs, skipped, newest
+	  FROM pg_temp.msp_win_class c;
+	paired := paired + logoffs - held;
 	-- a logoff a month older than the newest event loaded finds no logon any more
 	DELETE FROM @extschema@.pending_logoffs p
-	 WHERE p.client_id = client_id
-	   AND p.at < (SELECT max(c.at) FROM pg_temp.msp_win_class c WHERE c.class IN ('logon', 'logoff', 'linked')) - interval '1 month';
+	 WHERE p.client_id = client_id AND p.at < newest - interval '1 month';
 
 	INSERT INTO @extschema@.load_rejects (client_id, source, line_no, raw, reason)
 	SELECT client_id, source, c.line_no, s.raw, substr(c.class, 8)
 	  FROM pg_temp.msp_win_class c JOIN @extschema@.windows_event_staging s ON s.client_id = client_id AND s.line_no = c.line_no
 	 WHERE c.class LIKE 'reject:%';
 	GET DIAGNOSTICS rejected = ROW_COUNT;
-	SELECT count(*) INTO skipped FROM pg_temp.msp_win_class c WHERE c.class IN ('skip', 'linked');
 	DELETE FROM @extschema@.windows_event_staging s WHERE s.client_id = client_id;
 	DROP TABLE pg_temp.msp_win_class, pg_temp.msp_win_session;
 END
@@ -636,12 +682,18 @@ SET search_path = pg_catalog, @extschema@, pg_temp
 SET DateStyle = 'ISO, MDY'
 SET timezone_abbreviations = 'Default'
 SET TimeZone = 'UTC'
+-- a load's sorts and hashes of its own scratch rows stay in memory
+SET work_mem = '64MB'
 AS $$
 #variable_conflict use_variable
 DECLARE
 	n bigint;
 BEGIN
 	source := coalesce(source, 'entra');
+	-- the stage holds still while it is read and emptied: a COPY into it
+	-- (any client) waits for this load, and this load for COPYs under way,
+	-- so that no line committed meanwhile is emptied unread
+	LOCK TABLE @extschema@.entra_signin_staging IN SHARE ROW EXCLUSIVE MODE;
 	PERFORM @extschema@.msp_load_begin(client_id);
 	CREATE TEMP TABLE msp_entra_rec ON COMMIT DROP AS
 	SELECT r.rec, l.line_nos[r.first_line] AS line_no, r.record, r.is_json
@@ -661,37 +713,56 @@ BEGIN
 	) ON COMMIT DROP;
 	INSERT INTO pg_temp.msp_entra_class (line_no, class)
 	SELECT r.rec, 'reject:not valid JSON' FROM pg_temp.msp_entra_rec r WHERE NOT r.is_json;
+	-- One statement per batch reads each record once: msp_json_fields
+	-- copies out the six fields a sign-in needs without building a jsonb
+	-- of the record (that was most of a load's time); only a record it
+	-- cannot read as an object is parsed as jsonb, to say why (or to read
+	-- nesting deeper than it scans).  A number too large for jsonb in a
+	-- field nobody reads is no reason to reject, as for Windows.  The
+	-- sign-in's time is read and checked in the same pass.
 	PERFORM @extschema@.msp_load_guarded($step$
-		INSERT INTO pg_temp.msp_entra_class (line_no, id, upn, created, device, class)
-		SELECT e.rec, e.doc->>'id', e.doc->>'userPrincipalName', e.doc->>'createdDateTime',
-			   e.doc->'deviceDetail'->>'displayName',
-			   CASE
-				   WHEN jsonb_typeof(e.doc) <> 'object' THEN 'reject:not a signIn object'
-				   WHEN e.doc->>'id' IS NULL THEN 'reject:no id'
-				   WHEN coalesce(btrim(e.doc->>'userPrincipalName', E' \t\r\n'), '') = '' THEN 'reject:no userPrincipalName'
-				   WHEN e.doc->>'createdDateTime' IS NULL THEN 'reject:no valid createdDateTime'
-				   -- names and keys go into btree indexes, which cap a row's size
-				   WHEN length(e.doc->>'id') > 255 OR length(e.doc->>'userPrincipalName') > 255
-						OR length(e.doc->'deviceDetail'->>'displayName') > 255 THEN 'reject:field too long'
-				   WHEN coalesce(e.doc->'status'->>'errorCode', '0') <> '0' THEN 'skip'
-				   WHEN e.doc->>'isInteractive' = 'false' THEN 'skip'
-				   ELSE 'signin'
-			   END
-		  FROM (SELECT r.rec, r.record::jsonb AS doc FROM pg_temp.msp_entra_rec r
-				 WHERE r.is_json AND r.rec BETWEEN $2 AND $3) e
+		INSERT INTO pg_temp.msp_entra_class (line_no, id, upn, created, device, class, at)
+		SELECT k.rec, k.id, k.upn, k.created, k.device,
+			   CASE WHEN k.at IS NOT NULL AND @extschema@.msp_implausible_time(k.created, k.at) IS NOT NULL
+					THEN 'reject:no valid createdDateTime: ' || @extschema@.msp_implausible_time(k.created, k.at)
+					ELSE k.class END,
+			   k.at
+		  FROM (SELECT c.*, CASE WHEN c.class NOT LIKE 'reject:%' THEN c.created::timestamptz END AS at
+				  FROM (SELECT e.rec, e.id, e.upn, e.created, e.device,
+							   CASE
+								   WHEN e.f IS NULL AND jsonb_typeof(e.doc) <> 'object' THEN 'reject:not a signIn object'
+								   WHEN e.id IS NULL THEN 'reject:no id'
+								   WHEN coalesce(btrim(e.upn, E' \t\r\n'), '') = '' THEN 'reject:no userPrincipalName'
+								   WHEN e.created IS NULL THEN 'reject:no valid createdDateTime'
+								   -- names and keys go into btree indexes, which cap a row's size
+								   WHEN length(e.id) > 255 OR length(e.upn) > 255 OR length(e.device) > 255 THEN 'reject:field too long'
+								   WHEN coalesce(e.error_code, '0') <> '0' THEN 'skip'
+								   WHEN e.interactive = 'false' THEN 'skip'
+								   ELSE 'signin'
+							   END AS class
+						  FROM (SELECT r.rec, f, wl.doc,
+									   coalesce(f[1], wl.doc->>'id') AS id,
+									   coalesce(f[2], wl.doc->>'userPrincipalName') AS upn,
+									   coalesce(f[3], wl.doc->>'createdDateTime') AS created,
+									   coalesce((@extschema@.msp_json_fields(f[4], '{displayName}'))[1],
+												wl.doc->'deviceDetail'->>'displayName') AS device,
+									   coalesce((@extschema@.msp_json_fields(f[5], '{errorCode}'))[1],
+												wl.doc->'status'->>'errorCode') AS error_code,
+									   coalesce(f[6], wl.doc->>'isInteractive') AS interactive
+								  FROM pg_temp.msp_entra_rec r,
+									   LATERAL @extschema@.msp_json_fields(r.record, '{id,userPrincipalName,createdDateTime,deviceDetail,status,isInteractive}') AS f,
+									   -- a function in FROM runs once per row (a subquery would be pulled up)
+									   LATERAL unnest(ARRAY[CASE WHEN f IS NULL THEN r.record::jsonb END]) AS wl(doc)
+								 WHERE r.is_json AND r.rec BETWEEN $2 AND $3) e
+						-- kept apart, so that the time is read once
+						OFFSET 0) c
+				OFFSET 0) k
 	$step$, $reject$
 		INSERT INTO pg_temp.msp_entra_class (line_no, class)
-		VALUES ($2, CASE WHEN $4 = '22P02' THEN 'reject:not valid JSON' ELSE 'reject:unreadable record: ' || $3 END)
+		VALUES ($2, CASE WHEN $4 = '22P02' THEN 'reject:not valid JSON'
+						 WHEN $4 IN ('22007', '22008', '22009', '22023') THEN 'reject:no valid createdDateTime'
+						 ELSE 'reject:unreadable record: ' || $3 END)
 	$reject$, client_id, 1, n);
-	PERFORM @extschema@.msp_load_guarded($step$
-		UPDATE pg_temp.msp_entra_class SET at = created::timestamptz
-		 WHERE class NOT LIKE 'reject:%' AND line_no BETWEEN $2 AND $3
-	$step$, $reject$
-		UPDATE pg_temp.msp_entra_class SET class = 'reject:no valid createdDateTime' WHERE line_no = $2
-	$reject$, client_id, 1, n);
-	UPDATE pg_temp.msp_entra_class
-	   SET class = 'reject:no valid createdDateTime' || coalesce(': ' || @extschema@.msp_implausible_time(created, at), '')
-	 WHERE class NOT LIKE 'reject:%' AND (at IS NULL OR @extschema@.msp_implausible_time(created, at) IS NOT NULL);
 
 	INSERT INTO pg_temp.msp_load_events (line_no, realm, application, account_name, device_name, create_device, at,
 										 ended, source_event_id, session_key)
@@ -722,51 +793,82 @@ SET search_path = pg_catalog, @extschema@, pg_temp
 SET DateStyle = 'ISO, MDY'
 SET timezone_abbreviations = 'Default'
 SET TimeZone = 'UTC'
+-- a load's sorts and hashes of its own scratch rows stay in memory
+SET work_mem = '64MB'
 AS $$
 #variable_conflict use_variable
 DECLARE
 	lo bigint;
 	hi bigint;
+	zone text;
+	rows text;
 BEGIN
 	source := coalesce(source, 'emr');
+	-- the stage holds still while it is read and emptied: a COPY into it
+	-- (any client) waits for this load, and this load for COPYs under way,
+	-- so that no line committed meanwhile is emptied unread
+	LOCK TABLE @extschema@.emr_audit_staging IN SHARE ROW EXCLUSIVE MODE;
 	PERFORM @extschema@.msp_load_begin(client_id);
 	-- the first and last line by the index (an aggregate would read every line)
 	lo := (SELECT s.line_no FROM @extschema@.emr_audit_staging s WHERE s.client_id = client_id ORDER BY s.line_no LIMIT 1);
 	hi := (SELECT s.line_no FROM @extschema@.emr_audit_staging s WHERE s.client_id = client_id ORDER BY s.line_no DESC LIMIT 1);
-	CREATE TEMP TABLE msp_emr ON COMMIT DROP AS
-	SELECT s.line_no, s.user_name, s.workstation, s.event_time, s.action, s.event_id, s.application, c.time_zone,
-		   CASE
-			   WHEN coalesce(btrim(s.user_name, E' \t\r\n'), '') = '' THEN 'no user'
-			   WHEN coalesce(s.event_time, '') = '' THEN 'no time'
-			   -- names and keys go into btree indexes, which cap a row's size
-			   WHEN length(s.user_name) > 255 OR length(s.workstation) > 255 OR length(s.event_id) > 255
-					OR length(s.application) > 255 THEN 'field too long'
-		   END AS reason,
-		   NULL::timestamptz AS at
-	  FROM @extschema@.emr_audit_staging s JOIN @extschema@.clients c USING (client_id)
-	 WHERE s.client_id = client_id;
-	ALTER TABLE pg_temp.msp_emr ADD PRIMARY KEY (line_no);
-	-- A time with a zone (an offset, Z or z, a zone name or abbreviation)
-	-- is that instant; a time without one is the client's local time.
-	-- Whether it has one is PostgreSQL's reading, not a pattern: read in
-	-- UTC (this function's zone) and in UTC+14, a time with its own zone is
-	-- the same instant.  A zone PostgreSQL cannot read is an invalid time.
-	-- Plain ISO date and time (no zone) and ISO ending in Z or an offset
-	-- are decided by their form, without that call per row.
-	PERFORM @extschema@.msp_load_guarded($step$
-		UPDATE pg_temp.msp_emr
-		   SET at = CASE WHEN event_time ~ '^\s*\d{4}-\d\d-\d\d[ T]\d\d:\d\d(:\d\d(\.\d+)?)?\s*$'
-						 THEN event_time::timestamp AT TIME ZONE time_zone
-						 WHEN event_time ~ '\d:\d\d(:\d\d(\.\d+)?)?\s*(Z|[+-]\d\d(:?\d\d)?)$'
-							  OR event_time::timestamptz = @extschema@.msp_timestamptz_plus14(event_time)
-						 THEN event_time::timestamptz
-						 ELSE event_time::timestamp AT TIME ZONE time_zone END
-		 WHERE reason IS NULL AND line_no BETWEEN $2 AND $3
-	$step$, $reject$
-		UPDATE pg_temp.msp_emr SET reason = 'invalid time' WHERE line_no = $2
-	$reject$, client_id, lo, hi);
-	UPDATE pg_temp.msp_emr SET reason = 'invalid time' || coalesce(': ' || @extschema@.msp_implausible_time(event_time, at), '')
-	 WHERE reason IS NULL AND (at IS NULL OR @extschema@.msp_implausible_time(event_time, at) IS NOT NULL);
+	SELECT c.time_zone INTO zone FROM @extschema@.clients c WHERE c.client_id = client_id;
+	-- (no primary key: every read of it is a whole-table join)
+	CREATE TEMP TABLE msp_emr (
+		line_no bigint NOT NULL,
+		user_name text,
+		workstation text,
+		event_time text,
+		action text,
+		event_id text,
+		application text,
+		reason text,
+		at timestamptz
+	) ON COMMIT DROP;
+	rows := $rows$
+		SELECT s.line_no, s.user_name, s.workstation, s.event_time, s.action, s.event_id, s.application,
+			   CASE
+				   WHEN coalesce(btrim(s.user_name, E' \t\r\n'), '') = '' THEN 'no user'
+				   WHEN coalesce(s.event_time, '') = '' THEN 'no time'
+				   -- names and keys go into btree indexes, which cap a row's size
+				   WHEN length(s.user_name) > 255 OR length(s.workstation) > 255 OR length(s.event_id) > 255
+						OR length(s.application) > 255 THEN 'field too long'
+			   END AS reason
+		  FROM @extschema@.emr_audit_staging s
+		 WHERE s.client_id = $1 AND s.line_no BETWEEN $2 AND $3
+	$rows$;
+	-- One pass over the stage reads each row and its time.  A time with a
+	-- zone (an offset, Z or z, a zone name or abbreviation) is that
+	-- instant; a time without one is the client's local time.  Whether it
+	-- has one is PostgreSQL's reading, not a pattern: read in UTC (this
+	-- function's zone) and in UTC+14, a time with its own zone is the same
+	-- instant.  A zone PostgreSQL cannot read is an invalid time.  Plain
+	-- ISO date and time (no zone) and ISO ending in Z or an offset are
+	-- decided by their form, without that call per row.  Only the time can
+	-- fail here, so a row that fails is an invalid time.
+	PERFORM @extschema@.msp_load_guarded(format($step$
+		INSERT INTO pg_temp.msp_emr (line_no, user_name, workstation, event_time, action, event_id, application, reason, at)
+		SELECT k.line_no, k.user_name, k.workstation, k.event_time, k.action, k.event_id, k.application,
+			   CASE WHEN k.at IS NOT NULL AND @extschema@.msp_implausible_time(k.event_time, k.at) IS NOT NULL
+					THEN 'invalid time: ' || @extschema@.msp_implausible_time(k.event_time, k.at)
+					ELSE k.reason END,
+			   k.at
+		  FROM (SELECT r.*,
+					   CASE WHEN r.reason IS NOT NULL THEN NULL
+							WHEN event_time ~ '^\s*\d{4}-\d\d-\d\d[ T]\d\d:\d\d(:\d\d(\.\d+)?)?\s*$'
+							THEN event_time::timestamp AT TIME ZONE %1$L
+							WHEN event_time ~ '\d:\d\d(:\d\d(\.\d+)?)?\s*(Z|[+-]\d\d(:?\d\d)?)$'
+								 OR event_time::timestamptz = @extschema@.msp_timestamptz_plus14(event_time)
+							THEN event_time::timestamptz
+							ELSE event_time::timestamp AT TIME ZONE %1$L END AS at
+				  FROM (%2$s) r
+				-- kept apart, so that the time is read once
+				OFFSET 0) k
+	$step$, zone, rows), format($reject$
+		INSERT INTO pg_temp.msp_emr (line_no, user_name, workstation, event_time, action, event_id, application, reason)
+		SELECT r.line_no, r.user_name, r.workstation, r.event_time, r.action, r.event_id, r.application, 'invalid time'
+		  FROM (%s) r
+	$reject$, replace(rows, '$2 AND $3', '$2 AND $2')), client_id, lo, hi);
 
 	INSERT INTO pg_temp.msp_load_events (line_no, realm, application, account_name, device_name, create_device, at,
 										 ended, source_event_id, session_key)

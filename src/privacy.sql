@@ -303,7 +303,6 @@ REVOKE EXECUTE ON FUNCTION @extschema@.msp_finalize_invoice(bigint, daterange, t
 	@extschema@.msp_match_psa_tickets(bigint),
 	@extschema@.msp_stage_csv(bigint, regclass, text),
 	@extschema@.msp_stage_json(bigint, regclass, text[]),
-	@extschema@.msp_ensure_m365_accounts(bigint, text[]),
 	@extschema@.msp_store_assignments(bigint, date, text),
 	@extschema@.msp_store_rejects(bigint, text),
 	@extschema@.msp_load_begin(bigint),
@@ -440,6 +439,8 @@ BEGIN
 	EXECUTE 'GRANT SELECT (client_id, account_id, name) ON @extschema@.accounts TO mspbill_pii';
 
 	EXECUTE 'GRANT SELECT ON @extschema@.account_labels TO mspbill_admin, mspbill_billing, mspbill_bi, mspbill_pii';
+	-- (what account_labels calls on Citus; it checks the login itself)
+	EXECUTE 'GRANT EXECUTE ON FUNCTION @extschema@.msp_account_name(bigint, bigint) TO mspbill_admin, mspbill_billing, mspbill_bi, mspbill_pii';
 
 	-- reporting: the roles that read billing data read the rollups and KPI
 	-- views (rows of their clients only); those who write logons mark
@@ -451,6 +452,9 @@ BEGIN
 
 	-- report: functions only (see msp_report_invoices)
 	EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO mspbill_report', reports);
+	-- on Citus the workers get the grants on views and functions too
+	-- (Citus carries those on tables only)
+	PERFORM @extschema@.msp_grants_to_workers();
 	RETURN 'roles mspbill_admin, mspbill_billing, mspbill_bi, mspbill_pii and mspbill_report are ready';
 END
 $$;

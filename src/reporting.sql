@@ -459,14 +459,19 @@ COMMENT ON VIEW @extschema@.kpi_daily_activity IS
 -- the invoice counts (billable_users): the client's own and the sister
 -- clients' people it pays for (listed as 'gray (client 2)'), each keyed by
 -- its home client, since person ids are per client.  So joined_count -
--- left_count = change.
+-- left_count = change.  The members of every month are listed once (a
+-- month's set as "now" of its own month and "before" of the next) and
+-- grouped by client and month, not gathered per row in a LATERAL
+-- subquery: Citus cannot plan that one (set-returning functions and
+-- UNION ALL inside a correlated subquery), and it pushes this one down
+-- whole, every part joined on client_id.
 CREATE VIEW @extschema@.kpi_billable_users WITH (security_barrier) AS
 SELECT p.client_id, rc.client_name, lower(p.period) AS month, p.status,
 	   p.users AS billable_users, prev.users AS previous_billable_users, p.users - prev.users AS change,
-	   CASE WHEN prev.client_id IS NOT NULL THEN ch.joined_count END AS joined_count,
-	   CASE WHEN prev.client_id IS NOT NULL THEN ch.left_count END AS left_count,
-	   CASE WHEN prev.client_id IS NOT NULL THEN ch.joined END AS joined,
-	   CASE WHEN prev.client_id IS NOT NULL THEN ch.departed END AS departed,
+	   CASE WHEN prev.client_id IS NOT NULL THEN coalesce(ch.joined_count, 0) END AS joined_count,
+	   CASE WHEN prev.client_id IS NOT NULL THEN coalesce(ch.left_count, 0) END AS left_count,
+	   CASE WHEN prev.client_id IS NOT NULL THEN coalesce(ch.joined, '{}') END AS joined,
+	   CASE WHEN prev.client_id IS NOT NULL THEN coalesce(ch.departed, '{}') END AS departed,
 	   @extschema@.userset_to_array(p.billable) AS billable_person_ids,
 	   p.total, p.currency
   FROM @extschema@.period_invoices p
@@ -474,29 +479,39 @@ SELECT p.client_id, rc.client_name, lower(p.period) AS month, p.status,
   LEFT JOIN @extschema@.period_invoices prev
 	ON prev.client_id = p.client_id
    AND prev.period = daterange((lower(p.period) - interval '1 month')::date, lower(p.period))
-  CROSS JOIN LATERAL (
-	SELECT (count(*) FILTER (WHERE x.is_now AND NOT x.was_before))::integer AS joined_count,
+  LEFT JOIN (
+	SELECT x.client_id, x.month,
+		   (count(*) FILTER (WHERE x.is_now AND NOT x.was_before))::integer AS joined_count,
 		   (count(*) FILTER (WHERE x.was_before AND NOT x.is_now))::integer AS left_count,
-		   coalesce(array_agg(x.label ORDER BY x.label) FILTER (WHERE x.is_now AND NOT x.was_before), '{}') AS joined,
-		   coalesce(array_agg(x.label ORDER BY x.label) FILTER (WHERE x.was_before AND NOT x.is_now), '{}') AS departed
-	  FROM (SELECT y.home_client_id, y.person_id, max(y.label) AS label, bool_or(y.is_now) AS is_now, bool_or(NOT y.is_now) AS was_before
-			  FROM (SELECT q.*, true AS is_now FROM (SELECT p.client_id AS home_client_id, b.id AS person_id, coalesce(pe.pseudonym, 'person ' || b.id) AS label
-					  FROM @extschema@.userset_members(p.billable) b(id)
-					  LEFT JOIN @extschema@.people pe ON pe.client_id = p.client_id AND pe.person_id = b.id
+		   array_agg(x.label ORDER BY x.label) FILTER (WHERE x.is_now AND NOT x.was_before) AS joined,
+		   array_agg(x.label ORDER BY x.label) FILTER (WHERE x.was_before AND NOT x.is_now) AS departed
+	  FROM (SELECT m.client_id, m.month, m.home_client_id, m.person_id,
+				   max(coalesce(m.label, pe.pseudonym, 'person ' || m.person_id)) AS label,
+				   bool_or(m.is_now) AS is_now, bool_or(NOT m.is_now) AS was_before
+			  FROM (SELECT n.client_id, lower(n.period) AS month, n.client_id AS home_client_id,
+						   @extschema@.userset_members(n.billable) AS person_id, NULL::text AS label, true AS is_now
+					  FROM @extschema@.period_invoices n
 					UNION ALL
-					SELECT (s ->> 'home_client_id')::bigint, (s ->> 'person_id')::bigint,
-						   format('%s (client %s)', s ->> 'pseudonym', s ->> 'home_client_id')
-					  FROM jsonb_array_elements(coalesce(p.sister_billable, '[]')) s) q
+					SELECT s.client_id, s.month, (s.e ->> 'home_client_id')::bigint, (s.e ->> 'person_id')::bigint,
+						   format('%s (client %s)', s.e ->> 'pseudonym', s.e ->> 'home_client_id'), true
+					  FROM (SELECT n.client_id, lower(n.period) AS month, jsonb_array_elements(n.sister_billable) AS e
+							  FROM @extschema@.period_invoices n) s
 					UNION ALL
-					SELECT q.*, false FROM (SELECT prev.client_id AS home_client_id, b.id AS person_id, coalesce(pe.pseudonym, 'person ' || b.id) AS label
-					  FROM @extschema@.userset_members(prev.billable) b(id)
-					  LEFT JOIN @extschema@.people pe ON pe.client_id = prev.client_id AND pe.person_id = b.id
+					SELECT b.client_id, upper(b.period), b.client_id,
+						   @extschema@.userset_members(b.billable), NULL::text, false
+					  FROM @extschema@.period_invoices b
+					 WHERE lower(b.period) = (upper(b.period) - interval '1 month')::date
 					UNION ALL
-					SELECT (s ->> 'home_client_id')::bigint, (s ->> 'person_id')::bigint,
-						   format('%s (client %s)', s ->> 'pseudonym', s ->> 'home_client_id')
-					  FROM jsonb_array_elements(coalesce(prev.sister_billable, '[]')) s) q
-					 WHERE prev.client_id IS NOT NULL) y
-			 GROUP BY y.home_client_id, y.person_id) x) ch
+					SELECT s.client_id, s.month, (s.e ->> 'home_client_id')::bigint, (s.e ->> 'person_id')::bigint,
+						   format('%s (client %s)', s.e ->> 'pseudonym', s.e ->> 'home_client_id'), false
+					  FROM (SELECT b.client_id, upper(b.period) AS month, jsonb_array_elements(b.sister_billable) AS e
+							  FROM @extschema@.period_invoices b
+							 WHERE lower(b.period) = (upper(b.period) - interval '1 month')::date) s) m
+			  LEFT JOIN @extschema@.people pe
+				ON pe.client_id = m.client_id AND pe.person_id = m.person_id AND m.label IS NULL
+			 GROUP BY m.client_id, m.month, m.home_client_id, m.person_id) x
+	 GROUP BY x.client_id, x.month) ch
+	ON ch.client_id = p.client_id AND ch.month = lower(p.period)
  WHERE p.status <> 'unpriced';
 COMMENT ON VIEW @extschema@.kpi_billable_users IS
 	'billable users per client and month, the change from the month before, and who joined and who left (pseudonyms; sister clients'' people as ''pseudonym (client N)''; joined_count - left_count = change); NULL changes for a first month; billable_person_ids are the client''s own people';

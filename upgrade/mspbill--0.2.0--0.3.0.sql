@@ -9254,47 +9254,2348 @@ COMMENT ON FUNCTION @extschema@.msp_license_sync(bigint, daterange) IS
 	'the daily licence sync per product: seats bought (Pax8), assigned (Microsoft 365), people active, rooms in use, licences needed, users billed, the money in each gap and what to do';
 
 
--- merged: functions several sections above redefine, as the release has them
-CREATE OR REPLACE FUNCTION @extschema@.msp_adjustment_lines(client_id bigint, period daterange)
-RETURNS SETOF @extschema@.invoice_line
-LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
-SET search_path = @extschema@, pg_catalog, pg_temp
-AS $$
-#variable_conflict use_variable
-BEGIN
-	-- PL/pgSQL, so that Citus plans the read on the client's shard
-	RETURN QUERY
-	-- the adjusted invoice by the number the client holds (its id when it
-	-- was sent unnumbered, before 0.3.0)
-	SELECT (row_number() OVER (ORDER BY a.invoice_id))::integer, NULL::bigint,
-		   format('Adjustment %s to invoice %s for %s to %s: %s', a.invoice_id,
-				  coalesce(d.invoice_number, a.adjusts_invoice_id::text),
-				  lower(a.period), upper(a.period) - 1, a.reason),
-		   1::numeric, a.total, a.total, 'adjustment'::text
-	  FROM invoices a
-	  LEFT JOIN invoice_documents d ON d.client_id = client_id AND d.invoice_id = a.adjusts_invoice_id
-	 WHERE a.client_id = client_id AND a.kind = 'adjustment' AND a.apply_period = period
-	 ORDER BY a.invoice_id;
-END
-$$;
-COMMENT ON FUNCTION @extschema@.msp_adjustment_lines(bigint, daterange) IS
-	'adjustment notes carried by the invoice of a period, one line each';
 
-CREATE OR REPLACE FUNCTION @extschema@.msp_compute_invoice(client_id bigint, period daterange DEFAULT NULL)
-RETURNS @extschema@.invoice
-LANGUAGE plpgsql STABLE PARALLEL SAFE
-SET search_path = @extschema@, pg_catalog, pg_temp
+-- licload (issue 19, Performance): the licensing loaders with fewer passes
+-- over a load: licence assignments in one statement (msp_ensure_m365_accounts
+-- folded into msp_store_assignments), plain inserts past anti-joins instead
+-- of ON CONFLICT, a ticket time checked once, blank JSON lines told by a
+-- regular expression, the activity report writing its own logons.
+DROP FUNCTION @extschema@.msp_ensure_m365_accounts(bigint, text[]);
+CREATE OR REPLACE FUNCTION @extschema@.msp_stage_json(for_client bigint, stage regclass, keys text[]) RETURNS bigint
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, @extschema@, pg_temp
+AS $$
+DECLARE
+	n bigint;
+	json_lines boolean;
+BEGIN
+	IF to_regclass('pg_temp.msp_json') IS NOT NULL THEN
+		DROP TABLE pg_temp.msp_json;
+	END IF;
+	-- JSON lines (every line starts a document) need no joining of lines.
+	-- A line is blank when it has no character but spaces, tabs and line
+	-- ends (a regular expression: btrim with a set of characters counts
+	-- the characters of the whole line first); a byte-order mark is
+	-- trimmed only where there is one.
+	EXECUTE format($q$
+		SELECT NOT EXISTS (SELECT 1 FROM %s s WHERE s.client_id = $1 AND s.raw ~ '[^ \t\r\n]'
+							  AND s.raw !~ '^\ufeff?[\[{]')$q$, stage) INTO json_lines USING for_client;
+	EXECUTE format($q$
+		CREATE TEMP TABLE msp_json ON COMMIT DROP AS
+		WITH %3$s,
+		-- OFFSET 0: each document scanned once (a flattened subquery would
+		-- scan it again for every use of its fields)
+		p AS (
+			SELECT x.line_no, x.raw, x.joined, y.f,
+				   (left(y.f[%2$s + 1], 1) = '[' OR left(y.f[%2$s + 2], 1) = '[' OR left(y.f[%2$s + 3], 1) = '['
+					OR left(y.f[%2$s + 4], 1) = '[') IS TRUE AS page
+			  FROM x, LATERAL (SELECT @extschema@.msp_json_fields(CASE WHEN left(x.raw, 1) = E'\ufeff' THEN ltrim(x.raw, E'\ufeff') ELSE x.raw END, $2) AS f OFFSET 0) y)
+		SELECT row_number() OVER () AS rec, r.line_no, r.ord, r.raw, r.f, r.bad
+		  FROM (
+			-- an object that is no page: a record, its fields read already
+			SELECT p.line_no, 1::bigint AS ord, CASE WHEN p.joined THEN p.raw END AS raw, p.f, NULL::text AS bad
+			  FROM p WHERE p.f IS NOT NULL AND NOT p.page
+			UNION ALL
+			-- pages, arrays and what is no object: their elements through jsonb
+			SELECT p.line_no, e.ord, e.raw,
+				   CASE WHEN jsonb_typeof(e.rec) = 'object' THEN @extschema@.msp_json_fields(e.raw, $2) END,
+				   CASE WHEN e.rec IS NULL THEN 'not valid JSON' WHEN jsonb_typeof(e.rec) <> 'object' THEN 'not a JSON object' END
+			  FROM p
+			  CROSS JOIN LATERAL (SELECT @extschema@.msp_try_jsonb(ltrim(p.raw, E'\ufeff')) AS doc) j
+			  CROSS JOIN LATERAL (SELECT CASE
+											 WHEN jsonb_typeof(j.doc) = 'array' THEN j.doc
+											 WHEN jsonb_typeof(j.doc -> 'value') = 'array' THEN j.doc -> 'value'
+											 WHEN jsonb_typeof(j.doc -> 'items') = 'array' THEN j.doc -> 'items'
+											 WHEN jsonb_typeof(j.doc -> 'tickets') = 'array' THEN j.doc -> 'tickets'
+											 WHEN jsonb_typeof(j.doc -> 'content') = 'array' THEN j.doc -> 'content'
+										 END AS arr) a
+			  CROSS JOIN LATERAL (SELECT x.rec, x.ord, x.rec::text AS raw
+									FROM jsonb_array_elements(a.arr) WITH ORDINALITY x(rec, ord)
+								   WHERE a.arr IS NOT NULL
+								  UNION ALL
+								  SELECT j.doc, 1, p.raw WHERE a.arr IS NULL) e
+			 WHERE p.f IS NULL OR p.page) r$q$, stage, cardinality(keys),
+		CASE WHEN json_lines THEN
+		format($x$x AS (
+			SELECT s.line_no, s.raw, false AS joined
+			  FROM %s s WHERE s.client_id = $1 AND s.raw ~ '[^ \t\r\n]')$x$, stage)
+		ELSE
+		-- a line that starts a document and is followed by another start
+		-- (or by nothing) is one; only the other lines are joined
+		format($x$l AS (
+			SELECT s.line_no, s.raw, s.raw ~ '^\ufeff?[\[{]' AS starts
+			  FROM %s s WHERE s.client_id = $1 AND s.raw ~ '[^ \t\r\n]'),
+		n AS (
+			SELECT l.*, lead(l.starts, 1, true) OVER w AS next_starts, count(*) FILTER (WHERE l.starts) OVER w AS doc_no
+			  FROM l WINDOW w AS (ORDER BY l.line_no)),
+		x AS (
+			SELECT n.line_no, n.raw, false AS joined FROM n WHERE n.starts AND n.next_starts
+			UNION ALL
+			SELECT min(n.line_no), string_agg(n.raw, E'\n' ORDER BY n.line_no), true
+			  FROM n WHERE NOT (n.starts AND n.next_starts) GROUP BY n.doc_no)$x$, stage) END)
+	USING for_client, keys || '{value,items,tickets,content}'::text[];
+	GET DIAGNOSTICS n = ROW_COUNT;
+	RETURN n;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_stage_json(bigint, regclass, text[]) IS
+	'internal: a client''s staged JSON (JSON lines or saved responses, enveloped or not) as records with the values of keys, into pg_temp.msp_json';
+CREATE OR REPLACE FUNCTION @extschema@.msp_store_assignments(for_client bigint, day date, load_source text,
+												  OUT loaded bigint, OUT duplicate bigint)
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, @extschema@, pg_temp
+AS $$
+BEGIN
+	-- new ids come from the identity column, moved past hand-chosen ones
+	PERFORM setval(pg_get_serial_sequence('@extschema@.accounts', 'account_id'), m.id)
+	   FROM (SELECT max(a.account_id) AS id FROM @extschema@.accounts a WHERE a.client_id = for_client) m
+	  WHERE m.id > coalesce(pg_sequence_last_value(pg_get_serial_sequence('@extschema@.accounts', 'account_id')), 0);
+	ANALYZE pg_temp.msp_assign;
+	WITH u AS MATERIALIZED (
+		SELECT n.upn, a.account_id
+		  FROM (SELECT DISTINCT x.upn FROM pg_temp.msp_assign x) n
+		  LEFT JOIN @extschema@.accounts a ON a.client_id = for_client AND a.realm = 'm365' AND a.application IS NULL
+										  AND lower(a.name) = n.upn),
+	-- in name order: the name index takes them page by page
+	created AS (
+		INSERT INTO @extschema@.accounts (client_id, realm, name, kind)
+		SELECT for_client, 'm365', u.upn, 'unknown' FROM u WHERE u.account_id IS NULL ORDER BY u.upn
+		RETURNING name AS upn, account_id),
+	ids AS (
+		SELECT u.upn, u.account_id FROM u WHERE u.account_id IS NOT NULL
+		UNION ALL
+		SELECT c.upn, c.account_id FROM created c),
+	ins AS (
+		INSERT INTO @extschema@.m365_license_assignments (client_id, as_of, account_id, product, account_enabled, source)
+		SELECT DISTINCT ON (i.account_id, x.product) for_client, day, i.account_id, x.product, x.enabled, load_source
+		  FROM pg_temp.msp_assign x
+		  JOIN ids i ON i.upn = x.upn
+		 WHERE NOT EXISTS (SELECT 1 FROM @extschema@.m365_license_assignments m
+							WHERE m.client_id = for_client AND m.as_of = day AND m.account_id = i.account_id
+							  AND m.product = x.product)
+		 ORDER BY i.account_id, x.product, x.line_no
+		RETURNING 1)
+	SELECT count(*) INTO loaded FROM ins;
+	duplicate := (SELECT count(*) FROM pg_temp.msp_assign) - loaded;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_store_assignments(bigint, date, text) IS
+	'internal: a load''s licence assignments (pg_temp.msp_assign) as accounts and the day''s m365_license_assignments';
+CREATE OR REPLACE FUNCTION @extschema@.msp_load_m365_activity(client_id bigint, source text DEFAULT 'm365_activity',
+												   OUT loaded bigint, OUT duplicate bigint,
+												   OUT skipped bigint, OUT rejected bigint)
+LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER
+SET search_path = pg_catalog, @extschema@, pg_temp
+SET DateStyle = 'ISO, MDY'
+SET TimeZone = 'UTC'
+SET jit = off
 AS $$
 #variable_conflict use_variable
 BEGIN
-	-- (the period first: msp_price_invoice is STRICT, NULL is the last full month)
-	period := msp_period(client_id, period);
-	-- (a scalar subquery: (f()).summary in a query would call f once per field)
-	RETURN (SELECT p.summary FROM msp_price_invoice(client_id, period) p);
+	source := coalesce(source, 'm365_activity');
+	PERFORM @extschema@.msp_load_begin(client_id);
+	PERFORM @extschema@.msp_stage_csv(client_id, '@extschema@.m365_activity_staging', 'User Principal Name');
+	CREATE TEMP TABLE msp_act_cols ON COMMIT DROP AS
+	SELECT h.header_no, @extschema@.msp_csv_column(h.header, '{User Principal Name}') AS upn,
+		   @extschema@.msp_csv_column(h.header, '{Is Deleted}') AS deleted,
+		   ARRAY(SELECT lower(regexp_replace(btrim(x.name), '\s*Last Activity Date$', '', 'i'))
+				   FROM unnest(h.header) WITH ORDINALITY x(name, i)
+				  WHERE btrim(x.name) ~* 'Last Activity Date$' ORDER BY x.i) AS products,
+		   ARRAY(SELECT x.i::integer FROM unnest(h.header) WITH ORDINALITY x(name, i)
+				  WHERE btrim(x.name) ~* 'Last Activity Date$' ORDER BY x.i) AS cols
+	  FROM pg_temp.msp_csv_headers h;
+	-- every activity date written, at noon in the client's zone (NULL: not
+	-- a date); a date that is none (2026-02-30) marks its record alone
+	CREATE TEMP TABLE msp_act_days (line_no bigint, product text, day text, at timestamptz) ON COMMIT DROP;
+	PERFORM @extschema@.msp_load_guarded($step$
+		INSERT INTO pg_temp.msp_act_days (line_no, product, day, at)
+		SELECT c.line_no, p.product, p.day,
+			   CASE WHEN p.day ~ '^[0-9]{4}-[0-9]{2}-[0-9]{2}$'
+					THEN (p.day::date + time '12:00')
+						 AT TIME ZONE (SELECT z.time_zone FROM @extschema@.clients z WHERE z.client_id = $1) END
+		  FROM pg_temp.msp_csv c
+		  JOIN pg_temp.msp_act_cols h ON h.header_no = c.header_no,
+			   LATERAL (SELECT u.product, btrim(c.f[u.col]) AS day FROM unnest(h.products, h.cols) u(product, col)) p
+		 WHERE NOT c.is_header AND c.line_no BETWEEN $2 AND $3 AND p.day <> ''
+	$step$, $reject$
+		INSERT INTO pg_temp.msp_act_days (line_no) VALUES ($2)
+	$reject$, client_id, (SELECT min(c.line_no) FROM pg_temp.msp_csv c), (SELECT max(c.line_no) FROM pg_temp.msp_csv c));
+	CREATE TEMP TABLE msp_act ON COMMIT DROP AS
+	SELECT c.line_no, c.raw, x.upn,
+		   CASE
+			   WHEN c.f IS NULL THEN 'reject:not valid CSV'
+			   WHEN h.header_no IS NULL THEN 'reject:no header with User Principal Name before it'
+			   WHEN coalesce(x.upn, '') = '' THEN 'reject:no User Principal Name'
+			   WHEN length(x.upn) > 255 THEN 'reject:field too long'
+			   WHEN lower(coalesce(c.f[h.deleted], '')) = 'true' THEN 'skip'
+			   WHEN d.not_a_date THEN 'reject:invalid Last Activity Date'
+			   WHEN d.implausible IS NOT NULL THEN 'reject:invalid Last Activity Date: ' || d.implausible
+			   WHEN d.line_no IS NULL THEN 'skip'
+			   ELSE 'activity'
+		   END AS class
+	  FROM pg_temp.msp_csv c
+	  LEFT JOIN pg_temp.msp_act_cols h ON h.header_no = c.header_no
+	  LEFT JOIN (SELECT d.line_no, bool_or(d.at IS NULL) AS not_a_date,
+						min(@extschema@.msp_implausible_time(d.day, d.at)) AS implausible
+				   FROM pg_temp.msp_act_days d GROUP BY d.line_no) d ON d.line_no = c.line_no,
+		   LATERAL (SELECT lower(btrim(c.f[h.upn])) AS upn) x
+	 WHERE NOT c.is_header;
+
+	-- activity accounts take the kind and person of the UPN's m365 account;
+	-- each UPN's activity account, the new ones' ids as their insert
+	-- returns them (new ids move past hand-chosen ones first)
+	PERFORM setval(pg_get_serial_sequence('@extschema@.accounts', 'account_id'), m.id)
+	   FROM (SELECT max(a.account_id) AS id FROM @extschema@.accounts a WHERE a.client_id = client_id) m
+	  WHERE m.id > coalesce(pg_sequence_last_value(pg_get_serial_sequence('@extschema@.accounts', 'account_id')), 0);
+	CREATE TEMP TABLE msp_act_accounts (upn text, account_id bigint) ON COMMIT DROP;
+	WITH u AS MATERIALIZED (
+		SELECT n.upn, x.account_id
+		  FROM (SELECT DISTINCT a.upn FROM pg_temp.msp_act a WHERE a.class = 'activity') n
+		  LEFT JOIN @extschema@.accounts x ON x.client_id = client_id AND x.realm = 'm365_activity' AND x.application IS NULL
+										  AND lower(x.name) = n.upn),
+	created AS (
+		INSERT INTO @extschema@.accounts (client_id, realm, name, kind, person_id)
+		SELECT client_id, 'm365_activity', u.upn, coalesce(m.kind, 'unknown'), m.person_id
+		  FROM u
+		  LEFT JOIN @extschema@.accounts m ON m.client_id = client_id AND m.realm = 'm365' AND m.application IS NULL
+										  AND lower(m.name) = u.upn
+		 WHERE u.account_id IS NULL
+		 ORDER BY u.upn
+		RETURNING name, account_id)
+	INSERT INTO pg_temp.msp_act_accounts (upn, account_id)
+	SELECT u.upn, u.account_id FROM u WHERE u.account_id IS NOT NULL
+	UNION ALL
+	SELECT c.name, c.account_id FROM created c;
+
+	-- the logons, one per product-day (its event id, the first by line),
+	-- those already loaded left out as the shared last step
+	-- (msp_load_normalized) leaves them out.  Straight from the records:
+	-- the accounts are known and there is no device nor session, so the
+	-- shared step's passes over accounts and devices would find nothing
+	-- new.  Should a record make the insert fail, the shared guarded step
+	-- runs instead, and finds it.
+	BEGIN
+		WITH e AS (
+			SELECT DISTINCT ON (x.event_id) x.*
+			  FROM (SELECT a.line_no, a.upn, d.at, a.upn || '|' || d.product || '|' || d.day AS event_id
+					  FROM pg_temp.msp_act a JOIN pg_temp.msp_act_days d USING (line_no)
+					 WHERE a.class = 'activity') x
+			 ORDER BY x.event_id, x.line_no),
+		ins AS (
+			INSERT INTO @extschema@.logons (client_id, account_id, device_id, at, ended, presence, source, source_event_id,
+											session_key)
+			SELECT client_id, i.account_id, NULL, e.at, NULL, true, source, e.event_id, NULL
+			  FROM e JOIN pg_temp.msp_act_accounts i ON i.upn = e.upn
+			 WHERE NOT EXISTS (SELECT 1 FROM @extschema@.logons l
+								WHERE l.client_id = client_id AND l.source = source AND l.source_event_id = e.event_id)
+			RETURNING 1)
+		SELECT count(*) INTO loaded FROM ins;
+		duplicate := (SELECT count(*) FROM pg_temp.msp_act a JOIN pg_temp.msp_act_days d USING (line_no)
+					   WHERE a.class = 'activity') - loaded;
+	EXCEPTION WHEN data_exception OR program_limit_exceeded OR integrity_constraint_violation THEN
+		INSERT INTO pg_temp.msp_load_events (line_no, realm, application, account_name, device_name, create_device, at,
+											 ended, source_event_id, session_key)
+		SELECT a.line_no, 'm365_activity', NULL, a.upn, NULL, false, d.at, NULL, a.upn || '|' || d.product || '|' || d.day, NULL
+		  FROM pg_temp.msp_act a JOIN pg_temp.msp_act_days d USING (line_no)
+		 WHERE a.class = 'activity';
+		SELECT * INTO loaded, duplicate FROM @extschema@.msp_load_normalized_guarded(client_id, source, $reject$
+			UPDATE pg_temp.msp_act SET class = 'reject:unloadable record: ' || $3 WHERE line_no = $2
+		$reject$);
+	END;
+
+	CREATE TEMP TABLE msp_rej ON COMMIT DROP AS
+	SELECT a.line_no, a.raw, substr(a.class, 8) AS reason FROM pg_temp.msp_act a WHERE a.class LIKE 'reject:%';
+	rejected := @extschema@.msp_store_rejects(client_id, source);
+	SELECT count(*) INTO skipped FROM pg_temp.msp_act a WHERE a.class = 'skip';
+	DELETE FROM @extschema@.m365_activity_staging s WHERE s.client_id = client_id;
+	DROP TABLE pg_temp.msp_act, pg_temp.msp_act_days, pg_temp.msp_act_cols, pg_temp.msp_act_accounts, pg_temp.msp_csv,
+			   pg_temp.msp_csv_headers;
 END
 $$;
-COMMENT ON FUNCTION @extschema@.msp_compute_invoice(bigint, daterange) IS
-	'the invoice of a client for a period as today''s data prices it, finalized or not';
+COMMENT ON FUNCTION @extschema@.msp_load_m365_activity(bigint, text) IS
+	'loads a client''s staged Microsoft 365 active user detail report: each product''s last activity date becomes a logon of realm m365_activity at noon in the client''s zone (counted only where count_realms names it; loaded counts days per product)';
+CREATE OR REPLACE FUNCTION @extschema@.msp_load_pax8_subscriptions(client_id bigint, as_of date DEFAULT NULL,
+														source text DEFAULT 'pax8',
+														OUT loaded bigint, OUT duplicate bigint,
+														OUT skipped bigint, OUT rejected bigint)
+LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER
+SET search_path = pg_catalog, @extschema@, pg_temp
+SET DateStyle = 'ISO, MDY'
+SET TimeZone = 'UTC'
+SET jit = off
+AS $$
+#variable_conflict use_variable
+DECLARE
+	day date;
+	json boolean;
+	src text;
+	lo bigint;
+	hi bigint;
+BEGIN
+	source := coalesce(source, 'pax8');
+	PERFORM @extschema@.msp_load_begin(client_id);
+	day := @extschema@.msp_snapshot_day(client_id, as_of);
+	-- JSON when the first non-empty line starts an object or array
+	json := (SELECT ltrim(s.raw, E' \t\ufeff') ~ '^[\[{]' FROM @extschema@.pax8_staging s
+			  WHERE s.client_id = client_id AND btrim(s.raw, E' \t\r\n') <> '' ORDER BY s.line_no LIMIT 1);
+	CREATE TEMP TABLE msp_pax8 (rec bigint, line_no bigint, ord bigint, raw text, id text, company text[], product text,
+								quantity text, cost text, price text, term text, status text, start_text text,
+								end_text text, class text, start_date date, end_date date) ON COMMIT DROP;
+	-- the records' fields, by name whatever the format
+	IF json THEN
+		PERFORM @extschema@.msp_stage_json(client_id, '@extschema@.pax8_staging',
+			'{id,companyId,companyName,productName,productId,quantity,partnerCost,price,billingTerm,status,startDate,endDate}');
+		src := $src$
+			SELECT j.rec, j.line_no, j.ord, j.raw, j.f[1] AS id, ARRAY[j.f[2], j.f[3]] AS company,
+				   coalesce(j.f[4], j.f[5]) AS product, j.f[6] AS quantity, j.f[7] AS cost, j.f[8] AS price,
+				   j.f[9] AS term, j.f[10] AS status, j.f[11] AS start_text, j.f[12] AS end_text,
+				   'reject:' || j.bad AS class
+			  FROM pg_temp.msp_json j WHERE j.rec BETWEEN $2 AND $3$src$;
+		SELECT min(j.rec), max(j.rec) INTO lo, hi FROM pg_temp.msp_json j;
+	ELSIF json IS NOT NULL THEN
+		PERFORM @extschema@.msp_stage_csv(client_id, '@extschema@.pax8_staging', 'Quantity');
+		CREATE TEMP TABLE msp_pax8_cols ON COMMIT DROP AS
+		SELECT h.header_no,
+			   @extschema@.msp_csv_column(h.header, '{Subscription Id,Subscription ID,Id}') AS id,
+			   @extschema@.msp_csv_column(h.header, '{Company,Company Name}') AS company,
+			   @extschema@.msp_csv_column(h.header, '{Company Id,Company ID}') AS company_id,
+			   @extschema@.msp_csv_column(h.header, '{Product,Product Name}') AS product,
+			   @extschema@.msp_csv_column(h.header, '{Quantity}') AS quantity,
+			   @extschema@.msp_csv_column(h.header, '{Partner Cost,Unit Cost,Cost}') AS cost,
+			   @extschema@.msp_csv_column(h.header, '{Price,Unit Price}') AS price,
+			   @extschema@.msp_csv_column(h.header, '{Billing Term,Term}') AS term,
+			   @extschema@.msp_csv_column(h.header, '{Status}') AS status,
+			   @extschema@.msp_csv_column(h.header, '{Start Date}') AS start_date,
+			   @extschema@.msp_csv_column(h.header, '{End Date}') AS end_date
+		  FROM pg_temp.msp_csv_headers h;
+		src := $src$
+			SELECT c.line_no AS rec, c.line_no, 0::bigint AS ord, c.raw, c.f[h.id] AS id,
+				   ARRAY[c.f[h.company], c.f[h.company_id]] AS company, c.f[h.product] AS product,
+				   c.f[h.quantity] AS quantity, c.f[h.cost] AS cost, c.f[h.price] AS price, c.f[h.term] AS term,
+				   c.f[h.status] AS status, c.f[h.start_date] AS start_text, c.f[h.end_date] AS end_text,
+				   CASE WHEN c.f IS NULL THEN 'reject:not valid CSV'
+						WHEN h.header_no IS NULL THEN 'reject:no header with Quantity before it' END AS class
+			  FROM pg_temp.msp_csv c LEFT JOIN pg_temp.msp_pax8_cols h ON h.header_no = c.header_no
+			 WHERE NOT c.is_header AND c.line_no BETWEEN $2 AND $3$src$;
+		SELECT min(c.line_no), max(c.line_no) INTO lo, hi FROM pg_temp.msp_csv c;
+	END IF;
+	-- checked, the company's client found (once per distinct company) and
+	-- the dates read: the batch at once, per record only where a date is
+	-- none (the reject reads the one record: BETWEEN $2 AND $2)
+	IF src IS NOT NULL THEN
+		PERFORM @extschema@.msp_load_guarded(format($step$
+			INSERT INTO pg_temp.msp_pax8 (rec, line_no, ord, raw, id, company, product, quantity, cost, price, term, status,
+										  start_text, end_text, class, start_date, end_date)
+			WITH p AS MATERIALIZED (%s),
+			-- materialized: a plain CTE would be pulled up into the join, and
+			-- the look-up would run once per record instead of once per company
+			owner AS MATERIALIZED (
+				SELECT c.company, @extschema@.msp_company_owner($1, 'pax8', c.company) AS o
+				  FROM (SELECT DISTINCT p.company FROM p WHERE p.class IS NULL) c),
+			classed AS (
+				SELECT p.rec, p.line_no, p.ord, p.raw, p.id, p.company, p.product, p.quantity, p.cost, p.price, p.term,
+					   p.status, p.start_text, p.end_text,
+					   coalesce(p.class, CASE
+						   WHEN coalesce(btrim(p.product), '') = '' THEN 'reject:no product'
+						   WHEN coalesce(btrim(p.quantity), '') !~ '^[0-9]{1,9}(\.0*)?$' THEN 'reject:invalid quantity'
+						   WHEN replace(btrim(p.cost), '$', '') !~ '^([0-9]{1,15}(\.[0-9]{1,10})?)?$' THEN 'reject:invalid partner cost'
+						   WHEN replace(btrim(p.price), '$', '') !~ '^([0-9]{1,15}(\.[0-9]{1,10})?)?$' THEN 'reject:invalid price'
+						   WHEN btrim(p.start_text) !~ '^([0-9]{4}-[0-9]{2}-[0-9]{2}.*)?$'
+								OR btrim(p.end_text) !~ '^([0-9]{4}-[0-9]{2}-[0-9]{2}.*)?$' THEN 'reject:invalid start or end date'
+						   WHEN length(p.id) > 255 OR length(p.product) > 255 OR length(p.term) > 255 OR length(p.status) > 255
+								OR length(p.company[1]) > 255 OR length(p.company[2]) > 255 THEN 'reject:field too long'
+						   WHEN o.o = 'own' THEN 'subscription'
+						   WHEN o.o = 'other' THEN 'skip'
+						   ELSE 'reject:unknown Pax8 company ' || coalesce(p.company[1], p.company[2], '(none)')
+					   END) AS class
+				  FROM p LEFT JOIN owner o ON o.company = p.company
+				 -- OFFSET 0: each record classified once
+				 OFFSET 0)
+			SELECT c.rec, c.line_no, c.ord,
+				   CASE WHEN c.class LIKE 'reject:%%' THEN coalesce(c.raw, (SELECT s.raw FROM @extschema@.pax8_staging s
+																		 WHERE s.client_id = $1 AND s.line_no = c.line_no)) END,
+				   c.id, c.company, c.product, c.quantity, c.cost, c.price, c.term, c.status, c.start_text, c.end_text,
+				   c.class,
+				   CASE WHEN c.class = 'subscription' THEN left(nullif(btrim(c.start_text), ''), 10)::date END,
+				   CASE WHEN c.class = 'subscription' THEN left(nullif(btrim(c.end_text), ''), 10)::date END
+			  FROM classed c
+		$step$, src), format($reject$
+			INSERT INTO pg_temp.msp_pax8 (rec, line_no, ord, raw, class)
+			SELECT p.rec, p.line_no, p.ord,
+				   coalesce(p.raw, (SELECT s.raw FROM @extschema@.pax8_staging s WHERE s.client_id = $1 AND s.line_no = p.line_no)),
+				   'reject:invalid start or end date'
+			  FROM (%s) p
+		$reject$, replace(src, 'AND $3', 'AND $2')), client_id, lo, hi);
+	END IF;
+	IF json THEN
+		DROP TABLE pg_temp.msp_json;
+	ELSIF json IS NOT NULL THEN
+		DROP TABLE pg_temp.msp_csv, pg_temp.msp_csv_headers, pg_temp.msp_pax8_cols;
+	END IF;
+
+	WITH sub AS (
+		SELECT DISTINCT ON (k.key) k.key, p.*
+		  FROM pg_temp.msp_pax8 p,
+			   -- without an id (some CSV exports), the record is its own key
+			   LATERAL (SELECT coalesce(nullif(btrim(p.id), ''),
+										md5(concat_ws('|', p.company[1], p.company[2], p.product, p.term, p.start_text, p.status)))
+						AS key) k
+		 WHERE p.class = 'subscription'
+		 ORDER BY k.key, p.line_no DESC, p.ord DESC),
+	prod AS MATERIALIZED (
+		SELECT n.product, @extschema@.msp_license_product(n.product) AS name FROM (SELECT DISTINCT s.product FROM sub s) n),
+	r AS MATERIALIZED (
+		SELECT s.key, coalesce(s.company[1], s.company[2]) AS company, pr.name AS product,
+			   btrim(s.quantity)::numeric::integer AS quantity, nullif(replace(btrim(s.cost), '$', ''), '')::numeric AS unit_cost,
+			   nullif(replace(btrim(s.price), '$', ''), '')::numeric AS unit_price, s.term, s.status, s.start_date, s.end_date
+		  FROM sub s JOIN prod pr USING (product)),
+	-- a subscription of the day loaded before takes a corrected export's
+	-- values; the others are inserted past an anti-join (both see the
+	-- table as it was before the statement).  A plain insert costs half of
+	-- ON CONFLICT's speculative one; loads of a client take turns, so no
+	-- other load can race it, and a row written meanwhile by hand fails
+	-- the load, whole.
+	upd AS (
+		UPDATE @extschema@.pax8_subscriptions x
+		   SET company = r.company, product = r.product, quantity = r.quantity, unit_cost = r.unit_cost,
+			   unit_price = r.unit_price, billing_term = r.term, status = r.status, start_date = r.start_date,
+			   end_date = r.end_date, source = source
+		  FROM r
+		 WHERE x.client_id = client_id AND x.as_of = day AND x.subscription_id = r.key
+		   AND (x.company, x.product, x.quantity, x.unit_cost, x.unit_price, x.billing_term, x.status, x.start_date, x.end_date)
+			   IS DISTINCT FROM (r.company, r.product, r.quantity, r.unit_cost, r.unit_price, r.term, r.status, r.start_date,
+								 r.end_date)
+		RETURNING 1),
+	ins AS (
+		INSERT INTO @extschema@.pax8_subscriptions (client_id, as_of, subscription_id, company, product, quantity, unit_cost,
+													unit_price, billing_term, status, start_date, end_date, source)
+		SELECT client_id, day, r.key, r.company, r.product, r.quantity, r.unit_cost, r.unit_price, r.term, r.status,
+			   r.start_date, r.end_date, source
+		  FROM r
+		 WHERE NOT EXISTS (SELECT 1 FROM @extschema@.pax8_subscriptions x
+							WHERE x.client_id = client_id AND x.as_of = day AND x.subscription_id = r.key)
+		RETURNING 1)
+	SELECT (SELECT count(*) FROM upd) + (SELECT count(*) FROM ins) INTO loaded;
+	duplicate := (SELECT count(*) FROM pg_temp.msp_pax8 p WHERE p.class = 'subscription') - loaded;
+
+	-- the day's seats per product, from every Active subscription of the day
+	DELETE FROM @extschema@.license_counts lc WHERE lc.client_id = client_id AND lc.source = source AND lc.as_of = day;
+	INSERT INTO @extschema@.license_counts (client_id, sku, seats, unit_cost, source, as_of)
+	SELECT client_id, x.product, sum(x.quantity),
+		   CASE WHEN sum(x.quantity) > 0 AND count(x.unit_cost) = count(*)
+				THEN trim_scale(sum(x.quantity * x.unit_cost) / sum(x.quantity)) END,
+		   source, day
+	  FROM @extschema@.pax8_subscriptions x
+	 WHERE x.client_id = client_id AND x.as_of = day AND lower(x.status) = 'active'
+	 GROUP BY x.product;
+
+	CREATE TEMP TABLE msp_rej ON COMMIT DROP AS
+	SELECT p.line_no, p.raw, substr(p.class, 8) AS reason FROM pg_temp.msp_pax8 p WHERE p.class LIKE 'reject:%';
+	rejected := @extschema@.msp_store_rejects(client_id, source);
+	SELECT count(*) INTO skipped FROM pg_temp.msp_pax8 p WHERE p.class = 'skip';
+	DELETE FROM @extschema@.pax8_staging s WHERE s.client_id = client_id;
+	DROP TABLE pg_temp.msp_pax8;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_load_pax8_subscriptions(bigint, date, text) IS
+	'loads a client''s staged Pax8 subscriptions (portal CSV or partner-API JSON) as the day''s subscriptions; the Active ones become license_counts (source pax8)';
+CREATE OR REPLACE FUNCTION @extschema@.msp_load_psa_tickets(client_id bigint, psa text, source text DEFAULT NULL,
+												 OUT loaded bigint, OUT duplicate bigint, OUT skipped bigint,
+												 OUT rejected bigint, OUT unmatched bigint)
+LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER
+SET search_path = pg_catalog, @extschema@, pg_temp
+SET DateStyle = 'ISO, MDY'
+SET timezone_abbreviations = 'Default'
+SET TimeZone = 'UTC'
+SET jit = off
+AS $$
+#variable_conflict use_variable
+BEGIN
+	-- one spelling everywhere (psa_mappings, psa_contacts, partner_companies,
+	-- psa_tickets): 'halopsa'; 'halo' is taken as an alias
+	IF psa = 'halo' THEN
+		psa := 'halopsa';
+	END IF;
+	IF psa IS NULL OR psa NOT IN ('connectwise', 'autotask', 'halopsa') THEN
+		RAISE EXCEPTION 'unknown PSA %', coalesce(quote_literal(psa), 'NULL')
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'The ticket loader reads the API JSON of ConnectWise PSA, Autotask and HaloPSA.',
+				  HINT = 'Pass psa => ''connectwise'', ''autotask'' or ''halopsa''.';
+	END IF;
+	source := coalesce(source, psa);
+	PERFORM @extschema@.msp_load_begin(client_id);
+	-- f: 1 id, 2 _info, 3 dateEntered, 4 company, 5 contactEmailAddress,
+	-- 6 contact, 7 board, 8 source (ConnectWise); 9 createDate, 10
+	-- companyID, 11 contactID, 12 queueID (Autotask); 13 dateoccurred, 14
+	-- client_name, 15 client_id, 16 user_id, 17 team (HaloPSA)
+	PERFORM @extschema@.msp_stage_json(client_id, '@extschema@.psa_ticket_staging',
+		'{id,_info,dateEntered,company,contactEmailAddress,contact,board,source,createDate,companyID,contactID,queueID,dateoccurred,client_name,client_id,user_id,team}');
+	CREATE TEMP TABLE msp_tix (rec bigint, line_no bigint, ord bigint, raw text, id text, at_text text, company text[],
+							   contact text, board text, channel text, class text, at timestamptz) ON COMMIT DROP;
+	-- checked, the company's client found (once per distinct company) and
+	-- the time read: the batch at once, per record only where a time is none
+	PERFORM @extschema@.msp_load_guarded(format($step$
+		INSERT INTO pg_temp.msp_tix (rec, line_no, ord, raw, id, at_text, company, contact, board, channel, class, at)
+		WITH t AS MATERIALIZED (
+			SELECT j.rec, j.line_no, j.ord, j.raw, j.bad, j.f[1] AS id,
+				   CASE %1$L WHEN 'connectwise' THEN coalesce((@extschema@.msp_json_fields(j.f[2], '{dateEntered}'))[1], j.f[3])
+						   WHEN 'autotask' THEN j.f[9]
+						   ELSE j.f[13] END AS at_text,
+				   CASE %1$L WHEN 'connectwise' THEN @extschema@.msp_json_fields(j.f[4], '{identifier,name,id}')
+						   WHEN 'autotask' THEN ARRAY[j.f[10]]
+						   ELSE ARRAY[j.f[14], j.f[15]] END AS company,
+				   lower(btrim(CASE %1$L WHEN 'connectwise'
+									   THEN coalesce(nullif(btrim(j.f[5]), ''), (@extschema@.msp_json_fields(j.f[6], '{id}'))[1])
+									   WHEN 'autotask' THEN j.f[11]
+									   ELSE j.f[16] END)) AS contact,
+				   CASE %1$L WHEN 'connectwise' THEN (@extschema@.msp_json_fields(j.f[7], '{name}'))[1]
+						   WHEN 'autotask' THEN j.f[12]
+						   ELSE j.f[17] END AS board,
+				   coalesce(lower(CASE %1$L WHEN 'connectwise' THEN (@extschema@.msp_json_fields(j.f[8], '{name}'))[1] END),
+							'ticket') AS channel
+			  FROM pg_temp.msp_json j WHERE j.rec BETWEEN $2 AND $3),
+		-- materialized: a plain CTE would be pulled up into the join, and the
+		-- look-up would run once per record instead of once per company
+		owner AS MATERIALIZED (
+			SELECT c.company, @extschema@.msp_company_owner($1, %1$L, c.company) AS o
+			  FROM (SELECT DISTINCT t.company FROM t WHERE t.bad IS NULL AND t.company IS NOT NULL) c),
+		classed AS (
+			SELECT t.rec, t.line_no, t.ord, t.raw, t.id, t.at_text, t.company, t.contact, t.board, t.channel,
+				   CASE
+					   WHEN t.bad IS NOT NULL THEN 'reject:' || t.bad
+					   WHEN coalesce(btrim(t.id), '') = '' THEN 'reject:no id'
+					   WHEN coalesce(btrim(t.at_text), '') = '' THEN 'reject:no date entered'
+					   WHEN length(t.id) > 255 OR length(t.contact) > 255 OR length(t.board) > 255 OR length(t.channel) > 255
+							OR length(t.company[1]) > 255 OR length(t.company[2]) > 255 OR length(t.company[3]) > 255
+						   THEN 'reject:field too long'
+					   WHEN coalesce(o.o, @extschema@.msp_company_owner($1, %1$L, '{}')) = 'own' THEN 'ticket'
+					   WHEN o.o = 'other' THEN 'skip'
+					   ELSE 'reject:unknown ' || %1$L || ' company '
+							|| coalesce(t.company[1], t.company[2], t.company[3], '(none)')
+				   END AS class
+			  FROM t LEFT JOIN owner o ON o.company = t.company
+			 -- OFFSET 0: each record classified once
+			 OFFSET 0),
+		-- materialized, so that msp_implausible_time gets columns and
+		-- inlines; it is asked once per ticket (OFFSET 0)
+		timed AS MATERIALIZED (
+			SELECT c.*, CASE WHEN c.class = 'ticket' THEN c.at_text::timestamptz END AS at FROM classed c)
+		SELECT x.rec, x.line_no, x.ord,
+			   CASE WHEN k.class LIKE 'reject:%%' THEN coalesce(x.raw, (SELECT s.raw FROM @extschema@.psa_ticket_staging s
+																	 WHERE s.client_id = $1 AND s.line_no = x.line_no)) END,
+			   x.id, x.at_text, x.company, x.contact, x.board, x.channel, k.class, x.at
+		  FROM timed x,
+			   LATERAL (SELECT CASE WHEN x.class = 'ticket' THEN @extschema@.msp_implausible_time(x.at_text, x.at) END AS why
+						OFFSET 0) w,
+			   LATERAL (SELECT CASE WHEN w.why IS NOT NULL THEN 'reject:invalid date entered: ' || w.why
+									ELSE x.class END AS class) k
+	$step$, psa), $reject$
+		INSERT INTO pg_temp.msp_tix (rec, line_no, ord, raw, class)
+		SELECT j.rec, j.line_no, j.ord,
+			   coalesce(j.raw, (SELECT s.raw FROM @extschema@.psa_ticket_staging s WHERE s.client_id = $1 AND s.line_no = j.line_no)),
+			   'reject:invalid date entered'
+		  FROM pg_temp.msp_json j WHERE j.rec = $2
+	$reject$, client_id, (SELECT min(j.rec) FROM pg_temp.msp_json j), (SELECT max(j.rec) FROM pg_temp.msp_json j));
+	DROP TABLE pg_temp.msp_json;
+
+	-- a ticket loads once per client and PSA (first record of a load
+	-- wins); tickets already loaded are left out by an anti-join (a plain
+	-- insert costs half of ON CONFLICT's speculative one; loads of a client
+	-- take turns, so no other load can race it, and a row written meanwhile
+	-- by hand fails the load, whole)
+	WITH ins AS (
+		INSERT INTO @extschema@.psa_tickets (client_id, psa, ticket_id, at, company, contact, board, channel)
+		SELECT DISTINCT ON (btrim(t.id)) client_id, psa, btrim(t.id), t.at,
+			   coalesce(t.company[1], t.company[2], t.company[3]), t.contact, t.board, t.channel
+		  FROM pg_temp.msp_tix t
+		 WHERE t.class = 'ticket'
+		   AND NOT EXISTS (SELECT 1 FROM @extschema@.psa_tickets x
+							WHERE x.client_id = client_id AND x.psa = psa AND x.ticket_id = btrim(t.id))
+		 ORDER BY btrim(t.id), t.line_no, t.ord
+		RETURNING 1)
+	SELECT count(*) INTO loaded FROM ins;
+	duplicate := (SELECT count(*) FROM pg_temp.msp_tix t WHERE t.class = 'ticket') - loaded;
+	PERFORM @extschema@.msp_match_psa_tickets(client_id);
+	SELECT count(*) INTO unmatched FROM @extschema@.psa_tickets t
+	 WHERE t.client_id = client_id AND t.psa = psa AND t.person_id IS NULL;
+
+	CREATE TEMP TABLE msp_rej ON COMMIT DROP AS
+	SELECT t.line_no, t.raw, substr(t.class, 8) AS reason FROM pg_temp.msp_tix t WHERE t.class LIKE 'reject:%';
+	rejected := @extschema@.msp_store_rejects(client_id, source);
+	SELECT count(*) INTO skipped FROM pg_temp.msp_tix t WHERE t.class = 'skip';
+	DELETE FROM @extschema@.psa_ticket_staging s WHERE s.client_id = client_id;
+	DROP TABLE pg_temp.msp_tix;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_load_psa_tickets(bigint, text, text) IS
+	'loads a client''s staged PSA tickets (psa: connectwise, autotask or halopsa, alias halo); matched contacts become support contacts, unknown ones stay in psa_tickets (psa_unknown_contacts); unmatched counts the PSA''s tickets still without a person';
+
+-- Logon loaders at the rate logs arrive (issue 21, goals 3 and 4): the event-id
+-- index holds a 64-bit hash of source and event id seeded with the client
+-- (the check compares the texts on the rows it finds); duplicates are
+-- found by a statement of their own, planned afresh; the Windows loader
+-- reads, classifies and times each record in one pass; loads sort in
+-- memory.  Rows stored by 0.1.0 and 0.2.0 stay as they are; only the
+-- index is rebuilt.
+DROP INDEX @extschema@.logons_source_event_key;
+CREATE INDEX logons_source_event_key ON @extschema@.logons
+	(hashtextextended(source || ':' || source_event_id, client_id))
+	WHERE source_event_id IS NOT NULL;
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_load_normalized(for_client bigint, load_source text,
+												OUT loaded bigint, OUT duplicate bigint)
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, @extschema@, pg_temp
+AS $$
+BEGIN
+	-- New accounts and devices take their ids from the identity columns, so
+	-- that ids are unique across clients.  Ids chosen by hand for this
+	-- client may lie ahead of the sequence: move it past them first (the
+	-- load holds the client's lock; the sequence only moves forward).
+	PERFORM setval(pg_get_serial_sequence('@extschema@.accounts', 'account_id'), m.id)
+	   FROM (SELECT max(a.account_id) AS id FROM @extschema@.accounts a WHERE a.client_id = for_client) m
+	  WHERE m.id > coalesce(pg_sequence_last_value(pg_get_serial_sequence('@extschema@.accounts', 'account_id')), 0);
+	PERFORM setval(pg_get_serial_sequence('@extschema@.devices', 'device_id'), m.id)
+	   FROM (SELECT max(d.device_id) AS id FROM @extschema@.devices d WHERE d.client_id = for_client) m
+	  WHERE m.id > coalesce(pg_sequence_last_value(pg_get_serial_sequence('@extschema@.devices', 'device_id')), 0);
+
+	INSERT INTO @extschema@.accounts (client_id, realm, name, kind, application)
+	SELECT for_client, n.realm, n.account_name, 'unknown', n.application
+	  FROM (SELECT DISTINCT e.realm, e.account_name, e.application FROM pg_temp.msp_load_events e) n
+	 WHERE NOT EXISTS (SELECT 1 FROM @extschema@.accounts a
+						WHERE a.client_id = for_client AND a.realm = n.realm
+						  AND lower(a.name) = lower(n.account_name)
+						  AND coalesce(a.application, '') = coalesce(n.application, ''))
+	 ORDER BY n.realm, n.account_name;
+
+	-- a device found in an export is billable from the day it was first seen
+	INSERT INTO @extschema@.devices (client_id, name, kind, active)
+	SELECT for_client, n.device_name, 'other',
+		   daterange((n.first_at AT TIME ZONE (SELECT c.time_zone FROM @extschema@.clients c WHERE c.client_id = for_client))::date, NULL)
+	  FROM (SELECT e.device_name, min(e.at) AS first_at FROM pg_temp.msp_load_events e
+			 WHERE e.device_name IS NOT NULL AND e.create_device GROUP BY e.device_name) n
+	 WHERE NOT EXISTS (SELECT 1 FROM @extschema@.devices d WHERE d.client_id = for_client
+						  AND upper(d.name) = upper(n.device_name))
+	 ORDER BY n.device_name;
+
+	-- small maps from names to ids, so the big insert joins on plain keys
+	ANALYZE pg_temp.msp_load_events;
+	CREATE TEMP TABLE msp_account_map ON COMMIT DROP AS
+	SELECT n.realm, n.account_name, n.app, a.account_id
+	  FROM (SELECT DISTINCT e.realm, e.account_name, coalesce(e.application, '') AS app
+			  FROM pg_temp.msp_load_events e) n
+	  JOIN @extschema@.accounts a ON a.client_id = for_client AND a.realm = n.realm
+					 AND lower(a.name) = lower(n.account_name) AND coalesce(a.application, '') = n.app;
+	CREATE TEMP TABLE msp_device_map ON COMMIT DROP AS
+	SELECT n.device_name, d.device_id
+	  FROM (SELECT DISTINCT e.device_name FROM pg_temp.msp_load_events e WHERE e.device_name IS NOT NULL) n
+	  JOIN @extschema@.devices d ON d.client_id = for_client AND upper(d.name) = upper(n.device_name);
+	ANALYZE pg_temp.msp_account_map;
+	ANALYZE pg_temp.msp_device_map;
+
+	-- Events already in logons are duplicates: taken out by a statement of
+	-- their own, planned afresh (EXECUTE) for the partitions as they are
+	-- now.  Checked inside the insert, a probe of the partition the insert
+	-- itself fills, planned while that partition was empty, read it whole
+	-- for every event: the first load of a month took 110 s for 100k logons.
+	duplicate := (SELECT count(*) FROM pg_temp.msp_load_events);
+	EXECUTE $dup$
+		DELETE FROM pg_temp.msp_load_events e
+		 WHERE EXISTS (SELECT 1 FROM @extschema@.logons l
+						WHERE l.client_id = $1
+						  AND hashtextextended(l.source || ':' || l.source_event_id, l.client_id)
+							  = hashtextextended($2 || ':' || e.source_event_id, $1)
+						  AND l.source = $2 AND l.source_event_id = e.source_event_id)
+	$dup$ USING for_client, load_source;
+
+	WITH ins AS (
+		INSERT INTO @extschema@.logons (client_id, account_id, device_id, at, ended, presence, source,
+							source_event_id, session_key)
+		SELECT for_client, m.account_id, dm.device_id, e.at, e.ended, true, load_source, e.source_event_id,
+			   e.session_key
+		  FROM (SELECT DISTINCT ON (f.source_event_id) f.*
+				  FROM pg_temp.msp_load_events f
+				 ORDER BY f.source_event_id, f.line_no) e
+		  JOIN pg_temp.msp_account_map m ON m.realm = e.realm AND m.account_name = e.account_name
+										AND m.app = coalesce(e.application, '')
+		  LEFT JOIN pg_temp.msp_device_map dm ON dm.device_name = e.device_name
+		 -- in time order, as the partitions and the time indexes grow
+		 -- (in the order of the event ids, an Entra load's random ids put
+		 -- every row on a random index page)
+		 ORDER BY e.at
+		RETURNING 1)
+	SELECT count(*) INTO loaded FROM ins;
+	DROP TABLE pg_temp.msp_account_map, pg_temp.msp_device_map;
+	duplicate := duplicate - loaded;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_load_windows_events(client_id bigint, source text DEFAULT 'windows',
+													OUT loaded bigint, OUT duplicate bigint,
+													OUT paired bigint, OUT skipped bigint, OUT rejected bigint,
+													OUT held bigint)
+LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER
+SET search_path = pg_catalog, @extschema@, pg_temp
+SET DateStyle = 'ISO, MDY'
+SET timezone_abbreviations = 'Default'
+SET TimeZone = 'UTC'
+-- a load's sorts and hashes of its own scratch rows stay in memory
+SET work_mem = '64MB'
+AS $$
+#variable_conflict use_variable
+DECLARE
+	lo bigint;
+	hi bigint;
+	zone text;
+	fields text;
+	logoffs bigint;
+	newest timestamptz;
+BEGIN
+	-- a NULL source would make every event id unique (NULLs are distinct)
+	source := coalesce(source, 'windows');
+	PERFORM @extschema@.msp_load_begin(client_id);
+	SELECT c.time_zone INTO zone FROM @extschema@.clients c WHERE c.client_id = client_id;
+	-- the first and last line by the index (an aggregate would read every line)
+	lo := (SELECT s.line_no FROM @extschema@.windows_event_staging s WHERE s.client_id = client_id ORDER BY s.line_no LIMIT 1);
+	hi := (SELECT s.line_no FROM @extschema@.windows_event_staging s WHERE s.client_id = client_id ORDER BY s.line_no DESC LIMIT 1);
+	-- (no primary key: every read of it is a whole-table join, and keeping
+	-- an index on 200k scratch rows cost a tenth of the load)
+	CREATE TEMP TABLE msp_win_class (
+		line_no bigint NOT NULL,
+		event_id text,
+		at_field text,
+		at_text text,
+		host text,
+		username text,
+		domain text,
+		logon_type text,
+		logon_id text,
+		linked_id text,
+		record text,
+		class text NOT NULL,
+		at timestamptz
+	) ON COMMIT DROP;
+	-- One statement per batch reads each staged record once: msp_json_fields
+	-- keeps only the fields a logon needs, NXLog's top-level ones or
+	-- Winlogbeat's (winlog.*), without building a jsonb of every (mostly
+	-- irrelevant, often large) record; the same row is classified and, when
+	-- it is a logon or logoff, its time read and checked.  (Reading the
+	-- times in a second pass rewrote every scratch row: a second of a
+	-- 200k-event load.)  Times: an EventTime without a zone is the client's
+	-- local time, any other field's is UTC.  Plain ISO date and time has no
+	-- zone, one ending in Z or an offset has its own (both decided without
+	-- a call per row); any other is read in UTC and in UTC+14
+	-- (msp_timestamptz_plus14), which agree exactly when PostgreSQL finds a
+	-- zone in it.
+	fields := $fields$
+		SELECT s.line_no, f IS NULL AS bad_json,
+			   coalesce(f[1], wl.winlog->>'event_id') AS event_id,
+			   CASE WHEN f[12] IS NULL THEN coalesce(f[2], f[3], f[4])
+					ELSE coalesce(wl.winlog->>'time_created', f[4]) END AS at_text,
+			   CASE WHEN f[12] IS NULL
+					THEN CASE WHEN f[2] IS NOT NULL THEN 'EventTime' WHEN f[3] IS NOT NULL THEN 'TimeCreated'
+					  ELSE '@timestamp' END
+					ELSE CASE WHEN wl.winlog->>'time_created' IS NOT NULL THEN 'winlog.time_created'
+					  ELSE '@timestamp' END END AS at_field,
+			   coalesce(f[5], wl.winlog->>'computer_name') AS host,
+			   coalesce(f[6], wl.winlog->'event_data'->>'TargetUserName') AS username,
+			   coalesce(f[7], wl.winlog->'event_data'->>'TargetDomainName') AS domain,
+			   coalesce(f[8], wl.winlog->'event_data'->>'LogonType') AS logon_type,
+			   coalesce(f[9], wl.winlog->'event_data'->>'TargetLogonId') AS logon_id,
+			   coalesce(f[10], wl.winlog->'event_data'->>'TargetLinkedLogonId') AS linked_id,
+			   coalesce(f[11], wl.winlog->>'record_id', md5(s.raw)) AS record
+		  FROM @extschema@.windows_event_staging s,
+			   LATERAL @extschema@.msp_json_fields(s.raw, '{EventID,EventTime,TimeCreated,@timestamp,Hostname,TargetUserName,TargetDomainName,LogonType,TargetLogonId,TargetLinkedLogonId,RecordNumber,winlog}') AS f,
+			   -- a function in FROM runs once per row (a subquery would be pulled up)
+			   LATERAL unnest(ARRAY[f[12]::jsonb]) AS wl(winlog)
+		 WHERE s.client_id = $1 AND s.line_no BETWEEN $2 AND $3
+	$fields$;
+	PERFORM @extschema@.msp_load_guarded(format($step$
+		INSERT INTO pg_temp.msp_win_class (line_no, event_id, at_field, at_text, host, username, domain, logon_type,
+										   logon_id, linked_id, record, class, at)
+		SELECT k.line_no, k.event_id, k.at_field, k.at_text, k.host, k.username, k.domain, k.logon_type, k.logon_id,
+			   k.linked_id, k.record,
+			   CASE WHEN k.at IS NOT NULL AND @extschema@.msp_implausible_time(k.at_text, k.at) IS NOT NULL
+					THEN 'reject:invalid ' || k.at_field || ': ' || @extschema@.msp_implausible_time(k.at_text, k.at)
+					ELSE k.class END,
+			   k.at
+		  FROM (SELECT c.*,
+					   CASE WHEN class NOT IN ('logon', 'logoff', 'linked') THEN NULL
+							WHEN at_field <> 'EventTime' THEN at_text::timestamptz
+							WHEN at_text ~ '^\s*\d{4}-\d\d-\d\d[ T]\d\d:\d\d(:\d\d(\.\d+)?)?\s*$'
+							THEN at_text::timestamp AT TIME ZONE %1$L
+							WHEN at_text ~ '\d:\d\d(:\d\d(\.\d+)?)?\s*(Z|[+-]\d\d(:?\d\d)?)$'
+								 OR at_text::timestamptz = @extschema@.msp_timestamptz_plus14(at_text)
+							THEN at_text::timestamptz
+							ELSE at_text::timestamp AT TIME ZONE %1$L END AS at
+				  FROM (SELECT e.*,
+							   CASE
+								   WHEN e.bad_json THEN 'reject:not valid JSON'
+								   WHEN e.event_id IS NULL THEN 'reject:no EventID'
+								   WHEN e.event_id NOT IN ('4624', '4634', '4647') THEN 'skip'
+								   WHEN e.at_text IS NULL THEN 'reject:no event time'
+								   WHEN e.host IS NULL OR e.host IN ('', '-') THEN 'reject:no Hostname'
+								   WHEN e.username IS NULL OR btrim(e.username, E' \t\r\n') IN ('', '-') THEN 'reject:no TargetUserName'
+								   -- names and keys go into btree indexes, which cap a row's size
+								   WHEN length(e.host) > 255 OR length(e.username) > 255 OR length(e.domain) > 255
+										OR length(e.record) > 255 OR length(e.logon_id) > 255 OR length(e.linked_id) > 255
+										THEN 'reject:field too long'
+								   WHEN @extschema@.msp_is_machine_account(e.username) THEN 'skip'
+								   WHEN e.event_id = '4624' AND e.logon_type IS NULL THEN 'reject:no LogonType'
+								   WHEN e.logon_type NOT IN ('2', '7', '10', '11') THEN 'skip'
+								   -- the other half of a linked logon: the half with the
+								   -- smaller logon id (as a hexadecimal number) is the session
+								   WHEN e.event_id = '4624' AND e.logon_id IS NOT NULL AND coalesce(lower(e.linked_id), '0x0') <> '0x0'
+										AND (length(e.linked_id), lower(e.linked_id)) < (length(e.logon_id), lower(e.logon_id)) THEN 'linked'
+								   WHEN e.event_id = '4624' THEN 'logon'
+								   -- a logoff without a logon id closes nothing
+								   WHEN e.logon_id IS NULL THEN 'skip'
+								   ELSE 'logoff'
+							   END AS class
+						  FROM (%2$s) e
+						 -- kept apart, so that the time is read once and only when
+						 -- the class needs it
+						OFFSET 0) c
+				OFFSET 0) k
+	$step$, zone, fields),
+	-- A record whose time cannot be read is rejected by its field's name;
+	-- any other failure (its JSON) with the error's message.
+	format($reject$
+		INSERT INTO pg_temp.msp_win_class (line_no, class)
+		SELECT $2, 'reject:unreadable record: ' || $3
+		 WHERE $4 NOT IN ('22007', '22008', '22009', '22023')
+		UNION ALL
+		SELECT e.line_no, 'reject:invalid ' || e.at_field
+		  FROM (%s) e
+		 WHERE $4 IN ('22007', '22008', '22009', '22023')
+	$reject$, replace(fields, '$2 AND $3', '$2 AND $2')), client_id, lo, hi);
+
+	-- Sessions within the load, and with the logoffs held from earlier
+	-- loads: per host and logon id in time order, a logon ends at the first
+	-- logoff at or after it; a logoff is consumed when a logon (or the
+	-- linked half of one) precedes it.
+	CREATE TEMP TABLE msp_win_session ON COMMIT DROP AS
+	SELECT x.line_no, x.kind, x.session_key, x.at,
+		   min(x.at) FILTER (WHERE x.kind = 'logoff') OVER w_after AS ended,
+		   bool_or(x.kind <> 'logoff') OVER w_before AS consumed
+	  FROM (SELECT c.line_no, c.class AS kind, upper(split_part(c.host, '.', 1)) || ':' || lower(c.logon_id) AS session_key,
+				   c.at, c.logon_type
+			  FROM pg_temp.msp_win_class c
+			 WHERE c.class IN ('logon', 'logoff', 'linked') AND c.logon_id IS NOT NULL
+			UNION ALL
+			SELECT NULL, 'logoff', p.session_key, p.at, NULL
+			  FROM @extschema@.pending_logoffs p
+			 WHERE p.client_id = client_id
+			   AND p.session_key IN (SELECT upper(split_part(c.host, '.', 1)) || ':' || lower(c.logon_id)
+									   FROM pg_temp.msp_win_class c WHERE c.class IN ('logon', 'linked'))) x
+	WINDOW w_after AS (PARTITION BY x.session_key ORDER BY x.at, x.kind = 'logoff', x.line_no
+					   ROWS BETWEEN CURRENT ROW AND UNBOUNDED FOLLOWING),
+		   w_before AS (PARTITION BY x.session_key ORDER BY x.at, x.kind = 'logoff', x.line_no
+						ROWS UNBOUNDED PRECEDING);
+
+	INSERT INTO pg_temp.msp_load_events (line_no, realm, application, account_name, device_name, create_device, at,
+										 ended, source_event_id, session_key)
+	SELECT c.line_no, 'os', NULL, @extschema@.msp_canonical_account(c.domain, c.username), upper(split_part(c.host, '.', 1)), true,
+		   c.at,
+		   -- an unlock or reconnect is an instant of presence inside a session
+		   CASE WHEN c.logon_type = '7' THEN c.at ELSE s.ended END,
+		   upper(split_part(c.host, '.', 1)) || ':' || c.record, s.session_key
+	  FROM pg_temp.msp_win_class c LEFT JOIN pg_temp.msp_win_session s ON s.line_no = c.line_no
+	 WHERE c.class = 'logon';
+	SELECT * INTO loaded, duplicate FROM @extschema@.msp_load_normalized_guarded(client_id, source, $reject$
+		UPDATE pg_temp.msp_win_class SET class = 'reject:unloadable record: ' || $3 WHERE line_no = $2
+	$reject$);
+
+	-- Logoffs this load did not pair close sessions loaded earlier (so do
+	-- all of them when some logon of the load was already loaded: its
+	-- stored row may still be open); the rest wait in pending_logoffs.
+	UPDATE @extschema@.logons l SET ended = o.at
+	  FROM (SELECT s.session_key, min(s.at) AS at
+			  FROM pg_temp.msp_win_session s
+			 WHERE s.kind = 'logoff' AND s.line_no IS NOT NULL AND (NOT s.consumed OR duplicate > 0)
+			 GROUP BY 1) o
+	 WHERE l.client_id = client_id AND l.session_key = o.session_key AND l.at <= o.at
+	   AND (l.ended IS NULL OR l.ended > o.at);
+	WITH hold AS (
+		INSERT INTO @extschema@.pending_logoffs AS p (client_id, session_key, at)
+		SELECT DISTINCT client_id, s.session_key, s.at
+		  FROM pg_temp.msp_win_session s
+		 WHERE s.kind = 'logoff' AND s.line_no IS NOT NULL AND NOT s.consumed
+		   AND NOT EXISTS (SELECT 1 FROM @extschema@.logons l
+							WHERE l.client_id = client_id AND l.session_key = s.session_key AND l.at <= s.at)
+		ON CONFLICT DO NOTHING
+		RETURNING 1)
+	SELECT count(*) INTO held FROM hold;
+	-- paired: the logoffs of this load that found their session (in this
+	-- load or an earlier one), and the held ones that found it now
+	WITH used AS (
+		DELETE FROM @extschema@.pending_logoffs p
+		 USING pg_temp.msp_win_session s
+		 WHERE p.client_id = client_id AND s.line_no IS NULL AND s.consumed
+		   AND p.session_key = s.session_key AND p.at = s.at
+		RETURNING 1)
+	SELECT count(*) INTO paired FROM used;
+	-- the scratch table's counts in one pass
+	SELECT count(*) FILTER (WHERE c.class = 'logoff'), count(*) FILTER (WHERE c.class IN ('skip', 'linked')),
+		   max(c.at) FILTER (WHERE c.class IN ('logon', 'logoff', 'linked'))
+	  INTO logoffs, skipped, newest
+	  FROM pg_temp.msp_win_class c;
+	paired := paired + logoffs - held;
+	-- a logoff a month older than the newest event loaded finds no logon any more
+	DELETE FROM @extschema@.pending_logoffs p
+	 WHERE p.client_id = client_id AND p.at < newest - interval '1 month';
+
+	INSERT INTO @extschema@.load_rejects (client_id, source, line_no, raw, reason)
+	SELECT client_id, source, c.line_no, s.raw, substr(c.class, 8)
+	  FROM pg_temp.msp_win_class c JOIN @extschema@.windows_event_staging s ON s.client_id = client_id AND s.line_no = c.line_no
+	 WHERE c.class LIKE 'reject:%';
+	GET DIAGNOSTICS rejected = ROW_COUNT;
+	DELETE FROM @extschema@.windows_event_staging s WHERE s.client_id = client_id;
+	DROP TABLE pg_temp.msp_win_class, pg_temp.msp_win_session;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_load_entra_signins(client_id bigint, source text DEFAULT 'entra',
+												   OUT loaded bigint, OUT duplicate bigint,
+												   OUT skipped bigint, OUT rejected bigint)
+LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER
+SET search_path = pg_catalog, @extschema@, pg_temp
+SET DateStyle = 'ISO, MDY'
+SET timezone_abbreviations = 'Default'
+SET TimeZone = 'UTC'
+-- a load's sorts and hashes of its own scratch rows stay in memory
+SET work_mem = '64MB'
+AS $$
+#variable_conflict use_variable
+DECLARE
+	n bigint;
+BEGIN
+	source := coalesce(source, 'entra');
+	PERFORM @extschema@.msp_load_begin(client_id);
+	CREATE TEMP TABLE msp_entra_rec ON COMMIT DROP AS
+	SELECT r.rec, l.line_nos[r.first_line] AS line_no, r.record, r.is_json
+	  FROM (SELECT array_agg(s.line_no ORDER BY s.line_no) AS line_nos, array_agg(s.raw ORDER BY s.line_no) AS raws
+			  FROM @extschema@.entra_signin_staging s WHERE s.client_id = client_id) l,
+		   LATERAL @extschema@.msp_json_records(l.raws) WITH ORDINALITY AS r(first_line, record, is_json, rec);
+	ALTER TABLE pg_temp.msp_entra_rec ADD PRIMARY KEY (rec);
+	n := (SELECT max(r.rec) FROM pg_temp.msp_entra_rec r);
+	CREATE TEMP TABLE msp_entra_class (
+		line_no bigint PRIMARY KEY,		-- the record's number (msp_entra_rec.rec)
+		id text,
+		upn text,
+		created text,
+		device text,
+		class text NOT NULL,
+		at timestamptz
+	) ON COMMIT DROP;
+	INSERT INTO pg_temp.msp_entra_class (line_no, class)
+	SELECT r.rec, 'reject:not valid JSON' FROM pg_temp.msp_entra_rec r WHERE NOT r.is_json;
+	-- One statement per batch reads each record once: msp_json_fields
+	-- copies out the six fields a sign-in needs without building a jsonb
+	-- of the record (that was most of a load's time); only a record it
+	-- cannot read as an object is parsed as jsonb, to say why (or to read
+	-- nesting deeper than it scans).  A number too large for jsonb in a
+	-- field nobody reads is no reason to reject, as for Windows.  The
+	-- sign-in's time is read and checked in the same pass.
+	PERFORM @extschema@.msp_load_guarded($step$
+		INSERT INTO pg_temp.msp_entra_class (line_no, id, upn, created, device, class, at)
+		SELECT k.rec, k.id, k.upn, k.created, k.device,
+			   CASE WHEN k.at IS NOT NULL AND @extschema@.msp_implausible_time(k.created, k.at) IS NOT NULL
+					THEN 'reject:no valid createdDateTime: ' || @extschema@.msp_implausible_time(k.created, k.at)
+					ELSE k.class END,
+			   k.at
+		  FROM (SELECT c.*, CASE WHEN c.class NOT LIKE 'reject:%' THEN c.created::timestamptz END AS at
+				  FROM (SELECT e.rec, e.id, e.upn, e.created, e.device,
+							   CASE
+								   WHEN e.f IS NULL AND jsonb_typeof(e.doc) <> 'object' THEN 'reject:not a signIn object'
+								   WHEN e.id IS NULL THEN 'reject:no id'
+								   WHEN coalesce(btrim(e.upn, E' \t\r\n'), '') = '' THEN 'reject:no userPrincipalName'
+								   WHEN e.created IS NULL THEN 'reject:no valid createdDateTime'
+								   -- names and keys go into btree indexes, which cap a row's size
+								   WHEN length(e.id) > 255 OR length(e.upn) > 255 OR length(e.device) > 255 THEN 'reject:field too long'
+								   WHEN coalesce(e.error_code, '0') <> '0' THEN 'skip'
+								   WHEN e.interactive = 'false' THEN 'skip'
+								   ELSE 'signin'
+							   END AS class
+						  FROM (SELECT r.rec, f, wl.doc,
+									   coalesce(f[1], wl.doc->>'id') AS id,
+									   coalesce(f[2], wl.doc->>'userPrincipalName') AS upn,
+									   coalesce(f[3], wl.doc->>'createdDateTime') AS created,
+									   coalesce((@extschema@.msp_json_fields(f[4], '{displayName}'))[1],
+												wl.doc->'deviceDetail'->>'displayName') AS device,
+									   coalesce((@extschema@.msp_json_fields(f[5], '{errorCode}'))[1],
+												wl.doc->'status'->>'errorCode') AS error_code,
+									   coalesce(f[6], wl.doc->>'isInteractive') AS interactive
+								  FROM pg_temp.msp_entra_rec r,
+									   LATERAL @extschema@.msp_json_fields(r.record, '{id,userPrincipalName,createdDateTime,deviceDetail,status,isInteractive}') AS f,
+									   -- a function in FROM runs once per row (a subquery would be pulled up)
+									   LATERAL unnest(ARRAY[CASE WHEN f IS NULL THEN r.record::jsonb END]) AS wl(doc)
+								 WHERE r.is_json AND r.rec BETWEEN $2 AND $3) e
+						-- kept apart, so that the time is read once
+						OFFSET 0) c
+				OFFSET 0) k
+	$step$, $reject$
+		INSERT INTO pg_temp.msp_entra_class (line_no, class)
+		VALUES ($2, CASE WHEN $4 = '22P02' THEN 'reject:not valid JSON'
+						 WHEN $4 IN ('22007', '22008', '22009', '22023') THEN 'reject:no valid createdDateTime'
+						 ELSE 'reject:unreadable record: ' || $3 END)
+	$reject$, client_id, 1, n);
+
+	INSERT INTO pg_temp.msp_load_events (line_no, realm, application, account_name, device_name, create_device, at,
+										 ended, source_event_id, session_key)
+	SELECT c.line_no, 'm365', NULL, lower(c.upn), upper(nullif(c.device, '')), false, c.at, NULL, c.id, NULL
+	  FROM pg_temp.msp_entra_class c WHERE c.class = 'signin';
+	SELECT * INTO loaded, duplicate FROM @extschema@.msp_load_normalized_guarded(client_id, source, $reject$
+		UPDATE pg_temp.msp_entra_class SET class = 'reject:unloadable record: ' || $3 WHERE line_no = $2
+	$reject$);
+	INSERT INTO @extschema@.load_rejects (client_id, source, line_no, raw, reason)
+	SELECT client_id, source, r.line_no, r.record, substr(c.class, 8)
+	  FROM pg_temp.msp_entra_class c JOIN pg_temp.msp_entra_rec r ON r.rec = c.line_no
+	 WHERE c.class LIKE 'reject:%'
+	 ORDER BY r.rec;
+	GET DIAGNOSTICS rejected = ROW_COUNT;
+	SELECT count(*) INTO skipped FROM pg_temp.msp_entra_class c WHERE c.class = 'skip';
+	DELETE FROM @extschema@.entra_signin_staging s WHERE s.client_id = client_id;
+	DROP TABLE pg_temp.msp_entra_class, pg_temp.msp_entra_rec;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_load_emr_audit(client_id bigint, source text DEFAULT 'emr',
+											   OUT loaded bigint, OUT duplicate bigint, OUT rejected bigint)
+LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER
+SET search_path = pg_catalog, @extschema@, pg_temp
+SET DateStyle = 'ISO, MDY'
+SET timezone_abbreviations = 'Default'
+SET TimeZone = 'UTC'
+-- a load's sorts and hashes of its own scratch rows stay in memory
+SET work_mem = '64MB'
+AS $$
+#variable_conflict use_variable
+DECLARE
+	lo bigint;
+	hi bigint;
+	zone text;
+	rows text;
+BEGIN
+	source := coalesce(source, 'emr');
+	PERFORM @extschema@.msp_load_begin(client_id);
+	-- the first and last line by the index (an aggregate would read every line)
+	lo := (SELECT s.line_no FROM @extschema@.emr_audit_staging s WHERE s.client_id = client_id ORDER BY s.line_no LIMIT 1);
+	hi := (SELECT s.line_no FROM @extschema@.emr_audit_staging s WHERE s.client_id = client_id ORDER BY s.line_no DESC LIMIT 1);
+	SELECT c.time_zone INTO zone FROM @extschema@.clients c WHERE c.client_id = client_id;
+	-- (no primary key: every read of it is a whole-table join)
+	CREATE TEMP TABLE msp_emr (
+		line_no bigint NOT NULL,
+		user_name text,
+		workstation text,
+		event_time text,
+		action text,
+		event_id text,
+		application text,
+		reason text,
+		at timestamptz
+	) ON COMMIT DROP;
+	rows := $rows$
+		SELECT s.line_no, s.user_name, s.workstation, s.event_time, s.action, s.event_id, s.application,
+			   CASE
+				   WHEN coalesce(btrim(s.user_name, E' \t\r\n'), '') = '' THEN 'no user'
+				   WHEN coalesce(s.event_time, '') = '' THEN 'no time'
+				   -- names and keys go into btree indexes, which cap a row's size
+				   WHEN length(s.user_name) > 255 OR length(s.workstation) > 255 OR length(s.event_id) > 255
+						OR length(s.application) > 255 THEN 'field too long'
+			   END AS reason
+		  FROM @extschema@.emr_audit_staging s
+		 WHERE s.client_id = $1 AND s.line_no BETWEEN $2 AND $3
+	$rows$;
+	-- One pass over the stage reads each row and its time.  A time with a
+	-- zone (an offset, Z or z, a zone name or abbreviation) is that
+	-- instant; a time without one is the client's local time.  Whether it
+	-- has one is PostgreSQL's reading, not a pattern: read in UTC (this
+	-- function's zone) and in UTC+14, a time with its own zone is the same
+	-- instant.  A zone PostgreSQL cannot read is an invalid time.  Plain
+	-- ISO date and time (no zone) and ISO ending in Z or an offset are
+	-- decided by their form, without that call per row.  Only the time can
+	-- fail here, so a row that fails is an invalid time.
+	PERFORM @extschema@.msp_load_guarded(format($step$
+		INSERT INTO pg_temp.msp_emr (line_no, user_name, workstation, event_time, action, event_id, application, reason, at)
+		SELECT k.line_no, k.user_name, k.workstation, k.event_time, k.action, k.event_id, k.application,
+			   CASE WHEN k.at IS NOT NULL AND @extschema@.msp_implausible_time(k.event_time, k.at) IS NOT NULL
+					THEN 'invalid time: ' || @extschema@.msp_implausible_time(k.event_time, k.at)
+					ELSE k.reason END,
+			   k.at
+		  FROM (SELECT r.*,
+					   CASE WHEN r.reason IS NOT NULL THEN NULL
+							WHEN event_time ~ '^\s*\d{4}-\d\d-\d\d[ T]\d\d:\d\d(:\d\d(\.\d+)?)?\s*$'
+							THEN event_time::timestamp AT TIME ZONE %1$L
+							WHEN event_time ~ '\d:\d\d(:\d\d(\.\d+)?)?\s*(Z|[+-]\d\d(:?\d\d)?)$'
+								 OR event_time::timestamptz = @extschema@.msp_timestamptz_plus14(event_time)
+							THEN event_time::timestamptz
+							ELSE event_time::timestamp AT TIME ZONE %1$L END AS at
+				  FROM (%2$s) r
+				-- kept apart, so that the time is read once
+				OFFSET 0) k
+	$step$, zone, rows), format($reject$
+		INSERT INTO pg_temp.msp_emr (line_no, user_name, workstation, event_time, action, event_id, application, reason)
+		SELECT r.line_no, r.user_name, r.workstation, r.event_time, r.action, r.event_id, r.application, 'invalid time'
+		  FROM (%s) r
+	$reject$, replace(rows, '$2 AND $3', '$2 AND $2')), client_id, lo, hi);
+
+	INSERT INTO pg_temp.msp_load_events (line_no, realm, application, account_name, device_name, create_device, at,
+										 ended, source_event_id, session_key)
+	SELECT e.line_no, 'app', e.application, lower(e.user_name), upper(nullif(e.workstation, '')), true, e.at,
+		   NULL, coalesce(e.event_id, md5(concat_ws('|', e.user_name, e.workstation, e.event_time, e.action))), NULL
+	  FROM pg_temp.msp_emr e WHERE e.reason IS NULL;
+	SELECT * INTO loaded, duplicate FROM @extschema@.msp_load_normalized_guarded(client_id, source, $reject$
+		UPDATE pg_temp.msp_emr SET reason = 'unloadable record: ' || $3 WHERE line_no = $2
+	$reject$);
+	INSERT INTO @extschema@.load_rejects (client_id, source, line_no, raw, reason)
+	SELECT client_id, source, e.line_no,
+		   concat_ws(',', e.user_name, e.workstation, e.event_time, e.action, e.event_id), e.reason
+	  FROM pg_temp.msp_emr e WHERE e.reason IS NOT NULL;
+	GET DIAGNOSTICS rejected = ROW_COUNT;
+	DELETE FROM @extschema@.emr_audit_staging s WHERE s.client_id = client_id;
+	DROP TABLE pg_temp.msp_emr;
+END
+$$;
+
+
+
+-- stagelock (outside test): a load holds its stage still (LOCK TABLE ... SHARE ROW EXCLUSIVE), so that
+-- a COPY committed while it runs is not emptied unread
+CREATE OR REPLACE FUNCTION @extschema@.msp_load_windows_events(client_id bigint, source text DEFAULT 'windows',
+													OUT loaded bigint, OUT duplicate bigint,
+													OUT paired bigint, OUT skipped bigint, OUT rejected bigint,
+													OUT held bigint)
+LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER
+SET search_path = pg_catalog, @extschema@, pg_temp
+SET DateStyle = 'ISO, MDY'
+SET timezone_abbreviations = 'Default'
+SET TimeZone = 'UTC'
+-- a load's sorts and hashes of its own scratch rows stay in memory
+SET work_mem = '64MB'
+AS $$
+#variable_conflict use_variable
+DECLARE
+	lo bigint;
+	hi bigint;
+	zone text;
+	fields text;
+	logoffs bigint;
+	newest timestamptz;
+BEGIN
+	-- a NULL source would make every event id unique (NULLs are distinct)
+	source := coalesce(source, 'windows');
+	-- the stage holds still while it is read and emptied: a COPY into it
+	-- (any client) waits for this load, and this load for COPYs under way,
+	-- so that no line committed meanwhile is emptied unread
+	LOCK TABLE @extschema@.windows_event_staging IN SHARE ROW EXCLUSIVE MODE;
+	PERFORM @extschema@.msp_load_begin(client_id);
+	SELECT c.time_zone INTO zone FROM @extschema@.clients c WHERE c.client_id = client_id;
+	-- the first and last line by the index (an aggregate would read every line)
+	lo := (SELECT s.line_no FROM @extschema@.windows_event_staging s WHERE s.client_id = client_id ORDER BY s.line_no LIMIT 1);
+	hi := (SELECT s.line_no FROM @extschema@.windows_event_staging s WHERE s.client_id = client_id ORDER BY s.line_no DESC LIMIT 1);
+	-- (no primary key: every read of it is a whole-table join, and keeping
+	-- an index on 200k scratch rows cost a tenth of the load)
+	CREATE TEMP TABLE msp_win_class (
+		line_no bigint NOT NULL,
+		event_id text,
+		at_field text,
+		at_text text,
+		host text,
+		username text,
+		domain text,
+		logon_type text,
+		logon_id text,
+		linked_id text,
+		record text,
+		class text NOT NULL,
+		at timestamptz
+	) ON COMMIT DROP;
+	-- One statement per batch reads each staged record once: msp_json_fields
+	-- keeps only the fields a logon needs, NXLog's top-level ones or
+	-- Winlogbeat's (winlog.*), without building a jsonb of every (mostly
+	-- irrelevant, often large) record; the same row is classified and, when
+	-- it is a logon or logoff, its time read and checked.  (Reading the
+	-- times in a second pass rewrote every scratch row: a second of a
+	-- 200k-event load.)  Times: an EventTime without a zone is the client's
+	-- local time, any other field's is UTC.  Plain ISO date and time has no
+	-- zone, one ending in Z or an offset has its own (both decided without
+	-- a call per row); any other is read in UTC and in UTC+14
+	-- (msp_timestamptz_plus14), which agree exactly when PostgreSQL finds a
+	-- zone in it.
+	fields := $fields$
+		SELECT s.line_no, f IS NULL AS bad_json,
+			   coalesce(f[1], wl.winlog->>'event_id') AS event_id,
+			   CASE WHEN f[12] IS NULL THEN coalesce(f[2], f[3], f[4])
+					ELSE coalesce(wl.winlog->>'time_created', f[4]) END AS at_text,
+			   CASE WHEN f[12] IS NULL
+					THEN CASE WHEN f[2] IS NOT NULL THEN 'EventTime' WHEN f[3] IS NOT NULL THEN 'TimeCreated'
+					  ELSE '@timestamp' END
+					ELSE CASE WHEN wl.winlog->>'time_created' IS NOT NULL THEN 'winlog.time_created'
+					  ELSE '@timestamp' END END AS at_field,
+			   coalesce(f[5], wl.winlog->>'computer_name') AS host,
+			   coalesce(f[6], wl.winlog->'event_data'->>'TargetUserName') AS username,
+			   coalesce(f[7], wl.winlog->'event_data'->>'TargetDomainName') AS domain,
+			   coalesce(f[8], wl.winlog->'event_data'->>'LogonType') AS logon_type,
+			   coalesce(f[9], wl.winlog->'event_data'->>'TargetLogonId') AS logon_id,
+			   coalesce(f[10], wl.winlog->'event_data'->>'TargetLinkedLogonId') AS linked_id,
+			   coalesce(f[11], wl.winlog->>'record_id', md5(s.raw)) AS record
+		  FROM @extschema@.windows_event_staging s,
+			   LATERAL @extschema@.msp_json_fields(s.raw, '{EventID,EventTime,TimeCreated,@timestamp,Hostname,TargetUserName,TargetDomainName,LogonType,TargetLogonId,TargetLinkedLogonId,RecordNumber,winlog}') AS f,
+			   -- a function in FROM runs once per row (a subquery would be pulled up)
+			   LATERAL unnest(ARRAY[f[12]::jsonb]) AS wl(winlog)
+		 WHERE s.client_id = $1 AND s.line_no BETWEEN $2 AND $3
+	$fields$;
+	PERFORM @extschema@.msp_load_guarded(format($step$
+		INSERT INTO pg_temp.msp_win_class (line_no, event_id, at_field, at_text, host, username, domain, logon_type,
+										   logon_id, linked_id, record, class, at)
+		SELECT k.line_no, k.event_id, k.at_field, k.at_text, k.host, k.username, k.domain, k.logon_type, k.logon_id,
+			   k.linked_id, k.record,
+			   CASE WHEN k.at IS NOT NULL AND @extschema@.msp_implausible_time(k.at_text, k.at) IS NOT NULL
+					THEN 'reject:invalid ' || k.at_field || ': ' || @extschema@.msp_implausible_time(k.at_text, k.at)
+					ELSE k.class END,
+			   k.at
+		  FROM (SELECT c.*,
+					   CASE WHEN class NOT IN ('logon', 'logoff', 'linked') THEN NULL
+							WHEN at_field <> 'EventTime' THEN at_text::timestamptz
+							WHEN at_text ~ '^\s*\d{4}-\d\d-\d\d[ T]\d\d:\d\d(:\d\d(\.\d+)?)?\s*$'
+							THEN at_text::timestamp AT TIME ZONE %1$L
+							WHEN at_text ~ '\d:\d\d(:\d\d(\.\d+)?)?\s*(Z|[+-]\d\d(:?\d\d)?)$'
+								 OR at_text::timestamptz = @extschema@.msp_timestamptz_plus14(at_text)
+							THEN at_text::timestamptz
+							ELSE at_text::timestamp AT TIME ZONE %1$L END AS at
+				  FROM (SELECT e.*,
+							   CASE
+								   WHEN e.bad_json THEN 'reject:not valid JSON'
+								   WHEN e.event_id IS NULL THEN 'reject:no EventID'
+								   WHEN e.event_id NOT IN ('4624', '4634', '4647') THEN 'skip'
+								   WHEN e.at_text IS NULL THEN 'reject:no event time'
+								   WHEN e.host IS NULL OR e.host IN ('', '-') THEN 'reject:no Hostname'
+								   WHEN e.username IS NULL OR btrim(e.username, E' \t\r\n') IN ('', '-') THEN 'reject:no TargetUserName'
+								   -- names and keys go into btree indexes, which cap a row's size
+								   WHEN length(e.host) > 255 OR length(e.username) > 255 OR length(e.domain) > 255
+										OR length(e.record) > 255 OR length(e.logon_id) > 255 OR length(e.linked_id) > 255
+										THEN 'reject:field too long'
+								   WHEN @extschema@.msp_is_machine_account(e.username) THEN 'skip'
+								   WHEN e.event_id = '4624' AND e.logon_type IS NULL THEN 'reject:no LogonType'
+								   WHEN e.logon_type NOT IN ('2', '7', '10', '11') THEN 'skip'
+								   -- the other half of a linked logon: the half with the
+								   -- smaller logon id (as a hexadecimal number) is the session
+								   WHEN e.event_id = '4624' AND e.logon_id IS NOT NULL AND coalesce(lower(e.linked_id), '0x0') <> '0x0'
+										AND (length(e.linked_id), lower(e.linked_id)) < (length(e.logon_id), lower(e.logon_id)) THEN 'linked'
+								   WHEN e.event_id = '4624' THEN 'logon'
+								   -- a logoff without a logon id closes nothing
+								   WHEN e.logon_id IS NULL THEN 'skip'
+								   ELSE 'logoff'
+							   END AS class
+						  FROM (%2$s) e
+						 -- kept apart, so that the time is read once and only when
+						 -- the class needs it
+						OFFSET 0) c
+				OFFSET 0) k
+	$step$, zone, fields),
+	-- A record whose time cannot be read is rejected by its field's name;
+	-- any other failure (its JSON) with the error's message.
+	format($reject$
+		INSERT INTO pg_temp.msp_win_class (line_no, class)
+		SELECT $2, 'reject:unreadable record: ' || $3
+		 WHERE $4 NOT IN ('22007', '22008', '22009', '22023')
+		UNION ALL
+		SELECT e.line_no, 'reject:invalid ' || e.at_field
+		  FROM (%s) e
+		 WHERE $4 IN ('22007', '22008', '22009', '22023')
+	$reject$, replace(fields, '$2 AND $3', '$2 AND $2')), client_id, lo, hi);
+
+	-- Sessions within the load, and with the logoffs held from earlier
+	-- loads: per host and logon id in time order, a logon ends at the first
+	-- logoff at or after it; a logoff is consumed when a logon (or the
+	-- linked half of one) precedes it.
+	CREATE TEMP TABLE msp_win_session ON COMMIT DROP AS
+	SELECT x.line_no, x.kind, x.session_key, x.at,
+		   min(x.at) FILTER (WHERE x.kind = 'logoff') OVER w_after AS ended,
+		   bool_or(x.kind <> 'logoff') OVER w_before AS consumed
+	  FROM (SELECT c.line_no, c.class AS kind, upper(split_part(c.host, '.', 1)) || ':' || lower(c.logon_id) AS session_key,
+				   c.at, c.logon_type
+			  FROM pg_temp.msp_win_class c
+			 WHERE c.class IN ('logon', 'logoff', 'linked') AND c.logon_id IS NOT NULL
+			UNION ALL
+			SELECT NULL, 'logoff', p.session_key, p.at, NULL
+			  FROM @extschema@.pending_logoffs p
+			 WHERE p.client_id = client_id
+			   AND p.session_key IN (SELECT upper(split_part(c.host, '.', 1)) || ':' || lower(c.logon_id)
+									   FROM pg_temp.msp_win_class c WHERE c.class IN ('logon', 'linked'))) x
+	WINDOW w_after AS (PARTITION BY x.session_key ORDER BY x.at, x.kind = 'logoff', x.line_no
+					   ROWS BETWEEN CURRENT ROW AND UNBOUNDED FOLLOWING),
+		   w_before AS (PARTITION BY x.session_key ORDER BY x.at, x.kind = 'logoff', x.line_no
+						ROWS UNBOUNDED PRECEDING);
+
+	INSERT INTO pg_temp.msp_load_events (line_no, realm, application, account_name, device_name, create_device, at,
+										 ended, source_event_id, session_key)
+	SELECT c.line_no, 'os', NULL, @extschema@.msp_canonical_account(c.domain, c.username), upper(split_part(c.host, '.', 1)), true,
+		   c.at,
+		   -- an unlock or reconnect is an instant of presence inside a session
+		   CASE WHEN c.logon_type = '7' THEN c.at ELSE s.ended END,
+		   upper(split_part(c.host, '.', 1)) || ':' || c.record, s.session_key
+	  FROM pg_temp.msp_win_class c LEFT JOIN pg_temp.msp_win_session s ON s.line_no = c.line_no
+	 WHERE c.class = 'logon';
+	SELECT * INTO loaded, duplicate FROM @extschema@.msp_load_normalized_guarded(client_id, source, $reject$
+		UPDATE pg_temp.msp_win_class SET class = 'reject:unloadable record: ' || $3 WHERE line_no = $2
+	$reject$);
+
+	-- Logoffs this load did not pair close sessions loaded earlier (so do
+	-- all of them when some logon of the load was already loaded: its
+	-- stored row may still be open); the rest wait in pending_logoffs.
+	UPDATE @extschema@.logons l SET ended = o.at
+	  FROM (SELECT s.session_key, min(s.at) AS at
+			  FROM pg_temp.msp_win_session s
+			 WHERE s.kind = 'logoff' AND s.line_no IS NOT NULL AND (NOT s.consumed OR duplicate > 0)
+			 GROUP BY 1) o
+	 WHERE l.client_id = client_id AND l.session_key = o.session_key AND l.at <= o.at
+	   AND (l.ended IS NULL OR l.ended > o.at);
+	WITH hold AS (
+		INSERT INTO @extschema@.pending_logoffs AS p (client_id, session_key, at)
+		SELECT DISTINCT client_id, s.session_key, s.at
+		  FROM pg_temp.msp_win_session s
+		 WHERE s.kind = 'logoff' AND s.line_no IS NOT NULL AND NOT s.consumed
+		   AND NOT EXISTS (SELECT 1 FROM @extschema@.logons l
+							WHERE l.client_id = client_id AND l.session_key = s.session_key AND l.at <= s.at)
+		ON CONFLICT DO NOTHING
+		RETURNING 1)
+	SELECT count(*) INTO held FROM hold;
+	-- paired: the logoffs of this load that found their session (in this
+	-- load or an earlier one), and the held ones that found it now
+	WITH used AS (
+		DELETE FROM @extschema@.pending_logoffs p
+		 USING pg_temp.msp_win_session s
+		 WHERE p.client_id = client_id AND s.line_no IS NULL AND s.consumed
+		   AND p.session_key = s.session_key AND p.at = s.at
+		RETURNING 1)
+	SELECT count(*) INTO paired FROM used;
+	-- the scratch table's counts in one pass
+	SELECT count(*) FILTER (WHERE c.class = 'logoff'), count(*) FILTER (WHERE c.class IN ('skip', 'linked')),
+		   max(c.at) FILTER (WHERE c.class IN ('logon', 'logoff', 'linked'))
+	  INTO logoffs, skipped, newest
+	  FROM pg_temp.msp_win_class c;
+	paired := paired + logoffs - held;
+	-- a logoff a month older than the newest event loaded finds no logon any more
+	DELETE FROM @extschema@.pending_logoffs p
+	 WHERE p.client_id = client_id AND p.at < newest - interval '1 month';
+
+	INSERT INTO @extschema@.load_rejects (client_id, source, line_no, raw, reason)
+	SELECT client_id, source, c.line_no, s.raw, substr(c.class, 8)
+	  FROM pg_temp.msp_win_class c JOIN @extschema@.windows_event_staging s ON s.client_id = client_id AND s.line_no = c.line_no
+	 WHERE c.class LIKE 'reject:%';
+	GET DIAGNOSTICS rejected = ROW_COUNT;
+	DELETE FROM @extschema@.windows_event_staging s WHERE s.client_id = client_id;
+	DROP TABLE pg_temp.msp_win_class, pg_temp.msp_win_session;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_load_windows_events(bigint, text) IS
+	'loads a client''s staged Windows Security events: interactive (2), unlock (7, an instant), remote interactive (10) and cached (11) logons count, linked pairs once; logoffs close sessions in any load order (held until their logon comes); the rest is skipped or rejected';
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_load_entra_signins(client_id bigint, source text DEFAULT 'entra',
+												   OUT loaded bigint, OUT duplicate bigint,
+												   OUT skipped bigint, OUT rejected bigint)
+LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER
+SET search_path = pg_catalog, @extschema@, pg_temp
+SET DateStyle = 'ISO, MDY'
+SET timezone_abbreviations = 'Default'
+SET TimeZone = 'UTC'
+-- a load's sorts and hashes of its own scratch rows stay in memory
+SET work_mem = '64MB'
+AS $$
+#variable_conflict use_variable
+DECLARE
+	n bigint;
+BEGIN
+	source := coalesce(source, 'entra');
+	-- the stage holds still while it is read and emptied: a COPY into it
+	-- (any client) waits for this load, and this load for COPYs under way,
+	-- so that no line committed meanwhile is emptied unread
+	LOCK TABLE @extschema@.entra_signin_staging IN SHARE ROW EXCLUSIVE MODE;
+	PERFORM @extschema@.msp_load_begin(client_id);
+	CREATE TEMP TABLE msp_entra_rec ON COMMIT DROP AS
+	SELECT r.rec, l.line_nos[r.first_line] AS line_no, r.record, r.is_json
+	  FROM (SELECT array_agg(s.line_no ORDER BY s.line_no) AS line_nos, array_agg(s.raw ORDER BY s.line_no) AS raws
+			  FROM @extschema@.entra_signin_staging s WHERE s.client_id = client_id) l,
+		   LATERAL @extschema@.msp_json_records(l.raws) WITH ORDINALITY AS r(first_line, record, is_json, rec);
+	ALTER TABLE pg_temp.msp_entra_rec ADD PRIMARY KEY (rec);
+	n := (SELECT max(r.rec) FROM pg_temp.msp_entra_rec r);
+	CREATE TEMP TABLE msp_entra_class (
+		line_no bigint PRIMARY KEY,		-- the record's number (msp_entra_rec.rec)
+		id text,
+		upn text,
+		created text,
+		device text,
+		class text NOT NULL,
+		at timestamptz
+	) ON COMMIT DROP;
+	INSERT INTO pg_temp.msp_entra_class (line_no, class)
+	SELECT r.rec, 'reject:not valid JSON' FROM pg_temp.msp_entra_rec r WHERE NOT r.is_json;
+	-- One statement per batch reads each record once: msp_json_fields
+	-- copies out the six fields a sign-in needs without building a jsonb
+	-- of the record (that was most of a load's time); only a record it
+	-- cannot read as an object is parsed as jsonb, to say why (or to read
+	-- nesting deeper than it scans).  A number too large for jsonb in a
+	-- field nobody reads is no reason to reject, as for Windows.  The
+	-- sign-in's time is read and checked in the same pass.
+	PERFORM @extschema@.msp_load_guarded($step$
+		INSERT INTO pg_temp.msp_entra_class (line_no, id, upn, created, device, class, at)
+		SELECT k.rec, k.id, k.upn, k.created, k.device,
+			   CASE WHEN k.at IS NOT NULL AND @extschema@.msp_implausible_time(k.created, k.at) IS NOT NULL
+					THEN 'reject:no valid createdDateTime: ' || @extschema@.msp_implausible_time(k.created, k.at)
+					ELSE k.class END,
+			   k.at
+		  FROM (SELECT c.*, CASE WHEN c.class NOT LIKE 'reject:%' THEN c.created::timestamptz END AS at
+				  FROM (SELECT e.rec, e.id, e.upn, e.created, e.device,
+							   CASE
+								   WHEN e.f IS NULL AND jsonb_typeof(e.doc) <> 'object' THEN 'reject:not a signIn object'
+								   WHEN e.id IS NULL THEN 'reject:no id'
+								   WHEN coalesce(btrim(e.upn, E' \t\r\n'), '') = '' THEN 'reject:no userPrincipalName'
+								   WHEN e.created IS NULL THEN 'reject:no valid createdDateTime'
+								   -- names and keys go into btree indexes, which cap a row's size
+								   WHEN length(e.id) > 255 OR length(e.upn) > 255 OR length(e.device) > 255 THEN 'reject:field too long'
+								   WHEN coalesce(e.error_code, '0') <> '0' THEN 'skip'
+								   WHEN e.interactive = 'false' THEN 'skip'
+								   ELSE 'signin'
+							   END AS class
+						  FROM (SELECT r.rec, f, wl.doc,
+									   coalesce(f[1], wl.doc->>'id') AS id,
+									   coalesce(f[2], wl.doc->>'userPrincipalName') AS upn,
+									   coalesce(f[3], wl.doc->>'createdDateTime') AS created,
+									   coalesce((@extschema@.msp_json_fields(f[4], '{displayName}'))[1],
+												wl.doc->'deviceDetail'->>'displayName') AS device,
+									   coalesce((@extschema@.msp_json_fields(f[5], '{errorCode}'))[1],
+												wl.doc->'status'->>'errorCode') AS error_code,
+									   coalesce(f[6], wl.doc->>'isInteractive') AS interactive
+								  FROM pg_temp.msp_entra_rec r,
+									   LATERAL @extschema@.msp_json_fields(r.record, '{id,userPrincipalName,createdDateTime,deviceDetail,status,isInteractive}') AS f,
+									   -- a function in FROM runs once per row (a subquery would be pulled up)
+									   LATERAL unnest(ARRAY[CASE WHEN f IS NULL THEN r.record::jsonb END]) AS wl(doc)
+								 WHERE r.is_json AND r.rec BETWEEN $2 AND $3) e
+						-- kept apart, so that the time is read once
+						OFFSET 0) c
+				OFFSET 0) k
+	$step$, $reject$
+		INSERT INTO pg_temp.msp_entra_class (line_no, class)
+		VALUES ($2, CASE WHEN $4 = '22P02' THEN 'reject:not valid JSON'
+						 WHEN $4 IN ('22007', '22008', '22009', '22023') THEN 'reject:no valid createdDateTime'
+						 ELSE 'reject:unreadable record: ' || $3 END)
+	$reject$, client_id, 1, n);
+
+	INSERT INTO pg_temp.msp_load_events (line_no, realm, application, account_name, device_name, create_device, at,
+										 ended, source_event_id, session_key)
+	SELECT c.line_no, 'm365', NULL, lower(c.upn), upper(nullif(c.device, '')), false, c.at, NULL, c.id, NULL
+	  FROM pg_temp.msp_entra_class c WHERE c.class = 'signin';
+	SELECT * INTO loaded, duplicate FROM @extschema@.msp_load_normalized_guarded(client_id, source, $reject$
+		UPDATE pg_temp.msp_entra_class SET class = 'reject:unloadable record: ' || $3 WHERE line_no = $2
+	$reject$);
+	INSERT INTO @extschema@.load_rejects (client_id, source, line_no, raw, reason)
+	SELECT client_id, source, r.line_no, r.record, substr(c.class, 8)
+	  FROM pg_temp.msp_entra_class c JOIN pg_temp.msp_entra_rec r ON r.rec = c.line_no
+	 WHERE c.class LIKE 'reject:%'
+	 ORDER BY r.rec;
+	GET DIAGNOSTICS rejected = ROW_COUNT;
+	SELECT count(*) INTO skipped FROM pg_temp.msp_entra_class c WHERE c.class = 'skip';
+	DELETE FROM @extschema@.entra_signin_staging s WHERE s.client_id = client_id;
+	DROP TABLE pg_temp.msp_entra_class, pg_temp.msp_entra_rec;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_load_entra_signins(bigint, text) IS
+	'loads a client''s staged Entra ID sign-ins (JSON lines or saved Graph responses): successful interactive sign-ins count as Microsoft 365 presence';
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_load_emr_audit(client_id bigint, source text DEFAULT 'emr',
+											   OUT loaded bigint, OUT duplicate bigint, OUT rejected bigint)
+LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER
+SET search_path = pg_catalog, @extschema@, pg_temp
+SET DateStyle = 'ISO, MDY'
+SET timezone_abbreviations = 'Default'
+SET TimeZone = 'UTC'
+-- a load's sorts and hashes of its own scratch rows stay in memory
+SET work_mem = '64MB'
+AS $$
+#variable_conflict use_variable
+DECLARE
+	lo bigint;
+	hi bigint;
+	zone text;
+	rows text;
+BEGIN
+	source := coalesce(source, 'emr');
+	-- the stage holds still while it is read and emptied: a COPY into it
+	-- (any client) waits for this load, and this load for COPYs under way,
+	-- so that no line committed meanwhile is emptied unread
+	LOCK TABLE @extschema@.emr_audit_staging IN SHARE ROW EXCLUSIVE MODE;
+	PERFORM @extschema@.msp_load_begin(client_id);
+	-- the first and last line by the index (an aggregate would read every line)
+	lo := (SELECT s.line_no FROM @extschema@.emr_audit_staging s WHERE s.client_id = client_id ORDER BY s.line_no LIMIT 1);
+	hi := (SELECT s.line_no FROM @extschema@.emr_audit_staging s WHERE s.client_id = client_id ORDER BY s.line_no DESC LIMIT 1);
+	SELECT c.time_zone INTO zone FROM @extschema@.clients c WHERE c.client_id = client_id;
+	-- (no primary key: every read of it is a whole-table join)
+	CREATE TEMP TABLE msp_emr (
+		line_no bigint NOT NULL,
+		user_name text,
+		workstation text,
+		event_time text,
+		action text,
+		event_id text,
+		application text,
+		reason text,
+		at timestamptz
+	) ON COMMIT DROP;
+	rows := $rows$
+		SELECT s.line_no, s.user_name, s.workstation, s.event_time, s.action, s.event_id, s.application,
+			   CASE
+				   WHEN coalesce(btrim(s.user_name, E' \t\r\n'), '') = '' THEN 'no user'
+				   WHEN coalesce(s.event_time, '') = '' THEN 'no time'
+				   -- names and keys go into btree indexes, which cap a row's size
+				   WHEN length(s.user_name) > 255 OR length(s.workstation) > 255 OR length(s.event_id) > 255
+						OR length(s.application) > 255 THEN 'field too long'
+			   END AS reason
+		  FROM @extschema@.emr_audit_staging s
+		 WHERE s.client_id = $1 AND s.line_no BETWEEN $2 AND $3
+	$rows$;
+	-- One pass over the stage reads each row and its time.  A time with a
+	-- zone (an offset, Z or z, a zone name or abbreviation) is that
+	-- instant; a time without one is the client's local time.  Whether it
+	-- has one is PostgreSQL's reading, not a pattern: read in UTC (this
+	-- function's zone) and in UTC+14, a time with its own zone is the same
+	-- instant.  A zone PostgreSQL cannot read is an invalid time.  Plain
+	-- ISO date and time (no zone) and ISO ending in Z or an offset are
+	-- decided by their form, without that call per row.  Only the time can
+	-- fail here, so a row that fails is an invalid time.
+	PERFORM @extschema@.msp_load_guarded(format($step$
+		INSERT INTO pg_temp.msp_emr (line_no, user_name, workstation, event_time, action, event_id, application, reason, at)
+		SELECT k.line_no, k.user_name, k.workstation, k.event_time, k.action, k.event_id, k.application,
+			   CASE WHEN k.at IS NOT NULL AND @extschema@.msp_implausible_time(k.event_time, k.at) IS NOT NULL
+					THEN 'invalid time: ' || @extschema@.msp_implausible_time(k.event_time, k.at)
+					ELSE k.reason END,
+			   k.at
+		  FROM (SELECT r.*,
+					   CASE WHEN r.reason IS NOT NULL THEN NULL
+							WHEN event_time ~ '^\s*\d{4}-\d\d-\d\d[ T]\d\d:\d\d(:\d\d(\.\d+)?)?\s*$'
+							THEN event_time::timestamp AT TIME ZONE %1$L
+							WHEN event_time ~ '\d:\d\d(:\d\d(\.\d+)?)?\s*(Z|[+-]\d\d(:?\d\d)?)$'
+								 OR event_time::timestamptz = @extschema@.msp_timestamptz_plus14(event_time)
+							THEN event_time::timestamptz
+							ELSE event_time::timestamp AT TIME ZONE %1$L END AS at
+				  FROM (%2$s) r
+				-- kept apart, so that the time is read once
+				OFFSET 0) k
+	$step$, zone, rows), format($reject$
+		INSERT INTO pg_temp.msp_emr (line_no, user_name, workstation, event_time, action, event_id, application, reason)
+		SELECT r.line_no, r.user_name, r.workstation, r.event_time, r.action, r.event_id, r.application, 'invalid time'
+		  FROM (%s) r
+	$reject$, replace(rows, '$2 AND $3', '$2 AND $2')), client_id, lo, hi);
+
+	INSERT INTO pg_temp.msp_load_events (line_no, realm, application, account_name, device_name, create_device, at,
+										 ended, source_event_id, session_key)
+	SELECT e.line_no, 'app', e.application, lower(e.user_name), upper(nullif(e.workstation, '')), true, e.at,
+		   NULL, coalesce(e.event_id, md5(concat_ws('|', e.user_name, e.workstation, e.event_time, e.action))), NULL
+	  FROM pg_temp.msp_emr e WHERE e.reason IS NULL;
+	SELECT * INTO loaded, duplicate FROM @extschema@.msp_load_normalized_guarded(client_id, source, $reject$
+		UPDATE pg_temp.msp_emr SET reason = 'unloadable record: ' || $3 WHERE line_no = $2
+	$reject$);
+	INSERT INTO @extschema@.load_rejects (client_id, source, line_no, raw, reason)
+	SELECT client_id, source, e.line_no,
+		   concat_ws(',', e.user_name, e.workstation, e.event_time, e.action, e.event_id), e.reason
+	  FROM pg_temp.msp_emr e WHERE e.reason IS NOT NULL;
+	GET DIAGNOSTICS rejected = ROW_COUNT;
+	DELETE FROM @extschema@.emr_audit_staging s WHERE s.client_id = client_id;
+	DROP TABLE pg_temp.msp_emr;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_load_emr_audit(bigint, text) IS
+	'loads a client''s staged EMR access audit rows as application logons (a time with an offset, Z or a zone name is that instant; one without is the client''s local time)';
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_load_m365_graph(client_id bigint, as_of date DEFAULT NULL, source text DEFAULT 'graph',
+												OUT loaded bigint, OUT duplicate bigint,
+												OUT skipped bigint, OUT rejected bigint)
+LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER
+SET search_path = pg_catalog, @extschema@, pg_temp
+SET jit = off
+AS $$
+#variable_conflict use_variable
+DECLARE
+	day date;
+	l bigint;
+	d bigint;
+BEGIN
+	source := coalesce(source, 'graph');
+	-- the stage holds still while it is read and emptied: a COPY into it
+	-- (any client) waits for this load, and this load for COPYs under way,
+	-- so that no line committed meanwhile is emptied unread
+	LOCK TABLE @extschema@.m365_graph_staging IN SHARE ROW EXCLUSIVE MODE;
+	PERFORM @extschema@.msp_load_begin(client_id);
+	day := @extschema@.msp_snapshot_day(client_id, as_of);
+	-- f: 1 skuId, 2 skuPartNumber, 3 prepaidUnits, 4 consumedUnits,
+	-- 5 userPrincipalName, 6 accountEnabled, 7 assignedLicenses
+	PERFORM @extschema@.msp_stage_json(client_id, '@extschema@.m365_graph_staging',
+									   '{skuId,skuPartNumber,prepaidUnits,consumedUnits,userPrincipalName,accountEnabled,assignedLicenses}');
+	CREATE TEMP TABLE msp_graph (rec bigint, line_no bigint, ord bigint, raw text, upn text, enabled boolean, skus text[],
+								 class text) ON COMMIT DROP;
+	-- a user's skuIds (NULL for a licence without one); an array jsonb
+	-- cannot hold (a number out of its range) rejects its record alone.
+	-- The raw text is kept for rejects only.
+	PERFORM @extschema@.msp_load_guarded($step$
+		INSERT INTO pg_temp.msp_graph (rec, line_no, ord, raw, upn, enabled, skus, class)
+		SELECT c.rec, c.line_no, c.ord,
+			   CASE WHEN c.class LIKE 'reject:%' THEN coalesce(c.raw, (SELECT s.raw FROM @extschema@.m365_graph_staging s
+																		 WHERE s.client_id = $1 AND s.line_no = c.line_no)) END,
+			   CASE WHEN c.class = 'user' THEN lower(btrim(c.f[5])) END,
+			   CASE WHEN c.class = 'user' THEN CASE c.f[6] WHEN 'true' THEN true WHEN 'false' THEN false END END,
+			   CASE WHEN c.class = 'user' THEN c.skus END, c.class
+		  FROM (SELECT g.*,
+					   CASE
+						   WHEN g.bad IS NOT NULL THEN 'reject:' || g.bad
+						   WHEN g.f[2] IS NOT NULL OR g.f[3] IS NOT NULL THEN
+							   CASE
+								   WHEN coalesce(g.f[1], '') = '' THEN 'reject:no skuId'
+								   WHEN length(g.f[1]) > 255 OR length(g.f[2]) > 255 THEN 'reject:field too long'
+								   WHEN coalesce((@extschema@.msp_json_fields(g.f[3], '{enabled}'))[1], '') !~ '^[0-9]{1,9}$'
+									   THEN 'reject:invalid prepaidUnits.enabled'
+								   WHEN coalesce(g.f[4], '') !~ '^[0-9]{1,9}$' THEN 'reject:invalid consumedUnits'
+								   ELSE 'sku'
+							   END
+						   WHEN g.f[5] IS NOT NULL THEN
+							   CASE
+								   WHEN btrim(g.f[5]) = '' THEN 'reject:no userPrincipalName'
+								   WHEN length(g.f[5]) > 255 THEN 'reject:field too long'
+								   WHEN left(g.f[7], 1) <> '[' THEN 'reject:assignedLicenses is not an array'
+								   WHEN coalesce(cardinality(g.skus), 0) = 0 THEN 'skip'
+								   WHEN array_position(g.skus, NULL) IS NOT NULL THEN 'reject:assignedLicenses without skuId'
+								   ELSE 'user'
+							   END
+						   ELSE 'reject:neither a subscribedSku nor a user'
+					   END AS class
+				  FROM (SELECT j.*,
+							   CASE WHEN j.f[2] IS NULL AND j.f[3] IS NULL AND left(j.f[7], 1) = '['
+									THEN ARRAY(SELECT CASE WHEN jsonb_typeof(e -> 'skuId') = 'string' THEN lower(e ->> 'skuId') END
+												 FROM jsonb_array_elements(j.f[7]::jsonb) e) END AS skus
+						  FROM pg_temp.msp_json j WHERE j.rec BETWEEN $2 AND $3 OFFSET 0) g
+				-- OFFSET 0: each record classified once, its licences read once
+				OFFSET 0) c
+	$step$, $reject$
+		INSERT INTO pg_temp.msp_graph (rec, line_no, ord, raw, class)
+		SELECT j.rec, j.line_no, j.ord,
+			   coalesce(j.raw, (SELECT s.raw FROM @extschema@.m365_graph_staging s WHERE s.client_id = $1 AND s.line_no = j.line_no)),
+			   'reject:not valid JSON'
+		  FROM pg_temp.msp_json j WHERE j.rec = $2
+	$reject$, client_id, (SELECT min(j.rec) FROM pg_temp.msp_json j), (SELECT max(j.rec) FROM pg_temp.msp_json j));
+
+	-- SKUs: the day's counts (a corrected export of the same day replaces them)
+	WITH sku AS (
+		SELECT DISTINCT ON (lower(j.f[1])) lower(j.f[1]) AS sku_id, j.f[2] AS part,
+			   (@extschema@.msp_json_fields(j.f[3], '{enabled}'))[1]::integer AS enabled, j.f[4]::integer AS consumed
+		  FROM pg_temp.msp_graph g JOIN pg_temp.msp_json j USING (rec) WHERE g.class = 'sku'
+		 ORDER BY lower(j.f[1]), g.line_no DESC, g.ord DESC),
+	up AS (
+		INSERT INTO @extschema@.m365_sku_counts AS m (client_id, as_of, sku_id, sku_part_number, product, enabled, consumed, source)
+		SELECT client_id, day, s.sku_id, s.part, @extschema@.msp_license_product(coalesce(s.part, s.sku_id)),
+			   s.enabled, s.consumed, source
+		  FROM sku s
+		ON CONFLICT ON CONSTRAINT m365_sku_counts_pkey DO UPDATE
+		   SET sku_part_number = excluded.sku_part_number, product = excluded.product, enabled = excluded.enabled,
+			   consumed = excluded.consumed, source = excluded.source
+		 WHERE (m.sku_part_number, m.product, m.enabled, m.consumed)
+			   IS DISTINCT FROM (excluded.sku_part_number, excluded.product, excluded.enabled, excluded.consumed)
+		RETURNING 1)
+	SELECT count(*) INTO loaded FROM up;
+	duplicate := (SELECT count(*) FROM pg_temp.msp_graph g WHERE g.class = 'sku') - loaded;
+
+	-- users: one row per licence held; a skuId names its product through
+	-- the day's subscribedSkus, else license_product_names (each distinct
+	-- skuId looked up once)
+	CREATE TEMP TABLE msp_assign ON COMMIT DROP AS
+	SELECT g.line_no, g.upn, p.product, g.enabled
+	  FROM pg_temp.msp_graph g
+	  CROSS JOIN LATERAL unnest(g.skus) s(sku)
+	  -- OFFSET 0: each distinct skuId looked up once, not once per licence
+	  JOIN (SELECT k.sku,
+				   coalesce((SELECT m.product FROM @extschema@.m365_sku_counts m
+							  WHERE m.client_id = client_id AND m.as_of = day AND m.sku_id = k.sku),
+							@extschema@.msp_license_product(k.sku)) AS product
+			  FROM (SELECT DISTINCT x.sku FROM pg_temp.msp_graph y, unnest(y.skus) x(sku) WHERE y.class = 'user') k
+			OFFSET 0) p
+		ON p.sku = s.sku
+	 WHERE g.class = 'user';
+	SELECT a.loaded, a.duplicate INTO l, d FROM @extschema@.msp_store_assignments(client_id, day, source) a;
+	loaded := loaded + l;
+	duplicate := duplicate + d;
+	DROP TABLE pg_temp.msp_assign;
+
+	CREATE TEMP TABLE msp_rej ON COMMIT DROP AS
+	SELECT g.line_no, g.raw, substr(g.class, 8) AS reason FROM pg_temp.msp_graph g WHERE g.class LIKE 'reject:%';
+	rejected := @extschema@.msp_store_rejects(client_id, source);
+	SELECT count(*) INTO skipped FROM pg_temp.msp_graph g WHERE g.class = 'skip';
+	DELETE FROM @extschema@.m365_graph_staging s WHERE s.client_id = client_id;
+	DROP TABLE pg_temp.msp_graph, pg_temp.msp_json;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_load_m365_graph(bigint, date, text) IS
+	'loads a client''s staged Graph JSON: subscribedSkus become the day''s seat counts, users'' assignedLicenses the day''s licence assignments (loaded counts SKU rows and licences held)';
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_load_m365_users_csv(client_id bigint, as_of date DEFAULT NULL,
+													source text DEFAULT 'm365_admin',
+													OUT loaded bigint, OUT duplicate bigint,
+													OUT skipped bigint, OUT rejected bigint)
+LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER
+SET search_path = pg_catalog, @extschema@, pg_temp
+SET jit = off
+AS $$
+#variable_conflict use_variable
+DECLARE
+	day date;
+BEGIN
+	source := coalesce(source, 'm365_admin');
+	-- the stage holds still while it is read and emptied: a COPY into it
+	-- (any client) waits for this load, and this load for COPYs under way,
+	-- so that no line committed meanwhile is emptied unread
+	LOCK TABLE @extschema@.m365_users_csv_staging IN SHARE ROW EXCLUSIVE MODE;
+	PERFORM @extschema@.msp_load_begin(client_id);
+	day := @extschema@.msp_snapshot_day(client_id, as_of);
+	PERFORM @extschema@.msp_stage_csv(client_id, '@extschema@.m365_users_csv_staging', 'User principal name');
+	CREATE TEMP TABLE msp_users_cols ON COMMIT DROP AS
+	SELECT h.header_no, @extschema@.msp_csv_column(h.header, '{User principal name}') AS upn,
+		   @extschema@.msp_csv_column(h.header, '{Licenses}') AS licenses,
+		   @extschema@.msp_csv_column(h.header, '{Block credential,Sign-in blocked}') AS blocked
+	  FROM pg_temp.msp_csv_headers h;
+	CREATE TEMP TABLE msp_users ON COMMIT DROP AS
+	SELECT c.line_no, c.raw, x.upn, x.licenses, x.blocked,
+		   CASE
+			   WHEN c.f IS NULL THEN 'reject:not valid CSV'
+			   WHEN h.header_no IS NULL THEN 'reject:no header with User principal name before it'
+			   WHEN coalesce(x.upn, '') = '' THEN 'reject:no User principal name'
+			   WHEN length(x.upn) > 255 THEN 'reject:field too long'
+			   WHEN x.licenses IS NULL THEN 'reject:no Licenses column'
+			   WHEN x.licenses IN ('', 'Unlicensed') THEN 'skip'
+			   ELSE 'user'
+		   END AS class
+	  FROM pg_temp.msp_csv c
+	  LEFT JOIN pg_temp.msp_users_cols h ON h.header_no = c.header_no,
+		   LATERAL (SELECT lower(btrim(c.f[h.upn])) AS upn, btrim(c.f[h.licenses]) AS licenses,
+						   lower(btrim(c.f[h.blocked])) AS blocked) x
+	 WHERE NOT c.is_header;
+	-- each distinct licence name looked up once
+	CREATE TEMP TABLE msp_assign ON COMMIT DROP AS
+	WITH held AS (
+		SELECT u.line_no, u.upn, btrim(lic) AS lic, CASE u.blocked WHEN 'true' THEN false WHEN 'false' THEN true END AS enabled
+		  FROM pg_temp.msp_users u, unnest(string_to_array(u.licenses, '+')) lic
+		 WHERE u.class = 'user' AND btrim(lic) <> '')
+	SELECT h.line_no, h.upn, p.product, h.enabled
+	  FROM held h
+	  -- OFFSET 0: each distinct licence name looked up once, not once per licence
+	  JOIN (SELECT k.lic, @extschema@.msp_license_product(k.lic) AS product FROM (SELECT DISTINCT x.lic FROM held x) k
+			OFFSET 0) p
+		USING (lic);
+	SELECT a.loaded, a.duplicate INTO loaded, duplicate FROM @extschema@.msp_store_assignments(client_id, day, source) a;
+	CREATE TEMP TABLE msp_rej ON COMMIT DROP AS
+	SELECT u.line_no, u.raw, substr(u.class, 8) AS reason FROM pg_temp.msp_users u WHERE u.class LIKE 'reject:%';
+	rejected := @extschema@.msp_store_rejects(client_id, source);
+	SELECT count(*) INTO skipped FROM pg_temp.msp_users u WHERE u.class = 'skip';
+	DELETE FROM @extschema@.m365_users_csv_staging s WHERE s.client_id = client_id;
+	DROP TABLE pg_temp.msp_users, pg_temp.msp_users_cols, pg_temp.msp_assign, pg_temp.msp_csv, pg_temp.msp_csv_headers;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_load_m365_users_csv(bigint, date, text) IS
+	'loads a client''s staged admin center Active users CSV as the day''s licence assignments (loaded counts licences held)';
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_load_m365_activity(client_id bigint, source text DEFAULT 'm365_activity',
+												   OUT loaded bigint, OUT duplicate bigint,
+												   OUT skipped bigint, OUT rejected bigint)
+LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER
+SET search_path = pg_catalog, @extschema@, pg_temp
+SET DateStyle = 'ISO, MDY'
+SET TimeZone = 'UTC'
+SET jit = off
+AS $$
+#variable_conflict use_variable
+BEGIN
+	source := coalesce(source, 'm365_activity');
+	-- the stage holds still while it is read and emptied: a COPY into it
+	-- (any client) waits for this load, and this load for COPYs under way,
+	-- so that no line committed meanwhile is emptied unread
+	LOCK TABLE @extschema@.m365_activity_staging IN SHARE ROW EXCLUSIVE MODE;
+	PERFORM @extschema@.msp_load_begin(client_id);
+	PERFORM @extschema@.msp_stage_csv(client_id, '@extschema@.m365_activity_staging', 'User Principal Name');
+	CREATE TEMP TABLE msp_act_cols ON COMMIT DROP AS
+	SELECT h.header_no, @extschema@.msp_csv_column(h.header, '{User Principal Name}') AS upn,
+		   @extschema@.msp_csv_column(h.header, '{Is Deleted}') AS deleted,
+		   ARRAY(SELECT lower(regexp_replace(btrim(x.name), '\s*Last Activity Date$', '', 'i'))
+				   FROM unnest(h.header) WITH ORDINALITY x(name, i)
+				  WHERE btrim(x.name) ~* 'Last Activity Date$' ORDER BY x.i) AS products,
+		   ARRAY(SELECT x.i::integer FROM unnest(h.header) WITH ORDINALITY x(name, i)
+				  WHERE btrim(x.name) ~* 'Last Activity Date$' ORDER BY x.i) AS cols
+	  FROM pg_temp.msp_csv_headers h;
+	-- every activity date written, at noon in the client's zone (NULL: not
+	-- a date); a date that is none (2026-02-30) marks its record alone
+	CREATE TEMP TABLE msp_act_days (line_no bigint, product text, day text, at timestamptz) ON COMMIT DROP;
+	PERFORM @extschema@.msp_load_guarded($step$
+		INSERT INTO pg_temp.msp_act_days (line_no, product, day, at)
+		SELECT c.line_no, p.product, p.day,
+			   CASE WHEN p.day ~ '^[0-9]{4}-[0-9]{2}-[0-9]{2}$'
+					THEN (p.day::date + time '12:00')
+						 AT TIME ZONE (SELECT z.time_zone FROM @extschema@.clients z WHERE z.client_id = $1) END
+		  FROM pg_temp.msp_csv c
+		  JOIN pg_temp.msp_act_cols h ON h.header_no = c.header_no,
+			   LATERAL (SELECT u.product, btrim(c.f[u.col]) AS day FROM unnest(h.products, h.cols) u(product, col)) p
+		 WHERE NOT c.is_header AND c.line_no BETWEEN $2 AND $3 AND p.day <> ''
+	$step$, $reject$
+		INSERT INTO pg_temp.msp_act_days (line_no) VALUES ($2)
+	$reject$, client_id, (SELECT min(c.line_no) FROM pg_temp.msp_csv c), (SELECT max(c.line_no) FROM pg_temp.msp_csv c));
+	CREATE TEMP TABLE msp_act ON COMMIT DROP AS
+	SELECT c.line_no, c.raw, x.upn,
+		   CASE
+			   WHEN c.f IS NULL THEN 'reject:not valid CSV'
+			   WHEN h.header_no IS NULL THEN 'reject:no header with User Principal Name before it'
+			   WHEN coalesce(x.upn, '') = '' THEN 'reject:no User Principal Name'
+			   WHEN length(x.upn) > 255 THEN 'reject:field too long'
+			   WHEN lower(coalesce(c.f[h.deleted], '')) = 'true' THEN 'skip'
+			   WHEN d.not_a_date THEN 'reject:invalid Last Activity Date'
+			   WHEN d.implausible IS NOT NULL THEN 'reject:invalid Last Activity Date: ' || d.implausible
+			   WHEN d.line_no IS NULL THEN 'skip'
+			   ELSE 'activity'
+		   END AS class
+	  FROM pg_temp.msp_csv c
+	  LEFT JOIN pg_temp.msp_act_cols h ON h.header_no = c.header_no
+	  LEFT JOIN (SELECT d.line_no, bool_or(d.at IS NULL) AS not_a_date,
+						min(@extschema@.msp_implausible_time(d.day, d.at)) AS implausible
+				   FROM pg_temp.msp_act_days d GROUP BY d.line_no) d ON d.line_no = c.line_no,
+		   LATERAL (SELECT lower(btrim(c.f[h.upn])) AS upn) x
+	 WHERE NOT c.is_header;
+
+	-- activity accounts take the kind and person of the UPN's m365 account;
+	-- each UPN's activity account, the new ones' ids as their insert
+	-- returns them (new ids move past hand-chosen ones first)
+	PERFORM setval(pg_get_serial_sequence('@extschema@.accounts', 'account_id'), m.id)
+	   FROM (SELECT max(a.account_id) AS id FROM @extschema@.accounts a WHERE a.client_id = client_id) m
+	  WHERE m.id > coalesce(pg_sequence_last_value(pg_get_serial_sequence('@extschema@.accounts', 'account_id')), 0);
+	CREATE TEMP TABLE msp_act_accounts (upn text, account_id bigint) ON COMMIT DROP;
+	WITH u AS MATERIALIZED (
+		SELECT n.upn, x.account_id
+		  FROM (SELECT DISTINCT a.upn FROM pg_temp.msp_act a WHERE a.class = 'activity') n
+		  LEFT JOIN @extschema@.accounts x ON x.client_id = client_id AND x.realm = 'm365_activity' AND x.application IS NULL
+										  AND lower(x.name) = n.upn),
+	created AS (
+		INSERT INTO @extschema@.accounts (client_id, realm, name, kind, person_id)
+		SELECT client_id, 'm365_activity', u.upn, coalesce(m.kind, 'unknown'), m.person_id
+		  FROM u
+		  LEFT JOIN @extschema@.accounts m ON m.client_id = client_id AND m.realm = 'm365' AND m.application IS NULL
+										  AND lower(m.name) = u.upn
+		 WHERE u.account_id IS NULL
+		 ORDER BY u.upn
+		RETURNING name, account_id)
+	INSERT INTO pg_temp.msp_act_accounts (upn, account_id)
+	SELECT u.upn, u.account_id FROM u WHERE u.account_id IS NOT NULL
+	UNION ALL
+	SELECT c.name, c.account_id FROM created c;
+
+	-- the logons, one per product-day (its event id, the first by line),
+	-- those already loaded left out as the shared last step
+	-- (msp_load_normalized) leaves them out.  Straight from the records:
+	-- the accounts are known and there is no device nor session, so the
+	-- shared step's passes over accounts and devices would find nothing
+	-- new.  Should a record make the insert fail, the shared guarded step
+	-- runs instead, and finds it.
+	BEGIN
+		WITH e AS (
+			SELECT DISTINCT ON (x.event_id) x.*
+			  FROM (SELECT a.line_no, a.upn, d.at, a.upn || '|' || d.product || '|' || d.day AS event_id
+					  FROM pg_temp.msp_act a JOIN pg_temp.msp_act_days d USING (line_no)
+					 WHERE a.class = 'activity') x
+			 ORDER BY x.event_id, x.line_no),
+		ins AS (
+			INSERT INTO @extschema@.logons (client_id, account_id, device_id, at, ended, presence, source, source_event_id,
+											session_key)
+			SELECT client_id, i.account_id, NULL, e.at, NULL, true, source, e.event_id, NULL
+			  FROM e JOIN pg_temp.msp_act_accounts i ON i.upn = e.upn
+			 WHERE NOT EXISTS (SELECT 1 FROM @extschema@.logons l
+								WHERE l.client_id = client_id AND l.source = source AND l.source_event_id = e.event_id)
+			RETURNING 1)
+		SELECT count(*) INTO loaded FROM ins;
+		duplicate := (SELECT count(*) FROM pg_temp.msp_act a JOIN pg_temp.msp_act_days d USING (line_no)
+					   WHERE a.class = 'activity') - loaded;
+	EXCEPTION WHEN data_exception OR program_limit_exceeded OR integrity_constraint_violation THEN
+		INSERT INTO pg_temp.msp_load_events (line_no, realm, application, account_name, device_name, create_device, at,
+											 ended, source_event_id, session_key)
+		SELECT a.line_no, 'm365_activity', NULL, a.upn, NULL, false, d.at, NULL, a.upn || '|' || d.product || '|' || d.day, NULL
+		  FROM pg_temp.msp_act a JOIN pg_temp.msp_act_days d USING (line_no)
+		 WHERE a.class = 'activity';
+		SELECT * INTO loaded, duplicate FROM @extschema@.msp_load_normalized_guarded(client_id, source, $reject$
+			UPDATE pg_temp.msp_act SET class = 'reject:unloadable record: ' || $3 WHERE line_no = $2
+		$reject$);
+	END;
+
+	CREATE TEMP TABLE msp_rej ON COMMIT DROP AS
+	SELECT a.line_no, a.raw, substr(a.class, 8) AS reason FROM pg_temp.msp_act a WHERE a.class LIKE 'reject:%';
+	rejected := @extschema@.msp_store_rejects(client_id, source);
+	SELECT count(*) INTO skipped FROM pg_temp.msp_act a WHERE a.class = 'skip';
+	DELETE FROM @extschema@.m365_activity_staging s WHERE s.client_id = client_id;
+	DROP TABLE pg_temp.msp_act, pg_temp.msp_act_days, pg_temp.msp_act_cols, pg_temp.msp_act_accounts, pg_temp.msp_csv,
+			   pg_temp.msp_csv_headers;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_load_m365_activity(bigint, text) IS
+	'loads a client''s staged Microsoft 365 active user detail report: each product''s last activity date becomes a logon of realm m365_activity at noon in the client''s zone (counted only where count_realms names it; loaded counts days per product)';
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_load_pax8_subscriptions(client_id bigint, as_of date DEFAULT NULL,
+														source text DEFAULT 'pax8',
+														OUT loaded bigint, OUT duplicate bigint,
+														OUT skipped bigint, OUT rejected bigint)
+LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER
+SET search_path = pg_catalog, @extschema@, pg_temp
+SET DateStyle = 'ISO, MDY'
+SET TimeZone = 'UTC'
+SET jit = off
+AS $$
+#variable_conflict use_variable
+DECLARE
+	day date;
+	json boolean;
+	src text;
+	lo bigint;
+	hi bigint;
+BEGIN
+	source := coalesce(source, 'pax8');
+	-- the stage holds still while it is read and emptied: a COPY into it
+	-- (any client) waits for this load, and this load for COPYs under way,
+	-- so that no line committed meanwhile is emptied unread
+	LOCK TABLE @extschema@.pax8_staging IN SHARE ROW EXCLUSIVE MODE;
+	PERFORM @extschema@.msp_load_begin(client_id);
+	day := @extschema@.msp_snapshot_day(client_id, as_of);
+	-- JSON when the first non-empty line starts an object or array
+	json := (SELECT ltrim(s.raw, E' \t\ufeff') ~ '^[\[{]' FROM @extschema@.pax8_staging s
+			  WHERE s.client_id = client_id AND btrim(s.raw, E' \t\r\n') <> '' ORDER BY s.line_no LIMIT 1);
+	CREATE TEMP TABLE msp_pax8 (rec bigint, line_no bigint, ord bigint, raw text, id text, company text[], product text,
+								quantity text, cost text, price text, term text, status text, start_text text,
+								end_text text, class text, start_date date, end_date date) ON COMMIT DROP;
+	-- the records' fields, by name whatever the format
+	IF json THEN
+		PERFORM @extschema@.msp_stage_json(client_id, '@extschema@.pax8_staging',
+			'{id,companyId,companyName,productName,productId,quantity,partnerCost,price,billingTerm,status,startDate,endDate}');
+		src := $src$
+			SELECT j.rec, j.line_no, j.ord, j.raw, j.f[1] AS id, ARRAY[j.f[2], j.f[3]] AS company,
+				   coalesce(j.f[4], j.f[5]) AS product, j.f[6] AS quantity, j.f[7] AS cost, j.f[8] AS price,
+				   j.f[9] AS term, j.f[10] AS status, j.f[11] AS start_text, j.f[12] AS end_text,
+				   'reject:' || j.bad AS class
+			  FROM pg_temp.msp_json j WHERE j.rec BETWEEN $2 AND $3$src$;
+		SELECT min(j.rec), max(j.rec) INTO lo, hi FROM pg_temp.msp_json j;
+	ELSIF json IS NOT NULL THEN
+		PERFORM @extschema@.msp_stage_csv(client_id, '@extschema@.pax8_staging', 'Quantity');
+		CREATE TEMP TABLE msp_pax8_cols ON COMMIT DROP AS
+		SELECT h.header_no,
+			   @extschema@.msp_csv_column(h.header, '{Subscription Id,Subscription ID,Id}') AS id,
+			   @extschema@.msp_csv_column(h.header, '{Company,Company Name}') AS company,
+			   @extschema@.msp_csv_column(h.header, '{Company Id,Company ID}') AS company_id,
+			   @extschema@.msp_csv_column(h.header, '{Product,Product Name}') AS product,
+			   @extschema@.msp_csv_column(h.header, '{Quantity}') AS quantity,
+			   @extschema@.msp_csv_column(h.header, '{Partner Cost,Unit Cost,Cost}') AS cost,
+			   @extschema@.msp_csv_column(h.header, '{Price,Unit Price}') AS price,
+			   @extschema@.msp_csv_column(h.header, '{Billing Term,Term}') AS term,
+			   @extschema@.msp_csv_column(h.header, '{Status}') AS status,
+			   @extschema@.msp_csv_column(h.header, '{Start Date}') AS start_date,
+			   @extschema@.msp_csv_column(h.header, '{End Date}') AS end_date
+		  FROM pg_temp.msp_csv_headers h;
+		src := $src$
+			SELECT c.line_no AS rec, c.line_no, 0::bigint AS ord, c.raw, c.f[h.id] AS id,
+				   ARRAY[c.f[h.company], c.f[h.company_id]] AS company, c.f[h.product] AS product,
+				   c.f[h.quantity] AS quantity, c.f[h.cost] AS cost, c.f[h.price] AS price, c.f[h.term] AS term,
+				   c.f[h.status] AS status, c.f[h.start_date] AS start_text, c.f[h.end_date] AS end_text,
+				   CASE WHEN c.f IS NULL THEN 'reject:not valid CSV'
+						WHEN h.header_no IS NULL THEN 'reject:no header with Quantity before it' END AS class
+			  FROM pg_temp.msp_csv c LEFT JOIN pg_temp.msp_pax8_cols h ON h.header_no = c.header_no
+			 WHERE NOT c.is_header AND c.line_no BETWEEN $2 AND $3$src$;
+		SELECT min(c.line_no), max(c.line_no) INTO lo, hi FROM pg_temp.msp_csv c;
+	END IF;
+	-- checked, the company's client found (once per distinct company) and
+	-- the dates read: the batch at once, per record only where a date is
+	-- none (the reject reads the one record: BETWEEN $2 AND $2)
+	IF src IS NOT NULL THEN
+		PERFORM @extschema@.msp_load_guarded(format($step$
+			INSERT INTO pg_temp.msp_pax8 (rec, line_no, ord, raw, id, company, product, quantity, cost, price, term, status,
+										  start_text, end_text, class, start_date, end_date)
+			WITH p AS MATERIALIZED (%s),
+			-- materialized: a plain CTE would be pulled up into the join, and
+			-- the look-up would run once per record instead of once per company
+			owner AS MATERIALIZED (
+				SELECT c.company, @extschema@.msp_company_owner($1, 'pax8', c.company) AS o
+				  FROM (SELECT DISTINCT p.company FROM p WHERE p.class IS NULL) c),
+			classed AS (
+				SELECT p.rec, p.line_no, p.ord, p.raw, p.id, p.company, p.product, p.quantity, p.cost, p.price, p.term,
+					   p.status, p.start_text, p.end_text,
+					   coalesce(p.class, CASE
+						   WHEN coalesce(btrim(p.product), '') = '' THEN 'reject:no product'
+						   WHEN coalesce(btrim(p.quantity), '') !~ '^[0-9]{1,9}(\.0*)?$' THEN 'reject:invalid quantity'
+						   WHEN replace(btrim(p.cost), '$', '') !~ '^([0-9]{1,15}(\.[0-9]{1,10})?)?$' THEN 'reject:invalid partner cost'
+						   WHEN replace(btrim(p.price), '$', '') !~ '^([0-9]{1,15}(\.[0-9]{1,10})?)?$' THEN 'reject:invalid price'
+						   WHEN btrim(p.start_text) !~ '^([0-9]{4}-[0-9]{2}-[0-9]{2}.*)?$'
+								OR btrim(p.end_text) !~ '^([0-9]{4}-[0-9]{2}-[0-9]{2}.*)?$' THEN 'reject:invalid start or end date'
+						   WHEN length(p.id) > 255 OR length(p.product) > 255 OR length(p.term) > 255 OR length(p.status) > 255
+								OR length(p.company[1]) > 255 OR length(p.company[2]) > 255 THEN 'reject:field too long'
+						   WHEN o.o = 'own' THEN 'subscription'
+						   WHEN o.o = 'other' THEN 'skip'
+						   ELSE 'reject:unknown Pax8 company ' || coalesce(p.company[1], p.company[2], '(none)')
+					   END) AS class
+				  FROM p LEFT JOIN owner o ON o.company = p.company
+				 -- OFFSET 0: each record classified once
+				 OFFSET 0)
+			SELECT c.rec, c.line_no, c.ord,
+				   CASE WHEN c.class LIKE 'reject:%%' THEN coalesce(c.raw, (SELECT s.raw FROM @extschema@.pax8_staging s
+																		 WHERE s.client_id = $1 AND s.line_no = c.line_no)) END,
+				   c.id, c.company, c.product, c.quantity, c.cost, c.price, c.term, c.status, c.start_text, c.end_text,
+				   c.class,
+				   CASE WHEN c.class = 'subscription' THEN left(nullif(btrim(c.start_text), ''), 10)::date END,
+				   CASE WHEN c.class = 'subscription' THEN left(nullif(btrim(c.end_text), ''), 10)::date END
+			  FROM classed c
+		$step$, src), format($reject$
+			INSERT INTO pg_temp.msp_pax8 (rec, line_no, ord, raw, class)
+			SELECT p.rec, p.line_no, p.ord,
+				   coalesce(p.raw, (SELECT s.raw FROM @extschema@.pax8_staging s WHERE s.client_id = $1 AND s.line_no = p.line_no)),
+				   'reject:invalid start or end date'
+			  FROM (%s) p
+		$reject$, replace(src, 'AND $3', 'AND $2')), client_id, lo, hi);
+	END IF;
+	IF json THEN
+		DROP TABLE pg_temp.msp_json;
+	ELSIF json IS NOT NULL THEN
+		DROP TABLE pg_temp.msp_csv, pg_temp.msp_csv_headers, pg_temp.msp_pax8_cols;
+	END IF;
+
+	WITH sub AS (
+		SELECT DISTINCT ON (k.key) k.key, p.*
+		  FROM pg_temp.msp_pax8 p,
+			   -- without an id (some CSV exports), the record is its own key
+			   LATERAL (SELECT coalesce(nullif(btrim(p.id), ''),
+										md5(concat_ws('|', p.company[1], p.company[2], p.product, p.term, p.start_text, p.status)))
+						AS key) k
+		 WHERE p.class = 'subscription'
+		 ORDER BY k.key, p.line_no DESC, p.ord DESC),
+	prod AS MATERIALIZED (
+		SELECT n.product, @extschema@.msp_license_product(n.product) AS name FROM (SELECT DISTINCT s.product FROM sub s) n),
+	r AS MATERIALIZED (
+		SELECT s.key, coalesce(s.company[1], s.company[2]) AS company, pr.name AS product,
+			   btrim(s.quantity)::numeric::integer AS quantity, nullif(replace(btrim(s.cost), '$', ''), '')::numeric AS unit_cost,
+			   nullif(replace(btrim(s.price), '$', ''), '')::numeric AS unit_price, s.term, s.status, s.start_date, s.end_date
+		  FROM sub s JOIN prod pr USING (product)),
+	-- a subscription of the day loaded before takes a corrected export's
+	-- values; the others are inserted past an anti-join (both see the
+	-- table as it was before the statement).  A plain insert costs half of
+	-- ON CONFLICT's speculative one; loads of a client take turns, so no
+	-- other load can race it, and a row written meanwhile by hand fails
+	-- the load, whole.
+	upd AS (
+		UPDATE @extschema@.pax8_subscriptions x
+		   SET company = r.company, product = r.product, quantity = r.quantity, unit_cost = r.unit_cost,
+			   unit_price = r.unit_price, billing_term = r.term, status = r.status, start_date = r.start_date,
+			   end_date = r.end_date, source = source
+		  FROM r
+		 WHERE x.client_id = client_id AND x.as_of = day AND x.subscription_id = r.key
+		   AND (x.company, x.product, x.quantity, x.unit_cost, x.unit_price, x.billing_term, x.status, x.start_date, x.end_date)
+			   IS DISTINCT FROM (r.company, r.product, r.quantity, r.unit_cost, r.unit_price, r.term, r.status, r.start_date,
+								 r.end_date)
+		RETURNING 1),
+	ins AS (
+		INSERT INTO @extschema@.pax8_subscriptions (client_id, as_of, subscription_id, company, product, quantity, unit_cost,
+													unit_price, billing_term, status, start_date, end_date, source)
+		SELECT client_id, day, r.key, r.company, r.product, r.quantity, r.unit_cost, r.unit_price, r.term, r.status,
+			   r.start_date, r.end_date, source
+		  FROM r
+		 WHERE NOT EXISTS (SELECT 1 FROM @extschema@.pax8_subscriptions x
+							WHERE x.client_id = client_id AND x.as_of = day AND x.subscription_id = r.key)
+		RETURNING 1)
+	SELECT (SELECT count(*) FROM upd) + (SELECT count(*) FROM ins) INTO loaded;
+	duplicate := (SELECT count(*) FROM pg_temp.msp_pax8 p WHERE p.class = 'subscription') - loaded;
+
+	-- the day's seats per product, from every Active subscription of the day
+	DELETE FROM @extschema@.license_counts lc WHERE lc.client_id = client_id AND lc.source = source AND lc.as_of = day;
+	INSERT INTO @extschema@.license_counts (client_id, sku, seats, unit_cost, source, as_of)
+	SELECT client_id, x.product, sum(x.quantity),
+		   CASE WHEN sum(x.quantity) > 0 AND count(x.unit_cost) = count(*)
+				THEN trim_scale(sum(x.quantity * x.unit_cost) / sum(x.quantity)) END,
+		   source, day
+	  FROM @extschema@.pax8_subscriptions x
+	 WHERE x.client_id = client_id AND x.as_of = day AND lower(x.status) = 'active'
+	 GROUP BY x.product;
+
+	CREATE TEMP TABLE msp_rej ON COMMIT DROP AS
+	SELECT p.line_no, p.raw, substr(p.class, 8) AS reason FROM pg_temp.msp_pax8 p WHERE p.class LIKE 'reject:%';
+	rejected := @extschema@.msp_store_rejects(client_id, source);
+	SELECT count(*) INTO skipped FROM pg_temp.msp_pax8 p WHERE p.class = 'skip';
+	DELETE FROM @extschema@.pax8_staging s WHERE s.client_id = client_id;
+	DROP TABLE pg_temp.msp_pax8;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_load_pax8_subscriptions(bigint, date, text) IS
+	'loads a client''s staged Pax8 subscriptions (portal CSV or partner-API JSON) as the day''s subscriptions; the Active ones become license_counts (source pax8)';
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_load_psa_tickets(client_id bigint, psa text, source text DEFAULT NULL,
+												 OUT loaded bigint, OUT duplicate bigint, OUT skipped bigint,
+												 OUT rejected bigint, OUT unmatched bigint)
+LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER
+SET search_path = pg_catalog, @extschema@, pg_temp
+SET DateStyle = 'ISO, MDY'
+SET timezone_abbreviations = 'Default'
+SET TimeZone = 'UTC'
+SET jit = off
+AS $$
+#variable_conflict use_variable
+BEGIN
+	-- one spelling everywhere (psa_mappings, psa_contacts, partner_companies,
+	-- psa_tickets): 'halopsa'; 'halo' is taken as an alias
+	IF psa = 'halo' THEN
+		psa := 'halopsa';
+	END IF;
+	IF psa IS NULL OR psa NOT IN ('connectwise', 'autotask', 'halopsa') THEN
+		RAISE EXCEPTION 'unknown PSA %', coalesce(quote_literal(psa), 'NULL')
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'The ticket loader reads the API JSON of ConnectWise PSA, Autotask and HaloPSA.',
+				  HINT = 'Pass psa => ''connectwise'', ''autotask'' or ''halopsa''.';
+	END IF;
+	source := coalesce(source, psa);
+	-- the stage holds still while it is read and emptied: a COPY into it
+	-- (any client) waits for this load, and this load for COPYs under way,
+	-- so that no line committed meanwhile is emptied unread
+	LOCK TABLE @extschema@.psa_ticket_staging IN SHARE ROW EXCLUSIVE MODE;
+	PERFORM @extschema@.msp_load_begin(client_id);
+	-- f: 1 id, 2 _info, 3 dateEntered, 4 company, 5 contactEmailAddress,
+	-- 6 contact, 7 board, 8 source (ConnectWise); 9 createDate, 10
+	-- companyID, 11 contactID, 12 queueID (Autotask); 13 dateoccurred, 14
+	-- client_name, 15 client_id, 16 user_id, 17 team (HaloPSA)
+	PERFORM @extschema@.msp_stage_json(client_id, '@extschema@.psa_ticket_staging',
+		'{id,_info,dateEntered,company,contactEmailAddress,contact,board,source,createDate,companyID,contactID,queueID,dateoccurred,client_name,client_id,user_id,team}');
+	CREATE TEMP TABLE msp_tix (rec bigint, line_no bigint, ord bigint, raw text, id text, at_text text, company text[],
+							   contact text, board text, channel text, class text, at timestamptz) ON COMMIT DROP;
+	-- checked, the company's client found (once per distinct company) and
+	-- the time read: the batch at once, per record only where a time is none
+	PERFORM @extschema@.msp_load_guarded(format($step$
+		INSERT INTO pg_temp.msp_tix (rec, line_no, ord, raw, id, at_text, company, contact, board, channel, class, at)
+		WITH t AS MATERIALIZED (
+			SELECT j.rec, j.line_no, j.ord, j.raw, j.bad, j.f[1] AS id,
+				   CASE %1$L WHEN 'connectwise' THEN coalesce((@extschema@.msp_json_fields(j.f[2], '{dateEntered}'))[1], j.f[3])
+						   WHEN 'autotask' THEN j.f[9]
+						   ELSE j.f[13] END AS at_text,
+				   CASE %1$L WHEN 'connectwise' THEN @extschema@.msp_json_fields(j.f[4], '{identifier,name,id}')
+						   WHEN 'autotask' THEN ARRAY[j.f[10]]
+						   ELSE ARRAY[j.f[14], j.f[15]] END AS company,
+				   lower(btrim(CASE %1$L WHEN 'connectwise'
+									   THEN coalesce(nullif(btrim(j.f[5]), ''), (@extschema@.msp_json_fields(j.f[6], '{id}'))[1])
+									   WHEN 'autotask' THEN j.f[11]
+									   ELSE j.f[16] END)) AS contact,
+				   CASE %1$L WHEN 'connectwise' THEN (@extschema@.msp_json_fields(j.f[7], '{name}'))[1]
+						   WHEN 'autotask' THEN j.f[12]
+						   ELSE j.f[17] END AS board,
+				   coalesce(lower(CASE %1$L WHEN 'connectwise' THEN (@extschema@.msp_json_fields(j.f[8], '{name}'))[1] END),
+							'ticket') AS channel
+			  FROM pg_temp.msp_json j WHERE j.rec BETWEEN $2 AND $3),
+		-- materialized: a plain CTE would be pulled up into the join, and the
+		-- look-up would run once per record instead of once per company
+		owner AS MATERIALIZED (
+			SELECT c.company, @extschema@.msp_company_owner($1, %1$L, c.company) AS o
+			  FROM (SELECT DISTINCT t.company FROM t WHERE t.bad IS NULL AND t.company IS NOT NULL) c),
+		classed AS (
+			SELECT t.rec, t.line_no, t.ord, t.raw, t.id, t.at_text, t.company, t.contact, t.board, t.channel,
+				   CASE
+					   WHEN t.bad IS NOT NULL THEN 'reject:' || t.bad
+					   WHEN coalesce(btrim(t.id), '') = '' THEN 'reject:no id'
+					   WHEN coalesce(btrim(t.at_text), '') = '' THEN 'reject:no date entered'
+					   WHEN length(t.id) > 255 OR length(t.contact) > 255 OR length(t.board) > 255 OR length(t.channel) > 255
+							OR length(t.company[1]) > 255 OR length(t.company[2]) > 255 OR length(t.company[3]) > 255
+						   THEN 'reject:field too long'
+					   WHEN coalesce(o.o, @extschema@.msp_company_owner($1, %1$L, '{}')) = 'own' THEN 'ticket'
+					   WHEN o.o = 'other' THEN 'skip'
+					   ELSE 'reject:unknown ' || %1$L || ' company '
+							|| coalesce(t.company[1], t.company[2], t.company[3], '(none)')
+				   END AS class
+			  FROM t LEFT JOIN owner o ON o.company = t.company
+			 -- OFFSET 0: each record classified once
+			 OFFSET 0),
+		-- materialized, so that msp_implausible_time gets columns and
+		-- inlines; it is asked once per ticket (OFFSET 0)
+		timed AS MATERIALIZED (
+			SELECT c.*, CASE WHEN c.class = 'ticket' THEN c.at_text::timestamptz END AS at FROM classed c)
+		SELECT x.rec, x.line_no, x.ord,
+			   CASE WHEN k.class LIKE 'reject:%%' THEN coalesce(x.raw, (SELECT s.raw FROM @extschema@.psa_ticket_staging s
+																	 WHERE s.client_id = $1 AND s.line_no = x.line_no)) END,
+			   x.id, x.at_text, x.company, x.contact, x.board, x.channel, k.class, x.at
+		  FROM timed x,
+			   LATERAL (SELECT CASE WHEN x.class = 'ticket' THEN @extschema@.msp_implausible_time(x.at_text, x.at) END AS why
+						OFFSET 0) w,
+			   LATERAL (SELECT CASE WHEN w.why IS NOT NULL THEN 'reject:invalid date entered: ' || w.why
+									ELSE x.class END AS class) k
+	$step$, psa), $reject$
+		INSERT INTO pg_temp.msp_tix (rec, line_no, ord, raw, class)
+		SELECT j.rec, j.line_no, j.ord,
+			   coalesce(j.raw, (SELECT s.raw FROM @extschema@.psa_ticket_staging s WHERE s.client_id = $1 AND s.line_no = j.line_no)),
+			   'reject:invalid date entered'
+		  FROM pg_temp.msp_json j WHERE j.rec = $2
+	$reject$, client_id, (SELECT min(j.rec) FROM pg_temp.msp_json j), (SELECT max(j.rec) FROM pg_temp.msp_json j));
+	DROP TABLE pg_temp.msp_json;
+
+	-- a ticket loads once per client and PSA (first record of a load
+	-- wins); tickets already loaded are left out by an anti-join (a plain
+	-- insert costs half of ON CONFLICT's speculative one; loads of a client
+	-- take turns, so no other load can race it, and a row written meanwhile
+	-- by hand fails the load, whole)
+	WITH ins AS (
+		INSERT INTO @extschema@.psa_tickets (client_id, psa, ticket_id, at, company, contact, board, channel)
+		SELECT DISTINCT ON (btrim(t.id)) client_id, psa, btrim(t.id), t.at,
+			   coalesce(t.company[1], t.company[2], t.company[3]), t.contact, t.board, t.channel
+		  FROM pg_temp.msp_tix t
+		 WHERE t.class = 'ticket'
+		   AND NOT EXISTS (SELECT 1 FROM @extschema@.psa_tickets x
+							WHERE x.client_id = client_id AND x.psa = psa AND x.ticket_id = btrim(t.id))
+		 ORDER BY btrim(t.id), t.line_no, t.ord
+		RETURNING 1)
+	SELECT count(*) INTO loaded FROM ins;
+	duplicate := (SELECT count(*) FROM pg_temp.msp_tix t WHERE t.class = 'ticket') - loaded;
+	PERFORM @extschema@.msp_match_psa_tickets(client_id);
+	SELECT count(*) INTO unmatched FROM @extschema@.psa_tickets t
+	 WHERE t.client_id = client_id AND t.psa = psa AND t.person_id IS NULL;
+
+	CREATE TEMP TABLE msp_rej ON COMMIT DROP AS
+	SELECT t.line_no, t.raw, substr(t.class, 8) AS reason FROM pg_temp.msp_tix t WHERE t.class LIKE 'reject:%';
+	rejected := @extschema@.msp_store_rejects(client_id, source);
+	SELECT count(*) INTO skipped FROM pg_temp.msp_tix t WHERE t.class = 'skip';
+	DELETE FROM @extschema@.psa_ticket_staging s WHERE s.client_id = client_id;
+	DROP TABLE pg_temp.msp_tix;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_load_psa_tickets(bigint, text, text) IS
+	'loads a client''s staged PSA tickets (psa: connectwise, autotask or halopsa, alias halo); matched contacts become support contacts, unknown ones stay in psa_tickets (psa_unknown_contacts); unmatched counts the PSA''s tickets still without a person';
+
+
+
+-- citus4: account_labels and kpi_billable_users on Citus; the workers get
+-- the grants on views and functions (msp_on_workers, msp_grants_to_workers,
+-- msp_account_name; msp_distribute and msp_install_roles call them)
+CREATE FUNCTION @extschema@.msp_on_workers(commands text[]) RETURNS void
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	r record;
+	block text;
+BEGIN
+	-- (one statement: run_command_on_workers runs only the first of several)
+	block := format('DO %L', 'BEGIN PERFORM pg_catalog.set_config(''citus.enable_ddl_propagation'', ''off'', true); '
+							 || (SELECT string_agg(format('EXECUTE %L;', c), ' ') FROM unnest(commands) c) || ' END');
+	FOR r IN EXECUTE 'SELECT nodename, nodeport, success, result FROM pg_catalog.run_command_on_workers($1)' USING block LOOP
+		IF NOT r.success THEN
+			RAISE EXCEPTION 'worker %:% refused: %', r.nodename, r.nodeport, r.result
+				USING ERRCODE = 'object_not_in_prerequisite_state',
+					  DETAIL = format('Nothing of the %s statements changed there; the first was: %s', cardinality(commands), commands[1]),
+					  HINT = 'Every worker needs the same mspbill version as the coordinator, and the mspbill roles (msp_install_roles() on the coordinator creates them there).';
+		END IF;
+	END LOOP;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION @extschema@.msp_on_workers(text[]) FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@.msp_on_workers(text[]) IS
+	'runs statements on every Citus worker (not here) in one transaction each, DDL propagation off; an error names the worker that refused';
+
+CREATE FUNCTION @extschema@.msp_account_name(client_id bigint, account_id bigint) RETURNS text
+LANGUAGE plpgsql STABLE STRICT SECURITY DEFINER PARALLEL RESTRICTED
+SET search_path = pg_catalog, @extschema@, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	caller name := coalesce(nullif(current_setting('role'), 'none'), session_user);
+	super boolean;
+	mapped boolean;
+	tbl regclass;
+	nm text;
+	k text;
+BEGIN
+	SELECT r.rolsuper INTO super FROM pg_catalog.pg_roles r WHERE r.rolname = caller;
+	EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s b JOIN pg_catalog.pg_roles r ON r.rolname = b.role_name
+								   WHERE b.client_id = $1 AND pg_catalog.pg_has_role($2, r.oid, ''MEMBER''))',
+				   @extschema@.msp_client_access_table())
+		INTO mapped USING client_id, caller;
+	IF NOT (super OR mapped
+			OR EXISTS (SELECT 1 FROM pg_catalog.pg_roles r
+						WHERE r.rolname IN ('mspbill_admin', 'mspbill_billing')
+						  AND pg_catalog.pg_has_role(caller, r.oid, 'MEMBER'))) THEN
+		RETURN NULL;
+	END IF;
+	IF @extschema@.msp_is_distributed('@extschema@.accounts') THEN
+		EXECUTE $q$SELECT pg_catalog.to_regclass(pg_catalog.format('@extschema@.%I', 'accounts_' || pg_catalog.get_shard_id_for_distribution_column('@extschema@.accounts', $1)))$q$
+			INTO tbl USING client_id;
+	END IF;
+	-- (not on this node, or no Citus: the table itself)
+	EXECUTE format('SELECT a.name, a.kind FROM %s a WHERE a.client_id = $1 AND a.account_id = $2',
+				   coalesce(tbl, '@extschema@.accounts'::regclass))
+		INTO nm, k USING client_id, account_id;
+	IF k IN ('shared', 'service')
+	   OR (coalesce(current_setting('mspbill.pseudonymous', true), '') <> 'on'
+		   AND (super OR EXISTS (SELECT 1 FROM pg_catalog.pg_roles r
+								  WHERE r.rolname = 'mspbill_pii' AND pg_catalog.pg_has_role(caller, r.oid, 'MEMBER')))) THEN
+		RETURN nm;
+	END IF;
+	RETURN NULL;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION @extschema@.msp_account_name(bigint, bigint) FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@.msp_account_name(bigint, bigint) IS
+	'the real name of an account for account_labels on Citus, read from this node''s shard, if the session''s login may see it; NULL otherwise';
+
+CREATE FUNCTION @extschema@.msp_grants_to_workers() RETURNS integer
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	roles text;
+	cmds text[] := '{}';
+	r record;
+	distributed oid[];
+BEGIN
+	IF NOT @extschema@.msp_is_distributed('@extschema@.accounts') THEN
+		RETURN 0;
+	END IF;
+	SELECT string_agg(quote_ident(rolname), ', ' ORDER BY rolname) INTO roles FROM pg_catalog.pg_roles
+	 WHERE rolname IN ('mspbill_admin', 'mspbill_billing', 'mspbill_bi', 'mspbill_pii', 'mspbill_report');
+	IF roles IS NULL THEN
+		RETURN 0;
+	END IF;
+	-- the delegated functions are Citus's objects: it carries their grants
+	-- itself, in the caller's transaction (here on the workers' same rows,
+	-- over other connections, it would wait for that transaction forever)
+	EXECUTE 'SELECT array_agg(objid) FROM pg_catalog.pg_dist_object WHERE classid = ''pg_catalog.pg_proc''::regclass'
+		INTO distributed;
+	distributed := coalesce(distributed, '{}');
+	FOR r IN
+		SELECT format('%s %s', CASE c.relkind WHEN 'v' THEN 'TABLE' END, c.oid::regclass) AS obj, c.relacl AS acl, c.relowner AS owner
+		  FROM pg_catalog.pg_class c WHERE c.relnamespace = '@extschema@'::regnamespace AND c.relkind = 'v'
+		UNION ALL
+		SELECT format('%s %s', CASE p.prokind WHEN 'p' THEN 'PROCEDURE' ELSE 'FUNCTION' END, p.oid::regprocedure), p.proacl, p.proowner
+		  FROM pg_catalog.pg_proc p WHERE p.pronamespace = '@extschema@'::regnamespace AND p.prokind IN ('f', 'p')
+		   AND NOT p.oid = ANY (distributed)
+	LOOP
+		cmds := cmds || format('REVOKE ALL ON %s FROM %s', r.obj, roles);
+		cmds := cmds || ARRAY(SELECT format('GRANT %s ON %s TO %I', x.privilege_type, r.obj, g.rolname)
+								FROM aclexplode(r.acl) x JOIN pg_catalog.pg_roles g ON g.oid = x.grantee
+							   WHERE x.grantee <> r.owner AND g.rolname IN ('mspbill_admin', 'mspbill_billing', 'mspbill_bi', 'mspbill_pii', 'mspbill_report'));
+	END LOOP;
+	PERFORM @extschema@.msp_on_workers(cmds);
+	RETURN cardinality(cmds);
+END
+$$;
+REVOKE EXECUTE ON FUNCTION @extschema@.msp_grants_to_workers() FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@.msp_grants_to_workers() IS
+	'on a Citus coordinator: gives the workers the mspbill roles'' grants on the extension''s views and functions as they are here; returns the statements run';
 
 CREATE OR REPLACE FUNCTION @extschema@.msp_distribute(shard_count integer DEFAULT NULL)
 RETURNS text
@@ -9323,6 +11624,7 @@ DECLARE
 	f record;
 	s record;
 	is_coord boolean;
+	labels_view text;
 BEGIN
 	IF NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus') THEN
 		RAISE EXCEPTION 'Citus is not installed in this database'
@@ -9501,12 +11803,501 @@ BEGIN
 							  s.seq, s.seq));
 	END LOOP;
 
-	-- 7. Per-client functions run on the worker that holds the client
+	-- 7. account_labels: the same rows and labels, the names through
+	-- msp_account_name (called only where a name may show), since Citus
+	-- reads the shards as the session user, whom the view's owner rights do
+	-- not reach (the label rule as in src/billing/tables.sql)
+	labels_view := (
+		'CREATE OR REPLACE VIEW @extschema@.account_labels WITH (security_barrier) AS '
+		'SELECT a.client_id, a.account_id, a.realm, a.kind, '
+		'coalesce(CASE WHEN a.kind IN (''shared'', ''service'') OR @extschema@.msp_sees_names() '
+		'THEN @extschema@.msp_account_name(a.client_id, a.account_id) END, '
+		'a.realm || '' account '' || a.account_id) AS label '
+		'FROM @extschema@.accounts a WHERE @extschema@.msp_can_see_client(a.client_id)');
+	EXECUTE labels_view;
+	PERFORM @extschema@.msp_on_workers(ARRAY[labels_view]);
+
+	-- 8. Per-client functions run on the worker that holds the client
 	FOR f IN SELECT * FROM @extschema@.msp_distributed_functions() LOOP
 		EXECUTE 'SELECT pg_catalog.create_distributed_function($1, ''$1''::text, colocate_with => $2, force_delegation => $3)'
 			USING f.fn, anchor::text, f.force_delegation;
 		n_fn := n_fn + 1;
 	END LOOP;
+
+	-- 9. The workers get the grants on views and functions (a delegated
+	-- call reads account_labels there as its caller)
+	PERFORM @extschema@.msp_grants_to_workers();
+
+	RETURN format('%s reference tables, %s distributed tables, %s delegated functions', n_ref, n_dist, n_fn);
+END
+$$;
+REVOKE EXECUTE ON FUNCTION @extschema@.msp_distribute(integer) FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@.msp_distribute(integer) IS
+	'on a Citus coordinator: makes clients and bi_client_access reference tables, distributes every other table by client_id (co-located), and delegates the per-client functions to the worker that holds the client';
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_install_roles() RETURNS text
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, @extschema@, pg_temp
+AS $$
+DECLARE
+	r text;
+	roles text := 'mspbill_admin, mspbill_billing, mspbill_bi, mspbill_pii, mspbill_report';
+	-- the tables people maintain by hand (or by script)
+	data_tables text := '@extschema@.clients, @extschema@.contracts, @extschema@.contract_tiers, '
+						'@extschema@.devices, @extschema@.people, @extschema@.sister_clients, @extschema@.logons, @extschema@.support_contacts, '
+						'@extschema@.cost_pools, @extschema@.license_counts, @extschema@.applications, '
+						'@extschema@.invoice_terms, @extschema@.tax_rates, @extschema@.psa_mappings, @extschema@.export_codes, '
+						'@extschema@.contract_lines, @extschema@.contract_line_tiers, @extschema@.meter_readings, '
+						-- licensing (src/licensing.sql): mappings and the loaded snapshots
+						'@extschema@.license_policies, @extschema@.partner_companies, @extschema@.psa_contacts, '
+						'@extschema@.m365_sku_counts, @extschema@.m365_license_assignments, @extschema@.pax8_subscriptions';
+	-- read by every role that reads invoices, written only by the definers
+	-- (the number series: see below)
+	billed_tables text := '@extschema@.invoices, @extschema@.invoice_items, @extschema@.invoice_documents, '
+						  '@extschema@.invoice_line_documents, @extschema@.psa_syncs';
+	staging text := '@extschema@.windows_event_staging, @extschema@.entra_signin_staging, @extschema@.emr_audit_staging, '
+					'@extschema@.m365_graph_staging, @extschema@.m365_users_csv_staging, @extschema@.m365_activity_staging, '
+					'@extschema@.pax8_staging, @extschema@.psa_ticket_staging';
+	staging_seqs text := '@extschema@.windows_event_staging_line_no_seq, @extschema@.entra_signin_staging_line_no_seq, '
+						 '@extschema@.emr_audit_staging_line_no_seq, @extschema@.m365_graph_staging_line_no_seq, '
+						 '@extschema@.m365_users_csv_staging_line_no_seq, @extschema@.m365_activity_staging_line_no_seq, '
+						 '@extschema@.pax8_staging_line_no_seq, @extschema@.psa_ticket_staging_line_no_seq';
+	writers text := '@extschema@.msp_finalize_invoice(bigint, daterange, text[]), '
+					'@extschema@.msp_issue_adjustment(bigint, daterange, text), '
+					'@extschema@.msp_load_windows_events(bigint, text), '
+					'@extschema@.msp_load_entra_signins(bigint, text), '
+					'@extschema@.msp_load_emr_audit(bigint, text), '
+					'@extschema@.msp_discard_staged(bigint), '
+					'@extschema@.msp_psa_sync(bigint, daterange), '
+					'@extschema@.msp_load_m365_graph(bigint, date, text), '
+					'@extschema@.msp_load_m365_users_csv(bigint, date, text), '
+					'@extschema@.msp_load_m365_activity(bigint, text), '
+					'@extschema@.msp_load_pax8_subscriptions(bigint, date, text), '
+					'@extschema@.msp_load_psa_tickets(bigint, text, text), '
+					'@extschema@.msp_match_psa_tickets(bigint), '
+					'@extschema@.msp_finalize_run_begin(daterange, text[], bigint[]), '
+					'@extschema@.msp_finalize_run_client(bigint, bigint, boolean), '
+					'@extschema@.msp_finalize_run_end(bigint)';
+	-- licence names are not per client: those who load maintain them (BI
+	-- needs none, and would read their column statistics)
+	product_names text := '@extschema@.license_product_names';
+	-- PSA tickets without the contact (an e-mail or PSA id) for those who see no names
+	ticket_cols text := 'client_id, psa, ticket_id, at, company, board, channel, person_id, contact_id';
+	-- month-end (src/monthend.sql): a procedure, granted ON PROCEDURE
+	month_end text := '@extschema@.msp_finalize_period(daterange, text[], bigint[], bigint, integer, integer, integer, integer)';
+	reports text := '@extschema@.msp_report_invoices(), @extschema@.msp_report_invoice(bigint, daterange), '
+					'@extschema@.msp_report_invoice_lines(bigint, daterange), '
+					'@extschema@.msp_report_billable_users(bigint, daterange)';
+	account_cols text := 'client_id, account_id, realm, kind, person_id, application, is_machine';
+	-- reporting (src/reporting.sql): rollups and KPI views to read, and the
+	-- definer functions that alone write the rollups
+	reporting text := '@extschema@.daily_activity, @extschema@.period_invoices, @extschema@.pii_findings, '
+					  '@extschema@.reporting_clients, @extschema@.kpi_daily_activity, @extschema@.kpi_billable_users, '
+					  '@extschema@.kpi_license_utilization, @extschema@.kpi_margin, @extschema@.kpi_margin_per_user, '
+					  '@extschema@.kpi_hipaa_findings, @extschema@.kpi_data_quality';
+	refreshers text := '@extschema@.msp_refresh_rollups(), @extschema@.msp_rebuild_rollups()';
+BEGIN
+	FOREACH r IN ARRAY string_to_array(replace(roles, ' ', ''), ',') LOOP
+		IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r) THEN
+			EXECUTE format('CREATE ROLE %I NOLOGIN', r);
+		END IF;
+		EXECUTE format('GRANT USAGE ON SCHEMA @extschema@ TO %I', r);
+	END LOOP;
+	-- start from nothing, so that a rerun after an upgrade also takes back
+	-- what earlier versions granted (GRANT ALL, writes to invoices)
+	EXECUTE format('REVOKE ALL ON ALL TABLES IN SCHEMA @extschema@ FROM %s', roles);
+	EXECUTE format('REVOKE ALL ON ALL SEQUENCES IN SCHEMA @extschema@ FROM %s', roles);
+	EXECUTE format('REVOKE ALL ON FUNCTION %s, %s, %s FROM %s', writers, reports, refreshers, roles);
+	EXECUTE format('REVOKE ALL ON PROCEDURE %s FROM %s', month_end, roles);
+	EXECUTE 'GRANT SELECT ON @extschema@.bi_client_access TO PUBLIC';
+
+	-- admin: every client's data, real names and raw records
+	EXECUTE 'GRANT mspbill_pii TO mspbill_admin';
+	EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON %s, @extschema@.accounts, @extschema@.person_identities, '
+				   '@extschema@.bi_client_access, @extschema@.load_rejects TO mspbill_admin', data_tables);
+	EXECUTE format('GRANT SELECT ON %s, @extschema@.audit_log TO mspbill_admin', billed_tables);
+	EXECUTE 'GRANT SELECT, DELETE ON @extschema@.psa_tickets TO mspbill_admin';
+	EXECUTE format('GRANT INSERT ON %s TO mspbill_admin, mspbill_billing', staging);
+	EXECUTE format('GRANT USAGE ON %s, @extschema@.logons_logon_id_seq TO mspbill_admin, mspbill_billing', staging_seqs);
+	EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO mspbill_admin, mspbill_billing', writers);
+	-- month-end: run it, and watch its runs (every client's outcome)
+	EXECUTE format('GRANT EXECUTE ON PROCEDURE %s TO mspbill_admin, mspbill_billing', month_end);
+	EXECUTE 'GRANT SELECT ON @extschema@.finalize_runs, @extschema@.finalize_run_clients, @extschema@.finalize_progress '
+			'TO mspbill_admin, mspbill_billing';
+
+	-- the number series: chosen by the admin before the first invoice
+	-- (prefix, digits, the number another system stopped at), never set
+	-- back afterwards; billing only reads it (finalization, a definer,
+	-- takes the numbers)
+	EXECUTE 'GRANT SELECT, INSERT (series, prefix, digits, last_number), UPDATE (prefix, digits) '
+			'ON @extschema@.invoice_numbering TO mspbill_admin';
+	EXECUTE 'GRANT SELECT ON @extschema@.invoice_numbering TO mspbill_billing';
+
+	-- billing: the same workflow on pseudonyms only
+	EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON %s TO mspbill_billing', data_tables);
+	EXECUTE format('GRANT SELECT ON %s, @extschema@.audit_log TO mspbill_billing', billed_tables);
+	EXECUTE format('GRANT SELECT (%s) ON @extschema@.accounts TO mspbill_billing', account_cols);
+	-- new accounts may be named (write-only), mapped and removed
+	EXECUTE 'GRANT INSERT, DELETE ON @extschema@.accounts TO mspbill_billing';
+	EXECUTE 'GRANT UPDATE (kind, person_id) ON @extschema@.accounts TO mspbill_billing';
+	EXECUTE 'GRANT SELECT (client_id, source, line_no, reason, rejected_at), DELETE ON @extschema@.load_rejects TO mspbill_billing';
+	EXECUTE format('GRANT SELECT (%s) ON @extschema@.psa_tickets TO mspbill_billing, mspbill_bi', ticket_cols);
+	EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON %s TO mspbill_admin, mspbill_billing', product_names);
+	EXECUTE 'GRANT SELECT ON @extschema@.psa_unknown_contacts TO mspbill_admin, mspbill_billing, mspbill_bi, mspbill_pii';
+
+	-- bi: billing data of its clients, read-only, without names
+	EXECUTE format('GRANT SELECT ON %s, %s TO mspbill_bi', data_tables, billed_tables);
+	EXECUTE format('GRANT SELECT (%s) ON @extschema@.accounts TO mspbill_bi', account_cols);
+
+	-- pii: real names and raw records of its clients
+	EXECUTE 'GRANT SELECT ON @extschema@.person_identities, @extschema@.load_rejects TO mspbill_pii';
+	EXECUTE 'GRANT SELECT (client_id, account_id, name) ON @extschema@.accounts TO mspbill_pii';
+
+	EXECUTE 'GRANT SELECT ON @extschema@.account_labels TO mspbill_admin, mspbill_billing, mspbill_bi, mspbill_pii';
+	-- (what account_labels calls on Citus; it checks the login itself)
+	EXECUTE 'GRANT EXECUTE ON FUNCTION @extschema@.msp_account_name(bigint, bigint) TO mspbill_admin, mspbill_billing, mspbill_bi, mspbill_pii';
+
+	-- reporting: the roles that read billing data read the rollups and KPI
+	-- views (rows of their clients only); those who write logons mark
+	-- days (the logons trigger runs as them; marked_at is the server's) and
+	-- refresh, as cron would, through the definer functions only
+	EXECUTE format('GRANT SELECT ON %s TO mspbill_admin, mspbill_billing, mspbill_bi', reporting);
+	EXECUTE 'GRANT INSERT (client_id, day) ON @extschema@.rollup_dirty TO mspbill_admin, mspbill_billing';
+	EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO mspbill_admin, mspbill_billing', refreshers);
+
+	-- report: functions only (see msp_report_invoices)
+	EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO mspbill_report', reports);
+	-- on Citus the workers get the grants on views and functions too
+	-- (Citus carries those on tables only)
+	PERFORM @extschema@.msp_grants_to_workers();
+	RETURN 'roles mspbill_admin, mspbill_billing, mspbill_bi, mspbill_pii and mspbill_report are ready';
+END
+$$;
+REVOKE EXECUTE ON FUNCTION @extschema@.msp_install_roles() FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@.msp_install_roles() IS
+	'creates (if missing) and grants the roles mspbill_admin, mspbill_billing, mspbill_bi, mspbill_pii and mspbill_report; idempotent';
+
+CREATE OR REPLACE VIEW @extschema@.kpi_billable_users WITH (security_barrier) AS
+SELECT p.client_id, rc.client_name, lower(p.period) AS month, p.status,
+	   p.users AS billable_users, prev.users AS previous_billable_users, p.users - prev.users AS change,
+	   CASE WHEN prev.client_id IS NOT NULL THEN coalesce(ch.joined_count, 0) END AS joined_count,
+	   CASE WHEN prev.client_id IS NOT NULL THEN coalesce(ch.left_count, 0) END AS left_count,
+	   CASE WHEN prev.client_id IS NOT NULL THEN coalesce(ch.joined, '{}') END AS joined,
+	   CASE WHEN prev.client_id IS NOT NULL THEN coalesce(ch.departed, '{}') END AS departed,
+	   @extschema@.userset_to_array(p.billable) AS billable_person_ids,
+	   p.total, p.currency
+  FROM @extschema@.period_invoices p
+  JOIN @extschema@.reporting_clients rc ON rc.client_id = p.client_id
+  LEFT JOIN @extschema@.period_invoices prev
+	ON prev.client_id = p.client_id
+   AND prev.period = daterange((lower(p.period) - interval '1 month')::date, lower(p.period))
+  LEFT JOIN (
+	SELECT x.client_id, x.month,
+		   (count(*) FILTER (WHERE x.is_now AND NOT x.was_before))::integer AS joined_count,
+		   (count(*) FILTER (WHERE x.was_before AND NOT x.is_now))::integer AS left_count,
+		   array_agg(x.label ORDER BY x.label) FILTER (WHERE x.is_now AND NOT x.was_before) AS joined,
+		   array_agg(x.label ORDER BY x.label) FILTER (WHERE x.was_before AND NOT x.is_now) AS departed
+	  FROM (SELECT m.client_id, m.month, m.home_client_id, m.person_id,
+				   max(coalesce(m.label, pe.pseudonym, 'person ' || m.person_id)) AS label,
+				   bool_or(m.is_now) AS is_now, bool_or(NOT m.is_now) AS was_before
+			  FROM (SELECT n.client_id, lower(n.period) AS month, n.client_id AS home_client_id,
+						   @extschema@.userset_members(n.billable) AS person_id, NULL::text AS label, true AS is_now
+					  FROM @extschema@.period_invoices n
+					UNION ALL
+					SELECT s.client_id, s.month, (s.e ->> 'home_client_id')::bigint, (s.e ->> 'person_id')::bigint,
+						   format('%s (client %s)', s.e ->> 'pseudonym', s.e ->> 'home_client_id'), true
+					  FROM (SELECT n.client_id, lower(n.period) AS month, jsonb_array_elements(n.sister_billable) AS e
+							  FROM @extschema@.period_invoices n) s
+					UNION ALL
+					SELECT b.client_id, upper(b.period), b.client_id,
+						   @extschema@.userset_members(b.billable), NULL::text, false
+					  FROM @extschema@.period_invoices b
+					 WHERE lower(b.period) = (upper(b.period) - interval '1 month')::date
+					UNION ALL
+					SELECT s.client_id, s.month, (s.e ->> 'home_client_id')::bigint, (s.e ->> 'person_id')::bigint,
+						   format('%s (client %s)', s.e ->> 'pseudonym', s.e ->> 'home_client_id'), false
+					  FROM (SELECT b.client_id, upper(b.period) AS month, jsonb_array_elements(b.sister_billable) AS e
+							  FROM @extschema@.period_invoices b
+							 WHERE lower(b.period) = (upper(b.period) - interval '1 month')::date) s) m
+			  LEFT JOIN @extschema@.people pe
+				ON pe.client_id = m.client_id AND pe.person_id = m.person_id AND m.label IS NULL
+			 GROUP BY m.client_id, m.month, m.home_client_id, m.person_id) x
+	 GROUP BY x.client_id, x.month) ch
+	ON ch.client_id = p.client_id AND ch.month = lower(p.period)
+ WHERE p.status <> 'unpriced';
+
+-- merged: functions several sections above redefine, as the release has them
+CREATE OR REPLACE FUNCTION @extschema@.msp_adjustment_lines(client_id bigint, period daterange)
+RETURNS SETOF @extschema@.invoice_line
+LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+BEGIN
+	-- PL/pgSQL, so that Citus plans the read on the client's shard
+	RETURN QUERY
+	-- the adjusted invoice by the number the client holds (its id when it
+	-- was sent unnumbered, before 0.3.0)
+	SELECT (row_number() OVER (ORDER BY a.invoice_id))::integer, NULL::bigint,
+		   format('Adjustment %s to invoice %s for %s to %s: %s', a.invoice_id,
+				  coalesce(d.invoice_number, a.adjusts_invoice_id::text),
+				  lower(a.period), upper(a.period) - 1, a.reason),
+		   1::numeric, a.total, a.total, 'adjustment'::text
+	  FROM invoices a
+	  LEFT JOIN invoice_documents d ON d.client_id = client_id AND d.invoice_id = a.adjusts_invoice_id
+	 WHERE a.client_id = client_id AND a.kind = 'adjustment' AND a.apply_period = period
+	 ORDER BY a.invoice_id;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_adjustment_lines(bigint, daterange) IS
+	'adjustment notes carried by the invoice of a period, one line each';
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_compute_invoice(client_id bigint, period daterange DEFAULT NULL)
+RETURNS @extschema@.invoice
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+BEGIN
+	-- (the period first: msp_price_invoice is STRICT, NULL is the last full month)
+	period := msp_period(client_id, period);
+	-- (a scalar subquery: (f()).summary in a query would call f once per field)
+	RETURN (SELECT p.summary FROM msp_price_invoice(client_id, period) p);
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_compute_invoice(bigint, daterange) IS
+	'the invoice of a client for a period as today''s data prices it, finalized or not';
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_distribute(shard_count integer DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	-- the small shared tables: invoice_numbering is the MSP's one number
+	-- series, whose row each finalization locks wherever it runs (Citus
+	-- writes a reference table on every node in one transaction and
+	-- serializes its writers cluster-wide), export_codes the MSP's books,
+	-- license_product_names the licences' spellings, partner_companies the
+	-- vendors' company names (unique across clients), sister_clients the
+	-- pairs of clients whose invoices read each other's people (so that an
+	-- invoice finds them on its own node), finalize_runs the month-end runs
+	-- (one row a run, its clients' outcomes distributed beside them)
+	ref_tables text[] := '{clients,bi_client_access,invoice_numbering,export_codes,license_product_names,partner_companies,sister_clients,finalize_runs}';
+	-- the first distributed table names the co-location group of all
+	anchor regclass := '@extschema@.contracts'::regclass;
+	todo regclass[];
+	t regclass;
+	progress boolean;
+	n_ref integer := 0;
+	n_dist integer := 0;
+	n_fn integer := 0;
+	f record;
+	s record;
+	is_coord boolean;
+	labels_view text;
+BEGIN
+	IF NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus') THEN
+		RAISE EXCEPTION 'Citus is not installed in this database'
+			USING ERRCODE = 'feature_not_supported',
+				  DETAIL = 'msp_distribute() distributes mspbill''s tables on a Citus cluster; on one server there is nothing to do.',
+				  HINT = 'On the coordinator (citus in shared_preload_libraries): CREATE EXTENSION citus; add the workers with citus_add_node(); then SELECT mspbill.msp_distribute();';
+	END IF;
+	EXECUTE 'SELECT pg_catalog.citus_is_coordinator()' INTO is_coord;
+	IF NOT is_coord THEN
+		RAISE EXCEPTION 'msp_distribute() runs on the Citus coordinator only'
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  DETAIL = 'This node is not the coordinator of its cluster.',
+				  HINT = 'Connect to the coordinator (or register it with citus_set_coordinator_host()) and call it there.';
+	END IF;
+	IF NOT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
+		RAISE EXCEPTION 'msp_distribute() must be run by a superuser'
+			USING ERRCODE = 'insufficient_privilege',
+				  DETAIL = 'It distributes tables and sets the sequences of every node.',
+				  HINT = 'Connect as the superuser that created the extension.';
+	END IF;
+	IF NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'btree_gist') THEN
+		RAISE EXCEPTION 'msp_distribute() needs the extension btree_gist'
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  DETAIL = 'On Citus, the one-contract-per-day and one-invoice-per-period exclusion constraints must name client_id itself, which needs btree_gist''s equality for bigint.',
+				  HINT = 'CREATE EXTENSION btree_gist; on the coordinator (Citus creates it on the workers), then call msp_distribute() again.';
+	END IF;
+
+	-- Every table it will distribute has a client_id: checked before
+	-- anything changes, since the statements run on the workers
+	-- (run_command_on_workers) commit there even if this call fails later
+	FOR t IN
+		SELECT c.oid::regclass FROM pg_class c
+		 WHERE c.relnamespace = '@extschema@'::regnamespace AND c.relkind IN ('r', 'p')
+		   AND NOT c.relispartition AND NOT @extschema@.msp_is_distributed(c.oid)
+		   AND c.relname <> ALL (ref_tables)
+		   AND NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attname = 'client_id' AND NOT a.attisdropped)
+	LOOP
+		RAISE EXCEPTION 'table % has no client_id to distribute it by', t
+			USING ERRCODE = 'feature_not_supported',
+				  DETAIL = 'msp_distribute() changed nothing.',
+				  HINT = 'Every mspbill table is keyed by client_id; a table added by hand must be distributed (or dropped) by hand first.';
+	END LOOP;
+
+	-- 1. Policies: a function call instead of the initplans
+	FOR s IN
+		SELECT p.polrelid::regclass AS rel, p.polname
+		  FROM pg_policy p JOIN pg_class c ON c.oid = p.polrelid
+		 WHERE c.relnamespace = '@extschema@'::regnamespace
+		   AND p.polname IN ('client_rows', 'own_rows')
+		   AND NOT @extschema@.msp_is_distributed(p.polrelid)
+	LOOP
+		IF s.polname = 'own_rows' THEN
+			PERFORM @extschema@.msp_on_all_nodes(format('ALTER POLICY own_rows ON %s USING (@extschema@.msp_sees_all_clients() OR @extschema@.msp_has_role(role_name))', s.rel));
+		ELSE
+			PERFORM @extschema@.msp_on_all_nodes(format('ALTER POLICY client_rows ON %s USING (%s)', s.rel, @extschema@.msp_client_policy(true)));
+		END IF;
+	END LOOP;
+
+	-- 2. Exclusion constraints that name client_id itself (btree_gist)
+	IF NOT @extschema@.msp_is_distributed('@extschema@.contracts') THEN
+		PERFORM @extschema@.msp_on_all_nodes('ALTER TABLE @extschema@.contracts DROP CONSTRAINT contracts_no_overlap, '
+								 'ADD CONSTRAINT contracts_no_overlap EXCLUDE USING gist (client_id WITH =, effective WITH &&)');
+	END IF;
+	IF NOT @extschema@.msp_is_distributed('@extschema@.invoices') THEN
+		PERFORM @extschema@.msp_on_all_nodes('ALTER TABLE @extschema@.invoices DROP CONSTRAINT invoices_no_overlap, '
+								 'ADD CONSTRAINT invoices_no_overlap EXCLUDE USING gist (client_id WITH =, period WITH &&) WHERE (kind = ''invoice'')');
+	END IF;
+
+	-- 3. Triggers: Citus distributes no table that has any.  Finalized rows
+	-- stay facts through privileges (only the owner may write them) and,
+	-- for the owner itself, restrictive policies that refuse UPDATE and
+	-- DELETE to everyone but a superuser (who bypasses row-level security,
+	-- as the triggers let a superuser through).
+	-- (the tables whose triggers refuse changes, as they are before the
+	-- triggers go: invoices, items, audit log, documents, PSA syncs)
+	FOR t IN
+		SELECT DISTINCT tg.tgrelid::regclass FROM pg_trigger tg
+		 WHERE tg.tgfoid = '@extschema@.msp_refuse_change()'::regprocedure AND NOT tg.tgisinternal
+		   AND NOT EXISTS (SELECT 1 FROM pg_policy WHERE polrelid = tg.tgrelid AND polname = 'finalized_no_update')
+	LOOP
+		PERFORM @extschema@.msp_on_all_nodes(format('CREATE POLICY finalized_no_update ON %s AS RESTRICTIVE FOR UPDATE USING (false)', t));
+		PERFORM @extschema@.msp_on_all_nodes(format('CREATE POLICY finalized_no_delete ON %s AS RESTRICTIVE FOR DELETE USING (false)', t));
+		PERFORM @extschema@.msp_on_all_nodes(format('ALTER TABLE %s FORCE ROW LEVEL SECURITY', t));
+	END LOOP;
+	FOR s IN
+		SELECT tg.tgrelid::regclass AS rel, tg.tgname
+		  FROM pg_trigger tg JOIN pg_class c ON c.oid = tg.tgrelid
+		 WHERE c.relnamespace = '@extschema@'::regnamespace AND NOT tg.tgisinternal
+		   AND tg.tgparentid = 0
+	LOOP
+		PERFORM @extschema@.msp_on_all_nodes(format('DROP TRIGGER %I ON %s', s.tgname, s.rel));
+	END LOOP;
+
+	-- Foreign keys that set a column NULL when their row goes (a PSA
+	-- ticket's person): Citus refuses SET NULL on a key that includes
+	-- client_id, so on Citus such a delete is refused instead (clear the
+	-- column first)
+	FOR s IN
+		SELECT k.conrelid::regclass AS rel, k.conname, pg_get_constraintdef(k.oid) AS def
+		  FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid
+		 WHERE c.relnamespace = '@extschema@'::regnamespace AND k.contype = 'f' AND k.confdeltype IN ('n', 'd')
+	LOOP
+		PERFORM @extschema@.msp_on_all_nodes(format('ALTER TABLE %s DROP CONSTRAINT %I, ADD CONSTRAINT %I %s',
+													s.rel, s.conname, s.conname,
+													regexp_replace(s.def, ' ON DELETE SET (NULL|DEFAULT)( \([^)]*\))?', '')));
+	END LOOP;
+
+	-- Sister clients: every pair people name now, then a foreign key in
+	-- place of the trigger that kept the table (dropped above)
+	IF NOT @extschema@.msp_is_distributed('@extschema@.people') THEN
+		INSERT INTO @extschema@.sister_clients (client_id, bill_to_client_id)
+		SELECT DISTINCT p.client_id, p.bill_to_client_id FROM @extschema@.people p
+		 WHERE p.bill_to_client_id IS NOT NULL
+		ON CONFLICT DO NOTHING;
+		PERFORM @extschema@.msp_on_all_nodes('ALTER TABLE @extschema@.people ADD CONSTRAINT people_sister_client_declared '
+								 'FOREIGN KEY (client_id, bill_to_client_id) REFERENCES @extschema@.sister_clients');
+	END IF;
+
+	-- 4. The small shared tables on every node (the client-keyed tables
+	-- that reference clients are distributed next: Citus must not turn
+	-- them into local tables of its metadata meanwhile)
+	PERFORM set_config('citus.enable_local_reference_table_foreign_keys', 'off', true);
+	FOREACH t IN ARRAY (SELECT array_agg(format('@extschema@.%I', x)::regclass) FROM unnest(ref_tables) x) LOOP
+		IF NOT @extschema@.msp_is_distributed(t) THEN
+			-- Citus copies the rows to every node in one COPY per node; the
+			-- time zone check's exception block (a subtransaction) would
+			-- interrupt it on the coordinator's own copy.  The rows passed
+			-- the check already; it is put back once the table is copied.
+			IF t = '@extschema@.clients'::regclass THEN
+				PERFORM @extschema@.msp_on_all_nodes('ALTER TABLE @extschema@.clients DROP CONSTRAINT clients_time_zone_known');
+			END IF;
+			EXECUTE 'SELECT pg_catalog.create_reference_table($1)' USING t;
+			IF t = '@extschema@.clients'::regclass THEN
+				ALTER TABLE @extschema@.clients ADD CONSTRAINT clients_time_zone_known
+					CHECK (@extschema@.msp_valid_time_zone(time_zone));
+			END IF;
+			n_ref := n_ref + 1;
+		END IF;
+	END LOOP;
+
+	-- 5. Every other table of the schema by client_id, co-located, each
+	-- after the tables its foreign keys name
+	todo := ARRAY(SELECT c.oid::regclass FROM pg_class c
+				   WHERE c.relnamespace = '@extschema@'::regnamespace AND c.relkind IN ('r', 'p')
+					 AND NOT c.relispartition AND NOT @extschema@.msp_is_distributed(c.oid)
+				   ORDER BY c.oid <> anchor, c.relname);
+	LOOP
+		progress := false;
+		FOREACH t IN ARRAY todo LOOP
+			CONTINUE WHEN @extschema@.msp_is_distributed(t);
+			CONTINUE WHEN EXISTS (SELECT 1 FROM pg_constraint k
+								   WHERE k.conrelid = t AND k.contype = 'f' AND k.confrelid <> t
+									 AND NOT @extschema@.msp_is_distributed(k.confrelid));
+			IF t = anchor THEN
+				EXECUTE 'SELECT pg_catalog.create_distributed_table($1, ''client_id'', colocate_with => ''none'', shard_count => $2)'
+					USING t, coalesce(shard_count, current_setting('citus.shard_count')::integer);
+			ELSE
+				EXECUTE 'SELECT pg_catalog.create_distributed_table($1, ''client_id'', colocate_with => $2)'
+					USING t, anchor::text;
+			END IF;
+			n_dist := n_dist + 1;
+			progress := true;
+		END LOOP;
+		EXIT WHEN NOT progress;
+	END LOOP;
+
+	-- 6. Sequences: each node numbers from its own range (its group id in
+	-- the top bits, as Citus does for the sequences it owns), so that ids
+	-- written on workers (delegated finalizations, loads) never collide
+	FOR s IN
+		SELECT c.oid::regclass AS seq FROM pg_class c
+		 WHERE c.relnamespace = '@extschema@'::regnamespace AND c.relkind = 'S'
+	LOOP
+		EXECUTE format($cmd$SELECT pg_catalog.run_command_on_workers(%L)$cmd$,
+					   format($w$SELECT pg_catalog.setval(%L, greatest(last_value, (SELECT groupid::bigint << 48 FROM pg_catalog.pg_dist_local_group)), true) FROM %s$w$,
+							  s.seq, s.seq));
+	END LOOP;
+
+	-- 7. account_labels: the same rows and labels, the names through
+	-- msp_account_name (called only where a name may show), since Citus
+	-- reads the shards as the session user, whom the view's owner rights do
+	-- not reach (the label rule as in src/billing/tables.sql)
+	labels_view := (
+		'CREATE OR REPLACE VIEW @extschema@.account_labels WITH (security_barrier) AS '
+		'SELECT a.client_id, a.account_id, a.realm, a.kind, '
+		'coalesce(CASE WHEN a.kind IN (''shared'', ''service'') OR @extschema@.msp_sees_names() '
+		'THEN @extschema@.msp_account_name(a.client_id, a.account_id) END, '
+		'a.realm || '' account '' || a.account_id) AS label '
+		'FROM @extschema@.accounts a WHERE @extschema@.msp_can_see_client(a.client_id)');
+	EXECUTE labels_view;
+	PERFORM @extschema@.msp_on_workers(ARRAY[labels_view]);
+
+	-- 8. Per-client functions run on the worker that holds the client
+	FOR f IN SELECT * FROM @extschema@.msp_distributed_functions() LOOP
+		EXECUTE 'SELECT pg_catalog.create_distributed_function($1, ''$1''::text, colocate_with => $2, force_delegation => $3)'
+			USING f.fn, anchor::text, f.force_delegation;
+		n_fn := n_fn + 1;
+	END LOOP;
+
+	-- 9. The workers get the grants on views and functions (a delegated
+	-- call reads account_labels there as its caller)
+	PERFORM @extschema@.msp_grants_to_workers();
 
 	RETURN format('%s reference tables, %s distributed tables, %s delegated functions', n_ref, n_dist, n_fn);
 END
@@ -9535,30 +12326,6 @@ BEGIN ATOMIC
 END;
 COMMENT ON FUNCTION @extschema@.msp_distributed_functions() IS
 	'the per-client functions msp_distribute() registers with Citus, and whether calls in a transaction block are delegated too';
-
-CREATE OR REPLACE FUNCTION @extschema@.msp_ensure_m365_accounts(for_client bigint, upns text[]) RETURNS bigint
-LANGUAGE plpgsql VOLATILE STRICT
-SET search_path = pg_catalog, @extschema@, pg_temp
-AS $$
-DECLARE
-	n bigint;
-BEGIN
-	PERFORM setval(pg_get_serial_sequence('@extschema@.accounts', 'account_id'), m.id)
-	   FROM (SELECT max(a.account_id) AS id FROM @extschema@.accounts a WHERE a.client_id = for_client) m
-	  WHERE m.id > coalesce(pg_sequence_last_value(pg_get_serial_sequence('@extschema@.accounts', 'account_id')), 0);
-	-- in name order: the name index takes them page by page
-	INSERT INTO @extschema@.accounts (client_id, realm, name, kind)
-	SELECT for_client, 'm365', n.upn, 'unknown'
-	  FROM (SELECT DISTINCT lower(u) AS upn FROM unnest(upns) u) n
-	 WHERE NOT EXISTS (SELECT 1 FROM @extschema@.accounts a WHERE a.client_id = for_client AND a.realm = 'm365'
-						  AND lower(a.name) = n.upn AND a.application IS NULL)
-	 ORDER BY n.upn;
-	GET DIAGNOSTICS n = ROW_COUNT;
-	RETURN n;
-END
-$$;
-COMMENT ON FUNCTION @extschema@.msp_ensure_m365_accounts(bigint, text[]) IS
-	'internal: creates the Microsoft 365 accounts (kind unknown) of UPNs not yet known';
 
 CREATE OR REPLACE FUNCTION @extschema@.msp_export_json(period daterange)
 RETURNS TABLE (client_id bigint, invoice_number text, document jsonb)
@@ -10003,6 +12770,8 @@ BEGIN
 	EXECUTE 'GRANT SELECT (client_id, account_id, name) ON @extschema@.accounts TO mspbill_pii';
 
 	EXECUTE 'GRANT SELECT ON @extschema@.account_labels TO mspbill_admin, mspbill_billing, mspbill_bi, mspbill_pii';
+	-- (what account_labels calls on Citus; it checks the login itself)
+	EXECUTE 'GRANT EXECUTE ON FUNCTION @extschema@.msp_account_name(bigint, bigint) TO mspbill_admin, mspbill_billing, mspbill_bi, mspbill_pii';
 
 	-- reporting: the roles that read billing data read the rollups and KPI
 	-- views (rows of their clients only); those who write logons mark
@@ -10014,9 +12783,279 @@ BEGIN
 
 	-- report: functions only (see msp_report_invoices)
 	EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO mspbill_report', reports);
+	-- on Citus the workers get the grants on views and functions too
+	-- (Citus carries those on tables only)
+	PERFORM @extschema@.msp_grants_to_workers();
 	RETURN 'roles mspbill_admin, mspbill_billing, mspbill_bi, mspbill_pii and mspbill_report are ready';
 END
 $$;
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_license_gaps(client_id bigint, period daterange DEFAULT NULL)
+RETURNS TABLE (category text, sku text, subject text, quantity numeric, amount numeric, note text)
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	c clients;
+	k contracts;
+	lp license_policies;
+	snap date;
+	t0 timestamptz;
+	t1 timestamptz;
+	active_ids bigint[];
+	main text;
+BEGIN
+	period := msp_period(client_id, period);
+	SELECT * INTO c FROM clients WHERE clients.client_id = client_id;
+	SELECT * INTO k FROM contracts WHERE contracts.client_id = client_id AND contracts.effective @> (upper(period) - 1);
+	SELECT * INTO lp FROM license_policies x WHERE x.client_id = client_id AND x.contract_id = k.contract_id;
+	lp.licensed_rooms := coalesce(lp.licensed_rooms, false);
+	snap := (SELECT max(x.as_of) FROM m365_license_assignments x WHERE x.client_id = client_id AND x.as_of < upper(period));
+	IF snap IS NULL THEN
+		RETURN;
+	END IF;
+	t0 := lower(period)::timestamp AT TIME ZONE c.time_zone;
+	t1 := upper(period)::timestamp AT TIME ZONE c.time_zone;
+	active_ids := ARRAY(SELECT DISTINCT u.person_id FROM msp_billable_users(client_id, period) u
+						 WHERE u.home_client_id = client_id);
+	-- the product the rule licenses: the contract's, else the most bought, else the most assigned
+	main := coalesce(lp.license_product,
+					 msp_license_main_product(client_id, period, snap));
+	RETURN QUERY
+	WITH counts AS (
+		SELECT DISTINCT ON (x.sku) x.sku AS product, x.seats, x.unit_cost
+		  FROM license_counts x
+		 WHERE x.client_id = client_id AND x.as_of < upper(period)
+		 ORDER BY x.sku, x.as_of DESC, x.source),
+	held AS (
+		SELECT x.product, x.account_id, a.kind, a.person_id, l.label AS name,
+			   coalesce(pe.pseudonym, l.label) AS label
+		  FROM m365_license_assignments x
+		  JOIN accounts a ON a.client_id = client_id AND a.account_id = x.account_id
+		  LEFT JOIN account_labels l ON l.client_id = client_id AND l.account_id = x.account_id
+		  LEFT JOIN people pe ON pe.client_id = client_id AND pe.person_id = a.person_id
+		 WHERE x.client_id = client_id AND x.as_of = snap),
+	rooms AS (
+		-- account_labels shows shared accounts' names to every reader
+		SELECT DISTINCT lower(regexp_replace(l.label, '^.*\\', '')) AS stem, l.label AS name
+		  FROM accounts a JOIN account_labels l ON l.client_id = client_id AND l.account_id = a.account_id
+		 WHERE a.client_id = client_id AND a.realm = 'os' AND a.kind = 'shared' AND NOT a.is_machine
+		   AND EXISTS (SELECT 1 FROM logons g WHERE g.client_id = client_id AND g.account_id = a.account_id
+						  AND g.at >= t0 AND g.at < t1 AND g.presence)),
+	room_licences AS (
+		SELECT h.*, lower(split_part(h.name, '@', 1)) AS stem,
+			   EXISTS (SELECT 1 FROM logons g WHERE g.client_id = client_id AND g.account_id = h.account_id
+						  AND g.at >= t0 AND g.at < t1 AND g.presence) AS signed_in
+		  FROM held h WHERE h.kind = 'shared' AND h.product = main AND lp.licensed_rooms),
+	gaps AS (
+		SELECT 1 AS o, 'seats_unassigned' AS category, n.product, NULL::text AS subject,
+			   (n.seats - coalesce(h.n, 0))::numeric AS quantity,
+			   msp_round((n.seats - coalesce(h.n, 0)) * n.unit_cost, c.minor_unit) AS amount,
+			   format('%s seats of %s bought, %s assigned: paid but unassigned.', n.seats, n.product, coalesce(h.n, 0)) AS note
+		  FROM counts n
+		  LEFT JOIN (SELECT h.product, count(DISTINCT h.account_id) AS n FROM held h GROUP BY h.product) h USING (product)
+		 WHERE n.seats > coalesce(h.n, 0)
+		UNION ALL
+		SELECT 2, 'assigned_inactive', h.product, h.label, 1,
+			   msp_round(n.unit_cost, c.minor_unit),
+			   CASE WHEN h.kind = 'individual' THEN 'Holds a seat but was not active in the period: reclaim it.'
+					WHEN h.kind = 'shared' THEN 'A shared account holds a seat the contract''s rule does not give: reclaim it.'
+					ELSE 'Holds a seat but is mapped to nobody: map the account, or reclaim the seat.' END
+		  FROM held h LEFT JOIN counts n USING (product)
+		 WHERE (h.kind = 'individual' AND NOT h.person_id = ANY (active_ids))
+			OR h.kind IN ('unknown', 'service')
+			OR (h.kind = 'shared' AND NOT (lp.licensed_rooms AND h.product = main))
+		UNION ALL
+		SELECT 3, 'active_without_seat', main, pe.pseudonym, 1, msp_round(main_n.unit_cost, c.minor_unit),
+			   format('Active in the period but holds no %s seat: assign one.', main)
+		  FROM people pe
+		  LEFT JOIN counts main_n ON main_n.product = main
+		 WHERE pe.client_id = client_id AND pe.person_id = ANY (active_ids)
+		   AND NOT EXISTS (SELECT 1 FROM held h WHERE h.person_id = pe.person_id AND h.kind = 'individual'
+							  AND h.product = main)
+		UNION ALL
+		SELECT 4, 'room_unlicensed', main, r.name, 1, msp_round(main_n.unit_cost, c.minor_unit),
+			   format('A shared room account in use without a %s licence: the contract licenses rooms.', main)
+		  FROM rooms r
+		  LEFT JOIN counts main_n ON main_n.product = main
+		 WHERE lp.licensed_rooms AND NOT EXISTS (SELECT 1 FROM room_licences rl WHERE rl.stem = r.stem)
+		UNION ALL
+		SELECT 5, 'room_licence_unused', main, rl.name, 1, msp_round(main_n.unit_cost, c.minor_unit),
+			   'A room licence on a room not used in the period: reclaim it.'
+		  FROM room_licences rl
+		  LEFT JOIN counts main_n ON main_n.product = main
+		 WHERE NOT rl.signed_in AND NOT EXISTS (SELECT 1 FROM rooms r WHERE r.stem = rl.stem))
+	SELECT g.category, g.product, g.subject, g.quantity, g.amount, g.note
+	  FROM gaps g ORDER BY g.o, g.product, g.subject;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_license_gaps(bigint, daterange) IS
+	'licence gaps as of the latest snapshot before the period ends, by name and product, each priced at the unit cost: seats_unassigned, assigned_inactive, active_without_seat, room_unlicensed, room_licence_unused';
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_license_sync(client_id bigint, period daterange DEFAULT NULL)
+RETURNS TABLE (product text, seats_bought integer, unit_cost numeric, seats_assigned integer, people_active integer,
+			   rooms_in_use integer, licences_needed integer, users_billed integer,
+			   unassigned_seats integer, unassigned_cost numeric, assigned_inactive integer,
+			   assigned_inactive_cost numeric, active_without_seat integer, active_without_seat_cost numeric,
+			   active_not_billed integer, active_not_billed_amount numeric, advice text)
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	c clients;
+	k contracts;
+	fin invoices;
+	snap date;
+	t0 timestamptz;
+	t1 timestamptz;
+	own integer;
+	active integer;
+	billed integer;
+	rooms integer;
+	gaps jsonb;
+	main text;
+	lp license_policies;
+BEGIN
+	period := msp_period(client_id, period);
+	SELECT * INTO c FROM clients WHERE clients.client_id = client_id;
+	SELECT * INTO k FROM contracts WHERE contracts.client_id = client_id AND contracts.effective @> (upper(period) - 1);
+	SELECT * INTO lp FROM license_policies x WHERE x.client_id = client_id AND x.contract_id = k.contract_id;
+	lp.licensed_rooms := coalesce(lp.licensed_rooms, false);
+	snap := (SELECT max(x.as_of) FROM m365_license_assignments x WHERE x.client_id = client_id AND x.as_of < upper(period));
+	t0 := lower(period)::timestamp AT TIME ZONE c.time_zone;
+	t1 := upper(period)::timestamp AT TIME ZONE c.time_zone;
+	own := (SELECT count(DISTINCT u.person_id) FROM msp_billable_users(client_id, period) u
+			 WHERE u.home_client_id = client_id);
+	active := (SELECT count(DISTINCT (u.home_client_id, u.person_id)) FROM msp_billable_users(client_id, period) u);
+	-- billed as msp_reconcile_licenses counts it: everyone in a preview, the
+	-- evidence of the invoice and its adjustments once finalized
+	fin := msp_finalized_invoice(client_id, period);
+	IF fin.invoice_id IS NULL THEN
+		billed := active;
+	ELSE
+		billed := (SELECT count(*) FROM (
+					 SELECT DISTINCT coalesce((e->>'home_client_id')::bigint, i.client_id), (e->>'person_id')::bigint
+					   FROM invoices i, jsonb_array_elements(i.evidence) e
+					  WHERE i.client_id = client_id
+						AND (i.invoice_id = fin.invoice_id OR i.adjusts_invoice_id = fin.invoice_id)
+					 INTERSECT
+					 SELECT u.home_client_id, u.person_id FROM msp_billable_users(client_id, period) u) b);
+	END IF;
+	rooms := (SELECT count(*) FROM accounts a
+			   WHERE a.client_id = client_id AND a.realm = 'os' AND a.kind = 'shared' AND NOT a.is_machine
+				 AND EXISTS (SELECT 1 FROM logons g WHERE g.client_id = client_id AND g.account_id = a.account_id
+								AND g.at >= t0 AND g.at < t1 AND g.presence));
+	gaps := coalesce((SELECT jsonb_agg(to_jsonb(g)) FROM msp_license_gaps(client_id, period) g), '[]');
+	-- the rule's product is the one active_without_seat names, else as msp_license_gaps chooses it
+	main := coalesce(lp.license_product,
+					 (SELECT e->>'sku' FROM jsonb_array_elements(gaps) e
+					   WHERE e->>'category' IN ('active_without_seat', 'room_unlicensed', 'room_licence_unused') LIMIT 1),
+					 msp_license_main_product(client_id, period, snap));
+	RETURN QUERY
+	WITH counts AS (
+		SELECT DISTINCT ON (x.sku) x.sku AS product, x.seats, x.unit_cost
+		  FROM license_counts x
+		 WHERE x.client_id = client_id AND x.as_of < upper(period)
+		 ORDER BY x.sku, x.as_of DESC, x.source),
+	held AS (
+		SELECT x.product, count(DISTINCT x.account_id)::integer AS n
+		  FROM m365_license_assignments x
+		 WHERE x.client_id = client_id AND x.as_of = snap
+		 GROUP BY x.product),
+	g AS (
+		SELECT e->>'category' AS category, e->>'sku' AS product, (e->>'quantity')::numeric AS quantity,
+			   (e->>'amount')::numeric AS amount, e->>'subject' AS subject
+		  FROM jsonb_array_elements(gaps) e),
+	p AS (
+		SELECT coalesce(n.product, h.product) AS product, coalesce(n.seats, 0) AS bought, n.unit_cost,
+			   coalesce(h.n, 0) AS assigned, coalesce(n.product, h.product) = main AS is_main
+		  FROM counts n FULL JOIN held h USING (product)),
+	r AS (
+		SELECT p.*,
+			   CASE WHEN p.is_main THEN own END AS people,
+			   CASE WHEN p.is_main AND lp.licensed_rooms THEN rooms END AS rooms_used,
+			   CASE WHEN p.is_main THEN own + CASE WHEN lp.licensed_rooms THEN rooms ELSE 0 END END AS needed,
+			   greatest(p.bought - p.assigned, 0) AS unassigned,
+			   (SELECT coalesce(sum(g.amount), 0) FROM g WHERE g.product = p.product AND g.category = 'seats_unassigned') AS unassigned_cost,
+			   (SELECT count(*)::integer FROM g WHERE g.product = p.product
+				   AND g.category IN ('assigned_inactive', 'room_licence_unused')) AS inactive,
+			   (SELECT coalesce(sum(g.amount), 0) FROM g WHERE g.product = p.product
+				   AND g.category IN ('assigned_inactive', 'room_licence_unused')) AS inactive_cost,
+			   (SELECT string_agg(g.subject, ', ' ORDER BY g.subject) FROM g WHERE g.product = p.product
+				   AND g.category IN ('assigned_inactive', 'room_licence_unused')) AS inactive_names,
+			   CASE WHEN p.is_main THEN (SELECT count(*)::integer FROM g WHERE g.product = p.product
+										 AND g.category IN ('active_without_seat', 'room_unlicensed')) END AS without,
+			   CASE WHEN p.is_main THEN (SELECT coalesce(sum(g.amount), 0) FROM g WHERE g.product = p.product
+										 AND g.category IN ('active_without_seat', 'room_unlicensed')) END AS without_cost,
+			   CASE WHEN p.is_main THEN greatest(active - billed, 0) END AS unbilled
+		  FROM p)
+	SELECT r.product, r.bought, r.unit_cost, r.assigned, r.people, r.rooms_used, r.needed,
+		   CASE WHEN r.is_main THEN billed END,
+		   r.unassigned, r.unassigned_cost, r.inactive, r.inactive_cost, r.without, r.without_cost, r.unbilled,
+		   CASE WHEN r.is_main AND k.model IN ('per_user', 'per_user_plus_support')
+				THEN msp_round(r.unbilled * k.price_per_user, c.minor_unit) END,
+		   CASE WHEN r.is_main THEN
+				format('Pax8 bills you for %s %s seats; %s are assigned; %s people were active%s; %s are billed: %s, %s%s, %s.',
+					   r.bought, r.product, r.assigned, r.people,
+					   CASE WHEN lp.licensed_rooms THEN format(' and %s rooms in use', r.rooms_used) ELSE '' END, billed,
+					   CASE WHEN r.needed > r.bought
+							THEN format('buy %s seats (%s %s)', r.needed - r.bought,
+										msp_round((r.needed - r.bought) * r.unit_cost, c.minor_unit), c.currency)
+							WHEN r.bought > r.needed
+							THEN format('cancel %s seats (%s %s)', r.bought - r.needed,
+										msp_round((r.bought - r.needed) * r.unit_cost, c.minor_unit), c.currency)
+							ELSE 'buy none' END,
+					   CASE WHEN r.inactive > 0 THEN format('reclaim %s (%s)', r.inactive, r.inactive_names)
+							ELSE 'reclaim none' END,
+					   CASE WHEN r.without > 0 THEN format(', assign %s', r.without) ELSE '' END,
+					   CASE WHEN r.unbilled > 0 THEN format('bill %s more', r.unbilled) ELSE 'bill as is' END)
+				ELSE
+				format('Pax8 bills you for %s %s seats; %s are assigned: %s, %s.',
+					   r.bought, r.product, r.assigned,
+					   CASE WHEN r.unassigned > 0
+							THEN format('cancel %s unassigned (%s %s)', r.unassigned, r.unassigned_cost, c.currency)
+							ELSE 'cancel none' END,
+					   CASE WHEN r.inactive > 0 THEN format('reclaim %s (%s)', r.inactive, r.inactive_names)
+							ELSE 'reclaim none' END)
+		   END
+	  FROM r
+	 ORDER BY NOT r.is_main, r.product;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_license_sync(bigint, daterange) IS
+	'the daily licence sync per product: seats bought (Pax8), assigned (Microsoft 365), people active, rooms in use, licences needed, users billed, the money in each gap and what to do';
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_line_bands(quantity numeric, flat_price numeric, tier_mode text,
+											tier_from numeric[], tier_price numeric[])
+RETURNS TABLE (first_unit numeric, units numeric, unit_price numeric)
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+BEGIN ATOMIC
+	WITH t AS (
+		SELECT greatest(x.f - 1, 0) AS lo, x.p AS unit_price
+		  FROM unnest(tier_from, tier_price) x(f, p)),
+	bands AS (
+		SELECT 0::numeric AS lo, (SELECT min(t.lo) FROM t) AS hi, flat_price AS unit_price
+		UNION ALL
+		SELECT t.lo, lead(t.lo) OVER (ORDER BY t.lo), t.unit_price FROM t),
+	nonempty AS (SELECT * FROM bands b WHERE b.hi IS NULL OR b.hi > b.lo),
+	last_unit AS (
+		SELECT n.* FROM nonempty n
+		 WHERE greatest(ceil(quantity), 1) > n.lo AND (n.hi IS NULL OR greatest(ceil(quantity), 1) <= n.hi)
+		 ORDER BY n.lo DESC LIMIT 1)
+	SELECT l.lo + 1, quantity, l.unit_price
+	  FROM last_unit l
+	 WHERE tier_mode = 'volume' OR quantity <= 0
+	UNION ALL
+	SELECT n.lo + 1, least(quantity, coalesce(n.hi, quantity)) - n.lo, n.unit_price
+	  FROM nonempty n
+	 WHERE tier_mode = 'graduated' AND quantity > n.lo
+	 ORDER BY 1;
+END;
+COMMENT ON FUNCTION @extschema@.msp_line_bands(numeric, numeric, text, numeric[], numeric[]) IS
+	'the price bands a quantity fills under tiers given as arrays (volume: one band; graduated: each band reached)';
 
 CREATE OR REPLACE FUNCTION @extschema@.msp_line_items(c @extschema@.clients, k @extschema@.contracts,
 											segment daterange, period daterange,
@@ -10208,6 +13247,223 @@ $$;
 COMMENT ON FUNCTION @extschema@.msp_line_items(@extschema@.clients, @extschema@.contracts, daterange, daterange, @extschema@.segment_quantities, @extschema@.line_terms[]) IS
 	'the invoice lines a set of line terms bills in one contract segment: per line its bands, minimum fee top-up and discount';
 
+CREATE OR REPLACE FUNCTION @extschema@.msp_load_emr_audit(client_id bigint, source text DEFAULT 'emr',
+											   OUT loaded bigint, OUT duplicate bigint, OUT rejected bigint)
+LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER
+SET search_path = pg_catalog, @extschema@, pg_temp
+SET DateStyle = 'ISO, MDY'
+SET timezone_abbreviations = 'Default'
+SET TimeZone = 'UTC'
+-- a load's sorts and hashes of its own scratch rows stay in memory
+SET work_mem = '64MB'
+AS $$
+#variable_conflict use_variable
+DECLARE
+	lo bigint;
+	hi bigint;
+	zone text;
+	rows text;
+BEGIN
+	source := coalesce(source, 'emr');
+	-- the stage holds still while it is read and emptied: a COPY into it
+	-- (any client) waits for this load, and this load for COPYs under way,
+	-- so that no line committed meanwhile is emptied unread
+	LOCK TABLE @extschema@.emr_audit_staging IN SHARE ROW EXCLUSIVE MODE;
+	PERFORM @extschema@.msp_load_begin(client_id);
+	-- the first and last line by the index (an aggregate would read every line)
+	lo := (SELECT s.line_no FROM @extschema@.emr_audit_staging s WHERE s.client_id = client_id ORDER BY s.line_no LIMIT 1);
+	hi := (SELECT s.line_no FROM @extschema@.emr_audit_staging s WHERE s.client_id = client_id ORDER BY s.line_no DESC LIMIT 1);
+	SELECT c.time_zone INTO zone FROM @extschema@.clients c WHERE c.client_id = client_id;
+	-- (no primary key: every read of it is a whole-table join)
+	CREATE TEMP TABLE msp_emr (
+		line_no bigint NOT NULL,
+		user_name text,
+		workstation text,
+		event_time text,
+		action text,
+		event_id text,
+		application text,
+		reason text,
+		at timestamptz
+	) ON COMMIT DROP;
+	rows := $rows$
+		SELECT s.line_no, s.user_name, s.workstation, s.event_time, s.action, s.event_id, s.application,
+			   CASE
+				   WHEN coalesce(btrim(s.user_name, E' \t\r\n'), '') = '' THEN 'no user'
+				   WHEN coalesce(s.event_time, '') = '' THEN 'no time'
+				   -- names and keys go into btree indexes, which cap a row's size
+				   WHEN length(s.user_name) > 255 OR length(s.workstation) > 255 OR length(s.event_id) > 255
+						OR length(s.application) > 255 THEN 'field too long'
+			   END AS reason
+		  FROM @extschema@.emr_audit_staging s
+		 WHERE s.client_id = $1 AND s.line_no BETWEEN $2 AND $3
+	$rows$;
+	-- One pass over the stage reads each row and its time.  A time with a
+	-- zone (an offset, Z or z, a zone name or abbreviation) is that
+	-- instant; a time without one is the client's local time.  Whether it
+	-- has one is PostgreSQL's reading, not a pattern: read in UTC (this
+	-- function's zone) and in UTC+14, a time with its own zone is the same
+	-- instant.  A zone PostgreSQL cannot read is an invalid time.  Plain
+	-- ISO date and time (no zone) and ISO ending in Z or an offset are
+	-- decided by their form, without that call per row.  Only the time can
+	-- fail here, so a row that fails is an invalid time.
+	PERFORM @extschema@.msp_load_guarded(format($step$
+		INSERT INTO pg_temp.msp_emr (line_no, user_name, workstation, event_time, action, event_id, application, reason, at)
+		SELECT k.line_no, k.user_name, k.workstation, k.event_time, k.action, k.event_id, k.application,
+			   CASE WHEN k.at IS NOT NULL AND @extschema@.msp_implausible_time(k.event_time, k.at) IS NOT NULL
+					THEN 'invalid time: ' || @extschema@.msp_implausible_time(k.event_time, k.at)
+					ELSE k.reason END,
+			   k.at
+		  FROM (SELECT r.*,
+					   CASE WHEN r.reason IS NOT NULL THEN NULL
+							WHEN event_time ~ '^\s*\d{4}-\d\d-\d\d[ T]\d\d:\d\d(:\d\d(\.\d+)?)?\s*$'
+							THEN event_time::timestamp AT TIME ZONE %1$L
+							WHEN event_time ~ '\d:\d\d(:\d\d(\.\d+)?)?\s*(Z|[+-]\d\d(:?\d\d)?)$'
+								 OR event_time::timestamptz = @extschema@.msp_timestamptz_plus14(event_time)
+							THEN event_time::timestamptz
+							ELSE event_time::timestamp AT TIME ZONE %1$L END AS at
+				  FROM (%2$s) r
+				-- kept apart, so that the time is read once
+				OFFSET 0) k
+	$step$, zone, rows), format($reject$
+		INSERT INTO pg_temp.msp_emr (line_no, user_name, workstation, event_time, action, event_id, application, reason)
+		SELECT r.line_no, r.user_name, r.workstation, r.event_time, r.action, r.event_id, r.application, 'invalid time'
+		  FROM (%s) r
+	$reject$, replace(rows, '$2 AND $3', '$2 AND $2')), client_id, lo, hi);
+
+	INSERT INTO pg_temp.msp_load_events (line_no, realm, application, account_name, device_name, create_device, at,
+										 ended, source_event_id, session_key)
+	SELECT e.line_no, 'app', e.application, lower(e.user_name), upper(nullif(e.workstation, '')), true, e.at,
+		   NULL, coalesce(e.event_id, md5(concat_ws('|', e.user_name, e.workstation, e.event_time, e.action))), NULL
+	  FROM pg_temp.msp_emr e WHERE e.reason IS NULL;
+	SELECT * INTO loaded, duplicate FROM @extschema@.msp_load_normalized_guarded(client_id, source, $reject$
+		UPDATE pg_temp.msp_emr SET reason = 'unloadable record: ' || $3 WHERE line_no = $2
+	$reject$);
+	INSERT INTO @extschema@.load_rejects (client_id, source, line_no, raw, reason)
+	SELECT client_id, source, e.line_no,
+		   concat_ws(',', e.user_name, e.workstation, e.event_time, e.action, e.event_id), e.reason
+	  FROM pg_temp.msp_emr e WHERE e.reason IS NOT NULL;
+	GET DIAGNOSTICS rejected = ROW_COUNT;
+	DELETE FROM @extschema@.emr_audit_staging s WHERE s.client_id = client_id;
+	DROP TABLE pg_temp.msp_emr;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_load_emr_audit(bigint, text) IS
+	'loads a client''s staged EMR access audit rows as application logons (a time with an offset, Z or a zone name is that instant; one without is the client''s local time)';
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_load_entra_signins(client_id bigint, source text DEFAULT 'entra',
+												   OUT loaded bigint, OUT duplicate bigint,
+												   OUT skipped bigint, OUT rejected bigint)
+LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER
+SET search_path = pg_catalog, @extschema@, pg_temp
+SET DateStyle = 'ISO, MDY'
+SET timezone_abbreviations = 'Default'
+SET TimeZone = 'UTC'
+-- a load's sorts and hashes of its own scratch rows stay in memory
+SET work_mem = '64MB'
+AS $$
+#variable_conflict use_variable
+DECLARE
+	n bigint;
+BEGIN
+	source := coalesce(source, 'entra');
+	-- the stage holds still while it is read and emptied: a COPY into it
+	-- (any client) waits for this load, and this load for COPYs under way,
+	-- so that no line committed meanwhile is emptied unread
+	LOCK TABLE @extschema@.entra_signin_staging IN SHARE ROW EXCLUSIVE MODE;
+	PERFORM @extschema@.msp_load_begin(client_id);
+	CREATE TEMP TABLE msp_entra_rec ON COMMIT DROP AS
+	SELECT r.rec, l.line_nos[r.first_line] AS line_no, r.record, r.is_json
+	  FROM (SELECT array_agg(s.line_no ORDER BY s.line_no) AS line_nos, array_agg(s.raw ORDER BY s.line_no) AS raws
+			  FROM @extschema@.entra_signin_staging s WHERE s.client_id = client_id) l,
+		   LATERAL @extschema@.msp_json_records(l.raws) WITH ORDINALITY AS r(first_line, record, is_json, rec);
+	ALTER TABLE pg_temp.msp_entra_rec ADD PRIMARY KEY (rec);
+	n := (SELECT max(r.rec) FROM pg_temp.msp_entra_rec r);
+	CREATE TEMP TABLE msp_entra_class (
+		line_no bigint PRIMARY KEY,		-- the record's number (msp_entra_rec.rec)
+		id text,
+		upn text,
+		created text,
+		device text,
+		class text NOT NULL,
+		at timestamptz
+	) ON COMMIT DROP;
+	INSERT INTO pg_temp.msp_entra_class (line_no, class)
+	SELECT r.rec, 'reject:not valid JSON' FROM pg_temp.msp_entra_rec r WHERE NOT r.is_json;
+	-- One statement per batch reads each record once: msp_json_fields
+	-- copies out the six fields a sign-in needs without building a jsonb
+	-- of the record (that was most of a load's time); only a record it
+	-- cannot read as an object is parsed as jsonb, to say why (or to read
+	-- nesting deeper than it scans).  A number too large for jsonb in a
+	-- field nobody reads is no reason to reject, as for Windows.  The
+	-- sign-in's time is read and checked in the same pass.
+	PERFORM @extschema@.msp_load_guarded($step$
+		INSERT INTO pg_temp.msp_entra_class (line_no, id, upn, created, device, class, at)
+		SELECT k.rec, k.id, k.upn, k.created, k.device,
+			   CASE WHEN k.at IS NOT NULL AND @extschema@.msp_implausible_time(k.created, k.at) IS NOT NULL
+					THEN 'reject:no valid createdDateTime: ' || @extschema@.msp_implausible_time(k.created, k.at)
+					ELSE k.class END,
+			   k.at
+		  FROM (SELECT c.*, CASE WHEN c.class NOT LIKE 'reject:%' THEN c.created::timestamptz END AS at
+				  FROM (SELECT e.rec, e.id, e.upn, e.created, e.device,
+							   CASE
+								   WHEN e.f IS NULL AND jsonb_typeof(e.doc) <> 'object' THEN 'reject:not a signIn object'
+								   WHEN e.id IS NULL THEN 'reject:no id'
+								   WHEN coalesce(btrim(e.upn, E' \t\r\n'), '') = '' THEN 'reject:no userPrincipalName'
+								   WHEN e.created IS NULL THEN 'reject:no valid createdDateTime'
+								   -- names and keys go into btree indexes, which cap a row's size
+								   WHEN length(e.id) > 255 OR length(e.upn) > 255 OR length(e.device) > 255 THEN 'reject:field too long'
+								   WHEN coalesce(e.error_code, '0') <> '0' THEN 'skip'
+								   WHEN e.interactive = 'false' THEN 'skip'
+								   ELSE 'signin'
+							   END AS class
+						  FROM (SELECT r.rec, f, wl.doc,
+									   coalesce(f[1], wl.doc->>'id') AS id,
+									   coalesce(f[2], wl.doc->>'userPrincipalName') AS upn,
+									   coalesce(f[3], wl.doc->>'createdDateTime') AS created,
+									   coalesce((@extschema@.msp_json_fields(f[4], '{displayName}'))[1],
+												wl.doc->'deviceDetail'->>'displayName') AS device,
+									   coalesce((@extschema@.msp_json_fields(f[5], '{errorCode}'))[1],
+												wl.doc->'status'->>'errorCode') AS error_code,
+									   coalesce(f[6], wl.doc->>'isInteractive') AS interactive
+								  FROM pg_temp.msp_entra_rec r,
+									   LATERAL @extschema@.msp_json_fields(r.record, '{id,userPrincipalName,createdDateTime,deviceDetail,status,isInteractive}') AS f,
+									   -- a function in FROM runs once per row (a subquery would be pulled up)
+									   LATERAL unnest(ARRAY[CASE WHEN f IS NULL THEN r.record::jsonb END]) AS wl(doc)
+								 WHERE r.is_json AND r.rec BETWEEN $2 AND $3) e
+						-- kept apart, so that the time is read once
+						OFFSET 0) c
+				OFFSET 0) k
+	$step$, $reject$
+		INSERT INTO pg_temp.msp_entra_class (line_no, class)
+		VALUES ($2, CASE WHEN $4 = '22P02' THEN 'reject:not valid JSON'
+						 WHEN $4 IN ('22007', '22008', '22009', '22023') THEN 'reject:no valid createdDateTime'
+						 ELSE 'reject:unreadable record: ' || $3 END)
+	$reject$, client_id, 1, n);
+
+	INSERT INTO pg_temp.msp_load_events (line_no, realm, application, account_name, device_name, create_device, at,
+										 ended, source_event_id, session_key)
+	SELECT c.line_no, 'm365', NULL, lower(c.upn), upper(nullif(c.device, '')), false, c.at, NULL, c.id, NULL
+	  FROM pg_temp.msp_entra_class c WHERE c.class = 'signin';
+	SELECT * INTO loaded, duplicate FROM @extschema@.msp_load_normalized_guarded(client_id, source, $reject$
+		UPDATE pg_temp.msp_entra_class SET class = 'reject:unloadable record: ' || $3 WHERE line_no = $2
+	$reject$);
+	INSERT INTO @extschema@.load_rejects (client_id, source, line_no, raw, reason)
+	SELECT client_id, source, r.line_no, r.record, substr(c.class, 8)
+	  FROM pg_temp.msp_entra_class c JOIN pg_temp.msp_entra_rec r ON r.rec = c.line_no
+	 WHERE c.class LIKE 'reject:%'
+	 ORDER BY r.rec;
+	GET DIAGNOSTICS rejected = ROW_COUNT;
+	SELECT count(*) INTO skipped FROM pg_temp.msp_entra_class c WHERE c.class = 'skip';
+	DELETE FROM @extschema@.entra_signin_staging s WHERE s.client_id = client_id;
+	DROP TABLE pg_temp.msp_entra_class, pg_temp.msp_entra_rec;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_load_entra_signins(bigint, text) IS
+	'loads a client''s staged Entra ID sign-ins (JSON lines or saved Graph responses): successful interactive sign-ins count as Microsoft 365 presence';
+
 CREATE OR REPLACE FUNCTION @extschema@.msp_load_m365_activity(client_id bigint, source text DEFAULT 'm365_activity',
 												   OUT loaded bigint, OUT duplicate bigint,
 												   OUT skipped bigint, OUT rejected bigint)
@@ -10221,6 +13477,10 @@ AS $$
 #variable_conflict use_variable
 BEGIN
 	source := coalesce(source, 'm365_activity');
+	-- the stage holds still while it is read and emptied: a COPY into it
+	-- (any client) waits for this load, and this load for COPYs under way,
+	-- so that no line committed meanwhile is emptied unread
+	LOCK TABLE @extschema@.m365_activity_staging IN SHARE ROW EXCLUSIVE MODE;
 	PERFORM @extschema@.msp_load_begin(client_id);
 	PERFORM @extschema@.msp_stage_csv(client_id, '@extschema@.m365_activity_staging', 'User Principal Name');
 	CREATE TEMP TABLE msp_act_cols ON COMMIT DROP AS
@@ -10269,31 +13529,75 @@ BEGIN
 		   LATERAL (SELECT lower(btrim(c.f[h.upn])) AS upn) x
 	 WHERE NOT c.is_header;
 
-	-- activity accounts take the kind and person of the UPN's m365 account
-	INSERT INTO @extschema@.accounts (client_id, realm, name, kind, person_id)
-	SELECT DISTINCT ON (a.upn) client_id, 'm365_activity', a.upn, coalesce(m.kind, 'unknown'), m.person_id
-	  FROM pg_temp.msp_act a
-	  LEFT JOIN @extschema@.accounts m ON m.client_id = client_id AND m.realm = 'm365' AND lower(m.name) = a.upn
-	 WHERE a.class = 'activity'
-	   AND NOT EXISTS (SELECT 1 FROM @extschema@.accounts x WHERE x.client_id = client_id AND x.realm = 'm365_activity'
-						  AND lower(x.name) = a.upn)
-	 ORDER BY a.upn;
+	-- activity accounts take the kind and person of the UPN's m365 account;
+	-- each UPN's activity account, the new ones' ids as their insert
+	-- returns them (new ids move past hand-chosen ones first)
+	PERFORM setval(pg_get_serial_sequence('@extschema@.accounts', 'account_id'), m.id)
+	   FROM (SELECT max(a.account_id) AS id FROM @extschema@.accounts a WHERE a.client_id = client_id) m
+	  WHERE m.id > coalesce(pg_sequence_last_value(pg_get_serial_sequence('@extschema@.accounts', 'account_id')), 0);
+	CREATE TEMP TABLE msp_act_accounts (upn text, account_id bigint) ON COMMIT DROP;
+	WITH u AS MATERIALIZED (
+		SELECT n.upn, x.account_id
+		  FROM (SELECT DISTINCT a.upn FROM pg_temp.msp_act a WHERE a.class = 'activity') n
+		  LEFT JOIN @extschema@.accounts x ON x.client_id = client_id AND x.realm = 'm365_activity' AND x.application IS NULL
+										  AND lower(x.name) = n.upn),
+	created AS (
+		INSERT INTO @extschema@.accounts (client_id, realm, name, kind, person_id)
+		SELECT client_id, 'm365_activity', u.upn, coalesce(m.kind, 'unknown'), m.person_id
+		  FROM u
+		  LEFT JOIN @extschema@.accounts m ON m.client_id = client_id AND m.realm = 'm365' AND m.application IS NULL
+										  AND lower(m.name) = u.upn
+		 WHERE u.account_id IS NULL
+		 ORDER BY u.upn
+		RETURNING name, account_id)
+	INSERT INTO pg_temp.msp_act_accounts (upn, account_id)
+	SELECT u.upn, u.account_id FROM u WHERE u.account_id IS NOT NULL
+	UNION ALL
+	SELECT c.name, c.account_id FROM created c;
 
-	INSERT INTO pg_temp.msp_load_events (line_no, realm, application, account_name, device_name, create_device, at,
-										 ended, source_event_id, session_key)
-	SELECT a.line_no, 'm365_activity', NULL, a.upn, NULL, false, d.at, NULL, a.upn || '|' || d.product || '|' || d.day, NULL
-	  FROM pg_temp.msp_act a JOIN pg_temp.msp_act_days d USING (line_no)
-	 WHERE a.class = 'activity';
-	SELECT * INTO loaded, duplicate FROM @extschema@.msp_load_normalized_guarded(client_id, source, $reject$
-		UPDATE pg_temp.msp_act SET class = 'reject:unloadable record: ' || $3 WHERE line_no = $2
-	$reject$);
+	-- the logons, one per product-day (its event id, the first by line),
+	-- those already loaded left out as the shared last step
+	-- (msp_load_normalized) leaves them out.  Straight from the records:
+	-- the accounts are known and there is no device nor session, so the
+	-- shared step's passes over accounts and devices would find nothing
+	-- new.  Should a record make the insert fail, the shared guarded step
+	-- runs instead, and finds it.
+	BEGIN
+		WITH e AS (
+			SELECT DISTINCT ON (x.event_id) x.*
+			  FROM (SELECT a.line_no, a.upn, d.at, a.upn || '|' || d.product || '|' || d.day AS event_id
+					  FROM pg_temp.msp_act a JOIN pg_temp.msp_act_days d USING (line_no)
+					 WHERE a.class = 'activity') x
+			 ORDER BY x.event_id, x.line_no),
+		ins AS (
+			INSERT INTO @extschema@.logons (client_id, account_id, device_id, at, ended, presence, source, source_event_id,
+											session_key)
+			SELECT client_id, i.account_id, NULL, e.at, NULL, true, source, e.event_id, NULL
+			  FROM e JOIN pg_temp.msp_act_accounts i ON i.upn = e.upn
+			 WHERE NOT EXISTS (SELECT 1 FROM @extschema@.logons l
+								WHERE l.client_id = client_id AND l.source = source AND l.source_event_id = e.event_id)
+			RETURNING 1)
+		SELECT count(*) INTO loaded FROM ins;
+		duplicate := (SELECT count(*) FROM pg_temp.msp_act a JOIN pg_temp.msp_act_days d USING (line_no)
+					   WHERE a.class = 'activity') - loaded;
+	EXCEPTION WHEN data_exception OR program_limit_exceeded OR integrity_constraint_violation THEN
+		INSERT INTO pg_temp.msp_load_events (line_no, realm, application, account_name, device_name, create_device, at,
+											 ended, source_event_id, session_key)
+		SELECT a.line_no, 'm365_activity', NULL, a.upn, NULL, false, d.at, NULL, a.upn || '|' || d.product || '|' || d.day, NULL
+		  FROM pg_temp.msp_act a JOIN pg_temp.msp_act_days d USING (line_no)
+		 WHERE a.class = 'activity';
+		SELECT * INTO loaded, duplicate FROM @extschema@.msp_load_normalized_guarded(client_id, source, $reject$
+			UPDATE pg_temp.msp_act SET class = 'reject:unloadable record: ' || $3 WHERE line_no = $2
+		$reject$);
+	END;
 
 	CREATE TEMP TABLE msp_rej ON COMMIT DROP AS
 	SELECT a.line_no, a.raw, substr(a.class, 8) AS reason FROM pg_temp.msp_act a WHERE a.class LIKE 'reject:%';
 	rejected := @extschema@.msp_store_rejects(client_id, source);
 	SELECT count(*) INTO skipped FROM pg_temp.msp_act a WHERE a.class = 'skip';
 	DELETE FROM @extschema@.m365_activity_staging s WHERE s.client_id = client_id;
-	DROP TABLE pg_temp.msp_act, pg_temp.msp_act_days, pg_temp.msp_act_cols, pg_temp.msp_csv, pg_temp.msp_csv_headers;
+	DROP TABLE pg_temp.msp_act, pg_temp.msp_act_days, pg_temp.msp_act_cols, pg_temp.msp_act_accounts, pg_temp.msp_csv,
+			   pg_temp.msp_csv_headers;
 END
 $$;
 COMMENT ON FUNCTION @extschema@.msp_load_m365_activity(bigint, text) IS
@@ -10314,6 +13618,10 @@ DECLARE
 	d bigint;
 BEGIN
 	source := coalesce(source, 'graph');
+	-- the stage holds still while it is read and emptied: a COPY into it
+	-- (any client) waits for this load, and this load for COPYs under way,
+	-- so that no line committed meanwhile is emptied unread
+	LOCK TABLE @extschema@.m365_graph_staging IN SHARE ROW EXCLUSIVE MODE;
 	PERFORM @extschema@.msp_load_begin(client_id);
 	day := @extschema@.msp_snapshot_day(client_id, as_of);
 	-- f: 1 skuId, 2 skuPartNumber, 3 prepaidUnits, 4 consumedUnits,
@@ -10437,6 +13745,10 @@ DECLARE
 	day date;
 BEGIN
 	source := coalesce(source, 'm365_admin');
+	-- the stage holds still while it is read and emptied: a COPY into it
+	-- (any client) waits for this load, and this load for COPYs under way,
+	-- so that no line committed meanwhile is emptied unread
+	LOCK TABLE @extschema@.m365_users_csv_staging IN SHARE ROW EXCLUSIVE MODE;
 	PERFORM @extschema@.msp_load_begin(client_id);
 	day := @extschema@.msp_snapshot_day(client_id, as_of);
 	PERFORM @extschema@.msp_stage_csv(client_id, '@extschema@.m365_users_csv_staging', 'User principal name');
@@ -10485,6 +13797,96 @@ $$;
 COMMENT ON FUNCTION @extschema@.msp_load_m365_users_csv(bigint, date, text) IS
 	'loads a client''s staged admin center Active users CSV as the day''s licence assignments (loaded counts licences held)';
 
+CREATE OR REPLACE FUNCTION @extschema@.msp_load_normalized(for_client bigint, load_source text,
+												OUT loaded bigint, OUT duplicate bigint)
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, @extschema@, pg_temp
+AS $$
+BEGIN
+	-- New accounts and devices take their ids from the identity columns, so
+	-- that ids are unique across clients.  Ids chosen by hand for this
+	-- client may lie ahead of the sequence: move it past them first (the
+	-- load holds the client's lock; the sequence only moves forward).
+	PERFORM setval(pg_get_serial_sequence('@extschema@.accounts', 'account_id'), m.id)
+	   FROM (SELECT max(a.account_id) AS id FROM @extschema@.accounts a WHERE a.client_id = for_client) m
+	  WHERE m.id > coalesce(pg_sequence_last_value(pg_get_serial_sequence('@extschema@.accounts', 'account_id')), 0);
+	PERFORM setval(pg_get_serial_sequence('@extschema@.devices', 'device_id'), m.id)
+	   FROM (SELECT max(d.device_id) AS id FROM @extschema@.devices d WHERE d.client_id = for_client) m
+	  WHERE m.id > coalesce(pg_sequence_last_value(pg_get_serial_sequence('@extschema@.devices', 'device_id')), 0);
+
+	INSERT INTO @extschema@.accounts (client_id, realm, name, kind, application)
+	SELECT for_client, n.realm, n.account_name, 'unknown', n.application
+	  FROM (SELECT DISTINCT e.realm, e.account_name, e.application FROM pg_temp.msp_load_events e) n
+	 WHERE NOT EXISTS (SELECT 1 FROM @extschema@.accounts a
+						WHERE a.client_id = for_client AND a.realm = n.realm
+						  AND lower(a.name) = lower(n.account_name)
+						  AND coalesce(a.application, '') = coalesce(n.application, ''))
+	 ORDER BY n.realm, n.account_name;
+
+	-- a device found in an export is billable from the day it was first seen
+	INSERT INTO @extschema@.devices (client_id, name, kind, active)
+	SELECT for_client, n.device_name, 'other',
+		   daterange((n.first_at AT TIME ZONE (SELECT c.time_zone FROM @extschema@.clients c WHERE c.client_id = for_client))::date, NULL)
+	  FROM (SELECT e.device_name, min(e.at) AS first_at FROM pg_temp.msp_load_events e
+			 WHERE e.device_name IS NOT NULL AND e.create_device GROUP BY e.device_name) n
+	 WHERE NOT EXISTS (SELECT 1 FROM @extschema@.devices d WHERE d.client_id = for_client
+						  AND upper(d.name) = upper(n.device_name))
+	 ORDER BY n.device_name;
+
+	-- small maps from names to ids, so the big insert joins on plain keys
+	ANALYZE pg_temp.msp_load_events;
+	CREATE TEMP TABLE msp_account_map ON COMMIT DROP AS
+	SELECT n.realm, n.account_name, n.app, a.account_id
+	  FROM (SELECT DISTINCT e.realm, e.account_name, coalesce(e.application, '') AS app
+			  FROM pg_temp.msp_load_events e) n
+	  JOIN @extschema@.accounts a ON a.client_id = for_client AND a.realm = n.realm
+					 AND lower(a.name) = lower(n.account_name) AND coalesce(a.application, '') = n.app;
+	CREATE TEMP TABLE msp_device_map ON COMMIT DROP AS
+	SELECT n.device_name, d.device_id
+	  FROM (SELECT DISTINCT e.device_name FROM pg_temp.msp_load_events e WHERE e.device_name IS NOT NULL) n
+	  JOIN @extschema@.devices d ON d.client_id = for_client AND upper(d.name) = upper(n.device_name);
+	ANALYZE pg_temp.msp_account_map;
+	ANALYZE pg_temp.msp_device_map;
+
+	-- Events already in logons are duplicates: taken out by a statement of
+	-- their own, planned afresh (EXECUTE) for the partitions as they are
+	-- now.  Checked inside the insert, a probe of the partition the insert
+	-- itself fills, planned while that partition was empty, read it whole
+	-- for every event: the first load of a month took 110 s for 100k logons.
+	duplicate := (SELECT count(*) FROM pg_temp.msp_load_events);
+	EXECUTE $dup$
+		DELETE FROM pg_temp.msp_load_events e
+		 WHERE EXISTS (SELECT 1 FROM @extschema@.logons l
+						WHERE l.client_id = $1
+						  AND hashtextextended(l.source || ':' || l.source_event_id, l.client_id)
+							  = hashtextextended($2 || ':' || e.source_event_id, $1)
+						  AND l.source = $2 AND l.source_event_id = e.source_event_id)
+	$dup$ USING for_client, load_source;
+
+	WITH ins AS (
+		INSERT INTO @extschema@.logons (client_id, account_id, device_id, at, ended, presence, source,
+							source_event_id, session_key)
+		SELECT for_client, m.account_id, dm.device_id, e.at, e.ended, true, load_source, e.source_event_id,
+			   e.session_key
+		  FROM (SELECT DISTINCT ON (f.source_event_id) f.*
+				  FROM pg_temp.msp_load_events f
+				 ORDER BY f.source_event_id, f.line_no) e
+		  JOIN pg_temp.msp_account_map m ON m.realm = e.realm AND m.account_name = e.account_name
+										AND m.app = coalesce(e.application, '')
+		  LEFT JOIN pg_temp.msp_device_map dm ON dm.device_name = e.device_name
+		 -- in time order, as the partitions and the time indexes grow
+		 -- (in the order of the event ids, an Entra load's random ids put
+		 -- every row on a random index page)
+		 ORDER BY e.at
+		RETURNING 1)
+	SELECT count(*) INTO loaded FROM ins;
+	DROP TABLE pg_temp.msp_account_map, pg_temp.msp_device_map;
+	duplicate := duplicate - loaded;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_load_normalized(bigint, text) IS
+	'internal: accounts, devices and logons from the normalized events of one load';
+
 CREATE OR REPLACE FUNCTION @extschema@.msp_load_pax8_subscriptions(client_id bigint, as_of date DEFAULT NULL,
 														source text DEFAULT 'pax8',
 														OUT loaded bigint, OUT duplicate bigint,
@@ -10505,6 +13907,10 @@ DECLARE
 	hi bigint;
 BEGIN
 	source := coalesce(source, 'pax8');
+	-- the stage holds still while it is read and emptied: a COPY into it
+	-- (any client) waits for this load, and this load for COPYs under way,
+	-- so that no line committed meanwhile is emptied unread
+	LOCK TABLE @extschema@.pax8_staging IN SHARE ROW EXCLUSIVE MODE;
 	PERFORM @extschema@.msp_load_begin(client_id);
 	day := @extschema@.msp_snapshot_day(client_id, as_of);
 	-- JSON when the first non-empty line starts an object or array
@@ -10616,25 +14022,38 @@ BEGIN
 		 ORDER BY k.key, p.line_no DESC, p.ord DESC),
 	prod AS MATERIALIZED (
 		SELECT n.product, @extschema@.msp_license_product(n.product) AS name FROM (SELECT DISTINCT s.product FROM sub s) n),
-	up AS (
-		INSERT INTO @extschema@.pax8_subscriptions AS x (client_id, as_of, subscription_id, company, product, quantity,
-														 unit_cost, unit_price, billing_term, status, start_date,
-														 end_date, source)
-		SELECT client_id, day, s.key, coalesce(s.company[1], s.company[2]), pr.name,
-			   btrim(s.quantity)::numeric::integer, nullif(replace(btrim(s.cost), '$', ''), '')::numeric,
-			   nullif(replace(btrim(s.price), '$', ''), '')::numeric, s.term, s.status, s.start_date, s.end_date, source
-		  FROM sub s JOIN prod pr USING (product)
-		ON CONFLICT ON CONSTRAINT pax8_subscriptions_pkey DO UPDATE
-		   SET company = excluded.company, product = excluded.product, quantity = excluded.quantity,
-			   unit_cost = excluded.unit_cost, unit_price = excluded.unit_price, billing_term = excluded.billing_term,
-			   status = excluded.status, start_date = excluded.start_date, end_date = excluded.end_date,
-			   source = excluded.source
-		 WHERE (x.company, x.product, x.quantity, x.unit_cost, x.unit_price, x.billing_term, x.status, x.start_date, x.end_date)
-			   IS DISTINCT FROM (excluded.company, excluded.product, excluded.quantity, excluded.unit_cost,
-								 excluded.unit_price, excluded.billing_term, excluded.status, excluded.start_date,
-								 excluded.end_date)
+	r AS MATERIALIZED (
+		SELECT s.key, coalesce(s.company[1], s.company[2]) AS company, pr.name AS product,
+			   btrim(s.quantity)::numeric::integer AS quantity, nullif(replace(btrim(s.cost), '$', ''), '')::numeric AS unit_cost,
+			   nullif(replace(btrim(s.price), '$', ''), '')::numeric AS unit_price, s.term, s.status, s.start_date, s.end_date
+		  FROM sub s JOIN prod pr USING (product)),
+	-- a subscription of the day loaded before takes a corrected export's
+	-- values; the others are inserted past an anti-join (both see the
+	-- table as it was before the statement).  A plain insert costs half of
+	-- ON CONFLICT's speculative one; loads of a client take turns, so no
+	-- other load can race it, and a row written meanwhile by hand fails
+	-- the load, whole.
+	upd AS (
+		UPDATE @extschema@.pax8_subscriptions x
+		   SET company = r.company, product = r.product, quantity = r.quantity, unit_cost = r.unit_cost,
+			   unit_price = r.unit_price, billing_term = r.term, status = r.status, start_date = r.start_date,
+			   end_date = r.end_date, source = source
+		  FROM r
+		 WHERE x.client_id = client_id AND x.as_of = day AND x.subscription_id = r.key
+		   AND (x.company, x.product, x.quantity, x.unit_cost, x.unit_price, x.billing_term, x.status, x.start_date, x.end_date)
+			   IS DISTINCT FROM (r.company, r.product, r.quantity, r.unit_cost, r.unit_price, r.term, r.status, r.start_date,
+								 r.end_date)
+		RETURNING 1),
+	ins AS (
+		INSERT INTO @extschema@.pax8_subscriptions (client_id, as_of, subscription_id, company, product, quantity, unit_cost,
+													unit_price, billing_term, status, start_date, end_date, source)
+		SELECT client_id, day, r.key, r.company, r.product, r.quantity, r.unit_cost, r.unit_price, r.term, r.status,
+			   r.start_date, r.end_date, source
+		  FROM r
+		 WHERE NOT EXISTS (SELECT 1 FROM @extschema@.pax8_subscriptions x
+							WHERE x.client_id = client_id AND x.as_of = day AND x.subscription_id = r.key)
 		RETURNING 1)
-	SELECT count(*) INTO loaded FROM up;
+	SELECT (SELECT count(*) FROM upd) + (SELECT count(*) FROM ins) INTO loaded;
 	duplicate := (SELECT count(*) FROM pg_temp.msp_pax8 p WHERE p.class = 'subscription') - loaded;
 
 	-- the day's seats per product, from every Active subscription of the day
@@ -10684,6 +14103,10 @@ BEGIN
 				  HINT = 'Pass psa => ''connectwise'', ''autotask'' or ''halopsa''.';
 	END IF;
 	source := coalesce(source, psa);
+	-- the stage holds still while it is read and emptied: a COPY into it
+	-- (any client) waits for this load, and this load for COPYs under way,
+	-- so that no line committed meanwhile is emptied unread
+	LOCK TABLE @extschema@.psa_ticket_staging IN SHARE ROW EXCLUSIVE MODE;
 	PERFORM @extschema@.msp_load_begin(client_id);
 	-- f: 1 id, 2 _info, 3 dateEntered, 4 company, 5 contactEmailAddress,
 	-- 6 contact, 7 board, 8 source (ConnectWise); 9 createDate, 10
@@ -10737,7 +14160,8 @@ BEGIN
 			  FROM t LEFT JOIN owner o ON o.company = t.company
 			 -- OFFSET 0: each record classified once
 			 OFFSET 0),
-		-- materialized, so that msp_implausible_time gets columns and inlines
+		-- materialized, so that msp_implausible_time gets columns and
+		-- inlines; it is asked once per ticket (OFFSET 0)
 		timed AS MATERIALIZED (
 			SELECT c.*, CASE WHEN c.class = 'ticket' THEN c.at_text::timestamptz END AS at FROM classed c)
 		SELECT x.rec, x.line_no, x.ord,
@@ -10745,8 +14169,9 @@ BEGIN
 																	 WHERE s.client_id = $1 AND s.line_no = x.line_no)) END,
 			   x.id, x.at_text, x.company, x.contact, x.board, x.channel, k.class, x.at
 		  FROM timed x,
-			   LATERAL (SELECT CASE WHEN x.class = 'ticket' AND @extschema@.msp_implausible_time(x.at_text, x.at) IS NOT NULL
-									THEN 'reject:invalid date entered: ' || @extschema@.msp_implausible_time(x.at_text, x.at)
+			   LATERAL (SELECT CASE WHEN x.class = 'ticket' THEN @extschema@.msp_implausible_time(x.at_text, x.at) END AS why
+						OFFSET 0) w,
+			   LATERAL (SELECT CASE WHEN w.why IS NOT NULL THEN 'reject:invalid date entered: ' || w.why
 									ELSE x.class END AS class) k
 	$step$, psa), $reject$
 		INSERT INTO pg_temp.msp_tix (rec, line_no, ord, raw, class)
@@ -10757,14 +14182,20 @@ BEGIN
 	$reject$, client_id, (SELECT min(j.rec) FROM pg_temp.msp_json j), (SELECT max(j.rec) FROM pg_temp.msp_json j));
 	DROP TABLE pg_temp.msp_json;
 
-	-- a ticket loads once per client and PSA (first record of a load wins)
+	-- a ticket loads once per client and PSA (first record of a load
+	-- wins); tickets already loaded are left out by an anti-join (a plain
+	-- insert costs half of ON CONFLICT's speculative one; loads of a client
+	-- take turns, so no other load can race it, and a row written meanwhile
+	-- by hand fails the load, whole)
 	WITH ins AS (
 		INSERT INTO @extschema@.psa_tickets (client_id, psa, ticket_id, at, company, contact, board, channel)
 		SELECT DISTINCT ON (btrim(t.id)) client_id, psa, btrim(t.id), t.at,
 			   coalesce(t.company[1], t.company[2], t.company[3]), t.contact, t.board, t.channel
-		  FROM pg_temp.msp_tix t WHERE t.class = 'ticket'
+		  FROM pg_temp.msp_tix t
+		 WHERE t.class = 'ticket'
+		   AND NOT EXISTS (SELECT 1 FROM @extschema@.psa_tickets x
+							WHERE x.client_id = client_id AND x.psa = psa AND x.ticket_id = btrim(t.id))
 		 ORDER BY btrim(t.id), t.line_no, t.ord
-		ON CONFLICT ON CONSTRAINT psa_tickets_pkey DO NOTHING
 		RETURNING 1)
 	SELECT count(*) INTO loaded FROM ins;
 	duplicate := (SELECT count(*) FROM pg_temp.msp_tix t WHERE t.class = 'ticket') - loaded;
@@ -10782,6 +14213,238 @@ END
 $$;
 COMMENT ON FUNCTION @extschema@.msp_load_psa_tickets(bigint, text, text) IS
 	'loads a client''s staged PSA tickets (psa: connectwise, autotask or halopsa, alias halo); matched contacts become support contacts, unknown ones stay in psa_tickets (psa_unknown_contacts); unmatched counts the PSA''s tickets still without a person';
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_load_windows_events(client_id bigint, source text DEFAULT 'windows',
+													OUT loaded bigint, OUT duplicate bigint,
+													OUT paired bigint, OUT skipped bigint, OUT rejected bigint,
+													OUT held bigint)
+LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER
+SET search_path = pg_catalog, @extschema@, pg_temp
+SET DateStyle = 'ISO, MDY'
+SET timezone_abbreviations = 'Default'
+SET TimeZone = 'UTC'
+-- a load's sorts and hashes of its own scratch rows stay in memory
+SET work_mem = '64MB'
+AS $$
+#variable_conflict use_variable
+DECLARE
+	lo bigint;
+	hi bigint;
+	zone text;
+	fields text;
+	logoffs bigint;
+	newest timestamptz;
+BEGIN
+	-- a NULL source would make every event id unique (NULLs are distinct)
+	source := coalesce(source, 'windows');
+	-- the stage holds still while it is read and emptied: a COPY into it
+	-- (any client) waits for this load, and this load for COPYs under way,
+	-- so that no line committed meanwhile is emptied unread
+	LOCK TABLE @extschema@.windows_event_staging IN SHARE ROW EXCLUSIVE MODE;
+	PERFORM @extschema@.msp_load_begin(client_id);
+	SELECT c.time_zone INTO zone FROM @extschema@.clients c WHERE c.client_id = client_id;
+	-- the first and last line by the index (an aggregate would read every line)
+	lo := (SELECT s.line_no FROM @extschema@.windows_event_staging s WHERE s.client_id = client_id ORDER BY s.line_no LIMIT 1);
+	hi := (SELECT s.line_no FROM @extschema@.windows_event_staging s WHERE s.client_id = client_id ORDER BY s.line_no DESC LIMIT 1);
+	-- (no primary key: every read of it is a whole-table join, and keeping
+	-- an index on 200k scratch rows cost a tenth of the load)
+	CREATE TEMP TABLE msp_win_class (
+		line_no bigint NOT NULL,
+		event_id text,
+		at_field text,
+		at_text text,
+		host text,
+		username text,
+		domain text,
+		logon_type text,
+		logon_id text,
+		linked_id text,
+		record text,
+		class text NOT NULL,
+		at timestamptz
+	) ON COMMIT DROP;
+	-- One statement per batch reads each staged record once: msp_json_fields
+	-- keeps only the fields a logon needs, NXLog's top-level ones or
+	-- Winlogbeat's (winlog.*), without building a jsonb of every (mostly
+	-- irrelevant, often large) record; the same row is classified and, when
+	-- it is a logon or logoff, its time read and checked.  (Reading the
+	-- times in a second pass rewrote every scratch row: a second of a
+	-- 200k-event load.)  Times: an EventTime without a zone is the client's
+	-- local time, any other field's is UTC.  Plain ISO date and time has no
+	-- zone, one ending in Z or an offset has its own (both decided without
+	-- a call per row); any other is read in UTC and in UTC+14
+	-- (msp_timestamptz_plus14), which agree exactly when PostgreSQL finds a
+	-- zone in it.
+	fields := $fields$
+		SELECT s.line_no, f IS NULL AS bad_json,
+			   coalesce(f[1], wl.winlog->>'event_id') AS event_id,
+			   CASE WHEN f[12] IS NULL THEN coalesce(f[2], f[3], f[4])
+					ELSE coalesce(wl.winlog->>'time_created', f[4]) END AS at_text,
+			   CASE WHEN f[12] IS NULL
+					THEN CASE WHEN f[2] IS NOT NULL THEN 'EventTime' WHEN f[3] IS NOT NULL THEN 'TimeCreated'
+					  ELSE '@timestamp' END
+					ELSE CASE WHEN wl.winlog->>'time_created' IS NOT NULL THEN 'winlog.time_created'
+					  ELSE '@timestamp' END END AS at_field,
+			   coalesce(f[5], wl.winlog->>'computer_name') AS host,
+			   coalesce(f[6], wl.winlog->'event_data'->>'TargetUserName') AS username,
+			   coalesce(f[7], wl.winlog->'event_data'->>'TargetDomainName') AS domain,
+			   coalesce(f[8], wl.winlog->'event_data'->>'LogonType') AS logon_type,
+			   coalesce(f[9], wl.winlog->'event_data'->>'TargetLogonId') AS logon_id,
+			   coalesce(f[10], wl.winlog->'event_data'->>'TargetLinkedLogonId') AS linked_id,
+			   coalesce(f[11], wl.winlog->>'record_id', md5(s.raw)) AS record
+		  FROM @extschema@.windows_event_staging s,
+			   LATERAL @extschema@.msp_json_fields(s.raw, '{EventID,EventTime,TimeCreated,@timestamp,Hostname,TargetUserName,TargetDomainName,LogonType,TargetLogonId,TargetLinkedLogonId,RecordNumber,winlog}') AS f,
+			   -- a function in FROM runs once per row (a subquery would be pulled up)
+			   LATERAL unnest(ARRAY[f[12]::jsonb]) AS wl(winlog)
+		 WHERE s.client_id = $1 AND s.line_no BETWEEN $2 AND $3
+	$fields$;
+	PERFORM @extschema@.msp_load_guarded(format($step$
+		INSERT INTO pg_temp.msp_win_class (line_no, event_id, at_field, at_text, host, username, domain, logon_type,
+										   logon_id, linked_id, record, class, at)
+		SELECT k.line_no, k.event_id, k.at_field, k.at_text, k.host, k.username, k.domain, k.logon_type, k.logon_id,
+			   k.linked_id, k.record,
+			   CASE WHEN k.at IS NOT NULL AND @extschema@.msp_implausible_time(k.at_text, k.at) IS NOT NULL
+					THEN 'reject:invalid ' || k.at_field || ': ' || @extschema@.msp_implausible_time(k.at_text, k.at)
+					ELSE k.class END,
+			   k.at
+		  FROM (SELECT c.*,
+					   CASE WHEN class NOT IN ('logon', 'logoff', 'linked') THEN NULL
+							WHEN at_field <> 'EventTime' THEN at_text::timestamptz
+							WHEN at_text ~ '^\s*\d{4}-\d\d-\d\d[ T]\d\d:\d\d(:\d\d(\.\d+)?)?\s*$'
+							THEN at_text::timestamp AT TIME ZONE %1$L
+							WHEN at_text ~ '\d:\d\d(:\d\d(\.\d+)?)?\s*(Z|[+-]\d\d(:?\d\d)?)$'
+								 OR at_text::timestamptz = @extschema@.msp_timestamptz_plus14(at_text)
+							THEN at_text::timestamptz
+							ELSE at_text::timestamp AT TIME ZONE %1$L END AS at
+				  FROM (SELECT e.*,
+							   CASE
+								   WHEN e.bad_json THEN 'reject:not valid JSON'
+								   WHEN e.event_id IS NULL THEN 'reject:no EventID'
+								   WHEN e.event_id NOT IN ('4624', '4634', '4647') THEN 'skip'
+								   WHEN e.at_text IS NULL THEN 'reject:no event time'
+								   WHEN e.host IS NULL OR e.host IN ('', '-') THEN 'reject:no Hostname'
+								   WHEN e.username IS NULL OR btrim(e.username, E' \t\r\n') IN ('', '-') THEN 'reject:no TargetUserName'
+								   -- names and keys go into btree indexes, which cap a row's size
+								   WHEN length(e.host) > 255 OR length(e.username) > 255 OR length(e.domain) > 255
+										OR length(e.record) > 255 OR length(e.logon_id) > 255 OR length(e.linked_id) > 255
+										THEN 'reject:field too long'
+								   WHEN @extschema@.msp_is_machine_account(e.username) THEN 'skip'
+								   WHEN e.event_id = '4624' AND e.logon_type IS NULL THEN 'reject:no LogonType'
+								   WHEN e.logon_type NOT IN ('2', '7', '10', '11') THEN 'skip'
+								   -- the other half of a linked logon: the half with the
+								   -- smaller logon id (as a hexadecimal number) is the session
+								   WHEN e.event_id = '4624' AND e.logon_id IS NOT NULL AND coalesce(lower(e.linked_id), '0x0') <> '0x0'
+										AND (length(e.linked_id), lower(e.linked_id)) < (length(e.logon_id), lower(e.logon_id)) THEN 'linked'
+								   WHEN e.event_id = '4624' THEN 'logon'
+								   -- a logoff without a logon id closes nothing
+								   WHEN e.logon_id IS NULL THEN 'skip'
+								   ELSE 'logoff'
+							   END AS class
+						  FROM (%2$s) e
+						 -- kept apart, so that the time is read once and only when
+						 -- the class needs it
+						OFFSET 0) c
+				OFFSET 0) k
+	$step$, zone, fields),
+	-- A record whose time cannot be read is rejected by its field's name;
+	-- any other failure (its JSON) with the error's message.
+	format($reject$
+		INSERT INTO pg_temp.msp_win_class (line_no, class)
+		SELECT $2, 'reject:unreadable record: ' || $3
+		 WHERE $4 NOT IN ('22007', '22008', '22009', '22023')
+		UNION ALL
+		SELECT e.line_no, 'reject:invalid ' || e.at_field
+		  FROM (%s) e
+		 WHERE $4 IN ('22007', '22008', '22009', '22023')
+	$reject$, replace(fields, '$2 AND $3', '$2 AND $2')), client_id, lo, hi);
+
+	-- Sessions within the load, and with the logoffs held from earlier
+	-- loads: per host and logon id in time order, a logon ends at the first
+	-- logoff at or after it; a logoff is consumed when a logon (or the
+	-- linked half of one) precedes it.
+	CREATE TEMP TABLE msp_win_session ON COMMIT DROP AS
+	SELECT x.line_no, x.kind, x.session_key, x.at,
+		   min(x.at) FILTER (WHERE x.kind = 'logoff') OVER w_after AS ended,
+		   bool_or(x.kind <> 'logoff') OVER w_before AS consumed
+	  FROM (SELECT c.line_no, c.class AS kind, upper(split_part(c.host, '.', 1)) || ':' || lower(c.logon_id) AS session_key,
+				   c.at, c.logon_type
+			  FROM pg_temp.msp_win_class c
+			 WHERE c.class IN ('logon', 'logoff', 'linked') AND c.logon_id IS NOT NULL
+			UNION ALL
+			SELECT NULL, 'logoff', p.session_key, p.at, NULL
+			  FROM @extschema@.pending_logoffs p
+			 WHERE p.client_id = client_id
+			   AND p.session_key IN (SELECT upper(split_part(c.host, '.', 1)) || ':' || lower(c.logon_id)
+									   FROM pg_temp.msp_win_class c WHERE c.class IN ('logon', 'linked'))) x
+	WINDOW w_after AS (PARTITION BY x.session_key ORDER BY x.at, x.kind = 'logoff', x.line_no
+					   ROWS BETWEEN CURRENT ROW AND UNBOUNDED FOLLOWING),
+		   w_before AS (PARTITION BY x.session_key ORDER BY x.at, x.kind = 'logoff', x.line_no
+						ROWS UNBOUNDED PRECEDING);
+
+	INSERT INTO pg_temp.msp_load_events (line_no, realm, application, account_name, device_name, create_device, at,
+										 ended, source_event_id, session_key)
+	SELECT c.line_no, 'os', NULL, @extschema@.msp_canonical_account(c.domain, c.username), upper(split_part(c.host, '.', 1)), true,
+		   c.at,
+		   -- an unlock or reconnect is an instant of presence inside a session
+		   CASE WHEN c.logon_type = '7' THEN c.at ELSE s.ended END,
+		   upper(split_part(c.host, '.', 1)) || ':' || c.record, s.session_key
+	  FROM pg_temp.msp_win_class c LEFT JOIN pg_temp.msp_win_session s ON s.line_no = c.line_no
+	 WHERE c.class = 'logon';
+	SELECT * INTO loaded, duplicate FROM @extschema@.msp_load_normalized_guarded(client_id, source, $reject$
+		UPDATE pg_temp.msp_win_class SET class = 'reject:unloadable record: ' || $3 WHERE line_no = $2
+	$reject$);
+
+	-- Logoffs this load did not pair close sessions loaded earlier (so do
+	-- all of them when some logon of the load was already loaded: its
+	-- stored row may still be open); the rest wait in pending_logoffs.
+	UPDATE @extschema@.logons l SET ended = o.at
+	  FROM (SELECT s.session_key, min(s.at) AS at
+			  FROM pg_temp.msp_win_session s
+			 WHERE s.kind = 'logoff' AND s.line_no IS NOT NULL AND (NOT s.consumed OR duplicate > 0)
+			 GROUP BY 1) o
+	 WHERE l.client_id = client_id AND l.session_key = o.session_key AND l.at <= o.at
+	   AND (l.ended IS NULL OR l.ended > o.at);
+	WITH hold AS (
+		INSERT INTO @extschema@.pending_logoffs AS p (client_id, session_key, at)
+		SELECT DISTINCT client_id, s.session_key, s.at
+		  FROM pg_temp.msp_win_session s
+		 WHERE s.kind = 'logoff' AND s.line_no IS NOT NULL AND NOT s.consumed
+		   AND NOT EXISTS (SELECT 1 FROM @extschema@.logons l
+							WHERE l.client_id = client_id AND l.session_key = s.session_key AND l.at <= s.at)
+		ON CONFLICT DO NOTHING
+		RETURNING 1)
+	SELECT count(*) INTO held FROM hold;
+	-- paired: the logoffs of this load that found their session (in this
+	-- load or an earlier one), and the held ones that found it now
+	WITH used AS (
+		DELETE FROM @extschema@.pending_logoffs p
+		 USING pg_temp.msp_win_session s
+		 WHERE p.client_id = client_id AND s.line_no IS NULL AND s.consumed
+		   AND p.session_key = s.session_key AND p.at = s.at
+		RETURNING 1)
+	SELECT count(*) INTO paired FROM used;
+	-- the scratch table's counts in one pass
+	SELECT count(*) FILTER (WHERE c.class = 'logoff'), count(*) FILTER (WHERE c.class IN ('skip', 'linked')),
+		   max(c.at) FILTER (WHERE c.class IN ('logon', 'logoff', 'linked'))
+	  INTO logoffs, skipped, newest
+	  FROM pg_temp.msp_win_class c;
+	paired := paired + logoffs - held;
+	-- a logoff a month older than the newest event loaded finds no logon any more
+	DELETE FROM @extschema@.pending_logoffs p
+	 WHERE p.client_id = client_id AND p.at < newest - interval '1 month';
+
+	INSERT INTO @extschema@.load_rejects (client_id, source, line_no, raw, reason)
+	SELECT client_id, source, c.line_no, s.raw, substr(c.class, 8)
+	  FROM pg_temp.msp_win_class c JOIN @extschema@.windows_event_staging s ON s.client_id = client_id AND s.line_no = c.line_no
+	 WHERE c.class LIKE 'reject:%';
+	GET DIAGNOSTICS rejected = ROW_COUNT;
+	DELETE FROM @extschema@.windows_event_staging s WHERE s.client_id = client_id;
+	DROP TABLE pg_temp.msp_win_class, pg_temp.msp_win_session;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_load_windows_events(bigint, text) IS
+	'loads a client''s staged Windows Security events: interactive (2), unlock (7, an instant), remote interactive (10) and cached (11) logons count, linked pairs once; logoffs close sessions in any load order (held until their logon comes); the rest is skipped or rejected';
 
 CREATE OR REPLACE FUNCTION @extschema@.msp_match_psa_tickets(client_id bigint) RETURNS bigint
 LANGUAGE plpgsql VOLATILE STRICT
@@ -11216,9 +14879,13 @@ BEGIN
 	IF to_regclass('pg_temp.msp_json') IS NOT NULL THEN
 		DROP TABLE pg_temp.msp_json;
 	END IF;
-	-- JSON lines (every line starts a document) need no joining of lines
+	-- JSON lines (every line starts a document) need no joining of lines.
+	-- A line is blank when it has no character but spaces, tabs and line
+	-- ends (a regular expression: btrim with a set of characters counts
+	-- the characters of the whole line first); a byte-order mark is
+	-- trimmed only where there is one.
 	EXECUTE format($q$
-		SELECT NOT EXISTS (SELECT 1 FROM %s s WHERE s.client_id = $1 AND btrim(s.raw, E' \t\r\n') <> ''
+		SELECT NOT EXISTS (SELECT 1 FROM %s s WHERE s.client_id = $1 AND s.raw ~ '[^ \t\r\n]'
 							  AND s.raw !~ '^\ufeff?[\[{]')$q$, stage) INTO json_lines USING for_client;
 	EXECUTE format($q$
 		CREATE TEMP TABLE msp_json ON COMMIT DROP AS
@@ -11229,7 +14896,7 @@ BEGIN
 			SELECT x.line_no, x.raw, x.joined, y.f,
 				   (left(y.f[%2$s + 1], 1) = '[' OR left(y.f[%2$s + 2], 1) = '[' OR left(y.f[%2$s + 3], 1) = '['
 					OR left(y.f[%2$s + 4], 1) = '[') IS TRUE AS page
-			  FROM x, LATERAL (SELECT @extschema@.msp_json_fields(ltrim(x.raw, E'\ufeff'), $2) AS f OFFSET 0) y)
+			  FROM x, LATERAL (SELECT @extschema@.msp_json_fields(CASE WHEN left(x.raw, 1) = E'\ufeff' THEN ltrim(x.raw, E'\ufeff') ELSE x.raw END, $2) AS f OFFSET 0) y)
 		SELECT row_number() OVER () AS rec, r.line_no, r.ord, r.raw, r.f, r.bad
 		  FROM (
 			-- an object that is no page: a record, its fields read already
@@ -11258,13 +14925,13 @@ BEGIN
 		CASE WHEN json_lines THEN
 		format($x$x AS (
 			SELECT s.line_no, s.raw, false AS joined
-			  FROM %s s WHERE s.client_id = $1 AND btrim(s.raw, E' \t\r\n') <> '')$x$, stage)
+			  FROM %s s WHERE s.client_id = $1 AND s.raw ~ '[^ \t\r\n]')$x$, stage)
 		ELSE
 		-- a line that starts a document and is followed by another start
 		-- (or by nothing) is one; only the other lines are joined
 		format($x$l AS (
 			SELECT s.line_no, s.raw, s.raw ~ '^\ufeff?[\[{]' AS starts
-			  FROM %s s WHERE s.client_id = $1 AND btrim(s.raw, E' \t\r\n') <> ''),
+			  FROM %s s WHERE s.client_id = $1 AND s.raw ~ '[^ \t\r\n]'),
 		n AS (
 			SELECT l.*, lead(l.starts, 1, true) OVER w AS next_starts, count(*) FILTER (WHERE l.starts) OVER w AS doc_no
 			  FROM l WINDOW w AS (ORDER BY l.line_no)),
@@ -11287,15 +14954,34 @@ LANGUAGE plpgsql VOLATILE STRICT
 SET search_path = pg_catalog, @extschema@, pg_temp
 AS $$
 BEGIN
-	PERFORM @extschema@.msp_ensure_m365_accounts(for_client, ARRAY(SELECT DISTINCT x.upn FROM pg_temp.msp_assign x));
-	WITH ins AS (
+	-- new ids come from the identity column, moved past hand-chosen ones
+	PERFORM setval(pg_get_serial_sequence('@extschema@.accounts', 'account_id'), m.id)
+	   FROM (SELECT max(a.account_id) AS id FROM @extschema@.accounts a WHERE a.client_id = for_client) m
+	  WHERE m.id > coalesce(pg_sequence_last_value(pg_get_serial_sequence('@extschema@.accounts', 'account_id')), 0);
+	ANALYZE pg_temp.msp_assign;
+	WITH u AS MATERIALIZED (
+		SELECT n.upn, a.account_id
+		  FROM (SELECT DISTINCT x.upn FROM pg_temp.msp_assign x) n
+		  LEFT JOIN @extschema@.accounts a ON a.client_id = for_client AND a.realm = 'm365' AND a.application IS NULL
+										  AND lower(a.name) = n.upn),
+	-- in name order: the name index takes them page by page
+	created AS (
+		INSERT INTO @extschema@.accounts (client_id, realm, name, kind)
+		SELECT for_client, 'm365', u.upn, 'unknown' FROM u WHERE u.account_id IS NULL ORDER BY u.upn
+		RETURNING name AS upn, account_id),
+	ids AS (
+		SELECT u.upn, u.account_id FROM u WHERE u.account_id IS NOT NULL
+		UNION ALL
+		SELECT c.upn, c.account_id FROM created c),
+	ins AS (
 		INSERT INTO @extschema@.m365_license_assignments (client_id, as_of, account_id, product, account_enabled, source)
-		SELECT DISTINCT ON (a.account_id, x.product) for_client, day, a.account_id, x.product, x.enabled, load_source
+		SELECT DISTINCT ON (i.account_id, x.product) for_client, day, i.account_id, x.product, x.enabled, load_source
 		  FROM pg_temp.msp_assign x
-		  JOIN @extschema@.accounts a ON a.client_id = for_client AND a.realm = 'm365' AND a.application IS NULL
-									 AND lower(a.name) = x.upn
-		 ORDER BY a.account_id, x.product, x.line_no
-		ON CONFLICT ON CONSTRAINT m365_license_assignments_pkey DO NOTHING
+		  JOIN ids i ON i.upn = x.upn
+		 WHERE NOT EXISTS (SELECT 1 FROM @extschema@.m365_license_assignments m
+							WHERE m.client_id = for_client AND m.as_of = day AND m.account_id = i.account_id
+							  AND m.product = x.product)
+		 ORDER BY i.account_id, x.product, x.line_no
 		RETURNING 1)
 	SELECT count(*) INTO loaded FROM ins;
 	duplicate := (SELECT count(*) FROM pg_temp.msp_assign) - loaded;
@@ -11344,6 +15030,33 @@ $$;
 COMMENT ON FUNCTION @extschema@.msp_tax_lines(bigint, @extschema@.invoice_line[]) IS
 	'the tax name, rate and amount of each invoice line, rounded per line or per invoice as the client''s invoice terms say';
 
+CREATE OR REPLACE FUNCTION @extschema@.msp_tier_bands(client_id bigint, contract_id bigint,
+											quantity numeric, flat_price numeric)
+RETURNS TABLE (first_unit numeric, units numeric, unit_price numeric)
+LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	mode text;
+	froms numeric[];
+	prices numeric[];
+BEGIN
+	SELECT coalesce(k.tier_mode, 'volume') INTO mode FROM contracts k
+	 WHERE k.client_id = msp_tier_bands.client_id AND k.contract_id = msp_tier_bands.contract_id;
+	-- no bands for a contract that does not exist or that the caller may
+	-- not see (row-level security): nothing is priced for it
+	IF NOT FOUND THEN
+		RETURN;
+	END IF;
+	SELECT array_agg(x.from_quantity), array_agg(x.unit_price) INTO froms, prices
+	  FROM contract_tiers x
+	 WHERE x.client_id = msp_tier_bands.client_id AND x.contract_id = msp_tier_bands.contract_id;
+	RETURN QUERY SELECT * FROM msp_line_bands(quantity, flat_price, mode, coalesce(froms, '{}'), coalesce(prices, '{}'));
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_tier_bands(bigint, bigint, numeric, numeric) IS
+	'the price bands a count of units fills under the contract''s tiers (volume: one band; graduated: each band reached)';
 
 -- batch: issue 21, the month's billable people of every client in one
 -- set-based pass of the one billing rule text (msp_segment_people_query),

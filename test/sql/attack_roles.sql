@@ -124,15 +124,15 @@ SELECT is(ARRAY(SELECT format('%s: %s to %s', c.relname, x.privilege_type, x.gra
                    AND x.privilege_type NOT IN ('SELECT')),
           '{}'::text[], 'invoices, their lines and the audit log: read-only for every role');
 SELECT is(ARRAY(SELECT p.proname::text FROM pg_proc p WHERE p.pronamespace = 'mspbill'::regnamespace AND p.prosecdef ORDER BY 1),
-          '{msp_discard_staged,msp_finalize_invoice,msp_finalize_run_begin,msp_finalize_run_client,msp_finalize_run_end,msp_issue_adjustment,msp_load_emr_audit,msp_load_entra_signins,msp_load_m365_activity,msp_load_m365_graph,msp_load_m365_users_csv,msp_load_pax8_subscriptions,msp_load_psa_tickets,msp_load_windows_events,msp_match_psa_tickets,msp_psa_sync,msp_rebuild_rollups,msp_refresh_rollups,msp_report_billable_users,msp_report_invoice,msp_report_invoice_lines,msp_report_invoices}'::text[],
-          'SECURITY DEFINER: only the writers (invoices, loads, rollups, PSA syncs) and the sealed reports');
+          '{msp_account_name,msp_discard_staged,msp_finalize_invoice,msp_finalize_run_begin,msp_finalize_run_client,msp_finalize_run_end,msp_issue_adjustment,msp_load_emr_audit,msp_load_entra_signins,msp_load_m365_activity,msp_load_m365_graph,msp_load_m365_users_csv,msp_load_pax8_subscriptions,msp_load_psa_tickets,msp_load_windows_events,msp_match_psa_tickets,msp_psa_sync,msp_rebuild_rollups,msp_refresh_rollups,msp_report_billable_users,msp_report_invoice,msp_report_invoice_lines,msp_report_invoices}'::text[],
+          'SECURITY DEFINER: only the writers (invoices, loads, rollups, PSA syncs), the sealed reports and account names on Citus');
 SELECT is(ARRAY(SELECT p.proname::text FROM pg_proc p WHERE p.pronamespace = 'mspbill'::regnamespace AND p.prosecdef
                    AND NOT 'search_path=pg_catalog, mspbill, pg_temp' = ANY (coalesce(p.proconfig, '{}'))),
           '{}'::text[], 'each pins search_path = pg_catalog, mspbill, pg_temp');
 SELECT is(ARRAY(SELECT p.proname::text FROM pg_proc p WHERE p.pronamespace = 'mspbill'::regnamespace
                    AND (p.prosecdef OR p.proname IN ('msp_load_guarded', 'msp_load_normalized_guarded', 'msp_load_begin', 'msp_load_normalized', 'msp_install_roles',
                                                      'msp_rollup_days', 'msp_rollup_period', 'msp_stage_csv', 'msp_stage_json',
-                                                     'msp_ensure_m365_accounts', 'msp_store_assignments', 'msp_store_rejects'))
+                                                     'msp_store_assignments', 'msp_store_rejects'))
                    AND has_function_privilege('public', p.oid, 'EXECUTE')),
           '{}'::text[], 'and none of them (nor the loaders'' or rollups'' internals, nor msp_install_roles) is executable by PUBLIC');
 SELECT is(ARRAY(SELECT format('%s: %s to %s', c.relname, x.privilege_type, x.grantee::regrole)
@@ -509,19 +509,19 @@ SET ROLE atk_bi1;
 SELECT pg_temp.call_all_for(1) \g /dev/null
 RESET ROLE;
 SELECT is(ARRAY(SELECT fn FROM bi_calls WHERE outcome ~ '^42501'
-                 AND fn !~ '^msp_(finalize_invoice|finalize_run_|people_sources|issue_adjustment|load_|discard_staged|psa_sync|report_(invoice|billable)|mark_rollups_dirty|rollup_period|match_psa_tickets|store_|stage_|ensure_m365)' ORDER BY 1),
+                 AND fn !~ '^msp_(finalize_invoice|finalize_run_|people_sources|issue_adjustment|load_|discard_staged|psa_sync|report_(invoice|billable)|mark_rollups_dirty|rollup_period|match_psa_tickets|store_|stage_)' ORDER BY 1),
           '{}'::text[], 'BI: every read-only per-client function works for its own client');
 TRUNCATE bi_calls;
 SET ROLE atk_billing;
 SELECT pg_temp.call_all_for(1) \g /dev/null
 RESET ROLE;
-SELECT is(ARRAY(SELECT fn FROM bi_calls WHERE outcome ~ '^42501' AND fn !~ '^msp_(load_(begin|normalized)|report_(invoice|billable)|rollup_period|store_|stage_|ensure_m365|finalize_invoice_with|people_sources)' ORDER BY 1),
+SELECT is(ARRAY(SELECT fn FROM bi_calls WHERE outcome ~ '^42501' AND fn !~ '^msp_(load_(begin|normalized)|report_(invoice|billable)|rollup_period|store_|stage_|finalize_invoice_with|people_sources)' ORDER BY 1),
           '{}'::text[], 'billing: every per-client function but the internals and the sealed reports works');
 TRUNCATE bi_calls;
 SET ROLE atk_admin;
 SELECT pg_temp.call_all_for(1) \g /dev/null
 RESET ROLE;
-SELECT is(ARRAY(SELECT fn FROM bi_calls WHERE outcome ~ '^42501' AND fn !~ '^msp_(load_(begin|normalized)|report_(invoice|billable)|rollup_period|store_|stage_|ensure_m365|finalize_invoice_with|people_sources)' ORDER BY 1),
+SELECT is(ARRAY(SELECT fn FROM bi_calls WHERE outcome ~ '^42501' AND fn !~ '^msp_(load_(begin|normalized)|report_(invoice|billable)|rollup_period|store_|stage_|finalize_invoice_with|people_sources)' ORDER BY 1),
           '{}'::text[], 'admin: likewise');
 TRUNCATE bi_calls;
 INSERT INTO bi_calls SELECT * FROM own_calls;

@@ -41,7 +41,7 @@ INSERT INTO writers VALUES
 	-- licensing: the loaders, their steps and the ticket matcher
 	('msp_load_m365_graph'), ('msp_load_m365_users_csv'), ('msp_load_m365_activity'), ('msp_load_pax8_subscriptions'),
 	('msp_load_psa_tickets'), ('msp_match_psa_tickets'), ('msp_stage_csv'), ('msp_stage_json'),
-	('msp_ensure_m365_accounts'), ('msp_store_assignments'), ('msp_store_rejects'),
+	('msp_store_assignments'), ('msp_store_rejects'),
 	-- reporting: the rollups' marks (triggers and by hand) and their writers
 	('msp_mark_logon_days'), ('msp_mark_invoice_periods'), ('msp_mark_rollups_dirty'), ('msp_rollup_period'),
 	('msp_rollup_days'), ('msp_refresh_rollups'), ('msp_rebuild_rollups'),
@@ -50,7 +50,7 @@ INSERT INTO writers VALUES
 	-- contract lines: the trigger that refuses lines a contract would not price
 	('msp_check_contract_line'),
 	-- Citus: distributes the tables and changes them on every node
-	('msp_distribute'), ('msp_on_all_nodes'),
+	('msp_distribute'), ('msp_on_all_nodes'), ('msp_on_workers'), ('msp_grants_to_workers'),
 
 	-- month-end: the procedure and the definer functions that record its runs
 	('msp_finalize_period'), ('msp_finalize_run_begin'), ('msp_finalize_run_prepare'), ('msp_finalize_run_client'),
@@ -112,6 +112,7 @@ INSERT INTO definer_ok VALUES
 	('msp_report_billable_users', 'likewise'),
 	('msp_refresh_rollups', 'the only writer of the rollups BI readers trust (no role may write them), computing as the owner, who sees every client'),
 	('msp_rebuild_rollups', 'likewise'),
+	('msp_account_name', 'account_labels on Citus: the shards are read as the session user, who may not read accounts.name; it shows a name only where the view would'),
 	('msp_psa_sync', 'appends to the PSA sync history (server-stamped), which no role may write directly'),
 
 	('msp_finalize_run_begin', 'records a month-end run, which no role may write (the procedure that calls it cannot be SECURITY DEFINER: it commits)'),

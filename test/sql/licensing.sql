@@ -5,7 +5,7 @@
 \pset pager off
 \set QUIET on
 SET search_path = public, mspbill;
-SELECT plan(49);
+SELECT plan(54);
 SELECT msp_install_roles() \g /dev/null
 INSERT INTO clients (client_id, name, time_zone) VALUES (1, 'Clinic', 'America/New_York'), (2, 'Lab', 'UTC');
 INSERT INTO contracts (client_id, contract_id, effective, model, price_per_user) VALUES
@@ -66,6 +66,24 @@ SELECT results_eq($$SELECT reason FROM load_rejects WHERE source = 'm365_activit
                   $$VALUES ('invalid Last Activity Date'), ('invalid Last Activity Date')$$, 'a date that is none and a special word are rejected');
 \copy m365_activity_staging (raw) FROM '../fixtures/licensing/m365_activity.csv' WITH (FORMAT csv, QUOTE E'\x01', DELIMITER E'\x02')
 SELECT results_eq($$SELECT loaded, duplicate FROM msp_load_m365_activity(1)$$, $$VALUES (0::bigint, 7::bigint)$$, 'activity loaded twice = once');
+-- a record whose logon cannot be written (here a check added for the
+-- test) is rejected alone: the activity loader's own insert fails, and
+-- the shared last step finds the record
+RESET ROLE;
+BEGIN;
+ALTER TABLE logons ADD CONSTRAINT test_refuse_dave CHECK (source_event_id IS DISTINCT FROM 'dave@clinic.example|exchange|2026-01-21');
+SET LOCAL ROLE lic_loader;
+INSERT INTO m365_activity_staging (raw) VALUES
+	('Report Refresh Date,User Principal Name,Is Deleted,Exchange Last Activity Date'),
+	('2026-01-31,carol@clinic.example,False,2026-01-20'),
+	('2026-01-31,dave@clinic.example,False,2026-01-21');
+SELECT results_eq($$SELECT loaded, duplicate, rejected FROM msp_load_m365_activity(1)$$, $$VALUES (1::bigint, 0::bigint, 1::bigint)$$,
+                  'a logon that cannot be written rejects its record alone; the others load');
+SELECT results_eq($$SELECT reason ~ '^unloadable record: .*test_refuse_dave' FROM load_rejects WHERE source = 'm365_activity' ORDER BY line_no DESC LIMIT 1$$,
+                  $$VALUES (true)$$, 'and the reject says why');
+ROLLBACK;
+SET ROLE lic_loader;
+SET mspbill.client_id = 1;
 RESET ROLE;
 SELECT results_eq($$SELECT l.at FROM logons l JOIN accounts a USING (client_id, account_id)
                      WHERE a.realm = 'm365_activity' AND a.name = 'alice@clinic.example' AND l.source_event_id LIKE '%|exchange|%'$$,
@@ -97,6 +115,24 @@ SELECT results_eq($$SELECT sku, seats, unit_cost FROM license_counts WHERE clien
 SELECT results_eq($$SELECT loaded, duplicate FROM msp_load_pax8_subscriptions(1, '2026-01-31')$$, $$VALUES (0::bigint, 5::bigint)$$,
                   'pax8 CSV loaded twice = once');
 SELECT is((SELECT sum(seats) FROM license_counts WHERE client_id = 1), 8::bigint, 'and the seats are not doubled');
+-- a corrected export of the same day: sub-1 bought up to 5, sub-3 as
+-- before, sub-8 new; the day's rows take the correction, the rest stays
+-- (rolled back: the reconciliation below reads the first export)
+BEGIN;
+INSERT INTO pax8_staging (raw) VALUES
+	('Company,Product,Subscription Id,Quantity,Partner Cost,Price,Billing Term,Status,Start Date,End Date'),
+	('Clinic,Microsoft 365 Business Standard,sub-1,5,$11.25,$15.00,Monthly,Active,2025-01-05,'),
+	('Clinic,Exchange Online (Plan 1),sub-3,2,3.60,5.00,Monthly,Active,2025-01-05,'),
+	('Clinic,Exchange Online (Plan 1),sub-8,1,3.60,5.00,Monthly,Active,2026-01-20,');
+SELECT results_eq($$SELECT loaded, duplicate FROM msp_load_pax8_subscriptions(1, '2026-01-31')$$, $$VALUES (2::bigint, 1::bigint)$$,
+                  'a corrected export of the day: the changed and the new subscription load, the unchanged one is a duplicate');
+SELECT results_eq($$SELECT subscription_id, quantity FROM pax8_subscriptions WHERE client_id = 1 AND as_of = '2026-01-31' ORDER BY 1$$,
+                  $$VALUES ('sub-1', 5), ('sub-2', 2), ('sub-3', 2), ('sub-4', 3), ('sub-8', 1)$$,
+                  'the day''s subscriptions take the correction');
+SELECT results_eq($$SELECT sku, seats FROM license_counts WHERE client_id = 1 AND source = 'pax8' ORDER BY sku$$,
+                  $$VALUES ('Exchange Online (Plan 1)', 3), ('Microsoft 365 Business Standard', 7)$$,
+                  'and so do the day''s seats');
+ROLLBACK;
 SET mspbill.client_id = 2;
 \copy pax8_staging (raw) FROM '../fixtures/licensing/pax8_subscriptions.json' WITH (FORMAT csv, QUOTE E'\x01', DELIMITER E'\x02')
 SELECT results_eq($$SELECT * FROM msp_load_pax8_subscriptions(2, '2026-01-31')$$, $$VALUES (1::bigint, 0::bigint, 0::bigint, 2::bigint)$$,
