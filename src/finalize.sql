@@ -304,11 +304,17 @@ $$;
 COMMENT ON FUNCTION @extschema@.msp_data_quality(bigint, daterange, integer) IS
 	'findings that block finalization: period not over, silent devices, weekdays without logons, unmapped accounts, logons outside the contract';
 
-CREATE FUNCTION @extschema@.msp_finalize_invoice(client_id bigint, period daterange DEFAULT NULL,
-												 override text[] DEFAULT '{}')
+-- The finalization, its people given or not: people (as msp_price_invoice
+-- takes them) and evidence (msp_billable_users' rows as JSON) that
+-- month-end counted for every client at once, and checked unchanged in
+-- this transaction's snapshot (msp_finalize_run_client); NULL: counted
+-- here.  Not for callers: it trusts the people it is given, so only the
+-- definer functions (msp_finalize_invoice, msp_finalize_run_client), as
+-- the owner, may call it.  (Not STRICT: people NULL is the per-client path.)
+CREATE FUNCTION @extschema@.msp_finalize_invoice_with(client_id bigint, period daterange, override text[],
+													  people jsonb, evidence jsonb)
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE
-SECURITY DEFINER
 SET search_path = pg_catalog, @extschema@, pg_temp
 SET mspbill.pseudonymous = on
 AS $$
@@ -324,7 +330,6 @@ DECLARE
 	terms record;
 	lines invoice_line[];
 	priced record;
-	evidence jsonb;
 	number text;
 	invoice_day date;
 	tax numeric;
@@ -376,10 +381,12 @@ BEGIN
 	END IF;
 
 	-- the summary and its lines from one pricing
-	SELECT * INTO priced FROM msp_price_invoice(client_id, period) p;
+	SELECT * INTO priced FROM msp_price_invoice(client_id, period, people) p;
 	inv := priced.summary;
 	lines := priced.lines;
-	evidence := coalesce((SELECT jsonb_agg(to_jsonb(u)) FROM msp_billable_users(client_id, period) u), '[]');
+	IF people IS NULL OR evidence IS NULL THEN
+		evidence := coalesce((SELECT jsonb_agg(to_jsonb(u)) FROM msp_billable_users(client_id, period) u), '[]');
+	END IF;
 	SELECT * INTO terms FROM msp_invoice_terms(client_id);
 	SELECT * INTO c FROM clients WHERE clients.client_id = client_id;
 	-- the number last: its counter row stays locked until this transaction
@@ -423,6 +430,22 @@ BEGIN
 		VALUES (client_id, 'override', id, stamp, jsonb_build_object('gates', override, 'findings', evidence));
 	END IF;
 	RETURN id;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION @extschema@.msp_finalize_invoice_with(bigint, daterange, text[], jsonb, jsonb) FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@.msp_finalize_invoice_with(bigint, daterange, text[], jsonb, jsonb) IS
+	'finalization internal: msp_finalize_invoice with the people and evidence month-end counted for every client at once (NULL: counted here)';
+
+CREATE FUNCTION @extschema@.msp_finalize_invoice(client_id bigint, period daterange DEFAULT NULL,
+												 override text[] DEFAULT '{}')
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER
+SET search_path = pg_catalog, @extschema@, pg_temp
+SET mspbill.pseudonymous = on
+AS $$
+BEGIN
+	RETURN @extschema@.msp_finalize_invoice_with(client_id, period, override, NULL, NULL);
 END
 $$;
 COMMENT ON FUNCTION @extschema@.msp_finalize_invoice(bigint, daterange, text[]) IS

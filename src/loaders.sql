@@ -506,7 +506,7 @@ BEGIN
 	-- (msp_timestamptz_plus14), which agree exactly when PostgreSQL finds a
 	-- zone in it.
 	fields := $fields$
-		SELECT s.line_no, f IS NULL AS bad_json,
+		SELECT s.line_no, f IS NULL AND r.raw !~ '^\s*$' AS bad_json, f IS NULL AND r.raw ~ '^\s*$' AS blank,
 			   coalesce(f[1], wl.winlog->>'event_id') AS event_id,
 			   CASE WHEN f[12] IS NULL THEN coalesce(f[2], f[3], f[4])
 					ELSE coalesce(wl.winlog->>'time_created', f[4]) END AS at_text,
@@ -521,9 +521,11 @@ BEGIN
 			   coalesce(f[8], wl.winlog->'event_data'->>'LogonType') AS logon_type,
 			   coalesce(f[9], wl.winlog->'event_data'->>'TargetLogonId') AS logon_id,
 			   coalesce(f[10], wl.winlog->'event_data'->>'TargetLinkedLogonId') AS linked_id,
-			   coalesce(f[11], wl.winlog->>'record_id', md5(s.raw)) AS record
+			   coalesce(f[11], wl.winlog->>'record_id', md5(r.raw)) AS record
 		  FROM @extschema@.windows_event_staging s,
-			   LATERAL @extschema@.msp_json_fields(s.raw, '{EventID,EventTime,TimeCreated,@timestamp,Hostname,TargetUserName,TargetDomainName,LogonType,TargetLogonId,TargetLinkedLogonId,RecordNumber,winlog}') AS f,
+			   -- a file's byte-order mark is not part of its first record
+			   LATERAL (SELECT CASE WHEN left(s.raw, 1) = E'\ufeff' THEN substr(s.raw, 2) ELSE s.raw END AS raw) r,
+			   LATERAL @extschema@.msp_json_fields(r.raw, '{EventID,EventTime,TimeCreated,@timestamp,Hostname,TargetUserName,TargetDomainName,LogonType,TargetLogonId,TargetLinkedLogonId,RecordNumber,winlog}') AS f,
 			   -- a function in FROM runs once per row (a subquery would be pulled up)
 			   LATERAL unnest(ARRAY[f[12]::jsonb]) AS wl(winlog)
 		 WHERE s.client_id = $1 AND s.line_no BETWEEN $2 AND $3
@@ -548,6 +550,8 @@ BEGIN
 							ELSE at_text::timestamp AT TIME ZONE %1$L END AS at
 				  FROM (SELECT e.*,
 							   CASE
+								   -- a blank line (COPY with FORCE_NOT_NULL) is no record
+								   WHEN e.blank THEN 'skip'
 								   WHEN e.bad_json THEN 'reject:not valid JSON'
 								   WHEN e.event_id IS NULL THEN 'reject:no EventID'
 								   WHEN e.event_id NOT IN ('4624', '4634', '4647') THEN 'skip'
@@ -634,21 +638,20 @@ BEGIN
 			 GROUP BY 1) o
 	 WHERE l.client_id = client_id AND l.session_key = o.session_key AND l.at <= o.at
 	   AND (l.ended IS NULL OR l.ended > o.at);
-	-- (in steps: Citus plans no correlated NOT EXISTS over a temporary table)
+	-- held: this load's logoffs that wait, whether they wait from now on or
+	-- (loaded again) were waiting already.  In steps: Citus plans no
+	-- correlated NOT EXISTS over a temporary table.
 	CREATE TEMP TABLE msp_win_hold ON COMMIT DROP AS
-	SELECT DISTINCT s.session_key, s.at
+	SELECT s.session_key, s.at
 	  FROM pg_temp.msp_win_session s
 	 WHERE s.kind = 'logoff' AND s.line_no IS NOT NULL AND NOT s.consumed;
 	DELETE FROM pg_temp.msp_win_hold h
 	 USING @extschema@.logons l
 	 WHERE l.client_id = client_id AND l.session_key = h.session_key AND l.at <= h.at;
-	WITH hold AS (
-		INSERT INTO @extschema@.pending_logoffs AS p (client_id, session_key, at)
-		SELECT client_id, h.session_key, h.at
-		  FROM pg_temp.msp_win_hold h
-		ON CONFLICT DO NOTHING
-		RETURNING 1)
-	SELECT count(*) INTO held FROM hold;
+	SELECT count(*) INTO held FROM pg_temp.msp_win_hold;
+	INSERT INTO @extschema@.pending_logoffs AS p (client_id, session_key, at)
+	SELECT DISTINCT client_id, h.session_key, h.at FROM pg_temp.msp_win_hold h
+	ON CONFLICT DO NOTHING;
 	DROP TABLE pg_temp.msp_win_hold;
 	-- paired: the logoffs of this load that found their session (in this
 	-- load or an earlier one), and the held ones that found it now
@@ -716,7 +719,7 @@ BEGIN
 	PERFORM @extschema@.msp_load_begin(client_id);
 	CREATE TEMP TABLE msp_entra_rec ON COMMIT DROP AS
 	SELECT r.rec, l.line_nos[r.first_line] AS line_no, r.record, r.is_json
-	  FROM (SELECT array_agg(s.line_no ORDER BY s.line_no) AS line_nos, array_agg(s.raw ORDER BY s.line_no) AS raws
+	  FROM (SELECT array_agg(s.line_no ORDER BY s.line_no) AS line_nos, array_agg(CASE WHEN left(s.raw, 1) = E'\ufeff' THEN substr(s.raw, 2) ELSE s.raw END ORDER BY s.line_no) AS raws
 			  FROM @extschema@.entra_signin_staging s WHERE s.client_id = client_id) l,
 		   LATERAL @extschema@.msp_json_records(l.raws) WITH ORDINALITY AS r(first_line, record, is_json, rec);
 	ALTER TABLE pg_temp.msp_entra_rec ADD PRIMARY KEY (rec);

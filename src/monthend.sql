@@ -42,6 +42,10 @@ CREATE TABLE @extschema@.finalize_run_clients (
 	detail text,
 	hint text,
 	at timestamptz NOT NULL DEFAULT clock_timestamp(),
+	-- finalized: 'batch' when the people counted for every client at the
+	-- start of the run were used, 'recounted' when this client's data had
+	-- changed since and its people were counted again in its transaction
+	people_from text CONSTRAINT finalize_run_clients_people_from_known CHECK (people_from IN ('batch', 'recounted')),
 	PRIMARY KEY (client_id, run_id),
 	CONSTRAINT finalize_run_clients_invoice_iff_done
 		CHECK ((outcome IN ('finalized', 'already_finalized')) = (invoice_id IS NOT NULL))
@@ -131,12 +135,178 @@ BEGIN
 	INSERT INTO @extschema@.finalize_runs (period, override, client_ids)
 	VALUES (period, coalesce(override, '{}'), ids)
 	RETURNING run_id INTO id;
+	-- every client's people at once, committed with the run; each client's
+	-- transaction uses them if its data did not change since
+	PERFORM @extschema@.msp_finalize_run_prepare(id);
 	RETURN id;
 END
 $$;
 REVOKE EXECUTE ON FUNCTION @extschema@.msp_finalize_run_begin(daterange, text[], bigint[]) FROM PUBLIC;
 COMMENT ON FUNCTION @extschema@.msp_finalize_run_begin(daterange, text[], bigint[]) IS
-	'month-end internal: checks the period and override once, records a run and the clients it takes; returns the run id';
+	'month-end internal: checks the period and override once, records a run and the clients it takes, counts their people at once; returns the run id';
+
+-- Every client's people of a run, counted at its start in one set-based
+-- pass (msp_period_people_all) in one snapshot, and what they were read
+-- from (msp_people_sources), so that each client's transaction can tell
+-- whether they still hold in its own snapshot.  Written and read only by
+-- the month-end definer functions; a run's rows go when it ends.
+CREATE TABLE @extschema@.finalize_run_people (
+	run_id bigint NOT NULL REFERENCES @extschema@.finalize_runs,
+	client_id bigint NOT NULL,
+	-- as msp_price_invoice takes them
+	people jsonb NOT NULL,
+	-- msp_billable_users' rows, as msp_finalize_invoice stores them
+	evidence jsonb NOT NULL,
+	sources jsonb NOT NULL,
+	snapshot pg_snapshot NOT NULL,
+	PRIMARY KEY (run_id, client_id)
+);
+COMMENT ON TABLE @extschema@.finalize_run_people IS
+	'month-end internal: each client''s people counted at the start of a run for every client at once, with the snapshot and the rows they were read from';
+ALTER TABLE @extschema@.finalize_run_people ENABLE ROW LEVEL SECURITY;
+REVOKE ALL ON @extschema@.finalize_run_people FROM PUBLIC;
+
+-- Was a row (its xmin) committed as of the snapshot since?  The 32-bit
+-- xmin is widened with the epoch of the current snapshot's xmax (now_xmax):
+-- a row visible now was written less than 2^31 transactions before it.
+-- Frozen and bootstrap rows (xmin 1, 2) are old.  A row it cannot place
+-- counts as new, so that at worst a client is counted again.
+-- (SQL without SET, so that it inlines; every name qualified.)
+CREATE FUNCTION @extschema@.msp_xmin_seen(x xid, since pg_snapshot, now_xmax bigint)
+RETURNS boolean
+LANGUAGE sql STABLE PARALLEL SAFE
+RETURN CASE
+	WHEN since IS NULL THEN true
+	WHEN x::text::bigint OPERATOR(pg_catalog.<) 3 THEN true
+	ELSE coalesce(pg_catalog.pg_visible_in_snapshot(
+			 (NULLIF(GREATEST(((now_xmax OPERATOR(pg_catalog.>>) 32) OPERATOR(pg_catalog.<<) 32)
+							  OPERATOR(pg_catalog.+) x::text::bigint
+							  OPERATOR(pg_catalog.-) CASE WHEN x::text::bigint OPERATOR(pg_catalog.>=)
+															   (now_xmax OPERATOR(pg_catalog.&) 4294967295)
+														  THEN 4294967296 ELSE 0 END, -1), -1))::text::xid8,
+			 since), false)
+END;
+COMMENT ON FUNCTION @extschema@.msp_xmin_seen(xid, pg_snapshot, bigint) IS
+	'month-end internal: whether a row version (its xmin) was committed as of a snapshot (NULL snapshot: true)';
+
+-- What one client's people are read from, per table (and home client):
+-- how many rows, and how many of them are new since the snapshot given.
+-- The same counts with no row new mean the same rows: a row written,
+-- changed or deleted since changes one of them.  Every table is filtered
+-- by client_id (PL/pgSQL, so that Citus could plan each on one shard).
+CREATE FUNCTION @extschema@.msp_people_sources(client_id bigint, period daterange, since pg_snapshot)
+RETURNS jsonb
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	payer bigint := client_id;
+	now_xmax bigint := pg_snapshot_xmax(pg_current_snapshot())::text::bigint;
+	tz text;
+	t0 timestamptz;
+	t1 timestamptz;
+	home bigint;
+	n bigint;
+	fresh bigint;
+	out jsonb := '{}';
+BEGIN
+	SELECT count(*), count(*) FILTER (WHERE NOT msp_xmin_seen(x.xmin, since, now_xmax)), min(x.time_zone)
+	  INTO n, fresh, tz FROM clients x WHERE x.client_id = payer;
+	out := out || jsonb_build_object('clients', ARRAY[n, fresh]);
+	t0 := lower(period)::timestamp AT TIME ZONE tz;
+	t1 := upper(period)::timestamp AT TIME ZONE tz;
+	SELECT count(*), count(*) FILTER (WHERE NOT msp_xmin_seen(x.xmin, since, now_xmax))
+	  INTO n, fresh FROM contracts x WHERE x.client_id = payer;
+	out := out || jsonb_build_object('contracts', ARRAY[n, fresh]);
+	SELECT count(*), count(*) FILTER (WHERE NOT msp_xmin_seen(x.xmin, since, now_xmax))
+	  INTO n, fresh FROM sister_clients x WHERE x.bill_to_client_id = payer;
+	out := out || jsonb_build_object('sister_clients', ARRAY[n, fresh]);
+	FOREACH home IN ARRAY ARRAY[payer] || ARRAY(SELECT s.client_id FROM sister_clients s
+												 WHERE s.bill_to_client_id = payer AND s.client_id <> payer
+												 ORDER BY 1)
+	LOOP
+		SELECT count(*), count(*) FILTER (WHERE NOT msp_xmin_seen(x.xmin, since, now_xmax))
+		  INTO n, fresh FROM people x WHERE x.client_id = home;
+		out := out || jsonb_build_object('people ' || home, ARRAY[n, fresh]);
+		SELECT count(*), count(*) FILTER (WHERE NOT msp_xmin_seen(x.xmin, since, now_xmax))
+		  INTO n, fresh FROM accounts x WHERE x.client_id = home;
+		out := out || jsonb_build_object('accounts ' || home, ARRAY[n, fresh]);
+		SELECT count(*), count(*) FILTER (WHERE NOT msp_xmin_seen(x.xmin, since, now_xmax))
+		  INTO n, fresh FROM logons x WHERE x.client_id = home AND x.at >= t0 AND x.at < t1;
+		out := out || jsonb_build_object('logons ' || home, ARRAY[n, fresh]);
+		SELECT count(*), count(*) FILTER (WHERE NOT msp_xmin_seen(x.xmin, since, now_xmax))
+		  INTO n, fresh FROM support_contacts x WHERE x.client_id = home AND x.at >= t0 AND x.at < t1;
+		out := out || jsonb_build_object('support_contacts ' || home, ARRAY[n, fresh]);
+	END LOOP;
+	RETURN out;
+END
+$$;
+-- (reads xmin, which the roles' column grants do not cover: month-end's
+-- definer functions call it as the owner)
+REVOKE EXECUTE ON FUNCTION @extschema@.msp_people_sources(bigint, daterange, pg_snapshot) FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@.msp_people_sources(bigint, daterange, pg_snapshot) IS
+	'month-end internal: the rows one client''s billable people of a period are read from, counted per table and home client, and how many are new since a snapshot';
+
+-- Counts every client's people of a run at once, as msp_finalize_invoice
+-- would store them (pseudonymous), in one statement: its functions are
+-- STABLE and read in its snapshot, the one recorded with them.  Called by
+-- msp_finalize_run_begin, as the owner (not for callers: nobody else may
+-- write what invoices are priced from).  On Citus nothing is counted:
+-- every client is counted in its own transaction.
+CREATE FUNCTION @extschema@.msp_finalize_run_prepare(run_id bigint)
+RETURNS integer
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, @extschema@, pg_temp
+SET mspbill.pseudonymous = on
+AS $$
+#variable_conflict use_variable
+DECLARE
+	r finalize_runs;
+	n integer;
+BEGIN
+	SELECT * INTO r FROM finalize_runs f WHERE f.run_id = run_id;
+	IF NOT FOUND OR r.finished_at IS NOT NULL OR r.started_by <> session_user THEN
+		RAISE EXCEPTION 'month-end run % is not an open run of yours', run_id
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Run month-end with CALL mspbill.msp_finalize_period(period);';
+	END IF;
+	IF msp_is_distributed('@extschema@.contracts') THEN
+		RETURN 0;
+	END IF;
+	INSERT INTO @extschema@.finalize_run_people (run_id, client_id, people, evidence, sources, snapshot)
+	WITH u AS MATERIALIZED (
+		SELECT * FROM msp_period_people_all(r.period, r.client_ids, true)),
+	p AS (
+		SELECT y.client_id, jsonb_object_agg(y.contract_id::text, y.who) AS people
+		  FROM (SELECT u.client_id, u.contract_id,
+					   jsonb_build_object('h', array_agg(u.home_client_id), 'p', array_agg(u.person_id),
+										  'd', array_agg(u.segment_days)) AS who
+				  FROM u GROUP BY u.client_id, u.contract_id) y
+		 GROUP BY y.client_id),
+	-- msp_billable_users' columns and order
+	e AS (
+		SELECT u.client_id,
+			   jsonb_agg(jsonb_build_object('contract_id', u.contract_id, 'person_id', u.person_id,
+											'pseudonym', u.pseudonym, 'rule', u.rule, 'first_seen', u.first_seen,
+											'last_seen', u.last_seen, 'days_active', u.days_active,
+											'support_contacts', u.support_contacts, 'accounts', u.accounts,
+											'home_client_id', u.home_client_id)
+						 ORDER BY lower(u.segment), u.pseudonym, u.home_client_id) AS evidence
+		  FROM u GROUP BY u.client_id)
+	SELECT run_id, c.id, coalesce(p.people, '{}'), coalesce(e.evidence, '[]'),
+		   msp_people_sources(c.id, msp_period(c.id, r.period), NULL), pg_current_snapshot()
+	  FROM unnest(r.client_ids) c(id)
+	  JOIN clients k ON k.client_id = c.id
+	  LEFT JOIN p ON p.client_id = c.id
+	  LEFT JOIN e ON e.client_id = c.id;
+	GET DIAGNOSTICS n = ROW_COUNT;
+	RETURN n;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION @extschema@.msp_finalize_run_prepare(bigint) FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@.msp_finalize_run_prepare(bigint) IS
+	'month-end internal: counts the billable people of every client of a run at once and records them with their snapshot; returns how many clients';
 
 -- One client of a run: finalized in a subtransaction, the outcome recorded
 -- either way.  The advisory lock is msp_finalize_invoice's, so that
@@ -166,6 +336,8 @@ DECLARE
 	hin text;
 	con text;
 	failing text[];
+	b finalize_run_people;
+	source text;
 BEGIN
 	SELECT * INTO r FROM finalize_runs f WHERE f.run_id = run_id;
 	IF NOT FOUND OR r.finished_at IS NOT NULL OR r.started_by <> session_user
@@ -177,7 +349,18 @@ BEGIN
 	PERFORM pg_advisory_xact_lock(hashtext('mspbill.finalize'), hashtext(client_id::text || r.period::text));
 	prior := (msp_finalized_invoice(client_id, r.period)).invoice_id;
 	BEGIN
-		id := msp_finalize_invoice(client_id, r.period, r.override);
+		-- the people counted for every client at the start of the run hold
+		-- if what they were read from is the same in this transaction's
+		-- snapshot; else they are counted again here
+		SELECT * INTO b FROM finalize_run_people p WHERE p.run_id = run_id AND p.client_id = client_id;
+		IF prior IS NULL AND b.run_id IS NOT NULL
+		   AND msp_people_sources(client_id, r.period, b.snapshot) = b.sources THEN
+			id := msp_finalize_invoice_with(client_id, r.period, r.override, b.people, b.evidence);
+			source := 'batch';
+		ELSE
+			id := msp_finalize_invoice_with(client_id, r.period, r.override, NULL, NULL);
+			source := CASE WHEN prior IS NULL THEN 'recounted' END;
+		END IF;
 		result := CASE WHEN prior IS NULL THEN 'finalized' ELSE 'already_finalized' END;
 	EXCEPTION WHEN OTHERS THEN
 		GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, msg = MESSAGE_TEXT, det = PG_EXCEPTION_DETAIL,
@@ -197,10 +380,10 @@ BEGIN
 		END IF;
 	END;
 	INSERT INTO @extschema@.finalize_run_clients (client_id, run_id, outcome, invoice_id, total, gates, sqlstate,
-												  message, detail, hint)
+												  message, detail, hint, people_from)
 	VALUES (client_id, run_id, result, id,
 			(SELECT i.total FROM invoices i WHERE i.client_id = client_id AND i.invoice_id = id),
-			failing, st, msg, nullif(det, ''), nullif(hin, ''));
+			failing, st, msg, nullif(det, ''), nullif(hin, ''), CASE WHEN result = 'finalized' THEN source END);
 	RETURN result;
 END
 $$;
@@ -222,6 +405,7 @@ BEGIN
 		RAISE EXCEPTION 'month-end run % is not an open run of yours', run_id
 			USING ERRCODE = 'invalid_parameter_value';
 	END IF;
+	DELETE FROM @extschema@.finalize_run_people p WHERE p.run_id = run_id;
 END
 $$;
 REVOKE EXECUTE ON FUNCTION @extschema@.msp_finalize_run_end(bigint) FROM PUBLIC;

@@ -60,26 +60,27 @@ BEGIN
 	 WHERE k.client_id = msp_pii_audit.client_id AND k.effective @> (upper(period) - 1);
 	sess := coalesce(sess, interval '1 hour');
 	RETURN QUERY
-	WITH shared_sessions AS (
-		SELECT l.logon_id, l.device_id, l.account_id, l.at AS s0,
+	WITH shared_sessions AS MATERIALIZED (
+		-- numbered here (the CTE is read twice, so it is materialized once)
+		SELECT row_number() OVER () AS session_no, l.device_id, l.account_id, l.at AS s0,
 			   coalesce(l.ended, l.at + sess) AS s1
 		  FROM logons l
 		  JOIN accounts a ON a.client_id = msp_pii_audit.client_id AND a.account_id = l.account_id
 		 WHERE l.client_id = msp_pii_audit.client_id AND l.at >= z.t0 AND l.at < z.t1
 		   AND a.kind = 'shared' AND a.realm = 'os' AND l.presence AND l.device_id IS NOT NULL),
 	uses AS (
-		SELECT s.logon_id, ua.application, count(*)::integer AS uses,
+		SELECT s.session_no, ua.application, count(*)::integer AS uses,
 			   bool_or(ua.kind = 'individual') AS individual_login
 		  FROM shared_sessions s
 		  JOIN logons u ON u.client_id = msp_pii_audit.client_id AND u.device_id = s.device_id
 					   AND u.at >= s.s0 - window_size AND u.at <= s.s1 + window_size
 		  JOIN accounts ua ON ua.client_id = msp_pii_audit.client_id AND ua.account_id = u.account_id AND ua.realm = 'app'
 		  JOIN applications ap ON ap.client_id = msp_pii_audit.client_id AND ap.name = ua.application AND ap.holds_pii
-		 GROUP BY s.logon_id, ua.application)
+		 GROUP BY s.session_no, ua.application)
 	SELECT d.name, al.label, x.application, s.s0, s.s1, x.uses,
 		   count(*) OVER (PARTITION BY d.name, al.label, x.application)
 	  FROM uses x
-	  JOIN shared_sessions s USING (logon_id)
+	  JOIN shared_sessions s USING (session_no)
 	  JOIN devices d ON d.client_id = msp_pii_audit.client_id AND d.device_id = s.device_id
 	  JOIN account_labels al ON al.client_id = msp_pii_audit.client_id AND al.account_id = s.account_id
 	 WHERE NOT x.individual_login
@@ -403,7 +404,7 @@ BEGIN
 	EXECUTE format('GRANT SELECT ON %s, @extschema@.audit_log TO mspbill_admin', billed_tables);
 	EXECUTE 'GRANT SELECT, DELETE ON @extschema@.psa_tickets TO mspbill_admin';
 	EXECUTE format('GRANT INSERT ON %s TO mspbill_admin, mspbill_billing', staging);
-	EXECUTE format('GRANT USAGE ON %s, @extschema@.logons_logon_id_seq TO mspbill_admin, mspbill_billing', staging_seqs);
+	EXECUTE format('GRANT USAGE ON %s TO mspbill_admin, mspbill_billing', staging_seqs);
 	EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO mspbill_admin, mspbill_billing', writers);
 	-- month-end: run it, and watch its runs (every client's outcome)
 	EXECUTE format('GRANT EXECUTE ON PROCEDURE %s TO mspbill_admin, mspbill_billing', month_end);

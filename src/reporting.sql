@@ -229,7 +229,11 @@ COMMENT ON FUNCTION @extschema@.msp_mark_rollups_dirty(bigint, daterange) IS
 -- The daily rows of a set of (client, day) pairs, from the logons.  Each
 -- pair reads its day's logons by index, widened by three hours for the
 -- daylight-saving shifts, and keeps exactly the logons whose local day it
--- is: the same rule the triggers mark by.
+-- is: the same rule the triggers mark by.  The day's logons are a lateral
+-- subquery kept apart (OFFSET 0), so that they are read by
+-- (client_id, at) and only then joined to their accounts: joined the
+-- other way round, each account probed the account index, which holds
+-- presence logons only, and read its client's every logon instead.
 CREATE FUNCTION @extschema@.msp_daily_activity_of(client_ids bigint[], days date[])
 RETURNS SETOF @extschema@.daily_activity
 LANGUAGE sql STABLE STRICT PARALLEL SAFE
@@ -243,10 +247,13 @@ BEGIN ATOMIC
 		   count(*)
 	  FROM (SELECT DISTINCT u.client_id, u.day FROM unnest(client_ids, days) u(client_id, day)) p
 	  JOIN clients c ON c.client_id = p.client_id
-	  JOIN logons l ON l.client_id = p.client_id
-				   AND l.at >= ((p.day::timestamp - interval '3 hours') AT TIME ZONE c.time_zone)
-				   AND l.at < (((p.day + 1)::timestamp + interval '3 hours') AT TIME ZONE c.time_zone)
-				   AND msp_local_day(l.at, c.time_zone) = p.day
+	  CROSS JOIN LATERAL (SELECT g.client_id, g.account_id, g.device_id, g.presence
+							FROM logons g
+						   WHERE g.client_id = p.client_id
+							 AND g.at >= ((p.day::timestamp - interval '3 hours') AT TIME ZONE c.time_zone)
+							 AND g.at < (((p.day + 1)::timestamp + interval '3 hours') AT TIME ZONE c.time_zone)
+							 AND msp_local_day(g.at, c.time_zone) = p.day
+						  OFFSET 0) l
 	  JOIN accounts a ON a.client_id = l.client_id AND a.account_id = l.account_id
 	 GROUP BY p.client_id, p.day;
 END;

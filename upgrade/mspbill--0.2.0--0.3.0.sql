@@ -12026,6 +12026,1625 @@ SELECT p.client_id, rc.client_name, lower(p.period) AS month, p.status,
 	ON ch.client_id = p.client_id AND ch.month = lower(p.period)
  WHERE p.status <> 'unpriced';
 
+
+-- outfix (outside test): a Windows or Entra file's byte-order mark is read past, blank lines
+-- are skipped; held counts the logoffs still waiting when loaded again
+CREATE OR REPLACE FUNCTION @extschema@.msp_load_windows_events(client_id bigint, source text DEFAULT 'windows',
+													OUT loaded bigint, OUT duplicate bigint,
+													OUT paired bigint, OUT skipped bigint, OUT rejected bigint,
+													OUT held bigint)
+LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER
+SET search_path = pg_catalog, @extschema@, pg_temp
+SET DateStyle = 'ISO, MDY'
+SET timezone_abbreviations = 'Default'
+SET TimeZone = 'UTC'
+-- a load's sorts and hashes of its own scratch rows stay in memory
+SET work_mem = '64MB'
+AS $$
+#variable_conflict use_variable
+DECLARE
+	lo bigint;
+	hi bigint;
+	zone text;
+	fields text;
+	logoffs bigint;
+	newest timestamptz;
+BEGIN
+	-- a NULL source would make every event id unique (NULLs are distinct)
+	source := coalesce(source, 'windows');
+	-- the stage holds still while it is read and emptied: a COPY into it
+	-- (any client) waits for this load, and this load for COPYs under way,
+	-- so that no line committed meanwhile is emptied unread
+	LOCK TABLE @extschema@.windows_event_staging IN SHARE ROW EXCLUSIVE MODE;
+	PERFORM @extschema@.msp_load_begin(client_id);
+	SELECT c.time_zone INTO zone FROM @extschema@.clients c WHERE c.client_id = client_id;
+	-- the first and last line by the index (an aggregate would read every line)
+	lo := (SELECT s.line_no FROM @extschema@.windows_event_staging s WHERE s.client_id = client_id ORDER BY s.line_no LIMIT 1);
+	hi := (SELECT s.line_no FROM @extschema@.windows_event_staging s WHERE s.client_id = client_id ORDER BY s.line_no DESC LIMIT 1);
+	-- (no primary key: every read of it is a whole-table join, and keeping
+	-- an index on 200k scratch rows cost a tenth of the load)
+	CREATE TEMP TABLE msp_win_class (
+		line_no bigint NOT NULL,
+		event_id text,
+		at_field text,
+		at_text text,
+		host text,
+		username text,
+		domain text,
+		logon_type text,
+		logon_id text,
+		linked_id text,
+		record text,
+		class text NOT NULL,
+		at timestamptz
+	) ON COMMIT DROP;
+	-- One statement per batch reads each staged record once: msp_json_fields
+	-- keeps only the fields a logon needs, NXLog's top-level ones or
+	-- Winlogbeat's (winlog.*), without building a jsonb of every (mostly
+	-- irrelevant, often large) record; the same row is classified and, when
+	-- it is a logon or logoff, its time read and checked.  (Reading the
+	-- times in a second pass rewrote every scratch row: a second of a
+	-- 200k-event load.)  Times: an EventTime without a zone is the client's
+	-- local time, any other field's is UTC.  Plain ISO date and time has no
+	-- zone, one ending in Z or an offset has its own (both decided without
+	-- a call per row); any other is read in UTC and in UTC+14
+	-- (msp_timestamptz_plus14), which agree exactly when PostgreSQL finds a
+	-- zone in it.
+	fields := $fields$
+		SELECT s.line_no, f IS NULL AND r.raw !~ '^\s*$' AS bad_json, f IS NULL AND r.raw ~ '^\s*$' AS blank,
+			   coalesce(f[1], wl.winlog->>'event_id') AS event_id,
+			   CASE WHEN f[12] IS NULL THEN coalesce(f[2], f[3], f[4])
+					ELSE coalesce(wl.winlog->>'time_created', f[4]) END AS at_text,
+			   CASE WHEN f[12] IS NULL
+					THEN CASE WHEN f[2] IS NOT NULL THEN 'EventTime' WHEN f[3] IS NOT NULL THEN 'TimeCreated'
+					  ELSE '@timestamp' END
+					ELSE CASE WHEN wl.winlog->>'time_created' IS NOT NULL THEN 'winlog.time_created'
+					  ELSE '@timestamp' END END AS at_field,
+			   coalesce(f[5], wl.winlog->>'computer_name') AS host,
+			   coalesce(f[6], wl.winlog->'event_data'->>'TargetUserName') AS username,
+			   coalesce(f[7], wl.winlog->'event_data'->>'TargetDomainName') AS domain,
+			   coalesce(f[8], wl.winlog->'event_data'->>'LogonType') AS logon_type,
+			   coalesce(f[9], wl.winlog->'event_data'->>'TargetLogonId') AS logon_id,
+			   coalesce(f[10], wl.winlog->'event_data'->>'TargetLinkedLogonId') AS linked_id,
+			   coalesce(f[11], wl.winlog->>'record_id', md5(r.raw)) AS record
+		  FROM @extschema@.windows_event_staging s,
+			   -- a file's byte-order mark is not part of its first record
+			   LATERAL (SELECT CASE WHEN left(s.raw, 1) = E'\ufeff' THEN substr(s.raw, 2) ELSE s.raw END AS raw) r,
+			   LATERAL @extschema@.msp_json_fields(r.raw, '{EventID,EventTime,TimeCreated,@timestamp,Hostname,TargetUserName,TargetDomainName,LogonType,TargetLogonId,TargetLinkedLogonId,RecordNumber,winlog}') AS f,
+			   -- a function in FROM runs once per row (a subquery would be pulled up)
+			   LATERAL unnest(ARRAY[f[12]::jsonb]) AS wl(winlog)
+		 WHERE s.client_id = $1 AND s.line_no BETWEEN $2 AND $3
+	$fields$;
+	PERFORM @extschema@.msp_load_guarded(format($step$
+		INSERT INTO pg_temp.msp_win_class (line_no, event_id, at_field, at_text, host, username, domain, logon_type,
+										   logon_id, linked_id, record, class, at)
+		SELECT k.line_no, k.event_id, k.at_field, k.at_text, k.host, k.username, k.domain, k.logon_type, k.logon_id,
+			   k.linked_id, k.record,
+			   CASE WHEN k.at IS NOT NULL AND @extschema@.msp_implausible_time(k.at_text, k.at) IS NOT NULL
+					THEN 'reject:invalid ' || k.at_field || ': ' || @extschema@.msp_implausible_time(k.at_text, k.at)
+					ELSE k.class END,
+			   k.at
+		  FROM (SELECT c.*,
+					   CASE WHEN class NOT IN ('logon', 'logoff', 'linked') THEN NULL
+							WHEN at_field <> 'EventTime' THEN at_text::timestamptz
+							WHEN at_text ~ '^\s*\d{4}-\d\d-\d\d[ T]\d\d:\d\d(:\d\d(\.\d+)?)?\s*$'
+							THEN at_text::timestamp AT TIME ZONE %1$L
+							WHEN at_text ~ '\d:\d\d(:\d\d(\.\d+)?)?\s*(Z|[+-]\d\d(:?\d\d)?)$'
+								 OR at_text::timestamptz = @extschema@.msp_timestamptz_plus14(at_text)
+							THEN at_text::timestamptz
+							ELSE at_text::timestamp AT TIME ZONE %1$L END AS at
+				  FROM (SELECT e.*,
+							   CASE
+								   -- a blank line (COPY with FORCE_NOT_NULL) is no record
+								   WHEN e.blank THEN 'skip'
+								   WHEN e.bad_json THEN 'reject:not valid JSON'
+								   WHEN e.event_id IS NULL THEN 'reject:no EventID'
+								   WHEN e.event_id NOT IN ('4624', '4634', '4647') THEN 'skip'
+								   WHEN e.at_text IS NULL THEN 'reject:no event time'
+								   WHEN e.host IS NULL OR e.host IN ('', '-') THEN 'reject:no Hostname'
+								   WHEN e.username IS NULL OR btrim(e.username, E' \t\r\n') IN ('', '-') THEN 'reject:no TargetUserName'
+								   -- names and keys go into btree indexes, which cap a row's size
+								   WHEN length(e.host) > 255 OR length(e.username) > 255 OR length(e.domain) > 255
+										OR length(e.record) > 255 OR length(e.logon_id) > 255 OR length(e.linked_id) > 255
+										THEN 'reject:field too long'
+								   WHEN @extschema@.msp_is_machine_account(e.username) THEN 'skip'
+								   WHEN e.event_id = '4624' AND e.logon_type IS NULL THEN 'reject:no LogonType'
+								   WHEN e.logon_type NOT IN ('2', '7', '10', '11') THEN 'skip'
+								   -- the other half of a linked logon: the half with the
+								   -- smaller logon id (as a hexadecimal number) is the session
+								   WHEN e.event_id = '4624' AND e.logon_id IS NOT NULL AND coalesce(lower(e.linked_id), '0x0') <> '0x0'
+										AND (length(e.linked_id), lower(e.linked_id)) < (length(e.logon_id), lower(e.logon_id)) THEN 'linked'
+								   WHEN e.event_id = '4624' THEN 'logon'
+								   -- a logoff without a logon id closes nothing
+								   WHEN e.logon_id IS NULL THEN 'skip'
+								   ELSE 'logoff'
+							   END AS class
+						  FROM (%2$s) e
+						 -- kept apart, so that the time is read once and only when
+						 -- the class needs it
+						OFFSET 0) c
+				OFFSET 0) k
+	$step$, zone, fields),
+	-- A record whose time cannot be read is rejected by its field's name;
+	-- any other failure (its JSON) with the error's message.
+	format($reject$
+		INSERT INTO pg_temp.msp_win_class (line_no, class)
+		SELECT $2, 'reject:unreadable record: ' || $3
+		 WHERE $4 NOT IN ('22007', '22008', '22009', '22023')
+		UNION ALL
+		SELECT e.line_no, 'reject:invalid ' || e.at_field
+		  FROM (%s) e
+		 WHERE $4 IN ('22007', '22008', '22009', '22023')
+	$reject$, replace(fields, '$2 AND $3', '$2 AND $2')), client_id, lo, hi);
+
+	-- Sessions within the load, and with the logoffs held from earlier
+	-- loads: per host and logon id in time order, a logon ends at the first
+	-- logoff at or after it; a logoff is consumed when a logon (or the
+	-- linked half of one) precedes it.
+	CREATE TEMP TABLE msp_win_session ON COMMIT DROP AS
+	SELECT x.line_no, x.kind, x.session_key, x.at,
+		   min(x.at) FILTER (WHERE x.kind = 'logoff') OVER w_after AS ended,
+		   bool_or(x.kind <> 'logoff') OVER w_before AS consumed
+	  FROM (SELECT c.line_no, c.class AS kind, upper(split_part(c.host, '.', 1)) || ':' || lower(c.logon_id) AS session_key,
+				   c.at, c.logon_type
+			  FROM pg_temp.msp_win_class c
+			 WHERE c.class IN ('logon', 'logoff', 'linked') AND c.logon_id IS NOT NULL
+			UNION ALL
+			SELECT NULL, 'logoff', p.session_key, p.at, NULL
+			  FROM @extschema@.pending_logoffs p
+			 WHERE p.client_id = client_id
+			   AND p.session_key IN (SELECT upper(split_part(c.host, '.', 1)) || ':' || lower(c.logon_id)
+									   FROM pg_temp.msp_win_class c WHERE c.class IN ('logon', 'linked'))) x
+	WINDOW w_after AS (PARTITION BY x.session_key ORDER BY x.at, x.kind = 'logoff', x.line_no
+					   ROWS BETWEEN CURRENT ROW AND UNBOUNDED FOLLOWING),
+		   w_before AS (PARTITION BY x.session_key ORDER BY x.at, x.kind = 'logoff', x.line_no
+						ROWS UNBOUNDED PRECEDING);
+
+	INSERT INTO pg_temp.msp_load_events (line_no, realm, application, account_name, device_name, create_device, at,
+										 ended, source_event_id, session_key)
+	SELECT c.line_no, 'os', NULL, @extschema@.msp_canonical_account(c.domain, c.username), upper(split_part(c.host, '.', 1)), true,
+		   c.at,
+		   -- an unlock or reconnect is an instant of presence inside a session
+		   CASE WHEN c.logon_type = '7' THEN c.at ELSE s.ended END,
+		   upper(split_part(c.host, '.', 1)) || ':' || c.record, s.session_key
+	  FROM pg_temp.msp_win_class c LEFT JOIN pg_temp.msp_win_session s ON s.line_no = c.line_no
+	 WHERE c.class = 'logon';
+	SELECT * INTO loaded, duplicate FROM @extschema@.msp_load_normalized_guarded(client_id, source, $reject$
+		UPDATE pg_temp.msp_win_class SET class = 'reject:unloadable record: ' || $3 WHERE line_no = $2
+	$reject$);
+
+	-- Logoffs this load did not pair close sessions loaded earlier (so do
+	-- all of them when some logon of the load was already loaded: its
+	-- stored row may still be open); the rest wait in pending_logoffs.
+	UPDATE @extschema@.logons l SET ended = o.at
+	  FROM (SELECT s.session_key, min(s.at) AS at
+			  FROM pg_temp.msp_win_session s
+			 WHERE s.kind = 'logoff' AND s.line_no IS NOT NULL AND (NOT s.consumed OR duplicate > 0)
+			 GROUP BY 1) o
+	 WHERE l.client_id = client_id AND l.session_key = o.session_key AND l.at <= o.at
+	   AND (l.ended IS NULL OR l.ended > o.at);
+	-- held: this load's logoffs that wait, whether they wait from now on or
+	-- (loaded again) were waiting already
+	WITH waiting AS (
+		SELECT s.session_key, s.at
+		  FROM pg_temp.msp_win_session s
+		 WHERE s.kind = 'logoff' AND s.line_no IS NOT NULL AND NOT s.consumed
+		   AND NOT EXISTS (SELECT 1 FROM @extschema@.logons l
+							WHERE l.client_id = client_id AND l.session_key = s.session_key AND l.at <= s.at)),
+	hold AS (
+		INSERT INTO @extschema@.pending_logoffs AS p (client_id, session_key, at)
+		SELECT DISTINCT client_id, w.session_key, w.at FROM waiting w
+		ON CONFLICT DO NOTHING)
+	SELECT count(*) INTO held FROM waiting;
+	-- paired: the logoffs of this load that found their session (in this
+	-- load or an earlier one), and the held ones that found it now
+	WITH used AS (
+		DELETE FROM @extschema@.pending_logoffs p
+		 USING pg_temp.msp_win_session s
+		 WHERE p.client_id = client_id AND s.line_no IS NULL AND s.consumed
+		   AND p.session_key = s.session_key AND p.at = s.at
+		RETURNING 1)
+	SELECT count(*) INTO paired FROM used;
+	-- the scratch table's counts in one pass
+	SELECT count(*) FILTER (WHERE c.class = 'logoff'), count(*) FILTER (WHERE c.class IN ('skip', 'linked')),
+		   max(c.at) FILTER (WHERE c.class IN ('logon', 'logoff', 'linked'))
+	  INTO logoffs, skipped, newest
+	  FROM pg_temp.msp_win_class c;
+	paired := paired + logoffs - held;
+	-- a logoff a month older than the newest event loaded finds no logon any more
+	DELETE FROM @extschema@.pending_logoffs p
+	 WHERE p.client_id = client_id AND p.at < newest - interval '1 month';
+
+	INSERT INTO @extschema@.load_rejects (client_id, source, line_no, raw, reason)
+	SELECT client_id, source, c.line_no, s.raw, substr(c.class, 8)
+	  FROM pg_temp.msp_win_class c JOIN @extschema@.windows_event_staging s ON s.client_id = client_id AND s.line_no = c.line_no
+	 WHERE c.class LIKE 'reject:%';
+	GET DIAGNOSTICS rejected = ROW_COUNT;
+	DELETE FROM @extschema@.windows_event_staging s WHERE s.client_id = client_id;
+	DROP TABLE pg_temp.msp_win_class, pg_temp.msp_win_session;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_load_windows_events(bigint, text) IS
+	'loads a client''s staged Windows Security events: interactive (2), unlock (7, an instant), remote interactive (10) and cached (11) logons count, linked pairs once; logoffs close sessions in any load order (held until their logon comes); the rest is skipped or rejected';
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_load_entra_signins(client_id bigint, source text DEFAULT 'entra',
+												   OUT loaded bigint, OUT duplicate bigint,
+												   OUT skipped bigint, OUT rejected bigint)
+LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER
+SET search_path = pg_catalog, @extschema@, pg_temp
+SET DateStyle = 'ISO, MDY'
+SET timezone_abbreviations = 'Default'
+SET TimeZone = 'UTC'
+-- a load's sorts and hashes of its own scratch rows stay in memory
+SET work_mem = '64MB'
+AS $$
+#variable_conflict use_variable
+DECLARE
+	n bigint;
+BEGIN
+	source := coalesce(source, 'entra');
+	-- the stage holds still while it is read and emptied: a COPY into it
+	-- (any client) waits for this load, and this load for COPYs under way,
+	-- so that no line committed meanwhile is emptied unread
+	LOCK TABLE @extschema@.entra_signin_staging IN SHARE ROW EXCLUSIVE MODE;
+	PERFORM @extschema@.msp_load_begin(client_id);
+	CREATE TEMP TABLE msp_entra_rec ON COMMIT DROP AS
+	SELECT r.rec, l.line_nos[r.first_line] AS line_no, r.record, r.is_json
+	  FROM (SELECT array_agg(s.line_no ORDER BY s.line_no) AS line_nos, array_agg(CASE WHEN left(s.raw, 1) = E'\ufeff' THEN substr(s.raw, 2) ELSE s.raw END ORDER BY s.line_no) AS raws
+			  FROM @extschema@.entra_signin_staging s WHERE s.client_id = client_id) l,
+		   LATERAL @extschema@.msp_json_records(l.raws) WITH ORDINALITY AS r(first_line, record, is_json, rec);
+	ALTER TABLE pg_temp.msp_entra_rec ADD PRIMARY KEY (rec);
+	n := (SELECT max(r.rec) FROM pg_temp.msp_entra_rec r);
+	CREATE TEMP TABLE msp_entra_class (
+		line_no bigint PRIMARY KEY,		-- the record's number (msp_entra_rec.rec)
+		id text,
+		upn text,
+		created text,
+		device text,
+		class text NOT NULL,
+		at timestamptz
+	) ON COMMIT DROP;
+	INSERT INTO pg_temp.msp_entra_class (line_no, class)
+	SELECT r.rec, 'reject:not valid JSON' FROM pg_temp.msp_entra_rec r WHERE NOT r.is_json;
+	-- One statement per batch reads each record once: msp_json_fields
+	-- copies out the six fields a sign-in needs without building a jsonb
+	-- of the record (that was most of a load's time); only a record it
+	-- cannot read as an object is parsed as jsonb, to say why (or to read
+	-- nesting deeper than it scans).  A number too large for jsonb in a
+	-- field nobody reads is no reason to reject, as for Windows.  The
+	-- sign-in's time is read and checked in the same pass.
+	PERFORM @extschema@.msp_load_guarded($step$
+		INSERT INTO pg_temp.msp_entra_class (line_no, id, upn, created, device, class, at)
+		SELECT k.rec, k.id, k.upn, k.created, k.device,
+			   CASE WHEN k.at IS NOT NULL AND @extschema@.msp_implausible_time(k.created, k.at) IS NOT NULL
+					THEN 'reject:no valid createdDateTime: ' || @extschema@.msp_implausible_time(k.created, k.at)
+					ELSE k.class END,
+			   k.at
+		  FROM (SELECT c.*, CASE WHEN c.class NOT LIKE 'reject:%' THEN c.created::timestamptz END AS at
+				  FROM (SELECT e.rec, e.id, e.upn, e.created, e.device,
+							   CASE
+								   WHEN e.f IS NULL AND jsonb_typeof(e.doc) <> 'object' THEN 'reject:not a signIn object'
+								   WHEN e.id IS NULL THEN 'reject:no id'
+								   WHEN coalesce(btrim(e.upn, E' \t\r\n'), '') = '' THEN 'reject:no userPrincipalName'
+								   WHEN e.created IS NULL THEN 'reject:no valid createdDateTime'
+								   -- names and keys go into btree indexes, which cap a row's size
+								   WHEN length(e.id) > 255 OR length(e.upn) > 255 OR length(e.device) > 255 THEN 'reject:field too long'
+								   WHEN coalesce(e.error_code, '0') <> '0' THEN 'skip'
+								   WHEN e.interactive = 'false' THEN 'skip'
+								   ELSE 'signin'
+							   END AS class
+						  FROM (SELECT r.rec, f, wl.doc,
+									   coalesce(f[1], wl.doc->>'id') AS id,
+									   coalesce(f[2], wl.doc->>'userPrincipalName') AS upn,
+									   coalesce(f[3], wl.doc->>'createdDateTime') AS created,
+									   coalesce((@extschema@.msp_json_fields(f[4], '{displayName}'))[1],
+												wl.doc->'deviceDetail'->>'displayName') AS device,
+									   coalesce((@extschema@.msp_json_fields(f[5], '{errorCode}'))[1],
+												wl.doc->'status'->>'errorCode') AS error_code,
+									   coalesce(f[6], wl.doc->>'isInteractive') AS interactive
+								  FROM pg_temp.msp_entra_rec r,
+									   LATERAL @extschema@.msp_json_fields(r.record, '{id,userPrincipalName,createdDateTime,deviceDetail,status,isInteractive}') AS f,
+									   -- a function in FROM runs once per row (a subquery would be pulled up)
+									   LATERAL unnest(ARRAY[CASE WHEN f IS NULL THEN r.record::jsonb END]) AS wl(doc)
+								 WHERE r.is_json AND r.rec BETWEEN $2 AND $3) e
+						-- kept apart, so that the time is read once
+						OFFSET 0) c
+				OFFSET 0) k
+	$step$, $reject$
+		INSERT INTO pg_temp.msp_entra_class (line_no, class)
+		VALUES ($2, CASE WHEN $4 = '22P02' THEN 'reject:not valid JSON'
+						 WHEN $4 IN ('22007', '22008', '22009', '22023') THEN 'reject:no valid createdDateTime'
+						 ELSE 'reject:unreadable record: ' || $3 END)
+	$reject$, client_id, 1, n);
+
+	INSERT INTO pg_temp.msp_load_events (line_no, realm, application, account_name, device_name, create_device, at,
+										 ended, source_event_id, session_key)
+	SELECT c.line_no, 'm365', NULL, lower(c.upn), upper(nullif(c.device, '')), false, c.at, NULL, c.id, NULL
+	  FROM pg_temp.msp_entra_class c WHERE c.class = 'signin';
+	SELECT * INTO loaded, duplicate FROM @extschema@.msp_load_normalized_guarded(client_id, source, $reject$
+		UPDATE pg_temp.msp_entra_class SET class = 'reject:unloadable record: ' || $3 WHERE line_no = $2
+	$reject$);
+	INSERT INTO @extschema@.load_rejects (client_id, source, line_no, raw, reason)
+	SELECT client_id, source, r.line_no, r.record, substr(c.class, 8)
+	  FROM pg_temp.msp_entra_class c JOIN pg_temp.msp_entra_rec r ON r.rec = c.line_no
+	 WHERE c.class LIKE 'reject:%'
+	 ORDER BY r.rec;
+	GET DIAGNOSTICS rejected = ROW_COUNT;
+	SELECT count(*) INTO skipped FROM pg_temp.msp_entra_class c WHERE c.class = 'skip';
+	DELETE FROM @extschema@.entra_signin_staging s WHERE s.client_id = client_id;
+	DROP TABLE pg_temp.msp_entra_class, pg_temp.msp_entra_rec;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_load_entra_signins(bigint, text) IS
+	'loads a client''s staged Entra ID sign-ins (JSON lines or saved Graph responses): successful interactive sign-ins count as Microsoft 365 presence';
+
+
+
+-- Storage of logons (issue 21, goal 4: bytes per logon row).  logons loses
+-- logon_id (a sequence's number no query looked a logon up by; the privacy
+-- audit numbers its shared sessions itself now) and its sequence; the
+-- account index becomes partial on presence instead of including it
+-- (every query that reads it says l.presence; an entry is 8 bytes
+-- smaller).  Rows of 0.1.0 and 0.2.0 stay; a dropped column costs stored
+-- rows nothing more, and partitions added later do not have it.
+ALTER TABLE @extschema@.logons DROP COLUMN logon_id;
+-- out of the extension first: that also takes it off the extension's
+-- dumped tables (a plain DROP leaves its oid there)
+ALTER EXTENSION mspbill DROP SEQUENCE @extschema@.logons_logon_id_seq;
+DROP SEQUENCE @extschema@.logons_logon_id_seq;
+DROP INDEX @extschema@.logons_account_idx;
+CREATE INDEX logons_account_idx ON @extschema@.logons (client_id, account_id, at) WHERE presence;
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_pii_audit(client_id bigint, period daterange DEFAULT NULL,
+										  window_size interval DEFAULT '15 minutes')
+RETURNS TABLE (device text, account text, application text, session_start timestamptz,
+			   session_end timestamptz, uses integer, sessions bigint)
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	z record;
+	sess interval;
+BEGIN
+	-- nothing, rather than an error, for a client the reader may not see
+	IF NOT EXISTS (SELECT 1 FROM clients c WHERE c.client_id = msp_pii_audit.client_id) THEN
+		RETURN;
+	END IF;
+	period := msp_period(client_id, period);
+	SELECT c.time_zone, (lower(period)::timestamp AT TIME ZONE c.time_zone) AS t0,
+		   (upper(period)::timestamp AT TIME ZONE c.time_zone) AS t1
+	  INTO z FROM clients c WHERE c.client_id = msp_pii_audit.client_id;
+	SELECT k.default_session INTO sess FROM contracts k
+	 WHERE k.client_id = msp_pii_audit.client_id AND k.effective @> (upper(period) - 1);
+	sess := coalesce(sess, interval '1 hour');
+	RETURN QUERY
+	WITH shared_sessions AS MATERIALIZED (
+		-- numbered here (the CTE is read twice, so it is materialized once)
+		SELECT row_number() OVER () AS session_no, l.device_id, l.account_id, l.at AS s0,
+			   coalesce(l.ended, l.at + sess) AS s1
+		  FROM logons l
+		  JOIN accounts a ON a.client_id = msp_pii_audit.client_id AND a.account_id = l.account_id
+		 WHERE l.client_id = msp_pii_audit.client_id AND l.at >= z.t0 AND l.at < z.t1
+		   AND a.kind = 'shared' AND a.realm = 'os' AND l.presence AND l.device_id IS NOT NULL),
+	uses AS (
+		SELECT s.session_no, ua.application, count(*)::integer AS uses,
+			   bool_or(ua.kind = 'individual') AS individual_login
+		  FROM shared_sessions s
+		  JOIN logons u ON u.client_id = msp_pii_audit.client_id AND u.device_id = s.device_id
+					   AND u.at >= s.s0 - window_size AND u.at <= s.s1 + window_size
+		  JOIN accounts ua ON ua.client_id = msp_pii_audit.client_id AND ua.account_id = u.account_id AND ua.realm = 'app'
+		  JOIN applications ap ON ap.client_id = msp_pii_audit.client_id AND ap.name = ua.application AND ap.holds_pii
+		 GROUP BY s.session_no, ua.application)
+	SELECT d.name, al.label, x.application, s.s0, s.s1, x.uses,
+		   count(*) OVER (PARTITION BY d.name, al.label, x.application)
+	  FROM uses x
+	  JOIN shared_sessions s USING (session_no)
+	  JOIN devices d ON d.client_id = msp_pii_audit.client_id AND d.device_id = s.device_id
+	  JOIN account_labels al ON al.client_id = msp_pii_audit.client_id AND al.account_id = s.account_id
+	 WHERE NOT x.individual_login
+	 ORDER BY d.name, s.s0;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_pii_audit(bigint, daterange, interval) IS
+	'HIPAA check: shared-account sessions in which a PII application was used without an individual application login';
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_install_roles() RETURNS text
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, @extschema@, pg_temp
+AS $$
+DECLARE
+	r text;
+	roles text := 'mspbill_admin, mspbill_billing, mspbill_bi, mspbill_pii, mspbill_report';
+	-- the tables people maintain by hand (or by script)
+	data_tables text := '@extschema@.clients, @extschema@.contracts, @extschema@.contract_tiers, '
+						'@extschema@.devices, @extschema@.people, @extschema@.sister_clients, @extschema@.logons, @extschema@.support_contacts, '
+						'@extschema@.cost_pools, @extschema@.license_counts, @extschema@.applications, '
+						'@extschema@.invoice_terms, @extschema@.tax_rates, @extschema@.psa_mappings, @extschema@.export_codes, '
+						'@extschema@.contract_lines, @extschema@.contract_line_tiers, @extschema@.meter_readings, '
+						-- licensing (src/licensing.sql): mappings and the loaded snapshots
+						'@extschema@.license_policies, @extschema@.partner_companies, @extschema@.psa_contacts, '
+						'@extschema@.m365_sku_counts, @extschema@.m365_license_assignments, @extschema@.pax8_subscriptions';
+	-- read by every role that reads invoices, written only by the definers
+	-- (the number series: see below)
+	billed_tables text := '@extschema@.invoices, @extschema@.invoice_items, @extschema@.invoice_documents, '
+						  '@extschema@.invoice_line_documents, @extschema@.psa_syncs';
+	staging text := '@extschema@.windows_event_staging, @extschema@.entra_signin_staging, @extschema@.emr_audit_staging, '
+					'@extschema@.m365_graph_staging, @extschema@.m365_users_csv_staging, @extschema@.m365_activity_staging, '
+					'@extschema@.pax8_staging, @extschema@.psa_ticket_staging';
+	staging_seqs text := '@extschema@.windows_event_staging_line_no_seq, @extschema@.entra_signin_staging_line_no_seq, '
+						 '@extschema@.emr_audit_staging_line_no_seq, @extschema@.m365_graph_staging_line_no_seq, '
+						 '@extschema@.m365_users_csv_staging_line_no_seq, @extschema@.m365_activity_staging_line_no_seq, '
+						 '@extschema@.pax8_staging_line_no_seq, @extschema@.psa_ticket_staging_line_no_seq';
+	writers text := '@extschema@.msp_finalize_invoice(bigint, daterange, text[]), '
+					'@extschema@.msp_issue_adjustment(bigint, daterange, text), '
+					'@extschema@.msp_load_windows_events(bigint, text), '
+					'@extschema@.msp_load_entra_signins(bigint, text), '
+					'@extschema@.msp_load_emr_audit(bigint, text), '
+					'@extschema@.msp_discard_staged(bigint), '
+					'@extschema@.msp_psa_sync(bigint, daterange), '
+					'@extschema@.msp_load_m365_graph(bigint, date, text), '
+					'@extschema@.msp_load_m365_users_csv(bigint, date, text), '
+					'@extschema@.msp_load_m365_activity(bigint, text), '
+					'@extschema@.msp_load_pax8_subscriptions(bigint, date, text), '
+					'@extschema@.msp_load_psa_tickets(bigint, text, text), '
+					'@extschema@.msp_match_psa_tickets(bigint), '
+					'@extschema@.msp_finalize_run_begin(daterange, text[], bigint[]), '
+					'@extschema@.msp_finalize_run_client(bigint, bigint, boolean), '
+					'@extschema@.msp_finalize_run_end(bigint)';
+	-- licence names are not per client: those who load maintain them (BI
+	-- needs none, and would read their column statistics)
+	product_names text := '@extschema@.license_product_names';
+	-- PSA tickets without the contact (an e-mail or PSA id) for those who see no names
+	ticket_cols text := 'client_id, psa, ticket_id, at, company, board, channel, person_id, contact_id';
+	-- month-end (src/monthend.sql): a procedure, granted ON PROCEDURE
+	month_end text := '@extschema@.msp_finalize_period(daterange, text[], bigint[], bigint, integer, integer, integer, integer)';
+	reports text := '@extschema@.msp_report_invoices(), @extschema@.msp_report_invoice(bigint, daterange), '
+					'@extschema@.msp_report_invoice_lines(bigint, daterange), '
+					'@extschema@.msp_report_billable_users(bigint, daterange)';
+	account_cols text := 'client_id, account_id, realm, kind, person_id, application, is_machine';
+	-- reporting (src/reporting.sql): rollups and KPI views to read, and the
+	-- definer functions that alone write the rollups
+	reporting text := '@extschema@.daily_activity, @extschema@.period_invoices, @extschema@.pii_findings, '
+					  '@extschema@.reporting_clients, @extschema@.kpi_daily_activity, @extschema@.kpi_billable_users, '
+					  '@extschema@.kpi_license_utilization, @extschema@.kpi_margin, @extschema@.kpi_margin_per_user, '
+					  '@extschema@.kpi_hipaa_findings, @extschema@.kpi_data_quality';
+	refreshers text := '@extschema@.msp_refresh_rollups(), @extschema@.msp_rebuild_rollups()';
+BEGIN
+	FOREACH r IN ARRAY string_to_array(replace(roles, ' ', ''), ',') LOOP
+		IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r) THEN
+			EXECUTE format('CREATE ROLE %I NOLOGIN', r);
+		END IF;
+		EXECUTE format('GRANT USAGE ON SCHEMA @extschema@ TO %I', r);
+	END LOOP;
+	-- start from nothing, so that a rerun after an upgrade also takes back
+	-- what earlier versions granted (GRANT ALL, writes to invoices)
+	EXECUTE format('REVOKE ALL ON ALL TABLES IN SCHEMA @extschema@ FROM %s', roles);
+	EXECUTE format('REVOKE ALL ON ALL SEQUENCES IN SCHEMA @extschema@ FROM %s', roles);
+	EXECUTE format('REVOKE ALL ON FUNCTION %s, %s, %s FROM %s', writers, reports, refreshers, roles);
+	EXECUTE format('REVOKE ALL ON PROCEDURE %s FROM %s', month_end, roles);
+	EXECUTE 'GRANT SELECT ON @extschema@.bi_client_access TO PUBLIC';
+
+	-- admin: every client's data, real names and raw records
+	EXECUTE 'GRANT mspbill_pii TO mspbill_admin';
+	EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON %s, @extschema@.accounts, @extschema@.person_identities, '
+				   '@extschema@.bi_client_access, @extschema@.load_rejects TO mspbill_admin', data_tables);
+	EXECUTE format('GRANT SELECT ON %s, @extschema@.audit_log TO mspbill_admin', billed_tables);
+	EXECUTE 'GRANT SELECT, DELETE ON @extschema@.psa_tickets TO mspbill_admin';
+	EXECUTE format('GRANT INSERT ON %s TO mspbill_admin, mspbill_billing', staging);
+	EXECUTE format('GRANT USAGE ON %s TO mspbill_admin, mspbill_billing', staging_seqs);
+	EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO mspbill_admin, mspbill_billing', writers);
+	-- month-end: run it, and watch its runs (every client's outcome)
+	EXECUTE format('GRANT EXECUTE ON PROCEDURE %s TO mspbill_admin, mspbill_billing', month_end);
+	EXECUTE 'GRANT SELECT ON @extschema@.finalize_runs, @extschema@.finalize_run_clients, @extschema@.finalize_progress '
+			'TO mspbill_admin, mspbill_billing';
+
+	-- the number series: chosen by the admin before the first invoice
+	-- (prefix, digits, the number another system stopped at), never set
+	-- back afterwards; billing only reads it (finalization, a definer,
+	-- takes the numbers)
+	EXECUTE 'GRANT SELECT, INSERT (series, prefix, digits, last_number), UPDATE (prefix, digits) '
+			'ON @extschema@.invoice_numbering TO mspbill_admin';
+	EXECUTE 'GRANT SELECT ON @extschema@.invoice_numbering TO mspbill_billing';
+
+	-- billing: the same workflow on pseudonyms only
+	EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON %s TO mspbill_billing', data_tables);
+	EXECUTE format('GRANT SELECT ON %s, @extschema@.audit_log TO mspbill_billing', billed_tables);
+	EXECUTE format('GRANT SELECT (%s) ON @extschema@.accounts TO mspbill_billing', account_cols);
+	-- new accounts may be named (write-only), mapped and removed
+	EXECUTE 'GRANT INSERT, DELETE ON @extschema@.accounts TO mspbill_billing';
+	EXECUTE 'GRANT UPDATE (kind, person_id) ON @extschema@.accounts TO mspbill_billing';
+	EXECUTE 'GRANT SELECT (client_id, source, line_no, reason, rejected_at), DELETE ON @extschema@.load_rejects TO mspbill_billing';
+	EXECUTE format('GRANT SELECT (%s) ON @extschema@.psa_tickets TO mspbill_billing, mspbill_bi', ticket_cols);
+	EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON %s TO mspbill_admin, mspbill_billing', product_names);
+	EXECUTE 'GRANT SELECT ON @extschema@.psa_unknown_contacts TO mspbill_admin, mspbill_billing, mspbill_bi, mspbill_pii';
+
+	-- bi: billing data of its clients, read-only, without names
+	EXECUTE format('GRANT SELECT ON %s, %s TO mspbill_bi', data_tables, billed_tables);
+	EXECUTE format('GRANT SELECT (%s) ON @extschema@.accounts TO mspbill_bi', account_cols);
+
+	-- pii: real names and raw records of its clients
+	EXECUTE 'GRANT SELECT ON @extschema@.person_identities, @extschema@.load_rejects TO mspbill_pii';
+	EXECUTE 'GRANT SELECT (client_id, account_id, name) ON @extschema@.accounts TO mspbill_pii';
+
+	EXECUTE 'GRANT SELECT ON @extschema@.account_labels TO mspbill_admin, mspbill_billing, mspbill_bi, mspbill_pii';
+
+	-- reporting: the roles that read billing data read the rollups and KPI
+	-- views (rows of their clients only); those who write logons mark
+	-- days (the logons trigger runs as them; marked_at is the server's) and
+	-- refresh, as cron would, through the definer functions only
+	EXECUTE format('GRANT SELECT ON %s TO mspbill_admin, mspbill_billing, mspbill_bi', reporting);
+	EXECUTE 'GRANT INSERT (client_id, day) ON @extschema@.rollup_dirty TO mspbill_admin, mspbill_billing';
+	EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO mspbill_admin, mspbill_billing', refreshers);
+
+	-- report: functions only (see msp_report_invoices)
+	EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO mspbill_report', reports);
+	RETURN 'roles mspbill_admin, mspbill_billing, mspbill_bi, mspbill_pii and mspbill_report are ready';
+END
+$$;
+-- for DBAs only: it creates roles and grants
+REVOKE EXECUTE ON FUNCTION @extschema@.msp_install_roles() FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@.msp_install_roles() IS
+	'creates (if missing) and grants the roles mspbill_admin, mspbill_billing, mspbill_bi, mspbill_pii and mspbill_report; idempotent';
+
+-- The daily rollup reads each day's logons by (client_id, at) before it
+-- joins their accounts: the account index now holds presence logons only.
+CREATE OR REPLACE FUNCTION @extschema@.msp_daily_activity_of(client_ids bigint[], days date[])
+RETURNS SETOF @extschema@.daily_activity
+LANGUAGE sql STABLE STRICT PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+BEGIN ATOMIC
+	SELECT p.client_id, p.day,
+		   userset_agg(a.person_id) FILTER (WHERE l.presence AND a.kind = 'individual' AND NOT a.is_machine),
+		   userset_agg(l.device_id),
+		   userset_agg(l.account_id) FILTER (WHERE l.presence AND a.kind = 'shared' AND NOT a.is_machine),
+		   (count(*) FILTER (WHERE l.presence AND a.kind = 'shared' AND NOT a.is_machine))::integer,
+		   count(*)
+	  FROM (SELECT DISTINCT u.client_id, u.day FROM unnest(client_ids, days) u(client_id, day)) p
+	  JOIN clients c ON c.client_id = p.client_id
+	  CROSS JOIN LATERAL (SELECT g.client_id, g.account_id, g.device_id, g.presence
+							FROM logons g
+						   WHERE g.client_id = p.client_id
+							 AND g.at >= ((p.day::timestamp - interval '3 hours') AT TIME ZONE c.time_zone)
+							 AND g.at < (((p.day + 1)::timestamp + interval '3 hours') AT TIME ZONE c.time_zone)
+							 AND msp_local_day(g.at, c.time_zone) = p.day
+						  OFFSET 0) l
+	  JOIN accounts a ON a.client_id = l.client_id AND a.account_id = l.account_id
+	 GROUP BY p.client_id, p.day;
+END;
+COMMENT ON FUNCTION @extschema@.msp_daily_activity_of(bigint[], date[]) IS
+	'the daily_activity rows of the given (client, day) pairs, computed from the logons';
+
+-- batch: issue 21, the month's billable people of every client in one
+-- set-based pass of the one billing rule text (msp_segment_people_query),
+-- priced by msp_compute_invoices and msp_invoices, and used by month-end
+-- (msp_finalize_run_prepare, checked per client by msp_people_sources)
+
+CREATE FUNCTION @extschema@.msp_segment_people_query(for_one_client boolean)
+RETURNS text
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+RETURN regexp_replace(regexp_replace(regexp_replace(replace($rule$
+WITH g AS NOT MATERIALIZED ({SEGMENTS}),
+eligible AS (
+	SELECT g.*, p.person_id, p.pseudonym, p.active
+	  FROM g JOIN people p ON p.client_id = {HOME:g}
+	 WHERE ((g.home = g.payer AND p.bill_to_client_id IS NULL) OR p.bill_to_client_id = g.payer)
+	   AND NOT p.is_technician AND NOT p.do_not_bill
+	   AND (p.active IS NULL OR p.active && g.segment)),
+-- their accounts that may carry evidence, first (a logon is found by its
+-- account, whichever client: the plan is the same for one and for all):
+-- counted, in the counted realms; app, an application account whose
+-- logons count when attributed through a shared session
+person_accounts AS (
+	SELECT e.payer, e.contract_id, e.home, e.person_id, e.time_zone, e.t0, e.t1, e.active, e.count_realms,
+		   e.shared_billing, e.attribution_window, e.default_session, a.account_id,
+		   a.realm = ANY (e.count_realms) AS counted, a.realm = 'app' AS app
+	  FROM eligible e
+	  JOIN accounts a ON a.client_id = {HOME:e} AND a.person_id = e.person_id
+					 AND a.kind = 'individual' AND NOT a.is_machine
+					 AND (a.realm = ANY (e.count_realms) OR (a.realm = 'app' AND e.shared_billing = 'attribute'))),
+-- presence logons in the counted realms, and application logons
+-- attributed through a shared session on the same device
+evidence AS (
+	SELECT e.payer, e.contract_id, e.home, e.person_id, e.time_zone, l.at, e.account_id, true AS by_logon
+	  FROM person_accounts e
+	  JOIN logons l ON l.client_id = {HOME:e} AND l.account_id = e.account_id
+				   AND l.at >= e.t0 AND l.at < e.t1 AND l.at >= {LO} AND l.at < {HI} AND l.presence
+	 WHERE e.counted AND (e.active IS NULL OR e.active @> (l.at AT TIME ZONE e.time_zone)::date)
+	UNION ALL
+	SELECT e.payer, e.contract_id, e.home, e.person_id, e.time_zone, il.at, e.account_id, false
+	  FROM person_accounts e
+	  JOIN logons il ON il.client_id = {HOME:e} AND il.account_id = e.account_id
+					AND il.at >= e.t0 AND il.at < e.t1 AND il.at >= {LO} AND il.at < {HI} AND il.presence
+	 WHERE e.app AND e.shared_billing = 'attribute'
+	   AND (e.active IS NULL OR e.active @> (il.at AT TIME ZONE e.time_zone)::date)
+	   AND EXISTS (SELECT 1
+					 FROM logons sl
+					 JOIN accounts sa ON sa.client_id = {HOME:e} AND sa.account_id = sl.account_id
+									 AND sa.kind = 'shared' AND NOT sa.is_machine
+									 AND sa.realm = ANY (e.count_realms)
+					WHERE sl.client_id = {HOME:e} AND sl.device_id = il.device_id
+					  AND sl.at >= e.t0 AND sl.at < e.t1 AND sl.at >= {LO} AND sl.at < {HI} AND sl.presence
+					  AND il.at >= sl.at - e.attribution_window
+					  AND il.at <= coalesce(sl.ended, sl.at + e.default_session) + e.attribution_window)),
+seen AS (
+	SELECT ev.payer, ev.contract_id, ev.home, ev.person_id, min(ev.at) AS first_seen, max(ev.at) AS last_seen,
+		   count(DISTINCT (ev.at AT TIME ZONE ev.time_zone)::date)::integer AS days_active,
+		   bool_or(ev.by_logon) AS by_logon, array_agg(DISTINCT ev.account_id) AS account_ids
+	  FROM evidence ev
+	 GROUP BY ev.payer, ev.contract_id, ev.home, ev.person_id),
+support AS (
+	SELECT e.payer, e.contract_id, e.home, e.person_id, count(*)::integer AS contacts,
+		   min(s.at) AS first_at, max(s.at) AS last_at
+	  FROM eligible e
+	  JOIN support_contacts s ON s.client_id = {HOME:e} AND s.person_id = e.person_id
+							 AND s.at >= e.t0 AND s.at < e.t1
+	 WHERE e.active IS NULL OR e.active @> (s.at AT TIME ZONE e.time_zone)::date
+	 GROUP BY e.payer, e.contract_id, e.home, e.person_id)
+SELECT e.payer AS payer_id, e.contract_id, e.segment, e.home AS home_client_id, e.person_id, e.pseudonym,
+	   CASE
+		   WHEN s.days_active >= e.min_active_days AND sp.contacts > 0 AND e.support_rule <> 'none'
+			   THEN CASE WHEN s.by_logon THEN 'logon+support' ELSE 'shared-attributed+support' END
+		   WHEN s.days_active >= e.min_active_days
+			   THEN CASE WHEN s.by_logon THEN 'logon' ELSE 'shared-attributed' END
+		   ELSE 'support'
+	   END AS rule,
+	   least(s.first_seen, sp.first_at) AS first_seen, greatest(s.last_seen, sp.last_at) AS last_seen,
+	   coalesce(s.days_active, 0) AS days_active, coalesce(sp.contacts, 0) AS support_contacts,
+	   CASE WHEN e.with_evidence
+			THEN ARRAY(SELECT x.label FROM (
+						SELECT CASE WHEN l.kind IN ('shared', 'service') OR e.names THEN l.label
+									ELSE l.realm || ' account ' || l.account_id END AS label
+						  FROM account_labels l
+						 WHERE l.client_id = {HOME:e} AND l.account_id = ANY (s.account_ids)) x
+						ORDER BY x.label) END AS accounts,
+	   -- the days of the segment the person is active (contract lines and
+	   -- quantities that prorate read them)
+	   upper(coalesce(e.active, e.segment) * e.segment) - lower(coalesce(e.active, e.segment) * e.segment) AS segment_days
+  FROM eligible e
+  LEFT JOIN seen s ON s.payer = e.payer AND s.contract_id = e.contract_id AND s.home = e.home AND s.person_id = e.person_id
+  LEFT JOIN support sp ON sp.payer = e.payer AND sp.contract_id = e.contract_id AND sp.home = e.home
+					  AND sp.person_id = e.person_id
+ WHERE CASE e.support_rule
+		   WHEN 'none' THEN coalesce(s.days_active, 0) >= e.min_active_days
+		   WHEN 'sufficient' THEN coalesce(s.days_active, 0) >= e.min_active_days OR sp.contacts > 0
+		   ELSE coalesce(s.days_active, 0) >= e.min_active_days AND sp.contacts > 0
+	   END
+ ORDER BY e.payer, e.contract_id, e.pseudonym, e.home
+$rule$, '{SEGMENTS}',
+	CASE WHEN for_one_client
+		 THEN 'SELECT $1::bigint AS home, $2::bigint AS payer, $3::bigint AS contract_id, $4::daterange AS segment, '
+			  '$5::timestamptz AS t0, $6::timestamptz AS t1, $7::text[] AS count_realms, $8::integer AS min_active_days, '
+			  '$9::text AS support_rule, $10::text AS shared_billing, $11::interval AS attribution_window, '
+			  '$12::interval AS default_session, $13::text AS time_zone, $14::boolean AS with_evidence, $15::boolean AS names'
+		 ELSE 'SELECT s.home, s.payer, s.contract_id, s.segment, '
+			  'lower(s.segment)::timestamp AT TIME ZONE c.time_zone AS t0, '
+			  'upper(s.segment)::timestamp AT TIME ZONE c.time_zone AS t1, x.count_realms, x.min_active_days, '
+			  'x.support_rule, x.shared_billing, x.attribution_window, x.default_session, c.time_zone, '
+			  '$5::boolean AS with_evidence, $6::boolean AS names '
+			  'FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::daterange[]) s(home, payer, contract_id, segment) '
+			  'JOIN contracts x ON x.client_id = s.payer AND x.contract_id = s.contract_id '
+			  'JOIN clients c ON c.client_id = s.payer' END),
+	'\{HOME:([a-z]+)\}', CASE WHEN for_one_client THEN '$1' ELSE '\1.home' END, 'g'),
+	'\{LO\}', CASE WHEN for_one_client THEN '$5' ELSE '$7' END, 'g'),
+	'\{HI\}', CASE WHEN for_one_client THEN '$6' ELSE '$8' END, 'g');
+COMMENT ON FUNCTION @extschema@.msp_segment_people_query(boolean) IS
+	'the billing rule as one query text: for one client''s segment (parameters, every table filtered by client_id = $1) or for every segment of every client at once';
+
+CREATE FUNCTION @extschema@.msp_segment_people(client_id bigint, contract_id bigint, segment daterange,
+												with_evidence boolean DEFAULT true)
+RETURNS TABLE (person_id bigint, pseudonym text, rule text, first_seen timestamptz,
+			   last_seen timestamptz, days_active integer, support_contacts integer, accounts text[],
+			   home_client_id bigint, segment_days integer)
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	payer bigint := client_id;
+	k record;
+	t0 timestamptz;
+	t1 timestamptz;
+	home bigint;
+	q text := 'SELECT u.person_id, u.pseudonym, u.rule, u.first_seen, u.last_seen, u.days_active, u.support_contacts, '
+			  'u.accounts, u.home_client_id, u.segment_days FROM (' || msp_segment_people_query(true) || ') u';
+	-- decided here, by this session: on Citus a sister client's labels are
+	-- read on another node, whose session does not carry the caller's
+	-- mspbill.pseudonymous (set by the finalizing functions)
+	names boolean := msp_sees_names();
+BEGIN
+	SELECT x.count_realms, x.min_active_days, x.support_rule, x.shared_billing, x.attribution_window,
+		   x.default_session, c.time_zone
+	  INTO k
+	  FROM contracts x JOIN clients c ON c.client_id = x.client_id
+	 WHERE x.client_id = payer AND c.client_id = payer AND x.contract_id = msp_segment_people.contract_id;
+	IF NOT FOUND THEN
+		RETURN;
+	END IF;
+	t0 := lower(segment)::timestamp AT TIME ZONE k.time_zone;
+	t1 := upper(segment)::timestamp AT TIME ZONE k.time_zone;
+	-- the payer first, then the sister clients whose people it pays for
+	-- (sister_clients: a small table, on Citus a reference table read on
+	-- this node, where people of every client would be every shard)
+	FOREACH home IN ARRAY ARRAY[payer] || ARRAY(SELECT s.client_id FROM sister_clients s
+												 WHERE s.bill_to_client_id = payer AND s.client_id <> payer
+												 ORDER BY 1)
+	LOOP
+		RETURN QUERY EXECUTE q
+			USING home, payer, contract_id, segment, t0, t1, k.count_realms, k.min_active_days, k.support_rule,
+				  k.shared_billing, k.attribution_window, k.default_session, k.time_zone, with_evidence, names;
+	END LOOP;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_segment_people(bigint, bigint, daterange, boolean) IS
+	'the people one contract''s policy counts during a segment (msp_segment_users), with the days of the segment each is active';
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_segment_users(client_id bigint, contract_id bigint, segment daterange,
+											   with_evidence boolean DEFAULT true)
+RETURNS TABLE (person_id bigint, pseudonym text, rule text, first_seen timestamptz,
+			   last_seen timestamptz, days_active integer, support_contacts integer, accounts text[],
+			   home_client_id bigint)
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+BEGIN
+	RETURN QUERY
+	SELECT u.person_id, u.pseudonym, u.rule, u.first_seen, u.last_seen, u.days_active, u.support_contacts,
+		   u.accounts, u.home_client_id
+	  FROM msp_segment_people(client_id, contract_id, segment, with_evidence) u;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_segment_users(bigint, bigint, daterange, boolean) IS
+	'the people one contract''s policy counts during a segment of a period (sister clients'' people it pays for included), with the rule and evidence';
+
+CREATE FUNCTION @extschema@.msp_period_people_all(period daterange DEFAULT NULL, client_ids bigint[] DEFAULT NULL,
+												   with_evidence boolean DEFAULT false)
+RETURNS TABLE (client_id bigint, contract_id bigint, segment daterange, person_id bigint, pseudonym text,
+			   rule text, first_seen timestamptz, last_seen timestamptz, days_active integer,
+			   support_contacts integer, accounts text[], home_client_id bigint, segment_days integer)
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+SET enable_nestloop = off
+AS $$
+#variable_conflict use_variable
+DECLARE
+	homes bigint[];
+	payers bigint[];
+	contracts_ bigint[];
+	segments daterange[];
+	lo timestamptz;
+	hi timestamptz;
+BEGIN
+	-- every (home, payer, contract, segment): the payer's contract segments
+	-- of its period, for itself and for each sister client it pays for
+	SELECT array_agg(h.home), array_agg(s.client_id), array_agg(s.contract_id), array_agg(s.segment),
+		   min(lower(s.segment)::timestamp AT TIME ZONE s.time_zone),
+		   max(upper(s.segment)::timestamp AT TIME ZONE s.time_zone)
+	  INTO homes, payers, contracts_, segments, lo, hi
+	  FROM (SELECT c.client_id, c.time_zone, k.contract_id, k.effective * msp_period(c.client_id, period) AS segment
+			  FROM clients c
+			  JOIN contracts k ON k.client_id = c.client_id AND k.effective && msp_period(c.client_id, period)
+			 WHERE client_ids IS NULL OR c.client_id = ANY (client_ids)) s,
+		   LATERAL (SELECT s.client_id
+					UNION
+					SELECT sc.client_id FROM sister_clients sc WHERE sc.bill_to_client_id = s.client_id) h(home);
+	IF homes IS NULL THEN
+		RETURN;
+	END IF;
+	RETURN QUERY EXECUTE
+		'SELECT u.payer_id, u.contract_id, u.segment, u.person_id, u.pseudonym, u.rule, u.first_seen, u.last_seen, '
+		'u.days_active, u.support_contacts, u.accounts, u.home_client_id, u.segment_days FROM ('
+		|| msp_segment_people_query(false) || ') u'
+		USING homes, payers, contracts_, segments, with_evidence, msp_sees_names(), lo, hi;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_period_people_all(daterange, bigint[], boolean) IS
+	'every client''s billable people of a period (each contract segment''s, with the days of it each is active) in one set-based statement of the billing rule';
+
+CREATE FUNCTION @extschema@.msp_segment_quantities(client_id bigint, contract_id bigint,
+													segment daterange, period daterange,
+													user_homes bigint[], user_ids bigint[], user_days integer[])
+RETURNS @extschema@.segment_quantities
+LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	k record;
+	q segment_quantities;
+	t0 timestamptz;
+	t1 timestamptz;
+	pool record;
+	share numeric;
+BEGIN
+	SELECT x.prorate, x.shared_billing, x.count_realms, x.default_session, c.time_zone,
+		   upper(period) - lower(period) AS period_days,
+		   CASE WHEN x.prorate THEN upper(segment) - lower(segment)
+				ELSE upper(period) - lower(period) END AS covered_days
+	  INTO k
+	  FROM contracts x JOIN clients c ON c.client_id = x.client_id
+	 WHERE x.client_id = msp_segment_quantities.client_id AND c.client_id = msp_segment_quantities.client_id
+	   AND x.contract_id = msp_segment_quantities.contract_id;
+	-- no quantities for a contract that does not exist or that the caller
+	-- may not see
+	IF NOT FOUND THEN
+		RETURN NULL;
+	END IF;
+	t0 := lower(segment)::timestamp AT TIME ZONE k.time_zone;
+	t1 := upper(segment)::timestamp AT TIME ZONE k.time_zone;
+
+	-- people: the days of the segment each billed person is active (kept
+	-- too: contract lines that prorate read them from here instead of
+	-- counting the people again)
+	q.user_count := coalesce(cardinality(user_ids), 0);
+	q.user_segment_days := coalesce((SELECT sum(d) FROM unnest(user_days) d), 0);
+	q.user_days := CASE WHEN k.prorate THEN q.user_segment_days ELSE q.user_count * k.period_days END;
+	-- who: an invoice of two contracts counts a person billed by both once
+	q.user_homes := coalesce(user_homes, '{}');
+	q.user_ids := coalesce(user_ids, '{}');
+
+	-- shared seats: one per shared account with presence logons, or its
+	-- peak of concurrent sessions
+	IF k.shared_billing IN ('seat', 'peak') THEN
+		SELECT coalesce(sum(CASE WHEN k.shared_billing = 'peak' THEN greatest(sh.peak, 1) ELSE 1 END), 0)::integer
+		  INTO q.seat_count
+		  FROM (SELECT a.account_id,
+					   peak_concurrency(tstzrange(l.at, coalesce(l.ended, l.at + k.default_session))) AS peak
+				  FROM logons l
+				  JOIN accounts a ON a.client_id = msp_segment_quantities.client_id AND a.account_id = l.account_id
+								 AND a.kind = 'shared' AND NOT a.is_machine AND a.realm = ANY (k.count_realms)
+				 WHERE l.client_id = msp_segment_quantities.client_id AND l.at >= t0 AND l.at < t1 AND l.presence
+				 GROUP BY a.account_id) sh;
+	ELSE
+		q.seat_count := 0;
+	END IF;
+
+	SELECT coalesce(sum(CASE WHEN NOT k.prorate THEN k.period_days
+							 ELSE upper(coalesce(dv.active, segment) * segment)
+								  - lower(coalesce(dv.active, segment) * segment) END), 0),
+		   count(*)::integer
+	  INTO q.device_days, q.device_count
+	  FROM devices dv
+	 WHERE dv.client_id = msp_segment_quantities.client_id AND (dv.active IS NULL OR dv.active && segment);
+
+	SELECT coalesce(sum(lc.seats), 0)::integer INTO q.license_count
+	  FROM (SELECT DISTINCT ON (x.sku) x.seats
+			  FROM license_counts x
+			 WHERE x.client_id = msp_segment_quantities.client_id AND x.as_of < upper(segment)
+			 ORDER BY x.sku, x.as_of DESC, x.source) lc;
+
+	-- each pool's share, computed outside the query that lists the pools
+	q.cost := 0;
+	q.support_cost := 0;
+	FOR pool IN
+		SELECT cp.pool_id, cp.category FROM cost_pools cp
+		 WHERE cp.client_id = msp_segment_quantities.client_id AND cp.period && segment
+		 ORDER BY cp.pool_id
+	LOOP
+		share := msp_pool_share(client_id, pool.pool_id, period, segment);
+		q.cost := q.cost + share;
+		IF pool.category = 'support' THEN
+			q.support_cost := q.support_cost + share;
+		END IF;
+	END LOOP;
+
+	q.seat_days := q.seat_count * k.covered_days;
+	q.license_days := q.license_count * k.covered_days;
+	q.covered_days := k.covered_days;
+	q.period_days := k.period_days;
+	RETURN q;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_segment_quantities(bigint, bigint, daterange, daterange, bigint[], bigint[], integer[]) IS
+	'billable counts and prorated quantities of one contract segment, its people given';
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_segment_quantities(client_id bigint, contract_id bigint,
+													segment daterange, period daterange)
+RETURNS @extschema@.segment_quantities
+LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	homes bigint[];
+	ids bigint[];
+	days integer[];
+BEGIN
+	SELECT array_agg(b.home_client_id), array_agg(b.person_id), array_agg(b.segment_days) INTO homes, ids, days
+	  FROM msp_segment_people(client_id, contract_id, segment, false) b;
+	RETURN msp_segment_quantities(client_id, contract_id, segment, period, coalesce(homes, '{}'), coalesce(ids, '{}'),
+								  coalesce(days, '{}'));
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_segment_quantities(bigint, bigint, daterange, daterange) IS
+	'billable counts and prorated quantities of one contract segment';
+
+CREATE FUNCTION @extschema@.msp_price_invoice(client_id bigint, period daterange, people jsonb,
+											   OUT summary @extschema@.invoice,
+											   OUT lines @extschema@.invoice_line[])
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	c clients;
+	k contracts;
+	seg record;
+	q segment_quantities;
+	line invoice_line;
+	inv invoice;
+	models text[] := '{}';
+	homes bigint[] := '{}';
+	ids bigint[] := '{}';
+	n integer := 0;
+BEGIN
+	period := msp_period(client_id, period);
+	PERFORM msp_check_currency(client_id, period);
+	SELECT * INTO c FROM clients WHERE clients.client_id = client_id;
+	inv := (c.client_id, c.name, period, NULL, 0, 0, 0, 0, 0, c.currency)::invoice;
+	lines := '{}';
+	FOR seg IN SELECT * FROM msp_contract_segments(client_id, period) LOOP
+		SELECT * INTO k FROM contracts WHERE contracts.client_id = client_id
+			AND contracts.contract_id = seg.contract_id;
+		IF people IS NULL THEN
+			q := msp_segment_quantities(client_id, seg.contract_id, seg.segment, period);
+		ELSE
+			q := msp_segment_quantities(client_id, seg.contract_id, seg.segment, period,
+										ARRAY(SELECT x::bigint FROM jsonb_array_elements_text(people->(seg.contract_id::text)->'h') x),
+										ARRAY(SELECT x::bigint FROM jsonb_array_elements_text(people->(seg.contract_id::text)->'p') x),
+										ARRAY(SELECT x::integer FROM jsonb_array_elements_text(people->(seg.contract_id::text)->'d') x));
+		END IF;
+		IF NOT k.model = ANY (models) THEN
+			models := models || k.model;
+		END IF;
+		-- a seat billed by two contracts of the month is one seat
+		inv.seats := greatest(inv.seats, q.seat_count);
+		homes := homes || q.user_homes;
+		ids := ids || q.user_ids;
+		FOR line IN SELECT * FROM msp_segment_lines(c, k, seg.segment, period, q, k.model) LOOP
+			inv.total := inv.total + line.amount;
+			IF line.basis <> 'minimum' THEN
+				inv.subtotal := inv.subtotal + line.amount;
+			END IF;
+			n := n + 1;
+			line.line_no := n;
+			-- shown and stored alike: four decimals at most
+			line.quantity := trim_scale(round(line.quantity, 4));
+			lines := lines || line;
+		END LOOP;
+	END LOOP;
+	-- the period's people: each segment's, a person counted by two
+	-- contracts once (as msp_period_people counts them, without counting
+	-- them again)
+	inv.users := (SELECT count(DISTINCT (x.h, x.id))::integer FROM unnest(homes, ids) x(h, id));
+	inv.devices := msp_period_devices(client_id, period);
+	inv.model := array_to_string(models, '+');
+	-- adjustments of earlier invoices carried by this one
+	FOR line IN SELECT * FROM msp_adjustment_lines(client_id, period) LOOP
+		inv.total := inv.total + line.amount;
+		n := n + 1;
+		line.line_no := n;
+		lines := lines || line;
+	END LOOP;
+	inv.subtotal := msp_round(inv.subtotal, c.minor_unit);
+	inv.total := msp_round(inv.total, c.minor_unit);
+	summary := inv;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_price_invoice(bigint, daterange, jsonb) IS
+	'the invoice of a client for a period as today''s data prices it and its lines, each segment priced once, from people counted for every client at once (or, NULL, for this one)';
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_price_invoice(client_id bigint, period daterange,
+											   OUT summary @extschema@.invoice,
+											   OUT lines @extschema@.invoice_line[])
+LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	priced record;
+BEGIN
+	SELECT * INTO priced FROM msp_price_invoice(client_id, period, NULL) p;
+	summary := priced.summary;
+	lines := priced.lines;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_price_invoice(bigint, daterange) IS
+	'the invoice of a client for a period as today''s data prices it and its lines (as msp_price_lines gives them), each segment priced once';
+
+CREATE FUNCTION @extschema@.msp_period_people_by_client(period daterange DEFAULT NULL, client_ids bigint[] DEFAULT NULL)
+RETURNS TABLE (client_id bigint, people jsonb)
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+BEGIN
+	RETURN QUERY
+	SELECT c.client_id, coalesce(x.people, '{}')
+	  FROM clients c
+	  LEFT JOIN (SELECT y.client_id, jsonb_object_agg(y.contract_id::text, y.who) AS people
+				   FROM (SELECT u.client_id, u.contract_id,
+								jsonb_build_object('h', array_agg(u.home_client_id), 'p', array_agg(u.person_id),
+												   'd', array_agg(u.segment_days)) AS who
+						   FROM msp_period_people_all(period, client_ids, false) u
+						  GROUP BY u.client_id, u.contract_id) y
+				  GROUP BY y.client_id) x ON x.client_id = c.client_id
+	 WHERE client_ids IS NULL OR c.client_id = ANY (client_ids)
+	 ORDER BY c.client_id;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_period_people_by_client(daterange, bigint[]) IS
+	'every client''s people of a period, counted for all clients at once, as msp_price_invoice takes them';
+
+CREATE FUNCTION @extschema@.msp_compute_invoices(period daterange DEFAULT NULL, client_ids bigint[] DEFAULT NULL)
+RETURNS SETOF @extschema@.invoice
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	r record;
+BEGIN
+	-- on Citus the people of every client are not one statement: each
+	-- client is computed on its own (msp_invoices runs them on the workers)
+	IF msp_is_distributed('@extschema@.contracts') THEN
+		FOR r IN SELECT c.client_id FROM clients c WHERE client_ids IS NULL OR c.client_id = ANY (client_ids)
+				  ORDER BY 1 LOOP
+			RETURN NEXT msp_compute_invoice(r.client_id, period);
+		END LOOP;
+		RETURN;
+	END IF;
+	FOR r IN SELECT * FROM msp_period_people_by_client(period, client_ids) LOOP
+		RETURN NEXT (SELECT p.summary FROM msp_price_invoice(r.client_id, msp_period(r.client_id, period), r.people) p);
+	END LOOP;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_compute_invoices(daterange, bigint[]) IS
+	'every client''s invoice for a period as today''s data prices it (msp_compute_invoice for each), the people counted for all clients in one set-based pass';
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_invoices(period daterange DEFAULT NULL)
+RETURNS SETOF @extschema@.invoice
+-- (PARALLEL RESTRICTED: on Citus it opens connections to the workers)
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+DECLARE
+	r record;
+	parts jsonb := '[]';
+BEGIN
+	IF NOT msp_is_distributed('@extschema@.contracts') THEN
+		-- the finalized ones as stored; the others priced from one
+		-- set-based count of every client's people
+		FOR r IN SELECT * FROM msp_period_people_by_client(period) LOOP
+			IF (msp_finalized_invoice(r.client_id, msp_period(r.client_id, period))).invoice_id IS NOT NULL THEN
+				RETURN NEXT msp_invoice(r.client_id, period);
+			ELSE
+				RETURN NEXT (SELECT p.summary FROM msp_price_invoice(r.client_id, msp_period(r.client_id, period), r.people) p);
+			END IF;
+		END LOOP;
+		RETURN;
+	END IF;
+	-- one call per shard, over a connection per shard to the worker that
+	-- holds it, all at once (master_run_on_worker, which Citus's own
+	-- run_command_on_shards uses); each names one client of its shard
+	FOR r IN EXECUTE
+		'SELECT w.success, w.result
+		   FROM (SELECT array_agg(p.nodename) AS nodes, array_agg(p.nodeport) AS ports,
+						array_agg(format(''SELECT @extschema@.msp_shard_invoices(%s, %L)'', s.client_id, $1)) AS commands
+				   FROM (SELECT min(c.client_id) AS client_id,
+								pg_catalog.get_shard_id_for_distribution_column(''@extschema@.contracts'', c.client_id) AS shardid
+						   FROM @extschema@.clients c GROUP BY 2) s
+				   JOIN pg_catalog.pg_dist_shard_placement p ON p.shardid = s.shardid) x,
+				pg_catalog.master_run_on_worker(x.nodes, x.ports, x.commands, true) w'
+		USING period
+	LOOP
+		IF NOT r.success THEN
+			RAISE EXCEPTION '%', r.result
+				USING ERRCODE = 'data_exception',
+					  DETAIL = 'A worker could not price the invoices of one shard of clients.',
+					  HINT = 'Price the client it names alone (SELECT * FROM mspbill.msp_invoice(client_id, period)) to see the whole error.';
+		END IF;
+		parts := parts || r.result::jsonb;
+	END LOOP;
+	RETURN QUERY SELECT i.* FROM jsonb_populate_recordset(NULL::invoice, parts) i ORDER BY i.client_id;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_invoices(daterange) IS
+	'every client''s invoice for a period (default: each client''s last full month), as msp_invoice gives it; on Citus computed on the workers in parallel';
+
+CREATE FUNCTION @extschema@.msp_finalize_invoice_with(client_id bigint, period daterange, override text[],
+													  people jsonb, evidence jsonb)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, @extschema@, pg_temp
+SET mspbill.pseudonymous = on
+AS $$
+#variable_conflict use_variable
+DECLARE
+	id bigint;
+	inv invoice;
+	failing text[];
+	unknown text[];
+	today date;
+	stamp timestamptz;
+	c clients;
+	terms record;
+	lines invoice_line[];
+	priced record;
+	number text;
+	invoice_day date;
+	tax numeric;
+	findings jsonb;
+BEGIN
+	period := msp_period(client_id, period);
+	-- one finalization per client and period at a time, in any session
+	PERFORM pg_advisory_xact_lock(hashtext('mspbill.finalize'), hashtext(client_id::text || period::text));
+	id := (msp_finalized_invoice(client_id, period)).invoice_id;
+	IF id IS NOT NULL THEN
+		RETURN id;
+	END IF;
+
+	-- an unfinished month is not a data-quality question: its logons are
+	-- still coming, so no override finalizes it
+	IF 'period_not_over' = ANY (coalesce(override, '{}')) THEN
+		RAISE EXCEPTION 'the gate period_not_over cannot be overridden'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'A period is finalized only after it ends.',
+				  HINT = 'Overridable gates are device_silent, day_without_logons, unmapped_account and logon_outside_contract.';
+	END IF;
+	unknown := ARRAY(SELECT unnest(coalesce(override, '{}'))
+					 EXCEPT SELECT unnest('{device_silent,day_without_logons,unmapped_account,logon_outside_contract}'::text[]));
+	IF cardinality(unknown) > 0 THEN
+		RAISE EXCEPTION 'unknown data-quality gate %', unknown[1]
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Overridable gates are device_silent, day_without_logons, unmapped_account and logon_outside_contract.';
+	END IF;
+	-- the gates run once: they read the period's logons several times over
+	findings := coalesce((SELECT jsonb_agg(to_jsonb(q)) FROM msp_data_quality(client_id, period) q), '[]');
+	IF jsonb_path_exists(findings, '$[*] ? (@.gate == "period_not_over")') THEN
+		-- (not alias c: the variable c would shadow it, and today be NULL)
+		today := (now() AT TIME ZONE (SELECT cl.time_zone FROM clients cl WHERE cl.client_id = client_id))::date;
+		RAISE EXCEPTION 'period % of client % is not over', period, client_id
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  DETAIL = format('The period ends on %s; today is %s in the client''s time zone.', upper(period) - 1, today),
+				  HINT = format('Finalize on or after %s; until then, preview it with SELECT * FROM mspbill.msp_invoice(%s, %L);',
+								upper(period), client_id, period);
+	END IF;
+	failing := ARRAY(SELECT DISTINCT q->>'gate' FROM jsonb_array_elements(findings) q
+					  WHERE NOT q->>'gate' = ANY (coalesce(override, '{}')) ORDER BY 1);
+	IF cardinality(failing) > 0 THEN
+		RAISE EXCEPTION 'data-quality gates failed for client % in %: %', client_id, period,
+						array_to_string(failing, ', ')
+			USING ERRCODE = 'check_violation',
+				  DETAIL = 'See SELECT * FROM mspbill.msp_data_quality(client_id, period) for each finding.',
+				  HINT = format('Fix the data, or finalize anyway (the override is recorded): SELECT mspbill.msp_finalize_invoice(%s, %L, %L);',
+								client_id, period, failing);
+	END IF;
+
+	-- the summary and its lines from one pricing
+	SELECT * INTO priced FROM msp_price_invoice(client_id, period, people) p;
+	inv := priced.summary;
+	lines := priced.lines;
+	IF people IS NULL OR evidence IS NULL THEN
+		evidence := coalesce((SELECT jsonb_agg(to_jsonb(u)) FROM msp_billable_users(client_id, period) u), '[]');
+	END IF;
+	SELECT * INTO terms FROM msp_invoice_terms(client_id);
+	SELECT * INTO c FROM clients WHERE clients.client_id = client_id;
+	-- the number last: its counter row stays locked until this transaction
+	-- ends, so other finalizations wait here (not through the pricing), and
+	-- a rollback gives the number back: no gaps, no duplicates
+	INSERT INTO @extschema@.invoice_numbering AS n (series, last_number) VALUES ('invoice', 1)
+	ON CONFLICT (series) DO UPDATE SET last_number = n.last_number + 1
+	RETURNING msp_invoice_number_text(n.prefix, n.last_number, n.digits) INTO number;
+	-- one reading of the clock for the invoice and its audit entries
+	stamp := clock_timestamp();
+	invoice_day := (stamp AT TIME ZONE c.time_zone)::date;
+	-- (computed before the INSERT: Citus takes no subquery in INSERT ... VALUES)
+	tax := (SELECT coalesce(sum(t.tax), 0) FROM msp_tax_lines(client_id, lines) t);
+	INSERT INTO @extschema@.invoices (client_id, kind, period, model, users, seats, devices, subtotal, total,
+						  currency, evidence, overrides, finalized_at)
+	VALUES (client_id, 'invoice', period, inv.model, inv.users, inv.seats, inv.devices, inv.subtotal,
+			inv.total, inv.currency, evidence, coalesce(override, '{}'), stamp)
+	RETURNING invoice_id INTO id;
+	INSERT INTO @extschema@.invoice_items (client_id, invoice_id, line_no, contract_id, description, quantity,
+							   unit_price, amount, basis)
+	SELECT client_id, id, l.line_no, l.contract_id, l.description, l.quantity, l.unit_price, l.amount, l.basis
+	  FROM unnest(lines) l;
+	-- the document: number, dates, terms and PO as the client has them
+	-- today, and each line's tax and explanation (src/billing/documents.sql)
+	INSERT INTO @extschema@.invoice_documents (client_id, invoice_id, invoice_number, invoice_date, due_date,
+							   payment_terms_days, po_reference, tax)
+	VALUES (client_id, id, number, invoice_day, invoice_day + terms.payment_terms_days, terms.payment_terms_days,
+			terms.po_reference, tax);
+	INSERT INTO @extschema@.invoice_line_documents (client_id, invoice_id, line_no, tax_name, tax_rate, tax,
+									explanation, evidence)
+	SELECT client_id, id, t.line_no, t.tax_name, t.tax_rate, t.tax, x.explanation, x.evidence
+	  FROM msp_tax_lines(client_id, lines) t
+	  JOIN msp_explain_lines(client_id, period, lines, evidence) x ON x.line_no = t.line_no;
+	INSERT INTO @extschema@.audit_log (client_id, action, invoice_id, detail, at)
+	VALUES (client_id, 'finalize', id, jsonb_build_object('period', period::text, 'total', inv.total), stamp);
+	IF cardinality(coalesce(override, '{}')) > 0 THEN
+		-- the findings read once above (computed before the INSERT: Citus
+		-- takes no subquery in INSERT ... VALUES)
+		evidence := (SELECT jsonb_agg(q) FROM jsonb_array_elements(findings) q WHERE q->>'gate' = ANY (override));
+		INSERT INTO @extschema@.audit_log (client_id, action, invoice_id, at, detail)
+		VALUES (client_id, 'override', id, stamp, jsonb_build_object('gates', override, 'findings', evidence));
+	END IF;
+	RETURN id;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION @extschema@.msp_finalize_invoice_with(bigint, daterange, text[], jsonb, jsonb) FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@.msp_finalize_invoice_with(bigint, daterange, text[], jsonb, jsonb) IS
+	'finalization internal: msp_finalize_invoice with the people and evidence month-end counted for every client at once (NULL: counted here)';
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_finalize_invoice(client_id bigint, period daterange DEFAULT NULL,
+												 override text[] DEFAULT '{}')
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER
+SET search_path = pg_catalog, @extschema@, pg_temp
+SET mspbill.pseudonymous = on
+AS $$
+BEGIN
+	RETURN @extschema@.msp_finalize_invoice_with(client_id, period, override, NULL, NULL);
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_finalize_invoice(bigint, daterange, text[]) IS
+	'stores the invoice of a period with its lines, evidence, number, dates, terms and tax and returns its id; finalizing again returns the same id';
+
+ALTER TABLE @extschema@.finalize_run_clients ADD COLUMN people_from text
+	CONSTRAINT finalize_run_clients_people_from_known CHECK (people_from IN ('batch', 'recounted'));
+
+CREATE TABLE @extschema@.finalize_run_people (
+	run_id bigint NOT NULL REFERENCES @extschema@.finalize_runs,
+	client_id bigint NOT NULL,
+	-- as msp_price_invoice takes them
+	people jsonb NOT NULL,
+	-- msp_billable_users' rows, as msp_finalize_invoice stores them
+	evidence jsonb NOT NULL,
+	sources jsonb NOT NULL,
+	snapshot pg_snapshot NOT NULL,
+	PRIMARY KEY (run_id, client_id)
+);
+COMMENT ON TABLE @extschema@.finalize_run_people IS
+	'month-end internal: each client''s people counted at the start of a run for every client at once, with the snapshot and the rows they were read from';
+ALTER TABLE @extschema@.finalize_run_people ENABLE ROW LEVEL SECURITY;
+REVOKE ALL ON @extschema@.finalize_run_people FROM PUBLIC;
+
+CREATE FUNCTION @extschema@.msp_xmin_seen(x xid, since pg_snapshot, now_xmax bigint)
+RETURNS boolean
+LANGUAGE sql STABLE PARALLEL SAFE
+RETURN CASE
+	WHEN since IS NULL THEN true
+	WHEN x::text::bigint OPERATOR(pg_catalog.<) 3 THEN true
+	ELSE coalesce(pg_catalog.pg_visible_in_snapshot(
+			 (NULLIF(GREATEST(((now_xmax OPERATOR(pg_catalog.>>) 32) OPERATOR(pg_catalog.<<) 32)
+							  OPERATOR(pg_catalog.+) x::text::bigint
+							  OPERATOR(pg_catalog.-) CASE WHEN x::text::bigint OPERATOR(pg_catalog.>=)
+															   (now_xmax OPERATOR(pg_catalog.&) 4294967295)
+														  THEN 4294967296 ELSE 0 END, -1), -1))::text::xid8,
+			 since), false)
+END;
+COMMENT ON FUNCTION @extschema@.msp_xmin_seen(xid, pg_snapshot, bigint) IS
+	'month-end internal: whether a row version (its xmin) was committed as of a snapshot (NULL snapshot: true)';
+
+CREATE FUNCTION @extschema@.msp_people_sources(client_id bigint, period daterange, since pg_snapshot)
+RETURNS jsonb
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	payer bigint := client_id;
+	now_xmax bigint := pg_snapshot_xmax(pg_current_snapshot())::text::bigint;
+	tz text;
+	t0 timestamptz;
+	t1 timestamptz;
+	home bigint;
+	n bigint;
+	fresh bigint;
+	out jsonb := '{}';
+BEGIN
+	SELECT count(*), count(*) FILTER (WHERE NOT msp_xmin_seen(x.xmin, since, now_xmax)), min(x.time_zone)
+	  INTO n, fresh, tz FROM clients x WHERE x.client_id = payer;
+	out := out || jsonb_build_object('clients', ARRAY[n, fresh]);
+	t0 := lower(period)::timestamp AT TIME ZONE tz;
+	t1 := upper(period)::timestamp AT TIME ZONE tz;
+	SELECT count(*), count(*) FILTER (WHERE NOT msp_xmin_seen(x.xmin, since, now_xmax))
+	  INTO n, fresh FROM contracts x WHERE x.client_id = payer;
+	out := out || jsonb_build_object('contracts', ARRAY[n, fresh]);
+	SELECT count(*), count(*) FILTER (WHERE NOT msp_xmin_seen(x.xmin, since, now_xmax))
+	  INTO n, fresh FROM sister_clients x WHERE x.bill_to_client_id = payer;
+	out := out || jsonb_build_object('sister_clients', ARRAY[n, fresh]);
+	FOREACH home IN ARRAY ARRAY[payer] || ARRAY(SELECT s.client_id FROM sister_clients s
+												 WHERE s.bill_to_client_id = payer AND s.client_id <> payer
+												 ORDER BY 1)
+	LOOP
+		SELECT count(*), count(*) FILTER (WHERE NOT msp_xmin_seen(x.xmin, since, now_xmax))
+		  INTO n, fresh FROM people x WHERE x.client_id = home;
+		out := out || jsonb_build_object('people ' || home, ARRAY[n, fresh]);
+		SELECT count(*), count(*) FILTER (WHERE NOT msp_xmin_seen(x.xmin, since, now_xmax))
+		  INTO n, fresh FROM accounts x WHERE x.client_id = home;
+		out := out || jsonb_build_object('accounts ' || home, ARRAY[n, fresh]);
+		SELECT count(*), count(*) FILTER (WHERE NOT msp_xmin_seen(x.xmin, since, now_xmax))
+		  INTO n, fresh FROM logons x WHERE x.client_id = home AND x.at >= t0 AND x.at < t1;
+		out := out || jsonb_build_object('logons ' || home, ARRAY[n, fresh]);
+		SELECT count(*), count(*) FILTER (WHERE NOT msp_xmin_seen(x.xmin, since, now_xmax))
+		  INTO n, fresh FROM support_contacts x WHERE x.client_id = home AND x.at >= t0 AND x.at < t1;
+		out := out || jsonb_build_object('support_contacts ' || home, ARRAY[n, fresh]);
+	END LOOP;
+	RETURN out;
+END
+$$;
+-- (reads xmin, which the roles' column grants do not cover: month-end's
+-- definer functions call it as the owner)
+REVOKE EXECUTE ON FUNCTION @extschema@.msp_people_sources(bigint, daterange, pg_snapshot) FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@.msp_people_sources(bigint, daterange, pg_snapshot) IS
+	'month-end internal: the rows one client''s billable people of a period are read from, counted per table and home client, and how many are new since a snapshot';
+
+CREATE FUNCTION @extschema@.msp_finalize_run_prepare(run_id bigint)
+RETURNS integer
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, @extschema@, pg_temp
+SET mspbill.pseudonymous = on
+AS $$
+#variable_conflict use_variable
+DECLARE
+	r finalize_runs;
+	n integer;
+BEGIN
+	SELECT * INTO r FROM finalize_runs f WHERE f.run_id = run_id;
+	IF NOT FOUND OR r.finished_at IS NOT NULL OR r.started_by <> session_user THEN
+		RAISE EXCEPTION 'month-end run % is not an open run of yours', run_id
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Run month-end with CALL mspbill.msp_finalize_period(period);';
+	END IF;
+	IF msp_is_distributed('@extschema@.contracts') THEN
+		RETURN 0;
+	END IF;
+	INSERT INTO @extschema@.finalize_run_people (run_id, client_id, people, evidence, sources, snapshot)
+	WITH u AS MATERIALIZED (
+		SELECT * FROM msp_period_people_all(r.period, r.client_ids, true)),
+	p AS (
+		SELECT y.client_id, jsonb_object_agg(y.contract_id::text, y.who) AS people
+		  FROM (SELECT u.client_id, u.contract_id,
+					   jsonb_build_object('h', array_agg(u.home_client_id), 'p', array_agg(u.person_id),
+										  'd', array_agg(u.segment_days)) AS who
+				  FROM u GROUP BY u.client_id, u.contract_id) y
+		 GROUP BY y.client_id),
+	-- msp_billable_users' columns and order
+	e AS (
+		SELECT u.client_id,
+			   jsonb_agg(jsonb_build_object('contract_id', u.contract_id, 'person_id', u.person_id,
+											'pseudonym', u.pseudonym, 'rule', u.rule, 'first_seen', u.first_seen,
+											'last_seen', u.last_seen, 'days_active', u.days_active,
+											'support_contacts', u.support_contacts, 'accounts', u.accounts,
+											'home_client_id', u.home_client_id)
+						 ORDER BY lower(u.segment), u.pseudonym, u.home_client_id) AS evidence
+		  FROM u GROUP BY u.client_id)
+	SELECT run_id, c.id, coalesce(p.people, '{}'), coalesce(e.evidence, '[]'),
+		   msp_people_sources(c.id, msp_period(c.id, r.period), NULL), pg_current_snapshot()
+	  FROM unnest(r.client_ids) c(id)
+	  JOIN clients k ON k.client_id = c.id
+	  LEFT JOIN p ON p.client_id = c.id
+	  LEFT JOIN e ON e.client_id = c.id;
+	GET DIAGNOSTICS n = ROW_COUNT;
+	RETURN n;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION @extschema@.msp_finalize_run_prepare(bigint) FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@.msp_finalize_run_prepare(bigint) IS
+	'month-end internal: counts the billable people of every client of a run at once and records them with their snapshot; returns how many clients';
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_finalize_run_begin(period daterange, override text[] DEFAULT '{}',
+												   only_clients bigint[] DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER
+SET search_path = pg_catalog, @extschema@, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	id bigint;
+	ids bigint[];
+	unknown text[];
+BEGIN
+	-- checked once here rather than refused for every client alike
+	IF period IS NULL OR isempty(period) OR lower_inf(period) OR upper_inf(period)
+	   OR lower(period) <> date_trunc('month', lower(period))::date
+	   OR upper(period) <> (date_trunc('month', lower(period)) + interval '1 month')::date THEN
+		RAISE EXCEPTION 'billing period % is not a calendar month', coalesce(period::text, 'NULL')
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'Month-end finalizes one calendar month for every client.',
+				  HINT = 'Pass the month, e.g. CALL mspbill.msp_finalize_period(daterange(''2026-10-01'', ''2026-11-01''));';
+	END IF;
+	IF 'period_not_over' = ANY (coalesce(override, '{}')) THEN
+		RAISE EXCEPTION 'the gate period_not_over cannot be overridden'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'A period is finalized only after it ends.',
+				  HINT = 'Overridable gates are device_silent, day_without_logons, unmapped_account and logon_outside_contract.';
+	END IF;
+	unknown := ARRAY(SELECT unnest(coalesce(override, '{}'))
+					 EXCEPT SELECT unnest('{device_silent,day_without_logons,unmapped_account,logon_outside_contract}'::text[]));
+	IF cardinality(unknown) > 0 THEN
+		RAISE EXCEPTION 'unknown data-quality gate %', unknown[1]
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Overridable gates are device_silent, day_without_logons, unmapped_account and logon_outside_contract.';
+	END IF;
+	-- every client with a contract in the period; clients named explicitly
+	-- are taken as named (one without a contract fails, with the reason)
+	IF only_clients IS NULL THEN
+		ids := ARRAY(SELECT DISTINCT k.client_id FROM contracts k WHERE k.effective && period ORDER BY 1);
+	ELSE
+		ids := ARRAY(SELECT DISTINCT x FROM unnest(only_clients) x WHERE x IS NOT NULL ORDER BY 1);
+	END IF;
+	INSERT INTO @extschema@.finalize_runs (period, override, client_ids)
+	VALUES (period, coalesce(override, '{}'), ids)
+	RETURNING run_id INTO id;
+	-- every client's people at once, committed with the run; each client's
+	-- transaction uses them if its data did not change since
+	PERFORM @extschema@.msp_finalize_run_prepare(id);
+	RETURN id;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION @extschema@.msp_finalize_run_begin(daterange, text[], bigint[]) FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@.msp_finalize_run_begin(daterange, text[], bigint[]) IS
+	'month-end internal: checks the period and override once, records a run and the clients it takes, counts their people at once; returns the run id';
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_finalize_run_client(client_id bigint, run_id bigint, may_retry boolean DEFAULT false)
+RETURNS text
+LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER
+SET search_path = pg_catalog, @extschema@, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	r finalize_runs;
+	prior bigint;
+	id bigint;
+	result text;
+	st text;
+	msg text;
+	det text;
+	hin text;
+	con text;
+	failing text[];
+	b finalize_run_people;
+	source text;
+BEGIN
+	SELECT * INTO r FROM finalize_runs f WHERE f.run_id = run_id;
+	IF NOT FOUND OR r.finished_at IS NOT NULL OR r.started_by <> session_user
+	   OR NOT client_id = ANY (r.client_ids) THEN
+		RAISE EXCEPTION 'client % is not pending in an open month-end run % of yours', client_id, run_id
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Run month-end with CALL mspbill.msp_finalize_period(period);';
+	END IF;
+	PERFORM pg_advisory_xact_lock(hashtext('mspbill.finalize'), hashtext(client_id::text || r.period::text));
+	prior := (msp_finalized_invoice(client_id, r.period)).invoice_id;
+	BEGIN
+		-- the people counted for every client at the start of the run hold
+		-- if what they were read from is the same in this transaction's
+		-- snapshot; else they are counted again here
+		SELECT * INTO b FROM finalize_run_people p WHERE p.run_id = run_id AND p.client_id = client_id;
+		IF prior IS NULL AND b.run_id IS NOT NULL
+		   AND msp_people_sources(client_id, r.period, b.snapshot) = b.sources THEN
+			id := msp_finalize_invoice_with(client_id, r.period, r.override, b.people, b.evidence);
+			source := 'batch';
+		ELSE
+			id := msp_finalize_invoice_with(client_id, r.period, r.override, NULL, NULL);
+			source := CASE WHEN prior IS NULL THEN 'recounted' END;
+		END IF;
+		result := CASE WHEN prior IS NULL THEN 'finalized' ELSE 'already_finalized' END;
+	EXCEPTION WHEN OTHERS THEN
+		GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, msg = MESSAGE_TEXT, det = PG_EXCEPTION_DETAIL,
+								hin = PG_EXCEPTION_HINT, con = CONSTRAINT_NAME;
+		IF may_retry AND (con IN ('invoices_one_per_period', 'invoices_no_overlap') OR st IN ('40001', '40P01')) THEN
+			-- another session finalized it, or took the next invoice number
+			-- (the counter row), after this transaction's snapshot
+			RETURN 'retry';
+		ELSIF st = '55000' OR (st = '23514' AND coalesce(con, '') = '') THEN
+			-- the gates (a check constraint's violation names the constraint)
+			result := 'refused';
+			failing := CASE WHEN st = '55000' THEN '{period_not_over}'::text[]
+							ELSE ARRAY(SELECT DISTINCT q.gate FROM msp_data_quality(client_id, r.period) q
+										WHERE NOT q.gate = ANY (r.override) ORDER BY 1) END;
+		ELSE
+			result := 'failed';
+		END IF;
+	END;
+	INSERT INTO @extschema@.finalize_run_clients (client_id, run_id, outcome, invoice_id, total, gates, sqlstate,
+												  message, detail, hint, people_from)
+	VALUES (client_id, run_id, result, id,
+			(SELECT i.total FROM invoices i WHERE i.client_id = client_id AND i.invoice_id = id),
+			failing, st, msg, nullif(det, ''), nullif(hin, ''), CASE WHEN result = 'finalized' THEN source END);
+	RETURN result;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION @extschema@.msp_finalize_run_client(bigint, bigint, boolean) FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@.msp_finalize_run_client(bigint, bigint, boolean) IS
+	'month-end internal: finalizes one client of a run in a subtransaction and records the outcome (finalized, already_finalized, refused, failed)';
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_finalize_run_end(run_id bigint)
+RETURNS void
+LANGUAGE plpgsql VOLATILE STRICT
+SECURITY DEFINER
+SET search_path = pg_catalog, @extschema@, pg_temp
+AS $$
+#variable_conflict use_variable
+BEGIN
+	UPDATE @extschema@.finalize_runs f SET finished_at = clock_timestamp()
+	 WHERE f.run_id = run_id AND f.started_by = session_user AND f.finished_at IS NULL;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'month-end run % is not an open run of yours', run_id
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	DELETE FROM @extschema@.finalize_run_people p WHERE p.run_id = run_id;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION @extschema@.msp_finalize_run_end(bigint) FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@.msp_finalize_run_end(bigint) IS
+	'month-end internal: marks a run finished';
+
+CREATE OR REPLACE PROCEDURE @extschema@.msp_finalize_period(period daterange, override text[] DEFAULT '{}',
+												  only_clients bigint[] DEFAULT NULL,
+												  INOUT run_id bigint DEFAULT NULL,
+												  INOUT finalized integer DEFAULT NULL,
+												  INOUT already_finalized integer DEFAULT NULL,
+												  INOUT refused integer DEFAULT NULL,
+												  INOUT failed integer DEFAULT NULL)
+LANGUAGE plpgsql
+AS $$
+#variable_conflict use_variable
+DECLARE
+	ids pg_catalog.int8[];
+	cid pg_catalog.int8;
+	outcome pg_catalog.text;
+	done pg_catalog.int4 := 0;
+BEGIN
+	finalized := 0;
+	already_finalized := 0;
+	refused := 0;
+	failed := 0;
+	run_id := @extschema@.msp_finalize_run_begin(period, override, only_clients);
+	ids := (SELECT r.client_ids FROM @extschema@.finalize_runs r WHERE r.run_id OPERATOR(pg_catalog.=) run_id);
+	RAISE NOTICE 'month-end run % for %: % clients', run_id, period, pg_catalog.cardinality(ids);
+	FOREACH cid IN ARRAY ids LOOP
+		-- the run row, then each client, committed as soon as done; the
+		-- next statement after COMMIT must be SET TRANSACTION
+		FOR attempt IN 1..5 LOOP
+			COMMIT;
+			SET TRANSACTION ISOLATION LEVEL REPEATABLE READ;
+			outcome := @extschema@.msp_finalize_run_client(cid, run_id, attempt OPERATOR(pg_catalog.<) 5);
+			EXIT WHEN outcome OPERATOR(pg_catalog.<>) 'retry';
+		END LOOP;
+		done := done OPERATOR(pg_catalog.+) 1;
+		CASE outcome
+			WHEN 'finalized' THEN finalized := finalized OPERATOR(pg_catalog.+) 1;
+			WHEN 'already_finalized' THEN already_finalized := already_finalized OPERATOR(pg_catalog.+) 1;
+			WHEN 'refused' THEN refused := refused OPERATOR(pg_catalog.+) 1;
+			ELSE failed := failed OPERATOR(pg_catalog.+) 1;
+		END CASE;
+		IF done OPERATOR(pg_catalog.%) 100 OPERATOR(pg_catalog.=) 0 THEN
+			RAISE NOTICE 'month-end run %: % of % clients done (% finalized, % already finalized, % refused, % failed)',
+				run_id, done, pg_catalog.cardinality(ids), finalized, already_finalized, refused, failed;
+		END IF;
+	END LOOP;
+	COMMIT;
+	PERFORM @extschema@.msp_finalize_run_end(run_id);
+	COMMIT;
+	RAISE NOTICE 'month-end run % for % done: % finalized, % already finalized, % refused, % failed',
+		run_id, period, finalized, already_finalized, refused, failed
+		USING DETAIL = 'Each client''s outcome, with the gates or the error: SELECT * FROM mspbill.finalize_run_clients WHERE run_id = ' || run_id || ';';
+END
+$$;
+REVOKE EXECUTE ON PROCEDURE @extschema@.msp_finalize_period(daterange, text[], bigint[], bigint, integer, integer, integer, integer) FROM PUBLIC;
+COMMENT ON PROCEDURE @extschema@.msp_finalize_period(daterange, text[], bigint[], bigint, integer, integer, integer, integer) IS
+	'month-end: finalizes every client''s invoice for a period (clients with a contract in it, or only_clients), one transaction per client, committed as it goes; returns the run id and how many were finalized, already finalized, refused and failed';
+
 -- merged: functions several sections above redefine, as the release has them
 CREATE OR REPLACE FUNCTION @extschema@.msp_adjustment_lines(client_id bigint, period daterange)
 RETURNS SETOF @extschema@.invoice_line
@@ -12425,117 +14044,8 @@ SECURITY DEFINER
 SET search_path = pg_catalog, @extschema@, pg_temp
 SET mspbill.pseudonymous = on
 AS $$
-#variable_conflict use_variable
-DECLARE
-	id bigint;
-	inv invoice;
-	failing text[];
-	unknown text[];
-	today date;
-	stamp timestamptz;
-	c clients;
-	terms record;
-	lines invoice_line[];
-	priced record;
-	evidence jsonb;
-	number text;
-	invoice_day date;
-	tax numeric;
-	findings jsonb;
 BEGIN
-	period := msp_period(client_id, period);
-	-- one finalization per client and period at a time, in any session
-	PERFORM pg_advisory_xact_lock(hashtext('mspbill.finalize'), hashtext(client_id::text || period::text));
-	id := (msp_finalized_invoice(client_id, period)).invoice_id;
-	IF id IS NOT NULL THEN
-		RETURN id;
-	END IF;
-
-	-- an unfinished month is not a data-quality question: its logons are
-	-- still coming, so no override finalizes it
-	IF 'period_not_over' = ANY (coalesce(override, '{}')) THEN
-		RAISE EXCEPTION 'the gate period_not_over cannot be overridden'
-			USING ERRCODE = 'invalid_parameter_value',
-				  DETAIL = 'A period is finalized only after it ends.',
-				  HINT = 'Overridable gates are device_silent, day_without_logons, unmapped_account and logon_outside_contract.';
-	END IF;
-	unknown := ARRAY(SELECT unnest(coalesce(override, '{}'))
-					 EXCEPT SELECT unnest('{device_silent,day_without_logons,unmapped_account,logon_outside_contract}'::text[]));
-	IF cardinality(unknown) > 0 THEN
-		RAISE EXCEPTION 'unknown data-quality gate %', unknown[1]
-			USING ERRCODE = 'invalid_parameter_value',
-				  HINT = 'Overridable gates are device_silent, day_without_logons, unmapped_account and logon_outside_contract.';
-	END IF;
-	-- the gates run once: they read the period's logons several times over
-	findings := coalesce((SELECT jsonb_agg(to_jsonb(q)) FROM msp_data_quality(client_id, period) q), '[]');
-	IF jsonb_path_exists(findings, '$[*] ? (@.gate == "period_not_over")') THEN
-		-- (not alias c: the variable c would shadow it, and today be NULL)
-		today := (now() AT TIME ZONE (SELECT cl.time_zone FROM clients cl WHERE cl.client_id = client_id))::date;
-		RAISE EXCEPTION 'period % of client % is not over', period, client_id
-			USING ERRCODE = 'object_not_in_prerequisite_state',
-				  DETAIL = format('The period ends on %s; today is %s in the client''s time zone.', upper(period) - 1, today),
-				  HINT = format('Finalize on or after %s; until then, preview it with SELECT * FROM mspbill.msp_invoice(%s, %L);',
-								upper(period), client_id, period);
-	END IF;
-	failing := ARRAY(SELECT DISTINCT q->>'gate' FROM jsonb_array_elements(findings) q
-					  WHERE NOT q->>'gate' = ANY (coalesce(override, '{}')) ORDER BY 1);
-	IF cardinality(failing) > 0 THEN
-		RAISE EXCEPTION 'data-quality gates failed for client % in %: %', client_id, period,
-						array_to_string(failing, ', ')
-			USING ERRCODE = 'check_violation',
-				  DETAIL = 'See SELECT * FROM mspbill.msp_data_quality(client_id, period) for each finding.',
-				  HINT = format('Fix the data, or finalize anyway (the override is recorded): SELECT mspbill.msp_finalize_invoice(%s, %L, %L);',
-								client_id, period, failing);
-	END IF;
-
-	-- the summary and its lines from one pricing
-	SELECT * INTO priced FROM msp_price_invoice(client_id, period) p;
-	inv := priced.summary;
-	lines := priced.lines;
-	evidence := coalesce((SELECT jsonb_agg(to_jsonb(u)) FROM msp_billable_users(client_id, period) u), '[]');
-	SELECT * INTO terms FROM msp_invoice_terms(client_id);
-	SELECT * INTO c FROM clients WHERE clients.client_id = client_id;
-	-- the number last: its counter row stays locked until this transaction
-	-- ends, so other finalizations wait here (not through the pricing), and
-	-- a rollback gives the number back: no gaps, no duplicates
-	INSERT INTO @extschema@.invoice_numbering AS n (series, last_number) VALUES ('invoice', 1)
-	ON CONFLICT (series) DO UPDATE SET last_number = n.last_number + 1
-	RETURNING msp_invoice_number_text(n.prefix, n.last_number, n.digits) INTO number;
-	-- one reading of the clock for the invoice and its audit entries
-	stamp := clock_timestamp();
-	invoice_day := (stamp AT TIME ZONE c.time_zone)::date;
-	-- (computed before the INSERT: Citus takes no subquery in INSERT ... VALUES)
-	tax := (SELECT coalesce(sum(t.tax), 0) FROM msp_tax_lines(client_id, lines) t);
-	INSERT INTO @extschema@.invoices (client_id, kind, period, model, users, seats, devices, subtotal, total,
-						  currency, evidence, overrides, finalized_at)
-	VALUES (client_id, 'invoice', period, inv.model, inv.users, inv.seats, inv.devices, inv.subtotal,
-			inv.total, inv.currency, evidence, coalesce(override, '{}'), stamp)
-	RETURNING invoice_id INTO id;
-	INSERT INTO @extschema@.invoice_items (client_id, invoice_id, line_no, contract_id, description, quantity,
-							   unit_price, amount, basis)
-	SELECT client_id, id, l.line_no, l.contract_id, l.description, l.quantity, l.unit_price, l.amount, l.basis
-	  FROM unnest(lines) l;
-	-- the document: number, dates, terms and PO as the client has them
-	-- today, and each line's tax and explanation (src/billing/documents.sql)
-	INSERT INTO @extschema@.invoice_documents (client_id, invoice_id, invoice_number, invoice_date, due_date,
-							   payment_terms_days, po_reference, tax)
-	VALUES (client_id, id, number, invoice_day, invoice_day + terms.payment_terms_days, terms.payment_terms_days,
-			terms.po_reference, tax);
-	INSERT INTO @extschema@.invoice_line_documents (client_id, invoice_id, line_no, tax_name, tax_rate, tax,
-									explanation, evidence)
-	SELECT client_id, id, t.line_no, t.tax_name, t.tax_rate, t.tax, x.explanation, x.evidence
-	  FROM msp_tax_lines(client_id, lines) t
-	  JOIN msp_explain_lines(client_id, period, lines, evidence) x ON x.line_no = t.line_no;
-	INSERT INTO @extschema@.audit_log (client_id, action, invoice_id, detail, at)
-	VALUES (client_id, 'finalize', id, jsonb_build_object('period', period::text, 'total', inv.total), stamp);
-	IF cardinality(coalesce(override, '{}')) > 0 THEN
-		-- the findings read once above (computed before the INSERT: Citus
-		-- takes no subquery in INSERT ... VALUES)
-		evidence := (SELECT jsonb_agg(q) FROM jsonb_array_elements(findings) q WHERE q->>'gate' = ANY (override));
-		INSERT INTO @extschema@.audit_log (client_id, action, invoice_id, at, detail)
-		VALUES (client_id, 'override', id, stamp, jsonb_build_object('gates', override, 'findings', evidence));
-	END IF;
-	RETURN id;
+	RETURN @extschema@.msp_finalize_invoice_with(client_id, period, override, NULL, NULL);
 END
 $$;
 COMMENT ON FUNCTION @extschema@.msp_finalize_invoice(bigint, daterange, text[]) IS
@@ -12594,6 +14104,58 @@ BEGIN
 END
 $$;
 
+CREATE OR REPLACE FUNCTION @extschema@.msp_finalize_run_begin(period daterange, override text[] DEFAULT '{}',
+												   only_clients bigint[] DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER
+SET search_path = pg_catalog, @extschema@, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	id bigint;
+	ids bigint[];
+	unknown text[];
+BEGIN
+	-- checked once here rather than refused for every client alike
+	IF period IS NULL OR isempty(period) OR lower_inf(period) OR upper_inf(period)
+	   OR lower(period) <> date_trunc('month', lower(period))::date
+	   OR upper(period) <> (date_trunc('month', lower(period)) + interval '1 month')::date THEN
+		RAISE EXCEPTION 'billing period % is not a calendar month', coalesce(period::text, 'NULL')
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'Month-end finalizes one calendar month for every client.',
+				  HINT = 'Pass the month, e.g. CALL mspbill.msp_finalize_period(daterange(''2026-10-01'', ''2026-11-01''));';
+	END IF;
+	IF 'period_not_over' = ANY (coalesce(override, '{}')) THEN
+		RAISE EXCEPTION 'the gate period_not_over cannot be overridden'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'A period is finalized only after it ends.',
+				  HINT = 'Overridable gates are device_silent, day_without_logons, unmapped_account and logon_outside_contract.';
+	END IF;
+	unknown := ARRAY(SELECT unnest(coalesce(override, '{}'))
+					 EXCEPT SELECT unnest('{device_silent,day_without_logons,unmapped_account,logon_outside_contract}'::text[]));
+	IF cardinality(unknown) > 0 THEN
+		RAISE EXCEPTION 'unknown data-quality gate %', unknown[1]
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Overridable gates are device_silent, day_without_logons, unmapped_account and logon_outside_contract.';
+	END IF;
+	-- every client with a contract in the period; clients named explicitly
+	-- are taken as named (one without a contract fails, with the reason)
+	IF only_clients IS NULL THEN
+		ids := ARRAY(SELECT DISTINCT k.client_id FROM contracts k WHERE k.effective && period ORDER BY 1);
+	ELSE
+		ids := ARRAY(SELECT DISTINCT x FROM unnest(only_clients) x WHERE x IS NOT NULL ORDER BY 1);
+	END IF;
+	INSERT INTO @extschema@.finalize_runs (period, override, client_ids)
+	VALUES (period, coalesce(override, '{}'), ids)
+	RETURNING run_id INTO id;
+	-- every client's people at once, committed with the run; each client's
+	-- transaction uses them if its data did not change since
+	PERFORM @extschema@.msp_finalize_run_prepare(id);
+	RETURN id;
+END
+$$;
+
 CREATE OR REPLACE FUNCTION @extschema@.msp_finalize_run_client(client_id bigint, run_id bigint, may_retry boolean DEFAULT false)
 RETURNS text
 LANGUAGE plpgsql VOLATILE
@@ -12612,6 +14174,8 @@ DECLARE
 	hin text;
 	con text;
 	failing text[];
+	b finalize_run_people;
+	source text;
 BEGIN
 	SELECT * INTO r FROM finalize_runs f WHERE f.run_id = run_id;
 	IF NOT FOUND OR r.finished_at IS NOT NULL OR r.started_by <> session_user
@@ -12623,7 +14187,18 @@ BEGIN
 	PERFORM pg_advisory_xact_lock(hashtext('mspbill.finalize'), hashtext(client_id::text || r.period::text));
 	prior := (msp_finalized_invoice(client_id, r.period)).invoice_id;
 	BEGIN
-		id := msp_finalize_invoice(client_id, r.period, r.override);
+		-- the people counted for every client at the start of the run hold
+		-- if what they were read from is the same in this transaction's
+		-- snapshot; else they are counted again here
+		SELECT * INTO b FROM finalize_run_people p WHERE p.run_id = run_id AND p.client_id = client_id;
+		IF prior IS NULL AND b.run_id IS NOT NULL
+		   AND msp_people_sources(client_id, r.period, b.snapshot) = b.sources THEN
+			id := msp_finalize_invoice_with(client_id, r.period, r.override, b.people, b.evidence);
+			source := 'batch';
+		ELSE
+			id := msp_finalize_invoice_with(client_id, r.period, r.override, NULL, NULL);
+			source := CASE WHEN prior IS NULL THEN 'recounted' END;
+		END IF;
 		result := CASE WHEN prior IS NULL THEN 'finalized' ELSE 'already_finalized' END;
 	EXCEPTION WHEN OTHERS THEN
 		GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, msg = MESSAGE_TEXT, det = PG_EXCEPTION_DETAIL,
@@ -12643,11 +14218,29 @@ BEGIN
 		END IF;
 	END;
 	INSERT INTO @extschema@.finalize_run_clients (client_id, run_id, outcome, invoice_id, total, gates, sqlstate,
-												  message, detail, hint)
+												  message, detail, hint, people_from)
 	VALUES (client_id, run_id, result, id,
 			(SELECT i.total FROM invoices i WHERE i.client_id = client_id AND i.invoice_id = id),
-			failing, st, msg, nullif(det, ''), nullif(hin, ''));
+			failing, st, msg, nullif(det, ''), nullif(hin, ''), CASE WHEN result = 'finalized' THEN source END);
 	RETURN result;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_finalize_run_end(run_id bigint)
+RETURNS void
+LANGUAGE plpgsql VOLATILE STRICT
+SECURITY DEFINER
+SET search_path = pg_catalog, @extschema@, pg_temp
+AS $$
+#variable_conflict use_variable
+BEGIN
+	UPDATE @extschema@.finalize_runs f SET finished_at = clock_timestamp()
+	 WHERE f.run_id = run_id AND f.started_by = session_user AND f.finished_at IS NULL;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'month-end run % is not an open run of yours', run_id
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	DELETE FROM @extschema@.finalize_run_people p WHERE p.run_id = run_id;
 END
 $$;
 
@@ -12734,7 +14327,7 @@ BEGIN
 	EXECUTE format('GRANT SELECT ON %s, @extschema@.audit_log TO mspbill_admin', billed_tables);
 	EXECUTE 'GRANT SELECT, DELETE ON @extschema@.psa_tickets TO mspbill_admin';
 	EXECUTE format('GRANT INSERT ON %s TO mspbill_admin, mspbill_billing', staging);
-	EXECUTE format('GRANT USAGE ON %s, @extschema@.logons_logon_id_seq TO mspbill_admin, mspbill_billing', staging_seqs);
+	EXECUTE format('GRANT USAGE ON %s TO mspbill_admin, mspbill_billing', staging_seqs);
 	EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO mspbill_admin, mspbill_billing', writers);
 	-- month-end: run it, and watch its runs (every client's outcome)
 	EXECUTE format('GRANT EXECUTE ON PROCEDURE %s TO mspbill_admin, mspbill_billing', month_end);
@@ -12789,6 +14382,56 @@ BEGIN
 	RETURN 'roles mspbill_admin, mspbill_billing, mspbill_bi, mspbill_pii and mspbill_report are ready';
 END
 $$;
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_invoices(period daterange DEFAULT NULL)
+RETURNS SETOF @extschema@.invoice
+-- (PARALLEL RESTRICTED: on Citus it opens connections to the workers)
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+DECLARE
+	r record;
+	parts jsonb := '[]';
+BEGIN
+	IF NOT msp_is_distributed('@extschema@.contracts') THEN
+		-- the finalized ones as stored; the others priced from one
+		-- set-based count of every client's people
+		FOR r IN SELECT * FROM msp_period_people_by_client(period) LOOP
+			IF (msp_finalized_invoice(r.client_id, msp_period(r.client_id, period))).invoice_id IS NOT NULL THEN
+				RETURN NEXT msp_invoice(r.client_id, period);
+			ELSE
+				RETURN NEXT (SELECT p.summary FROM msp_price_invoice(r.client_id, msp_period(r.client_id, period), r.people) p);
+			END IF;
+		END LOOP;
+		RETURN;
+	END IF;
+	-- one call per shard, over a connection per shard to the worker that
+	-- holds it, all at once (master_run_on_worker, which Citus's own
+	-- run_command_on_shards uses); each names one client of its shard
+	FOR r IN EXECUTE
+		'SELECT w.success, w.result
+		   FROM (SELECT array_agg(p.nodename) AS nodes, array_agg(p.nodeport) AS ports,
+						array_agg(format(''SELECT @extschema@.msp_shard_invoices(%s, %L)'', s.client_id, $1)) AS commands
+				   FROM (SELECT min(c.client_id) AS client_id,
+								pg_catalog.get_shard_id_for_distribution_column(''@extschema@.contracts'', c.client_id) AS shardid
+						   FROM @extschema@.clients c GROUP BY 2) s
+				   JOIN pg_catalog.pg_dist_shard_placement p ON p.shardid = s.shardid) x,
+				pg_catalog.master_run_on_worker(x.nodes, x.ports, x.commands, true) w'
+		USING period
+	LOOP
+		IF NOT r.success THEN
+			RAISE EXCEPTION '%', r.result
+				USING ERRCODE = 'data_exception',
+					  DETAIL = 'A worker could not price the invoices of one shard of clients.',
+					  HINT = 'Price the client it names alone (SELECT * FROM mspbill.msp_invoice(client_id, period)) to see the whole error.';
+		END IF;
+		parts := parts || r.result::jsonb;
+	END LOOP;
+	RETURN QUERY SELECT i.* FROM jsonb_populate_recordset(NULL::invoice, parts) i ORDER BY i.client_id;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_invoices(daterange) IS
+	'every client''s invoice for a period (default: each client''s last full month), as msp_invoice gives it; on Citus computed on the workers in parallel';
 
 CREATE OR REPLACE FUNCTION @extschema@.msp_license_gaps(client_id bigint, period daterange DEFAULT NULL)
 RETURNS TABLE (category text, sku text, subject text, quantity numeric, amount numeric, note text)
@@ -13376,7 +15019,7 @@ BEGIN
 	PERFORM @extschema@.msp_load_begin(client_id);
 	CREATE TEMP TABLE msp_entra_rec ON COMMIT DROP AS
 	SELECT r.rec, l.line_nos[r.first_line] AS line_no, r.record, r.is_json
-	  FROM (SELECT array_agg(s.line_no ORDER BY s.line_no) AS line_nos, array_agg(s.raw ORDER BY s.line_no) AS raws
+	  FROM (SELECT array_agg(s.line_no ORDER BY s.line_no) AS line_nos, array_agg(CASE WHEN left(s.raw, 1) = E'\ufeff' THEN substr(s.raw, 2) ELSE s.raw END ORDER BY s.line_no) AS raws
 			  FROM @extschema@.entra_signin_staging s WHERE s.client_id = client_id) l,
 		   LATERAL @extschema@.msp_json_records(l.raws) WITH ORDINALITY AS r(first_line, record, is_json, rec);
 	ALTER TABLE pg_temp.msp_entra_rec ADD PRIMARY KEY (rec);
@@ -14277,7 +15920,7 @@ BEGIN
 	-- (msp_timestamptz_plus14), which agree exactly when PostgreSQL finds a
 	-- zone in it.
 	fields := $fields$
-		SELECT s.line_no, f IS NULL AS bad_json,
+		SELECT s.line_no, f IS NULL AND r.raw !~ '^\s*$' AS bad_json, f IS NULL AND r.raw ~ '^\s*$' AS blank,
 			   coalesce(f[1], wl.winlog->>'event_id') AS event_id,
 			   CASE WHEN f[12] IS NULL THEN coalesce(f[2], f[3], f[4])
 					ELSE coalesce(wl.winlog->>'time_created', f[4]) END AS at_text,
@@ -14292,9 +15935,11 @@ BEGIN
 			   coalesce(f[8], wl.winlog->'event_data'->>'LogonType') AS logon_type,
 			   coalesce(f[9], wl.winlog->'event_data'->>'TargetLogonId') AS logon_id,
 			   coalesce(f[10], wl.winlog->'event_data'->>'TargetLinkedLogonId') AS linked_id,
-			   coalesce(f[11], wl.winlog->>'record_id', md5(s.raw)) AS record
+			   coalesce(f[11], wl.winlog->>'record_id', md5(r.raw)) AS record
 		  FROM @extschema@.windows_event_staging s,
-			   LATERAL @extschema@.msp_json_fields(s.raw, '{EventID,EventTime,TimeCreated,@timestamp,Hostname,TargetUserName,TargetDomainName,LogonType,TargetLogonId,TargetLinkedLogonId,RecordNumber,winlog}') AS f,
+			   -- a file's byte-order mark is not part of its first record
+			   LATERAL (SELECT CASE WHEN left(s.raw, 1) = E'\ufeff' THEN substr(s.raw, 2) ELSE s.raw END AS raw) r,
+			   LATERAL @extschema@.msp_json_fields(r.raw, '{EventID,EventTime,TimeCreated,@timestamp,Hostname,TargetUserName,TargetDomainName,LogonType,TargetLogonId,TargetLinkedLogonId,RecordNumber,winlog}') AS f,
 			   -- a function in FROM runs once per row (a subquery would be pulled up)
 			   LATERAL unnest(ARRAY[f[12]::jsonb]) AS wl(winlog)
 		 WHERE s.client_id = $1 AND s.line_no BETWEEN $2 AND $3
@@ -14319,6 +15964,8 @@ BEGIN
 							ELSE at_text::timestamp AT TIME ZONE %1$L END AS at
 				  FROM (SELECT e.*,
 							   CASE
+								   -- a blank line (COPY with FORCE_NOT_NULL) is no record
+								   WHEN e.blank THEN 'skip'
 								   WHEN e.bad_json THEN 'reject:not valid JSON'
 								   WHEN e.event_id IS NULL THEN 'reject:no EventID'
 								   WHEN e.event_id NOT IN ('4624', '4634', '4647') THEN 'skip'
@@ -14405,16 +16052,19 @@ BEGIN
 			 GROUP BY 1) o
 	 WHERE l.client_id = client_id AND l.session_key = o.session_key AND l.at <= o.at
 	   AND (l.ended IS NULL OR l.ended > o.at);
-	WITH hold AS (
-		INSERT INTO @extschema@.pending_logoffs AS p (client_id, session_key, at)
-		SELECT DISTINCT client_id, s.session_key, s.at
+	-- held: this load's logoffs that wait, whether they wait from now on or
+	-- (loaded again) were waiting already
+	WITH waiting AS (
+		SELECT s.session_key, s.at
 		  FROM pg_temp.msp_win_session s
 		 WHERE s.kind = 'logoff' AND s.line_no IS NOT NULL AND NOT s.consumed
 		   AND NOT EXISTS (SELECT 1 FROM @extschema@.logons l
-							WHERE l.client_id = client_id AND l.session_key = s.session_key AND l.at <= s.at)
-		ON CONFLICT DO NOTHING
-		RETURNING 1)
-	SELECT count(*) INTO held FROM hold;
+							WHERE l.client_id = client_id AND l.session_key = s.session_key AND l.at <= s.at)),
+	hold AS (
+		INSERT INTO @extschema@.pending_logoffs AS p (client_id, session_key, at)
+		SELECT DISTINCT client_id, w.session_key, w.at FROM waiting w
+		ON CONFLICT DO NOTHING)
+	SELECT count(*) INTO held FROM waiting;
 	-- paired: the logoffs of this load that found their session (in this
 	-- load or an earlier one), and the held ones that found it now
 	WITH used AS (
@@ -14491,6 +16141,135 @@ END
 $$;
 COMMENT ON FUNCTION @extschema@.msp_match_psa_tickets(bigint) IS
 	'matches a client''s unmatched PSA tickets to people (psa_contacts, Microsoft 365 UPN, person_identities e-mail) and makes each a support contact; run again after adding mappings';
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_pii_audit(client_id bigint, period daterange DEFAULT NULL,
+										  window_size interval DEFAULT '15 minutes')
+RETURNS TABLE (device text, account text, application text, session_start timestamptz,
+			   session_end timestamptz, uses integer, sessions bigint)
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	z record;
+	sess interval;
+BEGIN
+	-- nothing, rather than an error, for a client the reader may not see
+	IF NOT EXISTS (SELECT 1 FROM clients c WHERE c.client_id = msp_pii_audit.client_id) THEN
+		RETURN;
+	END IF;
+	period := msp_period(client_id, period);
+	SELECT c.time_zone, (lower(period)::timestamp AT TIME ZONE c.time_zone) AS t0,
+		   (upper(period)::timestamp AT TIME ZONE c.time_zone) AS t1
+	  INTO z FROM clients c WHERE c.client_id = msp_pii_audit.client_id;
+	SELECT k.default_session INTO sess FROM contracts k
+	 WHERE k.client_id = msp_pii_audit.client_id AND k.effective @> (upper(period) - 1);
+	sess := coalesce(sess, interval '1 hour');
+	RETURN QUERY
+	WITH shared_sessions AS MATERIALIZED (
+		-- numbered here (the CTE is read twice, so it is materialized once)
+		SELECT row_number() OVER () AS session_no, l.device_id, l.account_id, l.at AS s0,
+			   coalesce(l.ended, l.at + sess) AS s1
+		  FROM logons l
+		  JOIN accounts a ON a.client_id = msp_pii_audit.client_id AND a.account_id = l.account_id
+		 WHERE l.client_id = msp_pii_audit.client_id AND l.at >= z.t0 AND l.at < z.t1
+		   AND a.kind = 'shared' AND a.realm = 'os' AND l.presence AND l.device_id IS NOT NULL),
+	uses AS (
+		SELECT s.session_no, ua.application, count(*)::integer AS uses,
+			   bool_or(ua.kind = 'individual') AS individual_login
+		  FROM shared_sessions s
+		  JOIN logons u ON u.client_id = msp_pii_audit.client_id AND u.device_id = s.device_id
+					   AND u.at >= s.s0 - window_size AND u.at <= s.s1 + window_size
+		  JOIN accounts ua ON ua.client_id = msp_pii_audit.client_id AND ua.account_id = u.account_id AND ua.realm = 'app'
+		  JOIN applications ap ON ap.client_id = msp_pii_audit.client_id AND ap.name = ua.application AND ap.holds_pii
+		 GROUP BY s.session_no, ua.application)
+	SELECT d.name, al.label, x.application, s.s0, s.s1, x.uses,
+		   count(*) OVER (PARTITION BY d.name, al.label, x.application)
+	  FROM uses x
+	  JOIN shared_sessions s USING (session_no)
+	  JOIN devices d ON d.client_id = msp_pii_audit.client_id AND d.device_id = s.device_id
+	  JOIN account_labels al ON al.client_id = msp_pii_audit.client_id AND al.account_id = s.account_id
+	 WHERE NOT x.individual_login
+	 ORDER BY d.name, s.s0;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_pii_audit(bigint, daterange, interval) IS
+	'HIPAA check: shared-account sessions in which a PII application was used without an individual application login';
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_price_invoice(client_id bigint, period daterange, people jsonb,
+											   OUT summary @extschema@.invoice,
+											   OUT lines @extschema@.invoice_line[])
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	c clients;
+	k contracts;
+	seg record;
+	q segment_quantities;
+	line invoice_line;
+	inv invoice;
+	models text[] := '{}';
+	homes bigint[] := '{}';
+	ids bigint[] := '{}';
+	n integer := 0;
+BEGIN
+	period := msp_period(client_id, period);
+	PERFORM msp_check_currency(client_id, period);
+	SELECT * INTO c FROM clients WHERE clients.client_id = client_id;
+	inv := (c.client_id, c.name, period, NULL, 0, 0, 0, 0, 0, c.currency)::invoice;
+	lines := '{}';
+	FOR seg IN SELECT * FROM msp_contract_segments(client_id, period) LOOP
+		SELECT * INTO k FROM contracts WHERE contracts.client_id = client_id
+			AND contracts.contract_id = seg.contract_id;
+		IF people IS NULL THEN
+			q := msp_segment_quantities(client_id, seg.contract_id, seg.segment, period);
+		ELSE
+			q := msp_segment_quantities(client_id, seg.contract_id, seg.segment, period,
+										ARRAY(SELECT x::bigint FROM jsonb_array_elements_text(people->(seg.contract_id::text)->'h') x),
+										ARRAY(SELECT x::bigint FROM jsonb_array_elements_text(people->(seg.contract_id::text)->'p') x),
+										ARRAY(SELECT x::integer FROM jsonb_array_elements_text(people->(seg.contract_id::text)->'d') x));
+		END IF;
+		IF NOT k.model = ANY (models) THEN
+			models := models || k.model;
+		END IF;
+		-- a seat billed by two contracts of the month is one seat
+		inv.seats := greatest(inv.seats, q.seat_count);
+		homes := homes || q.user_homes;
+		ids := ids || q.user_ids;
+		FOR line IN SELECT * FROM msp_segment_lines(c, k, seg.segment, period, q, k.model) LOOP
+			inv.total := inv.total + line.amount;
+			IF line.basis <> 'minimum' THEN
+				inv.subtotal := inv.subtotal + line.amount;
+			END IF;
+			n := n + 1;
+			line.line_no := n;
+			-- shown and stored alike: four decimals at most
+			line.quantity := trim_scale(round(line.quantity, 4));
+			lines := lines || line;
+		END LOOP;
+	END LOOP;
+	-- the period's people: each segment's, a person counted by two
+	-- contracts once (as msp_period_people counts them, without counting
+	-- them again)
+	inv.users := (SELECT count(DISTINCT (x.h, x.id))::integer FROM unnest(homes, ids) x(h, id));
+	inv.devices := msp_period_devices(client_id, period);
+	inv.model := array_to_string(models, '+');
+	-- adjustments of earlier invoices carried by this one
+	FOR line IN SELECT * FROM msp_adjustment_lines(client_id, period) LOOP
+		inv.total := inv.total + line.amount;
+		n := n + 1;
+		line.line_no := n;
+		lines := lines || line;
+	END LOOP;
+	inv.subtotal := msp_round(inv.subtotal, c.minor_unit);
+	inv.total := msp_round(inv.total, c.minor_unit);
+	summary := inv;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_price_invoice(bigint, daterange, jsonb) IS
+	'the invoice of a client for a period as today''s data prices it and its lines, each segment priced once, from people counted for every client at once (or, NULL, for this one)';
 
 CREATE OR REPLACE FUNCTION @extschema@.msp_segment_lines(c @extschema@.clients, k @extschema@.contracts,
 											   segment daterange, period daterange,
@@ -14607,7 +16386,8 @@ COMMENT ON FUNCTION @extschema@.msp_segment_lines(@extschema@.clients, @extschem
 	'the priced lines of one contract segment under a model, from its quantities';
 
 CREATE OR REPLACE FUNCTION @extschema@.msp_segment_quantities(client_id bigint, contract_id bigint,
-													segment daterange, period daterange)
+													segment daterange, period daterange,
+													user_homes bigint[], user_ids bigint[], user_days integer[])
 RETURNS @extschema@.segment_quantities
 LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
 SET search_path = @extschema@, pg_catalog, pg_temp
@@ -14618,11 +16398,6 @@ DECLARE
 	q segment_quantities;
 	t0 timestamptz;
 	t1 timestamptz;
-	home bigint;
-	ids bigint[];
-	homes bigint[];
-	days numeric;
-	n integer;
 	pool record;
 	share numeric;
 BEGIN
@@ -14642,30 +16417,15 @@ BEGIN
 	t0 := lower(segment)::timestamp AT TIME ZONE k.time_zone;
 	t1 := upper(segment)::timestamp AT TIME ZONE k.time_zone;
 
-	-- people: the days each billed person's active range covers, read in
-	-- the person's own client
-	q.user_days := 0;
-	q.user_count := 0;
-	q.user_segment_days := 0;
-	SELECT array_agg(b.home_client_id), array_agg(b.person_id) INTO homes, ids
-	  FROM msp_segment_users(client_id, contract_id, segment, false) b;
-	-- (the days of the segment each is active are kept too: contract lines
-	-- that prorate read them from here instead of counting the people again)
-	FOREACH home IN ARRAY ARRAY(SELECT DISTINCT h FROM unnest(homes) h ORDER BY 1) LOOP
-		SELECT coalesce(sum(upper(coalesce(p.active, segment) * segment)
-							- lower(coalesce(p.active, segment) * segment)), 0),
-			   count(*)::integer
-		  INTO days, n
-		  FROM people p
-		 WHERE p.client_id = home
-		   AND p.person_id = ANY (ARRAY(SELECT x.id FROM unnest(homes, ids) x(h, id) WHERE x.h = home));
-		q.user_segment_days := q.user_segment_days + days;
-		q.user_count := q.user_count + n;
-	END LOOP;
+	-- people: the days of the segment each billed person is active (kept
+	-- too: contract lines that prorate read them from here instead of
+	-- counting the people again)
+	q.user_count := coalesce(cardinality(user_ids), 0);
+	q.user_segment_days := coalesce((SELECT sum(d) FROM unnest(user_days) d), 0);
 	q.user_days := CASE WHEN k.prorate THEN q.user_segment_days ELSE q.user_count * k.period_days END;
 	-- who: an invoice of two contracts counts a person billed by both once
-	q.user_homes := coalesce(homes, '{}');
-	q.user_ids := coalesce(ids, '{}');
+	q.user_homes := coalesce(user_homes, '{}');
+	q.user_ids := coalesce(user_ids, '{}');
 
 	-- shared seats: one per shared account with presence logons, or its
 	-- peak of concurrent sessions
@@ -14719,8 +16479,8 @@ BEGIN
 	RETURN q;
 END
 $$;
-COMMENT ON FUNCTION @extschema@.msp_segment_quantities(bigint, bigint, daterange, daterange) IS
-	'billable counts and prorated quantities of one contract segment';
+COMMENT ON FUNCTION @extschema@.msp_segment_quantities(bigint, bigint, daterange, daterange, bigint[], bigint[], integer[]) IS
+	'billable counts and prorated quantities of one contract segment, its people given';
 
 CREATE OR REPLACE FUNCTION @extschema@.msp_segment_users(client_id bigint, contract_id bigint, segment daterange,
 											   with_evidence boolean DEFAULT true)
@@ -14731,110 +16491,11 @@ LANGUAGE plpgsql STABLE PARALLEL SAFE
 SET search_path = @extschema@, pg_catalog, pg_temp
 AS $$
 #variable_conflict use_variable
-DECLARE
-	payer bigint := client_id;
-	k record;
-	t0 timestamptz;
-	t1 timestamptz;
-	home bigint;
-	-- decided here, by this session: on Citus a sister client's labels are
-	-- read on another node, whose session does not carry the caller's
-	-- mspbill.pseudonymous (set by the finalizing functions)
-	names boolean := msp_sees_names();
 BEGIN
-	SELECT x.count_realms, x.min_active_days, x.support_rule, x.shared_billing, x.attribution_window,
-		   x.default_session, c.time_zone
-	  INTO k
-	  FROM contracts x JOIN clients c ON c.client_id = x.client_id
-	 WHERE x.client_id = payer AND c.client_id = payer AND x.contract_id = msp_segment_users.contract_id;
-	IF NOT FOUND THEN
-		RETURN;
-	END IF;
-	t0 := lower(segment)::timestamp AT TIME ZONE k.time_zone;
-	t1 := upper(segment)::timestamp AT TIME ZONE k.time_zone;
-	-- the payer first, then the sister clients whose people it pays for
-	-- (sister_clients: a small table, on Citus a reference table read on
-	-- this node, where people of every client would be every shard)
-	FOREACH home IN ARRAY ARRAY[payer] || ARRAY(SELECT s.client_id FROM sister_clients s
-												 WHERE s.bill_to_client_id = payer AND s.client_id <> payer
-												 ORDER BY 1)
-	LOOP
-		RETURN QUERY
-		WITH eligible AS (
-			SELECT p.* FROM people p
-			 WHERE p.client_id = home
-			   AND ((home = payer AND p.bill_to_client_id IS NULL) OR p.bill_to_client_id = payer)
-			   AND NOT p.is_technician AND NOT p.do_not_bill
-			   AND (p.active IS NULL OR p.active && segment)),
-		-- presence logons in the counted realms, and application logons
-		-- attributed through a shared session on the same device
-		evidence AS (
-			SELECT e.person_id, l.at, a.account_id, true AS by_logon
-			  FROM eligible e
-			  JOIN accounts a ON a.client_id = home AND a.person_id = e.person_id
-							 AND a.kind = 'individual' AND NOT a.is_machine AND a.realm = ANY (k.count_realms)
-			  JOIN logons l ON l.client_id = home AND l.account_id = a.account_id
-						   AND l.at >= t0 AND l.at < t1 AND l.presence
-			 WHERE e.active IS NULL OR e.active @> (l.at AT TIME ZONE k.time_zone)::date
-			UNION ALL
-			SELECT e.person_id, il.at, ia.account_id, false
-			  FROM eligible e
-			  JOIN accounts ia ON ia.client_id = home AND ia.person_id = e.person_id
-							  AND ia.kind = 'individual' AND NOT ia.is_machine AND ia.realm = 'app'
-			  JOIN logons il ON il.client_id = home AND il.account_id = ia.account_id
-							AND il.at >= t0 AND il.at < t1 AND il.presence
-			 WHERE k.shared_billing = 'attribute'
-			   AND (e.active IS NULL OR e.active @> (il.at AT TIME ZONE k.time_zone)::date)
-			   AND EXISTS (SELECT 1
-							 FROM logons sl
-							 JOIN accounts sa ON sa.client_id = home AND sa.account_id = sl.account_id
-											 AND sa.kind = 'shared' AND NOT sa.is_machine
-											 AND sa.realm = ANY (k.count_realms)
-							WHERE sl.client_id = home AND sl.device_id = il.device_id
-							  AND sl.at >= t0 AND sl.at < t1 AND sl.presence
-							  AND il.at >= sl.at - k.attribution_window
-							  AND il.at <= coalesce(sl.ended, sl.at + k.default_session) + k.attribution_window)),
-		seen AS (
-			SELECT ev.person_id, min(ev.at) AS first_seen, max(ev.at) AS last_seen,
-				   count(DISTINCT (ev.at AT TIME ZONE k.time_zone)::date)::integer AS days_active,
-				   bool_or(ev.by_logon) AS by_logon, array_agg(DISTINCT ev.account_id) AS account_ids
-			  FROM evidence ev
-			 GROUP BY ev.person_id),
-		support AS (
-			SELECT e.person_id, count(*)::integer AS contacts, min(s.at) AS first_at, max(s.at) AS last_at
-			  FROM eligible e
-			  JOIN support_contacts s ON s.client_id = home AND s.person_id = e.person_id
-									 AND s.at >= t0 AND s.at < t1
-			 WHERE e.active IS NULL OR e.active @> (s.at AT TIME ZONE k.time_zone)::date
-			 GROUP BY e.person_id)
-		SELECT e.person_id, e.pseudonym,
-			   CASE
-				   WHEN s.days_active >= k.min_active_days AND sp.contacts > 0 AND k.support_rule <> 'none'
-					   THEN CASE WHEN s.by_logon THEN 'logon+support' ELSE 'shared-attributed+support' END
-				   WHEN s.days_active >= k.min_active_days
-					   THEN CASE WHEN s.by_logon THEN 'logon' ELSE 'shared-attributed' END
-				   ELSE 'support'
-			   END,
-			   least(s.first_seen, sp.first_at), greatest(s.last_seen, sp.last_at),
-			   coalesce(s.days_active, 0), coalesce(sp.contacts, 0),
-			   CASE WHEN with_evidence
-					THEN ARRAY(SELECT x.label FROM (
-								SELECT CASE WHEN l.kind IN ('shared', 'service') OR names THEN l.label
-											ELSE l.realm || ' account ' || l.account_id END AS label
-								  FROM account_labels l
-								 WHERE l.client_id = home AND l.account_id = ANY (s.account_ids)) x
-								ORDER BY x.label) END,
-			   home
-		  FROM eligible e
-		  LEFT JOIN seen s ON s.person_id = e.person_id
-		  LEFT JOIN support sp ON sp.person_id = e.person_id
-		 WHERE CASE k.support_rule
-				   WHEN 'none' THEN coalesce(s.days_active, 0) >= k.min_active_days
-				   WHEN 'sufficient' THEN coalesce(s.days_active, 0) >= k.min_active_days OR sp.contacts > 0
-				   ELSE coalesce(s.days_active, 0) >= k.min_active_days AND sp.contacts > 0
-			   END
-		 ORDER BY e.pseudonym;
-	END LOOP;
+	RETURN QUERY
+	SELECT u.person_id, u.pseudonym, u.rule, u.first_seen, u.last_seen, u.days_active, u.support_contacts,
+		   u.accounts, u.home_client_id
+	  FROM msp_segment_people(client_id, contract_id, segment, with_evidence) u;
 END
 $$;
 COMMENT ON FUNCTION @extschema@.msp_segment_users(bigint, bigint, daterange, boolean) IS
@@ -15059,6 +16720,7 @@ COMMENT ON FUNCTION @extschema@.msp_tier_bands(bigint, bigint, numeric, numeric)
 	'the price bands a count of units fills under the contract''s tiers (volume: one band; graduated: each band reached)';
 
 
+
 -- citusload (issue 17): every loader on a distributed database as the
 -- billing role.  The statements Citus refused are done in steps (the
 -- load's rows into a temporary table, less the client's rows by DELETE
@@ -15231,7 +16893,7 @@ BEGIN
 	-- (msp_timestamptz_plus14), which agree exactly when PostgreSQL finds a
 	-- zone in it.
 	fields := $fields$
-		SELECT s.line_no, f IS NULL AS bad_json,
+		SELECT s.line_no, f IS NULL AND r.raw !~ '^\s*$' AS bad_json, f IS NULL AND r.raw ~ '^\s*$' AS blank,
 			   coalesce(f[1], wl.winlog->>'event_id') AS event_id,
 			   CASE WHEN f[12] IS NULL THEN coalesce(f[2], f[3], f[4])
 					ELSE coalesce(wl.winlog->>'time_created', f[4]) END AS at_text,
@@ -15246,9 +16908,11 @@ BEGIN
 			   coalesce(f[8], wl.winlog->'event_data'->>'LogonType') AS logon_type,
 			   coalesce(f[9], wl.winlog->'event_data'->>'TargetLogonId') AS logon_id,
 			   coalesce(f[10], wl.winlog->'event_data'->>'TargetLinkedLogonId') AS linked_id,
-			   coalesce(f[11], wl.winlog->>'record_id', md5(s.raw)) AS record
+			   coalesce(f[11], wl.winlog->>'record_id', md5(r.raw)) AS record
 		  FROM @extschema@.windows_event_staging s,
-			   LATERAL @extschema@.msp_json_fields(s.raw, '{EventID,EventTime,TimeCreated,@timestamp,Hostname,TargetUserName,TargetDomainName,LogonType,TargetLogonId,TargetLinkedLogonId,RecordNumber,winlog}') AS f,
+			   -- a file's byte-order mark is not part of its first record
+			   LATERAL (SELECT CASE WHEN left(s.raw, 1) = E'\ufeff' THEN substr(s.raw, 2) ELSE s.raw END AS raw) r,
+			   LATERAL @extschema@.msp_json_fields(r.raw, '{EventID,EventTime,TimeCreated,@timestamp,Hostname,TargetUserName,TargetDomainName,LogonType,TargetLogonId,TargetLinkedLogonId,RecordNumber,winlog}') AS f,
 			   -- a function in FROM runs once per row (a subquery would be pulled up)
 			   LATERAL unnest(ARRAY[f[12]::jsonb]) AS wl(winlog)
 		 WHERE s.client_id = $1 AND s.line_no BETWEEN $2 AND $3
@@ -15273,6 +16937,8 @@ BEGIN
 							ELSE at_text::timestamp AT TIME ZONE %1$L END AS at
 				  FROM (SELECT e.*,
 							   CASE
+								   -- a blank line (COPY with FORCE_NOT_NULL) is no record
+								   WHEN e.blank THEN 'skip'
 								   WHEN e.bad_json THEN 'reject:not valid JSON'
 								   WHEN e.event_id IS NULL THEN 'reject:no EventID'
 								   WHEN e.event_id NOT IN ('4624', '4634', '4647') THEN 'skip'
@@ -15359,21 +17025,20 @@ BEGIN
 			 GROUP BY 1) o
 	 WHERE l.client_id = client_id AND l.session_key = o.session_key AND l.at <= o.at
 	   AND (l.ended IS NULL OR l.ended > o.at);
-	-- (in steps: Citus plans no correlated NOT EXISTS over a temporary table)
+	-- held: this load's logoffs that wait, whether they wait from now on or
+	-- (loaded again) were waiting already.  In steps: Citus plans no
+	-- correlated NOT EXISTS over a temporary table.
 	CREATE TEMP TABLE msp_win_hold ON COMMIT DROP AS
-	SELECT DISTINCT s.session_key, s.at
+	SELECT s.session_key, s.at
 	  FROM pg_temp.msp_win_session s
 	 WHERE s.kind = 'logoff' AND s.line_no IS NOT NULL AND NOT s.consumed;
 	DELETE FROM pg_temp.msp_win_hold h
 	 USING @extschema@.logons l
 	 WHERE l.client_id = client_id AND l.session_key = h.session_key AND l.at <= h.at;
-	WITH hold AS (
-		INSERT INTO @extschema@.pending_logoffs AS p (client_id, session_key, at)
-		SELECT client_id, h.session_key, h.at
-		  FROM pg_temp.msp_win_hold h
-		ON CONFLICT DO NOTHING
-		RETURNING 1)
-	SELECT count(*) INTO held FROM hold;
+	SELECT count(*) INTO held FROM pg_temp.msp_win_hold;
+	INSERT INTO @extschema@.pending_logoffs AS p (client_id, session_key, at)
+	SELECT DISTINCT client_id, h.session_key, h.at FROM pg_temp.msp_win_hold h
+	ON CONFLICT DO NOTHING;
 	DROP TABLE pg_temp.msp_win_hold;
 	-- paired: the logoffs of this load that found their session (in this
 	-- load or an earlier one), and the held ones that found it now

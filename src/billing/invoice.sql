@@ -52,10 +52,15 @@ COMMENT ON FUNCTION @extschema@.msp_period_devices(bigint, daterange) IS
 -- msp_compute_invoice shows and what msp_finalize_invoice stores (which
 -- before priced every segment twice, once for the summary and once for the
 -- lines).  The lines are numbered and rounded as msp_price_lines gives them.
-CREATE FUNCTION @extschema@.msp_price_invoice(client_id bigint, period daterange,
+-- people: each contract segment's people, computed for every client at
+-- once by msp_period_people_all, as {"contract_id": {"h": [home client
+-- ids], "p": [person ids], "d": [days of the segment active]}} (a contract
+-- absent: nobody); NULL: counted here, for this client alone.
+-- (Not STRICT: people NULL is the per-client path.)
+CREATE FUNCTION @extschema@.msp_price_invoice(client_id bigint, period daterange, people jsonb,
 											   OUT summary @extschema@.invoice,
 											   OUT lines @extschema@.invoice_line[])
-LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
+LANGUAGE plpgsql STABLE PARALLEL SAFE
 SET search_path = @extschema@, pg_catalog, pg_temp
 AS $$
 #variable_conflict use_variable
@@ -79,7 +84,14 @@ BEGIN
 	FOR seg IN SELECT * FROM msp_contract_segments(client_id, period) LOOP
 		SELECT * INTO k FROM contracts WHERE contracts.client_id = client_id
 			AND contracts.contract_id = seg.contract_id;
-		q := msp_segment_quantities(client_id, seg.contract_id, seg.segment, period);
+		IF people IS NULL THEN
+			q := msp_segment_quantities(client_id, seg.contract_id, seg.segment, period);
+		ELSE
+			q := msp_segment_quantities(client_id, seg.contract_id, seg.segment, period,
+										ARRAY(SELECT x::bigint FROM jsonb_array_elements_text(people->(seg.contract_id::text)->'h') x),
+										ARRAY(SELECT x::bigint FROM jsonb_array_elements_text(people->(seg.contract_id::text)->'p') x),
+										ARRAY(SELECT x::integer FROM jsonb_array_elements_text(people->(seg.contract_id::text)->'d') x));
+		END IF;
 		IF NOT k.model = ANY (models) THEN
 			models := models || k.model;
 		END IF;
@@ -117,8 +129,83 @@ BEGIN
 	summary := inv;
 END
 $$;
+COMMENT ON FUNCTION @extschema@.msp_price_invoice(bigint, daterange, jsonb) IS
+	'the invoice of a client for a period as today''s data prices it and its lines, each segment priced once, from people counted for every client at once (or, NULL, for this one)';
+
+CREATE FUNCTION @extschema@.msp_price_invoice(client_id bigint, period daterange,
+											   OUT summary @extschema@.invoice,
+											   OUT lines @extschema@.invoice_line[])
+LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	priced record;
+BEGIN
+	SELECT * INTO priced FROM msp_price_invoice(client_id, period, NULL) p;
+	summary := priced.summary;
+	lines := priced.lines;
+END
+$$;
 COMMENT ON FUNCTION @extschema@.msp_price_invoice(bigint, daterange) IS
 	'the invoice of a client for a period as today''s data prices it and its lines (as msp_price_lines gives them), each segment priced once';
+
+-- Each client's people of a period as msp_price_invoice takes them, from
+-- one set-based pass over every client (msp_period_people_all).
+CREATE FUNCTION @extschema@.msp_period_people_by_client(period daterange DEFAULT NULL, client_ids bigint[] DEFAULT NULL)
+RETURNS TABLE (client_id bigint, people jsonb)
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+BEGIN
+	RETURN QUERY
+	SELECT c.client_id, coalesce(x.people, '{}')
+	  FROM clients c
+	  LEFT JOIN (SELECT y.client_id, jsonb_object_agg(y.contract_id::text, y.who) AS people
+				   FROM (SELECT u.client_id, u.contract_id,
+								jsonb_build_object('h', array_agg(u.home_client_id), 'p', array_agg(u.person_id),
+												   'd', array_agg(u.segment_days)) AS who
+						   FROM msp_period_people_all(period, client_ids, false) u
+						  GROUP BY u.client_id, u.contract_id) y
+				  GROUP BY y.client_id) x ON x.client_id = c.client_id
+	 WHERE client_ids IS NULL OR c.client_id = ANY (client_ids)
+	 ORDER BY c.client_id;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_period_people_by_client(daterange, bigint[]) IS
+	'every client''s people of a period, counted for all clients at once, as msp_price_invoice takes them';
+
+-- Every client's invoice for a period as today's data prices it, the
+-- people of all of them counted in one set-based pass (the batch form of
+-- msp_compute_invoice, which msp_invoices uses on one node).  NULL period:
+-- each client's last full month; client_ids NULL: every client.  The first
+-- error (a contract gap, a currency) stops it, as it stops one invoice.
+CREATE FUNCTION @extschema@.msp_compute_invoices(period daterange DEFAULT NULL, client_ids bigint[] DEFAULT NULL)
+RETURNS SETOF @extschema@.invoice
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	r record;
+BEGIN
+	-- on Citus the people of every client are not one statement: each
+	-- client is computed on its own (msp_invoices runs them on the workers)
+	IF msp_is_distributed('@extschema@.contracts') THEN
+		FOR r IN SELECT c.client_id FROM clients c WHERE client_ids IS NULL OR c.client_id = ANY (client_ids)
+				  ORDER BY 1 LOOP
+			RETURN NEXT msp_compute_invoice(r.client_id, period);
+		END LOOP;
+		RETURN;
+	END IF;
+	FOR r IN SELECT * FROM msp_period_people_by_client(period, client_ids) LOOP
+		RETURN NEXT (SELECT p.summary FROM msp_price_invoice(r.client_id, msp_period(r.client_id, period), r.people) p);
+	END LOOP;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_compute_invoices(daterange, bigint[]) IS
+	'every client''s invoice for a period as today''s data prices it (msp_compute_invoice for each), the people counted for all clients in one set-based pass';
 
 -- The invoice as today's data prices it (msp_invoice() reports a finalized
 -- one as stored).
@@ -271,13 +358,18 @@ LANGUAGE plpgsql STABLE PARALLEL RESTRICTED
 SET search_path = @extschema@, pg_catalog, pg_temp
 AS $$
 DECLARE
-	id bigint;
 	r record;
 	parts jsonb := '[]';
 BEGIN
 	IF NOT msp_is_distributed('@extschema@.contracts') THEN
-		FOR id IN SELECT c.client_id FROM clients c ORDER BY 1 LOOP
-			RETURN NEXT msp_invoice(id, period);
+		-- the finalized ones as stored; the others priced from one
+		-- set-based count of every client's people
+		FOR r IN SELECT * FROM msp_period_people_by_client(period) LOOP
+			IF (msp_finalized_invoice(r.client_id, msp_period(r.client_id, period))).invoice_id IS NOT NULL THEN
+				RETURN NEXT msp_invoice(r.client_id, period);
+			ELSE
+				RETURN NEXT (SELECT p.summary FROM msp_price_invoice(r.client_id, msp_period(r.client_id, period), r.people) p);
+			END IF;
 		END LOOP;
 		RETURN;
 	END IF;

@@ -82,8 +82,12 @@ COMMENT ON TYPE @extschema@.segment_quantities IS
 -- (PL/pgSQL: the contract is read first and each count is one statement
 -- filtered by client_id, so that Citus plans each on the client's shard;
 -- the people a segment bills may live in sister clients, read per client.)
+-- The people are given (user_homes, user_ids and the days of the segment
+-- each is active, pairwise: what msp_segment_people gives, from one client
+-- or from msp_period_people_all for every client at once).
 CREATE FUNCTION @extschema@.msp_segment_quantities(client_id bigint, contract_id bigint,
-													segment daterange, period daterange)
+													segment daterange, period daterange,
+													user_homes bigint[], user_ids bigint[], user_days integer[])
 RETURNS @extschema@.segment_quantities
 LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
 SET search_path = @extschema@, pg_catalog, pg_temp
@@ -94,11 +98,6 @@ DECLARE
 	q segment_quantities;
 	t0 timestamptz;
 	t1 timestamptz;
-	home bigint;
-	ids bigint[];
-	homes bigint[];
-	days numeric;
-	n integer;
 	pool record;
 	share numeric;
 BEGIN
@@ -118,30 +117,15 @@ BEGIN
 	t0 := lower(segment)::timestamp AT TIME ZONE k.time_zone;
 	t1 := upper(segment)::timestamp AT TIME ZONE k.time_zone;
 
-	-- people: the days each billed person's active range covers, read in
-	-- the person's own client
-	q.user_days := 0;
-	q.user_count := 0;
-	q.user_segment_days := 0;
-	SELECT array_agg(b.home_client_id), array_agg(b.person_id) INTO homes, ids
-	  FROM msp_segment_users(client_id, contract_id, segment, false) b;
-	-- (the days of the segment each is active are kept too: contract lines
-	-- that prorate read them from here instead of counting the people again)
-	FOREACH home IN ARRAY ARRAY(SELECT DISTINCT h FROM unnest(homes) h ORDER BY 1) LOOP
-		SELECT coalesce(sum(upper(coalesce(p.active, segment) * segment)
-							- lower(coalesce(p.active, segment) * segment)), 0),
-			   count(*)::integer
-		  INTO days, n
-		  FROM people p
-		 WHERE p.client_id = home
-		   AND p.person_id = ANY (ARRAY(SELECT x.id FROM unnest(homes, ids) x(h, id) WHERE x.h = home));
-		q.user_segment_days := q.user_segment_days + days;
-		q.user_count := q.user_count + n;
-	END LOOP;
+	-- people: the days of the segment each billed person is active (kept
+	-- too: contract lines that prorate read them from here instead of
+	-- counting the people again)
+	q.user_count := coalesce(cardinality(user_ids), 0);
+	q.user_segment_days := coalesce((SELECT sum(d) FROM unnest(user_days) d), 0);
 	q.user_days := CASE WHEN k.prorate THEN q.user_segment_days ELSE q.user_count * k.period_days END;
 	-- who: an invoice of two contracts counts a person billed by both once
-	q.user_homes := coalesce(homes, '{}');
-	q.user_ids := coalesce(ids, '{}');
+	q.user_homes := coalesce(user_homes, '{}');
+	q.user_ids := coalesce(user_ids, '{}');
 
 	-- shared seats: one per shared account with presence logons, or its
 	-- peak of concurrent sessions
@@ -193,6 +177,28 @@ BEGIN
 	q.covered_days := k.covered_days;
 	q.period_days := k.period_days;
 	RETURN q;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_segment_quantities(bigint, bigint, daterange, daterange, bigint[], bigint[], integer[]) IS
+	'billable counts and prorated quantities of one contract segment, its people given';
+
+-- The same, the people counted for this client alone.
+CREATE FUNCTION @extschema@.msp_segment_quantities(client_id bigint, contract_id bigint,
+													segment daterange, period daterange)
+RETURNS @extschema@.segment_quantities
+LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	homes bigint[];
+	ids bigint[];
+	days integer[];
+BEGIN
+	SELECT array_agg(b.home_client_id), array_agg(b.person_id), array_agg(b.segment_days) INTO homes, ids, days
+	  FROM msp_segment_people(client_id, contract_id, segment, false) b;
+	RETURN msp_segment_quantities(client_id, contract_id, segment, period, coalesce(homes, '{}'), coalesce(ids, '{}'),
+								  coalesce(days, '{}'));
 END
 $$;
 COMMENT ON FUNCTION @extschema@.msp_segment_quantities(bigint, bigint, daterange, daterange) IS

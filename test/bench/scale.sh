@@ -42,6 +42,10 @@ SELECT client_id, contract_id, from_quantity, unit_price FROM scale.contract_tie
 INSERT INTO mspbill.devices (client_id, device_id, name, kind) SELECT client_id, device_id, name, kind FROM scale.devices;
 INSERT INTO mspbill.people (client_id, person_id, pseudonym, is_technician, do_not_bill, bill_to_client_id, active)
 SELECT client_id, person_id, pseudonym, is_technician, do_not_bill, bill_to_client_id, active FROM scale.people;
+-- the pairs people's trigger would have noted (it is off during this copy):
+-- without them the payers' invoices missed their sister clients' people
+INSERT INTO mspbill.sister_clients (client_id, bill_to_client_id)
+SELECT DISTINCT client_id, bill_to_client_id FROM scale.people WHERE bill_to_client_id IS NOT NULL;
 INSERT INTO mspbill.accounts (client_id, account_id, realm, name, kind, person_id, application)
 SELECT client_id, account_id, realm, name, kind, person_id, application FROM scale.accounts;
 INSERT INTO mspbill.cost_pools (client_id, pool_id, category, description, amount, currency, period, basis)
@@ -66,7 +70,6 @@ BEGIN
 	END LOOP;
 END
 $$;
-SELECT setval('mspbill.logons_logon_id_seq', (SELECT last_value FROM scale.logon_seq));
 COMMIT;
 ANALYZE mspbill.clients, mspbill.contracts, mspbill.contract_tiers, mspbill.devices, mspbill.people, mspbill.accounts,
 	mspbill.cost_pools, mspbill.license_counts, mspbill.support_contacts, mspbill.logons;
@@ -109,7 +112,7 @@ elif [ "${state#* }" != "$ext_md5" ]; then
 	built="reused (extension recreated in $(($(date +%s) - t0)) s)"
 fi
 # what an earlier run finalized goes (as the superuser, whom the triggers let)
-sb -c "TRUNCATE mspbill.finalize_run_clients, mspbill.finalize_runs, mspbill.invoice_line_documents, mspbill.invoice_documents, mspbill.invoice_items, mspbill.invoices, mspbill.audit_log, mspbill.rollup_dirty" >/dev/null
+sb -c "TRUNCATE mspbill.finalize_run_people, mspbill.finalize_run_clients, mspbill.finalize_runs, mspbill.invoice_line_documents, mspbill.invoice_documents, mspbill.invoice_items, mspbill.invoices, mspbill.audit_log, mspbill.rollup_dirty" >/dev/null
 
 SETUP="SET search_path = public, mspbill; SET max_parallel_workers_per_gather = 2; SET jit = off;"
 wall_ms() { # wall time of the last statement of a session (psql \timing)
@@ -149,19 +152,30 @@ PGOPTIONS='-c client_min_messages=warning' sb -c "DROP TABLE IF EXISTS scale.raw
 flat=$(best_wall_ms -c "DROP TABLE IF EXISTS scale.raw_flat" -c "CREATE TABLE scale.raw_flat AS $RAW_FLAT")
 join=$(best_wall_ms -c "DROP TABLE IF EXISTS scale.raw_join" -c "CREATE TABLE scale.raw_join AS $RAW_JOIN")
 
-# the invoices, with every function's time tracked (one run: minutes)
+# the invoices, every client's people in one set-based pass
+# (msp_compute_invoices), with every function's time tracked (one run)
+PGOPTIONS='-c client_min_messages=warning' sb -c "DROP TABLE IF EXISTS scale.inv_one" >/dev/null
 sb -c "SELECT pg_stat_reset()" >/dev/null
 inv=$(wall_ms -c "SET track_functions = 'all'" \
-	-c "CREATE TABLE scale.inv AS SELECT i.* FROM mspbill.clients c, LATERAL msp_compute_invoice(c.client_id, $OCT) i
-	     WHERE c.client_id NOT IN (SELECT client_id FROM scale.defects)")
+	-c "CREATE TABLE scale.inv AS SELECT i.* FROM msp_compute_invoices($OCT,
+	     ARRAY(SELECT client_id FROM mspbill.clients WHERE client_id NOT IN (SELECT client_id FROM scale.defects))) i")
 [ -n "$inv" ] || die "the invoices failed"
 sleep 1
+functions=$(sb -At -F' ' -c "SELECT funcname, calls, round(self_time), round(total_time) FROM pg_stat_user_functions
+	WHERE schemaname = 'mspbill' ORDER BY self_time DESC LIMIT 8")
+# and client by client (msp_compute_invoice), as before: the same invoices
+# (BENCH_PER_CLIENT=no leaves this row out: minutes at BENCH_SCALE=1)
+if [ "${BENCH_PER_CLIENT:-yes}" != no ]; then
+	one=$(wall_ms -c "CREATE TABLE scale.inv_one AS SELECT i.* FROM mspbill.clients c, LATERAL msp_compute_invoice(c.client_id, $OCT) i
+	     WHERE c.client_id NOT IN (SELECT client_id FROM scale.defects)")
+	[ -n "$one" ] || die "the per-client invoices failed"
+	same_one=$(sb -Atc "SELECT count(*) FROM scale.inv i FULL JOIN scale.inv_one o USING (client_id)
+		WHERE i.client_id IS NULL OR o.client_id IS NULL OR (i.*)::text <> (o.*)::text")
+fi
 differ=$(sb -Atc "SELECT count(*) FROM scale.inv i FULL JOIN scale.raw_flat f USING (client_id) FULL JOIN scale.raw_join j USING (client_id)
 	WHERE client_id NOT IN (SELECT client_id FROM scale.defects)
 	  AND (coalesce(i.users, 0) <> coalesce(f.users, 0) OR coalesce(i.users, 0) <> coalesce(j.users, 0) OR i.client_id IS NULL)")
 users=$(sb -Atc "SELECT sum(users) FROM scale.inv")
-functions=$(sb -At -F' ' -c "SELECT funcname, calls, round(self_time), round(total_time) FROM pg_stat_user_functions
-	WHERE schemaname = 'mspbill' ORDER BY self_time DESC LIMIT 8")
 
 # month-end in a session of its own, whose memory high-water mark is read
 # from /proc before it ends
@@ -187,18 +201,49 @@ same=$(sb -Atc "SELECT count(*) FROM mspbill.invoices v JOIN scale.inv i USING (
 
 printf '| scale dataset: %s clients, %s people, %s devices, %s accounts, %s logons (Aug-Oct 2026; %s in October) | %s | | |\n' \
 	"$clients" "$people" "$devices" "$accounts" "$logons" "$oct_logons" "$built"
-printf '| invoices for October, all %s clients that can be priced (msp_compute_invoice) | %.0f ms | raw per-client COUNT(DISTINCT), flat table: %.0f ms | %sx |\n' \
+printf '| invoices for October, all %s clients that can be priced (msp_compute_invoices) | %.0f ms | raw per-client COUNT(DISTINCT), flat table: %.0f ms | %sx |\n' \
 	"$priceable" "$inv" "$flat" "$(ratio "$inv" "$flat")"
-printf '| invoices for October, all %s clients that can be priced (msp_compute_invoice) | %.0f ms | raw per-client COUNT(DISTINCT) over mspbill.logons with the joins: %.0f ms | %sx |\n' \
+printf '| invoices for October, all %s clients that can be priced (msp_compute_invoices) | %.0f ms | raw per-client COUNT(DISTINCT) over mspbill.logons with the joins: %.0f ms | %sx |\n' \
 	"$priceable" "$inv" "$join" "$(ratio "$inv" "$join")"
+if [ "${BENCH_PER_CLIENT:-yes}" != no ]; then
+	printf '| invoices for October, client by client (msp_compute_invoice) | %.0f ms | msp_compute_invoices: %.0f ms | %sx |\n' \
+		"$one" "$inv" "$(ratio "$one" "$inv")"
+	echo "|   every invoice identical, batch and client by client | $([ "$same_one" = 0 ] && echo yes || echo "NO: $same_one differ") | | |"
+fi
 echo "|   users identical to both COUNT(DISTINCT)s ($users users) | $([ "$differ" = 0 ] && echo yes || echo "NO: $differ clients differ") | | |"
 printf '| month-end for October, all %s clients (CALL msp_finalize_period) | %.0f ms | the invoices above: %.0f ms | %sx |\n' \
 	"$clients" "$me_ms" "$inv" "$(ratio "$me_ms" "$inv")"
 echo "|   outcomes | $fin finalized, $already already finalized, $refused refused, $failed failed ($why) | | |"
 echo "|   finalized invoices identical to the computed ones | $([ "$same" = 0 ] && echo yes || echo "NO: $same differ") | | |"
+echo "|   people of the finalized clients | $(sb -Atc "SELECT coalesce(string_agg(format('%s %s', n, w), ', ' ORDER BY w), 'none') FROM (
+	SELECT people_from AS w, count(*) AS n FROM mspbill.finalize_run_clients WHERE run_id = $run AND outcome = 'finalized' GROUP BY 1) x") (batch: counted for every client when the run began) | | |"
 printf '| memory high-water mark of the month-end backend (VmHWM) | %.0f MB (%.0f MB at connection) | | |\n' \
 	"$(awk "BEGIN{print $peak / 1024}")" "$(awk "BEGIN{print $base / 1024}")"
 while read -r fn calls self total; do
 	[ -n "$fn" ] || continue
 	printf '| invoice time in %s (%s calls) | %s ms self | %s ms with what it calls | |\n' "$fn" "$calls" "$self" "$total"
 done <<<"$functions"
+
+# bytes per logon row of the scale dataset, heap (toast included) and each
+# index, over its three months (pg_relation_size over the row count, as
+# test/bench/loader.sh does; the indexes were built when the months were
+# attached, as a month loaded in time order packs them)
+sb -At -F' ' -c "VACUUM ANALYZE mspbill.logons" -c "
+WITH parts AS (SELECT relid::regclass AS relid FROM pg_partition_tree('mspbill.logons') WHERE isleaf),
+n AS (SELECT count(*) AS n FROM mspbill.logons)
+SELECT 'heap', round(sum(pg_table_size(p.relid))::numeric / n.n, 1) FROM parts p, n GROUP BY n.n
+UNION ALL
+SELECT regexp_replace(pi.indexrelid::regclass::text, '^mspbill\.', ''), round(sum(pg_relation_size(ix.indexrelid))::numeric / n.n, 1)
+  FROM pg_index pi JOIN pg_inherits h ON h.inhparent = pi.indexrelid JOIN pg_index ix ON ix.indexrelid = h.inhrelid
+  JOIN parts ON parts.relid = ix.indrelid, n
+ WHERE pi.indrelid = 'mspbill.logons'::regclass GROUP BY pi.indexrelid, n.n
+UNION ALL
+SELECT 'total', round(sum(pg_total_relation_size(p.relid))::numeric / n.n, 1) FROM parts p, n GROUP BY n.n
+UNION ALL
+SELECT 'rows', n FROM n" | while read -r what bytes; do
+	case $what in
+	rows) printf '|   over the scale dataset'"'"'s %s logons | | | |\n' "$bytes" ;;
+	total) printf '| bytes per logon row (scale dataset), heap and indexes | %s | at most 150 | |\n' "$bytes" ;;
+	*) printf '|   of which %s | %s | | |\n' "$what" "$bytes" ;;
+	esac
+done

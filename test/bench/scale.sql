@@ -143,7 +143,6 @@ SELECT k.client_id, 'M365-BP' AS sku, (count(*) FILTER (WHERE p.has_m365) + x.sl
 
 -- the logons, month by month, into standalone tables shaped like
 -- mspbill.logons (attached as its partitions by scale.sh)
-CREATE SEQUENCE scale.logon_seq CACHE 1000;
 CREATE FUNCTION scale.fill_month(m0 date) RETURNS bigint LANGUAGE plpgsql AS $$
 DECLARE
 	part text := format('scale.logons_%s', to_char(m0, 'YYYY_MM'));
@@ -168,34 +167,34 @@ BEGIN
 		   -- the people of a desktop that falls silent stop with it
 		   AND NOT (p.client_id % 250 = 3 AND p.desktop = 1 AND d.day >= date '2026-10-16');
 	EXECUTE format($q$
-		INSERT INTO %1$s (client_id, logon_id, account_id, device_id, at, ended, presence, source)
-		SELECT client_id, nextval('scale.logon_seq'), person_id, desktop, t, t + interval '8 hours', true, 'windows' FROM here
+		INSERT INTO %1$s (client_id, account_id, device_id, at, ended, presence, source)
+		SELECT client_id, person_id, desktop, t, t + interval '8 hours', true, 'windows' FROM here
 		UNION ALL
-		SELECT client_id, nextval('scale.logon_seq'), 1000000 + person_id, NULL, t + random() * interval '5 hours', NULL, true, 'entra'
+		SELECT client_id, 1000000 + person_id, NULL, t + random() * interval '5 hours', NULL, true, 'entra'
 		  FROM here WHERE has_m365
 		UNION ALL
-		SELECT h.client_id, nextval('scale.logon_seq'), 2000000 + h.person_id, 100000 + 1 + h.person_id %% (c.size / 50),
+		SELECT h.client_id, 2000000 + h.person_id, 100000 + 1 + h.person_id %% (c.size / 50),
 			   h.t + e.k * interval '2 hours' + random() * interval '50 minutes', NULL, true, 'emr'
 		  FROM here h JOIN scale.clients c USING (client_id), (VALUES (0), (1)) e(k)
 		 WHERE h.clinician AND c.size >= 50$q$, part);
 	-- rooms: three shared sessions a workday; desktops: the machine account
 	-- (the silent ones stop on 16 October); unmapped accounts
 	EXECUTE format($q$
-		INSERT INTO %1$s (client_id, logon_id, account_id, device_id, at, ended, presence, source)
-		SELECT v.client_id, nextval('scale.logon_seq'), 3000000 + v.device_id, v.device_id, s.t, s.t + interval '3 hours', true, 'windows'
+		INSERT INTO %1$s (client_id, account_id, device_id, at, ended, presence, source)
+		SELECT v.client_id, 3000000 + v.device_id, v.device_id, s.t, s.t + interval '3 hours', true, 'windows'
 		  FROM days d, scale.devices v JOIN scale.clients c USING (client_id),
 			   LATERAL (VALUES ((d.day + time '07:00' + random() * interval '30 minutes') AT TIME ZONE c.time_zone),
 							   ((d.day + time '10:30' + random() * interval '30 minutes') AT TIME ZONE c.time_zone),
 							   ((d.day + time '14:00' + random() * interval '30 minutes') AT TIME ZONE c.time_zone)) s(t)
 		 WHERE v.kind = 'room'
 		UNION ALL
-		SELECT v.client_id, nextval('scale.logon_seq'), 4000000 + v.device_id, v.device_id,
+		SELECT v.client_id, 4000000 + v.device_id, v.device_id,
 			   (d.day + time '06:00' + random() * interval '20 minutes') AT TIME ZONE c.time_zone, NULL, false, 'windows'
 		  FROM days d, scale.devices v JOIN scale.clients c USING (client_id)
 		 WHERE v.kind = 'desktop'
 		   AND NOT (v.client_id %% 250 = 3 AND v.device_id = 1 AND d.day >= date '2026-10-16')
 		UNION ALL
-		SELECT c.client_id, nextval('scale.logon_seq'), 5000000, NULL,
+		SELECT c.client_id, 5000000, NULL,
 			   (d.day + time '11:00') AT TIME ZONE c.time_zone, NULL, true, 'windows'
 		  FROM days d, scale.clients c WHERE c.client_id %% 100 = 7$q$, part);
 	EXECUTE format('SELECT count(*) FROM %s', part) INTO n;
@@ -206,7 +205,7 @@ SELECT scale.fill_month('2026-08-01'), scale.fill_month('2026-09-01'), scale.fil
 
 -- support contacts: 2% of the Windows logons of people also call the desk
 CREATE TABLE scale.support_contacts AS
-SELECT l.client_id, row_number() OVER (ORDER BY l.logon_id) AS contact_id, l.account_id AS person_id, l.at
+SELECT l.client_id, row_number() OVER (ORDER BY l.at, l.client_id, l.account_id) AS contact_id, l.account_id AS person_id, l.at
   FROM (SELECT * FROM scale.logons_2026_08 UNION ALL SELECT * FROM scale.logons_2026_09
 		UNION ALL SELECT * FROM scale.logons_2026_10) l
  WHERE l.account_id < 1000000 AND l.source = 'windows' AND l.presence AND random() < 0.02;

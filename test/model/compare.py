@@ -130,6 +130,31 @@ def main():
                      FROM periods p, LATERAL msp_billable_users(p.client_id, p.period) u""")
     for cid, *rest in cur.fetchall():
         db_users[cid].add(tuple(rest))
+    # the batch path: every client's people in one set-based pass of the
+    # same rule text (msp_period_people_all), priced by msp_compute_invoices,
+    # one call per distinct period
+    batch_inv = {}
+    cur.execute("""SELECT i.client_id, i.users, i.seats, i.devices, i.subtotal, i.total
+                     FROM (SELECT period, array_agg(client_id) AS ids FROM periods GROUP BY period) p,
+                          LATERAL msp_compute_invoices(p.period, p.ids) i""")
+    for cid, *rest in cur.fetchall():
+        batch_inv[cid] = tuple(rest)
+    batch_users = defaultdict(set)
+    cur.execute("""SELECT u.client_id, u.contract_id, u.home_client_id, u.person_id, u.rule, u.days_active,
+                          u.support_contacts
+                     FROM (SELECT period, array_agg(client_id) AS ids FROM periods GROUP BY period) p,
+                          LATERAL msp_period_people_all(p.period, p.ids, true) u""")
+    for cid, *rest in cur.fetchall():
+        batch_users[cid].add(tuple(rest))
+    # and row for row with the per-client path, evidence included
+    cur.execute("""WITH b AS (SELECT u.client_id, u.contract_id, u.person_id, u.pseudonym, u.rule, u.first_seen,
+                                     u.last_seen, u.days_active, u.support_contacts, u.accounts, u.home_client_id
+                                FROM (SELECT period, array_agg(client_id) AS ids FROM periods GROUP BY period) p,
+                                     LATERAL msp_period_people_all(p.period, p.ids, true) u),
+                          o AS (SELECT p.client_id, u.* FROM periods p, LATERAL msp_billable_users(p.client_id, p.period) u)
+                   SELECT (SELECT count(*) FROM (SELECT * FROM b EXCEPT ALL SELECT * FROM o) x)
+                          + (SELECT count(*) FROM (SELECT * FROM o EXCEPT ALL SELECT * FROM b) y), (SELECT count(*) FROM b)""")
+    batch_rows_differ, batch_rows = cur.fetchone()
     worker.join()
     db_inv = summaries
 
@@ -149,6 +174,11 @@ def main():
         want_inv = (summary["users"], summary["seats"], summary["devices"], summary["subtotal"], summary["total"])
         if want_inv != db_inv[cid]:
             failures["invoice"].append((cid, db_inv[cid], want_inv))
+        if want_inv != batch_inv.get(cid):
+            failures["batch invoice"].append((cid, batch_inv.get(cid), want_inv))
+        if want_users != batch_users[cid]:
+            failures["batch users"].append((cid, sorted(batch_users[cid] - want_users),
+                                            sorted(want_users - batch_users[cid])))
 
     # the generator must reach every rule, or agreement proves little
     rules = defaultdict(int)
@@ -186,7 +216,7 @@ def main():
     presets = [c for c in sorted(data["clients"])
                if not any(k["model"] == "per_user_plus_support" for k in data["contracts"][c])]
     preset_bad = [(c, preset_lines[c], db_lines[c]) for c in presets if preset_lines[c] != db_lines[c]]
-    print("1..7")
+    print("1..10")
     print("# %d clients (seed %d), %d lines, %d billed people, %.1f s"
           % (n, seed, lines_checked, users_checked, time.time() - started))
     checks = [("lines", "msp_invoice_lines equals the model to the cent"),
@@ -212,6 +242,17 @@ def main():
     print(("ok" if priced_n == n and priced_lines_differ == 0 and priced_summary_differ == 0 else "not ok")
           + " 7 - msp_price_invoice (what month-end stores) gives msp_invoice_lines' lines and msp_compute_invoice's summary"
           + " on %d clients (%d lines, %d summaries differ)" % (priced_n, priced_lines_differ, priced_summary_differ))
+    for i, (key, what) in enumerate([("batch invoice", "msp_compute_invoices (every client at once) users, seats, devices, subtotal and total equal the model"),
+                                     ("batch users", "msp_period_people_all (every client at once) equals the model (person, rule, days, contacts)")], 8):
+        bad = failures[key]
+        print(("ok" if not bad else "not ok") + " %d - %s on %d clients%s"
+              % (i, what, n, "" if not bad else " (%d disagree)" % len(bad)))
+        for case in bad[:5]:
+            print("#   client %d (period %s): database %s; model %s" % (case[0], data["period"][case[0]],
+                                                                       case[1], case[2]))
+    print(("ok" if batch_rows_differ == 0 and batch_rows == users_checked else "not ok")
+          + " 10 - msp_period_people_all gives msp_billable_users' rows, evidence and first/last seen included"
+          + " (%d rows, %d differ)" % (batch_rows, batch_rows_differ))
     print("# " + ", ".join("%s %d" % (w, rules[w]) for w in wanted))
 
 

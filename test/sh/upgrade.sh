@@ -38,7 +38,9 @@ ids=$(q "$OLD" -c "SELECT msp_finalize_invoice(1, NULL, '{device_silent}')" -c "
 tap_check "two invoices finalized under 0.1.0" "$(q "$OLD" -c "SELECT string_agg(total::text, ' ' ORDER BY client_id) FROM invoices")" "456.00 942.00"
 
 # Every row of every table of the extension and of the user's, as text, in
-# the columns they had before the update (an update may add columns).
+# the columns they had before the update (an update may add columns), but
+# for the one 0.3.0 drops on purpose: logons.logon_id (a sequence's number
+# no query read; issue 21, storage).
 snapshot() {
 	q "${SNAPDB:-$OLD}" -c "
 	DO \$\$
@@ -49,7 +51,8 @@ snapshot() {
 			INSERT INTO snap
 			SELECT c.oid::regclass::text,
 			       (SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum) FROM pg_attribute
-			         WHERE attrelid = c.oid AND attnum > 0 AND NOT attisdropped)
+			         WHERE attrelid = c.oid AND attnum > 0 AND NOT attisdropped
+			           AND NOT (c.oid = 'mspbill.logons'::regclass AND attname = 'logon_id'))
 			  FROM pg_class c
 			 WHERE c.relkind IN ('r', 'p', 'm') AND NOT c.relispartition
 			   AND c.relnamespace IN ('mspbill'::regnamespace, 'public'::regnamespace);

@@ -180,7 +180,9 @@ DECLARE
 	c record;
 	n bigint;
 BEGIN
-	FOR c IN SELECT * FROM pg_temp.client_tables WHERE relname !~ '_staging$' LOOP
+	-- (finalize_run_people: empty but during a month-end run, and no role
+	-- may read it, test/sql/month_end)
+	FOR c IN SELECT * FROM pg_temp.client_tables WHERE relname !~ '_staging$' AND relname <> 'finalize_run_people' LOOP
 		IF has_column_privilege(who, c.t, 'client_id', 'SELECT') THEN
 			EXECUTE format('SELECT count(*) FROM %s WHERE client_id IS DISTINCT FROM 1', c.t) INTO n;
 			INSERT INTO pg_temp.seen_other VALUES (c.relname, who, n);
@@ -201,7 +203,7 @@ RESET ROLE;
 REVOKE SELECT ON ALL TABLES IN SCHEMA mspbill FROM atk_probe;
 SELECT is(other, 0::bigint, format('%s: %s sees no other client''s row', who, relname))
   FROM seen_other WHERE who <> 'postgres' ORDER BY who, relname;
-SELECT is((SELECT count(*) FROM seen_other WHERE who = 'atk_probe'), (SELECT count(*) FROM client_tables WHERE relname !~ '_staging$'),
+SELECT is((SELECT count(*) FROM seen_other WHERE who = 'atk_probe'), (SELECT count(*) FROM client_tables WHERE relname !~ '_staging$' AND relname <> 'finalize_run_people'),
           'the probe read every client-keyed table');
 
 -- 3. A cheap function of the reader's in WHERE runs before no filter: it
@@ -507,19 +509,19 @@ SET ROLE atk_bi1;
 SELECT pg_temp.call_all_for(1) \g /dev/null
 RESET ROLE;
 SELECT is(ARRAY(SELECT fn FROM bi_calls WHERE outcome ~ '^42501'
-                 AND fn !~ '^msp_(finalize_invoice|finalize_run_|issue_adjustment|load_|discard_staged|psa_sync|report_(invoice|billable)|mark_rollups_dirty|rollup_period|match_psa_tickets|store_|stage_)' ORDER BY 1),
+                 AND fn !~ '^msp_(finalize_invoice|finalize_run_|people_sources|issue_adjustment|load_|discard_staged|psa_sync|report_(invoice|billable)|mark_rollups_dirty|rollup_period|match_psa_tickets|store_|stage_)' ORDER BY 1),
           '{}'::text[], 'BI: every read-only per-client function works for its own client');
 TRUNCATE bi_calls;
 SET ROLE atk_billing;
 SELECT pg_temp.call_all_for(1) \g /dev/null
 RESET ROLE;
-SELECT is(ARRAY(SELECT fn FROM bi_calls WHERE outcome ~ '^42501' AND fn !~ '^msp_(load_(begin|normalized)|report_(invoice|billable)|rollup_period|store_|stage_)' ORDER BY 1),
+SELECT is(ARRAY(SELECT fn FROM bi_calls WHERE outcome ~ '^42501' AND fn !~ '^msp_(load_(begin|normalized)|report_(invoice|billable)|rollup_period|store_|stage_|finalize_invoice_with|people_sources)' ORDER BY 1),
           '{}'::text[], 'billing: every per-client function but the internals and the sealed reports works');
 TRUNCATE bi_calls;
 SET ROLE atk_admin;
 SELECT pg_temp.call_all_for(1) \g /dev/null
 RESET ROLE;
-SELECT is(ARRAY(SELECT fn FROM bi_calls WHERE outcome ~ '^42501' AND fn !~ '^msp_(load_(begin|normalized)|report_(invoice|billable)|rollup_period|store_|stage_)' ORDER BY 1),
+SELECT is(ARRAY(SELECT fn FROM bi_calls WHERE outcome ~ '^42501' AND fn !~ '^msp_(load_(begin|normalized)|report_(invoice|billable)|rollup_period|store_|stage_|finalize_invoice_with|people_sources)' ORDER BY 1),
           '{}'::text[], 'admin: likewise');
 TRUNCATE bi_calls;
 INSERT INTO bi_calls SELECT * FROM own_calls;

@@ -53,7 +53,8 @@ INSERT INTO writers VALUES
 	('msp_distribute'), ('msp_on_all_nodes'), ('msp_on_workers'), ('msp_grants_to_workers'),
 
 	-- month-end: the procedure and the definer functions that record its runs
-	('msp_finalize_period'), ('msp_finalize_run_begin'), ('msp_finalize_run_client'), ('msp_finalize_run_end'),
+	('msp_finalize_period'), ('msp_finalize_run_begin'), ('msp_finalize_run_prepare'), ('msp_finalize_run_client'),
+	('msp_finalize_run_end'), ('msp_finalize_invoice_with'),
 	-- sister clients: the trigger of people records the pairs
 	('msp_note_sister_client'),
 	-- documents: the trigger that keeps the number series
@@ -69,6 +70,10 @@ INSERT INTO nonstrict_ok VALUES
 	('msp_has_role', 'a policy helper: answers false, never NULL'),
 	('msp_is_machine_account', 'inlined into queries and the generated accounts.is_machine (its OR is not strict, so a STRICT one would not inline); accounts.name is NOT NULL'),
 	('msp_price_lines', 'model NULL prices under each contract''s own model'),
+	('msp_finalize_invoice_with', 'people and evidence NULL are counted here (the per-client path)'),
+	('msp_people_sources', 'a NULL snapshot counts the rows without asking which are new (the start of a month-end run)'),
+	('msp_xmin_seen', 'a NULL snapshot means nothing to compare with: every row counts as seen'),
+	('msp_price_invoice', 'people NULL (3 arguments) counts this client''s people itself; the 2-argument form is STRICT'),
 	('msp_require_finalized', 'a guard: a NULL period must raise, not pass'),
 	('msp_report_require', 'a guard: a NULL client must raise, not pass'),
 	('msp_issue_adjustment', 'a NULL reason is refused with a hint, not ignored'),

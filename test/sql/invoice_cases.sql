@@ -5,7 +5,7 @@
 \set QUIET on
 \i ../demo/clinics.sql
 SET search_path = public, mspbill;
-SELECT plan(108);
+SELECT plan(112);
 
 -- Case 1, the hospital: 9 users (Dr. Gray of the dental office included: the
 -- hospital pays for her) x 42.00 + 4 OR seats x 30.00 = 498.00
@@ -427,5 +427,31 @@ SELECT is((SELECT unit_price FROM msp_invoice_lines(27, '[2026-01-01,2026-02-01)
 UPDATE contracts SET tier_mode = 'graduated' WHERE client_id = 27;
 SELECT results_eq($$SELECT quantity, unit_price FROM msp_invoice_lines(27, '[2026-01-01,2026-02-01)')$$,
                   $$VALUES (1::numeric, 10.00), (2, 8.00)$$, 'graduated from 2: unit 1 flat, units 2-3 at the tier');
+
+-- rules: a payer whose month is two per-seat contracts and whose only user
+-- is a sister client's person (the shape of the 11 scale-benchmark clients
+-- whose invoices counted one user fewer than the raw count: the benchmark
+-- had bulk-loaded people with the trigger that notes sister clients off)
+INSERT INTO clients (client_id, name, time_zone) VALUES (28, 'Two Seat Contracts', 'America/Chicago'),
+                                                         (29, 'Its Sister', 'America/Chicago');
+INSERT INTO contracts (client_id, contract_id, effective, model, price_per_seat) VALUES
+  (28, 1, '[2026-01-01,2026-10-16)', 'per_seat', 30.00), (28, 2, '[2026-10-16,)', 'per_seat', 33.00);
+INSERT INTO contracts (client_id, contract_id, effective, model, price_per_user) VALUES
+  (29, 1, '[2026-01-01,)', 'per_user', 40.00);
+INSERT INTO people (client_id, person_id, pseudonym, is_technician, bill_to_client_id) VALUES
+  (28, 1, 'tech', true, NULL), (29, 1, 'own', false, NULL), (29, 2, 'paid-by-28', false, 28);
+INSERT INTO accounts (client_id, account_id, realm, name, kind, person_id) VALUES
+  (28, 1, 'os', 'tech', 'individual', 1), (29, 1, 'os', 'own', 'individual', 1),
+  (29, 2, 'os', 'paid', 'individual', 2);
+INSERT INTO logons (client_id, account_id, at) VALUES
+  (28, 1, '2026-10-05 15:00Z'), (29, 1, '2026-10-06 15:00Z'), (29, 2, '2026-10-20 15:00Z');
+SELECT is((SELECT count(*) FROM sister_clients WHERE client_id = 29 AND bill_to_client_id = 28), 1::bigint,
+          'the person''s bill_to_client_id notes the pair of sister clients');
+SELECT is((msp_invoice(28, '[2026-10-01,2026-11-01)')).users, 1,
+          'two per-seat contracts in a month: the sister client''s person is the payer''s one user');
+SELECT results_eq($$SELECT contract_id, pseudonym, home_client_id FROM msp_billable_users(28, '[2026-10-01,2026-11-01)')$$,
+                  $$VALUES (2::bigint, 'paid-by-28', 29::bigint)$$,
+                  'counted by the contract in force on her logon''s day, from her own client''s logons');
+SELECT is((msp_invoice(29, '[2026-10-01,2026-11-01)')).users, 1, 'and not on her own client''s invoice');
 
 SELECT * FROM finish();

@@ -8,7 +8,7 @@
 SET search_path = public, mspbill;
 \set fixture_zip `for d in ../../../shared ../../../../shared; do f=$d/fixtures/windows-security/purplesharp_ad_playbook_I.zip; if [ -f $f ]; then echo $f; break; fi; done`
 \set have_fixture `for d in ../../../shared ../../../../shared; do [ -f $d/fixtures/windows-security/purplesharp_ad_playbook_I.zip ] && { echo 1; exit; }; done; echo 0`
-SELECT plan(153);
+SELECT plan(156);
 
 INSERT INTO clients (client_id, name, time_zone) VALUES (1, 'Clinic', 'America/New_York'), (2, 'Lab', 'UTC');
 INSERT INTO contracts (client_id, contract_id, effective, model, price_per_user)
@@ -471,6 +471,9 @@ INSERT INTO windows_event_staging (raw) SELECT raw FROM rdp WHERE n > 5 ORDER BY
 SELECT results_eq($$SELECT loaded, paired, held FROM msp_load_windows_events(21)$$, $$VALUES (0::bigint, 0::bigint, 4::bigint)$$,
                   'second half first: its 4 logoffs wait for their logons');
 SELECT is((SELECT count(*) FROM pending_logoffs WHERE client_id = 21), 4::bigint, 'held in pending_logoffs');
+INSERT INTO windows_event_staging (raw) SELECT raw FROM rdp WHERE n > 5 ORDER BY n;
+SELECT results_eq($$SELECT loaded, paired, held FROM msp_load_windows_events(21)$$, $$VALUES (0::bigint, 0::bigint, 4::bigint)$$,
+                  'loaded again: the same 4 still wait (held, not paired)');
 INSERT INTO windows_event_staging (raw) SELECT raw FROM rdp WHERE n <= 5 ORDER BY n;
 SELECT results_eq($$SELECT loaded, paired, held FROM msp_load_windows_events(21)$$, $$VALUES (2::bigint, 5::bigint, 0::bigint)$$,
                   'then the first half: the logons take the held logoffs');
@@ -507,6 +510,18 @@ INSERT INTO windows_event_staging (raw) VALUES
   ('{"EventTime": "2026-04-05 09:00:00", "Hostname": "TS1", "EventID": 4624, "RecordNumber": 2, "TargetUserName": "x", "TargetDomainName": "CLINIC", "TargetLogonId": "0x98", "LogonType": "2"}');
 SELECT results_eq($$SELECT loaded FROM msp_load_windows_events(21)$$, $$VALUES (1::bigint)$$, 'a load a month later');
 SELECT is((SELECT count(*) FROM pending_logoffs WHERE client_id = 21), 0::bigint, 'drops it');
+-- a file's byte-order mark before its first record, and blank lines
+-- (COPY ... FORCE_NOT_NULL (raw) stages them as empty lines)
+INSERT INTO windows_event_staging (raw) VALUES
+  (E'\ufeff{"EventTime": "2026-04-06 09:00:00", "Hostname": "TS1", "EventID": 4624, "RecordNumber": 3, "TargetUserName": "x", "TargetDomainName": "CLINIC", "TargetLogonId": "0x97", "LogonType": "2"}'),
+  (''), (E' \t');
+SELECT results_eq($$SELECT loaded, skipped, rejected FROM msp_load_windows_events(21)$$, $$VALUES (1::bigint, 2::bigint, 0::bigint)$$,
+                  'windows: a byte-order mark is read past, blank lines are skipped');
+INSERT INTO entra_signin_staging (raw) VALUES
+  (E'\ufeff{"id": "bom1", "createdDateTime": "2026-04-06T09:00:00Z", "userPrincipalName": "x@clinic.example", "isInteractive": true}'),
+  ('');
+SELECT results_eq($$SELECT loaded, rejected FROM msp_load_entra_signins(21)$$, $$VALUES (1::bigint, 0::bigint)$$,
+                  'entra: a byte-order mark is read past, a blank line is no record');
 
 -- Which time: the event's own, in UTC, whatever the shipper and the session.
 SET mspbill.client_id = 20;

@@ -10,7 +10,7 @@
 SET search_path = public, mspbill;
 SET client_min_messages = warning;
 CREATE EXTENSION dblink;
-SELECT plan(51);
+SELECT plan(64);
 SELECT msp_install_roles() \g /dev/null
 
 -- Beside the demo clinics (1, 2: refused, FRONT-WS and DENTAL-PC5..8 are
@@ -127,6 +127,19 @@ SELECT results_eq(format($$SELECT state, clients, done, finalized, already_final
                   'finalize_progress sums the run up');
 SELECT is((SELECT count(*) FROM audit_log WHERE action = 'finalize'), 4::bigint, 'one audit entry per finalized invoice');
 SELECT is((SELECT count(DISTINCT finalized_at) FROM invoices), 4::bigint, 'each stamped when it was finalized');
+-- the people of every client were counted once, at the start of the run,
+-- and used (nothing changed since), evidence as msp_billable_users gives it
+SELECT results_eq(format($$SELECT client_id, people_from FROM finalize_run_clients WHERE run_id = %s AND outcome = 'finalized' ORDER BY 1$$, :first_run_id),
+                  $$VALUES (10::bigint, 'batch'), (11, 'batch'), (14, 'batch'), (15, 'batch')$$,
+                  'each finalized client was priced from the people counted for every client at the start');
+SET mspbill.pseudonymous = on;
+SELECT is((SELECT count(*) FROM invoices i
+            WHERE i.kind = 'invoice' AND i.evidence <> (SELECT coalesce(jsonb_agg(to_jsonb(u)), '[]')
+                                                         FROM msp_billable_users(i.client_id, i.period) u)),
+          0::bigint, 'the stored evidence is msp_billable_users'' rows, pseudonymous, as a single invoice stores them');
+RESET mspbill.pseudonymous;
+SELECT is((SELECT count(*) FROM finalize_run_people WHERE run_id = :first_run_id), 0::bigint,
+          'the run''s counted people are dropped when it ends');
 
 -- rerun: nothing is finalized twice
 CREATE TEMP TABLE before_rerun AS SELECT client_id, invoice_id, total FROM invoices;
@@ -189,6 +202,15 @@ SELECT is(ARRAY(SELECT format('%s may %s %s', r, p, t) FROM unnest('{mspbill_adm
                 unnest('{mspbill.finalize_runs,mspbill.finalize_run_clients}'::text[]) t, unnest('{INSERT,UPDATE,DELETE,TRUNCATE}'::text[]) p
                  WHERE has_table_privilege(r, t, p)),
           '{}'::text[], 'nobody writes the run records but the month-end functions');
+SELECT is(ARRAY(SELECT format('%s may %s', r, p) FROM unnest('{mspbill_admin,mspbill_billing,mspbill_bi,mspbill_pii,mspbill_report}'::name[]) r,
+                unnest('{SELECT,INSERT,UPDATE,DELETE,TRUNCATE}'::text[]) p
+                 WHERE has_table_privilege(r, 'mspbill.finalize_run_people', p)
+                UNION ALL
+                SELECT format('%s may run %s', r, f) FROM unnest('{mspbill_admin,mspbill_billing,mspbill_bi,mspbill_pii,mspbill_report}'::name[]) r,
+                       unnest(ARRAY['mspbill.msp_finalize_run_prepare(bigint)',
+                                     'mspbill.msp_finalize_invoice_with(bigint,daterange,text[],jsonb,jsonb)']) f
+                 WHERE has_function_privilege(r, f, 'EXECUTE')),
+          '{}'::text[], 'nobody reads or writes the people a run counted, nor prices an invoice from people of their own');
 SET SESSION AUTHORIZATION mend_bi;
 SELECT throws_ok(format('CALL mspbill.msp_finalize_period(%L)', :'p'), '42501', NULL, 'BI: CALL is refused');
 RESET SESSION AUTHORIZATION;
@@ -220,5 +242,46 @@ SELECT is((msp_finalize_run_client(11, :open_run)), 'already_finalized', 'its ow
 SELECT throws_ok(format('SELECT msp_finalize_run_client(12, %s)', :open_run), '22023', NULL,
                  'but not one the run does not take');
 SELECT lives_ok(format('SELECT msp_finalize_run_end(%s)', :open_run), 'and ends it');
+
+-- data that changes between the count at the start of a run and a client's
+-- own transaction: 16's data does not change (its counted people are
+-- tampered with here, as only a superuser may, to show that they are what
+-- its invoice is priced from); 17 gains a person who logged on, added
+-- after the count, so its people are counted again in its transaction
+INSERT INTO clients (client_id, name, time_zone) VALUES (16, 'Small client 16', 'America/Chicago'),
+                                                         (17, 'Small client 17', 'America/Chicago'),
+                                                         (18, 'Small client 18', 'America/Chicago');
+INSERT INTO contracts (client_id, contract_id, effective, model, price_per_user)
+SELECT c, 1, daterange(:'p0'::date - 62, NULL), 'per_user', 10.00 FROM unnest('{16,17,18}'::bigint[]) c;
+INSERT INTO devices (client_id, device_id, name) SELECT c, 1, 'PC-' || c FROM unnest('{16,17,18}'::bigint[]) c;
+INSERT INTO people (client_id, person_id, pseudonym) SELECT c, p, 'u' || p FROM unnest('{16,17,18}'::bigint[]) c, generate_series(1, 3) p;
+INSERT INTO accounts (client_id, account_id, realm, name, kind, person_id)
+SELECT client_id, person_id, 'os', 'SMALL\u' || person_id, 'individual', person_id FROM people WHERE client_id IN (16, 17, 18);
+INSERT INTO logons (client_id, account_id, device_id, at)
+SELECT a.client_id, a.account_id, 1, (d + time '09:00') AT TIME ZONE 'America/Chicago' + a.account_id * interval '1 minute'
+  FROM accounts a, generate_series(:'p0'::date, :'p1'::date - 1, interval '1 day') d WHERE a.client_id IN (16, 17, 18);
+SELECT msp_finalize_run_begin(:'p', '{}', '{16,17,18}') AS stale_run \gset
+SELECT is((SELECT count(*) FROM finalize_run_people WHERE run_id = :stale_run), 3::bigint,
+          'the people of the three clients are counted when the run begins');
+UPDATE finalize_run_people SET people = '{}', evidence = '[]' WHERE run_id = :stale_run AND client_id = 16;
+INSERT INTO people (client_id, person_id, pseudonym) VALUES (17, 4, 'late');
+INSERT INTO accounts (client_id, account_id, realm, name, kind, person_id) VALUES (17, 4, 'os', 'SMALL\late', 'individual', 4);
+INSERT INTO logons (client_id, account_id, device_id, at) VALUES (17, 4, 1, (:'p0'::date + time '12:00') AT TIME ZONE 'America/Chicago');
+-- 18: a person marked not to bill after the count (the same rows, one changed)
+UPDATE people SET do_not_bill = true WHERE client_id = 18 AND person_id = 1;
+SELECT is(msp_finalize_run_client(16, :stale_run) || ' ' || msp_finalize_run_client(17, :stale_run), 'finalized finalized',
+          'both are finalized, each in its own transaction');
+SELECT is(msp_finalize_run_client(18, :stale_run), 'finalized', 'and the third');
+SELECT results_eq(format($$SELECT client_id, people_from FROM finalize_run_clients WHERE run_id = %s ORDER BY 1$$, :stale_run),
+                  $$VALUES (16::bigint, 'batch'), (17, 'recounted'), (18, 'recounted')$$,
+                  'the unchanged client is priced from the count at the start, the changed ones (a row added, a row changed) counted again');
+SELECT is((SELECT users FROM invoices WHERE client_id = 16 AND period = :'p'), 0,
+          'the unchanged client''s invoice has the people counted at the start (here tampered with: none)');
+SELECT results_eq($$SELECT users, total FROM invoices WHERE client_id = 17 AND period = $$ || quote_literal(:'p'),
+                  $$SELECT users, total FROM msp_compute_invoice(17, $$ || quote_literal(:'p') || $$)$$,
+                  'the changed client''s invoice is what its own transaction sees: the late person included');
+SELECT is((SELECT users FROM invoices WHERE client_id = 17 AND period = :'p'), 4, 'four users, the late one among them');
+SELECT is((SELECT users FROM invoices WHERE client_id = 18 AND period = :'p'), 2, 'two users: the one not to bill is left out');
+SELECT lives_ok(format('SELECT msp_finalize_run_end(%s)', :stale_run), 'the run ends');
 
 SELECT * FROM finish();

@@ -6,7 +6,7 @@
 \i ../demo/clinics.sql
 SET search_path = public, mspbill;
 CREATE EXTENSION dblink;
-SELECT plan(33);
+SELECT plan(35);
 
 SET client_min_messages = warning;
 SELECT is(msp_install_roles(), 'roles mspbill_admin, mspbill_billing, mspbill_bi, mspbill_pii and mspbill_report are ready', 'roles installed');
@@ -135,6 +135,15 @@ SELECT ok((SELECT bool_and(device = 'OR3' AND account = 'OR3' AND application = 
           'and only those: OR3, its shared account, the EMR');
 SELECT results_eq($$SELECT violating_sessions, devices, applications FROM msp_pii_audit_summary(1)$$,
                   $$VALUES (3::bigint, 1::bigint, ARRAY['EMR'])$$, 'the summary counts them');
+-- a shared session written twice (by hand: no event id, so nothing stops
+-- it) is two sessions, each with its own uses: sessions are told apart by
+-- row, not by device, account and time (logons has no row id since 0.3.0)
+INSERT INTO logons (client_id, account_id, device_id, at, ended, presence)
+SELECT l.client_id, l.account_id, l.device_id, l.at, l.ended, l.presence FROM logons l
+ WHERE l.client_id = 1 AND l.account_id = 3 AND l.at = (SELECT min(at) FROM planted);
+SELECT is((SELECT count(*) FROM msp_pii_audit(1)), 4::bigint, 'a session written twice is two findings');
+SELECT is((SELECT array_agg(uses ORDER BY session_start) FROM msp_pii_audit(1)), ARRAY[1, 1, 1, 1],
+          'each with its own one use of the EMR (not the pair''s two)');
 
 DROP OWNED BY mspbill_test_bi1, mspbill_test_pii, mspbill_test_report;
 DROP ROLE mspbill_test_bi1, mspbill_test_pii, mspbill_test_report;
