@@ -46,13 +46,19 @@ INSERT INTO @extschema@.license_product_names (name, product, builtin) VALUES
 	('Exchange Online (Plan 1)', 'Exchange Online (Plan 1)', true);
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.license_product_names', 'WHERE NOT builtin');
 
--- The product a licence name stands for.  (No SET clause, so that it
--- inlines; every name in it is qualified.)
+-- The product a licence name stands for.  PL/pgSQL: Citus re-plans a
+-- RETURN-style SQL body from its text and fails (the loaders call it once
+-- per distinct name, so that it need not inline).
 CREATE FUNCTION @extschema@.msp_license_product(licence text) RETURNS text
-LANGUAGE sql STABLE STRICT PARALLEL SAFE
-RETURN coalesce((SELECT n.product FROM @extschema@.license_product_names n
-				  WHERE pg_catalog.lower(n.name) OPERATOR(pg_catalog.=) pg_catalog.lower(pg_catalog.btrim(licence))),
-				pg_catalog.btrim(licence));
+LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, @extschema@, pg_temp
+AS $$
+BEGIN
+	RETURN coalesce((SELECT n.product FROM @extschema@.license_product_names n
+					  WHERE lower(n.name) = lower(btrim(licence))),
+					btrim(licence));
+END
+$$;
 COMMENT ON FUNCTION @extschema@.msp_license_product(text) IS
 	'the product a licence name (SKU id, part number, display or Pax8 name) stands for (license_product_names), else the name itself';
 
@@ -382,21 +388,25 @@ COMMENT ON FUNCTION @extschema@.msp_stage_json(bigint, regclass, text[]) IS
 	'internal: a client''s staged JSON (JSON lines or saved responses, enveloped or not) as records with the values of keys, into pg_temp.msp_json';
 
 -- The day a snapshot is of: the given one, else the client's today.
+-- PL/pgSQL, as msp_company_owner: Citus re-plans a RETURN-style body from
+-- its text and fails on it (syntax error at or near "RETURN").
 CREATE FUNCTION @extschema@.msp_snapshot_day(for_client bigint, as_of date) RETURNS date
-LANGUAGE sql STABLE PARALLEL SAFE
+LANGUAGE plpgsql STABLE PARALLEL SAFE
 SET search_path = pg_catalog, @extschema@, pg_temp
-RETURN coalesce(as_of, (SELECT (now() AT TIME ZONE c.time_zone)::date FROM @extschema@.clients c
-						  WHERE c.client_id = for_client));
+AS $$
+BEGIN
+	RETURN coalesce(as_of, (SELECT (now() AT TIME ZONE c.time_zone)::date FROM @extschema@.clients c
+							  WHERE c.client_id = for_client));
+END
+$$;
 COMMENT ON FUNCTION @extschema@.msp_snapshot_day(bigint, date) IS
 	'internal: the day a licence snapshot is of (the given day, else today in the client''s time zone)';
 
 -- Licence assignments from pg_temp.msp_assign (line_no, upn, product,
 -- enabled): the UPNs' Microsoft 365 accounts (created, kind unknown until
 -- mapped, as the Entra loader creates them, where a UPN is none yet), then
--- the day's rows.  One statement: the new accounts' ids come back from
--- their insert, so accounts are not read again, and the day's rows already
--- loaded are left out by an anti-join (a plain insert costs half of ON
--- CONFLICT's speculative one).  Loads of a client take turns
+-- the day's rows, those already loaded left out (a plain insert costs
+-- half of ON CONFLICT's speculative one).  Loads of a client take turns
 -- (msp_load_begin), so the check-then-insert cannot race with another
 -- load; a row written meanwhile by hand fails the load, whole.  Returns
 -- (loaded, duplicate).
@@ -411,32 +421,43 @@ BEGIN
 	   FROM (SELECT max(a.account_id) AS id FROM @extschema@.accounts a WHERE a.client_id = for_client) m
 	  WHERE m.id > coalesce(pg_sequence_last_value(pg_get_serial_sequence('@extschema@.accounts', 'account_id')), 0);
 	ANALYZE pg_temp.msp_assign;
-	WITH u AS MATERIALIZED (
-		SELECT n.upn, a.account_id
-		  FROM (SELECT DISTINCT x.upn FROM pg_temp.msp_assign x) n
-		  LEFT JOIN @extschema@.accounts a ON a.client_id = for_client AND a.realm = 'm365' AND a.application IS NULL
-										  AND lower(a.name) = n.upn),
-	-- in name order: the name index takes them page by page
-	created AS (
-		INSERT INTO @extschema@.accounts (client_id, realm, name, kind)
-		SELECT for_client, 'm365', u.upn, 'unknown' FROM u WHERE u.account_id IS NULL ORDER BY u.upn
-		RETURNING name AS upn, account_id),
-	ids AS (
-		SELECT u.upn, u.account_id FROM u WHERE u.account_id IS NOT NULL
-		UNION ALL
-		SELECT c.upn, c.account_id FROM created c),
-	ins AS (
+	-- In steps, each temporary table joined only with the client's rows:
+	-- Citus plans no outer join of a temporary and a distributed table nor
+	-- a correlated NOT EXISTS.  The UPNs' accounts; the new ones inserted
+	-- (in name order: the name index takes them page by page), their ids
+	-- read back.
+	CREATE TEMP TABLE msp_assign_ids ON COMMIT DROP AS
+	SELECT DISTINCT x.upn, NULL::bigint AS account_id FROM pg_temp.msp_assign x;
+	UPDATE pg_temp.msp_assign_ids u SET account_id = a.account_id
+	  FROM @extschema@.accounts a
+	 WHERE a.client_id = for_client AND a.realm = 'm365' AND a.application IS NULL AND lower(a.name) = u.upn;
+	INSERT INTO @extschema@.accounts (client_id, realm, name, kind)
+	SELECT for_client, 'm365', u.upn, 'unknown' FROM pg_temp.msp_assign_ids u WHERE u.account_id IS NULL ORDER BY u.upn;
+	IF FOUND THEN
+		UPDATE pg_temp.msp_assign_ids u SET account_id = a.account_id
+		  FROM @extschema@.accounts a
+		 WHERE u.account_id IS NULL AND a.client_id = for_client AND a.realm = 'm365' AND a.application IS NULL
+		   AND lower(a.name) = u.upn;
+	END IF;
+	-- the day's rows, the first by line of each account and product, less
+	-- those loaded
+	CREATE TEMP TABLE msp_assign_new ON COMMIT DROP AS
+	SELECT DISTINCT ON (i.account_id, x.product) i.account_id, x.product, x.enabled
+	  FROM pg_temp.msp_assign x
+	  JOIN pg_temp.msp_assign_ids i ON i.upn = x.upn
+	 ORDER BY i.account_id, x.product, x.line_no;
+	DELETE FROM pg_temp.msp_assign_new n
+	 USING @extschema@.m365_license_assignments m
+	 WHERE m.client_id = for_client AND m.as_of = day AND m.account_id = n.account_id AND m.product = n.product;
+	WITH ins AS (
 		INSERT INTO @extschema@.m365_license_assignments (client_id, as_of, account_id, product, account_enabled, source)
-		SELECT DISTINCT ON (i.account_id, x.product) for_client, day, i.account_id, x.product, x.enabled, load_source
-		  FROM pg_temp.msp_assign x
-		  JOIN ids i ON i.upn = x.upn
-		 WHERE NOT EXISTS (SELECT 1 FROM @extschema@.m365_license_assignments m
-							WHERE m.client_id = for_client AND m.as_of = day AND m.account_id = i.account_id
-							  AND m.product = x.product)
-		 ORDER BY i.account_id, x.product, x.line_no
+		SELECT for_client, day, n.account_id, n.product, n.enabled, load_source
+		  FROM pg_temp.msp_assign_new n
+		 ORDER BY n.account_id, n.product
 		RETURNING 1)
 	SELECT count(*) INTO loaded FROM ins;
 	duplicate := (SELECT count(*) FROM pg_temp.msp_assign) - loaded;
+	DROP TABLE pg_temp.msp_assign_ids, pg_temp.msp_assign_new;
 END
 $$;
 COMMENT ON FUNCTION @extschema@.msp_store_assignments(bigint, date, text) IS
@@ -739,30 +760,36 @@ BEGIN
 	 WHERE NOT c.is_header;
 
 	-- activity accounts take the kind and person of the UPN's m365 account;
-	-- each UPN's activity account, the new ones' ids as their insert
-	-- returns them (new ids move past hand-chosen ones first)
+	-- each UPN's activity account, the new ones' ids read back after their
+	-- insert (new ids move past hand-chosen ones first)
 	PERFORM setval(pg_get_serial_sequence('@extschema@.accounts', 'account_id'), m.id)
 	   FROM (SELECT max(a.account_id) AS id FROM @extschema@.accounts a WHERE a.client_id = client_id) m
 	  WHERE m.id > coalesce(pg_sequence_last_value(pg_get_serial_sequence('@extschema@.accounts', 'account_id')), 0);
-	CREATE TEMP TABLE msp_act_accounts (upn text, account_id bigint) ON COMMIT DROP;
-	WITH u AS MATERIALIZED (
-		SELECT n.upn, x.account_id
-		  FROM (SELECT DISTINCT a.upn FROM pg_temp.msp_act a WHERE a.class = 'activity') n
-		  LEFT JOIN @extschema@.accounts x ON x.client_id = client_id AND x.realm = 'm365_activity' AND x.application IS NULL
-										  AND lower(x.name) = n.upn),
-	created AS (
-		INSERT INTO @extschema@.accounts (client_id, realm, name, kind, person_id)
-		SELECT client_id, 'm365_activity', u.upn, coalesce(m.kind, 'unknown'), m.person_id
-		  FROM u
-		  LEFT JOIN @extschema@.accounts m ON m.client_id = client_id AND m.realm = 'm365' AND m.application IS NULL
-										  AND lower(m.name) = u.upn
-		 WHERE u.account_id IS NULL
-		 ORDER BY u.upn
-		RETURNING name, account_id)
-	INSERT INTO pg_temp.msp_act_accounts (upn, account_id)
-	SELECT u.upn, u.account_id FROM u WHERE u.account_id IS NOT NULL
-	UNION ALL
-	SELECT c.name, c.account_id FROM created c;
+	-- In steps, each temporary table joined only with the client's rows:
+	-- Citus plans no outer join of a temporary and a distributed table.
+	CREATE TEMP TABLE msp_act_accounts ON COMMIT DROP AS
+	SELECT DISTINCT a.upn, NULL::bigint AS account_id FROM pg_temp.msp_act a WHERE a.class = 'activity';
+	UPDATE pg_temp.msp_act_accounts u SET account_id = x.account_id
+	  FROM @extschema@.accounts x
+	 WHERE x.client_id = client_id AND x.realm = 'm365_activity' AND x.application IS NULL AND lower(x.name) = u.upn;
+	CREATE TEMP TABLE msp_act_m365 ON COMMIT DROP AS
+	SELECT u.upn, m.kind, m.person_id
+	  FROM pg_temp.msp_act_accounts u
+	  JOIN @extschema@.accounts m ON m.client_id = client_id AND m.realm = 'm365' AND m.application IS NULL
+								 AND lower(m.name) = u.upn
+	 WHERE u.account_id IS NULL;
+	INSERT INTO @extschema@.accounts (client_id, realm, name, kind, person_id)
+	SELECT client_id, 'm365_activity', u.upn, coalesce(m.kind, 'unknown'), m.person_id
+	  FROM pg_temp.msp_act_accounts u LEFT JOIN pg_temp.msp_act_m365 m ON m.upn = u.upn
+	 WHERE u.account_id IS NULL
+	 ORDER BY u.upn;
+	IF FOUND THEN
+		UPDATE pg_temp.msp_act_accounts u SET account_id = x.account_id
+		  FROM @extschema@.accounts x
+		 WHERE u.account_id IS NULL AND x.client_id = client_id AND x.realm = 'm365_activity'
+		   AND x.application IS NULL AND lower(x.name) = u.upn;
+	END IF;
+	DROP TABLE pg_temp.msp_act_m365;
 
 	-- the logons, one per product-day (its event id, the first by line),
 	-- those already loaded left out as the shared last step
@@ -772,21 +799,25 @@ BEGIN
 	-- new.  Should a record make the insert fail, the shared guarded step
 	-- runs instead, and finds it.
 	BEGIN
-		WITH e AS (
-			SELECT DISTINCT ON (x.event_id) x.*
-			  FROM (SELECT a.line_no, a.upn, d.at, a.upn || '|' || d.product || '|' || d.day AS event_id
-					  FROM pg_temp.msp_act a JOIN pg_temp.msp_act_days d USING (line_no)
-					 WHERE a.class = 'activity') x
-			 ORDER BY x.event_id, x.line_no),
-		ins AS (
+		-- the product-days into a temporary table, less those loaded
+		-- (Citus plans no correlated NOT EXISTS over a CTE), then inserted
+		CREATE TEMP TABLE msp_act_logons ON COMMIT DROP AS
+		SELECT DISTINCT ON (x.event_id) x.*
+		  FROM (SELECT a.line_no, a.upn, d.at, a.upn || '|' || d.product || '|' || d.day AS event_id
+				  FROM pg_temp.msp_act a JOIN pg_temp.msp_act_days d USING (line_no)
+				 WHERE a.class = 'activity') x
+		 ORDER BY x.event_id, x.line_no;
+		DELETE FROM pg_temp.msp_act_logons e
+		 USING @extschema@.logons l
+		 WHERE l.client_id = client_id AND l.source = source AND l.source_event_id = e.event_id;
+		WITH ins AS (
 			INSERT INTO @extschema@.logons (client_id, account_id, device_id, at, ended, presence, source, source_event_id,
 											session_key)
 			SELECT client_id, i.account_id, NULL, e.at, NULL, true, source, e.event_id, NULL
-			  FROM e JOIN pg_temp.msp_act_accounts i ON i.upn = e.upn
-			 WHERE NOT EXISTS (SELECT 1 FROM @extschema@.logons l
-								WHERE l.client_id = client_id AND l.source = source AND l.source_event_id = e.event_id)
+			  FROM pg_temp.msp_act_logons e JOIN pg_temp.msp_act_accounts i ON i.upn = e.upn
 			RETURNING 1)
 		SELECT count(*) INTO loaded FROM ins;
+		DROP TABLE pg_temp.msp_act_logons;
 		duplicate := (SELECT count(*) FROM pg_temp.msp_act a JOIN pg_temp.msp_act_days d USING (line_no)
 					   WHERE a.class = 'activity') - loaded;
 	EXCEPTION WHEN data_exception OR program_limit_exceeded OR integrity_constraint_violation THEN
@@ -815,19 +846,24 @@ COMMENT ON FUNCTION @extschema@.msp_load_m365_activity(bigint, text) IS
 -- Which client a vendor's company belongs to, for a record of a load:
 -- 'own' (this client, or the vendor is not mapped at all), 'other' (another
 -- client's: skipped), 'unknown' (rejected).
+-- PL/pgSQL: Citus re-plans a RETURN-style SQL body from its text and fails.
 CREATE FUNCTION @extschema@.msp_company_owner(for_client bigint, for_vendor text, companies text[]) RETURNS text
-LANGUAGE sql STABLE STRICT PARALLEL SAFE
+LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
 SET search_path = pg_catalog, @extschema@, pg_temp
-RETURN CASE
-	WHEN NOT EXISTS (SELECT 1 FROM @extschema@.partner_companies p WHERE p.vendor = for_vendor) THEN 'own'
-	WHEN EXISTS (SELECT 1 FROM @extschema@.partner_companies p
-				  WHERE p.vendor = for_vendor AND p.client_id = for_client
-					AND lower(p.company) = ANY (ARRAY(SELECT lower(btrim(c)) FROM unnest(companies) c))) THEN 'own'
-	WHEN EXISTS (SELECT 1 FROM @extschema@.partner_companies p
-				  WHERE p.vendor = for_vendor
-					AND lower(p.company) = ANY (ARRAY(SELECT lower(btrim(c)) FROM unnest(companies) c))) THEN 'other'
-	ELSE 'unknown'
-END;
+AS $$
+BEGIN
+	RETURN CASE
+		WHEN NOT EXISTS (SELECT 1 FROM @extschema@.partner_companies p WHERE p.vendor = for_vendor) THEN 'own'
+		WHEN EXISTS (SELECT 1 FROM @extschema@.partner_companies p
+					  WHERE p.vendor = for_vendor AND p.client_id = for_client
+						AND lower(p.company) = ANY (ARRAY(SELECT lower(btrim(c)) FROM unnest(companies) c))) THEN 'own'
+		WHEN EXISTS (SELECT 1 FROM @extschema@.partner_companies p
+					  WHERE p.vendor = for_vendor
+						AND lower(p.company) = ANY (ARRAY(SELECT lower(btrim(c)) FROM unnest(companies) c))) THEN 'other'
+		ELSE 'unknown'
+	END;
+END
+$$;
 COMMENT ON FUNCTION @extschema@.msp_company_owner(bigint, text, text[]) IS
 	'internal: own, other or unknown: whose a record''s company (any of its names or ids) is, by partner_companies';
 
@@ -1064,16 +1100,22 @@ BEGIN
 	PERFORM setval(pg_get_serial_sequence('@extschema@.support_contacts', 'contact_id'), m.id)
 	   FROM (SELECT max(s.contact_id) AS id FROM @extschema@.support_contacts s WHERE s.client_id = client_id) m
 	  WHERE m.id > coalesce(pg_sequence_last_value(pg_get_serial_sequence('@extschema@.support_contacts', 'contact_id')), 0);
-	WITH t AS (
-		UPDATE @extschema@.psa_tickets t
-		   SET contact_id = nextval(pg_get_serial_sequence('@extschema@.support_contacts', 'contact_id'))
-		 WHERE t.client_id = client_id AND t.person_id IS NOT NULL AND t.contact_id IS NULL
-		RETURNING t.contact_id, t.person_id, t.at, t.channel),
-	ins AS (
-		INSERT INTO @extschema@.support_contacts (client_id, contact_id, person_id, at, channel)
-		SELECT client_id, t.contact_id, t.person_id, t.at, t.channel FROM t
-		RETURNING 1)
-	SELECT count(*) INTO n FROM ins;
+	-- the new contacts' ids drawn in a temporary table, then written to
+	-- the tickets: Citus takes no volatile function in an UPDATE of a
+	-- distributed table
+	CREATE TEMP TABLE msp_new_contacts ON COMMIT DROP AS
+	SELECT t.psa, t.ticket_id, NULL::bigint AS contact_id, t.person_id, t.at, t.channel
+	  FROM @extschema@.psa_tickets t
+	 WHERE t.client_id = client_id AND t.person_id IS NOT NULL AND t.contact_id IS NULL;
+	UPDATE pg_temp.msp_new_contacts c
+	   SET contact_id = nextval(pg_get_serial_sequence('@extschema@.support_contacts', 'contact_id'));
+	UPDATE @extschema@.psa_tickets t SET contact_id = c.contact_id
+	  FROM pg_temp.msp_new_contacts c
+	 WHERE t.client_id = client_id AND t.psa = c.psa AND t.ticket_id = c.ticket_id;
+	INSERT INTO @extschema@.support_contacts (client_id, contact_id, person_id, at, channel)
+	SELECT client_id, c.contact_id, c.person_id, c.at, c.channel FROM pg_temp.msp_new_contacts c;
+	GET DIAGNOSTICS n = ROW_COUNT;
+	DROP TABLE pg_temp.msp_new_contacts;
 	RETURN n;
 END
 $$;
@@ -1176,8 +1218,7 @@ BEGIN
 		timed AS MATERIALIZED (
 			SELECT c.*, CASE WHEN c.class = 'ticket' THEN c.at_text::timestamptz END AS at FROM classed c)
 		SELECT x.rec, x.line_no, x.ord,
-			   CASE WHEN k.class LIKE 'reject:%%' THEN coalesce(x.raw, (SELECT s.raw FROM @extschema@.psa_ticket_staging s
-																	 WHERE s.client_id = $1 AND s.line_no = x.line_no)) END,
+			   CASE WHEN k.class LIKE 'reject:%%' THEN x.raw END,
 			   x.id, x.at_text, x.company, x.contact, x.board, x.channel, k.class, x.at
 		  FROM timed x,
 			   LATERAL (SELECT CASE WHEN x.class = 'ticket' THEN @extschema@.msp_implausible_time(x.at_text, x.at) END AS why
@@ -1186,29 +1227,40 @@ BEGIN
 									ELSE x.class END AS class) k
 	$step$, psa), $reject$
 		INSERT INTO pg_temp.msp_tix (rec, line_no, ord, raw, class)
-		SELECT j.rec, j.line_no, j.ord,
-			   coalesce(j.raw, (SELECT s.raw FROM @extschema@.psa_ticket_staging s WHERE s.client_id = $1 AND s.line_no = j.line_no)),
-			   'reject:invalid date entered'
+		SELECT j.rec, j.line_no, j.ord, j.raw, 'reject:invalid date entered'
 		  FROM pg_temp.msp_json j WHERE j.rec = $2
 	$reject$, client_id, (SELECT min(j.rec) FROM pg_temp.msp_json j), (SELECT max(j.rec) FROM pg_temp.msp_json j));
 	DROP TABLE pg_temp.msp_json;
+	-- a rejected line kept as staged (no raw of its own): its line, from the
+	-- stage (afterwards, joined: Citus plans no correlated subquery here)
+	UPDATE pg_temp.msp_tix t SET raw = s.raw
+	  FROM @extschema@.psa_ticket_staging s
+	 WHERE s.client_id = client_id AND s.line_no = t.line_no AND t.raw IS NULL AND t.class LIKE 'reject:%';
 
 	-- a ticket loads once per client and PSA (first record of a load
 	-- wins); tickets already loaded are left out by an anti-join (a plain
 	-- insert costs half of ON CONFLICT's speculative one; loads of a client
 	-- take turns, so no other load can race it, and a row written meanwhile
 	-- by hand fails the load, whole)
+	-- (in steps, the first of each id into a temporary table less those
+	-- loaded: Citus plans no correlated NOT EXISTS over a temporary table)
+	CREATE TEMP TABLE msp_tix_new ON COMMIT DROP AS
+	SELECT DISTINCT ON (btrim(t.id)) btrim(t.id) AS ticket_id, t.at,
+		   coalesce(t.company[1], t.company[2], t.company[3]) AS company, t.contact, t.board, t.channel
+	  FROM pg_temp.msp_tix t
+	 WHERE t.class = 'ticket'
+	 ORDER BY btrim(t.id), t.line_no, t.ord;
+	DELETE FROM pg_temp.msp_tix_new n
+	 USING @extschema@.psa_tickets x
+	 WHERE x.client_id = client_id AND x.psa = psa AND x.ticket_id = n.ticket_id;
 	WITH ins AS (
 		INSERT INTO @extschema@.psa_tickets (client_id, psa, ticket_id, at, company, contact, board, channel)
-		SELECT DISTINCT ON (btrim(t.id)) client_id, psa, btrim(t.id), t.at,
-			   coalesce(t.company[1], t.company[2], t.company[3]), t.contact, t.board, t.channel
-		  FROM pg_temp.msp_tix t
-		 WHERE t.class = 'ticket'
-		   AND NOT EXISTS (SELECT 1 FROM @extschema@.psa_tickets x
-							WHERE x.client_id = client_id AND x.psa = psa AND x.ticket_id = btrim(t.id))
-		 ORDER BY btrim(t.id), t.line_no, t.ord
+		SELECT client_id, psa, n.ticket_id, n.at, n.company, n.contact, n.board, n.channel
+		  FROM pg_temp.msp_tix_new n
+		 ORDER BY n.ticket_id
 		RETURNING 1)
 	SELECT count(*) INTO loaded FROM ins;
+	DROP TABLE pg_temp.msp_tix_new;
 	duplicate := (SELECT count(*) FROM pg_temp.msp_tix t WHERE t.class = 'ticket') - loaded;
 	PERFORM @extschema@.msp_match_psa_tickets(client_id);
 	SELECT count(*) INTO unmatched FROM @extschema@.psa_tickets t

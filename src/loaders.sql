@@ -189,24 +189,36 @@ BEGIN
 	   FROM (SELECT max(d.device_id) AS id FROM @extschema@.devices d WHERE d.client_id = for_client) m
 	  WHERE m.id > coalesce(pg_sequence_last_value(pg_get_serial_sequence('@extschema@.devices', 'device_id')), 0);
 
+	-- The new accounts and devices: the load's names into a temporary
+	-- table, less those the client has, then inserted.  In steps, because
+	-- Citus plans neither a correlated NOT EXISTS over a subquery nor one
+	-- over a temporary table; a DELETE ... USING the client's rows it plans.
+	CREATE TEMP TABLE msp_load_new_accounts ON COMMIT DROP AS
+	SELECT DISTINCT e.realm, e.account_name, e.application FROM pg_temp.msp_load_events e;
+	DELETE FROM pg_temp.msp_load_new_accounts n
+	 USING @extschema@.accounts a
+	 WHERE a.client_id = for_client AND a.realm = n.realm
+	   AND lower(a.name) = lower(n.account_name)
+	   AND coalesce(a.application, '') = coalesce(n.application, '');
 	INSERT INTO @extschema@.accounts (client_id, realm, name, kind, application)
 	SELECT for_client, n.realm, n.account_name, 'unknown', n.application
-	  FROM (SELECT DISTINCT e.realm, e.account_name, e.application FROM pg_temp.msp_load_events e) n
-	 WHERE NOT EXISTS (SELECT 1 FROM @extschema@.accounts a
-						WHERE a.client_id = for_client AND a.realm = n.realm
-						  AND lower(a.name) = lower(n.account_name)
-						  AND coalesce(a.application, '') = coalesce(n.application, ''))
+	  FROM pg_temp.msp_load_new_accounts n
 	 ORDER BY n.realm, n.account_name;
+	DROP TABLE pg_temp.msp_load_new_accounts;
 
 	-- a device found in an export is billable from the day it was first seen
+	CREATE TEMP TABLE msp_load_new_devices ON COMMIT DROP AS
+	SELECT e.device_name, min(e.at) AS first_at FROM pg_temp.msp_load_events e
+	 WHERE e.device_name IS NOT NULL AND e.create_device GROUP BY e.device_name;
+	DELETE FROM pg_temp.msp_load_new_devices n
+	 USING @extschema@.devices d
+	 WHERE d.client_id = for_client AND upper(d.name) = upper(n.device_name);
 	INSERT INTO @extschema@.devices (client_id, name, kind, active)
 	SELECT for_client, n.device_name, 'other',
 		   daterange((n.first_at AT TIME ZONE (SELECT c.time_zone FROM @extschema@.clients c WHERE c.client_id = for_client))::date, NULL)
-	  FROM (SELECT e.device_name, min(e.at) AS first_at FROM pg_temp.msp_load_events e
-			 WHERE e.device_name IS NOT NULL AND e.create_device GROUP BY e.device_name) n
-	 WHERE NOT EXISTS (SELECT 1 FROM @extschema@.devices d WHERE d.client_id = for_client
-						  AND upper(d.name) = upper(n.device_name))
+	  FROM pg_temp.msp_load_new_devices n
 	 ORDER BY n.device_name;
+	DROP TABLE pg_temp.msp_load_new_devices;
 
 	-- small maps from names to ids, so the big insert joins on plain keys
 	ANALYZE pg_temp.msp_load_events;
@@ -228,14 +240,15 @@ BEGIN
 	-- now.  Checked inside the insert, a probe of the partition the insert
 	-- itself fills, planned while that partition was empty, read it whole
 	-- for every event: the first load of a month took 110 s for 100k logons.
+	-- A DELETE ... USING, not a correlated EXISTS, which Citus refuses.
 	duplicate := (SELECT count(*) FROM pg_temp.msp_load_events);
 	EXECUTE $dup$
 		DELETE FROM pg_temp.msp_load_events e
-		 WHERE EXISTS (SELECT 1 FROM @extschema@.logons l
-						WHERE l.client_id = $1
-						  AND hashtextextended(l.source || ':' || l.source_event_id, l.client_id)
-							  = hashtextextended($2 || ':' || e.source_event_id, $1)
-						  AND l.source = $2 AND l.source_event_id = e.source_event_id)
+		 USING @extschema@.logons l
+		 WHERE l.client_id = $1
+		   AND hashtextextended(l.source || ':' || l.source_event_id, l.client_id)
+			   = hashtextextended($2 || ':' || e.source_event_id, $1)
+		   AND l.source = $2 AND l.source_event_id = e.source_event_id
 	$dup$ USING for_client, load_source;
 
 	WITH ins AS (
@@ -626,18 +639,20 @@ BEGIN
 	 WHERE l.client_id = client_id AND l.session_key = o.session_key AND l.at <= o.at
 	   AND (l.ended IS NULL OR l.ended > o.at);
 	-- held: this load's logoffs that wait, whether they wait from now on or
-	-- (loaded again) were waiting already
-	WITH waiting AS (
-		SELECT s.session_key, s.at
-		  FROM pg_temp.msp_win_session s
-		 WHERE s.kind = 'logoff' AND s.line_no IS NOT NULL AND NOT s.consumed
-		   AND NOT EXISTS (SELECT 1 FROM @extschema@.logons l
-							WHERE l.client_id = client_id AND l.session_key = s.session_key AND l.at <= s.at)),
-	hold AS (
-		INSERT INTO @extschema@.pending_logoffs AS p (client_id, session_key, at)
-		SELECT DISTINCT client_id, w.session_key, w.at FROM waiting w
-		ON CONFLICT DO NOTHING)
-	SELECT count(*) INTO held FROM waiting;
+	-- (loaded again) were waiting already.  In steps: Citus plans no
+	-- correlated NOT EXISTS over a temporary table.
+	CREATE TEMP TABLE msp_win_hold ON COMMIT DROP AS
+	SELECT s.session_key, s.at
+	  FROM pg_temp.msp_win_session s
+	 WHERE s.kind = 'logoff' AND s.line_no IS NOT NULL AND NOT s.consumed;
+	DELETE FROM pg_temp.msp_win_hold h
+	 USING @extschema@.logons l
+	 WHERE l.client_id = client_id AND l.session_key = h.session_key AND l.at <= h.at;
+	SELECT count(*) INTO held FROM pg_temp.msp_win_hold;
+	INSERT INTO @extschema@.pending_logoffs AS p (client_id, session_key, at)
+	SELECT DISTINCT client_id, h.session_key, h.at FROM pg_temp.msp_win_hold h
+	ON CONFLICT DO NOTHING;
+	DROP TABLE pg_temp.msp_win_hold;
 	-- paired: the logoffs of this load that found their session (in this
 	-- load or an earlier one), and the held ones that found it now
 	WITH used AS (

@@ -13645,6 +13645,803 @@ REVOKE EXECUTE ON PROCEDURE @extschema@.msp_finalize_period(daterange, text[], b
 COMMENT ON PROCEDURE @extschema@.msp_finalize_period(daterange, text[], bigint[], bigint, integer, integer, integer, integer) IS
 	'month-end: finalizes every client''s invoice for a period (clients with a contract in it, or only_clients), one transaction per client, committed as it goes; returns the run id and how many were finalized, already finalized, refused and failed';
 
+
+
+-- citusload (issue 17): every loader on a distributed database as the
+-- billing role.  The statements Citus refused are done in steps (the
+-- load's rows into a temporary table, less the client's rows by DELETE
+-- ... USING, then inserted; ids drawn in a temporary table), and the
+-- RETURN-style SQL functions the loaders call become PL/pgSQL.
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_load_normalized(for_client bigint, load_source text,
+												OUT loaded bigint, OUT duplicate bigint)
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, @extschema@, pg_temp
+AS $$
+BEGIN
+	-- New accounts and devices take their ids from the identity columns, so
+	-- that ids are unique across clients.  Ids chosen by hand for this
+	-- client may lie ahead of the sequence: move it past them first (the
+	-- load holds the client's lock; the sequence only moves forward).
+	PERFORM setval(pg_get_serial_sequence('@extschema@.accounts', 'account_id'), m.id)
+	   FROM (SELECT max(a.account_id) AS id FROM @extschema@.accounts a WHERE a.client_id = for_client) m
+	  WHERE m.id > coalesce(pg_sequence_last_value(pg_get_serial_sequence('@extschema@.accounts', 'account_id')), 0);
+	PERFORM setval(pg_get_serial_sequence('@extschema@.devices', 'device_id'), m.id)
+	   FROM (SELECT max(d.device_id) AS id FROM @extschema@.devices d WHERE d.client_id = for_client) m
+	  WHERE m.id > coalesce(pg_sequence_last_value(pg_get_serial_sequence('@extschema@.devices', 'device_id')), 0);
+
+	-- The new accounts and devices: the load's names into a temporary
+	-- table, less those the client has, then inserted.  In steps, because
+	-- Citus plans neither a correlated NOT EXISTS over a subquery nor one
+	-- over a temporary table; a DELETE ... USING the client's rows it plans.
+	CREATE TEMP TABLE msp_load_new_accounts ON COMMIT DROP AS
+	SELECT DISTINCT e.realm, e.account_name, e.application FROM pg_temp.msp_load_events e;
+	DELETE FROM pg_temp.msp_load_new_accounts n
+	 USING @extschema@.accounts a
+	 WHERE a.client_id = for_client AND a.realm = n.realm
+	   AND lower(a.name) = lower(n.account_name)
+	   AND coalesce(a.application, '') = coalesce(n.application, '');
+	INSERT INTO @extschema@.accounts (client_id, realm, name, kind, application)
+	SELECT for_client, n.realm, n.account_name, 'unknown', n.application
+	  FROM pg_temp.msp_load_new_accounts n
+	 ORDER BY n.realm, n.account_name;
+	DROP TABLE pg_temp.msp_load_new_accounts;
+
+	-- a device found in an export is billable from the day it was first seen
+	CREATE TEMP TABLE msp_load_new_devices ON COMMIT DROP AS
+	SELECT e.device_name, min(e.at) AS first_at FROM pg_temp.msp_load_events e
+	 WHERE e.device_name IS NOT NULL AND e.create_device GROUP BY e.device_name;
+	DELETE FROM pg_temp.msp_load_new_devices n
+	 USING @extschema@.devices d
+	 WHERE d.client_id = for_client AND upper(d.name) = upper(n.device_name);
+	INSERT INTO @extschema@.devices (client_id, name, kind, active)
+	SELECT for_client, n.device_name, 'other',
+		   daterange((n.first_at AT TIME ZONE (SELECT c.time_zone FROM @extschema@.clients c WHERE c.client_id = for_client))::date, NULL)
+	  FROM pg_temp.msp_load_new_devices n
+	 ORDER BY n.device_name;
+	DROP TABLE pg_temp.msp_load_new_devices;
+
+	-- small maps from names to ids, so the big insert joins on plain keys
+	ANALYZE pg_temp.msp_load_events;
+	CREATE TEMP TABLE msp_account_map ON COMMIT DROP AS
+	SELECT n.realm, n.account_name, n.app, a.account_id
+	  FROM (SELECT DISTINCT e.realm, e.account_name, coalesce(e.application, '') AS app
+			  FROM pg_temp.msp_load_events e) n
+	  JOIN @extschema@.accounts a ON a.client_id = for_client AND a.realm = n.realm
+					 AND lower(a.name) = lower(n.account_name) AND coalesce(a.application, '') = n.app;
+	CREATE TEMP TABLE msp_device_map ON COMMIT DROP AS
+	SELECT n.device_name, d.device_id
+	  FROM (SELECT DISTINCT e.device_name FROM pg_temp.msp_load_events e WHERE e.device_name IS NOT NULL) n
+	  JOIN @extschema@.devices d ON d.client_id = for_client AND upper(d.name) = upper(n.device_name);
+	ANALYZE pg_temp.msp_account_map;
+	ANALYZE pg_temp.msp_device_map;
+
+	-- Events already in logons are duplicates: taken out by a statement of
+	-- their own, planned afresh (EXECUTE) for the partitions as they are
+	-- now.  Checked inside the insert, a probe of the partition the insert
+	-- itself fills, planned while that partition was empty, read it whole
+	-- for every event: the first load of a month took 110 s for 100k logons.
+	-- A DELETE ... USING, not a correlated EXISTS, which Citus refuses.
+	duplicate := (SELECT count(*) FROM pg_temp.msp_load_events);
+	EXECUTE $dup$
+		DELETE FROM pg_temp.msp_load_events e
+		 USING @extschema@.logons l
+		 WHERE l.client_id = $1
+		   AND hashtextextended(l.source || ':' || l.source_event_id, l.client_id)
+			   = hashtextextended($2 || ':' || e.source_event_id, $1)
+		   AND l.source = $2 AND l.source_event_id = e.source_event_id
+	$dup$ USING for_client, load_source;
+
+	WITH ins AS (
+		INSERT INTO @extschema@.logons (client_id, account_id, device_id, at, ended, presence, source,
+							source_event_id, session_key)
+		SELECT for_client, m.account_id, dm.device_id, e.at, e.ended, true, load_source, e.source_event_id,
+			   e.session_key
+		  FROM (SELECT DISTINCT ON (f.source_event_id) f.*
+				  FROM pg_temp.msp_load_events f
+				 ORDER BY f.source_event_id, f.line_no) e
+		  JOIN pg_temp.msp_account_map m ON m.realm = e.realm AND m.account_name = e.account_name
+										AND m.app = coalesce(e.application, '')
+		  LEFT JOIN pg_temp.msp_device_map dm ON dm.device_name = e.device_name
+		 -- in time order, as the partitions and the time indexes grow
+		 -- (in the order of the event ids, an Entra load's random ids put
+		 -- every row on a random index page)
+		 ORDER BY e.at
+		RETURNING 1)
+	SELECT count(*) INTO loaded FROM ins;
+	DROP TABLE pg_temp.msp_account_map, pg_temp.msp_device_map;
+	duplicate := duplicate - loaded;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_load_normalized(bigint, text) IS
+	'internal: accounts, devices and logons from the normalized events of one load';
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_load_windows_events(client_id bigint, source text DEFAULT 'windows',
+													OUT loaded bigint, OUT duplicate bigint,
+													OUT paired bigint, OUT skipped bigint, OUT rejected bigint,
+													OUT held bigint)
+LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER
+SET search_path = pg_catalog, @extschema@, pg_temp
+SET DateStyle = 'ISO, MDY'
+SET timezone_abbreviations = 'Default'
+SET TimeZone = 'UTC'
+-- a load's sorts and hashes of its own scratch rows stay in memory
+SET work_mem = '64MB'
+AS $$
+#variable_conflict use_variable
+DECLARE
+	lo bigint;
+	hi bigint;
+	zone text;
+	fields text;
+	logoffs bigint;
+	newest timestamptz;
+BEGIN
+	-- a NULL source would make every event id unique (NULLs are distinct)
+	source := coalesce(source, 'windows');
+	-- the stage holds still while it is read and emptied: a COPY into it
+	-- (any client) waits for this load, and this load for COPYs under way,
+	-- so that no line committed meanwhile is emptied unread
+	LOCK TABLE @extschema@.windows_event_staging IN SHARE ROW EXCLUSIVE MODE;
+	PERFORM @extschema@.msp_load_begin(client_id);
+	SELECT c.time_zone INTO zone FROM @extschema@.clients c WHERE c.client_id = client_id;
+	-- the first and last line by the index (an aggregate would read every line)
+	lo := (SELECT s.line_no FROM @extschema@.windows_event_staging s WHERE s.client_id = client_id ORDER BY s.line_no LIMIT 1);
+	hi := (SELECT s.line_no FROM @extschema@.windows_event_staging s WHERE s.client_id = client_id ORDER BY s.line_no DESC LIMIT 1);
+	-- (no primary key: every read of it is a whole-table join, and keeping
+	-- an index on 200k scratch rows cost a tenth of the load)
+	CREATE TEMP TABLE msp_win_class (
+		line_no bigint NOT NULL,
+		event_id text,
+		at_field text,
+		at_text text,
+		host text,
+		username text,
+		domain text,
+		logon_type text,
+		logon_id text,
+		linked_id text,
+		record text,
+		class text NOT NULL,
+		at timestamptz
+	) ON COMMIT DROP;
+	-- One statement per batch reads each staged record once: msp_json_fields
+	-- keeps only the fields a logon needs, NXLog's top-level ones or
+	-- Winlogbeat's (winlog.*), without building a jsonb of every (mostly
+	-- irrelevant, often large) record; the same row is classified and, when
+	-- it is a logon or logoff, its time read and checked.  (Reading the
+	-- times in a second pass rewrote every scratch row: a second of a
+	-- 200k-event load.)  Times: an EventTime without a zone is the client's
+	-- local time, any other field's is UTC.  Plain ISO date and time has no
+	-- zone, one ending in Z or an offset has its own (both decided without
+	-- a call per row); any other is read in UTC and in UTC+14
+	-- (msp_timestamptz_plus14), which agree exactly when PostgreSQL finds a
+	-- zone in it.
+	fields := $fields$
+		SELECT s.line_no, f IS NULL AND r.raw !~ '^\s*$' AS bad_json, f IS NULL AND r.raw ~ '^\s*$' AS blank,
+			   coalesce(f[1], wl.winlog->>'event_id') AS event_id,
+			   CASE WHEN f[12] IS NULL THEN coalesce(f[2], f[3], f[4])
+					ELSE coalesce(wl.winlog->>'time_created', f[4]) END AS at_text,
+			   CASE WHEN f[12] IS NULL
+					THEN CASE WHEN f[2] IS NOT NULL THEN 'EventTime' WHEN f[3] IS NOT NULL THEN 'TimeCreated'
+					  ELSE '@timestamp' END
+					ELSE CASE WHEN wl.winlog->>'time_created' IS NOT NULL THEN 'winlog.time_created'
+					  ELSE '@timestamp' END END AS at_field,
+			   coalesce(f[5], wl.winlog->>'computer_name') AS host,
+			   coalesce(f[6], wl.winlog->'event_data'->>'TargetUserName') AS username,
+			   coalesce(f[7], wl.winlog->'event_data'->>'TargetDomainName') AS domain,
+			   coalesce(f[8], wl.winlog->'event_data'->>'LogonType') AS logon_type,
+			   coalesce(f[9], wl.winlog->'event_data'->>'TargetLogonId') AS logon_id,
+			   coalesce(f[10], wl.winlog->'event_data'->>'TargetLinkedLogonId') AS linked_id,
+			   coalesce(f[11], wl.winlog->>'record_id', md5(r.raw)) AS record
+		  FROM @extschema@.windows_event_staging s,
+			   -- a file's byte-order mark is not part of its first record
+			   LATERAL (SELECT CASE WHEN left(s.raw, 1) = E'\ufeff' THEN substr(s.raw, 2) ELSE s.raw END AS raw) r,
+			   LATERAL @extschema@.msp_json_fields(r.raw, '{EventID,EventTime,TimeCreated,@timestamp,Hostname,TargetUserName,TargetDomainName,LogonType,TargetLogonId,TargetLinkedLogonId,RecordNumber,winlog}') AS f,
+			   -- a function in FROM runs once per row (a subquery would be pulled up)
+			   LATERAL unnest(ARRAY[f[12]::jsonb]) AS wl(winlog)
+		 WHERE s.client_id = $1 AND s.line_no BETWEEN $2 AND $3
+	$fields$;
+	PERFORM @extschema@.msp_load_guarded(format($step$
+		INSERT INTO pg_temp.msp_win_class (line_no, event_id, at_field, at_text, host, username, domain, logon_type,
+										   logon_id, linked_id, record, class, at)
+		SELECT k.line_no, k.event_id, k.at_field, k.at_text, k.host, k.username, k.domain, k.logon_type, k.logon_id,
+			   k.linked_id, k.record,
+			   CASE WHEN k.at IS NOT NULL AND @extschema@.msp_implausible_time(k.at_text, k.at) IS NOT NULL
+					THEN 'reject:invalid ' || k.at_field || ': ' || @extschema@.msp_implausible_time(k.at_text, k.at)
+					ELSE k.class END,
+			   k.at
+		  FROM (SELECT c.*,
+					   CASE WHEN class NOT IN ('logon', 'logoff', 'linked') THEN NULL
+							WHEN at_field <> 'EventTime' THEN at_text::timestamptz
+							WHEN at_text ~ '^\s*\d{4}-\d\d-\d\d[ T]\d\d:\d\d(:\d\d(\.\d+)?)?\s*$'
+							THEN at_text::timestamp AT TIME ZONE %1$L
+							WHEN at_text ~ '\d:\d\d(:\d\d(\.\d+)?)?\s*(Z|[+-]\d\d(:?\d\d)?)$'
+								 OR at_text::timestamptz = @extschema@.msp_timestamptz_plus14(at_text)
+							THEN at_text::timestamptz
+							ELSE at_text::timestamp AT TIME ZONE %1$L END AS at
+				  FROM (SELECT e.*,
+							   CASE
+								   -- a blank line (COPY with FORCE_NOT_NULL) is no record
+								   WHEN e.blank THEN 'skip'
+								   WHEN e.bad_json THEN 'reject:not valid JSON'
+								   WHEN e.event_id IS NULL THEN 'reject:no EventID'
+								   WHEN e.event_id NOT IN ('4624', '4634', '4647') THEN 'skip'
+								   WHEN e.at_text IS NULL THEN 'reject:no event time'
+								   WHEN e.host IS NULL OR e.host IN ('', '-') THEN 'reject:no Hostname'
+								   WHEN e.username IS NULL OR btrim(e.username, E' \t\r\n') IN ('', '-') THEN 'reject:no TargetUserName'
+								   -- names and keys go into btree indexes, which cap a row's size
+								   WHEN length(e.host) > 255 OR length(e.username) > 255 OR length(e.domain) > 255
+										OR length(e.record) > 255 OR length(e.logon_id) > 255 OR length(e.linked_id) > 255
+										THEN 'reject:field too long'
+								   WHEN @extschema@.msp_is_machine_account(e.username) THEN 'skip'
+								   WHEN e.event_id = '4624' AND e.logon_type IS NULL THEN 'reject:no LogonType'
+								   WHEN e.logon_type NOT IN ('2', '7', '10', '11') THEN 'skip'
+								   -- the other half of a linked logon: the half with the
+								   -- smaller logon id (as a hexadecimal number) is the session
+								   WHEN e.event_id = '4624' AND e.logon_id IS NOT NULL AND coalesce(lower(e.linked_id), '0x0') <> '0x0'
+										AND (length(e.linked_id), lower(e.linked_id)) < (length(e.logon_id), lower(e.logon_id)) THEN 'linked'
+								   WHEN e.event_id = '4624' THEN 'logon'
+								   -- a logoff without a logon id closes nothing
+								   WHEN e.logon_id IS NULL THEN 'skip'
+								   ELSE 'logoff'
+							   END AS class
+						  FROM (%2$s) e
+						 -- kept apart, so that the time is read once and only when
+						 -- the class needs it
+						OFFSET 0) c
+				OFFSET 0) k
+	$step$, zone, fields),
+	-- A record whose time cannot be read is rejected by its field's name;
+	-- any other failure (its JSON) with the error's message.
+	format($reject$
+		INSERT INTO pg_temp.msp_win_class (line_no, class)
+		SELECT $2, 'reject:unreadable record: ' || $3
+		 WHERE $4 NOT IN ('22007', '22008', '22009', '22023')
+		UNION ALL
+		SELECT e.line_no, 'reject:invalid ' || e.at_field
+		  FROM (%s) e
+		 WHERE $4 IN ('22007', '22008', '22009', '22023')
+	$reject$, replace(fields, '$2 AND $3', '$2 AND $2')), client_id, lo, hi);
+
+	-- Sessions within the load, and with the logoffs held from earlier
+	-- loads: per host and logon id in time order, a logon ends at the first
+	-- logoff at or after it; a logoff is consumed when a logon (or the
+	-- linked half of one) precedes it.
+	CREATE TEMP TABLE msp_win_session ON COMMIT DROP AS
+	SELECT x.line_no, x.kind, x.session_key, x.at,
+		   min(x.at) FILTER (WHERE x.kind = 'logoff') OVER w_after AS ended,
+		   bool_or(x.kind <> 'logoff') OVER w_before AS consumed
+	  FROM (SELECT c.line_no, c.class AS kind, upper(split_part(c.host, '.', 1)) || ':' || lower(c.logon_id) AS session_key,
+				   c.at, c.logon_type
+			  FROM pg_temp.msp_win_class c
+			 WHERE c.class IN ('logon', 'logoff', 'linked') AND c.logon_id IS NOT NULL
+			UNION ALL
+			SELECT NULL, 'logoff', p.session_key, p.at, NULL
+			  FROM @extschema@.pending_logoffs p
+			 WHERE p.client_id = client_id
+			   AND p.session_key IN (SELECT upper(split_part(c.host, '.', 1)) || ':' || lower(c.logon_id)
+									   FROM pg_temp.msp_win_class c WHERE c.class IN ('logon', 'linked'))) x
+	WINDOW w_after AS (PARTITION BY x.session_key ORDER BY x.at, x.kind = 'logoff', x.line_no
+					   ROWS BETWEEN CURRENT ROW AND UNBOUNDED FOLLOWING),
+		   w_before AS (PARTITION BY x.session_key ORDER BY x.at, x.kind = 'logoff', x.line_no
+						ROWS UNBOUNDED PRECEDING);
+
+	INSERT INTO pg_temp.msp_load_events (line_no, realm, application, account_name, device_name, create_device, at,
+										 ended, source_event_id, session_key)
+	SELECT c.line_no, 'os', NULL, @extschema@.msp_canonical_account(c.domain, c.username), upper(split_part(c.host, '.', 1)), true,
+		   c.at,
+		   -- an unlock or reconnect is an instant of presence inside a session
+		   CASE WHEN c.logon_type = '7' THEN c.at ELSE s.ended END,
+		   upper(split_part(c.host, '.', 1)) || ':' || c.record, s.session_key
+	  FROM pg_temp.msp_win_class c LEFT JOIN pg_temp.msp_win_session s ON s.line_no = c.line_no
+	 WHERE c.class = 'logon';
+	SELECT * INTO loaded, duplicate FROM @extschema@.msp_load_normalized_guarded(client_id, source, $reject$
+		UPDATE pg_temp.msp_win_class SET class = 'reject:unloadable record: ' || $3 WHERE line_no = $2
+	$reject$);
+
+	-- Logoffs this load did not pair close sessions loaded earlier (so do
+	-- all of them when some logon of the load was already loaded: its
+	-- stored row may still be open); the rest wait in pending_logoffs.
+	UPDATE @extschema@.logons l SET ended = o.at
+	  FROM (SELECT s.session_key, min(s.at) AS at
+			  FROM pg_temp.msp_win_session s
+			 WHERE s.kind = 'logoff' AND s.line_no IS NOT NULL AND (NOT s.consumed OR duplicate > 0)
+			 GROUP BY 1) o
+	 WHERE l.client_id = client_id AND l.session_key = o.session_key AND l.at <= o.at
+	   AND (l.ended IS NULL OR l.ended > o.at);
+	-- held: this load's logoffs that wait, whether they wait from now on or
+	-- (loaded again) were waiting already.  In steps: Citus plans no
+	-- correlated NOT EXISTS over a temporary table.
+	CREATE TEMP TABLE msp_win_hold ON COMMIT DROP AS
+	SELECT s.session_key, s.at
+	  FROM pg_temp.msp_win_session s
+	 WHERE s.kind = 'logoff' AND s.line_no IS NOT NULL AND NOT s.consumed;
+	DELETE FROM pg_temp.msp_win_hold h
+	 USING @extschema@.logons l
+	 WHERE l.client_id = client_id AND l.session_key = h.session_key AND l.at <= h.at;
+	SELECT count(*) INTO held FROM pg_temp.msp_win_hold;
+	INSERT INTO @extschema@.pending_logoffs AS p (client_id, session_key, at)
+	SELECT DISTINCT client_id, h.session_key, h.at FROM pg_temp.msp_win_hold h
+	ON CONFLICT DO NOTHING;
+	DROP TABLE pg_temp.msp_win_hold;
+	-- paired: the logoffs of this load that found their session (in this
+	-- load or an earlier one), and the held ones that found it now
+	WITH used AS (
+		DELETE FROM @extschema@.pending_logoffs p
+		 USING pg_temp.msp_win_session s
+		 WHERE p.client_id = client_id AND s.line_no IS NULL AND s.consumed
+		   AND p.session_key = s.session_key AND p.at = s.at
+		RETURNING 1)
+	SELECT count(*) INTO paired FROM used;
+	-- the scratch table's counts in one pass
+	SELECT count(*) FILTER (WHERE c.class = 'logoff'), count(*) FILTER (WHERE c.class IN ('skip', 'linked')),
+		   max(c.at) FILTER (WHERE c.class IN ('logon', 'logoff', 'linked'))
+	  INTO logoffs, skipped, newest
+	  FROM pg_temp.msp_win_class c;
+	paired := paired + logoffs - held;
+	-- a logoff a month older than the newest event loaded finds no logon any more
+	DELETE FROM @extschema@.pending_logoffs p
+	 WHERE p.client_id = client_id AND p.at < newest - interval '1 month';
+
+	INSERT INTO @extschema@.load_rejects (client_id, source, line_no, raw, reason)
+	SELECT client_id, source, c.line_no, s.raw, substr(c.class, 8)
+	  FROM pg_temp.msp_win_class c JOIN @extschema@.windows_event_staging s ON s.client_id = client_id AND s.line_no = c.line_no
+	 WHERE c.class LIKE 'reject:%';
+	GET DIAGNOSTICS rejected = ROW_COUNT;
+	DELETE FROM @extschema@.windows_event_staging s WHERE s.client_id = client_id;
+	DROP TABLE pg_temp.msp_win_class, pg_temp.msp_win_session;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_load_windows_events(bigint, text) IS
+	'loads a client''s staged Windows Security events: interactive (2), unlock (7, an instant), remote interactive (10) and cached (11) logons count, linked pairs once; logoffs close sessions in any load order (held until their logon comes); the rest is skipped or rejected';
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_license_product(licence text) RETURNS text
+LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, @extschema@, pg_temp
+AS $$
+BEGIN
+	RETURN coalesce((SELECT n.product FROM @extschema@.license_product_names n
+					  WHERE lower(n.name) = lower(btrim(licence))),
+					btrim(licence));
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_license_product(text) IS
+	'the product a licence name (SKU id, part number, display or Pax8 name) stands for (license_product_names), else the name itself';
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_snapshot_day(for_client bigint, as_of date) RETURNS date
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+SET search_path = pg_catalog, @extschema@, pg_temp
+AS $$
+BEGIN
+	RETURN coalesce(as_of, (SELECT (now() AT TIME ZONE c.time_zone)::date FROM @extschema@.clients c
+							  WHERE c.client_id = for_client));
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_snapshot_day(bigint, date) IS
+	'internal: the day a licence snapshot is of (the given day, else today in the client''s time zone)';
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_store_assignments(for_client bigint, day date, load_source text,
+												  OUT loaded bigint, OUT duplicate bigint)
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, @extschema@, pg_temp
+AS $$
+BEGIN
+	-- new ids come from the identity column, moved past hand-chosen ones
+	PERFORM setval(pg_get_serial_sequence('@extschema@.accounts', 'account_id'), m.id)
+	   FROM (SELECT max(a.account_id) AS id FROM @extschema@.accounts a WHERE a.client_id = for_client) m
+	  WHERE m.id > coalesce(pg_sequence_last_value(pg_get_serial_sequence('@extschema@.accounts', 'account_id')), 0);
+	ANALYZE pg_temp.msp_assign;
+	-- In steps, each temporary table joined only with the client's rows:
+	-- Citus plans no outer join of a temporary and a distributed table nor
+	-- a correlated NOT EXISTS.  The UPNs' accounts; the new ones inserted
+	-- (in name order: the name index takes them page by page), their ids
+	-- read back.
+	CREATE TEMP TABLE msp_assign_ids ON COMMIT DROP AS
+	SELECT DISTINCT x.upn, NULL::bigint AS account_id FROM pg_temp.msp_assign x;
+	UPDATE pg_temp.msp_assign_ids u SET account_id = a.account_id
+	  FROM @extschema@.accounts a
+	 WHERE a.client_id = for_client AND a.realm = 'm365' AND a.application IS NULL AND lower(a.name) = u.upn;
+	INSERT INTO @extschema@.accounts (client_id, realm, name, kind)
+	SELECT for_client, 'm365', u.upn, 'unknown' FROM pg_temp.msp_assign_ids u WHERE u.account_id IS NULL ORDER BY u.upn;
+	IF FOUND THEN
+		UPDATE pg_temp.msp_assign_ids u SET account_id = a.account_id
+		  FROM @extschema@.accounts a
+		 WHERE u.account_id IS NULL AND a.client_id = for_client AND a.realm = 'm365' AND a.application IS NULL
+		   AND lower(a.name) = u.upn;
+	END IF;
+	-- the day's rows, the first by line of each account and product, less
+	-- those loaded
+	CREATE TEMP TABLE msp_assign_new ON COMMIT DROP AS
+	SELECT DISTINCT ON (i.account_id, x.product) i.account_id, x.product, x.enabled
+	  FROM pg_temp.msp_assign x
+	  JOIN pg_temp.msp_assign_ids i ON i.upn = x.upn
+	 ORDER BY i.account_id, x.product, x.line_no;
+	DELETE FROM pg_temp.msp_assign_new n
+	 USING @extschema@.m365_license_assignments m
+	 WHERE m.client_id = for_client AND m.as_of = day AND m.account_id = n.account_id AND m.product = n.product;
+	WITH ins AS (
+		INSERT INTO @extschema@.m365_license_assignments (client_id, as_of, account_id, product, account_enabled, source)
+		SELECT for_client, day, n.account_id, n.product, n.enabled, load_source
+		  FROM pg_temp.msp_assign_new n
+		 ORDER BY n.account_id, n.product
+		RETURNING 1)
+	SELECT count(*) INTO loaded FROM ins;
+	duplicate := (SELECT count(*) FROM pg_temp.msp_assign) - loaded;
+	DROP TABLE pg_temp.msp_assign_ids, pg_temp.msp_assign_new;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_store_assignments(bigint, date, text) IS
+	'internal: a load''s licence assignments (pg_temp.msp_assign) as accounts and the day''s m365_license_assignments';
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_load_m365_activity(client_id bigint, source text DEFAULT 'm365_activity',
+												   OUT loaded bigint, OUT duplicate bigint,
+												   OUT skipped bigint, OUT rejected bigint)
+LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER
+SET search_path = pg_catalog, @extschema@, pg_temp
+SET DateStyle = 'ISO, MDY'
+SET TimeZone = 'UTC'
+SET jit = off
+AS $$
+#variable_conflict use_variable
+BEGIN
+	source := coalesce(source, 'm365_activity');
+	-- the stage holds still while it is read and emptied: a COPY into it
+	-- (any client) waits for this load, and this load for COPYs under way,
+	-- so that no line committed meanwhile is emptied unread
+	LOCK TABLE @extschema@.m365_activity_staging IN SHARE ROW EXCLUSIVE MODE;
+	PERFORM @extschema@.msp_load_begin(client_id);
+	PERFORM @extschema@.msp_stage_csv(client_id, '@extschema@.m365_activity_staging', 'User Principal Name');
+	CREATE TEMP TABLE msp_act_cols ON COMMIT DROP AS
+	SELECT h.header_no, @extschema@.msp_csv_column(h.header, '{User Principal Name}') AS upn,
+		   @extschema@.msp_csv_column(h.header, '{Is Deleted}') AS deleted,
+		   ARRAY(SELECT lower(regexp_replace(btrim(x.name), '\s*Last Activity Date$', '', 'i'))
+				   FROM unnest(h.header) WITH ORDINALITY x(name, i)
+				  WHERE btrim(x.name) ~* 'Last Activity Date$' ORDER BY x.i) AS products,
+		   ARRAY(SELECT x.i::integer FROM unnest(h.header) WITH ORDINALITY x(name, i)
+				  WHERE btrim(x.name) ~* 'Last Activity Date$' ORDER BY x.i) AS cols
+	  FROM pg_temp.msp_csv_headers h;
+	-- every activity date written, at noon in the client's zone (NULL: not
+	-- a date); a date that is none (2026-02-30) marks its record alone
+	CREATE TEMP TABLE msp_act_days (line_no bigint, product text, day text, at timestamptz) ON COMMIT DROP;
+	PERFORM @extschema@.msp_load_guarded($step$
+		INSERT INTO pg_temp.msp_act_days (line_no, product, day, at)
+		SELECT c.line_no, p.product, p.day,
+			   CASE WHEN p.day ~ '^[0-9]{4}-[0-9]{2}-[0-9]{2}$'
+					THEN (p.day::date + time '12:00')
+						 AT TIME ZONE (SELECT z.time_zone FROM @extschema@.clients z WHERE z.client_id = $1) END
+		  FROM pg_temp.msp_csv c
+		  JOIN pg_temp.msp_act_cols h ON h.header_no = c.header_no,
+			   LATERAL (SELECT u.product, btrim(c.f[u.col]) AS day FROM unnest(h.products, h.cols) u(product, col)) p
+		 WHERE NOT c.is_header AND c.line_no BETWEEN $2 AND $3 AND p.day <> ''
+	$step$, $reject$
+		INSERT INTO pg_temp.msp_act_days (line_no) VALUES ($2)
+	$reject$, client_id, (SELECT min(c.line_no) FROM pg_temp.msp_csv c), (SELECT max(c.line_no) FROM pg_temp.msp_csv c));
+	CREATE TEMP TABLE msp_act ON COMMIT DROP AS
+	SELECT c.line_no, c.raw, x.upn,
+		   CASE
+			   WHEN c.f IS NULL THEN 'reject:not valid CSV'
+			   WHEN h.header_no IS NULL THEN 'reject:no header with User Principal Name before it'
+			   WHEN coalesce(x.upn, '') = '' THEN 'reject:no User Principal Name'
+			   WHEN length(x.upn) > 255 THEN 'reject:field too long'
+			   WHEN lower(coalesce(c.f[h.deleted], '')) = 'true' THEN 'skip'
+			   WHEN d.not_a_date THEN 'reject:invalid Last Activity Date'
+			   WHEN d.implausible IS NOT NULL THEN 'reject:invalid Last Activity Date: ' || d.implausible
+			   WHEN d.line_no IS NULL THEN 'skip'
+			   ELSE 'activity'
+		   END AS class
+	  FROM pg_temp.msp_csv c
+	  LEFT JOIN pg_temp.msp_act_cols h ON h.header_no = c.header_no
+	  LEFT JOIN (SELECT d.line_no, bool_or(d.at IS NULL) AS not_a_date,
+						min(@extschema@.msp_implausible_time(d.day, d.at)) AS implausible
+				   FROM pg_temp.msp_act_days d GROUP BY d.line_no) d ON d.line_no = c.line_no,
+		   LATERAL (SELECT lower(btrim(c.f[h.upn])) AS upn) x
+	 WHERE NOT c.is_header;
+
+	-- activity accounts take the kind and person of the UPN's m365 account;
+	-- each UPN's activity account, the new ones' ids read back after their
+	-- insert (new ids move past hand-chosen ones first)
+	PERFORM setval(pg_get_serial_sequence('@extschema@.accounts', 'account_id'), m.id)
+	   FROM (SELECT max(a.account_id) AS id FROM @extschema@.accounts a WHERE a.client_id = client_id) m
+	  WHERE m.id > coalesce(pg_sequence_last_value(pg_get_serial_sequence('@extschema@.accounts', 'account_id')), 0);
+	-- In steps, each temporary table joined only with the client's rows:
+	-- Citus plans no outer join of a temporary and a distributed table.
+	CREATE TEMP TABLE msp_act_accounts ON COMMIT DROP AS
+	SELECT DISTINCT a.upn, NULL::bigint AS account_id FROM pg_temp.msp_act a WHERE a.class = 'activity';
+	UPDATE pg_temp.msp_act_accounts u SET account_id = x.account_id
+	  FROM @extschema@.accounts x
+	 WHERE x.client_id = client_id AND x.realm = 'm365_activity' AND x.application IS NULL AND lower(x.name) = u.upn;
+	CREATE TEMP TABLE msp_act_m365 ON COMMIT DROP AS
+	SELECT u.upn, m.kind, m.person_id
+	  FROM pg_temp.msp_act_accounts u
+	  JOIN @extschema@.accounts m ON m.client_id = client_id AND m.realm = 'm365' AND m.application IS NULL
+								 AND lower(m.name) = u.upn
+	 WHERE u.account_id IS NULL;
+	INSERT INTO @extschema@.accounts (client_id, realm, name, kind, person_id)
+	SELECT client_id, 'm365_activity', u.upn, coalesce(m.kind, 'unknown'), m.person_id
+	  FROM pg_temp.msp_act_accounts u LEFT JOIN pg_temp.msp_act_m365 m ON m.upn = u.upn
+	 WHERE u.account_id IS NULL
+	 ORDER BY u.upn;
+	IF FOUND THEN
+		UPDATE pg_temp.msp_act_accounts u SET account_id = x.account_id
+		  FROM @extschema@.accounts x
+		 WHERE u.account_id IS NULL AND x.client_id = client_id AND x.realm = 'm365_activity'
+		   AND x.application IS NULL AND lower(x.name) = u.upn;
+	END IF;
+	DROP TABLE pg_temp.msp_act_m365;
+
+	-- the logons, one per product-day (its event id, the first by line),
+	-- those already loaded left out as the shared last step
+	-- (msp_load_normalized) leaves them out.  Straight from the records:
+	-- the accounts are known and there is no device nor session, so the
+	-- shared step's passes over accounts and devices would find nothing
+	-- new.  Should a record make the insert fail, the shared guarded step
+	-- runs instead, and finds it.
+	BEGIN
+		-- the product-days into a temporary table, less those loaded
+		-- (Citus plans no correlated NOT EXISTS over a CTE), then inserted
+		CREATE TEMP TABLE msp_act_logons ON COMMIT DROP AS
+		SELECT DISTINCT ON (x.event_id) x.*
+		  FROM (SELECT a.line_no, a.upn, d.at, a.upn || '|' || d.product || '|' || d.day AS event_id
+				  FROM pg_temp.msp_act a JOIN pg_temp.msp_act_days d USING (line_no)
+				 WHERE a.class = 'activity') x
+		 ORDER BY x.event_id, x.line_no;
+		DELETE FROM pg_temp.msp_act_logons e
+		 USING @extschema@.logons l
+		 WHERE l.client_id = client_id AND l.source = source AND l.source_event_id = e.event_id;
+		WITH ins AS (
+			INSERT INTO @extschema@.logons (client_id, account_id, device_id, at, ended, presence, source, source_event_id,
+											session_key)
+			SELECT client_id, i.account_id, NULL, e.at, NULL, true, source, e.event_id, NULL
+			  FROM pg_temp.msp_act_logons e JOIN pg_temp.msp_act_accounts i ON i.upn = e.upn
+			RETURNING 1)
+		SELECT count(*) INTO loaded FROM ins;
+		DROP TABLE pg_temp.msp_act_logons;
+		duplicate := (SELECT count(*) FROM pg_temp.msp_act a JOIN pg_temp.msp_act_days d USING (line_no)
+					   WHERE a.class = 'activity') - loaded;
+	EXCEPTION WHEN data_exception OR program_limit_exceeded OR integrity_constraint_violation THEN
+		INSERT INTO pg_temp.msp_load_events (line_no, realm, application, account_name, device_name, create_device, at,
+											 ended, source_event_id, session_key)
+		SELECT a.line_no, 'm365_activity', NULL, a.upn, NULL, false, d.at, NULL, a.upn || '|' || d.product || '|' || d.day, NULL
+		  FROM pg_temp.msp_act a JOIN pg_temp.msp_act_days d USING (line_no)
+		 WHERE a.class = 'activity';
+		SELECT * INTO loaded, duplicate FROM @extschema@.msp_load_normalized_guarded(client_id, source, $reject$
+			UPDATE pg_temp.msp_act SET class = 'reject:unloadable record: ' || $3 WHERE line_no = $2
+		$reject$);
+	END;
+
+	CREATE TEMP TABLE msp_rej ON COMMIT DROP AS
+	SELECT a.line_no, a.raw, substr(a.class, 8) AS reason FROM pg_temp.msp_act a WHERE a.class LIKE 'reject:%';
+	rejected := @extschema@.msp_store_rejects(client_id, source);
+	SELECT count(*) INTO skipped FROM pg_temp.msp_act a WHERE a.class = 'skip';
+	DELETE FROM @extschema@.m365_activity_staging s WHERE s.client_id = client_id;
+	DROP TABLE pg_temp.msp_act, pg_temp.msp_act_days, pg_temp.msp_act_cols, pg_temp.msp_act_accounts, pg_temp.msp_csv,
+			   pg_temp.msp_csv_headers;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_load_m365_activity(bigint, text) IS
+	'loads a client''s staged Microsoft 365 active user detail report: each product''s last activity date becomes a logon of realm m365_activity at noon in the client''s zone (counted only where count_realms names it; loaded counts days per product)';
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_company_owner(for_client bigint, for_vendor text, companies text[]) RETURNS text
+LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, @extschema@, pg_temp
+AS $$
+BEGIN
+	RETURN CASE
+		WHEN NOT EXISTS (SELECT 1 FROM @extschema@.partner_companies p WHERE p.vendor = for_vendor) THEN 'own'
+		WHEN EXISTS (SELECT 1 FROM @extschema@.partner_companies p
+					  WHERE p.vendor = for_vendor AND p.client_id = for_client
+						AND lower(p.company) = ANY (ARRAY(SELECT lower(btrim(c)) FROM unnest(companies) c))) THEN 'own'
+		WHEN EXISTS (SELECT 1 FROM @extschema@.partner_companies p
+					  WHERE p.vendor = for_vendor
+						AND lower(p.company) = ANY (ARRAY(SELECT lower(btrim(c)) FROM unnest(companies) c))) THEN 'other'
+		ELSE 'unknown'
+	END;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_company_owner(bigint, text, text[]) IS
+	'internal: own, other or unknown: whose a record''s company (any of its names or ids) is, by partner_companies';
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_match_psa_tickets(client_id bigint) RETURNS bigint
+LANGUAGE plpgsql VOLATILE STRICT
+SECURITY DEFINER
+SET search_path = pg_catalog, @extschema@, pg_temp
+SET jit = off
+AS $$
+#variable_conflict use_variable
+DECLARE
+	n bigint;
+BEGIN
+	PERFORM pg_advisory_xact_lock(hashtext('mspbill.load'), hashtext(client_id::text));
+	UPDATE @extschema@.psa_tickets t
+	   SET person_id = m.person_id
+	  FROM (SELECT u.psa, u.contact,
+				   coalesce((SELECT min(c.person_id) FROM @extschema@.psa_contacts c
+							  WHERE c.client_id = client_id AND c.psa = u.psa AND lower(c.contact) = u.contact),
+							(SELECT a.person_id FROM @extschema@.accounts a
+							  WHERE a.client_id = client_id AND a.realm = 'm365' AND a.kind = 'individual'
+								AND lower(a.name) = u.contact),
+							(SELECT min(i.person_id) FROM @extschema@.person_identities i
+							  WHERE i.client_id = client_id AND lower(i.email) = u.contact)) AS person_id
+			  FROM (SELECT DISTINCT x.psa, x.contact FROM @extschema@.psa_tickets x
+					 WHERE x.client_id = client_id AND x.person_id IS NULL AND x.contact IS NOT NULL) u
+			-- OFFSET 0: each contact looked up once, not once per ticket
+			OFFSET 0) m
+	 WHERE t.client_id = client_id AND t.person_id IS NULL AND t.psa = m.psa AND t.contact = m.contact
+	   AND m.person_id IS NOT NULL;
+	PERFORM setval(pg_get_serial_sequence('@extschema@.support_contacts', 'contact_id'), m.id)
+	   FROM (SELECT max(s.contact_id) AS id FROM @extschema@.support_contacts s WHERE s.client_id = client_id) m
+	  WHERE m.id > coalesce(pg_sequence_last_value(pg_get_serial_sequence('@extschema@.support_contacts', 'contact_id')), 0);
+	-- the new contacts' ids drawn in a temporary table, then written to
+	-- the tickets: Citus takes no volatile function in an UPDATE of a
+	-- distributed table
+	CREATE TEMP TABLE msp_new_contacts ON COMMIT DROP AS
+	SELECT t.psa, t.ticket_id, NULL::bigint AS contact_id, t.person_id, t.at, t.channel
+	  FROM @extschema@.psa_tickets t
+	 WHERE t.client_id = client_id AND t.person_id IS NOT NULL AND t.contact_id IS NULL;
+	UPDATE pg_temp.msp_new_contacts c
+	   SET contact_id = nextval(pg_get_serial_sequence('@extschema@.support_contacts', 'contact_id'));
+	UPDATE @extschema@.psa_tickets t SET contact_id = c.contact_id
+	  FROM pg_temp.msp_new_contacts c
+	 WHERE t.client_id = client_id AND t.psa = c.psa AND t.ticket_id = c.ticket_id;
+	INSERT INTO @extschema@.support_contacts (client_id, contact_id, person_id, at, channel)
+	SELECT client_id, c.contact_id, c.person_id, c.at, c.channel FROM pg_temp.msp_new_contacts c;
+	GET DIAGNOSTICS n = ROW_COUNT;
+	DROP TABLE pg_temp.msp_new_contacts;
+	RETURN n;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_match_psa_tickets(bigint) IS
+	'matches a client''s unmatched PSA tickets to people (psa_contacts, Microsoft 365 UPN, person_identities e-mail) and makes each a support contact; run again after adding mappings';
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_load_psa_tickets(client_id bigint, psa text, source text DEFAULT NULL,
+												 OUT loaded bigint, OUT duplicate bigint, OUT skipped bigint,
+												 OUT rejected bigint, OUT unmatched bigint)
+LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER
+SET search_path = pg_catalog, @extschema@, pg_temp
+SET DateStyle = 'ISO, MDY'
+SET timezone_abbreviations = 'Default'
+SET TimeZone = 'UTC'
+SET jit = off
+AS $$
+#variable_conflict use_variable
+BEGIN
+	-- one spelling everywhere (psa_mappings, psa_contacts, partner_companies,
+	-- psa_tickets): 'halopsa'; 'halo' is taken as an alias
+	IF psa = 'halo' THEN
+		psa := 'halopsa';
+	END IF;
+	IF psa IS NULL OR psa NOT IN ('connectwise', 'autotask', 'halopsa') THEN
+		RAISE EXCEPTION 'unknown PSA %', coalesce(quote_literal(psa), 'NULL')
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'The ticket loader reads the API JSON of ConnectWise PSA, Autotask and HaloPSA.',
+				  HINT = 'Pass psa => ''connectwise'', ''autotask'' or ''halopsa''.';
+	END IF;
+	source := coalesce(source, psa);
+	-- the stage holds still while it is read and emptied: a COPY into it
+	-- (any client) waits for this load, and this load for COPYs under way,
+	-- so that no line committed meanwhile is emptied unread
+	LOCK TABLE @extschema@.psa_ticket_staging IN SHARE ROW EXCLUSIVE MODE;
+	PERFORM @extschema@.msp_load_begin(client_id);
+	-- f: 1 id, 2 _info, 3 dateEntered, 4 company, 5 contactEmailAddress,
+	-- 6 contact, 7 board, 8 source (ConnectWise); 9 createDate, 10
+	-- companyID, 11 contactID, 12 queueID (Autotask); 13 dateoccurred, 14
+	-- client_name, 15 client_id, 16 user_id, 17 team (HaloPSA)
+	PERFORM @extschema@.msp_stage_json(client_id, '@extschema@.psa_ticket_staging',
+		'{id,_info,dateEntered,company,contactEmailAddress,contact,board,source,createDate,companyID,contactID,queueID,dateoccurred,client_name,client_id,user_id,team}');
+	CREATE TEMP TABLE msp_tix (rec bigint, line_no bigint, ord bigint, raw text, id text, at_text text, company text[],
+							   contact text, board text, channel text, class text, at timestamptz) ON COMMIT DROP;
+	-- checked, the company's client found (once per distinct company) and
+	-- the time read: the batch at once, per record only where a time is none
+	PERFORM @extschema@.msp_load_guarded(format($step$
+		INSERT INTO pg_temp.msp_tix (rec, line_no, ord, raw, id, at_text, company, contact, board, channel, class, at)
+		WITH t AS MATERIALIZED (
+			SELECT j.rec, j.line_no, j.ord, j.raw, j.bad, j.f[1] AS id,
+				   CASE %1$L WHEN 'connectwise' THEN coalesce((@extschema@.msp_json_fields(j.f[2], '{dateEntered}'))[1], j.f[3])
+						   WHEN 'autotask' THEN j.f[9]
+						   ELSE j.f[13] END AS at_text,
+				   CASE %1$L WHEN 'connectwise' THEN @extschema@.msp_json_fields(j.f[4], '{identifier,name,id}')
+						   WHEN 'autotask' THEN ARRAY[j.f[10]]
+						   ELSE ARRAY[j.f[14], j.f[15]] END AS company,
+				   lower(btrim(CASE %1$L WHEN 'connectwise'
+									   THEN coalesce(nullif(btrim(j.f[5]), ''), (@extschema@.msp_json_fields(j.f[6], '{id}'))[1])
+									   WHEN 'autotask' THEN j.f[11]
+									   ELSE j.f[16] END)) AS contact,
+				   CASE %1$L WHEN 'connectwise' THEN (@extschema@.msp_json_fields(j.f[7], '{name}'))[1]
+						   WHEN 'autotask' THEN j.f[12]
+						   ELSE j.f[17] END AS board,
+				   coalesce(lower(CASE %1$L WHEN 'connectwise' THEN (@extschema@.msp_json_fields(j.f[8], '{name}'))[1] END),
+							'ticket') AS channel
+			  FROM pg_temp.msp_json j WHERE j.rec BETWEEN $2 AND $3),
+		-- materialized: a plain CTE would be pulled up into the join, and the
+		-- look-up would run once per record instead of once per company
+		owner AS MATERIALIZED (
+			SELECT c.company, @extschema@.msp_company_owner($1, %1$L, c.company) AS o
+			  FROM (SELECT DISTINCT t.company FROM t WHERE t.bad IS NULL AND t.company IS NOT NULL) c),
+		classed AS (
+			SELECT t.rec, t.line_no, t.ord, t.raw, t.id, t.at_text, t.company, t.contact, t.board, t.channel,
+				   CASE
+					   WHEN t.bad IS NOT NULL THEN 'reject:' || t.bad
+					   WHEN coalesce(btrim(t.id), '') = '' THEN 'reject:no id'
+					   WHEN coalesce(btrim(t.at_text), '') = '' THEN 'reject:no date entered'
+					   WHEN length(t.id) > 255 OR length(t.contact) > 255 OR length(t.board) > 255 OR length(t.channel) > 255
+							OR length(t.company[1]) > 255 OR length(t.company[2]) > 255 OR length(t.company[3]) > 255
+						   THEN 'reject:field too long'
+					   WHEN coalesce(o.o, @extschema@.msp_company_owner($1, %1$L, '{}')) = 'own' THEN 'ticket'
+					   WHEN o.o = 'other' THEN 'skip'
+					   ELSE 'reject:unknown ' || %1$L || ' company '
+							|| coalesce(t.company[1], t.company[2], t.company[3], '(none)')
+				   END AS class
+			  FROM t LEFT JOIN owner o ON o.company = t.company
+			 -- OFFSET 0: each record classified once
+			 OFFSET 0),
+		-- materialized, so that msp_implausible_time gets columns and
+		-- inlines; it is asked once per ticket (OFFSET 0)
+		timed AS MATERIALIZED (
+			SELECT c.*, CASE WHEN c.class = 'ticket' THEN c.at_text::timestamptz END AS at FROM classed c)
+		SELECT x.rec, x.line_no, x.ord,
+			   CASE WHEN k.class LIKE 'reject:%%' THEN x.raw END,
+			   x.id, x.at_text, x.company, x.contact, x.board, x.channel, k.class, x.at
+		  FROM timed x,
+			   LATERAL (SELECT CASE WHEN x.class = 'ticket' THEN @extschema@.msp_implausible_time(x.at_text, x.at) END AS why
+						OFFSET 0) w,
+			   LATERAL (SELECT CASE WHEN w.why IS NOT NULL THEN 'reject:invalid date entered: ' || w.why
+									ELSE x.class END AS class) k
+	$step$, psa), $reject$
+		INSERT INTO pg_temp.msp_tix (rec, line_no, ord, raw, class)
+		SELECT j.rec, j.line_no, j.ord, j.raw, 'reject:invalid date entered'
+		  FROM pg_temp.msp_json j WHERE j.rec = $2
+	$reject$, client_id, (SELECT min(j.rec) FROM pg_temp.msp_json j), (SELECT max(j.rec) FROM pg_temp.msp_json j));
+	DROP TABLE pg_temp.msp_json;
+	-- a rejected line kept as staged (no raw of its own): its line, from the
+	-- stage (afterwards, joined: Citus plans no correlated subquery here)
+	UPDATE pg_temp.msp_tix t SET raw = s.raw
+	  FROM @extschema@.psa_ticket_staging s
+	 WHERE s.client_id = client_id AND s.line_no = t.line_no AND t.raw IS NULL AND t.class LIKE 'reject:%';
+
+	-- a ticket loads once per client and PSA (first record of a load
+	-- wins); tickets already loaded are left out by an anti-join (a plain
+	-- insert costs half of ON CONFLICT's speculative one; loads of a client
+	-- take turns, so no other load can race it, and a row written meanwhile
+	-- by hand fails the load, whole)
+	-- (in steps, the first of each id into a temporary table less those
+	-- loaded: Citus plans no correlated NOT EXISTS over a temporary table)
+	CREATE TEMP TABLE msp_tix_new ON COMMIT DROP AS
+	SELECT DISTINCT ON (btrim(t.id)) btrim(t.id) AS ticket_id, t.at,
+		   coalesce(t.company[1], t.company[2], t.company[3]) AS company, t.contact, t.board, t.channel
+	  FROM pg_temp.msp_tix t
+	 WHERE t.class = 'ticket'
+	 ORDER BY btrim(t.id), t.line_no, t.ord;
+	DELETE FROM pg_temp.msp_tix_new n
+	 USING @extschema@.psa_tickets x
+	 WHERE x.client_id = client_id AND x.psa = psa AND x.ticket_id = n.ticket_id;
+	WITH ins AS (
+		INSERT INTO @extschema@.psa_tickets (client_id, psa, ticket_id, at, company, contact, board, channel)
+		SELECT client_id, psa, n.ticket_id, n.at, n.company, n.contact, n.board, n.channel
+		  FROM pg_temp.msp_tix_new n
+		 ORDER BY n.ticket_id
+		RETURNING 1)
+	SELECT count(*) INTO loaded FROM ins;
+	DROP TABLE pg_temp.msp_tix_new;
+	duplicate := (SELECT count(*) FROM pg_temp.msp_tix t WHERE t.class = 'ticket') - loaded;
+	PERFORM @extschema@.msp_match_psa_tickets(client_id);
+	SELECT count(*) INTO unmatched FROM @extschema@.psa_tickets t
+	 WHERE t.client_id = client_id AND t.psa = psa AND t.person_id IS NULL;
+
+	CREATE TEMP TABLE msp_rej ON COMMIT DROP AS
+	SELECT t.line_no, t.raw, substr(t.class, 8) AS reason FROM pg_temp.msp_tix t WHERE t.class LIKE 'reject:%';
+	rejected := @extschema@.msp_store_rejects(client_id, source);
+	SELECT count(*) INTO skipped FROM pg_temp.msp_tix t WHERE t.class = 'skip';
+	DELETE FROM @extschema@.psa_ticket_staging s WHERE s.client_id = client_id;
+	DROP TABLE pg_temp.msp_tix;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_load_psa_tickets(bigint, text, text) IS
+	'loads a client''s staged PSA tickets (psa: connectwise, autotask or halopsa, alias halo); matched contacts become support contacts, unknown ones stay in psa_tickets (psa_unknown_contacts); unmatched counts the PSA''s tickets still without a person';
+
 -- merged: functions several sections above redefine, as the release has them
 CREATE OR REPLACE FUNCTION @extschema@.msp_adjustment_lines(client_id bigint, period daterange)
 RETURNS SETOF @extschema@.invoice_line
@@ -13670,6 +14467,26 @@ END
 $$;
 COMMENT ON FUNCTION @extschema@.msp_adjustment_lines(bigint, daterange) IS
 	'adjustment notes carried by the invoice of a period, one line each';
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_company_owner(for_client bigint, for_vendor text, companies text[]) RETURNS text
+LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, @extschema@, pg_temp
+AS $$
+BEGIN
+	RETURN CASE
+		WHEN NOT EXISTS (SELECT 1 FROM @extschema@.partner_companies p WHERE p.vendor = for_vendor) THEN 'own'
+		WHEN EXISTS (SELECT 1 FROM @extschema@.partner_companies p
+					  WHERE p.vendor = for_vendor AND p.client_id = for_client
+						AND lower(p.company) = ANY (ARRAY(SELECT lower(btrim(c)) FROM unnest(companies) c))) THEN 'own'
+		WHEN EXISTS (SELECT 1 FROM @extschema@.partner_companies p
+					  WHERE p.vendor = for_vendor
+						AND lower(p.company) = ANY (ARRAY(SELECT lower(btrim(c)) FROM unnest(companies) c))) THEN 'other'
+		ELSE 'unknown'
+	END;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_company_owner(bigint, text, text[]) IS
+	'internal: own, other or unknown: whose a record''s company (any of its names or ids) is, by partner_companies';
 
 CREATE OR REPLACE FUNCTION @extschema@.msp_compute_invoice(client_id bigint, period daterange DEFAULT NULL)
 RETURNS @extschema@.invoice
@@ -14536,6 +15353,19 @@ $$;
 COMMENT ON FUNCTION @extschema@.msp_license_gaps(bigint, daterange) IS
 	'licence gaps as of the latest snapshot before the period ends, by name and product, each priced at the unit cost: seats_unassigned, assigned_inactive, active_without_seat, room_unlicensed, room_licence_unused';
 
+CREATE OR REPLACE FUNCTION @extschema@.msp_license_product(licence text) RETURNS text
+LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, @extschema@, pg_temp
+AS $$
+BEGIN
+	RETURN coalesce((SELECT n.product FROM @extschema@.license_product_names n
+					  WHERE lower(n.name) = lower(btrim(licence))),
+					btrim(licence));
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_license_product(text) IS
+	'the product a licence name (SKU id, part number, display or Pax8 name) stands for (license_product_names), else the name itself';
+
 CREATE OR REPLACE FUNCTION @extschema@.msp_license_sync(client_id bigint, period daterange DEFAULT NULL)
 RETURNS TABLE (product text, seats_bought integer, unit_cost numeric, seats_assigned integer, people_active integer,
 			   rooms_in_use integer, licences_needed integer, users_billed integer,
@@ -15173,30 +16003,36 @@ BEGIN
 	 WHERE NOT c.is_header;
 
 	-- activity accounts take the kind and person of the UPN's m365 account;
-	-- each UPN's activity account, the new ones' ids as their insert
-	-- returns them (new ids move past hand-chosen ones first)
+	-- each UPN's activity account, the new ones' ids read back after their
+	-- insert (new ids move past hand-chosen ones first)
 	PERFORM setval(pg_get_serial_sequence('@extschema@.accounts', 'account_id'), m.id)
 	   FROM (SELECT max(a.account_id) AS id FROM @extschema@.accounts a WHERE a.client_id = client_id) m
 	  WHERE m.id > coalesce(pg_sequence_last_value(pg_get_serial_sequence('@extschema@.accounts', 'account_id')), 0);
-	CREATE TEMP TABLE msp_act_accounts (upn text, account_id bigint) ON COMMIT DROP;
-	WITH u AS MATERIALIZED (
-		SELECT n.upn, x.account_id
-		  FROM (SELECT DISTINCT a.upn FROM pg_temp.msp_act a WHERE a.class = 'activity') n
-		  LEFT JOIN @extschema@.accounts x ON x.client_id = client_id AND x.realm = 'm365_activity' AND x.application IS NULL
-										  AND lower(x.name) = n.upn),
-	created AS (
-		INSERT INTO @extschema@.accounts (client_id, realm, name, kind, person_id)
-		SELECT client_id, 'm365_activity', u.upn, coalesce(m.kind, 'unknown'), m.person_id
-		  FROM u
-		  LEFT JOIN @extschema@.accounts m ON m.client_id = client_id AND m.realm = 'm365' AND m.application IS NULL
-										  AND lower(m.name) = u.upn
-		 WHERE u.account_id IS NULL
-		 ORDER BY u.upn
-		RETURNING name, account_id)
-	INSERT INTO pg_temp.msp_act_accounts (upn, account_id)
-	SELECT u.upn, u.account_id FROM u WHERE u.account_id IS NOT NULL
-	UNION ALL
-	SELECT c.name, c.account_id FROM created c;
+	-- In steps, each temporary table joined only with the client's rows:
+	-- Citus plans no outer join of a temporary and a distributed table.
+	CREATE TEMP TABLE msp_act_accounts ON COMMIT DROP AS
+	SELECT DISTINCT a.upn, NULL::bigint AS account_id FROM pg_temp.msp_act a WHERE a.class = 'activity';
+	UPDATE pg_temp.msp_act_accounts u SET account_id = x.account_id
+	  FROM @extschema@.accounts x
+	 WHERE x.client_id = client_id AND x.realm = 'm365_activity' AND x.application IS NULL AND lower(x.name) = u.upn;
+	CREATE TEMP TABLE msp_act_m365 ON COMMIT DROP AS
+	SELECT u.upn, m.kind, m.person_id
+	  FROM pg_temp.msp_act_accounts u
+	  JOIN @extschema@.accounts m ON m.client_id = client_id AND m.realm = 'm365' AND m.application IS NULL
+								 AND lower(m.name) = u.upn
+	 WHERE u.account_id IS NULL;
+	INSERT INTO @extschema@.accounts (client_id, realm, name, kind, person_id)
+	SELECT client_id, 'm365_activity', u.upn, coalesce(m.kind, 'unknown'), m.person_id
+	  FROM pg_temp.msp_act_accounts u LEFT JOIN pg_temp.msp_act_m365 m ON m.upn = u.upn
+	 WHERE u.account_id IS NULL
+	 ORDER BY u.upn;
+	IF FOUND THEN
+		UPDATE pg_temp.msp_act_accounts u SET account_id = x.account_id
+		  FROM @extschema@.accounts x
+		 WHERE u.account_id IS NULL AND x.client_id = client_id AND x.realm = 'm365_activity'
+		   AND x.application IS NULL AND lower(x.name) = u.upn;
+	END IF;
+	DROP TABLE pg_temp.msp_act_m365;
 
 	-- the logons, one per product-day (its event id, the first by line),
 	-- those already loaded left out as the shared last step
@@ -15206,21 +16042,25 @@ BEGIN
 	-- new.  Should a record make the insert fail, the shared guarded step
 	-- runs instead, and finds it.
 	BEGIN
-		WITH e AS (
-			SELECT DISTINCT ON (x.event_id) x.*
-			  FROM (SELECT a.line_no, a.upn, d.at, a.upn || '|' || d.product || '|' || d.day AS event_id
-					  FROM pg_temp.msp_act a JOIN pg_temp.msp_act_days d USING (line_no)
-					 WHERE a.class = 'activity') x
-			 ORDER BY x.event_id, x.line_no),
-		ins AS (
+		-- the product-days into a temporary table, less those loaded
+		-- (Citus plans no correlated NOT EXISTS over a CTE), then inserted
+		CREATE TEMP TABLE msp_act_logons ON COMMIT DROP AS
+		SELECT DISTINCT ON (x.event_id) x.*
+		  FROM (SELECT a.line_no, a.upn, d.at, a.upn || '|' || d.product || '|' || d.day AS event_id
+				  FROM pg_temp.msp_act a JOIN pg_temp.msp_act_days d USING (line_no)
+				 WHERE a.class = 'activity') x
+		 ORDER BY x.event_id, x.line_no;
+		DELETE FROM pg_temp.msp_act_logons e
+		 USING @extschema@.logons l
+		 WHERE l.client_id = client_id AND l.source = source AND l.source_event_id = e.event_id;
+		WITH ins AS (
 			INSERT INTO @extschema@.logons (client_id, account_id, device_id, at, ended, presence, source, source_event_id,
 											session_key)
 			SELECT client_id, i.account_id, NULL, e.at, NULL, true, source, e.event_id, NULL
-			  FROM e JOIN pg_temp.msp_act_accounts i ON i.upn = e.upn
-			 WHERE NOT EXISTS (SELECT 1 FROM @extschema@.logons l
-								WHERE l.client_id = client_id AND l.source = source AND l.source_event_id = e.event_id)
+			  FROM pg_temp.msp_act_logons e JOIN pg_temp.msp_act_accounts i ON i.upn = e.upn
 			RETURNING 1)
 		SELECT count(*) INTO loaded FROM ins;
+		DROP TABLE pg_temp.msp_act_logons;
 		duplicate := (SELECT count(*) FROM pg_temp.msp_act a JOIN pg_temp.msp_act_days d USING (line_no)
 					   WHERE a.class = 'activity') - loaded;
 	EXCEPTION WHEN data_exception OR program_limit_exceeded OR integrity_constraint_violation THEN
@@ -15457,24 +16297,36 @@ BEGIN
 	   FROM (SELECT max(d.device_id) AS id FROM @extschema@.devices d WHERE d.client_id = for_client) m
 	  WHERE m.id > coalesce(pg_sequence_last_value(pg_get_serial_sequence('@extschema@.devices', 'device_id')), 0);
 
+	-- The new accounts and devices: the load's names into a temporary
+	-- table, less those the client has, then inserted.  In steps, because
+	-- Citus plans neither a correlated NOT EXISTS over a subquery nor one
+	-- over a temporary table; a DELETE ... USING the client's rows it plans.
+	CREATE TEMP TABLE msp_load_new_accounts ON COMMIT DROP AS
+	SELECT DISTINCT e.realm, e.account_name, e.application FROM pg_temp.msp_load_events e;
+	DELETE FROM pg_temp.msp_load_new_accounts n
+	 USING @extschema@.accounts a
+	 WHERE a.client_id = for_client AND a.realm = n.realm
+	   AND lower(a.name) = lower(n.account_name)
+	   AND coalesce(a.application, '') = coalesce(n.application, '');
 	INSERT INTO @extschema@.accounts (client_id, realm, name, kind, application)
 	SELECT for_client, n.realm, n.account_name, 'unknown', n.application
-	  FROM (SELECT DISTINCT e.realm, e.account_name, e.application FROM pg_temp.msp_load_events e) n
-	 WHERE NOT EXISTS (SELECT 1 FROM @extschema@.accounts a
-						WHERE a.client_id = for_client AND a.realm = n.realm
-						  AND lower(a.name) = lower(n.account_name)
-						  AND coalesce(a.application, '') = coalesce(n.application, ''))
+	  FROM pg_temp.msp_load_new_accounts n
 	 ORDER BY n.realm, n.account_name;
+	DROP TABLE pg_temp.msp_load_new_accounts;
 
 	-- a device found in an export is billable from the day it was first seen
+	CREATE TEMP TABLE msp_load_new_devices ON COMMIT DROP AS
+	SELECT e.device_name, min(e.at) AS first_at FROM pg_temp.msp_load_events e
+	 WHERE e.device_name IS NOT NULL AND e.create_device GROUP BY e.device_name;
+	DELETE FROM pg_temp.msp_load_new_devices n
+	 USING @extschema@.devices d
+	 WHERE d.client_id = for_client AND upper(d.name) = upper(n.device_name);
 	INSERT INTO @extschema@.devices (client_id, name, kind, active)
 	SELECT for_client, n.device_name, 'other',
 		   daterange((n.first_at AT TIME ZONE (SELECT c.time_zone FROM @extschema@.clients c WHERE c.client_id = for_client))::date, NULL)
-	  FROM (SELECT e.device_name, min(e.at) AS first_at FROM pg_temp.msp_load_events e
-			 WHERE e.device_name IS NOT NULL AND e.create_device GROUP BY e.device_name) n
-	 WHERE NOT EXISTS (SELECT 1 FROM @extschema@.devices d WHERE d.client_id = for_client
-						  AND upper(d.name) = upper(n.device_name))
+	  FROM pg_temp.msp_load_new_devices n
 	 ORDER BY n.device_name;
+	DROP TABLE pg_temp.msp_load_new_devices;
 
 	-- small maps from names to ids, so the big insert joins on plain keys
 	ANALYZE pg_temp.msp_load_events;
@@ -15496,14 +16348,15 @@ BEGIN
 	-- now.  Checked inside the insert, a probe of the partition the insert
 	-- itself fills, planned while that partition was empty, read it whole
 	-- for every event: the first load of a month took 110 s for 100k logons.
+	-- A DELETE ... USING, not a correlated EXISTS, which Citus refuses.
 	duplicate := (SELECT count(*) FROM pg_temp.msp_load_events);
 	EXECUTE $dup$
 		DELETE FROM pg_temp.msp_load_events e
-		 WHERE EXISTS (SELECT 1 FROM @extschema@.logons l
-						WHERE l.client_id = $1
-						  AND hashtextextended(l.source || ':' || l.source_event_id, l.client_id)
-							  = hashtextextended($2 || ':' || e.source_event_id, $1)
-						  AND l.source = $2 AND l.source_event_id = e.source_event_id)
+		 USING @extschema@.logons l
+		 WHERE l.client_id = $1
+		   AND hashtextextended(l.source || ':' || l.source_event_id, l.client_id)
+			   = hashtextextended($2 || ':' || e.source_event_id, $1)
+		   AND l.source = $2 AND l.source_event_id = e.source_event_id
 	$dup$ USING for_client, load_source;
 
 	WITH ins AS (
@@ -15808,8 +16661,7 @@ BEGIN
 		timed AS MATERIALIZED (
 			SELECT c.*, CASE WHEN c.class = 'ticket' THEN c.at_text::timestamptz END AS at FROM classed c)
 		SELECT x.rec, x.line_no, x.ord,
-			   CASE WHEN k.class LIKE 'reject:%%' THEN coalesce(x.raw, (SELECT s.raw FROM @extschema@.psa_ticket_staging s
-																	 WHERE s.client_id = $1 AND s.line_no = x.line_no)) END,
+			   CASE WHEN k.class LIKE 'reject:%%' THEN x.raw END,
 			   x.id, x.at_text, x.company, x.contact, x.board, x.channel, k.class, x.at
 		  FROM timed x,
 			   LATERAL (SELECT CASE WHEN x.class = 'ticket' THEN @extschema@.msp_implausible_time(x.at_text, x.at) END AS why
@@ -15818,29 +16670,40 @@ BEGIN
 									ELSE x.class END AS class) k
 	$step$, psa), $reject$
 		INSERT INTO pg_temp.msp_tix (rec, line_no, ord, raw, class)
-		SELECT j.rec, j.line_no, j.ord,
-			   coalesce(j.raw, (SELECT s.raw FROM @extschema@.psa_ticket_staging s WHERE s.client_id = $1 AND s.line_no = j.line_no)),
-			   'reject:invalid date entered'
+		SELECT j.rec, j.line_no, j.ord, j.raw, 'reject:invalid date entered'
 		  FROM pg_temp.msp_json j WHERE j.rec = $2
 	$reject$, client_id, (SELECT min(j.rec) FROM pg_temp.msp_json j), (SELECT max(j.rec) FROM pg_temp.msp_json j));
 	DROP TABLE pg_temp.msp_json;
+	-- a rejected line kept as staged (no raw of its own): its line, from the
+	-- stage (afterwards, joined: Citus plans no correlated subquery here)
+	UPDATE pg_temp.msp_tix t SET raw = s.raw
+	  FROM @extschema@.psa_ticket_staging s
+	 WHERE s.client_id = client_id AND s.line_no = t.line_no AND t.raw IS NULL AND t.class LIKE 'reject:%';
 
 	-- a ticket loads once per client and PSA (first record of a load
 	-- wins); tickets already loaded are left out by an anti-join (a plain
 	-- insert costs half of ON CONFLICT's speculative one; loads of a client
 	-- take turns, so no other load can race it, and a row written meanwhile
 	-- by hand fails the load, whole)
+	-- (in steps, the first of each id into a temporary table less those
+	-- loaded: Citus plans no correlated NOT EXISTS over a temporary table)
+	CREATE TEMP TABLE msp_tix_new ON COMMIT DROP AS
+	SELECT DISTINCT ON (btrim(t.id)) btrim(t.id) AS ticket_id, t.at,
+		   coalesce(t.company[1], t.company[2], t.company[3]) AS company, t.contact, t.board, t.channel
+	  FROM pg_temp.msp_tix t
+	 WHERE t.class = 'ticket'
+	 ORDER BY btrim(t.id), t.line_no, t.ord;
+	DELETE FROM pg_temp.msp_tix_new n
+	 USING @extschema@.psa_tickets x
+	 WHERE x.client_id = client_id AND x.psa = psa AND x.ticket_id = n.ticket_id;
 	WITH ins AS (
 		INSERT INTO @extschema@.psa_tickets (client_id, psa, ticket_id, at, company, contact, board, channel)
-		SELECT DISTINCT ON (btrim(t.id)) client_id, psa, btrim(t.id), t.at,
-			   coalesce(t.company[1], t.company[2], t.company[3]), t.contact, t.board, t.channel
-		  FROM pg_temp.msp_tix t
-		 WHERE t.class = 'ticket'
-		   AND NOT EXISTS (SELECT 1 FROM @extschema@.psa_tickets x
-							WHERE x.client_id = client_id AND x.psa = psa AND x.ticket_id = btrim(t.id))
-		 ORDER BY btrim(t.id), t.line_no, t.ord
+		SELECT client_id, psa, n.ticket_id, n.at, n.company, n.contact, n.board, n.channel
+		  FROM pg_temp.msp_tix_new n
+		 ORDER BY n.ticket_id
 		RETURNING 1)
 	SELECT count(*) INTO loaded FROM ins;
+	DROP TABLE pg_temp.msp_tix_new;
 	duplicate := (SELECT count(*) FROM pg_temp.msp_tix t WHERE t.class = 'ticket') - loaded;
 	PERFORM @extschema@.msp_match_psa_tickets(client_id);
 	SELECT count(*) INTO unmatched FROM @extschema@.psa_tickets t
@@ -16053,18 +16916,20 @@ BEGIN
 	 WHERE l.client_id = client_id AND l.session_key = o.session_key AND l.at <= o.at
 	   AND (l.ended IS NULL OR l.ended > o.at);
 	-- held: this load's logoffs that wait, whether they wait from now on or
-	-- (loaded again) were waiting already
-	WITH waiting AS (
-		SELECT s.session_key, s.at
-		  FROM pg_temp.msp_win_session s
-		 WHERE s.kind = 'logoff' AND s.line_no IS NOT NULL AND NOT s.consumed
-		   AND NOT EXISTS (SELECT 1 FROM @extschema@.logons l
-							WHERE l.client_id = client_id AND l.session_key = s.session_key AND l.at <= s.at)),
-	hold AS (
-		INSERT INTO @extschema@.pending_logoffs AS p (client_id, session_key, at)
-		SELECT DISTINCT client_id, w.session_key, w.at FROM waiting w
-		ON CONFLICT DO NOTHING)
-	SELECT count(*) INTO held FROM waiting;
+	-- (loaded again) were waiting already.  In steps: Citus plans no
+	-- correlated NOT EXISTS over a temporary table.
+	CREATE TEMP TABLE msp_win_hold ON COMMIT DROP AS
+	SELECT s.session_key, s.at
+	  FROM pg_temp.msp_win_session s
+	 WHERE s.kind = 'logoff' AND s.line_no IS NOT NULL AND NOT s.consumed;
+	DELETE FROM pg_temp.msp_win_hold h
+	 USING @extschema@.logons l
+	 WHERE l.client_id = client_id AND l.session_key = h.session_key AND l.at <= h.at;
+	SELECT count(*) INTO held FROM pg_temp.msp_win_hold;
+	INSERT INTO @extschema@.pending_logoffs AS p (client_id, session_key, at)
+	SELECT DISTINCT client_id, h.session_key, h.at FROM pg_temp.msp_win_hold h
+	ON CONFLICT DO NOTHING;
+	DROP TABLE pg_temp.msp_win_hold;
 	-- paired: the logoffs of this load that found their session (in this
 	-- load or an earlier one), and the held ones that found it now
 	WITH used AS (
@@ -16126,16 +16991,22 @@ BEGIN
 	PERFORM setval(pg_get_serial_sequence('@extschema@.support_contacts', 'contact_id'), m.id)
 	   FROM (SELECT max(s.contact_id) AS id FROM @extschema@.support_contacts s WHERE s.client_id = client_id) m
 	  WHERE m.id > coalesce(pg_sequence_last_value(pg_get_serial_sequence('@extschema@.support_contacts', 'contact_id')), 0);
-	WITH t AS (
-		UPDATE @extschema@.psa_tickets t
-		   SET contact_id = nextval(pg_get_serial_sequence('@extschema@.support_contacts', 'contact_id'))
-		 WHERE t.client_id = client_id AND t.person_id IS NOT NULL AND t.contact_id IS NULL
-		RETURNING t.contact_id, t.person_id, t.at, t.channel),
-	ins AS (
-		INSERT INTO @extschema@.support_contacts (client_id, contact_id, person_id, at, channel)
-		SELECT client_id, t.contact_id, t.person_id, t.at, t.channel FROM t
-		RETURNING 1)
-	SELECT count(*) INTO n FROM ins;
+	-- the new contacts' ids drawn in a temporary table, then written to
+	-- the tickets: Citus takes no volatile function in an UPDATE of a
+	-- distributed table
+	CREATE TEMP TABLE msp_new_contacts ON COMMIT DROP AS
+	SELECT t.psa, t.ticket_id, NULL::bigint AS contact_id, t.person_id, t.at, t.channel
+	  FROM @extschema@.psa_tickets t
+	 WHERE t.client_id = client_id AND t.person_id IS NOT NULL AND t.contact_id IS NULL;
+	UPDATE pg_temp.msp_new_contacts c
+	   SET contact_id = nextval(pg_get_serial_sequence('@extschema@.support_contacts', 'contact_id'));
+	UPDATE @extschema@.psa_tickets t SET contact_id = c.contact_id
+	  FROM pg_temp.msp_new_contacts c
+	 WHERE t.client_id = client_id AND t.psa = c.psa AND t.ticket_id = c.ticket_id;
+	INSERT INTO @extschema@.support_contacts (client_id, contact_id, person_id, at, channel)
+	SELECT client_id, c.contact_id, c.person_id, c.at, c.channel FROM pg_temp.msp_new_contacts c;
+	GET DIAGNOSTICS n = ROW_COUNT;
+	DROP TABLE pg_temp.msp_new_contacts;
 	RETURN n;
 END
 $$;
@@ -16501,6 +17372,18 @@ $$;
 COMMENT ON FUNCTION @extschema@.msp_segment_users(bigint, bigint, daterange, boolean) IS
 	'the people one contract''s policy counts during a segment of a period (sister clients'' people it pays for included), with the rule and evidence';
 
+CREATE OR REPLACE FUNCTION @extschema@.msp_snapshot_day(for_client bigint, as_of date) RETURNS date
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+SET search_path = pg_catalog, @extschema@, pg_temp
+AS $$
+BEGIN
+	RETURN coalesce(as_of, (SELECT (now() AT TIME ZONE c.time_zone)::date FROM @extschema@.clients c
+							  WHERE c.client_id = for_client));
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_snapshot_day(bigint, date) IS
+	'internal: the day a licence snapshot is of (the given day, else today in the client''s time zone)';
+
 CREATE OR REPLACE FUNCTION @extschema@.msp_stage_csv(for_client bigint, stage regclass, key_column text) RETURNS bigint
 LANGUAGE plpgsql VOLATILE STRICT
 SET search_path = pg_catalog, @extschema@, pg_temp
@@ -16620,32 +17503,43 @@ BEGIN
 	   FROM (SELECT max(a.account_id) AS id FROM @extschema@.accounts a WHERE a.client_id = for_client) m
 	  WHERE m.id > coalesce(pg_sequence_last_value(pg_get_serial_sequence('@extschema@.accounts', 'account_id')), 0);
 	ANALYZE pg_temp.msp_assign;
-	WITH u AS MATERIALIZED (
-		SELECT n.upn, a.account_id
-		  FROM (SELECT DISTINCT x.upn FROM pg_temp.msp_assign x) n
-		  LEFT JOIN @extschema@.accounts a ON a.client_id = for_client AND a.realm = 'm365' AND a.application IS NULL
-										  AND lower(a.name) = n.upn),
-	-- in name order: the name index takes them page by page
-	created AS (
-		INSERT INTO @extschema@.accounts (client_id, realm, name, kind)
-		SELECT for_client, 'm365', u.upn, 'unknown' FROM u WHERE u.account_id IS NULL ORDER BY u.upn
-		RETURNING name AS upn, account_id),
-	ids AS (
-		SELECT u.upn, u.account_id FROM u WHERE u.account_id IS NOT NULL
-		UNION ALL
-		SELECT c.upn, c.account_id FROM created c),
-	ins AS (
+	-- In steps, each temporary table joined only with the client's rows:
+	-- Citus plans no outer join of a temporary and a distributed table nor
+	-- a correlated NOT EXISTS.  The UPNs' accounts; the new ones inserted
+	-- (in name order: the name index takes them page by page), their ids
+	-- read back.
+	CREATE TEMP TABLE msp_assign_ids ON COMMIT DROP AS
+	SELECT DISTINCT x.upn, NULL::bigint AS account_id FROM pg_temp.msp_assign x;
+	UPDATE pg_temp.msp_assign_ids u SET account_id = a.account_id
+	  FROM @extschema@.accounts a
+	 WHERE a.client_id = for_client AND a.realm = 'm365' AND a.application IS NULL AND lower(a.name) = u.upn;
+	INSERT INTO @extschema@.accounts (client_id, realm, name, kind)
+	SELECT for_client, 'm365', u.upn, 'unknown' FROM pg_temp.msp_assign_ids u WHERE u.account_id IS NULL ORDER BY u.upn;
+	IF FOUND THEN
+		UPDATE pg_temp.msp_assign_ids u SET account_id = a.account_id
+		  FROM @extschema@.accounts a
+		 WHERE u.account_id IS NULL AND a.client_id = for_client AND a.realm = 'm365' AND a.application IS NULL
+		   AND lower(a.name) = u.upn;
+	END IF;
+	-- the day's rows, the first by line of each account and product, less
+	-- those loaded
+	CREATE TEMP TABLE msp_assign_new ON COMMIT DROP AS
+	SELECT DISTINCT ON (i.account_id, x.product) i.account_id, x.product, x.enabled
+	  FROM pg_temp.msp_assign x
+	  JOIN pg_temp.msp_assign_ids i ON i.upn = x.upn
+	 ORDER BY i.account_id, x.product, x.line_no;
+	DELETE FROM pg_temp.msp_assign_new n
+	 USING @extschema@.m365_license_assignments m
+	 WHERE m.client_id = for_client AND m.as_of = day AND m.account_id = n.account_id AND m.product = n.product;
+	WITH ins AS (
 		INSERT INTO @extschema@.m365_license_assignments (client_id, as_of, account_id, product, account_enabled, source)
-		SELECT DISTINCT ON (i.account_id, x.product) for_client, day, i.account_id, x.product, x.enabled, load_source
-		  FROM pg_temp.msp_assign x
-		  JOIN ids i ON i.upn = x.upn
-		 WHERE NOT EXISTS (SELECT 1 FROM @extschema@.m365_license_assignments m
-							WHERE m.client_id = for_client AND m.as_of = day AND m.account_id = i.account_id
-							  AND m.product = x.product)
-		 ORDER BY i.account_id, x.product, x.line_no
+		SELECT for_client, day, n.account_id, n.product, n.enabled, load_source
+		  FROM pg_temp.msp_assign_new n
+		 ORDER BY n.account_id, n.product
 		RETURNING 1)
 	SELECT count(*) INTO loaded FROM ins;
 	duplicate := (SELECT count(*) FROM pg_temp.msp_assign) - loaded;
+	DROP TABLE pg_temp.msp_assign_ids, pg_temp.msp_assign_new;
 END
 $$;
 COMMENT ON FUNCTION @extschema@.msp_store_assignments(bigint, date, text) IS
