@@ -13645,6 +13645,113 @@ REVOKE EXECUTE ON PROCEDURE @extschema@.msp_finalize_period(daterange, text[], b
 COMMENT ON PROCEDURE @extschema@.msp_finalize_period(daterange, text[], bigint[], bigint, integer, integer, integer, integer) IS
 	'month-end: finalizes every client''s invoice for a period (clients with a contract in it, or only_clients), one transaction per client, committed as it goes; returns the run id and how many were finalized, already finalized, refused and failed';
 
+
+-- lead: month-end counts a row as old only below its snapshot's xmin; reconciliation
+-- amounts in the minor unit
+CREATE OR REPLACE FUNCTION @extschema@.msp_xmin_seen(x xid, since pg_snapshot, now_xmax bigint)
+RETURNS boolean
+LANGUAGE sql STABLE PARALLEL SAFE
+RETURN CASE
+	WHEN since IS NULL THEN true
+	WHEN x::text::bigint OPERATOR(pg_catalog.<) 3 THEN true
+	ELSE coalesce(NULLIF(GREATEST(((now_xmax OPERATOR(pg_catalog.>>) 32) OPERATOR(pg_catalog.<<) 32)
+								  OPERATOR(pg_catalog.+) x::text::bigint
+								  OPERATOR(pg_catalog.-) CASE WHEN x::text::bigint OPERATOR(pg_catalog.>=)
+																   (now_xmax OPERATOR(pg_catalog.&) 4294967295)
+															  THEN 4294967296 ELSE 0 END, -1), -1)
+				  OPERATOR(pg_catalog.<) pg_catalog.pg_snapshot_xmin(since)::text::bigint, false)
+END;
+COMMENT ON FUNCTION @extschema@.msp_xmin_seen(xid, pg_snapshot, bigint) IS
+	'month-end internal: whether a row version (its xmin) was committed as of a snapshot (NULL snapshot: true)';
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_reconcile_licenses(client_id bigint, period daterange DEFAULT NULL)
+RETURNS TABLE (category text, sku text, subject text, quantity numeric, amount numeric, note text)
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	c clients;
+	k contracts;
+	fin invoices;
+	active_ids bigint[];
+	active integer;
+	billed numeric;
+	seats numeric;
+	seat_cost numeric;
+	snapshot boolean;
+BEGIN
+	period := msp_period(client_id, period);
+	-- with a licence snapshot (src/licensing.sql) seats are known per
+	-- account: msp_license_gaps names them instead of the account checks
+	snapshot := EXISTS (SELECT 1 FROM m365_license_assignments x WHERE x.client_id = client_id AND x.as_of < upper(period));
+	SELECT * INTO c FROM clients WHERE clients.client_id = client_id;
+	SELECT * INTO k FROM contracts WHERE contracts.client_id = client_id AND contracts.effective @> (upper(period) - 1);
+	active_ids := ARRAY(SELECT DISTINCT u.person_id FROM msp_billable_users(client_id, period) u
+						 WHERE u.home_client_id = client_id);
+	active := (SELECT count(DISTINCT (u.home_client_id, u.person_id)) FROM msp_billable_users(client_id, period) u);
+	-- people billed: a preview bills everyone active; once finalized, those in
+	-- the evidence of the invoice or of an adjustment to it
+	fin := msp_finalized_invoice(client_id, period);
+	IF fin.invoice_id IS NULL THEN
+		billed := active;
+	ELSE
+		billed := (SELECT count(*) FROM (
+					 SELECT DISTINCT coalesce((e->>'home_client_id')::bigint, i.client_id), (e->>'person_id')::bigint
+					   FROM invoices i, jsonb_array_elements(i.evidence) e
+					  WHERE i.client_id = client_id
+						AND (i.invoice_id = fin.invoice_id OR i.adjusts_invoice_id = fin.invoice_id)
+					 INTERSECT
+					 SELECT u.home_client_id, u.person_id FROM msp_billable_users(client_id, period) u) b);
+	END IF;
+
+	-- seats held per SKU (latest count before the period ends, per source)
+	RETURN QUERY
+	SELECT 'seats_held', lc.sku, NULL::text, lc.seats::numeric, msp_round(lc.seats * lc.unit_cost, c.minor_unit),
+		   format('%s seats held; %s people active; %s users billed.', lc.seats, active, billed)
+	  FROM (SELECT DISTINCT ON (x.sku) x.* FROM license_counts x
+			 WHERE x.client_id = client_id AND x.as_of < upper(period)
+			 ORDER BY x.sku, x.as_of DESC, x.source) lc
+	 ORDER BY lc.sku;
+	SELECT sum(lc.seats), max(lc.unit_cost) INTO seats, seat_cost
+	  FROM (SELECT DISTINCT ON (x.sku) x.* FROM license_counts x
+			 WHERE x.client_id = client_id AND x.as_of < upper(period)
+			 ORDER BY x.sku, x.as_of DESC, x.source) lc;
+
+	-- people who work without a Microsoft 365 account
+	RETURN QUERY
+	SELECT 'active_unlicensed', NULL::text, a.pseudonym, 1::numeric, msp_round(seat_cost, c.minor_unit),
+		   'Active in the period but holds no Microsoft 365 account: license them (or record the account).'
+	  FROM people a
+	 WHERE a.client_id = client_id AND a.person_id = ANY (active_ids) AND NOT snapshot
+	   AND NOT EXISTS (SELECT 1 FROM accounts x WHERE x.client_id = client_id AND x.person_id = a.person_id
+						  AND x.realm = 'm365')
+	 ORDER BY a.pseudonym;
+	-- licensed people who did not work: seats to reclaim
+	RETURN QUERY
+	SELECT 'licensed_inactive', NULL::text, l.label, 1::numeric, msp_round(seat_cost, c.minor_unit),
+		   'Holds a Microsoft 365 account but was not active in the period: a seat to reclaim.'
+	  FROM accounts x JOIN account_labels l USING (client_id, account_id)
+	 WHERE x.client_id = client_id AND x.realm = 'm365' AND x.kind = 'individual'
+	   AND NOT x.person_id = ANY (active_ids) AND NOT snapshot
+	 ORDER BY l.label;
+	IF seats IS NOT NULL AND active > seats THEN
+		RETURN QUERY SELECT 'seat_shortfall', NULL::text, NULL::text, (active - seats)::numeric,
+							msp_round((active - seats) * seat_cost, c.minor_unit),
+							format('%s people active but only %s seats held.', active, seats);
+	END IF;
+	IF billed < active AND k.model IN ('per_user', 'per_user_plus_support') THEN
+		RETURN QUERY SELECT 'unbilled_users', NULL::text, NULL::text, active - billed,
+							msp_round((active - billed) * k.price_per_user, c.minor_unit),
+							format('%s people active, %s billed.', active, billed);
+	END IF;
+	RETURN QUERY SELECT * FROM msp_license_gaps(client_id, period);
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_reconcile_licenses(bigint, daterange) IS
+	'three-way license reconciliation: people active by logon, seats held per SKU, quantities billed, and the money at stake; with a licence snapshot, the gaps of msp_license_gaps by name and product';
+
+
 -- merged: functions several sections above redefine, as the release has them
 CREATE OR REPLACE FUNCTION @extschema@.msp_adjustment_lines(client_id bigint, period daterange)
 RETURNS SETOF @extschema@.invoice_line
@@ -16271,6 +16378,93 @@ $$;
 COMMENT ON FUNCTION @extschema@.msp_price_invoice(bigint, daterange, jsonb) IS
 	'the invoice of a client for a period as today''s data prices it and its lines, each segment priced once, from people counted for every client at once (or, NULL, for this one)';
 
+CREATE OR REPLACE FUNCTION @extschema@.msp_reconcile_licenses(client_id bigint, period daterange DEFAULT NULL)
+RETURNS TABLE (category text, sku text, subject text, quantity numeric, amount numeric, note text)
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	c clients;
+	k contracts;
+	fin invoices;
+	active_ids bigint[];
+	active integer;
+	billed numeric;
+	seats numeric;
+	seat_cost numeric;
+	snapshot boolean;
+BEGIN
+	period := msp_period(client_id, period);
+	-- with a licence snapshot (src/licensing.sql) seats are known per
+	-- account: msp_license_gaps names them instead of the account checks
+	snapshot := EXISTS (SELECT 1 FROM m365_license_assignments x WHERE x.client_id = client_id AND x.as_of < upper(period));
+	SELECT * INTO c FROM clients WHERE clients.client_id = client_id;
+	SELECT * INTO k FROM contracts WHERE contracts.client_id = client_id AND contracts.effective @> (upper(period) - 1);
+	active_ids := ARRAY(SELECT DISTINCT u.person_id FROM msp_billable_users(client_id, period) u
+						 WHERE u.home_client_id = client_id);
+	active := (SELECT count(DISTINCT (u.home_client_id, u.person_id)) FROM msp_billable_users(client_id, period) u);
+	-- people billed: a preview bills everyone active; once finalized, those in
+	-- the evidence of the invoice or of an adjustment to it
+	fin := msp_finalized_invoice(client_id, period);
+	IF fin.invoice_id IS NULL THEN
+		billed := active;
+	ELSE
+		billed := (SELECT count(*) FROM (
+					 SELECT DISTINCT coalesce((e->>'home_client_id')::bigint, i.client_id), (e->>'person_id')::bigint
+					   FROM invoices i, jsonb_array_elements(i.evidence) e
+					  WHERE i.client_id = client_id
+						AND (i.invoice_id = fin.invoice_id OR i.adjusts_invoice_id = fin.invoice_id)
+					 INTERSECT
+					 SELECT u.home_client_id, u.person_id FROM msp_billable_users(client_id, period) u) b);
+	END IF;
+
+	-- seats held per SKU (latest count before the period ends, per source)
+	RETURN QUERY
+	SELECT 'seats_held', lc.sku, NULL::text, lc.seats::numeric, msp_round(lc.seats * lc.unit_cost, c.minor_unit),
+		   format('%s seats held; %s people active; %s users billed.', lc.seats, active, billed)
+	  FROM (SELECT DISTINCT ON (x.sku) x.* FROM license_counts x
+			 WHERE x.client_id = client_id AND x.as_of < upper(period)
+			 ORDER BY x.sku, x.as_of DESC, x.source) lc
+	 ORDER BY lc.sku;
+	SELECT sum(lc.seats), max(lc.unit_cost) INTO seats, seat_cost
+	  FROM (SELECT DISTINCT ON (x.sku) x.* FROM license_counts x
+			 WHERE x.client_id = client_id AND x.as_of < upper(period)
+			 ORDER BY x.sku, x.as_of DESC, x.source) lc;
+
+	-- people who work without a Microsoft 365 account
+	RETURN QUERY
+	SELECT 'active_unlicensed', NULL::text, a.pseudonym, 1::numeric, msp_round(seat_cost, c.minor_unit),
+		   'Active in the period but holds no Microsoft 365 account: license them (or record the account).'
+	  FROM people a
+	 WHERE a.client_id = client_id AND a.person_id = ANY (active_ids) AND NOT snapshot
+	   AND NOT EXISTS (SELECT 1 FROM accounts x WHERE x.client_id = client_id AND x.person_id = a.person_id
+						  AND x.realm = 'm365')
+	 ORDER BY a.pseudonym;
+	-- licensed people who did not work: seats to reclaim
+	RETURN QUERY
+	SELECT 'licensed_inactive', NULL::text, l.label, 1::numeric, msp_round(seat_cost, c.minor_unit),
+		   'Holds a Microsoft 365 account but was not active in the period: a seat to reclaim.'
+	  FROM accounts x JOIN account_labels l USING (client_id, account_id)
+	 WHERE x.client_id = client_id AND x.realm = 'm365' AND x.kind = 'individual'
+	   AND NOT x.person_id = ANY (active_ids) AND NOT snapshot
+	 ORDER BY l.label;
+	IF seats IS NOT NULL AND active > seats THEN
+		RETURN QUERY SELECT 'seat_shortfall', NULL::text, NULL::text, (active - seats)::numeric,
+							msp_round((active - seats) * seat_cost, c.minor_unit),
+							format('%s people active but only %s seats held.', active, seats);
+	END IF;
+	IF billed < active AND k.model IN ('per_user', 'per_user_plus_support') THEN
+		RETURN QUERY SELECT 'unbilled_users', NULL::text, NULL::text, active - billed,
+							msp_round((active - billed) * k.price_per_user, c.minor_unit),
+							format('%s people active, %s billed.', active, billed);
+	END IF;
+	RETURN QUERY SELECT * FROM msp_license_gaps(client_id, period);
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_reconcile_licenses(bigint, daterange) IS
+	'three-way license reconciliation: people active by logon, seats held per SKU, quantities billed, and the money at stake; with a licence snapshot, the gaps of msp_license_gaps by name and product';
+
 CREATE OR REPLACE FUNCTION @extschema@.msp_segment_lines(c @extschema@.clients, k @extschema@.contracts,
 											   segment daterange, period daterange,
 											   q @extschema@.segment_quantities, model text)
@@ -16718,4 +16912,20 @@ END
 $$;
 COMMENT ON FUNCTION @extschema@.msp_tier_bands(bigint, bigint, numeric, numeric) IS
 	'the price bands a count of units fills under the contract''s tiers (volume: one band; graduated: each band reached)';
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_xmin_seen(x xid, since pg_snapshot, now_xmax bigint)
+RETURNS boolean
+LANGUAGE sql STABLE PARALLEL SAFE
+RETURN CASE
+	WHEN since IS NULL THEN true
+	WHEN x::text::bigint OPERATOR(pg_catalog.<) 3 THEN true
+	ELSE coalesce(NULLIF(GREATEST(((now_xmax OPERATOR(pg_catalog.>>) 32) OPERATOR(pg_catalog.<<) 32)
+								  OPERATOR(pg_catalog.+) x::text::bigint
+								  OPERATOR(pg_catalog.-) CASE WHEN x::text::bigint OPERATOR(pg_catalog.>=)
+																   (now_xmax OPERATOR(pg_catalog.&) 4294967295)
+															  THEN 4294967296 ELSE 0 END, -1), -1)
+				  OPERATOR(pg_catalog.<) pg_catalog.pg_snapshot_xmin(since)::text::bigint, false)
+END;
+COMMENT ON FUNCTION @extschema@.msp_xmin_seen(xid, pg_snapshot, bigint) IS
+	'month-end internal: whether a row version (its xmin) was committed as of a snapshot (NULL snapshot: true)';
 
