@@ -613,7 +613,7 @@ BEGIN
 
 	-- seats held per SKU (latest count before the period ends, per source)
 	RETURN QUERY
-	SELECT 'seats_held', lc.sku, NULL::text, lc.seats::numeric, lc.seats * lc.unit_cost,
+	SELECT 'seats_held', lc.sku, NULL::text, lc.seats::numeric, msp_round(lc.seats * lc.unit_cost, c.minor_unit),
 		   format('%s seats held; %s people active; %s users billed.', lc.seats, active, billed)
 	  FROM (SELECT DISTINCT ON (x.sku) x.* FROM license_counts x
 			 WHERE x.client_id = client_id AND x.as_of < upper(period)
@@ -626,7 +626,7 @@ BEGIN
 
 	-- people who work without a Microsoft 365 account
 	RETURN QUERY
-	SELECT 'active_unlicensed', NULL::text, a.pseudonym, 1::numeric, seat_cost,
+	SELECT 'active_unlicensed', NULL::text, a.pseudonym, 1::numeric, msp_round(seat_cost, c.minor_unit),
 		   'Active in the period but holds no Microsoft 365 account: license them (or record the account).'
 	  FROM people a
 	 WHERE a.client_id = client_id AND a.person_id = ANY (active_ids) AND NOT snapshot
@@ -635,7 +635,7 @@ BEGIN
 	 ORDER BY a.pseudonym;
 	-- licensed people who did not work: seats to reclaim
 	RETURN QUERY
-	SELECT 'licensed_inactive', NULL::text, l.label, 1::numeric, seat_cost,
+	SELECT 'licensed_inactive', NULL::text, l.label, 1::numeric, msp_round(seat_cost, c.minor_unit),
 		   'Holds a Microsoft 365 account but was not active in the period: a seat to reclaim.'
 	  FROM accounts x JOIN account_labels l USING (client_id, account_id)
 	 WHERE x.client_id = client_id AND x.realm = 'm365' AND x.kind = 'individual'
@@ -643,7 +643,7 @@ BEGIN
 	 ORDER BY l.label;
 	IF seats IS NOT NULL AND active > seats THEN
 		RETURN QUERY SELECT 'seat_shortfall', NULL::text, NULL::text, (active - seats)::numeric,
-							(active - seats) * seat_cost,
+							msp_round((active - seats) * seat_cost, c.minor_unit),
 							format('%s people active but only %s seats held.', active, seats);
 	END IF;
 	IF billed < active AND k.model IN ('per_user', 'per_user_plus_support') THEN

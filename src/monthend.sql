@@ -169,8 +169,13 @@ REVOKE ALL ON @extschema@.finalize_run_people FROM PUBLIC;
 -- Was a row (its xmin) committed as of the snapshot since?  The 32-bit
 -- xmin is widened with the epoch of the current snapshot's xmax (now_xmax):
 -- a row visible now was written less than 2^31 transactions before it.
--- Frozen and bootstrap rows (xmin 1, 2) are old.  A row it cannot place
--- counts as new, so that at worst a client is counted again.
+-- Frozen and bootstrap rows (xmin 1, 2) are old.  Otherwise a row is
+-- old only when its transaction is older than the snapshot's xmin (every
+-- transaction before it had ended): pg_visible_in_snapshot would misplace
+-- a row written by a subtransaction of one still running then (a snapshot
+-- lists top-level transactions only), so a row from between the
+-- snapshot's xmin and xmax counts as new, as does one it cannot place:
+-- at worst a client is counted again.
 -- (SQL without SET, so that it inlines; every name qualified.)
 CREATE FUNCTION @extschema@.msp_xmin_seen(x xid, since pg_snapshot, now_xmax bigint)
 RETURNS boolean
@@ -178,13 +183,12 @@ LANGUAGE sql STABLE PARALLEL SAFE
 RETURN CASE
 	WHEN since IS NULL THEN true
 	WHEN x::text::bigint OPERATOR(pg_catalog.<) 3 THEN true
-	ELSE coalesce(pg_catalog.pg_visible_in_snapshot(
-			 (NULLIF(GREATEST(((now_xmax OPERATOR(pg_catalog.>>) 32) OPERATOR(pg_catalog.<<) 32)
-							  OPERATOR(pg_catalog.+) x::text::bigint
-							  OPERATOR(pg_catalog.-) CASE WHEN x::text::bigint OPERATOR(pg_catalog.>=)
-															   (now_xmax OPERATOR(pg_catalog.&) 4294967295)
-														  THEN 4294967296 ELSE 0 END, -1), -1))::text::xid8,
-			 since), false)
+	ELSE coalesce(NULLIF(GREATEST(((now_xmax OPERATOR(pg_catalog.>>) 32) OPERATOR(pg_catalog.<<) 32)
+								  OPERATOR(pg_catalog.+) x::text::bigint
+								  OPERATOR(pg_catalog.-) CASE WHEN x::text::bigint OPERATOR(pg_catalog.>=)
+																   (now_xmax OPERATOR(pg_catalog.&) 4294967295)
+															  THEN 4294967296 ELSE 0 END, -1), -1)
+				  OPERATOR(pg_catalog.<) pg_catalog.pg_snapshot_xmin(since)::text::bigint, false)
 END;
 COMMENT ON FUNCTION @extschema@.msp_xmin_seen(xid, pg_snapshot, bigint) IS
 	'month-end internal: whether a row version (its xmin) was committed as of a snapshot (NULL snapshot: true)';

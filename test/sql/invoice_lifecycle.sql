@@ -6,7 +6,7 @@
 \i ../demo/clinics.sql
 SET search_path = public, mspbill;
 CREATE EXTENSION dblink;
-SELECT plan(56);
+SELECT plan(57);
 
 -- gates on the demo data: the hospital's front-desk PC never logged on
 SELECT results_eq($$SELECT gate, subject FROM msp_data_quality(1)$$,
@@ -84,6 +84,12 @@ SELECT is((SELECT note FROM msp_reconcile_licenses(1) WHERE category = 'seats_he
           '6 seats held; 10 people active; 10 users billed.', 'the adjustment''s people count as billed');
 SELECT results_eq($$SELECT category, coalesce(subject, sku) FROM msp_reconcile_licenses(2) ORDER BY 1, 2$$,
                   $$VALUES ('seats_held', 'Microsoft 365 Business Standard')$$, 'dental: 5 seats, 4 active, all licensed');
+-- money in the currency's minor unit, whatever the scale of the seat's cost
+UPDATE license_counts SET unit_cost = 11 WHERE client_id = 1;
+SELECT results_eq($$SELECT category, amount::text FROM msp_reconcile_licenses(1) WHERE category <> 'active_unlicensed' ORDER BY 1$$,
+                  $$VALUES ('seat_shortfall', '44.00'), ('seats_held', '66.00')$$,
+                  'reconciliation amounts are in cents: 6 seats at 11 are 66.00, 4 short 44.00');
+UPDATE license_counts SET unit_cost = NULL WHERE client_id = 1;
 
 -- credits: the late logon turns out to be a test account's and is removed;
 -- the drift is now -42.00 and the note a credit
