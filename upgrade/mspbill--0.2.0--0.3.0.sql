@@ -14442,200 +14442,9 @@ $$;
 COMMENT ON FUNCTION @extschema@.msp_load_psa_tickets(bigint, text, text) IS
 	'loads a client''s staged PSA tickets (psa: connectwise, autotask or halopsa, alias halo); matched contacts become support contacts, unknown ones stay in psa_tickets (psa_unknown_contacts); unmatched counts the PSA''s tickets still without a person';
 
-$$;
-COMMENT ON FUNCTION @extschema@.msp_stage_csv(bigint, regclass, text) IS
-	'internal: a client''s staged CSV lines as records under their header, into pg_temp.msp_csv and pg_temp.msp_csv_headers';
 
-CREATE OR REPLACE FUNCTION @extschema@.msp_stage_json(for_client bigint, stage regclass, keys text[]) RETURNS bigint
-LANGUAGE plpgsql VOLATILE STRICT
-SET search_path = pg_catalog, @extschema@, pg_temp
-AS $$
-DECLARE
-	n bigint;
-	json_lines boolean;
-BEGIN
-	IF to_regclass('pg_temp.msp_json') IS NOT NULL THEN
-		DROP TABLE pg_temp.msp_json;
-	END IF;
-	-- JSON lines (every line starts a document) need no joining of lines.
-	-- A line is blank when it has no character but spaces, tabs and line
-	-- ends (a regular expression: btrim with a set of characters counts
-	-- the characters of the whole line first); a byte-order mark is
-	-- trimmed only where there is one.
-	EXECUTE format($q$
-		SELECT NOT EXISTS (SELECT 1 FROM %s s WHERE s.client_id = $1 AND s.raw ~ '[^ \t\r\n]'
-							  AND s.raw !~ '^\ufeff?[\[{]')$q$, stage) INTO json_lines USING for_client;
-	EXECUTE format($q$
-		CREATE TEMP TABLE msp_json ON COMMIT DROP AS
-		WITH %3$s,
-		-- OFFSET 0: each document scanned once (a flattened subquery would
-		-- scan it again for every use of its fields)
-		p AS (
-			SELECT x.line_no, x.raw, x.joined, y.f,
-				   (left(y.f[%2$s + 1], 1) = '[' OR left(y.f[%2$s + 2], 1) = '[' OR left(y.f[%2$s + 3], 1) = '['
-					OR left(y.f[%2$s + 4], 1) = '[') IS TRUE AS page
-			  FROM x, LATERAL (SELECT @extschema@.msp_json_fields(CASE WHEN left(x.raw, 1) = E'\ufeff' THEN ltrim(x.raw, E'\ufeff') ELSE x.raw END, $2) AS f OFFSET 0) y)
-		SELECT row_number() OVER () AS rec, r.line_no, r.ord, r.raw, r.f, r.bad
-		  FROM (
-			-- an object that is no page: a record, its fields read already
-			SELECT p.line_no, 1::bigint AS ord, CASE WHEN p.joined THEN p.raw END AS raw, p.f, NULL::text AS bad
-			  FROM p WHERE p.f IS NOT NULL AND NOT p.page
-			UNION ALL
-			-- pages, arrays and what is no object: their elements through jsonb
-			SELECT p.line_no, e.ord, e.raw,
-				   CASE WHEN jsonb_typeof(e.rec) = 'object' THEN @extschema@.msp_json_fields(e.raw, $2) END,
-				   CASE WHEN e.rec IS NULL THEN 'not valid JSON' WHEN jsonb_typeof(e.rec) <> 'object' THEN 'not a JSON object' END
-			  FROM p
-			  CROSS JOIN LATERAL (SELECT @extschema@.msp_try_jsonb(ltrim(p.raw, E'\ufeff')) AS doc) j
-			  CROSS JOIN LATERAL (SELECT CASE
-											 WHEN jsonb_typeof(j.doc) = 'array' THEN j.doc
-											 WHEN jsonb_typeof(j.doc -> 'value') = 'array' THEN j.doc -> 'value'
-											 WHEN jsonb_typeof(j.doc -> 'items') = 'array' THEN j.doc -> 'items'
-											 WHEN jsonb_typeof(j.doc -> 'tickets') = 'array' THEN j.doc -> 'tickets'
-											 WHEN jsonb_typeof(j.doc -> 'content') = 'array' THEN j.doc -> 'content'
-										 END AS arr) a
-			  CROSS JOIN LATERAL (SELECT x.rec, x.ord, x.rec::text AS raw
-									FROM jsonb_array_elements(a.arr) WITH ORDINALITY x(rec, ord)
-								   WHERE a.arr IS NOT NULL
-								  UNION ALL
-								  SELECT j.doc, 1, p.raw WHERE a.arr IS NULL) e
-			 WHERE p.f IS NULL OR p.page) r$q$, stage, cardinality(keys),
-		CASE WHEN json_lines THEN
-		format($x$x AS (
-			SELECT s.line_no, s.raw, false AS joined
-			  FROM %s s WHERE s.client_id = $1 AND s.raw ~ '[^ \t\r\n]')$x$, stage)
-		ELSE
-		-- a line that starts a document and is followed by another start
-		-- (or by nothing) is one; only the other lines are joined
-		format($x$l AS (
-			SELECT s.line_no, s.raw, s.raw ~ '^\ufeff?[\[{]' AS starts
-			  FROM %s s WHERE s.client_id = $1 AND s.raw ~ '[^ \t\r\n]'),
-		n AS (
-			SELECT l.*, lead(l.starts, 1, true) OVER w AS next_starts, count(*) FILTER (WHERE l.starts) OVER w AS doc_no
-			  FROM l WINDOW w AS (ORDER BY l.line_no)),
-		x AS (
-			SELECT n.line_no, n.raw, false AS joined FROM n WHERE n.starts AND n.next_starts
-			UNION ALL
-			SELECT min(n.line_no), string_agg(n.raw, E'\n' ORDER BY n.line_no), true
-			  FROM n WHERE NOT (n.starts AND n.next_starts) GROUP BY n.doc_no)$x$, stage) END)
-	USING for_client, keys || '{value,items,tickets,content}'::text[];
-	GET DIAGNOSTICS n = ROW_COUNT;
-	RETURN n;
-END
-$$;
-COMMENT ON FUNCTION @extschema@.msp_stage_json(bigint, regclass, text[]) IS
-	'internal: a client''s staged JSON (JSON lines or saved responses, enveloped or not) as records with the values of keys, into pg_temp.msp_json';
-
-CREATE OR REPLACE FUNCTION @extschema@.msp_store_assignments(for_client bigint, day date, load_source text,
-												  OUT loaded bigint, OUT duplicate bigint)
-LANGUAGE plpgsql VOLATILE STRICT
-SET search_path = pg_catalog, @extschema@, pg_temp
-AS $$
-BEGIN
-	-- new ids come from the identity column, moved past hand-chosen ones
-	PERFORM setval(pg_get_serial_sequence('@extschema@.accounts', 'account_id'), m.id)
-	   FROM (SELECT max(a.account_id) AS id FROM @extschema@.accounts a WHERE a.client_id = for_client) m
-	  WHERE m.id > coalesce(pg_sequence_last_value(pg_get_serial_sequence('@extschema@.accounts', 'account_id')), 0);
-	ANALYZE pg_temp.msp_assign;
-	WITH u AS MATERIALIZED (
-		SELECT n.upn, a.account_id
-		  FROM (SELECT DISTINCT x.upn FROM pg_temp.msp_assign x) n
-		  LEFT JOIN @extschema@.accounts a ON a.client_id = for_client AND a.realm = 'm365' AND a.application IS NULL
-										  AND lower(a.name) = n.upn),
-	-- in name order: the name index takes them page by page
-	created AS (
-		INSERT INTO @extschema@.accounts (client_id, realm, name, kind)
-		SELECT for_client, 'm365', u.upn, 'unknown' FROM u WHERE u.account_id IS NULL ORDER BY u.upn
-		RETURNING name AS upn, account_id),
-	ids AS (
-		SELECT u.upn, u.account_id FROM u WHERE u.account_id IS NOT NULL
-		UNION ALL
-		SELECT c.upn, c.account_id FROM created c),
-	ins AS (
-		INSERT INTO @extschema@.m365_license_assignments (client_id, as_of, account_id, product, account_enabled, source)
-		SELECT DISTINCT ON (i.account_id, x.product) for_client, day, i.account_id, x.product, x.enabled, load_source
-		  FROM pg_temp.msp_assign x
-		  JOIN ids i ON i.upn = x.upn
-		 WHERE NOT EXISTS (SELECT 1 FROM @extschema@.m365_license_assignments m
-							WHERE m.client_id = for_client AND m.as_of = day AND m.account_id = i.account_id
-							  AND m.product = x.product)
-		 ORDER BY i.account_id, x.product, x.line_no
-		RETURNING 1)
-	SELECT count(*) INTO loaded FROM ins;
-	duplicate := (SELECT count(*) FROM pg_temp.msp_assign) - loaded;
-END
-$$;
-COMMENT ON FUNCTION @extschema@.msp_store_assignments(bigint, date, text) IS
-	'internal: a load''s licence assignments (pg_temp.msp_assign) as accounts and the day''s m365_license_assignments';
-
-CREATE OR REPLACE FUNCTION @extschema@.msp_tax_lines(client_id bigint, lines @extschema@.invoice_line[])
-RETURNS TABLE (line_no integer, tax_name text, tax_rate numeric, tax numeric)
-LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
-SET search_path = @extschema@, pg_catalog, pg_temp
-AS $$
-#variable_conflict use_variable
-DECLARE
-	t invoice_terms := msp_invoice_terms(client_id);
-	minor numeric := (SELECT c.minor_unit FROM clients c WHERE c.client_id = client_id);
-BEGIN
-	RETURN QUERY
-	WITH k AS (
-		-- a discount lowers the line it follows (msp_line_items emits it
-		-- right after its contract line's lines), so it is taxed at that
-		-- line's rate: the nearest earlier line of its contract, a
-		-- minimum top-up only when the line had nothing else
-		SELECT x.line_no, x.amount,
-			   CASE WHEN x.basis = 'discount'
-					THEN (SELECT y.basis FROM unnest(lines) y
-						   WHERE y.contract_id = x.contract_id AND y.line_no < x.line_no AND y.basis <> 'discount'
-						   ORDER BY y.basis = 'minimum', y.line_no DESC LIMIT 1)
-					ELSE x.basis END AS basis
-		  FROM unnest(lines) x),
-	l AS (
-		SELECT k.line_no AS n, k.amount, coalesce(r.tax_name, t.tax_name) AS name,
-			   coalesce(r.tax_rate, t.tax_rate) AS rate
-		  FROM k
-		  LEFT JOIN tax_rates r ON r.client_id = client_id AND r.basis = k.basis),
-	run AS (
-		SELECT l.*, sum(l.amount) OVER (PARTITION BY l.name, l.rate ORDER BY l.n) AS upto FROM l)
-	SELECT run.n, run.name, run.rate,
-		   CASE WHEN t.tax_rounding = 'line' THEN msp_round(run.amount * run.rate, minor)
-				ELSE msp_round(run.upto * run.rate, minor) - msp_round((run.upto - run.amount) * run.rate, minor) END
-	  FROM run
-	 ORDER BY run.n;
-END
-$$;
-COMMENT ON FUNCTION @extschema@.msp_tax_lines(bigint, @extschema@.invoice_line[]) IS
-	'the tax name, rate and amount of each invoice line, rounded per line or per invoice as the client''s invoice terms say';
-
-CREATE OR REPLACE FUNCTION @extschema@.msp_tier_bands(client_id bigint, contract_id bigint,
-											quantity numeric, flat_price numeric)
-RETURNS TABLE (first_unit numeric, units numeric, unit_price numeric)
-LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
-SET search_path = @extschema@, pg_catalog, pg_temp
-AS $$
-#variable_conflict use_variable
-DECLARE
-	mode text;
-	froms numeric[];
-	prices numeric[];
-BEGIN
-	SELECT coalesce(k.tier_mode, 'volume') INTO mode FROM contracts k
-	 WHERE k.client_id = msp_tier_bands.client_id AND k.contract_id = msp_tier_bands.contract_id;
-	-- no bands for a contract that does not exist or that the caller may
-	-- not see (row-level security): nothing is priced for it
-	IF NOT FOUND THEN
-		RETURN;
-	END IF;
-	SELECT array_agg(x.from_quantity), array_agg(x.unit_price) INTO froms, prices
-	  FROM contract_tiers x
-	 WHERE x.client_id = msp_tier_bands.client_id AND x.contract_id = msp_tier_bands.contract_id;
-	RETURN QUERY SELECT * FROM msp_line_bands(quantity, flat_price, mode, coalesce(froms, '{}'), coalesce(prices, '{}'));
-END
-$$;
-COMMENT ON FUNCTION @extschema@.msp_tier_bands(bigint, bigint, numeric, numeric) IS
-	'the price bands a count of units fills under the contract''s tiers (volume: one band; graduated: each band reached)';
-
+-- lead: month-end counts a row as old only below its snapshot's xmin; reconciliation
+-- amounts in the minor unit
 CREATE OR REPLACE FUNCTION @extschema@.msp_xmin_seen(x xid, since pg_snapshot, now_xmax bigint)
 RETURNS boolean
 LANGUAGE sql STABLE PARALLEL SAFE
@@ -14651,6 +14460,93 @@ RETURN CASE
 END;
 COMMENT ON FUNCTION @extschema@.msp_xmin_seen(xid, pg_snapshot, bigint) IS
 	'month-end internal: whether a row version (its xmin) was committed as of a snapshot (NULL snapshot: true)';
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_reconcile_licenses(client_id bigint, period daterange DEFAULT NULL)
+RETURNS TABLE (category text, sku text, subject text, quantity numeric, amount numeric, note text)
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	c clients;
+	k contracts;
+	fin invoices;
+	active_ids bigint[];
+	active integer;
+	billed numeric;
+	seats numeric;
+	seat_cost numeric;
+	snapshot boolean;
+BEGIN
+	period := msp_period(client_id, period);
+	-- with a licence snapshot (src/licensing.sql) seats are known per
+	-- account: msp_license_gaps names them instead of the account checks
+	snapshot := EXISTS (SELECT 1 FROM m365_license_assignments x WHERE x.client_id = client_id AND x.as_of < upper(period));
+	SELECT * INTO c FROM clients WHERE clients.client_id = client_id;
+	SELECT * INTO k FROM contracts WHERE contracts.client_id = client_id AND contracts.effective @> (upper(period) - 1);
+	active_ids := ARRAY(SELECT DISTINCT u.person_id FROM msp_billable_users(client_id, period) u
+						 WHERE u.home_client_id = client_id);
+	active := (SELECT count(DISTINCT (u.home_client_id, u.person_id)) FROM msp_billable_users(client_id, period) u);
+	-- people billed: a preview bills everyone active; once finalized, those in
+	-- the evidence of the invoice or of an adjustment to it
+	fin := msp_finalized_invoice(client_id, period);
+	IF fin.invoice_id IS NULL THEN
+		billed := active;
+	ELSE
+		billed := (SELECT count(*) FROM (
+					 SELECT DISTINCT coalesce((e->>'home_client_id')::bigint, i.client_id), (e->>'person_id')::bigint
+					   FROM invoices i, jsonb_array_elements(i.evidence) e
+					  WHERE i.client_id = client_id
+						AND (i.invoice_id = fin.invoice_id OR i.adjusts_invoice_id = fin.invoice_id)
+					 INTERSECT
+					 SELECT u.home_client_id, u.person_id FROM msp_billable_users(client_id, period) u) b);
+	END IF;
+
+	-- seats held per SKU (latest count before the period ends, per source)
+	RETURN QUERY
+	SELECT 'seats_held', lc.sku, NULL::text, lc.seats::numeric, msp_round(lc.seats * lc.unit_cost, c.minor_unit),
+		   format('%s seats held; %s people active; %s users billed.', lc.seats, active, billed)
+	  FROM (SELECT DISTINCT ON (x.sku) x.* FROM license_counts x
+			 WHERE x.client_id = client_id AND x.as_of < upper(period)
+			 ORDER BY x.sku, x.as_of DESC, x.source) lc
+	 ORDER BY lc.sku;
+	SELECT sum(lc.seats), max(lc.unit_cost) INTO seats, seat_cost
+	  FROM (SELECT DISTINCT ON (x.sku) x.* FROM license_counts x
+			 WHERE x.client_id = client_id AND x.as_of < upper(period)
+			 ORDER BY x.sku, x.as_of DESC, x.source) lc;
+
+	-- people who work without a Microsoft 365 account
+	RETURN QUERY
+	SELECT 'active_unlicensed', NULL::text, a.pseudonym, 1::numeric, msp_round(seat_cost, c.minor_unit),
+		   'Active in the period but holds no Microsoft 365 account: license them (or record the account).'
+	  FROM people a
+	 WHERE a.client_id = client_id AND a.person_id = ANY (active_ids) AND NOT snapshot
+	   AND NOT EXISTS (SELECT 1 FROM accounts x WHERE x.client_id = client_id AND x.person_id = a.person_id
+						  AND x.realm = 'm365')
+	 ORDER BY a.pseudonym;
+	-- licensed people who did not work: seats to reclaim
+	RETURN QUERY
+	SELECT 'licensed_inactive', NULL::text, l.label, 1::numeric, msp_round(seat_cost, c.minor_unit),
+		   'Holds a Microsoft 365 account but was not active in the period: a seat to reclaim.'
+	  FROM accounts x JOIN account_labels l USING (client_id, account_id)
+	 WHERE x.client_id = client_id AND x.realm = 'm365' AND x.kind = 'individual'
+	   AND NOT x.person_id = ANY (active_ids) AND NOT snapshot
+	 ORDER BY l.label;
+	IF seats IS NOT NULL AND active > seats THEN
+		RETURN QUERY SELECT 'seat_shortfall', NULL::text, NULL::text, (active - seats)::numeric,
+							msp_round((active - seats) * seat_cost, c.minor_unit),
+							format('%s people active but only %s seats held.', active, seats);
+	END IF;
+	IF billed < active AND k.model IN ('per_user', 'per_user_plus_support') THEN
+		RETURN QUERY SELECT 'unbilled_users', NULL::text, NULL::text, active - billed,
+							msp_round((active - billed) * k.price_per_user, c.minor_unit),
+							format('%s people active, %s billed.', active, billed);
+	END IF;
+	RETURN QUERY SELECT * FROM msp_license_gaps(client_id, period);
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_reconcile_licenses(bigint, daterange) IS
+	'three-way license reconciliation: people active by logon, seats held per SKU, quantities billed, and the money at stake; with a licence snapshot, the gaps of msp_license_gaps by name and product';
 
 
 -- merged: functions several sections above redefine, as the release has them
@@ -17352,6 +17248,93 @@ END
 $$;
 COMMENT ON FUNCTION @extschema@.msp_price_invoice(bigint, daterange, jsonb) IS
 	'the invoice of a client for a period as today''s data prices it and its lines, each segment priced once, from people counted for every client at once (or, NULL, for this one)';
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_reconcile_licenses(client_id bigint, period daterange DEFAULT NULL)
+RETURNS TABLE (category text, sku text, subject text, quantity numeric, amount numeric, note text)
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	c clients;
+	k contracts;
+	fin invoices;
+	active_ids bigint[];
+	active integer;
+	billed numeric;
+	seats numeric;
+	seat_cost numeric;
+	snapshot boolean;
+BEGIN
+	period := msp_period(client_id, period);
+	-- with a licence snapshot (src/licensing.sql) seats are known per
+	-- account: msp_license_gaps names them instead of the account checks
+	snapshot := EXISTS (SELECT 1 FROM m365_license_assignments x WHERE x.client_id = client_id AND x.as_of < upper(period));
+	SELECT * INTO c FROM clients WHERE clients.client_id = client_id;
+	SELECT * INTO k FROM contracts WHERE contracts.client_id = client_id AND contracts.effective @> (upper(period) - 1);
+	active_ids := ARRAY(SELECT DISTINCT u.person_id FROM msp_billable_users(client_id, period) u
+						 WHERE u.home_client_id = client_id);
+	active := (SELECT count(DISTINCT (u.home_client_id, u.person_id)) FROM msp_billable_users(client_id, period) u);
+	-- people billed: a preview bills everyone active; once finalized, those in
+	-- the evidence of the invoice or of an adjustment to it
+	fin := msp_finalized_invoice(client_id, period);
+	IF fin.invoice_id IS NULL THEN
+		billed := active;
+	ELSE
+		billed := (SELECT count(*) FROM (
+					 SELECT DISTINCT coalesce((e->>'home_client_id')::bigint, i.client_id), (e->>'person_id')::bigint
+					   FROM invoices i, jsonb_array_elements(i.evidence) e
+					  WHERE i.client_id = client_id
+						AND (i.invoice_id = fin.invoice_id OR i.adjusts_invoice_id = fin.invoice_id)
+					 INTERSECT
+					 SELECT u.home_client_id, u.person_id FROM msp_billable_users(client_id, period) u) b);
+	END IF;
+
+	-- seats held per SKU (latest count before the period ends, per source)
+	RETURN QUERY
+	SELECT 'seats_held', lc.sku, NULL::text, lc.seats::numeric, msp_round(lc.seats * lc.unit_cost, c.minor_unit),
+		   format('%s seats held; %s people active; %s users billed.', lc.seats, active, billed)
+	  FROM (SELECT DISTINCT ON (x.sku) x.* FROM license_counts x
+			 WHERE x.client_id = client_id AND x.as_of < upper(period)
+			 ORDER BY x.sku, x.as_of DESC, x.source) lc
+	 ORDER BY lc.sku;
+	SELECT sum(lc.seats), max(lc.unit_cost) INTO seats, seat_cost
+	  FROM (SELECT DISTINCT ON (x.sku) x.* FROM license_counts x
+			 WHERE x.client_id = client_id AND x.as_of < upper(period)
+			 ORDER BY x.sku, x.as_of DESC, x.source) lc;
+
+	-- people who work without a Microsoft 365 account
+	RETURN QUERY
+	SELECT 'active_unlicensed', NULL::text, a.pseudonym, 1::numeric, msp_round(seat_cost, c.minor_unit),
+		   'Active in the period but holds no Microsoft 365 account: license them (or record the account).'
+	  FROM people a
+	 WHERE a.client_id = client_id AND a.person_id = ANY (active_ids) AND NOT snapshot
+	   AND NOT EXISTS (SELECT 1 FROM accounts x WHERE x.client_id = client_id AND x.person_id = a.person_id
+						  AND x.realm = 'm365')
+	 ORDER BY a.pseudonym;
+	-- licensed people who did not work: seats to reclaim
+	RETURN QUERY
+	SELECT 'licensed_inactive', NULL::text, l.label, 1::numeric, msp_round(seat_cost, c.minor_unit),
+		   'Holds a Microsoft 365 account but was not active in the period: a seat to reclaim.'
+	  FROM accounts x JOIN account_labels l USING (client_id, account_id)
+	 WHERE x.client_id = client_id AND x.realm = 'm365' AND x.kind = 'individual'
+	   AND NOT x.person_id = ANY (active_ids) AND NOT snapshot
+	 ORDER BY l.label;
+	IF seats IS NOT NULL AND active > seats THEN
+		RETURN QUERY SELECT 'seat_shortfall', NULL::text, NULL::text, (active - seats)::numeric,
+							msp_round((active - seats) * seat_cost, c.minor_unit),
+							format('%s people active but only %s seats held.', active, seats);
+	END IF;
+	IF billed < active AND k.model IN ('per_user', 'per_user_plus_support') THEN
+		RETURN QUERY SELECT 'unbilled_users', NULL::text, NULL::text, active - billed,
+							msp_round((active - billed) * k.price_per_user, c.minor_unit),
+							format('%s people active, %s billed.', active, billed);
+	END IF;
+	RETURN QUERY SELECT * FROM msp_license_gaps(client_id, period);
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_reconcile_licenses(bigint, daterange) IS
+	'three-way license reconciliation: people active by logon, seats held per SKU, quantities billed, and the money at stake; with a licence snapshot, the gaps of msp_license_gaps by name and product';
 
 CREATE OR REPLACE FUNCTION @extschema@.msp_segment_lines(c @extschema@.clients, k @extschema@.contracts,
 											   segment daterange, period daterange,
