@@ -14549,6 +14549,31 @@ COMMENT ON FUNCTION @extschema@.msp_reconcile_licenses(bigint, daterange) IS
 	'three-way license reconciliation: people active by logon, seats held per SKU, quantities billed, and the money at stake; with a licence snapshot, the gaps of msp_license_gaps by name and product';
 
 
+
+-- lead: a licence snapshot's day is range-checked like a logon's time (outside test)
+CREATE OR REPLACE FUNCTION @extschema@.msp_snapshot_day(for_client bigint, as_of date) RETURNS date
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+SET search_path = pg_catalog, @extschema@, pg_temp
+AS $$
+DECLARE
+	today date := (SELECT (now() AT TIME ZONE c.time_zone)::date FROM @extschema@.clients c
+				   WHERE c.client_id = for_client);
+BEGIN
+	-- the same bounds as a logon's time: a snapshot of a day that has not
+	-- come would be the latest for every period before it
+	IF as_of < date '1990-01-01' OR as_of > today + 1 THEN
+		RAISE EXCEPTION 'snapshot day % is out of range', as_of
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = format('The day of a snapshot must lie from 1990-01-01 to a day after today (%s).', today),
+				  HINT = 'Pass the day the export was taken (as_of), or NULL for today.';
+	END IF;
+	RETURN coalesce(as_of, today);
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_snapshot_day(bigint, date) IS
+	'internal: the day a licence snapshot is of (the given day, else today in the client''s time zone)';
+
+
 -- merged: functions several sections above redefine, as the release has them
 CREATE OR REPLACE FUNCTION @extschema@.msp_adjustment_lines(client_id bigint, period daterange)
 RETURNS SETOF @extschema@.invoice_line
@@ -17570,9 +17595,19 @@ CREATE OR REPLACE FUNCTION @extschema@.msp_snapshot_day(for_client bigint, as_of
 LANGUAGE plpgsql STABLE PARALLEL SAFE
 SET search_path = pg_catalog, @extschema@, pg_temp
 AS $$
+DECLARE
+	today date := (SELECT (now() AT TIME ZONE c.time_zone)::date FROM @extschema@.clients c
+				   WHERE c.client_id = for_client);
 BEGIN
-	RETURN coalesce(as_of, (SELECT (now() AT TIME ZONE c.time_zone)::date FROM @extschema@.clients c
-							  WHERE c.client_id = for_client));
+	-- the same bounds as a logon's time: a snapshot of a day that has not
+	-- come would be the latest for every period before it
+	IF as_of < date '1990-01-01' OR as_of > today + 1 THEN
+		RAISE EXCEPTION 'snapshot day % is out of range', as_of
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = format('The day of a snapshot must lie from 1990-01-01 to a day after today (%s).', today),
+				  HINT = 'Pass the day the export was taken (as_of), or NULL for today.';
+	END IF;
+	RETURN coalesce(as_of, today);
 END
 $$;
 COMMENT ON FUNCTION @extschema@.msp_snapshot_day(bigint, date) IS

@@ -5,7 +5,7 @@
 \pset pager off
 \set QUIET on
 SET search_path = public, mspbill;
-SELECT plan(54);
+SELECT plan(56);
 SELECT msp_install_roles() \g /dev/null
 INSERT INTO clients (client_id, name, time_zone) VALUES (1, 'Clinic', 'America/New_York'), (2, 'Lab', 'UTC');
 INSERT INTO contracts (client_id, contract_id, effective, model, price_per_user) VALUES
@@ -224,6 +224,10 @@ SELECT ok(NOT has_table_privilege('mspbill_billing', 'pax8_staging', 'SELECT')
           'the billing role may not read staged records nor ticket contacts');
 SET ROLE lic_loader;
 SELECT throws_ok($$SELECT * FROM msp_load_m365_graph(99)$$, 'P0002', NULL, 'an unknown client is refused');
+SELECT throws_ok($$SELECT * FROM msp_load_m365_graph(1, '4000-01-01')$$, '22023', 'snapshot day 4000-01-01 is out of range',
+                 'a snapshot day years ahead is refused');
+SELECT throws_ok($$SELECT * FROM msp_load_pax8_subscriptions(1, '1900-01-01')$$, '22023', 'snapshot day 1900-01-01 is out of range',
+                 'and one before 1990');
 RESET ROLE;
 SELECT * FROM finish();
 DROP ROLE lic_loader;
