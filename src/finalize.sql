@@ -376,8 +376,10 @@ BEGIN
 						array_to_string(failing, ', ')
 			USING ERRCODE = 'check_violation',
 				  DETAIL = 'See SELECT * FROM mspbill.msp_data_quality(client_id, period) for each finding.',
+				  -- the overrides already given too: the hint is the whole call
 				  HINT = format('Fix the data, or finalize anyway (the override is recorded): SELECT mspbill.msp_finalize_invoice(%s, %L, %L);',
-								client_id, period, failing);
+								client_id, period,
+								ARRAY(SELECT DISTINCT g FROM unnest(coalesce(override, '{}') || failing) g ORDER BY 1));
 	END IF;
 
 	-- the summary and its lines from one pricing

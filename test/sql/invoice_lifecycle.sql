@@ -6,7 +6,7 @@
 \i ../demo/clinics.sql
 SET search_path = public, mspbill;
 CREATE EXTENSION dblink;
-SELECT plan(57);
+SELECT plan(58);
 
 -- gates on the demo data: the hospital's front-desk PC never logged on
 SELECT results_eq($$SELECT gate, subject FROM msp_data_quality(1)$$,
@@ -187,6 +187,9 @@ SELECT is(pg_temp.refusal_hint($$SELECT msp_finalize_invoice(7, '[2026-01-01,202
           'Fix the data, or finalize anyway (the override is recorded): SELECT mspbill.msp_finalize_invoice(7, ''[2026-01-01,2026-02-01)'', ''{day_without_logons,device_silent,logon_outside_contract,unmapped_account}'');',
           'the hint names the exact call');
 SELECT ok(pg_temp.refusal_hint($$SELECT msp_finalize_invoice(7, '[2026-01-01,2026-02-01)')$$) LIKE '%SELECT mspbill.msp_finalize_invoice(%', 'the hint holds a call');
+SELECT is(pg_temp.refusal_hint($$SELECT msp_finalize_invoice(7, '[2026-01-01,2026-02-01)', '{device_silent,unmapped_account}')$$),
+          'Fix the data, or finalize anyway (the override is recorded): SELECT mspbill.msp_finalize_invoice(7, ''[2026-01-01,2026-02-01)'', ''{day_without_logons,device_silent,logon_outside_contract,unmapped_account}'');',
+          'with some gates overridden already, the hint still names them: the whole call');
 SELECT lives_ok(substring(pg_temp.refusal_hint($$SELECT msp_finalize_invoice(7, '[2026-01-01,2026-02-01)')$$) FROM 'SELECT mspbill\.msp_finalize_invoice\(.*\);'),
                 'the call in the hint, pasted, finalizes');
 SELECT is((SELECT count(*) FROM invoices WHERE client_id = 7 AND kind = 'invoice'), 1::bigint, 'and stores the invoice');
