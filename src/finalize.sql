@@ -304,6 +304,36 @@ $$;
 COMMENT ON FUNCTION @extschema@.msp_data_quality(bigint, daterange, integer) IS
 	'findings that block finalization: period not over, silent devices, weekdays without logons, unmapped accounts, logons outside the contract';
 
+-- The overrides a finalization may be given: the four data-quality gates.
+-- An unfinished month is not a data-quality question (its logons are
+-- still coming), so no override finalizes it.  Checked by
+-- msp_finalize_invoice_with and, once for every client, by month-end.
+CREATE FUNCTION @extschema@.msp_check_overrides(override text[]) RETURNS void
+-- (STRICT: no overrides, nothing to refuse)
+LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	unknown text[];
+BEGIN
+	IF 'period_not_over' = ANY (override) THEN
+		RAISE EXCEPTION 'the gate period_not_over cannot be overridden'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'A period is finalized only after it ends.',
+				  HINT = 'Overridable gates are device_silent, day_without_logons, unmapped_account and logon_outside_contract.';
+	END IF;
+	unknown := ARRAY(SELECT unnest(override)
+					 EXCEPT SELECT unnest('{device_silent,day_without_logons,unmapped_account,logon_outside_contract}'::text[]));
+	IF cardinality(unknown) > 0 THEN
+		RAISE EXCEPTION 'unknown data-quality gate %', unknown[1]
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Overridable gates are device_silent, day_without_logons, unmapped_account and logon_outside_contract.';
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_check_overrides(text[]) IS
+	'internal: refuses overrides that are not data-quality gates (period_not_over, unknown names)';
+
 -- The finalization, its people given or not: people (as msp_price_invoice
 -- takes them) and evidence (msp_billable_users' rows as JSON) that
 -- month-end counted for every client at once, and checked unchanged in
@@ -323,7 +353,6 @@ DECLARE
 	id bigint;
 	inv invoice;
 	failing text[];
-	unknown text[];
 	today date;
 	stamp timestamptz;
 	c clients;
@@ -343,21 +372,7 @@ BEGIN
 		RETURN id;
 	END IF;
 
-	-- an unfinished month is not a data-quality question: its logons are
-	-- still coming, so no override finalizes it
-	IF 'period_not_over' = ANY (coalesce(override, '{}')) THEN
-		RAISE EXCEPTION 'the gate period_not_over cannot be overridden'
-			USING ERRCODE = 'invalid_parameter_value',
-				  DETAIL = 'A period is finalized only after it ends.',
-				  HINT = 'Overridable gates are device_silent, day_without_logons, unmapped_account and logon_outside_contract.';
-	END IF;
-	unknown := ARRAY(SELECT unnest(coalesce(override, '{}'))
-					 EXCEPT SELECT unnest('{device_silent,day_without_logons,unmapped_account,logon_outside_contract}'::text[]));
-	IF cardinality(unknown) > 0 THEN
-		RAISE EXCEPTION 'unknown data-quality gate %', unknown[1]
-			USING ERRCODE = 'invalid_parameter_value',
-				  HINT = 'Overridable gates are device_silent, day_without_logons, unmapped_account and logon_outside_contract.';
-	END IF;
+	PERFORM msp_check_overrides(override);
 	-- the gates run once: they read the period's logons several times over
 	findings := coalesce((SELECT jsonb_agg(to_jsonb(q)) FROM msp_data_quality(client_id, period) q), '[]');
 	IF jsonb_path_exists(findings, '$[*] ? (@.gate == "period_not_over")') THEN

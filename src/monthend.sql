@@ -101,7 +101,6 @@ AS $$
 DECLARE
 	id bigint;
 	ids bigint[];
-	unknown text[];
 BEGIN
 	-- checked once here rather than refused for every client alike
 	IF period IS NULL OR isempty(period) OR lower_inf(period) OR upper_inf(period)
@@ -112,19 +111,7 @@ BEGIN
 				  DETAIL = 'Month-end finalizes one calendar month for every client.',
 				  HINT = 'Pass the month, e.g. CALL mspbill.msp_finalize_period(daterange(''2026-10-01'', ''2026-11-01''));';
 	END IF;
-	IF 'period_not_over' = ANY (coalesce(override, '{}')) THEN
-		RAISE EXCEPTION 'the gate period_not_over cannot be overridden'
-			USING ERRCODE = 'invalid_parameter_value',
-				  DETAIL = 'A period is finalized only after it ends.',
-				  HINT = 'Overridable gates are device_silent, day_without_logons, unmapped_account and logon_outside_contract.';
-	END IF;
-	unknown := ARRAY(SELECT unnest(coalesce(override, '{}'))
-					 EXCEPT SELECT unnest('{device_silent,day_without_logons,unmapped_account,logon_outside_contract}'::text[]));
-	IF cardinality(unknown) > 0 THEN
-		RAISE EXCEPTION 'unknown data-quality gate %', unknown[1]
-			USING ERRCODE = 'invalid_parameter_value',
-				  HINT = 'Overridable gates are device_silent, day_without_logons, unmapped_account and logon_outside_contract.';
-	END IF;
+	PERFORM msp_check_overrides(override);
 	-- every client with a contract in the period; clients named explicitly
 	-- are taken as named (one without a contract fails, with the reason)
 	IF only_clients IS NULL THEN

@@ -14701,6 +14701,183 @@ END
 $$;
 
 
+
+-- lead: the override checks in one place (msp_check_overrides), for finalizing one client and month-end
+CREATE OR REPLACE FUNCTION @extschema@.msp_check_overrides(override text[]) RETURNS void
+-- (STRICT: no overrides, nothing to refuse)
+LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	unknown text[];
+BEGIN
+	IF 'period_not_over' = ANY (override) THEN
+		RAISE EXCEPTION 'the gate period_not_over cannot be overridden'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'A period is finalized only after it ends.',
+				  HINT = 'Overridable gates are device_silent, day_without_logons, unmapped_account and logon_outside_contract.';
+	END IF;
+	unknown := ARRAY(SELECT unnest(override)
+					 EXCEPT SELECT unnest('{device_silent,day_without_logons,unmapped_account,logon_outside_contract}'::text[]));
+	IF cardinality(unknown) > 0 THEN
+		RAISE EXCEPTION 'unknown data-quality gate %', unknown[1]
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Overridable gates are device_silent, day_without_logons, unmapped_account and logon_outside_contract.';
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.msp_check_overrides(text[]) IS
+	'internal: refuses overrides that are not data-quality gates (period_not_over, unknown names)';
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_finalize_invoice_with(client_id bigint, period daterange, override text[],
+													  people jsonb, evidence jsonb)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, @extschema@, pg_temp
+SET mspbill.pseudonymous = on
+AS $$
+#variable_conflict use_variable
+DECLARE
+	id bigint;
+	inv invoice;
+	failing text[];
+	today date;
+	stamp timestamptz;
+	c clients;
+	terms record;
+	lines invoice_line[];
+	priced record;
+	number text;
+	invoice_day date;
+	tax numeric;
+	findings jsonb;
+BEGIN
+	period := msp_period(client_id, period);
+	-- one finalization per client and period at a time, in any session
+	PERFORM pg_advisory_xact_lock(hashtext('mspbill.finalize'), hashtext(client_id::text || period::text));
+	id := (msp_finalized_invoice(client_id, period)).invoice_id;
+	IF id IS NOT NULL THEN
+		RETURN id;
+	END IF;
+
+	PERFORM msp_check_overrides(override);
+	-- the gates run once: they read the period's logons several times over
+	findings := coalesce((SELECT jsonb_agg(to_jsonb(q)) FROM msp_data_quality(client_id, period) q), '[]');
+	IF jsonb_path_exists(findings, '$[*] ? (@.gate == "period_not_over")') THEN
+		-- (not alias c: the variable c would shadow it, and today be NULL)
+		today := (now() AT TIME ZONE (SELECT cl.time_zone FROM clients cl WHERE cl.client_id = client_id))::date;
+		RAISE EXCEPTION 'period % of client % is not over', period, client_id
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  DETAIL = format('The period ends on %s; today is %s in the client''s time zone.', upper(period) - 1, today),
+				  HINT = format('Finalize on or after %s; until then, preview it with SELECT * FROM mspbill.msp_invoice(%s, %L);',
+								upper(period), client_id, period);
+	END IF;
+	failing := ARRAY(SELECT DISTINCT q->>'gate' FROM jsonb_array_elements(findings) q
+					  WHERE NOT q->>'gate' = ANY (coalesce(override, '{}')) ORDER BY 1);
+	IF cardinality(failing) > 0 THEN
+		RAISE EXCEPTION 'data-quality gates failed for client % in %: %', client_id, period,
+						array_to_string(failing, ', ')
+			USING ERRCODE = 'check_violation',
+				  DETAIL = 'See SELECT * FROM mspbill.msp_data_quality(client_id, period) for each finding.',
+				  -- the overrides already given too: the hint is the whole call
+				  HINT = format('Fix the data, or finalize anyway (the override is recorded): SELECT mspbill.msp_finalize_invoice(%s, %L, %L);',
+								client_id, period,
+								ARRAY(SELECT DISTINCT g FROM unnest(coalesce(override, '{}') || failing) g ORDER BY 1));
+	END IF;
+
+	-- the summary and its lines from one pricing
+	SELECT * INTO priced FROM msp_price_invoice(client_id, period, people) p;
+	inv := priced.summary;
+	lines := priced.lines;
+	IF people IS NULL OR evidence IS NULL THEN
+		evidence := coalesce((SELECT jsonb_agg(to_jsonb(u)) FROM msp_billable_users(client_id, period) u), '[]');
+	END IF;
+	SELECT * INTO terms FROM msp_invoice_terms(client_id);
+	SELECT * INTO c FROM clients WHERE clients.client_id = client_id;
+	-- the number last: its counter row stays locked until this transaction
+	-- ends, so other finalizations wait here (not through the pricing), and
+	-- a rollback gives the number back: no gaps, no duplicates
+	INSERT INTO @extschema@.invoice_numbering AS n (series, last_number) VALUES ('invoice', 1)
+	ON CONFLICT (series) DO UPDATE SET last_number = n.last_number + 1
+	RETURNING msp_invoice_number_text(n.prefix, n.last_number, n.digits) INTO number;
+	-- one reading of the clock for the invoice and its audit entries
+	stamp := clock_timestamp();
+	invoice_day := (stamp AT TIME ZONE c.time_zone)::date;
+	-- (computed before the INSERT: Citus takes no subquery in INSERT ... VALUES)
+	tax := (SELECT coalesce(sum(t.tax), 0) FROM msp_tax_lines(client_id, lines) t);
+	INSERT INTO @extschema@.invoices (client_id, kind, period, model, users, seats, devices, subtotal, total,
+						  currency, evidence, overrides, finalized_at)
+	VALUES (client_id, 'invoice', period, inv.model, inv.users, inv.seats, inv.devices, inv.subtotal,
+			inv.total, inv.currency, evidence, coalesce(override, '{}'), stamp)
+	RETURNING invoice_id INTO id;
+	INSERT INTO @extschema@.invoice_items (client_id, invoice_id, line_no, contract_id, description, quantity,
+							   unit_price, amount, basis)
+	SELECT client_id, id, l.line_no, l.contract_id, l.description, l.quantity, l.unit_price, l.amount, l.basis
+	  FROM unnest(lines) l;
+	-- the document: number, dates, terms and PO as the client has them
+	-- today, and each line's tax and explanation (src/billing/documents.sql)
+	INSERT INTO @extschema@.invoice_documents (client_id, invoice_id, invoice_number, invoice_date, due_date,
+							   payment_terms_days, po_reference, tax)
+	VALUES (client_id, id, number, invoice_day, invoice_day + terms.payment_terms_days, terms.payment_terms_days,
+			terms.po_reference, tax);
+	INSERT INTO @extschema@.invoice_line_documents (client_id, invoice_id, line_no, tax_name, tax_rate, tax,
+									explanation, evidence)
+	SELECT client_id, id, t.line_no, t.tax_name, t.tax_rate, t.tax, x.explanation, x.evidence
+	  FROM msp_tax_lines(client_id, lines) t
+	  JOIN msp_explain_lines(client_id, period, lines, evidence) x ON x.line_no = t.line_no;
+	INSERT INTO @extschema@.audit_log (client_id, action, invoice_id, detail, at)
+	VALUES (client_id, 'finalize', id, jsonb_build_object('period', period::text, 'total', inv.total), stamp);
+	IF cardinality(coalesce(override, '{}')) > 0 THEN
+		-- the findings read once above (computed before the INSERT: Citus
+		-- takes no subquery in INSERT ... VALUES)
+		evidence := (SELECT jsonb_agg(q) FROM jsonb_array_elements(findings) q WHERE q->>'gate' = ANY (override));
+		INSERT INTO @extschema@.audit_log (client_id, action, invoice_id, at, detail)
+		VALUES (client_id, 'override', id, stamp, jsonb_build_object('gates', override, 'findings', evidence));
+	END IF;
+	RETURN id;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@.msp_finalize_run_begin(period daterange, override text[] DEFAULT '{}',
+												   only_clients bigint[] DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER
+SET search_path = pg_catalog, @extschema@, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	id bigint;
+	ids bigint[];
+BEGIN
+	-- checked once here rather than refused for every client alike
+	IF period IS NULL OR isempty(period) OR lower_inf(period) OR upper_inf(period)
+	   OR lower(period) <> date_trunc('month', lower(period))::date
+	   OR upper(period) <> (date_trunc('month', lower(period)) + interval '1 month')::date THEN
+		RAISE EXCEPTION 'billing period % is not a calendar month', coalesce(period::text, 'NULL')
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'Month-end finalizes one calendar month for every client.',
+				  HINT = 'Pass the month, e.g. CALL mspbill.msp_finalize_period(daterange(''2026-10-01'', ''2026-11-01''));';
+	END IF;
+	PERFORM msp_check_overrides(override);
+	-- every client with a contract in the period; clients named explicitly
+	-- are taken as named (one without a contract fails, with the reason)
+	IF only_clients IS NULL THEN
+		ids := ARRAY(SELECT DISTINCT k.client_id FROM contracts k WHERE k.effective && period ORDER BY 1);
+	ELSE
+		ids := ARRAY(SELECT DISTINCT x FROM unnest(only_clients) x WHERE x IS NOT NULL ORDER BY 1);
+	END IF;
+	INSERT INTO @extschema@.finalize_runs (period, override, client_ids)
+	VALUES (period, coalesce(override, '{}'), ids)
+	RETURNING run_id INTO id;
+	-- every client's people at once, committed with the run; each client's
+	-- transaction uses them if its data did not change since
+	PERFORM @extschema@.msp_finalize_run_prepare(id);
+	RETURN id;
+END
+$$;
+
+
 -- merged: functions several sections above redefine, as the release has them
 CREATE OR REPLACE FUNCTION @extschema@.msp_adjustment_lines(client_id bigint, period daterange)
 RETURNS SETOF @extschema@.invoice_line
@@ -15139,7 +15316,6 @@ DECLARE
 	id bigint;
 	inv invoice;
 	failing text[];
-	unknown text[];
 	today date;
 	stamp timestamptz;
 	c clients;
@@ -15159,21 +15335,7 @@ BEGIN
 		RETURN id;
 	END IF;
 
-	-- an unfinished month is not a data-quality question: its logons are
-	-- still coming, so no override finalizes it
-	IF 'period_not_over' = ANY (coalesce(override, '{}')) THEN
-		RAISE EXCEPTION 'the gate period_not_over cannot be overridden'
-			USING ERRCODE = 'invalid_parameter_value',
-				  DETAIL = 'A period is finalized only after it ends.',
-				  HINT = 'Overridable gates are device_silent, day_without_logons, unmapped_account and logon_outside_contract.';
-	END IF;
-	unknown := ARRAY(SELECT unnest(coalesce(override, '{}'))
-					 EXCEPT SELECT unnest('{device_silent,day_without_logons,unmapped_account,logon_outside_contract}'::text[]));
-	IF cardinality(unknown) > 0 THEN
-		RAISE EXCEPTION 'unknown data-quality gate %', unknown[1]
-			USING ERRCODE = 'invalid_parameter_value',
-				  HINT = 'Overridable gates are device_silent, day_without_logons, unmapped_account and logon_outside_contract.';
-	END IF;
+	PERFORM msp_check_overrides(override);
 	-- the gates run once: they read the period's logons several times over
 	findings := coalesce((SELECT jsonb_agg(to_jsonb(q)) FROM msp_data_quality(client_id, period) q), '[]');
 	IF jsonb_path_exists(findings, '$[*] ? (@.gate == "period_not_over")') THEN
@@ -15315,7 +15477,6 @@ AS $$
 DECLARE
 	id bigint;
 	ids bigint[];
-	unknown text[];
 BEGIN
 	-- checked once here rather than refused for every client alike
 	IF period IS NULL OR isempty(period) OR lower_inf(period) OR upper_inf(period)
@@ -15326,19 +15487,7 @@ BEGIN
 				  DETAIL = 'Month-end finalizes one calendar month for every client.',
 				  HINT = 'Pass the month, e.g. CALL mspbill.msp_finalize_period(daterange(''2026-10-01'', ''2026-11-01''));';
 	END IF;
-	IF 'period_not_over' = ANY (coalesce(override, '{}')) THEN
-		RAISE EXCEPTION 'the gate period_not_over cannot be overridden'
-			USING ERRCODE = 'invalid_parameter_value',
-				  DETAIL = 'A period is finalized only after it ends.',
-				  HINT = 'Overridable gates are device_silent, day_without_logons, unmapped_account and logon_outside_contract.';
-	END IF;
-	unknown := ARRAY(SELECT unnest(coalesce(override, '{}'))
-					 EXCEPT SELECT unnest('{device_silent,day_without_logons,unmapped_account,logon_outside_contract}'::text[]));
-	IF cardinality(unknown) > 0 THEN
-		RAISE EXCEPTION 'unknown data-quality gate %', unknown[1]
-			USING ERRCODE = 'invalid_parameter_value',
-				  HINT = 'Overridable gates are device_silent, day_without_logons, unmapped_account and logon_outside_contract.';
-	END IF;
+	PERFORM msp_check_overrides(override);
 	-- every client with a contract in the period; clients named explicitly
 	-- are taken as named (one without a contract fails, with the reason)
 	IF only_clients IS NULL THEN
