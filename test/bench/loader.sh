@@ -92,19 +92,7 @@ printf '| msp_load_windows_events, the same %sk events again (all duplicates) | 
 # bytes per logon row, heap (toast included) and each index, over the
 # leaf partitions given
 bytes_rows() { # $1 label, $2 SQL array of the partitions, $3 SQL counting their rows
-	lb -At -F' ' -c "VACUUM ANALYZE mspbill.logons" -c "
-	WITH parts AS (SELECT p::regclass AS relid FROM unnest($2::text[]) p),
-	n AS ($3)
-	SELECT 'heap', round(sum(pg_table_size(p.relid))::numeric / n.n, 1) FROM parts p, n GROUP BY n.n
-	UNION ALL
-	SELECT regexp_replace(pi.indexrelid::regclass::text, '^mspbill\.', ''), round(sum(pg_relation_size(ix.indexrelid))::numeric / n.n, 1)
-	  FROM pg_index pi JOIN pg_inherits h ON h.inhparent = pi.indexrelid JOIN pg_index ix ON ix.indexrelid = h.inhrelid
-	  JOIN parts ON parts.relid = ix.indrelid, n
-	 WHERE pi.indrelid = 'mspbill.logons'::regclass GROUP BY pi.indexrelid, n.n
-	UNION ALL
-	SELECT 'total', round(sum(pg_total_relation_size(p.relid))::numeric / n.n, 1) FROM parts p, n GROUP BY n.n
-	UNION ALL
-	SELECT 'rows', n FROM n" | while read -r what bytes; do
+	lb -At -F' ' -c "VACUUM ANALYZE mspbill.logons" -c "$(logon_bytes_sql "$2" "$3")" | while read -r what bytes; do
 		case $what in
 		rows) printf '|   over %s %s | | | |\n' "$bytes" "$1" ;;
 		total) printf '| bytes per logon row (%s), heap and indexes | %s | | |\n' "$1" "$bytes" ;;

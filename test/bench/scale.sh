@@ -225,22 +225,11 @@ while read -r fn calls self total; do
 done <<<"$functions"
 
 # bytes per logon row of the scale dataset, heap (toast included) and each
-# index, over its three months (pg_relation_size over the row count, as
-# test/bench/loader.sh does; the indexes were built when the months were
-# attached, as a month loaded in time order packs them)
-sb -At -F' ' -c "VACUUM ANALYZE mspbill.logons" -c "
-WITH parts AS (SELECT relid::regclass AS relid FROM pg_partition_tree('mspbill.logons') WHERE isleaf),
-n AS (SELECT count(*) AS n FROM mspbill.logons)
-SELECT 'heap', round(sum(pg_table_size(p.relid))::numeric / n.n, 1) FROM parts p, n GROUP BY n.n
-UNION ALL
-SELECT regexp_replace(pi.indexrelid::regclass::text, '^mspbill\.', ''), round(sum(pg_relation_size(ix.indexrelid))::numeric / n.n, 1)
-  FROM pg_index pi JOIN pg_inherits h ON h.inhparent = pi.indexrelid JOIN pg_index ix ON ix.indexrelid = h.inhrelid
-  JOIN parts ON parts.relid = ix.indrelid, n
- WHERE pi.indrelid = 'mspbill.logons'::regclass GROUP BY pi.indexrelid, n.n
-UNION ALL
-SELECT 'total', round(sum(pg_total_relation_size(p.relid))::numeric / n.n, 1) FROM parts p, n GROUP BY n.n
-UNION ALL
-SELECT 'rows', n FROM n" | while read -r what bytes; do
+# index, over its three months (logon_bytes_sql, as test/bench/loader.sh;
+# the indexes were built when the months were attached, as a month loaded
+# in time order packs them)
+sb -At -F' ' -c "VACUUM ANALYZE mspbill.logons" -c "$(logon_bytes_sql "ARRAY(SELECT relid::text FROM pg_partition_tree('mspbill.logons') WHERE isleaf)" \
+	"SELECT count(*) AS n FROM mspbill.logons")" | while read -r what bytes; do
 	case $what in
 	rows) printf '|   over the scale dataset'"'"'s %s logons | | | |\n' "$bytes" ;;
 	total) printf '| bytes per logon row (scale dataset), heap and indexes | %s | at most 150 | |\n' "$bytes" ;;

@@ -267,3 +267,25 @@ citus_fresh_db() {
 		-c "SELECT citus_add_node('$CITUS_HOST', $((CITUS_PORT + 2)))" \
 		-c "CREATE EXTENSION mspbill" >/dev/null
 }
+
+# Bytes per logon row, heap (toast included) and each index, over the leaf
+# partitions of mspbill.logons given ($1: SQL array of their names) and the
+# rows counted by $2 (SQL giving n): one query for every bench that
+# reports storage, so that their rows measure the same thing.  Prints it;
+# its rows are (what, bytes), what being heap, an index's name, total or rows.
+logon_bytes_sql() {
+	cat <<SQL
+	WITH parts AS (SELECT p::regclass AS relid FROM unnest($1::text[]) p),
+	n AS ($2)
+	SELECT 'heap', round(sum(pg_table_size(p.relid))::numeric / n.n, 1) FROM parts p, n GROUP BY n.n
+	UNION ALL
+	SELECT regexp_replace(pi.indexrelid::regclass::text, '^mspbill\.', ''), round(sum(pg_relation_size(ix.indexrelid))::numeric / n.n, 1)
+	  FROM pg_index pi JOIN pg_inherits h ON h.inhparent = pi.indexrelid JOIN pg_index ix ON ix.indexrelid = h.inhrelid
+	  JOIN parts ON parts.relid = ix.indrelid, n
+	 WHERE pi.indrelid = 'mspbill.logons'::regclass GROUP BY pi.indexrelid, n.n
+	UNION ALL
+	SELECT 'total', round(sum(pg_total_relation_size(p.relid))::numeric / n.n, 1) FROM parts p, n GROUP BY n.n
+	UNION ALL
+	SELECT 'rows', n FROM n
+SQL
+}
